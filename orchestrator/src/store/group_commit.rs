@@ -1,0 +1,172 @@
+//! Group commit: many writers, one fsync.
+//!
+//! Each writer applies its batch (visible, not yet durable) and takes a ticket.
+//! A single flusher thread repeatedly flushes everything applied so far and
+//! publishes the highest ticket covered; every writer whose ticket is covered
+//! is released by that one flush. While a flush runs, new batches accumulate
+//! and ride on the next one, so the fsync rate adapts to the load.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use tokio::sync::watch;
+
+use super::{Error, Result};
+
+#[derive(Clone, Debug, Default)]
+struct Flushed {
+    ticket: u64,
+    failure: Option<String>,
+}
+
+/// Resolves once a commit (or a barrier) is on disk.
+#[must_use = "a commit is not durable until this resolves"]
+pub struct Durable(Wait);
+
+enum Wait {
+    Ready,
+    Ticket(u64, watch::Receiver<Flushed>),
+}
+
+impl std::fmt::Debug for Durable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Wait::Ready => f.write_str("Durable(ready)"),
+            Wait::Ticket(t, _) => write!(f, "Durable(ticket {t})"),
+        }
+    }
+}
+
+impl Durable {
+    /// Already durable (an in-memory store, or nothing pending).
+    pub fn ready() -> Self {
+        Self(Wait::Ready)
+    }
+
+    pub async fn wait(self) -> Result<()> {
+        let Wait::Ticket(ticket, mut rx) = self.0 else {
+            return Ok(());
+        };
+        let flushed = rx
+            .wait_for(|f| f.ticket >= ticket || f.failure.is_some())
+            .await
+            .map_err(|_| Error::FlushFailed("the flusher stopped".into()))?;
+        match &flushed.failure {
+            Some(failure) if flushed.ticket < ticket => Err(Error::FlushFailed(failure.clone())),
+            _ => Ok(()),
+        }
+    }
+}
+
+type FlushFn = Box<dyn Fn() -> std::result::Result<(), String> + Send + Sync>;
+
+struct Shared {
+    applied: AtomicU64,
+    pending: Mutex<bool>,
+    wake: Condvar,
+    stop: AtomicBool,
+    flushed: watch::Sender<Flushed>,
+    flush_count: AtomicU64,
+}
+
+/// Owns the flusher thread; stops it when dropped.
+pub(crate) struct GroupCommit {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl GroupCommit {
+    pub(crate) fn start(flush: FlushFn) -> std::io::Result<Self> {
+        let (flushed, _) = watch::channel(Flushed::default());
+        let shared = Arc::new(Shared {
+            applied: AtomicU64::new(0),
+            pending: Mutex::new(false),
+            wake: Condvar::new(),
+            stop: AtomicBool::new(false),
+            flushed,
+            flush_count: AtomicU64::new(0),
+        });
+        let worker = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("sagaflow-flusher".into())
+            .spawn(move || flush_loop(&worker, &flush))?;
+        Ok(Self { shared, thread: Some(thread) })
+    }
+
+    /// Call after the batch is applied: the returned ticket covers it.
+    pub(crate) fn applied(&self) -> Durable {
+        let ticket = self.shared.applied.fetch_add(1, Ordering::SeqCst) + 1;
+        self.wake();
+        Durable(Wait::Ticket(ticket, self.shared.flushed.subscribe()))
+    }
+
+    /// Covers everything applied before this call.
+    pub(crate) fn barrier(&self) -> Durable {
+        let ticket = self.shared.applied.load(Ordering::SeqCst);
+        if self.shared.flushed.borrow().ticket >= ticket {
+            return Durable::ready();
+        }
+        self.wake();
+        Durable(Wait::Ticket(ticket, self.shared.flushed.subscribe()))
+    }
+
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.shared.flushed.borrow().failure.clone()
+    }
+
+    #[allow(dead_code)]
+    pub(crate) fn flush_count(&self) -> u64 {
+        self.shared.flush_count.load(Ordering::Relaxed)
+    }
+
+    fn wake(&self) {
+        let mut pending = self.shared.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *pending = true;
+        self.shared.wake.notify_one();
+    }
+}
+
+impl Drop for GroupCommit {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.wake();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn flush_loop(shared: &Shared, flush: &FlushFn) {
+    loop {
+        {
+            let mut pending = shared.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            while !*pending && !shared.stop.load(Ordering::SeqCst) {
+                pending = shared.wake.wait(pending).unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            *pending = false;
+        }
+        // Every ticket up to `target` was applied before this load, so one
+        // flush now makes all of them durable.
+        let target = shared.applied.load(Ordering::SeqCst);
+        let done = shared.flushed.borrow().ticket;
+        if target > done {
+            let started = Instant::now();
+            let outcome = flush();
+            crate::metrics::record_flush(started.elapsed());
+            shared.flush_count.fetch_add(1, Ordering::Relaxed);
+            match outcome {
+                Ok(()) => shared.flushed.send_modify(|f| f.ticket = target),
+                Err(failure) => {
+                    tracing::error!(%failure, "flush failed; refusing further acknowledgements");
+                    shared.flushed.send_modify(|f| f.failure = Some(failure));
+                    return;
+                }
+            }
+        }
+        if shared.stop.load(Ordering::SeqCst) && shared.applied.load(Ordering::SeqCst) <= shared.flushed.borrow().ticket {
+            return;
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! Durable storage behind one narrow trait.
+//!
+//! A workflow's history is the truth; every other record here (the workflow
+//! index, the open set, the idempotency map, tasks, leases, timers and the
+//! outbox) is derived from histories and can be rebuilt from them. A
+//! [`Commit`] carries one decision: its new events and the derived records
+//! that change with them, applied as one atomic batch. [`Store::commit`]
+//! returns a [`Durable`] that resolves once the batch is flushed to disk;
+//! concurrent commits share one flush (group commit).
+//!
+//! No storage engine type appears in this API, so that another backend (the
+//! PostgreSQL-protocol one on the roadmap) can implement it. The two backends
+//! here share one layout over an ordered key-value engine ([`kv_store`]):
+//! sled on disk, and a `BTreeMap` in memory for tests and embedding.
+
+mod group_commit;
+mod keys;
+mod kv_store;
+mod memory;
+mod records;
+mod sled_store;
+
+#[doc(hidden)]
+pub mod conformance;
+
+pub use group_commit::Durable;
+pub use memory::MemoryStore;
+pub use kv_store::KvStore;
+pub use records::{Lease, OutboxRecord, TaskRecord, TimerRecord};
+pub use sled_store::SledStore;
+
+use sagaflow_proto::v1::{HistoryEvent, WorkflowSummary};
+
+/// Storage failures. Callers branch on the variant, never on the text.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The engine below failed (I/O, corruption). Not retriable in place:
+    /// the server stops accepting writes rather than risk a torn history.
+    #[error("storage engine: {0}")]
+    Engine(String),
+    /// A record could not be decoded; the store holds bytes this version cannot read.
+    #[error("corrupt record under {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+    /// The commit's first event does not follow the stored history.
+    #[error("history of {workflow_id} is at {stored}, the commit starts at {requested}")]
+    SequenceConflict { workflow_id: String, stored: u64, requested: u64 },
+    /// An earlier flush failed; nothing more is acknowledged.
+    #[error("a flush failed earlier ({0}); the store is read-only until restarted")]
+    FlushFailed(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One decision, applied atomically.
+#[derive(Debug, Default, Clone)]
+pub struct Commit {
+    pub workflow_id: String,
+    /// Appended to the history; the first must follow the stored last event.
+    pub events: Vec<HistoryEvent>,
+    /// The workflow's index row after this decision.
+    pub summary: Option<WorkflowSummary>,
+    /// Maps a start's `request_id` to this workflow.
+    pub request_id: Option<String>,
+    pub put_tasks: Vec<TaskRecord>,
+    /// Task ids of this workflow whose tasks (and leases) are gone.
+    pub delete_tasks: Vec<String>,
+    pub put_timers: Vec<TimerRecord>,
+    pub delete_timers: Vec<TimerRecord>,
+    pub outbox: Vec<OutboxRecord>,
+}
+
+/// A page of the workflow index.
+#[derive(Debug, Default, Clone)]
+pub struct IndexPage {
+    pub workflows: Vec<WorkflowSummary>,
+    /// The last workflow id of this page when more may follow.
+    pub next_after: Option<String>,
+}
+
+/// What a `Store` holds, for every backend.
+pub trait Store: Send + Sync + 'static {
+    /// Applies the commit atomically. The returned [`Durable`] resolves once
+    /// the commit is on disk; acknowledge nothing before that.
+    fn commit(&self, commit: Commit) -> Result<Durable>;
+
+    /// Resolves once everything applied so far is on disk. A reply built from
+    /// a read waits on this, so that no reply shows what a crash could undo.
+    fn barrier(&self) -> Durable;
+
+    /// Events `from_seq..` (1-based), at most `limit`.
+    fn history(&self, workflow_id: &str, from_seq: u64, limit: usize) -> Result<Vec<HistoryEvent>>;
+
+    /// The sequence number of the last event, 0 when there is no history.
+    fn last_seq(&self, workflow_id: &str) -> Result<u64>;
+
+    fn summary(&self, workflow_id: &str) -> Result<Option<WorkflowSummary>>;
+
+    /// Index rows in workflow-id order, strictly after `after`. `filter`
+    /// decides which rows count; at most `limit` rows are returned, and a scan
+    /// reads no more than `scan_budget` rows before it returns a partial page.
+    fn list(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        scan_budget: usize,
+        filter: &dyn Fn(&WorkflowSummary) -> bool,
+    ) -> Result<IndexPage>;
+
+    /// Ids of the workflows that are not terminal.
+    fn open_workflows(&self) -> Result<Vec<String>>;
+
+    /// Ids of every workflow that has a history, for rebuilding.
+    fn all_workflows(&self) -> Result<Vec<String>>;
+
+    fn workflow_for_request(&self, request_id: &str) -> Result<Option<String>>;
+
+    fn tasks(&self) -> Result<Vec<TaskRecord>>;
+
+    /// Leases are hints that speed recovery; they are written without waiting
+    /// for a flush, since losing one only makes a task run again.
+    fn put_lease(&self, workflow_id: &str, task_id: &str, lease: &Lease) -> Result<()>;
+
+    fn leases(&self) -> Result<Vec<(String, String, Lease)>>;
+
+    fn timers(&self) -> Result<Vec<TimerRecord>>;
+
+    /// Outbox records with sequence numbers greater than `after`, at most `limit`.
+    fn outbox(&self, after: u64, limit: usize) -> Result<Vec<OutboxRecord>>;
+
+    /// Removes every derived record: the index, open set, idempotency map,
+    /// tasks, leases and timers. Histories and the outbox stay.
+    fn clear_derived(&self) -> Result<()>;
+}
+
+/// Whether a status ends a workflow.
+pub fn is_terminal(status: i32) -> bool {
+    use sagaflow_proto::v1::WorkflowStatus as S;
+    matches!(
+        S::try_from(status),
+        Ok(S::Completed | S::Compensated | S::Failed | S::Cancelled | S::Terminated)
+    )
+}

@@ -1,0 +1,68 @@
+//! Compiles the contract with protox, a pure-Rust protobuf compiler, so that a
+//! build needs no system `protoc`.
+
+use std::path::PathBuf;
+
+use prost::Message;
+
+const PROTOS: &[&str] = &[
+    "sagaflow/v1/history.proto",
+    "sagaflow/v1/workflow.proto",
+    "sagaflow/v1/worker.proto",
+    "sagaflow/checkout/v1/checkout.proto",
+];
+
+/// Fields that carry JSON text: shown as nested JSON, not as escaped strings,
+/// when an event is serialised for `--output json`.
+const JSON_FIELDS: &[&str] = &[
+    ".sagaflow.v1.WorkflowStarted.input",
+    ".sagaflow.v1.ActivityScheduled.input",
+    ".sagaflow.v1.ActivityCompleted.result",
+    ".sagaflow.v1.SignalReceived.input",
+    ".sagaflow.v1.WorkflowCompleted.result",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    for proto in PROTOS {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let descriptors = protox::compile(PROTOS, ["."])?;
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    let descriptor_path = out_dir.join("sagaflow_descriptor.bin");
+    std::fs::write(&descriptor_path, descriptors.encode_to_vec())?;
+
+    let mut builder = tonic_prost_build::configure()
+        .file_descriptor_set_path(&descriptor_path)
+        .skip_protoc_run()
+        // Matches the message and, by prefix, its `attributes` oneof.
+        .type_attribute(".sagaflow.v1.HistoryEvent", "#[derive(serde::Serialize)]");
+    for message in [
+        "WorkflowStarted",
+        "ActivityScheduled",
+        "ActivityStarted",
+        "ActivityCompleted",
+        "ActivityFailed",
+        "ActivityTimedOut",
+        "TimerStarted",
+        "TimerFired",
+        "SignalReceived",
+        "CancelRequested",
+        "CompensationStarted",
+        "WorkflowCompleted",
+        "WorkflowCompensated",
+        "WorkflowFailed",
+        "WorkflowCancelled",
+        "WorkflowTerminated",
+        "StuckDetected",
+        "StuckCleared",
+        "StepEscalated",
+        "CompletionIgnored",
+    ] {
+        builder = builder.type_attribute(format!(".sagaflow.v1.{message}"), "#[derive(serde::Serialize)]");
+    }
+    for field in JSON_FIELDS {
+        builder = builder.field_attribute(field, "#[serde(serialize_with = \"crate::json_text::serialize\")]");
+    }
+    builder.compile_protos(PROTOS, &["."])?;
+    Ok(())
+}
