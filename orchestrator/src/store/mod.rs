@@ -24,8 +24,8 @@ mod sled_store;
 pub mod conformance;
 
 pub use group_commit::Durable;
-pub use memory::MemoryStore;
 pub use kv_store::KvStore;
+pub use memory::MemoryStore;
 pub use records::{Lease, OutboxRecord, TaskRecord, TimerRecord};
 pub use sled_store::SledStore;
 
@@ -43,7 +43,11 @@ pub enum Error {
     Corrupt { key: String, reason: String },
     /// The commit's first event does not follow the stored history.
     #[error("history of {workflow_id} is at {stored}, the commit starts at {requested}")]
-    SequenceConflict { workflow_id: String, stored: u64, requested: u64 },
+    SequenceConflict {
+        workflow_id: String,
+        stored: u64,
+        requested: u64,
+    },
     /// An earlier flush failed; nothing more is acknowledged.
     #[error("a flush failed earlier ({0}); the store is read-only until restarted")]
     FlushFailed(String),

@@ -32,8 +32,10 @@ impl SledStore {
             .map_err(engine)?;
         let tree = db.open_tree("sagaflow").map_err(engine)?;
         let flush_tree = tree.clone();
-        let flusher = GroupCommit::start(Box::new(move || flush_tree.flush().map(drop).map_err(|e| e.to_string())))
-            .map_err(engine)?;
+        let flusher = GroupCommit::start(Box::new(move || {
+            flush_tree.flush().map(drop).map_err(|e| e.to_string())
+        }))
+        .map_err(engine)?;
         KvStore::new(SledKv { tree, flusher })
     }
 }
@@ -58,7 +60,12 @@ impl Kv for SledKv {
         Ok(self.tree.get(key).map_err(engine)?.map(|v| v.to_vec()))
     }
 
-    fn scan(&self, from: &[u8], prefix: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<()> {
+    fn scan(
+        &self,
+        from: &[u8],
+        prefix: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
         for item in self.tree.range(from..) {
             let (key, value) = item.map_err(engine)?;
             if !key.starts_with(prefix) || !visit(&key, &value) {
@@ -89,7 +96,10 @@ mod conformance {
 
     fn open() -> (Arc<dyn Store>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        (Arc::new(SledStore::open(dir.path()).unwrap()) as Arc<dyn Store>, dir)
+        (
+            Arc::new(SledStore::open(dir.path()).unwrap()) as Arc<dyn Store>,
+            dir,
+        )
     }
 
     crate::store_conformance_suite!(open());
@@ -103,13 +113,24 @@ mod conformance {
             let event = HistoryEvent {
                 seq: 1,
                 time_ms: 7,
-                attributes: Some(Attributes::WorkflowStarted(WorkflowStarted { workflow_type: "t".into(), ..Default::default() })),
+                attributes: Some(Attributes::WorkflowStarted(WorkflowStarted {
+                    workflow_type: "t".into(),
+                    ..Default::default()
+                })),
             };
-            let commit = crate::store::Commit { workflow_id: "wf".into(), events: vec![event], request_id: Some("r".into()), ..Default::default() };
+            let commit = crate::store::Commit {
+                workflow_id: "wf".into(),
+                events: vec![event],
+                request_id: Some("r".into()),
+                ..Default::default()
+            };
             store.commit(commit).unwrap().wait().await.unwrap();
         }
         let store = SledStore::open(dir.path()).unwrap();
         assert_eq!(store.history("wf", 1, 10).unwrap()[0].time_ms, 7);
-        assert_eq!(store.workflow_for_request("r").unwrap().as_deref(), Some("wf"));
+        assert_eq!(
+            store.workflow_for_request("r").unwrap().as_deref(),
+            Some("wf")
+        );
     }
 }

@@ -1,0 +1,656 @@
+//! The decision function: what happens next, given the state and an input.
+//! Pure: no clock (the caller passes `now`), no I/O, no randomness.
+
+use sagaflow_proto::v1::{
+    ActivityCompleted, ActivityFailed, ActivityScheduled, ActivityStarted, ActivityTimedOut,
+    CancelRequested, CompensationStarted, CompletionIgnored, HistoryEvent, SignalReceived,
+    StepEscalated, StuckCleared, StuckDetected, TimerFired, TimerStarted, WorkflowCancelled,
+    WorkflowCompensated, WorkflowCompleted, WorkflowFailed, WorkflowTerminated,
+    history_event::Attributes,
+};
+use sagaflow_workflows::{
+    Action, InputSpec, RetryPolicy, SagaDefinition, Step, StepKind, Timeouts,
+};
+
+use super::state::{
+    StepStatus, Track, WorkflowState, parse_task_id, signal_timer_id, sleep_timer_id, task_id,
+};
+
+/// What woke the workflow.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    ActivityOutcome {
+        task_id: String,
+        worker_id: String,
+        started_ms: i64,
+        outcome: Outcome,
+    },
+    TimedOut {
+        task_id: String,
+        timeout: TimeoutKind,
+    },
+    TimerFired {
+        timer_id: String,
+    },
+    Signal {
+        name: String,
+        input: String,
+        identity: String,
+    },
+    Cancel {
+        reason: String,
+        identity: String,
+    },
+    Terminate {
+        reason: String,
+        identity: String,
+    },
+    Stuck {
+        reason: StuckReason,
+        message: String,
+    },
+    /// Nothing new: decide again (after recovery, say).
+    Wake,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Completed(String),
+    Failed {
+        error_type: String,
+        message: String,
+        retryable: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutKind {
+    ScheduleToStart,
+    StartToClose,
+    Heartbeat,
+    ScheduleToClose,
+}
+
+impl TimeoutKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ScheduleToStart => "SCHEDULE_TO_START",
+            Self::StartToClose => "START_TO_CLOSE",
+            Self::Heartbeat => "HEARTBEAT",
+            Self::ScheduleToClose => "SCHEDULE_TO_CLOSE",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StuckReason {
+    NoProgress,
+    CompensationExhausted,
+    NoWorker,
+    NonRetryableAfterPivot,
+}
+
+impl StuckReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoProgress => "NO_PROGRESS",
+            Self::CompensationExhausted => "COMPENSATION_EXHAUSTED",
+            Self::NoWorker => "NO_WORKER",
+            Self::NonRetryableAfterPivot => "NON_RETRYABLE_AFTER_PIVOT",
+        }
+    }
+}
+
+/// Why an input was refused; the API maps these to gRPC statuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("workflow is already {0}")]
+    Terminal(&'static str),
+    #[error(
+        "the workflow passed its pivot step ({0}); it can no longer be cancelled, only moved forward"
+    )]
+    PastPivot(String),
+}
+
+/// A runaway decision loop would be a bug; this bounds it.
+const MAX_ROUNDS: usize = 64;
+
+/// Handles `input`, then decides until nothing more follows. Mutates `state`
+/// as the returned events are applied; on a failed commit the caller drops it.
+pub fn run(
+    state: &mut WorkflowState,
+    definition: &SagaDefinition,
+    input: Input,
+    now: i64,
+) -> Result<Vec<HistoryEvent>, Rejection> {
+    let mut events = Vec::new();
+    for attributes in handle(state, definition, input, now)? {
+        push(state, definition, &mut events, attributes, now);
+    }
+    for _ in 0..MAX_ROUNDS {
+        let next = decide(state, definition, now);
+        if next.is_empty() {
+            break;
+        }
+        for attributes in next {
+            push(state, definition, &mut events, attributes, now);
+        }
+    }
+    Ok(events)
+}
+
+fn push(
+    state: &mut WorkflowState,
+    definition: &SagaDefinition,
+    events: &mut Vec<HistoryEvent>,
+    attributes: Attributes,
+    now: i64,
+) {
+    let event = HistoryEvent {
+        seq: state.last_seq + 1,
+        time_ms: now,
+        attributes: Some(attributes),
+    };
+    state.apply(&event, definition);
+    events.push(event);
+}
+
+fn status_name(state: &WorkflowState) -> &'static str {
+    sagaflow_proto::status_name(state.status)
+}
+
+/// Turns an input into the events that record it.
+pub fn handle(
+    state: &WorkflowState,
+    definition: &SagaDefinition,
+    input: Input,
+    now: i64,
+) -> Result<Vec<Attributes>, Rejection> {
+    match input {
+        Input::ActivityOutcome {
+            task_id,
+            worker_id,
+            started_ms,
+            outcome,
+        } => Ok(handle_outcome(
+            state, definition, task_id, worker_id, started_ms, outcome, now,
+        )),
+        Input::TimedOut { task_id, timeout } => {
+            let Some(task) = state.tasks.get(&task_id) else {
+                return Ok(Vec::new());
+            };
+            let retry = if timeout == TimeoutKind::ScheduleToClose {
+                0
+            } else {
+                next_attempt_ms(
+                    state,
+                    definition,
+                    task.step_index,
+                    task.compensation,
+                    task.attempt,
+                    true,
+                    "",
+                    now,
+                )
+            };
+            let mut events = vec![Attributes::ActivityTimedOut(ActivityTimedOut {
+                task_id: task_id.clone(),
+                timeout_type: timeout.as_str().into(),
+                next_attempt_ms: retry,
+            })];
+            events.extend(escalation(
+                state,
+                definition,
+                task.step_index,
+                task.compensation,
+                task.attempt,
+            ));
+            Ok(events)
+        }
+        Input::TimerFired { timer_id } => {
+            let known = state.timers.contains_key(&timer_id)
+                || state.retry_timers().any(|(id, _)| id == timer_id);
+            Ok(if known && !state.is_terminal() {
+                vec![Attributes::TimerFired(TimerFired { timer_id })]
+            } else {
+                Vec::new()
+            })
+        }
+        Input::Signal {
+            name,
+            input,
+            identity,
+        } => {
+            if state.is_terminal() {
+                return Err(Rejection::Terminal(status_name(state)));
+            }
+            Ok(vec![Attributes::SignalReceived(SignalReceived {
+                name,
+                input,
+                identity,
+            })])
+        }
+        Input::Cancel { reason, identity } => {
+            if state.is_terminal() {
+                return Err(Rejection::Terminal(status_name(state)));
+            }
+            if state.pivot_passed {
+                let pivot = definition
+                    .pivot_index()
+                    .and_then(|i| definition.steps.get(i))
+                    .map(|s| s.name.clone());
+                return Err(Rejection::PastPivot(pivot.unwrap_or_default()));
+            }
+            // Cancelling twice, or while already compensating, changes nothing.
+            if state.cancel_requested.is_some() || state.compensation_plan.is_some() {
+                return Ok(Vec::new());
+            }
+            Ok(vec![Attributes::CancelRequested(CancelRequested {
+                reason,
+                identity,
+            })])
+        }
+        Input::Terminate { reason, identity } => {
+            if state.is_terminal() {
+                return Err(Rejection::Terminal(status_name(state)));
+            }
+            Ok(vec![Attributes::WorkflowTerminated(WorkflowTerminated {
+                reason,
+                identity,
+            })])
+        }
+        Input::Stuck { reason, message } => {
+            let already = state
+                .stuck
+                .as_ref()
+                .is_some_and(|(r, _, _)| r == reason.as_str());
+            Ok(if state.is_terminal() || already {
+                Vec::new()
+            } else {
+                vec![Attributes::StuckDetected(StuckDetected {
+                    reason: reason.as_str().into(),
+                    message,
+                })]
+            })
+        }
+        Input::Wake => Ok(Vec::new()),
+    }
+}
+
+fn handle_outcome(
+    state: &WorkflowState,
+    definition: &SagaDefinition,
+    task_id: String,
+    worker_id: String,
+    started_ms: i64,
+    outcome: Outcome,
+    now: i64,
+) -> Vec<Attributes> {
+    let outcome_name = match &outcome {
+        Outcome::Completed(_) => "completed".to_string(),
+        Outcome::Failed { error_type, .. } => format!("failed: {error_type}"),
+    };
+    let Some(task) = state.tasks.get(&task_id) else {
+        // Late (the attempt timed out or the workflow moved on) or a duplicate.
+        let duplicate = parse_task_id(&task_id).is_some_and(|(index, compensation, attempt)| {
+            let done = state.steps.get(index).is_some_and(|s| {
+                if compensation {
+                    s.status == StepStatus::Compensated
+                } else {
+                    s.status == StepStatus::Completed
+                }
+            });
+            done && state
+                .track(index, compensation)
+                .is_some_and(|t| t.attempt == attempt)
+        });
+        return vec![Attributes::CompletionIgnored(CompletionIgnored {
+            task_id,
+            reason: if duplicate { "duplicate" } else { "late" }.into(),
+            outcome: outcome_name,
+            worker_id,
+        })];
+    };
+    let mut events = vec![Attributes::ActivityStarted(ActivityStarted {
+        task_id: task_id.clone(),
+        worker_id,
+        started_ms,
+    })];
+    match outcome {
+        Outcome::Completed(result) => {
+            events.push(Attributes::ActivityCompleted(ActivityCompleted {
+                task_id,
+                result,
+            }))
+        }
+        Outcome::Failed {
+            error_type,
+            message,
+            retryable,
+        } => {
+            let next = next_attempt_ms(
+                state,
+                definition,
+                task.step_index,
+                task.compensation,
+                task.attempt,
+                retryable,
+                &error_type,
+                now,
+            );
+            events.push(Attributes::ActivityFailed(ActivityFailed {
+                task_id,
+                error_type,
+                message,
+                retryable: next > 0,
+                next_attempt_ms: next,
+            }));
+            events.extend(escalation(
+                state,
+                definition,
+                task.step_index,
+                task.compensation,
+                task.attempt,
+            ));
+        }
+    }
+    events
+}
+
+fn policies(step: &Step, compensation: bool) -> (&RetryPolicy, &Timeouts) {
+    match (&step.compensation, compensation) {
+        (Some(c), true) => (&c.retry, &c.timeouts),
+        _ => (&step.retry, &step.timeouts),
+    }
+}
+
+/// When the next attempt is due, or 0 when the step has failed for good.
+#[allow(clippy::too_many_arguments)]
+fn next_attempt_ms(
+    state: &WorkflowState,
+    definition: &SagaDefinition,
+    step_index: usize,
+    compensation: bool,
+    attempt: u32,
+    retryable: bool,
+    error_type: &str,
+    now: i64,
+) -> i64 {
+    let (Some(step), Some(track)) = (
+        definition.steps.get(step_index),
+        state.track(step_index, compensation),
+    ) else {
+        return 0;
+    };
+    let (policy, timeouts) = policies(step, compensation);
+    if !retryable
+        || policy.is_non_retryable(error_type)
+        || !policy.allows_another(attempt.saturating_sub(track.budget_base))
+    {
+        return 0;
+    }
+    let delay = i64::try_from(policy.backoff(attempt + 1).as_millis()).unwrap_or(i64::MAX);
+    let due = now.saturating_add(delay.max(1));
+    let budget = i64::try_from(timeouts.schedule_to_close_ms).unwrap_or(i64::MAX);
+    if budget > 0 && due >= track.first_scheduled_ms.saturating_add(budget) {
+        return 0;
+    }
+    due
+}
+
+/// A retriable step past its threshold raises its alert once.
+fn escalation(
+    state: &WorkflowState,
+    definition: &SagaDefinition,
+    step_index: usize,
+    compensation: bool,
+    attempt: u32,
+) -> Option<Attributes> {
+    let step = definition.steps.get(step_index)?;
+    let escalation = step.escalation.as_ref()?;
+    let already = state.steps.get(step_index).is_some_and(|s| s.escalated);
+    (!compensation && !already && attempt >= escalation.after_attempts).then(|| {
+        Attributes::StepEscalated(StepEscalated {
+            step: step.name.clone(),
+            attempt,
+            alert: escalation.alert.clone(),
+        })
+    })
+}
+
+/// What follows from the state alone.
+pub fn decide(state: &WorkflowState, definition: &SagaDefinition, now: i64) -> Vec<Attributes> {
+    if state.is_terminal() {
+        return Vec::new();
+    }
+    if let Some((reason, _, seq)) = &state.stuck
+        && state.last_progress_seq > *seq
+    {
+        return vec![Attributes::StuckCleared(StuckCleared {
+            reason: reason.clone(),
+        })];
+    }
+    if let Some(plan) = &state.compensation_plan {
+        return decide_compensation(state, definition, plan);
+    }
+    if let Some(reason) = &state.cancel_requested
+        && !state.pivot_passed
+    {
+        // Let an attempt in flight finish first, so that its effect, if any,
+        // is known and compensated rather than racing the compensation.
+        if state.tasks.values().any(|t| !t.compensation) {
+            return Vec::new();
+        }
+        return start_compensation(state, definition, format!("cancelled: {reason}"), None);
+    }
+    let Some(index) = state.cursor() else {
+        return vec![Attributes::WorkflowCompleted(WorkflowCompleted {
+            result: state.context.steps().to_string(),
+        })];
+    };
+    let step = &definition.steps[index];
+    let progress = &state.steps[index];
+    if let Some(failure) = &progress.forward.blocked {
+        return match step.kind {
+            StepKind::Retriable => stuck_once(
+                state,
+                super::StuckReason::NonRetryableAfterPivot,
+                format!(
+                    "step {} failed after the pivot and cannot be undone: {failure}; fix the cause, then signal {}",
+                    step.name,
+                    super::state::RETRY_SIGNAL
+                ),
+            ),
+            StepKind::Compensable | StepKind::Pivot => start_compensation(
+                state,
+                definition,
+                format!("step {} failed: {failure}", step.name),
+                Some(index),
+            ),
+        };
+    }
+    match &step.action {
+        Action::Activity { activity_type } => {
+            let busy = state
+                .tasks
+                .values()
+                .any(|t| t.step_index == index && !t.compensation);
+            if busy || progress.forward.retry_at.is_some() {
+                return Vec::new();
+            }
+            schedule(state, definition, index, false, activity_type, &step.input)
+        }
+        Action::Sleep { duration_ms } => {
+            let id = sleep_timer_id(index);
+            if state.timers.contains_key(&id) {
+                return Vec::new();
+            }
+            let fire_at_ms = now.saturating_add(i64::try_from(*duration_ms).unwrap_or(i64::MAX));
+            vec![Attributes::TimerStarted(TimerStarted {
+                timer_id: id,
+                fire_at_ms,
+                purpose: "sleep".into(),
+            })]
+        }
+        Action::AwaitSignal { timeout_ms, .. } => {
+            let id = signal_timer_id(index);
+            if *timeout_ms == 0 || state.timers.contains_key(&id) {
+                return Vec::new();
+            }
+            let fire_at_ms = now.saturating_add(i64::try_from(*timeout_ms).unwrap_or(i64::MAX));
+            vec![Attributes::TimerStarted(TimerStarted {
+                timer_id: id,
+                fire_at_ms,
+                purpose: "signal-timeout".into(),
+            })]
+        }
+    }
+}
+
+fn stuck_once(
+    state: &WorkflowState,
+    reason: super::StuckReason,
+    message: String,
+) -> Vec<Attributes> {
+    if state
+        .stuck
+        .as_ref()
+        .is_some_and(|(r, _, _)| r == reason.as_str())
+    {
+        return Vec::new();
+    }
+    vec![Attributes::StuckDetected(StuckDetected {
+        reason: reason.as_str().into(),
+        message,
+    })]
+}
+
+fn decide_compensation(
+    state: &WorkflowState,
+    definition: &SagaDefinition,
+    plan: &[usize],
+) -> Vec<Attributes> {
+    let Some(&index) = plan
+        .iter()
+        .find(|&&i| state.steps[i].status != StepStatus::Compensated)
+    else {
+        return vec![match &state.cancel_requested {
+            Some(reason) => Attributes::WorkflowCancelled(WorkflowCancelled {
+                reason: reason.clone(),
+            }),
+            None => Attributes::WorkflowCompensated(WorkflowCompensated {
+                reason: state.compensation_reason.clone(),
+            }),
+        }];
+    };
+    let step = &definition.steps[index];
+    let Some(compensation) = &step.compensation else {
+        return Vec::new();
+    };
+    let track: &Track = &state.steps[index].undo;
+    if let Some(failure) = &track.blocked {
+        return stuck_once(
+            state,
+            super::StuckReason::CompensationExhausted,
+            format!(
+                "compensation of step {} gave up after {} attempts: {failure}; fix the cause, then signal {}",
+                step.name,
+                track.attempt,
+                super::state::RETRY_SIGNAL
+            ),
+        );
+    }
+    let busy = state
+        .tasks
+        .values()
+        .any(|t| t.step_index == index && t.compensation);
+    if busy || track.retry_at.is_some() {
+        return Vec::new();
+    }
+    schedule(
+        state,
+        definition,
+        index,
+        true,
+        &compensation.activity_type,
+        &compensation.input,
+    )
+}
+
+/// Compensates every compensable step that ever started (including the one
+/// that failed: a timed-out attempt may have taken effect), newest first.
+fn start_compensation(
+    state: &WorkflowState,
+    definition: &SagaDefinition,
+    reason: String,
+    failed: Option<usize>,
+) -> Vec<Attributes> {
+    let steps: Vec<String> = definition
+        .steps
+        .iter()
+        .enumerate()
+        .rev()
+        .filter(|(i, s)| s.compensation.is_some() && state.steps[*i].forward.attempt > 0)
+        .map(|(_, s)| s.name.clone())
+        .collect();
+    if steps.is_empty() {
+        return vec![match &state.cancel_requested {
+            Some(cancel) => Attributes::WorkflowCancelled(WorkflowCancelled {
+                reason: cancel.clone(),
+            }),
+            None => Attributes::WorkflowFailed(WorkflowFailed {
+                reason,
+                step: failed
+                    .and_then(|i| definition.steps.get(i))
+                    .map(|s| s.name.clone())
+                    .unwrap_or_default(),
+            }),
+        }];
+    }
+    vec![Attributes::CompensationStarted(CompensationStarted {
+        reason,
+        steps,
+    })]
+}
+
+fn schedule(
+    state: &WorkflowState,
+    definition: &SagaDefinition,
+    index: usize,
+    compensation: bool,
+    activity_type: &str,
+    input: &InputSpec,
+) -> Vec<Attributes> {
+    let step = &definition.steps[index];
+    let forward_key = match &state.steps[index].idempotency_key {
+        Some(key) => key.clone(),
+        None => match state
+            .context
+            .key_for(&step.idempotency_key, &state.workflow_id, &step.name)
+        {
+            Ok(key) => key,
+            Err(reason) => {
+                return vec![Attributes::WorkflowFailed(WorkflowFailed {
+                    reason: format!("step {}: {reason}", step.name),
+                    step: step.name.clone(),
+                })];
+            }
+        },
+    };
+    let idempotency_key = if compensation {
+        format!("{forward_key}/compensate")
+    } else {
+        forward_key
+    };
+    let attempt = state.track(index, compensation).map_or(0, |t| t.attempt) + 1;
+    vec![Attributes::ActivityScheduled(ActivityScheduled {
+        task_id: task_id(index, compensation, attempt),
+        step_index: u32::try_from(index).unwrap_or(u32::MAX),
+        step: step.name.clone(),
+        activity_type: activity_type.into(),
+        attempt,
+        compensation,
+        input: state.context.input_for(input).to_string(),
+        idempotency_key,
+    })]
+}

@@ -1,0 +1,467 @@
+//! A workflow's state: a fold of its history. `apply` is the only way state
+//! changes, so replaying a history always rebuilds the same state.
+
+use std::collections::BTreeMap;
+
+use sagaflow_proto::v1::{HistoryEvent, WorkflowStatus, history_event::Attributes};
+use sagaflow_workflows::{Action, Context, SagaDefinition};
+use serde_json::Value;
+
+/// An activity attempt that has been scheduled and not yet resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingTask {
+    pub task_id: String,
+    pub step_index: usize,
+    pub attempt: u32,
+    pub compensation: bool,
+    pub activity_type: String,
+    pub input: String,
+    pub idempotency_key: String,
+    pub scheduled_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StepStatus {
+    #[default]
+    Pending,
+    Running,
+    Completed,
+    Compensated,
+}
+
+/// One direction (forward or compensation) of a step.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Track {
+    /// Attempts scheduled so far.
+    pub attempt: u32,
+    /// Attempts before the last operator retry; the budget counts from here.
+    pub budget_base: u32,
+    pub first_scheduled_ms: i64,
+    /// A retry is due at this time.
+    pub retry_at: Option<i64>,
+    /// Failed for good (non-retryable, or out of attempts): the reason.
+    pub blocked: Option<String>,
+    pub last_failure: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StepState {
+    pub status: StepStatus,
+    pub idempotency_key: Option<String>,
+    pub forward: Track,
+    pub undo: Track,
+    pub escalated: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkflowState {
+    pub workflow_id: String,
+    pub workflow_type: String,
+    pub version: u32,
+    pub request_id: String,
+    pub input: String,
+    pub labels: BTreeMap<String, String>,
+    pub correlation_id: String,
+    pub traceparent: String,
+    pub context: Context,
+    pub status: WorkflowStatus,
+    pub last_seq: u64,
+    pub started_ms: i64,
+    pub updated_ms: i64,
+    pub closed_ms: i64,
+    pub last_progress_seq: u64,
+    pub last_progress_ms: i64,
+    pub steps: Vec<StepState>,
+    pub tasks: BTreeMap<String, PendingTask>,
+    /// Sleep and signal-deadline timers: id to firing time.
+    pub timers: BTreeMap<String, i64>,
+    pub pivot_passed: bool,
+    pub cancel_requested: Option<String>,
+    /// Step indices whose compensations run, in order; `Some` once compensating.
+    pub compensation_plan: Option<Vec<usize>>,
+    pub compensation_reason: String,
+    /// Reason code, message, and the seq of the StuckDetected event.
+    pub stuck: Option<(String, String, u64)>,
+    pub result: String,
+    pub reason: String,
+}
+
+pub fn task_id(step_index: usize, compensation: bool, attempt: u32) -> String {
+    format!(
+        "{step_index}.{}.{attempt}",
+        if compensation { 'c' } else { 'f' }
+    )
+}
+
+/// `(step_index, compensation, attempt)` from a task id.
+pub fn parse_task_id(task_id: &str) -> Option<(usize, bool, u32)> {
+    let mut parts = task_id.split('.');
+    let step = parts.next()?.parse().ok()?;
+    let compensation = match parts.next()? {
+        "c" => true,
+        "f" => false,
+        _ => return None,
+    };
+    let attempt = parts.next()?.parse().ok()?;
+    parts
+        .next()
+        .is_none()
+        .then_some((step, compensation, attempt))
+}
+
+pub fn retry_timer_id(step_index: usize, compensation: bool, attempt: u32) -> String {
+    format!("retry/{}", task_id(step_index, compensation, attempt))
+}
+
+pub fn sleep_timer_id(step_index: usize) -> String {
+    format!("sleep/{step_index}")
+}
+
+pub fn signal_timer_id(step_index: usize) -> String {
+    format!("signal-timeout/{step_index}")
+}
+
+/// The error type given to an await-signal step whose deadline passed.
+pub const SIGNAL_TIMEOUT: &str = "SignalTimeout";
+/// The signal an operator sends to give a blocked step a fresh retry budget.
+pub const RETRY_SIGNAL: &str = "sagaflow.retry";
+
+impl WorkflowState {
+    /// The state before `WorkflowStarted`.
+    pub fn empty(workflow_id: &str) -> Self {
+        Self {
+            workflow_id: workflow_id.into(),
+            workflow_type: String::new(),
+            version: 0,
+            request_id: String::new(),
+            input: String::new(),
+            labels: BTreeMap::new(),
+            correlation_id: String::new(),
+            traceparent: String::new(),
+            context: Context::default(),
+            status: WorkflowStatus::Unspecified,
+            last_seq: 0,
+            started_ms: 0,
+            updated_ms: 0,
+            closed_ms: 0,
+            last_progress_seq: 0,
+            last_progress_ms: 0,
+            steps: Vec::new(),
+            tasks: BTreeMap::new(),
+            timers: BTreeMap::new(),
+            pivot_passed: false,
+            cancel_requested: None,
+            compensation_plan: None,
+            compensation_reason: String::new(),
+            stuck: None,
+            result: String::new(),
+            reason: String::new(),
+        }
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        crate::store::is_terminal(self.status as i32)
+    }
+
+    /// The first forward step not yet completed.
+    pub fn cursor(&self) -> Option<usize> {
+        self.steps
+            .iter()
+            .position(|s| s.status != StepStatus::Completed && s.status != StepStatus::Compensated)
+    }
+
+    pub fn track(&self, step_index: usize, compensation: bool) -> Option<&Track> {
+        self.steps
+            .get(step_index)
+            .map(|s| if compensation { &s.undo } else { &s.forward })
+    }
+
+    fn track_mut(&mut self, step_index: usize, compensation: bool) -> Option<&mut Track> {
+        self.steps.get_mut(step_index).map(|s| {
+            if compensation {
+                &mut s.undo
+            } else {
+                &mut s.forward
+            }
+        })
+    }
+
+    fn progress(&mut self, seq: u64, time_ms: i64) {
+        self.last_progress_seq = seq;
+        self.last_progress_ms = time_ms;
+    }
+
+    /// Folds one event in. `definition` is the pinned version's.
+    pub fn apply(&mut self, event: &HistoryEvent, definition: &SagaDefinition) {
+        let Some(attributes) = &event.attributes else {
+            return;
+        };
+        self.last_seq = event.seq;
+        self.updated_ms = event.time_ms;
+        match attributes {
+            Attributes::WorkflowStarted(started) => {
+                self.workflow_type.clone_from(&started.workflow_type);
+                self.version = started.definition_version;
+                self.request_id.clone_from(&started.request_id);
+                self.input.clone_from(&started.input);
+                self.labels = started.labels.clone().into_iter().collect();
+                self.correlation_id.clone_from(&started.correlation_id);
+                self.traceparent.clone_from(&started.traceparent);
+                let input = serde_json::from_str(&started.input).unwrap_or(Value::Null);
+                self.context = Context::new(&self.workflow_id, input);
+                self.status = WorkflowStatus::Running;
+                self.started_ms = event.time_ms;
+                self.steps = vec![StepState::default(); definition.steps.len()];
+                self.progress(event.seq, event.time_ms);
+            }
+            Attributes::ActivityScheduled(s) => {
+                let index = s.step_index as usize;
+                if let Some(step) = self.steps.get_mut(index) {
+                    step.idempotency_key
+                        .get_or_insert_with(|| s.idempotency_key.clone());
+                    if !s.compensation {
+                        step.status = StepStatus::Running;
+                    }
+                }
+                if let Some(track) = self.track_mut(index, s.compensation) {
+                    if track.attempt == 0 {
+                        track.first_scheduled_ms = event.time_ms;
+                    }
+                    track.attempt = s.attempt;
+                    track.retry_at = None;
+                }
+                self.tasks.insert(
+                    s.task_id.clone(),
+                    PendingTask {
+                        task_id: s.task_id.clone(),
+                        step_index: index,
+                        attempt: s.attempt,
+                        compensation: s.compensation,
+                        activity_type: s.activity_type.clone(),
+                        input: s.input.clone(),
+                        idempotency_key: s.idempotency_key.clone(),
+                        scheduled_ms: event.time_ms,
+                    },
+                );
+                if s.attempt == 1 {
+                    self.progress(event.seq, event.time_ms);
+                }
+            }
+            Attributes::ActivityStarted(_) | Attributes::CompletionIgnored(_) => {}
+            Attributes::ActivityCompleted(c) => {
+                if let Some(task) = self.tasks.remove(&c.task_id) {
+                    let name = definition
+                        .steps
+                        .get(task.step_index)
+                        .map(|s| s.name.clone())
+                        .unwrap_or_default();
+                    if let Some(step) = self.steps.get_mut(task.step_index) {
+                        if task.compensation {
+                            step.status = StepStatus::Compensated;
+                        } else {
+                            step.status = StepStatus::Completed;
+                            let result = serde_json::from_str(&c.result).unwrap_or(Value::Null);
+                            self.context.set_step_result(&name, result);
+                        }
+                    }
+                    if !task.compensation && definition.pivot_index() == Some(task.step_index) {
+                        self.pivot_passed = true;
+                    }
+                    self.progress(event.seq, event.time_ms);
+                }
+            }
+            Attributes::ActivityFailed(f) => {
+                let failure = if f.error_type.is_empty() {
+                    f.message.clone()
+                } else {
+                    format!("{}: {}", f.error_type, f.message)
+                };
+                self.resolve_failure(&f.task_id, f.next_attempt_ms, failure);
+            }
+            Attributes::ActivityTimedOut(t) => {
+                self.resolve_failure(
+                    &t.task_id,
+                    t.next_attempt_ms,
+                    format!("timed out ({})", t.timeout_type),
+                );
+            }
+            Attributes::TimerStarted(t) => {
+                self.timers.insert(t.timer_id.clone(), t.fire_at_ms);
+            }
+            Attributes::TimerFired(t) => {
+                self.timers.remove(&t.timer_id);
+                if let Some(rest) = t.timer_id.strip_prefix("retry/") {
+                    if let Some((index, compensation, _)) = parse_task_id(rest)
+                        && let Some(track) = self.track_mut(index, compensation)
+                    {
+                        track.retry_at = None;
+                    }
+                } else if let Some(index) = t
+                    .timer_id
+                    .strip_prefix("sleep/")
+                    .and_then(|i| i.parse::<usize>().ok())
+                {
+                    let name = definition
+                        .steps
+                        .get(index)
+                        .map(|s| s.name.clone())
+                        .unwrap_or_default();
+                    if let Some(step) = self.steps.get_mut(index) {
+                        step.status = StepStatus::Completed;
+                        self.context.set_step_result(&name, Value::Null);
+                    }
+                    self.progress(event.seq, event.time_ms);
+                } else if let Some(index) = t
+                    .timer_id
+                    .strip_prefix("signal-timeout/")
+                    .and_then(|i| i.parse::<usize>().ok())
+                    && let Some(step) = self.steps.get_mut(index)
+                    && step.status != StepStatus::Completed
+                {
+                    step.forward.blocked =
+                        Some(format!("{SIGNAL_TIMEOUT}: no signal before the deadline"));
+                }
+            }
+            Attributes::SignalReceived(s) => {
+                if s.name == RETRY_SIGNAL {
+                    for step in &mut self.steps {
+                        for track in [&mut step.forward, &mut step.undo] {
+                            if track.blocked.take().is_some() {
+                                track.budget_base = track.attempt;
+                            }
+                        }
+                    }
+                } else {
+                    let input = serde_json::from_str(&s.input).unwrap_or(Value::Null);
+                    self.context.set_signal(&s.name, input);
+                }
+                self.progress(event.seq, event.time_ms);
+            }
+            Attributes::CancelRequested(c) => {
+                self.cancel_requested = Some(c.reason.clone());
+            }
+            Attributes::CompensationStarted(c) => {
+                self.status = WorkflowStatus::Compensating;
+                self.compensation_reason.clone_from(&c.reason);
+                self.compensation_plan = Some(
+                    c.steps
+                        .iter()
+                        .filter_map(|name| definition.step_index(name))
+                        .collect(),
+                );
+                // The forward attempt that is abandoned (on cancel) stays
+                // compensated below; its late completion is ignored.
+                self.tasks.retain(|_, t| t.compensation);
+                self.timers.clear();
+                self.progress(event.seq, event.time_ms);
+            }
+            Attributes::WorkflowCompleted(c) => {
+                self.result.clone_from(&c.result);
+                self.close(WorkflowStatus::Completed, event.time_ms, String::new());
+            }
+            Attributes::WorkflowCompensated(c) => {
+                self.close(WorkflowStatus::Compensated, event.time_ms, c.reason.clone())
+            }
+            Attributes::WorkflowFailed(f) => {
+                self.close(WorkflowStatus::Failed, event.time_ms, f.reason.clone())
+            }
+            Attributes::WorkflowCancelled(c) => {
+                self.close(WorkflowStatus::Cancelled, event.time_ms, c.reason.clone())
+            }
+            Attributes::WorkflowTerminated(t) => {
+                self.close(WorkflowStatus::Terminated, event.time_ms, t.reason.clone())
+            }
+            Attributes::StuckDetected(s) => {
+                self.stuck = Some((s.reason.clone(), s.message.clone(), event.seq))
+            }
+            Attributes::StuckCleared(_) => self.stuck = None,
+            Attributes::StepEscalated(e) => {
+                if let Some(index) = definition.step_index(&e.step)
+                    && let Some(step) = self.steps.get_mut(index)
+                {
+                    step.escalated = true;
+                }
+            }
+        }
+        self.settle_signal_steps(definition);
+    }
+
+    fn resolve_failure(&mut self, task_id: &str, next_attempt_ms: i64, failure: String) {
+        let Some(task) = self.tasks.remove(task_id) else {
+            return;
+        };
+        if let Some(track) = self.track_mut(task.step_index, task.compensation) {
+            track.last_failure.clone_from(&failure);
+            if next_attempt_ms > 0 {
+                track.retry_at = Some(next_attempt_ms);
+            } else {
+                track.blocked = Some(failure);
+            }
+        }
+    }
+
+    fn close(&mut self, status: WorkflowStatus, time_ms: i64, reason: String) {
+        self.status = status;
+        self.closed_ms = time_ms;
+        self.reason = reason;
+        self.tasks.clear();
+        self.timers.clear();
+        self.stuck = None;
+        for step in &mut self.steps {
+            step.forward.retry_at = None;
+            step.undo.retry_at = None;
+        }
+    }
+
+    /// An await-signal step completes as soon as it is current and its signal
+    /// has arrived, whether the signal came before or after it was reached.
+    fn settle_signal_steps(&mut self, definition: &SagaDefinition) {
+        if self.compensation_plan.is_some() || self.is_terminal() {
+            return;
+        }
+        while let Some(index) = self.cursor() {
+            let Some(Action::AwaitSignal { signal, .. }) =
+                definition.steps.get(index).map(|s| &s.action)
+            else {
+                return;
+            };
+            let Some(input) = self
+                .context
+                .0
+                .pointer(&format!("/signals/{signal}"))
+                .cloned()
+            else {
+                return;
+            };
+            let name = definition.steps[index].name.clone();
+            self.steps[index].status = StepStatus::Completed;
+            self.context.set_step_result(&name, input);
+            self.timers.remove(&signal_timer_id(index));
+        }
+    }
+
+    /// Every retry timer that is due, as `(timer_id, fire_at)`.
+    pub fn retry_timers(&self) -> impl Iterator<Item = (String, i64)> + '_ {
+        self.steps.iter().enumerate().flat_map(|(index, step)| {
+            [(&step.forward, false), (&step.undo, true)]
+                .into_iter()
+                .filter_map(move |(track, comp)| {
+                    track
+                        .retry_at
+                        .map(|at| (retry_timer_id(index, comp, track.attempt + 1), at))
+                })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_ids_round_trip() {
+        assert_eq!(parse_task_id(&task_id(3, true, 12)), Some((3, true, 12)));
+        assert_eq!(parse_task_id("3.x.1"), None);
+        assert_eq!(parse_task_id("3.f.1.extra"), None);
+    }
+}

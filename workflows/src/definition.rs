@@ -1,0 +1,623 @@
+//! The saga definition model. A definition is a sequence of steps in the
+//! Garcia-Molina and Salem shape: compensable steps, at most one pivot, then
+//! retriable steps. It serialises with serde so that it can be listed, shown,
+//! and loaded from a file.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Where a step sits relative to the point of no return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StepKind {
+    /// Can be undone; its compensation runs, in reverse order, if a later step fails.
+    #[default]
+    Compensable,
+    /// The point of no return. Once it succeeds the saga only moves forward.
+    Pivot,
+    /// After the pivot: retried until it succeeds, escalating past a threshold.
+    Retriable,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RetryPolicy {
+    pub initial_interval_ms: u64,
+    pub backoff_coefficient: f64,
+    pub maximum_interval_ms: u64,
+    /// 0 means unlimited.
+    pub maximum_attempts: u32,
+    /// Error types that fail the step at once, whatever the worker said.
+    pub non_retryable_error_types: Vec<String>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            initial_interval_ms: 200,
+            backoff_coefficient: 2.0,
+            maximum_interval_ms: 30_000,
+            maximum_attempts: 5,
+            non_retryable_error_types: Vec::new(),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Delay before attempt `next_attempt` (2 is the first retry).
+    pub fn backoff(&self, next_attempt: u32) -> Duration {
+        let exponent = i32::try_from(next_attempt.saturating_sub(2)).unwrap_or(i32::MAX);
+        let scaled = self.initial_interval_ms as f64 * self.backoff_coefficient.powi(exponent);
+        let capped = if self.maximum_interval_ms == 0 {
+            scaled
+        } else {
+            scaled.min(self.maximum_interval_ms as f64)
+        };
+        Duration::from_millis(capped.max(0.0) as u64)
+    }
+
+    /// Whether attempt `attempt` may be followed by another.
+    pub fn allows_another(&self, attempt: u32) -> bool {
+        self.maximum_attempts == 0 || attempt < self.maximum_attempts
+    }
+
+    pub fn is_non_retryable(&self, error_type: &str) -> bool {
+        self.non_retryable_error_types
+            .iter()
+            .any(|t| t == error_type)
+    }
+
+    /// Never give up: for steps after the pivot.
+    pub fn unlimited() -> Self {
+        Self {
+            maximum_attempts: 0,
+            ..Self::default()
+        }
+    }
+}
+
+/// Budgets in milliseconds; 0 means no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Timeouts {
+    /// How long a task may wait in its queue for a worker.
+    pub schedule_to_start_ms: u64,
+    /// How long one attempt may run once a worker took it.
+    pub start_to_close_ms: u64,
+    /// How long a running attempt may go without a heartbeat.
+    pub heartbeat_ms: u64,
+    /// How long the step may take over all its attempts.
+    pub schedule_to_close_ms: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            schedule_to_start_ms: 0,
+            start_to_close_ms: 30_000,
+            heartbeat_ms: 0,
+            schedule_to_close_ms: 0,
+        }
+    }
+}
+
+/// Where a value comes from: a JSON pointer into the saga's [`Context`](crate::Context)
+/// (`/input/...`, `/steps/NAME/...`, `/signals/NAME/...`, `/workflow_id`), or a literal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Pointer(String),
+    Literal(serde_json::Value),
+}
+
+/// A step's input document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum InputSpec {
+    /// The whole context: the workflow input, earlier results and signals.
+    #[default]
+    Context,
+    /// An object built field by field.
+    Fields(BTreeMap<String, Source>),
+}
+
+/// How a step's idempotency key is derived, once, at its first attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum KeySpec {
+    /// `<workflow_id>/<step>`.
+    #[default]
+    Derived,
+    /// A string (or number) found at this pointer in the context.
+    Pointer(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum Action {
+    /// Run an activity on a worker.
+    Activity { activity_type: String },
+    /// Wait on a durable timer.
+    Sleep { duration_ms: u64 },
+    /// Wait until a signal of this name arrives; fail after `timeout_ms` (0 = never).
+    AwaitSignal { signal: String, timeout_ms: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Compensation {
+    pub activity_type: String,
+    #[serde(default)]
+    pub input: InputSpec,
+    #[serde(default = "RetryPolicy::unlimited_compensation")]
+    pub retry: RetryPolicy,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+}
+
+impl RetryPolicy {
+    fn unlimited_compensation() -> Self {
+        Self {
+            maximum_attempts: 10,
+            ..Self::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Escalation {
+    /// After this many failed attempts the alert is raised (once).
+    pub after_attempts: u32,
+    /// The alert's domain name, such as `ShipmentDelayed`.
+    pub alert: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub name: String,
+    #[serde(default)]
+    pub kind: StepKind,
+    pub action: Action,
+    #[serde(default)]
+    pub input: InputSpec,
+    #[serde(default)]
+    pub idempotency_key: KeySpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensation: Option<Compensation>,
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<Escalation>,
+}
+
+impl Step {
+    /// A compensable step that runs `activity_type` on a worker.
+    pub fn activity(name: impl Into<String>, activity_type: impl Into<String>) -> Self {
+        Self::with_action(
+            name,
+            Action::Activity {
+                activity_type: activity_type.into(),
+            },
+        )
+    }
+
+    /// A durable sleep.
+    pub fn sleep(name: impl Into<String>, duration: Duration) -> Self {
+        Self::with_action(
+            name,
+            Action::Sleep {
+                duration_ms: millis(duration),
+            },
+        )
+    }
+
+    /// Waits for the signal `signal`; `timeout` of zero waits forever.
+    pub fn await_signal(
+        name: impl Into<String>,
+        signal: impl Into<String>,
+        timeout: Duration,
+    ) -> Self {
+        Self::with_action(
+            name,
+            Action::AwaitSignal {
+                signal: signal.into(),
+                timeout_ms: millis(timeout),
+            },
+        )
+    }
+
+    fn with_action(name: impl Into<String>, action: Action) -> Self {
+        Self {
+            name: name.into(),
+            kind: StepKind::Compensable,
+            action,
+            input: InputSpec::Context,
+            idempotency_key: KeySpec::Derived,
+            compensation: None,
+            retry: RetryPolicy::default(),
+            timeouts: Timeouts::default(),
+            escalation: None,
+        }
+    }
+
+    #[must_use]
+    pub fn pivot(mut self) -> Self {
+        self.kind = StepKind::Pivot;
+        self
+    }
+
+    /// After the pivot: retried without limit.
+    #[must_use]
+    pub fn retriable(mut self) -> Self {
+        self.kind = StepKind::Retriable;
+        self.retry.maximum_attempts = 0;
+        self
+    }
+
+    #[must_use]
+    pub fn compensate_with(mut self, activity_type: impl Into<String>) -> Self {
+        self.compensation = Some(Compensation {
+            activity_type: activity_type.into(),
+            input: InputSpec::Context,
+            retry: RetryPolicy::unlimited_compensation(),
+            timeouts: Timeouts::default(),
+        });
+        self
+    }
+
+    /// Sets the compensation's retry policy (after `compensate_with`).
+    #[must_use]
+    pub fn compensation_retry(mut self, retry: RetryPolicy) -> Self {
+        if let Some(c) = &mut self.compensation {
+            c.retry = retry;
+        }
+        self
+    }
+
+    #[must_use]
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    #[must_use]
+    pub fn timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        if let Some(c) = &mut self.compensation {
+            c.timeouts = timeouts;
+        }
+        self
+    }
+
+    #[must_use]
+    pub fn start_to_close(mut self, timeout: Duration) -> Self {
+        self.timeouts.start_to_close_ms = millis(timeout);
+        self
+    }
+
+    /// Adds an input field read from the context at `pointer`.
+    #[must_use]
+    pub fn input_from(mut self, field: impl Into<String>, pointer: impl Into<String>) -> Self {
+        self.fields()
+            .insert(field.into(), Source::Pointer(pointer.into()));
+        self
+    }
+
+    #[must_use]
+    pub fn input_literal(mut self, field: impl Into<String>, value: serde_json::Value) -> Self {
+        self.fields().insert(field.into(), Source::Literal(value));
+        self
+    }
+
+    /// The compensation reads the same fields as the forward action.
+    #[must_use]
+    pub fn compensation_input_from(
+        mut self,
+        field: impl Into<String>,
+        pointer: impl Into<String>,
+    ) -> Self {
+        if let Some(c) = &mut self.compensation {
+            if !matches!(c.input, InputSpec::Fields(_)) {
+                c.input = InputSpec::Fields(BTreeMap::new());
+            }
+            if let InputSpec::Fields(fields) = &mut c.input {
+                fields.insert(field.into(), Source::Pointer(pointer.into()));
+            }
+        }
+        self
+    }
+
+    #[must_use]
+    pub fn idempotency_key_from(mut self, pointer: impl Into<String>) -> Self {
+        self.idempotency_key = KeySpec::Pointer(pointer.into());
+        self
+    }
+
+    #[must_use]
+    pub fn escalate_after(mut self, attempts: u32, alert: impl Into<String>) -> Self {
+        self.escalation = Some(Escalation {
+            after_attempts: attempts,
+            alert: alert.into(),
+        });
+        self
+    }
+
+    fn fields(&mut self) -> &mut BTreeMap<String, Source> {
+        if !matches!(self.input, InputSpec::Fields(_)) {
+            self.input = InputSpec::Fields(BTreeMap::new());
+        }
+        match &mut self.input {
+            InputSpec::Fields(fields) => fields,
+            InputSpec::Context => unreachable!("set to Fields just above"),
+        }
+    }
+
+    pub fn activity_type(&self) -> Option<&str> {
+        match &self.action {
+            Action::Activity { activity_type } => Some(activity_type),
+            _ => None,
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SagaDefinition {
+    pub name: String,
+    pub version: u32,
+    #[serde(default)]
+    pub description: String,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DefinitionError {
+    #[error("a saga needs a name")]
+    NoName,
+    #[error("saga {0} has no steps")]
+    NoSteps(String),
+    #[error("step name {0:?} is used twice")]
+    DuplicateStep(String),
+    #[error("step {step}: {reason}")]
+    InvalidStep { step: String, reason: String },
+    #[error("not a saga definition: {0}")]
+    Parse(String),
+}
+
+impl SagaDefinition {
+    pub fn builder(name: impl Into<String>, version: u32) -> SagaBuilder {
+        SagaBuilder {
+            definition: Self {
+                name: name.into(),
+                version,
+                description: String::new(),
+                steps: Vec::new(),
+            },
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Parses and validates a definition written as JSON.
+    pub fn from_json(text: &str) -> Result<Self, DefinitionError> {
+        let definition: Self =
+            serde_json::from_str(text).map_err(|e| DefinitionError::Parse(e.to_string()))?;
+        definition.validate()?;
+        Ok(definition)
+    }
+
+    pub fn step_index(&self, name: &str) -> Option<usize> {
+        self.steps.iter().position(|s| s.name == name)
+    }
+
+    pub fn pivot_index(&self) -> Option<usize> {
+        self.steps.iter().position(|s| s.kind == StepKind::Pivot)
+    }
+
+    /// Checks the saga's shape: compensable steps, at most one pivot, then
+    /// retriable steps; and that every pointer names an earlier step.
+    pub fn validate(&self) -> Result<(), DefinitionError> {
+        if self.name.trim().is_empty() {
+            return Err(DefinitionError::NoName);
+        }
+        if self.steps.is_empty() {
+            return Err(DefinitionError::NoSteps(self.name.clone()));
+        }
+        let mut seen: Vec<&str> = Vec::new();
+        let mut after_pivot = false;
+        for step in &self.steps {
+            let invalid = |reason: &str| DefinitionError::InvalidStep {
+                step: step.name.clone(),
+                reason: reason.into(),
+            };
+            if step.name.is_empty() || step.name.contains('/') {
+                return Err(invalid("a step name is non-empty and has no '/'"));
+            }
+            if seen.contains(&step.name.as_str()) {
+                return Err(DefinitionError::DuplicateStep(step.name.clone()));
+            }
+            match (step.kind, after_pivot) {
+                (StepKind::Pivot, true) => return Err(invalid("a saga has at most one pivot")),
+                (StepKind::Pivot, false) => after_pivot = true,
+                (StepKind::Compensable, true) => {
+                    return Err(invalid(
+                        "a step after the pivot cannot be undone: make it retriable",
+                    ));
+                }
+                (StepKind::Retriable, false) => {
+                    return Err(invalid("a retriable step belongs after the pivot"));
+                }
+                _ => {}
+            }
+            if step.compensation.is_some() && step.kind != StepKind::Compensable {
+                return Err(invalid("only a compensable step has a compensation"));
+            }
+            if step.escalation.is_some() && step.kind != StepKind::Retriable {
+                return Err(invalid("only a retriable step escalates"));
+            }
+            if let Action::Activity { activity_type } = &step.action
+                && activity_type.trim().is_empty()
+            {
+                return Err(invalid("the activity type is empty"));
+            }
+            if step.retry.backoff_coefficient < 1.0 || !step.retry.backoff_coefficient.is_finite() {
+                return Err(invalid("the backoff coefficient is at least 1"));
+            }
+            let mut pointers: Vec<&str> = Vec::new();
+            collect_pointers(&step.input, &mut pointers);
+            if let KeySpec::Pointer(p) = &step.idempotency_key {
+                pointers.push(p);
+            }
+            if let Some(c) = &step.compensation {
+                collect_pointers(&c.input, &mut pointers);
+            }
+            for pointer in pointers {
+                check_pointer(pointer, &seen, &step.name).map_err(|reason| invalid(&reason))?;
+            }
+            seen.push(&step.name);
+        }
+        Ok(())
+    }
+}
+
+fn collect_pointers<'a>(input: &'a InputSpec, out: &mut Vec<&'a str>) {
+    if let InputSpec::Fields(fields) = input {
+        out.extend(fields.values().filter_map(|s| match s {
+            Source::Pointer(p) => Some(p.as_str()),
+            Source::Literal(_) => None,
+        }));
+    }
+}
+
+fn check_pointer(pointer: &str, earlier: &[&str], this: &str) -> Result<(), String> {
+    let mut parts = pointer.split('/');
+    if parts.next() != Some("") {
+        return Err(format!("pointer {pointer:?} must start with '/'"));
+    }
+    match parts.next() {
+        Some("input" | "signals" | "workflow_id") => Ok(()),
+        // A compensation may read its own step's result.
+        Some("steps") => match parts.next() {
+            Some(step) if earlier.contains(&step) || step == this => Ok(()),
+            Some(step) => Err(format!(
+                "pointer {pointer:?} reads step {step:?}, which does not run before this one"
+            )),
+            None => Err(format!("pointer {pointer:?} names no step")),
+        },
+        _ => Err(format!(
+            "pointer {pointer:?} must start with /input, /steps, /signals or /workflow_id"
+        )),
+    }
+}
+
+/// Writes a [`SagaDefinition`] step by step; `build` validates it.
+#[derive(Debug, Clone)]
+pub struct SagaBuilder {
+    definition: SagaDefinition,
+}
+
+impl SagaBuilder {
+    #[must_use]
+    pub fn description(mut self, text: impl Into<String>) -> Self {
+        self.definition.description = text.into();
+        self
+    }
+
+    #[must_use]
+    pub fn step(mut self, step: Step) -> Self {
+        self.definition.steps.push(step);
+        self
+    }
+
+    pub fn build(self) -> Result<SagaDefinition, DefinitionError> {
+        self.definition.validate()?;
+        Ok(self.definition)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let policy = RetryPolicy {
+            initial_interval_ms: 100,
+            backoff_coefficient: 2.0,
+            maximum_interval_ms: 350,
+            ..Default::default()
+        };
+        assert_eq!(policy.backoff(2), Duration::from_millis(100));
+        assert_eq!(policy.backoff(3), Duration::from_millis(200));
+        assert_eq!(policy.backoff(4), Duration::from_millis(350));
+    }
+
+    #[test]
+    fn shape_is_enforced() {
+        let after_pivot = SagaDefinition::builder("s", 1)
+            .step(Step::activity("a", "x").pivot())
+            .step(Step::activity("b", "y").compensate_with("z"))
+            .build();
+        assert!(matches!(
+            after_pivot,
+            Err(DefinitionError::InvalidStep { .. })
+        ));
+        let early_retriable = SagaDefinition::builder("s", 1)
+            .step(Step::activity("a", "x").retriable())
+            .build();
+        assert!(early_retriable.is_err());
+        let two_pivots = SagaDefinition::builder("s", 1)
+            .step(Step::activity("a", "x").pivot())
+            .step(Step::activity("b", "x").pivot())
+            .build();
+        assert!(two_pivots.is_err());
+        let dup = SagaDefinition::builder("s", 1)
+            .step(Step::activity("a", "x"))
+            .step(Step::activity("a", "y"))
+            .build();
+        assert_eq!(dup, Err(DefinitionError::DuplicateStep("a".into())));
+    }
+
+    #[test]
+    fn pointers_must_name_earlier_steps() {
+        let forward_ref = SagaDefinition::builder("s", 1)
+            .step(Step::activity("a", "x").input_from("id", "/steps/b/id"))
+            .step(Step::activity("b", "y"))
+            .build();
+        assert!(forward_ref.is_err());
+        let ok = SagaDefinition::builder("s", 1)
+            .step(Step::activity("a", "x"))
+            .step(
+                Step::activity("b", "y")
+                    .input_from("id", "/steps/a/id")
+                    .idempotency_key_from("/input/key"),
+            )
+            .build();
+        assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn definitions_round_trip_through_json() {
+        let saga = SagaDefinition::builder("s", 3)
+            .step(Step::activity("a", "x").compensate_with("undo-x"))
+            .step(Step::sleep("wait", Duration::from_secs(2)))
+            .step(Step::activity("b", "y").pivot())
+            .step(
+                Step::activity("c", "z")
+                    .retriable()
+                    .escalate_after(3, "Late"),
+            )
+            .build()
+            .unwrap();
+        assert_eq!(SagaDefinition::from_json(&saga.to_json()).unwrap(), saga);
+    }
+}

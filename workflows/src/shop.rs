@@ -1,0 +1,1 @@
+//! The reference shop sagas (checkout, refund) and the standard benchmark saga.
