@@ -1,6 +1,16 @@
 //! The Sagaflow orchestrator: durable workflow histories, the saga engine,
 //! dispatch of activity tasks to gRPC workers, and the operator API.
 
+pub mod api;
 pub mod engine;
+pub mod http;
+pub mod limits;
 pub mod metrics;
+pub mod registry;
+pub mod runtime;
+pub mod server;
 pub mod store;
+
+pub use registry::Registry;
+pub use sagaflow_workflows as workflows;
+pub use server::{Options, Server, Storage};

@@ -1,1 +1,160 @@
-//! The reference shop sagas (checkout, refund) and the standard benchmark saga.
+//! The sagas that ship with Sagaflow: the reference shop's checkout and
+//! refund, and the standard four-step benchmark saga.
+
+use std::time::Duration;
+
+use crate::{RetryPolicy, SagaDefinition, Step, Timeouts};
+
+pub const CHECKOUT: &str = "checkout";
+pub const REFUND: &str = "refund";
+pub const BENCH: &str = "bench";
+
+fn quick_retries(maximum_attempts: u32) -> RetryPolicy {
+    RetryPolicy {
+        initial_interval_ms: 100,
+        backoff_coefficient: 2.0,
+        maximum_interval_ms: 5_000,
+        maximum_attempts,
+        non_retryable_error_types: Vec::new(),
+    }
+}
+
+fn timeouts(start_to_close: Duration) -> Timeouts {
+    Timeouts {
+        start_to_close_ms: u64::try_from(start_to_close.as_millis()).unwrap_or(u64::MAX),
+        ..Timeouts::default()
+    }
+}
+
+/// Price snapshot, reserve inventory, capture payment (the pivot), create the
+/// order, create the shipment, notify. The checkout's ids (`reservation_id`,
+/// `payment_intent_id`) are fixed in its input when it starts.
+pub fn checkout() -> SagaDefinition {
+    let build = SagaDefinition::builder(CHECKOUT, 1)
+        .description("The reference shop's checkout: price snapshot, reservation, capture, order, shipment, notification.")
+        .step(
+            Step::activity("price", "catalog.price_snapshot")
+                .input_from("items", "/input/items")
+                .input_from("coupon_code", "/input/coupon_code")
+                .retry(quick_retries(5))
+                .timeouts(timeouts(Duration::from_secs(10))),
+        )
+        .step(
+            Step::activity("reserve", "inventory.reserve")
+                .input_from("reservation_id", "/input/reservation_id")
+                .input_from("items", "/input/items")
+                .idempotency_key_from("/input/reservation_id")
+                .compensate_with("inventory.release")
+                .compensation_input_from("reservation_id", "/input/reservation_id")
+                .retry(quick_retries(5))
+                .timeouts(timeouts(Duration::from_secs(10))),
+        )
+        .step(
+            Step::activity("capture", "payments.capture")
+                .pivot()
+                .input_from("payment_intent_id", "/input/payment_intent_id")
+                .input_from("customer_id", "/input/customer_id")
+                .input_from("payment_method", "/input/payment_method")
+                .input_from("amount_cents", "/steps/price/total_cents")
+                .idempotency_key_from("/input/payment_intent_id")
+                .retry(RetryPolicy { non_retryable_error_types: vec!["PaymentDeclined".into()], ..quick_retries(5) })
+                .timeouts(timeouts(Duration::from_secs(10))),
+        )
+        .step(
+            Step::activity("order", "orders.create")
+                .retriable()
+                .input_from("client_request_id", "/input/client_request_id")
+                .input_from("checkout_id", "/workflow_id")
+                .input_from("customer_id", "/input/customer_id")
+                .input_from("lines", "/steps/price/lines")
+                .input_from("total_cents", "/steps/price/total_cents")
+                .input_from("payment_intent_id", "/input/payment_intent_id")
+                .idempotency_key_from("/input/client_request_id")
+                .timeouts(timeouts(Duration::from_secs(10))),
+        )
+        .step(
+            Step::activity("ship", "shipping.create_shipment")
+                .retriable()
+                .input_from("order_id", "/steps/order/order_id")
+                .input_from("shipping_address", "/input/shipping_address")
+                .input_from("customer_id", "/input/customer_id")
+                .idempotency_key_from("/steps/order/order_id")
+                .escalate_after(5, "ShipmentDelayed")
+                .timeouts(timeouts(Duration::from_secs(10))),
+        )
+        .step(
+            Step::activity("notify", "notifications.send")
+                .retriable()
+                .input_from("customer_id", "/input/customer_id")
+                .input_from("order_id", "/steps/order/order_id")
+                .input_literal("template", serde_json::json!("order_confirmed"))
+                .timeouts(timeouts(Duration::from_secs(10))),
+        )
+        .build();
+    // The definition is a constant of this crate; its tests prove it valid.
+    build.unwrap_or_else(|e| unreachable!("the checkout definition is valid: {e}"))
+}
+
+/// Refund the payment (the pivot: money moves), then record it on the order.
+pub fn refund() -> SagaDefinition {
+    let build = SagaDefinition::builder(REFUND, 1)
+        .description("Refunds part or all of a checkout's capture, then records it on the order.")
+        .step(
+            Step::activity("refund", "payments.refund")
+                .pivot()
+                .input_from("refund_id", "/input/refund_id")
+                .input_from("payment_intent_id", "/input/payment_intent_id")
+                .input_from("amount_cents", "/input/amount_cents")
+                .idempotency_key_from("/input/refund_id")
+                .retry(RetryPolicy {
+                    non_retryable_error_types: vec!["RefundExceedsCapture".into()],
+                    ..quick_retries(10)
+                })
+                .timeouts(timeouts(Duration::from_secs(10))),
+        )
+        .step(
+            Step::activity("record", "orders.record_refund")
+                .retriable()
+                .input_from("order_id", "/input/order_id")
+                .input_from("refund_id", "/input/refund_id")
+                .input_from("amount_cents", "/input/amount_cents")
+                .idempotency_key_from("/input/refund_id")
+                .timeouts(timeouts(Duration::from_secs(10))),
+        )
+        .build();
+    build.unwrap_or_else(|e| unreachable!("the refund definition is valid: {e}"))
+}
+
+/// The standard workload: reserve, capture, create order, ship.
+pub fn bench() -> SagaDefinition {
+    let build = SagaDefinition::builder(BENCH, 1)
+        .description("The standard benchmark saga: four activities in sequence.")
+        .step(Step::activity("reserve", "bench.reserve").compensate_with("bench.release"))
+        .step(
+            Step::activity("capture", "bench.capture")
+                .pivot()
+                .retry(RetryPolicy {
+                    maximum_attempts: 1,
+                    ..RetryPolicy::default()
+                }),
+        )
+        .step(Step::activity("order", "bench.order").retriable())
+        .step(Step::activity("ship", "bench.ship").retriable())
+        .build();
+    build.unwrap_or_else(|e| unreachable!("the bench definition is valid: {e}"))
+}
+
+/// Every saga above.
+pub fn all() -> Vec<SagaDefinition> {
+    vec![checkout(), refund(), bench()]
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn shipped_sagas_are_valid() {
+        for saga in super::all() {
+            assert_eq!(saga.validate(), Ok(()), "{}", saga.name);
+        }
+    }
+}

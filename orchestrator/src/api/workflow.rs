@@ -1,0 +1,398 @@
+//! `sagaflow.v1.WorkflowService`.
+
+use std::time::Duration;
+
+use sagaflow_proto::v1::workflow_service_server::WorkflowService;
+use sagaflow_proto::v1::{
+    AwaitWorkflowRequest, AwaitWorkflowResponse, CancelWorkflowRequest, CancelWorkflowResponse,
+    DescribeWorkflowRequest, DescribeWorkflowResponse, GetWorkflowHistoryRequest,
+    GetWorkflowHistoryResponse, ListWorkflowTypesRequest, ListWorkflowTypesResponse,
+    ListWorkflowsRequest, ListWorkflowsResponse, PendingActivity, SignalWorkflowRequest,
+    SignalWorkflowResponse, StartWorkflowRequest, StartWorkflowResponse, TerminateWorkflowRequest,
+    TerminateWorkflowResponse, WorkflowStatus, WorkflowSummary, WorkflowType,
+};
+use tonic::{Request, Response, Status};
+
+use super::{correlation_id, invalid, traceparent};
+use crate::engine::{Input, StepStatus};
+use crate::runtime::dispatch::TaskState;
+use crate::runtime::{Runtime, StartRequest};
+use crate::store::is_terminal;
+
+const DEFAULT_HISTORY_PAGE: u32 = 1000;
+const MAX_HISTORY_PAGE: u32 = 10_000;
+const DEFAULT_LIST_PAGE: u32 = 100;
+const MAX_LIST_PAGE: u32 = 1000;
+/// A list call reads at most this many index rows before returning a partial page.
+const LIST_SCAN_BUDGET: usize = 100_000;
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+pub struct WorkflowApi {
+    runtime: Runtime,
+}
+
+impl WorkflowApi {
+    pub fn new(runtime: Runtime) -> Self {
+        Self { runtime }
+    }
+
+    fn workflow_id(&self, id: &str) -> Result<(), Status> {
+        self.runtime.limits().id("workflow_id", id).map_err(invalid)
+    }
+
+    async fn summary(&self, workflow_id: &str) -> Result<WorkflowSummary, Status> {
+        self.workflow_id(workflow_id)?;
+        Ok(self.runtime.describe(workflow_id).await?)
+    }
+}
+
+fn wait_budget(timeout_ms: u32) -> Duration {
+    if timeout_ms == 0 {
+        MAX_WAIT
+    } else {
+        Duration::from_millis(u64::from(timeout_ms)).min(MAX_WAIT)
+    }
+}
+
+#[tonic::async_trait]
+impl WorkflowService for WorkflowApi {
+    async fn start_workflow(
+        &self,
+        request: Request<StartWorkflowRequest>,
+    ) -> Result<Response<StartWorkflowResponse>, Status> {
+        let correlation_id = correlation_id(&request, &request.get_ref().request_id);
+        let traceparent = traceparent(&request);
+        let request = request.into_inner();
+        let limits = self.runtime.limits();
+        limits
+            .id("workflow_type", &request.workflow_type)
+            .map_err(invalid)?;
+        limits
+            .id("request_id", &request.request_id)
+            .map_err(invalid)?;
+        limits
+            .optional_id("workflow_id", &request.workflow_id)
+            .map_err(invalid)?;
+        limits.labels(request.labels.iter()).map_err(invalid)?;
+        let input = limits
+            .json_payload("input", &request.input)
+            .map_err(invalid)?;
+        let start = StartRequest {
+            workflow_type: request.workflow_type,
+            request_id: request.request_id,
+            input,
+            workflow_id: (!request.workflow_id.is_empty()).then_some(request.workflow_id),
+            labels: request.labels,
+            correlation_id,
+            traceparent,
+        };
+        let (workflow_id, already_started) = self.runtime.start_workflow(start).await?;
+        Ok(Response::new(StartWorkflowResponse {
+            workflow_id,
+            already_started,
+        }))
+    }
+
+    async fn describe_workflow(
+        &self,
+        request: Request<DescribeWorkflowRequest>,
+    ) -> Result<Response<DescribeWorkflowResponse>, Status> {
+        let workflow_id = request.into_inner().workflow_id;
+        let summary = self.summary(&workflow_id).await?;
+        let (state, definition) = self.runtime.state(&workflow_id).await?;
+        let step_name = |i: usize| {
+            definition
+                .steps
+                .get(i)
+                .map(|s| s.name.clone())
+                .unwrap_or_default()
+        };
+        let mut pending: Vec<PendingActivity> = state
+            .tasks
+            .values()
+            .map(|task| {
+                let view = self.runtime.dispatch().view(&workflow_id, &task.task_id);
+                let (task_state, worker_id) = match view.map(|v| v.state) {
+                    Some(TaskState::Leased { worker_id, .. }) => ("LEASED", worker_id),
+                    _ => ("QUEUED", String::new()),
+                };
+                PendingActivity {
+                    task_id: task.task_id.clone(),
+                    step: step_name(task.step_index),
+                    activity_type: task.activity_type.clone(),
+                    attempt: task.attempt,
+                    compensation: task.compensation,
+                    state: task_state.into(),
+                    worker_id,
+                    scheduled_ms: task.scheduled_ms,
+                    next_attempt_ms: 0,
+                    last_failure: state
+                        .track(task.step_index, task.compensation)
+                        .map(|t| t.last_failure.clone())
+                        .unwrap_or_default(),
+                }
+            })
+            .collect();
+        for (index, step) in state.steps.iter().enumerate() {
+            for (track, compensation) in [(&step.forward, false), (&step.undo, true)] {
+                if let Some(at) = track.retry_at {
+                    pending.push(PendingActivity {
+                        task_id: crate::engine::task_id(index, compensation, track.attempt + 1),
+                        step: step_name(index),
+                        activity_type: definition
+                            .steps
+                            .get(index)
+                            .and_then(|s| s.activity_type())
+                            .unwrap_or_default()
+                            .into(),
+                        attempt: track.attempt + 1,
+                        compensation,
+                        state: "BACKOFF".into(),
+                        next_attempt_ms: at,
+                        last_failure: track.last_failure.clone(),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        let step_results = definition
+            .steps
+            .iter()
+            .zip(&state.steps)
+            .filter(|(_, s)| {
+                s.status == StepStatus::Completed || s.status == StepStatus::Compensated
+            })
+            .filter_map(|(d, _)| {
+                state
+                    .context
+                    .0
+                    .pointer(&format!("/steps/{}", d.name))
+                    .map(|v| (d.name.clone(), v.to_string()))
+            })
+            .collect();
+        Ok(Response::new(DescribeWorkflowResponse {
+            summary: Some(summary),
+            pending_activities: pending,
+            result: state.result.clone(),
+            reason: if state.reason.is_empty() {
+                state.compensation_reason.clone()
+            } else {
+                state.reason.clone()
+            },
+            step_results,
+        }))
+    }
+
+    async fn get_workflow_history(
+        &self,
+        request: Request<GetWorkflowHistoryRequest>,
+    ) -> Result<Response<GetWorkflowHistoryResponse>, Status> {
+        let request = request.into_inner();
+        let summary = self.summary(&request.workflow_id).await?;
+        let page = match request.page_size {
+            0 => DEFAULT_HISTORY_PAGE,
+            n => n.min(MAX_HISTORY_PAGE),
+        } as usize;
+        let from = request.from_seq.max(1);
+        let mut events = self
+            .runtime
+            .store()
+            .history(&request.workflow_id, from, page)?;
+        if events.is_empty() && request.wait_ms > 0 && !is_terminal(summary.status) {
+            self.runtime
+                .wait_for_change(&request.workflow_id, from - 1, wait_budget(request.wait_ms))
+                .await?;
+            self.runtime
+                .store()
+                .barrier()
+                .wait()
+                .await
+                .map_err(crate::runtime::Error::from)?;
+            events = self
+                .runtime
+                .store()
+                .history(&request.workflow_id, from, page)?;
+        }
+        let next_seq = events.last().map_or(from, |e| e.seq + 1);
+        let summary = self.runtime.describe(&request.workflow_id).await?;
+        let terminal = is_terminal(summary.status) && next_seq > summary.history_length;
+        Ok(Response::new(GetWorkflowHistoryResponse {
+            events,
+            next_seq,
+            terminal,
+        }))
+    }
+
+    async fn list_workflows(
+        &self,
+        request: Request<ListWorkflowsRequest>,
+    ) -> Result<Response<ListWorkflowsResponse>, Status> {
+        let request = request.into_inner();
+        let statuses: Vec<i32> = request.statuses.clone();
+        if statuses
+            .iter()
+            .any(|s| WorkflowStatus::try_from(*s).is_err())
+        {
+            return Err(Status::invalid_argument("unknown status in the filter"));
+        }
+        self.runtime
+            .limits()
+            .optional_id("workflow_type", &request.workflow_type)
+            .map_err(invalid)?;
+        self.runtime
+            .limits()
+            .optional_id("page_token", &request.page_token)
+            .map_err(invalid)?;
+        let limit = match request.page_size {
+            0 => DEFAULT_LIST_PAGE,
+            n => n.min(MAX_LIST_PAGE),
+        } as usize;
+        let filter = |s: &WorkflowSummary| {
+            (statuses.is_empty() || statuses.contains(&s.status))
+                && (request.workflow_type.is_empty() || s.workflow_type == request.workflow_type)
+                && request
+                    .labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(k) == Some(v))
+                && (!request.stuck_only || !s.stuck_reason.is_empty())
+        };
+        self.runtime
+            .store()
+            .barrier()
+            .wait()
+            .await
+            .map_err(crate::runtime::Error::from)?;
+        let after = (!request.page_token.is_empty()).then_some(request.page_token.as_str());
+        let page = self
+            .runtime
+            .store()
+            .list(after, limit, LIST_SCAN_BUDGET, &filter)
+            .map_err(crate::runtime::Error::from)?;
+        Ok(Response::new(ListWorkflowsResponse {
+            workflows: page.workflows,
+            next_page_token: page.next_after.unwrap_or_default(),
+        }))
+    }
+
+    async fn await_workflow(
+        &self,
+        request: Request<AwaitWorkflowRequest>,
+    ) -> Result<Response<AwaitWorkflowResponse>, Status> {
+        let request = request.into_inner();
+        let deadline = tokio::time::Instant::now() + wait_budget(request.timeout_ms);
+        loop {
+            let summary = self.summary(&request.workflow_id).await?;
+            let terminal = is_terminal(summary.status);
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if terminal || left.is_zero() {
+                let (result, reason) = if terminal {
+                    let (state, _) = self.runtime.state(&request.workflow_id).await?;
+                    (state.result, state.reason)
+                } else {
+                    Default::default()
+                };
+                return Ok(Response::new(AwaitWorkflowResponse {
+                    summary: Some(summary),
+                    terminal,
+                    result,
+                    reason,
+                }));
+            }
+            self.runtime
+                .wait_for_change(&request.workflow_id, summary.history_length, left)
+                .await?;
+        }
+    }
+
+    async fn signal_workflow(
+        &self,
+        request: Request<SignalWorkflowRequest>,
+    ) -> Result<Response<SignalWorkflowResponse>, Status> {
+        let request = request.into_inner();
+        self.workflow_id(&request.workflow_id)?;
+        let limits = self.runtime.limits();
+        limits.id("signal name", &request.name).map_err(invalid)?;
+        limits
+            .optional_id("identity", &request.identity)
+            .map_err(invalid)?;
+        let input = limits
+            .json_payload("input", &request.input)
+            .map_err(invalid)?;
+        let events = self
+            .runtime
+            .decide(
+                &request.workflow_id,
+                Input::Signal {
+                    name: request.name,
+                    input,
+                    identity: request.identity,
+                },
+            )
+            .await?;
+        Ok(Response::new(SignalWorkflowResponse {
+            seq: events.first().map_or(0, |e| e.seq),
+        }))
+    }
+
+    async fn cancel_workflow(
+        &self,
+        request: Request<CancelWorkflowRequest>,
+    ) -> Result<Response<CancelWorkflowResponse>, Status> {
+        let request = request.into_inner();
+        self.workflow_id(&request.workflow_id)?;
+        self.runtime
+            .limits()
+            .id("reason", &request.reason)
+            .map_err(invalid)?;
+        self.runtime
+            .decide(
+                &request.workflow_id,
+                Input::Cancel {
+                    reason: request.reason,
+                    identity: request.identity,
+                },
+            )
+            .await?;
+        Ok(Response::new(CancelWorkflowResponse {}))
+    }
+
+    async fn terminate_workflow(
+        &self,
+        request: Request<TerminateWorkflowRequest>,
+    ) -> Result<Response<TerminateWorkflowResponse>, Status> {
+        let request = request.into_inner();
+        self.workflow_id(&request.workflow_id)?;
+        self.runtime
+            .limits()
+            .id("reason", &request.reason)
+            .map_err(invalid)?;
+        self.runtime
+            .decide(
+                &request.workflow_id,
+                Input::Terminate {
+                    reason: request.reason,
+                    identity: request.identity,
+                },
+            )
+            .await?;
+        Ok(Response::new(TerminateWorkflowResponse {}))
+    }
+
+    async fn list_workflow_types(
+        &self,
+        _request: Request<ListWorkflowTypesRequest>,
+    ) -> Result<Response<ListWorkflowTypesResponse>, Status> {
+        let types = self
+            .runtime
+            .registry()
+            .all()
+            .into_iter()
+            .map(|d| WorkflowType {
+                name: d.name.clone(),
+                version: d.version,
+                definition: d.to_json(),
+            })
+            .collect();
+        Ok(Response::new(ListWorkflowTypesResponse { types }))
+    }
+}

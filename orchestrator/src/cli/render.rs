@@ -1,0 +1,363 @@
+//! How the CLI prints things: aligned tables and a timeline for people, and
+//! stable JSON for programs.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use sagaflow_proto::v1::history_event::Attributes;
+use sagaflow_proto::v1::{
+    DescribeWorkflowResponse, HistoryEvent, WorkflowStatus, WorkflowSummary, WorkflowType,
+};
+use sagaflow_proto::{EventName, status_name};
+use serde_json::{Value, json};
+
+pub fn code_name(code: tonic::Code) -> String {
+    format!("{code:?}")
+        .chars()
+        .fold(String::new(), |mut out, c| {
+            if c.is_uppercase() && !out.is_empty() {
+                out.push('_');
+            }
+            out.push(c.to_ascii_uppercase());
+            out
+        })
+}
+
+pub fn timestamp(ms: i64) -> String {
+    if ms <= 0 {
+        return String::new();
+    }
+    let at = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+fn time_of_day(ms: i64) -> String {
+    let full = timestamp(ms);
+    full.get(11..23).map_or(full.clone(), str::to_owned)
+}
+
+/// JSON text as a value; plain text when it is not JSON.
+pub fn json_text(text: &str) -> Value {
+    if text.is_empty() {
+        return Value::Null;
+    }
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
+}
+
+pub fn status_label(summary: &WorkflowSummary) -> String {
+    let status = status_name(WorkflowStatus::try_from(summary.status).unwrap_or_default());
+    if summary.stuck_reason.is_empty() {
+        status.to_owned()
+    } else {
+        format!("{status} (stuck: {})", summary.stuck_reason)
+    }
+}
+
+pub fn summary_json(summary: &WorkflowSummary) -> Value {
+    let status = status_name(WorkflowStatus::try_from(summary.status).unwrap_or_default());
+    json!({
+        "workflow_id": summary.workflow_id,
+        "workflow_type": summary.workflow_type,
+        "definition_version": summary.definition_version,
+        "status": status,
+        "request_id": summary.request_id,
+        "labels": summary.labels,
+        "started_at": timestamp(summary.started_ms),
+        "updated_at": timestamp(summary.updated_ms),
+        "closed_at": (summary.closed_ms > 0).then(|| timestamp(summary.closed_ms)),
+        "history_length": summary.history_length,
+        "current_step": summary.current_step,
+        "correlation_id": summary.correlation_id,
+        "stuck": (!summary.stuck_reason.is_empty()).then(|| json!({"reason": summary.stuck_reason, "message": summary.stuck_message})),
+    })
+}
+
+/// Left-aligned columns sized to their widest cell.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = widths[i]))
+            .collect();
+        format!("{}\n", padded.join("  ").trim_end())
+    };
+    let mut out = line(header.iter().map(|h| (*h).to_owned()).collect());
+    for row in rows {
+        out.push_str(&line(row.clone()));
+    }
+    out
+}
+
+pub fn list_table(workflows: &[WorkflowSummary], next_page_token: &str) -> String {
+    if workflows.is_empty() {
+        return "no workflows match\n".into();
+    }
+    let rows: Vec<Vec<String>> = workflows
+        .iter()
+        .map(|s| {
+            vec![
+                s.workflow_id.clone(),
+                s.workflow_type.clone(),
+                status_label(s),
+                s.current_step.clone(),
+                s.history_length.to_string(),
+                timestamp(s.started_ms),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &["WORKFLOW ID", "TYPE", "STATUS", "STEP", "EVENTS", "STARTED"],
+        &rows,
+    );
+    if !next_page_token.is_empty() {
+        out.push_str(&format!("more: --page-token {next_page_token}\n"));
+    }
+    out
+}
+
+pub fn types_table(types: &[WorkflowType]) -> String {
+    let rows: Vec<Vec<String>> = types
+        .iter()
+        .map(|t| {
+            let steps = json_text(&t.definition)
+                .get("steps")
+                .and_then(Value::as_array)
+                .map(|s| {
+                    s.iter()
+                        .filter_map(|s| s.get("name").and_then(Value::as_str))
+                        .collect::<Vec<_>>()
+                        .join(" → ")
+                })
+                .unwrap_or_default();
+            vec![t.name.clone(), t.version.to_string(), steps]
+        })
+        .collect();
+    table(&["TYPE", "VERSION", "STEPS"], &rows)
+}
+
+pub fn describe_text(described: &DescribeWorkflowResponse) -> String {
+    let summary = described.summary.clone().unwrap_or_default();
+    let mut out = String::new();
+    let mut field = |name: &str, value: String| {
+        if !value.is_empty() {
+            out.push_str(&format!("{name:<14}{value}\n"));
+        }
+    };
+    field("Workflow", summary.workflow_id.clone());
+    field(
+        "Type",
+        format!("{} v{}", summary.workflow_type, summary.definition_version),
+    );
+    field("Status", status_label(&summary));
+    field("Step", summary.current_step.clone());
+    field("Request id", summary.request_id.clone());
+    field("Correlation", summary.correlation_id.clone());
+    field("Started", timestamp(summary.started_ms));
+    field("Closed", timestamp(summary.closed_ms));
+    field("Events", summary.history_length.to_string());
+    if !summary.labels.is_empty() {
+        let mut labels: Vec<String> = summary
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        labels.sort();
+        field("Labels", labels.join(", "));
+    }
+    field("Stuck", summary.stuck_message.clone());
+    field("Reason", described.reason.clone());
+    field("Result", described.result.clone());
+    if !described.pending_activities.is_empty() {
+        out.push_str("\nPending activities:\n");
+        let rows: Vec<Vec<String>> = described
+            .pending_activities
+            .iter()
+            .map(|p| {
+                let what = if p.compensation {
+                    format!("undo {}", p.step)
+                } else {
+                    p.step.clone()
+                };
+                let when = if p.next_attempt_ms > 0 {
+                    format!("retry at {}", timestamp(p.next_attempt_ms))
+                } else {
+                    p.worker_id.clone()
+                };
+                vec![
+                    what,
+                    p.activity_type.clone(),
+                    p.attempt.to_string(),
+                    p.state.clone(),
+                    when,
+                    p.last_failure.clone(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &[
+                "STEP",
+                "ACTIVITY",
+                "ATTEMPT",
+                "STATE",
+                "WORKER / NEXT",
+                "LAST FAILURE",
+            ],
+            &rows,
+        ));
+    }
+    if !described.step_results.is_empty() {
+        out.push_str("\nStep results:\n");
+        let mut results: Vec<_> = described.step_results.iter().collect();
+        results.sort();
+        for (step, result) in results {
+            out.push_str(&format!("  {step:<12}{result}\n"));
+        }
+    }
+    out
+}
+
+pub fn describe_json(described: &DescribeWorkflowResponse) -> Value {
+    let mut value = summary_json(&described.summary.clone().unwrap_or_default());
+    value["result"] = json_text(&described.result);
+    value["reason"] = described.reason.clone().into();
+    value["pending_activities"] = described
+        .pending_activities
+        .iter()
+        .map(|p| {
+            json!({
+                "task_id": p.task_id, "step": p.step, "activity_type": p.activity_type, "attempt": p.attempt,
+                "compensation": p.compensation, "state": p.state, "worker_id": p.worker_id,
+                "next_attempt_at": (p.next_attempt_ms > 0).then(|| timestamp(p.next_attempt_ms)), "last_failure": p.last_failure,
+            })
+        })
+        .collect();
+    value["step_results"] = described
+        .step_results
+        .iter()
+        .map(|(k, v)| (k.clone(), json_text(v)))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    value
+}
+
+pub fn event_json(event: &HistoryEvent) -> Value {
+    let (kind, attributes) = match &event.attributes {
+        Some(a) => {
+            let inner = serde_json::to_value(a)
+                .ok()
+                .and_then(|v| v.as_object().and_then(|o| o.values().next().cloned()));
+            (a.event_name(), inner.unwrap_or(Value::Null))
+        }
+        None => ("Unknown", Value::Null),
+    };
+    json!({"seq": event.seq, "time": timestamp(event.time_ms), "type": kind, "attributes": attributes})
+}
+
+/// One line of the timeline: `#seq  time  EventType  details`.
+pub fn event_line(event: &HistoryEvent) -> String {
+    let Some(attributes) = &event.attributes else {
+        return format!(
+            "#{:<4} {}  (unknown event)",
+            event.seq,
+            time_of_day(event.time_ms)
+        );
+    };
+    let detail = match attributes {
+        Attributes::WorkflowStarted(s) => format!(
+            "{} v{} request={} input={}",
+            s.workflow_type,
+            s.definition_version,
+            s.request_id,
+            short(&s.input)
+        ),
+        Attributes::ActivityScheduled(s) => {
+            let what = if s.compensation {
+                format!("undo {}", s.step)
+            } else {
+                s.step.clone()
+            };
+            format!(
+                "{what} → {} attempt {} key={}",
+                s.activity_type, s.attempt, s.idempotency_key
+            )
+        }
+        Attributes::ActivityStarted(s) => format!("{} by {}", s.task_id, s.worker_id),
+        Attributes::ActivityCompleted(c) => format!("{} result={}", c.task_id, short(&c.result)),
+        Attributes::ActivityFailed(f) => {
+            let next = if f.next_attempt_ms > 0 {
+                format!("retry at {}", time_of_day(f.next_attempt_ms))
+            } else {
+                "no retry".into()
+            };
+            format!("{} {}: {} ({next})", f.task_id, f.error_type, f.message)
+        }
+        Attributes::ActivityTimedOut(t) => {
+            let next = if t.next_attempt_ms > 0 {
+                format!("retry at {}", time_of_day(t.next_attempt_ms))
+            } else {
+                "no retry".into()
+            };
+            format!("{} {} ({next})", t.task_id, t.timeout_type)
+        }
+        Attributes::TimerStarted(t) => {
+            format!("{} fires at {}", t.timer_id, time_of_day(t.fire_at_ms))
+        }
+        Attributes::TimerFired(t) => t.timer_id.clone(),
+        Attributes::SignalReceived(s) => format!("{} input={}", s.name, short(&s.input)),
+        Attributes::CancelRequested(c) => format!("{} by {}", c.reason, c.identity),
+        Attributes::CompensationStarted(c) => format!("{}; undo {}", c.reason, c.steps.join(", ")),
+        Attributes::WorkflowCompleted(c) => format!("result={}", short(&c.result)),
+        Attributes::WorkflowCompensated(c) => c.reason.clone(),
+        Attributes::WorkflowFailed(f) => format!("{} {}", f.step, f.reason),
+        Attributes::WorkflowCancelled(c) => c.reason.clone(),
+        Attributes::WorkflowTerminated(t) => format!("{} by {}", t.reason, t.identity),
+        Attributes::StuckDetected(s) => format!("{}: {}", s.reason, s.message),
+        Attributes::StuckCleared(s) => format!("was {}", s.reason),
+        Attributes::StepEscalated(e) => {
+            format!("{} after attempt {} of {}", e.alert, e.attempt, e.step)
+        }
+        Attributes::CompletionIgnored(c) => format!(
+            "{} {} ({}) from {}",
+            c.task_id, c.reason, c.outcome, c.worker_id
+        ),
+    };
+    format!(
+        "#{:<4} {}  {:<20} {}",
+        event.seq,
+        time_of_day(event.time_ms),
+        attributes.event_name(),
+        detail.trim()
+    )
+}
+
+fn short(json: &str) -> String {
+    const MAX: usize = 120;
+    if json.chars().count() <= MAX {
+        json.to_owned()
+    } else {
+        format!("{}…", json.chars().take(MAX).collect::<String>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_read_like_grpc() {
+        assert_eq!(code_name(tonic::Code::NotFound), "NOT_FOUND");
+        assert_eq!(code_name(tonic::Code::InvalidArgument), "INVALID_ARGUMENT");
+    }
+
+    #[test]
+    fn tables_align() {
+        let out = table(&["A", "BB"], &[vec!["long cell".into(), "x".into()]]);
+        assert_eq!(out, "A          BB\nlong cell  x\n");
+    }
+}

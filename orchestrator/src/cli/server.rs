@@ -1,0 +1,177 @@
+//! `sagaflow server` and `sagaflow admin`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use sagaflow_orchestrator::limits::Limits;
+use sagaflow_orchestrator::runtime::StuckPolicy;
+use sagaflow_orchestrator::server::default_registry;
+use sagaflow_orchestrator::store::{SledStore, Store};
+use sagaflow_orchestrator::workflows::SagaDefinition;
+use sagaflow_orchestrator::{Options, Registry, Server, Storage};
+
+use super::{LogFormat, Output};
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Where histories and indexes live (created if missing).
+    #[arg(long, default_value = "./sagaflow-data")]
+    pub data_dir: PathBuf,
+    /// gRPC listen address. Loopback by default.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// HTTP listen address for /metrics and /healthz.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub http_listen: SocketAddr,
+    /// Extra saga definitions, as JSON files (one definition or an array).
+    #[arg(long = "definitions", value_name = "FILE")]
+    pub definitions: Vec<PathBuf>,
+    /// Largest JSON payload a client or worker may send, in bytes.
+    #[arg(long, default_value_t = Limits::default().max_payload_bytes)]
+    pub max_payload_bytes: usize,
+    /// Longest id, in UTF-8 bytes.
+    #[arg(long, default_value_t = Limits::default().max_id_bytes)]
+    pub max_id_bytes: usize,
+    /// Most events one workflow history may hold; past it the workflow fails.
+    #[arg(long, default_value_t = Limits::default().max_history_events)]
+    pub max_history_events: u64,
+    /// Flag an open workflow as stuck after this long without progress.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub no_progress_after: Duration,
+    /// Flag a task as stuck when no connected worker runs its activity type for this long.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub no_worker_after: Duration,
+    /// How often the stuck-saga detector looks.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub stuck_check_interval: Duration,
+}
+
+pub fn registry_with(files: &[PathBuf]) -> anyhow::Result<Registry> {
+    let mut registry = default_registry();
+    for file in files {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", file.display()))?;
+        let items = match value {
+            serde_json::Value::Array(items) => items,
+            single => vec![single],
+        };
+        for item in items {
+            let definition = SagaDefinition::from_json(&item.to_string())
+                .with_context(|| format!("in {}", file.display()))?;
+            registry
+                .register(definition)
+                .with_context(|| format!("in {}", file.display()))?;
+        }
+    }
+    Ok(registry)
+}
+
+pub async fn run(args: ServerArgs, log_format: LogFormat) -> anyhow::Result<()> {
+    super::init_logs(log_format);
+    let registry = registry_with(&args.definitions)?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    let options = Options {
+        storage: Storage::Sled(args.data_dir.clone()),
+        listen: args.listen,
+        http_listen: Some(args.http_listen),
+        limits: Limits {
+            max_payload_bytes: args.max_payload_bytes,
+            max_id_bytes: args.max_id_bytes.min(255),
+            max_history_events: args.max_history_events,
+            ..Limits::default()
+        },
+        stuck: StuckPolicy {
+            no_progress_after: args.no_progress_after,
+            no_worker_after: args.no_worker_after,
+            interval: args.stuck_check_interval,
+        },
+    };
+    let server = Server::start(options, registry).await?;
+    println!(
+        "sagaflow listening on {} (gRPC) and {} (metrics); data in {}",
+        server.url(),
+        server
+            .http_addr()
+            .map_or_else(|| "-".into(), sagaflow_orchestrator::http::describe),
+        args.data_dir.display()
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    server.stop().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Rebuild the workflow index, idempotency map, tasks and timers from the histories.
+    RebuildIndex {
+        #[arg(long, default_value = "./sagaflow-data")]
+        data_dir: PathBuf,
+        /// Extra saga definitions the histories may use.
+        #[arg(long = "definitions", value_name = "FILE")]
+        definitions: Vec<PathBuf>,
+    },
+}
+
+pub async fn admin(command: AdminCommand, output: Output) -> anyhow::Result<()> {
+    match command {
+        AdminCommand::RebuildIndex {
+            data_dir,
+            definitions,
+        } => {
+            let registry = registry_with(&definitions)?;
+            let dir = data_dir.join("orchestrator");
+            anyhow::ensure!(dir.exists(), "no sagaflow data in {}", data_dir.display());
+            let store: Arc<dyn Store> = Arc::new(
+                SledStore::open(&dir).with_context(|| format!("cannot open {}", dir.display()))?,
+            );
+            let report = sagaflow_orchestrator::runtime::rebuild_derived(&store, &registry).await?;
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({"workflows": report.workflows, "open": report.open, "tasks": report.tasks, "timers": report.timers, "skipped": report.skipped})
+                ),
+                Output::Text => {
+                    println!(
+                        "rebuilt {} workflows ({} open, {} tasks, {} timers)",
+                        report.workflows, report.open, report.tasks, report.timers
+                    );
+                    if !report.skipped.is_empty() {
+                        println!(
+                            "skipped (definition not registered): {}",
+                            report.skipped.join(", ")
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}

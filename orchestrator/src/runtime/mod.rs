@@ -1,0 +1,608 @@
+//! The runtime drives workflows: one writer per workflow, every decision
+//! committed atomically and durably before its effects (tasks, timers,
+//! replies) are released.
+//!
+//! The story of a request: `api` validates, [`engine`](crate::engine) decides,
+//! [`store`](crate::store) commits, [`dispatch`] hands out work, and
+//! [`timers`] wake what waits.
+
+pub mod dispatch;
+mod records;
+mod recovery;
+mod stuck;
+pub mod timers;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sagaflow_proto::v1::{
+    HistoryEvent, WorkflowStarted, WorkflowStatus, WorkflowSummary, history_event::Attributes,
+};
+use sagaflow_workflows::SagaDefinition;
+use tokio::sync::watch;
+
+pub use records::summary;
+pub use recovery::{RebuildReport, rebuild_derived};
+pub use stuck::StuckPolicy;
+
+use crate::engine::{self, Input, Outcome, Rejection, WorkflowState};
+use crate::limits::Limits;
+use crate::registry::Registry;
+use crate::store::{self, Commit, Store};
+use dispatch::Dispatch;
+use timers::{Alarm, Timers, now_ms};
+
+/// Why the runtime refused or failed a request. The API maps each variant to
+/// one gRPC status.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
+
+impl From<Rejection> for Error {
+    fn from(rejection: Rejection) -> Self {
+        Self::FailedPrecondition(rejection.to_string())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A request to start a workflow, validated by the API.
+#[derive(Debug, Clone)]
+pub struct StartRequest {
+    pub workflow_type: String,
+    pub request_id: String,
+    /// Canonical JSON text.
+    pub input: String,
+    pub workflow_id: Option<String>,
+    pub labels: HashMap<String, String>,
+    pub correlation_id: String,
+    pub traceparent: String,
+}
+
+#[derive(Default)]
+struct Slot {
+    state: Option<(WorkflowState, Arc<SagaDefinition>)>,
+}
+
+type SlotRef = Arc<tokio::sync::Mutex<Slot>>;
+
+/// Cheap to clone; every clone drives the same workflows.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    registry: Registry,
+    limits: Limits,
+    slots: Mutex<HashMap<String, SlotRef>>,
+    /// Serialises starts per request id (striped), so that concurrent
+    /// duplicates see one another.
+    start_stripes: Vec<tokio::sync::Mutex<()>>,
+    dispatch: Dispatch,
+    timers: Timers,
+    /// Bumped after every durable decision of a workflow someone is watching.
+    watchers: Mutex<HashMap<String, watch::Sender<u64>>>,
+    stuck: stuck::Tracker,
+}
+
+impl Runtime {
+    /// Builds the runtime over `store` and recovers what was in flight.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        registry: Registry,
+        limits: Limits,
+        stuck_policy: StuckPolicy,
+    ) -> Result<Self> {
+        let (timers, fired) = Timers::start();
+        let dispatch = Dispatch::new(Arc::clone(&store), timers.clone());
+        let runtime = Self {
+            inner: Arc::new(Inner {
+                store,
+                registry,
+                limits,
+                slots: Mutex::default(),
+                start_stripes: (0..256).map(|_| tokio::sync::Mutex::new(())).collect(),
+                dispatch,
+                timers,
+                watchers: Mutex::default(),
+                stuck: stuck::Tracker::new(stuck_policy),
+            }),
+        };
+        runtime.recover().await?;
+        tokio::spawn(runtime.clone().fire_alarms(fired));
+        tokio::spawn(runtime.clone().detect_stuck());
+        Ok(runtime)
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    pub fn dispatch(&self) -> &Dispatch {
+        &self.inner.dispatch
+    }
+
+    fn slot(&self, workflow_id: &str) -> SlotRef {
+        let mut slots = self
+            .inner
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(slots.entry(workflow_id.to_owned()).or_default())
+    }
+
+    fn definition_for(&self, workflow_type: &str, version: u32) -> Result<Arc<SagaDefinition>> {
+        self.inner.registry.get(workflow_type, version).ok_or_else(|| {
+            Error::FailedPrecondition(format!(
+                "definition {workflow_type} version {version} is not registered on this server; register it to resume the workflow"
+            ))
+        })
+    }
+
+    fn load(&self, workflow_id: &str) -> Result<(WorkflowState, Arc<SagaDefinition>)> {
+        let history = self.inner.store.history(workflow_id, 1, usize::MAX)?;
+        let Some(Attributes::WorkflowStarted(started)) =
+            history.first().and_then(|e| e.attributes.as_ref())
+        else {
+            return Err(Error::NotFound(format!("workflow {workflow_id} not found")));
+        };
+        let definition = self.definition_for(&started.workflow_type, started.definition_version)?;
+        let state = engine::replay(workflow_id, &history, &definition);
+        Ok((state, definition))
+    }
+
+    /// Starts a workflow, or returns the one this request id already started.
+    pub async fn start_workflow(&self, request: StartRequest) -> Result<(String, bool)> {
+        let Some(definition) = self.inner.registry.latest(&request.workflow_type) else {
+            return Err(Error::InvalidArgument(format!(
+                "unknown workflow type {:?}; known types: {}",
+                request.workflow_type,
+                self.inner.registry.names().join(", ")
+            )));
+        };
+        let stripe = stripe_of(&request.request_id, self.inner.start_stripes.len());
+        let _serialised = self.inner.start_stripes[stripe].lock().await;
+        if let Some(existing) = self.inner.store.workflow_for_request(&request.request_id)? {
+            // Never confirm what a crash could still undo.
+            self.inner.store.barrier().wait().await?;
+            return self
+                .compare_with_existing(&existing, &request)
+                .map(|()| (existing, true));
+        }
+        if let Some(first) = self.queue_full(&definition) {
+            return Err(Error::ResourceExhausted(first));
+        }
+        let workflow_id = request
+            .workflow_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let slot = self.slot(&workflow_id);
+        let mut guard = slot.lock().await;
+        if guard.state.is_some() || self.inner.store.last_seq(&workflow_id)? > 0 {
+            return Err(Error::AlreadyExists(format!(
+                "workflow {workflow_id} already exists (started by another request id)"
+            )));
+        }
+        let started = WorkflowStarted {
+            workflow_type: definition.name.clone(),
+            definition_version: definition.version,
+            request_id: request.request_id.clone(),
+            input: request.input,
+            labels: request.labels,
+            correlation_id: request.correlation_id,
+            traceparent: request.traceparent,
+        };
+        let now = now_ms();
+        let (state, events) = engine::start(&workflow_id, started, &definition, now);
+        let before = records::Derived::default();
+        let commit_result = self
+            .commit(
+                &workflow_id,
+                &state,
+                &definition,
+                events,
+                &before,
+                Some(request.request_id),
+                None,
+            )
+            .await;
+        match commit_result {
+            Ok(()) => {
+                crate::metrics::record_started(&definition.name);
+                self.keep(&mut guard, &workflow_id, state, definition);
+                Ok((workflow_id, false))
+            }
+            Err(e) => {
+                drop(guard);
+                self.forget(&workflow_id);
+                Err(e)
+            }
+        }
+    }
+
+    fn queue_full(&self, definition: &SagaDefinition) -> Option<String> {
+        let activity_type = definition.steps.iter().find_map(|s| s.activity_type())?;
+        let queued = self.inner.dispatch.queue_len(activity_type);
+        (queued >= self.inner.limits.max_queued_tasks).then(|| {
+            format!("the {activity_type} queue holds {queued} tasks (limit {}); retry after workers catch up", self.inner.limits.max_queued_tasks)
+        })
+    }
+
+    fn compare_with_existing(&self, workflow_id: &str, request: &StartRequest) -> Result<()> {
+        let first = self.inner.store.history(workflow_id, 1, 1)?;
+        let Some(Attributes::WorkflowStarted(started)) =
+            first.first().and_then(|e| e.attributes.as_ref())
+        else {
+            return Err(Error::NotFound(format!(
+                "workflow {workflow_id} of this request id has no history"
+            )));
+        };
+        let same_id = request
+            .workflow_id
+            .as_deref()
+            .is_none_or(|id| id == workflow_id);
+        if started.workflow_type == request.workflow_type
+            && started.input == request.input
+            && same_id
+        {
+            Ok(())
+        } else {
+            Err(Error::AlreadyExists(format!(
+                "request id {:?} already started workflow {workflow_id} with a different type, input or workflow id",
+                request.request_id
+            )))
+        }
+    }
+
+    /// Feeds one input to a workflow and commits what follows. Returns the
+    /// new events (empty when nothing changed).
+    pub async fn decide(&self, workflow_id: &str, input: Input) -> Result<Vec<HistoryEvent>> {
+        let slot = self.slot(workflow_id);
+        let mut guard = slot.lock().await;
+        let (mut state, definition) = match guard.state.take() {
+            Some(loaded) => loaded,
+            None => match self.load(workflow_id) {
+                Ok(loaded) => loaded,
+                Err(e) => {
+                    drop(guard);
+                    self.forget(workflow_id);
+                    return Err(e);
+                }
+            },
+        };
+        let outcome_task = match &input {
+            Input::ActivityOutcome { task_id, .. } => Some(task_id.clone()),
+            _ => None,
+        };
+        if let Input::Signal { .. } = &input
+            && state.last_seq + 1 >= self.inner.limits.max_history_events
+        {
+            let limit = self.inner.limits.max_history_events;
+            guard.state = Some((state, definition));
+            return Err(Error::ResourceExhausted(format!(
+                "workflow {workflow_id} has reached its history limit of {limit} events"
+            )));
+        }
+        let before = records::derived(&state);
+        let before_seq = state.last_seq;
+        let now = now_ms();
+        let mut events = match engine::run(&mut state, &definition, input, now) {
+            Ok(events) => events,
+            Err(rejection) => {
+                guard.state = Some((state, definition));
+                return Err(rejection.into());
+            }
+        };
+        if events.is_empty() {
+            guard.state = Some((state, definition));
+            return Ok(events);
+        }
+        if state.last_seq >= self.inner.limits.max_history_events {
+            // Past the limit the workflow fails loudly rather than growing without bound.
+            let (reloaded, _) = self.load(workflow_id)?;
+            state = reloaded;
+            let reason = format!(
+                "history limit of {} events reached",
+                self.inner.limits.max_history_events
+            );
+            tracing::error!(workflow_id, %reason, "workflow failed at its history limit");
+            let failed = HistoryEvent {
+                seq: state.last_seq + 1,
+                time_ms: now,
+                attributes: Some(Attributes::WorkflowFailed(
+                    sagaflow_proto::v1::WorkflowFailed {
+                        reason,
+                        step: String::new(),
+                    },
+                )),
+            };
+            state.apply(&failed, &definition);
+            events = vec![failed];
+        }
+        debug_assert_eq!(events.first().map(|e| e.seq), Some(before_seq + 1));
+        match self
+            .commit(
+                workflow_id,
+                &state,
+                &definition,
+                events.clone(),
+                &before,
+                None,
+                outcome_task.as_deref(),
+            )
+            .await
+        {
+            Ok(()) => {
+                self.keep(&mut guard, workflow_id, state, definition);
+                Ok(events)
+            }
+            Err(e) => {
+                // The cached state ran ahead of the store: reload it next time.
+                drop(guard);
+                self.forget(workflow_id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Commits, waits for durability, then releases the effects.
+    #[allow(clippy::too_many_arguments)]
+    async fn commit(
+        &self,
+        workflow_id: &str,
+        state: &WorkflowState,
+        definition: &SagaDefinition,
+        events: Vec<HistoryEvent>,
+        before: &records::Derived,
+        request_id: Option<String>,
+        outcome_task: Option<&str>,
+    ) -> Result<()> {
+        let delta = records::delta(before, state, definition);
+        let commit = Commit {
+            workflow_id: workflow_id.to_owned(),
+            events,
+            summary: Some(records::summary(state, definition)),
+            request_id,
+            put_tasks: delta.new_tasks.clone(),
+            delete_tasks: delta.gone_tasks.clone(),
+            put_timers: delta.new_timers.clone(),
+            delete_timers: delta.gone_timers,
+            outbox: Vec::new(),
+        };
+        let started = std::time::Instant::now();
+        self.inner.store.commit(commit)?.wait().await?;
+        crate::metrics::record_commit(started.elapsed());
+        let now = now_ms();
+        for task_id in &delta.gone_tasks {
+            self.inner.dispatch.remove(
+                workflow_id,
+                task_id,
+                outcome_task != Some(task_id.as_str()),
+            );
+        }
+        for task in &delta.new_tasks {
+            self.inner.dispatch.enqueue(task, now);
+        }
+        for timer in delta.new_timers {
+            self.inner.timers.arm(
+                timer.fire_at_ms,
+                Alarm::Workflow {
+                    workflow_id: timer.workflow_id,
+                    timer_id: timer.timer_id,
+                },
+            );
+        }
+        self.inner.stuck.observe(state, definition);
+        crate::metrics::record_decision(state);
+        self.notify(workflow_id, state.last_seq);
+        Ok(())
+    }
+
+    /// Keeps an open workflow's state hot; a closed one is dropped.
+    fn keep(
+        &self,
+        guard: &mut tokio::sync::MutexGuard<'_, Slot>,
+        workflow_id: &str,
+        state: WorkflowState,
+        definition: Arc<SagaDefinition>,
+    ) {
+        if state.is_terminal() {
+            guard.state = None;
+            self.forget(workflow_id);
+        } else {
+            guard.state = Some((state, definition));
+        }
+    }
+
+    fn forget(&self, workflow_id: &str) {
+        let mut slots = self
+            .inner
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Only drop an idle slot; one that someone waits on stays.
+        if slots
+            .get(workflow_id)
+            .is_some_and(|s| Arc::strong_count(s) == 1)
+        {
+            slots.remove(workflow_id);
+        }
+    }
+
+    fn notify(&self, workflow_id: &str, seq: u64) {
+        let watchers = self
+            .inner
+            .watchers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(sender) = watchers.get(workflow_id) {
+            sender.send_replace(seq);
+        }
+    }
+
+    /// A worker's outcome. Returns whether it counted (false: late or duplicate).
+    pub async fn complete(
+        &self,
+        workflow_id: &str,
+        task_id: &str,
+        worker_id: &str,
+        outcome: Outcome,
+    ) -> Result<bool> {
+        let started_ms = self
+            .inner
+            .dispatch
+            .lease_of(workflow_id, task_id)
+            .map_or_else(now_ms, |(_, at)| at);
+        let input = Input::ActivityOutcome {
+            task_id: task_id.into(),
+            worker_id: worker_id.into(),
+            started_ms,
+            outcome,
+        };
+        let events = self.decide(workflow_id, input).await?;
+        Ok(events.iter().any(|e| {
+            matches!(
+                e.attributes,
+                Some(Attributes::ActivityCompleted(_) | Attributes::ActivityFailed(_))
+            )
+        }))
+    }
+
+    /// Waits until the workflow changes past `seen_seq`, or the timeout.
+    pub async fn wait_for_change(
+        &self,
+        workflow_id: &str,
+        seen_seq: u64,
+        timeout: Duration,
+    ) -> Result<()> {
+        let mut rx = {
+            let mut watchers = self
+                .inner
+                .watchers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            watchers
+                .entry(workflow_id.to_owned())
+                .or_insert_with(|| watch::channel(0).0)
+                .subscribe()
+        };
+        // Checked after subscribing, so a change in between is not missed.
+        let current = self.inner.store.last_seq(workflow_id)?;
+        if current > seen_seq {
+            return Ok(());
+        }
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|seq| *seq > seen_seq)).await;
+        drop(rx);
+        let mut watchers = self
+            .inner
+            .watchers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if watchers
+            .get(workflow_id)
+            .is_some_and(|s| s.receiver_count() == 0)
+        {
+            watchers.remove(workflow_id);
+        }
+        Ok(())
+    }
+
+    /// The durable summary of a workflow.
+    pub async fn describe(&self, workflow_id: &str) -> Result<WorkflowSummary> {
+        self.inner.store.barrier().wait().await?;
+        self.inner
+            .store
+            .summary(workflow_id)?
+            .ok_or_else(|| Error::NotFound(format!("workflow {workflow_id} not found")))
+    }
+
+    /// The live state of an open workflow (loaded if needed), for describe.
+    pub async fn state(&self, workflow_id: &str) -> Result<(WorkflowState, Arc<SagaDefinition>)> {
+        let slot = self.slot(workflow_id);
+        let guard = slot.lock().await;
+        let loaded = match &guard.state {
+            Some((state, definition)) => Ok((state.clone(), Arc::clone(definition))),
+            None => self.load(workflow_id),
+        };
+        drop(guard);
+        self.forget(workflow_id);
+        loaded
+    }
+
+    async fn fire_alarms(self, mut fired: tokio::sync::mpsc::UnboundedReceiver<Alarm>) {
+        while let Some(alarm) = fired.recv().await {
+            let runtime = self.clone();
+            tokio::spawn(async move { runtime.on_alarm(alarm).await });
+        }
+    }
+
+    async fn on_alarm(&self, alarm: Alarm) {
+        let (workflow_id, input) = match alarm {
+            Alarm::Workflow {
+                workflow_id,
+                timer_id,
+            } => (workflow_id, Input::TimerFired { timer_id }),
+            Alarm::Deadline {
+                workflow_id,
+                task_id,
+                kind,
+                lease_started_ms,
+            } => {
+                if !self.inner.dispatch.deadline_applies(
+                    &workflow_id,
+                    &task_id,
+                    kind,
+                    lease_started_ms,
+                    now_ms(),
+                ) {
+                    return;
+                }
+                (
+                    workflow_id,
+                    Input::TimedOut {
+                        task_id,
+                        timeout: kind,
+                    },
+                )
+            }
+        };
+        if let Err(e) = self.decide(&workflow_id, input).await {
+            tracing::warn!(workflow_id, error = %e, "a timer could not be applied");
+        }
+    }
+}
+
+fn stripe_of(request_id: &str, stripes: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    request_id.hash(&mut hasher);
+    usize::try_from(hasher.finish() % stripes as u64).unwrap_or(0)
+}
+
+/// Whether a status is still running.
+pub fn is_open(status: WorkflowStatus) -> bool {
+    records::is_open(status)
+}

@@ -1,0 +1,113 @@
+//! Start-up after a stop or a crash: tasks go back to their queues (or stay
+//! with the worker whose lease is still valid), timers are re-armed, and the
+//! stuck detector learns what is open. Derived records can also be rebuilt
+//! from the histories alone.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use sagaflow_proto::v1::history_event::Attributes;
+
+use super::timers::{Alarm, now_ms};
+use super::{Error, Result, Runtime, records};
+use crate::engine;
+use crate::registry::Registry;
+use crate::store::{Commit, Store};
+
+/// What a rebuild did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RebuildReport {
+    pub workflows: usize,
+    pub open: usize,
+    pub tasks: usize,
+    pub timers: usize,
+    /// Workflows whose definition is not registered: their histories are kept,
+    /// but their index rows cannot be derived.
+    pub skipped: Vec<String>,
+}
+
+impl Runtime {
+    pub(super) async fn recover(&self) -> Result<()> {
+        let started = Instant::now();
+        let now = now_ms();
+        let store = &self.inner.store;
+        let mut leases: HashMap<(String, String), crate::store::Lease> = store
+            .leases()?
+            .into_iter()
+            .map(|(wf, task, lease)| ((wf, task), lease))
+            .collect();
+        let tasks = store.tasks()?;
+        for task in &tasks {
+            let key = (task.workflow_id().to_owned(), task.task_id().to_owned());
+            match leases.remove(&key) {
+                // A lease that expired while we were down fires at once.
+                Some(lease) if lease.expires_ms > 0 => {
+                    self.inner.dispatch.restore_leased(task, &lease)
+                }
+                _ => self.inner.dispatch.enqueue(task, now),
+            }
+        }
+        let timers = store.timers()?;
+        for timer in &timers {
+            self.inner.timers.arm(
+                timer.fire_at_ms,
+                Alarm::Workflow {
+                    workflow_id: timer.workflow_id.clone(),
+                    timer_id: timer.timer_id.clone(),
+                },
+            );
+        }
+        let open = store.open_workflows()?;
+        for workflow_id in &open {
+            if let Some(summary) = store.summary(workflow_id)? {
+                self.inner.stuck.observe_summary(&summary);
+            }
+        }
+        tracing::info!(
+            tasks = tasks.len(),
+            timers = timers.len(),
+            open = open.len(),
+            elapsed_ms = started.elapsed().as_millis(),
+            "recovered"
+        );
+        Ok(())
+    }
+}
+
+/// Replays every history and rewrites the derived records from scratch.
+/// Run it offline (no server on the same data directory).
+pub async fn rebuild_derived(store: &Arc<dyn Store>, registry: &Registry) -> Result<RebuildReport> {
+    store.clear_derived()?;
+    let mut report = RebuildReport::default();
+    for workflow_id in store.all_workflows()? {
+        let history = store.history(&workflow_id, 1, usize::MAX)?;
+        let Some(Attributes::WorkflowStarted(started)) =
+            history.first().and_then(|e| e.attributes.as_ref())
+        else {
+            report.skipped.push(workflow_id);
+            continue;
+        };
+        let Some(definition) = registry.get(&started.workflow_type, started.definition_version)
+        else {
+            report.skipped.push(workflow_id);
+            continue;
+        };
+        let state = engine::replay(&workflow_id, &history, &definition);
+        let delta = records::delta(&records::Derived::default(), &state, &definition);
+        report.workflows += 1;
+        report.open += usize::from(!state.is_terminal());
+        report.tasks += delta.new_tasks.len();
+        report.timers += delta.new_timers.len();
+        let commit = Commit {
+            workflow_id: workflow_id.clone(),
+            summary: Some(records::summary(&state, &definition)),
+            request_id: Some(started.request_id.clone()),
+            put_tasks: delta.new_tasks,
+            put_timers: delta.new_timers,
+            ..Commit::default()
+        };
+        store.commit(commit).map_err(Error::Store)?.wait().await?;
+    }
+    Ok(report)
+}

@@ -1,0 +1,201 @@
+//! Assembles a server: the store, the runtime, the gRPC services (with
+//! health and reflection) and the HTTP listener.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use sagaflow_proto::v1::{
+    worker_service_server::WorkerServiceServer, workflow_service_server::WorkflowServiceServer,
+};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api::{WorkerApi, WorkflowApi};
+use crate::limits::Limits;
+use crate::registry::Registry;
+use crate::runtime::{Runtime, StuckPolicy};
+use crate::store::{MemoryStore, SledStore, Store};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open the store in {dir}: {source}")]
+    Store {
+        dir: PathBuf,
+        source: crate::store::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("recovery failed: {0}")]
+    Recovery(#[from] crate::runtime::Error),
+    #[error("cannot build reflection: {0}")]
+    Reflection(String),
+}
+
+/// Where the data lives.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    Sled(PathBuf),
+    /// Nothing survives the process: for tests and demos.
+    Memory,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub storage: Storage,
+    pub listen: SocketAddr,
+    pub http_listen: Option<SocketAddr>,
+    pub limits: Limits,
+    pub stuck: StuckPolicy,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            storage: Storage::Sled(PathBuf::from("sagaflow-data")),
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+            limits: Limits::default(),
+            stuck: StuckPolicy::default(),
+        }
+    }
+}
+
+/// A running server. Dropping it does not stop it; call [`Server::stop`].
+pub struct Server {
+    grpc_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
+    runtime: Runtime,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    pub async fn start(options: Options, registry: Registry) -> Result<Self, Error> {
+        let store: Arc<dyn Store> = match &options.storage {
+            Storage::Sled(dir) => Arc::new(SledStore::open(&dir.join("orchestrator")).map_err(
+                |source| Error::Store {
+                    dir: dir.clone(),
+                    source,
+                },
+            )?),
+            Storage::Memory => Arc::new(MemoryStore::in_memory()),
+        };
+        crate::http::prometheus();
+        let runtime = Runtime::start(store, registry, options.limits, options.stuck).await?;
+        let grpc = TcpListener::bind(options.listen)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: options.listen,
+                source,
+            })?;
+        let grpc_addr = grpc.local_addr().map_err(|source| Error::Bind {
+            addr: options.listen,
+            source,
+        })?;
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let http_addr = match options.http_listen {
+            Some(addr) => {
+                let http = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| Error::Bind { addr, source })?;
+                let bound = http
+                    .local_addr()
+                    .map_err(|source| Error::Bind { addr, source })?;
+                let mut stopped = stopped.clone();
+                tasks.push(tokio::spawn(async move {
+                    let shutdown = async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    };
+                    if let Err(e) = crate::http::serve(http, shutdown).await {
+                        tracing::error!(error = %e, "http listener failed");
+                    }
+                }));
+                Some(bound)
+            }
+            None => None,
+        };
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<WorkflowServiceServer<WorkflowApi>>()
+            .await;
+        health_reporter
+            .set_serving::<WorkerServiceServer<WorkerApi>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(sagaflow_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| Error::Reflection(e.to_string()))?;
+        let router = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(WorkflowServiceServer::new(WorkflowApi::new(
+                runtime.clone(),
+            )))
+            .add_service(WorkerServiceServer::new(WorkerApi::new(runtime.clone())));
+        let mut stopped_grpc = stopped;
+        tasks.push(tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped_grpc.wait_for(|s| *s).await;
+            };
+            if let Err(e) = router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "grpc listener failed");
+            }
+        }));
+        tracing::info!(%grpc_addr, http = ?http_addr, "sagaflow serving");
+        Ok(Self {
+            grpc_addr,
+            http_addr,
+            runtime,
+            stop,
+            tasks,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// `http://ADDR`, for clients.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// Stops accepting, lets in-flight calls finish, and waits for the listeners.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// The registry a stock server starts with: the shop's sagas and the bench saga.
+pub fn default_registry() -> Registry {
+    let mut registry = Registry::new();
+    for definition in sagaflow_workflows::shop::all() {
+        // Shipped definitions are validated by their own tests.
+        if let Err(e) = registry.register(definition) {
+            tracing::error!(error = %e, "a shipped definition is invalid");
+        }
+    }
+    registry
+}
