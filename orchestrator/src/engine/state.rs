@@ -350,6 +350,9 @@ impl WorkflowState {
                 // compensated below; its late completion is ignored.
                 self.tasks.retain(|_, t| t.compensation);
                 self.timers.clear();
+                for step in &mut self.steps {
+                    step.forward.retry_at = None;
+                }
                 self.progress(event.seq, event.time_ms);
             }
             Attributes::WorkflowCompleted(c) => {
