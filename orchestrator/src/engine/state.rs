@@ -264,9 +264,6 @@ impl WorkflowState {
                             self.context.set_step_result(&name, result);
                         }
                     }
-                    if !task.compensation && definition.pivot_index() == Some(task.step_index) {
-                        self.pivot_passed = true;
-                    }
                     self.progress(event.seq, event.time_ms);
                 }
             }
@@ -353,6 +350,9 @@ impl WorkflowState {
                 // compensated below; its late completion is ignored.
                 self.tasks.retain(|_, t| t.compensation);
                 self.timers.clear();
+                for step in &mut self.steps {
+                    step.forward.retry_at = None;
+                }
                 self.progress(event.seq, event.time_ms);
             }
             Attributes::WorkflowCompleted(c) => {
@@ -384,6 +384,13 @@ impl WorkflowState {
             }
         }
         self.settle_signal_steps(definition);
+        if definition
+            .pivot_index()
+            .and_then(|i| self.steps.get(i))
+            .is_some_and(|s| s.status == StepStatus::Completed)
+        {
+            self.pivot_passed = true;
+        }
     }
 
     fn resolve_failure(&mut self, task_id: &str, next_attempt_ms: i64, failure: String) {

@@ -1,1 +1,1537 @@
+//! Tests of the pure decision core: tables for each rule of the saga
+//! semantics, and property tests that drive random sagas with random inputs.
 
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use proptest::prelude::*;
+use sagaflow_proto::EventName;
+use sagaflow_proto::v1::{
+    HistoryEvent, WorkflowStarted, WorkflowStatus, history_event::Attributes,
+};
+use sagaflow_workflows::{RetryPolicy, SagaDefinition, Step};
+use serde_json::{Value, json};
+
+use super::{
+    Input, Outcome, RETRY_SIGNAL, Rejection, StepStatus, TimeoutKind, WorkflowState, parse_task_id,
+    replay, run, start,
+};
+
+const WORKFLOW_ID: &str = "wf-1";
+const T0: i64 = 1_000_000;
+
+/// A workflow under test: its definition, live state, full history and clock.
+struct Harness {
+    definition: SagaDefinition,
+    state: WorkflowState,
+    history: Vec<HistoryEvent>,
+    now: i64,
+}
+
+impl Harness {
+    fn start(definition: SagaDefinition) -> Self {
+        Self::start_with_input(definition, json!({"order": "o-1"}))
+    }
+
+    fn start_with_input(definition: SagaDefinition, input: Value) -> Self {
+        let started = WorkflowStarted {
+            workflow_type: definition.name.clone(),
+            definition_version: definition.version,
+            request_id: "req-1".into(),
+            input: input.to_string(),
+            ..Default::default()
+        };
+        let (state, history) = start(WORKFLOW_ID, started, &definition, T0);
+        let harness = Self {
+            definition,
+            state,
+            history,
+            now: T0,
+        };
+        harness.check_replay();
+        harness
+    }
+
+    fn check_replay(&self) {
+        assert_eq!(
+            replay(WORKFLOW_ID, &self.history, &self.definition),
+            self.state,
+            "replaying the history must rebuild the live state"
+        );
+    }
+
+    fn advance(&mut self, ms: i64) {
+        self.now += ms;
+    }
+
+    /// Runs an input; a rejection leaves the state exactly as it was.
+    fn try_run(&mut self, input: Input) -> Result<Vec<HistoryEvent>, Rejection> {
+        let before = self.state.clone();
+        let result = run(&mut self.state, &self.definition, input, self.now);
+        match &result {
+            Ok(events) => self.history.extend(events.iter().cloned()),
+            Err(_) => assert_eq!(self.state, before, "a rejected input changes nothing"),
+        }
+        self.check_replay();
+        result
+    }
+
+    fn run(&mut self, input: Input) -> Vec<HistoryEvent> {
+        self.try_run(input).unwrap()
+    }
+
+    fn outcome(&mut self, task_id: &str, outcome: Outcome) -> Vec<HistoryEvent> {
+        let started_ms = self.now;
+        self.run(Input::ActivityOutcome {
+            task_id: task_id.into(),
+            worker_id: "worker-1".into(),
+            started_ms,
+            outcome,
+        })
+    }
+
+    fn complete(&mut self, task_id: &str, result: Value) -> Vec<HistoryEvent> {
+        self.outcome(task_id, Outcome::Completed(result.to_string()))
+    }
+
+    fn fail(&mut self, task_id: &str, retryable: bool) -> Vec<HistoryEvent> {
+        self.outcome(
+            task_id,
+            Outcome::Failed {
+                error_type: "Boom".into(),
+                message: "it broke".into(),
+                retryable,
+            },
+        )
+    }
+
+    fn time_out(&mut self, task_id: &str, timeout: TimeoutKind) -> Vec<HistoryEvent> {
+        self.run(Input::TimedOut {
+            task_id: task_id.into(),
+            timeout,
+        })
+    }
+
+    fn fire(&mut self, timer_id: &str) -> Vec<HistoryEvent> {
+        self.run(Input::TimerFired {
+            timer_id: timer_id.into(),
+        })
+    }
+
+    fn signal(&mut self, name: &str, input: Value) -> Vec<HistoryEvent> {
+        self.run(Input::Signal {
+            name: name.into(),
+            input: input.to_string(),
+            identity: "tester".into(),
+        })
+    }
+
+    fn cancel(&mut self) -> Result<Vec<HistoryEvent>, Rejection> {
+        self.try_run(Input::Cancel {
+            reason: "customer changed their mind".into(),
+            identity: "tester".into(),
+        })
+    }
+
+    fn pending(&self) -> Vec<String> {
+        self.state.tasks.keys().cloned().collect()
+    }
+
+    fn retry_timers(&self) -> Vec<(String, i64)> {
+        self.state.retry_timers().collect()
+    }
+
+    fn status(&self) -> WorkflowStatus {
+        self.state.status
+    }
+}
+
+fn names(events: &[HistoryEvent]) -> Vec<&'static str> {
+    events
+        .iter()
+        .map(|e| e.attributes.as_ref().unwrap().event_name())
+        .collect()
+}
+
+fn attrs(events: &[HistoryEvent]) -> impl Iterator<Item = &Attributes> {
+    events.iter().filter_map(|e| e.attributes.as_ref())
+}
+
+/// `(task_id, idempotency_key)` of every ActivityScheduled in `events`.
+fn scheduled(events: &[HistoryEvent]) -> Vec<(String, String)> {
+    attrs(events)
+        .filter_map(|a| match a {
+            Attributes::ActivityScheduled(s) => {
+                Some((s.task_id.clone(), s.idempotency_key.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn scheduled_ids(events: &[HistoryEvent]) -> Vec<String> {
+    scheduled(events).into_iter().map(|(id, _)| id).collect()
+}
+
+fn count(events: &[HistoryEvent], name: &str) -> usize {
+    names(events).iter().filter(|n| **n == name).count()
+}
+
+fn stuck_reasons(events: &[HistoryEvent]) -> Vec<String> {
+    attrs(events)
+        .filter_map(|a| match a {
+            Attributes::StuckDetected(s) => Some(s.reason.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn policy(initial_ms: u64, max_attempts: u32) -> RetryPolicy {
+    RetryPolicy {
+        initial_interval_ms: initial_ms,
+        backoff_coefficient: 2.0,
+        maximum_interval_ms: 10_000,
+        maximum_attempts: max_attempts,
+        non_retryable_error_types: Vec::new(),
+    }
+}
+
+/// hotel (compensable, undone by hotel.cancel), charge (pivot), email (retriable).
+fn trip() -> SagaDefinition {
+    SagaDefinition::builder("trip", 1)
+        .step(Step::activity("hotel", "hotel.book").compensate_with("hotel.cancel"))
+        .step(Step::activity("charge", "payments.charge").pivot())
+        .step(
+            Step::activity("email", "mail.send")
+                .retriable()
+                .escalate_after(3, "EmailDelayed"),
+        )
+        .build()
+        .unwrap()
+}
+
+/// Three compensable steps with compensations, then a pivot.
+fn three_compensable() -> SagaDefinition {
+    SagaDefinition::builder("three", 1)
+        .step(Step::activity("a", "a.do").compensate_with("a.undo"))
+        .step(Step::activity("b", "b.do").compensate_with("b.undo"))
+        .step(Step::activity("c", "c.do").compensate_with("c.undo"))
+        .step(Step::activity("pay", "payments.capture").pivot())
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn happy_path_completes_with_every_result() {
+    let mut h = Harness::start(trip());
+    assert_eq!(names(&h.history), ["WorkflowStarted", "ActivityScheduled"]);
+    assert_eq!(h.pending(), ["0.f.1"]);
+    assert_eq!(h.status(), WorkflowStatus::Running);
+
+    let events = h.complete("0.f.1", json!({"booking": "b-1"}));
+    assert_eq!(
+        names(&events),
+        ["ActivityStarted", "ActivityCompleted", "ActivityScheduled"]
+    );
+    assert_eq!(h.pending(), ["1.f.1"]);
+    h.complete("1.f.1", json!({"payment": "p-1"}));
+    assert!(h.state.pivot_passed);
+    assert_eq!(h.pending(), ["2.f.1"]);
+    let events = h.complete("2.f.1", json!({"sent": true}));
+    assert_eq!(
+        names(&events),
+        ["ActivityStarted", "ActivityCompleted", "WorkflowCompleted"]
+    );
+
+    let expected = json!({
+        "hotel": {"booking": "b-1"},
+        "charge": {"payment": "p-1"},
+        "email": {"sent": true},
+    });
+    let Some(Attributes::WorkflowCompleted(done)) = &events[2].attributes else {
+        panic!("expected WorkflowCompleted");
+    };
+    assert_eq!(
+        serde_json::from_str::<Value>(&done.result).unwrap(),
+        expected
+    );
+    assert_eq!(h.status(), WorkflowStatus::Completed);
+    assert_eq!(
+        serde_json::from_str::<Value>(&h.state.result).unwrap(),
+        expected
+    );
+    assert!(h.state.tasks.is_empty());
+    assert_eq!(h.state.closed_ms, h.now);
+    assert_eq!(count(&h.history, "CompensationStarted"), 0);
+}
+
+#[test]
+fn scheduled_tasks_carry_input_and_derived_keys() {
+    let mut h = Harness::start(trip());
+    let Some(Attributes::ActivityScheduled(s)) = &h.history[1].attributes else {
+        panic!("expected ActivityScheduled");
+    };
+    assert_eq!(s.activity_type, "hotel.book");
+    assert_eq!(s.idempotency_key, format!("{WORKFLOW_ID}/hotel"));
+    assert_eq!(s.attempt, 1);
+    assert!(!s.compensation);
+    let input: Value = serde_json::from_str(&s.input).unwrap();
+    assert_eq!(input["input"], json!({"order": "o-1"}));
+    assert_eq!(input["workflow_id"], json!(WORKFLOW_ID));
+
+    let events = h.complete("0.f.1", json!({"booking": "b-1"}));
+    let Some(Attributes::ActivityScheduled(s)) = &events[2].attributes else {
+        panic!("expected ActivityScheduled");
+    };
+    let input: Value = serde_json::from_str(&s.input).unwrap();
+    assert_eq!(input["steps"]["hotel"], json!({"booking": "b-1"}));
+}
+
+#[test]
+fn non_retryable_pivot_failure_compensates_earlier_steps() {
+    let mut h = Harness::start(trip());
+    h.complete("0.f.1", json!({"booking": "b-1"}));
+    let events = h.fail("1.f.1", false);
+    assert_eq!(
+        names(&events),
+        [
+            "ActivityStarted",
+            "ActivityFailed",
+            "CompensationStarted",
+            "ActivityScheduled"
+        ]
+    );
+    let Some(Attributes::ActivityFailed(f)) = &events[1].attributes else {
+        panic!("expected ActivityFailed");
+    };
+    assert!(!f.retryable);
+    assert_eq!(f.next_attempt_ms, 0);
+    let Some(Attributes::CompensationStarted(c)) = &events[2].attributes else {
+        panic!("expected CompensationStarted");
+    };
+    assert_eq!(c.steps, ["hotel"]);
+    assert!(c.reason.contains("charge"), "{}", c.reason);
+    assert_eq!(h.status(), WorkflowStatus::Compensating);
+    assert_eq!(
+        scheduled(&events),
+        [(
+            "0.c.1".to_string(),
+            format!("{WORKFLOW_ID}/hotel/compensate")
+        )]
+    );
+    let Some(Attributes::ActivityScheduled(s)) = &events[3].attributes else {
+        panic!("expected ActivityScheduled");
+    };
+    assert_eq!(s.activity_type, "hotel.cancel");
+    assert!(s.compensation);
+
+    let events = h.complete("0.c.1", json!({}));
+    assert_eq!(
+        names(&events),
+        [
+            "ActivityStarted",
+            "ActivityCompleted",
+            "WorkflowCompensated"
+        ]
+    );
+    assert_eq!(h.status(), WorkflowStatus::Compensated);
+    assert_eq!(h.state.steps[0].status, StepStatus::Compensated);
+    assert!(h.state.reason.contains("charge"));
+}
+
+#[test]
+fn compensations_run_one_at_a_time_in_reverse_order() {
+    let mut h = Harness::start(three_compensable());
+    for (i, task) in ["0.f.1", "1.f.1", "2.f.1"].into_iter().enumerate() {
+        h.complete(task, json!({ "step": i }));
+    }
+    let events = h.fail("3.f.1", false);
+    let Some(Attributes::CompensationStarted(c)) = &events[2].attributes else {
+        panic!("expected CompensationStarted");
+    };
+    assert_eq!(c.steps, ["c", "b", "a"]);
+    assert_eq!(h.state.compensation_plan, Some(vec![2, 1, 0]));
+
+    let mut order = Vec::new();
+    for _ in 0..3 {
+        let pending = h.pending();
+        assert_eq!(pending.len(), 1, "one compensation at a time: {pending:?}");
+        order.push(pending[0].clone());
+        h.complete(&pending[0], json!({}));
+    }
+    assert_eq!(order, ["2.c.1", "1.c.1", "0.c.1"]);
+    assert_eq!(h.status(), WorkflowStatus::Compensated);
+    let undo_types: Vec<String> = attrs(&h.history)
+        .filter_map(|a| match a {
+            Attributes::ActivityScheduled(s) if s.compensation => Some(s.activity_type.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(undo_types, ["c.undo", "b.undo", "a.undo"]);
+}
+
+#[test]
+fn retryable_failure_retries_after_backoff_with_the_same_key() {
+    let definition = SagaDefinition::builder("retry", 1)
+        .step(
+            Step::activity("a", "a.do")
+                .compensate_with("a.undo")
+                .retry(policy(500, 5)),
+        )
+        .step(Step::activity("pay", "pay.do").pivot())
+        .build()
+        .unwrap();
+    let mut h = Harness::start(definition);
+    h.advance(10);
+    let events = h.fail("0.f.1", true);
+    assert_eq!(names(&events), ["ActivityStarted", "ActivityFailed"]);
+    let Some(Attributes::ActivityFailed(f)) = &events[1].attributes else {
+        panic!("expected ActivityFailed");
+    };
+    assert!(f.retryable);
+    assert_eq!(f.next_attempt_ms, h.now + 500);
+    assert!(h.pending().is_empty());
+    assert_eq!(h.retry_timers(), [("retry/0.f.2".to_string(), h.now + 500)]);
+
+    // A Wake before the timer fires changes nothing.
+    assert!(h.run(Input::Wake).is_empty());
+    // An unknown timer is ignored.
+    assert!(h.fire("retry/0.f.3").is_empty());
+
+    h.advance(500);
+    let events = h.fire("retry/0.f.2");
+    assert_eq!(names(&events), ["TimerFired", "ActivityScheduled"]);
+    assert_eq!(h.pending(), ["0.f.2"]);
+    assert!(h.retry_timers().is_empty());
+    let keys: Vec<(String, String)> = scheduled(&h.history);
+    assert_eq!(
+        keys,
+        [
+            ("0.f.1".to_string(), format!("{WORKFLOW_ID}/a")),
+            ("0.f.2".to_string(), format!("{WORKFLOW_ID}/a")),
+        ]
+    );
+    // Firing the same timer again does nothing.
+    assert!(h.fire("retry/0.f.2").is_empty());
+
+    // The backoff grows by the coefficient.
+    let events = h.fail("0.f.2", true);
+    let Some(Attributes::ActivityFailed(f)) = &events[1].attributes else {
+        panic!("expected ActivityFailed");
+    };
+    assert_eq!(f.next_attempt_ms, h.now + 1_000);
+
+    // A timeout retries the same way.
+    h.fire("retry/0.f.3");
+    let events = h.time_out("0.f.3", TimeoutKind::StartToClose);
+    let Some(Attributes::ActivityTimedOut(t)) = &events[0].attributes else {
+        panic!("expected ActivityTimedOut");
+    };
+    assert_eq!(t.timeout_type, "START_TO_CLOSE");
+    assert_eq!(t.next_attempt_ms, h.now + 2_000);
+    h.fire("retry/0.f.4");
+    h.complete("0.f.4", json!({}));
+    assert_eq!(h.pending(), ["1.f.1"]);
+    assert_eq!(h.status(), WorkflowStatus::Running);
+}
+
+#[test]
+fn exhausted_attempts_lead_to_compensation() {
+    let definition = SagaDefinition::builder("exhaust", 1)
+        .step(Step::activity("a", "a.do").compensate_with("a.undo"))
+        .step(
+            Step::activity("b", "b.do")
+                .compensate_with("b.undo")
+                .retry(policy(100, 2)),
+        )
+        .step(Step::activity("pay", "pay.do").pivot())
+        .build()
+        .unwrap();
+    let mut h = Harness::start(definition);
+    h.complete("0.f.1", json!({}));
+    let events = h.fail("1.f.1", true);
+    assert_eq!(names(&events), ["ActivityStarted", "ActivityFailed"]);
+    h.advance(100);
+    h.fire("retry/1.f.2");
+    let events = h.fail("1.f.2", true);
+    let Some(Attributes::ActivityFailed(f)) = &events[1].attributes else {
+        panic!("expected ActivityFailed");
+    };
+    assert!(!f.retryable, "the last attempt is not retried");
+    assert_eq!(f.next_attempt_ms, 0);
+    let Some(Attributes::CompensationStarted(c)) = &events[2].attributes else {
+        panic!("expected CompensationStarted, got {:?}", names(&events));
+    };
+    // The failed step started, and may have taken effect: it is undone too.
+    assert_eq!(c.steps, ["b", "a"]);
+    assert!(h.retry_timers().is_empty());
+    h.complete("1.c.1", json!({}));
+    h.complete("0.c.1", json!({}));
+    assert_eq!(h.status(), WorkflowStatus::Compensated);
+}
+
+#[test]
+fn a_non_retryable_error_type_is_not_retried() {
+    let mut retry = policy(100, 5);
+    retry.non_retryable_error_types = vec!["CardDeclined".into()];
+    let definition = SagaDefinition::builder("declined", 1)
+        .step(Step::activity("a", "a.do").compensate_with("a.undo"))
+        .step(Step::activity("pay", "pay.do").pivot().retry(retry))
+        .build()
+        .unwrap();
+    let mut h = Harness::start(definition);
+    h.complete("0.f.1", json!({}));
+    let events = h.outcome(
+        "1.f.1",
+        Outcome::Failed {
+            error_type: "CardDeclined".into(),
+            message: "no funds".into(),
+            retryable: true,
+        },
+    );
+    assert_eq!(count(&events, "CompensationStarted"), 1);
+    assert!(h.retry_timers().is_empty());
+}
+
+#[test]
+fn first_step_failing_without_compensations_fails_the_workflow() {
+    let definition = SagaDefinition::builder("fail", 1)
+        .step(Step::activity("a", "a.do"))
+        .step(Step::activity("pay", "pay.do").pivot())
+        .build()
+        .unwrap();
+    let mut h = Harness::start(definition);
+    let events = h.fail("0.f.1", false);
+    assert_eq!(
+        names(&events),
+        ["ActivityStarted", "ActivityFailed", "WorkflowFailed"]
+    );
+    let Some(Attributes::WorkflowFailed(f)) = &events[2].attributes else {
+        panic!("expected WorkflowFailed");
+    };
+    assert_eq!(f.step, "a");
+    assert_eq!(h.status(), WorkflowStatus::Failed);
+}
+
+#[test]
+fn retriable_step_escalates_once_and_stays_open() {
+    let mut h = Harness::start(trip());
+    h.complete("0.f.1", json!({}));
+    h.complete("1.f.1", json!({}));
+    let mut escalations = Vec::new();
+    for attempt in 1..=6 {
+        let task = format!("2.f.{attempt}");
+        assert_eq!(h.pending(), std::slice::from_ref(&task));
+        let events = if attempt % 2 == 0 {
+            h.time_out(&task, TimeoutKind::Heartbeat)
+        } else {
+            h.fail(&task, true)
+        };
+        for a in attrs(&events) {
+            if let Attributes::StepEscalated(e) = a {
+                escalations.push((e.step.clone(), e.attempt, e.alert.clone(), attempt));
+            }
+        }
+        assert_eq!(h.status(), WorkflowStatus::Running);
+        let (timer, at) = h.retry_timers().pop().unwrap();
+        h.now = at;
+        h.fire(&timer);
+    }
+    assert_eq!(
+        escalations,
+        [("email".to_string(), 3, "EmailDelayed".to_string(), 3)]
+    );
+    assert!(h.state.steps[2].escalated);
+    assert!(h.state.stuck.is_none());
+    h.complete("2.f.7", json!({}));
+    assert_eq!(h.status(), WorkflowStatus::Completed);
+    assert_eq!(count(&h.history, "StepEscalated"), 1);
+}
+
+#[test]
+fn non_retryable_failure_after_pivot_is_stuck_until_the_retry_signal() {
+    let mut h = Harness::start(trip());
+    h.complete("0.f.1", json!({}));
+    h.complete("1.f.1", json!({}));
+    let events = h.fail("2.f.1", false);
+    assert_eq!(
+        names(&events),
+        ["ActivityStarted", "ActivityFailed", "StuckDetected"]
+    );
+    assert_eq!(stuck_reasons(&events), ["NON_RETRYABLE_AFTER_PIVOT"]);
+    assert_eq!(h.status(), WorkflowStatus::Running);
+    assert!(h.pending().is_empty());
+    assert_eq!(
+        h.state.stuck.as_ref().map(|s| s.0.as_str()),
+        Some("NON_RETRYABLE_AFTER_PIVOT")
+    );
+    // Nothing more happens on its own, and it is not reported twice.
+    assert!(h.run(Input::Wake).is_empty());
+    assert_eq!(count(&h.history, "CompensationStarted"), 0);
+
+    h.advance(60_000);
+    let events = h.signal(RETRY_SIGNAL, json!({}));
+    assert_eq!(
+        names(&events),
+        ["SignalReceived", "StuckCleared", "ActivityScheduled"]
+    );
+    assert!(h.state.stuck.is_none());
+    assert_eq!(h.pending(), ["2.f.2"]);
+    let keys = scheduled(&h.history);
+    assert_eq!(keys[2].1, keys[3].1, "the retry reuses the step's key");
+    h.complete("2.f.2", json!({}));
+    assert_eq!(h.status(), WorkflowStatus::Completed);
+}
+
+#[test]
+fn retry_signal_gives_an_exhausted_step_a_fresh_budget() {
+    let definition = SagaDefinition::builder("budget", 1)
+        .step(Step::activity("pay", "pay.do").pivot())
+        .step(
+            Step::activity("ship", "ship.do")
+                .retriable()
+                .retry(policy(100, 2)),
+        )
+        .build()
+        .unwrap();
+    let mut h = Harness::start(definition);
+    h.complete("0.f.1", json!({}));
+    h.fail("1.f.1", true);
+    h.advance(100);
+    h.fire("retry/1.f.2");
+    let events = h.fail("1.f.2", true);
+    assert_eq!(stuck_reasons(&events), ["NON_RETRYABLE_AFTER_PIVOT"]);
+    let events = h.signal(RETRY_SIGNAL, json!({}));
+    assert_eq!(count(&events, "StuckCleared"), 1);
+    assert_eq!(h.pending(), ["1.f.3"]);
+    // Two more attempts are allowed before it blocks again.
+    let events = h.fail("1.f.3", true);
+    assert_eq!(count(&events, "StuckDetected"), 0);
+    h.advance(1_000);
+    h.fire("retry/1.f.4");
+    let events = h.fail("1.f.4", true);
+    assert_eq!(stuck_reasons(&events), ["NON_RETRYABLE_AFTER_PIVOT"]);
+}
+
+#[test]
+fn exhausted_compensation_is_stuck_and_stays_compensating() {
+    let definition = SagaDefinition::builder("undo-fails", 1)
+        .step(
+            Step::activity("a", "a.do")
+                .compensate_with("a.undo")
+                .compensation_retry(policy(100, 2)),
+        )
+        .step(Step::activity("pay", "pay.do").pivot())
+        .build()
+        .unwrap();
+    let mut h = Harness::start(definition);
+    h.complete("0.f.1", json!({}));
+    h.fail("1.f.1", false);
+    assert_eq!(h.pending(), ["0.c.1"]);
+    let events = h.fail("0.c.1", true);
+    assert_eq!(names(&events), ["ActivityStarted", "ActivityFailed"]);
+    h.advance(100);
+    h.fire("retry/0.c.2");
+    assert_eq!(h.pending(), ["0.c.2"]);
+    let events = h.fail("0.c.2", true);
+    assert_eq!(stuck_reasons(&events), ["COMPENSATION_EXHAUSTED"]);
+    assert_eq!(h.status(), WorkflowStatus::Compensating);
+    assert!(h.pending().is_empty());
+    assert!(h.run(Input::Wake).is_empty());
+    assert_eq!(count(&h.history, "WorkflowCompensated"), 0);
+
+    // The operator fixes the cause and asks for a retry.
+    let events = h.signal(RETRY_SIGNAL, json!({}));
+    assert_eq!(
+        names(&events),
+        ["SignalReceived", "StuckCleared", "ActivityScheduled"]
+    );
+    let keys = scheduled(&h.history);
+    assert_eq!(keys.last().unwrap().0, "0.c.3");
+    assert_eq!(
+        keys.last().unwrap().1,
+        format!("{WORKFLOW_ID}/a/compensate")
+    );
+    h.complete("0.c.3", json!({}));
+    assert_eq!(h.status(), WorkflowStatus::Compensated);
+}
+
+#[test]
+fn cancel_before_the_pivot_waits_for_the_attempt_then_compensates() {
+    let mut h = Harness::start(three_compensable());
+    h.complete("0.f.1", json!({}));
+    assert_eq!(h.pending(), ["1.f.1"]);
+    let events = h.cancel().unwrap();
+    assert_eq!(names(&events), ["CancelRequested"]);
+    assert_eq!(h.status(), WorkflowStatus::Running);
+    assert_eq!(h.pending(), ["1.f.1"], "the attempt in flight is awaited");
+    // Cancelling twice changes nothing.
+    assert!(h.cancel().unwrap().is_empty());
+
+    let events = h.complete("1.f.1", json!({}));
+    assert_eq!(
+        names(&events),
+        [
+            "ActivityStarted",
+            "ActivityCompleted",
+            "CompensationStarted",
+            "ActivityScheduled"
+        ]
+    );
+    let Some(Attributes::CompensationStarted(c)) = &events[2].attributes else {
+        panic!("expected CompensationStarted");
+    };
+    assert_eq!(c.steps, ["b", "a"]);
+    assert!(c.reason.starts_with("cancelled"), "{}", c.reason);
+    assert_eq!(h.pending(), ["1.c.1"]);
+    h.complete("1.c.1", json!({}));
+    let events = h.complete("0.c.1", json!({}));
+    assert_eq!(
+        names(&events),
+        ["ActivityStarted", "ActivityCompleted", "WorkflowCancelled"]
+    );
+    assert_eq!(h.status(), WorkflowStatus::Cancelled);
+    assert_eq!(h.state.reason, "customer changed their mind");
+    assert_eq!(count(&h.history, "ActivityScheduled"), 4);
+    // Now it is closed.
+    assert_eq!(h.cancel(), Err(Rejection::Terminal("CANCELLED")));
+}
+
+#[test]
+fn cancel_while_a_retry_is_pending_compensates_at_once() {
+    let mut h = Harness::start(three_compensable());
+    h.complete("0.f.1", json!({}));
+    h.fail("1.f.1", true);
+    assert_eq!(h.retry_timers().len(), 1);
+    let events = h.cancel().unwrap();
+    assert_eq!(
+        names(&events),
+        [
+            "CancelRequested",
+            "CompensationStarted",
+            "ActivityScheduled"
+        ]
+    );
+    assert_eq!(h.pending(), ["1.c.1"]);
+    assert!(
+        h.retry_timers().is_empty(),
+        "the abandoned forward retry is disarmed: {:?}",
+        h.retry_timers()
+    );
+    h.complete("1.c.1", json!({}));
+    h.complete("0.c.1", json!({}));
+    assert_eq!(h.status(), WorkflowStatus::Cancelled);
+}
+
+#[test]
+fn cancel_with_nothing_to_undo_closes_at_once() {
+    let definition = SagaDefinition::builder("nothing", 1)
+        .step(Step::activity("a", "a.do"))
+        .step(Step::activity("pay", "pay.do").pivot())
+        .build()
+        .unwrap();
+    let mut h = Harness::start(definition);
+    h.cancel().unwrap();
+    let events = h.complete("0.f.1", json!({}));
+    assert_eq!(
+        names(&events),
+        ["ActivityStarted", "ActivityCompleted", "WorkflowCancelled"]
+    );
+    assert_eq!(h.status(), WorkflowStatus::Cancelled);
+}
+
+#[test]
+fn cancel_after_the_pivot_is_rejected() {
+    let mut h = Harness::start(trip());
+    h.complete("0.f.1", json!({}));
+    h.complete("1.f.1", json!({}));
+    let history_len = h.history.len();
+    assert_eq!(h.cancel(), Err(Rejection::PastPivot("charge".into())));
+    assert_eq!(h.history.len(), history_len);
+    assert_eq!(h.pending(), ["2.f.1"]);
+}
+
+#[test]
+fn cancel_racing_the_pivot_loses_once_the_pivot_succeeds() {
+    let mut h = Harness::start(trip());
+    h.complete("0.f.1", json!({}));
+    h.cancel().unwrap();
+    assert_eq!(h.pending(), ["1.f.1"]);
+    h.complete("1.f.1", json!({}));
+    assert_eq!(count(&h.history, "CompensationStarted"), 0);
+    assert_eq!(h.pending(), ["2.f.1"]);
+    h.complete("2.f.1", json!({}));
+    assert_eq!(h.status(), WorkflowStatus::Completed);
+}
+
+#[test]
+fn terminate_closes_without_compensating() {
+    let mut h = Harness::start(three_compensable());
+    h.complete("0.f.1", json!({}));
+    h.complete("1.f.1", json!({}));
+    let events = h.run(Input::Terminate {
+        reason: "operator".into(),
+        identity: "ops".into(),
+    });
+    assert_eq!(names(&events), ["WorkflowTerminated"]);
+    assert_eq!(h.status(), WorkflowStatus::Terminated);
+    assert!(h.pending().is_empty());
+    assert!(h.state.timers.is_empty());
+    assert!(h.retry_timers().is_empty());
+    assert_eq!(count(&h.history, "CompensationStarted"), 0);
+    assert!(
+        scheduled_ids(&h.history)
+            .iter()
+            .all(|id| id.contains(".f."))
+    );
+    // Everything that follows is refused or ignored.
+    let refused = h.try_run(Input::Terminate {
+        reason: "again".into(),
+        identity: "ops".into(),
+    });
+    assert_eq!(refused, Err(Rejection::Terminal("TERMINATED")));
+    assert!(
+        h.try_run(Input::Signal {
+            name: "x".into(),
+            input: "{}".into(),
+            identity: "t".into()
+        })
+        .is_err()
+    );
+    let events = h.complete("2.f.1", json!({}));
+    assert_eq!(names(&events), ["CompletionIgnored"]);
+    assert_eq!(h.status(), WorkflowStatus::Terminated);
+}
+
+#[test]
+fn terminate_while_compensating_stops_the_compensation() {
+    let mut h = Harness::start(three_compensable());
+    h.complete("0.f.1", json!({}));
+    h.complete("1.f.1", json!({}));
+    h.fail("2.f.1", false);
+    assert_eq!(h.pending(), ["2.c.1"]);
+    let events = h.run(Input::Terminate {
+        reason: "operator".into(),
+        identity: "ops".into(),
+    });
+    assert_eq!(names(&events), ["WorkflowTerminated"]);
+    assert!(h.pending().is_empty());
+    assert_eq!(h.status(), WorkflowStatus::Terminated);
+}
+
+/// Asserts that the last run recorded only a CompletionIgnored, and changed
+/// nothing else in the state.
+fn assert_ignored(h: &mut Harness, task_id: &str, reason: &str) {
+    let before = h.state.clone();
+    h.advance(5);
+    let events = h.complete(task_id, json!({"late": true}));
+    assert_eq!(names(&events), ["CompletionIgnored"]);
+    let Some(Attributes::CompletionIgnored(c)) = &events[0].attributes else {
+        panic!("expected CompletionIgnored");
+    };
+    assert_eq!(c.task_id, task_id);
+    assert_eq!(c.reason, reason);
+    assert_eq!(c.outcome, "completed");
+    assert_eq!(c.worker_id, "worker-1");
+    let mut expected = before;
+    expected.last_seq = events[0].seq;
+    expected.updated_ms = h.now;
+    assert_eq!(h.state, expected);
+}
+
+#[test]
+fn late_and_duplicate_completions_are_recorded_and_change_nothing() {
+    let mut h = Harness::start(trip());
+    h.complete("0.f.1", json!({"booking": "b-1"}));
+    assert_ignored(&mut h, "0.f.1", "duplicate");
+
+    // Attempt 1 of the pivot times out; its completion arrives late.
+    h.time_out("1.f.1", TimeoutKind::StartToClose);
+    assert_ignored(&mut h, "1.f.1", "late");
+    let (timer, at) = h.retry_timers().pop().unwrap();
+    h.now = at;
+    h.fire(&timer);
+    assert_ignored(&mut h, "1.f.1", "late");
+    h.complete("1.f.2", json!({}));
+    assert_ignored(&mut h, "1.f.2", "duplicate");
+    // An unknown task id is ignored too.
+    assert_ignored(&mut h, "9.f.1", "late");
+    assert_ignored(&mut h, "not-a-task", "late");
+
+    let forward_completions = attrs(&h.history)
+        .filter(|a| matches!(a, Attributes::ActivityCompleted(c) if c.task_id == "0.f.1"))
+        .count();
+    assert_eq!(forward_completions, 1);
+    assert_eq!(
+        h.state.context.0["steps"]["hotel"],
+        json!({"booking": "b-1"})
+    );
+    // A failure or a timeout for a stale attempt is no different.
+    let events = h.fail("1.f.1", false);
+    assert_eq!(names(&events), ["CompletionIgnored"]);
+    assert!(h.time_out("1.f.1", TimeoutKind::StartToClose).is_empty());
+    assert_eq!(h.pending(), ["2.f.1"]);
+}
+
+#[test]
+fn schedule_to_close_timeout_is_final() {
+    let mut h = Harness::start(trip());
+    h.complete("0.f.1", json!({}));
+    let events = h.time_out("1.f.1", TimeoutKind::ScheduleToClose);
+    let Some(Attributes::ActivityTimedOut(t)) = &events[0].attributes else {
+        panic!("expected ActivityTimedOut");
+    };
+    assert_eq!(t.next_attempt_ms, 0);
+    assert_eq!(count(&events, "CompensationStarted"), 1);
+}
+
+#[test]
+fn sleep_step_waits_for_its_timer() {
+    let definition = SagaDefinition::builder("sleepy", 1)
+        .step(Step::activity("a", "a.do").compensate_with("a.undo"))
+        .step(Step::sleep("cool-off", Duration::from_secs(30)))
+        .step(Step::activity("pay", "pay.do").pivot())
+        .build()
+        .unwrap();
+    let mut h = Harness::start(definition);
+    h.advance(7);
+    let events = h.complete("0.f.1", json!({}));
+    assert_eq!(
+        names(&events),
+        ["ActivityStarted", "ActivityCompleted", "TimerStarted"]
+    );
+    let Some(Attributes::TimerStarted(t)) = &events[2].attributes else {
+        panic!("expected TimerStarted");
+    };
+    assert_eq!(t.timer_id, "sleep/1");
+    assert_eq!(t.fire_at_ms, h.now + 30_000);
+    assert_eq!(t.purpose, "sleep");
+    assert_eq!(h.state.timers.get("sleep/1"), Some(&(h.now + 30_000)));
+    assert!(h.pending().is_empty());
+    assert!(h.run(Input::Wake).is_empty());
+
+    h.advance(30_000);
+    let events = h.fire("sleep/1");
+    assert_eq!(names(&events), ["TimerFired", "ActivityScheduled"]);
+    assert_eq!(h.state.steps[1].status, StepStatus::Completed);
+    assert!(h.state.timers.is_empty());
+    assert_eq!(h.pending(), ["2.f.1"]);
+    h.complete("2.f.1", json!({}));
+    assert_eq!(h.status(), WorkflowStatus::Completed);
+    assert_eq!(h.state.context.0["steps"]["cool-off"], Value::Null);
+}
+
+fn approval() -> SagaDefinition {
+    SagaDefinition::builder("approval", 1)
+        .step(Step::activity("a", "a.do").compensate_with("a.undo"))
+        .step(Step::await_signal(
+            "approve",
+            "approved",
+            Duration::from_secs(60),
+        ))
+        .step(
+            Step::activity("pay", "pay.do")
+                .pivot()
+                .input_from("by", "/steps/approve/by"),
+        )
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn await_signal_completes_on_a_signal_after_it_is_reached() {
+    let mut h = Harness::start(approval());
+    let events = h.complete("0.f.1", json!({}));
+    assert_eq!(
+        names(&events),
+        ["ActivityStarted", "ActivityCompleted", "TimerStarted"]
+    );
+    assert_eq!(
+        h.state.timers.get("signal-timeout/1"),
+        Some(&(h.now + 60_000))
+    );
+    // Another signal does not satisfy the step.
+    let events = h.signal("something-else", json!({}));
+    assert_eq!(names(&events), ["SignalReceived"]);
+    assert!(h.pending().is_empty());
+
+    h.advance(1_000);
+    let events = h.signal("approved", json!({"by": "alice"}));
+    assert_eq!(names(&events), ["SignalReceived", "ActivityScheduled"]);
+    assert_eq!(h.state.steps[1].status, StepStatus::Completed);
+    assert!(h.state.timers.is_empty(), "the deadline is disarmed");
+    let Some(Attributes::ActivityScheduled(s)) = &events[1].attributes else {
+        panic!("expected ActivityScheduled");
+    };
+    assert_eq!(
+        serde_json::from_str::<Value>(&s.input).unwrap(),
+        json!({"by": "alice"})
+    );
+    // The disarmed deadline no longer fires.
+    assert!(h.fire("signal-timeout/1").is_empty());
+    h.complete("2.f.1", json!({}));
+    assert_eq!(h.status(), WorkflowStatus::Completed);
+}
+
+#[test]
+fn await_signal_completes_on_a_signal_that_arrived_before() {
+    let mut h = Harness::start(approval());
+    let events = h.signal("approved", json!({"by": "bob"}));
+    assert_eq!(names(&events), ["SignalReceived"]);
+    assert_eq!(h.pending(), ["0.f.1"]);
+    let events = h.complete("0.f.1", json!({}));
+    assert_eq!(
+        names(&events),
+        ["ActivityStarted", "ActivityCompleted", "ActivityScheduled"]
+    );
+    assert_eq!(h.state.steps[1].status, StepStatus::Completed);
+    assert_eq!(count(&h.history, "TimerStarted"), 0);
+    assert_eq!(h.pending(), ["2.f.1"]);
+    assert_eq!(h.state.context.0["steps"]["approve"], json!({"by": "bob"}));
+}
+
+#[test]
+fn await_signal_times_out_into_compensation() {
+    let mut h = Harness::start(approval());
+    h.complete("0.f.1", json!({}));
+    h.advance(60_000);
+    let events = h.fire("signal-timeout/1");
+    assert_eq!(
+        names(&events),
+        ["TimerFired", "CompensationStarted", "ActivityScheduled"]
+    );
+    let Some(Attributes::CompensationStarted(c)) = &events[1].attributes else {
+        panic!("expected CompensationStarted");
+    };
+    assert_eq!(c.steps, ["a"]);
+    assert!(c.reason.contains("SignalTimeout"), "{}", c.reason);
+    // The signal, too late, changes nothing about the compensation.
+    h.signal("approved", json!({"by": "carol"}));
+    assert_eq!(h.pending(), ["0.c.1"]);
+    h.complete("0.c.1", json!({}));
+    assert_eq!(h.status(), WorkflowStatus::Compensated);
+}
+
+#[test]
+fn an_await_signal_pivot_passes_the_point_of_no_return() {
+    let definition = SagaDefinition::builder("approved-pivot", 1)
+        .step(Step::activity("a", "a.do").compensate_with("a.undo"))
+        .step(Step::await_signal("captured", "payment-captured", Duration::ZERO).pivot())
+        .step(Step::activity("ship", "ship.do").retriable())
+        .build()
+        .unwrap();
+    let mut h = Harness::start(definition);
+    h.complete("0.f.1", json!({}));
+    assert!(h.pending().is_empty());
+    assert!(h.state.timers.is_empty(), "a zero timeout waits forever");
+    h.signal("payment-captured", json!({}));
+    assert!(h.state.pivot_passed);
+    assert_eq!(h.pending(), ["2.f.1"]);
+    assert_eq!(h.cancel(), Err(Rejection::PastPivot("captured".into())));
+}
+
+#[test]
+fn a_sleep_pivot_passes_the_point_of_no_return() {
+    let definition = SagaDefinition::builder("sleep-pivot", 1)
+        .step(Step::activity("a", "a.do").compensate_with("a.undo"))
+        .step(Step::sleep("settle", Duration::from_secs(1)).pivot())
+        .step(Step::activity("ship", "ship.do").retriable())
+        .build()
+        .unwrap();
+    let mut h = Harness::start(definition);
+    h.complete("0.f.1", json!({}));
+    h.advance(1_000);
+    h.fire("sleep/1");
+    assert!(h.state.pivot_passed);
+    assert_eq!(h.cancel(), Err(Rejection::PastPivot("settle".into())));
+}
+
+#[test]
+fn stuck_reports_are_deduplicated_and_cleared_by_progress() {
+    let mut h = Harness::start(trip());
+    let events = h.run(Input::Stuck {
+        reason: super::StuckReason::NoWorker,
+        message: "no worker polls hotel.book".into(),
+    });
+    assert_eq!(stuck_reasons(&events), ["NO_WORKER"]);
+    let events = h.run(Input::Stuck {
+        reason: super::StuckReason::NoWorker,
+        message: "still none".into(),
+    });
+    assert!(events.is_empty());
+    let events = h.complete("0.f.1", json!({}));
+    assert_eq!(
+        names(&events),
+        [
+            "ActivityStarted",
+            "ActivityCompleted",
+            "StuckCleared",
+            "ActivityScheduled"
+        ]
+    );
+    assert!(h.state.stuck.is_none());
+}
+
+// ---------------------------------------------------------------------------
+// Property tests.
+
+#[derive(Debug, Clone)]
+struct CompensableSpec {
+    has_compensation: bool,
+    max_attempts: u32,
+    compensation_max_attempts: u32,
+}
+
+#[derive(Debug, Clone)]
+struct RetriableSpec {
+    /// 0 = unlimited.
+    max_attempts: u32,
+    escalate_after: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+struct Shape {
+    compensable: Vec<CompensableSpec>,
+    pivot: Option<u32>,
+    retriable: Vec<RetriableSpec>,
+}
+
+impl Shape {
+    fn definition(&self) -> SagaDefinition {
+        let retry = |max| RetryPolicy {
+            initial_interval_ms: 100,
+            backoff_coefficient: 2.0,
+            maximum_interval_ms: 1_000,
+            maximum_attempts: max,
+            non_retryable_error_types: vec!["Fatal".into()],
+        };
+        let mut builder = SagaDefinition::builder("random", 1);
+        for (i, c) in self.compensable.iter().enumerate() {
+            let mut step =
+                Step::activity(format!("c{i}"), format!("c{i}.do")).retry(retry(c.max_attempts));
+            if c.has_compensation {
+                step = step
+                    .compensate_with(format!("c{i}.undo"))
+                    .compensation_retry(retry(c.compensation_max_attempts));
+            }
+            builder = builder.step(step);
+        }
+        if let Some(max) = self.pivot {
+            builder = builder.step(
+                Step::activity("pivot", "pivot.do")
+                    .pivot()
+                    .retry(retry(max)),
+            );
+            for (i, r) in self.retriable.iter().enumerate() {
+                let mut step = Step::activity(format!("r{i}"), format!("r{i}.do"))
+                    .retriable()
+                    .retry(retry(r.max_attempts));
+                if let Some(after) = r.escalate_after {
+                    step = step.escalate_after(after, format!("R{i}Delayed"));
+                }
+                builder = builder.step(step);
+            }
+        }
+        builder.build().unwrap()
+    }
+}
+
+fn shapes() -> impl Strategy<Value = Shape> {
+    (
+        prop::collection::vec(
+            (prop::bool::weighted(0.75), 1u32..=4, 1u32..=4).prop_map(|(has, max, cmax)| {
+                CompensableSpec {
+                    has_compensation: has,
+                    max_attempts: max,
+                    compensation_max_attempts: cmax,
+                }
+            }),
+            1..=4,
+        ),
+        prop::option::of(1u32..=4),
+        prop::collection::vec(
+            (0u32..=4, prop::option::of(1u32..=3)).prop_map(|(max, esc)| RetriableSpec {
+                max_attempts: max,
+                escalate_after: esc,
+            }),
+            0..=2,
+        ),
+    )
+        .prop_map(|(compensable, pivot, retriable)| Shape {
+            retriable: if pivot.is_some() {
+                retriable
+            } else {
+                Vec::new()
+            },
+            compensable,
+            pivot,
+        })
+}
+
+/// One move of the random driver: what kind, which target, how much time passes.
+#[derive(Debug, Clone, Copy)]
+struct Move {
+    choice: u8,
+    pick: usize,
+    elapse: i64,
+}
+
+fn moves() -> impl Strategy<Value = Vec<Move>> {
+    prop::collection::vec(
+        (0u8..100, any::<usize>(), 0i64..3_000).prop_map(|(choice, pick, elapse)| Move {
+            choice,
+            pick,
+            elapse,
+        }),
+        0..80,
+    )
+}
+
+/// Every timer the workflow waits on, retry timers included, earliest first.
+fn all_timers(state: &WorkflowState) -> Vec<(String, i64)> {
+    let mut timers: Vec<(String, i64)> = state
+        .timers
+        .iter()
+        .map(|(id, at)| (id.clone(), *at))
+        .chain(state.retry_timers())
+        .collect();
+    timers.sort_by_key(|(id, at)| (*at, id.clone()));
+    timers
+}
+
+/// (e): an open workflow always has a reason to be open.
+fn assert_open_for_a_reason(state: &WorkflowState) {
+    if state.is_terminal() {
+        assert!(state.tasks.is_empty(), "a closed workflow has no tasks");
+        assert!(
+            all_timers(state).is_empty(),
+            "a closed workflow has no timers"
+        );
+        assert!(state.stuck.is_none());
+        return;
+    }
+    assert!(
+        state.stuck.is_some() || !state.tasks.is_empty() || !all_timers(state).is_empty(),
+        "an open workflow with nothing to wait on: {state:#?}"
+    );
+}
+
+fn task_outcome(h: &mut Harness, task_id: &str, kind: u8) -> Vec<HistoryEvent> {
+    let attempt_result = json!({"task": task_id});
+    match kind % 20 {
+        0..=13 => h.complete(task_id, attempt_result),
+        14 | 15 => h.fail(task_id, true),
+        16 => h.fail(task_id, false),
+        17 => h.outcome(
+            task_id,
+            Outcome::Failed {
+                error_type: "Fatal".into(),
+                message: "policy says no".into(),
+                retryable: true,
+            },
+        ),
+        _ => h.time_out(
+            task_id,
+            if h.now % 4 == 0 {
+                TimeoutKind::ScheduleToClose
+            } else {
+                TimeoutKind::StartToClose
+            },
+        ),
+    }
+}
+
+/// Applies one random move, checking what must hold after any input.
+fn drive(h: &mut Harness, m: Move) {
+    h.advance(m.elapse);
+    let tasks = h.pending();
+    let timers = all_timers(&h.state);
+    match m.choice {
+        0 if m.pick.is_multiple_of(2) => {
+            let result = h.try_run(Input::Terminate {
+                reason: "random".into(),
+                identity: "driver".into(),
+            });
+            if let Err(rejection) = result {
+                assert!(matches!(rejection, Rejection::Terminal(_)));
+            }
+        }
+        1..=3 => {
+            let was_terminal = h.state.is_terminal();
+            let pivot_passed = h.state.pivot_passed;
+            match h.cancel() {
+                Ok(events) => assert!(!was_terminal && !pivot_passed, "{:?}", names(&events)),
+                Err(Rejection::Terminal(_)) => assert!(was_terminal),
+                Err(Rejection::PastPivot(_)) => assert!(pivot_passed),
+            }
+        }
+        6..=9 => {
+            let name = if m.pick.is_multiple_of(2) {
+                RETRY_SIGNAL
+            } else {
+                "ping"
+            };
+            let was_terminal = h.state.is_terminal();
+            let result = h.try_run(Input::Signal {
+                name: name.into(),
+                input: "{}".into(),
+                identity: "driver".into(),
+            });
+            assert_eq!(result.is_err(), was_terminal);
+        }
+        10..=14 => {
+            // A completion for any task ever scheduled: late, duplicate, or real.
+            let ids = scheduled_ids(&h.history);
+            if ids.is_empty() {
+                return;
+            }
+            let id = ids[m.pick % ids.len()].clone();
+            if h.state.tasks.contains_key(&id) {
+                task_outcome(h, &id, 0);
+            } else {
+                let before = h.state.clone();
+                let events = h.complete(&id, json!({"stale": true}));
+                assert_eq!(names(&events), ["CompletionIgnored"]);
+                let mut expected = before;
+                expected.last_seq = h.state.last_seq;
+                expected.updated_ms = h.now;
+                assert_eq!(h.state, expected);
+            }
+        }
+        15..=29 if !timers.is_empty() => {
+            let (id, at) = &timers[m.pick % timers.len()];
+            h.now = h.now.max(*at);
+            let events = h.fire(id);
+            assert_eq!(names(&events).first(), Some(&"TimerFired"));
+        }
+        _ if !tasks.is_empty() => {
+            let id = tasks[m.pick % tasks.len()].clone();
+            task_outcome(h, &id, m.choice);
+        }
+        _ if !timers.is_empty() => {
+            let (id, at) = &timers[0];
+            h.now = h.now.max(*at);
+            h.fire(id);
+        }
+        _ => {
+            assert!(h.run(Input::Wake).is_empty(), "a Wake decides nothing new");
+        }
+    }
+    assert_open_for_a_reason(&h.state);
+}
+
+/// An honest operator and honest workers: every task succeeds, every timer
+/// fires, every stuck workflow gets the retry signal. It must close.
+fn drain(h: &mut Harness) {
+    for _ in 0..200 {
+        if h.state.is_terminal() {
+            return;
+        }
+        if let Some(id) = h.pending().first() {
+            let id = id.clone();
+            h.advance(10);
+            h.complete(&id, json!({"task": id}));
+        } else if let Some((id, at)) = all_timers(&h.state).first() {
+            h.now = h.now.max(*at);
+            let id = id.clone();
+            h.fire(&id);
+        } else if h.state.stuck.is_some() {
+            h.signal(RETRY_SIGNAL, json!({}));
+        } else {
+            panic!("wedged: {:#?}", h.state);
+        }
+        assert_open_for_a_reason(&h.state);
+    }
+    panic!("did not close after 200 honest moves: {:#?}", h.state);
+}
+
+fn is_terminal_event(a: &Attributes) -> bool {
+    matches!(
+        a,
+        Attributes::WorkflowCompleted(_)
+            | Attributes::WorkflowCompensated(_)
+            | Attributes::WorkflowFailed(_)
+            | Attributes::WorkflowCancelled(_)
+            | Attributes::WorkflowTerminated(_)
+    )
+}
+
+/// (a) to (d), and a few more, over a whole history.
+fn check_history(definition: &SagaDefinition, history: &[HistoryEvent]) {
+    let pivot = definition.pivot_index();
+    let mut forward_scheduled: BTreeSet<usize> = BTreeSet::new();
+    let mut forward_completed: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut compensated: BTreeSet<usize> = BTreeSet::new();
+    let mut keys: BTreeMap<(usize, bool), String> = BTreeMap::new();
+    let mut plan: Option<Vec<usize>> = None;
+    let mut last_first_compensation: Option<usize> = None;
+    let mut pivot_done = false;
+    let mut closed = false;
+    let mut in_flight: BTreeSet<String> = BTreeSet::new();
+
+    for (i, event) in history.iter().enumerate() {
+        // (a) seqs are contiguous from 1.
+        assert_eq!(event.seq, i as u64 + 1, "seq of event {i}");
+        let attributes = event.attributes.as_ref().unwrap();
+        if closed {
+            assert!(
+                matches!(attributes, Attributes::CompletionIgnored(_)),
+                "only ignored completions follow the close, got {}",
+                attributes.event_name()
+            );
+            continue;
+        }
+        match attributes {
+            Attributes::WorkflowStarted(_) => assert_eq!(i, 0),
+            Attributes::ActivityScheduled(s) => {
+                let index = s.step_index as usize;
+                let (step, compensation, attempt) = parse_task_id(&s.task_id).unwrap();
+                assert_eq!(
+                    (step, compensation, attempt),
+                    (index, s.compensation, s.attempt)
+                );
+                // Every attempt of one direction of a step reuses one key.
+                let key = keys
+                    .entry((index, s.compensation))
+                    .or_insert_with(|| s.idempotency_key.clone());
+                assert_eq!(*key, s.idempotency_key, "key of {}", s.task_id);
+                if s.compensation {
+                    // (d) never after the pivot.
+                    assert!(!pivot_done, "compensation {} after the pivot", s.task_id);
+                    // (c) only a started step with a compensation, in plan order.
+                    assert!(definition.steps[index].compensation.is_some());
+                    assert!(forward_scheduled.contains(&index));
+                    let p = plan.as_ref().expect("compensation outside a plan");
+                    let position = p.iter().position(|&x| x == index).unwrap();
+                    assert!(
+                        p[..position].iter().all(|x| compensated.contains(x)),
+                        "compensation of {index} before the later steps were undone"
+                    );
+                    if attempt == 1 {
+                        if let Some(last) = last_first_compensation {
+                            assert!(index < last, "compensations in reverse step order");
+                        }
+                        last_first_compensation = Some(index);
+                    }
+                } else {
+                    assert!(plan.is_none(), "forward work while compensating");
+                    forward_scheduled.insert(index);
+                    in_flight.insert(s.task_id.clone());
+                }
+            }
+            Attributes::ActivityFailed(f) => {
+                in_flight.remove(&f.task_id);
+            }
+            Attributes::ActivityTimedOut(t) => {
+                in_flight.remove(&t.task_id);
+            }
+            Attributes::ActivityCompleted(c) => {
+                in_flight.remove(&c.task_id);
+                let (index, compensation, _) = parse_task_id(&c.task_id).unwrap();
+                if compensation {
+                    assert!(compensated.insert(index), "{index} compensated twice");
+                } else {
+                    // (b) at most one accepted completion per step.
+                    let n = forward_completed.entry(index).or_default();
+                    *n += 1;
+                    assert_eq!(*n, 1, "step {index} completed twice");
+                    if Some(index) == pivot {
+                        pivot_done = true;
+                    }
+                }
+            }
+            Attributes::CompensationStarted(c) => {
+                assert!(!pivot_done, "compensation started after the pivot");
+                assert!(plan.is_none(), "compensation started twice");
+                // A forward attempt in flight is awaited, never raced.
+                assert!(in_flight.is_empty(), "compensating while {in_flight:?} run");
+                let indices: Vec<usize> = c
+                    .steps
+                    .iter()
+                    .map(|name| definition.step_index(name).unwrap())
+                    .collect();
+                // Exactly the started steps that can be undone, newest first.
+                let expected: Vec<usize> = forward_scheduled
+                    .iter()
+                    .rev()
+                    .copied()
+                    .filter(|&i| definition.steps[i].compensation.is_some())
+                    .collect();
+                assert_eq!(indices, expected);
+                plan = Some(indices);
+            }
+            Attributes::WorkflowCompleted(_) => {
+                assert!(plan.is_none());
+                assert_eq!(forward_completed.len(), definition.steps.len());
+            }
+            Attributes::WorkflowCompensated(_) | Attributes::WorkflowCancelled(_) => {
+                let done: BTreeSet<usize> = plan.iter().flatten().copied().collect();
+                assert_eq!(done, compensated, "every planned compensation ran");
+            }
+            _ => {}
+        }
+        closed = is_terminal_event(attributes);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_drivers_keep_the_saga_invariants(shape in shapes(), script in moves()) {
+        let definition = shape.definition();
+        let mut h = Harness::start(definition.clone());
+        assert_open_for_a_reason(&h.state);
+        for m in script {
+            drive(&mut h, m);
+        }
+        check_history(&definition, &h.history);
+        drain(&mut h);
+        check_history(&definition, &h.history);
+        prop_assert!(h.state.is_terminal());
+        prop_assert_eq!(replay(WORKFLOW_ID, &h.history, &definition), h.state);
+    }
+
+    #[test]
+    fn honest_runs_complete_or_compensate(
+        shape in shapes(),
+        failures in prop::collection::vec(0u8..20, 0..20),
+    ) {
+        // Workers fail now and then but never lie; nobody cancels or terminates.
+        let definition = shape.definition();
+        let mut h = Harness::start(definition.clone());
+        let mut failures = failures.into_iter();
+        for _ in 0..300 {
+            if h.state.is_terminal() {
+                break;
+            }
+            if let Some(id) = h.pending().first().cloned() {
+                h.advance(10);
+                task_outcome(&mut h, &id, failures.next().unwrap_or(0));
+            } else if let Some((id, at)) = all_timers(&h.state).first().cloned() {
+                h.now = h.now.max(at);
+                h.fire(&id);
+            } else if h.state.stuck.is_some() {
+                h.signal(RETRY_SIGNAL, json!({}));
+            } else {
+                panic!("wedged: {:#?}", h.state);
+            }
+            assert_open_for_a_reason(&h.state);
+        }
+        check_history(&definition, &h.history);
+        let status = h.state.status;
+        prop_assert!(
+            matches!(
+                status,
+                WorkflowStatus::Completed | WorkflowStatus::Compensated | WorkflowStatus::Failed
+            ),
+            "status {:?}",
+            status
+        );
+        if h.state.pivot_passed {
+            prop_assert_eq!(status, WorkflowStatus::Completed);
+        }
+    }
+}
