@@ -115,7 +115,7 @@ mod tests {
     #[test]
     fn payloads_are_json_within_the_limit() {
         let limits = Limits {
-            max_payload_bytes: 10,
+            max_payload_bytes: 16,
             ..Limits::default()
         };
         assert_eq!(limits.json_payload("input", b"").as_deref(), Ok("null"));

@@ -11,6 +11,7 @@ use sagaflow_proto::v1::{
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::{WorkerApi, WorkflowApi};
@@ -145,8 +146,16 @@ impl Server {
             let shutdown = async move {
                 let _ = stopped_grpc.wait_for(|s| *s).await;
             };
+            // Small gRPC frames must not wait for Nagle's algorithm: without
+            // NODELAY a unary call can pay a delayed-ACK round (~40 ms).
+            let incoming = TcpListenerStream::new(grpc).map(|stream| {
+                if let Ok(stream) = &stream {
+                    let _ = stream.set_nodelay(true);
+                }
+                stream
+            });
             if let Err(e) = router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), shutdown)
+                .serve_with_incoming_shutdown(incoming, shutdown)
                 .await
             {
                 tracing::error!(error = %e, "grpc listener failed");

@@ -66,6 +66,12 @@ fn is_traceparent(value: &str) -> bool {
             .all(|(len, part)| part.len() == *len && part.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+impl From<crate::store::Error> for Status {
+    fn from(error: crate::store::Error) -> Self {
+        Error::Store(error).into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -75,11 +81,5 @@ mod tests {
         ));
         assert!(!super::is_traceparent("00-xyz-00f067aa0ba902b7-01"));
         assert!(!super::is_traceparent(""));
-    }
-}
-
-impl From<crate::store::Error> for Status {
-    fn from(error: crate::store::Error) -> Self {
-        Error::Store(error).into()
     }
 }

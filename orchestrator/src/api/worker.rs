@@ -120,30 +120,29 @@ async fn serve(
                     outbound.clone(),
                 ));
             }
-            Some(worker_message::Message::Heartbeat(beat)) => {
+            Some(worker_message::Message::Heartbeat(beat))
                 if !runtime
                     .dispatch()
-                    .heartbeat(&beat.workflow_id, &beat.task_id, now_ms())
-                {
-                    let cancelled = sagaflow_proto::v1::TaskCancelled {
-                        workflow_id: beat.workflow_id,
-                        task_id: beat.task_id,
-                        reason: "the workflow no longer wants this attempt".into(),
-                    };
-                    let _ = outbound
-                        .send(Ok(ServerMessage {
-                            message: Some(server_message::Message::TaskCancelled(cancelled)),
-                        }))
-                        .await;
-                }
+                    .heartbeat(&beat.workflow_id, &beat.task_id, now_ms()) =>
+            {
+                let cancelled = sagaflow_proto::v1::TaskCancelled {
+                    workflow_id: beat.workflow_id,
+                    task_id: beat.task_id,
+                    reason: "the workflow no longer wants this attempt".into(),
+                };
+                let _ = outbound
+                    .send(Ok(ServerMessage {
+                        message: Some(server_message::Message::TaskCancelled(cancelled)),
+                    }))
+                    .await;
             }
+            Some(worker_message::Message::Heartbeat(_)) | None => {}
             Some(worker_message::Message::Register(_)) => {
                 let _ = outbound
                     .send(Err(Status::invalid_argument("a session registers once")))
                     .await;
                 break;
             }
-            None => {}
         }
     }
     runtime.dispatch().close_session(session);

@@ -328,11 +328,13 @@ impl WorkflowState {
                             }
                         }
                     }
+                    self.progress(event.seq, event.time_ms);
                 } else {
+                    // Not progress by itself: an unrelated signal must not clear
+                    // a stuck flag. Completing an await-signal step is (below).
                     let input = serde_json::from_str(&s.input).unwrap_or(Value::Null);
                     self.context.set_signal(&s.name, input);
                 }
-                self.progress(event.seq, event.time_ms);
             }
             Attributes::CancelRequested(c) => {
                 self.cancel_requested = Some(c.reason.clone());
@@ -383,7 +385,7 @@ impl WorkflowState {
                 }
             }
         }
-        self.settle_signal_steps(definition);
+        self.settle_signal_steps(definition, event);
         if definition
             .pivot_index()
             .and_then(|i| self.steps.get(i))
@@ -422,7 +424,7 @@ impl WorkflowState {
 
     /// An await-signal step completes as soon as it is current and its signal
     /// has arrived, whether the signal came before or after it was reached.
-    fn settle_signal_steps(&mut self, definition: &SagaDefinition) {
+    fn settle_signal_steps(&mut self, definition: &SagaDefinition, event: &HistoryEvent) {
         if self.compensation_plan.is_some() || self.is_terminal() {
             return;
         }
@@ -444,6 +446,7 @@ impl WorkflowState {
             self.steps[index].status = StepStatus::Completed;
             self.context.set_step_result(&name, input);
             self.timers.remove(&signal_timer_id(index));
+            self.progress(event.seq, event.time_ms);
         }
     }
 

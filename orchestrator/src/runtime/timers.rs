@@ -76,14 +76,6 @@ impl Timers {
             self.inner.changed.notify_one();
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.inner
-            .alarms
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len()
-    }
 }
 
 async fn run(inner: Arc<Inner>, fired: mpsc::UnboundedSender<Alarm>) {

@@ -1,5 +1,6 @@
 //! The storage conformance suite: every `Store` backend must pass it.
 //! `conformance_suite!(name, factory)` expands to one test per case.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::HashSet;
 use std::sync::Arc;
