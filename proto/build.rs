@@ -58,16 +58,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "StepEscalated",
         "CompletionIgnored",
     ] {
-        builder = builder.type_attribute(
-            format!(".sagaflow.v1.{message}"),
-            "#[derive(serde::Serialize)]",
-        );
+        builder = builder.type_attribute(format!(".sagaflow.v1.{message}"), "#[derive(serde::Serialize)]");
     }
     for field in JSON_FIELDS {
-        builder = builder.field_attribute(
-            field,
-            "#[serde(serialize_with = \"crate::json_text::serialize\")]",
-        );
+        builder = builder.field_attribute(field, "#[serde(serialize_with = \"crate::json_text::serialize\")]");
     }
     builder.compile_protos(PROTOS, &["."])?;
     Ok(())

@@ -13,10 +13,8 @@ pub fn prometheus() -> Option<&'static PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let latency_buckets = [
-                0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0, 30.0,
-            ];
+            let latency_buckets =
+                [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
             PrometheusBuilder::new()
                 .set_buckets(&latency_buckets)
                 .ok()?
@@ -30,23 +28,11 @@ pub fn prometheus() -> Option<&'static PrometheusHandle> {
 pub fn router() -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route(
-            "/metrics",
-            get(|| async {
-                prometheus()
-                    .map(PrometheusHandle::render)
-                    .unwrap_or_default()
-            }),
-        )
+        .route("/metrics", get(|| async { prometheus().map(PrometheusHandle::render).unwrap_or_default() }))
 }
 
-pub async fn serve(
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router())
-        .with_graceful_shutdown(shutdown)
-        .await
+pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    axum::serve(listener, router()).with_graceful_shutdown(shutdown).await
 }
 
 pub fn describe(addr: SocketAddr) -> String {

@@ -43,19 +43,13 @@ impl Limits {
 
     pub fn optional_id(&self, field: &str, value: &str) -> Result<(), Invalid> {
         if value.len() > self.max_id_bytes {
-            return Err(Invalid(format!(
-                "{field} is {} bytes; the limit is {}",
-                value.len(),
-                self.max_id_bytes
-            )));
+            return Err(Invalid(format!("{field} is {} bytes; the limit is {}", value.len(), self.max_id_bytes)));
         }
         if value.chars().any(char::is_control) {
             return Err(Invalid(format!("{field} contains a control character")));
         }
         if value.trim() != value {
-            return Err(Invalid(format!(
-                "{field} has leading or trailing whitespace"
-            )));
+            return Err(Invalid(format!("{field} has leading or trailing whitespace")));
         }
         Ok(())
     }
@@ -64,30 +58,19 @@ impl Limits {
     /// (compact, keys sorted) so that equal documents compare equal.
     pub fn json_payload(&self, field: &str, bytes: &[u8]) -> Result<String, Invalid> {
         if bytes.len() > self.max_payload_bytes {
-            return Err(Invalid(format!(
-                "{field} is {} bytes; the limit is {}",
-                bytes.len(),
-                self.max_payload_bytes
-            )));
+            return Err(Invalid(format!("{field} is {} bytes; the limit is {}", bytes.len(), self.max_payload_bytes)));
         }
         if bytes.is_empty() {
             return Ok("null".into());
         }
-        let value: serde_json::Value = serde_json::from_slice(bytes)
-            .map_err(|e| Invalid(format!("{field} is not valid JSON: {e}")))?;
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| Invalid(format!("{field} is not valid JSON: {e}")))?;
         Ok(value.to_string())
     }
 
-    pub fn labels<'a>(
-        &self,
-        labels: impl ExactSizeIterator<Item = (&'a String, &'a String)>,
-    ) -> Result<(), Invalid> {
+    pub fn labels<'a>(&self, labels: impl ExactSizeIterator<Item = (&'a String, &'a String)>) -> Result<(), Invalid> {
         if labels.len() > self.max_labels {
-            return Err(Invalid(format!(
-                "{} labels; the limit is {}",
-                labels.len(),
-                self.max_labels
-            )));
+            return Err(Invalid(format!("{} labels; the limit is {}", labels.len(), self.max_labels)));
         }
         for (key, value) in labels {
             self.id("label key", key)?;
@@ -114,20 +97,10 @@ mod tests {
 
     #[test]
     fn payloads_are_json_within_the_limit() {
-        let limits = Limits {
-            max_payload_bytes: 16,
-            ..Limits::default()
-        };
+        let limits = Limits { max_payload_bytes: 16, ..Limits::default() };
         assert_eq!(limits.json_payload("input", b"").as_deref(), Ok("null"));
-        assert_eq!(
-            limits.json_payload("input", br#"{"b":1,"a":2}"#).as_deref(),
-            Ok(r#"{"a":2,"b":1}"#)
-        );
+        assert_eq!(limits.json_payload("input", br#"{"b":1,"a":2}"#).as_deref(), Ok(r#"{"a":2,"b":1}"#));
         assert!(limits.json_payload("input", b"{nope").is_err());
-        assert!(
-            limits
-                .json_payload("input", br#"{"a":"0123456789"}"#)
-                .is_err()
-        );
+        assert!(limits.json_payload("input", br#"{"a":"0123456789"}"#).is_err());
     }
 }

@@ -17,8 +17,7 @@ pub fn record_commit(elapsed: Duration) {
 }
 
 pub fn record_started(workflow_type: &str) {
-    metrics::counter!("sagaflow_workflows_started_total", "type" => workflow_type.to_owned())
-        .increment(1);
+    metrics::counter!("sagaflow_workflows_started_total", "type" => workflow_type.to_owned()).increment(1);
 }
 
 pub fn record_decision(state: &WorkflowState) {
@@ -33,12 +32,7 @@ pub fn record_decision(state: &WorkflowState) {
 }
 
 pub fn record_stuck(by_reason: &HashMap<String, usize>, open: usize) {
-    for reason in [
-        "NO_PROGRESS",
-        "COMPENSATION_EXHAUSTED",
-        "NO_WORKER",
-        "NON_RETRYABLE_AFTER_PIVOT",
-    ] {
+    for reason in ["NO_PROGRESS", "COMPENSATION_EXHAUSTED", "NO_WORKER", "NON_RETRYABLE_AFTER_PIVOT"] {
         metrics::gauge!("sagaflow_stuck_workflows", "reason" => reason)
             .set(by_reason.get(reason).copied().unwrap_or(0) as f64);
     }
@@ -47,7 +41,6 @@ pub fn record_stuck(by_reason: &HashMap<String, usize>, open: usize) {
 
 pub fn record_workers(by_type: &HashMap<String, usize>) {
     for (activity_type, count) in by_type {
-        metrics::gauge!("sagaflow_connected_workers", "queue" => activity_type.clone())
-            .set(*count as f64);
+        metrics::gauge!("sagaflow_connected_workers", "queue" => activity_type.clone()).set(*count as f64);
     }
 }

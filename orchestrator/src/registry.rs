@@ -38,10 +38,7 @@ impl Registry {
     }
 
     pub fn latest(&self, name: &str) -> Option<Arc<SagaDefinition>> {
-        self.types
-            .get(name)
-            .and_then(|v| v.values().next_back())
-            .cloned()
+        self.types.get(name).and_then(|v| v.values().next_back()).cloned()
     }
 
     pub fn get(&self, name: &str, version: u32) -> Option<Arc<SagaDefinition>> {
@@ -56,11 +53,7 @@ impl Registry {
     }
 
     pub fn all(&self) -> Vec<Arc<SagaDefinition>> {
-        let mut all: Vec<_> = self
-            .types
-            .values()
-            .flat_map(|v| v.values().cloned())
-            .collect();
+        let mut all: Vec<_> = self.types.values().flat_map(|v| v.values().cloned()).collect();
         all.sort_by(|a, b| (&a.name, a.version).cmp(&(&b.name, b.version)));
         all
     }

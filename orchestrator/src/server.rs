@@ -5,9 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use sagaflow_proto::v1::{
-    worker_service_server::WorkerServiceServer, workflow_service_server::WorkflowServiceServer,
-};
+use sagaflow_proto::v1::{worker_service_server::WorkerServiceServer, workflow_service_server::WorkflowServiceServer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -23,15 +21,9 @@ use crate::store::{MemoryStore, SledStore, Store};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot open the store in {dir}: {source}")]
-    Store {
-        dir: PathBuf,
-        source: crate::store::Error,
-    },
+    Store { dir: PathBuf, source: crate::store::Error },
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("recovery failed: {0}")]
     Recovery(#[from] crate::runtime::Error),
     #[error("cannot build reflection: {0}")]
@@ -79,36 +71,23 @@ pub struct Server {
 impl Server {
     pub async fn start(options: Options, registry: Registry) -> Result<Self, Error> {
         let store: Arc<dyn Store> = match &options.storage {
-            Storage::Sled(dir) => Arc::new(SledStore::open(&dir.join("orchestrator")).map_err(
-                |source| Error::Store {
-                    dir: dir.clone(),
-                    source,
-                },
-            )?),
+            Storage::Sled(dir) => Arc::new(
+                SledStore::open(&dir.join("orchestrator"))
+                    .map_err(|source| Error::Store { dir: dir.clone(), source })?,
+            ),
             Storage::Memory => Arc::new(MemoryStore::in_memory()),
         };
         crate::http::prometheus();
         let runtime = Runtime::start(store, registry, options.limits, options.stuck).await?;
-        let grpc = TcpListener::bind(options.listen)
-            .await
-            .map_err(|source| Error::Bind {
-                addr: options.listen,
-                source,
-            })?;
-        let grpc_addr = grpc.local_addr().map_err(|source| Error::Bind {
-            addr: options.listen,
-            source,
-        })?;
+        let grpc =
+            TcpListener::bind(options.listen).await.map_err(|source| Error::Bind { addr: options.listen, source })?;
+        let grpc_addr = grpc.local_addr().map_err(|source| Error::Bind { addr: options.listen, source })?;
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
         let http_addr = match options.http_listen {
             Some(addr) => {
-                let http = TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| Error::Bind { addr, source })?;
-                let bound = http
-                    .local_addr()
-                    .map_err(|source| Error::Bind { addr, source })?;
+                let http = TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })?;
+                let bound = http.local_addr().map_err(|source| Error::Bind { addr, source })?;
                 let mut stopped = stopped.clone();
                 tasks.push(tokio::spawn(async move {
                     let shutdown = async move {
@@ -123,12 +102,8 @@ impl Server {
             None => None,
         };
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_serving::<WorkflowServiceServer<WorkflowApi>>()
-            .await;
-        health_reporter
-            .set_serving::<WorkerServiceServer<WorkerApi>>()
-            .await;
+        health_reporter.set_serving::<WorkflowServiceServer<WorkflowApi>>().await;
+        health_reporter.set_serving::<WorkerServiceServer<WorkerApi>>().await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(sagaflow_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -137,9 +112,7 @@ impl Server {
         let router = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(WorkflowServiceServer::new(WorkflowApi::new(
-                runtime.clone(),
-            )))
+            .add_service(WorkflowServiceServer::new(WorkflowApi::new(runtime.clone())))
             .add_service(WorkerServiceServer::new(WorkerApi::new(runtime.clone())));
         let mut stopped_grpc = stopped;
         tasks.push(tokio::spawn(async move {
@@ -154,21 +127,12 @@ impl Server {
                 }
                 stream
             });
-            if let Err(e) = router
-                .serve_with_incoming_shutdown(incoming, shutdown)
-                .await
-            {
+            if let Err(e) = router.serve_with_incoming_shutdown(incoming, shutdown).await {
                 tracing::error!(error = %e, "grpc listener failed");
             }
         }));
         tracing::info!(%grpc_addr, http = ?http_addr, "sagaflow serving");
-        Ok(Self {
-            grpc_addr,
-            http_addr,
-            runtime,
-            stop,
-            tasks,
-        })
+        Ok(Self { grpc_addr, http_addr, runtime, stop, tasks })
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {

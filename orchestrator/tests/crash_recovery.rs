@@ -34,10 +34,7 @@ struct Acked {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_work_survives_kill_dash_nine() {
-    let seed: u64 = std::env::var("SAGAFLOW_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
+    let seed: u64 = std::env::var("SAGAFLOW_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
     println!("seed {seed} (set SAGAFLOW_TEST_SEED to replay)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
@@ -57,20 +54,13 @@ async fn acknowledged_work_survives_kill_dash_nine() {
                 for n in 0..STARTS_PER_ROUND {
                     let request_id = format!("r{round}-c{c}-n{n}");
                     let input = format!(r#"{{"round":{round},"client":{c},"n":{n}}}"#);
-                    let Ok(response) = client
-                        .start_workflow(start_request("bench", &request_id, &input))
-                        .await
-                    else {
+                    let Ok(response) = client.start_workflow(start_request("bench", &request_id, &input)).await else {
                         return;
                     };
                     let workflow_id = response.into_inner().workflow_id;
                     acked.lock().unwrap().starts.insert(
                         request_id.clone(),
-                        Started {
-                            workflow_id: workflow_id.clone(),
-                            input,
-                            signals: Vec::new(),
-                        },
+                        Started { workflow_id: workflow_id.clone(), input, signals: Vec::new() },
                     );
                     for s in 0..2 {
                         let name = format!("sig-{s}");
@@ -82,14 +72,7 @@ async fn acknowledged_work_survives_kill_dash_nine() {
                         if client.signal_workflow(signal).await.is_err() {
                             return;
                         }
-                        acked
-                            .lock()
-                            .unwrap()
-                            .starts
-                            .get_mut(&request_id)
-                            .unwrap()
-                            .signals
-                            .push(name);
+                        acked.lock().unwrap().starts.get_mut(&request_id).unwrap().signals.push(name);
                     }
                 }
             }));
@@ -104,10 +87,7 @@ async fn acknowledged_work_survives_kill_dash_nine() {
     let server = ServerProcess::start(dir.path(), &[]).await;
     verify(&server, &acked, &mut HashSet::new()).await;
     let total = acked.lock().unwrap().starts.len();
-    assert!(
-        total >= 500,
-        "only {total} starts were acknowledged over {KILLS} kills"
-    );
+    assert!(total >= 500, "only {total} starts were acknowledged over {KILLS} kills");
 
     // No duplicates: every listed workflow has its own request id.
     let mut client = server.client().await;
@@ -115,11 +95,7 @@ async fn acknowledged_work_survives_kill_dash_nine() {
     let mut token = String::new();
     loop {
         let page = client
-            .list_workflows(ListWorkflowsRequest {
-                page_size: 1000,
-                page_token: token.clone(),
-                ..Default::default()
-            })
+            .list_workflows(ListWorkflowsRequest { page_size: 1000, page_token: token.clone(), ..Default::default() })
             .await
             .unwrap()
             .into_inner();
@@ -136,44 +112,21 @@ async fn acknowledged_work_survives_kill_dash_nine() {
         token = page.next_page_token;
     }
     assert!(request_ids.len() >= total);
-    println!(
-        "{total} acknowledged starts survived {KILLS} kill -9s; {} workflows in all",
-        request_ids.len()
-    );
+    println!("{total} acknowledged starts survived {KILLS} kill -9s; {} workflows in all", request_ids.len());
 }
 
 async fn verify(server: &ServerProcess, acked: &Arc<Mutex<Acked>>, verified: &mut HashSet<String>) {
-    let snapshot: Vec<(String, Started)> = acked
-        .lock()
-        .unwrap()
-        .starts
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let snapshot: Vec<(String, Started)> =
+        acked.lock().unwrap().starts.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let mut client = server.client().await;
-    for (
-        request_id,
-        Started {
-            workflow_id,
-            input,
-            signals,
-        },
-    ) in snapshot
-    {
+    for (request_id, Started { workflow_id, input, signals }) in snapshot {
         // A round's workflows change only in that round: check each once
         // after the kill that ended it (and all of them again at the end).
         if verified.contains(&request_id) {
             continue;
         }
-        let again = client
-            .start_workflow(start_request("bench", &request_id, &input))
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(
-            again.workflow_id, workflow_id,
-            "request {request_id} maps to another workflow after a restart"
-        );
+        let again = client.start_workflow(start_request("bench", &request_id, &input)).await.unwrap().into_inner();
+        assert_eq!(again.workflow_id, workflow_id, "request {request_id} maps to another workflow after a restart");
         assert!(again.already_started);
         let events = full_history(&mut client, &workflow_id).await;
         assert_intact(&workflow_id, &events);
@@ -185,17 +138,10 @@ async fn verify(server: &ServerProcess, acked: &Arc<Mutex<Acked>>, verified: &mu
             })
             .collect();
         for name in &signals {
-            assert!(
-                received.contains(name),
-                "{workflow_id}: acknowledged signal {name} is lost"
-            );
+            assert!(received.contains(name), "{workflow_id}: acknowledged signal {name} is lost");
         }
         let unique: HashSet<&String> = received.iter().collect();
-        assert_eq!(
-            unique.len(),
-            received.len(),
-            "{workflow_id}: a signal was recorded twice"
-        );
+        assert_eq!(unique.len(), received.len(), "{workflow_id}: a signal was recorded twice");
         verified.insert(request_id);
     }
 }

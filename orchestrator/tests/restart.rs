@@ -5,23 +5,11 @@
 mod common;
 
 use common::{BIN, ServerProcess, start_request};
-use sagaflow_proto::v1::{
-    ListWorkflowsRequest, SignalWorkflowRequest, TerminateWorkflowRequest, WorkflowSummary,
-};
+use sagaflow_proto::v1::{ListWorkflowsRequest, SignalWorkflowRequest, TerminateWorkflowRequest, WorkflowSummary};
 
 async fn all(server: &ServerProcess) -> Vec<WorkflowSummary> {
-    let request = ListWorkflowsRequest {
-        page_size: 1000,
-        ..Default::default()
-    };
-    server
-        .client()
-        .await
-        .list_workflows(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .workflows
+    let request = ListWorkflowsRequest { page_size: 1000, ..Default::default() };
+    server.client().await.list_workflows(request).await.unwrap().into_inner().workflows
 }
 
 #[tokio::test]
@@ -31,22 +19,10 @@ async fn a_restart_keeps_everything_and_a_rebuild_reproduces_the_index() {
     let mut client = server.client().await;
     let mut ids = Vec::new();
     for i in 0..20 {
-        let mut request = start_request(
-            if i % 2 == 0 { "bench" } else { "checkout" },
-            &format!("r-{i}"),
-            &format!(r#"{{"i":{i}}}"#),
-        );
-        request
-            .labels
-            .insert("tenant".into(), format!("t{}", i % 3));
-        ids.push(
-            client
-                .start_workflow(request)
-                .await
-                .unwrap()
-                .into_inner()
-                .workflow_id,
-        );
+        let mut request =
+            start_request(if i % 2 == 0 { "bench" } else { "checkout" }, &format!("r-{i}"), &format!(r#"{{"i":{i}}}"#));
+        request.labels.insert("tenant".into(), format!("t{}", i % 3));
+        ids.push(client.start_workflow(request).await.unwrap().into_inner().workflow_id);
     }
     for id in ids.iter().take(5) {
         client
@@ -71,11 +47,7 @@ async fn a_restart_keeps_everything_and_a_rebuild_reproduces_the_index() {
     server.stop().await;
 
     let server = ServerProcess::start(dir.path(), &[]).await;
-    assert_eq!(
-        all(&server).await,
-        before,
-        "a clean restart changes nothing"
-    );
+    assert_eq!(all(&server).await, before, "a clean restart changes nothing");
     server.stop().await;
 
     let rebuilt = tokio::process::Command::new(BIN)
@@ -84,29 +56,16 @@ async fn a_restart_keeps_everything_and_a_rebuild_reproduces_the_index() {
         .output()
         .await
         .unwrap();
-    assert!(
-        rebuilt.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rebuilt.stderr)
-    );
+    assert!(rebuilt.status.success(), "{}", String::from_utf8_lossy(&rebuilt.stderr));
     let report: serde_json::Value = serde_json::from_slice(&rebuilt.stdout).unwrap();
     assert_eq!(report["workflows"], 20);
     assert_eq!(report["open"], 19);
 
     let server = ServerProcess::start(dir.path(), &[]).await;
-    assert_eq!(
-        all(&server).await,
-        before,
-        "the rebuilt index equals the one written along the way"
-    );
+    assert_eq!(all(&server).await, before, "the rebuilt index equals the one written along the way");
     // The idempotency map was rebuilt too.
-    let again = server
-        .client()
-        .await
-        .start_workflow(start_request("bench", "r-0", r#"{"i":0}"#))
-        .await
-        .unwrap()
-        .into_inner();
+    let again =
+        server.client().await.start_workflow(start_request("bench", "r-0", r#"{"i":0}"#)).await.unwrap().into_inner();
     assert!(again.already_started);
     assert_eq!(again.workflow_id, ids[0]);
 }

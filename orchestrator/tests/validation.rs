@@ -5,8 +5,8 @@ mod common;
 
 use common::{ServerProcess, start_request};
 use sagaflow_proto::v1::{
-    CancelWorkflowRequest, DescribeWorkflowRequest, GetWorkflowHistoryRequest,
-    ListWorkflowsRequest, SignalWorkflowRequest,
+    CancelWorkflowRequest, DescribeWorkflowRequest, GetWorkflowHistoryRequest, ListWorkflowsRequest,
+    SignalWorkflowRequest,
 };
 use tokio::io::AsyncWriteExt;
 use tonic::Code;
@@ -19,25 +19,10 @@ async fn server(extra: &[&str]) -> (ServerProcess, tempfile::TempDir) {
 #[tokio::test]
 async fn an_unknown_type_names_the_known_ones() {
     let (server, _dir) = server(&[]).await;
-    let status = server
-        .client()
-        .await
-        .start_workflow(start_request("shipping", "r", "{}"))
-        .await
-        .unwrap_err();
+    let status = server.client().await.start_workflow(start_request("shipping", "r", "{}")).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(
-        status
-            .message()
-            .contains("unknown workflow type \"shipping\""),
-        "{}",
-        status.message()
-    );
-    assert!(
-        status.message().contains("checkout") && status.message().contains("refund"),
-        "{}",
-        status.message()
-    );
+    assert!(status.message().contains("unknown workflow type \"shipping\""), "{}", status.message());
+    assert!(status.message().contains("checkout") && status.message().contains("refund"), "{}", status.message());
 }
 
 #[tokio::test]
@@ -46,100 +31,51 @@ async fn ids_are_validated() {
     let mut client = server.client().await;
     let cases = [
         ("", "request_id is required"),
-        (
-            &*"x".repeat(256),
-            "request_id is 256 bytes; the limit is 255",
-        ),
+        (&*"x".repeat(256), "request_id is 256 bytes; the limit is 255"),
         ("a\u{7}b", "control character"),
         (" padded", "whitespace"),
     ];
     for (request_id, expected) in cases {
-        let status = client
-            .start_workflow(start_request("bench", request_id, "{}"))
-            .await
-            .unwrap_err();
+        let status = client.start_workflow(start_request("bench", request_id, "{}")).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{request_id:?}");
-        assert!(
-            status.message().contains(expected),
-            "{request_id:?}: {}",
-            status.message()
-        );
+        assert!(status.message().contains(expected), "{request_id:?}: {}", status.message());
     }
     // 255 bytes of multi-byte UTF-8 (85 × 3) is fine.
-    client
-        .start_workflow(start_request("bench", &"€".repeat(85), "{}"))
-        .await
-        .unwrap();
+    client.start_workflow(start_request("bench", &"€".repeat(85), "{}")).await.unwrap();
     let mut long_id = start_request("bench", "r-long", "{}");
     long_id.workflow_id = "w".repeat(300);
-    assert_eq!(
-        client.start_workflow(long_id).await.unwrap_err().code(),
-        Code::InvalidArgument
-    );
+    assert_eq!(client.start_workflow(long_id).await.unwrap_err().code(), Code::InvalidArgument);
     let mut bad_label = start_request("bench", "r-label", "{}");
     bad_label.labels.insert(String::new(), "v".into());
-    assert_eq!(
-        client.start_workflow(bad_label).await.unwrap_err().code(),
-        Code::InvalidArgument
-    );
+    assert_eq!(client.start_workflow(bad_label).await.unwrap_err().code(), Code::InvalidArgument);
 }
 
 #[tokio::test]
 async fn payloads_must_be_json_within_the_limit() {
     let (server, _dir) = server(&[]).await;
     let mut client = server.client().await;
-    let status = client
-        .start_workflow(start_request("bench", "r-1", "{not json"))
-        .await
-        .unwrap_err();
+    let status = client.start_workflow(start_request("bench", "r-1", "{not json")).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(
-        status.message().contains("not valid JSON"),
-        "{}",
-        status.message()
-    );
+    assert!(status.message().contains("not valid JSON"), "{}", status.message());
     let big = format!("{{\"blob\":\"{}\"}}", "x".repeat(300 * 1024));
-    let status = client
-        .start_workflow(start_request("bench", "r-2", &big))
-        .await
-        .unwrap_err();
+    let status = client.start_workflow(start_request("bench", "r-2", &big)).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(
-        status.message().contains("the limit is 262144"),
-        "{}",
-        status.message()
-    );
+    assert!(status.message().contains("the limit is 262144"), "{}", status.message());
     // A message past the transport's frame limit is refused before it is read whole.
     let huge = format!("{{\"blob\":\"{}\"}}", "x".repeat(5 * 1024 * 1024));
-    assert!(
-        client
-            .start_workflow(start_request("bench", "r-3", &huge))
-            .await
-            .is_err()
-    );
+    assert!(client.start_workflow(start_request("bench", "r-3", &huge)).await.is_err());
     // And the server still serves.
-    client
-        .start_workflow(start_request("bench", "r-4", "{}"))
-        .await
-        .unwrap();
+    client.start_workflow(start_request("bench", "r-4", "{}")).await.unwrap();
 }
 
 #[tokio::test]
 async fn unknown_workflows_are_not_found() {
     let (server, _dir) = server(&[]).await;
     let mut client = server.client().await;
-    let describe = client
-        .describe_workflow(DescribeWorkflowRequest {
-            workflow_id: "nope".into(),
-        })
-        .await
-        .unwrap_err();
+    let describe = client.describe_workflow(DescribeWorkflowRequest { workflow_id: "nope".into() }).await.unwrap_err();
     assert_eq!(describe.code(), Code::NotFound);
     let history = client
-        .get_workflow_history(GetWorkflowHistoryRequest {
-            workflow_id: "nope".into(),
-            ..Default::default()
-        })
+        .get_workflow_history(GetWorkflowHistoryRequest { workflow_id: "nope".into(), ..Default::default() })
         .await
         .unwrap_err();
     assert_eq!(history.code(), Code::NotFound);
@@ -153,20 +89,12 @@ async fn unknown_workflows_are_not_found() {
         .unwrap_err();
     assert_eq!(cancel.code(), Code::NotFound);
     let no_reason = client
-        .cancel_workflow(CancelWorkflowRequest {
-            workflow_id: "nope".into(),
-            ..Default::default()
-        })
+        .cancel_workflow(CancelWorkflowRequest { workflow_id: "nope".into(), ..Default::default() })
         .await
         .unwrap_err();
     assert_eq!(no_reason.code(), Code::InvalidArgument);
-    let bad_status = client
-        .list_workflows(ListWorkflowsRequest {
-            statuses: vec![99],
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let bad_status =
+        client.list_workflows(ListWorkflowsRequest { statuses: vec![99], ..Default::default() }).await.unwrap_err();
     assert_eq!(bad_status.code(), Code::InvalidArgument);
 }
 
@@ -174,19 +102,11 @@ async fn unknown_workflows_are_not_found() {
 async fn a_full_history_refuses_more_signals() {
     let (server, _dir) = server(&["--max-history-events", "6"]).await;
     let mut client = server.client().await;
-    let workflow_id = client
-        .start_workflow(start_request("bench", "r", "{}"))
-        .await
-        .unwrap()
-        .into_inner()
-        .workflow_id;
+    let workflow_id = client.start_workflow(start_request("bench", "r", "{}")).await.unwrap().into_inner().workflow_id;
     let mut refused = None;
     for i in 0..10 {
-        let signal = SignalWorkflowRequest {
-            workflow_id: workflow_id.clone(),
-            name: format!("s{i}"),
-            ..Default::default()
-        };
+        let signal =
+            SignalWorkflowRequest { workflow_id: workflow_id.clone(), name: format!("s{i}"), ..Default::default() };
         if let Err(status) = client.signal_workflow(signal).await {
             refused = Some(status);
             break;
@@ -194,17 +114,9 @@ async fn a_full_history_refuses_more_signals() {
     }
     let status = refused.expect("signals past the limit are refused");
     assert_eq!(status.code(), Code::ResourceExhausted);
-    assert!(
-        status.message().contains("history limit of 6"),
-        "{}",
-        status.message()
-    );
+    assert!(status.message().contains("history limit of 6"), "{}", status.message());
     let events = common::full_history(&mut client, &workflow_id).await;
-    assert!(
-        events.len() <= 6,
-        "history grew past its limit: {}",
-        events.len()
-    );
+    assert!(events.len() <= 6, "history grew past its limit: {}", events.len());
     common::assert_intact(&workflow_id, &events);
 }
 
@@ -235,10 +147,7 @@ async fn garbage_on_the_ports_does_not_take_the_server_down() {
         }
     }
     let mut client = server.client().await;
-    client
-        .start_workflow(start_request("bench", "after-garbage", "{}"))
-        .await
-        .unwrap();
+    client.start_workflow(start_request("bench", "after-garbage", "{}")).await.unwrap();
     let health = reqwest_like_get(&http, "/healthz").await;
     assert!(health.contains("ok"), "{health}");
 }
@@ -247,12 +156,7 @@ async fn garbage_on_the_ports_does_not_take_the_server_down() {
 async fn reqwest_like_get(host_port: &str, path: &str) -> String {
     use tokio::io::AsyncReadExt;
     let mut stream = tokio::net::TcpStream::connect(host_port).await.unwrap();
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
     let mut out = String::new();
     stream.read_to_string(&mut out).await.unwrap();
     out
@@ -266,15 +170,9 @@ async fn health_and_reflection_are_served() {
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
     let (server, _dir) = server(&[]).await;
-    let channel = tonic::transport::Channel::from_shared(server.url.clone())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = tonic::transport::Channel::from_shared(server.url.clone()).unwrap().connect().await.unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-    let check = tonic_health::pb::HealthCheckRequest {
-        service: "sagaflow.v1.WorkflowService".into(),
-    };
+    let check = tonic_health::pb::HealthCheckRequest { service: "sagaflow.v1.WorkflowService".into() };
     assert_eq!(
         health.check(check).await.unwrap().into_inner().status,
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
@@ -285,24 +183,14 @@ async fn health_and_reflection_are_served() {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut responses = reflection
-        .server_reflection_info(tokio_stream::iter(vec![request]))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut responses =
+        reflection.server_reflection_info(tokio_stream::iter(vec![request])).await.unwrap().into_inner();
     let response = responses.message().await.unwrap().unwrap();
     let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
         panic!("no service list")
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for expected in [
-        "sagaflow.v1.WorkflowService",
-        "sagaflow.v1.WorkerService",
-        "grpc.health.v1.Health",
-    ] {
-        assert!(
-            names.iter().any(|n| n == expected),
-            "{expected} missing from {names:?}"
-        );
+    for expected in ["sagaflow.v1.WorkflowService", "sagaflow.v1.WorkerService", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
     }
 }

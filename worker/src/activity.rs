@@ -46,21 +46,13 @@ impl ActivityError {
     /// A failure that another attempt may not repeat (a timeout, a service
     /// that is down). The orchestrator retries it under the step's policy.
     pub fn retryable(error_type: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            error_type: error_type.into(),
-            message: message.into(),
-            retryable: true,
-        }
+        Self { error_type: error_type.into(), message: message.into(), retryable: true }
     }
 
     /// A failure that every attempt would repeat (a declined card, invalid
     /// input). The orchestrator fails the step at once and compensates.
     pub fn non_retryable(error_type: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            error_type: error_type.into(),
-            message: message.into(),
-            retryable: false,
-        }
+        Self { error_type: error_type.into(), message: message.into(), retryable: false }
     }
 
     /// The machine-readable kind, such as `PaymentDeclined`.
@@ -202,11 +194,8 @@ impl ActivityContext {
             tracing::warn!(%error, "heartbeat details are not serializable; sending null");
             "null".to_owned()
         });
-        let heartbeat = Heartbeat {
-            workflow_id: self.task.workflow_id.clone(),
-            task_id: self.task.task_id.clone(),
-            details,
-        };
+        let heartbeat =
+            Heartbeat { workflow_id: self.task.workflow_id.clone(), task_id: self.task.task_id.clone(), details };
         if self.heartbeats.try_send(heartbeat).is_err() {
             tracing::debug!("heartbeat dropped: queue full");
         }
@@ -217,11 +206,8 @@ impl ActivityContext {
 pub(crate) type HandlerResult = Result<String, ActivityError>;
 
 /// A handler with its input and output types erased to JSON text.
-pub(crate) type Handler = Arc<
-    dyn Fn(ActivityContext, String) -> Pin<Box<dyn Future<Output = HandlerResult> + Send>>
-        + Send
-        + Sync,
->;
+pub(crate) type Handler =
+    Arc<dyn Fn(ActivityContext, String) -> Pin<Box<dyn Future<Output = HandlerResult> + Send>> + Send + Sync>;
 
 /// Wraps a typed handler so that the worker can store and call it with JSON text.
 pub(crate) fn erase<T, R, F, Fut>(handler: F) -> Handler
@@ -237,15 +223,13 @@ where
         Box::pin(async move {
             // An absent input is JSON null, so that `()` and `Option<_>` inputs work.
             let text = if input.is_empty() { "null" } else { &input };
-            let input: T = serde_json::from_str(text).map_err(|error| {
-                ActivityError::non_retryable(ActivityError::INVALID_INPUT, error.to_string())
-            })?;
+            let input: T = serde_json::from_str(text)
+                .map_err(|error| ActivityError::non_retryable(ActivityError::INVALID_INPUT, error.to_string()))?;
             // The handler is called inside this future, so that a panic while
             // it builds its future is caught like one while it runs.
             let output = handler(ctx, input).await?;
-            serde_json::to_string(&output).map_err(|error| {
-                ActivityError::non_retryable(ActivityError::INVALID_OUTPUT, error.to_string())
-            })
+            serde_json::to_string(&output)
+                .map_err(|error| ActivityError::non_retryable(ActivityError::INVALID_OUTPUT, error.to_string()))
         })
     })
 }

@@ -21,11 +21,7 @@ impl Backoff {
     pub(crate) fn new(initial: Duration, max: Duration) -> Self {
         let initial = initial.max(Duration::from_millis(1));
         let max = max.max(initial);
-        Self {
-            initial,
-            max,
-            step: initial,
-        }
+        Self { initial, max, step: initial }
     }
 
     /// The delay before the next attempt.
@@ -54,10 +50,7 @@ mod tests {
         for step in steps {
             let step = Duration::from_millis(step);
             let delay = backoff.next_delay();
-            assert!(
-                delay >= step / 2 && delay <= step,
-                "{delay:?} outside {step:?}"
-            );
+            assert!(delay >= step / 2 && delay <= step, "{delay:?} outside {step:?}");
         }
         backoff.reset();
         assert!(backoff.next_delay() <= Duration::from_millis(100));

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use sagaflow_proto::v1::worker_service_client::WorkerServiceClient;
 use sagaflow_proto::v1::{
-    ActivityTask, Credit, Heartbeat, OutcomeAck, Register, ServerMessage, TaskCancelled,
-    TaskFailure, TaskOutcome, WorkerMessage, server_message, task_outcome, worker_message,
+    ActivityTask, Credit, Heartbeat, OutcomeAck, Register, ServerMessage, TaskCancelled, TaskFailure, TaskOutcome,
+    TaskRef, WorkerMessage, server_message, task_outcome, worker_message,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, Id, JoinError, JoinSet};
@@ -71,10 +71,7 @@ struct TaskKey {
 
 impl TaskKey {
     fn new(workflow_id: &str, task_id: &str) -> Self {
-        Self {
-            workflow_id: workflow_id.to_owned(),
-            task_id: task_id.to_owned(),
-        }
+        Self { workflow_id: workflow_id.to_owned(), task_id: task_id.to_owned() }
     }
 
     fn is(&self, workflow_id: &str, task_id: &str) -> bool {
@@ -130,23 +127,17 @@ impl Session {
     /// queue means the orchestrator stopped reading; the session is then
     /// given up and everything it carried is re-sent on the next one.
     fn send(&self, message: worker_message::Message) -> Result<(), SessionError> {
-        self.tx
-            .try_send(WorkerMessage {
-                message: Some(message),
-            })
-            .map_err(|error| match error {
-                mpsc::error::TrySendError::Full(_) => SessionError::Backlogged,
-                mpsc::error::TrySendError::Closed(_) => SessionError::Closed,
-            })
+        self.tx.try_send(WorkerMessage { message: Some(message) }).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => SessionError::Backlogged,
+            mpsc::error::TrySendError::Closed(_) => SessionError::Closed,
+        })
     }
 
     /// Queues a heartbeat unless the queue is half full: heartbeats are
     /// superseded by the next one, so they must never crowd out outcomes.
     fn send_heartbeat(&self, heartbeat: Heartbeat) {
         if self.tx.capacity() > self.tx.max_capacity() / 2 {
-            let _ = self.tx.try_send(WorkerMessage {
-                message: Some(worker_message::Message::Heartbeat(heartbeat)),
-            });
+            let _ = self.tx.try_send(WorkerMessage { message: Some(worker_message::Message::Heartbeat(heartbeat)) });
         } else {
             debug!("heartbeat dropped: outbound stream busy");
         }
@@ -155,9 +146,7 @@ impl Session {
     /// Closes our half of the stream and waits, briefly, for the orchestrator
     /// to close its half.
     async fn close(self, grace: Duration) {
-        let Self {
-            tx, mut inbound, ..
-        } = self;
+        let Self { tx, mut inbound, .. } = self;
         drop(tx);
         let drained = async {
             while let Ok(Some(message)) = inbound.message().await {
@@ -179,20 +168,13 @@ impl Session {
 
 impl Runner {
     pub(crate) fn new(worker: Worker, shutdown: Shutdown) -> Self {
-        let Worker {
-            config,
-            handlers,
-            drain,
-        } = worker;
+        let Worker { config, handlers, drain } = worker;
         let max = usize::try_from(config.max_concurrency).unwrap_or(usize::MAX);
         let mut activity_types: Vec<String> = handlers.keys().cloned().collect();
         activity_types.sort_unstable();
         let (heartbeat_tx, heartbeat_rx) = mpsc::channel(max.saturating_mul(4).clamp(16, 4096));
         Self {
-            register: Register {
-                worker_id: config.worker_id.clone(),
-                activity_types,
-            },
+            register: Register { worker_id: config.worker_id.clone(), activity_types, held: Vec::new() },
             config,
             handlers,
             shutdown: Some(shutdown),
@@ -215,12 +197,16 @@ impl Runner {
         let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
         let mut failures: u32 = 0;
         loop {
-            let connecting = connect(
-                self.config.endpoint.clone(),
-                self.config.connect_timeout,
-                self.register.clone(),
-                self.outbound_capacity,
-            );
+            // Announce what is still running, so that a restarted
+            // orchestrator keeps those leases instead of re-queueing them.
+            let mut register = self.register.clone();
+            register.held = self
+                .running
+                .keys()
+                .map(|k| TaskRef { workflow_id: k.workflow_id.clone(), task_id: k.task_id.clone() })
+                .collect();
+            let connecting =
+                connect(self.config.endpoint.clone(), self.config.connect_timeout, register, self.outbound_capacity);
             match self.offline(connecting).await {
                 Err(stop) => return self.finish(stop),
                 Ok(Ok(mut session)) => {
@@ -295,10 +281,7 @@ impl Runner {
             session.send(worker_message::Message::Outcome(outcome.clone()))?;
         }
         if !self.unacked.is_empty() {
-            info!(
-                count = self.unacked.len(),
-                "re-sent unacknowledged outcomes"
-            );
+            info!(count = self.unacked.len(), "re-sent unacknowledged outcomes");
         }
         self.top_up(session)?;
         loop {
@@ -319,11 +302,7 @@ impl Runner {
         }
     }
 
-    fn on_event(
-        &mut self,
-        event: Event,
-        session: Option<&mut Session>,
-    ) -> Result<(), SessionError> {
+    fn on_event(&mut self, event: Event, session: Option<&mut Session>) -> Result<(), SessionError> {
         match event {
             Event::ShutdownRequested => {
                 self.begin_drain();
@@ -349,11 +328,7 @@ impl Runner {
         }
     }
 
-    fn on_server_message(
-        &mut self,
-        message: ServerMessage,
-        session: &mut Session,
-    ) -> Result<(), SessionError> {
+    fn on_server_message(&mut self, message: ServerMessage, session: &mut Session) -> Result<(), SessionError> {
         match message.message {
             Some(server_message::Message::Task(task)) => self.on_task(task, session),
             Some(server_message::Message::Ack(ack)) => self.on_ack(&ack, session),
@@ -386,12 +361,7 @@ impl Runner {
         }
         session.outstanding -= 1;
         let key = TaskKey::new(&task.workflow_id, &task.task_id);
-        if self.running.contains_key(&key)
-            || self
-                .unacked
-                .iter()
-                .any(|o| key.is(&o.workflow_id, &o.task_id))
-        {
+        if self.running.contains_key(&key) || self.unacked.iter().any(|o| key.is(&o.workflow_id, &o.task_id)) {
             warn!(
                 workflow_id = %key.workflow_id,
                 task_id = %key.task_id,
@@ -408,10 +378,7 @@ impl Runner {
             );
             let error = ActivityError::retryable(
                 ActivityError::UNKNOWN_ACTIVITY,
-                format!(
-                    "worker {} does not run activity type {:?}",
-                    self.config.worker_id, task.activity_type
-                ),
+                format!("worker {} does not run activity type {:?}", self.config.worker_id, task.activity_type),
             );
             return self.record(outcome(key, Err(error)), Some(session));
         };
@@ -437,14 +404,12 @@ impl Runner {
             let attempt = handler(ctx, input);
             let result = match budget {
                 None => attempt.await,
-                Some(budget) => tokio::time::timeout(budget, attempt)
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(ActivityError::retryable(
-                            ActivityError::TIMEOUT,
-                            format!("the attempt ran past its start-to-close budget of {budget:?}"),
-                        ))
-                    }),
+                Some(budget) => tokio::time::timeout(budget, attempt).await.unwrap_or_else(|_| {
+                    Err(ActivityError::retryable(
+                        ActivityError::TIMEOUT,
+                        format!("the attempt ran past its start-to-close budget of {budget:?}"),
+                    ))
+                }),
             };
             match &result {
                 Ok(_) => debug!("activity completed"),
@@ -503,25 +468,17 @@ impl Runner {
     }
 
     /// Keeps an outcome until it is acknowledged, and sends it if connected.
-    fn record(
-        &mut self,
-        outcome: TaskOutcome,
-        session: Option<&mut Session>,
-    ) -> Result<(), SessionError> {
+    fn record(&mut self, outcome: TaskOutcome, session: Option<&mut Session>) -> Result<(), SessionError> {
         self.unacked.push(outcome);
         match (session, self.unacked.last()) {
-            (Some(session), Some(outcome)) => {
-                session.send(worker_message::Message::Outcome(outcome.clone()))
-            }
+            (Some(session), Some(outcome)) => session.send(worker_message::Message::Outcome(outcome.clone())),
             _ => Ok(()),
         }
     }
 
     fn on_ack(&mut self, ack: &OutcomeAck, session: &mut Session) -> Result<(), SessionError> {
-        let Some(index) = self
-            .unacked
-            .iter()
-            .position(|o| o.workflow_id == ack.workflow_id && o.task_id == ack.task_id)
+        let Some(index) =
+            self.unacked.iter().position(|o| o.workflow_id == ack.workflow_id && o.task_id == ack.task_id)
         else {
             // An outcome re-sent after a reconnect can be acknowledged twice.
             debug!(
@@ -599,11 +556,8 @@ impl Runner {
     }
 
     fn close_grace(&self) -> Duration {
-        self.drain_deadline.map_or(CLOSE_GRACE, |deadline| {
-            deadline
-                .saturating_duration_since(Instant::now())
-                .min(CLOSE_GRACE)
-        })
+        self.drain_deadline
+            .map_or(CLOSE_GRACE, |deadline| deadline.saturating_duration_since(Instant::now()).min(CLOSE_GRACE))
     }
 
     fn finish(mut self, stop: Stop) -> Result<()> {
@@ -621,11 +575,7 @@ impl Runner {
                     unacked,
                     "drain timed out; stopping the remaining tasks"
                 );
-                Err(Error::DrainTimedOut {
-                    timeout: self.config.drain_timeout,
-                    running,
-                    unacked,
-                })
+                Err(Error::DrainTimedOut { timeout: self.config.drain_timeout, running, unacked })
             }
         }
     }
@@ -642,33 +592,19 @@ async fn connect(
         let channel = endpoint.connect().await.map_err(SessionError::Connect)?;
         let mut client = WorkerServiceClient::new(channel);
         let (tx, rx) = mpsc::channel(outbound_capacity);
-        tx.try_send(WorkerMessage {
-            message: Some(worker_message::Message::Register(register)),
-        })
-        .map_err(|_| SessionError::Closed)?;
-        let mut inbound = client
-            .open_session(ReceiverStream::new(rx))
-            .await
-            .map_err(SessionError::Status)?
-            .into_inner();
+        tx.try_send(WorkerMessage { message: Some(worker_message::Message::Register(register)) })
+            .map_err(|_| SessionError::Closed)?;
+        let mut inbound =
+            client.open_session(ReceiverStream::new(rx)).await.map_err(SessionError::Status)?.into_inner();
         match inbound.message().await.map_err(SessionError::Status)? {
-            Some(ServerMessage {
-                message: Some(server_message::Message::Registered(registered)),
-            }) => Ok(Session {
-                id: registered.session_id,
-                tx,
-                inbound,
-                outstanding: 0,
-            }),
-            Some(_) => Err(SessionError::Protocol(
-                "the first server message was not Registered",
-            )),
+            Some(ServerMessage { message: Some(server_message::Message::Registered(registered)) }) => {
+                Ok(Session { id: registered.session_id, tx, inbound, outstanding: 0 })
+            }
+            Some(_) => Err(SessionError::Protocol("the first server message was not Registered")),
             None => Err(SessionError::Ended),
         }
     };
-    tokio::time::timeout(timeout, open)
-        .await
-        .unwrap_or(Err(SessionError::Timeout(timeout)))
+    tokio::time::timeout(timeout, open).await.unwrap_or(Err(SessionError::Timeout(timeout)))
 }
 
 /// Resolves once when the shutdown future does, then never again.
@@ -699,19 +635,15 @@ fn outcome(key: TaskKey, result: HandlerResult) -> TaskOutcome {
             message: error.message().to_owned(),
         }),
     };
-    TaskOutcome {
-        workflow_id: key.workflow_id,
-        task_id: key.task_id,
-        outcome: Some(outcome),
-    }
+    TaskOutcome { workflow_id: key.workflow_id, task_id: key.task_id, outcome: Some(outcome) }
 }
 
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     match payload.downcast::<String>() {
         Ok(message) => *message,
-        Err(payload) => payload
-            .downcast_ref::<&str>()
-            .map_or_else(|| "handler panicked".to_owned(), |m| (*m).to_owned()),
+        Err(payload) => {
+            payload.downcast_ref::<&str>().map_or_else(|| "handler panicked".to_owned(), |m| (*m).to_owned())
+        }
     }
 }
 

@@ -86,9 +86,7 @@ impl Worker {
 
     /// A handle that can ask this worker to drain, from anywhere.
     pub fn handle(&self) -> Handle {
-        Handle {
-            drain: Arc::clone(&self.drain),
-        }
+        Handle { drain: Arc::clone(&self.drain) }
     }
 
     /// This worker's id, as it registers with the orchestrator.
@@ -221,8 +219,7 @@ impl WorkerBuilder {
         F: Fn(ActivityContext, T) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<R, ActivityError>> + Send + 'static,
     {
-        self.activities
-            .push((activity_type.into(), activity::erase(handler)));
+        self.activities.push((activity_type.into(), activity::erase(handler)));
         self
     }
 
@@ -235,10 +232,7 @@ impl WorkerBuilder {
     /// [`Error::DuplicateActivity`].
     pub fn build(self) -> Result<Worker> {
         let endpoint = Endpoint::from_shared(self.endpoint.clone())
-            .map_err(|source| Error::InvalidEndpoint {
-                endpoint: self.endpoint.clone(),
-                source,
-            })?
+            .map_err(|source| Error::InvalidEndpoint { endpoint: self.endpoint.clone(), source })?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
@@ -279,10 +273,7 @@ impl WorkerBuilder {
 
 fn check_id(what: &'static str, value: &str) -> Result<()> {
     if value.is_empty() || value.len() > MAX_ID_BYTES {
-        return Err(Error::InvalidId {
-            what,
-            value: value.to_owned(),
-        });
+        return Err(Error::InvalidId { what, value: value.to_owned() });
     }
     Ok(())
 }
@@ -302,9 +293,7 @@ fn default_worker_id() -> String {
     if id.len() > MAX_ID_BYTES {
         // Keep the unique tail; a hostname this long is already unreadable.
         let cut = id.len() - MAX_ID_BYTES;
-        let cut = (cut..id.len())
-            .find(|&i| id.is_char_boundary(i))
-            .unwrap_or(0);
+        let cut = (cut..id.len()).find(|&i| id.is_char_boundary(i)).unwrap_or(0);
         id = id.split_off(cut);
     }
     id
@@ -317,9 +306,7 @@ mod tests {
     fn echo() -> WorkerBuilder {
         Worker::builder("http://127.0.0.1:50051").activity(
             "echo",
-            |_ctx: ActivityContext, input: serde_json::Value| async move {
-                Ok::<_, ActivityError>(input)
-            },
+            |_ctx: ActivityContext, input: serde_json::Value| async move { Ok::<_, ActivityError>(input) },
         )
     }
 
@@ -327,11 +314,7 @@ mod tests {
     fn the_default_worker_id_is_host_pid_random() {
         let worker = echo().build().expect("valid worker");
         let pid = std::process::id().to_string();
-        assert!(
-            worker.worker_id().contains(&format!("-{pid}-")),
-            "{}",
-            worker.worker_id()
-        );
+        assert!(worker.worker_id().contains(&format!("-{pid}-")), "{}", worker.worker_id());
         assert!(worker.worker_id().len() <= MAX_ID_BYTES);
         let other = echo().build().expect("valid worker");
         assert_ne!(worker.worker_id(), other.worker_id());
@@ -339,37 +322,15 @@ mod tests {
 
     #[test]
     fn build_refuses_what_could_never_work() {
-        assert!(matches!(
-            Worker::builder("http://127.0.0.1:1").build(),
-            Err(Error::NoActivities)
-        ));
-        assert!(matches!(
-            echo().max_concurrency(0).build(),
-            Err(Error::InvalidConcurrency(0))
-        ));
-        assert!(matches!(
-            echo().worker_id("").build(),
-            Err(Error::InvalidId {
-                what: "worker id",
-                ..
-            })
-        ));
-        assert!(matches!(
-            echo().worker_id("w".repeat(256)).build(),
-            Err(Error::InvalidId { .. })
-        ));
-        let twice = echo().activity("echo", |_ctx: ActivityContext, (): ()| async move {
-            Ok::<_, ActivityError>(())
-        });
+        assert!(matches!(Worker::builder("http://127.0.0.1:1").build(), Err(Error::NoActivities)));
+        assert!(matches!(echo().max_concurrency(0).build(), Err(Error::InvalidConcurrency(0))));
+        assert!(matches!(echo().worker_id("").build(), Err(Error::InvalidId { what: "worker id", .. })));
+        assert!(matches!(echo().worker_id("w".repeat(256)).build(), Err(Error::InvalidId { .. })));
+        let twice = echo().activity("echo", |_ctx: ActivityContext, (): ()| async move { Ok::<_, ActivityError>(()) });
         assert!(matches!(twice.build(), Err(Error::DuplicateActivity(t)) if t == "echo"));
         let bad_endpoint = Worker::builder("not a uri")
-            .activity("echo", |_ctx: ActivityContext, (): ()| async move {
-                Ok::<_, ActivityError>(())
-            });
-        assert!(matches!(
-            bad_endpoint.build(),
-            Err(Error::InvalidEndpoint { .. })
-        ));
+            .activity("echo", |_ctx: ActivityContext, (): ()| async move { Ok::<_, ActivityError>(()) });
+        assert!(matches!(bad_endpoint.build(), Err(Error::InvalidEndpoint { .. })));
     }
 
     #[test]

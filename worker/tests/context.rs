@@ -40,32 +40,29 @@ async fn the_context_carries_the_attempt_and_its_heartbeats_reach_the_orchestrat
     let finish = Arc::new(Semaphore::new(0));
     let release = Arc::clone(&finish);
     let worker = Worker::builder(orchestrator.endpoint())
-        .activity(
-            "inventory.release",
-            move |ctx: ActivityContext, _input: Value| {
-                let (seen_tx, finish) = (seen_tx.clone(), Arc::clone(&finish));
-                async move {
-                    let _ = seen_tx.send(Seen {
-                        workflow_id: ctx.workflow_id().to_owned(),
-                        workflow_type: ctx.workflow_type().to_owned(),
-                        task_id: ctx.task_id().to_owned(),
-                        activity_type: ctx.activity_type().to_owned(),
-                        step: ctx.step().to_owned(),
-                        attempt: ctx.attempt(),
-                        compensation: ctx.is_compensation(),
-                        idempotency_key: ctx.idempotency_key().to_owned(),
-                        correlation_id: ctx.correlation_id().to_owned(),
-                        traceparent: ctx.traceparent().map(str::to_owned),
-                        start_to_close: ctx.start_to_close_timeout(),
-                        heartbeat_timeout: ctx.heartbeat_timeout(),
-                        span: tracing::Span::current().metadata().map(|m| m.name()),
-                    });
-                    ctx.heartbeat(json!({ "progress": 1 }));
-                    finish.acquire().await.expect("open").forget();
-                    Ok::<_, ActivityError>(json!({ "released": ctx.idempotency_key() }))
-                }
-            },
-        )
+        .activity("inventory.release", move |ctx: ActivityContext, _input: Value| {
+            let (seen_tx, finish) = (seen_tx.clone(), Arc::clone(&finish));
+            async move {
+                let _ = seen_tx.send(Seen {
+                    workflow_id: ctx.workflow_id().to_owned(),
+                    workflow_type: ctx.workflow_type().to_owned(),
+                    task_id: ctx.task_id().to_owned(),
+                    activity_type: ctx.activity_type().to_owned(),
+                    step: ctx.step().to_owned(),
+                    attempt: ctx.attempt(),
+                    compensation: ctx.is_compensation(),
+                    idempotency_key: ctx.idempotency_key().to_owned(),
+                    correlation_id: ctx.correlation_id().to_owned(),
+                    traceparent: ctx.traceparent().map(str::to_owned),
+                    start_to_close: ctx.start_to_close_timeout(),
+                    heartbeat_timeout: ctx.heartbeat_timeout(),
+                    span: tracing::Span::current().metadata().map(|m| m.name()),
+                });
+                ctx.heartbeat(json!({ "progress": 1 }));
+                finish.acquire().await.expect("open").forget();
+                Ok::<_, ActivityError>(json!({ "released": ctx.idempotency_key() }))
+            }
+        })
         .build()
         .expect("valid worker");
     let run = tokio::spawn(worker.run());
@@ -102,21 +99,12 @@ async fn the_context_carries_the_attempt_and_its_heartbeats_reach_the_orchestrat
     assert_eq!(seen.idempotency_key, "reservation-9");
     assert_eq!(seen.correlation_id, "request-5");
     assert_eq!(seen.traceparent.as_deref(), Some(TRACEPARENT));
-    assert_eq!(
-        seen.start_to_close,
-        Some(std::time::Duration::from_secs(60))
-    );
-    assert_eq!(
-        seen.heartbeat_timeout,
-        Some(std::time::Duration::from_secs(5))
-    );
+    assert_eq!(seen.start_to_close, Some(std::time::Duration::from_secs(60)));
+    assert_eq!(seen.heartbeat_timeout, Some(std::time::Duration::from_secs(5)));
     assert_eq!(seen.span, Some("activity"));
 
     let heartbeat = session.expect_heartbeat().await;
-    assert_eq!(
-        (heartbeat.workflow_id.as_str(), heartbeat.task_id.as_str()),
-        ("wf-42", "task-7")
-    );
+    assert_eq!((heartbeat.workflow_id.as_str(), heartbeat.task_id.as_str()), ("wf-42", "task-7"));
     let details: Value = serde_json::from_str(&heartbeat.details).expect("JSON details");
     assert_eq!(details, json!({ "progress": 1 }));
 
@@ -124,11 +112,7 @@ async fn the_context_carries_the_attempt_and_its_heartbeats_reach_the_orchestrat
     let outcome = session.expect_outcome().await;
     assert_eq!(outcome.task_id, "task-7");
 
-    let spans = captured
-        .activity_spans
-        .lock()
-        .expect("not poisoned")
-        .clone();
+    let spans = captured.activity_spans.lock().expect("not poisoned").clone();
     assert_eq!(spans.len(), 1);
     let span = &spans[0];
     for (field, value) in [

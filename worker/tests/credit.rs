@@ -35,12 +35,7 @@ impl Gauge {
 fn blocking_worker(
     endpoint: String,
     max_concurrency: u32,
-) -> (
-    Worker,
-    Arc<Gauge>,
-    Arc<Semaphore>,
-    mpsc::UnboundedReceiver<String>,
-) {
+) -> (Worker, Arc<Gauge>, Arc<Semaphore>, mpsc::UnboundedReceiver<String>) {
     let gauge = Arc::new(Gauge::default());
     let release = Arc::new(Semaphore::new(0));
     let (started, started_rx) = mpsc::unbounded_channel();
@@ -50,8 +45,7 @@ fn blocking_worker(
         .activity("blocking", {
             let (gauge, release) = (Arc::clone(&gauge), Arc::clone(&release));
             move |ctx: ActivityContext, _input: Value| {
-                let (gauge, release, started) =
-                    (Arc::clone(&gauge), Arc::clone(&release), started.clone());
+                let (gauge, release, started) = (Arc::clone(&gauge), Arc::clone(&release), started.clone());
                 async move {
                     gauge.enter();
                     let _ = started.send(ctx.task_id().to_owned());
@@ -97,10 +91,7 @@ async fn grants_exactly_max_concurrency_and_never_holds_more_than_granted() {
     guarded("the third handler to start", started.recv()).await;
 
     release.add_permits(2);
-    let (second, third) = (
-        session.expect_outcome().await,
-        session.expect_outcome().await,
-    );
+    let (second, third) = (session.expect_outcome().await, session.expect_outcome().await);
     for outcome in [second, third] {
         session.ack(&outcome).await;
         assert_eq!(session.expect_credit().await, 1);
@@ -124,9 +115,7 @@ async fn a_task_beyond_the_credit_granted_is_not_run() {
     assert_eq!(session.expect_credit().await, 1);
     session.send_task(task("a", "blocking", &json!({}))).await;
     guarded("the handler to start", started.recv()).await;
-    session
-        .send_task_beyond_credit(task("b", "blocking", &json!({})))
-        .await;
+    session.send_task_beyond_credit(task("b", "blocking", &json!({}))).await;
 
     release.add_permits(1);
     let outcome = session.expect_outcome().await;

@@ -14,9 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 fn completed(outcome: &TaskOutcome) -> Value {
     match &outcome.outcome {
-        Some(task_outcome::Outcome::Completed(json)) => {
-            serde_json::from_str(json).expect("a JSON result")
-        }
+        Some(task_outcome::Outcome::Completed(json)) => serde_json::from_str(json).expect("a JSON result"),
         other => panic!("expected a completed outcome, got {other:?}"),
     }
 }
@@ -46,14 +44,9 @@ async fn an_outcome_not_acknowledged_is_resent_after_a_reconnect() {
     let mut first = orchestrator.accept().await;
     first.handshake().await;
     assert_eq!(first.expect_credit().await, 4);
-    first
-        .send_task(task("a", "echo", &json!({ "sku": "s-1" })))
-        .await;
+    first.send_task(task("a", "echo", &json!({ "sku": "s-1" }))).await;
     let sent = first.expect_outcome().await;
-    assert_eq!(
-        (sent.workflow_id.as_str(), sent.task_id.as_str()),
-        ("wf-a", "a")
-    );
+    assert_eq!((sent.workflow_id.as_str(), sent.task_id.as_str()), ("wf-a", "a"));
     assert_eq!(completed(&sent), json!({ "echo": { "sku": "s-1" } }));
 
     // The orchestrator dies before the outcome is durable.
@@ -80,30 +73,15 @@ async fn errors_map_to_task_failures_with_their_retryability() {
     let mut orchestrator = FakeOrchestrator::start().await;
     let worker = Worker::builder(orchestrator.endpoint())
         .max_concurrency(4)
-        .activity(
-            "carrier.ship",
-            |_ctx: ActivityContext, _input: Value| async move {
-                Err::<Value, _>(ActivityError::retryable(
-                    "CarrierDown",
-                    "carrier answered 503",
-                ))
-            },
-        )
-        .activity(
-            "payments.capture",
-            |_ctx: ActivityContext, _input: Value| async move {
-                Err::<Value, _>(ActivityError::non_retryable(
-                    "PaymentDeclined",
-                    "card declined",
-                ))
-            },
-        )
-        .activity(
-            "inventory.reserve",
-            |_ctx: ActivityContext, input: Reserve| async move {
-                Ok::<_, ActivityError>(input.quantity)
-            },
-        )
+        .activity("carrier.ship", |_ctx: ActivityContext, _input: Value| async move {
+            Err::<Value, _>(ActivityError::retryable("CarrierDown", "carrier answered 503"))
+        })
+        .activity("payments.capture", |_ctx: ActivityContext, _input: Value| async move {
+            Err::<Value, _>(ActivityError::non_retryable("PaymentDeclined", "card declined"))
+        })
+        .activity("inventory.reserve", |_ctx: ActivityContext, input: Reserve| async move {
+            Ok::<_, ActivityError>(input.quantity)
+        })
         .build()
         .expect("valid worker");
     let run = tokio::spawn(worker.run());
@@ -111,19 +89,11 @@ async fn errors_map_to_task_failures_with_their_retryability() {
     let mut session = orchestrator.accept().await;
     session.handshake().await;
     assert_eq!(session.expect_credit().await, 4);
-    session
-        .send_task(task("retry", "carrier.ship", &json!({})))
-        .await;
-    session
-        .send_task(task("fatal", "payments.capture", &json!({})))
-        .await;
+    session.send_task(task("retry", "carrier.ship", &json!({}))).await;
+    session.send_task(task("fatal", "payments.capture", &json!({}))).await;
     let bad_input = json!({ "quantity": "many" });
-    session
-        .send_task(task("typed", "inventory.reserve", &bad_input))
-        .await;
-    session
-        .send_task(task("unknown", "coupons.apply", &json!({})))
-        .await;
+    session.send_task(task("typed", "inventory.reserve", &bad_input)).await;
+    session.send_task(task("unknown", "coupons.apply", &json!({}))).await;
 
     let mut outcomes = HashMap::new();
     for _ in 0..4 {
@@ -141,11 +111,7 @@ async fn errors_map_to_task_failures_with_their_retryability() {
     );
     assert_eq!(
         failure("fatal"),
-        TaskFailure {
-            error_type: "PaymentDeclined".to_owned(),
-            message: "card declined".to_owned(),
-            retryable: false,
-        }
+        TaskFailure { error_type: "PaymentDeclined".to_owned(), message: "card declined".to_owned(), retryable: false }
     );
     let typed = failure("typed");
     assert_eq!(typed.error_type, ActivityError::INVALID_INPUT);
@@ -159,13 +125,7 @@ async fn errors_map_to_task_failures_with_their_retryability() {
         session.ack(outcome).await;
         assert_eq!(session.expect_credit().await, 1);
     }
-    session
-        .send_task(task(
-            "typed-ok",
-            "inventory.reserve",
-            &json!({ "quantity": 3 }),
-        ))
-        .await;
+    session.send_task(task("typed-ok", "inventory.reserve", &json!({ "quantity": 3 }))).await;
     assert_eq!(completed(&session.expect_outcome().await), json!(3));
     run.abort();
 }
@@ -175,15 +135,12 @@ async fn a_panicking_handler_fails_the_attempt_retryably_and_the_worker_goes_on(
     let mut orchestrator = FakeOrchestrator::start().await;
     let worker = Worker::builder(orchestrator.endpoint())
         .max_concurrency(1)
-        .activity(
-            "explode",
-            |_ctx: ActivityContext, _input: Value| async move {
-                if true {
-                    panic!("reservation table corrupted");
-                }
-                Ok::<_, ActivityError>(())
-            },
-        )
+        .activity("explode", |_ctx: ActivityContext, _input: Value| async move {
+            if true {
+                panic!("reservation table corrupted");
+            }
+            Ok::<_, ActivityError>(())
+        })
         .activity("echo", echo)
         .build()
         .expect("valid worker");
@@ -197,18 +154,12 @@ async fn a_panicking_handler_fails_the_attempt_retryably_and_the_worker_goes_on(
     let failure = failed(&outcome);
     assert_eq!(failure.error_type, ActivityError::PANIC);
     assert!(failure.retryable);
-    assert!(
-        failure.message.contains("reservation table corrupted"),
-        "{failure:?}"
-    );
+    assert!(failure.message.contains("reservation table corrupted"), "{failure:?}");
 
     session.ack(&outcome).await;
     assert_eq!(session.expect_credit().await, 1);
     session.send_task(task("after", "echo", &json!(1))).await;
-    assert_eq!(
-        completed(&session.expect_outcome().await),
-        json!({ "echo": 1 })
-    );
+    assert_eq!(completed(&session.expect_outcome().await), json!({ "echo": 1 }));
     assert!(!run.is_finished());
     run.abort();
 }
@@ -251,14 +202,10 @@ async fn a_cancelled_task_is_stopped_and_frees_its_slot_without_an_outcome() {
     assert_eq!(session.expect_credit().await, 1);
     session.send_task(task("slow", "hang", &json!({}))).await;
     guarded("the handler to start", started.recv()).await;
-    let stopped = guarded("the drop signal", dropped.recv())
-        .await
-        .expect("sent");
+    let stopped = guarded("the drop signal", dropped.recv()).await.expect("sent");
 
     session.cancel("wf-slow", "slow").await;
-    guarded("the handler to be stopped", stopped)
-        .await
-        .expect("the guard was dropped");
+    guarded("the handler to be stopped", stopped).await.expect("the guard was dropped");
     // No outcome: the slot comes back as credit.
     assert_eq!(session.expect_credit().await, 1);
     run.abort();

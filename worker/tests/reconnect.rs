@@ -14,9 +14,7 @@ fn echo_worker(endpoint: String) -> Worker {
         .worker_id("reconnect-test")
         .max_concurrency(3)
         .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(50))
-        .activity("echo", |_ctx: ActivityContext, input: Value| async move {
-            Ok::<_, ActivityError>(input)
-        })
+        .activity("echo", |_ctx: ActivityContext, input: Value| async move { Ok::<_, ActivityError>(input) })
         .build()
         .expect("valid worker")
 }

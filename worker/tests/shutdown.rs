@@ -37,27 +37,18 @@ async fn shutdown_waits_for_the_running_task_and_its_acknowledgement() {
     let mut session = orchestrator.accept().await;
     session.handshake().await;
     assert_eq!(session.expect_credit().await, 2);
-    session
-        .send_task(task("order", "orders.create", &json!({})))
-        .await;
+    session.send_task(task("order", "orders.create", &json!({}))).await;
     guarded("the handler to start", started.recv()).await;
 
     handle.shutdown();
     release.add_permits(1);
     // No credit is asked for during the drain: the next message is the outcome.
     let first = session.expect_outcome().await;
-    assert_eq!(
-        first.outcome,
-        Some(task_outcome::Outcome::Completed(
-            json!({ "order_id": "key-order" }).to_string()
-        ))
-    );
+    assert_eq!(first.outcome, Some(task_outcome::Outcome::Completed(json!({ "order_id": "key-order" }).to_string())));
 
     // The worker waits for the acknowledgement with its stream open: it still
     // runs a task sent on credit granted before the drain began.
-    session
-        .send_task(task("late", "orders.create", &json!({})))
-        .await;
+    session.send_task(task("late", "orders.create", &json!({}))).await;
     guarded("the second handler to start", started.recv()).await;
     release.add_permits(1);
     let second = session.expect_outcome().await;
@@ -100,26 +91,14 @@ async fn a_drain_that_outlives_its_budget_stops_the_tasks_and_says_so() {
 
     handle.shutdown();
     let result = guarded("the drain to time out", run).await.expect("joined");
-    assert!(
-        matches!(
-            result,
-            Err(Error::DrainTimedOut {
-                running: 1,
-                unacked: 0,
-                ..
-            })
-        ),
-        "{result:?}"
-    );
+    assert!(matches!(result, Err(Error::DrainTimedOut { running: 1, unacked: 0, .. })), "{result:?}");
 }
 
 #[tokio::test]
 async fn with_nothing_in_flight_shutdown_returns_even_without_an_orchestrator() {
     let endpoint = format!("http://{}", free_addr().await);
     let worker = Worker::builder(endpoint)
-        .activity("echo", |_ctx: ActivityContext, input: Value| async move {
-            Ok::<_, ActivityError>(input)
-        })
+        .activity("echo", |_ctx: ActivityContext, input: Value| async move { Ok::<_, ActivityError>(input) })
         .build()
         .expect("valid worker");
     let result = guarded("the worker to stop", worker.run_until(async {})).await;

@@ -34,9 +34,7 @@ impl Context {
         if !self.0.is_object() {
             self.0 = Value::Object(Map::new());
         }
-        let Value::Object(doc) = &mut self.0 else {
-            unreachable!("made an object just above")
-        };
+        let Value::Object(doc) = &mut self.0 else { unreachable!("made an object just above") };
         let entry = doc.entry(name).or_insert_with(|| Value::Object(Map::new()));
         if !entry.is_object() {
             *entry = Value::Object(Map::new());
@@ -56,9 +54,7 @@ impl Context {
                     .iter()
                     .map(|(name, source)| {
                         let value = match source {
-                            Source::Pointer(p) => {
-                                resolve_pointer(&self.0, p).cloned().unwrap_or(Value::Null)
-                            }
+                            Source::Pointer(p) => resolve_pointer(&self.0, p).cloned().unwrap_or(Value::Null),
                             Source::Literal(v) => v.clone(),
                         };
                         (name.clone(), value)
@@ -75,10 +71,7 @@ impl Context {
             KeySpec::Pointer(p) => match resolve_pointer(&self.0, p) {
                 Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
                 Some(Value::Number(n)) => Ok(n.to_string()),
-                other => Err(format!(
-                    "idempotency key {p} is {}",
-                    other.map_or("missing".into(), |v| v.to_string())
-                )),
+                other => Err(format!("idempotency key {p} is {}", other.map_or("missing".into(), |v| v.to_string()))),
             },
         }
     }
@@ -103,28 +96,12 @@ mod tests {
         let mut ctx = Context::new("wf-1", json!({"order": "o-9"}));
         ctx.set_step_result("reserve", json!({"reservation_id": "r-1"}));
         let spec = InputSpec::Fields(BTreeMap::from([
-            (
-                "reservation".to_string(),
-                Source::Pointer("/steps/reserve/reservation_id".into()),
-            ),
+            ("reservation".to_string(), Source::Pointer("/steps/reserve/reservation_id".into())),
             ("fixed".to_string(), Source::Literal(json!(3))),
         ]));
-        assert_eq!(
-            ctx.input_for(&spec),
-            json!({"reservation": "r-1", "fixed": 3})
-        );
-        assert_eq!(
-            ctx.key_for(&KeySpec::Derived, "wf-1", "pay").unwrap(),
-            "wf-1/pay"
-        );
-        assert_eq!(
-            ctx.key_for(&KeySpec::Pointer("/input/order".into()), "wf-1", "pay")
-                .unwrap(),
-            "o-9"
-        );
-        assert!(
-            ctx.key_for(&KeySpec::Pointer("/input/none".into()), "wf-1", "pay")
-                .is_err()
-        );
+        assert_eq!(ctx.input_for(&spec), json!({"reservation": "r-1", "fixed": 3}));
+        assert_eq!(ctx.key_for(&KeySpec::Derived, "wf-1", "pay").unwrap(), "wf-1/pay");
+        assert_eq!(ctx.key_for(&KeySpec::Pointer("/input/order".into()), "wf-1", "pay").unwrap(), "o-9");
+        assert!(ctx.key_for(&KeySpec::Pointer("/input/none".into()), "wf-1", "pay").is_err());
     }
 }

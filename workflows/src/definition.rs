@@ -50,11 +50,7 @@ impl RetryPolicy {
     pub fn backoff(&self, next_attempt: u32) -> Duration {
         let exponent = i32::try_from(next_attempt.saturating_sub(2)).unwrap_or(i32::MAX);
         let scaled = self.initial_interval_ms as f64 * self.backoff_coefficient.powi(exponent);
-        let capped = if self.maximum_interval_ms == 0 {
-            scaled
-        } else {
-            scaled.min(self.maximum_interval_ms as f64)
-        };
+        let capped = if self.maximum_interval_ms == 0 { scaled } else { scaled.min(self.maximum_interval_ms as f64) };
         Duration::from_millis(capped.max(0.0) as u64)
     }
 
@@ -64,17 +60,12 @@ impl RetryPolicy {
     }
 
     pub fn is_non_retryable(&self, error_type: &str) -> bool {
-        self.non_retryable_error_types
-            .iter()
-            .any(|t| t == error_type)
+        self.non_retryable_error_types.iter().any(|t| t == error_type)
     }
 
     /// Never give up: for steps after the pivot.
     pub fn unlimited() -> Self {
-        Self {
-            maximum_attempts: 0,
-            ..Self::default()
-        }
+        Self { maximum_attempts: 0, ..Self::default() }
     }
 }
 
@@ -94,12 +85,7 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Self {
-            schedule_to_start_ms: 0,
-            start_to_close_ms: 30_000,
-            heartbeat_ms: 0,
-            schedule_to_close_ms: 0,
-        }
+        Self { schedule_to_start_ms: 0, start_to_close_ms: 30_000, heartbeat_ms: 0, schedule_to_close_ms: 0 }
     }
 }
 
@@ -158,10 +144,7 @@ pub struct Compensation {
 
 impl RetryPolicy {
     fn unlimited_compensation() -> Self {
-        Self {
-            maximum_attempts: 10,
-            ..Self::default()
-        }
+        Self { maximum_attempts: 10, ..Self::default() }
     }
 }
 
@@ -196,37 +179,17 @@ pub struct Step {
 impl Step {
     /// A compensable step that runs `activity_type` on a worker.
     pub fn activity(name: impl Into<String>, activity_type: impl Into<String>) -> Self {
-        Self::with_action(
-            name,
-            Action::Activity {
-                activity_type: activity_type.into(),
-            },
-        )
+        Self::with_action(name, Action::Activity { activity_type: activity_type.into() })
     }
 
     /// A durable sleep.
     pub fn sleep(name: impl Into<String>, duration: Duration) -> Self {
-        Self::with_action(
-            name,
-            Action::Sleep {
-                duration_ms: millis(duration),
-            },
-        )
+        Self::with_action(name, Action::Sleep { duration_ms: millis(duration) })
     }
 
     /// Waits for the signal `signal`; `timeout` of zero waits forever.
-    pub fn await_signal(
-        name: impl Into<String>,
-        signal: impl Into<String>,
-        timeout: Duration,
-    ) -> Self {
-        Self::with_action(
-            name,
-            Action::AwaitSignal {
-                signal: signal.into(),
-                timeout_ms: millis(timeout),
-            },
-        )
+    pub fn await_signal(name: impl Into<String>, signal: impl Into<String>, timeout: Duration) -> Self {
+        Self::with_action(name, Action::AwaitSignal { signal: signal.into(), timeout_ms: millis(timeout) })
     }
 
     fn with_action(name: impl Into<String>, action: Action) -> Self {
@@ -301,8 +264,7 @@ impl Step {
     /// Adds an input field read from the context at `pointer`.
     #[must_use]
     pub fn input_from(mut self, field: impl Into<String>, pointer: impl Into<String>) -> Self {
-        self.fields()
-            .insert(field.into(), Source::Pointer(pointer.into()));
+        self.fields().insert(field.into(), Source::Pointer(pointer.into()));
         self
     }
 
@@ -314,11 +276,7 @@ impl Step {
 
     /// The compensation reads the same fields as the forward action.
     #[must_use]
-    pub fn compensation_input_from(
-        mut self,
-        field: impl Into<String>,
-        pointer: impl Into<String>,
-    ) -> Self {
+    pub fn compensation_input_from(mut self, field: impl Into<String>, pointer: impl Into<String>) -> Self {
         if let Some(c) = &mut self.compensation {
             if !matches!(c.input, InputSpec::Fields(_)) {
                 c.input = InputSpec::Fields(BTreeMap::new());
@@ -338,10 +296,7 @@ impl Step {
 
     #[must_use]
     pub fn escalate_after(mut self, attempts: u32, alert: impl Into<String>) -> Self {
-        self.escalation = Some(Escalation {
-            after_attempts: attempts,
-            alert: alert.into(),
-        });
+        self.escalation = Some(Escalation { after_attempts: attempts, alert: alert.into() });
         self
     }
 
@@ -392,14 +347,7 @@ pub enum DefinitionError {
 
 impl SagaDefinition {
     pub fn builder(name: impl Into<String>, version: u32) -> SagaBuilder {
-        SagaBuilder {
-            definition: Self {
-                name: name.into(),
-                version,
-                description: String::new(),
-                steps: Vec::new(),
-            },
-        }
+        SagaBuilder { definition: Self { name: name.into(), version, description: String::new(), steps: Vec::new() } }
     }
 
     pub fn to_json(&self) -> String {
@@ -408,8 +356,7 @@ impl SagaDefinition {
 
     /// Parses and validates a definition written as JSON.
     pub fn from_json(text: &str) -> Result<Self, DefinitionError> {
-        let definition: Self =
-            serde_json::from_str(text).map_err(|e| DefinitionError::Parse(e.to_string()))?;
+        let definition: Self = serde_json::from_str(text).map_err(|e| DefinitionError::Parse(e.to_string()))?;
         definition.validate()?;
         Ok(definition)
     }
@@ -434,10 +381,8 @@ impl SagaDefinition {
         let mut seen: Vec<&str> = Vec::new();
         let mut after_pivot = false;
         for step in &self.steps {
-            let invalid = |reason: &str| DefinitionError::InvalidStep {
-                step: step.name.clone(),
-                reason: reason.into(),
-            };
+            let invalid =
+                |reason: &str| DefinitionError::InvalidStep { step: step.name.clone(), reason: reason.into() };
             if step.name.is_empty() || step.name.contains('/') {
                 return Err(invalid("a step name is non-empty and has no '/'"));
             }
@@ -448,9 +393,7 @@ impl SagaDefinition {
                 (StepKind::Pivot, true) => return Err(invalid("a saga has at most one pivot")),
                 (StepKind::Pivot, false) => after_pivot = true,
                 (StepKind::Compensable, true) => {
-                    return Err(invalid(
-                        "a step after the pivot cannot be undone: make it retriable",
-                    ));
+                    return Err(invalid("a step after the pivot cannot be undone: make it retriable"));
                 }
                 (StepKind::Retriable, false) => {
                     return Err(invalid("a retriable step belongs after the pivot"));
@@ -507,14 +450,10 @@ fn check_pointer(pointer: &str, earlier: &[&str], this: &str) -> Result<(), Stri
         // A compensation may read its own step's result.
         Some("steps") => match parts.next() {
             Some(step) if earlier.contains(&step) || step == this => Ok(()),
-            Some(step) => Err(format!(
-                "pointer {pointer:?} reads step {step:?}, which does not run before this one"
-            )),
+            Some(step) => Err(format!("pointer {pointer:?} reads step {step:?}, which does not run before this one")),
             None => Err(format!("pointer {pointer:?} names no step")),
         },
-        _ => Err(format!(
-            "pointer {pointer:?} must start with /input, /steps, /signals or /workflow_id"
-        )),
+        _ => Err(format!("pointer {pointer:?} must start with /input, /steps, /signals or /workflow_id")),
     }
 }
 
@@ -567,23 +506,15 @@ mod tests {
             .step(Step::activity("a", "x").pivot())
             .step(Step::activity("b", "y").compensate_with("z"))
             .build();
-        assert!(matches!(
-            after_pivot,
-            Err(DefinitionError::InvalidStep { .. })
-        ));
-        let early_retriable = SagaDefinition::builder("s", 1)
-            .step(Step::activity("a", "x").retriable())
-            .build();
+        assert!(matches!(after_pivot, Err(DefinitionError::InvalidStep { .. })));
+        let early_retriable = SagaDefinition::builder("s", 1).step(Step::activity("a", "x").retriable()).build();
         assert!(early_retriable.is_err());
         let two_pivots = SagaDefinition::builder("s", 1)
             .step(Step::activity("a", "x").pivot())
             .step(Step::activity("b", "x").pivot())
             .build();
         assert!(two_pivots.is_err());
-        let dup = SagaDefinition::builder("s", 1)
-            .step(Step::activity("a", "x"))
-            .step(Step::activity("a", "y"))
-            .build();
+        let dup = SagaDefinition::builder("s", 1).step(Step::activity("a", "x")).step(Step::activity("a", "y")).build();
         assert_eq!(dup, Err(DefinitionError::DuplicateStep("a".into())));
     }
 
@@ -596,11 +527,7 @@ mod tests {
         assert!(forward_ref.is_err());
         let ok = SagaDefinition::builder("s", 1)
             .step(Step::activity("a", "x"))
-            .step(
-                Step::activity("b", "y")
-                    .input_from("id", "/steps/a/id")
-                    .idempotency_key_from("/input/key"),
-            )
+            .step(Step::activity("b", "y").input_from("id", "/steps/a/id").idempotency_key_from("/input/key"))
             .build();
         assert!(ok.is_ok());
     }
@@ -611,11 +538,7 @@ mod tests {
             .step(Step::activity("a", "x").compensate_with("undo-x"))
             .step(Step::sleep("wait", Duration::from_secs(2)))
             .step(Step::activity("b", "y").pivot())
-            .step(
-                Step::activity("c", "z")
-                    .retriable()
-                    .escalate_after(3, "Late"),
-            )
+            .step(Step::activity("c", "z").retriable().escalate_after(3, "Late"))
             .build()
             .unwrap();
         assert_eq!(SagaDefinition::from_json(&saga.to_json()).unwrap(), saga);

@@ -20,10 +20,7 @@ fn quick_retries(maximum_attempts: u32) -> RetryPolicy {
 }
 
 fn timeouts(start_to_close: Duration) -> Timeouts {
-    Timeouts {
-        start_to_close_ms: u64::try_from(start_to_close.as_millis()).unwrap_or(u64::MAX),
-        ..Timeouts::default()
-    }
+    Timeouts { start_to_close_ms: u64::try_from(start_to_close.as_millis()).unwrap_or(u64::MAX), ..Timeouts::default() }
 }
 
 /// Price snapshot, reserve inventory, capture payment (the pivot), create the
@@ -31,7 +28,9 @@ fn timeouts(start_to_close: Duration) -> Timeouts {
 /// `payment_intent_id`) are fixed in its input when it starts.
 pub fn checkout() -> SagaDefinition {
     let build = SagaDefinition::builder(CHECKOUT, 1)
-        .description("The reference shop's checkout: price snapshot, reservation, capture, order, shipment, notification.")
+        .description(
+            "The reference shop's checkout: price snapshot, reservation, capture, order, shipment, notification.",
+        )
         .step(
             Step::activity("price", "catalog.price_snapshot")
                 .input_from("items", "/input/items")
@@ -133,10 +132,7 @@ pub fn bench() -> SagaDefinition {
         .step(
             Step::activity("capture", "bench.capture")
                 .pivot()
-                .retry(RetryPolicy {
-                    maximum_attempts: 1,
-                    ..RetryPolicy::default()
-                }),
+                .retry(RetryPolicy { maximum_attempts: 1, ..RetryPolicy::default() }),
         )
         .step(Step::activity("order", "bench.order").retriable())
         .step(Step::activity("ship", "bench.ship").retriable())

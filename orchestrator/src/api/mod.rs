@@ -76,9 +76,7 @@ impl From<crate::store::Error> for Status {
 mod tests {
     #[test]
     fn traceparent_shape_is_checked() {
-        assert!(super::is_traceparent(
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-        ));
+        assert!(super::is_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
         assert!(!super::is_traceparent("00-xyz-00f067aa0ba902b7-01"));
         assert!(!super::is_traceparent(""));
     }

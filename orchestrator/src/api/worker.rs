@@ -5,8 +5,7 @@ use std::pin::Pin;
 
 use sagaflow_proto::v1::worker_service_server::WorkerService;
 use sagaflow_proto::v1::{
-    OutcomeAck, Registered, ServerMessage, TaskOutcome, WorkerMessage, server_message,
-    task_outcome, worker_message,
+    OutcomeAck, Registered, ServerMessage, TaskOutcome, WorkerMessage, server_message, task_outcome, worker_message,
 };
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -46,16 +45,11 @@ impl WorkerService for WorkerApi {
         let mut inbound = request.into_inner();
         let first = inbound.message().await?.and_then(|m| m.message);
         let Some(worker_message::Message::Register(register)) = first else {
-            return Err(Status::invalid_argument(
-                "the first message of a session must be Register",
-            ));
+            return Err(Status::invalid_argument("the first message of a session must be Register"));
         };
         let limits = self.runtime.limits();
-        limits
-            .id("worker_id", &register.worker_id)
-            .map_err(invalid)?;
-        if register.activity_types.is_empty() || register.activity_types.len() > MAX_ACTIVITY_TYPES
-        {
+        limits.id("worker_id", &register.worker_id).map_err(invalid)?;
+        if register.activity_types.is_empty() || register.activity_types.len() > MAX_ACTIVITY_TYPES {
             return Err(Status::invalid_argument(format!(
                 "register between 1 and {MAX_ACTIVITY_TYPES} activity types"
             )));
@@ -65,28 +59,22 @@ impl WorkerService for WorkerApi {
         }
         let (outbound, rx) = mpsc::channel(OUTBOUND_CAPACITY);
         let types: HashSet<String> = register.activity_types.iter().cloned().collect();
-        let session = self.runtime.dispatch().open_session(
-            register.worker_id.clone(),
-            types,
-            outbound.clone(),
-        );
-        tracing::info!(worker_id = %register.worker_id, session, activity_types = ?register.activity_types, "worker connected");
-        let registered = ServerMessage {
-            message: Some(server_message::Message::Registered(Registered {
-                session_id: session.to_string(),
-            })),
-        };
-        outbound
-            .send(Ok(registered))
-            .await
-            .map_err(|_| Status::cancelled("the worker went away"))?;
-        tokio::spawn(serve(
-            self.runtime.clone(),
+        let session = self.runtime.dispatch().open_session(register.worker_id.clone(), types, outbound.clone());
+        let held: Vec<(String, String)> =
+            register.held.iter().map(|t| (t.workflow_id.clone(), t.task_id.clone())).collect();
+        self.runtime.dispatch().claim(session, &held, now_ms());
+        tracing::info!(
+            worker_id = %register.worker_id,
             session,
-            register.worker_id,
-            inbound,
-            outbound,
-        ));
+            activity_types = ?register.activity_types,
+            held = held.len(),
+            "worker connected"
+        );
+        let registered = ServerMessage {
+            message: Some(server_message::Message::Registered(Registered { session_id: session.to_string() })),
+        };
+        outbound.send(Ok(registered)).await.map_err(|_| Status::cancelled("the worker went away"))?;
+        tokio::spawn(serve(self.runtime.clone(), session, register.worker_id, inbound, outbound));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -108,22 +96,13 @@ async fn serve(
             }
         };
         match message.message {
-            Some(worker_message::Message::Credit(credit)) => {
-                runtime.dispatch().grant(session, credit.tasks, now_ms())
-            }
+            Some(worker_message::Message::Credit(credit)) => runtime.dispatch().grant(session, credit.tasks, now_ms()),
             Some(worker_message::Message::Outcome(outcome)) => {
                 // Each outcome commits on its own, so that many share one flush.
-                tokio::spawn(report(
-                    runtime.clone(),
-                    worker_id.clone(),
-                    outcome,
-                    outbound.clone(),
-                ));
+                tokio::spawn(report(runtime.clone(), worker_id.clone(), outcome, outbound.clone()));
             }
             Some(worker_message::Message::Heartbeat(beat))
-                if !runtime
-                    .dispatch()
-                    .heartbeat(&beat.workflow_id, &beat.task_id, now_ms()) =>
+                if !runtime.dispatch().heartbeat(&beat.workflow_id, &beat.task_id, now_ms()) =>
             {
                 let cancelled = sagaflow_proto::v1::TaskCancelled {
                     workflow_id: beat.workflow_id,
@@ -131,16 +110,12 @@ async fn serve(
                     reason: "the workflow no longer wants this attempt".into(),
                 };
                 let _ = outbound
-                    .send(Ok(ServerMessage {
-                        message: Some(server_message::Message::TaskCancelled(cancelled)),
-                    }))
+                    .send(Ok(ServerMessage { message: Some(server_message::Message::TaskCancelled(cancelled)) }))
                     .await;
             }
             Some(worker_message::Message::Heartbeat(_)) | None => {}
             Some(worker_message::Message::Register(_)) => {
-                let _ = outbound
-                    .send(Err(Status::invalid_argument("a session registers once")))
-                    .await;
+                let _ = outbound.send(Err(Status::invalid_argument("a session registers once"))).await;
                 break;
             }
         }
@@ -152,46 +127,25 @@ async fn serve(
 async fn report(runtime: Runtime, worker_id: String, outcome: TaskOutcome, outbound: Outbound) {
     let limits = runtime.limits();
     let decoded = match outcome.outcome {
-        Some(task_outcome::Outcome::Completed(result)) => limits
-            .json_payload("result", result.as_bytes())
-            .map(Outcome::Completed),
+        Some(task_outcome::Outcome::Completed(result)) => {
+            limits.json_payload("result", result.as_bytes()).map(Outcome::Completed)
+        }
         Some(task_outcome::Outcome::Failed(failure)) => Ok(Outcome::Failed {
-            error_type: failure
-                .error_type
-                .chars()
-                .take(limits.max_id_bytes)
-                .collect(),
+            error_type: failure.error_type.chars().take(limits.max_id_bytes).collect(),
             message: failure.message.chars().take(4096).collect(),
             retryable: failure.retryable,
         }),
-        None => Err(crate::limits::Invalid(
-            "an outcome needs a result or a failure".into(),
-        )),
+        None => Err(crate::limits::Invalid("an outcome needs a result or a failure".into())),
     };
     let accepted = match decoded {
         // A result too big or not JSON fails the attempt rather than the session.
-        Err(invalid) => Outcome::Failed {
-            error_type: "InvalidResult".into(),
-            message: invalid.0,
-            retryable: false,
-        },
+        Err(invalid) => Outcome::Failed { error_type: "InvalidResult".into(), message: invalid.0, retryable: false },
         Ok(outcome) => outcome,
     };
-    let ack = match runtime
-        .complete(&outcome.workflow_id, &outcome.task_id, &worker_id, accepted)
-        .await
-    {
-        Ok(accepted) => OutcomeAck {
-            workflow_id: outcome.workflow_id,
-            task_id: outcome.task_id,
-            accepted,
-        },
+    let ack = match runtime.complete(&outcome.workflow_id, &outcome.task_id, &worker_id, accepted).await {
+        Ok(accepted) => OutcomeAck { workflow_id: outcome.workflow_id, task_id: outcome.task_id, accepted },
         Err(crate::runtime::Error::NotFound(_) | crate::runtime::Error::FailedPrecondition(_)) => {
-            OutcomeAck {
-                workflow_id: outcome.workflow_id,
-                task_id: outcome.task_id,
-                accepted: false,
-            }
+            OutcomeAck { workflow_id: outcome.workflow_id, task_id: outcome.task_id, accepted: false }
         }
         Err(e) => {
             // Not acknowledged: the worker keeps the outcome and sends it again.
@@ -199,9 +153,5 @@ async fn report(runtime: Runtime, worker_id: String, outcome: TaskOutcome, outbo
             return;
         }
     };
-    let _ = outbound
-        .send(Ok(ServerMessage {
-            message: Some(server_message::Message::Ack(ack)),
-        }))
-        .await;
+    let _ = outbound.send(Ok(ServerMessage { message: Some(server_message::Message::Ack(ack)) })).await;
 }

@@ -5,11 +5,10 @@ use std::time::Duration;
 use sagaflow_proto::v1::workflow_service_server::WorkflowService;
 use sagaflow_proto::v1::{
     AwaitWorkflowRequest, AwaitWorkflowResponse, CancelWorkflowRequest, CancelWorkflowResponse,
-    DescribeWorkflowRequest, DescribeWorkflowResponse, GetWorkflowHistoryRequest,
-    GetWorkflowHistoryResponse, ListWorkflowTypesRequest, ListWorkflowTypesResponse,
-    ListWorkflowsRequest, ListWorkflowsResponse, PendingActivity, SignalWorkflowRequest,
-    SignalWorkflowResponse, StartWorkflowRequest, StartWorkflowResponse, TerminateWorkflowRequest,
-    TerminateWorkflowResponse, WorkflowStatus, WorkflowSummary, WorkflowType,
+    DescribeWorkflowRequest, DescribeWorkflowResponse, GetWorkflowHistoryRequest, GetWorkflowHistoryResponse,
+    ListWorkflowTypesRequest, ListWorkflowTypesResponse, ListWorkflowsRequest, ListWorkflowsResponse, PendingActivity,
+    SignalWorkflowRequest, SignalWorkflowResponse, StartWorkflowRequest, StartWorkflowResponse,
+    TerminateWorkflowRequest, TerminateWorkflowResponse, WorkflowStatus, WorkflowSummary, WorkflowType,
 };
 use tonic::{Request, Response, Status};
 
@@ -47,11 +46,7 @@ impl WorkflowApi {
 }
 
 fn wait_budget(timeout_ms: u32) -> Duration {
-    if timeout_ms == 0 {
-        MAX_WAIT
-    } else {
-        Duration::from_millis(u64::from(timeout_ms)).min(MAX_WAIT)
-    }
+    if timeout_ms == 0 { MAX_WAIT } else { Duration::from_millis(u64::from(timeout_ms)).min(MAX_WAIT) }
 }
 
 #[tonic::async_trait]
@@ -64,19 +59,11 @@ impl WorkflowService for WorkflowApi {
         let traceparent = traceparent(&request);
         let request = request.into_inner();
         let limits = self.runtime.limits();
-        limits
-            .id("workflow_type", &request.workflow_type)
-            .map_err(invalid)?;
-        limits
-            .id("request_id", &request.request_id)
-            .map_err(invalid)?;
-        limits
-            .optional_id("workflow_id", &request.workflow_id)
-            .map_err(invalid)?;
+        limits.id("workflow_type", &request.workflow_type).map_err(invalid)?;
+        limits.id("request_id", &request.request_id).map_err(invalid)?;
+        limits.optional_id("workflow_id", &request.workflow_id).map_err(invalid)?;
         limits.labels(request.labels.iter()).map_err(invalid)?;
-        let input = limits
-            .json_payload("input", &request.input)
-            .map_err(invalid)?;
+        let input = limits.json_payload("input", &request.input).map_err(invalid)?;
         let start = StartRequest {
             workflow_type: request.workflow_type,
             request_id: request.request_id,
@@ -87,10 +74,7 @@ impl WorkflowService for WorkflowApi {
             traceparent,
         };
         let (workflow_id, already_started) = self.runtime.start_workflow(start).await?;
-        Ok(Response::new(StartWorkflowResponse {
-            workflow_id,
-            already_started,
-        }))
+        Ok(Response::new(StartWorkflowResponse { workflow_id, already_started }))
     }
 
     async fn describe_workflow(
@@ -100,13 +84,7 @@ impl WorkflowService for WorkflowApi {
         let workflow_id = request.into_inner().workflow_id;
         let summary = self.summary(&workflow_id).await?;
         let (state, definition) = self.runtime.state(&workflow_id).await?;
-        let step_name = |i: usize| {
-            definition
-                .steps
-                .get(i)
-                .map(|s| s.name.clone())
-                .unwrap_or_default()
-        };
+        let step_name = |i: usize| definition.steps.get(i).map(|s| s.name.clone()).unwrap_or_default();
         let mut pending: Vec<PendingActivity> = state
             .tasks
             .values()
@@ -159,26 +137,16 @@ impl WorkflowService for WorkflowApi {
             .steps
             .iter()
             .zip(&state.steps)
-            .filter(|(_, s)| {
-                s.status == StepStatus::Completed || s.status == StepStatus::Compensated
-            })
+            .filter(|(_, s)| s.status == StepStatus::Completed || s.status == StepStatus::Compensated)
             .filter_map(|(d, _)| {
-                state
-                    .context
-                    .0
-                    .pointer(&format!("/steps/{}", d.name))
-                    .map(|v| (d.name.clone(), v.to_string()))
+                state.context.0.pointer(&format!("/steps/{}", d.name)).map(|v| (d.name.clone(), v.to_string()))
             })
             .collect();
         Ok(Response::new(DescribeWorkflowResponse {
             summary: Some(summary),
             pending_activities: pending,
             result: state.result.clone(),
-            reason: if state.reason.is_empty() {
-                state.compensation_reason.clone()
-            } else {
-                state.reason.clone()
-            },
+            reason: if state.reason.is_empty() { state.compensation_reason.clone() } else { state.reason.clone() },
             step_results,
         }))
     }
@@ -194,33 +162,16 @@ impl WorkflowService for WorkflowApi {
             n => n.min(MAX_HISTORY_PAGE),
         } as usize;
         let from = request.from_seq.max(1);
-        let mut events = self
-            .runtime
-            .store()
-            .history(&request.workflow_id, from, page)?;
+        let mut events = self.runtime.store().history(&request.workflow_id, from, page)?;
         if events.is_empty() && request.wait_ms > 0 && !is_terminal(summary.status) {
-            self.runtime
-                .wait_for_change(&request.workflow_id, from - 1, wait_budget(request.wait_ms))
-                .await?;
-            self.runtime
-                .store()
-                .barrier()
-                .wait()
-                .await
-                .map_err(crate::runtime::Error::from)?;
-            events = self
-                .runtime
-                .store()
-                .history(&request.workflow_id, from, page)?;
+            self.runtime.wait_for_change(&request.workflow_id, from - 1, wait_budget(request.wait_ms)).await?;
+            self.runtime.store().barrier().wait().await.map_err(crate::runtime::Error::from)?;
+            events = self.runtime.store().history(&request.workflow_id, from, page)?;
         }
         let next_seq = events.last().map_or(from, |e| e.seq + 1);
         let summary = self.runtime.describe(&request.workflow_id).await?;
         let terminal = is_terminal(summary.status) && next_seq > summary.history_length;
-        Ok(Response::new(GetWorkflowHistoryResponse {
-            events,
-            next_seq,
-            terminal,
-        }))
+        Ok(Response::new(GetWorkflowHistoryResponse { events, next_seq, terminal }))
     }
 
     async fn list_workflows(
@@ -229,20 +180,11 @@ impl WorkflowService for WorkflowApi {
     ) -> Result<Response<ListWorkflowsResponse>, Status> {
         let request = request.into_inner();
         let statuses: Vec<i32> = request.statuses.clone();
-        if statuses
-            .iter()
-            .any(|s| WorkflowStatus::try_from(*s).is_err())
-        {
+        if statuses.iter().any(|s| WorkflowStatus::try_from(*s).is_err()) {
             return Err(Status::invalid_argument("unknown status in the filter"));
         }
-        self.runtime
-            .limits()
-            .optional_id("workflow_type", &request.workflow_type)
-            .map_err(invalid)?;
-        self.runtime
-            .limits()
-            .optional_id("page_token", &request.page_token)
-            .map_err(invalid)?;
+        self.runtime.limits().optional_id("workflow_type", &request.workflow_type).map_err(invalid)?;
+        self.runtime.limits().optional_id("page_token", &request.page_token).map_err(invalid)?;
         let limit = match request.page_size {
             0 => DEFAULT_LIST_PAGE,
             n => n.min(MAX_LIST_PAGE),
@@ -250,24 +192,13 @@ impl WorkflowService for WorkflowApi {
         let filter = |s: &WorkflowSummary| {
             (statuses.is_empty() || statuses.contains(&s.status))
                 && (request.workflow_type.is_empty() || s.workflow_type == request.workflow_type)
-                && request
-                    .labels
-                    .iter()
-                    .all(|(k, v)| s.labels.get(k) == Some(v))
+                && request.labels.iter().all(|(k, v)| s.labels.get(k) == Some(v))
                 && (!request.stuck_only || !s.stuck_reason.is_empty())
         };
-        self.runtime
-            .store()
-            .barrier()
-            .wait()
-            .await
-            .map_err(crate::runtime::Error::from)?;
+        self.runtime.store().barrier().wait().await.map_err(crate::runtime::Error::from)?;
         let after = (!request.page_token.is_empty()).then_some(request.page_token.as_str());
-        let page = self
-            .runtime
-            .store()
-            .list(after, limit, LIST_SCAN_BUDGET, &filter)
-            .map_err(crate::runtime::Error::from)?;
+        let page =
+            self.runtime.store().list(after, limit, LIST_SCAN_BUDGET, &filter).map_err(crate::runtime::Error::from)?;
         Ok(Response::new(ListWorkflowsResponse {
             workflows: page.workflows,
             next_page_token: page.next_after.unwrap_or_default(),
@@ -291,16 +222,9 @@ impl WorkflowService for WorkflowApi {
                 } else {
                     Default::default()
                 };
-                return Ok(Response::new(AwaitWorkflowResponse {
-                    summary: Some(summary),
-                    terminal,
-                    result,
-                    reason,
-                }));
+                return Ok(Response::new(AwaitWorkflowResponse { summary: Some(summary), terminal, result, reason }));
             }
-            self.runtime
-                .wait_for_change(&request.workflow_id, summary.history_length, left)
-                .await?;
+            self.runtime.wait_for_change(&request.workflow_id, summary.history_length, left).await?;
         }
     }
 
@@ -312,26 +236,13 @@ impl WorkflowService for WorkflowApi {
         self.workflow_id(&request.workflow_id)?;
         let limits = self.runtime.limits();
         limits.id("signal name", &request.name).map_err(invalid)?;
-        limits
-            .optional_id("identity", &request.identity)
-            .map_err(invalid)?;
-        let input = limits
-            .json_payload("input", &request.input)
-            .map_err(invalid)?;
+        limits.optional_id("identity", &request.identity).map_err(invalid)?;
+        let input = limits.json_payload("input", &request.input).map_err(invalid)?;
         let events = self
             .runtime
-            .decide(
-                &request.workflow_id,
-                Input::Signal {
-                    name: request.name,
-                    input,
-                    identity: request.identity,
-                },
-            )
+            .decide(&request.workflow_id, Input::Signal { name: request.name, input, identity: request.identity })
             .await?;
-        Ok(Response::new(SignalWorkflowResponse {
-            seq: events.first().map_or(0, |e| e.seq),
-        }))
+        Ok(Response::new(SignalWorkflowResponse { seq: events.first().map_or(0, |e| e.seq) }))
     }
 
     async fn cancel_workflow(
@@ -340,18 +251,9 @@ impl WorkflowService for WorkflowApi {
     ) -> Result<Response<CancelWorkflowResponse>, Status> {
         let request = request.into_inner();
         self.workflow_id(&request.workflow_id)?;
+        self.runtime.limits().id("reason", &request.reason).map_err(invalid)?;
         self.runtime
-            .limits()
-            .id("reason", &request.reason)
-            .map_err(invalid)?;
-        self.runtime
-            .decide(
-                &request.workflow_id,
-                Input::Cancel {
-                    reason: request.reason,
-                    identity: request.identity,
-                },
-            )
+            .decide(&request.workflow_id, Input::Cancel { reason: request.reason, identity: request.identity })
             .await?;
         Ok(Response::new(CancelWorkflowResponse {}))
     }
@@ -362,18 +264,9 @@ impl WorkflowService for WorkflowApi {
     ) -> Result<Response<TerminateWorkflowResponse>, Status> {
         let request = request.into_inner();
         self.workflow_id(&request.workflow_id)?;
+        self.runtime.limits().id("reason", &request.reason).map_err(invalid)?;
         self.runtime
-            .limits()
-            .id("reason", &request.reason)
-            .map_err(invalid)?;
-        self.runtime
-            .decide(
-                &request.workflow_id,
-                Input::Terminate {
-                    reason: request.reason,
-                    identity: request.identity,
-                },
-            )
+            .decide(&request.workflow_id, Input::Terminate { reason: request.reason, identity: request.identity })
             .await?;
         Ok(Response::new(TerminateWorkflowResponse {}))
     }
@@ -387,11 +280,7 @@ impl WorkflowService for WorkflowApi {
             .registry()
             .all()
             .into_iter()
-            .map(|d| WorkflowType {
-                name: d.name.clone(),
-                version: d.version,
-                definition: d.to_json(),
-            })
+            .map(|d| WorkflowType { name: d.name.clone(), version: d.version, definition: d.to_json() })
             .collect();
         Ok(Response::new(ListWorkflowTypesResponse { types }))
     }

@@ -2,6 +2,7 @@
 
 mod render;
 mod server;
+mod worker;
 mod workflow;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -10,12 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[command(name = "sagaflow", version, about = "Sagaflow: a durable saga orchestrator.", long_about = None)]
 pub struct Cli {
     /// The orchestrator's gRPC address.
-    #[arg(
-        long,
-        global = true,
-        env = "SAGAFLOW_SERVER",
-        default_value = "http://127.0.0.1:50051"
-    )]
+    #[arg(long, global = true, env = "SAGAFLOW_SERVER", default_value = "http://127.0.0.1:50051")]
     pub server: String,
 
     /// How read commands print: `text` for people, `json` for programs.
@@ -46,6 +42,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the orchestrator: histories in sled under --data-dir, gRPC on --listen.
     Server(server::ServerArgs),
+    /// Run activity services against a server: a separate worker process.
+    Worker(worker::WorkerArgs),
     /// Start, inspect and steer workflows.
     #[command(subcommand)]
     Workflow(workflow::WorkflowCommand),
@@ -57,6 +55,7 @@ pub enum Command {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Server(args) => server::run(args, cli.log_format).await,
+        Command::Worker(args) => worker::run(args, &cli.server, cli.log_format).await,
         Command::Admin(command) => server::admin(command, cli.output).await,
         Command::Workflow(command) => workflow::run(command, &cli.server, cli.output).await,
     }
@@ -64,14 +63,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// Installs the log subscriber for long-running commands.
 pub fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,h2=warn,tower=warn,hyper=warn,sled=warn")
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,h2=warn,tower=warn,hyper=warn,sled=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
 }

@@ -4,22 +4,18 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use sagaflow_proto::v1::history_event::Attributes;
-use sagaflow_proto::v1::{
-    DescribeWorkflowResponse, HistoryEvent, WorkflowStatus, WorkflowSummary, WorkflowType,
-};
+use sagaflow_proto::v1::{DescribeWorkflowResponse, HistoryEvent, WorkflowStatus, WorkflowSummary, WorkflowType};
 use sagaflow_proto::{EventName, status_name};
 use serde_json::{Value, json};
 
 pub fn code_name(code: tonic::Code) -> String {
-    format!("{code:?}")
-        .chars()
-        .fold(String::new(), |mut out, c| {
-            if c.is_uppercase() && !out.is_empty() {
-                out.push('_');
-            }
-            out.push(c.to_ascii_uppercase());
-            out
-        })
+    format!("{code:?}").chars().fold(String::new(), |mut out, c| {
+        if c.is_uppercase() && !out.is_empty() {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+        out
+    })
 }
 
 pub fn timestamp(ms: i64) -> String {
@@ -80,11 +76,8 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         }
     }
     let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<width$}", width = widths[i]))
-            .collect();
+        let padded: Vec<String> =
+            cells.iter().enumerate().map(|(i, c)| format!("{c:<width$}", width = widths[i])).collect();
         format!("{}\n", padded.join("  ").trim_end())
     };
     let mut out = line(header.iter().map(|h| (*h).to_owned()).collect());
@@ -111,10 +104,7 @@ pub fn list_table(workflows: &[WorkflowSummary], next_page_token: &str) -> Strin
             ]
         })
         .collect();
-    let mut out = table(
-        &["WORKFLOW ID", "TYPE", "STATUS", "STEP", "EVENTS", "STARTED"],
-        &rows,
-    );
+    let mut out = table(&["WORKFLOW ID", "TYPE", "STATUS", "STEP", "EVENTS", "STARTED"], &rows);
     if !next_page_token.is_empty() {
         out.push_str(&format!("more: --page-token {next_page_token}\n"));
     }
@@ -128,12 +118,7 @@ pub fn types_table(types: &[WorkflowType]) -> String {
             let steps = json_text(&t.definition)
                 .get("steps")
                 .and_then(Value::as_array)
-                .map(|s| {
-                    s.iter()
-                        .filter_map(|s| s.get("name").and_then(Value::as_str))
-                        .collect::<Vec<_>>()
-                        .join(" → ")
-                })
+                .map(|s| s.iter().filter_map(|s| s.get("name").and_then(Value::as_str)).collect::<Vec<_>>().join(" → "))
                 .unwrap_or_default();
             vec![t.name.clone(), t.version.to_string(), steps]
         })
@@ -150,10 +135,7 @@ pub fn describe_text(described: &DescribeWorkflowResponse) -> String {
         }
     };
     field("Workflow", summary.workflow_id.clone());
-    field(
-        "Type",
-        format!("{} v{}", summary.workflow_type, summary.definition_version),
-    );
+    field("Type", format!("{} v{}", summary.workflow_type, summary.definition_version));
     field("Status", status_label(&summary));
     field("Step", summary.current_step.clone());
     field("Request id", summary.request_id.clone());
@@ -162,11 +144,7 @@ pub fn describe_text(described: &DescribeWorkflowResponse) -> String {
     field("Closed", timestamp(summary.closed_ms));
     field("Events", summary.history_length.to_string());
     if !summary.labels.is_empty() {
-        let mut labels: Vec<String> = summary
-            .labels
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
+        let mut labels: Vec<String> = summary.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         labels.sort();
         field("Labels", labels.join(", "));
     }
@@ -179,11 +157,7 @@ pub fn describe_text(described: &DescribeWorkflowResponse) -> String {
             .pending_activities
             .iter()
             .map(|p| {
-                let what = if p.compensation {
-                    format!("undo {}", p.step)
-                } else {
-                    p.step.clone()
-                };
+                let what = if p.compensation { format!("undo {}", p.step) } else { p.step.clone() };
                 let when = if p.next_attempt_ms > 0 {
                     format!("retry at {}", timestamp(p.next_attempt_ms))
                 } else {
@@ -199,17 +173,7 @@ pub fn describe_text(described: &DescribeWorkflowResponse) -> String {
                 ]
             })
             .collect();
-        out.push_str(&table(
-            &[
-                "STEP",
-                "ACTIVITY",
-                "ATTEMPT",
-                "STATE",
-                "WORKER / NEXT",
-                "LAST FAILURE",
-            ],
-            &rows,
-        ));
+        out.push_str(&table(&["STEP", "ACTIVITY", "ATTEMPT", "STATE", "WORKER / NEXT", "LAST FAILURE"], &rows));
     }
     if !described.step_results.is_empty() {
         out.push_str("\nStep results:\n");
@@ -237,21 +201,16 @@ pub fn describe_json(described: &DescribeWorkflowResponse) -> Value {
             })
         })
         .collect();
-    value["step_results"] = described
-        .step_results
-        .iter()
-        .map(|(k, v)| (k.clone(), json_text(v)))
-        .collect::<serde_json::Map<_, _>>()
-        .into();
+    value["step_results"] =
+        described.step_results.iter().map(|(k, v)| (k.clone(), json_text(v))).collect::<serde_json::Map<_, _>>().into();
     value
 }
 
 pub fn event_json(event: &HistoryEvent) -> Value {
     let (kind, attributes) = match &event.attributes {
         Some(a) => {
-            let inner = serde_json::to_value(a)
-                .ok()
-                .and_then(|v| v.as_object().and_then(|o| o.values().next().cloned()));
+            let inner =
+                serde_json::to_value(a).ok().and_then(|v| v.as_object().and_then(|o| o.values().next().cloned()));
             (a.event_name(), inner.unwrap_or(Value::Null))
         }
         None => ("Unknown", Value::Null),
@@ -262,30 +221,15 @@ pub fn event_json(event: &HistoryEvent) -> Value {
 /// One line of the timeline: `#seq  time  EventType  details`.
 pub fn event_line(event: &HistoryEvent) -> String {
     let Some(attributes) = &event.attributes else {
-        return format!(
-            "#{:<4} {}  (unknown event)",
-            event.seq,
-            time_of_day(event.time_ms)
-        );
+        return format!("#{:<4} {}  (unknown event)", event.seq, time_of_day(event.time_ms));
     };
     let detail = match attributes {
-        Attributes::WorkflowStarted(s) => format!(
-            "{} v{} request={} input={}",
-            s.workflow_type,
-            s.definition_version,
-            s.request_id,
-            short(&s.input)
-        ),
+        Attributes::WorkflowStarted(s) => {
+            format!("{} v{} request={} input={}", s.workflow_type, s.definition_version, s.request_id, short(&s.input))
+        }
         Attributes::ActivityScheduled(s) => {
-            let what = if s.compensation {
-                format!("undo {}", s.step)
-            } else {
-                s.step.clone()
-            };
-            format!(
-                "{what} → {} attempt {} key={}",
-                s.activity_type, s.attempt, s.idempotency_key
-            )
+            let what = if s.compensation { format!("undo {}", s.step) } else { s.step.clone() };
+            format!("{what} → {} attempt {} key={}", s.activity_type, s.attempt, s.idempotency_key)
         }
         Attributes::ActivityStarted(s) => format!("{} by {}", s.task_id, s.worker_id),
         Attributes::ActivityCompleted(c) => format!("{} result={}", c.task_id, short(&c.result)),
@@ -322,18 +266,9 @@ pub fn event_line(event: &HistoryEvent) -> String {
         Attributes::StepEscalated(e) => {
             format!("{} after attempt {} of {}", e.alert, e.attempt, e.step)
         }
-        Attributes::CompletionIgnored(c) => format!(
-            "{} {} ({}) from {}",
-            c.task_id, c.reason, c.outcome, c.worker_id
-        ),
+        Attributes::CompletionIgnored(c) => format!("{} {} ({}) from {}", c.task_id, c.reason, c.outcome, c.worker_id),
     };
-    format!(
-        "#{:<4} {}  {:<20} {}",
-        event.seq,
-        time_of_day(event.time_ms),
-        attributes.event_name(),
-        detail.trim()
-    )
+    format!("#{:<4} {}  {:<20} {}", event.seq, time_of_day(event.time_ms), attributes.event_name(), detail.trim())
 }
 
 fn short(json: &str) -> String {

@@ -53,20 +53,17 @@ pub struct ServerArgs {
 pub fn registry_with(files: &[PathBuf]) -> anyhow::Result<Registry> {
     let mut registry = default_registry();
     for file in files {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read {}", file.display()))?;
-        let value: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not JSON", file.display()))?;
+        let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
         let items = match value {
             serde_json::Value::Array(items) => items,
             single => vec![single],
         };
         for item in items {
-            let definition = SagaDefinition::from_json(&item.to_string())
-                .with_context(|| format!("in {}", file.display()))?;
-            registry
-                .register(definition)
-                .with_context(|| format!("in {}", file.display()))?;
+            let definition =
+                SagaDefinition::from_json(&item.to_string()).with_context(|| format!("in {}", file.display()))?;
+            registry.register(definition).with_context(|| format!("in {}", file.display()))?;
         }
     }
     Ok(registry)
@@ -75,8 +72,7 @@ pub fn registry_with(files: &[PathBuf]) -> anyhow::Result<Registry> {
 pub async fn run(args: ServerArgs, log_format: LogFormat) -> anyhow::Result<()> {
     super::init_logs(log_format);
     let registry = registry_with(&args.definitions)?;
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let options = Options {
         storage: Storage::Sled(args.data_dir.clone()),
         listen: args.listen,
@@ -97,35 +93,13 @@ pub async fn run(args: ServerArgs, log_format: LogFormat) -> anyhow::Result<()> 
     println!(
         "sagaflow listening on {} (gRPC) and {} (metrics); data in {}",
         server.url(),
-        server
-            .http_addr()
-            .map_or_else(|| "-".into(), sagaflow_orchestrator::http::describe),
+        server.http_addr().map_or_else(|| "-".into(), sagaflow_orchestrator::http::describe),
         args.data_dir.display()
     );
-    shutdown_signal().await;
+    super::shutdown_signal().await;
     tracing::info!("shutting down");
     server.stop().await;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 #[derive(Debug, Subcommand)]
@@ -142,16 +116,12 @@ pub enum AdminCommand {
 
 pub async fn admin(command: AdminCommand, output: Output) -> anyhow::Result<()> {
     match command {
-        AdminCommand::RebuildIndex {
-            data_dir,
-            definitions,
-        } => {
+        AdminCommand::RebuildIndex { data_dir, definitions } => {
             let registry = registry_with(&definitions)?;
             let dir = data_dir.join("orchestrator");
             anyhow::ensure!(dir.exists(), "no sagaflow data in {}", data_dir.display());
-            let store: Arc<dyn Store> = Arc::new(
-                SledStore::open(&dir).with_context(|| format!("cannot open {}", dir.display()))?,
-            );
+            let store: Arc<dyn Store> =
+                Arc::new(SledStore::open(&dir).with_context(|| format!("cannot open {}", dir.display()))?);
             let report = sagaflow_orchestrator::runtime::rebuild_derived(&store, &registry).await?;
             match output {
                 Output::Json => println!(
@@ -164,10 +134,7 @@ pub async fn admin(command: AdminCommand, output: Output) -> anyhow::Result<()> 
                         report.workflows, report.open, report.tasks, report.timers
                     );
                     if !report.skipped.is_empty() {
-                        println!(
-                            "skipped (definition not registered): {}",
-                            report.skipped.join(", ")
-                        );
+                        println!("skipped (definition not registered): {}", report.skipped.join(", "));
                     }
                 }
             }

@@ -7,9 +7,9 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use sagaflow_proto::v1::workflow_service_client::WorkflowServiceClient;
 use sagaflow_proto::v1::{
-    AwaitWorkflowRequest, CancelWorkflowRequest, DescribeWorkflowRequest,
-    GetWorkflowHistoryRequest, ListWorkflowTypesRequest, ListWorkflowsRequest,
-    SignalWorkflowRequest, StartWorkflowRequest, TerminateWorkflowRequest, WorkflowStatus,
+    AwaitWorkflowRequest, CancelWorkflowRequest, DescribeWorkflowRequest, GetWorkflowHistoryRequest,
+    ListWorkflowTypesRequest, ListWorkflowsRequest, SignalWorkflowRequest, StartWorkflowRequest,
+    TerminateWorkflowRequest, WorkflowStatus,
 };
 use tonic::transport::Channel;
 
@@ -96,9 +96,7 @@ pub enum WorkflowCommand {
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
-    text.split_once('=')
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
+    text.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
 }
 
 fn parse_status(text: &str) -> Result<WorkflowStatus, String> {
@@ -112,10 +110,7 @@ pub async fn connect(server: &str) -> anyhow::Result<WorkflowServiceClient<Chann
     let endpoint = Channel::from_shared(server.to_owned())
         .with_context(|| format!("{server:?} is not a server URL (expected http://HOST:PORT)"))?
         .connect_timeout(Duration::from_secs(5));
-    let channel = endpoint
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the server at {server}"))?;
+    let channel = endpoint.connect().await.with_context(|| format!("cannot reach the server at {server}"))?;
     Ok(WorkflowServiceClient::new(channel))
 }
 
@@ -127,15 +122,8 @@ pub fn status_error(status: tonic::Status) -> anyhow::Error {
 pub async fn run(command: WorkflowCommand, server: &str, output: Output) -> anyhow::Result<()> {
     let mut client = connect(server).await?;
     match command {
-        WorkflowCommand::Start {
-            workflow_type,
-            request_id,
-            input,
-            workflow_id,
-            labels,
-        } => {
-            serde_json::from_str::<serde_json::Value>(&input)
-                .context("--input is not valid JSON")?;
+        WorkflowCommand::Start { workflow_type, request_id, input, workflow_id, labels } => {
+            serde_json::from_str::<serde_json::Value>(&input).context("--input is not valid JSON")?;
             let request = StartWorkflowRequest {
                 workflow_type,
                 request_id,
@@ -143,31 +131,19 @@ pub async fn run(command: WorkflowCommand, server: &str, output: Output) -> anyh
                 workflow_id: workflow_id.unwrap_or_default(),
                 labels: labels.into_iter().collect::<HashMap<_, _>>(),
             };
-            let response = client
-                .start_workflow(request)
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let response = client.start_workflow(request).await.map_err(status_error)?.into_inner();
             match output {
                 Output::Json => println!(
                     "{}",
                     serde_json::json!({"workflow_id": response.workflow_id, "already_started": response.already_started})
                 ),
-                Output::Text if response.already_started => println!(
-                    "{} (already started by this request id)",
-                    response.workflow_id
-                ),
+                Output::Text if response.already_started => {
+                    println!("{} (already started by this request id)", response.workflow_id)
+                }
                 Output::Text => println!("{}", response.workflow_id),
             }
         }
-        WorkflowCommand::List {
-            statuses,
-            workflow_type,
-            labels,
-            stuck,
-            limit,
-            page_token,
-        } => {
+        WorkflowCommand::List { statuses, workflow_type, labels, stuck, limit, page_token } => {
             let request = ListWorkflowsRequest {
                 statuses: statuses.into_iter().map(|s| s as i32).collect(),
                 workflow_type: workflow_type.unwrap_or_default(),
@@ -176,11 +152,7 @@ pub async fn run(command: WorkflowCommand, server: &str, output: Output) -> anyh
                 page_size: limit,
                 page_token: page_token.unwrap_or_default(),
             };
-            let page = client
-                .list_workflows(request)
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let page = client.list_workflows(request).await.map_err(status_error)?.into_inner();
             match output {
                 Output::Json => println!(
                     "{}",
@@ -189,10 +161,7 @@ pub async fn run(command: WorkflowCommand, server: &str, output: Output) -> anyh
                         "next_page_token": page.next_page_token,
                     })
                 ),
-                Output::Text => print!(
-                    "{}",
-                    render::list_table(&page.workflows, &page.next_page_token)
-                ),
+                Output::Text => print!("{}", render::list_table(&page.workflows, &page.next_page_token)),
             }
         }
         WorkflowCommand::Describe { workflow_id } => {
@@ -206,20 +175,11 @@ pub async fn run(command: WorkflowCommand, server: &str, output: Output) -> anyh
                 Output::Text => print!("{}", render::describe_text(&described)),
             }
         }
-        WorkflowCommand::History {
-            workflow_id,
-            follow,
-        } => history(&mut client, workflow_id, follow, output).await?,
-        WorkflowCommand::Await {
-            workflow_id,
-            timeout,
-        } => {
+        WorkflowCommand::History { workflow_id, follow } => history(&mut client, workflow_id, follow, output).await?,
+        WorkflowCommand::Await { workflow_id, timeout } => {
             let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
             let response = client
-                .await_workflow(AwaitWorkflowRequest {
-                    workflow_id,
-                    timeout_ms,
-                })
+                .await_workflow(AwaitWorkflowRequest { workflow_id, timeout_ms })
                 .await
                 .map_err(status_error)?
                 .into_inner();
@@ -245,10 +205,7 @@ pub async fn run(command: WorkflowCommand, server: &str, output: Output) -> anyh
                 );
             }
         }
-        WorkflowCommand::Cancel {
-            workflow_id,
-            reason,
-        } => {
+        WorkflowCommand::Cancel { workflow_id, reason } => {
             client
                 .cancel_workflow(CancelWorkflowRequest {
                     workflow_id: workflow_id.clone(),
@@ -257,14 +214,9 @@ pub async fn run(command: WorkflowCommand, server: &str, output: Output) -> anyh
                 })
                 .await
                 .map_err(status_error)?;
-            println!(
-                "cancel requested for {workflow_id}: its completed steps are being compensated"
-            );
+            println!("cancel requested for {workflow_id}: its completed steps are being compensated");
         }
-        WorkflowCommand::Terminate {
-            workflow_id,
-            reason,
-        } => {
+        WorkflowCommand::Terminate { workflow_id, reason } => {
             client
                 .terminate_workflow(TerminateWorkflowRequest {
                     workflow_id: workflow_id.clone(),
@@ -275,15 +227,10 @@ pub async fn run(command: WorkflowCommand, server: &str, output: Output) -> anyh
                 .map_err(status_error)?;
             println!("terminated {workflow_id} (nothing was compensated)");
         }
-        WorkflowCommand::Signal {
-            workflow_id,
-            name,
-            input,
-        } => {
+        WorkflowCommand::Signal { workflow_id, name, input } => {
             let input = input.unwrap_or_default();
             if !input.is_empty() {
-                serde_json::from_str::<serde_json::Value>(&input)
-                    .context("--input is not valid JSON")?;
+                serde_json::from_str::<serde_json::Value>(&input).context("--input is not valid JSON")?;
             }
             let response = client
                 .signal_workflow(SignalWorkflowRequest {
@@ -295,18 +242,11 @@ pub async fn run(command: WorkflowCommand, server: &str, output: Output) -> anyh
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            println!(
-                "signal {name} recorded as event #{} of {workflow_id}",
-                response.seq
-            );
+            println!("signal {name} recorded as event #{} of {workflow_id}", response.seq);
         }
         WorkflowCommand::Types => {
-            let types = client
-                .list_workflow_types(ListWorkflowTypesRequest {})
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .types;
+            let types =
+                client.list_workflow_types(ListWorkflowTypesRequest {}).await.map_err(status_error)?.into_inner().types;
             match output {
                 Output::Json => {
                     let items: Vec<serde_json::Value> = types
@@ -323,9 +263,7 @@ pub async fn run(command: WorkflowCommand, server: &str, output: Output) -> anyh
 }
 
 fn identity() -> String {
-    std::env::var("USER")
-        .map(|u| format!("cli:{u}"))
-        .unwrap_or_else(|_| "cli".into())
+    std::env::var("USER").map(|u| format!("cli:{u}")).unwrap_or_else(|_| "cli".into())
 }
 
 async fn history(

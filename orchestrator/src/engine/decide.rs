@@ -2,19 +2,14 @@
 //! Pure: no clock (the caller passes `now`), no I/O, no randomness.
 
 use sagaflow_proto::v1::{
-    ActivityCompleted, ActivityFailed, ActivityScheduled, ActivityStarted, ActivityTimedOut,
-    CancelRequested, CompensationStarted, CompletionIgnored, HistoryEvent, SignalReceived,
-    StepEscalated, StuckCleared, StuckDetected, TimerFired, TimerStarted, WorkflowCancelled,
-    WorkflowCompensated, WorkflowCompleted, WorkflowFailed, WorkflowTerminated,
-    history_event::Attributes,
+    ActivityCompleted, ActivityFailed, ActivityScheduled, ActivityStarted, ActivityTimedOut, CancelRequested,
+    CompensationStarted, CompletionIgnored, HistoryEvent, SignalReceived, StepEscalated, StuckCleared, StuckDetected,
+    TimerFired, TimerStarted, WorkflowCancelled, WorkflowCompensated, WorkflowCompleted, WorkflowFailed,
+    WorkflowTerminated, history_event::Attributes,
 };
-use sagaflow_workflows::{
-    Action, InputSpec, RetryPolicy, SagaDefinition, Step, StepKind, Timeouts,
-};
+use sagaflow_workflows::{Action, InputSpec, RetryPolicy, SagaDefinition, Step, StepKind, Timeouts};
 
-use super::state::{
-    StepStatus, Track, WorkflowState, parse_task_id, signal_timer_id, sleep_timer_id, task_id,
-};
+use super::state::{StepStatus, Track, WorkflowState, parse_task_id, signal_timer_id, sleep_timer_id, task_id};
 
 /// What woke the workflow.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,11 +51,7 @@ pub enum Input {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     Completed(String),
-    Failed {
-        error_type: String,
-        message: String,
-        retryable: bool,
-    },
+    Failed { error_type: String, message: String, retryable: bool },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,9 +97,7 @@ impl StuckReason {
 pub enum Rejection {
     #[error("workflow is already {0}")]
     Terminal(&'static str),
-    #[error(
-        "the workflow passed its pivot step ({0}); it can no longer be cancelled, only moved forward"
-    )]
+    #[error("the workflow passed its pivot step ({0}); it can no longer be cancelled, only moved forward")]
     PastPivot(String),
 }
 
@@ -146,11 +135,7 @@ fn push(
     attributes: Attributes,
     now: i64,
 ) {
-    let event = HistoryEvent {
-        seq: state.last_seq + 1,
-        time_ms: now,
-        attributes: Some(attributes),
-    };
+    let event = HistoryEvent { seq: state.last_seq + 1, time_ms: now, attributes: Some(attributes) };
     state.apply(&event, definition);
     events.push(event);
 }
@@ -167,14 +152,9 @@ pub fn handle(
     now: i64,
 ) -> Result<Vec<Attributes>, Rejection> {
     match input {
-        Input::ActivityOutcome {
-            task_id,
-            worker_id,
-            started_ms,
-            outcome,
-        } => Ok(handle_outcome(
-            state, definition, task_id, worker_id, started_ms, outcome, now,
-        )),
+        Input::ActivityOutcome { task_id, worker_id, started_ms, outcome } => {
+            Ok(handle_outcome(state, definition, task_id, worker_id, started_ms, outcome, now))
+        }
         Input::TimedOut { task_id, timeout } => {
             let Some(task) = state.tasks.get(&task_id) else {
                 return Ok(Vec::new());
@@ -182,95 +162,56 @@ pub fn handle(
             let retry = if timeout == TimeoutKind::ScheduleToClose {
                 0
             } else {
-                next_attempt_ms(
-                    state,
-                    definition,
-                    task.step_index,
-                    task.compensation,
-                    task.attempt,
-                    true,
-                    "",
-                    now,
-                )
+                next_attempt_ms(state, definition, task.step_index, task.compensation, task.attempt, true, "", now)
             };
             let mut events = vec![Attributes::ActivityTimedOut(ActivityTimedOut {
                 task_id: task_id.clone(),
                 timeout_type: timeout.as_str().into(),
                 next_attempt_ms: retry,
             })];
-            events.extend(escalation(
-                state,
-                definition,
-                task.step_index,
-                task.compensation,
-                task.attempt,
-            ));
+            events.extend(escalation(state, definition, task.step_index, task.compensation, task.attempt));
             Ok(events)
         }
         Input::TimerFired { timer_id } => {
-            let known = state.timers.contains_key(&timer_id)
-                || state.retry_timers().any(|(id, _)| id == timer_id);
+            let known = state.timers.contains_key(&timer_id) || state.retry_timers().any(|(id, _)| id == timer_id);
             Ok(if known && !state.is_terminal() {
                 vec![Attributes::TimerFired(TimerFired { timer_id })]
             } else {
                 Vec::new()
             })
         }
-        Input::Signal {
-            name,
-            input,
-            identity,
-        } => {
+        Input::Signal { name, input, identity } => {
             if state.is_terminal() {
                 return Err(Rejection::Terminal(status_name(state)));
             }
-            Ok(vec![Attributes::SignalReceived(SignalReceived {
-                name,
-                input,
-                identity,
-            })])
+            Ok(vec![Attributes::SignalReceived(SignalReceived { name, input, identity })])
         }
         Input::Cancel { reason, identity } => {
             if state.is_terminal() {
                 return Err(Rejection::Terminal(status_name(state)));
             }
             if state.pivot_passed {
-                let pivot = definition
-                    .pivot_index()
-                    .and_then(|i| definition.steps.get(i))
-                    .map(|s| s.name.clone());
+                let pivot = definition.pivot_index().and_then(|i| definition.steps.get(i)).map(|s| s.name.clone());
                 return Err(Rejection::PastPivot(pivot.unwrap_or_default()));
             }
             // Cancelling twice, or while already compensating, changes nothing.
             if state.cancel_requested.is_some() || state.compensation_plan.is_some() {
                 return Ok(Vec::new());
             }
-            Ok(vec![Attributes::CancelRequested(CancelRequested {
-                reason,
-                identity,
-            })])
+            Ok(vec![Attributes::CancelRequested(CancelRequested { reason, identity })])
         }
         Input::Terminate { reason, identity } => {
             if state.is_terminal() {
                 return Err(Rejection::Terminal(status_name(state)));
             }
-            Ok(vec![Attributes::WorkflowTerminated(WorkflowTerminated {
-                reason,
-                identity,
-            })])
+            Ok(vec![Attributes::WorkflowTerminated(WorkflowTerminated { reason, identity })])
         }
         Input::Stuck { reason, message } => {
-            let already = state
-                .stuck
-                .as_ref()
-                .is_some_and(|(r, _, _)| r == reason.as_str());
+            let already = state.stuck.as_ref().is_some_and(|(r, _, _)| r == reason.as_str());
             Ok(if state.is_terminal() || already {
                 Vec::new()
             } else {
-                vec![Attributes::StuckDetected(StuckDetected {
-                    reason: reason.as_str().into(),
-                    message,
-                })]
+                vec![Attributes::StuckDetected(StuckDetected { reason: reason.as_str().into(), message })]
             })
         }
         Input::Wake => Ok(Vec::new()),
@@ -294,15 +235,9 @@ fn handle_outcome(
         // Late (the attempt timed out or the workflow moved on) or a duplicate.
         let duplicate = parse_task_id(&task_id).is_some_and(|(index, compensation, attempt)| {
             let done = state.steps.get(index).is_some_and(|s| {
-                if compensation {
-                    s.status == StepStatus::Compensated
-                } else {
-                    s.status == StepStatus::Completed
-                }
+                if compensation { s.status == StepStatus::Compensated } else { s.status == StepStatus::Completed }
             });
-            done && state
-                .track(index, compensation)
-                .is_some_and(|t| t.attempt == attempt)
+            done && state.track(index, compensation).is_some_and(|t| t.attempt == attempt)
         });
         return vec![Attributes::CompletionIgnored(CompletionIgnored {
             task_id,
@@ -311,23 +246,11 @@ fn handle_outcome(
             worker_id,
         })];
     };
-    let mut events = vec![Attributes::ActivityStarted(ActivityStarted {
-        task_id: task_id.clone(),
-        worker_id,
-        started_ms,
-    })];
+    let mut events =
+        vec![Attributes::ActivityStarted(ActivityStarted { task_id: task_id.clone(), worker_id, started_ms })];
     match outcome {
-        Outcome::Completed(result) => {
-            events.push(Attributes::ActivityCompleted(ActivityCompleted {
-                task_id,
-                result,
-            }))
-        }
-        Outcome::Failed {
-            error_type,
-            message,
-            retryable,
-        } => {
+        Outcome::Completed(result) => events.push(Attributes::ActivityCompleted(ActivityCompleted { task_id, result })),
+        Outcome::Failed { error_type, message, retryable } => {
             let next = next_attempt_ms(
                 state,
                 definition,
@@ -345,13 +268,7 @@ fn handle_outcome(
                 retryable: next > 0,
                 next_attempt_ms: next,
             }));
-            events.extend(escalation(
-                state,
-                definition,
-                task.step_index,
-                task.compensation,
-                task.attempt,
-            ));
+            events.extend(escalation(state, definition, task.step_index, task.compensation, task.attempt));
         }
     }
     events
@@ -376,10 +293,7 @@ fn next_attempt_ms(
     error_type: &str,
     now: i64,
 ) -> i64 {
-    let (Some(step), Some(track)) = (
-        definition.steps.get(step_index),
-        state.track(step_index, compensation),
-    ) else {
+    let (Some(step), Some(track)) = (definition.steps.get(step_index), state.track(step_index, compensation)) else {
         return 0;
     };
     let (policy, timeouts) = policies(step, compensation);
@@ -410,11 +324,7 @@ fn escalation(
     let escalation = step.escalation.as_ref()?;
     let already = state.steps.get(step_index).is_some_and(|s| s.escalated);
     (!compensation && !already && attempt >= escalation.after_attempts).then(|| {
-        Attributes::StepEscalated(StepEscalated {
-            step: step.name.clone(),
-            attempt,
-            alert: escalation.alert.clone(),
-        })
+        Attributes::StepEscalated(StepEscalated { step: step.name.clone(), attempt, alert: escalation.alert.clone() })
     })
 }
 
@@ -426,9 +336,7 @@ pub fn decide(state: &WorkflowState, definition: &SagaDefinition, now: i64) -> V
     if let Some((reason, _, seq)) = &state.stuck
         && state.last_progress_seq > *seq
     {
-        return vec![Attributes::StuckCleared(StuckCleared {
-            reason: reason.clone(),
-        })];
+        return vec![Attributes::StuckCleared(StuckCleared { reason: reason.clone() })];
     }
     if let Some(plan) = &state.compensation_plan {
         return decide_compensation(state, definition, plan);
@@ -444,9 +352,7 @@ pub fn decide(state: &WorkflowState, definition: &SagaDefinition, now: i64) -> V
         return start_compensation(state, definition, format!("cancelled: {reason}"), None);
     }
     let Some(index) = state.cursor() else {
-        return vec![Attributes::WorkflowCompleted(WorkflowCompleted {
-            result: state.context.steps().to_string(),
-        })];
+        return vec![Attributes::WorkflowCompleted(WorkflowCompleted { result: state.context.steps().to_string() })];
     };
     let step = &definition.steps[index];
     let progress = &state.steps[index];
@@ -461,20 +367,14 @@ pub fn decide(state: &WorkflowState, definition: &SagaDefinition, now: i64) -> V
                     super::state::RETRY_SIGNAL
                 ),
             ),
-            StepKind::Compensable | StepKind::Pivot => start_compensation(
-                state,
-                definition,
-                format!("step {} failed: {failure}", step.name),
-                Some(index),
-            ),
+            StepKind::Compensable | StepKind::Pivot => {
+                start_compensation(state, definition, format!("step {} failed: {failure}", step.name), Some(index))
+            }
         };
     }
     match &step.action {
         Action::Activity { activity_type } => {
-            let busy = state
-                .tasks
-                .values()
-                .any(|t| t.step_index == index && !t.compensation);
+            let busy = state.tasks.values().any(|t| t.step_index == index && !t.compensation);
             if busy || progress.forward.retry_at.is_some() {
                 return Vec::new();
             }
@@ -486,11 +386,7 @@ pub fn decide(state: &WorkflowState, definition: &SagaDefinition, now: i64) -> V
                 return Vec::new();
             }
             let fire_at_ms = now.saturating_add(i64::try_from(*duration_ms).unwrap_or(i64::MAX));
-            vec![Attributes::TimerStarted(TimerStarted {
-                timer_id: id,
-                fire_at_ms,
-                purpose: "sleep".into(),
-            })]
+            vec![Attributes::TimerStarted(TimerStarted { timer_id: id, fire_at_ms, purpose: "sleep".into() })]
         }
         Action::AwaitSignal { timeout_ms, .. } => {
             let id = signal_timer_id(index);
@@ -498,49 +394,23 @@ pub fn decide(state: &WorkflowState, definition: &SagaDefinition, now: i64) -> V
                 return Vec::new();
             }
             let fire_at_ms = now.saturating_add(i64::try_from(*timeout_ms).unwrap_or(i64::MAX));
-            vec![Attributes::TimerStarted(TimerStarted {
-                timer_id: id,
-                fire_at_ms,
-                purpose: "signal-timeout".into(),
-            })]
+            vec![Attributes::TimerStarted(TimerStarted { timer_id: id, fire_at_ms, purpose: "signal-timeout".into() })]
         }
     }
 }
 
-fn stuck_once(
-    state: &WorkflowState,
-    reason: super::StuckReason,
-    message: String,
-) -> Vec<Attributes> {
-    if state
-        .stuck
-        .as_ref()
-        .is_some_and(|(r, _, _)| r == reason.as_str())
-    {
+fn stuck_once(state: &WorkflowState, reason: super::StuckReason, message: String) -> Vec<Attributes> {
+    if state.stuck.as_ref().is_some_and(|(r, _, _)| r == reason.as_str()) {
         return Vec::new();
     }
-    vec![Attributes::StuckDetected(StuckDetected {
-        reason: reason.as_str().into(),
-        message,
-    })]
+    vec![Attributes::StuckDetected(StuckDetected { reason: reason.as_str().into(), message })]
 }
 
-fn decide_compensation(
-    state: &WorkflowState,
-    definition: &SagaDefinition,
-    plan: &[usize],
-) -> Vec<Attributes> {
-    let Some(&index) = plan
-        .iter()
-        .find(|&&i| state.steps[i].status != StepStatus::Compensated)
-    else {
+fn decide_compensation(state: &WorkflowState, definition: &SagaDefinition, plan: &[usize]) -> Vec<Attributes> {
+    let Some(&index) = plan.iter().find(|&&i| state.steps[i].status != StepStatus::Compensated) else {
         return vec![match &state.cancel_requested {
-            Some(reason) => Attributes::WorkflowCancelled(WorkflowCancelled {
-                reason: reason.clone(),
-            }),
-            None => Attributes::WorkflowCompensated(WorkflowCompensated {
-                reason: state.compensation_reason.clone(),
-            }),
+            Some(reason) => Attributes::WorkflowCancelled(WorkflowCancelled { reason: reason.clone() }),
+            None => Attributes::WorkflowCompensated(WorkflowCompensated { reason: state.compensation_reason.clone() }),
         }];
     };
     let step = &definition.steps[index];
@@ -560,21 +430,11 @@ fn decide_compensation(
             ),
         );
     }
-    let busy = state
-        .tasks
-        .values()
-        .any(|t| t.step_index == index && t.compensation);
+    let busy = state.tasks.values().any(|t| t.step_index == index && t.compensation);
     if busy || track.retry_at.is_some() {
         return Vec::new();
     }
-    schedule(
-        state,
-        definition,
-        index,
-        true,
-        &compensation.activity_type,
-        &compensation.input,
-    )
+    schedule(state, definition, index, true, &compensation.activity_type, &compensation.input)
 }
 
 /// Compensates every compensable step that ever started (including the one
@@ -595,22 +455,14 @@ fn start_compensation(
         .collect();
     if steps.is_empty() {
         return vec![match &state.cancel_requested {
-            Some(cancel) => Attributes::WorkflowCancelled(WorkflowCancelled {
-                reason: cancel.clone(),
-            }),
+            Some(cancel) => Attributes::WorkflowCancelled(WorkflowCancelled { reason: cancel.clone() }),
             None => Attributes::WorkflowFailed(WorkflowFailed {
                 reason,
-                step: failed
-                    .and_then(|i| definition.steps.get(i))
-                    .map(|s| s.name.clone())
-                    .unwrap_or_default(),
+                step: failed.and_then(|i| definition.steps.get(i)).map(|s| s.name.clone()).unwrap_or_default(),
             }),
         }];
     }
-    vec![Attributes::CompensationStarted(CompensationStarted {
-        reason,
-        steps,
-    })]
+    vec![Attributes::CompensationStarted(CompensationStarted { reason, steps })]
 }
 
 fn schedule(
@@ -624,10 +476,7 @@ fn schedule(
     let step = &definition.steps[index];
     let forward_key = match &state.steps[index].idempotency_key {
         Some(key) => key.clone(),
-        None => match state
-            .context
-            .key_for(&step.idempotency_key, &state.workflow_id, &step.name)
-        {
+        None => match state.context.key_for(&step.idempotency_key, &state.workflow_id, &step.name) {
             Ok(key) => key,
             Err(reason) => {
                 return vec![Attributes::WorkflowFailed(WorkflowFailed {
@@ -637,11 +486,7 @@ fn schedule(
             }
         },
     };
-    let idempotency_key = if compensation {
-        format!("{forward_key}/compensate")
-    } else {
-        forward_key
-    };
+    let idempotency_key = if compensation { format!("{forward_key}/compensate") } else { forward_key };
     let attempt = state.track(index, compensation).map_or(0, |t| t.attempt) + 1;
     vec![Attributes::ActivityScheduled(ActivityScheduled {
         task_id: task_id(index, compensation, attempt),

@@ -9,8 +9,7 @@ mod tests;
 
 pub use decide::{Input, Outcome, Rejection, StuckReason, TimeoutKind, decide, handle, run};
 pub use state::{
-    PendingTask, RETRY_SIGNAL, SIGNAL_TIMEOUT, StepState, StepStatus, Track, WorkflowState,
-    parse_task_id, task_id,
+    PendingTask, RETRY_SIGNAL, SIGNAL_TIMEOUT, StepState, StepStatus, Track, WorkflowState, parse_task_id, task_id,
 };
 
 use sagaflow_proto::v1::{HistoryEvent, WorkflowStarted, history_event::Attributes};
@@ -24,11 +23,7 @@ pub fn start(
     now: i64,
 ) -> (WorkflowState, Vec<HistoryEvent>) {
     let mut state = WorkflowState::empty(workflow_id);
-    let first = HistoryEvent {
-        seq: 1,
-        time_ms: now,
-        attributes: Some(Attributes::WorkflowStarted(started)),
-    };
+    let first = HistoryEvent { seq: 1, time_ms: now, attributes: Some(Attributes::WorkflowStarted(started)) };
     state.apply(&first, definition);
     let mut events = vec![first];
     // `Wake` is never rejected.
@@ -39,11 +34,7 @@ pub fn start(
 }
 
 /// Rebuilds a state from a stored history.
-pub fn replay(
-    workflow_id: &str,
-    history: &[HistoryEvent],
-    definition: &SagaDefinition,
-) -> WorkflowState {
+pub fn replay(workflow_id: &str, history: &[HistoryEvent], definition: &SagaDefinition) -> WorkflowState {
     let mut state = WorkflowState::empty(workflow_id);
     for event in history {
         state.apply(event, definition);

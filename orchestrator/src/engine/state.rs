@@ -87,10 +87,7 @@ pub struct WorkflowState {
 }
 
 pub fn task_id(step_index: usize, compensation: bool, attempt: u32) -> String {
-    format!(
-        "{step_index}.{}.{attempt}",
-        if compensation { 'c' } else { 'f' }
-    )
+    format!("{step_index}.{}.{attempt}", if compensation { 'c' } else { 'f' })
 }
 
 /// `(step_index, compensation, attempt)` from a task id.
@@ -103,10 +100,7 @@ pub fn parse_task_id(task_id: &str) -> Option<(usize, bool, u32)> {
         _ => return None,
     };
     let attempt = parts.next()?.parse().ok()?;
-    parts
-        .next()
-        .is_none()
-        .then_some((step, compensation, attempt))
+    parts.next().is_none().then_some((step, compensation, attempt))
 }
 
 pub fn retry_timer_id(step_index: usize, compensation: bool, attempt: u32) -> String {
@@ -165,25 +159,15 @@ impl WorkflowState {
 
     /// The first forward step not yet completed.
     pub fn cursor(&self) -> Option<usize> {
-        self.steps
-            .iter()
-            .position(|s| s.status != StepStatus::Completed && s.status != StepStatus::Compensated)
+        self.steps.iter().position(|s| s.status != StepStatus::Completed && s.status != StepStatus::Compensated)
     }
 
     pub fn track(&self, step_index: usize, compensation: bool) -> Option<&Track> {
-        self.steps
-            .get(step_index)
-            .map(|s| if compensation { &s.undo } else { &s.forward })
+        self.steps.get(step_index).map(|s| if compensation { &s.undo } else { &s.forward })
     }
 
     fn track_mut(&mut self, step_index: usize, compensation: bool) -> Option<&mut Track> {
-        self.steps.get_mut(step_index).map(|s| {
-            if compensation {
-                &mut s.undo
-            } else {
-                &mut s.forward
-            }
-        })
+        self.steps.get_mut(step_index).map(|s| if compensation { &mut s.undo } else { &mut s.forward })
     }
 
     fn progress(&mut self, seq: u64, time_ms: i64) {
@@ -217,8 +201,7 @@ impl WorkflowState {
             Attributes::ActivityScheduled(s) => {
                 let index = s.step_index as usize;
                 if let Some(step) = self.steps.get_mut(index) {
-                    step.idempotency_key
-                        .get_or_insert_with(|| s.idempotency_key.clone());
+                    step.idempotency_key.get_or_insert_with(|| s.idempotency_key.clone());
                     if !s.compensation {
                         step.status = StepStatus::Running;
                     }
@@ -250,11 +233,7 @@ impl WorkflowState {
             Attributes::ActivityStarted(_) | Attributes::CompletionIgnored(_) => {}
             Attributes::ActivityCompleted(c) => {
                 if let Some(task) = self.tasks.remove(&c.task_id) {
-                    let name = definition
-                        .steps
-                        .get(task.step_index)
-                        .map(|s| s.name.clone())
-                        .unwrap_or_default();
+                    let name = definition.steps.get(task.step_index).map(|s| s.name.clone()).unwrap_or_default();
                     if let Some(step) = self.steps.get_mut(task.step_index) {
                         if task.compensation {
                             step.status = StepStatus::Compensated;
@@ -276,11 +255,7 @@ impl WorkflowState {
                 self.resolve_failure(&f.task_id, f.next_attempt_ms, failure);
             }
             Attributes::ActivityTimedOut(t) => {
-                self.resolve_failure(
-                    &t.task_id,
-                    t.next_attempt_ms,
-                    format!("timed out ({})", t.timeout_type),
-                );
+                self.resolve_failure(&t.task_id, t.next_attempt_ms, format!("timed out ({})", t.timeout_type));
             }
             Attributes::TimerStarted(t) => {
                 self.timers.insert(t.timer_id.clone(), t.fire_at_ms);
@@ -293,30 +268,19 @@ impl WorkflowState {
                     {
                         track.retry_at = None;
                     }
-                } else if let Some(index) = t
-                    .timer_id
-                    .strip_prefix("sleep/")
-                    .and_then(|i| i.parse::<usize>().ok())
-                {
-                    let name = definition
-                        .steps
-                        .get(index)
-                        .map(|s| s.name.clone())
-                        .unwrap_or_default();
+                } else if let Some(index) = t.timer_id.strip_prefix("sleep/").and_then(|i| i.parse::<usize>().ok()) {
+                    let name = definition.steps.get(index).map(|s| s.name.clone()).unwrap_or_default();
                     if let Some(step) = self.steps.get_mut(index) {
                         step.status = StepStatus::Completed;
                         self.context.set_step_result(&name, Value::Null);
                     }
                     self.progress(event.seq, event.time_ms);
-                } else if let Some(index) = t
-                    .timer_id
-                    .strip_prefix("signal-timeout/")
-                    .and_then(|i| i.parse::<usize>().ok())
+                } else if let Some(index) =
+                    t.timer_id.strip_prefix("signal-timeout/").and_then(|i| i.parse::<usize>().ok())
                     && let Some(step) = self.steps.get_mut(index)
                     && step.status != StepStatus::Completed
                 {
-                    step.forward.blocked =
-                        Some(format!("{SIGNAL_TIMEOUT}: no signal before the deadline"));
+                    step.forward.blocked = Some(format!("{SIGNAL_TIMEOUT}: no signal before the deadline"));
                 }
             }
             Attributes::SignalReceived(s) => {
@@ -342,12 +306,7 @@ impl WorkflowState {
             Attributes::CompensationStarted(c) => {
                 self.status = WorkflowStatus::Compensating;
                 self.compensation_reason.clone_from(&c.reason);
-                self.compensation_plan = Some(
-                    c.steps
-                        .iter()
-                        .filter_map(|name| definition.step_index(name))
-                        .collect(),
-                );
+                self.compensation_plan = Some(c.steps.iter().filter_map(|name| definition.step_index(name)).collect());
                 // The forward attempt that is abandoned (on cancel) stays
                 // compensated below; its late completion is ignored.
                 self.tasks.retain(|_, t| t.compensation);
@@ -364,18 +323,12 @@ impl WorkflowState {
             Attributes::WorkflowCompensated(c) => {
                 self.close(WorkflowStatus::Compensated, event.time_ms, c.reason.clone())
             }
-            Attributes::WorkflowFailed(f) => {
-                self.close(WorkflowStatus::Failed, event.time_ms, f.reason.clone())
-            }
-            Attributes::WorkflowCancelled(c) => {
-                self.close(WorkflowStatus::Cancelled, event.time_ms, c.reason.clone())
-            }
+            Attributes::WorkflowFailed(f) => self.close(WorkflowStatus::Failed, event.time_ms, f.reason.clone()),
+            Attributes::WorkflowCancelled(c) => self.close(WorkflowStatus::Cancelled, event.time_ms, c.reason.clone()),
             Attributes::WorkflowTerminated(t) => {
                 self.close(WorkflowStatus::Terminated, event.time_ms, t.reason.clone())
             }
-            Attributes::StuckDetected(s) => {
-                self.stuck = Some((s.reason.clone(), s.message.clone(), event.seq))
-            }
+            Attributes::StuckDetected(s) => self.stuck = Some((s.reason.clone(), s.message.clone(), event.seq)),
             Attributes::StuckCleared(_) => self.stuck = None,
             Attributes::StepEscalated(e) => {
                 if let Some(index) = definition.step_index(&e.step)
@@ -386,11 +339,7 @@ impl WorkflowState {
             }
         }
         self.settle_signal_steps(definition, event);
-        if definition
-            .pivot_index()
-            .and_then(|i| self.steps.get(i))
-            .is_some_and(|s| s.status == StepStatus::Completed)
-        {
+        if definition.pivot_index().and_then(|i| self.steps.get(i)).is_some_and(|s| s.status == StepStatus::Completed) {
             self.pivot_passed = true;
         }
     }
@@ -429,17 +378,10 @@ impl WorkflowState {
             return;
         }
         while let Some(index) = self.cursor() {
-            let Some(Action::AwaitSignal { signal, .. }) =
-                definition.steps.get(index).map(|s| &s.action)
-            else {
+            let Some(Action::AwaitSignal { signal, .. }) = definition.steps.get(index).map(|s| &s.action) else {
                 return;
             };
-            let Some(input) = self
-                .context
-                .0
-                .pointer(&format!("/signals/{signal}"))
-                .cloned()
-            else {
+            let Some(input) = self.context.0.pointer(&format!("/signals/{signal}")).cloned() else {
                 return;
             };
             let name = definition.steps[index].name.clone();
@@ -453,13 +395,9 @@ impl WorkflowState {
     /// Every retry timer that is due, as `(timer_id, fire_at)`.
     pub fn retry_timers(&self) -> impl Iterator<Item = (String, i64)> + '_ {
         self.steps.iter().enumerate().flat_map(|(index, step)| {
-            [(&step.forward, false), (&step.undo, true)]
-                .into_iter()
-                .filter_map(move |(track, comp)| {
-                    track
-                        .retry_at
-                        .map(|at| (retry_timer_id(index, comp, track.attempt + 1), at))
-                })
+            [(&step.forward, false), (&step.undo, true)].into_iter().filter_map(move |(track, comp)| {
+                track.retry_at.map(|at| (retry_timer_id(index, comp, track.attempt + 1), at))
+            })
         })
     }
 }

@@ -8,15 +8,12 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use sagaflow_proto::EventName;
-use sagaflow_proto::v1::{
-    HistoryEvent, WorkflowStarted, WorkflowStatus, history_event::Attributes,
-};
+use sagaflow_proto::v1::{HistoryEvent, WorkflowStarted, WorkflowStatus, history_event::Attributes};
 use sagaflow_workflows::{RetryPolicy, SagaDefinition, Step};
 use serde_json::{Value, json};
 
 use super::{
-    Input, Outcome, RETRY_SIGNAL, Rejection, StepStatus, TimeoutKind, WorkflowState, parse_task_id,
-    replay, run, start,
+    Input, Outcome, RETRY_SIGNAL, Rejection, StepStatus, TimeoutKind, WorkflowState, parse_task_id, replay, run, start,
 };
 
 const WORKFLOW_ID: &str = "wf-1";
@@ -44,12 +41,7 @@ impl Harness {
             ..Default::default()
         };
         let (state, history) = start(WORKFLOW_ID, started, &definition, T0);
-        let harness = Self {
-            definition,
-            state,
-            history,
-            now: T0,
-        };
+        let harness = Self { definition, state, history, now: T0 };
         harness.check_replay();
         harness
     }
@@ -84,12 +76,7 @@ impl Harness {
 
     fn outcome(&mut self, task_id: &str, outcome: Outcome) -> Vec<HistoryEvent> {
         let started_ms = self.now;
-        self.run(Input::ActivityOutcome {
-            task_id: task_id.into(),
-            worker_id: "worker-1".into(),
-            started_ms,
-            outcome,
-        })
+        self.run(Input::ActivityOutcome { task_id: task_id.into(), worker_id: "worker-1".into(), started_ms, outcome })
     }
 
     fn complete(&mut self, task_id: &str, result: Value) -> Vec<HistoryEvent> {
@@ -97,42 +84,23 @@ impl Harness {
     }
 
     fn fail(&mut self, task_id: &str, retryable: bool) -> Vec<HistoryEvent> {
-        self.outcome(
-            task_id,
-            Outcome::Failed {
-                error_type: "Boom".into(),
-                message: "it broke".into(),
-                retryable,
-            },
-        )
+        self.outcome(task_id, Outcome::Failed { error_type: "Boom".into(), message: "it broke".into(), retryable })
     }
 
     fn time_out(&mut self, task_id: &str, timeout: TimeoutKind) -> Vec<HistoryEvent> {
-        self.run(Input::TimedOut {
-            task_id: task_id.into(),
-            timeout,
-        })
+        self.run(Input::TimedOut { task_id: task_id.into(), timeout })
     }
 
     fn fire(&mut self, timer_id: &str) -> Vec<HistoryEvent> {
-        self.run(Input::TimerFired {
-            timer_id: timer_id.into(),
-        })
+        self.run(Input::TimerFired { timer_id: timer_id.into() })
     }
 
     fn signal(&mut self, name: &str, input: Value) -> Vec<HistoryEvent> {
-        self.run(Input::Signal {
-            name: name.into(),
-            input: input.to_string(),
-            identity: "tester".into(),
-        })
+        self.run(Input::Signal { name: name.into(), input: input.to_string(), identity: "tester".into() })
     }
 
     fn cancel(&mut self) -> Result<Vec<HistoryEvent>, Rejection> {
-        self.try_run(Input::Cancel {
-            reason: "customer changed their mind".into(),
-            identity: "tester".into(),
-        })
+        self.try_run(Input::Cancel { reason: "customer changed their mind".into(), identity: "tester".into() })
     }
 
     fn pending(&self) -> Vec<String> {
@@ -149,10 +117,7 @@ impl Harness {
 }
 
 fn names(events: &[HistoryEvent]) -> Vec<&'static str> {
-    events
-        .iter()
-        .map(|e| e.attributes.as_ref().unwrap().event_name())
-        .collect()
+    events.iter().map(|e| e.attributes.as_ref().unwrap().event_name()).collect()
 }
 
 fn attrs(events: &[HistoryEvent]) -> impl Iterator<Item = &Attributes> {
@@ -163,9 +128,7 @@ fn attrs(events: &[HistoryEvent]) -> impl Iterator<Item = &Attributes> {
 fn scheduled(events: &[HistoryEvent]) -> Vec<(String, String)> {
     attrs(events)
         .filter_map(|a| match a {
-            Attributes::ActivityScheduled(s) => {
-                Some((s.task_id.clone(), s.idempotency_key.clone()))
-            }
+            Attributes::ActivityScheduled(s) => Some((s.task_id.clone(), s.idempotency_key.clone())),
             _ => None,
         })
         .collect()
@@ -203,11 +166,7 @@ fn trip() -> SagaDefinition {
     SagaDefinition::builder("trip", 1)
         .step(Step::activity("hotel", "hotel.book").compensate_with("hotel.cancel"))
         .step(Step::activity("charge", "payments.charge").pivot())
-        .step(
-            Step::activity("email", "mail.send")
-                .retriable()
-                .escalate_after(3, "EmailDelayed"),
-        )
+        .step(Step::activity("email", "mail.send").retriable().escalate_after(3, "EmailDelayed"))
         .build()
         .unwrap()
 }
@@ -231,19 +190,13 @@ fn happy_path_completes_with_every_result() {
     assert_eq!(h.status(), WorkflowStatus::Running);
 
     let events = h.complete("0.f.1", json!({"booking": "b-1"}));
-    assert_eq!(
-        names(&events),
-        ["ActivityStarted", "ActivityCompleted", "ActivityScheduled"]
-    );
+    assert_eq!(names(&events), ["ActivityStarted", "ActivityCompleted", "ActivityScheduled"]);
     assert_eq!(h.pending(), ["1.f.1"]);
     h.complete("1.f.1", json!({"payment": "p-1"}));
     assert!(h.state.pivot_passed);
     assert_eq!(h.pending(), ["2.f.1"]);
     let events = h.complete("2.f.1", json!({"sent": true}));
-    assert_eq!(
-        names(&events),
-        ["ActivityStarted", "ActivityCompleted", "WorkflowCompleted"]
-    );
+    assert_eq!(names(&events), ["ActivityStarted", "ActivityCompleted", "WorkflowCompleted"]);
 
     let expected = json!({
         "hotel": {"booking": "b-1"},
@@ -253,15 +206,9 @@ fn happy_path_completes_with_every_result() {
     let Some(Attributes::WorkflowCompleted(done)) = &events[2].attributes else {
         panic!("expected WorkflowCompleted");
     };
-    assert_eq!(
-        serde_json::from_str::<Value>(&done.result).unwrap(),
-        expected
-    );
+    assert_eq!(serde_json::from_str::<Value>(&done.result).unwrap(), expected);
     assert_eq!(h.status(), WorkflowStatus::Completed);
-    assert_eq!(
-        serde_json::from_str::<Value>(&h.state.result).unwrap(),
-        expected
-    );
+    assert_eq!(serde_json::from_str::<Value>(&h.state.result).unwrap(), expected);
     assert!(h.state.tasks.is_empty());
     assert_eq!(h.state.closed_ms, h.now);
     assert_eq!(count(&h.history, "CompensationStarted"), 0);
@@ -294,15 +241,7 @@ fn non_retryable_pivot_failure_compensates_earlier_steps() {
     let mut h = Harness::start(trip());
     h.complete("0.f.1", json!({"booking": "b-1"}));
     let events = h.fail("1.f.1", false);
-    assert_eq!(
-        names(&events),
-        [
-            "ActivityStarted",
-            "ActivityFailed",
-            "CompensationStarted",
-            "ActivityScheduled"
-        ]
-    );
+    assert_eq!(names(&events), ["ActivityStarted", "ActivityFailed", "CompensationStarted", "ActivityScheduled"]);
     let Some(Attributes::ActivityFailed(f)) = &events[1].attributes else {
         panic!("expected ActivityFailed");
     };
@@ -314,13 +253,7 @@ fn non_retryable_pivot_failure_compensates_earlier_steps() {
     assert_eq!(c.steps, ["hotel"]);
     assert!(c.reason.contains("charge"), "{}", c.reason);
     assert_eq!(h.status(), WorkflowStatus::Compensating);
-    assert_eq!(
-        scheduled(&events),
-        [(
-            "0.c.1".to_string(),
-            format!("{WORKFLOW_ID}/hotel/compensate")
-        )]
-    );
+    assert_eq!(scheduled(&events), [("0.c.1".to_string(), format!("{WORKFLOW_ID}/hotel/compensate"))]);
     let Some(Attributes::ActivityScheduled(s)) = &events[3].attributes else {
         panic!("expected ActivityScheduled");
     };
@@ -328,14 +261,7 @@ fn non_retryable_pivot_failure_compensates_earlier_steps() {
     assert!(s.compensation);
 
     let events = h.complete("0.c.1", json!({}));
-    assert_eq!(
-        names(&events),
-        [
-            "ActivityStarted",
-            "ActivityCompleted",
-            "WorkflowCompensated"
-        ]
-    );
+    assert_eq!(names(&events), ["ActivityStarted", "ActivityCompleted", "WorkflowCompensated"]);
     assert_eq!(h.status(), WorkflowStatus::Compensated);
     assert_eq!(h.state.steps[0].status, StepStatus::Compensated);
     assert!(h.state.reason.contains("charge"));
@@ -375,11 +301,7 @@ fn compensations_run_one_at_a_time_in_reverse_order() {
 #[test]
 fn retryable_failure_retries_after_backoff_with_the_same_key() {
     let definition = SagaDefinition::builder("retry", 1)
-        .step(
-            Step::activity("a", "a.do")
-                .compensate_with("a.undo")
-                .retry(policy(500, 5)),
-        )
+        .step(Step::activity("a", "a.do").compensate_with("a.undo").retry(policy(500, 5)))
         .step(Step::activity("pay", "pay.do").pivot())
         .build()
         .unwrap();
@@ -408,10 +330,7 @@ fn retryable_failure_retries_after_backoff_with_the_same_key() {
     let keys: Vec<(String, String)> = scheduled(&h.history);
     assert_eq!(
         keys,
-        [
-            ("0.f.1".to_string(), format!("{WORKFLOW_ID}/a")),
-            ("0.f.2".to_string(), format!("{WORKFLOW_ID}/a")),
-        ]
+        [("0.f.1".to_string(), format!("{WORKFLOW_ID}/a")), ("0.f.2".to_string(), format!("{WORKFLOW_ID}/a")),]
     );
     // Firing the same timer again does nothing.
     assert!(h.fire("retry/0.f.2").is_empty());
@@ -441,11 +360,7 @@ fn retryable_failure_retries_after_backoff_with_the_same_key() {
 fn exhausted_attempts_lead_to_compensation() {
     let definition = SagaDefinition::builder("exhaust", 1)
         .step(Step::activity("a", "a.do").compensate_with("a.undo"))
-        .step(
-            Step::activity("b", "b.do")
-                .compensate_with("b.undo")
-                .retry(policy(100, 2)),
-        )
+        .step(Step::activity("b", "b.do").compensate_with("b.undo").retry(policy(100, 2)))
         .step(Step::activity("pay", "pay.do").pivot())
         .build()
         .unwrap();
@@ -485,11 +400,7 @@ fn a_non_retryable_error_type_is_not_retried() {
     h.complete("0.f.1", json!({}));
     let events = h.outcome(
         "1.f.1",
-        Outcome::Failed {
-            error_type: "CardDeclined".into(),
-            message: "no funds".into(),
-            retryable: true,
-        },
+        Outcome::Failed { error_type: "CardDeclined".into(), message: "no funds".into(), retryable: true },
     );
     assert_eq!(count(&events, "CompensationStarted"), 1);
     assert!(h.retry_timers().is_empty());
@@ -504,10 +415,7 @@ fn first_step_failing_without_compensations_fails_the_workflow() {
         .unwrap();
     let mut h = Harness::start(definition);
     let events = h.fail("0.f.1", false);
-    assert_eq!(
-        names(&events),
-        ["ActivityStarted", "ActivityFailed", "WorkflowFailed"]
-    );
+    assert_eq!(names(&events), ["ActivityStarted", "ActivityFailed", "WorkflowFailed"]);
     let Some(Attributes::WorkflowFailed(f)) = &events[2].attributes else {
         panic!("expected WorkflowFailed");
     };
@@ -524,11 +432,7 @@ fn retriable_step_escalates_once_and_stays_open() {
     for attempt in 1..=6 {
         let task = format!("2.f.{attempt}");
         assert_eq!(h.pending(), std::slice::from_ref(&task));
-        let events = if attempt % 2 == 0 {
-            h.time_out(&task, TimeoutKind::Heartbeat)
-        } else {
-            h.fail(&task, true)
-        };
+        let events = if attempt % 2 == 0 { h.time_out(&task, TimeoutKind::Heartbeat) } else { h.fail(&task, true) };
         for a in attrs(&events) {
             if let Attributes::StepEscalated(e) = a {
                 escalations.push((e.step.clone(), e.attempt, e.alert.clone(), attempt));
@@ -539,10 +443,7 @@ fn retriable_step_escalates_once_and_stays_open() {
         h.now = at;
         h.fire(&timer);
     }
-    assert_eq!(
-        escalations,
-        [("email".to_string(), 3, "EmailDelayed".to_string(), 3)]
-    );
+    assert_eq!(escalations, [("email".to_string(), 3, "EmailDelayed".to_string(), 3)]);
     assert!(h.state.steps[2].escalated);
     assert!(h.state.stuck.is_none());
     h.complete("2.f.7", json!({}));
@@ -556,27 +457,18 @@ fn non_retryable_failure_after_pivot_is_stuck_until_the_retry_signal() {
     h.complete("0.f.1", json!({}));
     h.complete("1.f.1", json!({}));
     let events = h.fail("2.f.1", false);
-    assert_eq!(
-        names(&events),
-        ["ActivityStarted", "ActivityFailed", "StuckDetected"]
-    );
+    assert_eq!(names(&events), ["ActivityStarted", "ActivityFailed", "StuckDetected"]);
     assert_eq!(stuck_reasons(&events), ["NON_RETRYABLE_AFTER_PIVOT"]);
     assert_eq!(h.status(), WorkflowStatus::Running);
     assert!(h.pending().is_empty());
-    assert_eq!(
-        h.state.stuck.as_ref().map(|s| s.0.as_str()),
-        Some("NON_RETRYABLE_AFTER_PIVOT")
-    );
+    assert_eq!(h.state.stuck.as_ref().map(|s| s.0.as_str()), Some("NON_RETRYABLE_AFTER_PIVOT"));
     // Nothing more happens on its own, and it is not reported twice.
     assert!(h.run(Input::Wake).is_empty());
     assert_eq!(count(&h.history, "CompensationStarted"), 0);
 
     h.advance(60_000);
     let events = h.signal(RETRY_SIGNAL, json!({}));
-    assert_eq!(
-        names(&events),
-        ["SignalReceived", "StuckCleared", "ActivityScheduled"]
-    );
+    assert_eq!(names(&events), ["SignalReceived", "StuckCleared", "ActivityScheduled"]);
     assert!(h.state.stuck.is_none());
     assert_eq!(h.pending(), ["2.f.2"]);
     let keys = scheduled(&h.history);
@@ -589,11 +481,7 @@ fn non_retryable_failure_after_pivot_is_stuck_until_the_retry_signal() {
 fn retry_signal_gives_an_exhausted_step_a_fresh_budget() {
     let definition = SagaDefinition::builder("budget", 1)
         .step(Step::activity("pay", "pay.do").pivot())
-        .step(
-            Step::activity("ship", "ship.do")
-                .retriable()
-                .retry(policy(100, 2)),
-        )
+        .step(Step::activity("ship", "ship.do").retriable().retry(policy(100, 2)))
         .build()
         .unwrap();
     let mut h = Harness::start(definition);
@@ -618,11 +506,7 @@ fn retry_signal_gives_an_exhausted_step_a_fresh_budget() {
 #[test]
 fn exhausted_compensation_is_stuck_and_stays_compensating() {
     let definition = SagaDefinition::builder("undo-fails", 1)
-        .step(
-            Step::activity("a", "a.do")
-                .compensate_with("a.undo")
-                .compensation_retry(policy(100, 2)),
-        )
+        .step(Step::activity("a", "a.do").compensate_with("a.undo").compensation_retry(policy(100, 2)))
         .step(Step::activity("pay", "pay.do").pivot())
         .build()
         .unwrap();
@@ -644,16 +528,10 @@ fn exhausted_compensation_is_stuck_and_stays_compensating() {
 
     // The operator fixes the cause and asks for a retry.
     let events = h.signal(RETRY_SIGNAL, json!({}));
-    assert_eq!(
-        names(&events),
-        ["SignalReceived", "StuckCleared", "ActivityScheduled"]
-    );
+    assert_eq!(names(&events), ["SignalReceived", "StuckCleared", "ActivityScheduled"]);
     let keys = scheduled(&h.history);
     assert_eq!(keys.last().unwrap().0, "0.c.3");
-    assert_eq!(
-        keys.last().unwrap().1,
-        format!("{WORKFLOW_ID}/a/compensate")
-    );
+    assert_eq!(keys.last().unwrap().1, format!("{WORKFLOW_ID}/a/compensate"));
     h.complete("0.c.3", json!({}));
     assert_eq!(h.status(), WorkflowStatus::Compensated);
 }
@@ -671,15 +549,7 @@ fn cancel_before_the_pivot_waits_for_the_attempt_then_compensates() {
     assert!(h.cancel().unwrap().is_empty());
 
     let events = h.complete("1.f.1", json!({}));
-    assert_eq!(
-        names(&events),
-        [
-            "ActivityStarted",
-            "ActivityCompleted",
-            "CompensationStarted",
-            "ActivityScheduled"
-        ]
-    );
+    assert_eq!(names(&events), ["ActivityStarted", "ActivityCompleted", "CompensationStarted", "ActivityScheduled"]);
     let Some(Attributes::CompensationStarted(c)) = &events[2].attributes else {
         panic!("expected CompensationStarted");
     };
@@ -688,10 +558,7 @@ fn cancel_before_the_pivot_waits_for_the_attempt_then_compensates() {
     assert_eq!(h.pending(), ["1.c.1"]);
     h.complete("1.c.1", json!({}));
     let events = h.complete("0.c.1", json!({}));
-    assert_eq!(
-        names(&events),
-        ["ActivityStarted", "ActivityCompleted", "WorkflowCancelled"]
-    );
+    assert_eq!(names(&events), ["ActivityStarted", "ActivityCompleted", "WorkflowCancelled"]);
     assert_eq!(h.status(), WorkflowStatus::Cancelled);
     assert_eq!(h.state.reason, "customer changed their mind");
     assert_eq!(count(&h.history, "ActivityScheduled"), 4);
@@ -706,20 +573,9 @@ fn cancel_while_a_retry_is_pending_compensates_at_once() {
     h.fail("1.f.1", true);
     assert_eq!(h.retry_timers().len(), 1);
     let events = h.cancel().unwrap();
-    assert_eq!(
-        names(&events),
-        [
-            "CancelRequested",
-            "CompensationStarted",
-            "ActivityScheduled"
-        ]
-    );
+    assert_eq!(names(&events), ["CancelRequested", "CompensationStarted", "ActivityScheduled"]);
     assert_eq!(h.pending(), ["1.c.1"]);
-    assert!(
-        h.retry_timers().is_empty(),
-        "the abandoned forward retry is disarmed: {:?}",
-        h.retry_timers()
-    );
+    assert!(h.retry_timers().is_empty(), "the abandoned forward retry is disarmed: {:?}", h.retry_timers());
     h.complete("1.c.1", json!({}));
     h.complete("0.c.1", json!({}));
     assert_eq!(h.status(), WorkflowStatus::Cancelled);
@@ -735,10 +591,7 @@ fn cancel_with_nothing_to_undo_closes_at_once() {
     let mut h = Harness::start(definition);
     h.cancel().unwrap();
     let events = h.complete("0.f.1", json!({}));
-    assert_eq!(
-        names(&events),
-        ["ActivityStarted", "ActivityCompleted", "WorkflowCancelled"]
-    );
+    assert_eq!(names(&events), ["ActivityStarted", "ActivityCompleted", "WorkflowCancelled"]);
     assert_eq!(h.status(), WorkflowStatus::Cancelled);
 }
 
@@ -771,35 +624,18 @@ fn terminate_closes_without_compensating() {
     let mut h = Harness::start(three_compensable());
     h.complete("0.f.1", json!({}));
     h.complete("1.f.1", json!({}));
-    let events = h.run(Input::Terminate {
-        reason: "operator".into(),
-        identity: "ops".into(),
-    });
+    let events = h.run(Input::Terminate { reason: "operator".into(), identity: "ops".into() });
     assert_eq!(names(&events), ["WorkflowTerminated"]);
     assert_eq!(h.status(), WorkflowStatus::Terminated);
     assert!(h.pending().is_empty());
     assert!(h.state.timers.is_empty());
     assert!(h.retry_timers().is_empty());
     assert_eq!(count(&h.history, "CompensationStarted"), 0);
-    assert!(
-        scheduled_ids(&h.history)
-            .iter()
-            .all(|id| id.contains(".f."))
-    );
+    assert!(scheduled_ids(&h.history).iter().all(|id| id.contains(".f.")));
     // Everything that follows is refused or ignored.
-    let refused = h.try_run(Input::Terminate {
-        reason: "again".into(),
-        identity: "ops".into(),
-    });
+    let refused = h.try_run(Input::Terminate { reason: "again".into(), identity: "ops".into() });
     assert_eq!(refused, Err(Rejection::Terminal("TERMINATED")));
-    assert!(
-        h.try_run(Input::Signal {
-            name: "x".into(),
-            input: "{}".into(),
-            identity: "t".into()
-        })
-        .is_err()
-    );
+    assert!(h.try_run(Input::Signal { name: "x".into(), input: "{}".into(), identity: "t".into() }).is_err());
     let events = h.complete("2.f.1", json!({}));
     assert_eq!(names(&events), ["CompletionIgnored"]);
     assert_eq!(h.status(), WorkflowStatus::Terminated);
@@ -812,10 +648,7 @@ fn terminate_while_compensating_stops_the_compensation() {
     h.complete("1.f.1", json!({}));
     h.fail("2.f.1", false);
     assert_eq!(h.pending(), ["2.c.1"]);
-    let events = h.run(Input::Terminate {
-        reason: "operator".into(),
-        identity: "ops".into(),
-    });
+    let events = h.run(Input::Terminate { reason: "operator".into(), identity: "ops".into() });
     assert_eq!(names(&events), ["WorkflowTerminated"]);
     assert!(h.pending().is_empty());
     assert_eq!(h.status(), WorkflowStatus::Terminated);
@@ -860,14 +693,10 @@ fn late_and_duplicate_completions_are_recorded_and_change_nothing() {
     assert_ignored(&mut h, "9.f.1", "late");
     assert_ignored(&mut h, "not-a-task", "late");
 
-    let forward_completions = attrs(&h.history)
-        .filter(|a| matches!(a, Attributes::ActivityCompleted(c) if c.task_id == "0.f.1"))
-        .count();
+    let forward_completions =
+        attrs(&h.history).filter(|a| matches!(a, Attributes::ActivityCompleted(c) if c.task_id == "0.f.1")).count();
     assert_eq!(forward_completions, 1);
-    assert_eq!(
-        h.state.context.0["steps"]["hotel"],
-        json!({"booking": "b-1"})
-    );
+    assert_eq!(h.state.context.0["steps"]["hotel"], json!({"booking": "b-1"}));
     // A failure or a timeout for a stale attempt is no different.
     let events = h.fail("1.f.1", false);
     assert_eq!(names(&events), ["CompletionIgnored"]);
@@ -898,10 +727,7 @@ fn sleep_step_waits_for_its_timer() {
     let mut h = Harness::start(definition);
     h.advance(7);
     let events = h.complete("0.f.1", json!({}));
-    assert_eq!(
-        names(&events),
-        ["ActivityStarted", "ActivityCompleted", "TimerStarted"]
-    );
+    assert_eq!(names(&events), ["ActivityStarted", "ActivityCompleted", "TimerStarted"]);
     let Some(Attributes::TimerStarted(t)) = &events[2].attributes else {
         panic!("expected TimerStarted");
     };
@@ -926,16 +752,8 @@ fn sleep_step_waits_for_its_timer() {
 fn approval() -> SagaDefinition {
     SagaDefinition::builder("approval", 1)
         .step(Step::activity("a", "a.do").compensate_with("a.undo"))
-        .step(Step::await_signal(
-            "approve",
-            "approved",
-            Duration::from_secs(60),
-        ))
-        .step(
-            Step::activity("pay", "pay.do")
-                .pivot()
-                .input_from("by", "/steps/approve/by"),
-        )
+        .step(Step::await_signal("approve", "approved", Duration::from_secs(60)))
+        .step(Step::activity("pay", "pay.do").pivot().input_from("by", "/steps/approve/by"))
         .build()
         .unwrap()
 }
@@ -944,14 +762,8 @@ fn approval() -> SagaDefinition {
 fn await_signal_completes_on_a_signal_after_it_is_reached() {
     let mut h = Harness::start(approval());
     let events = h.complete("0.f.1", json!({}));
-    assert_eq!(
-        names(&events),
-        ["ActivityStarted", "ActivityCompleted", "TimerStarted"]
-    );
-    assert_eq!(
-        h.state.timers.get("signal-timeout/1"),
-        Some(&(h.now + 60_000))
-    );
+    assert_eq!(names(&events), ["ActivityStarted", "ActivityCompleted", "TimerStarted"]);
+    assert_eq!(h.state.timers.get("signal-timeout/1"), Some(&(h.now + 60_000)));
     // Another signal does not satisfy the step.
     let events = h.signal("something-else", json!({}));
     assert_eq!(names(&events), ["SignalReceived"]);
@@ -965,10 +777,7 @@ fn await_signal_completes_on_a_signal_after_it_is_reached() {
     let Some(Attributes::ActivityScheduled(s)) = &events[1].attributes else {
         panic!("expected ActivityScheduled");
     };
-    assert_eq!(
-        serde_json::from_str::<Value>(&s.input).unwrap(),
-        json!({"by": "alice"})
-    );
+    assert_eq!(serde_json::from_str::<Value>(&s.input).unwrap(), json!({"by": "alice"}));
     // The disarmed deadline no longer fires.
     assert!(h.fire("signal-timeout/1").is_empty());
     h.complete("2.f.1", json!({}));
@@ -982,10 +791,7 @@ fn await_signal_completes_on_a_signal_that_arrived_before() {
     assert_eq!(names(&events), ["SignalReceived"]);
     assert_eq!(h.pending(), ["0.f.1"]);
     let events = h.complete("0.f.1", json!({}));
-    assert_eq!(
-        names(&events),
-        ["ActivityStarted", "ActivityCompleted", "ActivityScheduled"]
-    );
+    assert_eq!(names(&events), ["ActivityStarted", "ActivityCompleted", "ActivityScheduled"]);
     assert_eq!(h.state.steps[1].status, StepStatus::Completed);
     assert_eq!(count(&h.history, "TimerStarted"), 0);
     assert_eq!(h.pending(), ["2.f.1"]);
@@ -998,10 +804,7 @@ fn await_signal_times_out_into_compensation() {
     h.complete("0.f.1", json!({}));
     h.advance(60_000);
     let events = h.fire("signal-timeout/1");
-    assert_eq!(
-        names(&events),
-        ["TimerFired", "CompensationStarted", "ActivityScheduled"]
-    );
+    assert_eq!(names(&events), ["TimerFired", "CompensationStarted", "ActivityScheduled"]);
     let Some(Attributes::CompensationStarted(c)) = &events[1].attributes else {
         panic!("expected CompensationStarted");
     };
@@ -1051,26 +854,13 @@ fn a_sleep_pivot_passes_the_point_of_no_return() {
 #[test]
 fn stuck_reports_are_deduplicated_and_cleared_by_progress() {
     let mut h = Harness::start(trip());
-    let events = h.run(Input::Stuck {
-        reason: super::StuckReason::NoWorker,
-        message: "no worker polls hotel.book".into(),
-    });
+    let events =
+        h.run(Input::Stuck { reason: super::StuckReason::NoWorker, message: "no worker polls hotel.book".into() });
     assert_eq!(stuck_reasons(&events), ["NO_WORKER"]);
-    let events = h.run(Input::Stuck {
-        reason: super::StuckReason::NoWorker,
-        message: "still none".into(),
-    });
+    let events = h.run(Input::Stuck { reason: super::StuckReason::NoWorker, message: "still none".into() });
     assert!(events.is_empty());
     let events = h.complete("0.f.1", json!({}));
-    assert_eq!(
-        names(&events),
-        [
-            "ActivityStarted",
-            "ActivityCompleted",
-            "StuckCleared",
-            "ActivityScheduled"
-        ]
-    );
+    assert_eq!(names(&events), ["ActivityStarted", "ActivityCompleted", "StuckCleared", "ActivityScheduled"]);
     assert!(h.state.stuck.is_none());
 }
 
@@ -1109,25 +899,18 @@ impl Shape {
         };
         let mut builder = SagaDefinition::builder("random", 1);
         for (i, c) in self.compensable.iter().enumerate() {
-            let mut step =
-                Step::activity(format!("c{i}"), format!("c{i}.do")).retry(retry(c.max_attempts));
+            let mut step = Step::activity(format!("c{i}"), format!("c{i}.do")).retry(retry(c.max_attempts));
             if c.has_compensation {
-                step = step
-                    .compensate_with(format!("c{i}.undo"))
-                    .compensation_retry(retry(c.compensation_max_attempts));
+                step =
+                    step.compensate_with(format!("c{i}.undo")).compensation_retry(retry(c.compensation_max_attempts));
             }
             builder = builder.step(step);
         }
         if let Some(max) = self.pivot {
-            builder = builder.step(
-                Step::activity("pivot", "pivot.do")
-                    .pivot()
-                    .retry(retry(max)),
-            );
+            builder = builder.step(Step::activity("pivot", "pivot.do").pivot().retry(retry(max)));
             for (i, r) in self.retriable.iter().enumerate() {
-                let mut step = Step::activity(format!("r{i}"), format!("r{i}.do"))
-                    .retriable()
-                    .retry(retry(r.max_attempts));
+                let mut step =
+                    Step::activity(format!("r{i}"), format!("r{i}.do")).retriable().retry(retry(r.max_attempts));
                 if let Some(after) = r.escalate_after {
                     step = step.escalate_after(after, format!("R{i}Delayed"));
                 }
@@ -1141,30 +924,22 @@ impl Shape {
 fn shapes() -> impl Strategy<Value = Shape> {
     (
         prop::collection::vec(
-            (prop::bool::weighted(0.75), 1u32..=4, 1u32..=4).prop_map(|(has, max, cmax)| {
-                CompensableSpec {
-                    has_compensation: has,
-                    max_attempts: max,
-                    compensation_max_attempts: cmax,
-                }
+            (prop::bool::weighted(0.75), 1u32..=4, 1u32..=4).prop_map(|(has, max, cmax)| CompensableSpec {
+                has_compensation: has,
+                max_attempts: max,
+                compensation_max_attempts: cmax,
             }),
             1..=4,
         ),
         prop::option::of(1u32..=4),
         prop::collection::vec(
-            (0u32..=4, prop::option::of(1u32..=3)).prop_map(|(max, esc)| RetriableSpec {
-                max_attempts: max,
-                escalate_after: esc,
-            }),
+            (0u32..=4, prop::option::of(1u32..=3))
+                .prop_map(|(max, esc)| RetriableSpec { max_attempts: max, escalate_after: esc }),
             0..=2,
         ),
     )
         .prop_map(|(compensable, pivot, retriable)| Shape {
-            retriable: if pivot.is_some() {
-                retriable
-            } else {
-                Vec::new()
-            },
+            retriable: if pivot.is_some() { retriable } else { Vec::new() },
             compensable,
             pivot,
         })
@@ -1180,23 +955,15 @@ struct Move {
 
 fn moves() -> impl Strategy<Value = Vec<Move>> {
     prop::collection::vec(
-        (0u8..100, any::<usize>(), 0i64..3_000).prop_map(|(choice, pick, elapse)| Move {
-            choice,
-            pick,
-            elapse,
-        }),
+        (0u8..100, any::<usize>(), 0i64..3_000).prop_map(|(choice, pick, elapse)| Move { choice, pick, elapse }),
         0..80,
     )
 }
 
 /// Every timer the workflow waits on, retry timers included, earliest first.
 fn all_timers(state: &WorkflowState) -> Vec<(String, i64)> {
-    let mut timers: Vec<(String, i64)> = state
-        .timers
-        .iter()
-        .map(|(id, at)| (id.clone(), *at))
-        .chain(state.retry_timers())
-        .collect();
+    let mut timers: Vec<(String, i64)> =
+        state.timers.iter().map(|(id, at)| (id.clone(), *at)).chain(state.retry_timers()).collect();
     timers.sort_by_key(|(id, at)| (*at, id.clone()));
     timers
 }
@@ -1205,10 +972,7 @@ fn all_timers(state: &WorkflowState) -> Vec<(String, i64)> {
 fn assert_open_for_a_reason(state: &WorkflowState) {
     if state.is_terminal() {
         assert!(state.tasks.is_empty(), "a closed workflow has no tasks");
-        assert!(
-            all_timers(state).is_empty(),
-            "a closed workflow has no timers"
-        );
+        assert!(all_timers(state).is_empty(), "a closed workflow has no timers");
         assert!(state.stuck.is_none());
         return;
     }
@@ -1226,20 +990,9 @@ fn task_outcome(h: &mut Harness, task_id: &str, kind: u8) -> Vec<HistoryEvent> {
         16 => h.fail(task_id, false),
         17 => h.outcome(
             task_id,
-            Outcome::Failed {
-                error_type: "Fatal".into(),
-                message: "policy says no".into(),
-                retryable: true,
-            },
+            Outcome::Failed { error_type: "Fatal".into(), message: "policy says no".into(), retryable: true },
         ),
-        _ => h.time_out(
-            task_id,
-            if h.now % 4 == 0 {
-                TimeoutKind::ScheduleToClose
-            } else {
-                TimeoutKind::StartToClose
-            },
-        ),
+        _ => h.time_out(task_id, if h.now % 4 == 0 { TimeoutKind::ScheduleToClose } else { TimeoutKind::StartToClose }),
     }
 }
 
@@ -1250,10 +1003,7 @@ fn drive(h: &mut Harness, m: Move) {
     let timers = all_timers(&h.state);
     match m.choice {
         0 if m.pick.is_multiple_of(2) => {
-            let result = h.try_run(Input::Terminate {
-                reason: "random".into(),
-                identity: "driver".into(),
-            });
+            let result = h.try_run(Input::Terminate { reason: "random".into(), identity: "driver".into() });
             if let Err(rejection) = result {
                 assert!(matches!(rejection, Rejection::Terminal(_)));
             }
@@ -1268,17 +1018,9 @@ fn drive(h: &mut Harness, m: Move) {
             }
         }
         6..=9 => {
-            let name = if m.pick.is_multiple_of(2) {
-                RETRY_SIGNAL
-            } else {
-                "ping"
-            };
+            let name = if m.pick.is_multiple_of(2) { RETRY_SIGNAL } else { "ping" };
             let was_terminal = h.state.is_terminal();
-            let result = h.try_run(Input::Signal {
-                name: name.into(),
-                input: "{}".into(),
-                identity: "driver".into(),
-            });
+            let result = h.try_run(Input::Signal { name: name.into(), input: "{}".into(), identity: "driver".into() });
             assert_eq!(result.is_err(), was_terminal);
         }
         10..=14 => {
@@ -1388,14 +1130,9 @@ fn check_history(definition: &SagaDefinition, history: &[HistoryEvent]) {
             Attributes::ActivityScheduled(s) => {
                 let index = s.step_index as usize;
                 let (step, compensation, attempt) = parse_task_id(&s.task_id).unwrap();
-                assert_eq!(
-                    (step, compensation, attempt),
-                    (index, s.compensation, s.attempt)
-                );
+                assert_eq!((step, compensation, attempt), (index, s.compensation, s.attempt));
                 // Every attempt of one direction of a step reuses one key.
-                let key = keys
-                    .entry((index, s.compensation))
-                    .or_insert_with(|| s.idempotency_key.clone());
+                let key = keys.entry((index, s.compensation)).or_insert_with(|| s.idempotency_key.clone());
                 assert_eq!(*key, s.idempotency_key, "key of {}", s.task_id);
                 if s.compensation {
                     // (d) never after the pivot.
@@ -1447,11 +1184,7 @@ fn check_history(definition: &SagaDefinition, history: &[HistoryEvent]) {
                 assert!(plan.is_none(), "compensation started twice");
                 // A forward attempt in flight is awaited, never raced.
                 assert!(in_flight.is_empty(), "compensating while {in_flight:?} run");
-                let indices: Vec<usize> = c
-                    .steps
-                    .iter()
-                    .map(|name| definition.step_index(name).unwrap())
-                    .collect();
+                let indices: Vec<usize> = c.steps.iter().map(|name| definition.step_index(name).unwrap()).collect();
                 // Exactly the started steps that can be undone, newest first.
                 let expected: Vec<usize> = forward_scheduled
                     .iter()

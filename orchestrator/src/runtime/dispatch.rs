@@ -30,6 +30,9 @@ pub enum TaskState {
         worker_id: String,
         started_ms: i64,
         last_heartbeat_ms: i64,
+        /// Restored from the store after a restart and not yet claimed by a
+        /// reconnecting worker: the task may never have reached one.
+        restored: bool,
     },
 }
 
@@ -80,17 +83,11 @@ fn deadline(from: i64, budget_ms: u32) -> Option<i64> {
 
 impl Dispatch {
     pub fn new(store: Arc<dyn Store>, timers: Timers) -> Self {
-        Self {
-            state: Arc::default(),
-            store,
-            timers,
-        }
+        Self { state: Arc::default(), store, timers }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Queues a newly scheduled task and arms its queue-side deadlines.
@@ -101,38 +98,18 @@ impl Dispatch {
         let wf = task.workflow_id.clone();
         let task_id = task.task_id.clone();
         if record.schedule_to_start_deadline_ms > 0 {
-            self.arm(
-                record.schedule_to_start_deadline_ms,
-                &wf,
-                &task_id,
-                TimeoutKind::ScheduleToStart,
-                0,
-            );
+            self.arm(record.schedule_to_start_deadline_ms, &wf, &task_id, TimeoutKind::ScheduleToStart, 0);
         }
         if record.schedule_to_close_deadline_ms > 0 {
-            self.arm(
-                record.schedule_to_close_deadline_ms,
-                &wf,
-                &task_id,
-                TimeoutKind::ScheduleToClose,
-                0,
-            );
+            self.arm(record.schedule_to_close_deadline_ms, &wf, &task_id, TimeoutKind::ScheduleToClose, 0);
         }
         let leases = {
             let mut state = self.lock();
             let activity_type = task.activity_type.clone();
-            state
-                .queues
-                .entry(activity_type.clone())
-                .or_default()
-                .push_back(key(&wf, &task_id));
+            state.queues.entry(activity_type.clone()).or_default().push_back(key(&wf, &task_id));
             state.entries.insert(
                 key(&wf, &task_id),
-                Entry {
-                    task,
-                    scheduled_ms: record.scheduled_ms,
-                    state: TaskState::Queued { since_ms: now },
-                },
+                Entry { task, scheduled_ms: record.scheduled_ms, state: TaskState::Queued { since_ms: now } },
             );
             self.match_queue(&mut state, &activity_type, now)
         };
@@ -147,35 +124,17 @@ impl Dispatch {
         };
         let (wf, task_id) = (task.workflow_id.clone(), task.task_id.clone());
         if record.schedule_to_close_deadline_ms > 0 {
-            self.arm(
-                record.schedule_to_close_deadline_ms,
-                &wf,
-                &task_id,
-                TimeoutKind::ScheduleToClose,
-                0,
-            );
+            self.arm(record.schedule_to_close_deadline_ms, &wf, &task_id, TimeoutKind::ScheduleToClose, 0);
         }
-        self.arm(
-            lease.expires_ms,
-            &wf,
-            &task_id,
-            TimeoutKind::StartToClose,
-            lease.started_ms,
-        );
+        self.arm(lease.expires_ms, &wf, &task_id, TimeoutKind::StartToClose, lease.started_ms);
         let state = TaskState::Leased {
             session: None,
             worker_id: lease.worker_id.clone(),
             started_ms: lease.started_ms,
             last_heartbeat_ms: lease.started_ms,
+            restored: true,
         };
-        self.lock().entries.insert(
-            key(&wf, &task_id),
-            Entry {
-                task,
-                scheduled_ms: record.scheduled_ms,
-                state,
-            },
-        );
+        self.lock().entries.insert(key(&wf, &task_id), Entry { task, scheduled_ms: record.scheduled_ms, state });
     }
 
     /// Drops a task that the workflow no longer wants. A worker holding it
@@ -191,10 +150,7 @@ impl Dispatch {
                     queue.retain(|(w, t)| !(w == workflow_id && t == task_id));
                 }
             }
-            TaskState::Leased {
-                session: Some(session),
-                ..
-            } if tell_worker => {
+            TaskState::Leased { session: Some(session), .. } if tell_worker => {
                 if let Some(session) = state.sessions.get(&session) {
                     let message = ServerMessage {
                         message: Some(server_message::Message::TaskCancelled(TaskCancelled {
@@ -210,25 +166,66 @@ impl Dispatch {
         }
     }
 
-    pub fn open_session(
-        &self,
-        worker_id: String,
-        activity_types: HashSet<String>,
-        outbound: Outbound,
-    ) -> SessionId {
+    pub fn open_session(&self, worker_id: String, activity_types: HashSet<String>, outbound: Outbound) -> SessionId {
         let mut state = self.lock();
         state.next_session += 1;
         let id = state.next_session;
-        state.sessions.insert(
-            id,
-            Session {
-                worker_id,
-                activity_types,
-                credit: 0,
-                outbound,
-            },
-        );
+        state.sessions.insert(id, Session { worker_id, activity_types, credit: 0, outbound });
         id
+    }
+
+    /// A reconnecting worker still runs these tasks: bind them to its session
+    /// (a task that went back to its queue is taken out again, so that it
+    /// does not run twice).
+    pub fn claim(&self, id: SessionId, held: &[(String, String)], now: i64) {
+        let mut state = self.lock();
+        let Some(worker_id) = state.sessions.get(&id).map(|s| s.worker_id.clone()) else { return };
+        for (workflow_id, task_id) in held {
+            let task_key = key(workflow_id, task_id);
+            let Some(entry) = state.entries.get_mut(&task_key) else { continue };
+            match &mut entry.state {
+                TaskState::Leased { session, restored, .. } => {
+                    *session = Some(id);
+                    *restored = false;
+                }
+                TaskState::Queued { .. } => {
+                    let activity_type = entry.task.activity_type.clone();
+                    entry.state = TaskState::Leased {
+                        session: Some(id),
+                        worker_id: worker_id.clone(),
+                        started_ms: now,
+                        last_heartbeat_ms: now,
+                        restored: false,
+                    };
+                    let deadline_ms = deadline(now, entry.task.start_to_close_ms);
+                    if let Some(queue) = state.queues.get_mut(&activity_type) {
+                        queue.retain(|k| *k != task_key);
+                    }
+                    if let Some(at) = deadline_ms {
+                        self.arm(at, workflow_id, task_id, TimeoutKind::StartToClose, now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A lease restored after a restart that no worker claimed: the task
+    /// goes back to its queue, same attempt and key.
+    pub fn reclaim(&self, workflow_id: &str, task_id: &str, now: i64) {
+        let leases = {
+            let mut state = self.lock();
+            let task_key = key(workflow_id, task_id);
+            let Some(entry) = state.entries.get_mut(&task_key) else { return };
+            if !matches!(entry.state, TaskState::Leased { restored: true, .. }) {
+                return;
+            }
+            entry.state = TaskState::Queued { since_ms: now };
+            let activity_type = entry.task.activity_type.clone();
+            tracing::info!(workflow_id, task_id, "no worker claimed a lease restored after the restart; re-queued");
+            state.queues.entry(activity_type.clone()).or_default().push_front(task_key);
+            self.match_queue(&mut state, &activity_type, now)
+        };
+        self.persist(leases);
     }
 
     /// The session's leased tasks stay leased: the worker may reconnect and
@@ -274,11 +271,7 @@ impl Dispatch {
         sessions.sort_unstable();
         let mut turn = 0usize;
         while !sessions.is_empty() {
-            let Some(task_key) = state
-                .queues
-                .get_mut(activity_type)
-                .and_then(VecDeque::pop_front)
-            else {
+            let Some(task_key) = state.queues.get_mut(activity_type).and_then(VecDeque::pop_front) else {
                 break;
             };
             let Some(entry) = state.entries.get_mut(&task_key) else {
@@ -288,16 +281,10 @@ impl Dispatch {
             let Some(session) = state.sessions.get_mut(&session_id) else {
                 break;
             };
-            let message = ServerMessage {
-                message: Some(server_message::Message::Task(entry.task.clone())),
-            };
+            let message = ServerMessage { message: Some(server_message::Message::Task(entry.task.clone())) };
             if session.outbound.try_send(Ok(message)).is_err() {
                 // The stream is gone or full: the task waits for another worker.
-                state
-                    .queues
-                    .entry(activity_type.to_owned())
-                    .or_default()
-                    .push_front(task_key);
+                state.queues.entry(activity_type.to_owned()).or_default().push_front(task_key);
                 sessions.retain(|s| *s != session_id);
                 continue;
             }
@@ -314,6 +301,7 @@ impl Dispatch {
                 worker_id: session.worker_id.clone(),
                 started_ms: now,
                 last_heartbeat_ms: now,
+                restored: false,
             };
             let expires_ms = deadline(now, start_to_close).unwrap_or(0);
             if let Some(at) = deadline(now, start_to_close) {
@@ -322,14 +310,7 @@ impl Dispatch {
             if let Some(at) = deadline(now, heartbeat) {
                 self.arm(at, &task_key.0, &task_key.1, TimeoutKind::Heartbeat, now);
             }
-            leases.push((
-                task_key,
-                Lease {
-                    worker_id: session.worker_id.clone(),
-                    started_ms: now,
-                    expires_ms,
-                },
-            ));
+            leases.push((task_key, Lease { worker_id: session.worker_id.clone(), started_ms: now, expires_ms }));
         }
         leases
     }
@@ -342,22 +323,10 @@ impl Dispatch {
         }
     }
 
-    fn arm(
-        &self,
-        at: i64,
-        workflow_id: &str,
-        task_id: &str,
-        kind: TimeoutKind,
-        lease_started_ms: i64,
-    ) {
+    fn arm(&self, at: i64, workflow_id: &str, task_id: &str, kind: TimeoutKind, lease_started_ms: i64) {
         self.timers.arm(
             at,
-            Alarm::Deadline {
-                workflow_id: workflow_id.into(),
-                task_id: task_id.into(),
-                kind,
-                lease_started_ms,
-            },
+            Alarm::Deadline { workflow_id: workflow_id.into(), task_id: task_id.into(), kind, lease_started_ms },
         );
     }
 
@@ -367,12 +336,7 @@ impl Dispatch {
         let Some(entry) = state.entries.get_mut(&key(workflow_id, task_id)) else {
             return false;
         };
-        if let TaskState::Leased {
-            last_heartbeat_ms,
-            started_ms,
-            ..
-        } = &mut entry.state
-        {
+        if let TaskState::Leased { last_heartbeat_ms, started_ms, .. } = &mut entry.state {
             *last_heartbeat_ms = now;
             if let Some(at) = deadline(now, entry.task.heartbeat_ms) {
                 let started = *started_ms;
@@ -398,19 +362,9 @@ impl Dispatch {
             return false;
         };
         match (kind, &entry.state) {
-            (TimeoutKind::ScheduleToClose, _)
-            | (TimeoutKind::ScheduleToStart, TaskState::Queued { .. }) => true,
-            (TimeoutKind::StartToClose, TaskState::Leased { started_ms, .. }) => {
-                *started_ms == lease_started_ms
-            }
-            (
-                TimeoutKind::Heartbeat,
-                TaskState::Leased {
-                    started_ms,
-                    last_heartbeat_ms,
-                    ..
-                },
-            ) => {
+            (TimeoutKind::ScheduleToClose, _) | (TimeoutKind::ScheduleToStart, TaskState::Queued { .. }) => true,
+            (TimeoutKind::StartToClose, TaskState::Leased { started_ms, .. }) => *started_ms == lease_started_ms,
+            (TimeoutKind::Heartbeat, TaskState::Leased { started_ms, last_heartbeat_ms, .. }) => {
                 *started_ms == lease_started_ms
                     && now >= last_heartbeat_ms.saturating_add(i64::from(entry.task.heartbeat_ms))
             }
@@ -421,11 +375,7 @@ impl Dispatch {
     /// Who holds the task and since when, for the `ActivityStarted` event.
     pub fn lease_of(&self, workflow_id: &str, task_id: &str) -> Option<(String, i64)> {
         match &self.lock().entries.get(&key(workflow_id, task_id))?.state {
-            TaskState::Leased {
-                worker_id,
-                started_ms,
-                ..
-            } => Some((worker_id.clone(), *started_ms)),
+            TaskState::Leased { worker_id, started_ms, .. } => Some((worker_id.clone(), *started_ms)),
             TaskState::Queued { .. } => None,
         }
     }
@@ -433,21 +383,14 @@ impl Dispatch {
     pub fn view(&self, workflow_id: &str, task_id: &str) -> Option<TaskView> {
         let state = self.lock();
         let entry = state.entries.get(&key(workflow_id, task_id))?;
-        Some(TaskView {
-            state: entry.state.clone(),
-            activity_type: entry.task.activity_type.clone(),
-        })
+        Some(TaskView { state: entry.state.clone(), activity_type: entry.task.activity_type.clone() })
     }
 
     /// Queued tasks whose activity type no connected worker runs, queued since
     /// before `since_ms`: `(workflow_id, activity_type)`.
     pub fn unserved(&self, since_ms: i64) -> Vec<(String, String)> {
         let state = self.lock();
-        let served: HashSet<&String> = state
-            .sessions
-            .values()
-            .flat_map(|s| s.activity_types.iter())
-            .collect();
+        let served: HashSet<&String> = state.sessions.values().flat_map(|s| s.activity_types.iter()).collect();
         state
             .entries
             .values()
@@ -458,10 +401,7 @@ impl Dispatch {
     }
 
     pub fn queue_len(&self, activity_type: &str) -> usize {
-        self.lock()
-            .queues
-            .get(activity_type)
-            .map_or(0, VecDeque::len)
+        self.lock().queues.get(activity_type).map_or(0, VecDeque::len)
     }
 
     /// Connected sessions per activity type.
@@ -477,9 +417,6 @@ impl Dispatch {
 
     #[allow(dead_code)]
     pub fn scheduled_ms(&self, workflow_id: &str, task_id: &str) -> Option<i64> {
-        self.lock()
-            .entries
-            .get(&key(workflow_id, task_id))
-            .map(|e| e.scheduled_ms)
+        self.lock().entries.get(&key(workflow_id, task_id)).map(|e| e.scheduled_ms)
     }
 }

@@ -16,9 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sagaflow_proto::v1::{
-    HistoryEvent, WorkflowStarted, WorkflowStatus, WorkflowSummary, history_event::Attributes,
-};
+use sagaflow_proto::v1::{HistoryEvent, WorkflowStarted, WorkflowStatus, WorkflowSummary, history_event::Attributes};
 use sagaflow_workflows::SagaDefinition;
 use tokio::sync::watch;
 
@@ -146,11 +144,7 @@ impl Runtime {
     }
 
     fn slot(&self, workflow_id: &str) -> SlotRef {
-        let mut slots = self
-            .inner
-            .slots
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut slots = self.inner.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         Arc::clone(slots.entry(workflow_id.to_owned()).or_default())
     }
 
@@ -164,9 +158,7 @@ impl Runtime {
 
     fn load(&self, workflow_id: &str) -> Result<(WorkflowState, Arc<SagaDefinition>)> {
         let history = self.inner.store.history(workflow_id, 1, usize::MAX)?;
-        let Some(Attributes::WorkflowStarted(started)) =
-            history.first().and_then(|e| e.attributes.as_ref())
-        else {
+        let Some(Attributes::WorkflowStarted(started)) = history.first().and_then(|e| e.attributes.as_ref()) else {
             return Err(Error::NotFound(format!("workflow {workflow_id} not found")));
         };
         let definition = self.definition_for(&started.workflow_type, started.definition_version)?;
@@ -188,17 +180,12 @@ impl Runtime {
         if let Some(existing) = self.inner.store.workflow_for_request(&request.request_id)? {
             // Never confirm what a crash could still undo.
             self.inner.store.barrier().wait().await?;
-            return self
-                .compare_with_existing(&existing, &request)
-                .map(|()| (existing, true));
+            return self.compare_with_existing(&existing, &request).map(|()| (existing, true));
         }
         if let Some(first) = self.queue_full(&definition) {
             return Err(Error::ResourceExhausted(first));
         }
-        let workflow_id = request
-            .workflow_id
-            .clone()
-            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let workflow_id = request.workflow_id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         let slot = self.slot(&workflow_id);
         let mut guard = slot.lock().await;
         if guard.state.is_some() || self.inner.store.last_seq(&workflow_id)? > 0 {
@@ -218,17 +205,8 @@ impl Runtime {
         let now = now_ms();
         let (state, events) = engine::start(&workflow_id, started, &definition, now);
         let before = records::Derived::default();
-        let commit_result = self
-            .commit(
-                &workflow_id,
-                &state,
-                &definition,
-                events,
-                &before,
-                Some(request.request_id),
-                None,
-            )
-            .await;
+        let commit_result =
+            self.commit(&workflow_id, &state, &definition, events, &before, Some(request.request_id), None).await;
         match commit_result {
             Ok(()) => {
                 crate::metrics::record_started(&definition.name);
@@ -247,27 +225,20 @@ impl Runtime {
         let activity_type = definition.steps.iter().find_map(|s| s.activity_type())?;
         let queued = self.inner.dispatch.queue_len(activity_type);
         (queued >= self.inner.limits.max_queued_tasks).then(|| {
-            format!("the {activity_type} queue holds {queued} tasks (limit {}); retry after workers catch up", self.inner.limits.max_queued_tasks)
+            format!(
+                "the {activity_type} queue holds {queued} tasks (limit {}); retry after workers catch up",
+                self.inner.limits.max_queued_tasks
+            )
         })
     }
 
     fn compare_with_existing(&self, workflow_id: &str, request: &StartRequest) -> Result<()> {
         let first = self.inner.store.history(workflow_id, 1, 1)?;
-        let Some(Attributes::WorkflowStarted(started)) =
-            first.first().and_then(|e| e.attributes.as_ref())
-        else {
-            return Err(Error::NotFound(format!(
-                "workflow {workflow_id} of this request id has no history"
-            )));
+        let Some(Attributes::WorkflowStarted(started)) = first.first().and_then(|e| e.attributes.as_ref()) else {
+            return Err(Error::NotFound(format!("workflow {workflow_id} of this request id has no history")));
         };
-        let same_id = request
-            .workflow_id
-            .as_deref()
-            .is_none_or(|id| id == workflow_id);
-        if started.workflow_type == request.workflow_type
-            && started.input == request.input
-            && same_id
-        {
+        let same_id = request.workflow_id.as_deref().is_none_or(|id| id == workflow_id);
+        if started.workflow_type == request.workflow_type && started.input == request.input && same_id {
             Ok(())
         } else {
             Err(Error::AlreadyExists(format!(
@@ -324,35 +295,22 @@ impl Runtime {
             // Past the limit the workflow fails loudly rather than growing without bound.
             let (reloaded, _) = self.load(workflow_id)?;
             state = reloaded;
-            let reason = format!(
-                "history limit of {} events reached",
-                self.inner.limits.max_history_events
-            );
+            let reason = format!("history limit of {} events reached", self.inner.limits.max_history_events);
             tracing::error!(workflow_id, %reason, "workflow failed at its history limit");
             let failed = HistoryEvent {
                 seq: state.last_seq + 1,
                 time_ms: now,
-                attributes: Some(Attributes::WorkflowFailed(
-                    sagaflow_proto::v1::WorkflowFailed {
-                        reason,
-                        step: String::new(),
-                    },
-                )),
+                attributes: Some(Attributes::WorkflowFailed(sagaflow_proto::v1::WorkflowFailed {
+                    reason,
+                    step: String::new(),
+                })),
             };
             state.apply(&failed, &definition);
             events = vec![failed];
         }
         debug_assert_eq!(events.first().map(|e| e.seq), Some(before_seq + 1));
         match self
-            .commit(
-                workflow_id,
-                &state,
-                &definition,
-                events.clone(),
-                &before,
-                None,
-                outcome_task.as_deref(),
-            )
+            .commit(workflow_id, &state, &definition, events.clone(), &before, None, outcome_task.as_deref())
             .await
         {
             Ok(()) => {
@@ -397,23 +355,15 @@ impl Runtime {
         crate::metrics::record_commit(started.elapsed());
         let now = now_ms();
         for task_id in &delta.gone_tasks {
-            self.inner.dispatch.remove(
-                workflow_id,
-                task_id,
-                outcome_task != Some(task_id.as_str()),
-            );
+            self.inner.dispatch.remove(workflow_id, task_id, outcome_task != Some(task_id.as_str()));
         }
         for task in &delta.new_tasks {
             self.inner.dispatch.enqueue(task, now);
         }
         for timer in delta.new_timers {
-            self.inner.timers.arm(
-                timer.fire_at_ms,
-                Alarm::Workflow {
-                    workflow_id: timer.workflow_id,
-                    timer_id: timer.timer_id,
-                },
-            );
+            self.inner
+                .timers
+                .arm(timer.fire_at_ms, Alarm::Workflow { workflow_id: timer.workflow_id, timer_id: timer.timer_id });
         }
         self.inner.stuck.observe(state, definition);
         crate::metrics::record_decision(state);
@@ -438,76 +388,36 @@ impl Runtime {
     }
 
     fn forget(&self, workflow_id: &str) {
-        let mut slots = self
-            .inner
-            .slots
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut slots = self.inner.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         // Only drop an idle slot; one that someone waits on stays.
-        if slots
-            .get(workflow_id)
-            .is_some_and(|s| Arc::strong_count(s) == 1)
-        {
+        if slots.get(workflow_id).is_some_and(|s| Arc::strong_count(s) == 1) {
             slots.remove(workflow_id);
         }
     }
 
     fn notify(&self, workflow_id: &str, seq: u64) {
-        let watchers = self
-            .inner
-            .watchers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let watchers = self.inner.watchers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(sender) = watchers.get(workflow_id) {
             sender.send_replace(seq);
         }
     }
 
     /// A worker's outcome. Returns whether it counted (false: late or duplicate).
-    pub async fn complete(
-        &self,
-        workflow_id: &str,
-        task_id: &str,
-        worker_id: &str,
-        outcome: Outcome,
-    ) -> Result<bool> {
-        let started_ms = self
-            .inner
-            .dispatch
-            .lease_of(workflow_id, task_id)
-            .map_or_else(now_ms, |(_, at)| at);
-        let input = Input::ActivityOutcome {
-            task_id: task_id.into(),
-            worker_id: worker_id.into(),
-            started_ms,
-            outcome,
-        };
+    pub async fn complete(&self, workflow_id: &str, task_id: &str, worker_id: &str, outcome: Outcome) -> Result<bool> {
+        let started_ms = self.inner.dispatch.lease_of(workflow_id, task_id).map_or_else(now_ms, |(_, at)| at);
+        let input =
+            Input::ActivityOutcome { task_id: task_id.into(), worker_id: worker_id.into(), started_ms, outcome };
         let events = self.decide(workflow_id, input).await?;
-        Ok(events.iter().any(|e| {
-            matches!(
-                e.attributes,
-                Some(Attributes::ActivityCompleted(_) | Attributes::ActivityFailed(_))
-            )
-        }))
+        Ok(events
+            .iter()
+            .any(|e| matches!(e.attributes, Some(Attributes::ActivityCompleted(_) | Attributes::ActivityFailed(_)))))
     }
 
     /// Waits until the workflow changes past `seen_seq`, or the timeout.
-    pub async fn wait_for_change(
-        &self,
-        workflow_id: &str,
-        seen_seq: u64,
-        timeout: Duration,
-    ) -> Result<()> {
+    pub async fn wait_for_change(&self, workflow_id: &str, seen_seq: u64, timeout: Duration) -> Result<()> {
         let mut rx = {
-            let mut watchers = self
-                .inner
-                .watchers
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            watchers
-                .entry(workflow_id.to_owned())
-                .or_insert_with(|| watch::channel(0).0)
-                .subscribe()
+            let mut watchers = self.inner.watchers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            watchers.entry(workflow_id.to_owned()).or_insert_with(|| watch::channel(0).0).subscribe()
         };
         // Checked after subscribing, so a change in between is not missed.
         let current = self.inner.store.last_seq(workflow_id)?;
@@ -516,15 +426,8 @@ impl Runtime {
         }
         let _ = tokio::time::timeout(timeout, rx.wait_for(|seq| *seq > seen_seq)).await;
         drop(rx);
-        let mut watchers = self
-            .inner
-            .watchers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if watchers
-            .get(workflow_id)
-            .is_some_and(|s| s.receiver_count() == 0)
-        {
+        let mut watchers = self.inner.watchers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if watchers.get(workflow_id).is_some_and(|s| s.receiver_count() == 0) {
             watchers.remove(workflow_id);
         }
         Ok(())
@@ -561,32 +464,16 @@ impl Runtime {
 
     async fn on_alarm(&self, alarm: Alarm) {
         let (workflow_id, input) = match alarm {
-            Alarm::Workflow {
-                workflow_id,
-                timer_id,
-            } => (workflow_id, Input::TimerFired { timer_id }),
-            Alarm::Deadline {
-                workflow_id,
-                task_id,
-                kind,
-                lease_started_ms,
-            } => {
-                if !self.inner.dispatch.deadline_applies(
-                    &workflow_id,
-                    &task_id,
-                    kind,
-                    lease_started_ms,
-                    now_ms(),
-                ) {
+            Alarm::Workflow { workflow_id, timer_id } => (workflow_id, Input::TimerFired { timer_id }),
+            Alarm::Deadline { workflow_id, task_id, kind, lease_started_ms } => {
+                if !self.inner.dispatch.deadline_applies(&workflow_id, &task_id, kind, lease_started_ms, now_ms()) {
                     return;
                 }
-                (
-                    workflow_id,
-                    Input::TimedOut {
-                        task_id,
-                        timeout: kind,
-                    },
-                )
+                (workflow_id, Input::TimedOut { task_id, timeout: kind })
+            }
+            Alarm::Reclaim { workflow_id, task_id } => {
+                self.inner.dispatch.reclaim(&workflow_id, &task_id, now_ms());
+                return;
             }
         };
         if let Err(e) = self.decide(&workflow_id, input).await {

@@ -10,18 +10,10 @@ use crate::engine::{PendingTask, WorkflowState};
 use crate::store::{TaskRecord, TimerRecord};
 
 fn add(at: i64, budget_ms: u64) -> i64 {
-    if budget_ms == 0 {
-        0
-    } else {
-        at.saturating_add(i64::try_from(budget_ms).unwrap_or(i64::MAX))
-    }
+    if budget_ms == 0 { 0 } else { at.saturating_add(i64::try_from(budget_ms).unwrap_or(i64::MAX)) }
 }
 
-pub fn task_record(
-    state: &WorkflowState,
-    definition: &SagaDefinition,
-    task: &PendingTask,
-) -> TaskRecord {
+pub fn task_record(state: &WorkflowState, definition: &SagaDefinition, task: &PendingTask) -> TaskRecord {
     let step = definition.steps.get(task.step_index);
     let timeouts = step
         .map(|s| match (&s.compensation, task.compensation) {
@@ -29,9 +21,8 @@ pub fn task_record(
             _ => s.timeouts,
         })
         .unwrap_or_default();
-    let first_scheduled = state
-        .track(task.step_index, task.compensation)
-        .map_or(task.scheduled_ms, |t| t.first_scheduled_ms);
+    let first_scheduled =
+        state.track(task.step_index, task.compensation).map_or(task.scheduled_ms, |t| t.first_scheduled_ms);
     TaskRecord {
         task: Some(ActivityTask {
             workflow_id: state.workflow_id.clone(),
@@ -60,11 +51,7 @@ pub fn timer_records(state: &WorkflowState) -> BTreeSet<TimerRecord> {
         .iter()
         .map(|(id, at)| (id.clone(), *at))
         .chain(state.retry_timers())
-        .map(|(timer_id, fire_at_ms)| TimerRecord {
-            fire_at_ms,
-            workflow_id: state.workflow_id.clone(),
-            timer_id,
-        })
+        .map(|(timer_id, fire_at_ms)| TimerRecord { fire_at_ms, workflow_id: state.workflow_id.clone(), timer_id })
         .collect()
 }
 
@@ -73,13 +60,7 @@ fn current_step(state: &WorkflowState, definition: &SagaDefinition) -> String {
     if state.is_terminal() {
         return String::new();
     }
-    let name = |i: usize| {
-        definition
-            .steps
-            .get(i)
-            .map(|s| s.name.clone())
-            .unwrap_or_default()
-    };
+    let name = |i: usize| definition.steps.get(i).map(|s| s.name.clone()).unwrap_or_default();
     if let Some(plan) = &state.compensation_plan {
         return plan
             .iter()
@@ -91,11 +72,8 @@ fn current_step(state: &WorkflowState, definition: &SagaDefinition) -> String {
 }
 
 pub fn summary(state: &WorkflowState, definition: &SagaDefinition) -> WorkflowSummary {
-    let (stuck_reason, stuck_message) = state
-        .stuck
-        .as_ref()
-        .map(|(r, m, _)| (r.clone(), m.clone()))
-        .unwrap_or_default();
+    let (stuck_reason, stuck_message) =
+        state.stuck.as_ref().map(|(r, m, _)| (r.clone(), m.clone())).unwrap_or_default();
     WorkflowSummary {
         workflow_id: state.workflow_id.clone(),
         workflow_type: state.workflow_type.clone(),
@@ -131,10 +109,7 @@ pub struct Derived {
 }
 
 pub fn derived(state: &WorkflowState) -> Derived {
-    Derived {
-        tasks: state.tasks.keys().cloned().collect(),
-        timers: timer_records(state),
-    }
+    Derived { tasks: state.tasks.keys().cloned().collect(), timers: timer_records(state) }
 }
 
 pub fn delta(before: &Derived, after: &WorkflowState, definition: &SagaDefinition) -> Delta {

@@ -15,6 +15,11 @@ use crate::engine;
 use crate::registry::Registry;
 use crate::store::{Commit, Store};
 
+/// How long reconnecting workers have to claim the leases they still hold
+/// before those tasks go back to their queues. Longer than the SDK's
+/// longest reconnect backoff (5 s), shorter than a typical start-to-close.
+const RECLAIM_GRACE_MS: i64 = 8_000;
+
 /// What a rebuild did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RebuildReport {
@@ -32,18 +37,17 @@ impl Runtime {
         let started = Instant::now();
         let now = now_ms();
         let store = &self.inner.store;
-        let mut leases: HashMap<(String, String), crate::store::Lease> = store
-            .leases()?
-            .into_iter()
-            .map(|(wf, task, lease)| ((wf, task), lease))
-            .collect();
+        let mut leases: HashMap<(String, String), crate::store::Lease> =
+            store.leases()?.into_iter().map(|(wf, task, lease)| ((wf, task), lease)).collect();
         let tasks = store.tasks()?;
         for task in &tasks {
             let key = (task.workflow_id().to_owned(), task.task_id().to_owned());
             match leases.remove(&key) {
                 // A lease that expired while we were down fires at once.
                 Some(lease) if lease.expires_ms > 0 => {
-                    self.inner.dispatch.restore_leased(task, &lease)
+                    self.inner.dispatch.restore_leased(task, &lease);
+                    let (workflow_id, task_id) = key;
+                    self.inner.timers.arm(now + RECLAIM_GRACE_MS, Alarm::Reclaim { workflow_id, task_id });
                 }
                 _ => self.inner.dispatch.enqueue(task, now),
             }
@@ -52,10 +56,7 @@ impl Runtime {
         for timer in &timers {
             self.inner.timers.arm(
                 timer.fire_at_ms,
-                Alarm::Workflow {
-                    workflow_id: timer.workflow_id.clone(),
-                    timer_id: timer.timer_id.clone(),
-                },
+                Alarm::Workflow { workflow_id: timer.workflow_id.clone(), timer_id: timer.timer_id.clone() },
             );
         }
         let open = store.open_workflows()?;
@@ -82,14 +83,11 @@ pub async fn rebuild_derived(store: &Arc<dyn Store>, registry: &Registry) -> Res
     let mut report = RebuildReport::default();
     for workflow_id in store.all_workflows()? {
         let history = store.history(&workflow_id, 1, usize::MAX)?;
-        let Some(Attributes::WorkflowStarted(started)) =
-            history.first().and_then(|e| e.attributes.as_ref())
-        else {
+        let Some(Attributes::WorkflowStarted(started)) = history.first().and_then(|e| e.attributes.as_ref()) else {
             report.skipped.push(workflow_id);
             continue;
         };
-        let Some(definition) = registry.get(&started.workflow_type, started.definition_version)
-        else {
+        let Some(definition) = registry.get(&started.workflow_type, started.definition_version) else {
             report.skipped.push(workflow_id);
             continue;
         };

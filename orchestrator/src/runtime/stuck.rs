@@ -69,16 +69,11 @@ pub(super) struct Tracker {
 
 impl Tracker {
     pub(super) fn new(policy: StuckPolicy) -> Self {
-        Self {
-            policy,
-            open: Mutex::default(),
-        }
+        Self { policy, open: Mutex::default() }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Watched>> {
-        self.open
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub(super) fn observe(&self, state: &WorkflowState, definition: &SagaDefinition) {
@@ -146,52 +141,28 @@ impl Runtime {
         let now = now_ms();
         let policy = self.inner.stuck.policy;
         let mut flagged = 0;
-        for (workflow_id, activity_type) in self
-            .inner
-            .dispatch
-            .unserved(now - millis(policy.no_worker_after))
-        {
+        for (workflow_id, activity_type) in self.inner.dispatch.unserved(now - millis(policy.no_worker_after)) {
             let message = format!(
                 "no connected worker runs activity type {activity_type:?}; the task has waited more than {}",
                 humantime::format_duration(policy.no_worker_after)
             );
-            flagged += self
-                .flag(&workflow_id, StuckReason::NoWorker, message)
-                .await;
+            flagged += self.flag(&workflow_id, StuckReason::NoWorker, message).await;
         }
-        for (workflow_id, since, step) in self
-            .inner
-            .stuck
-            .silent_since(now - millis(policy.no_progress_after))
-        {
+        for (workflow_id, since, step) in self.inner.stuck.silent_since(now - millis(policy.no_progress_after)) {
             let silent = Duration::from_millis(u64::try_from(now - since).unwrap_or(0));
             let message = format!(
                 "no progress for {} (at step {step:?})",
                 humantime::format_duration(Duration::from_secs(silent.as_secs()))
             );
-            flagged += self
-                .flag(&workflow_id, StuckReason::NoProgress, message)
-                .await;
+            flagged += self.flag(&workflow_id, StuckReason::NoProgress, message).await;
         }
-        crate::metrics::record_stuck(
-            &self.inner.stuck.stuck_by_reason(),
-            self.inner.stuck.open_count(),
-        );
+        crate::metrics::record_stuck(&self.inner.stuck.stuck_by_reason(), self.inner.stuck.open_count());
         crate::metrics::record_workers(&self.inner.dispatch.workers_by_type());
         flagged
     }
 
     async fn flag(&self, workflow_id: &str, reason: StuckReason, message: String) -> usize {
-        match self
-            .decide(
-                workflow_id,
-                Input::Stuck {
-                    reason,
-                    message: message.clone(),
-                },
-            )
-            .await
-        {
+        match self.decide(workflow_id, Input::Stuck { reason, message: message.clone() }).await {
             Ok(events) if !events.is_empty() => {
                 tracing::warn!(workflow_id, reason = reason.as_str(), %message, "stuck saga detected");
                 1

@@ -14,17 +14,11 @@ use crate::engine::TimeoutKind;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Alarm {
     /// A durable timer of the workflow's history.
-    Workflow {
-        workflow_id: String,
-        timer_id: String,
-    },
+    Workflow { workflow_id: String, timer_id: String },
     /// An activity deadline; `lease_started_ms` tells which lease it was armed for.
-    Deadline {
-        workflow_id: String,
-        task_id: String,
-        kind: TimeoutKind,
-        lease_started_ms: i64,
-    },
+    Deadline { workflow_id: String, task_id: String, kind: TimeoutKind, lease_started_ms: i64 },
+    /// Re-queue a restored lease if no reconnecting worker claimed it.
+    Reclaim { workflow_id: String, task_id: String },
 }
 
 #[derive(Clone)]
@@ -39,9 +33,7 @@ struct Inner {
 }
 
 pub fn now_ms() -> i64 {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
 }
 
@@ -59,16 +51,9 @@ impl Timers {
     }
 
     pub fn arm(&self, at_ms: i64, alarm: Alarm) {
-        let id = self
-            .inner
-            .next_id
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = self.inner.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let earliest = {
-            let mut alarms = self
-                .inner
-                .alarms
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut alarms = self.inner.alarms.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             alarms.insert((at_ms, id), alarm);
             alarms.keys().next().is_some_and(|k| k.1 == id)
         };
@@ -82,10 +67,7 @@ async fn run(inner: Arc<Inner>, fired: mpsc::UnboundedSender<Alarm>) {
     loop {
         let now = now_ms();
         let (due, next) = {
-            let mut alarms = inner
-                .alarms
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut alarms = inner.alarms.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let later = alarms.split_off(&(now + 1, 0));
             let due = std::mem::replace(&mut *alarms, later);
             (due, alarms.keys().next().map(|k| k.0))

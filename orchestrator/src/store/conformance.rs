@@ -6,8 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use sagaflow_proto::v1::{
-    ActivityTask, HistoryEvent, TimerFired, WorkflowStatus, WorkflowSummary,
-    history_event::Attributes,
+    ActivityTask, HistoryEvent, TimerFired, WorkflowStatus, WorkflowSummary, history_event::Attributes,
 };
 
 use super::{Commit, Error, Lease, OutboxRecord, Store, TaskRecord, TimerRecord};
@@ -16,111 +15,50 @@ fn event(seq: u64) -> HistoryEvent {
     HistoryEvent {
         seq,
         time_ms: 1,
-        attributes: Some(Attributes::TimerFired(TimerFired {
-            timer_id: format!("t{seq}"),
-        })),
+        attributes: Some(Attributes::TimerFired(TimerFired { timer_id: format!("t{seq}") })),
     }
 }
 
 fn summary(id: &str, status: WorkflowStatus, kind: &str) -> WorkflowSummary {
-    WorkflowSummary {
-        workflow_id: id.into(),
-        workflow_type: kind.into(),
-        status: status.into(),
-        ..Default::default()
-    }
+    WorkflowSummary { workflow_id: id.into(), workflow_type: kind.into(), status: status.into(), ..Default::default() }
 }
 
 fn append(id: &str, seqs: std::ops::RangeInclusive<u64>) -> Commit {
-    Commit {
-        workflow_id: id.into(),
-        events: seqs.map(event).collect(),
-        ..Default::default()
-    }
+    Commit { workflow_id: id.into(), events: seqs.map(event).collect(), ..Default::default() }
 }
 
 fn task(wf: &str, task_id: &str) -> TaskRecord {
     TaskRecord {
-        task: Some(ActivityTask {
-            workflow_id: wf.into(),
-            task_id: task_id.into(),
-            ..Default::default()
-        }),
+        task: Some(ActivityTask { workflow_id: wf.into(), task_id: task_id.into(), ..Default::default() }),
         scheduled_ms: 5,
         ..Default::default()
     }
 }
 
 pub async fn history_reads_back_in_order_and_pages(store: &dyn Store) {
-    store
-        .commit(append("wf-a", 1..=3))
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
-    store
-        .commit(append("wf-a", 4..=10))
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
-    store
-        .commit(append("wf-ab", 1..=2))
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
-    let all: Vec<u64> = store
-        .history("wf-a", 1, 100)
-        .unwrap()
-        .iter()
-        .map(|e| e.seq)
-        .collect();
+    store.commit(append("wf-a", 1..=3)).unwrap().wait().await.unwrap();
+    store.commit(append("wf-a", 4..=10)).unwrap().wait().await.unwrap();
+    store.commit(append("wf-ab", 1..=2)).unwrap().wait().await.unwrap();
+    let all: Vec<u64> = store.history("wf-a", 1, 100).unwrap().iter().map(|e| e.seq).collect();
     assert_eq!(all, (1..=10).collect::<Vec<_>>());
-    let page: Vec<u64> = store
-        .history("wf-a", 4, 3)
-        .unwrap()
-        .iter()
-        .map(|e| e.seq)
-        .collect();
+    let page: Vec<u64> = store.history("wf-a", 4, 3).unwrap().iter().map(|e| e.seq).collect();
     assert_eq!(page, vec![4, 5, 6]);
     assert_eq!(store.last_seq("wf-a").unwrap(), 10);
     assert_eq!(store.last_seq("wf-ab").unwrap(), 2);
     assert_eq!(store.last_seq("missing").unwrap(), 0);
-    assert_eq!(
-        store.all_workflows().unwrap(),
-        vec!["wf-a".to_string(), "wf-ab".to_string()]
-    );
+    assert_eq!(store.all_workflows().unwrap(), vec!["wf-a".to_string(), "wf-ab".to_string()]);
 }
 
 pub async fn a_gap_or_overlap_is_refused_and_writes_nothing(store: &dyn Store) {
-    store
-        .commit(append("wf", 1..=2))
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    store.commit(append("wf", 1..=2)).unwrap().wait().await.unwrap();
     let mut gap = append("wf", 4..=4);
     gap.summary = Some(summary("wf", WorkflowStatus::Running, "t"));
     gap.request_id = Some("req".into());
-    assert!(matches!(
-        store.commit(gap),
-        Err(Error::SequenceConflict {
-            stored: 2,
-            requested: 4,
-            ..
-        })
-    ));
-    assert!(matches!(
-        store.commit(append("wf", 2..=3)),
-        Err(Error::SequenceConflict { .. })
-    ));
+    assert!(matches!(store.commit(gap), Err(Error::SequenceConflict { stored: 2, requested: 4, .. })));
+    assert!(matches!(store.commit(append("wf", 2..=3)), Err(Error::SequenceConflict { .. })));
     let mut torn = append("wf", 3..=3);
     torn.events.push(event(5));
-    assert!(matches!(
-        store.commit(torn),
-        Err(Error::SequenceConflict { .. })
-    ));
+    assert!(matches!(store.commit(torn), Err(Error::SequenceConflict { .. })));
     // Nothing of the refused commits is visible.
     assert_eq!(store.last_seq("wf").unwrap(), 2);
     assert!(store.summary("wf").unwrap().is_none());
@@ -128,56 +66,25 @@ pub async fn a_gap_or_overlap_is_refused_and_writes_nothing(store: &dyn Store) {
 }
 
 pub async fn index_filters_pages_and_tracks_open_workflows(store: &dyn Store) {
-    for (i, status) in [
-        WorkflowStatus::Running,
-        WorkflowStatus::Completed,
-        WorkflowStatus::Running,
-    ]
-    .into_iter()
-    .enumerate()
+    for (i, status) in
+        [WorkflowStatus::Running, WorkflowStatus::Completed, WorkflowStatus::Running].into_iter().enumerate()
     {
         let id = format!("wf-{i}");
         let mut commit = append(&id, 1..=1);
-        commit.summary = Some(summary(
-            &id,
-            status,
-            if i == 2 { "refund" } else { "checkout" },
-        ));
+        commit.summary = Some(summary(&id, status, if i == 2 { "refund" } else { "checkout" }));
         commit.request_id = Some(format!("req-{i}"));
         store.commit(commit).unwrap().wait().await.unwrap();
     }
-    let running = store
-        .list(None, 10, usize::MAX, &|s| {
-            s.status == WorkflowStatus::Running as i32
-        })
-        .unwrap();
-    let ids: Vec<_> = running
-        .workflows
-        .iter()
-        .map(|s| s.workflow_id.as_str())
-        .collect();
+    let running = store.list(None, 10, usize::MAX, &|s| s.status == WorkflowStatus::Running as i32).unwrap();
+    let ids: Vec<_> = running.workflows.iter().map(|s| s.workflow_id.as_str()).collect();
     assert_eq!(ids, vec!["wf-0", "wf-2"]);
     assert!(running.next_after.is_none());
     let first = store.list(None, 2, usize::MAX, &|_| true).unwrap();
     assert_eq!(first.workflows.len(), 2);
-    let rest = store
-        .list(first.next_after.as_deref(), 2, usize::MAX, &|_| true)
-        .unwrap();
-    assert_eq!(
-        rest.workflows
-            .iter()
-            .map(|s| s.workflow_id.clone())
-            .collect::<Vec<_>>(),
-        vec!["wf-2"]
-    );
-    assert_eq!(
-        store.open_workflows().unwrap(),
-        vec!["wf-0".to_string(), "wf-2".to_string()]
-    );
-    assert_eq!(
-        store.workflow_for_request("req-1").unwrap().as_deref(),
-        Some("wf-1")
-    );
+    let rest = store.list(first.next_after.as_deref(), 2, usize::MAX, &|_| true).unwrap();
+    assert_eq!(rest.workflows.iter().map(|s| s.workflow_id.clone()).collect::<Vec<_>>(), vec!["wf-2"]);
+    assert_eq!(store.open_workflows().unwrap(), vec!["wf-0".to_string(), "wf-2".to_string()]);
+    assert_eq!(store.workflow_for_request("req-1").unwrap().as_deref(), Some("wf-1"));
 
     // Closing a workflow removes it from the open set.
     let mut close = append("wf-0", 2..=2);
@@ -190,80 +97,33 @@ pub async fn tasks_leases_and_timers_come_and_go_with_commits(store: &dyn Store)
     let mut commit = append("wf", 1..=1);
     commit.put_tasks = vec![task("wf", "0-f-1"), task("wf", "1-f-1")];
     commit.put_timers = vec![
-        TimerRecord {
-            fire_at_ms: 200,
-            workflow_id: "wf".into(),
-            timer_id: "late".into(),
-        },
-        TimerRecord {
-            fire_at_ms: 100,
-            workflow_id: "wf".into(),
-            timer_id: "early".into(),
-        },
+        TimerRecord { fire_at_ms: 200, workflow_id: "wf".into(), timer_id: "late".into() },
+        TimerRecord { fire_at_ms: 100, workflow_id: "wf".into(), timer_id: "early".into() },
     ];
     store.commit(commit).unwrap().wait().await.unwrap();
-    store
-        .put_lease(
-            "wf",
-            "0-f-1",
-            &Lease {
-                worker_id: "w1".into(),
-                started_ms: 1,
-                expires_ms: 2,
-            },
-        )
-        .unwrap();
+    store.put_lease("wf", "0-f-1", &Lease { worker_id: "w1".into(), started_ms: 1, expires_ms: 2 }).unwrap();
     assert_eq!(store.tasks().unwrap().len(), 2);
     assert_eq!(
         store.leases().unwrap(),
-        vec![(
-            "wf".into(),
-            "0-f-1".into(),
-            Lease {
-                worker_id: "w1".into(),
-                started_ms: 1,
-                expires_ms: 2
-            }
-        )]
+        vec![("wf".into(), "0-f-1".into(), Lease { worker_id: "w1".into(), started_ms: 1, expires_ms: 2 })]
     );
-    let timers: Vec<_> = store
-        .timers()
-        .unwrap()
-        .into_iter()
-        .map(|t| t.timer_id)
-        .collect();
+    let timers: Vec<_> = store.timers().unwrap().into_iter().map(|t| t.timer_id).collect();
     assert_eq!(timers, vec!["early", "late"], "timers scan in firing order");
 
     let mut done = append("wf", 2..=2);
     done.delete_tasks = vec!["0-f-1".into()];
-    done.delete_timers = vec![TimerRecord {
-        fire_at_ms: 100,
-        workflow_id: "wf".into(),
-        timer_id: "early".into(),
-    }];
+    done.delete_timers = vec![TimerRecord { fire_at_ms: 100, workflow_id: "wf".into(), timer_id: "early".into() }];
     store.commit(done).unwrap().wait().await.unwrap();
-    let left: Vec<_> = store
-        .tasks()
-        .unwrap()
-        .iter()
-        .map(|t| t.task_id().to_owned())
-        .collect();
+    let left: Vec<_> = store.tasks().unwrap().iter().map(|t| t.task_id().to_owned()).collect();
     assert_eq!(left, vec!["1-f-1"]);
-    assert!(
-        store.leases().unwrap().is_empty(),
-        "deleting a task drops its lease"
-    );
+    assert!(store.leases().unwrap().is_empty(), "deleting a task drops its lease");
     assert_eq!(store.timers().unwrap().len(), 1);
 }
 
 pub async fn outbox_sequence_increases_across_commits(store: &dyn Store) {
     for i in 1..=3u64 {
         let mut commit = append("wf", i..=i);
-        commit.outbox = vec![OutboxRecord {
-            event_id: format!("e{i}"),
-            workflow_seq: i,
-            ..Default::default()
-        }];
+        commit.outbox = vec![OutboxRecord { event_id: format!("e{i}"), workflow_seq: i, ..Default::default() }];
         store.commit(commit).unwrap().wait().await.unwrap();
     }
     let seqs: Vec<u64> = store.outbox(0, 10).unwrap().iter().map(|r| r.seq).collect();
@@ -276,11 +136,7 @@ pub async fn clearing_derived_records_keeps_histories(store: &dyn Store) {
     commit.summary = Some(summary("wf", WorkflowStatus::Running, "t"));
     commit.request_id = Some("req".into());
     commit.put_tasks = vec![task("wf", "0-f-1")];
-    commit.put_timers = vec![TimerRecord {
-        fire_at_ms: 1,
-        workflow_id: "wf".into(),
-        timer_id: "x".into(),
-    }];
+    commit.put_timers = vec![TimerRecord { fire_at_ms: 1, workflow_id: "wf".into(), timer_id: "x".into() }];
     store.commit(commit).unwrap().wait().await.unwrap();
     store.clear_derived().unwrap();
     assert_eq!(store.history("wf", 1, 10).unwrap().len(), 2);
@@ -299,12 +155,7 @@ pub async fn concurrent_commits_all_become_durable(store: Arc<dyn Store>) {
         writers.push(tokio::spawn(async move {
             let id = format!("wf-{w}");
             for seq in 1..=20 {
-                store
-                    .commit(append(&id, seq..=seq))
-                    .unwrap()
-                    .wait()
-                    .await
-                    .unwrap();
+                store.commit(append(&id, seq..=seq)).unwrap().wait().await.unwrap();
             }
         }));
     }
@@ -315,12 +166,7 @@ pub async fn concurrent_commits_all_become_durable(store: Arc<dyn Store>) {
     let ids: HashSet<String> = store.all_workflows().unwrap().into_iter().collect();
     assert_eq!(ids.len(), 64);
     for id in ids {
-        let seqs: Vec<u64> = store
-            .history(&id, 1, 100)
-            .unwrap()
-            .iter()
-            .map(|e| e.seq)
-            .collect();
+        let seqs: Vec<u64> = store.history(&id, 1, 100).unwrap().iter().map(|e| e.seq).collect();
         assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
     }
 }

@@ -89,13 +89,9 @@ impl GroupCommit {
             flush_count: AtomicU64::new(0),
         });
         let worker = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name("sagaflow-flusher".into())
-            .spawn(move || flush_loop(&worker, &flush))?;
-        Ok(Self {
-            shared,
-            thread: Some(thread),
-        })
+        let thread =
+            std::thread::Builder::new().name("sagaflow-flusher".into()).spawn(move || flush_loop(&worker, &flush))?;
+        Ok(Self { shared, thread: Some(thread) })
     }
 
     /// Call after the batch is applied: the returned ticket covers it.
@@ -125,11 +121,7 @@ impl GroupCommit {
     }
 
     fn wake(&self) {
-        let mut pending = self
-            .shared
-            .pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut pending = self.shared.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         *pending = true;
         self.shared.wake.notify_one();
     }
@@ -148,15 +140,9 @@ impl Drop for GroupCommit {
 fn flush_loop(shared: &Shared, flush: &FlushFn) {
     loop {
         {
-            let mut pending = shared
-                .pending
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut pending = shared.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             while !*pending && !shared.stop.load(Ordering::SeqCst) {
-                pending = shared
-                    .wake
-                    .wait(pending)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                pending = shared.wake.wait(pending).unwrap_or_else(std::sync::PoisonError::into_inner);
             }
             *pending = false;
         }
@@ -178,8 +164,7 @@ fn flush_loop(shared: &Shared, flush: &FlushFn) {
                 }
             }
         }
-        if shared.stop.load(Ordering::SeqCst)
-            && shared.applied.load(Ordering::SeqCst) <= shared.flushed.borrow().ticket
+        if shared.stop.load(Ordering::SeqCst) && shared.applied.load(Ordering::SeqCst) <= shared.flushed.borrow().ticket
         {
             return;
         }

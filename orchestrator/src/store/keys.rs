@@ -104,10 +104,7 @@ mod tests {
     #[test]
     fn timer_key_round_trips_and_sorts_by_time() {
         let key = timer(1_700_000_000_000, "wf-1", "retry-0");
-        assert_eq!(
-            timer_from_key(&key),
-            Some((1_700_000_000_000, "wf-1".into(), "retry-0".into()))
-        );
+        assert_eq!(timer_from_key(&key), Some((1_700_000_000_000, "wf-1".into(), "retry-0".into())));
         assert!(timer(5, "z", "a") < timer(6, "a", "a"));
     }
 }

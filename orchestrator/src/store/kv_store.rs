@@ -7,8 +7,7 @@ use prost::Message;
 use sagaflow_proto::v1::{HistoryEvent, WorkflowSummary};
 
 use super::{
-    Commit, Durable, Error, IndexPage, Lease, OutboxRecord, Result, Store, TaskRecord, TimerRecord,
-    is_terminal, keys,
+    Commit, Durable, Error, IndexPage, Lease, OutboxRecord, Result, Store, TaskRecord, TimerRecord, is_terminal, keys,
 };
 
 /// One write of a batch: a put, or a delete when the value is `None`.
@@ -20,12 +19,7 @@ pub trait Kv: Send + Sync + 'static {
     fn apply(&self, writes: Vec<Write>) -> Result<Durable>;
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
     /// Visits keys `>= from` that start with `prefix`, in order, until `visit` returns false.
-    fn scan(
-        &self,
-        from: &[u8],
-        prefix: &[u8],
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<()>;
+    fn scan(&self, from: &[u8], prefix: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<()>;
     fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<Vec<u8>>>;
     fn barrier(&self) -> Durable;
 }
@@ -42,24 +36,15 @@ pub struct KvStore<K> {
 impl<K: Kv> KvStore<K> {
     pub(crate) fn new(kv: K) -> Result<Self> {
         let last = match kv.last_with_prefix(&[keys::OUTBOX])? {
-            Some(key) => key
-                .get(1..9)
-                .and_then(|b| b.try_into().ok())
-                .map_or(0, u64::from_be_bytes),
+            Some(key) => key.get(1..9).and_then(|b| b.try_into().ok()).map_or(0, u64::from_be_bytes),
             None => 0,
         };
-        Ok(Self {
-            kv,
-            outbox_seq: AtomicU64::new(last),
-            outbox_order: Mutex::new(()),
-        })
+        Ok(Self { kv, outbox_seq: AtomicU64::new(last), outbox_order: Mutex::new(()) })
     }
 
     fn decode<M: Message + Default>(key: &[u8], bytes: &[u8]) -> Result<M> {
-        M::decode(bytes).map_err(|e| Error::Corrupt {
-            key: String::from_utf8_lossy(key).into_owned(),
-            reason: e.to_string(),
-        })
+        M::decode(bytes)
+            .map_err(|e| Error::Corrupt { key: String::from_utf8_lossy(key).into_owned(), reason: e.to_string() })
     }
 
     fn writes_for(&self, commit: &mut Commit) -> Result<Vec<Write>> {
@@ -68,11 +53,7 @@ impl<K: Kv> KvStore<K> {
         if let Some(first) = commit.events.first() {
             let stored = self.last_seq(wf)?;
             if first.seq != stored + 1 {
-                return Err(Error::SequenceConflict {
-                    workflow_id: wf.into(),
-                    stored,
-                    requested: first.seq,
-                });
+                return Err(Error::SequenceConflict { workflow_id: wf.into(), stored, requested: first.seq });
             }
             for (i, event) in commit.events.iter().enumerate() {
                 // A gap inside one commit would corrupt the history for good.
@@ -88,40 +69,24 @@ impl<K: Kv> KvStore<K> {
         }
         if let Some(summary) = &commit.summary {
             writes.push((keys::raw(keys::SUMMARY, wf), Some(summary.encode_to_vec())));
-            let open = if is_terminal(summary.status) {
-                None
-            } else {
-                Some(Vec::new())
-            };
+            let open = if is_terminal(summary.status) { None } else { Some(Vec::new()) };
             writes.push((keys::raw(keys::OPEN, wf), open));
         }
         if let Some(request_id) = &commit.request_id {
-            writes.push((
-                keys::raw(keys::REQUEST, request_id),
-                Some(wf.as_bytes().to_vec()),
-            ));
+            writes.push((keys::raw(keys::REQUEST, request_id), Some(wf.as_bytes().to_vec())));
         }
         for task in &commit.put_tasks {
-            writes.push((
-                keys::task(keys::TASK, task.workflow_id(), task.task_id()),
-                Some(task.encode_to_vec()),
-            ));
+            writes.push((keys::task(keys::TASK, task.workflow_id(), task.task_id()), Some(task.encode_to_vec())));
         }
         for task_id in &commit.delete_tasks {
             writes.push((keys::task(keys::TASK, wf, task_id), None));
             writes.push((keys::task(keys::LEASE, wf, task_id), None));
         }
         for timer in &commit.delete_timers {
-            writes.push((
-                keys::timer(timer.fire_at_ms, &timer.workflow_id, &timer.timer_id),
-                None,
-            ));
+            writes.push((keys::timer(timer.fire_at_ms, &timer.workflow_id, &timer.timer_id), None));
         }
         for timer in &commit.put_timers {
-            writes.push((
-                keys::timer(timer.fire_at_ms, &timer.workflow_id, &timer.timer_id),
-                Some(Vec::new()),
-            ));
+            writes.push((keys::timer(timer.fire_at_ms, &timer.workflow_id, &timer.timer_id), Some(Vec::new())));
         }
         for record in &mut commit.outbox {
             record.seq = self.outbox_seq.fetch_add(1, Ordering::SeqCst) + 1;
@@ -146,10 +111,7 @@ impl<K: Kv> Store for KvStore<K> {
             let writes = self.writes_for(&mut commit)?;
             return self.kv.apply(writes);
         }
-        let _ordered = self
-            .outbox_order
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _ordered = self.outbox_order.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let writes = self.writes_for(&mut commit)?;
         self.kv.apply(writes)
     }
@@ -162,20 +124,16 @@ impl<K: Kv> Store for KvStore<K> {
         let mut events = Vec::new();
         let mut failure = None;
         let from = keys::history(workflow_id, from_seq.max(1));
-        self.kv.scan(
-            &from,
-            &keys::history_prefix(workflow_id),
-            &mut |key, value| {
-                if events.len() >= limit {
-                    return false;
-                }
-                match Self::decode::<HistoryEvent>(key, value) {
-                    Ok(event) => events.push(event),
-                    Err(e) => failure = Some(e),
-                }
-                failure.is_none()
-            },
-        )?;
+        self.kv.scan(&from, &keys::history_prefix(workflow_id), &mut |key, value| {
+            if events.len() >= limit {
+                return false;
+            }
+            match Self::decode::<HistoryEvent>(key, value) {
+                Ok(event) => events.push(event),
+                Err(e) => failure = Some(e),
+            }
+            failure.is_none()
+        })?;
         failure.map_or(Ok(events), Err)
     }
 
@@ -183,20 +141,13 @@ impl<K: Kv> Store for KvStore<K> {
         Ok(self
             .kv
             .last_with_prefix(&keys::history_prefix(workflow_id))?
-            .and_then(|key| {
-                key.get(key.len() - 8..)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_be_bytes)
-            })
+            .and_then(|key| key.get(key.len() - 8..).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes))
             .unwrap_or(0))
     }
 
     fn summary(&self, workflow_id: &str) -> Result<Option<WorkflowSummary>> {
         let key = keys::raw(keys::SUMMARY, workflow_id);
-        self.kv
-            .get(&key)?
-            .map(|bytes| Self::decode(&key, &bytes))
-            .transpose()
+        self.kv.get(&key)?.map(|bytes| Self::decode(&key, &bytes)).transpose()
     }
 
     fn list(
@@ -250,108 +201,84 @@ impl<K: Kv> Store for KvStore<K> {
 
     fn all_workflows(&self) -> Result<Vec<String>> {
         let mut ids: Vec<String> = Vec::new();
-        self.kv
-            .scan(&[keys::HISTORY], &[keys::HISTORY], &mut |key, _| {
-                if let Some((wf, _)) = keys::split_workflow(key)
-                    && ids.last().is_none_or(|last| last != wf)
-                {
-                    ids.push(wf.to_owned());
-                }
-                true
-            })?;
+        self.kv.scan(&[keys::HISTORY], &[keys::HISTORY], &mut |key, _| {
+            if let Some((wf, _)) = keys::split_workflow(key)
+                && ids.last().is_none_or(|last| last != wf)
+            {
+                ids.push(wf.to_owned());
+            }
+            true
+        })?;
         Ok(ids)
     }
 
     fn workflow_for_request(&self, request_id: &str) -> Result<Option<String>> {
-        Ok(self
-            .kv
-            .get(&keys::raw(keys::REQUEST, request_id))?
-            .map(|b| String::from_utf8_lossy(&b).into_owned()))
+        Ok(self.kv.get(&keys::raw(keys::REQUEST, request_id))?.map(|b| String::from_utf8_lossy(&b).into_owned()))
     }
 
     fn tasks(&self) -> Result<Vec<TaskRecord>> {
         let mut tasks = Vec::new();
         let mut failure = None;
-        self.kv.scan(
-            &[keys::TASK],
-            &[keys::TASK],
-            &mut |key, value| match Self::decode(key, value) {
-                Ok(task) => {
-                    tasks.push(task);
-                    true
-                }
-                Err(e) => {
-                    failure = Some(e);
-                    false
-                }
-            },
-        )?;
+        self.kv.scan(&[keys::TASK], &[keys::TASK], &mut |key, value| match Self::decode(key, value) {
+            Ok(task) => {
+                tasks.push(task);
+                true
+            }
+            Err(e) => {
+                failure = Some(e);
+                false
+            }
+        })?;
         failure.map_or(Ok(tasks), Err)
     }
 
     fn put_lease(&self, workflow_id: &str, task_id: &str, lease: &Lease) -> Result<()> {
         // Not waited on: a lost lease only re-runs an idempotent attempt.
-        let _unflushed = self.kv.apply(vec![(
-            keys::task(keys::LEASE, workflow_id, task_id),
-            Some(lease.encode_to_vec()),
-        )])?;
+        let _unflushed =
+            self.kv.apply(vec![(keys::task(keys::LEASE, workflow_id, task_id), Some(lease.encode_to_vec()))])?;
         Ok(())
     }
 
     fn leases(&self) -> Result<Vec<(String, String, Lease)>> {
         let mut leases = Vec::new();
         let mut failure = None;
-        self.kv
-            .scan(&[keys::LEASE], &[keys::LEASE], &mut |key, value| {
-                let Some((wf, task_id)) = keys::split_workflow(key) else {
-                    return true;
-                };
-                match Self::decode::<Lease>(key, value) {
-                    Ok(lease) => leases.push((
-                        wf.to_owned(),
-                        String::from_utf8_lossy(task_id).into_owned(),
-                        lease,
-                    )),
-                    Err(e) => failure = Some(e),
-                }
-                failure.is_none()
-            })?;
+        self.kv.scan(&[keys::LEASE], &[keys::LEASE], &mut |key, value| {
+            let Some((wf, task_id)) = keys::split_workflow(key) else {
+                return true;
+            };
+            match Self::decode::<Lease>(key, value) {
+                Ok(lease) => leases.push((wf.to_owned(), String::from_utf8_lossy(task_id).into_owned(), lease)),
+                Err(e) => failure = Some(e),
+            }
+            failure.is_none()
+        })?;
         failure.map_or(Ok(leases), Err)
     }
 
     fn timers(&self) -> Result<Vec<TimerRecord>> {
         let mut timers = Vec::new();
-        self.kv
-            .scan(&[keys::TIMER], &[keys::TIMER], &mut |key, _| {
-                if let Some((fire_at_ms, workflow_id, timer_id)) = keys::timer_from_key(key) {
-                    timers.push(TimerRecord {
-                        fire_at_ms,
-                        workflow_id,
-                        timer_id,
-                    });
-                }
-                true
-            })?;
+        self.kv.scan(&[keys::TIMER], &[keys::TIMER], &mut |key, _| {
+            if let Some((fire_at_ms, workflow_id, timer_id)) = keys::timer_from_key(key) {
+                timers.push(TimerRecord { fire_at_ms, workflow_id, timer_id });
+            }
+            true
+        })?;
         Ok(timers)
     }
 
     fn outbox(&self, after: u64, limit: usize) -> Result<Vec<OutboxRecord>> {
         let mut records = Vec::new();
         let mut failure = None;
-        self.kv.scan(
-            &keys::outbox(after.saturating_add(1)),
-            &[keys::OUTBOX],
-            &mut |key, value| {
-                if records.len() >= limit {
-                    return false;
-                }
-                match Self::decode(key, value) {
-                    Ok(record) => records.push(record),
-                    Err(e) => failure = Some(e),
-                }
-                failure.is_none()
-            },
-        )?;
+        self.kv.scan(&keys::outbox(after.saturating_add(1)), &[keys::OUTBOX], &mut |key, value| {
+            if records.len() >= limit {
+                return false;
+            }
+            match Self::decode(key, value) {
+                Ok(record) => records.push(record),
+                Err(e) => failure = Some(e),
+            }
+            failure.is_none()
+        })?;
         failure.map_or(Ok(records), Err)
     }
 

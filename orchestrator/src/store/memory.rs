@@ -25,10 +25,7 @@ impl MemoryStore {
 
 impl Kv for MemoryKv {
     fn apply(&self, writes: Vec<Write>) -> Result<Durable> {
-        let mut map = self
-            .0
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         for (key, value) in writes {
             match value {
                 Some(value) => map.insert(key, value),
@@ -39,24 +36,11 @@ impl Kv for MemoryKv {
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self
-            .0
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(key)
-            .cloned())
+        Ok(self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(key).cloned())
     }
 
-    fn scan(
-        &self,
-        from: &[u8],
-        prefix: &[u8],
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<()> {
-        let map = self
-            .0
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    fn scan(&self, from: &[u8], prefix: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<()> {
+        let map = self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         for (key, value) in map.range::<[u8], _>((Bound::Included(from), Bound::Unbounded)) {
             if !key.starts_with(prefix) || !visit(key, value) {
                 break;
@@ -66,10 +50,7 @@ impl Kv for MemoryKv {
     }
 
     fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<Vec<u8>>> {
-        let map = self
-            .0
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let map = self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         Ok(map
             .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))

@@ -43,11 +43,7 @@ pub enum Error {
     Corrupt { key: String, reason: String },
     /// The commit's first event does not follow the stored history.
     #[error("history of {workflow_id} is at {stored}, the commit starts at {requested}")]
-    SequenceConflict {
-        workflow_id: String,
-        stored: u64,
-        requested: u64,
-    },
+    SequenceConflict { workflow_id: String, stored: u64, requested: u64 },
     /// An earlier flush failed; nothing more is acknowledged.
     #[error("a flush failed earlier ({0}); the store is read-only until restarted")]
     FlushFailed(String),
@@ -139,8 +135,5 @@ pub trait Store: Send + Sync + 'static {
 /// Whether a status ends a workflow.
 pub fn is_terminal(status: i32) -> bool {
     use sagaflow_proto::v1::WorkflowStatus as S;
-    matches!(
-        S::try_from(status),
-        Ok(S::Completed | S::Compensated | S::Failed | S::Cancelled | S::Terminated)
-    )
+    matches!(S::try_from(status), Ok(S::Completed | S::Compensated | S::Failed | S::Cancelled | S::Terminated))
 }

@@ -32,10 +32,8 @@ impl SledStore {
             .map_err(engine)?;
         let tree = db.open_tree("sagaflow").map_err(engine)?;
         let flush_tree = tree.clone();
-        let flusher = GroupCommit::start(Box::new(move || {
-            flush_tree.flush().map(drop).map_err(|e| e.to_string())
-        }))
-        .map_err(engine)?;
+        let flusher = GroupCommit::start(Box::new(move || flush_tree.flush().map(drop).map_err(|e| e.to_string())))
+            .map_err(engine)?;
         KvStore::new(SledKv { tree, flusher })
     }
 }
@@ -60,12 +58,7 @@ impl Kv for SledKv {
         Ok(self.tree.get(key).map_err(engine)?.map(|v| v.to_vec()))
     }
 
-    fn scan(
-        &self,
-        from: &[u8],
-        prefix: &[u8],
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<()> {
+    fn scan(&self, from: &[u8], prefix: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<()> {
         for item in self.tree.range(from..) {
             let (key, value) = item.map_err(engine)?;
             if !key.starts_with(prefix) || !visit(&key, &value) {
@@ -96,10 +89,7 @@ mod conformance {
 
     fn open() -> (Arc<dyn Store>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        (
-            Arc::new(SledStore::open(dir.path()).unwrap()) as Arc<dyn Store>,
-            dir,
-        )
+        (Arc::new(SledStore::open(dir.path()).unwrap()) as Arc<dyn Store>, dir)
     }
 
     crate::store_conformance_suite!(open());
@@ -128,9 +118,6 @@ mod conformance {
         }
         let store = SledStore::open(dir.path()).unwrap();
         assert_eq!(store.history("wf", 1, 10).unwrap()[0].time_ms, 7);
-        assert_eq!(
-            store.workflow_for_request("r").unwrap().as_deref(),
-            Some("wf")
-        );
+        assert_eq!(store.workflow_for_request("r").unwrap().as_deref(), Some("wf"));
     }
 }

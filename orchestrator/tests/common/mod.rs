@@ -23,15 +23,12 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     pub async fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_listening(data_dir, "127.0.0.1:0", extra).await
+    }
+
+    async fn start_listening(data_dir: &Path, listen: &str, extra: &[&str]) -> Self {
         let mut child = Command::new(BIN)
-            .args([
-                "server",
-                "--listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
+            .args(["server", "--listen", listen, "--http-listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .env("RUST_LOG", "warn")
@@ -48,30 +45,16 @@ impl ServerProcess {
             .expect("server did not start within 30 s")
             .unwrap()
             .expect("server exited before listening");
-        let url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://") && !w.ends_with("/metrics"))
-            .unwrap()
-            .to_owned();
-        let http = line
-            .split_whitespace()
-            .find(|w| w.ends_with("/metrics"))
-            .unwrap()
-            .trim_end_matches("/metrics")
-            .to_owned();
+        let url =
+            line.split_whitespace().find(|w| w.starts_with("http://") && !w.ends_with("/metrics")).unwrap().to_owned();
+        let http =
+            line.split_whitespace().find(|w| w.ends_with("/metrics")).unwrap().trim_end_matches("/metrics").to_owned();
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self {
-            child,
-            url,
-            http,
-            data_dir: data_dir.to_owned(),
-        }
+        Self { child, url, http, data_dir: data_dir.to_owned() }
     }
 
     pub async fn client(&self) -> WorkflowServiceClient<Channel> {
-        WorkflowServiceClient::connect(self.url.clone())
-            .await
-            .unwrap()
+        WorkflowServiceClient::connect(self.url.clone()).await.unwrap()
     }
 
     /// SIGKILL: no shutdown hook runs, nothing is flushed on the way out.
@@ -83,15 +66,8 @@ impl ServerProcess {
     /// SIGTERM, then wait for a clean exit.
     pub async fn stop(mut self) {
         let pid = self.child.id().unwrap();
-        Command::new("kill")
-            .arg(pid.to_string())
-            .status()
-            .await
-            .unwrap();
-        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .unwrap()
-            .unwrap();
+        Command::new("kill").arg(pid.to_string()).status().await.unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.unwrap().unwrap();
         assert!(status.success(), "server exited with {status}");
     }
 
@@ -113,10 +89,7 @@ pub fn start_request(kind: &str, request_id: &str, input: &str) -> StartWorkflow
     }
 }
 
-pub async fn full_history(
-    client: &mut WorkflowServiceClient<Channel>,
-    workflow_id: &str,
-) -> Vec<HistoryEvent> {
+pub async fn full_history(client: &mut WorkflowServiceClient<Channel>, workflow_id: &str) -> Vec<HistoryEvent> {
     let mut events = Vec::new();
     let mut from_seq = 1;
     loop {
@@ -143,17 +116,186 @@ pub async fn full_history(
 pub fn assert_intact(workflow_id: &str, events: &[HistoryEvent]) {
     assert!(!events.is_empty(), "{workflow_id} has no history");
     for (i, event) in events.iter().enumerate() {
-        assert_eq!(
-            event.seq,
-            i as u64 + 1,
-            "{workflow_id}: gap or duplicate at position {i}"
-        );
+        assert_eq!(event.seq, i as u64 + 1, "{workflow_id}: gap or duplicate at position {i}");
     }
     assert!(
-        matches!(
-            events[0].attributes,
-            Some(sagaflow_proto::v1::history_event::Attributes::WorkflowStarted(_))
-        ),
+        matches!(events[0].attributes, Some(sagaflow_proto::v1::history_event::Attributes::WorkflowStarted(_))),
         "{workflow_id} does not begin with WorkflowStarted"
     );
+}
+
+impl ServerProcess {
+    /// Restarts on the same port, so that connected workers find it again.
+    pub async fn start_on(data_dir: &Path, url: &str, extra: &[&str]) -> Self {
+        Self::start_listening(data_dir, url.trim_start_matches("http://"), extra).await
+    }
+}
+
+/// A `sagaflow worker` process.
+pub struct WorkerProcess {
+    child: Child,
+    pub worker_id: String,
+}
+
+impl WorkerProcess {
+    pub async fn start(server_url: &str, extra: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["worker", "--server", server_url])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn sagaflow worker");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("worker exited");
+        let worker_id = line.split_whitespace().nth(1).unwrap().to_owned();
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self { child, worker_id }
+    }
+
+    pub async fn kill9(mut self) {
+        self.child.start_kill().unwrap();
+        self.child.wait().await.unwrap();
+    }
+}
+
+/// Waits, through the history long-poll, for an event that `matches`.
+pub async fn wait_for_event(
+    client: &mut WorkflowServiceClient<Channel>,
+    workflow_id: &str,
+    within: Duration,
+    matches: impl Fn(&HistoryEvent) -> bool,
+) -> HistoryEvent {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut from_seq = 1;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{workflow_id}: the awaited event did not come within {within:?}"
+        );
+        let page = client
+            .get_workflow_history(GetWorkflowHistoryRequest {
+                workflow_id: workflow_id.into(),
+                from_seq,
+                page_size: 500,
+                wait_ms: 500,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if let Some(event) = page.events.iter().find(|e| matches(e)) {
+            return event.clone();
+        }
+        from_seq = page.next_seq;
+        assert!(!page.terminal, "{workflow_id} ended before the awaited event");
+    }
+}
+
+/// Waits for the workflow to end and returns its summary.
+pub async fn await_end(
+    client: &mut WorkflowServiceClient<Channel>,
+    workflow_id: &str,
+) -> sagaflow_proto::v1::AwaitWorkflowResponse {
+    let response = client
+        .await_workflow(sagaflow_proto::v1::AwaitWorkflowRequest {
+            workflow_id: workflow_id.into(),
+            timeout_ms: 30_000,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(response.terminal, "{workflow_id} did not end within 30 s: {:?}", response.summary);
+    response
+}
+
+pub fn status_of(response: &sagaflow_proto::v1::AwaitWorkflowResponse) -> &'static str {
+    let status = response.summary.as_ref().map_or(0, |s| s.status);
+    sagaflow_proto::status_name(sagaflow_proto::v1::WorkflowStatus::try_from(status).unwrap())
+}
+
+pub fn event_names(events: &[HistoryEvent]) -> Vec<&'static str> {
+    use sagaflow_proto::EventName;
+    events.iter().filter_map(|e| e.attributes.as_ref().map(EventName::event_name)).collect()
+}
+
+/// Test sagas on the bench activities, with timeouts short enough for tests.
+pub fn write_test_definitions(dir: &Path) -> PathBuf {
+    use sagaflow_orchestrator::workflows::{RetryPolicy, SagaDefinition, Step, Timeouts};
+    let quick = RetryPolicy {
+        initial_interval_ms: 50,
+        backoff_coefficient: 2.0,
+        maximum_interval_ms: 500,
+        maximum_attempts: 5,
+        non_retryable_error_types: vec![],
+    };
+    let short = Timeouts { start_to_close_ms: 1_000, ..Timeouts::default() };
+    let reserve = || {
+        Step::activity("reserve", "bench.reserve")
+            .compensate_with("bench.release")
+            .retry(quick.clone())
+            .timeouts(short)
+            .compensation_retry(RetryPolicy { maximum_attempts: 2, ..quick.clone() })
+    };
+    let quick_saga = SagaDefinition::builder("quick", 1)
+        .step(reserve())
+        .step(Step::activity("capture", "bench.capture").pivot().retry(quick.clone()).timeouts(short))
+        .step(
+            Step::activity("order", "bench.order")
+                .retriable()
+                .retry(RetryPolicy { maximum_attempts: 0, ..quick.clone() })
+                .timeouts(short),
+        )
+        .build()
+        .unwrap();
+    let gated = SagaDefinition::builder("gated", 1)
+        .step(reserve())
+        .step(Step::await_signal("approve", "approve", Duration::ZERO))
+        .step(Step::activity("capture", "bench.capture").pivot().retry(quick.clone()).timeouts(short))
+        .step(
+            Step::activity("order", "bench.order")
+                .retriable()
+                .retry(RetryPolicy { maximum_attempts: 0, ..quick })
+                .timeouts(short),
+        )
+        .build()
+        .unwrap();
+    let path = dir.join("test-sagas.json");
+    let json = serde_json::to_string(&vec![quick_saga, gated]).unwrap();
+    std::fs::write(&path, json).unwrap();
+    path
+}
+
+/// Waits until a worker holds the step's task (leases are not in the
+/// history, so this asks describe).
+pub async fn wait_until_leased(client: &mut WorkflowServiceClient<Channel>, workflow_id: &str, step: &str) {
+    for _ in 0..1000 {
+        let described = client
+            .describe_workflow(sagaflow_proto::v1::DescribeWorkflowRequest { workflow_id: workflow_id.into() })
+            .await
+            .unwrap()
+            .into_inner();
+        if described.pending_activities.iter().any(|p| p.step == step && p.state == "LEASED") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{workflow_id}: no worker leased step {step} within 10 s");
+}
+
+/// GET /metrics.
+pub async fn scrape(http_base: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host_port = http_base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(host_port).await.unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut out = String::new();
+    stream.read_to_string(&mut out).await.unwrap();
+    out
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use sagaflow_proto::v1::worker_service_server::{WorkerService, WorkerServiceServer};
 use sagaflow_proto::v1::{
-    ActivityTask, Credit, Heartbeat, OutcomeAck, Register, Registered, ServerMessage,
-    TaskCancelled, TaskOutcome, WorkerMessage, server_message, worker_message,
+    ActivityTask, Credit, Heartbeat, OutcomeAck, Register, Registered, ServerMessage, TaskCancelled, TaskOutcome,
+    WorkerMessage, server_message, worker_message,
 };
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -23,9 +23,7 @@ use tonic::{Request, Response, Status, Streaming};
 pub const GUARD: Duration = Duration::from_secs(10);
 
 pub async fn guarded<F: std::future::Future>(what: &str, future: F) -> F::Output {
-    tokio::time::timeout(GUARD, future)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+    tokio::time::timeout(GUARD, future).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
 pub struct FakeOrchestrator {
@@ -41,9 +39,7 @@ impl FakeOrchestrator {
 
     /// On a given address, for a worker that was started before its orchestrator.
     pub async fn start_on(addr: SocketAddr) -> Self {
-        let listener = TcpListener::bind(addr)
-            .await
-            .expect("bind the reserved port");
+        let listener = TcpListener::bind(addr).await.expect("bind the reserved port");
         Self::serve(listener)
     }
 
@@ -65,9 +61,7 @@ impl FakeOrchestrator {
 
     /// The next stream a worker opens.
     pub async fn accept(&mut self) -> FakeSession {
-        guarded("a session", self.sessions.recv())
-            .await
-            .expect("the server is running")
+        guarded("a session", self.sessions.recv()).await.expect("the server is running")
     }
 }
 
@@ -90,16 +84,8 @@ impl WorkerService for Service {
         request: Request<Streaming<WorkerMessage>>,
     ) -> Result<Response<Self::OpenSessionStream>, Status> {
         let (outbound, rx) = mpsc::channel(1024);
-        let session = FakeSession {
-            inbound: request.into_inner(),
-            outbound,
-            granted: 0,
-            tasks_sent: 0,
-            acked: 0,
-        };
-        self.sessions
-            .send(session)
-            .map_err(|_| Status::unavailable("the test is gone"))?;
+        let session = FakeSession { inbound: request.into_inner(), outbound, granted: 0, tasks_sent: 0, acked: 0 };
+        self.sessions.send(session).map_err(|_| Status::unavailable("the test is gone"))?;
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -128,12 +114,7 @@ impl FakeSession {
     }
 
     async fn send(&self, message: server_message::Message) {
-        self.outbound
-            .send(Ok(ServerMessage {
-                message: Some(message),
-            }))
-            .await
-            .expect("the stream is open");
+        self.outbound.send(Ok(ServerMessage { message: Some(message) })).await.expect("the stream is open");
     }
 
     /// Expects `Register` and answers `Registered`.
@@ -142,10 +123,7 @@ impl FakeSession {
             worker_message::Message::Register(register) => register,
             other => panic!("expected Register first, got {other:?}"),
         };
-        self.send(server_message::Message::Registered(Registered {
-            session_id: "session-1".to_owned(),
-        }))
-        .await;
+        self.send(server_message::Message::Registered(Registered { session_id: "session-1".to_owned() })).await;
         register
     }
 
@@ -175,10 +153,7 @@ impl FakeSession {
 
     /// Sends a task within the credit granted, as the orchestrator must.
     pub async fn send_task(&mut self, task: ActivityTask) {
-        assert!(
-            self.tasks_sent < self.granted,
-            "the fake orchestrator would exceed the credit granted"
-        );
+        assert!(self.tasks_sent < self.granted, "the fake orchestrator would exceed the credit granted");
         self.send_task_beyond_credit(task).await;
     }
 
@@ -237,19 +212,12 @@ pub struct Captured {
 /// Installs a capturing subscriber on this thread (use a current-thread
 /// runtime) and returns its guard, what it captures, and the messages of the
 /// worker's events as they happen.
-pub fn capture_tracing() -> (
-    tracing::subscriber::DefaultGuard,
-    Captured,
-    mpsc::UnboundedReceiver<String>,
-) {
+pub fn capture_tracing() -> (tracing::subscriber::DefaultGuard, Captured, mpsc::UnboundedReceiver<String>) {
     use tracing_subscriber::layer::SubscriberExt;
 
     let captured = Captured::default();
     let (events, rx) = mpsc::unbounded_channel();
-    let layer = CaptureLayer {
-        captured: captured.clone(),
-        events,
-    };
+    let layer = CaptureLayer { captured: captured.clone(), events };
     let guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
     (guard, captured, rx)
 }
@@ -269,25 +237,15 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CaptureLayer {
         if attrs.metadata().name() == "activity" {
             let mut fields = Fields::default();
             attrs.record(&mut fields);
-            self.captured
-                .activity_spans
-                .lock()
-                .expect("not poisoned")
-                .push(fields.0);
+            self.captured.activity_spans.lock().expect("not poisoned").push(fields.0);
         }
     }
 
-    fn on_event(
-        &self,
-        event: &tracing::Event<'_>,
-        _ctx: tracing_subscriber::layer::Context<'_, S>,
-    ) {
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: tracing_subscriber::layer::Context<'_, S>) {
         if event.metadata().target().starts_with("sagaflow_worker") {
             let mut fields = Fields::default();
             event.record(&mut fields);
-            let _ = self
-                .events
-                .send(fields.0.remove("message").unwrap_or_default());
+            let _ = self.events.send(fields.0.remove("message").unwrap_or_default());
         }
     }
 }

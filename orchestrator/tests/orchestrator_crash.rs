@@ -1,0 +1,65 @@
+//! The orchestrator killed mid-saga: after a restart every saga resumes and
+//! completes, and no step completes twice.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{ServerProcess, WorkerProcess, assert_intact, await_end, full_history, start_request, status_of};
+use sagaflow_proto::v1::history_event::Attributes;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sagas_complete_after_the_orchestrator_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &[]).await;
+    let url = server.url.clone();
+    // Slow activities keep every saga mid-flight when the kill comes.
+    let _worker = WorkerProcess::start(&url, &["--activity-latency-ms", "150"]).await;
+    let mut client = server.client().await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(
+            client
+                .start_workflow(start_request("bench", &format!("r-{i}"), "{}"))
+                .await
+                .unwrap()
+                .into_inner()
+                .workflow_id,
+        );
+    }
+    common::wait_for_event(
+        &mut client,
+        &ids[0],
+        Duration::from_secs(10),
+        |e| matches!(&e.attributes, Some(Attributes::ActivityCompleted(c)) if c.task_id == "0.f.1"),
+    )
+    .await;
+    server.kill9().await;
+
+    // Same port: the worker reconnects on its own.
+    let server = ServerProcess::start_on(dir.path(), &url, &[]).await;
+    let mut client = server.client().await;
+    for id in &ids {
+        let end = await_end(&mut client, id).await;
+        assert_eq!(status_of(&end), "COMPLETED", "{id}");
+        let events = full_history(&mut client, id).await;
+        assert_intact(id, &events);
+        let mut completions: HashMap<String, usize> = HashMap::new();
+        let mut scheduled: HashMap<String, String> = HashMap::new();
+        for event in &events {
+            match &event.attributes {
+                Some(Attributes::ActivityScheduled(s)) => {
+                    scheduled.insert(s.task_id.clone(), s.step.clone());
+                }
+                Some(Attributes::ActivityCompleted(c)) => {
+                    *completions.entry(scheduled[&c.task_id].clone()).or_default() += 1
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(completions.len(), 4, "{id}: every step completed: {completions:?}");
+        assert!(completions.values().all(|n| *n == 1), "{id}: a step completed twice: {completions:?}");
+    }
+}
