@@ -154,6 +154,10 @@ pub struct Escalation {
     pub after_attempts: u32,
     /// The alert's domain name, such as `ShipmentDelayed`.
     pub alert: String,
+    /// An activity run once when the alert is raised (to tell the customer,
+    /// say). It runs beside the step and never blocks it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -296,7 +300,16 @@ impl Step {
 
     #[must_use]
     pub fn escalate_after(mut self, attempts: u32, alert: impl Into<String>) -> Self {
-        self.escalation = Some(Escalation { after_attempts: attempts, alert: alert.into() });
+        self.escalation = Some(Escalation { after_attempts: attempts, alert: alert.into(), notify: None });
+        self
+    }
+
+    /// Runs `activity_type` once when the escalation alert is raised.
+    #[must_use]
+    pub fn notify_on_escalation(mut self, activity_type: impl Into<String>) -> Self {
+        if let Some(escalation) = &mut self.escalation {
+            escalation.notify = Some(activity_type.into());
+        }
         self
     }
 

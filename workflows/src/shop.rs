@@ -23,8 +23,9 @@ fn timeouts(start_to_close: Duration) -> Timeouts {
     Timeouts { start_to_close_ms: u64::try_from(start_to_close.as_millis()).unwrap_or(u64::MAX), ..Timeouts::default() }
 }
 
-/// Price snapshot, reserve inventory, capture payment (the pivot), create the
-/// order, create the shipment, notify. The checkout's ids (`reservation_id`,
+/// Price snapshot, reserve inventory, capture payment (the pivot), commit the
+/// stock, create the order, create the shipment, mark the order shipped,
+/// notify. The checkout's ids (`reservation_id`,
 /// `payment_intent_id`) are fixed in its input when it starts.
 pub fn checkout() -> SagaDefinition {
     let build = SagaDefinition::builder(CHECKOUT, 1)
@@ -60,6 +61,15 @@ pub fn checkout() -> SagaDefinition {
                 .timeouts(timeouts(Duration::from_secs(10))),
         )
         .step(
+            // Turns the held stock into sold stock; after the pivot it cannot
+            // be undone, only retried (or flagged if the hold expired).
+            Step::activity("commit", "inventory.commit")
+                .retriable()
+                .input_from("reservation_id", "/input/reservation_id")
+                .idempotency_key_from("/input/reservation_id")
+                .timeouts(timeouts(Duration::from_secs(10))),
+        )
+        .step(
             Step::activity("order", "orders.create")
                 .retriable()
                 .input_from("client_request_id", "/input/client_request_id")
@@ -79,6 +89,15 @@ pub fn checkout() -> SagaDefinition {
                 .input_from("customer_id", "/input/customer_id")
                 .idempotency_key_from("/steps/order/order_id")
                 .escalate_after(5, "ShipmentDelayed")
+                .notify_on_escalation("notifications.send")
+                .timeouts(timeouts(Duration::from_secs(10))),
+        )
+        .step(
+            Step::activity("shipped", "orders.mark_shipped")
+                .retriable()
+                .input_from("order_id", "/steps/order/order_id")
+                .input_from("shipment_id", "/steps/ship/shipment_id")
+                .idempotency_key_from("/steps/order/order_id")
                 .timeouts(timeouts(Duration::from_secs(10))),
         )
         .step(

@@ -159,7 +159,7 @@ pub fn handle(
             let Some(task) = state.tasks.get(&task_id) else {
                 return Ok(Vec::new());
             };
-            let retry = if timeout == TimeoutKind::ScheduleToClose {
+            let retry = if timeout == TimeoutKind::ScheduleToClose || task.side {
                 0
             } else {
                 next_attempt_ms(state, definition, task.step_index, task.compensation, task.attempt, true, "", now)
@@ -169,7 +169,9 @@ pub fn handle(
                 timeout_type: timeout.as_str().into(),
                 next_attempt_ms: retry,
             })];
-            events.extend(escalation(state, definition, task.step_index, task.compensation, task.attempt));
+            if !task.side {
+                events.extend(escalation(state, definition, task.step_index, task.compensation, task.attempt));
+            }
             Ok(events)
         }
         Input::TimerFired { timer_id } => {
@@ -251,16 +253,20 @@ fn handle_outcome(
     match outcome {
         Outcome::Completed(result) => events.push(Attributes::ActivityCompleted(ActivityCompleted { task_id, result })),
         Outcome::Failed { error_type, message, retryable } => {
-            let next = next_attempt_ms(
-                state,
-                definition,
-                task.step_index,
-                task.compensation,
-                task.attempt,
-                retryable,
-                &error_type,
-                now,
-            );
+            let next = if task.side {
+                0
+            } else {
+                next_attempt_ms(
+                    state,
+                    definition,
+                    task.step_index,
+                    task.compensation,
+                    task.attempt,
+                    retryable,
+                    &error_type,
+                    now,
+                )
+            };
             events.push(Attributes::ActivityFailed(ActivityFailed {
                 task_id,
                 error_type,
@@ -268,7 +274,9 @@ fn handle_outcome(
                 retryable: next > 0,
                 next_attempt_ms: next,
             }));
-            events.extend(escalation(state, definition, task.step_index, task.compensation, task.attempt));
+            if !task.side {
+                events.extend(escalation(state, definition, task.step_index, task.compensation, task.attempt));
+            }
         }
     }
     events
@@ -319,13 +327,42 @@ fn escalation(
     step_index: usize,
     compensation: bool,
     attempt: u32,
-) -> Option<Attributes> {
-    let step = definition.steps.get(step_index)?;
-    let escalation = step.escalation.as_ref()?;
+) -> Vec<Attributes> {
+    let Some(step) = definition.steps.get(step_index) else { return Vec::new() };
+    let Some(escalation) = step.escalation.as_ref() else { return Vec::new() };
     let already = state.steps.get(step_index).is_some_and(|s| s.escalated);
-    (!compensation && !already && attempt >= escalation.after_attempts).then(|| {
-        Attributes::StepEscalated(StepEscalated { step: step.name.clone(), attempt, alert: escalation.alert.clone() })
-    })
+    if compensation || already || attempt < escalation.after_attempts {
+        return Vec::new();
+    }
+    let mut events = vec![Attributes::StepEscalated(StepEscalated {
+        step: step.name.clone(),
+        attempt,
+        alert: escalation.alert.clone(),
+    })];
+    if let Some(notify) = &escalation.notify {
+        let key = state.steps[step_index]
+            .idempotency_key
+            .clone()
+            .unwrap_or_else(|| format!("{}/{}", state.workflow_id, step.name));
+        let input = serde_json::json!({
+            "alert": escalation.alert,
+            "step": step.name,
+            "attempt": attempt,
+            "input": state.context.input_for(&step.input),
+            "workflow_input": state.context.0.get("input"),
+        });
+        events.push(Attributes::ActivityScheduled(ActivityScheduled {
+            task_id: super::state::side_task_id(step_index),
+            step_index: u32::try_from(step_index).unwrap_or(u32::MAX),
+            step: step.name.clone(),
+            activity_type: notify.clone(),
+            attempt: 1,
+            compensation: false,
+            input: input.to_string(),
+            idempotency_key: format!("{key}/{}", escalation.alert),
+        }));
+    }
+    events
 }
 
 /// What follows from the state alone.
@@ -346,7 +383,7 @@ pub fn decide(state: &WorkflowState, definition: &SagaDefinition, now: i64) -> V
     {
         // Let an attempt in flight finish first, so that its effect, if any,
         // is known and compensated rather than racing the compensation.
-        if state.tasks.values().any(|t| !t.compensation) {
+        if state.tasks.values().any(|t| !t.compensation && !t.side) {
             return Vec::new();
         }
         return start_compensation(state, definition, format!("cancelled: {reason}"), None);
@@ -374,7 +411,7 @@ pub fn decide(state: &WorkflowState, definition: &SagaDefinition, now: i64) -> V
     }
     match &step.action {
         Action::Activity { activity_type } => {
-            let busy = state.tasks.values().any(|t| t.step_index == index && !t.compensation);
+            let busy = state.tasks.values().any(|t| t.step_index == index && !t.compensation && !t.side);
             if busy || progress.forward.retry_at.is_some() {
                 return Vec::new();
             }

@@ -18,6 +18,9 @@ pub struct PendingTask {
     pub input: String,
     pub idempotency_key: String,
     pub scheduled_ms: i64,
+    /// A side task (an escalation's notification): it never blocks or
+    /// completes its step, and it is not retried.
+    pub side: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -101,6 +104,15 @@ pub fn parse_task_id(task_id: &str) -> Option<(usize, bool, u32)> {
     };
     let attempt = parts.next()?.parse().ok()?;
     parts.next().is_none().then_some((step, compensation, attempt))
+}
+
+/// Side tasks are numbered `<step>.n.<n>`.
+pub fn side_task_id(step_index: usize) -> String {
+    format!("{step_index}.n.1")
+}
+
+pub fn is_side_task(task_id: &str) -> bool {
+    task_id.split('.').nth(1) == Some("n")
 }
 
 pub fn retry_timer_id(step_index: usize, compensation: bool, attempt: u32) -> String {
@@ -198,6 +210,22 @@ impl WorkflowState {
                 self.steps = vec![StepState::default(); definition.steps.len()];
                 self.progress(event.seq, event.time_ms);
             }
+            Attributes::ActivityScheduled(s) if is_side_task(&s.task_id) => {
+                self.tasks.insert(
+                    s.task_id.clone(),
+                    PendingTask {
+                        task_id: s.task_id.clone(),
+                        step_index: s.step_index as usize,
+                        attempt: s.attempt,
+                        compensation: false,
+                        activity_type: s.activity_type.clone(),
+                        input: s.input.clone(),
+                        idempotency_key: s.idempotency_key.clone(),
+                        scheduled_ms: event.time_ms,
+                        side: true,
+                    },
+                );
+            }
             Attributes::ActivityScheduled(s) => {
                 let index = s.step_index as usize;
                 if let Some(step) = self.steps.get_mut(index) {
@@ -224,6 +252,7 @@ impl WorkflowState {
                         input: s.input.clone(),
                         idempotency_key: s.idempotency_key.clone(),
                         scheduled_ms: event.time_ms,
+                        side: false,
                     },
                 );
                 if s.attempt == 1 {
@@ -232,7 +261,9 @@ impl WorkflowState {
             }
             Attributes::ActivityStarted(_) | Attributes::CompletionIgnored(_) => {}
             Attributes::ActivityCompleted(c) => {
-                if let Some(task) = self.tasks.remove(&c.task_id) {
+                if let Some(task) = self.tasks.remove(&c.task_id)
+                    && !task.side
+                {
                     let name = definition.steps.get(task.step_index).map(|s| s.name.clone()).unwrap_or_default();
                     if let Some(step) = self.steps.get_mut(task.step_index) {
                         if task.compensation {
@@ -348,6 +379,9 @@ impl WorkflowState {
         let Some(task) = self.tasks.remove(task_id) else {
             return;
         };
+        if task.side {
+            return;
+        }
         if let Some(track) = self.track_mut(task.step_index, task.compensation) {
             track.last_failure.clone_from(&failure);
             if next_attempt_ms > 0 {

@@ -452,6 +452,33 @@ fn retriable_step_escalates_once_and_stays_open() {
 }
 
 #[test]
+fn an_escalation_notifies_once_beside_the_step() {
+    let mut definition = trip();
+    let email = definition.steps.iter_mut().find(|s| s.name == "email").unwrap();
+    email.escalation.as_mut().unwrap().notify = Some("notify.customer".into());
+    let mut h = Harness::start(definition);
+    h.complete("0.f.1", json!({}));
+    h.complete("1.f.1", json!({}));
+    for attempt in 1..=3 {
+        h.fail(&format!("2.f.{attempt}"), true);
+        let (timer, at) = h.retry_timers().pop().unwrap();
+        h.now = at;
+        h.fire(&timer);
+    }
+    // The notification runs beside the step's fourth attempt.
+    assert_eq!(h.pending(), ["2.f.4", "2.n.1"]);
+    let notify = h.state.tasks["2.n.1"].clone();
+    assert_eq!(notify.activity_type, "notify.customer");
+    assert!(notify.input.contains("EmailDelayed"), "{}", notify.input);
+    // Its failure is not retried and changes nothing for the step.
+    h.fail("2.n.1", true);
+    assert!(h.retry_timers().is_empty());
+    h.complete("2.f.4", json!({}));
+    assert_eq!(h.status(), WorkflowStatus::Completed);
+    assert_eq!(scheduled_ids(&h.history).iter().filter(|id| id.contains(".n.")).count(), 1);
+}
+
+#[test]
 fn non_retryable_failure_after_pivot_is_stuck_until_the_retry_signal() {
     let mut h = Harness::start(trip());
     h.complete("0.f.1", json!({}));
