@@ -197,8 +197,11 @@ impl WorkflowService for WorkflowApi {
         };
         self.runtime.store().barrier().wait().await.map_err(crate::runtime::Error::from)?;
         let after = (!request.page_token.is_empty()).then_some(request.page_token.as_str());
-        let page =
-            self.runtime.store().list(after, limit, LIST_SCAN_BUDGET, &filter).map_err(crate::runtime::Error::from)?;
+        let page = self
+            .runtime
+            .store()
+            .list("", after, limit, LIST_SCAN_BUDGET, &filter)
+            .map_err(crate::runtime::Error::from)?;
         Ok(Response::new(ListWorkflowsResponse {
             workflows: page.workflows,
             next_page_token: page.next_after.unwrap_or_default(),

@@ -75,15 +75,17 @@ pub async fn index_filters_pages_and_tracks_open_workflows(store: &dyn Store) {
         commit.request_id = Some(format!("req-{i}"));
         store.commit(commit).unwrap().wait().await.unwrap();
     }
-    let running = store.list(None, 10, usize::MAX, &|s| s.status == WorkflowStatus::Running as i32).unwrap();
+    let running = store.list("", None, 10, usize::MAX, &|s| s.status == WorkflowStatus::Running as i32).unwrap();
     let ids: Vec<_> = running.workflows.iter().map(|s| s.workflow_id.as_str()).collect();
     assert_eq!(ids, vec!["wf-0", "wf-2"]);
     assert!(running.next_after.is_none());
-    let first = store.list(None, 2, usize::MAX, &|_| true).unwrap();
+    let first = store.list("", None, 2, usize::MAX, &|_| true).unwrap();
     assert_eq!(first.workflows.len(), 2);
-    let rest = store.list(first.next_after.as_deref(), 2, usize::MAX, &|_| true).unwrap();
+    let rest = store.list("", first.next_after.as_deref(), 2, usize::MAX, &|_| true).unwrap();
     assert_eq!(rest.workflows.iter().map(|s| s.workflow_id.clone()).collect::<Vec<_>>(), vec!["wf-2"]);
     assert_eq!(store.open_workflows().unwrap(), vec!["wf-0".to_string(), "wf-2".to_string()]);
+    let prefixed = store.list("wf-1", None, 10, usize::MAX, &|_| true).unwrap();
+    assert_eq!(prefixed.workflows.iter().map(|s| s.workflow_id.clone()).collect::<Vec<_>>(), vec!["wf-1"]);
     assert_eq!(store.workflow_for_request("req-1").unwrap().as_deref(), Some("wf-1"));
 
     // Closing a workflow removes it from the open set.

@@ -152,21 +152,27 @@ impl<K: Kv> Store for KvStore<K> {
 
     fn list(
         &self,
+        id_prefix: &str,
         after: Option<&str>,
         limit: usize,
         scan_budget: usize,
         filter: &dyn Fn(&WorkflowSummary) -> bool,
     ) -> Result<IndexPage> {
         let mut page = IndexPage::default();
-        let mut from = keys::raw(keys::SUMMARY, after.unwrap_or(""));
-        if after.is_some() {
-            from.push(0); // strictly after
-        }
+        let prefix = keys::raw(keys::SUMMARY, id_prefix);
+        let from = match after {
+            Some(after) if after >= id_prefix => {
+                let mut from = keys::raw(keys::SUMMARY, after);
+                from.push(0); // strictly after
+                from
+            }
+            _ => prefix.clone(),
+        };
         let mut scanned = 0usize;
         let mut last_seen = None;
         let mut failure = None;
         let mut exhausted = true;
-        self.kv.scan(&from, &[keys::SUMMARY], &mut |key, value| {
+        self.kv.scan(&from, &prefix, &mut |key, value| {
             if page.workflows.len() >= limit || scanned >= scan_budget {
                 exhausted = false;
                 return false;

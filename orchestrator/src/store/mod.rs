@@ -95,11 +95,13 @@ pub trait Store: Send + Sync + 'static {
 
     fn summary(&self, workflow_id: &str) -> Result<Option<WorkflowSummary>>;
 
-    /// Index rows in workflow-id order, strictly after `after`. `filter`
+    /// Index rows whose id starts with `id_prefix`, in workflow-id order,
+    /// strictly after `after`. `filter`
     /// decides which rows count; at most `limit` rows are returned, and a scan
     /// reads no more than `scan_budget` rows before it returns a partial page.
     fn list(
         &self,
+        id_prefix: &str,
         after: Option<&str>,
         limit: usize,
         scan_budget: usize,

@@ -31,9 +31,17 @@ impl SledStore {
             .open()
             .map_err(engine)?;
         let tree = db.open_tree("sagaflow").map_err(engine)?;
+        // sled's flush writes its log with `sync_file_range`, which neither
+        // empties the disk's write cache nor commits the file's size: not
+        // durable across a power loss. An fdatasync on our own handle to the
+        // same file is.
+        let log = std::fs::File::open(dir.join("db")).map_err(engine)?;
         let flush_tree = tree.clone();
-        let flusher = GroupCommit::start(Box::new(move || flush_tree.flush().map(drop).map_err(|e| e.to_string())))
-            .map_err(engine)?;
+        let flusher = GroupCommit::start(Box::new(move || {
+            flush_tree.flush().map_err(|e| e.to_string())?;
+            log.sync_data().map_err(|e| e.to_string())
+        }))
+        .map_err(engine)?;
         KvStore::new(SledKv { tree, flusher })
     }
 }
