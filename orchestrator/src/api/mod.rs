@@ -1,9 +1,11 @@
 //! The gRPC face: validation of what clients send, and the mapping of
 //! runtime errors to statuses.
 
+mod checkout;
 mod worker;
 mod workflow;
 
+pub use checkout::{CheckoutApi, CheckoutView};
 pub use worker::WorkerApi;
 pub use workflow::WorkflowApi;
 

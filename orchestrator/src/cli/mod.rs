@@ -1,5 +1,6 @@
 //! Command-line parsing and the commands.
 
+mod checkout;
 mod render;
 mod server;
 mod worker;
@@ -44,6 +45,9 @@ pub enum Command {
     Server(server::ServerArgs),
     /// Run activity services against a server: a separate worker process.
     Worker(worker::WorkerArgs),
+    /// Start, read and refund the reference shop's checkouts.
+    #[command(subcommand)]
+    Checkout(checkout::CheckoutCommand),
     /// Start, inspect and steer workflows.
     #[command(subcommand)]
     Workflow(workflow::WorkflowCommand),
@@ -57,6 +61,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Server(args) => server::run(args, cli.log_format).await,
         Command::Worker(args) => worker::run(args, &cli.server, cli.log_format).await,
         Command::Admin(command) => server::admin(command, cli.output).await,
+        Command::Checkout(command) => checkout::run(command, &cli.server, cli.output).await,
         Command::Workflow(command) => workflow::run(command, &cli.server, cli.output).await,
     }
 }

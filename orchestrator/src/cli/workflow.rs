@@ -106,12 +106,15 @@ fn parse_status(text: &str) -> Result<WorkflowStatus, String> {
         .ok_or_else(|| format!("unknown status {text:?}; one of RUNNING, COMPENSATING, COMPLETED, COMPENSATED, FAILED, CANCELLED, TERMINATED"))
 }
 
-pub async fn connect(server: &str) -> anyhow::Result<WorkflowServiceClient<Channel>> {
+pub async fn connect_channel(server: &str) -> anyhow::Result<Channel> {
     let endpoint = Channel::from_shared(server.to_owned())
         .with_context(|| format!("{server:?} is not a server URL (expected http://HOST:PORT)"))?
         .connect_timeout(Duration::from_secs(5));
-    let channel = endpoint.connect().await.with_context(|| format!("cannot reach the server at {server}"))?;
-    Ok(WorkflowServiceClient::new(channel))
+    endpoint.connect().await.with_context(|| format!("cannot reach the server at {server}"))
+}
+
+pub async fn connect(server: &str) -> anyhow::Result<WorkflowServiceClient<Channel>> {
+    Ok(WorkflowServiceClient::new(connect_channel(server).await?))
 }
 
 /// A gRPC status as one readable line.
