@@ -8,13 +8,17 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{ServerProcess, assert_intact, full_history, start_request};
+use common::{
+    ServerProcess, WorkerProcess, assert_each_step_completed_once, assert_intact, await_end, full_history,
+    start_request, status_of,
+};
 use rand::{Rng, SeedableRng};
 use sagaflow_proto::v1::history_event::Attributes;
 use sagaflow_proto::v1::{ListWorkflowsRequest, SignalWorkflowRequest};
 
 const KILLS: usize = 20;
 const CLIENTS: usize = 8;
+const MIN_STARTS: usize = 500;
 /// Starts per client per round: enough to be mid-flight at the kill, few
 /// enough that verifying every one after each restart stays quick.
 const STARTS_PER_ROUND: usize = 8;
@@ -41,8 +45,24 @@ async fn acknowledged_work_survives_kill_dash_nine() {
     let acked = Arc::new(Mutex::new(Acked::default()));
     let mut verified: HashSet<String> = HashSet::new();
 
-    for round in 0..KILLS {
-        let server = ServerProcess::start(dir.path(), &[]).await;
+    // One worker for the whole run: it reconnects after every kill, so the
+    // sagas really run while the server dies under them.
+    let first = ServerProcess::start(dir.path(), &[]).await;
+    let url = first.url.clone();
+    let _worker = WorkerProcess::start(&url, &["--activity-latency-ms", "5"]).await;
+    let mut first = Some(first);
+    // At least KILLS kills, and as many more as it takes to acknowledge
+    // MIN_STARTS starts on a slow machine.
+    let mut kills = 0;
+    for round in 0..KILLS * 5 {
+        if round >= KILLS && acked.lock().unwrap().starts.len() >= MIN_STARTS {
+            break;
+        }
+        kills += 1;
+        let server = match first.take() {
+            Some(server) => server,
+            None => ServerProcess::start_on(dir.path(), &url, &[]).await,
+        };
         // Everything acknowledged before this restart is still there.
         verify(&server, &acked, &mut verified).await;
 
@@ -84,10 +104,10 @@ async fn acknowledged_work_survives_kill_dash_nine() {
         }
     }
 
-    let server = ServerProcess::start(dir.path(), &[]).await;
+    let server = ServerProcess::start_on(dir.path(), &url, &[]).await;
     verify(&server, &acked, &mut HashSet::new()).await;
     let total = acked.lock().unwrap().starts.len();
-    assert!(total >= 500, "only {total} starts were acknowledged over {KILLS} kills");
+    assert!(total >= MIN_STARTS, "only {total} starts were acknowledged over {kills} kills");
 
     // No duplicates: every listed workflow has its own request id.
     let mut client = server.client().await;
@@ -112,7 +132,16 @@ async fn acknowledged_work_survives_kill_dash_nine() {
         token = page.next_page_token;
     }
     assert!(request_ids.len() >= total);
-    println!("{total} acknowledged starts survived {KILLS} kill -9s; {} workflows in all", request_ids.len());
+
+    // Every acknowledged saga finishes, and no step completed twice.
+    let starts: Vec<Started> = acked.lock().unwrap().starts.values().cloned().collect();
+    for started in starts {
+        let end = await_end(&mut client, &started.workflow_id).await;
+        assert_eq!(status_of(&end), "COMPLETED", "{}", started.workflow_id);
+        let events = full_history(&mut client, &started.workflow_id).await;
+        assert_each_step_completed_once(&started.workflow_id, &events);
+    }
+    println!("{total} acknowledged starts survived {kills} kill -9s; {} workflows in all", request_ids.len());
 }
 
 async fn verify(server: &ServerProcess, acked: &Arc<Mutex<Acked>>, verified: &mut HashSet<String>) {

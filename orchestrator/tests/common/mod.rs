@@ -299,3 +299,24 @@ pub async fn scrape(http_base: &str) -> String {
     stream.read_to_string(&mut out).await.unwrap();
     out
 }
+
+/// Each forward step completed exactly once (counting by step, not attempt).
+pub fn assert_each_step_completed_once(workflow_id: &str, events: &[HistoryEvent]) {
+    use sagaflow_proto::v1::history_event::Attributes;
+    let mut step_of = std::collections::HashMap::new();
+    let mut completed: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for event in events {
+        match &event.attributes {
+            Some(Attributes::ActivityScheduled(s)) if !s.compensation => {
+                step_of.insert(s.task_id.clone(), s.step.clone());
+            }
+            Some(Attributes::ActivityCompleted(c)) => {
+                if let Some(step) = step_of.get(&c.task_id) {
+                    *completed.entry(step.clone()).or_default() += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(completed.values().all(|n| *n == 1), "{workflow_id}: a step completed twice: {completed:?}");
+}
