@@ -1,5 +1,6 @@
 //! Command-line parsing and the commands.
 
+mod bench;
 mod checkout;
 mod render;
 mod server;
@@ -51,6 +52,8 @@ pub enum Command {
     /// Start, inspect and steer workflows.
     #[command(subcommand)]
     Workflow(workflow::WorkflowCommand),
+    /// Run the standard end-to-end load (or the checkout saga) and print throughput and latency.
+    Bench(bench::BenchArgs),
     /// Offline maintenance of a data directory (stop the server first).
     #[command(subcommand)]
     Admin(server::AdminCommand),
@@ -61,6 +64,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Server(args) => server::run(args, cli.log_format).await,
         Command::Worker(args) => worker::run(args, &cli.server, cli.log_format).await,
         Command::Admin(command) => server::admin(command, cli.output).await,
+        Command::Bench(args) => bench::run(args).await,
         Command::Checkout(command) => checkout::run(command, &cli.server, cli.output).await,
         Command::Workflow(command) => workflow::run(command, &cli.server, cli.output).await,
     }
