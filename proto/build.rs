@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "sagaflow/v1/history.proto",
     "sagaflow/v1/workflow.proto",
     "sagaflow/v1/worker.proto",
+    "sagaflow/v1/events.proto",
     "sagaflow/checkout/v1/checkout.proto",
 ];
 

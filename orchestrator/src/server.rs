@@ -12,12 +12,13 @@ use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::api::{CheckoutApi, WorkerApi, WorkflowApi};
+use crate::api::{CheckoutApi, EventsApi, WorkerApi, WorkflowApi};
 use crate::limits::Limits;
 use crate::registry::Registry;
 use crate::runtime::{Runtime, StuckPolicy};
 use crate::store::{MemoryStore, SledStore, Store};
 use sagaflow_proto::checkout::v1::checkout_service_server::CheckoutServiceServer;
+use sagaflow_proto::v1::event_service_server::EventServiceServer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -106,6 +107,7 @@ impl Server {
         health_reporter.set_serving::<WorkflowServiceServer<WorkflowApi>>().await;
         health_reporter.set_serving::<WorkerServiceServer<WorkerApi>>().await;
         health_reporter.set_serving::<CheckoutServiceServer<CheckoutApi>>().await;
+        health_reporter.set_serving::<EventServiceServer<EventsApi>>().await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(sagaflow_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -116,7 +118,8 @@ impl Server {
             .add_service(reflection)
             .add_service(WorkflowServiceServer::new(WorkflowApi::new(runtime.clone())))
             .add_service(WorkerServiceServer::new(WorkerApi::new(runtime.clone())))
-            .add_service(CheckoutServiceServer::new(CheckoutApi::new(runtime.clone())));
+            .add_service(CheckoutServiceServer::new(CheckoutApi::new(runtime.clone())))
+            .add_service(EventServiceServer::new(EventsApi::new(runtime.clone())));
         let mut stopped_grpc = stopped;
         tasks.push(tokio::spawn(async move {
             let shutdown = async move {

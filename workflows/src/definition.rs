@@ -178,6 +178,9 @@ pub struct Step {
     pub timeouts: Timeouts,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub escalation: Option<Escalation>,
+    /// The domain event published (through the outbox) when the step completes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emits: Option<String>,
 }
 
 impl Step {
@@ -207,7 +210,15 @@ impl Step {
             retry: RetryPolicy::default(),
             timeouts: Timeouts::default(),
             escalation: None,
+            emits: None,
         }
+    }
+
+    /// Publishes `event_type` when the step completes.
+    #[must_use]
+    pub fn emits(mut self, event_type: impl Into<String>) -> Self {
+        self.emits = Some(event_type.into());
+        self
     }
 
     #[must_use]
@@ -342,6 +353,28 @@ pub struct SagaDefinition {
     #[serde(default)]
     pub description: String,
     pub steps: Vec<Step>,
+    /// Domain events of the saga as a whole.
+    #[serde(default, skip_serializing_if = "LifecycleEvents::is_empty")]
+    pub events: LifecycleEvents,
+}
+
+/// Domain events published when a saga starts, completes, or is undone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct LifecycleEvents {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completed: Option<String>,
+    /// On COMPENSATED or CANCELLED.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compensated: Option<String>,
+}
+
+impl LifecycleEvents {
+    pub fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -360,7 +393,15 @@ pub enum DefinitionError {
 
 impl SagaDefinition {
     pub fn builder(name: impl Into<String>, version: u32) -> SagaBuilder {
-        SagaBuilder { definition: Self { name: name.into(), version, description: String::new(), steps: Vec::new() } }
+        SagaBuilder {
+            definition: Self {
+                name: name.into(),
+                version,
+                description: String::new(),
+                steps: Vec::new(),
+                events: LifecycleEvents::default(),
+            },
+        }
     }
 
     pub fn to_json(&self) -> String {
@@ -480,6 +521,13 @@ impl SagaBuilder {
     #[must_use]
     pub fn description(mut self, text: impl Into<String>) -> Self {
         self.definition.description = text.into();
+        self
+    }
+
+    /// Domain events for the saga's start, completion and compensation.
+    #[must_use]
+    pub fn lifecycle_events(mut self, events: LifecycleEvents) -> Self {
+        self.definition.events = events;
         self
     }
 

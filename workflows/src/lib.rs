@@ -22,6 +22,6 @@ pub mod shop;
 
 pub use context::{Context, resolve_pointer};
 pub use definition::{
-    Action, Compensation, DefinitionError, Escalation, InputSpec, KeySpec, RetryPolicy, SagaBuilder, SagaDefinition,
-    Source, Step, StepKind, Timeouts,
+    Action, Compensation, DefinitionError, Escalation, InputSpec, KeySpec, LifecycleEvents, RetryPolicy, SagaBuilder,
+    SagaDefinition, Source, Step, StepKind, Timeouts,
 };

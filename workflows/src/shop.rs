@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::{RetryPolicy, SagaDefinition, Step, Timeouts};
+use crate::{LifecycleEvents, RetryPolicy, SagaDefinition, Step, Timeouts};
 
 pub const CHECKOUT: &str = "checkout";
 pub const REFUND: &str = "refund";
@@ -32,6 +32,11 @@ pub fn checkout() -> SagaDefinition {
         .description(
             "The reference shop's checkout: price snapshot, reservation, capture, order, shipment, notification.",
         )
+        .lifecycle_events(LifecycleEvents {
+            started: Some("CheckoutStarted".into()),
+            completed: Some("CheckoutCompleted".into()),
+            compensated: Some("CheckoutCompensated".into()),
+        })
         .step(
             Step::activity("price", "catalog.price_snapshot")
                 .input_from("items", "/input/items")
@@ -41,6 +46,7 @@ pub fn checkout() -> SagaDefinition {
         )
         .step(
             Step::activity("reserve", "inventory.reserve")
+                .emits("InventoryReserved")
                 .input_from("reservation_id", "/input/reservation_id")
                 .input_from("items", "/input/items")
                 .idempotency_key_from("/input/reservation_id")
@@ -51,6 +57,7 @@ pub fn checkout() -> SagaDefinition {
         )
         .step(
             Step::activity("capture", "payments.capture")
+                .emits("PaymentCaptured")
                 .pivot()
                 .input_from("payment_intent_id", "/input/payment_intent_id")
                 .input_from("customer_id", "/input/customer_id")
@@ -71,6 +78,7 @@ pub fn checkout() -> SagaDefinition {
         )
         .step(
             Step::activity("order", "orders.create")
+                .emits("OrderCreated")
                 .retriable()
                 .input_from("client_request_id", "/input/client_request_id")
                 .input_from("checkout_id", "/workflow_id")
@@ -83,6 +91,7 @@ pub fn checkout() -> SagaDefinition {
         )
         .step(
             Step::activity("ship", "shipping.create_shipment")
+                .emits("ShipmentCreated")
                 .retriable()
                 .input_from("order_id", "/steps/order/order_id")
                 .input_from("shipping_address", "/input/shipping_address")
@@ -119,6 +128,7 @@ pub fn refund() -> SagaDefinition {
         .description("Refunds part or all of a checkout's capture, then records it on the order.")
         .step(
             Step::activity("refund", "payments.refund")
+                .emits("RefundRecorded")
                 .pivot()
                 .input_from("refund_id", "/input/refund_id")
                 .input_from("payment_intent_id", "/input/payment_intent_id")

@@ -2,10 +2,12 @@
 //! runtime errors to statuses.
 
 mod checkout;
+mod events;
 mod worker;
 mod workflow;
 
 pub use checkout::{CheckoutApi, CheckoutView};
+pub use events::EventsApi;
 pub use worker::WorkerApi;
 pub use workflow::WorkflowApi;
 

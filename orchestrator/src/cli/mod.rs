@@ -2,6 +2,7 @@
 
 mod bench;
 mod checkout;
+mod events;
 mod render;
 mod server;
 mod worker;
@@ -49,6 +50,9 @@ pub enum Command {
     /// Start, read and refund the reference shop's checkouts.
     #[command(subcommand)]
     Checkout(checkout::CheckoutCommand),
+    /// Read the domain events of the transactional outbox.
+    #[command(subcommand)]
+    Events(events::EventsCommand),
     /// Start, inspect and steer workflows.
     #[command(subcommand)]
     Workflow(workflow::WorkflowCommand),
@@ -65,6 +69,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker(args) => worker::run(args, &cli.server, cli.log_format).await,
         Command::Admin(command) => server::admin(command, cli.output).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Events(command) => events::run(command, &cli.server, cli.output).await,
         Command::Checkout(command) => checkout::run(command, &cli.server, cli.output).await,
         Command::Workflow(command) => workflow::run(command, &cli.server, cli.output).await,
     }

@@ -7,6 +7,7 @@
 //! [`timers`] wake what waits.
 
 pub mod dispatch;
+mod outbox;
 mod records;
 mod recovery;
 mod stuck;
@@ -96,6 +97,8 @@ struct Inner {
     /// Bumped after every durable decision of a workflow someone is watching.
     watchers: Mutex<HashMap<String, watch::Sender<u64>>>,
     stuck: stuck::Tracker,
+    /// Bumped after every durable decision that wrote outbox records.
+    outbox_changed: watch::Sender<u64>,
 }
 
 impl Runtime {
@@ -119,6 +122,7 @@ impl Runtime {
                 timers,
                 watchers: Mutex::default(),
                 stuck: stuck::Tracker::new(stuck_policy),
+                outbox_changed: watch::channel(0).0,
             }),
         };
         runtime.recover().await?;
@@ -137,6 +141,11 @@ impl Runtime {
 
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
+    }
+
+    /// Changes whenever new outbox records are durable.
+    pub fn outbox_changes(&self) -> watch::Receiver<u64> {
+        self.inner.outbox_changed.subscribe()
     }
 
     pub fn dispatch(&self) -> &Dispatch {
@@ -339,6 +348,8 @@ impl Runtime {
         outcome_task: Option<&str>,
     ) -> Result<()> {
         let delta = records::delta(before, state, definition);
+        let outbox = outbox::domain_events(state, definition, &events);
+        let published = !outbox.is_empty();
         let commit = Commit {
             workflow_id: workflow_id.to_owned(),
             events,
@@ -348,7 +359,7 @@ impl Runtime {
             delete_tasks: delta.gone_tasks.clone(),
             put_timers: delta.new_timers.clone(),
             delete_timers: delta.gone_timers,
-            outbox: Vec::new(),
+            outbox,
         };
         let started = std::time::Instant::now();
         self.inner.store.commit(commit)?.wait().await?;
@@ -368,6 +379,9 @@ impl Runtime {
         self.inner.stuck.observe(state, definition);
         crate::metrics::record_decision(state);
         self.notify(workflow_id, state.last_seq);
+        if published {
+            self.inner.outbox_changed.send_modify(|n| *n += 1);
+        }
         Ok(())
     }
 

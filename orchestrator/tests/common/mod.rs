@@ -227,7 +227,7 @@ pub fn event_names(events: &[HistoryEvent]) -> Vec<&'static str> {
 
 /// Test sagas on the bench activities, with timeouts short enough for tests.
 pub fn write_test_definitions(dir: &Path) -> PathBuf {
-    use sagaflow_orchestrator::workflows::{RetryPolicy, SagaDefinition, Step, Timeouts};
+    use sagaflow_orchestrator::workflows::{LifecycleEvents, RetryPolicy, SagaDefinition, Step, Timeouts};
     let quick = RetryPolicy {
         initial_interval_ms: 50,
         backoff_coefficient: 2.0,
@@ -244,7 +244,12 @@ pub fn write_test_definitions(dir: &Path) -> PathBuf {
             .compensation_retry(RetryPolicy { maximum_attempts: 2, ..quick.clone() })
     };
     let quick_saga = SagaDefinition::builder("quick", 1)
-        .step(reserve())
+        .lifecycle_events(LifecycleEvents {
+            started: Some("QuickStarted".into()),
+            completed: Some("QuickCompleted".into()),
+            compensated: Some("QuickUndone".into()),
+        })
+        .step(reserve().emits("Reserved"))
         .step(Step::activity("capture", "bench.capture").pivot().retry(quick.clone()).timeouts(short))
         .step(
             Step::activity("order", "bench.order")

@@ -1,0 +1,125 @@
+//! Domain events for the transactional outbox, derived from a decision's
+//! history events and the definition's declarations (`Step::emits`, the
+//! saga's lifecycle events, escalation alerts). Pure: the same history
+//! always yields the same events with the same ids.
+
+use sagaflow_proto::v1::HistoryEvent;
+use sagaflow_proto::v1::history_event::Attributes;
+use sagaflow_workflows::SagaDefinition;
+use serde_json::{Value, json};
+
+use crate::engine::{WorkflowState, parse_task_id};
+use crate::store::OutboxRecord;
+
+fn record(
+    state: &WorkflowState,
+    event: &HistoryEvent,
+    event_type: &str,
+    step: Option<&str>,
+    data: Value,
+) -> OutboxRecord {
+    let payload = json!({
+        "workflow_id": state.workflow_id,
+        "workflow_type": state.workflow_type,
+        "step": step,
+        "data": data,
+    });
+    OutboxRecord {
+        seq: 0,
+        event_id: format!("{}/{}", state.workflow_id, event.seq),
+        event_type: event_type.to_owned(),
+        workflow_id: state.workflow_id.clone(),
+        workflow_seq: event.seq,
+        correlation_id: state.correlation_id.clone(),
+        payload: payload.to_string(),
+        time_ms: event.time_ms,
+    }
+}
+
+fn json_text(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or(Value::Null)
+}
+
+pub fn domain_events(state: &WorkflowState, definition: &SagaDefinition, events: &[HistoryEvent]) -> Vec<OutboxRecord> {
+    let lifecycle = &definition.events;
+    let mut records = Vec::new();
+    for event in events {
+        let Some(attributes) = &event.attributes else { continue };
+        let emitted = match attributes {
+            Attributes::WorkflowStarted(s) => lifecycle.started.as_deref().map(|t| (t, None, json_text(&s.input))),
+            Attributes::ActivityCompleted(c) => match parse_task_id(&c.task_id) {
+                Some((index, false, _)) => definition.steps.get(index).and_then(|step| {
+                    step.emits.as_deref().map(|t| (t, Some(step.name.as_str()), json_text(&c.result)))
+                }),
+                _ => None,
+            },
+            Attributes::StepEscalated(e) => {
+                Some((e.alert.as_str(), Some(e.step.as_str()), json!({ "attempt": e.attempt })))
+            }
+            Attributes::WorkflowCompleted(c) => lifecycle.completed.as_deref().map(|t| (t, None, json_text(&c.result))),
+            Attributes::WorkflowCompensated(c) => {
+                lifecycle.compensated.as_deref().map(|t| (t, None, json!({ "reason": c.reason })))
+            }
+            Attributes::WorkflowCancelled(c) => {
+                lifecycle.compensated.as_deref().map(|t| (t, None, json!({ "reason": c.reason, "cancelled": true })))
+            }
+            _ => None,
+        };
+        if let Some((event_type, step, data)) = emitted {
+            records.push(record(state, event, event_type, step, data));
+        }
+    }
+    records
+}
+
+#[cfg(test)]
+mod tests {
+    use sagaflow_proto::v1::{ActivityCompleted, ActivityScheduled, StepEscalated, WorkflowStarted};
+    use sagaflow_workflows::shop;
+
+    use super::*;
+    use crate::engine;
+
+    fn at(seq: u64, attributes: Attributes) -> HistoryEvent {
+        HistoryEvent { seq, time_ms: 5, attributes: Some(attributes) }
+    }
+
+    #[test]
+    fn checkout_events_follow_the_declarations() {
+        let definition = shop::checkout();
+        let started = WorkflowStarted { workflow_type: "checkout".into(), input: "{}".into(), ..Default::default() };
+        let history = vec![
+            at(1, Attributes::WorkflowStarted(started)),
+            at(
+                2,
+                Attributes::ActivityScheduled(ActivityScheduled {
+                    task_id: "1.f.1".into(),
+                    step_index: 1,
+                    ..Default::default()
+                }),
+            ),
+            at(
+                3,
+                Attributes::ActivityCompleted(ActivityCompleted {
+                    task_id: "1.f.1".into(),
+                    result: r#"{"reservation_id":"r"}"#.into(),
+                }),
+            ),
+            at(
+                4,
+                Attributes::StepEscalated(StepEscalated {
+                    step: "ship".into(),
+                    attempt: 5,
+                    alert: "ShipmentDelayed".into(),
+                }),
+            ),
+        ];
+        let state = engine::replay("chk-1", &history, &definition);
+        let records = domain_events(&state, &definition, &history);
+        let kinds: Vec<&str> = records.iter().map(|r| r.event_type.as_str()).collect();
+        assert_eq!(kinds, ["CheckoutStarted", "InventoryReserved", "ShipmentDelayed"]);
+        assert_eq!(records[1].event_id, "chk-1/3");
+        assert_eq!(records[1].workflow_seq, 3);
+        assert!(records[1].payload.contains("reservation_id"));
+    }
+}
