@@ -131,6 +131,9 @@ pub async fn outbox_sequence_increases_across_commits(store: &dyn Store) {
     let seqs: Vec<u64> = store.outbox(0, 10).unwrap().iter().map(|r| r.seq).collect();
     assert_eq!(seqs, vec![1, 2, 3]);
     assert_eq!(store.outbox(2, 10).unwrap()[0].event_id, "e3");
+    store.delete_outbox(&[1, 2]).unwrap().wait().await.unwrap();
+    let left: Vec<u64> = store.outbox(0, 10).unwrap().iter().map(|r| r.seq).collect();
+    assert_eq!(left, vec![3]);
 }
 
 pub async fn clearing_derived_records_keeps_histories(store: &dyn Store) {

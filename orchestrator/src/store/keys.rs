@@ -12,6 +12,7 @@
 //! | `l`    | wf, task id                      | Lease           |
 //! | `t`    | fire_at, wf, timer id            | (empty)         |
 //! | `x`    | outbox seq                       | OutboxRecord    |
+//! | `m`    | name                             | metadata        |
 
 pub const HISTORY: u8 = b'h';
 pub const SUMMARY: u8 = b'w';
@@ -21,6 +22,11 @@ pub const TASK: u8 = b'k';
 pub const LEASE: u8 = b'l';
 pub const TIMER: u8 = b't';
 pub const OUTBOX: u8 = b'x';
+/// `m` + name: small metadata, such as the outbox's high-water mark.
+pub const META: u8 = b'm';
+/// The last outbox sequence number ever assigned, so that numbers are never
+/// reused after relayed records are deleted.
+pub const OUTBOX_HIGH_WATER: &[u8] = b"moutbox-seq";
 
 /// Derived prefixes, cleared by a rebuild.
 pub const DERIVED: &[u8] = &[SUMMARY, OPEN, REQUEST, TASK, LEASE, TIMER];

@@ -35,10 +35,13 @@ pub struct KvStore<K> {
 
 impl<K: Kv> KvStore<K> {
     pub(crate) fn new(kv: K) -> Result<Self> {
-        let last = match kv.last_with_prefix(&[keys::OUTBOX])? {
+        let last_key = match kv.last_with_prefix(&[keys::OUTBOX])? {
             Some(key) => key.get(1..9).and_then(|b| b.try_into().ok()).map_or(0, u64::from_be_bytes),
             None => 0,
         };
+        let high_water =
+            kv.get(keys::OUTBOX_HIGH_WATER)?.and_then(|b| b.as_slice().try_into().ok()).map_or(0, u64::from_be_bytes);
+        let last = last_key.max(high_water);
         Ok(Self { kv, outbox_seq: AtomicU64::new(last), outbox_order: Mutex::new(()) })
     }
 
@@ -91,6 +94,9 @@ impl<K: Kv> KvStore<K> {
         for record in &mut commit.outbox {
             record.seq = self.outbox_seq.fetch_add(1, Ordering::SeqCst) + 1;
             writes.push((keys::outbox(record.seq), Some(record.encode_to_vec())));
+        }
+        if let Some(last) = commit.outbox.last() {
+            writes.push((keys::OUTBOX_HIGH_WATER.to_vec(), Some(last.seq.to_be_bytes().to_vec())));
         }
         Ok(writes)
     }
@@ -286,6 +292,10 @@ impl<K: Kv> Store for KvStore<K> {
             failure.is_none()
         })?;
         failure.map_or(Ok(records), Err)
+    }
+
+    fn delete_outbox(&self, seqs: &[u64]) -> Result<Durable> {
+        self.kv.apply(seqs.iter().map(|seq| (keys::outbox(*seq), None)).collect())
     }
 
     fn clear_derived(&self) -> Result<()> {

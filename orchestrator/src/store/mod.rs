@@ -129,6 +129,9 @@ pub trait Store: Send + Sync + 'static {
     /// Outbox records with sequence numbers greater than `after`, at most `limit`.
     fn outbox(&self, after: u64, limit: usize) -> Result<Vec<OutboxRecord>>;
 
+    /// Removes relayed outbox records (after the broker acknowledged them).
+    fn delete_outbox(&self, seqs: &[u64]) -> Result<Durable>;
+
     /// Removes every derived record: the index, open set, idempotency map,
     /// tasks, leases and timers. Histories and the outbox stay.
     fn clear_derived(&self) -> Result<()>;

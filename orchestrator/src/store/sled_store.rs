@@ -128,4 +128,21 @@ mod conformance {
         assert_eq!(store.history("wf", 1, 10).unwrap()[0].time_ms, 7);
         assert_eq!(store.workflow_for_request("r").unwrap().as_deref(), Some("wf"));
     }
+
+    #[tokio::test]
+    async fn outbox_numbers_are_never_reused_after_a_restart() {
+        use crate::store::{Commit, OutboxRecord};
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            let commit =
+                Commit { workflow_id: "wf".into(), outbox: vec![OutboxRecord::default(); 2], ..Default::default() };
+            store.commit(commit).unwrap().wait().await.unwrap();
+            store.delete_outbox(&[1, 2]).unwrap().wait().await.unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        let commit = Commit { workflow_id: "wf".into(), outbox: vec![OutboxRecord::default()], ..Default::default() };
+        store.commit(commit).unwrap().wait().await.unwrap();
+        assert_eq!(store.outbox(0, 10).unwrap()[0].seq, 3);
+    }
 }
