@@ -7,6 +7,7 @@ pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod registry;
+pub mod relay;
 pub mod runtime;
 pub mod server;
 pub mod store;
