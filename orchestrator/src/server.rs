@@ -47,6 +47,8 @@ pub struct Options {
     pub http_listen: Option<SocketAddr>,
     pub limits: Limits,
     pub stuck: StuckPolicy,
+    /// Relay the outbox to NATS JetStream; `None` keeps events in the outbox (embedded mode).
+    pub relay: Option<crate::relay::RelayOptions>,
 }
 
 impl Default for Options {
@@ -57,6 +59,7 @@ impl Default for Options {
             http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
             limits: Limits::default(),
             stuck: StuckPolicy::default(),
+            relay: None,
         }
     }
 }
@@ -120,6 +123,9 @@ impl Server {
             .add_service(WorkerServiceServer::new(WorkerApi::new(runtime.clone())))
             .add_service(CheckoutServiceServer::new(CheckoutApi::new(runtime.clone())))
             .add_service(EventServiceServer::new(EventsApi::new(runtime.clone())));
+        if let Some(relay) = options.relay {
+            tasks.push(tokio::spawn(crate::relay::Relay::new(relay, runtime.clone()).run(stopped.clone())));
+        }
         let mut stopped_grpc = stopped;
         tasks.push(tokio::spawn(async move {
             let shutdown = async move {

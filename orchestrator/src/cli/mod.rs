@@ -2,8 +2,11 @@
 
 mod bench;
 mod checkout;
+mod consumer;
 mod events;
+mod jobs;
 mod render;
+mod search;
 mod server;
 mod worker;
 mod workflow;
@@ -61,6 +64,15 @@ pub enum Command {
     /// Offline maintenance of a data directory (stop the server first).
     #[command(subcommand)]
     Admin(server::AdminCommand),
+    /// Run a read model fed by NATS JetStream, as its own process.
+    #[command(subcommand)]
+    Consumer(consumer::ConsumerCommand),
+    /// Query the search read model.
+    #[command(subcommand)]
+    Search(search::SearchCommand),
+    /// Run a self-healing job now.
+    #[command(subcommand)]
+    Jobs(jobs::JobsCommand),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -72,6 +84,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Events(command) => events::run(command, &cli.server, cli.output).await,
         Command::Checkout(command) => checkout::run(command, &cli.server, cli.output).await,
         Command::Workflow(command) => workflow::run(command, &cli.server, cli.output).await,
+        Command::Consumer(command) => consumer::run(command, cli.log_format).await,
+        Command::Search(command) => search::run(command, cli.output).await,
+        Command::Jobs(command) => jobs::run(command, cli.output).await,
     }
 }
 

@@ -48,6 +48,12 @@ pub struct ServerArgs {
     /// How often the stuck-saga detector looks.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub stuck_check_interval: Duration,
+    /// Relay domain events to NATS JetStream at this URL (nats://HOST:PORT); without it they stay in the outbox.
+    #[arg(long, env = "SAGAFLOW_NATS_URL", value_parser = sagaflow_orchestrator::relay::parse_url)]
+    pub nats_url: Option<String>,
+    /// Fault injection for tests: abort after N events were published and before their outbox records are deleted.
+    #[arg(long, hide = true)]
+    pub relay_crash_after_published: Option<u64>,
 }
 
 pub fn registry_with(files: &[PathBuf]) -> anyhow::Result<Registry> {
@@ -88,6 +94,10 @@ pub async fn run(args: ServerArgs, log_format: LogFormat) -> anyhow::Result<()> 
             no_worker_after: args.no_worker_after,
             interval: args.stuck_check_interval,
         },
+        relay: args.nats_url.map(|url| sagaflow_orchestrator::relay::RelayOptions {
+            crash_after_published: args.relay_crash_after_published,
+            ..sagaflow_orchestrator::relay::RelayOptions::new(url)
+        }),
     };
     let server = Server::start(options, registry).await?;
     println!(

@@ -1,6 +1,8 @@
 //! Helpers for tests that run the real `sagaflow` binary.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod nats;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
