@@ -74,8 +74,8 @@ struct IdempotencyRecord {
 }
 
 /// One service's database.
-#[derive(Debug)]
 pub(crate) struct ServiceDb {
+    dir: PathBuf,
     db: sled::Db,
     /// Our own handle on sled's log file, to `fdatasync` it after a flush:
     /// sled's flush uses `sync_file_range`, which neither empties the disk's
@@ -86,6 +86,13 @@ pub(crate) struct ServiceDb {
     /// process, so an in-process lock is enough. It is never held across an
     /// `.await`: the flush happens after it is released.
     writer: Mutex<()>,
+}
+
+impl std::fmt::Debug for ServiceDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not sled's own Debug: it prints every record of the database.
+        f.debug_struct("ServiceDb").field("dir", &self.dir).finish_non_exhaustive()
+    }
 }
 
 impl ServiceDb {
@@ -103,7 +110,7 @@ impl ServiceDb {
             .open()?;
         let log_path = dir.join("db");
         let log = File::open(&log_path).map_err(|source| Error::Io { path: log_path, source })?;
-        Ok(Self { db, log: Arc::new(log), writer: Mutex::new(()) })
+        Ok(Self { dir: dir.to_owned(), db, log: Arc::new(log), writer: Mutex::new(()) })
     }
 
     fn lock(&self) -> MutexGuard<'_, ()> {
@@ -126,6 +133,13 @@ impl ServiceDb {
                 decode(&key, &value)
             })
             .collect()
+    }
+
+    /// Runs `read` under the writer lock: no write of this process lands
+    /// while it reads, so several reads see one state.
+    pub(crate) fn locked_read<R>(&self, read: impl FnOnce(&Self) -> R) -> R {
+        let _writer = self.lock();
+        read(self)
     }
 
     /// Runs `decide` under the writer lock and applies what it wrote as one
@@ -173,7 +187,7 @@ impl ServiceDb {
     {
         let record_key = idempotency_key(operation, key);
         let input = to_value(&record_key, input)?;
-        let result = self.apply(|tx| {
+        let result = self.apply(|tx| -> Result<R, E> {
             if let Some(record) = tx.get::<IdempotencyRecord>(&record_key)? {
                 if record.input != input {
                     return Err(Error::KeyReused { operation: operation.to_owned(), key: key.to_owned() }.into());
@@ -349,27 +363,22 @@ mod tests {
     async fn a_key_applies_once_and_replays_its_first_result_after_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let calls = std::sync::atomic::AtomicU32::new(0);
-        let run = |db: &ServiceDb, input: u32| {
-            let calls = &calls;
-            let db_ref = db;
-            async move {
-                db_ref
-                    .idempotent("test.count", "k-1", &input, |tx| {
-                        let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-                        tx.put(b"count", &n)?;
-                        Ok::<_, Error>(n * 10)
-                    })
-                    .await
-            }
-        };
+        async fn run(db: &ServiceDb, calls: &std::sync::atomic::AtomicU32, input: u32) -> Result<u32> {
+            db.idempotent("test.count", "k-1", &input, |tx| {
+                let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                tx.put(b"count", &n)?;
+                Ok::<_, Error>(n * 10)
+            })
+            .await
+        }
         {
             let db = ServiceDb::open(dir.path()).unwrap();
-            assert_eq!(run(&db, 7).await.unwrap(), 10);
-            assert_eq!(run(&db, 7).await.unwrap(), 10);
-            assert!(matches!(run(&db, 8).await, Err(Error::KeyReused { .. })));
+            assert_eq!(run(&db, &calls, 7).await.unwrap(), 10);
+            assert_eq!(run(&db, &calls, 7).await.unwrap(), 10);
+            assert!(matches!(run(&db, &calls, 8).await, Err(Error::KeyReused { .. })));
         }
         let db = ServiceDb::open(dir.path()).unwrap();
-        assert_eq!(run(&db, 7).await.unwrap(), 10);
+        assert_eq!(run(&db, &calls, 7).await.unwrap(), 10);
         assert_eq!(db.get::<u32>(b"count").unwrap(), Some(1));
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
