@@ -2,9 +2,11 @@
 
 mod bench;
 mod checkout;
+mod dev;
 mod events;
 mod render;
 mod server;
+mod shop;
 mod worker;
 mod workflow;
 
@@ -45,6 +47,10 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the orchestrator: histories in sled under --data-dir, gRPC on --listen.
     Server(server::ServerArgs),
+    /// The server and every shop worker in one process, with a demo catalog.
+    Dev(dev::DevArgs),
+    /// Read and steer the reference shop's services (stock, payments, orders, faults…).
+    Shop(shop::ShopArgs),
     /// Run activity services against a server: a separate worker process.
     Worker(worker::WorkerArgs),
     /// Start, read and refund the reference shop's checkouts.
@@ -66,6 +72,8 @@ pub enum Command {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Server(args) => server::run(args, cli.log_format).await,
+        Command::Dev(args) => dev::run(args, cli.log_format).await,
+        Command::Shop(args) => shop::run(args, cli.output).await,
         Command::Worker(args) => worker::run(args, &cli.server, cli.log_format).await,
         Command::Admin(command) => server::admin(command, cli.output).await,
         Command::Bench(args) => bench::run(args).await,
