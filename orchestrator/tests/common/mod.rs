@@ -282,8 +282,13 @@ pub fn write_test_definitions(dir: &Path) -> PathBuf {
         )
         .build()
         .unwrap();
+    let sleepy = SagaDefinition::builder("sleepy", 1)
+        .step(Step::sleep("nap", Duration::from_millis(1500)))
+        .step(Step::activity("order", "bench.order").timeouts(short))
+        .build()
+        .unwrap();
     let path = dir.join("test-sagas.json");
-    let json = serde_json::to_string(&vec![quick_saga, gated]).unwrap();
+    let json = serde_json::to_string(&vec![quick_saga, gated, sleepy]).unwrap();
     std::fs::write(&path, json).unwrap();
     path
 }
