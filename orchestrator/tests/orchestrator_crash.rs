@@ -51,3 +51,27 @@ async fn sagas_complete_after_the_orchestrator_is_killed() {
         assert_eq!(completed, 4, "{id}: four steps, four completions");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_timers_fire_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let definitions = common::write_test_definitions(dir.path());
+    let args = ["--definitions", definitions.to_str().unwrap()];
+    let server = ServerProcess::start(dir.path(), &args).await;
+    let url = server.url.clone();
+    let mut client = server.client().await;
+    let id = client.start_workflow(start_request("sleepy", "r-nap", "{}")).await.unwrap().into_inner().workflow_id;
+    common::wait_for_event(&mut client, &id, Duration::from_secs(10), |e| {
+        matches!(e.attributes, Some(Attributes::TimerStarted(_)))
+    })
+    .await;
+    server.kill9().await;
+    // The timer lives only on disk now.
+    let server = ServerProcess::start_on(dir.path(), &url, &args).await;
+    let _worker = WorkerProcess::start(&url, &[]).await;
+    let mut client = server.client().await;
+    let end = await_end(&mut client, &id).await;
+    assert_eq!(status_of(&end), "COMPLETED");
+    let names = common::event_names(&full_history(&mut client, &id).await);
+    assert!(names.contains(&"TimerFired"), "{names:?}");
+}

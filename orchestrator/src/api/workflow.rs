@@ -213,22 +213,16 @@ impl WorkflowService for WorkflowApi {
         request: Request<AwaitWorkflowRequest>,
     ) -> Result<Response<AwaitWorkflowResponse>, Status> {
         let request = request.into_inner();
-        let deadline = tokio::time::Instant::now() + wait_budget(request.timeout_ms);
-        loop {
-            let summary = self.summary(&request.workflow_id).await?;
-            let terminal = is_terminal(summary.status);
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if terminal || left.is_zero() {
-                let (result, reason) = if terminal {
-                    let (state, _) = self.runtime.state(&request.workflow_id).await?;
-                    (state.result, state.reason)
-                } else {
-                    Default::default()
-                };
-                return Ok(Response::new(AwaitWorkflowResponse { summary: Some(summary), terminal, result, reason }));
-            }
-            self.runtime.wait_for_change(&request.workflow_id, summary.history_length, left).await?;
-        }
+        let summary = self.summary(&request.workflow_id).await?;
+        let summary = if is_terminal(summary.status) {
+            summary
+        } else {
+            self.runtime.wait_until_terminal(&request.workflow_id, wait_budget(request.timeout_ms)).await?;
+            self.runtime.describe(&request.workflow_id).await?
+        };
+        let terminal = is_terminal(summary.status);
+        let (result, reason) = if terminal { self.runtime.outcome(&summary)? } else { Default::default() };
+        Ok(Response::new(AwaitWorkflowResponse { summary: Some(summary), terminal, result, reason }))
     }
 
     async fn signal_workflow(

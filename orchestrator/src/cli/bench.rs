@@ -1,10 +1,919 @@
 //! `sagaflow bench`: the end-to-end load generator.
+//!
+//! The standard workload is a saga of four activities in sequence (the `bench`
+//! workflow type), each run by a separate worker process over gRPC on
+//! loopback. A client starts each saga with a fresh request id and awaits its
+//! end; a saga's latency runs from the start call to the end the client sees.
+//! Without `--server`, every phase gets a fresh orchestrator and worker, so
+//! that one phase's history cannot slow the next one down.
 
-use clap::Args;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, ValueEnum};
+use hdrhistogram::Histogram;
+use sagaflow_proto::checkout::v1::checkout_service_client::CheckoutServiceClient;
+use sagaflow_proto::checkout::v1::{Item, StartCheckoutRequest};
+use sagaflow_proto::status_name;
+use sagaflow_proto::v1::workflow_service_client::WorkflowServiceClient;
+use sagaflow_proto::v1::{AwaitWorkflowRequest, StartWorkflowRequest, WorkflowStatus};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinSet;
+use tonic::transport::Channel;
+
+use super::workflow::{connect_channel, status_error};
+
+/// The server's own bound on an await; past it a saga counts as an error.
+const AWAIT_TIMEOUT: Duration = Duration::from_secs(60);
+/// A client-side bound a little past the server's, so that a lost reply cannot hang a client task.
+const AWAIT_GRACE: Duration = Duration::from_secs(5);
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a fresh server or worker may take to come up (the warm-up saga included).
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Latencies are recorded in microseconds, up to this bound (larger values are clamped).
+const MAX_LATENCY_US: u64 = 3_600_000_000;
+/// The worker runs far more tasks at once than there are clients, so that its
+/// slots are never what limits a phase.
+const MIN_WORKER_CONCURRENCY: u32 = 256;
+/// How many error messages a phase keeps to show.
+const ERROR_SAMPLES: usize = 5;
+/// The services the reference shop's checkout needs.
+const SHOP_SERVICES: &str = "catalog,coupons,inventory,payments,orders,shipping,notifications";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PhaseChoice {
+    A,
+    B,
+    C,
+    D,
+    All,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchWorkflow {
+    /// The standard four-step saga on the bench activities.
+    Bench,
+    /// The reference shop's checkout, started through CheckoutService.
+    Checkout,
+}
 
 #[derive(Debug, Args)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    /// Which phase to run: a (N=2000, C=1), b (N=10000, C=64), c (N=3000,
+    /// C=64, 5 ms per activity), d (200 sagas whose capture fails, all must
+    /// end COMPENSATED), or all of them in order.
+    #[arg(long, value_enum, default_value_t = PhaseChoice::All)]
+    pub phase: PhaseChoice,
+    /// Sagas per phase (overrides the phase's own).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub n: Option<u64>,
+    /// Client tasks, each with one saga in flight (overrides the phase's own).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub concurrency: Option<u32>,
+    /// Latency of every activity, in milliseconds (overrides the phase's own; spawned workers only).
+    #[arg(long)]
+    pub activity_latency_ms: Option<u64>,
+    /// The saga to run.
+    #[arg(long, value_enum, default_value_t = BenchWorkflow::Bench)]
+    pub workflow: BenchWorkflow,
+    /// With --server: the orchestrator's pid, to report its peak RSS and CPU.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Where spawned servers and workers keep their data, one folder per phase
+    /// (default: a fresh temporary folder).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Keep the data of the spawned servers and workers instead of removing it.
+    #[arg(long)]
+    pub keep_data: bool,
+}
 
-pub async fn run(_args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("sagaflow bench is being written")
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let target = Target::from_command_line(&args)?;
+    run_phases(&args, &target, Interrupt::listen()).await
+}
+
+/// Ctrl-C, remembered: the phase under way stops its processes with SIGTERM
+/// as usual, removes its data, and no later phase starts.
+#[derive(Debug, Clone)]
+struct Interrupt(watch::Receiver<bool>);
+
+impl Interrupt {
+    fn listen() -> Self {
+        let (interrupted, receiver) = watch::channel(false);
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                let _ = interrupted.send(true);
+            }
+        });
+        Self(receiver)
+    }
+
+    /// Runs `work` unless Ctrl-C comes first (or came already).
+    async fn guard<T>(&self, work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+        let mut interrupted = self.0.clone();
+        tokio::select! {
+            result = work => result,
+            // If the listener is gone (no signal handling), the pattern fails and only `work` counts.
+            Ok(_) = interrupted.wait_for(|interrupted| *interrupted) => bail!("interrupted"),
+        }
+    }
+}
+
+/// What a phase runs: the standard values, then the command line's overrides.
+#[derive(Debug, Clone)]
+struct Phase {
+    name: &'static str,
+    n: u64,
+    concurrency: u32,
+    activity_latency_ms: u64,
+    /// The capture fails non-retryably, so every saga must compensate.
+    fatal_capture: bool,
+}
+
+impl Phase {
+    const fn standard(name: &'static str, n: u64, concurrency: u32, latency_ms: u64, fatal: bool) -> Self {
+        Self { name, n, concurrency, activity_latency_ms: latency_ms, fatal_capture: fatal }
+    }
+
+    fn expected_status(&self) -> WorkflowStatus {
+        if self.fatal_capture { WorkflowStatus::Compensated } else { WorkflowStatus::Completed }
+    }
+}
+
+/// The standard workload; keep it so, or results stop being comparable.
+const STANDARD_PHASES: [Phase; 4] = [
+    Phase::standard("a", 2_000, 1, 0, false),
+    Phase::standard("b", 10_000, 64, 0, false),
+    Phase::standard("c", 3_000, 64, 5, false),
+    Phase::standard("d", 200, 64, 0, true),
+];
+
+fn selected_phases(args: &BenchArgs) -> Vec<Phase> {
+    STANDARD_PHASES
+        .iter()
+        .filter(|phase| match args.phase {
+            PhaseChoice::All => true,
+            PhaseChoice::A => phase.name == "a",
+            PhaseChoice::B => phase.name == "b",
+            PhaseChoice::C => phase.name == "c",
+            PhaseChoice::D => phase.name == "d",
+        })
+        .map(|phase| Phase {
+            n: args.n.unwrap_or(phase.n),
+            concurrency: args.concurrency.unwrap_or(phase.concurrency),
+            activity_latency_ms: args.activity_latency_ms.unwrap_or(phase.activity_latency_ms),
+            ..phase.clone()
+        })
+        .collect()
+}
+
+/// Either fresh processes per phase, or an orchestrator the user runs.
+#[derive(Debug)]
+enum Target {
+    Spawn,
+    Running { url: String, server_pid: Option<u32> },
+}
+
+impl Target {
+    /// `--server` is a global flag with a default, so its value alone cannot
+    /// say whether the user chose a server: parse the command line again and
+    /// ask clap where the value came from (the flag, or `SAGAFLOW_SERVER`).
+    fn from_command_line(args: &BenchArgs) -> anyhow::Result<Self> {
+        let matches = super::Cli::command()
+            .try_get_matches_from(std::env::args_os())
+            .context("cannot read the command line again")?;
+        let chosen =
+            matches!(matches.value_source("server"), Some(ValueSource::CommandLine | ValueSource::EnvVariable));
+        let url = matches.get_one::<String>("server").cloned();
+        match url {
+            Some(url) if chosen => Ok(Self::Running { url, server_pid: args.server_pid }),
+            _ => {
+                if args.server_pid.is_some() {
+                    eprintln!("note: --server-pid is ignored without --server (the spawned server's pid is known)");
+                }
+                Ok(Self::Spawn)
+            }
+        }
+    }
+}
+
+async fn run_phases(args: &BenchArgs, target: &Target, interrupt: Interrupt) -> anyhow::Result<()> {
+    let phases = selected_phases(args);
+    let clock_ticks = clock_ticks_per_second();
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let mut data = match target {
+        Target::Spawn => Some(DataDir::create(args.data_dir.clone(), args.keep_data)?),
+        Target::Running { url, .. } => {
+            eprintln!(
+                "bench against the running orchestrator at {url}: phase c's activity latency and phase d's \
+                 failing capture are up to its workers"
+            );
+            None
+        }
+    };
+    let mut reports = Vec::new();
+    let mut failure = None;
+    for phase in &phases {
+        let plan = Plan { phase: phase.clone(), workflow: args.workflow, run_id: run_id.clone() };
+        let result = match (target, data.as_mut()) {
+            (Target::Running { url, server_pid }, _) => {
+                let probe = Probe { server_pid: *server_pid, worker_pid: None, clock_ticks };
+                interrupt.guard(measure(&plan, url, probe)).await
+            }
+            (Target::Spawn, Some(data)) => run_spawned(&plan, data, clock_ticks, &interrupt).await,
+            (Target::Spawn, None) => Err(anyhow::anyhow!("no data folder for the spawned processes")),
+        };
+        match result {
+            Ok(report) => {
+                print!("{}", report.block());
+                reports.push(report);
+            }
+            Err(e) => {
+                // Later phases would meet the same broken setup; report what ran.
+                failure = Some(e.context(format!("phase {}", phase.name)));
+                break;
+            }
+        }
+    }
+    if let Some(data) = &data
+        && args.keep_data
+    {
+        println!("data kept in {}", data.root.display());
+    }
+    for report in &reports {
+        println!("{}", report.result_line());
+    }
+    let _ = std::io::stdout().flush();
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let failed: Vec<String> =
+        reports.iter().filter(|r| r.errors > 0).map(|r| format!("phase {} had {} errors", r.name, r.errors)).collect();
+    if !failed.is_empty() {
+        bail!("{}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// One phase's settings plus what makes its request ids fresh.
+#[derive(Debug, Clone)]
+struct Plan {
+    phase: Phase,
+    workflow: BenchWorkflow,
+    run_id: String,
+}
+
+impl Plan {
+    fn request_id(&self, index: u64) -> String {
+        format!("bench-{}-{}-{index}", self.phase.name, self.run_id)
+    }
+
+    fn warm_up_request_id(&self) -> String {
+        format!("bench-{}-{}-warm-up", self.phase.name, self.run_id)
+    }
+}
+
+async fn run_spawned(
+    plan: &Plan,
+    data: &mut DataDir,
+    clock_ticks: f64,
+    interrupt: &Interrupt,
+) -> anyhow::Result<PhaseReport> {
+    let dir = data.phase_dir(plan.phase.name)?;
+    // Interrupted while starting, the half-started processes are killed on drop.
+    let cluster = interrupt.guard(Cluster::start(plan, &dir)).await?;
+    let probe = Probe { server_pid: Some(cluster.server.pid), worker_pid: Some(cluster.worker.pid), clock_ticks };
+    let measured = interrupt.guard(measure(plan, &cluster.url, probe)).await;
+    // Stop even when the phase failed; a stop error matters less than the phase's own.
+    let stopped = cluster.stop().await;
+    let report = measured?;
+    stopped?;
+    Ok(report)
+}
+
+/// Whose costs a phase reports, and the unit of /proc's CPU times.
+#[derive(Debug, Clone, Copy)]
+struct Probe {
+    server_pid: Option<u32>,
+    worker_pid: Option<u32>,
+    clock_ticks: f64,
+}
+
+/// Warms up, then runs the phase's load and reads the processes' costs around it.
+async fn measure(plan: &Plan, url: &str, probe: Probe) -> anyhow::Result<PhaseReport> {
+    let client = SagaClient::connect(url).await?;
+    warm_up(&client, plan).await?;
+    let cpu_before = Usage::snapshot(probe);
+    let started = Instant::now();
+    let tally = drive(plan, &client).await?;
+    let wall = started.elapsed();
+    let cpu_after = Usage::snapshot(probe);
+    Ok(PhaseReport {
+        name: plan.phase.name,
+        workflow: plan.workflow,
+        phase: plan.phase.clone(),
+        wall,
+        ok: tally.ok,
+        errors: tally.errors,
+        error_samples: tally.error_samples,
+        histogram: tally.histogram,
+        server_peak_rss_mib: probe.server_pid.and_then(peak_rss_mib),
+        cpu: cpu_before.until(&cpu_after),
+    })
+}
+
+/// One saga through both the fresh worker and the server: once it ends, the
+/// worker is connected and every code path is warm.
+async fn warm_up(client: &SagaClient, plan: &Plan) -> anyhow::Result<()> {
+    let mut client = client.clone();
+    let request_id = plan.warm_up_request_id();
+    let ended = tokio::time::timeout(READY_TIMEOUT, async {
+        let workflow_id = client.start(plan.workflow, request_id).await?;
+        client.await_end(&workflow_id).await
+    })
+    .await
+    .with_context(|| format!("the warm-up saga did not end within {}s", READY_TIMEOUT.as_secs()))?;
+    ended.context("the warm-up saga failed")?;
+    Ok(())
+}
+
+/// The gRPC clients a client task needs; cloning shares the connection.
+#[derive(Clone)]
+struct SagaClient {
+    workflows: WorkflowServiceClient<Channel>,
+    checkout: CheckoutServiceClient<Channel>,
+}
+
+/// How a saga ended, as far as the client can see.
+struct Ended {
+    workflow_id: String,
+    status: WorkflowStatus,
+    reason: String,
+}
+
+impl SagaClient {
+    async fn connect(url: &str) -> anyhow::Result<Self> {
+        let channel = connect_channel(url).await?;
+        Ok(Self {
+            workflows: WorkflowServiceClient::new(channel.clone()),
+            checkout: CheckoutServiceClient::new(channel),
+        })
+    }
+
+    /// Starts one saga and returns its workflow id.
+    async fn start(&mut self, workflow: BenchWorkflow, request_id: String) -> anyhow::Result<String> {
+        let started = match workflow {
+            BenchWorkflow::Bench => {
+                let request = StartWorkflowRequest {
+                    workflow_type: "bench".into(),
+                    request_id,
+                    input: b"{}".to_vec(),
+                    ..Default::default()
+                };
+                tokio::time::timeout(START_TIMEOUT, self.workflows.start_workflow(request))
+                    .await
+                    .context("start timed out")?
+                    .map(|r| r.into_inner().workflow_id)
+            }
+            BenchWorkflow::Checkout => {
+                let request = StartCheckoutRequest {
+                    client_request_id: request_id,
+                    customer_id: "bench".into(),
+                    items: vec![Item { sku: "sku-mug".into(), quantity: 1 }],
+                    ..Default::default()
+                };
+                tokio::time::timeout(START_TIMEOUT, self.checkout.start_checkout(request))
+                    .await
+                    .context("start timed out")?
+                    .map(|r| r.into_inner().checkout_id)
+            }
+        };
+        started.map_err(|status| status_error(status).context("start"))
+    }
+
+    /// Waits for the saga's end; not ending within the await timeout is an error.
+    async fn await_end(&mut self, workflow_id: &str) -> anyhow::Result<Ended> {
+        let timeout_ms = u32::try_from(AWAIT_TIMEOUT.as_millis()).unwrap_or(u32::MAX);
+        let request = AwaitWorkflowRequest { workflow_id: workflow_id.to_owned(), timeout_ms };
+        let response = tokio::time::timeout(AWAIT_TIMEOUT + AWAIT_GRACE, self.workflows.await_workflow(request))
+            .await
+            .with_context(|| format!("await {workflow_id}: no reply"))?
+            .map_err(|status| status_error(status).context(format!("await {workflow_id}")))?
+            .into_inner();
+        let status = response.summary.as_ref().map_or(0, |s| s.status);
+        let status = WorkflowStatus::try_from(status).unwrap_or(WorkflowStatus::Unspecified);
+        if !response.terminal {
+            bail!("{workflow_id} is still {} after {}s", status_name(status), AWAIT_TIMEOUT.as_secs());
+        }
+        Ok(Ended { workflow_id: workflow_id.to_owned(), status, reason: response.reason })
+    }
+
+    /// One saga of the load: start, await, and check how it ended.
+    async fn run_saga(&mut self, plan: &Plan, request_id: String) -> anyhow::Result<()> {
+        let workflow_id = self.start(plan.workflow, request_id).await?;
+        let ended = self.await_end(&workflow_id).await?;
+        let expected = plan.phase.expected_status();
+        if ended.status != expected {
+            let reason = if ended.reason.is_empty() { String::new() } else { format!(" ({})", ended.reason) };
+            bail!(
+                "{} ended {}, expected {}{reason}",
+                ended.workflow_id,
+                status_name(ended.status),
+                status_name(expected)
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Counters the client tasks and the progress line share.
+#[derive(Default)]
+struct Shared {
+    /// The next saga index to take; a task stops once it reaches N.
+    next: AtomicU64,
+    done: AtomicU64,
+    errors: AtomicU64,
+    error_samples: Mutex<Vec<String>>,
+}
+
+impl Shared {
+    fn record_error(&self, error: &anyhow::Error) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut samples) = self.error_samples.lock()
+            && samples.len() < ERROR_SAMPLES
+        {
+            let chain: Vec<String> = error.chain().map(ToString::to_string).collect();
+            samples.push(chain.join(": "));
+        }
+    }
+}
+
+/// What a phase's load produced.
+struct Tally {
+    ok: u64,
+    errors: u64,
+    error_samples: Vec<String>,
+    histogram: Histogram<u64>,
+}
+
+fn new_histogram() -> anyhow::Result<Histogram<u64>> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).context("cannot create a latency histogram")
+}
+
+/// Runs C client tasks until N sagas are done, then merges their histograms.
+async fn drive(plan: &Plan, client: &SagaClient) -> anyhow::Result<Tally> {
+    let shared = Arc::new(Shared::default());
+    let (stop_progress, stopped) = oneshot::channel();
+    let progress = tokio::spawn(show_progress(Arc::clone(&shared), plan.phase.name, plan.phase.n, stopped));
+    let plan = Arc::new(plan.clone());
+    let mut tasks = JoinSet::new();
+    for _ in 0..plan.phase.concurrency {
+        tasks.spawn(client_task(client.clone(), Arc::clone(&plan), Arc::clone(&shared)));
+    }
+    let mut histogram = new_histogram()?;
+    let mut failure = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined.context("a client task panicked").and_then(|task| task) {
+            Ok(task_histogram) => histogram.add(&task_histogram).context("cannot merge latency histograms")?,
+            Err(e) => failure = Some(e),
+        }
+    }
+    let _ = stop_progress.send(());
+    let _ = progress.await;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let error_samples = shared.error_samples.lock().map(|s| s.clone()).unwrap_or_default();
+    Ok(Tally { ok: histogram.len(), errors: shared.errors.load(Ordering::Relaxed), error_samples, histogram })
+}
+
+/// Takes saga indexes from the shared counter until N are taken, one saga in flight at a time.
+async fn client_task(mut client: SagaClient, plan: Arc<Plan>, shared: Arc<Shared>) -> anyhow::Result<Histogram<u64>> {
+    let mut histogram = new_histogram()?;
+    loop {
+        let index = shared.next.fetch_add(1, Ordering::Relaxed);
+        if index >= plan.phase.n {
+            return Ok(histogram);
+        }
+        let started = Instant::now();
+        match client.run_saga(&plan, plan.request_id(index)).await {
+            Ok(()) => histogram.saturating_record(micros(started.elapsed())),
+            Err(e) => shared.record_error(&e),
+        }
+        shared.done.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn micros(elapsed: Duration) -> u64 {
+    u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX).max(1)
+}
+
+/// Shows done/N, the current throughput and the errors on stderr until told to stop.
+/// On a terminal the line is rewritten in place four times a second; in a log
+/// (not a terminal) a plain line every few seconds keeps the log readable.
+async fn show_progress(shared: Arc<Shared>, phase: &'static str, n: u64, mut stop: oneshot::Receiver<()>) {
+    let terminal = std::io::stderr().is_terminal();
+    let period = if terminal { Duration::from_millis(250) } else { Duration::from_secs(5) };
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let mut last = (Instant::now(), 0_u64);
+    let mut width = 0;
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = ticks.tick() => {}
+        }
+        let done = shared.done.load(Ordering::Relaxed);
+        let now = Instant::now();
+        let rate = (done - last.1) as f64 / now.duration_since(last.0).as_secs_f64().max(1e-9);
+        last = (now, done);
+        let errors = shared.errors.load(Ordering::Relaxed);
+        let line = format!("  phase {phase}: {done}/{n} sagas, {rate:.0} sagas/s, {errors} errors");
+        if terminal {
+            eprint!("\r{line:<width$}");
+            width = width.max(line.len());
+        } else {
+            eprintln!("{line}");
+        }
+    }
+    if terminal && width > 0 {
+        eprint!("\r{:width$}\r", "");
+    }
+}
+
+/// CPU seconds of the processes around a phase.
+#[derive(Debug, Clone, Copy, Default)]
+struct Usage {
+    server: Option<f64>,
+    worker: Option<f64>,
+    client: Option<f64>,
+}
+
+impl Usage {
+    fn snapshot(probe: Probe) -> Self {
+        let seconds = |pid: Option<u32>| pid.and_then(|pid| cpu_seconds(&pid.to_string(), probe.clock_ticks));
+        Self {
+            server: seconds(probe.server_pid),
+            worker: seconds(probe.worker_pid),
+            client: cpu_seconds("self", probe.clock_ticks),
+        }
+    }
+
+    fn until(&self, later: &Self) -> Self {
+        let delta = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
+        Self {
+            server: delta(self.server, later.server),
+            worker: delta(self.worker, later.worker),
+            client: delta(self.client, later.client),
+        }
+    }
+}
+
+/// utime + stime of a process, in seconds. The command name (field 2) is in
+/// parentheses and may hold spaces, so fields are counted after the last ')':
+/// there the state (field 3) comes first, utime is field 14, stime field 15.
+fn cpu_seconds(pid: &str, clock_ticks: f64) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, after_name) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let utime: u64 = fields.get(14 - 3)?.parse().ok()?;
+    let stime: u64 = fields.get(15 - 3)?.parse().ok()?;
+    Some((utime + stime) as f64 / clock_ticks)
+}
+
+/// The process's peak resident set (VmHWM), in MiB. It is the peak over the
+/// process's life: per phase for a spawned server, since its start for a running one.
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// The kernel's clock tick, which /proc/PID/stat counts CPU time in. Without
+/// libc there is no sysconf(_SC_CLK_TCK), so ask `getconf`; if that fails,
+/// assume 100 Hz, the value on every mainstream Linux architecture.
+fn clock_ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|text| text.trim().parse::<f64>().ok())
+        .filter(|ticks| *ticks > 0.0)
+        .unwrap_or(100.0)
+}
+
+struct PhaseReport {
+    name: &'static str,
+    workflow: BenchWorkflow,
+    phase: Phase,
+    wall: Duration,
+    ok: u64,
+    errors: u64,
+    error_samples: Vec<String>,
+    histogram: Histogram<u64>,
+    server_peak_rss_mib: Option<f64>,
+    cpu: Usage,
+}
+
+impl PhaseReport {
+    /// Sagas that ended as expected, per second of the phase's wall time.
+    fn throughput(&self) -> f64 {
+        self.ok as f64 / self.wall.as_secs_f64().max(1e-9)
+    }
+
+    fn quantile_ms(&self, quantile: f64) -> f64 {
+        self.histogram.value_at_quantile(quantile) as f64 / 1000.0
+    }
+
+    fn max_ms(&self) -> f64 {
+        self.histogram.max() as f64 / 1000.0
+    }
+
+    fn cpu_text(&self, seconds: Option<f64>) -> String {
+        match seconds {
+            Some(s) => format!("{s:.2} CPU s ({:.2} cores)", s / self.wall.as_secs_f64().max(1e-9)),
+            None => "unknown".into(),
+        }
+    }
+
+    /// The readable per-phase block.
+    fn block(&self) -> String {
+        let workflow = match self.workflow {
+            BenchWorkflow::Bench => "bench",
+            BenchWorkflow::Checkout => "checkout",
+        };
+        let phase = &self.phase;
+        let mut out = format!(
+            "\nphase {}: {} x {workflow}, concurrency {}, activity latency {} ms, expecting {}\n",
+            self.name,
+            phase.n,
+            phase.concurrency,
+            phase.activity_latency_ms,
+            status_name(phase.expected_status())
+        );
+        out.push_str(&format!("  wall time     {:.3} s\n", self.wall.as_secs_f64()));
+        out.push_str(&format!("  throughput    {:.1} sagas/s\n", self.throughput()));
+        out.push_str(&format!(
+            "  latency (ms)  p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}\n",
+            self.quantile_ms(0.5),
+            self.quantile_ms(0.9),
+            self.quantile_ms(0.99),
+            self.quantile_ms(0.999),
+            self.max_ms()
+        ));
+        out.push_str(&format!("  errors        {}\n", self.errors));
+        for sample in &self.error_samples {
+            out.push_str(&format!("    {sample}\n"));
+        }
+        let rss = self.server_peak_rss_mib.map_or_else(|| "unknown".into(), |mib| format!("{mib:.1} MiB"));
+        out.push_str(&format!("  server        peak RSS {rss}, {}\n", self.cpu_text(self.cpu.server)));
+        if self.cpu.worker.is_some() {
+            out.push_str(&format!("  worker        {}\n", self.cpu_text(self.cpu.worker)));
+        }
+        out.push_str(&format!("  bench client  {}\n", self.cpu_text(self.cpu.client)));
+        out
+    }
+
+    /// The machine-readable line; its shape is fixed.
+    fn result_line(&self) -> String {
+        format!(
+            "RESULT system=sagaflow phase={} n={} c={} throughput={:.1} p50_ms={:.3} p90_ms={:.3} p99_ms={:.3} \
+             max_ms={:.3} errors={}",
+            self.name,
+            self.phase.n,
+            self.phase.concurrency,
+            self.throughput(),
+            self.quantile_ms(0.5),
+            self.quantile_ms(0.9),
+            self.quantile_ms(0.99),
+            self.max_ms(),
+            self.errors
+        )
+    }
+}
+
+/// The root folder of the spawned processes' data; removes what it created
+/// when dropped, unless told to keep it.
+struct DataDir {
+    root: PathBuf,
+    /// The root is our temporary folder (remove it whole), not the user's.
+    owns_root: bool,
+    created: Vec<PathBuf>,
+    keep: bool,
+}
+
+impl DataDir {
+    fn create(chosen: Option<PathBuf>, keep: bool) -> anyhow::Result<Self> {
+        let (root, owns_root) = match chosen {
+            Some(dir) => (dir, false),
+            None => (std::env::temp_dir().join(format!("sagaflow-bench-{}", uuid::Uuid::new_v4().simple())), true),
+        };
+        std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+        Ok(Self { root, owns_root, created: Vec::new(), keep })
+    }
+
+    /// A fresh, empty folder for one phase.
+    fn phase_dir(&mut self, phase: &str) -> anyhow::Result<PathBuf> {
+        let dir = self.root.join(format!("phase-{phase}"));
+        if dir.exists() {
+            bail!(
+                "{} already exists; a phase starts on fresh data (remove it or choose another --data-dir)",
+                dir.display()
+            );
+        }
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        self.created.push(dir.clone());
+        Ok(dir)
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        let doomed = if self.owns_root { vec![self.root.clone()] } else { std::mem::take(&mut self.created) };
+        for dir in doomed {
+            if let Err(e) = std::fs::remove_dir_all(&dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                eprintln!("warning: cannot remove {}: {e}", dir.display());
+            }
+        }
+    }
+}
+
+/// A child process of this bench; killed if dropped without `stop`.
+struct Spawned {
+    child: Child,
+    pid: u32,
+    what: &'static str,
+}
+
+impl Spawned {
+    /// Runs this binary with `args`; its first stdout line says it is up.
+    async fn start(what: &'static str, args: &[String]) -> anyhow::Result<(Self, String)> {
+        let exe = std::env::current_exe().context("cannot find the sagaflow binary")?;
+        let mut command = Command::new(exe);
+        command.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit()).kill_on_drop(true);
+        // Their info logs would bury the progress line; warnings still show.
+        if std::env::var_os("RUST_LOG").is_none() {
+            command.env("RUST_LOG", "warn");
+        }
+        let mut child = command.spawn().with_context(|| format!("cannot start the {what}"))?;
+        let pid = child.id().with_context(|| format!("the {what} exited at once"))?;
+        let stdout = child.stdout.take().with_context(|| format!("no stdout from the {what}"))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(READY_TIMEOUT, lines.next_line())
+            .await
+            .with_context(|| format!("the {what} printed nothing within {}s", READY_TIMEOUT.as_secs()))?
+            .with_context(|| format!("cannot read the {what}'s output"))?
+            .with_context(|| format!("the {what} exited before it was ready"))?;
+        drain(lines);
+        Ok((Self { child, pid, what }, first))
+    }
+
+    /// SIGTERM, so that it shuts down as in production; SIGKILL if it hangs.
+    async fn stop(mut self) -> anyhow::Result<()> {
+        // No libc here (and no unsafe), so the `kill` command sends the signal.
+        let sent = Command::new("kill").arg(self.pid.to_string()).stderr(Stdio::null()).status().await;
+        if !sent.is_ok_and(|status| status.success()) {
+            self.child.start_kill().with_context(|| format!("cannot stop the {}", self.what))?;
+        }
+        match tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await {
+            Ok(Ok(status)) if status.success() => Ok(()),
+            Ok(Ok(status)) => bail!("the {} exited with {status}", self.what),
+            Ok(Err(e)) => Err(e).with_context(|| format!("cannot wait for the {}", self.what)),
+            Err(_) => {
+                let _ = self.child.kill().await;
+                bail!("the {} did not stop within {}s of SIGTERM and was killed", self.what, STOP_TIMEOUT.as_secs())
+            }
+        }
+    }
+}
+
+/// Reads a child's stdout to the end, so that a full pipe never blocks it.
+fn drain(mut lines: Lines<BufReader<ChildStdout>>) {
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+}
+
+/// A fresh orchestrator and one worker process for one phase.
+struct Cluster {
+    server: Spawned,
+    worker: Spawned,
+    url: String,
+}
+
+impl Cluster {
+    async fn start(plan: &Plan, dir: &Path) -> anyhow::Result<Self> {
+        let server_args = vec![
+            "server".to_owned(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--http-listen".into(),
+            "127.0.0.1:0".into(),
+            "--data-dir".into(),
+            dir.join("server").display().to_string(),
+        ];
+        let (server, line) = Spawned::start("server", &server_args).await?;
+        let url = server_url(&line).with_context(|| format!("unexpected first line from the server: {line:?}"))?;
+        let (worker, _) = Spawned::start("worker", &worker_args(plan, &url, dir)).await?;
+        Ok(Self { server, worker, url })
+    }
+
+    /// The worker first, so that it does not spin reconnecting to a stopped server.
+    async fn stop(self) -> anyhow::Result<()> {
+        let worker = self.worker.stop().await;
+        self.server.stop().await?;
+        worker
+    }
+}
+
+fn worker_args(plan: &Plan, url: &str, dir: &Path) -> Vec<String> {
+    let phase = &plan.phase;
+    let (services, capture) = match plan.workflow {
+        BenchWorkflow::Bench => ("bench", "bench.capture"),
+        BenchWorkflow::Checkout => (SHOP_SERVICES, "payments.capture"),
+    };
+    let mut args = vec![
+        "worker".to_owned(),
+        "--server".into(),
+        url.to_owned(),
+        "--services".into(),
+        services.into(),
+        "--data-dir".into(),
+        dir.join("worker").display().to_string(),
+        "--concurrency".into(),
+        phase.concurrency.saturating_mul(2).max(MIN_WORKER_CONCURRENCY).to_string(),
+        "--activity-latency-ms".into(),
+        phase.activity_latency_ms.to_string(),
+    ];
+    if phase.fatal_capture {
+        args.extend(["--fault".to_owned(), format!("{capture}=fatal")]);
+    }
+    args
+}
+
+/// The gRPC URL in `sagaflow listening on http://ADDR (gRPC) and http://ADDR/metrics (metrics); data in D`.
+fn server_url(line: &str) -> Option<String> {
+    line.split_whitespace().find(|word| word.starts_with("http://") && !word.ends_with("/metrics")).map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_grpc_url_in_the_servers_first_line() {
+        let line = "sagaflow listening on http://127.0.0.1:4000 (gRPC) and http://127.0.0.1:4001/metrics (metrics); data in /d";
+        assert_eq!(server_url(line).as_deref(), Some("http://127.0.0.1:4000"));
+        assert_eq!(server_url("something else"), None);
+    }
+
+    #[test]
+    fn overrides_apply_to_every_selected_phase() {
+        let args = BenchArgs {
+            phase: PhaseChoice::All,
+            n: Some(7),
+            concurrency: None,
+            activity_latency_ms: None,
+            workflow: BenchWorkflow::Bench,
+            server_pid: None,
+            data_dir: None,
+            keep_data: false,
+        };
+        let phases = selected_phases(&args);
+        assert_eq!(phases.iter().map(|p| p.name).collect::<Vec<_>>(), ["a", "b", "c", "d"]);
+        assert!(phases.iter().all(|p| p.n == 7));
+        assert_eq!(phases.iter().map(|p| p.concurrency).collect::<Vec<_>>(), [1, 64, 64, 64]);
+        assert_eq!(phases[2].activity_latency_ms, 5);
+        assert_eq!(phases[3].expected_status(), WorkflowStatus::Compensated);
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn reads_cpu_and_rss_of_this_process() {
+        assert!(cpu_seconds("self", 100.0).is_some());
+        assert!(peak_rss_mib(std::process::id()).is_some_and(|mib| mib > 0.0));
+    }
+
+    #[test]
+    fn phase_d_faults_the_capture_of_the_chosen_workflow() {
+        let plan = Plan { phase: STANDARD_PHASES[3].clone(), workflow: BenchWorkflow::Checkout, run_id: "r".into() };
+        let args = worker_args(&plan, "http://x", Path::new("/d"));
+        assert!(args.windows(2).any(|w| w[0] == "--fault" && w[1] == "payments.capture=fatal"));
+        assert!(args.windows(2).any(|w| w[0] == "--concurrency" && w[1] == "256"));
+    }
 }

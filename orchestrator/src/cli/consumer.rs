@@ -70,6 +70,7 @@ pub async fn run(command: ConsumerCommand, log_format: LogFormat) -> anyhow::Res
         };
         axum::serve(listener, app).with_graceful_shutdown(shutdown).await
     });
+    let shutdown = super::shutdown_signal();
     println!(
         "sagaflow consumer {} listening on http://{bound} (events from {}); data in {}",
         projection.name(),
@@ -77,7 +78,7 @@ pub async fn run(command: ConsumerCommand, log_format: LogFormat) -> anyhow::Res
         args.data_dir.display()
     );
     let outcome = tokio::select! {
-        () = super::shutdown_signal() => None,
+        () = shutdown => None,
         finished = &mut consumer => Some(finished),
     };
     let _ = stop.send(true);

@@ -3,11 +3,13 @@
 mod bench;
 mod checkout;
 mod consumer;
+mod dev;
 mod events;
 mod jobs;
 mod render;
 mod search;
 mod server;
+mod shop;
 mod worker;
 mod workflow;
 
@@ -48,6 +50,10 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the orchestrator: histories in sled under --data-dir, gRPC on --listen.
     Server(server::ServerArgs),
+    /// The server and every shop worker in one process, with a demo catalog.
+    Dev(dev::DevArgs),
+    /// Read and steer the reference shop's services (stock, payments, orders, faults…).
+    Shop(shop::ShopArgs),
     /// Run activity services against a server: a separate worker process.
     Worker(worker::WorkerArgs),
     /// Start, read and refund the reference shop's checkouts.
@@ -78,6 +84,8 @@ pub enum Command {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Server(args) => server::run(args, cli.log_format).await,
+        Command::Dev(args) => dev::run(args, cli.log_format).await,
+        Command::Shop(args) => shop::run(args, cli.output).await,
         Command::Worker(args) => worker::run(args, &cli.server, cli.log_format).await,
         Command::Admin(command) => server::admin(command, cli.output).await,
         Command::Bench(args) => bench::run(args).await,
@@ -101,19 +109,31 @@ pub fn init_logs(format: LogFormat) {
     };
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
+/// Resolves on Ctrl-C or SIGTERM. The handlers are installed when this is
+/// called, not when it is first polled: a signal that arrives after the
+/// process announced itself (tests wait for that line) is never missed.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
-        let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate()).ok();
+        let interrupt = signal(SignalKind::interrupt()).ok();
+        async move {
+            match (term, interrupt) {
+                (Some(mut term), Some(mut interrupt)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -99,6 +99,7 @@ pub async fn run(args: ServerArgs, log_format: LogFormat) -> anyhow::Result<()> 
             ..sagaflow_orchestrator::relay::RelayOptions::new(url)
         }),
     };
+    let shutdown = super::shutdown_signal();
     let server = Server::start(options, registry).await?;
     println!(
         "sagaflow listening on {} (gRPC) and {} (metrics); data in {}",
@@ -106,7 +107,7 @@ pub async fn run(args: ServerArgs, log_format: LogFormat) -> anyhow::Result<()> 
         server.http_addr().map_or_else(|| "-".into(), sagaflow_orchestrator::http::describe),
         args.data_dir.display()
     );
-    super::shutdown_signal().await;
+    shutdown.await;
     tracing::info!("shutting down");
     server.stop().await;
     Ok(())

@@ -1,27 +1,30 @@
 //! `sagaflow worker`: hosts activity services in their own process, so that
 //! one service can be killed, faulted or restarted on its own.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use sagaflow_activities::{FaultSpec, Faults, bench};
-use sagaflow_worker::Worker;
+use sagaflow_activities::{FaultSpec, Faults, SERVICES, Shop, ShopOptions, admin, bench};
+use sagaflow_worker::{Worker, WorkerBuilder};
+use tokio::net::TcpListener;
 
 use super::LogFormat;
 
-/// Services a worker process can host.
-const SERVICES: &[&str] = &["bench"];
-
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
-    /// Services to host, comma-separated.
+    /// Services to host, comma-separated: catalog, coupons, inventory,
+    /// payments, orders, shipping, notifications, or bench.
     #[arg(long, value_delimiter = ',', default_value = "bench")]
     pub services: Vec<String>,
-    /// Where the services keep their state.
+    /// Where the services keep their state (under `shop/`).
     #[arg(long, default_value = "./sagaflow-data")]
     pub data_dir: PathBuf,
+    /// Serve the shop admin API (stock, payments, orders, faults…) here.
+    #[arg(long)]
+    pub admin_listen: Option<SocketAddr>,
     /// A fault switch, SERVICE.OPERATION=KIND[:COUNT] with KIND one of error,
     /// fatal, hang, hang-after-effect, crash-after-effect; repeatable.
     #[arg(long = "fault", value_name = "SPEC")]
@@ -32,9 +35,54 @@ pub struct WorkerArgs {
     /// Added latency of every bench activity, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub activity_latency_ms: u64,
+    /// How long an inventory reservation holds stock before it is released on its own.
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    pub reservation_ttl: Duration,
     /// This worker's id (default: host, pid and a random suffix).
     #[arg(long)]
     pub worker_id: Option<String>,
+}
+
+/// The activities of `services`, registered on `builder`, and the shop they use.
+pub fn host(
+    mut builder: WorkerBuilder,
+    services: &[String],
+    data_dir: &std::path::Path,
+    faults: &Faults,
+    latency: Duration,
+    reservation_ttl: Duration,
+) -> anyhow::Result<(WorkerBuilder, Option<Shop>)> {
+    let (benches, shop_services): (Vec<&String>, Vec<&String>) = services.iter().partition(|s| *s == "bench");
+    if let Some(unknown) = shop_services.iter().find(|s| !SERVICES.contains(&s.as_str())) {
+        bail!("unknown service {unknown:?}; known services: bench, {}", SERVICES.join(", "));
+    }
+    if !benches.is_empty() {
+        builder = bench::register(builder, faults, latency);
+    }
+    if shop_services.is_empty() {
+        return Ok((builder, None));
+    }
+    let options = ShopOptions {
+        services: shop_services.into_iter().cloned().collect(),
+        reservation_ttl,
+        ..ShopOptions::default()
+    };
+    let dir = data_dir.join("shop");
+    let shop = Shop::open(&dir, options, faults.clone())
+        .with_context(|| format!("cannot open the shop in {}", dir.display()))?;
+    Ok((shop.register(builder), Some(shop)))
+}
+
+/// Serves the shop admin API until the process ends.
+pub async fn serve_admin(shop: Shop, addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, admin::router(shop)).await {
+            tracing::error!(error = %e, "shop admin API failed");
+        }
+    });
+    Ok(bound)
 }
 
 pub async fn run(args: WorkerArgs, server: &str, log_format: LogFormat) -> anyhow::Result<()> {
@@ -44,20 +92,23 @@ pub async fn run(args: WorkerArgs, server: &str, log_format: LogFormat) -> anyho
     if let Some(id) = &args.worker_id {
         builder = builder.worker_id(id.clone());
     }
-    for service in &args.services {
-        builder = match service.as_str() {
-            "bench" => bench::register(builder, &faults, Duration::from_millis(args.activity_latency_ms)),
-            other => bail!("unknown service {other:?}; known services: {}", SERVICES.join(", ")),
-        };
-    }
+    let latency = Duration::from_millis(args.activity_latency_ms);
+    let (builder, shop) = host(builder, &args.services, &args.data_dir, &faults, latency, args.reservation_ttl)?;
+    let admin = match (&shop, args.admin_listen) {
+        (Some(shop), Some(addr)) => Some(serve_admin(shop.clone(), addr).await?),
+        (None, Some(_)) => bail!("--admin-listen needs a shop service in --services"),
+        _ => None,
+    };
+    let shutdown = super::shutdown_signal();
     let worker = builder.build().context("cannot build the worker")?;
     let faults_text: Vec<String> = args.faults.iter().map(ToString::to_string).collect();
     println!(
-        "worker {} hosting {} against {server}{}",
+        "worker {} hosting {} against {server}{}{}",
         worker.worker_id(),
         args.services.join(","),
+        admin.map(|a| format!(", admin on http://{a}")).unwrap_or_default(),
         if faults_text.is_empty() { String::new() } else { format!(" with faults {}", faults_text.join(" ")) }
     );
-    worker.run_until(super::shutdown_signal()).await.context("worker stopped")?;
+    worker.run_until(shutdown).await.context("worker stopped")?;
     Ok(())
 }

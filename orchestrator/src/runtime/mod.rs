@@ -78,6 +78,13 @@ struct Slot {
 
 type SlotRef = Arc<tokio::sync::Mutex<Slot>>;
 
+/// What a watcher of one workflow learns after each durable decision.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Progress {
+    last_seq: u64,
+    terminal: bool,
+}
+
 /// Cheap to clone; every clone drives the same workflows.
 #[derive(Clone)]
 pub struct Runtime {
@@ -95,7 +102,7 @@ struct Inner {
     dispatch: Dispatch,
     timers: Timers,
     /// Bumped after every durable decision of a workflow someone is watching.
-    watchers: Mutex<HashMap<String, watch::Sender<u64>>>,
+    watchers: Mutex<HashMap<String, watch::Sender<Progress>>>,
     stuck: stuck::Tracker,
     /// Bumped after every durable decision that wrote outbox records.
     outbox_changed: watch::Sender<u64>,
@@ -378,7 +385,7 @@ impl Runtime {
         }
         self.inner.stuck.observe(state, definition);
         crate::metrics::record_decision(state);
-        self.notify(workflow_id, state.last_seq);
+        self.notify(workflow_id, Progress { last_seq: state.last_seq, terminal: state.is_terminal() });
         if published {
             self.inner.outbox_changed.send_modify(|n| *n += 1);
         }
@@ -409,10 +416,10 @@ impl Runtime {
         }
     }
 
-    fn notify(&self, workflow_id: &str, seq: u64) {
+    fn notify(&self, workflow_id: &str, progress: Progress) {
         let watchers = self.inner.watchers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(sender) = watchers.get(workflow_id) {
-            sender.send_replace(seq);
+            sender.send_replace(progress);
         }
     }
 
@@ -429,22 +436,50 @@ impl Runtime {
 
     /// Waits until the workflow changes past `seen_seq`, or the timeout.
     pub async fn wait_for_change(&self, workflow_id: &str, seen_seq: u64, timeout: Duration) -> Result<()> {
+        self.watch(workflow_id, timeout, |p| p.last_seq > seen_seq, |summary| summary.history_length > seen_seq).await
+    }
+
+    /// Waits until the workflow is terminal, or the timeout. Intermediate
+    /// decisions do not wake the waiter.
+    pub async fn wait_until_terminal(&self, workflow_id: &str, timeout: Duration) -> Result<()> {
+        self.watch(workflow_id, timeout, |p| p.terminal, |summary| crate::store::is_terminal(summary.status)).await
+    }
+
+    async fn watch(
+        &self,
+        workflow_id: &str,
+        timeout: Duration,
+        done: impl Fn(&Progress) -> bool,
+        already: impl Fn(&WorkflowSummary) -> bool,
+    ) -> Result<()> {
         let mut rx = {
             let mut watchers = self.inner.watchers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            watchers.entry(workflow_id.to_owned()).or_insert_with(|| watch::channel(0).0).subscribe()
+            watchers.entry(workflow_id.to_owned()).or_insert_with(|| watch::channel(Progress::default()).0).subscribe()
         };
         // Checked after subscribing, so a change in between is not missed.
-        let current = self.inner.store.last_seq(workflow_id)?;
-        if current > seen_seq {
-            return Ok(());
+        let current = self.inner.store.summary(workflow_id)?;
+        if !current.as_ref().is_some_and(&already) {
+            let _ = tokio::time::timeout(timeout, rx.wait_for(|p| done(p))).await;
         }
-        let _ = tokio::time::timeout(timeout, rx.wait_for(|seq| *seq > seen_seq)).await;
         drop(rx);
         let mut watchers = self.inner.watchers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if watchers.get(workflow_id).is_some_and(|s| s.receiver_count() == 0) {
             watchers.remove(workflow_id);
         }
         Ok(())
+    }
+
+    /// The result and reason of a terminal workflow, from its last event.
+    pub fn outcome(&self, summary: &WorkflowSummary) -> Result<(String, String)> {
+        let last = self.inner.store.history(&summary.workflow_id, summary.history_length, 1)?;
+        Ok(match last.first().and_then(|e| e.attributes.as_ref()) {
+            Some(Attributes::WorkflowCompleted(c)) => (c.result.clone(), String::new()),
+            Some(Attributes::WorkflowCompensated(c)) => (String::new(), c.reason.clone()),
+            Some(Attributes::WorkflowFailed(f)) => (String::new(), f.reason.clone()),
+            Some(Attributes::WorkflowCancelled(c)) => (String::new(), c.reason.clone()),
+            Some(Attributes::WorkflowTerminated(t)) => (String::new(), t.reason.clone()),
+            _ => Default::default(),
+        })
     }
 
     /// The durable summary of a workflow.

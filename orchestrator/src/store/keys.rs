@@ -22,8 +22,6 @@ pub const TASK: u8 = b'k';
 pub const LEASE: u8 = b'l';
 pub const TIMER: u8 = b't';
 pub const OUTBOX: u8 = b'x';
-/// `m` + name: small metadata, such as the outbox's high-water mark.
-pub const META: u8 = b'm';
 /// The last outbox sequence number ever assigned, so that numbers are never
 /// reused after relayed records are deleted.
 pub const OUTBOX_HIGH_WATER: &[u8] = b"moutbox-seq";

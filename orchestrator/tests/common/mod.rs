@@ -137,9 +137,19 @@ impl ServerProcess {
 pub struct WorkerProcess {
     child: Child,
     pub worker_id: String,
+    /// `http://ADDR` of its shop admin API, when it serves one.
+    pub admin: Option<String>,
 }
 
 impl WorkerProcess {
+    /// Waits for the process to end on its own (an injected crash).
+    pub async fn exited(mut self) -> std::process::ExitStatus {
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("the worker did not exit")
+            .unwrap()
+    }
+
     pub async fn start(server_url: &str, extra: &[&str]) -> Self {
         let mut child = Command::new(BIN)
             .args(["worker", "--server", server_url])
@@ -158,8 +168,9 @@ impl WorkerProcess {
             .unwrap()
             .expect("worker exited");
         let worker_id = line.split_whitespace().nth(1).unwrap().to_owned();
+        let admin = line.split("admin on ").nth(1).map(|rest| rest.split_whitespace().next().unwrap_or("").to_owned());
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self { child, worker_id }
+        Self { child, worker_id, admin }
     }
 
     pub async fn kill9(mut self) {
@@ -273,8 +284,13 @@ pub fn write_test_definitions(dir: &Path) -> PathBuf {
         )
         .build()
         .unwrap();
+    let sleepy = SagaDefinition::builder("sleepy", 1)
+        .step(Step::sleep("nap", Duration::from_millis(1500)))
+        .step(Step::activity("order", "bench.order").timeouts(short))
+        .build()
+        .unwrap();
     let path = dir.join("test-sagas.json");
-    let json = serde_json::to_string(&vec![quick_saga, gated]).unwrap();
+    let json = serde_json::to_string(&vec![quick_saga, gated, sleepy]).unwrap();
     std::fs::write(&path, json).unwrap();
     path
 }
@@ -326,4 +342,22 @@ pub fn assert_each_step_completed_once(workflow_id: &str, events: &[HistoryEvent
         }
     }
     assert!(completed.values().all(|n| *n == 1), "{workflow_id}: a step completed twice: {completed:?}");
+}
+
+/// One JSON exchange with a shop admin API.
+pub async fn admin(base: &str, method: &str, path: &str, body: Option<serde_json::Value>) -> serde_json::Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    stream.read_to_string(&mut out).await.unwrap();
+    let (_, body) = out.split_once("\r\n\r\n").unwrap();
+    serde_json::from_str(body).unwrap_or(serde_json::Value::String(body.to_owned()))
 }

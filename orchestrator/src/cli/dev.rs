@@ -1,0 +1,70 @@
+//! `sagaflow dev`: the orchestrator and every shop service in one process,
+//! with a seeded demo catalog. What a new user runs first.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use sagaflow_activities::{Faults, SERVICES};
+use sagaflow_orchestrator::server::default_registry;
+use sagaflow_orchestrator::{Options, Server, Storage};
+use sagaflow_worker::Worker;
+
+use super::LogFormat;
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Where histories and the shop's data live.
+    #[arg(long, default_value = "./sagaflow-data")]
+    pub data_dir: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub http_listen: SocketAddr,
+    /// The shop admin API (`sagaflow shop …`).
+    #[arg(long, default_value = "127.0.0.1:9091")]
+    pub admin_listen: SocketAddr,
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    pub reservation_ttl: Duration,
+}
+
+pub async fn run(args: DevArgs, log_format: LogFormat) -> anyhow::Result<()> {
+    super::init_logs(log_format);
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    let options = Options {
+        storage: Storage::Sled(args.data_dir.clone()),
+        listen: args.listen,
+        http_listen: Some(args.http_listen),
+        ..Options::default()
+    };
+    let server = Server::start(options, default_registry()).await?;
+    let mut services: Vec<String> = SERVICES.iter().map(|s| (*s).to_owned()).collect();
+    services.push("bench".into());
+    let faults = Faults::default();
+    let builder = Worker::builder(server.url()).worker_id("dev-shop");
+    let (builder, shop) =
+        super::worker::host(builder, &services, &args.data_dir, &faults, Duration::ZERO, args.reservation_ttl)?;
+    let shop = shop.context("the dev worker hosts the shop")?;
+    let admin = super::worker::serve_admin(shop, args.admin_listen).await?;
+    let shutdown = super::shutdown_signal();
+    let worker = builder.build()?;
+    let handle = worker.handle();
+    let worker_task = tokio::spawn(worker.run());
+    println!(
+        "Sagaflow dev: orchestrator on {}, metrics on http://{}/metrics, shop admin on http://{admin}, data in {}",
+        server.url(),
+        args.http_listen,
+        args.data_dir.display()
+    );
+    println!(
+        "Try:\n  sagaflow checkout start --request-id demo-1 --customer alice --item sku-mug:2 --item sku-tee:1 --wait\n  \
+         sagaflow shop stock\n  sagaflow workflow list"
+    );
+    shutdown.await;
+    handle.shutdown();
+    let _ = worker_task.await;
+    server.stop().await;
+    Ok(())
+}

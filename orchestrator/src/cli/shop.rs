@@ -1,0 +1,183 @@
+//! `sagaflow shop …`: reads and steers the reference shop through the admin
+//! API of a worker process (`--admin-listen`) or of `sagaflow dev`.
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::Output;
+
+#[derive(Debug, Args)]
+pub struct ShopArgs {
+    /// The shop admin API of a worker (`--admin-listen`) or of `sagaflow dev`.
+    #[arg(long, env = "SAGAFLOW_SHOP_ADMIN", default_value = "http://127.0.0.1:9091")]
+    pub admin_url: String,
+    #[command(subcommand)]
+    pub command: ShopCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ShopCommand {
+    /// Stock per SKU: available, reserved, sold, initial, restocked.
+    Stock,
+    /// Add stock to a SKU.
+    Restock { sku: String, quantity: u64 },
+    /// Payment intents with what was captured and refunded; `--ledger` for every entry.
+    Payments {
+        #[arg(long)]
+        ledger: bool,
+    },
+    /// Orders, or one order.
+    Orders { order_id: Option<String> },
+    /// Shipments.
+    Shipments,
+    /// Coupon rules (latest versions), or every version of one code.
+    Coupons { code: Option<String> },
+    /// Add a new version of a coupon rule.
+    SetCoupon {
+        code: String,
+        #[arg(long, conflicts_with = "amount_off_cents")]
+        percent_off: Option<u32>,
+        #[arg(long)]
+        amount_off_cents: Option<i64>,
+        #[arg(long)]
+        min_subtotal_cents: Option<i64>,
+    },
+    /// The active fault switches.
+    Faults,
+    /// Set a fault switch: SERVICE.OPERATION=KIND[:COUNT].
+    SetFault { spec: String },
+    /// Clear fault switches (all, or one target's).
+    ClearFaults {
+        #[arg(long)]
+        target: Option<String>,
+    },
+    /// Notifications sent, for one customer or all.
+    Notifications {
+        #[arg(long)]
+        customer: Option<String>,
+    },
+    /// Check the shop's invariants (stock conserved, captured once, refunds within captures).
+    Invariants,
+}
+
+pub async fn run(args: ShopArgs, output: Output) -> anyhow::Result<()> {
+    let (method, path, body) = match &args.command {
+        ShopCommand::Stock => ("GET", "/stock".to_owned(), None),
+        ShopCommand::Restock { sku, quantity } => {
+            ("POST", format!("/stock/{sku}/restock"), Some(json!({ "quantity": quantity })))
+        }
+        ShopCommand::Payments { ledger: true } => ("GET", "/payments/ledger".to_owned(), None),
+        ShopCommand::Payments { ledger: false } => ("GET", "/payments".to_owned(), None),
+        ShopCommand::Orders { order_id: Some(id) } => ("GET", format!("/orders/{id}"), None),
+        ShopCommand::Orders { order_id: None } => ("GET", "/orders".to_owned(), None),
+        ShopCommand::Shipments => ("GET", "/shipments".to_owned(), None),
+        ShopCommand::Coupons { code: Some(code) } => ("GET", format!("/coupons/{code}"), None),
+        ShopCommand::Coupons { code: None } => ("GET", "/coupons".to_owned(), None),
+        ShopCommand::SetCoupon { code, percent_off, amount_off_cents, min_subtotal_cents } => {
+            if percent_off.is_none() && amount_off_cents.is_none() {
+                bail!("give --percent-off or --amount-off-cents");
+            }
+            let rule = json!({
+                "percent_off": percent_off, "amount_off_cents": amount_off_cents, "min_subtotal_cents": min_subtotal_cents,
+            });
+            ("PUT", format!("/coupons/{code}"), Some(rule))
+        }
+        ShopCommand::Faults => ("GET", "/faults".to_owned(), None),
+        ShopCommand::SetFault { spec } => ("POST", "/faults".to_owned(), Some(json!({ "spec": spec }))),
+        ShopCommand::ClearFaults { target: Some(target) } => ("DELETE", format!("/faults?target={target}"), None),
+        ShopCommand::ClearFaults { target: None } => ("DELETE", "/faults".to_owned(), None),
+        ShopCommand::Notifications { customer: Some(c) } => ("GET", format!("/notifications?customer={c}"), None),
+        ShopCommand::Notifications { customer: None } => ("GET", "/notifications".to_owned(), None),
+        ShopCommand::Invariants => ("GET", "/invariants".to_owned(), None),
+    };
+    let answer = request(&args.admin_url, method, &path, body.as_ref()).await?;
+    match output {
+        Output::Json => println!("{answer}"),
+        Output::Text => print!("{}", render(&answer)),
+    }
+    if matches!(args.command, ShopCommand::Invariants) && answer["ok"] != Value::Bool(true) {
+        bail!("invariants violated");
+    }
+    Ok(())
+}
+
+/// One HTTP/1.1 exchange with the admin API: JSON in, JSON out.
+async fn request(base: &str, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
+    let host = base.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = tokio::net::TcpStream::connect(host)
+        .await
+        .with_context(|| format!("cannot reach the shop admin API at {base}"))?;
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.context("the shop admin API closed the connection")?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").context("not an HTTP answer")?;
+    let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("no HTTP status")?;
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
+    let value: Value = serde_json::from_str(&body).unwrap_or(Value::String(body));
+    if status >= 400 {
+        bail!("{}", value["error"].as_str().map_or_else(|| format!("HTTP {status}"), str::to_owned));
+    }
+    Ok(value)
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else { break };
+        if size == 0 || tail.len() < size {
+            break;
+        }
+        out.push_str(&tail[..size]);
+        rest = tail[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+fn cell(value: &Value) -> String {
+    match value {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// An array of objects as an aligned table; an object as `key  value` lines.
+fn render(value: &Value) -> String {
+    match value {
+        Value::Array(rows) if rows.iter().all(Value::is_object) && !rows.is_empty() => {
+            let columns: Vec<String> = rows[0].as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+            let cells: Vec<Vec<String>> =
+                rows.iter().map(|row| columns.iter().map(|c| cell(&row[c.as_str()])).collect()).collect();
+            let widths: Vec<usize> = columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| cells.iter().map(|r| r[i].chars().count()).max().unwrap_or(0).max(c.len()))
+                .collect();
+            let line = |values: Vec<String>| {
+                let padded: Vec<String> =
+                    values.iter().enumerate().map(|(i, v)| format!("{v:<w$}", w = widths[i])).collect();
+                format!("{}\n", padded.join("  ").trim_end())
+            };
+            let mut out = line(columns.iter().map(|c| c.to_uppercase()).collect());
+            for row in cells {
+                out.push_str(&line(row));
+            }
+            out
+        }
+        Value::Array(items) if items.is_empty() => "(none)\n".into(),
+        Value::Array(items) => items.iter().map(|i| format!("{}\n", cell(i))).collect(),
+        Value::Object(map) => map.iter().map(|(k, v)| format!("{k:<18}{}\n", cell(v))).collect(),
+        other => format!("{}\n", cell(other)),
+    }
+}
