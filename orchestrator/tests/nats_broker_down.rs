@@ -1,4 +1,4 @@
-//! Scenario 4, the event bus is down: workflows go on, their events wait in
+//! Scenario 4, the event bus is down: checkouts go on, their events wait in
 //! the outbox (the backlog gauge shows them), and once the broker is back
 //! every event is delivered exactly once per id, in order per workflow.
 #![allow(clippy::unwrap_used)]
@@ -8,28 +8,28 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use common::nats::{NatsServer, free_port, metric, outbox_len, read_stream, run_quick, wait_until};
-use common::{ServerProcess, WorkerProcess, scrape, write_test_definitions};
+use common::nats::{NatsServer, free_port, metric, outbox_len, read_stream, run_checkouts, wait_until};
+use common::{ServerProcess, WorkerProcess, scrape};
 
 const WORKFLOWS: usize = 50;
-/// `quick` emits QuickStarted, Reserved and QuickCompleted.
-const EVENTS: usize = WORKFLOWS * 3;
+/// The checkout's domain events, in the order each checkout emits them.
+const CHECKOUT_EVENTS: [&str; 6] =
+    ["CheckoutStarted", "InventoryReserved", "PaymentCaptured", "OrderCreated", "ShipmentCreated", "CheckoutCompleted"];
+const EVENTS: usize = WORKFLOWS * CHECKOUT_EVENTS.len();
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn events_wait_for_the_broker_then_arrive_once_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let definitions = write_test_definitions(dir.path());
     // The broker's port is chosen now; nothing listens there yet.
     let port = free_port();
     let nats_url = format!("nats://127.0.0.1:{port}");
-    let server = ServerProcess::start(
-        &dir.path().join("orchestrator"),
-        &["--definitions", definitions.to_str().unwrap(), "--nats-url", &nats_url],
-    )
-    .await;
-    let _worker = WorkerProcess::start(&server.url, &["--data-dir", dir.path().join("worker").to_str().unwrap()]).await;
+    let server = ServerProcess::start(&dir.path().join("orchestrator"), &["--nats-url", &nats_url]).await;
+    let shop = "catalog,coupons,inventory,payments,orders,shipping,notifications";
+    let worker_dir = dir.path().join("worker");
+    let _worker =
+        WorkerProcess::start(&server.url, &["--services", shop, "--data-dir", worker_dir.to_str().unwrap()]).await;
 
-    let ids = run_quick(&server.url, "down", WORKFLOWS, r#"{"customer_id":"c-down"}"#).await;
+    let ids = run_checkouts(&server.url, "down", WORKFLOWS).await;
     wait_until(Duration::from_secs(10), "the backlog gauge counts every waiting event", || async {
         metric(&scrape(&server.http).await, "sagaflow_outbox_backlog") == Some(EVENTS as f64)
     })
@@ -67,7 +67,7 @@ async fn events_wait_for_the_broker_then_arrive_once_in_order() {
         let events = &per_workflow[id.as_str()];
         assert!(events.windows(2).all(|w| w[0].0 < w[1].0), "{id} out of order: {events:?}");
         let kinds: Vec<&str> = events.iter().map(|e| e.1).collect();
-        assert_eq!(kinds, ["QuickStarted", "Reserved", "QuickCompleted"], "{id}");
+        assert_eq!(kinds, CHECKOUT_EVENTS, "{id}");
     }
     let info = js.get_stream("SAGAFLOW_EVENTS").await.unwrap().cached_info().clone();
     assert_eq!(info.config.duplicate_window, Duration::from_secs(600));

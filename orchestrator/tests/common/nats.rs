@@ -267,3 +267,34 @@ pub async fn outbox_len(server_url: &str) -> usize {
     }
     n
 }
+
+/// Starts `n` shop checkouts (one mug each) and waits until each has shipped.
+pub async fn run_checkouts(server_url: &str, prefix: &str, n: usize) -> Vec<String> {
+    use sagaflow_proto::checkout::v1::checkout_service_client::CheckoutServiceClient;
+    use sagaflow_proto::checkout::v1::{Item, StartCheckoutRequest};
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let url = server_url.to_owned();
+        let request_id = format!("{prefix}-{i}");
+        tasks.push(tokio::spawn(async move {
+            let mut checkouts = CheckoutServiceClient::connect(url.clone()).await.unwrap();
+            let request = StartCheckoutRequest {
+                client_request_id: request_id,
+                customer_id: "c-down".into(),
+                items: vec![Item { sku: "sku-mug".into(), quantity: 1 }],
+                ..Default::default()
+            };
+            let id = checkouts.start_checkout(request).await.unwrap().into_inner().checkout_id;
+            let mut workflows =
+                sagaflow_proto::v1::workflow_service_client::WorkflowServiceClient::connect(url).await.unwrap();
+            let end = super::await_end(&mut workflows, &id).await;
+            assert_eq!(super::status_of(&end), "COMPLETED", "{id}");
+            id
+        }));
+    }
+    let mut ids = Vec::new();
+    for task in tasks {
+        ids.push(task.await.unwrap());
+    }
+    ids
+}
