@@ -38,7 +38,6 @@ pub enum TaskState {
 
 struct Entry {
     task: ActivityTask,
-    scheduled_ms: i64,
     state: TaskState,
 }
 
@@ -107,10 +106,7 @@ impl Dispatch {
             let mut state = self.lock();
             let activity_type = task.activity_type.clone();
             state.queues.entry(activity_type.clone()).or_default().push_back(key(&wf, &task_id));
-            state.entries.insert(
-                key(&wf, &task_id),
-                Entry { task, scheduled_ms: record.scheduled_ms, state: TaskState::Queued { since_ms: now } },
-            );
+            state.entries.insert(key(&wf, &task_id), Entry { task, state: TaskState::Queued { since_ms: now } });
             self.match_queue(&mut state, &activity_type, now)
         };
         self.persist(leases);
@@ -134,7 +130,7 @@ impl Dispatch {
             last_heartbeat_ms: lease.started_ms,
             restored: true,
         };
-        self.lock().entries.insert(key(&wf, &task_id), Entry { task, scheduled_ms: record.scheduled_ms, state });
+        self.lock().entries.insert(key(&wf, &task_id), Entry { task, state });
     }
 
     /// Drops a task that the workflow no longer wants. A worker holding it
@@ -413,10 +409,5 @@ impl Dispatch {
             }
         }
         counts
-    }
-
-    #[allow(dead_code)]
-    pub fn scheduled_ms(&self, workflow_id: &str, task_id: &str) -> Option<i64> {
-        self.lock().entries.get(&key(workflow_id, task_id)).map(|e| e.scheduled_ms)
     }
 }

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sagaflow_proto::v1::{HistoryEvent, WorkflowStarted, WorkflowStatus, WorkflowSummary, history_event::Attributes};
+use sagaflow_proto::v1::{HistoryEvent, WorkflowStarted, WorkflowSummary, history_event::Attributes};
 use sagaflow_workflows::SagaDefinition;
 use tokio::sync::watch;
 
@@ -536,9 +536,4 @@ fn stripe_of(request_id: &str, stripes: usize) -> usize {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     request_id.hash(&mut hasher);
     usize::try_from(hasher.finish() % stripes as u64).unwrap_or(0)
-}
-
-/// Whether a status is still running.
-pub fn is_open(status: WorkflowStatus) -> bool {
-    records::is_open(status)
 }

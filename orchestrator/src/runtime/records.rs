@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use sagaflow_proto::v1::{ActivityTask, WorkflowStatus, WorkflowSummary};
+use sagaflow_proto::v1::{ActivityTask, WorkflowSummary};
 use sagaflow_workflows::SagaDefinition;
 
 use crate::engine::{PendingTask, WorkflowState};
@@ -126,8 +126,4 @@ pub fn delta(before: &Derived, after: &WorkflowState, definition: &SagaDefinitio
         new_timers: now.timers.difference(&before.timers).cloned().collect(),
         gone_timers: before.timers.difference(&now.timers).cloned().collect(),
     }
-}
-
-pub fn is_open(status: WorkflowStatus) -> bool {
-    !crate::store::is_terminal(status as i32)
 }

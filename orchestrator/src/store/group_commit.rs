@@ -68,7 +68,6 @@ struct Shared {
     wake: Condvar,
     stop: AtomicBool,
     flushed: watch::Sender<Flushed>,
-    flush_count: AtomicU64,
 }
 
 /// Owns the flusher thread; stops it when dropped.
@@ -86,7 +85,6 @@ impl GroupCommit {
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
             flushed,
-            flush_count: AtomicU64::new(0),
         });
         let worker = Arc::clone(&shared);
         let thread =
@@ -113,11 +111,6 @@ impl GroupCommit {
 
     pub(crate) fn failure(&self) -> Option<String> {
         self.shared.flushed.borrow().failure.clone()
-    }
-
-    #[allow(dead_code)]
-    pub(crate) fn flush_count(&self) -> u64 {
-        self.shared.flush_count.load(Ordering::Relaxed)
     }
 
     fn wake(&self) {
@@ -154,7 +147,6 @@ fn flush_loop(shared: &Shared, flush: &FlushFn) {
             let started = Instant::now();
             let outcome = flush();
             crate::metrics::record_flush(started.elapsed());
-            shared.flush_count.fetch_add(1, Ordering::Relaxed);
             match outcome {
                 Ok(()) => shared.flushed.send_modify(|f| f.ticket = target),
                 Err(failure) => {
