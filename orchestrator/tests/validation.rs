@@ -148,18 +148,8 @@ async fn garbage_on_the_ports_does_not_take_the_server_down() {
     }
     let mut client = server.client().await;
     client.start_workflow(start_request("bench", "after-garbage", "{}")).await.unwrap();
-    let health = reqwest_like_get(&http, "/healthz").await;
+    let health = common::http(&http, "GET", "/healthz", "").await;
     assert!(health.contains("ok"), "{health}");
-}
-
-/// A bare HTTP/1.1 GET, enough for /healthz.
-async fn reqwest_like_get(host_port: &str, path: &str) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut stream = tokio::net::TcpStream::connect(host_port).await.unwrap();
-    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
-    let mut out = String::new();
-    stream.read_to_string(&mut out).await.unwrap();
-    out
 }
 
 #[tokio::test]

@@ -92,11 +92,7 @@ impl ServiceError for Error {
     }
 }
 
-impl From<Error> for ActivityError {
-    fn from(error: Error) -> Self {
-        super::activity_error(&error)
-    }
-}
+super::into_activity_error!(Error);
 
 impl From<LineError> for Error {
     fn from(error: LineError) -> Self {

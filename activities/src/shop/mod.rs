@@ -98,6 +98,19 @@ pub(crate) fn activity_error(error: &impl ServiceError) -> ActivityError {
     }
 }
 
+/// Lets a service's handlers return its own `Error` where the SDK expects an
+/// `ActivityError` (the orphan rule rules out one blanket impl).
+macro_rules! into_activity_error {
+    ($error:ty) => {
+        impl From<$error> for sagaflow_worker::ActivityError {
+            fn from(error: $error) -> Self {
+                super::activity_error(&error)
+            }
+        }
+    };
+}
+pub(crate) use into_activity_error;
+
 /// `{sku, quantity}`: a line of a checkout, a price request or a reservation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LineItem {

@@ -76,11 +76,7 @@ impl ServiceError for Error {
     }
 }
 
-impl From<Error> for ActivityError {
-    fn from(error: Error) -> Self {
-        super::activity_error(&error)
-    }
-}
+super::into_activity_error!(Error);
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -314,10 +314,20 @@ pub async fn wait_until_leased(client: &mut WorkflowServiceClient<Channel>, work
 
 /// GET /metrics.
 pub async fn scrape(http_base: &str) -> String {
+    http(http_base, "GET", "/metrics", "").await
+}
+
+/// One HTTP/1.1 exchange over a fresh connection; the whole raw response.
+pub async fn http(base: &str, method: &str, path: &str, body: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let host_port = http_base.trim_start_matches("http://");
-    let mut stream = tokio::net::TcpStream::connect(host_port).await.unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let host = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body.as_bytes()).await.unwrap();
     let mut out = String::new();
     stream.read_to_string(&mut out).await.unwrap();
     out
@@ -346,18 +356,8 @@ pub fn assert_each_step_completed_once(workflow_id: &str, events: &[HistoryEvent
 
 /// One JSON exchange with a shop admin API.
 pub async fn admin(base: &str, method: &str, path: &str, body: Option<serde_json::Value>) -> serde_json::Value {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let host = base.trim_start_matches("http://");
-    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
     let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(body.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    stream.read_to_string(&mut out).await.unwrap();
-    let (_, body) = out.split_once("\r\n\r\n").unwrap();
+    let response = http(base, method, path, &body).await;
+    let (_, body) = response.split_once("\r\n\r\n").unwrap();
     serde_json::from_str(body).unwrap_or(serde_json::Value::String(body.to_owned()))
 }
