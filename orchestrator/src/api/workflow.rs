@@ -156,7 +156,9 @@ impl WorkflowService for WorkflowApi {
         request: Request<GetWorkflowHistoryRequest>,
     ) -> Result<Response<GetWorkflowHistoryResponse>, Status> {
         let request = request.into_inner();
-        let summary = self.summary(&request.workflow_id).await?;
+        // The summary is read (after a durability barrier) before the events:
+        // if it is terminal, no event can follow the ones read below.
+        let mut summary = self.summary(&request.workflow_id).await?;
         let page = match request.page_size {
             0 => DEFAULT_HISTORY_PAGE,
             n => n.min(MAX_HISTORY_PAGE),
@@ -165,11 +167,10 @@ impl WorkflowService for WorkflowApi {
         let mut events = self.runtime.store().history(&request.workflow_id, from, page)?;
         if events.is_empty() && request.wait_ms > 0 && !is_terminal(summary.status) {
             self.runtime.wait_for_change(&request.workflow_id, from - 1, wait_budget(request.wait_ms)).await?;
-            self.runtime.store().barrier().wait().await.map_err(crate::runtime::Error::from)?;
+            summary = self.runtime.describe(&request.workflow_id).await?;
             events = self.runtime.store().history(&request.workflow_id, from, page)?;
         }
         let next_seq = events.last().map_or(from, |e| e.seq + 1);
-        let summary = self.runtime.describe(&request.workflow_id).await?;
         let terminal = is_terminal(summary.status) && next_seq > summary.history_length;
         Ok(Response::new(GetWorkflowHistoryResponse { events, next_seq, terminal }))
     }
