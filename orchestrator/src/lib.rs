@@ -2,6 +2,7 @@
 //! dispatch of activity tasks to gRPC workers, and the operator API.
 
 pub mod api;
+pub mod auth;
 pub mod engine;
 pub mod http;
 pub mod limits;

@@ -13,6 +13,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::{CheckoutApi, EventsApi, WorkerApi, WorkflowApi};
+use crate::auth::{AuthLayer, Tokens};
 use crate::limits::Limits;
 use crate::registry::Registry;
 use crate::runtime::{Runtime, StuckPolicy};
@@ -30,6 +31,11 @@ pub enum Error {
     Recovery(#[from] crate::runtime::Error),
     #[error("cannot build reflection: {0}")]
     Reflection(String),
+    #[error(
+        "refusing to listen on {addr} without auth: anyone who reaches it could start, cancel or complete \
+         sagas. Give --auth-file (see docs/security.md), listen on loopback, or pass --insecure to accept the risk"
+    )]
+    Exposed { addr: SocketAddr },
 }
 
 /// Where the data lives.
@@ -49,6 +55,11 @@ pub struct Options {
     pub stuck: StuckPolicy,
     /// Relay the outbox to NATS JetStream; `None` keeps events in the outbox (embedded mode).
     pub relay: Option<crate::relay::RelayOptions>,
+    /// The accepted tokens; `None` runs without auth, which only loopback
+    /// listeners allow unless `insecure` is set.
+    pub auth: Option<Arc<Tokens>>,
+    /// Allows non-loopback listeners without auth.
+    pub insecure: bool,
 }
 
 impl Default for Options {
@@ -60,6 +71,31 @@ impl Default for Options {
             limits: Limits::default(),
             stuck: StuckPolicy::default(),
             relay: None,
+            auth: None,
+            insecure: false,
+        }
+    }
+}
+
+impl Options {
+    /// Refuses to expose an unauthenticated server beyond this machine
+    /// (DESIGN.md §6), and warns loudly when told to anyway.
+    fn check_exposure(&self) -> Result<(), Error> {
+        if self.auth.is_some() {
+            return Ok(());
+        }
+        let exposed = std::iter::once(self.listen).chain(self.http_listen).find(|addr| !addr.ip().is_loopback());
+        match exposed {
+            Some(addr) if !self.insecure => Err(Error::Exposed { addr }),
+            Some(addr) => {
+                tracing::warn!(
+                    %addr,
+                    "INSECURE: listening beyond loopback without auth (--insecure); anyone who reaches this port \
+                     can start, cancel and complete sagas"
+                );
+                Ok(())
+            }
+            None => Ok(()),
         }
     }
 }
@@ -75,6 +111,7 @@ pub struct Server {
 
 impl Server {
     pub async fn start(options: Options, registry: Registry) -> Result<Self, Error> {
+        options.check_exposure()?;
         let store: Arc<dyn Store> = match &options.storage {
             Storage::Sled(dir) => Arc::new(
                 SledStore::open(&dir.join("orchestrator"))
@@ -117,6 +154,7 @@ impl Server {
             .build_v1()
             .map_err(|e| Error::Reflection(e.to_string()))?;
         let router = tonic::transport::Server::builder()
+            .layer(AuthLayer::new(options.auth.clone()))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(WorkflowServiceServer::new(WorkflowApi::new(runtime.clone())))

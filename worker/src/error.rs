@@ -22,6 +22,9 @@ pub enum Error {
         #[source]
         source: tonic::transport::Error,
     },
+    /// The token holds characters that cannot go in a gRPC header.
+    #[error("the token must be printable ASCII")]
+    InvalidToken,
     /// The builder was given no activity, so the worker would never get a task.
     #[error("a worker must register at least one activity type")]
     NoActivities,

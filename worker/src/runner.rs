@@ -27,7 +27,6 @@ use tokio::task::{AbortHandle, Id, JoinError, JoinSet};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
-use tonic::transport::Endpoint;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::activity::{ActivityContext, ActivityError, Handler, HandlerResult};
@@ -205,8 +204,8 @@ impl Runner {
                 .keys()
                 .map(|k| TaskRef { workflow_id: k.workflow_id.clone(), task_id: k.task_id.clone() })
                 .collect();
-            let connecting =
-                connect(self.config.endpoint.clone(), self.config.connect_timeout, register, self.outbound_capacity);
+            // The future owns a copy of the config: `offline` needs `self` mutably meanwhile.
+            let connecting = connect(self.config.clone(), register, self.outbound_capacity);
             match self.offline(connecting).await {
                 Err(stop) => return self.finish(stop),
                 Ok(Ok(mut session)) => {
@@ -582,15 +581,17 @@ impl Runner {
 }
 
 /// Opens a stream, registers, and waits for `Registered`, all within `timeout`.
-async fn connect(
-    endpoint: Endpoint,
-    timeout: Duration,
-    register: Register,
-    outbound_capacity: usize,
-) -> Result<Session, SessionError> {
+async fn connect(config: Config, register: Register, outbound_capacity: usize) -> Result<Session, SessionError> {
+    let timeout = config.connect_timeout;
     let open = async {
-        let channel = endpoint.connect().await.map_err(SessionError::Connect)?;
-        let mut client = WorkerServiceClient::new(channel);
+        let channel = config.endpoint.connect().await.map_err(SessionError::Connect)?;
+        let token = config.token.clone();
+        let mut client = WorkerServiceClient::with_interceptor(channel, move |mut request: tonic::Request<()>| {
+            if let Some(token) = &token {
+                request.metadata_mut().insert("authorization", token.clone());
+            }
+            Ok(request)
+        });
         let (tx, rx) = mpsc::channel(outbound_capacity);
         tx.try_send(WorkerMessage { message: Some(worker_message::Message::Register(register)) })
             .map_err(|_| SessionError::Closed)?;

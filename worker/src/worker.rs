@@ -9,7 +9,8 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
-use tonic::transport::Endpoint;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{ClientTlsConfig, Endpoint};
 
 use crate::activity::{self, ActivityContext, ActivityError, Handler};
 use crate::error::{Error, Result};
@@ -50,6 +51,8 @@ pub struct Worker {
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
     pub(crate) endpoint: Endpoint,
+    /// `Bearer TOKEN`, sent on every session; `None` when the server runs without auth.
+    pub(crate) token: Option<MetadataValue<Ascii>>,
     pub(crate) connect_timeout: Duration,
     pub(crate) worker_id: String,
     pub(crate) max_concurrency: u32,
@@ -75,6 +78,8 @@ impl Worker {
     pub fn builder(endpoint: impl Into<String>) -> WorkerBuilder {
         WorkerBuilder {
             endpoint: endpoint.into(),
+            token: None,
+            tls: None,
             worker_id: None,
             max_concurrency: DEFAULT_MAX_CONCURRENCY,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
@@ -153,6 +158,8 @@ impl Handle {
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct WorkerBuilder {
     endpoint: String,
+    token: Option<String>,
+    tls: Option<ClientTlsConfig>,
     worker_id: Option<String>,
     max_concurrency: u32,
     drain_timeout: Duration,
@@ -166,6 +173,8 @@ impl std::fmt::Debug for WorkerBuilder {
         let activity_types: Vec<&str> = self.activities.iter().map(|(t, _)| t.as_str()).collect();
         f.debug_struct("WorkerBuilder")
             .field("endpoint", &self.endpoint)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls.is_some())
             .field("worker_id", &self.worker_id)
             .field("max_concurrency", &self.max_concurrency)
             .field("drain_timeout", &self.drain_timeout)
@@ -178,6 +187,22 @@ impl WorkerBuilder {
     /// The id this worker registers under. Default: `HOSTNAME-PID-RANDOM`.
     pub fn worker_id(mut self, worker_id: impl Into<String>) -> Self {
         self.worker_id = Some(worker_id.into());
+        self
+    }
+
+    /// The API token this worker presents (`authorization: Bearer TOKEN`);
+    /// needed when the orchestrator runs with auth. It must have the worker
+    /// role and be allowed the queues this worker serves.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// TLS to the orchestrator (use an `https://` endpoint): the CA that signed
+    /// the server's certificate, and a client certificate when the server
+    /// asks for one (mTLS).
+    pub fn tls(mut self, tls: ClientTlsConfig) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -231,13 +256,30 @@ impl WorkerBuilder {
     /// [`Error::InvalidConcurrency`], [`Error::NoActivities`] or
     /// [`Error::DuplicateActivity`].
     pub fn build(self) -> Result<Worker> {
-        let endpoint = Endpoint::from_shared(self.endpoint.clone())
-            .map_err(|source| Error::InvalidEndpoint { endpoint: self.endpoint.clone(), source })?
+        let mut endpoint = Endpoint::from_shared(self.endpoint.clone())
+            .map_err(|source| Error::InvalidEndpoint { endpoint: self.endpoint.clone(), source })?;
+        if let Some(tls) = self.tls {
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|source| Error::InvalidEndpoint { endpoint: self.endpoint.clone(), source })?;
+        }
+        let endpoint = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
             .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
             .keep_alive_while_idle(true);
+        let token = match self.token {
+            Some(token) => {
+                let mut value =
+                    MetadataValue::try_from(format!("Bearer {}", token.trim())).map_err(|_| Error::InvalidToken)?;
+                // Sensitive values print as `Sensitive` in Debug output, so a
+                // logged Config never shows the token.
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
         let worker_id = self.worker_id.unwrap_or_else(default_worker_id);
         check_id("worker id", &worker_id)?;
         if !(1..=MAX_CONCURRENCY).contains(&self.max_concurrency) {
@@ -258,6 +300,7 @@ impl WorkerBuilder {
         Ok(Worker {
             config: Config {
                 endpoint,
+                token,
                 connect_timeout: CONNECT_TIMEOUT,
                 worker_id,
                 max_concurrency: self.max_concurrency,

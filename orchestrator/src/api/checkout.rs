@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::{correlation_id, invalid, traceparent};
+use crate::auth::{self, Principal};
 use crate::runtime::{Runtime, StartRequest};
 use crate::store::is_terminal;
 
@@ -155,10 +156,11 @@ impl CheckoutView {
 }
 
 impl CheckoutApi {
-    async fn view(&self, checkout_id: &str) -> Result<CheckoutView, Status> {
+    async fn view(&self, checkout_id: &str, caller: &Principal) -> Result<CheckoutView, Status> {
         self.runtime.limits().id("checkout_id", checkout_id).map_err(invalid)?;
         let summary = self.runtime.describe(checkout_id).await?;
-        if summary.workflow_type != CHECKOUT {
+        // Another client's checkout reads as missing: its existence is not ours to tell.
+        if summary.workflow_type != CHECKOUT || !caller.may_read(&summary.labels) {
             return Err(Status::not_found(format!("checkout {checkout_id} not found")));
         }
         let history = self.runtime.store().history(checkout_id, 1, usize::MAX)?;
@@ -191,6 +193,7 @@ impl CheckoutService for CheckoutApi {
     ) -> Result<Response<StartCheckoutResponse>, Status> {
         let correlation_id = correlation_id(&request, &request.get_ref().client_request_id);
         let traceparent = traceparent(&request);
+        let caller = auth::principal(&request);
         let request = request.into_inner();
         let limits = self.runtime.limits();
         limits.id("client_request_id", &request.client_request_id).map_err(invalid)?;
@@ -223,18 +226,21 @@ impl CheckoutService for CheckoutApi {
             request_id: format!("checkout:{}", request.client_request_id),
             input,
             workflow_id: Some(checkout_id.clone()),
-            labels: HashMap::from([("customer".to_owned(), request.customer_id.clone())]),
+            labels: std::iter::once(("customer".to_owned(), request.customer_id.clone()))
+                .chain(caller.owner_label())
+                .collect(),
             correlation_id,
             traceparent,
         };
         let (checkout_id, already_started) = self.runtime.start_workflow(start).await?;
-        let status = self.view(&checkout_id).await?.status(0);
+        let status = self.view(&checkout_id, &caller).await?.status(0);
         Ok(Response::new(StartCheckoutResponse { checkout_id, status: status.into(), already_started }))
     }
 
     async fn get_checkout(&self, request: Request<GetCheckoutRequest>) -> Result<Response<Checkout>, Status> {
+        let caller = auth::principal(&request);
         let checkout_id = request.into_inner().checkout_id;
-        let view = self.view(&checkout_id).await?;
+        let view = self.view(&checkout_id, &caller).await?;
         let (refunded_cents, _) = self.refunds(&checkout_id).await?;
         Ok(Response::new(Checkout {
             checkout_id,
@@ -256,12 +262,13 @@ impl CheckoutService for CheckoutApi {
     ) -> Result<Response<RefundCheckoutResponse>, Status> {
         let correlation_id = correlation_id(&request, &request.get_ref().refund_id);
         let traceparent = traceparent(&request);
+        let caller = auth::principal(&request);
         let request = request.into_inner();
         self.runtime.limits().id("refund_id", &request.refund_id).map_err(invalid)?;
         if request.amount_cents <= 0 {
             return Err(Status::invalid_argument("amount_cents must be positive"));
         }
-        let view = self.view(&request.checkout_id).await?;
+        let view = self.view(&request.checkout_id, &caller).await?;
         let workflow_id = refund_workflow_id(&request.checkout_id, &request.refund_id);
         let request_id = format!("refund:{}", request.refund_id);
         let input = json!({

@@ -42,6 +42,7 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<Streaming<WorkerMessage>>,
     ) -> Result<Response<SessionStream>, Status> {
+        let caller = crate::auth::principal(&request);
         let mut inbound = request.into_inner();
         let first = inbound.message().await?.and_then(|m| m.message);
         let Some(worker_message::Message::Register(register)) = first else {
@@ -56,6 +57,16 @@ impl WorkerService for WorkerApi {
         }
         for activity_type in &register.activity_types {
             limits.id("activity type", activity_type).map_err(invalid)?;
+            // A worker token serves only its queues: a leaked inventory token
+            // must not be able to take (and fake) payment tasks.
+            if !caller.may_serve(activity_type) {
+                tracing::warn!(token = %caller.name, %activity_type, "refused a worker outside its queues");
+                metrics::counter!("sagaflow_auth_failures_total", "reason" => "queue_not_allowed").increment(1);
+                return Err(Status::permission_denied(format!(
+                    "token {:?} may not serve the queue {activity_type:?}",
+                    caller.name
+                )));
+            }
         }
         let (outbound, rx) = mpsc::channel(OUTBOUND_CAPACITY);
         let types: HashSet<String> = register.activity_types.iter().cloned().collect();

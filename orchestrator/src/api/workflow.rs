@@ -13,6 +13,7 @@ use sagaflow_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use super::{correlation_id, invalid, traceparent};
+use crate::auth::{self, Principal};
 use crate::engine::{Input, StepStatus};
 use crate::runtime::dispatch::TaskState;
 use crate::runtime::{Runtime, StartRequest};
@@ -39,9 +40,15 @@ impl WorkflowApi {
         self.runtime.limits().id("workflow_id", id).map_err(invalid)
     }
 
-    async fn summary(&self, workflow_id: &str) -> Result<WorkflowSummary, Status> {
+    /// The summary, if `caller` may read this workflow. Another client's
+    /// workflow reads as missing: its existence is not ours to tell.
+    async fn summary(&self, workflow_id: &str, caller: &Principal) -> Result<WorkflowSummary, Status> {
         self.workflow_id(workflow_id)?;
-        Ok(self.runtime.describe(workflow_id).await?)
+        let summary = self.runtime.describe(workflow_id).await?;
+        if !caller.may_read(&summary.labels) {
+            return Err(Status::not_found(format!("workflow {workflow_id} not found")));
+        }
+        Ok(summary)
     }
 }
 
@@ -57,13 +64,16 @@ impl WorkflowService for WorkflowApi {
     ) -> Result<Response<StartWorkflowResponse>, Status> {
         let correlation_id = correlation_id(&request, &request.get_ref().request_id);
         let traceparent = traceparent(&request);
-        let request = request.into_inner();
+        let caller = auth::principal(&request);
+        let mut request = request.into_inner();
         let limits = self.runtime.limits();
         limits.id("workflow_type", &request.workflow_type).map_err(invalid)?;
         limits.id("request_id", &request.request_id).map_err(invalid)?;
         limits.optional_id("workflow_id", &request.workflow_id).map_err(invalid)?;
         limits.labels(request.labels.iter()).map_err(invalid)?;
         let input = limits.json_payload("input", &request.input).map_err(invalid)?;
+        // Stamped by the server, never trusted from the client: it decides who reads the workflow.
+        request.labels.extend(caller.owner_label());
         let start = StartRequest {
             workflow_type: request.workflow_type,
             request_id: request.request_id,
@@ -81,8 +91,9 @@ impl WorkflowService for WorkflowApi {
         &self,
         request: Request<DescribeWorkflowRequest>,
     ) -> Result<Response<DescribeWorkflowResponse>, Status> {
+        let caller = auth::principal(&request);
         let workflow_id = request.into_inner().workflow_id;
-        let summary = self.summary(&workflow_id).await?;
+        let summary = self.summary(&workflow_id, &caller).await?;
         let (state, definition) = self.runtime.state(&workflow_id).await?;
         let step_name = |i: usize| definition.steps.get(i).map(|s| s.name.clone()).unwrap_or_default();
         let mut pending: Vec<PendingActivity> = state
@@ -155,10 +166,11 @@ impl WorkflowService for WorkflowApi {
         &self,
         request: Request<GetWorkflowHistoryRequest>,
     ) -> Result<Response<GetWorkflowHistoryResponse>, Status> {
+        let caller = auth::principal(&request);
         let request = request.into_inner();
         // The summary is read (after a durability barrier) before the events:
         // if it is terminal, no event can follow the ones read below.
-        let mut summary = self.summary(&request.workflow_id).await?;
+        let mut summary = self.summary(&request.workflow_id, &caller).await?;
         let page = match request.page_size {
             0 => DEFAULT_HISTORY_PAGE,
             n => n.min(MAX_HISTORY_PAGE),
@@ -213,8 +225,9 @@ impl WorkflowService for WorkflowApi {
         &self,
         request: Request<AwaitWorkflowRequest>,
     ) -> Result<Response<AwaitWorkflowResponse>, Status> {
+        let caller = auth::principal(&request);
         let request = request.into_inner();
-        let summary = self.summary(&request.workflow_id).await?;
+        let summary = self.summary(&request.workflow_id, &caller).await?;
         let summary = if is_terminal(summary.status) {
             summary
         } else {

@@ -27,9 +27,8 @@ use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
-use tonic::transport::Channel;
 
-use super::workflow::{connect_channel, status_error};
+use super::workflow::{Conn, connect_channel, status_error};
 
 /// The server's own bound on an await; past it a saga counts as an error.
 const AWAIT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -350,8 +349,8 @@ async fn warm_up(client: &SagaClient, plan: &Plan) -> anyhow::Result<()> {
 /// The gRPC clients a client task needs; cloning shares the connection.
 #[derive(Clone)]
 struct SagaClient {
-    workflows: WorkflowServiceClient<Channel>,
-    checkout: CheckoutServiceClient<Channel>,
+    workflows: WorkflowServiceClient<Conn>,
+    checkout: CheckoutServiceClient<Conn>,
 }
 
 /// How a saga ended, as far as the client can see.

@@ -10,10 +10,9 @@ use sagaflow_proto::checkout::v1::{
 };
 use sagaflow_proto::v1::AwaitWorkflowRequest;
 use serde_json::json;
-use tonic::transport::Channel;
 
 use super::Output;
-use super::workflow::{connect_channel, status_error};
+use super::workflow::{Conn, connect_channel, status_error};
 
 #[derive(Debug, Subcommand)]
 pub enum CheckoutCommand {
@@ -161,7 +160,7 @@ pub async fn run(command: CheckoutCommand, server: &str, output: Output) -> anyh
     Ok(())
 }
 
-async fn await_saga(channel: Channel, checkout_id: &str) -> anyhow::Result<()> {
+async fn await_saga(channel: Conn, checkout_id: &str) -> anyhow::Result<()> {
     let mut workflows = sagaflow_proto::v1::workflow_service_client::WorkflowServiceClient::new(channel);
     let timeout_ms = u32::try_from(Duration::from_secs(60).as_millis()).unwrap_or(u32::MAX);
     let done = workflows
@@ -174,7 +173,7 @@ async fn await_saga(channel: Channel, checkout_id: &str) -> anyhow::Result<()> {
 }
 
 async fn print_checkout(
-    client: &mut CheckoutServiceClient<Channel>,
+    client: &mut CheckoutServiceClient<Conn>,
     checkout_id: &str,
     output: Output,
 ) -> anyhow::Result<()> {

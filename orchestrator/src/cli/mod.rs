@@ -1,7 +1,9 @@
 //! Command-line parsing and the commands.
 
+mod auth;
 mod bench;
 mod checkout;
+mod connection;
 mod consumer;
 mod dev;
 mod events;
@@ -29,6 +31,9 @@ pub struct Cli {
     /// Log format of long-running commands.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub client: connection::ClientArgs,
 
     #[command(subcommand)]
     pub command: Command,
@@ -79,9 +84,13 @@ pub enum Command {
     /// Run a self-healing job now.
     #[command(subcommand)]
     Jobs(jobs::JobsCommand),
+    /// API tokens: hash one for the server's --auth-file.
+    #[command(subcommand)]
+    Auth(auth::AuthCommand),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    connection::install(cli.client.resolve()?);
     match cli.command {
         Command::Server(args) => server::run(args, cli.log_format).await,
         Command::Dev(args) => dev::run(args, cli.log_format).await,
@@ -95,6 +104,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Consumer(command) => consumer::run(command, cli.log_format).await,
         Command::Search(command) => search::run(command, cli.output).await,
         Command::Jobs(command) => jobs::run(command, cli.output).await,
+        Command::Auth(command) => auth::run(command),
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use sagaflow_orchestrator::auth::Tokens;
 use sagaflow_orchestrator::limits::Limits;
 use sagaflow_orchestrator::runtime::StuckPolicy;
 use sagaflow_orchestrator::server::default_registry;
@@ -51,6 +52,14 @@ pub struct ServerArgs {
     /// Relay domain events to NATS JetStream at this URL (nats://HOST:PORT); without it they stay in the outbox.
     #[arg(long, env = "SAGAFLOW_NATS_URL", value_parser = sagaflow_orchestrator::relay::parse_url)]
     pub nats_url: Option<String>,
+    /// API tokens and their roles (JSON, hashes only; see docs/security.md). Without it the
+    /// server accepts every call, so it listens on loopback only.
+    #[arg(long, env = "SAGAFLOW_AUTH_FILE", value_name = "FILE")]
+    pub auth_file: Option<PathBuf>,
+    /// Allow listening beyond loopback without --auth-file. Anyone who reaches the port can
+    /// then start, cancel and complete sagas.
+    #[arg(long)]
+    pub insecure: bool,
     /// Fault injection for tests: abort after N events were published and before their outbox records are deleted.
     #[arg(long, hide = true)]
     pub relay_crash_after_published: Option<u64>,
@@ -78,6 +87,10 @@ pub fn registry_with(files: &[PathBuf]) -> anyhow::Result<Registry> {
 pub async fn run(args: ServerArgs, log_format: LogFormat) -> anyhow::Result<()> {
     super::init_logs(log_format);
     let registry = registry_with(&args.definitions)?;
+    let auth = match &args.auth_file {
+        Some(path) => Some(Arc::new(Tokens::load(path)?)),
+        None => None,
+    };
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let options = Options {
         storage: Storage::Sled(args.data_dir.clone()),
@@ -98,6 +111,8 @@ pub async fn run(args: ServerArgs, log_format: LogFormat) -> anyhow::Result<()> 
             crash_after_published: args.relay_crash_after_published,
             ..sagaflow_orchestrator::relay::RelayOptions::new(url)
         }),
+        auth,
+        insecure: args.insecure,
     };
     let shutdown = super::shutdown_signal();
     let server = Server::start(options, registry).await?;

@@ -89,6 +89,13 @@ pub async fn run(args: WorkerArgs, server: &str, log_format: LogFormat) -> anyho
     super::init_logs(log_format);
     let faults = Faults::new(args.faults.clone());
     let mut builder = Worker::builder(server).max_concurrency(args.concurrency);
+    let connection = super::connection::current();
+    if let Some(token) = connection.token {
+        builder = builder.token(token);
+    }
+    if let Some(tls) = connection.tls {
+        builder = builder.tls(tls);
+    }
     if let Some(id) = &args.worker_id {
         builder = builder.worker_id(id.clone());
     }

@@ -11,9 +11,9 @@ use sagaflow_proto::v1::{
     ListWorkflowTypesRequest, ListWorkflowsRequest, SignalWorkflowRequest, StartWorkflowRequest,
     TerminateWorkflowRequest, WorkflowStatus,
 };
-use tonic::transport::Channel;
 
 use super::Output;
+pub use super::connection::{Conn, connect_channel};
 use super::render;
 
 #[derive(Debug, Subcommand)]
@@ -106,14 +106,7 @@ fn parse_status(text: &str) -> Result<WorkflowStatus, String> {
         .ok_or_else(|| format!("unknown status {text:?}; one of RUNNING, COMPENSATING, COMPLETED, COMPENSATED, FAILED, CANCELLED, TERMINATED"))
 }
 
-pub async fn connect_channel(server: &str) -> anyhow::Result<Channel> {
-    let endpoint = Channel::from_shared(server.to_owned())
-        .with_context(|| format!("{server:?} is not a server URL (expected http://HOST:PORT)"))?
-        .connect_timeout(Duration::from_secs(5));
-    endpoint.connect().await.with_context(|| format!("cannot reach the server at {server}"))
-}
-
-pub async fn connect(server: &str) -> anyhow::Result<WorkflowServiceClient<Channel>> {
+pub async fn connect(server: &str) -> anyhow::Result<WorkflowServiceClient<Conn>> {
     Ok(WorkflowServiceClient::new(connect_channel(server).await?))
 }
 
@@ -270,7 +263,7 @@ fn identity() -> String {
 }
 
 async fn history(
-    client: &mut WorkflowServiceClient<Channel>,
+    client: &mut WorkflowServiceClient<Conn>,
     workflow_id: String,
     follow: bool,
     output: Output,

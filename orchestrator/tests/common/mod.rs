@@ -2,6 +2,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod nats;
+pub mod secure;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -1,0 +1,121 @@
+//! How the CLI's client commands reach the server: the token and TLS from the
+//! global flags, applied to every gRPC channel they open.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+/// Global flags: who the CLI is, and how it trusts the server.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// API token for a server that runs with --auth-file.
+    #[arg(long, global = true, env = "SAGAFLOW_TOKEN", hide_env_values = true, conflicts_with = "token_file")]
+    pub token: Option<String>,
+    /// Read the API token from this file (keeps it out of the process list and shell history).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) that signed the server's certificate; use with an https:// --server.
+    #[arg(long, global = true, value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for a server that requires mTLS.
+    #[arg(long, global = true, value_name = "PEM", requires = "tls_client_key")]
+    pub tls_client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, global = true, value_name = "PEM", requires = "tls_client_cert")]
+    pub tls_client_key: Option<PathBuf>,
+}
+
+/// What every channel gets; resolved once from the flags.
+#[derive(Clone, Default)]
+pub struct Connection {
+    pub token: Option<String>,
+    pub tls: Option<ClientTlsConfig>,
+}
+
+/// Set once before any command runs. Kept process-wide so that the many
+/// client commands keep their `(command, server, output)` signatures.
+static CONNECTION: OnceLock<Connection> = OnceLock::new();
+
+impl ClientArgs {
+    pub fn resolve(&self) -> anyhow::Result<Connection> {
+        let token = match (&self.token, &self.token_file) {
+            (Some(token), _) => Some(token.trim().to_owned()),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read the token file {}", path.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        };
+        let tls = if self.tls_ca.is_some() || self.tls_client_cert.is_some() {
+            let mut tls = ClientTlsConfig::new().with_native_roots();
+            if let Some(ca) = &self.tls_ca {
+                tls = tls.ca_certificate(Certificate::from_pem(read_pem(ca)?));
+            }
+            if let (Some(cert), Some(key)) = (&self.tls_client_cert, &self.tls_client_key) {
+                tls = tls.identity(Identity::from_pem(read_pem(cert)?, read_pem(key)?));
+            }
+            Some(tls)
+        } else {
+            None
+        };
+        Ok(Connection { token, tls })
+    }
+}
+
+pub fn read_pem(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+pub fn install(connection: Connection) {
+    let _ = CONNECTION.set(connection);
+}
+
+pub fn current() -> Connection {
+    CONNECTION.get().cloned().unwrap_or_default()
+}
+
+/// Adds `authorization: Bearer TOKEN` to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            request.metadata_mut().insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel that carries the CLI's token.
+pub type Conn = InterceptedService<Channel, Bearer>;
+
+pub async fn connect_channel(server: &str) -> anyhow::Result<Conn> {
+    let connection = current();
+    let mut endpoint = Channel::from_shared(server.to_owned())
+        .with_context(|| format!("{server:?} is not a server URL (expected http://HOST:PORT or https://HOST:PORT)"))?
+        .connect_timeout(Duration::from_secs(5));
+    if let Some(tls) = connection.tls {
+        endpoint = endpoint.tls_config(tls).context("invalid TLS settings")?;
+    }
+    let bearer = match connection.token {
+        Some(token) => {
+            let mut value = MetadataValue::try_from(format!("Bearer {token}"))
+                .map_err(|_| anyhow::anyhow!("the token must be printable ASCII"))?;
+            value.set_sensitive(true);
+            Some(value)
+        }
+        None => None,
+    };
+    let channel = endpoint.connect().await.with_context(|| format!("cannot reach the server at {server}"))?;
+    Ok(InterceptedService::new(channel, Bearer(bearer)))
+}
