@@ -35,6 +35,19 @@ pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()> + S
     axum::serve(listener, router()).with_graceful_shutdown(shutdown).await
 }
 
+/// The same routes over TLS.
+pub async fn serve_tls(
+    listener: crate::tls::TlsListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router()).with_graceful_shutdown(shutdown).await
+}
+
 pub fn describe(addr: SocketAddr) -> String {
     format!("http://{addr}/metrics")
+}
+
+/// Where the metrics are, with the scheme the listener speaks.
+pub fn describe_with(addr: SocketAddr, tls: bool) -> String {
+    if tls { format!("https://{addr}/metrics") } else { describe(addr) }
 }

@@ -12,6 +12,7 @@ pub mod relay;
 pub mod runtime;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 pub use registry::Registry;
 pub use sagaflow_workflows as workflows;

@@ -18,6 +18,7 @@ use crate::limits::Limits;
 use crate::registry::Registry;
 use crate::runtime::{Runtime, StuckPolicy};
 use crate::store::{MemoryStore, SledStore, Store};
+use crate::tls::TlsFiles;
 use sagaflow_proto::checkout::v1::checkout_service_server::CheckoutServiceServer;
 use sagaflow_proto::v1::event_service_server::EventServiceServer;
 
@@ -29,6 +30,8 @@ pub enum Error {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("recovery failed: {0}")]
     Recovery(#[from] crate::runtime::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::Error),
     #[error("cannot build reflection: {0}")]
     Reflection(String),
     #[error(
@@ -60,6 +63,8 @@ pub struct Options {
     pub auth: Option<Arc<Tokens>>,
     /// Allows non-loopback listeners without auth.
     pub insecure: bool,
+    /// TLS on both listeners; `None` serves plain HTTP/2 and HTTP/1.1.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for Options {
@@ -73,6 +78,7 @@ impl Default for Options {
             relay: None,
             auth: None,
             insecure: false,
+            tls: None,
         }
     }
 }
@@ -104,6 +110,7 @@ impl Options {
 pub struct Server {
     grpc_addr: SocketAddr,
     http_addr: Option<SocketAddr>,
+    tls: bool,
     runtime: Runtime,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -131,14 +138,24 @@ impl Server {
                 let http = TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })?;
                 let bound = http.local_addr().map_err(|source| Error::Bind { addr, source })?;
                 let mut stopped = stopped.clone();
-                tasks.push(tokio::spawn(async move {
-                    let shutdown = async move {
-                        let _ = stopped.wait_for(|s| *s).await;
-                    };
-                    if let Err(e) = crate::http::serve(http, shutdown).await {
-                        tracing::error!(error = %e, "http listener failed");
+                let shutdown = async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                };
+                match &options.tls {
+                    Some(tls) => {
+                        let listener = tls.listener(http)?;
+                        tasks.push(tokio::spawn(async move {
+                            if let Err(e) = crate::http::serve_tls(listener, shutdown).await {
+                                tracing::error!(error = %e, "https listener failed");
+                            }
+                        }));
                     }
-                }));
+                    None => tasks.push(tokio::spawn(async move {
+                        if let Err(e) = crate::http::serve(http, shutdown).await {
+                            tracing::error!(error = %e, "http listener failed");
+                        }
+                    })),
+                }
                 Some(bound)
             }
             None => None,
@@ -153,7 +170,11 @@ impl Server {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .map_err(|e| Error::Reflection(e.to_string()))?;
-        let router = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &options.tls {
+            builder = builder.tls_config(tls.grpc()).map_err(crate::tls::Error::from)?;
+        }
+        let router = builder
             .layer(AuthLayer::new(options.auth.clone()))
             .add_service(health_service)
             .add_service(reflection)
@@ -182,7 +203,8 @@ impl Server {
             }
         }));
         tracing::info!(%grpc_addr, http = ?http_addr, "sagaflow serving");
-        Ok(Self { grpc_addr, http_addr, runtime, stop, tasks })
+        let tls = options.tls.is_some();
+        Ok(Self { grpc_addr, http_addr, tls, runtime, stop, tasks })
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -193,9 +215,15 @@ impl Server {
         self.http_addr
     }
 
-    /// `http://ADDR`, for clients.
+    /// `http://ADDR` (or `https://ADDR` with TLS), for clients.
     pub fn url(&self) -> String {
-        format!("http://{}", self.grpc_addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.grpc_addr)
+    }
+
+    /// Whether both listeners speak TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls
     }
 
     pub fn runtime(&self) -> &Runtime {

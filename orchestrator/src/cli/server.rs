@@ -12,6 +12,7 @@ use sagaflow_orchestrator::limits::Limits;
 use sagaflow_orchestrator::runtime::StuckPolicy;
 use sagaflow_orchestrator::server::default_registry;
 use sagaflow_orchestrator::store::{SledStore, Store};
+use sagaflow_orchestrator::tls::TlsFiles;
 use sagaflow_orchestrator::workflows::SagaDefinition;
 use sagaflow_orchestrator::{Options, Registry, Server, Storage};
 
@@ -60,6 +61,15 @@ pub struct ServerArgs {
     /// then start, cancel and complete sagas.
     #[arg(long)]
     pub insecure: bool,
+    /// Serve TLS on both listeners with this certificate chain (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM): mTLS.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Fault injection for tests: abort after N events were published and before their outbox records are deleted.
     #[arg(long, hide = true)]
     pub relay_crash_after_published: Option<u64>,
@@ -113,13 +123,19 @@ pub async fn run(args: ServerArgs, log_format: LogFormat) -> anyhow::Result<()> 
         }),
         auth,
         insecure: args.insecure,
+        tls: match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles::load(cert, key, args.tls_client_ca.as_deref())?),
+            _ => None,
+        },
     };
     let shutdown = super::shutdown_signal();
     let server = Server::start(options, registry).await?;
     println!(
         "sagaflow listening on {} (gRPC) and {} (metrics); data in {}",
         server.url(),
-        server.http_addr().map_or_else(|| "-".into(), sagaflow_orchestrator::http::describe),
+        server
+            .http_addr()
+            .map_or_else(|| "-".into(), |addr| sagaflow_orchestrator::http::describe_with(addr, server.is_tls())),
         args.data_dir.display()
     );
     shutdown.await;

@@ -48,8 +48,11 @@ impl ServerProcess {
             .expect("server did not start within 30 s")
             .unwrap()
             .expect("server exited before listening");
-        let url =
-            line.split_whitespace().find(|w| w.starts_with("http://") && !w.ends_with("/metrics")).unwrap().to_owned();
+        let url = line
+            .split_whitespace()
+            .find(|w| (w.starts_with("http://") || w.starts_with("https://")) && !w.ends_with("/metrics"))
+            .unwrap()
+            .to_owned();
         let http =
             line.split_whitespace().find(|w| w.ends_with("/metrics")).unwrap().trim_end_matches("/metrics").to_owned();
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
@@ -79,7 +82,7 @@ impl ServerProcess {
     }
 
     pub fn host_port(&self) -> String {
-        self.url.trim_start_matches("http://").to_owned()
+        self.url.trim_start_matches("http://").trim_start_matches("https://").to_owned()
     }
 }
 

@@ -55,3 +55,79 @@ pub async fn raw_call(channel: &Channel, path: &str, token: Option<&str>) -> ton
         Err(status) => status,
     }
 }
+
+/// Certificates made at test time: a CA, a server certificate for
+/// localhost and 127.0.0.1, a client certificate from the same CA, and one
+/// from a CA the server does not trust.
+pub struct Pki {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub rogue_cert: PathBuf,
+    pub rogue_key: PathBuf,
+}
+
+impl Pki {
+    pub fn write(dir: &Path) -> Self {
+        use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+        let ca = authority("sagaflow test CA");
+        let rogue_ca = authority("someone else's CA");
+        let write = |name: &str, text: String| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let (server_cert, server_key) = leaf(&ca, &["localhost", "127.0.0.1"], ServerAuth);
+        let (client_cert, client_key) = leaf(&ca, &["worker-1"], ClientAuth);
+        let (rogue_cert, rogue_key) = leaf(&rogue_ca, &["intruder"], ClientAuth);
+        Self {
+            ca: write("ca.pem", ca.pem()),
+            server_cert: write("server.pem", server_cert),
+            server_key: write("server.key", server_key),
+            client_cert: write("client.pem", client_cert),
+            client_key: write("client.key", client_key),
+            rogue_cert: write("rogue.pem", rogue_cert),
+            rogue_key: write("rogue.key", rogue_key),
+        }
+    }
+
+    /// `--tls-cert … --tls-key … --tls-client-ca …` for `sagaflow server`.
+    pub fn server_args(&self) -> Vec<String> {
+        [("--tls-cert", &self.server_cert), ("--tls-key", &self.server_key), ("--tls-client-ca", &self.ca)]
+            .into_iter()
+            .flat_map(|(flag, path)| [flag.to_owned(), path.to_str().unwrap().to_owned()])
+            .collect()
+    }
+
+    /// `--tls-ca … --tls-client-cert … --tls-client-key …` for client commands.
+    pub fn client_args(&self) -> Vec<String> {
+        [("--tls-ca", &self.ca), ("--tls-client-cert", &self.client_cert), ("--tls-client-key", &self.client_key)]
+            .into_iter()
+            .flat_map(|(flag, path)| [flag.to_owned(), path.to_str().unwrap().to_owned()])
+            .collect()
+    }
+}
+
+fn authority(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.distinguished_name.push(rcgen::DnType::CommonName, name);
+    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+    rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap()
+}
+
+/// A certificate for `names` signed by `issuer`, and its key, in PEM.
+fn leaf(
+    issuer: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    names: &[&str],
+    usage: rcgen::ExtendedKeyUsagePurpose,
+) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, names[0]);
+    params.extended_key_usages = vec![usage];
+    let cert = params.signed_by(&key, issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
