@@ -1,6 +1,7 @@
 //! The Sagaflow orchestrator: durable workflow histories, the saga engine,
 //! dispatch of activity tasks to gRPC workers, and the operator API.
 
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod engine;

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::admission::{Admission, AdmissionLayer, AdmissionOptions};
 use crate::api::{CheckoutApi, EventsApi, WorkerApi, WorkflowApi};
 use crate::auth::{AuthLayer, Tokens};
 use crate::limits::Limits;
@@ -65,6 +66,8 @@ pub struct Options {
     pub insecure: bool,
     /// TLS on both listeners; `None` serves plain HTTP/2 and HTTP/1.1.
     pub tls: Option<TlsFiles>,
+    /// Concurrency and rate limits of gRPC calls.
+    pub admission: AdmissionOptions,
 }
 
 impl Default for Options {
@@ -79,6 +82,7 @@ impl Default for Options {
             auth: None,
             insecure: false,
             tls: None,
+            admission: AdmissionOptions::default(),
         }
     }
 }
@@ -174,14 +178,28 @@ impl Server {
         if let Some(tls) = &options.tls {
             builder = builder.tls_config(tls.grpc()).map_err(crate::tls::Error::from)?;
         }
+        let max_message = max_message_bytes(&options.limits);
+        let admission = Arc::new(Admission::new(options.admission));
+        // Auth first, so that admission knows whose budget a call is charged to.
         let router = builder
+            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+            .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
             .layer(AuthLayer::new(options.auth.clone()))
+            .layer(AdmissionLayer::new(admission))
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(WorkflowServiceServer::new(WorkflowApi::new(runtime.clone())))
-            .add_service(WorkerServiceServer::new(WorkerApi::new(runtime.clone())))
-            .add_service(CheckoutServiceServer::new(CheckoutApi::new(runtime.clone())))
-            .add_service(EventServiceServer::new(EventsApi::new(runtime.clone())));
+            .add_service(
+                WorkflowServiceServer::new(WorkflowApi::new(runtime.clone())).max_decoding_message_size(max_message),
+            )
+            .add_service(
+                WorkerServiceServer::new(WorkerApi::new(runtime.clone())).max_decoding_message_size(max_message),
+            )
+            .add_service(
+                CheckoutServiceServer::new(CheckoutApi::new(runtime.clone())).max_decoding_message_size(max_message),
+            )
+            .add_service(
+                EventServiceServer::new(EventsApi::new(runtime.clone())).max_decoding_message_size(max_message),
+            );
         if let Some(relay) = options.relay {
             tasks.push(tokio::spawn(crate::relay::Relay::new(relay, runtime.clone()).run(stopped.clone())));
         }
@@ -237,6 +255,20 @@ impl Server {
             let _ = task.await;
         }
     }
+}
+
+/// Streams one connection may have open at once: a client that opens more
+/// waits for one to end (HTTP/2 flow control) instead of growing the server.
+const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
+/// Request metadata (headers) of one call; tokens and trace ids fit many times over.
+const MAX_HEADER_LIST_BYTES: u32 = 32 * 1024;
+
+/// The largest request message the server decodes. Above the payload limit,
+/// so that a payload slightly over it gets the clear INVALID_ARGUMENT of
+/// [`Limits::json_payload`]; far below tonic's 4 MiB default, so that an
+/// oversized message is refused from its length prefix before it is buffered.
+pub fn max_message_bytes(limits: &Limits) -> usize {
+    limits.max_payload_bytes.saturating_mul(2).saturating_add(256 * 1024)
 }
 
 /// The registry a stock server starts with: the shop's sagas and the bench saga.

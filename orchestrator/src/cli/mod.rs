@@ -53,8 +53,9 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    // Boxed: its many flags would make every other command as large.
     /// Run the orchestrator: histories in sled under --data-dir, gRPC on --listen.
-    Server(server::ServerArgs),
+    Server(Box<server::ServerArgs>),
     /// The server and every shop worker in one process, with a demo catalog.
     Dev(dev::DevArgs),
     /// Read and steer the reference shop's services (stock, payments, orders, faults…).
@@ -92,7 +93,7 @@ pub enum Command {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     connection::install(cli.client.resolve()?);
     match cli.command {
-        Command::Server(args) => server::run(args, cli.log_format).await,
+        Command::Server(args) => server::run(*args, cli.log_format).await,
         Command::Dev(args) => dev::run(args, cli.log_format).await,
         Command::Shop(args) => shop::run(args, cli.output).await,
         Command::Worker(args) => worker::run(args, &cli.server, cli.log_format).await,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use sagaflow_orchestrator::admission::AdmissionOptions;
 use sagaflow_orchestrator::auth::Tokens;
 use sagaflow_orchestrator::limits::Limits;
 use sagaflow_orchestrator::runtime::StuckPolicy;
@@ -41,6 +42,21 @@ pub struct ServerArgs {
     /// Most events one workflow history may hold; past it the workflow fails.
     #[arg(long, default_value_t = Limits::default().max_history_events)]
     pub max_history_events: u64,
+    /// Client calls running at once, across all callers; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = AdmissionOptions::default().max_in_flight)]
+    pub max_in_flight: usize,
+    /// Client calls running at once for one token.
+    #[arg(long, default_value_t = AdmissionOptions::default().max_in_flight_per_token)]
+    pub max_in_flight_per_token: usize,
+    /// Client calls a second across all callers (0: unlimited).
+    #[arg(long, default_value_t = AdmissionOptions::default().rate_per_sec)]
+    pub rate_limit: f64,
+    /// Client calls a second for one token (0: unlimited).
+    #[arg(long, default_value_t = AdmissionOptions::default().rate_per_token_per_sec)]
+    pub rate_limit_per_token: f64,
+    /// Operator calls running at once: a budget of their own, so they get through an overload.
+    #[arg(long, default_value_t = AdmissionOptions::default().operator_in_flight)]
+    pub operator_in_flight: usize,
     /// Flag an open workflow as stuck after this long without progress.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub no_progress_after: Duration,
@@ -123,6 +139,13 @@ pub async fn run(args: ServerArgs, log_format: LogFormat) -> anyhow::Result<()> 
         }),
         auth,
         insecure: args.insecure,
+        admission: AdmissionOptions {
+            max_in_flight: args.max_in_flight,
+            max_in_flight_per_token: args.max_in_flight_per_token,
+            rate_per_sec: args.rate_limit,
+            rate_per_token_per_sec: args.rate_limit_per_token,
+            operator_in_flight: args.operator_in_flight,
+        },
         tls: match (&args.tls_cert, &args.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles::load(cert, key, args.tls_client_ca.as_deref())?),
             _ => None,

@@ -504,10 +504,17 @@ impl Runtime {
         loaded
     }
 
-    async fn fire_alarms(self, mut fired: tokio::sync::mpsc::UnboundedReceiver<Alarm>) {
+    async fn fire_alarms(self, mut fired: tokio::sync::mpsc::Receiver<Alarm>) {
+        // A burst of due timers (after a restart, say) runs at most this many
+        // decisions at once; the rest wait in the timer wheel.
+        let slots = Arc::new(tokio::sync::Semaphore::new(ALARMS_IN_FLIGHT));
         while let Some(alarm) = fired.recv().await {
+            let Ok(slot) = Arc::clone(&slots).acquire_owned().await else { return };
             let runtime = self.clone();
-            tokio::spawn(async move { runtime.on_alarm(alarm).await });
+            tokio::spawn(async move {
+                runtime.on_alarm(alarm).await;
+                drop(slot);
+            });
         }
     }
 
@@ -530,6 +537,9 @@ impl Runtime {
         }
     }
 }
+
+/// Alarm handlers running at once.
+const ALARMS_IN_FLIGHT: usize = 1024;
 
 fn stripe_of(request_id: &str, stripes: usize) -> usize {
     use std::hash::{Hash, Hasher};

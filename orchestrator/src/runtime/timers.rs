@@ -39,13 +39,16 @@ pub fn now_ms() -> i64 {
 
 impl Timers {
     /// Starts the wheel; fired alarms arrive on the returned channel.
-    pub fn start() -> (Self, mpsc::UnboundedReceiver<Alarm>) {
+    pub fn start() -> (Self, mpsc::Receiver<Alarm>) {
         let inner = Arc::new(Inner {
             alarms: Mutex::new(BTreeMap::new()),
             next_id: std::sync::atomic::AtomicU64::new(0),
             changed: Notify::new(),
         });
-        let (fired_tx, fired_rx) = mpsc::unbounded_channel();
+        // Bounded: while the consumer is behind, due alarms wait in the
+        // wheel (one per armed timer, which the history limits bound)
+        // instead of piling up in a channel.
+        let (fired_tx, fired_rx) = mpsc::channel(FIRED_CAPACITY);
         tokio::spawn(run(Arc::clone(&inner), fired_tx));
         (Self { inner }, fired_rx)
     }
@@ -63,7 +66,10 @@ impl Timers {
     }
 }
 
-async fn run(inner: Arc<Inner>, fired: mpsc::UnboundedSender<Alarm>) {
+/// Alarms handed over and not yet taken by the runtime.
+const FIRED_CAPACITY: usize = 1024;
+
+async fn run(inner: Arc<Inner>, fired: mpsc::Sender<Alarm>) {
     loop {
         let now = now_ms();
         let (due, next) = {
@@ -73,7 +79,7 @@ async fn run(inner: Arc<Inner>, fired: mpsc::UnboundedSender<Alarm>) {
             (due, alarms.keys().next().map(|k| k.0))
         };
         for alarm in due.into_values() {
-            if fired.send(alarm).is_err() {
+            if fired.send(alarm).await.is_err() {
                 return;
             }
         }
