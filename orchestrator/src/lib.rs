@@ -13,6 +13,7 @@ pub mod relay;
 pub mod runtime;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 
 pub use registry::Registry;

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use sagaflow_proto::status_name;
+use sagaflow_proto::v1::{HistoryEvent, history_event::Attributes};
 
 use crate::engine::WorkflowState;
 
@@ -20,14 +21,21 @@ pub fn record_started(workflow_type: &str) {
     metrics::counter!("sagaflow_workflows_started_total", "type" => workflow_type.to_owned()).increment(1);
 }
 
-pub fn record_decision(state: &WorkflowState) {
-    if state.is_terminal() {
-        metrics::counter!(
-            "sagaflow_workflows_finished_total",
-            "type" => state.workflow_type.clone(),
-            "status" => status_name(state.status)
-        )
-        .increment(1);
+/// Called once per workflow, on the decision that closes it.
+pub fn record_finished(state: &WorkflowState) {
+    metrics::counter!(
+        "sagaflow_workflows_finished_total",
+        "type" => state.workflow_type.clone(),
+        "status" => status_name(state.status)
+    )
+    .increment(1);
+}
+
+/// The shop's business signals are its domain events: the order success rate
+/// is `OrderCreated / (OrderCreated + CheckoutCompensated)` over a window.
+pub fn record_domain_events(event_types: &[String]) {
+    for event_type in event_types {
+        metrics::counter!("sagaflow_domain_events_total", "event_type" => event_type.clone()).increment(1);
     }
 }
 
@@ -43,4 +51,59 @@ pub fn record_workers(by_type: &HashMap<String, usize>) {
     for (activity_type, count) in by_type {
         metrics::gauge!("sagaflow_connected_workers", "queue" => activity_type.clone()).set(*count as f64);
     }
+}
+
+/// What an activity's metrics need of a task, taken before the decision
+/// that may resolve it (the decision removes the task from the state).
+#[derive(Debug)]
+pub struct TaskTiming {
+    task_id: String,
+    activity_type: String,
+    scheduled_ms: i64,
+}
+
+pub fn task_timings(state: &WorkflowState) -> Vec<TaskTiming> {
+    state
+        .tasks
+        .values()
+        .map(|t| TaskTiming {
+            task_id: t.task_id.clone(),
+            activity_type: t.activity_type.clone(),
+            scheduled_ms: t.scheduled_ms,
+        })
+        .collect()
+}
+
+/// Counts each attempt's outcome and times it: schedule-to-start (time in the
+/// queue) and start-to-close (time in the worker), from the committed events.
+pub fn record_activity_events(timings: &[TaskTiming], events: &[HistoryEvent]) {
+    let mut started_ms = None;
+    for event in events {
+        let (task_id, outcome) = match &event.attributes {
+            Some(Attributes::ActivityStarted(s)) => {
+                started_ms = Some(s.started_ms);
+                if let Some(task) = timings.iter().find(|t| t.task_id == s.task_id) {
+                    metrics::histogram!("sagaflow_activity_schedule_to_start_seconds", "activity_type" => task.activity_type.clone())
+                        .record(seconds_between(task.scheduled_ms, s.started_ms));
+                }
+                continue;
+            }
+            Some(Attributes::ActivityCompleted(c)) => (&c.task_id, "completed"),
+            Some(Attributes::ActivityFailed(f)) if f.retryable => (&f.task_id, "failed_retryable"),
+            Some(Attributes::ActivityFailed(f)) => (&f.task_id, "failed"),
+            Some(Attributes::ActivityTimedOut(t)) => (&t.task_id, "timed_out"),
+            _ => continue,
+        };
+        let Some(task) = timings.iter().find(|t| &t.task_id == task_id) else { continue };
+        let activity_type = task.activity_type.clone();
+        metrics::counter!("sagaflow_activity_attempts_total", "activity_type" => activity_type.clone(), "outcome" => outcome)
+            .increment(1);
+        let began = started_ms.take().unwrap_or(task.scheduled_ms);
+        metrics::histogram!("sagaflow_activity_duration_seconds", "activity_type" => activity_type, "outcome" => outcome)
+            .record(seconds_between(began, event.time_ms));
+    }
+}
+
+fn seconds_between(from_ms: i64, to_ms: i64) -> f64 {
+    (to_ms.saturating_sub(from_ms).max(0) as f64) / 1000.0
 }

@@ -20,5 +20,6 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("saga
 
 mod json_text;
 mod names;
+pub mod trace_context;
 
 pub use names::{EventName, status_name};

@@ -61,6 +61,7 @@ mod activity;
 mod backoff;
 mod error;
 mod runner;
+pub mod trace;
 mod worker;
 
 pub use activity::{ActivityContext, ActivityError};

@@ -17,6 +17,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
+use sagaflow_proto::trace_context::{TraceParent, span_id_of};
 use sagaflow_proto::v1::worker_service_client::WorkerServiceClient;
 use sagaflow_proto::v1::{
     ActivityTask, Credit, Heartbeat, OutcomeAck, Register, ServerMessage, TaskCancelled, TaskFailure, TaskOutcome,
@@ -27,11 +30,12 @@ use tokio::task::{AbortHandle, Id, JoinError, JoinSet};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
-use tracing::{Instrument, debug, error, info, info_span, warn};
+use tracing::{Instrument, Span, debug, error, info, info_span, warn};
 
 use crate::activity::{ActivityContext, ActivityError, Handler, HandlerResult};
 use crate::backoff::Backoff;
 use crate::error::{Error, Result};
+use crate::trace::{self, FinishedSpan};
 use crate::worker::{Config, Worker};
 
 /// After a drain, how long to wait for the orchestrator to close its side of
@@ -56,6 +60,9 @@ pub(crate) struct Runner {
     /// Outcomes sent (or to be sent) and not yet acknowledged, in completion
     /// order. At most `max_concurrency` long (see the module docs).
     unacked: Vec<TaskOutcome>,
+    /// Each held task's span, from delivery until its outcome is acknowledged,
+    /// so that every line about the task carries its correlation and trace ids.
+    spans: HashMap<TaskKey, Span>,
     heartbeat_tx: mpsc::Sender<Heartbeat>,
     heartbeat_rx: mpsc::Receiver<Heartbeat>,
     /// Capacity of a session's outbound queue.
@@ -183,6 +190,7 @@ impl Runner {
             running: HashMap::new(),
             keys: HashMap::new(),
             unacked: Vec::new(),
+            spans: HashMap::new(),
             heartbeat_tx,
             heartbeat_rx,
             // Register, every unacknowledged outcome, every running task's
@@ -360,46 +368,42 @@ impl Runner {
         }
         session.outstanding -= 1;
         let key = TaskKey::new(&task.workflow_id, &task.task_id);
+        let trace = ActivitySpan::of(&task);
+        let span = task_span(&task, trace.as_ref());
         if self.running.contains_key(&key) || self.unacked.iter().any(|o| key.is(&o.workflow_id, &o.task_id)) {
-            warn!(
-                workflow_id = %key.workflow_id,
-                task_id = %key.task_id,
-                "duplicate delivery of a task this worker already holds; ignored"
-            );
+            span.in_scope(|| warn!("duplicate delivery of a task this worker already holds; ignored"));
             return self.top_up(session);
         }
         let Some(handler) = self.handlers.get(&task.activity_type).cloned() else {
-            warn!(
-                workflow_id = %key.workflow_id,
-                task_id = %key.task_id,
-                activity_type = %task.activity_type,
-                "task for an activity type this worker does not run"
-            );
+            span.in_scope(|| warn!("task for an activity type this worker does not run"));
             let error = ActivityError::retryable(
                 ActivityError::UNKNOWN_ACTIVITY,
                 format!("worker {} does not run activity type {:?}", self.config.worker_id, task.activity_type),
             );
+            self.spans.insert(key.clone(), span);
             return self.record(outcome(key, Err(error)), Some(session));
         };
-        self.spawn(task, handler, key);
+        self.spawn(task, handler, key, span, trace);
         Ok(())
     }
 
-    fn spawn(&mut self, mut task: ActivityTask, handler: Handler, key: TaskKey) {
+    fn spawn(
+        &mut self,
+        mut task: ActivityTask,
+        handler: Handler,
+        key: TaskKey,
+        span: Span,
+        trace: Option<ActivitySpan>,
+    ) {
         let input = std::mem::take(&mut task.input);
         let ctx = ActivityContext::new(&mut task, self.heartbeat_tx.clone());
-        let span = info_span!(
-            "activity",
-            workflow_id = ctx.workflow_id(),
-            task_id = ctx.task_id(),
-            activity_type = ctx.activity_type(),
-            attempt = ctx.attempt(),
-            correlation_id = ctx.correlation_id(),
-        );
+        self.spans.insert(key.clone(), span.clone());
         let budget = ctx.start_to_close_timeout();
         let task_key = key.clone();
         let run = async move {
             debug!("activity started");
+            let started = std::time::SystemTime::now();
+            let attributes = trace.as_ref().map(|_| span_attributes(&ctx));
             let attempt = handler(ctx, input);
             let result = match budget {
                 None => attempt.await,
@@ -418,6 +422,9 @@ impl Runner {
                     message = error.message(),
                     "activity failed"
                 ),
+            }
+            if let (Some(trace), Some(attributes)) = (trace, attributes) {
+                trace.finish(started, attributes, result.as_ref().err());
             }
             outcome(task_key, result)
         };
@@ -445,22 +452,13 @@ impl Runner {
             Ok(outcome) => self.record(outcome, session),
             Err(error) if error.is_panic() => {
                 let panic = panic_message(error.into_panic());
-                error!(
-                    workflow_id = %key.workflow_id,
-                    task_id = %key.task_id,
-                    %panic,
-                    "activity handler panicked"
-                );
+                self.span_of(&key).in_scope(|| error!(%panic, "activity handler panicked"));
                 let failure = ActivityError::retryable(ActivityError::PANIC, panic);
                 self.record(outcome(key, Err(failure)), session)
             }
             Err(_) => {
                 // Aborted after a TaskCancelled: the orchestrator wants no outcome.
-                debug!(
-                    workflow_id = %key.workflow_id,
-                    task_id = %key.task_id,
-                    "cancelled task stopped"
-                );
+                self.spans.remove(&key).unwrap_or_else(Span::none).in_scope(|| debug!("cancelled task stopped"));
                 session.map_or(Ok(()), |session| self.top_up(session))
             }
         }
@@ -488,15 +486,14 @@ impl Runner {
             return Ok(());
         };
         self.unacked.remove(index);
-        if ack.accepted {
-            debug!(workflow_id = %ack.workflow_id, task_id = %ack.task_id, "outcome acknowledged");
-        } else {
-            info!(
-                workflow_id = %ack.workflow_id,
-                task_id = %ack.task_id,
-                "outcome recorded but not applied: the attempt was late or a duplicate"
-            );
-        }
+        let span = self.spans.remove(&TaskKey::new(&ack.workflow_id, &ack.task_id)).unwrap_or_else(Span::none);
+        span.in_scope(|| {
+            if ack.accepted {
+                debug!("outcome acknowledged");
+            } else {
+                info!("outcome recorded but not applied: the attempt was late or a duplicate");
+            }
+        });
         self.top_up(session)
     }
 
@@ -505,12 +502,9 @@ impl Runner {
         match self.running.get(&key) {
             // Its slot is freed when the join set reports the task stopped.
             Some(abort) => {
-                info!(
-                    workflow_id = %key.workflow_id,
-                    task_id = %key.task_id,
-                    reason = %cancelled.reason,
-                    "the orchestrator cancelled the task; stopping its handler"
-                );
+                self.span_of(&key).in_scope(|| {
+                    info!(reason = %cancelled.reason, "the orchestrator cancelled the task; stopping its handler");
+                });
                 abort.abort();
             }
             None => debug!(
@@ -519,6 +513,11 @@ impl Runner {
                 "cancellation of a task not running; ignored"
             ),
         }
+    }
+
+    /// The span of a task this worker holds (a disabled one if it holds none).
+    fn span_of(&self, key: &TaskKey) -> Span {
+        self.spans.get(key).cloned().unwrap_or_else(Span::none)
     }
 
     /// Grants credit for every free slot, unless draining.
@@ -637,6 +636,67 @@ fn outcome(key: TaskKey, result: HandlerResult) -> TaskOutcome {
         }),
     };
     TaskOutcome { workflow_id: key.workflow_id, task_id: key.task_id, outcome: Some(outcome) }
+}
+
+/// Where an attempt's span sits in the workflow's trace: under the span named
+/// by the task's `traceparent`, with an id derived from the task, so that a
+/// re-delivered task reports the same span rather than a second one.
+struct ActivitySpan {
+    name: String,
+    context: TraceParent,
+    parent_span_id: u64,
+}
+
+impl ActivitySpan {
+    fn of(task: &ActivityTask) -> Option<Self> {
+        let parent = TraceParent::parse(&task.traceparent)?;
+        let span_id = span_id_of(&format!("{}/{}", task.workflow_id, task.task_id));
+        Some(Self {
+            name: task.activity_type.clone(),
+            context: parent.with_span(span_id),
+            parent_span_id: parent.span_id,
+        })
+    }
+
+    fn finish(self, start: std::time::SystemTime, attributes: Vec<KeyValue>, error: Option<&ActivityError>) {
+        trace::export(FinishedSpan {
+            name: self.name,
+            context: self.context,
+            parent_span_id: Some(self.parent_span_id),
+            kind: SpanKind::Consumer,
+            start,
+            end: std::time::SystemTime::now(),
+            attributes,
+            error: error.map(|e| format!("{}: {}", e.error_type(), e.message())),
+        });
+    }
+}
+
+/// The `tracing` span of one task: every log line about the task carries
+/// these fields, whichever process and whichever stage writes it.
+fn task_span(task: &ActivityTask, trace: Option<&ActivitySpan>) -> Span {
+    info_span!(
+        "activity",
+        workflow_id = %task.workflow_id,
+        task_id = %task.task_id,
+        activity_type = %task.activity_type,
+        attempt = task.attempt,
+        correlation_id = %task.correlation_id,
+        trace_id = trace.map(|t| t.context.trace_id_hex()),
+        span_id = trace.map(|t| format!("{:016x}", t.context.span_id)),
+        parent_span_id = trace.map(|t| format!("{:016x}", t.parent_span_id)),
+    )
+}
+
+fn span_attributes(ctx: &ActivityContext) -> Vec<KeyValue> {
+    vec![
+        KeyValue::new("sagaflow.workflow_id", ctx.workflow_id().to_owned()),
+        KeyValue::new("sagaflow.workflow_type", ctx.workflow_type().to_owned()),
+        KeyValue::new("sagaflow.task_id", ctx.task_id().to_owned()),
+        KeyValue::new("sagaflow.attempt", i64::from(ctx.attempt())),
+        KeyValue::new("sagaflow.compensation", ctx.is_compensation()),
+        KeyValue::new("sagaflow.correlation_id", ctx.correlation_id().to_owned()),
+    ]
 }
 
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {

@@ -11,6 +11,7 @@ pub use events::EventsApi;
 pub use worker::WorkerApi;
 pub use workflow::WorkflowApi;
 
+use sagaflow_proto::trace_context::{CORRELATION_ID_HEADER, TRACEPARENT_HEADER, TraceParent};
 use tonic::{Code, Status};
 
 use crate::limits::Invalid;
@@ -42,7 +43,7 @@ pub(crate) fn invalid(e: Invalid) -> Status {
 pub(crate) fn correlation_id<T>(request: &tonic::Request<T>, fallback: &str) -> String {
     request
         .metadata()
-        .get("x-correlation-id")
+        .get(CORRELATION_ID_HEADER)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 255)
         .map(str::to_owned)
@@ -54,34 +55,15 @@ pub(crate) fn correlation_id<T>(request: &tonic::Request<T>, fallback: &str) -> 
 pub(crate) fn traceparent<T>(request: &tonic::Request<T>) -> String {
     request
         .metadata()
-        .get("traceparent")
+        .get(TRACEPARENT_HEADER)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| is_traceparent(v))
+        .filter(|v| TraceParent::parse(v).is_some())
         .map(str::to_owned)
         .unwrap_or_default()
-}
-
-fn is_traceparent(value: &str) -> bool {
-    let parts: Vec<&str> = value.split('-').collect();
-    parts.len() == 4
-        && [2, 32, 16, 2]
-            .iter()
-            .zip(&parts)
-            .all(|(len, part)| part.len() == *len && part.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 impl From<crate::store::Error> for Status {
     fn from(error: crate::store::Error) -> Self {
         Error::Store(error).into()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn traceparent_shape_is_checked() {
-        assert!(super::is_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
-        assert!(!super::is_traceparent("00-xyz-00f067aa0ba902b7-01"));
-        assert!(!super::is_traceparent(""));
     }
 }

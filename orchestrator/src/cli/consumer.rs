@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::LogFormat;
+use super::Logging;
 
 #[derive(Debug, Subcommand)]
 pub enum ConsumerCommand {
@@ -44,8 +44,8 @@ pub struct ConsumerArgs {
     pub max_deliveries: i64,
 }
 
-pub async fn run(command: ConsumerCommand, log_format: LogFormat) -> anyhow::Result<()> {
-    super::init_logs(log_format);
+pub async fn run(command: ConsumerCommand, logging: &Logging) -> anyhow::Result<()> {
+    let _telemetry = logging.init("sagaflow-consumer")?;
     let (projection, args, default_port) = match command {
         ConsumerCommand::Search(args) => (Projection::Search, args, 9191),
         ConsumerCommand::Notifications(args) => (Projection::Notifications, args, 9192),

@@ -12,7 +12,7 @@ use sagaflow_orchestrator::server::default_registry;
 use sagaflow_orchestrator::{Options, Server, Storage};
 use sagaflow_worker::Worker;
 
-use super::LogFormat;
+use super::Logging;
 
 #[derive(Debug, Args)]
 pub struct DevArgs {
@@ -30,8 +30,8 @@ pub struct DevArgs {
     pub reservation_ttl: Duration,
 }
 
-pub async fn run(args: DevArgs, log_format: LogFormat) -> anyhow::Result<()> {
-    super::init_logs(log_format);
+pub async fn run(args: DevArgs, logging: &Logging) -> anyhow::Result<()> {
+    let _telemetry = logging.init("sagaflow-dev")?;
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let options = Options {
         storage: Storage::Sled(args.data_dir.clone()),

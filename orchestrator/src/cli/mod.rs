@@ -16,6 +16,7 @@ mod worker;
 mod workflow;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use sagaflow_orchestrator::telemetry::{self, LogFormat, Telemetry};
 
 #[derive(Debug, Parser)]
 #[command(name = "sagaflow", version, about = "Sagaflow: a durable saga orchestrator.", long_about = None)]
@@ -28,9 +29,8 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
     pub output: Output,
 
-    /// Log format of long-running commands.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub logging: Logging,
 
     #[command(flatten)]
     pub client: connection::ClientArgs,
@@ -45,10 +45,24 @@ pub enum Output {
     Json,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
+/// How long-running commands log and trace.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Logging {
+    /// Log format: `text` for people, `json` (one object a line) for log pipelines.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Export spans to this OpenTelemetry collector over OTLP/gRPC (off when not given).
+    #[arg(long, global = true, env = "SAGAFLOW_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+}
+
+impl Logging {
+    /// Installs logging (and tracing, when asked); keep the guard for the
+    /// process's life, since dropping it flushes the spans not yet exported.
+    pub fn init(&self, service_name: &str) -> anyhow::Result<Telemetry> {
+        Ok(telemetry::init(self.log_format, self.otlp_endpoint.as_deref(), service_name)?)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -93,31 +107,20 @@ pub enum Command {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     connection::install(cli.client.resolve()?);
     match cli.command {
-        Command::Server(args) => server::run(*args, cli.log_format).await,
-        Command::Dev(args) => dev::run(args, cli.log_format).await,
+        Command::Server(args) => server::run(*args, &cli.logging).await,
+        Command::Dev(args) => dev::run(args, &cli.logging).await,
         Command::Shop(args) => shop::run(args, cli.output).await,
-        Command::Worker(args) => worker::run(args, &cli.server, cli.log_format).await,
+        Command::Worker(args) => worker::run(args, &cli.server, &cli.logging).await,
         Command::Admin(command) => server::admin(command, cli.output).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Events(command) => events::run(command, &cli.server, cli.output).await,
         Command::Checkout(command) => checkout::run(command, &cli.server, cli.output).await,
         Command::Workflow(command) => workflow::run(command, &cli.server, cli.output).await,
-        Command::Consumer(command) => consumer::run(command, cli.log_format).await,
+        Command::Consumer(command) => consumer::run(command, &cli.logging).await,
         Command::Search(command) => search::run(command, cli.output).await,
         Command::Jobs(command) => jobs::run(command, cli.output).await,
         Command::Auth(command) => auth::run(command),
     }
-}
-
-/// Installs the log subscriber for long-running commands.
-pub fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,h2=warn,tower=warn,hyper=warn,sled=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
 }
 
 /// Resolves on Ctrl-C or SIGTERM. The handlers are installed when this is

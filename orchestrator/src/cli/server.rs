@@ -17,7 +17,7 @@ use sagaflow_orchestrator::tls::TlsFiles;
 use sagaflow_orchestrator::workflows::SagaDefinition;
 use sagaflow_orchestrator::{Options, Registry, Server, Storage};
 
-use super::{LogFormat, Output};
+use super::{Logging, Output};
 
 #[derive(Debug, Args)]
 pub struct ServerArgs {
@@ -110,8 +110,8 @@ pub fn registry_with(files: &[PathBuf]) -> anyhow::Result<Registry> {
     Ok(registry)
 }
 
-pub async fn run(args: ServerArgs, log_format: LogFormat) -> anyhow::Result<()> {
-    super::init_logs(log_format);
+pub async fn run(args: ServerArgs, logging: &Logging) -> anyhow::Result<()> {
+    let _telemetry = logging.init("sagaflow-orchestrator")?;
     let registry = registry_with(&args.definitions)?;
     let auth = match &args.auth_file {
         Some(path) => Some(Arc::new(Tokens::load(path)?)),

@@ -11,7 +11,7 @@ use sagaflow_activities::{FaultSpec, Faults, SERVICES, Shop, ShopOptions, admin,
 use sagaflow_worker::{Worker, WorkerBuilder};
 use tokio::net::TcpListener;
 
-use super::LogFormat;
+use super::Logging;
 
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
@@ -85,8 +85,8 @@ pub async fn serve_admin(shop: Shop, addr: SocketAddr) -> anyhow::Result<SocketA
     Ok(bound)
 }
 
-pub async fn run(args: WorkerArgs, server: &str, log_format: LogFormat) -> anyhow::Result<()> {
-    super::init_logs(log_format);
+pub async fn run(args: WorkerArgs, server: &str, logging: &Logging) -> anyhow::Result<()> {
+    let _telemetry = logging.init("sagaflow-worker")?;
     let faults = Faults::new(args.faults.clone());
     let mut builder = Worker::builder(server).max_concurrency(args.concurrency);
     let connection = super::connection::current();

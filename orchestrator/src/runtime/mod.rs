@@ -226,6 +226,13 @@ impl Runtime {
         match commit_result {
             Ok(()) => {
                 crate::metrics::record_started(&definition.name);
+                tracing::debug!(
+                    workflow_id,
+                    workflow_type = %definition.name,
+                    correlation_id = %state.correlation_id,
+                    trace_id = crate::telemetry::workflow_trace(&workflow_id, &state.traceparent).context.trace_id_hex(),
+                    "workflow started"
+                );
                 self.keep(&mut guard, &workflow_id, state, definition);
                 Ok((workflow_id, false))
             }
@@ -294,6 +301,7 @@ impl Runtime {
             )));
         }
         let before = records::derived(&state);
+        let timings = crate::metrics::task_timings(&state);
         let before_seq = state.last_seq;
         let now = now_ms();
         let mut events = match engine::run(&mut state, &definition, input, now) {
@@ -312,7 +320,7 @@ impl Runtime {
             let (reloaded, _) = self.load(workflow_id)?;
             state = reloaded;
             let reason = format!("history limit of {} events reached", self.inner.limits.max_history_events);
-            tracing::error!(workflow_id, %reason, "workflow failed at its history limit");
+            tracing::error!(workflow_id, correlation_id = %state.correlation_id, %reason, "workflow failed at its history limit");
             let failed = HistoryEvent {
                 seq: state.last_seq + 1,
                 time_ms: now,
@@ -330,6 +338,7 @@ impl Runtime {
             .await
         {
             Ok(()) => {
+                crate::metrics::record_activity_events(&timings, &events);
                 self.keep(&mut guard, workflow_id, state, definition);
                 Ok(events)
             }
@@ -355,8 +364,9 @@ impl Runtime {
         outcome_task: Option<&str>,
     ) -> Result<()> {
         let delta = records::delta(before, state, definition);
+        let closes = events.iter().any(|e| e.attributes.as_ref().is_some_and(closes_workflow));
         let outbox = outbox::domain_events(state, definition, &events);
-        let published = !outbox.is_empty();
+        let published: Vec<String> = outbox.iter().map(|r| r.event_type.clone()).collect();
         let commit = Commit {
             workflow_id: workflow_id.to_owned(),
             events,
@@ -384,9 +394,21 @@ impl Runtime {
                 .arm(timer.fire_at_ms, Alarm::Workflow { workflow_id: timer.workflow_id, timer_id: timer.timer_id });
         }
         self.inner.stuck.observe(state, definition);
-        crate::metrics::record_decision(state);
+        if closes {
+            crate::metrics::record_finished(state);
+            crate::telemetry::export_workflow_span(state);
+            let trace_id = crate::telemetry::workflow_trace(workflow_id, &state.traceparent).context.trace_id_hex();
+            tracing::debug!(
+                workflow_id,
+                correlation_id = %state.correlation_id,
+                trace_id,
+                status = sagaflow_proto::status_name(state.status),
+                "workflow closed"
+            );
+        }
         self.notify(workflow_id, Progress { last_seq: state.last_seq, terminal: state.is_terminal() });
-        if published {
+        if !published.is_empty() {
+            crate::metrics::record_domain_events(&published);
             self.inner.outbox_changed.send_modify(|n| *n += 1);
         }
         Ok(())
@@ -540,6 +562,18 @@ impl Runtime {
 
 /// Alarm handlers running at once.
 const ALARMS_IN_FLIGHT: usize = 1024;
+
+/// Whether this event ends the workflow: counted and traced exactly once.
+fn closes_workflow(attributes: &Attributes) -> bool {
+    matches!(
+        attributes,
+        Attributes::WorkflowCompleted(_)
+            | Attributes::WorkflowCompensated(_)
+            | Attributes::WorkflowFailed(_)
+            | Attributes::WorkflowCancelled(_)
+            | Attributes::WorkflowTerminated(_)
+    )
+}
 
 fn stripe_of(request_id: &str, stripes: usize) -> usize {
     use std::hash::{Hash, Hasher};

@@ -35,7 +35,7 @@ pub fn task_record(state: &WorkflowState, definition: &SagaDefinition, task: &Pe
             input: task.input.clone(),
             idempotency_key: task.idempotency_key.clone(),
             correlation_id: state.correlation_id.clone(),
-            traceparent: state.traceparent.clone(),
+            traceparent: crate::telemetry::workflow_trace(&state.workflow_id, &state.traceparent).context.to_string(),
             start_to_close_ms: u32::try_from(timeouts.start_to_close_ms).unwrap_or(u32::MAX),
             heartbeat_ms: u32::try_from(timeouts.heartbeat_ms).unwrap_or(u32::MAX),
         }),

@@ -22,24 +22,53 @@ pub struct ServerProcess {
     pub url: String,
     pub http: String,
     pub data_dir: PathBuf,
+    /// Every line the process wrote to stderr, when started with `start_logged`.
+    pub logs: LogLines,
+}
+
+/// A process's stderr lines, collected as they come.
+pub type LogLines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// Runs `command` with `RUST_LOG=filter`; with `capture`, its stderr lines go
+/// to the returned collector instead of the test's own stderr.
+fn spawn_logged(command: &mut Command, filter: &str, capture: bool) -> (Child, LogLines) {
+    let logs = LogLines::default();
+    let mut child = command
+        .env("RUST_LOG", filter)
+        .stdout(Stdio::piped())
+        .stderr(if capture { Stdio::piped() } else { Stdio::inherit() })
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn sagaflow");
+    if let Some(stderr) = child.stderr.take() {
+        let sink = std::sync::Arc::clone(&logs);
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                sink.lock().unwrap().push(line);
+            }
+        });
+    }
+    (child, logs)
 }
 
 impl ServerProcess {
     pub async fn start(data_dir: &Path, extra: &[&str]) -> Self {
-        Self::start_listening(data_dir, "127.0.0.1:0", extra).await
+        Self::start_listening(data_dir, "127.0.0.1:0", extra, None).await
     }
 
-    async fn start_listening(data_dir: &Path, listen: &str, extra: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
+    /// Starts with `RUST_LOG=filter` and collects its stderr in `logs`.
+    pub async fn start_logged(data_dir: &Path, extra: &[&str], filter: &str) -> Self {
+        Self::start_listening(data_dir, "127.0.0.1:0", extra, Some(filter)).await
+    }
+
+    async fn start_listening(data_dir: &Path, listen: &str, extra: &[&str], logged: Option<&str>) -> Self {
+        let mut command = Command::new(BIN);
+        command
             .args(["server", "--listen", listen, "--http-listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn sagaflow server");
+            .args(extra);
+        let (mut child, logs) = spawn_logged(&mut command, logged.unwrap_or("warn"), logged.is_some());
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         // The server prints its addresses once it listens.
@@ -56,7 +85,7 @@ impl ServerProcess {
         let http =
             line.split_whitespace().find(|w| w.ends_with("/metrics")).unwrap().trim_end_matches("/metrics").to_owned();
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self { child, url, http, data_dir: data_dir.to_owned() }
+        Self { child, url, http, data_dir: data_dir.to_owned(), logs }
     }
 
     pub async fn client(&self) -> WorkflowServiceClient<Channel> {
@@ -133,7 +162,7 @@ pub fn assert_intact(workflow_id: &str, events: &[HistoryEvent]) {
 impl ServerProcess {
     /// Restarts on the same port, so that connected workers find it again.
     pub async fn start_on(data_dir: &Path, url: &str, extra: &[&str]) -> Self {
-        Self::start_listening(data_dir, url.trim_start_matches("http://"), extra).await
+        Self::start_listening(data_dir, url.trim_start_matches("http://"), extra, None).await
     }
 }
 
@@ -143,6 +172,8 @@ pub struct WorkerProcess {
     pub worker_id: String,
     /// `http://ADDR` of its shop admin API, when it serves one.
     pub admin: Option<String>,
+    /// Every line the process wrote to stderr, when started with `start_logged`.
+    pub logs: LogLines,
 }
 
 impl WorkerProcess {
@@ -155,15 +186,18 @@ impl WorkerProcess {
     }
 
     pub async fn start(server_url: &str, extra: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
-            .args(["worker", "--server", server_url])
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn sagaflow worker");
+        Self::start_with_logs(server_url, extra, None).await
+    }
+
+    /// Starts with `RUST_LOG=filter` and collects its stderr in `logs`.
+    pub async fn start_logged(server_url: &str, extra: &[&str], filter: &str) -> Self {
+        Self::start_with_logs(server_url, extra, Some(filter)).await
+    }
+
+    async fn start_with_logs(server_url: &str, extra: &[&str], logged: Option<&str>) -> Self {
+        let mut command = Command::new(BIN);
+        command.args(["worker", "--server", server_url]).args(extra);
+        let (mut child, logs) = spawn_logged(&mut command, logged.unwrap_or("warn"), logged.is_some());
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
@@ -174,12 +208,20 @@ impl WorkerProcess {
         let worker_id = line.split_whitespace().nth(1).unwrap().to_owned();
         let admin = line.split("admin on ").nth(1).map(|rest| rest.split_whitespace().next().unwrap_or("").to_owned());
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self { child, worker_id, admin }
+        Self { child, worker_id, admin, logs }
     }
 
     pub async fn kill9(mut self) {
         self.child.start_kill().unwrap();
         self.child.wait().await.unwrap();
+    }
+
+    /// SIGTERM, then wait for the drain and a clean exit.
+    pub async fn stop(mut self) {
+        let pid = self.child.id().unwrap();
+        Command::new("kill").arg(pid.to_string()).status().await.unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.unwrap().unwrap();
+        assert!(status.success(), "worker exited with {status}");
     }
 }
 
