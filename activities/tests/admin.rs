@@ -207,7 +207,16 @@ async fn unknown_endpoints_and_services_not_hosted_are_404_in_json() {
     let (status, index) = get(&shop, "/").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(index["services"], json!(["inventory"]));
-    assert_eq!(index["activities"], json!(["inventory.reserve", "inventory.release", "inventory.commit"]));
+    assert_eq!(
+        index["activities"],
+        json!([
+            "inventory.reserve",
+            "inventory.release",
+            "inventory.commit",
+            "inventory.check_invariants",
+            "inventory.release_expired"
+        ])
+    );
 
     let (status, error) = get(&shop, "/payments").await;
     assert_eq!(status, StatusCode::NOT_FOUND);

@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 pub mod engine;
 pub mod http;
+pub mod jobs;
 pub mod limits;
 pub mod metrics;
 pub mod registry;

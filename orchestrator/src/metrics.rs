@@ -107,3 +107,17 @@ pub fn record_activity_events(timings: &[TaskTiming], events: &[HistoryEvent]) {
 fn seconds_between(from_ms: i64, to_ms: i64) -> f64 {
     (to_ms.saturating_sub(from_ms).max(0) as f64) / 1000.0
 }
+/// One count per finding of a job's alert, by invariant: what an operator
+/// alerts on (`increase(sagaflow_invariant_violations_total[10m]) > 0`).
+pub fn record_findings(workflow_type: &str, alert: &str, findings: &[serde_json::Value]) {
+    for finding in findings {
+        let invariant = finding.get("invariant").and_then(serde_json::Value::as_str).unwrap_or("unknown").to_owned();
+        metrics::counter!(
+            "sagaflow_invariant_violations_total",
+            "job" => workflow_type.to_owned(),
+            "alert" => alert.to_owned(),
+            "invariant" => invariant
+        )
+        .increment(1);
+    }
+}

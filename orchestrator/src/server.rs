@@ -15,6 +15,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::admission::{Admission, AdmissionLayer, AdmissionOptions};
 use crate::api::{CheckoutApi, EventsApi, WorkerApi, WorkflowApi};
 use crate::auth::{AuthLayer, Tokens};
+use crate::jobs::{self, JobsOptions};
 use crate::limits::Limits;
 use crate::registry::Registry;
 use crate::runtime::{Runtime, StuckPolicy};
@@ -68,6 +69,8 @@ pub struct Options {
     pub tls: Option<TlsFiles>,
     /// Concurrency and rate limits of gRPC calls.
     pub admission: AdmissionOptions,
+    /// The self-healing jobs' schedule.
+    pub jobs: JobsOptions,
 }
 
 impl Default for Options {
@@ -83,6 +86,7 @@ impl Default for Options {
             insecure: false,
             tls: None,
             admission: AdmissionOptions::default(),
+            jobs: JobsOptions::default(),
         }
     }
 }
@@ -174,6 +178,16 @@ impl Server {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .map_err(|e| Error::Reflection(e.to_string()))?;
+        // The orchestrator's own jobs worker calls in like any worker; under
+        // auth it holds a token minted here, known to no one else and
+        // allowed to serve the `jobs.*` queues only.
+        let jobs_token = options.auth.as_ref().map(|_| jobs::internal_token());
+        let auth = match (&options.auth, &jobs_token) {
+            (Some(tokens), Some(token)) => {
+                Some(Arc::new(tokens.with_internal_worker(jobs::WORKER_NAME, token, vec![jobs::QUEUES.to_owned()])))
+            }
+            _ => options.auth.clone(),
+        };
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = &options.tls {
             builder = builder.tls_config(tls.grpc()).map_err(crate::tls::Error::from)?;
@@ -184,7 +198,7 @@ impl Server {
         let router = builder
             .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
             .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
-            .layer(AuthLayer::new(options.auth.clone()))
+            .layer(AuthLayer::new(auth))
             .layer(AdmissionLayer::new(admission))
             .add_service(health_service)
             .add_service(reflection)
@@ -200,6 +214,42 @@ impl Server {
             .add_service(
                 EventServiceServer::new(EventsApi::new(runtime.clone())).max_decoding_message_size(max_message),
             );
+        let mut jobs_options = options.jobs.clone();
+        if jobs_options.nats_url.is_none() {
+            jobs_options.nats_url = options.relay.as_ref().map(|r| r.url.clone());
+        }
+        let jobs_worker = if options.tls.is_some() {
+            // The in-process worker speaks plaintext to its own port; behind
+            // TLS the two jobs.* activities wait (flagged NO_WORKER) until a
+            // TLS-capable jobs worker exists (ADR 0009).
+            tracing::warn!("TLS is on: the detect-stuck-sagas and replay-failed-events jobs have no worker");
+            None
+        } else {
+            Some(jobs::worker(
+                runtime.clone(),
+                format!("http://{grpc_addr}"),
+                jobs_options.nats_url.clone(),
+                jobs_token,
+            ))
+        };
+        match jobs_worker {
+            None => {}
+            Some(Ok(worker)) => {
+                let mut stopped = stopped.clone();
+                tasks.push(tokio::spawn(async move {
+                    let stop = async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    };
+                    if let Err(e) = worker.run_until(stop).await {
+                        tracing::error!(error = %e, "the jobs worker stopped");
+                    }
+                }));
+            }
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "cannot build the jobs worker; the stuck and replay jobs will wait");
+            }
+        }
+        tasks.push(tokio::spawn(jobs::schedule(runtime.clone(), jobs_options, stopped.clone())));
         if let Some(relay) = options.relay {
             tasks.push(tokio::spawn(crate::relay::Relay::new(relay, runtime.clone()).run(stopped.clone())));
         }
@@ -271,10 +321,11 @@ pub fn max_message_bytes(limits: &Limits) -> usize {
     limits.max_payload_bytes.saturating_mul(2).saturating_add(256 * 1024)
 }
 
-/// The registry a stock server starts with: the shop's sagas and the bench saga.
+/// The registry a stock server starts with: the shop's sagas, the bench saga
+/// and the self-healing jobs.
 pub fn default_registry() -> Registry {
     let mut registry = Registry::new();
-    for definition in sagaflow_workflows::shop::all() {
+    for definition in sagaflow_workflows::shop::all().into_iter().chain(sagaflow_workflows::jobs::all()) {
         // Shipped definitions are validated by their own tests.
         if let Err(e) = registry.register(definition) {
             tracing::error!(error = %e, "a shipped definition is invalid");

@@ -181,6 +181,22 @@ pub struct Step {
     /// The domain event published (through the outbox) when the step completes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub emits: Option<String>,
+    /// An alert raised when the step's result holds findings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert: Option<FindingsAlert>,
+}
+
+/// Raised when a step completes with a non-empty list at `pointer` in its
+/// result (a self-healing job's violations): the orchestrator publishes
+/// `event` with the list as its evidence, counts each finding on
+/// `sagaflow_invariant_violations_total`, and logs them at error level. The
+/// step itself succeeded: finding a problem is the job doing its work.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FindingsAlert {
+    /// A JSON pointer into the step's result, such as `/violations`.
+    pub pointer: String,
+    /// The domain event's type, such as `InvariantViolated`.
+    pub event: String,
 }
 
 impl Step {
@@ -211,6 +227,7 @@ impl Step {
             timeouts: Timeouts::default(),
             escalation: None,
             emits: None,
+            alert: None,
         }
     }
 
@@ -312,6 +329,14 @@ impl Step {
     #[must_use]
     pub fn escalate_after(mut self, attempts: u32, alert: impl Into<String>) -> Self {
         self.escalation = Some(Escalation { after_attempts: attempts, alert: alert.into(), notify: None });
+        self
+    }
+
+    /// Raises `event` when the result has a non-empty list at `pointer`
+    /// (see [`FindingsAlert`]).
+    #[must_use]
+    pub fn alert_on_findings(mut self, pointer: impl Into<String>, event: impl Into<String>) -> Self {
+        self.alert = Some(FindingsAlert { pointer: pointer.into(), event: event.into() });
         self
     }
 
@@ -464,6 +489,11 @@ impl SagaDefinition {
                 && activity_type.trim().is_empty()
             {
                 return Err(invalid("the activity type is empty"));
+            }
+            if let Some(alert) = &step.alert
+                && (!alert.pointer.starts_with('/') || alert.event.trim().is_empty())
+            {
+                return Err(invalid("an alert names a pointer starting with '/' and an event"));
             }
             if step.retry.backoff_coefficient < 1.0 || !step.retry.backoff_coefficient.is_finite() {
                 return Err(invalid("the backoff coefficient is at least 1"));

@@ -18,10 +18,11 @@
 
 mod context;
 mod definition;
+pub mod jobs;
 pub mod shop;
 
 pub use context::{Context, resolve_pointer};
 pub use definition::{
-    Action, Compensation, DefinitionError, Escalation, InputSpec, KeySpec, LifecycleEvents, RetryPolicy, SagaBuilder,
-    SagaDefinition, Source, Step, StepKind, Timeouts,
+    Action, Compensation, DefinitionError, Escalation, FindingsAlert, InputSpec, KeySpec, LifecycleEvents, RetryPolicy,
+    SagaBuilder, SagaDefinition, Source, Step, StepKind, Timeouts,
 };

@@ -32,7 +32,12 @@ use super::{ErrorKind, LineError, LineItem, ServiceError, Shop, Violation, check
 pub const RESERVE: &str = "inventory.reserve";
 pub const RELEASE: &str = "inventory.release";
 pub const COMMIT: &str = "inventory.commit";
-pub const ACTIVITIES: &[&str] = &[RESERVE, RELEASE, COMMIT];
+/// For the `check-invariants` job: `{violations}`, as `/invariants` shows them.
+pub const CHECK_INVARIANTS: &str = "inventory.check_invariants";
+/// For the `release-expired-inventory` job: `{released}`, the reservations
+/// past their TTL released now (the background sweep's backstop).
+pub const RELEASE_EXPIRED: &str = "inventory.release_expired";
+pub const ACTIVITIES: &[&str] = &[RESERVE, RELEASE, COMMIT, CHECK_INVARIANTS, RELEASE_EXPIRED];
 
 /// Most reservations one expiry sweep releases in one batch; a sweep loops
 /// over batches until nothing due is left.
@@ -631,6 +636,14 @@ impl Inventory {
             COMMIT => {
                 let request: ReservationRef = super::parse(input)?;
                 super::answer(self.commit(&request.reservation_id)).await
+            }
+            CHECK_INVARIANTS => {
+                super::answer(async { Ok::<_, Error>(serde_json::json!({ "violations": self.check_invariants()? })) })
+                    .await
+            }
+            RELEASE_EXPIRED => {
+                let released = self.release_expired(now_ms()).await?;
+                Ok(serde_json::json!({ "released": released }))
             }
             other => Err(ActivityError::retryable(ActivityError::UNKNOWN_ACTIVITY, other.to_owned())),
         }

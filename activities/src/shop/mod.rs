@@ -6,9 +6,9 @@
 //! |---|---|
 //! | `catalog` | `catalog.price_snapshot` |
 //! | `coupons` | `coupons.validate` |
-//! | `inventory` | `inventory.reserve`, `inventory.release`, `inventory.commit` |
-//! | `payments` | `payments.capture`, `payments.refund` |
-//! | `orders` | `orders.create`, `orders.mark_shipped`, `orders.record_refund` |
+//! | `inventory` | `inventory.reserve`, `inventory.release`, `inventory.commit`; jobs: `inventory.check_invariants`, `inventory.release_expired` |
+//! | `payments` | `payments.capture`, `payments.refund`; jobs: `payments.check_invariants`, `payments.captures` |
+//! | `orders` | `orders.create`, `orders.mark_shipped`, `orders.record_refund`; jobs: `orders.reconcile_payments` |
 //! | `shipping` | `shipping.create_shipment` |
 //! | `notifications` | `notifications.send` |
 //!
@@ -22,6 +22,7 @@
 //! reservation id is reserved once, whoever asks. Notifications have no
 //! domain id and use the task's key.
 
+pub mod audit;
 pub mod catalog;
 pub mod coupons;
 pub mod inventory;

@@ -24,13 +24,17 @@ use std::sync::Arc;
 use sagaflow_worker::{ActivityError, WorkerBuilder};
 use serde::{Deserialize, Serialize};
 
+use super::audit::{self, Findings, ReconcileRequest};
 use super::store::{self, ServiceDb, check_id, key, now_ms, prefix, short_hash};
 use super::{ErrorKind, MAX_AMOUNT_CENTS, MAX_LINES, ServiceError, Shop};
 
 pub const CREATE: &str = "orders.create";
 pub const MARK_SHIPPED: &str = "orders.mark_shipped";
 pub const RECORD_REFUND: &str = "orders.record_refund";
-pub const ACTIVITIES: &[&str] = &[CREATE, MARK_SHIPPED, RECORD_REFUND];
+/// For the reconciliation jobs: compares the orders with a snapshot of the
+/// captures ([`ReconcileRequest`]) and, when asked, records missing refunds.
+pub const RECONCILE_PAYMENTS: &str = "orders.reconcile_payments";
+pub const ACTIVITIES: &[&str] = &[CREATE, MARK_SHIPPED, RECORD_REFUND, RECONCILE_PAYMENTS];
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -367,6 +371,28 @@ impl Orders {
             .await
     }
 
+    /// Compares the orders with the captures (see [`audit::compare`]) and
+    /// applies the safe repairs: each missing refund is recorded through
+    /// [`Orders::record_refund`], keyed by its refund id, so that a repair and
+    /// the refund saga's own attempt are one effect.
+    ///
+    /// # Errors
+    /// A storage failure; the repairs applied before it stay applied, and a
+    /// retry finds them done.
+    pub async fn reconcile_payments(&self, request: ReconcileRequest) -> Result<Findings> {
+        let findings = audit::compare(&request, &self.orders()?);
+        for repair in &findings.repairs {
+            let recorded = RecordRefund {
+                order_id: repair.order_id.clone(),
+                refund_id: repair.refund_id.clone(),
+                amount_cents: repair.amount_cents,
+            };
+            self.record_refund(recorded).await?;
+            tracing::warn!(order_id = %repair.order_id, refund_id = %repair.refund_id, amount_cents = repair.amount_cents, "reconciliation recorded a refund the order lacked");
+        }
+        Ok(findings)
+    }
+
     fn transition(&self, tx: &mut store::Tx<'_>, order_id: &str, event: &OrderEvent) -> Result<Order> {
         let order: Order = tx.get(&order_key(order_id))?.ok_or_else(|| Error::UnknownOrder(order_id.to_owned()))?;
         let next = order.apply(event, now_ms())?;
@@ -386,6 +412,7 @@ impl Orders {
             CREATE => super::answer(self.create(super::parse(input)?)).await,
             MARK_SHIPPED => super::answer(self.mark_shipped(super::parse(input)?)).await,
             RECORD_REFUND => super::answer(self.record_refund(super::parse(input)?)).await,
+            RECONCILE_PAYMENTS => super::answer(self.reconcile_payments(super::parse(input)?)).await,
             other => Err(ActivityError::retryable(ActivityError::UNKNOWN_ACTIVITY, other.to_owned())),
         }
     }

@@ -18,12 +18,17 @@ use std::sync::Arc;
 use sagaflow_worker::{ActivityError, WorkerBuilder};
 use serde::{Deserialize, Serialize};
 
+use super::audit::{CapturedPayment, Captures, LedgerRefund};
 use super::store::{self, ServiceDb, Tx, check_id, key, now_ms, prefix};
 use super::{ErrorKind, MAX_AMOUNT_CENTS, ServiceError, Shop, Violation};
 
 pub const CAPTURE: &str = "payments.capture";
 pub const REFUND: &str = "payments.refund";
-pub const ACTIVITIES: &[&str] = &[CAPTURE, REFUND];
+/// For the `check-invariants` job: `{violations}`, as `/invariants` shows them.
+pub const CHECK_INVARIANTS: &str = "payments.check_invariants";
+/// For the reconciliation jobs: every capture with its refunds ([`Captures`]).
+pub const CAPTURES: &str = "payments.captures";
+pub const ACTIVITIES: &[&str] = &[CAPTURE, REFUND, CHECK_INVARIANTS, CAPTURES];
 
 /// The simulator's declining payment method.
 pub const DECLINED_METHOD: &str = "card_declined";
@@ -475,6 +480,42 @@ impl Payments {
             .await
     }
 
+    /// Every captured intent with its refunds from the ledger, as of the
+    /// moment before the read: what the reconciliation compares orders with.
+    ///
+    /// # Errors
+    /// A storage failure.
+    pub fn captures(&self) -> store::Result<Captures> {
+        let as_of_ms = now_ms();
+        let (intents, ledger) = self.db.locked_read(|db| {
+            let intents: Vec<PaymentIntent> = db.scan(&prefix("intent"))?;
+            let ledger: Vec<LedgerEntry> = db.scan(&prefix("ledger"))?;
+            Ok::<_, store::Error>((intents, ledger))
+        })?;
+        let mut refunds = BTreeMap::<String, Vec<LedgerRefund>>::new();
+        for entry in ledger.into_iter().filter(|e| e.kind == LedgerKind::Refund) {
+            if let Some(refund_id) = entry.refund_id {
+                refunds.entry(entry.payment_intent_id).or_default().push(LedgerRefund {
+                    refund_id,
+                    amount_cents: entry.amount_cents,
+                    at_ms: entry.at_ms,
+                });
+            }
+        }
+        let captures = intents
+            .into_iter()
+            .filter(|i| i.status == IntentStatus::Captured)
+            .map(|i| CapturedPayment {
+                refunds: refunds.remove(&i.payment_intent_id).unwrap_or_default(),
+                captured_at_ms: i.captured_at_ms.unwrap_or(i.created_at_ms),
+                payment_intent_id: i.payment_intent_id,
+                captured_cents: i.captured_cents,
+                refunded_cents: i.refunded_cents,
+            })
+            .collect();
+        Ok(Captures { as_of_ms, captures })
+    }
+
     /// Checks, from the ledger and the intents: each intent is captured at
     /// most once, for what the intent says; its refunds match the ledger and
     /// never exceed the capture; the ledger's sequence has no gap.
@@ -567,6 +608,11 @@ impl Payments {
         match activity_type {
             CAPTURE => super::answer(self.capture(super::parse(input)?)).await,
             REFUND => super::answer(self.refund(super::parse(input)?)).await,
+            CHECK_INVARIANTS => {
+                super::answer(async { Ok::<_, Error>(serde_json::json!({ "violations": self.check_invariants()? })) })
+                    .await
+            }
+            CAPTURES => super::answer(async { Ok::<_, Error>(self.captures()?) }).await,
             other => Err(ActivityError::retryable(ActivityError::UNKNOWN_ACTIVITY, other.to_owned())),
         }
     }

@@ -1,48 +1,208 @@
-//! `sagaflow jobs run NAME`: run one self-healing job now.
+//! `sagaflow jobs run NAME`: run one self-healing job now, as its workflow
+//! on the server, and print what it found (ADR 0009).
 
+use std::time::Duration;
+
+use anyhow::{Context, bail};
 use clap::Subcommand;
-use sagaflow_orchestrator::relay;
-use serde_json::json;
+use sagaflow_orchestrator::jobs::JobInput;
+use sagaflow_orchestrator::workflows::jobs;
+use sagaflow_proto::v1::{AwaitWorkflowRequest, StartWorkflowRequest, WorkflowStatus};
+use serde_json::{Map, Value, json};
 
 use super::Output;
 
 #[derive(Debug, Subcommand)]
 pub enum JobsCommand {
-    /// Run one job now and print what it did.
+    /// Run one job now and print what it did. Exits non-zero when it finds a
+    /// violation or the run fails.
     Run {
-        /// The job: replay-failed-events.
+        /// The job: reconcile-payments-vs-orders, release-expired-inventory,
+        /// detect-stuck-sagas, replay-failed-events or check-invariants.
         name: String,
-        /// The NATS server with JetStream (for replay-failed-events).
-        #[arg(long, env = "SAGAFLOW_NATS_URL", default_value = "nats://127.0.0.1:4222", value_parser = sagaflow_orchestrator::relay::parse_url)]
-        nats_url: String,
+        /// The NATS server with JetStream (replay-failed-events; default: the server's relay).
+        #[arg(long, env = "SAGAFLOW_NATS_URL", value_parser = sagaflow_orchestrator::relay::parse_url)]
+        nats_url: Option<String>,
+        /// A capture younger than this may still be on its way to an order: not yet a mismatch.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        grace: Duration,
+        /// How long to wait for the job to finish.
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
     },
+    /// List the jobs.
+    List,
 }
 
-/// The jobs this command knows. The other self-healing jobs of the design
-/// join this list as they are built.
-const JOBS: &[&str] = &["replay-failed-events"];
+/// What one run found, ready to print.
+#[derive(Debug)]
+pub struct JobReport {
+    pub job: String,
+    pub workflow_id: String,
+    /// Each step's result; the captures snapshot is summarised as its size.
+    pub steps: Map<String, Value>,
+    pub violations: Vec<Value>,
+}
 
-pub async fn run(command: JobsCommand, output: Output) -> anyhow::Result<()> {
-    let JobsCommand::Run { name, nats_url } = command;
-    match name.as_str() {
-        "replay-failed-events" => {
-            let report = relay::replay_failed_events(&nats_url).await?;
-            match output {
-                Output::Json => println!(
-                    "{}",
-                    json!({"job": name, "replayed": report.total(), "by_consumer": report.replayed, "skipped": report.skipped})
-                ),
-                Output::Text => {
-                    let by: Vec<String> = report.replayed.iter().map(|(c, n)| format!("{c}: {n}")).collect();
-                    let by = if by.is_empty() { String::new() } else { format!(" ({})", by.join(", ")) };
-                    println!("replay-failed-events: re-drove {} dead-lettered events{by}", report.total());
-                    if report.skipped > 0 {
-                        println!("skipped {} dead letters without an original subject", report.skipped);
-                    }
-                }
+impl JobReport {
+    pub fn to_json(&self) -> Value {
+        let mut report = json!({
+            "job": self.job,
+            "workflow_id": self.workflow_id,
+            "ok": self.violations.is_empty(),
+            "violations": self.violations,
+            "steps": self.steps,
+        });
+        // A one-step job's figures also sit at the top (`replayed`, `released`…).
+        let results: Vec<&Value> = self.steps.values().collect();
+        if let (Some(object), [only]) = (report.as_object_mut(), results.as_slice())
+            && let Some(fields) = only.as_object()
+        {
+            for (key, value) in fields {
+                object.entry(key.clone()).or_insert_with(|| value.clone());
             }
-            Ok(())
         }
-        other => anyhow::bail!("unknown job {other:?}; known jobs: {}", JOBS.join(", ")),
+        report
     }
+
+    fn text(&self) -> String {
+        let count = |step: &str, field: &str| self.steps.get(step).and_then(|s| s.get(field)).cloned();
+        let n = |v: Option<Value>| v.map_or_else(|| "0".into(), |v| v.to_string());
+        let mut out = match self.job.as_str() {
+            jobs::CHECK_INVARIANTS => format!(
+                "check-invariants: {} violations ({} captures and {} orders compared, {} within the grace period)",
+                self.violations.len(),
+                n(count("orders", "checked_captures")),
+                n(count("orders", "checked_orders")),
+                n(count("orders", "pending")),
+            ),
+            jobs::RECONCILE_PAYMENTS_VS_ORDERS => format!(
+                "reconcile-payments-vs-orders: repaired {} refund records, {} mismatches left for an operator ({} within the grace period)",
+                self.steps.get("orders").and_then(|s| s.get("repairs")).and_then(Value::as_array).map_or(0, Vec::len),
+                self.violations.len(),
+                n(count("orders", "pending")),
+            ),
+            jobs::RELEASE_EXPIRED_INVENTORY => {
+                format!("release-expired-inventory: released {} expired reservations", n(count("release", "released")))
+            }
+            jobs::DETECT_STUCK_SAGAS => format!(
+                "detect-stuck-sagas: flagged {} now; {} open sagas flagged stuck {}",
+                n(count("detect", "flagged_now")),
+                n(count("detect", "stuck")),
+                count("detect", "stuck_by_reason").unwrap_or(Value::Null)
+            ),
+            jobs::REPLAY_FAILED_EVENTS => {
+                let by = count("replay", "by_consumer")
+                    .and_then(|b| b.as_object().cloned())
+                    .map(|b| b.iter().map(|(c, n)| format!("{c}: {n}")).collect::<Vec<_>>().join(", "))
+                    .filter(|b| !b.is_empty())
+                    .map(|b| format!(" ({b})"))
+                    .unwrap_or_default();
+                let mut line = format!(
+                    "replay-failed-events: re-drove {} dead-lettered events{by}",
+                    n(count("replay", "replayed"))
+                );
+                if let Some(skipped) = count("replay", "skipped").filter(|s| s.as_u64().unwrap_or(0) > 0) {
+                    line.push_str(&format!("\nskipped {skipped} dead letters without an original subject"));
+                }
+                line
+            }
+            other => format!("{other}: done"),
+        };
+        for violation in &self.violations {
+            let field = |k: &str| violation.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+            out.push_str(&format!("\n  VIOLATION {} {}: {}", field("invariant"), field("subject"), field("detail")));
+        }
+        out.push_str(&format!("\n(workflow {})", self.workflow_id));
+        out
+    }
+}
+
+/// Starts job `name` on the server, waits for it and collects its findings.
+///
+/// # Errors
+/// An unknown job, an unreachable server, a run that did not finish within
+/// `timeout` or did not complete.
+pub async fn run_job(server: &str, name: &str, input: &JobInput, timeout: Duration) -> anyhow::Result<JobReport> {
+    if !jobs::NAMES.contains(&name) {
+        bail!("unknown job {name:?}; known jobs: {}", jobs::NAMES.join(", "));
+    }
+    let mut client = super::workflow::connect(server).await?;
+    let request_id = format!("manual:{name}:{}", uuid::Uuid::new_v4());
+    let started = client
+        .start_workflow(StartWorkflowRequest {
+            workflow_type: jobs::workflow_type(name),
+            request_id,
+            input: serde_json::to_vec(input)?,
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("cannot start job {name}"))?
+        .into_inner();
+    let workflow_id = started.workflow_id;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let done = loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            bail!(
+                "job {name} did not finish within {}; see `sagaflow workflow describe {workflow_id}`",
+                humantime::format_duration(timeout)
+            );
+        }
+        let wait = left.min(Duration::from_secs(30));
+        let answer = client
+            .await_workflow(AwaitWorkflowRequest {
+                workflow_id: workflow_id.clone(),
+                timeout_ms: u32::try_from(wait.as_millis()).unwrap_or(30_000),
+            })
+            .await
+            .with_context(|| format!("waiting for job {name}"))?
+            .into_inner();
+        if answer.terminal {
+            break answer;
+        }
+    };
+    let status = done.summary.as_ref().map_or(0, |s| s.status);
+    if status != WorkflowStatus::Completed as i32 {
+        let status = WorkflowStatus::try_from(status).map_or("UNKNOWN", sagaflow_proto::status_name);
+        bail!("job {name} ended {status}: {}; see `sagaflow workflow history {workflow_id}`", done.reason);
+    }
+    let mut steps = match serde_json::from_str::<Value>(&done.result) {
+        Ok(Value::Object(steps)) => steps,
+        _ => Map::new(),
+    };
+    let mut violations = Vec::new();
+    for result in steps.values() {
+        if let Some(found) = result.get("violations").and_then(Value::as_array) {
+            violations.extend(found.iter().cloned());
+        }
+    }
+    if let Some(captures) = steps.get_mut("captures") {
+        let count = captures.get("captures").and_then(Value::as_array).map_or(0, Vec::len);
+        *captures = json!({ "captures": count });
+    }
+    Ok(JobReport { job: name.to_owned(), workflow_id, steps, violations })
+}
+
+pub async fn run(command: JobsCommand, server: &str, output: Output) -> anyhow::Result<()> {
+    let (name, nats_url, grace, timeout) = match command {
+        JobsCommand::List => {
+            match output {
+                Output::Json => println!("{}", json!(jobs::NAMES)),
+                Output::Text => jobs::NAMES.iter().for_each(|name| println!("{name}")),
+            }
+            return Ok(());
+        }
+        JobsCommand::Run { name, nats_url, grace, timeout } => (name, nats_url, grace, timeout),
+    };
+    let input = JobInput { grace_ms: Some(u64::try_from(grace.as_millis()).unwrap_or(u64::MAX)), nats_url };
+    let report = run_job(server, &name, &input, timeout).await?;
+    match output {
+        Output::Json => println!("{}", report.to_json()),
+        Output::Text => println!("{}", report.text()),
+    }
+    if !report.violations.is_empty() {
+        bail!("{name} found {} violations", report.violations.len());
+    }
+    Ok(())
 }

@@ -96,7 +96,7 @@ pub enum Command {
     /// Query the search read model.
     #[command(subcommand)]
     Search(search::SearchCommand),
-    /// Run a self-healing job now.
+    /// Run a self-healing job now (each is a workflow on the server).
     #[command(subcommand)]
     Jobs(jobs::JobsCommand),
     /// API tokens: hash one for the server's --auth-file.
@@ -118,7 +118,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Workflow(command) => workflow::run(command, &cli.server, cli.output).await,
         Command::Consumer(command) => consumer::run(command, &cli.logging).await,
         Command::Search(command) => search::run(command, cli.output).await,
-        Command::Jobs(command) => jobs::run(command, cli.output).await,
+        Command::Jobs(command) => jobs::run(command, &cli.server, cli.output).await,
         Command::Auth(command) => auth::run(command),
     }
 }

@@ -86,6 +86,12 @@ pub struct ServerArgs {
     /// Require client certificates signed by this CA (PEM): mTLS.
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Run every self-healing job this often (0s: only on demand, with `sagaflow jobs run`).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub jobs_interval: Duration,
+    /// How long a capture may wait for its order before the scheduled jobs call it a mismatch.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub jobs_grace: Duration,
     /// Fault injection for tests: abort after N events were published and before their outbox records are deleted.
     #[arg(long, hide = true)]
     pub relay_crash_after_published: Option<u64>,
@@ -132,6 +138,11 @@ pub async fn run(args: ServerArgs, logging: &Logging) -> anyhow::Result<()> {
             no_progress_after: args.no_progress_after,
             no_worker_after: args.no_worker_after,
             interval: args.stuck_check_interval,
+        },
+        jobs: sagaflow_orchestrator::jobs::JobsOptions {
+            interval: Some(args.jobs_interval).filter(|i| !i.is_zero()),
+            grace: args.jobs_grace,
+            nats_url: None,
         },
         relay: args.nats_url.map(|url| sagaflow_orchestrator::relay::RelayOptions {
             crash_after_published: args.relay_crash_after_published,

@@ -85,6 +85,23 @@ struct Progress {
     terminal: bool,
 }
 
+/// Counts and logs a findings alert; its domain event is already in the outbox.
+fn raise(state: &WorkflowState, alert: &outbox::RaisedAlert) {
+    crate::metrics::record_findings(&state.workflow_type, &alert.event, &alert.findings);
+    for finding in &alert.findings {
+        tracing::error!(
+            workflow_id = %state.workflow_id,
+            workflow_type = %state.workflow_type,
+            step = %alert.step,
+            alert = %alert.event,
+            invariant = finding.get("invariant").and_then(serde_json::Value::as_str).unwrap_or(""),
+            subject = finding.get("subject").and_then(serde_json::Value::as_str).unwrap_or(""),
+            evidence = %finding,
+            "{}", alert.event
+        );
+    }
+}
+
 /// Cheap to clone; every clone drives the same workflows.
 #[derive(Clone)]
 pub struct Runtime {
@@ -367,6 +384,7 @@ impl Runtime {
         let closes = events.iter().any(|e| e.attributes.as_ref().is_some_and(closes_workflow));
         let outbox = outbox::domain_events(state, definition, &events);
         let published: Vec<String> = outbox.iter().map(|r| r.event_type.clone()).collect();
+        let alerts = outbox::raised_alerts(definition, &events);
         let commit = Commit {
             workflow_id: workflow_id.to_owned(),
             events,
@@ -394,6 +412,11 @@ impl Runtime {
                 .arm(timer.fire_at_ms, Alarm::Workflow { workflow_id: timer.workflow_id, timer_id: timer.timer_id });
         }
         self.inner.stuck.observe(state, definition);
+        // Raised only once the evidence is durable, and only here: a replay
+        // after a restart rebuilds the state without raising it again.
+        for alert in &alerts {
+            raise(state, alert);
+        }
         if closes {
             crate::metrics::record_finished(state);
             crate::telemetry::export_workflow_span(state);

@@ -36,6 +36,40 @@ fn record(
     }
 }
 
+/// A step's findings alert (`Step::alert_on_findings`) raised by a
+/// completion: the findings are its evidence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RaisedAlert {
+    pub step: String,
+    pub event: String,
+    pub findings: Vec<Value>,
+    /// The history event that completed the step.
+    pub seq: u64,
+}
+
+/// The findings alerts that `events` raise. Pure, like the domain events.
+pub fn raised_alerts(definition: &SagaDefinition, events: &[HistoryEvent]) -> Vec<RaisedAlert> {
+    let mut raised = Vec::new();
+    for event in events {
+        let Some(Attributes::ActivityCompleted(c)) = &event.attributes else { continue };
+        let Some((index, false, _)) = parse_task_id(&c.task_id) else { continue };
+        let Some(step) = definition.steps.get(index) else { continue };
+        let Some(alert) = &step.alert else { continue };
+        let result = json_text(&c.result);
+        if let Some(Value::Array(findings)) = result.pointer(&alert.pointer)
+            && !findings.is_empty()
+        {
+            raised.push(RaisedAlert {
+                step: step.name.clone(),
+                event: alert.event.clone(),
+                findings: findings.clone(),
+                seq: event.seq,
+            });
+        }
+    }
+    raised
+}
+
 fn json_text(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or(Value::Null)
 }
@@ -68,6 +102,15 @@ pub fn domain_events(state: &WorkflowState, definition: &SagaDefinition, events:
         if let Some((event_type, step, data)) = emitted {
             records.push(record(state, event, event_type, step, data));
         }
+    }
+    for alert in raised_alerts(definition, events) {
+        let Some(event) = events.iter().find(|e| e.seq == alert.seq) else { continue };
+        let mut alerted =
+            record(state, event, &alert.event, Some(alert.step.as_str()), json!({ "findings": alert.findings }));
+        // The same history event may also emit the step's own event: the
+        // suffix keeps the ids unique, and stable across a replay.
+        alerted.event_id.push_str("/alert");
+        records.push(alerted);
     }
     records
 }
@@ -121,5 +164,38 @@ mod tests {
         assert_eq!(records[1].event_id, "chk-1/3");
         assert_eq!(records[1].workflow_seq, 3);
         assert!(records[1].payload.contains("reservation_id"));
+    }
+
+    #[test]
+    fn findings_raise_an_alert_and_none_raise_nothing() {
+        let definition = sagaflow_workflows::jobs::check_invariants();
+        let started =
+            WorkflowStarted { workflow_type: definition.name.clone(), input: "{}".into(), ..Default::default() };
+        let completed = |seq: u64, result: &str| {
+            at(seq, Attributes::ActivityCompleted(ActivityCompleted { task_id: "0.f.1".into(), result: result.into() }))
+        };
+        let history = vec![
+            at(1, Attributes::WorkflowStarted(started)),
+            at(
+                2,
+                Attributes::ActivityScheduled(ActivityScheduled {
+                    task_id: "0.f.1".into(),
+                    step_index: 0,
+                    ..Default::default()
+                }),
+            ),
+        ];
+        let state = engine::replay("job-1", &history, &definition);
+        let clean = [completed(3, r#"{"violations":[]}"#)];
+        assert!(raised_alerts(&definition, &clean).is_empty());
+        assert!(domain_events(&state, &definition, &clean).is_empty());
+        let broken = [completed(3, r#"{"violations":[{"invariant":"stock_conservation","subject":"sku-mug"}]}"#)];
+        let alerts = raised_alerts(&definition, &broken);
+        assert_eq!(alerts.len(), 1);
+        assert_eq!((alerts[0].step.as_str(), alerts[0].event.as_str()), ("inventory", "InvariantViolated"));
+        let records = domain_events(&state, &definition, &broken);
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].event_id, "job-1/3/alert");
+        assert!(records[0].payload.contains("sku-mug"), "{}", records[0].payload);
     }
 }

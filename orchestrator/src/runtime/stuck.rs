@@ -136,6 +136,11 @@ impl Runtime {
         }
     }
 
+    /// Open workflows flagged stuck, by reason (`NO_PROGRESS`, …).
+    pub fn stuck_counts(&self) -> HashMap<String, usize> {
+        self.inner.stuck.stuck_by_reason()
+    }
+
     /// One pass of the detector; returns how many workflows it flagged.
     pub async fn check_stuck(&self) -> usize {
         let now = now_ms();

@@ -3,6 +3,7 @@
 
 pub mod nats;
 pub mod secure;
+pub mod shop;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -1,0 +1,184 @@
+//! The self-healing jobs on the server side (ADR 0009): the scheduler that
+//! starts a round of job workflows every interval, and the `jobs.*`
+//! activities only the orchestrator can run (the stuck detector needs its
+//! runtime, the replay its broker). The jobs themselves are sagas in
+//! `sagaflow_workflows::jobs`; the shop's workers serve their other steps.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use sagaflow_worker::{ActivityContext, ActivityError, Worker};
+use sagaflow_workflows::jobs;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::runtime::{Runtime, StartRequest, timers::now_ms};
+
+/// How the server runs the jobs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobsOptions {
+    /// A round of every job this often; `None` runs them only on demand.
+    pub interval: Option<Duration>,
+    /// How long a capture may wait for its order before the jobs call it a
+    /// mismatch.
+    pub grace: Duration,
+    /// The broker `replay-failed-events` re-drives dead letters on.
+    pub nats_url: Option<String>,
+}
+
+impl Default for JobsOptions {
+    fn default() -> Self {
+        Self { interval: Some(Duration::from_secs(300)), grace: Duration::from_secs(60), nats_url: None }
+    }
+}
+
+/// The input of a job workflow. Every field is optional so that a start
+/// from any client (`sagaflow jobs run`, gRPC) is valid.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobInput {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats_url: Option<String>,
+}
+
+/// Starts a round of every job each `interval`, until `stopped` turns true.
+///
+/// The request id is `scheduled:NAME:SLOT`, with SLOT the number of whole
+/// intervals since the epoch: a server restarted within an interval, or a
+/// second server on the same store, starts no second run of the same slot.
+/// A job none of whose first-step workers is connected is skipped, so that a
+/// server without the shop (the bench) is not filled with runs that would
+/// only be flagged stuck.
+pub async fn schedule(runtime: Runtime, options: JobsOptions, mut stopped: watch::Receiver<bool>) {
+    let Some(interval) = options.interval.filter(|i| !i.is_zero()) else { return };
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+        let slot = u64::try_from(now_ms()).unwrap_or(0) / u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+        let served = runtime.dispatch().workers_by_type();
+        for name in jobs::NAMES {
+            let workflow_type = jobs::workflow_type(name);
+            let first = runtime
+                .registry()
+                .latest(&workflow_type)
+                .and_then(|d| d.steps.first().and_then(|s| s.activity_type().map(str::to_owned)));
+            if first.as_ref().is_some_and(|a| served.get(a).copied().unwrap_or(0) == 0) {
+                tracing::debug!(job = name, "scheduled job skipped: no worker serves its first step");
+                continue;
+            }
+            let input = JobInput { grace_ms: Some(millis(options.grace)), nats_url: options.nats_url.clone() };
+            match start(&runtime, name, &format!("scheduled:{name}:{slot}"), &input).await {
+                Ok((workflow_id, false)) => tracing::info!(job = name, %workflow_id, "scheduled job started"),
+                Ok((_, true)) => {}
+                Err(e) => tracing::warn!(job = name, error = %e, "could not start a scheduled job"),
+            }
+        }
+    }
+}
+
+/// Starts job `name` with `request_id`; returns the workflow id and whether
+/// it had already started.
+///
+/// # Errors
+/// The runtime's refusal (an unknown job, a store failure).
+pub async fn start(
+    runtime: &Runtime,
+    name: &str,
+    request_id: &str,
+    input: &JobInput,
+) -> crate::runtime::Result<(String, bool)> {
+    let input = serde_json::to_string(input).map_err(|e| crate::runtime::Error::InvalidArgument(e.to_string()))?;
+    runtime
+        .start_workflow(StartRequest {
+            workflow_type: jobs::workflow_type(name),
+            request_id: request_id.to_owned(),
+            input,
+            workflow_id: None,
+            labels: HashMap::from([("job".to_owned(), name.to_owned())]),
+            correlation_id: request_id.to_owned(),
+            traceparent: String::new(),
+        })
+        .await
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The name the in-process jobs worker goes by (worker id, token name).
+pub const WORKER_NAME: &str = "orchestrator-jobs";
+/// The task queues it serves.
+pub const QUEUES: &str = "jobs.*";
+
+/// A fresh random token for the in-process jobs worker: 244 random bits,
+/// never written anywhere, valid for this process's life only.
+pub fn internal_token() -> String {
+    format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
+}
+
+/// `jobs.replay_failed_events` input.
+#[derive(Debug, Deserialize)]
+struct ReplayInput {
+    #[serde(default)]
+    nats_url: Option<String>,
+}
+
+/// The in-process worker that serves the `jobs.*` activities on the
+/// server's own gRPC address, like any other worker: the job workflows stay
+/// ordinary histories, leased, retried and timed out the same way.
+///
+/// # Errors
+/// An invalid endpoint.
+pub fn worker(
+    runtime: Runtime,
+    server_url: String,
+    nats_url: Option<String>,
+    token: Option<String>,
+) -> sagaflow_worker::Result<Worker> {
+    let detect = runtime.clone();
+    let mut builder = Worker::builder(server_url);
+    if let Some(token) = token {
+        builder = builder.token(token);
+    }
+    builder
+        .worker_id(WORKER_NAME)
+        .max_concurrency(4)
+        .activity(jobs::DETECT_STUCK_ACTIVITY, move |_ctx: ActivityContext, _input: serde_json::Value| {
+            let runtime = detect.clone();
+            async move {
+                let flagged_now = runtime.check_stuck().await;
+                let stuck: BTreeMap<String, usize> = runtime.stuck_counts().into_iter().collect();
+                Ok::<_, ActivityError>(serde_json::json!({
+                    "flagged_now": flagged_now,
+                    "stuck": stuck.values().sum::<usize>(),
+                    "stuck_by_reason": stuck,
+                }))
+            }
+        })
+        .activity(jobs::REPLAY_FAILED_EVENTS_ACTIVITY, move |_ctx: ActivityContext, input: ReplayInput| {
+            let url = input.nats_url.filter(|u| !u.is_empty()).or_else(|| nats_url.clone());
+            async move {
+                let Some(url) = url else {
+                    return Ok(serde_json::json!({
+                        "replayed": 0, "by_consumer": {}, "skipped": 0,
+                        "note": "no broker: events stay in the outbox and nothing is dead-lettered"
+                    }));
+                };
+                match crate::relay::replay_failed_events(&url).await {
+                    Ok(report) => Ok(serde_json::json!({
+                        "replayed": report.total(), "by_consumer": report.replayed, "skipped": report.skipped
+                    })),
+                    Err(e @ crate::relay::Error::Broker { .. }) => {
+                        Err(ActivityError::retryable("BrokerUnavailable", e.to_string()))
+                    }
+                    Err(e) => Err(ActivityError::non_retryable("ReplayFailed", e.to_string())),
+                }
+            }
+        })
+        .build()
+}

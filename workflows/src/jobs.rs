@@ -1,0 +1,161 @@
+//! The self-healing jobs (DESIGN.md §4) as sagas, so that each run is
+//! durable, observable (`sagaflow workflow history`) and idempotent like any
+//! other workflow (ADR 0009). Every step only reads, or repairs through an
+//! idempotent activity, so no step needs a compensation and none is a pivot:
+//! a run that fails part-way is simply run again.
+//!
+//! The activities are served by the shop's workers (`inventory.*`,
+//! `payments.*`, `orders.*`) and by the orchestrator itself (`jobs.*`, which
+//! needs its runtime or its broker).
+
+use std::time::Duration;
+
+use crate::{RetryPolicy, SagaDefinition, Step, Timeouts};
+
+pub const RECONCILE_PAYMENTS_VS_ORDERS: &str = "reconcile-payments-vs-orders";
+pub const RELEASE_EXPIRED_INVENTORY: &str = "release-expired-inventory";
+pub const DETECT_STUCK_SAGAS: &str = "detect-stuck-sagas";
+pub const REPLAY_FAILED_EVENTS: &str = "replay-failed-events";
+pub const CHECK_INVARIANTS: &str = "check-invariants";
+
+/// Every job, in the order a scheduled round runs them: repairs first, so
+/// that the invariants are checked on the healed state.
+pub const NAMES: &[&str] = &[
+    RELEASE_EXPIRED_INVENTORY,
+    RECONCILE_PAYMENTS_VS_ORDERS,
+    DETECT_STUCK_SAGAS,
+    REPLAY_FAILED_EVENTS,
+    CHECK_INVARIANTS,
+];
+
+/// The domain event of a broken invariant.
+pub const INVARIANT_VIOLATED: &str = "InvariantViolated";
+/// The domain event of a payment and order mismatch the reconciliation could
+/// not repair.
+pub const PAYMENT_MISMATCH: &str = "PaymentMismatch";
+
+/// The activities the orchestrator serves itself.
+pub const DETECT_STUCK_ACTIVITY: &str = "jobs.detect_stuck";
+pub const REPLAY_FAILED_EVENTS_ACTIVITY: &str = "jobs.replay_failed_events";
+
+/// The workflow type of job `name`: `job.NAME`.
+pub fn workflow_type(name: &str) -> String {
+    format!("job.{name}")
+}
+
+/// A job step: a few quick retries (a service restarting is the common
+/// failure), then the run fails and the next round tries again.
+fn step(name: &str, activity_type: &str) -> Step {
+    Step::activity(name, activity_type)
+        .retry(RetryPolicy {
+            initial_interval_ms: 200,
+            backoff_coefficient: 2.0,
+            maximum_interval_ms: 5_000,
+            maximum_attempts: 10,
+            non_retryable_error_types: Vec::new(),
+        })
+        .timeouts(Timeouts { start_to_close_ms: millis(Duration::from_secs(30)), ..Timeouts::default() })
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Compares the payments with the orders, records on the orders the refunds
+/// they lack, and reports (with a `PaymentMismatch` alert) what it may not
+/// repair. Input: `{grace_ms?}`.
+pub fn reconcile_payments_vs_orders() -> SagaDefinition {
+    let build = SagaDefinition::builder(workflow_type(RECONCILE_PAYMENTS_VS_ORDERS), 1)
+        .description("Captured payments without an order, orders without a payment; repairs missing refund records.")
+        .step(step("captures", "payments.captures"))
+        .step(
+            step("orders", "orders.reconcile_payments")
+                .input_from("captures", "/steps/captures")
+                .input_from("grace_ms", "/input/grace_ms")
+                .input_literal("repair", serde_json::json!(true))
+                .alert_on_findings("/violations", PAYMENT_MISMATCH),
+        )
+        .build();
+    build.unwrap_or_else(|e| unreachable!("the reconcile job is valid: {e}"))
+}
+
+/// Releases the reservations past their TTL (a backstop of the inventory
+/// service's own sweep).
+pub fn release_expired_inventory() -> SagaDefinition {
+    let build = SagaDefinition::builder(workflow_type(RELEASE_EXPIRED_INVENTORY), 1)
+        .description("Releases inventory reservations held past their TTL.")
+        .step(step("release", "inventory.release_expired"))
+        .build();
+    build.unwrap_or_else(|e| unreachable!("the release job is valid: {e}"))
+}
+
+/// Runs the stuck-saga detector now and lists what is flagged.
+pub fn detect_stuck_sagas() -> SagaDefinition {
+    let build = SagaDefinition::builder(workflow_type(DETECT_STUCK_SAGAS), 1)
+        .description("Flags sagas without progress or without a worker, and lists the flagged ones.")
+        .step(step("detect", DETECT_STUCK_ACTIVITY))
+        .build();
+    build.unwrap_or_else(|e| unreachable!("the stuck job is valid: {e}"))
+}
+
+/// Re-drives dead-lettered domain events. Input: `{nats_url?}` (default: the
+/// server's relay).
+pub fn replay_failed_events() -> SagaDefinition {
+    let build = SagaDefinition::builder(workflow_type(REPLAY_FAILED_EVENTS), 1)
+        .description("Re-drives the domain events the consumers dead-lettered.")
+        .step(step("replay", REPLAY_FAILED_EVENTS_ACTIVITY).input_from("nats_url", "/input/nats_url"))
+        .build();
+    build.unwrap_or_else(|e| unreachable!("the replay job is valid: {e}"))
+}
+
+/// The invariants of DESIGN.md §4: stock conserved and held by live
+/// reservations, each intent captured at most once, refunds within the
+/// capture, every capture with an order or a refund, every order with a
+/// capture. Each finding raises `InvariantViolated`. Input: `{grace_ms?}`.
+pub fn check_invariants() -> SagaDefinition {
+    let build = SagaDefinition::builder(workflow_type(CHECK_INVARIANTS), 1)
+        .description("Checks the shop's invariants; a violation is an alert.")
+        .step(step("inventory", "inventory.check_invariants").alert_on_findings("/violations", INVARIANT_VIOLATED))
+        .step(step("payments", "payments.check_invariants").alert_on_findings("/violations", INVARIANT_VIOLATED))
+        .step(step("captures", "payments.captures"))
+        .step(
+            step("orders", "orders.reconcile_payments")
+                .input_from("captures", "/steps/captures")
+                .input_from("grace_ms", "/input/grace_ms")
+                .input_literal("repair", serde_json::json!(false))
+                .alert_on_findings("/violations", INVARIANT_VIOLATED),
+        )
+        .build();
+    build.unwrap_or_else(|e| unreachable!("the invariants job is valid: {e}"))
+}
+
+/// Every job's definition.
+pub fn all() -> Vec<SagaDefinition> {
+    vec![
+        reconcile_payments_vs_orders(),
+        release_expired_inventory(),
+        detect_stuck_sagas(),
+        replay_failed_events(),
+        check_invariants(),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn jobs_are_valid_and_named_after_their_workflow_type() {
+        let all = super::all();
+        assert_eq!(all.len(), super::NAMES.len());
+        for (job, name) in all.iter().zip([
+            super::RECONCILE_PAYMENTS_VS_ORDERS,
+            super::RELEASE_EXPIRED_INVENTORY,
+            super::DETECT_STUCK_SAGAS,
+            super::REPLAY_FAILED_EVENTS,
+            super::CHECK_INVARIANTS,
+        ]) {
+            assert_eq!(job.validate(), Ok(()), "{}", job.name);
+            assert_eq!(job.name, super::workflow_type(name));
+            assert!(job.pivot_index().is_none(), "a job only reads or repairs idempotently");
+        }
+    }
+}
