@@ -1,6 +1,7 @@
 //! Scenario 4, the event bus is down: checkouts go on, their events wait in
 //! the outbox (the backlog gauge shows them), and once the broker is back
-//! every event is delivered exactly once per id, in order per workflow.
+//! every event is delivered exactly once per id, in order per workflow;
+//! `check-invariants` then finds the shop's books in order.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -72,5 +73,9 @@ async fn events_wait_for_the_broker_then_arrive_once_in_order() {
     let info = js.get_stream("SAGAFLOW_EVENTS").await.unwrap().cached_info().clone();
     assert_eq!(info.config.duplicate_window, Duration::from_secs(600));
     assert_eq!(info.config.subjects, ["sagaflow.events.>"]);
+    // The shop's books agree after the outage.
+    let (report, ok) = common::shop::run_job(&server.url, "check-invariants", &["--grace", "0s"]).await;
+    assert!(ok, "check-invariants failed: {report}");
+    assert_eq!(report["violations"], serde_json::json!([]), "{report}");
     nats.stop().await;
 }
