@@ -44,8 +44,15 @@ pub async fn run(args: DevArgs, logging: &Logging) -> anyhow::Result<()> {
     services.push("bench".into());
     let faults = Faults::default();
     let builder = Worker::builder(server.url()).worker_id("dev-shop");
-    let (builder, shop) =
-        super::worker::host(builder, &services, &args.data_dir, &faults, Duration::ZERO, args.reservation_ttl)?;
+    let (builder, shop) = super::worker::host(
+        builder,
+        &services,
+        &args.data_dir,
+        &faults,
+        Duration::ZERO,
+        args.reservation_ttl,
+        sagaflow_activities::ShopOptions::default().initial_stock,
+    )?;
     let shop = shop.context("the dev worker hosts the shop")?;
     let admin = super::worker::serve_admin(shop, args.admin_listen).await?;
     let shutdown = super::shutdown_signal();

@@ -2,6 +2,7 @@
 
 mod auth;
 mod bench;
+mod chaos;
 mod checkout;
 mod connection;
 mod consumer;
@@ -96,6 +97,9 @@ pub enum Command {
     /// Query the search read model.
     #[command(subcommand)]
     Search(search::SearchCommand),
+    /// Break the whole system on purpose, on a seeded schedule, and report what held.
+    #[command(subcommand)]
+    Chaos(chaos::ChaosCommand),
     /// Run a self-healing job now (each is a workflow on the server).
     #[command(subcommand)]
     Jobs(jobs::JobsCommand),
@@ -118,6 +122,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Workflow(command) => workflow::run(command, &cli.server, cli.output).await,
         Command::Consumer(command) => consumer::run(command, &cli.logging).await,
         Command::Search(command) => search::run(command, cli.output).await,
+        Command::Chaos(command) => chaos::run(command, cli.output, &cli.logging).await,
         Command::Jobs(command) => jobs::run(command, &cli.server, cli.output).await,
         Command::Auth(command) => auth::run(command),
     }

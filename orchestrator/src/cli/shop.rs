@@ -104,7 +104,7 @@ pub async fn run(args: ShopArgs, output: Output) -> anyhow::Result<()> {
 }
 
 /// One HTTP/1.1 exchange with the admin API: JSON in, JSON out.
-async fn request(base: &str, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
+pub(super) async fn request(base: &str, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
     let host = base.trim_start_matches("http://").trim_end_matches('/');
     let mut stream = tokio::net::TcpStream::connect(host)
         .await

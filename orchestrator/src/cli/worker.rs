@@ -38,6 +38,9 @@ pub struct WorkerArgs {
     /// How long an inventory reservation holds stock before it is released on its own.
     #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
     pub reservation_ttl: Duration,
+    /// Units of each demo sku stocked when the inventory store is first created.
+    #[arg(long, default_value_t = ShopOptions::default().initial_stock)]
+    pub initial_stock: u64,
     /// This worker's id (default: host, pid and a random suffix).
     #[arg(long)]
     pub worker_id: Option<String>,
@@ -51,6 +54,7 @@ pub fn host(
     faults: &Faults,
     latency: Duration,
     reservation_ttl: Duration,
+    initial_stock: u64,
 ) -> anyhow::Result<(WorkerBuilder, Option<Shop>)> {
     let (benches, shop_services): (Vec<&String>, Vec<&String>) = services.iter().partition(|s| *s == "bench");
     if let Some(unknown) = shop_services.iter().find(|s| !SERVICES.contains(&s.as_str())) {
@@ -65,6 +69,7 @@ pub fn host(
     let options = ShopOptions {
         services: shop_services.into_iter().cloned().collect(),
         reservation_ttl,
+        initial_stock,
         ..ShopOptions::default()
     };
     let dir = data_dir.join("shop");
@@ -100,7 +105,8 @@ pub async fn run(args: WorkerArgs, server: &str, logging: &Logging) -> anyhow::R
         builder = builder.worker_id(id.clone());
     }
     let latency = Duration::from_millis(args.activity_latency_ms);
-    let (builder, shop) = host(builder, &args.services, &args.data_dir, &faults, latency, args.reservation_ttl)?;
+    let (builder, shop) =
+        host(builder, &args.services, &args.data_dir, &faults, latency, args.reservation_ttl, args.initial_stock)?;
     let admin = match (&shop, args.admin_listen) {
         (Some(shop), Some(addr)) => Some(serve_admin(shop.clone(), addr).await?),
         (None, Some(_)) => bail!("--admin-listen needs a shop service in --services"),

@@ -1,0 +1,213 @@
+//! What a chaos run proves: the audit of the healed system and the report.
+//! Every count under "must be zero" is a broken promise of DESIGN.md §4.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+/// The report of one run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub seed: u64,
+    pub duration_s: u64,
+    pub rate: f64,
+    pub broker: bool,
+    pub checkouts: Checkouts,
+    pub refunds: Refunds,
+    /// Disruptions applied, by kind (`kill-worker`, `fault-error`…).
+    pub faults: BTreeMap<String, u64>,
+    /// Processes that died of an injected crash and were restarted.
+    pub crashes_restarted: u64,
+    pub jobs: BTreeMap<String, Value>,
+    pub must_be_zero: MustBeZero,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Checkouts {
+    pub started: u64,
+    pub unacknowledged: u64,
+    pub completed: u64,
+    pub compensated: u64,
+    /// Open at the end, flagged stuck with a reason (an alert was raised).
+    pub stuck_flagged: u64,
+    /// Any other end (failed, cancelled, terminated).
+    pub other: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Refunds {
+    pub started: u64,
+    pub unacknowledged: u64,
+    pub completed: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MustBeZero {
+    pub acknowledged_starts_lost: u64,
+    pub double_effects: u64,
+    pub leaked_reservations: u64,
+    pub stuck_without_alert: u64,
+    pub invariant_violations: u64,
+    /// Self-healing jobs that did not complete.
+    pub jobs_failed: u64,
+}
+
+impl MustBeZero {
+    pub fn total(&self) -> u64 {
+        self.acknowledged_starts_lost
+            + self.double_effects
+            + self.leaked_reservations
+            + self.stuck_without_alert
+            + self.invariant_violations
+            + self.jobs_failed
+    }
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        self.must_be_zero.total() == 0
+    }
+
+    pub fn text(&self) -> String {
+        let z = &self.must_be_zero;
+        let c = &self.checkouts;
+        let faults: Vec<String> = self.faults.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        let kills: u64 =
+            self.faults.iter().filter(|(k, _)| k.starts_with("kill") || *k == "broker-away").map(|(_, n)| n).sum();
+        let mut out = format!(
+            "Chaos run: seed {} · {} s · {} checkouts/s · broker {}\n\
+             checkouts started (acknowledged)  {}   (never acknowledged: {})\n\
+             \x20 completed {} · compensated {} · open and flagged stuck {} · other {}\n\
+             refunds started {} · completed {} (never acknowledged: {})\n\
+             faults injected ({} process kills): {}\n\
+             crashed by a fault and restarted   {}\n",
+            self.seed,
+            self.duration_s,
+            self.rate,
+            if self.broker { "nats-server" } else { "none (embedded outbox)" },
+            c.started,
+            c.unacknowledged,
+            c.completed,
+            c.compensated,
+            c.stuck_flagged,
+            c.other,
+            self.refunds.started,
+            self.refunds.completed,
+            self.refunds.unacknowledged,
+            kills,
+            faults.join(", "),
+            self.crashes_restarted,
+        );
+        for (job, summary) in &self.jobs {
+            out.push_str(&format!("job {job}: {summary}\n"));
+        }
+        out.push_str(&format!(
+            "acknowledged starts lost          {}\n\
+             double effects                    {}\n\
+             leaked reservations               {}\n\
+             stuck without alert               {}\n\
+             invariant violations              {}\n\
+             jobs failed                       {}\n\
+             result: {}",
+            z.acknowledged_starts_lost,
+            z.double_effects,
+            z.leaked_reservations,
+            z.stuck_without_alert,
+            z.invariant_violations,
+            z.jobs_failed,
+            if self.passed() { "PASS" } else { "FAIL" }
+        ));
+        out
+    }
+
+    pub fn json(&self) -> Value {
+        let mut value = serde_json::to_value(self).unwrap_or_else(|e| json!({ "error": e.to_string() }));
+        if let Some(object) = value.as_object_mut() {
+            object.insert("passed".into(), json!(self.passed()));
+        }
+        value
+    }
+}
+
+/// Effects applied more than once, counted from the services' own records:
+/// a second capture of an intent, a refund id in the ledger twice, a second
+/// order for one client request, a second shipment for one order.
+pub fn double_effects(ledger: &Value, orders: &Value, shipments: &Value) -> (u64, Vec<String>) {
+    let mut evidence = Vec::new();
+    let mut count = |what: &str, keys: Vec<String>| {
+        let mut seen: HashMap<String, u64> = HashMap::new();
+        for key in keys {
+            *seen.entry(key).or_default() += 1;
+        }
+        for (key, n) in seen.into_iter().filter(|(_, n)| *n > 1) {
+            evidence.push(format!("{what} {key} x{n}"));
+        }
+    };
+    let entries = ledger.as_array().cloned().unwrap_or_default();
+    let field = |v: &Value, f: &str| v.get(f).and_then(Value::as_str).unwrap_or("").to_owned();
+    count(
+        "capture of",
+        entries.iter().filter(|e| e["kind"] == "capture").map(|e| field(e, "payment_intent_id")).collect(),
+    );
+    count("refund", entries.iter().filter(|e| e["kind"] == "refund").map(|e| field(e, "refund_id")).collect());
+    count(
+        "order for request",
+        orders.as_array().into_iter().flatten().map(|o| field(o, "client_request_id")).collect(),
+    );
+    count("shipment of", shipments.as_array().into_iter().flatten().map(|s| field(s, "order_id")).collect());
+    (evidence.len() as u64, evidence)
+}
+
+/// Reservations still holding stock that no open checkout owns.
+pub fn leaked_reservations(reservations: &Value, owned_by_open: &HashSet<String>) -> Vec<String> {
+    reservations
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["status"] == "HELD")
+        .filter_map(|r| r["reservation_id"].as_str())
+        .filter(|id| !owned_by_open.contains(*id))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn double_effects_are_counted_per_key() {
+        let ledger = json!([
+            {"kind": "capture", "payment_intent_id": "pi-1"},
+            {"kind": "capture", "payment_intent_id": "pi-1"},
+            {"kind": "capture", "payment_intent_id": "pi-2"},
+            {"kind": "refund", "payment_intent_id": "pi-2", "refund_id": "rf-1"},
+        ]);
+        let orders = json!([{"client_request_id": "r-1"}, {"client_request_id": "r-2"}]);
+        let shipments = json!([{"order_id": "o-1"}, {"order_id": "o-1"}]);
+        let (n, evidence) = double_effects(&ledger, &orders, &shipments);
+        assert_eq!(n, 2, "{evidence:?}");
+    }
+
+    #[test]
+    fn a_held_reservation_of_an_open_checkout_is_not_a_leak() {
+        let reservations = json!([
+            {"reservation_id": "res-open", "status": "HELD"},
+            {"reservation_id": "res-lost", "status": "HELD"},
+            {"reservation_id": "res-done", "status": "COMMITTED"},
+        ]);
+        let open = HashSet::from(["res-open".to_owned()]);
+        assert_eq!(leaked_reservations(&reservations, &open), ["res-lost"]);
+    }
+
+    #[test]
+    fn any_broken_promise_fails_the_run() {
+        let mut report = Report::default();
+        assert!(report.passed());
+        report.must_be_zero.leaked_reservations = 1;
+        assert!(!report.passed());
+        assert!(report.text().ends_with("FAIL"));
+        assert_eq!(report.json()["passed"], false);
+    }
+}

@@ -1,0 +1,227 @@
+//! The processes of a chaos run: the orchestrator, one worker per service
+//! group, and `nats-server` when it is installed, each on a loopback port
+//! fixed for the whole run (a restarted process comes back where its peers
+//! look for it), with its data and log under the run's directory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::process::{Child, Command};
+
+use super::plan::{GROUPS, Target};
+
+/// Settings that shape the processes.
+#[derive(Debug, Clone)]
+pub struct SystemOptions {
+    pub dir: PathBuf,
+    /// `nats-server`, if one is to run.
+    pub nats_binary: Option<PathBuf>,
+    /// How often the orchestrator runs its scheduled jobs during the run.
+    pub jobs_interval: Duration,
+}
+
+pub struct System {
+    exe: PathBuf,
+    options: SystemOptions,
+    grpc_port: u16,
+    http_port: u16,
+    nats_port: u16,
+    admin_ports: Vec<u16>,
+    running: BTreeMap<Target, Child>,
+}
+
+/// A loopback port that was free a moment ago.
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("no free loopback port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// `nats-server` on PATH or where Debian puts it.
+pub fn find_nats_server() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/bin")])
+        .map(|dir| dir.join("nats-server"))
+        .find(|candidate| candidate.is_file())
+}
+
+impl System {
+    /// Picks the ports; starts nothing.
+    pub fn new(options: SystemOptions) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("cannot find the sagaflow binary")?;
+        let admin_ports = GROUPS.iter().map(|_| free_port()).collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Self {
+            exe,
+            grpc_port: free_port()?,
+            http_port: free_port()?,
+            nats_port: free_port()?,
+            admin_ports,
+            options,
+            running: BTreeMap::new(),
+        })
+    }
+
+    pub fn has_broker(&self) -> bool {
+        self.options.nats_binary.is_some()
+    }
+
+    pub fn server_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    pub fn nats_url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.nats_port)
+    }
+
+    pub fn admin_url(&self, group: usize) -> String {
+        format!("http://127.0.0.1:{}", self.admin_ports.get(group).copied().unwrap_or(0))
+    }
+
+    /// Every process the run has.
+    pub fn targets(&self) -> Vec<Target> {
+        let mut all = Vec::new();
+        if self.has_broker() {
+            all.push(Target::Broker);
+        }
+        all.push(Target::Orchestrator);
+        all.extend((0..GROUPS.len()).map(Target::Worker));
+        all
+    }
+
+    /// Starts every process that is not running.
+    pub async fn start_all(&mut self) -> anyhow::Result<()> {
+        for target in self.targets() {
+            if !self.running.contains_key(&target) {
+                self.start(target).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn log(&self, target: Target) -> anyhow::Result<Stdio> {
+        let dir = self.options.dir.join("logs");
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let name = match target {
+            Target::Orchestrator => "orchestrator".to_owned(),
+            Target::Broker => "nats-server".to_owned(),
+            Target::Worker(i) => format!("worker-{}", GROUPS.get(i).copied().unwrap_or("x").replace(',', "-")),
+        };
+        let path = dir.join(format!("{name}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        Ok(Stdio::from(file))
+    }
+
+    fn command(&self, target: Target) -> anyhow::Result<Command> {
+        let data = |name: &str| self.options.dir.join(name);
+        let mut command = match target {
+            Target::Broker => {
+                let Some(binary) = &self.options.nats_binary else { bail!("no nats-server") };
+                let store = data("nats");
+                let mut command = Command::new(binary);
+                command.args(["-js", "-a", "127.0.0.1", "-p", &self.nats_port.to_string(), "-sd"]).arg(store);
+                command
+            }
+            Target::Orchestrator => {
+                let mut command = Command::new(&self.exe);
+                command
+                    .args(["server", "--listen", &format!("127.0.0.1:{}", self.grpc_port)])
+                    .args(["--http-listen", &format!("127.0.0.1:{}", self.http_port)])
+                    .arg("--data-dir")
+                    .arg(data("orchestrator"))
+                    .args(["--jobs-interval", &humantime::format_duration(self.options.jobs_interval).to_string()])
+                    // The captures snapshot of a long run outgrows the default 256 KiB (ADR 0009).
+                    .args(["--max-payload-bytes", "4000000", "--no-progress-after", "60s"]);
+                if self.has_broker() {
+                    command.args(["--nats-url", &self.nats_url()]);
+                }
+                command
+            }
+            Target::Worker(group) => {
+                let mut command = Command::new(&self.exe);
+                command
+                    .args(["worker", "--server", &self.server_url(), "--services", GROUPS[group]])
+                    .arg("--data-dir")
+                    .arg(data("shop"))
+                    .args(["--admin-listen", &format!("127.0.0.1:{}", self.admin_ports[group])])
+                    // Enough stock that the load never runs out: every
+                    // compensation then comes from a fault, not from stock.
+                    .args(["--initial-stock", "10000000"]);
+                command
+            }
+        };
+        command.env("RUST_LOG", "warn").stdin(Stdio::null()).stdout(self.log(target)?).stderr(self.log(target)?);
+        // A chaos run that is interrupted must not leave its processes behind.
+        command.kill_on_drop(true);
+        Ok(command)
+    }
+
+    fn port_of(&self, target: Target) -> u16 {
+        match target {
+            Target::Orchestrator => self.grpc_port,
+            Target::Broker => self.nats_port,
+            Target::Worker(group) => self.admin_ports[group],
+        }
+    }
+
+    /// Starts `target` and waits until it listens.
+    pub async fn start(&mut self, target: Target) -> anyhow::Result<()> {
+        let mut child = self.command(target)?.spawn().with_context(|| format!("cannot start {}", target.name()))?;
+        let port = self.port_of(target);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                break;
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("{} exited at start ({status}); see {}", target.name(), self.options.dir.join("logs").display());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("{} did not listen on port {port} within 60 s", target.name());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.running.insert(target, child);
+        Ok(())
+    }
+
+    /// `kill -9`. Returns false if it was not running.
+    pub async fn kill9(&mut self, target: Target) -> bool {
+        let Some(mut child) = self.running.remove(&target) else { return false };
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        true
+    }
+
+    /// The processes that exited on their own since the last call (an
+    /// injected `crash-after-effect`, say).
+    pub fn reap(&mut self) -> Vec<Target> {
+        let exited: Vec<Target> = self
+            .running
+            .iter_mut()
+            .filter_map(|(target, child)| matches!(child.try_wait(), Ok(Some(_))).then_some(*target))
+            .collect();
+        for target in &exited {
+            self.running.remove(target);
+        }
+        exited
+    }
+
+    /// Kills everything; the data stays for a post-mortem if asked.
+    pub async fn stop_all(&mut self) {
+        let targets: Vec<Target> = self.running.keys().copied().collect();
+        for target in targets {
+            self.kill9(target).await;
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.options.dir
+    }
+}
