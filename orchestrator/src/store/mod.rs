@@ -19,6 +19,7 @@ mod kv_store;
 mod memory;
 mod records;
 mod sled_store;
+pub(crate) mod wal;
 
 #[doc(hidden)]
 pub mod conformance;

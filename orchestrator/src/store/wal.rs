@@ -1,0 +1,324 @@
+//! The write-ahead log that makes sled's writes durable.
+//!
+//! sled's own flush costs two syncs and a round of its I/O threads, and it was
+//! most of the server's CPU under load (docs/performance.md). So a commit is
+//! made durable here instead: each batch is appended to a log segment, and
+//! one `write` plus one `fdatasync` covers every batch that arrived while the
+//! previous one ran. sled is flushed only at checkpoints, off the hot path.
+//!
+//! Layout: `wal/NNNNNNNNNNNNNNNNNNNN.log` segments, each a run of records
+//! `[len: u32 LE][crc32 of payload: u32 LE][payload]`, the payload a list of
+//! key writes (see [`encode`]). Replaying a record is idempotent: it sets
+//! keys to values, so a record that sled already has changes nothing.
+//!
+//! Recovery replays every segment in order and stops at the first torn or
+//! corrupt record of the last segment: that record was never acknowledged,
+//! since acknowledgements wait for the `fdatasync` that follows a whole write.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write as _};
+use std::path::{Path, PathBuf};
+
+use super::kv_store::Write;
+
+/// A segment is retired (checkpointed into sled, then deleted) past this size.
+/// Small, because sled stalls writers while it flushes: a 64 MiB checkpoint
+/// held every commit for 2.9 s in the phase b bench, a 4 MiB one is short.
+pub const SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
+
+const HEADER: usize = 8;
+/// No single decision comes near this; a larger length is a torn header.
+const MAX_RECORD: usize = 256 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("write-ahead log {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("write-ahead log segment {path} is corrupt at byte {offset}, and later segments exist")]
+    Corrupt { path: PathBuf, offset: usize },
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
+    move |source| Error::Io { path: path.to_owned(), source }
+}
+
+/// Appends `writes` as one record to `buffer`.
+pub fn encode(writes: &[Write], buffer: &mut Vec<u8>) {
+    let start = buffer.len();
+    buffer.extend_from_slice(&[0; HEADER]);
+    put_u32(buffer, writes.len());
+    for (key, value) in writes {
+        put_u32(buffer, key.len());
+        buffer.extend_from_slice(key);
+        match value {
+            Some(value) => {
+                buffer.push(1);
+                put_u32(buffer, value.len());
+                buffer.extend_from_slice(value);
+            }
+            None => buffer.push(0),
+        }
+    }
+    let payload = &buffer[start + HEADER..];
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX).to_le_bytes();
+    let crc = crc32fast::hash(payload).to_le_bytes();
+    buffer[start..start + 4].copy_from_slice(&len);
+    buffer[start + 4..start + HEADER].copy_from_slice(&crc);
+}
+
+fn put_u32(buffer: &mut Vec<u8>, n: usize) {
+    buffer.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes());
+}
+
+/// Reads one payload's writes; `None` if it does not parse.
+fn decode(mut payload: &[u8]) -> Option<Vec<Write>> {
+    fn take<'a>(input: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = input.split_at_checked(n)?;
+        *input = rest;
+        Some(head)
+    }
+    fn u32_of(input: &mut &[u8]) -> Option<usize> {
+        let bytes: [u8; 4] = take(input, 4)?.try_into().ok()?;
+        usize::try_from(u32::from_le_bytes(bytes)).ok()
+    }
+    let count = u32_of(&mut payload)?;
+    let mut writes = Vec::with_capacity(count.min(1024));
+    for _ in 0..count {
+        let key_len = u32_of(&mut payload)?;
+        let key = take(&mut payload, key_len)?.to_vec();
+        let value = match take(&mut payload, 1)?[0] {
+            0 => None,
+            1 => {
+                let len = u32_of(&mut payload)?;
+                Some(take(&mut payload, len)?.to_vec())
+            }
+            _ => return None,
+        };
+        writes.push((key, value));
+    }
+    payload.is_empty().then_some(writes)
+}
+
+/// The records of one segment, and where its valid part ends.
+fn records(bytes: &[u8]) -> (Vec<Vec<Write>>, usize) {
+    let mut records = Vec::new();
+    let mut offset = 0;
+    while let Some(header) = bytes.get(offset..offset + HEADER) {
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        let Some(payload) = (len <= MAX_RECORD).then(|| bytes.get(offset + HEADER..offset + HEADER + len)).flatten()
+        else {
+            break;
+        };
+        if crc32fast::hash(payload) != crc {
+            break;
+        }
+        let Some(writes) = decode(payload) else { break };
+        records.push(writes);
+        offset += HEADER + len;
+    }
+    (records, offset)
+}
+
+fn segment_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:020}.log"))
+}
+
+/// The segment ids in `dir`, oldest first.
+fn segments(dir: &Path) -> Result<Vec<u64>, Error> {
+    let mut ids: Vec<u64> = fs::read_dir(dir)
+        .map_err(io_error(dir))?
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.strip_suffix(".log")?.parse().ok())
+        .collect();
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Replays every record in `dir` through `apply`, oldest first. Returns the
+/// ids of the segments read (to delete once the replayed state is durable).
+pub fn replay(dir: &Path, mut apply: impl FnMut(Vec<Write>) -> io::Result<()>) -> Result<Vec<u64>, Error> {
+    fs::create_dir_all(dir).map_err(io_error(dir))?;
+    let ids = segments(dir)?;
+    for (i, id) in ids.iter().enumerate() {
+        let path = segment_path(dir, *id);
+        let mut bytes = Vec::new();
+        File::open(&path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(io_error(&path))?;
+        let (records, valid) = records(&bytes);
+        if valid < bytes.len() && i + 1 < ids.len() {
+            // Only the newest segment can end in a torn write.
+            return Err(Error::Corrupt { path, offset: valid });
+        }
+        if valid < bytes.len() {
+            tracing::warn!(path = %path.display(), valid, len = bytes.len(), "dropping the torn tail of the write-ahead log");
+        }
+        for writes in records {
+            apply(writes).map_err(io_error(&path))?;
+        }
+    }
+    Ok(ids)
+}
+
+/// Deletes segments by id (their records are durable elsewhere now).
+pub fn remove(dir: &Path, ids: &[u64]) -> Result<(), Error> {
+    for id in ids {
+        let path = segment_path(dir, *id);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_error(&path)(e)),
+            _ => {}
+        }
+    }
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), Error> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))
+}
+
+/// The segment being appended to.
+pub struct Appender {
+    dir: PathBuf,
+    id: u64,
+    file: File,
+    len: u64,
+}
+
+impl Appender {
+    /// Starts a new, empty segment after every existing one.
+    pub fn create(dir: &Path) -> Result<Self, Error> {
+        let id = segments(dir)?.last().map_or(1, |last| last + 1);
+        let path = segment_path(dir, id);
+        let file = OpenOptions::new().create_new(true).append(true).open(&path).map_err(io_error(&path))?;
+        // The new file's directory entry must survive a crash, or its records would.
+        sync_dir(dir)?;
+        Ok(Self { dir: dir.to_owned(), id, file, len: 0 })
+    }
+
+    /// Writes whole records and waits until they are on disk.
+    pub fn append(&mut self, records: &[u8]) -> Result<(), Error> {
+        let path = segment_path(&self.dir, self.id);
+        self.file.write_all(records).map_err(io_error(&path))?;
+        self.file.sync_data().map_err(io_error(&path))?;
+        self.len += records.len() as u64;
+        Ok(())
+    }
+
+    /// When the segment is full: starts the next one and returns the id of
+    /// the full one, whose records may be retired once sled is flushed.
+    pub fn rotate_if_full(&mut self) -> Result<Option<u64>, Error> {
+        if self.len < SEGMENT_BYTES {
+            return Ok(None);
+        }
+        let full = self.id;
+        *self = Self::create(&self.dir)?;
+        Ok(Some(full))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn batch(n: u8) -> Vec<Write> {
+        vec![(vec![b'k', n], Some(vec![n; usize::from(n)])), (vec![b'd', n], None)]
+    }
+
+    fn replayed(dir: &Path) -> Vec<Vec<Write>> {
+        let mut seen = Vec::new();
+        replay(dir, |w| {
+            seen.push(w);
+            Ok(())
+        })
+        .unwrap();
+        seen
+    }
+
+    #[test]
+    fn records_round_trip_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut appender = Appender::create(dir.path()).unwrap();
+        let mut buffer = Vec::new();
+        for n in 0..5 {
+            encode(&batch(n), &mut buffer);
+        }
+        appender.append(&buffer).unwrap();
+        assert_eq!(replayed(dir.path()), (0..5).map(batch).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_torn_tail_is_dropped_and_what_came_before_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut appender = Appender::create(dir.path()).unwrap();
+        let mut buffer = Vec::new();
+        encode(&batch(1), &mut buffer);
+        encode(&batch(2), &mut buffer);
+        let whole = buffer.len();
+        encode(&batch(3), &mut buffer);
+        // A crash in the middle of the third record's write.
+        appender.append(&buffer[..whole + 11]).unwrap();
+        assert_eq!(replayed(dir.path()), vec![batch(1), batch(2)]);
+    }
+
+    #[test]
+    fn a_flipped_bit_ends_the_replay_at_that_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut appender = Appender::create(dir.path()).unwrap();
+        let mut buffer = Vec::new();
+        encode(&batch(1), &mut buffer);
+        let first = buffer.len();
+        encode(&batch(2), &mut buffer);
+        buffer[first + HEADER + 3] ^= 0x40;
+        appender.append(&buffer).unwrap();
+        assert_eq!(replayed(dir.path()), vec![batch(1)]);
+    }
+
+    #[test]
+    fn corruption_before_the_newest_segment_is_an_error_not_a_silent_loss() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut old = Appender::create(dir.path()).unwrap();
+        let mut buffer = Vec::new();
+        encode(&batch(1), &mut buffer);
+        old.append(&buffer[..buffer.len() - 1]).unwrap();
+        let mut new = Appender::create(dir.path()).unwrap();
+        new.append(&buffer).unwrap();
+        let err = replay(dir.path(), |_| Ok(())).unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    }
+
+    #[test]
+    fn segments_replay_oldest_first_and_removed_ones_are_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        for n in 1..=3 {
+            let mut appender = Appender::create(dir.path()).unwrap();
+            let mut buffer = Vec::new();
+            encode(&batch(n), &mut buffer);
+            appender.append(&buffer).unwrap();
+        }
+        assert_eq!(replayed(dir.path()), vec![batch(1), batch(2), batch(3)]);
+        remove(dir.path(), &[1, 2]).unwrap();
+        assert_eq!(replayed(dir.path()), vec![batch(3)]);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_batch_decodes_to_itself(
+            writes in proptest::collection::vec(
+                (proptest::collection::vec(proptest::num::u8::ANY, 0..40),
+                 proptest::option::of(proptest::collection::vec(proptest::num::u8::ANY, 0..200))),
+                0..20,
+            )
+        ) {
+            let mut buffer = Vec::new();
+            encode(&writes, &mut buffer);
+            let (records, valid) = records(&buffer);
+            proptest::prop_assert_eq!(valid, buffer.len());
+            proptest::prop_assert_eq!(records, vec![writes]);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let (_, valid) = records(&bytes);
+            proptest::prop_assert!(valid <= bytes.len());
+        }
+    }
+}
