@@ -5,6 +5,9 @@ pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod engine;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod jobs;
 pub mod limits;

@@ -370,6 +370,14 @@ pub fn decide(state: &WorkflowState, definition: &SagaDefinition, now: i64) -> V
     if state.is_terminal() {
         return Vec::new();
     }
+    // A history that does not fit its definition (no WorkflowStarted, or a
+    // corrupted record) is left as it is: deciding on it would index steps
+    // that are not there, and any event written would build on the damage.
+    // The stuck detector reports it, as it does any workflow that stops
+    // making progress. Found by fuzzing (fuzz/, src/fuzzing.rs).
+    if state.steps.len() != definition.steps.len() {
+        return Vec::new();
+    }
     if let Some((reason, _, seq)) = &state.stuck
         && state.last_progress_seq > *seq
     {
