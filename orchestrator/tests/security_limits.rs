@@ -116,8 +116,17 @@ async fn one_tenant_cannot_take_the_others_slots() {
         .map(|_| {
             let (mut c, id) = (c.clone(), id.clone());
             tokio::spawn(async move {
-                let wait = AwaitWorkflowRequest { workflow_id: id, timeout_ms: 30_000 };
-                c.await_workflow(with_token(wait, Some(CLIENT))).await
+                // The probe below takes a slot now and then; a holder refused
+                // for it retries as advised.
+                loop {
+                    let wait = AwaitWorkflowRequest { workflow_id: id.clone(), timeout_ms: 30_000 };
+                    match c.await_workflow(with_token(wait, Some(CLIENT))).await {
+                        Err(status) if status.code() == Code::ResourceExhausted => {
+                            tokio::time::sleep(retry_after(&status)).await;
+                        }
+                        other => return other,
+                    }
+                }
             })
         })
         .collect();
@@ -129,7 +138,9 @@ async fn one_tenant_cannot_take_the_others_slots() {
             Err(status) => break status,
             Ok(_) => {
                 assert!(tokio::time::Instant::now() < deadline, "the per-token limit never engaged");
-                tokio::task::yield_now().await;
+                // Paced, so that the holders (which retry when this probe
+                // holds the slot they need) get their turn.
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
     };
