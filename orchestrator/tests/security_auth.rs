@@ -130,6 +130,22 @@ async fn a_client_reads_only_the_workflows_it_started() {
     assert_eq!(read.code(), Code::NotFound);
 }
 
+#[tokio::test]
+async fn a_client_cannot_start_refunds_or_jobs_by_name() {
+    let (server, _dir) = secured().await;
+    let mut client = WorkflowServiceClient::new(channel(&server).await);
+    for workflow_type in ["refund", "check-invariants", "replay-failed-events"] {
+        let start = start_request(workflow_type, &format!("sneaky-{workflow_type}"), "{}");
+        let refused = client.start_workflow(with_token(start.clone(), Some(CLIENT))).await.unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied, "{workflow_type}: {refused:?}");
+        // An operator may (whatever the input then says).
+        let status = client.start_workflow(with_token(start, Some(OPERATOR))).await.err();
+        assert!(!status.as_ref().is_some_and(|s| s.code() == Code::PermissionDenied), "{workflow_type}: {status:?}");
+    }
+    let metrics = common::scrape(&server.http).await;
+    assert!(metrics.contains("sagaflow_auth_failures_total{reason=\"workflow_type_not_allowed\"}"));
+}
+
 /// Opens a worker session registering `queue`, and returns the first answer.
 async fn register(channel: Channel, token: &str, queue: &str) -> Result<(), tonic::Status> {
     let (tx, rx) = tokio::sync::mpsc::channel(4);

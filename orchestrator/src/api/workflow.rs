@@ -13,7 +13,7 @@ use sagaflow_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use super::{correlation_id, invalid, traceparent};
-use crate::auth::{self, Principal};
+use crate::auth::{self, Principal, Role, policy};
 use crate::engine::{Input, StepStatus};
 use crate::runtime::dispatch::TaskState;
 use crate::runtime::{Runtime, StartRequest};
@@ -72,6 +72,14 @@ impl WorkflowService for WorkflowApi {
         limits.optional_id("workflow_id", &request.workflow_id).map_err(invalid)?;
         limits.labels(request.labels.iter()).map_err(invalid)?;
         let input = limits.json_payload("input", &request.input).map_err(invalid)?;
+        if caller.role == Role::Client && policy::is_operator_only_workflow(&request.workflow_type) {
+            tracing::warn!(token = %caller.name, workflow_type = %request.workflow_type, "refused a client start");
+            metrics::counter!("sagaflow_auth_failures_total", "reason" => "workflow_type_not_allowed").increment(1);
+            return Err(Status::permission_denied(format!(
+                "starting {:?} needs the role operator; token {:?} has client",
+                request.workflow_type, caller.name
+            )));
+        }
         // Stamped by the server, never trusted from the client: it decides who reads the workflow.
         request.labels.extend(caller.owner_label());
         let start = StartRequest {

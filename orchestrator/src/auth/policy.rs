@@ -32,6 +32,14 @@ pub fn allowed(path: &str) -> &'static [Role] {
     }
 }
 
+/// Workflow types only an operator may start through `StartWorkflow`: a
+/// refund moves money (its own method, `RefundCheckout`, is operator-only),
+/// and the self-healing jobs are operator actions. Without this a client
+/// could reach either by naming the type.
+pub fn is_operator_only_workflow(workflow_type: &str) -> bool {
+    workflow_type == sagaflow_workflows::shop::REFUND || sagaflow_workflows::jobs::NAMES.contains(&workflow_type)
+}
+
 /// Whether a call to `path` is control-plane work that an operator must be
 /// able to do even while clients overload the server.
 pub fn is_operator_only(path: &str) -> bool {
@@ -49,5 +57,13 @@ mod tests {
         assert_eq!(allowed("/nonsense"), OPERATOR);
         assert_eq!(allowed("/sagaflow.v1.WorkflowService/StartWorkflow"), CLIENT);
         assert!(allowed("/grpc.health.v1.Health/Check").is_empty());
+    }
+
+    #[test]
+    fn money_and_jobs_are_not_client_workflows() {
+        assert!(is_operator_only_workflow("refund"));
+        assert!(is_operator_only_workflow("check-invariants"));
+        assert!(!is_operator_only_workflow("checkout"));
+        assert!(!is_operator_only_workflow("bench"));
     }
 }
