@@ -144,6 +144,10 @@ impl Shop {
         run_job(&self.server().url, name, extra).await
     }
 
+    pub async fn job_raw(&self, name: &str, extra: &[&str]) -> (String, bool) {
+        run_job_raw(&self.server().url, name, extra).await
+    }
+
     /// Ends a scenario: `check-invariants` (no grace: every saga is over)
     /// finds nothing, and exits 0.
     pub async fn assert_invariants_hold(&self) {
@@ -152,6 +156,18 @@ impl Shop {
         assert!(ok, "check-invariants exited non-zero: {report}");
         assert_eq!(report["ok"], true);
     }
+}
+
+/// `sagaflow jobs run NAME` against `server_url`: its stdout (JSON when it
+/// printed a report) and whether it exited 0.
+pub async fn run_job_raw(server_url: &str, name: &str, extra: &[&str]) -> (String, bool) {
+    let output = tokio::process::Command::new(BIN)
+        .args(["jobs", "run", name, "--server", server_url, "--output", "json", "--timeout", "90s"])
+        .args(extra)
+        .output()
+        .await
+        .unwrap();
+    (String::from_utf8_lossy(&output.stdout).into_owned(), output.status.success())
 }
 
 /// `sagaflow jobs run NAME --output json` against `server_url`.
