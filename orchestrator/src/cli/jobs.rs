@@ -65,10 +65,11 @@ impl JobReport {
         report
     }
 
-    fn text(&self) -> String {
+    /// The run in one line, such as `check-invariants: 0 violations (…)`.
+    pub fn headline(&self) -> String {
         let count = |step: &str, field: &str| self.steps.get(step).and_then(|s| s.get(field)).cloned();
         let n = |v: Option<Value>| v.map_or_else(|| "0".into(), |v| v.to_string());
-        let mut out = match self.job.as_str() {
+        match self.job.as_str() {
             jobs::CHECK_INVARIANTS => format!(
                 "check-invariants: {} violations ({} captures and {} orders compared, {} within the grace period)",
                 self.violations.len(),
@@ -108,7 +109,11 @@ impl JobReport {
                 line
             }
             other => format!("{other}: done"),
-        };
+        }
+    }
+
+    fn text(&self) -> String {
+        let mut out = self.headline();
         for violation in &self.violations {
             let field = |k: &str| violation.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
             out.push_str(&format!("\n  VIOLATION {} {}: {}", field("invariant"), field("subject"), field("detail")));

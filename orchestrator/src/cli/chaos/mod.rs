@@ -232,6 +232,7 @@ async fn audit_workflows(report: &mut Report, channel: Channel, ledger: &load::L
         match status {
             WorkflowStatus::Completed => c.completed += 1,
             WorkflowStatus::Compensated => c.compensated += 1,
+            WorkflowStatus::Failed => c.failed_before_any_effect += 1,
             WorkflowStatus::Running | WorkflowStatus::Compensating if !summary.stuck_reason.is_empty() => {
                 c.stuck_flagged += 1;
             }
@@ -291,11 +292,11 @@ async fn run_jobs(report: &mut Report, system: &System) {
                 if *name == jobs::CHECK_INVARIANTS {
                     report.must_be_zero.invariant_violations = found.violations.len() as u64;
                 }
-                let mut summary = found.to_json();
-                if let Some(object) = summary.as_object_mut() {
-                    object.remove("steps");
-                    object.remove("job");
-                }
+                let summary = json!({
+                    "summary": found.headline(),
+                    "workflow_id": found.workflow_id,
+                    "violations": found.violations,
+                });
                 report.jobs.insert((*name).to_owned(), summary);
             }
             Err(e) => {

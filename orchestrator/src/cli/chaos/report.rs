@@ -31,7 +31,10 @@ pub struct Checkouts {
     pub compensated: u64,
     /// Open at the end, flagged stuck with a reason (an alert was raised).
     pub stuck_flagged: u64,
-    /// Any other end (failed, cancelled, terminated).
+    /// Failed with nothing to undo: the engine ends a saga `FAILED` only when
+    /// no compensable step had run (a `fatal` price snapshot, say).
+    pub failed_before_any_effect: u64,
+    /// Any other end (cancelled, terminated).
     pub other: u64,
 }
 
@@ -78,7 +81,7 @@ impl Report {
         let mut out = format!(
             "Chaos run: seed {} · {} s · {} checkouts/s · broker {}\n\
              checkouts started (acknowledged)  {}   (never acknowledged: {})\n\
-             \x20 completed {} · compensated {} · open and flagged stuck {} · other {}\n\
+             \x20 completed {} · compensated {} · failed before any effect {} · open and flagged stuck {} · other {}\n\
              refunds started {} · completed {} (never acknowledged: {})\n\
              faults injected ({} process kills): {}\n\
              crashed by a fault and restarted   {}\n",
@@ -90,6 +93,7 @@ impl Report {
             c.unacknowledged,
             c.completed,
             c.compensated,
+            c.failed_before_any_effect,
             c.stuck_flagged,
             c.other,
             self.refunds.started,
@@ -99,8 +103,11 @@ impl Report {
             faults.join(", "),
             self.crashes_restarted,
         );
-        for (job, summary) in &self.jobs {
-            out.push_str(&format!("job {job}: {summary}\n"));
+        out.push_str("self-healing jobs after the heal:\n");
+        for (job, run) in &self.jobs {
+            let line =
+                run.get("summary").and_then(Value::as_str).map_or_else(|| format!("{job}: {run}"), str::to_owned);
+            out.push_str(&format!("  {line}\n"));
         }
         out.push_str(&format!(
             "acknowledged starts lost          {}\n\

@@ -51,7 +51,16 @@ pub fn find_nats_server() -> Option<PathBuf> {
 impl System {
     /// Picks the ports; starts nothing.
     pub fn new(options: SystemOptions) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("cannot find the sagaflow binary")?;
+        let current = std::env::current_exe().context("cannot find the sagaflow binary")?;
+        // Restarts run this very binary: a link (or copy) in the run's
+        // directory survives a rebuild replacing the original mid-run.
+        let bin_dir = options.dir.join("bin");
+        std::fs::create_dir_all(&bin_dir).with_context(|| format!("cannot create {}", bin_dir.display()))?;
+        let exe = bin_dir.join("sagaflow");
+        let _ = std::fs::remove_file(&exe);
+        if std::fs::hard_link(&current, &exe).is_err() {
+            std::fs::copy(&current, &exe).with_context(|| format!("cannot copy {}", current.display()))?;
+        }
         let admin_ports = GROUPS.iter().map(|_| free_port()).collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Self {
             exe,
