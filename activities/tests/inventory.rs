@@ -246,3 +246,18 @@ async fn a_reservation_survives_a_restart_and_its_key_still_answers() {
     assert_eq!(shop.inventory().unwrap().stock_of("sku-mug").unwrap().unwrap().initial, 100);
     assert_invariants(&shop);
 }
+
+#[tokio::test]
+async fn the_release_job_reports_each_hold_it_releases_as_a_leak() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = short_lived(&dir);
+    shop.inventory().unwrap().reserve(request("res-leak", &[("sku-mug", 2)])).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // The background sweep is slowed right down: the job finds the hold.
+    let found = shop.call("inventory.release_expired", "job-1", serde_json::json!({})).await.unwrap();
+    assert_eq!(found["released"], 1, "{found}");
+    assert_eq!(found["leaks"][0]["subject"], "res-leak", "{found}");
+    assert_eq!(found["leaks"][0]["invariant"], "reservation_released_in_time");
+    let again = shop.call("inventory.release_expired", "job-2", serde_json::json!({})).await.unwrap();
+    assert_eq!(again, serde_json::json!({"released": 0, "leaks": []}));
+}

@@ -108,14 +108,15 @@ fn seconds_between(from_ms: i64, to_ms: i64) -> f64 {
     (to_ms.saturating_sub(from_ms).max(0) as f64) / 1000.0
 }
 /// One count per finding of a job's alert: `sagaflow_payment_mismatches_total`
-/// for the reconciliation's `PaymentMismatch`, `sagaflow_invariant_violations_total`
-/// for any other (`InvariantViolated`), by invariant. What the alert rules
+/// for the reconciliation's `PaymentMismatch`, `sagaflow_reservation_leaks_total`
+/// for `ReservationLeaked`, `sagaflow_invariant_violations_total` for any
+/// other (`InvariantViolated`), by invariant. What the alert rules
 /// of docs/ops/alerts.yml page on.
 pub fn record_findings(workflow_type: &str, alert: &str, findings: &[serde_json::Value]) {
-    let name = if alert == sagaflow_workflows::jobs::PAYMENT_MISMATCH {
-        "sagaflow_payment_mismatches_total"
-    } else {
-        "sagaflow_invariant_violations_total"
+    let name = match alert {
+        sagaflow_workflows::jobs::PAYMENT_MISMATCH => "sagaflow_payment_mismatches_total",
+        sagaflow_workflows::jobs::RESERVATION_LEAKED => "sagaflow_reservation_leaks_total",
+        _ => "sagaflow_invariant_violations_total",
     };
     for finding in findings {
         let invariant = finding.get("invariant").and_then(serde_json::Value::as_str).unwrap_or("unknown").to_owned();

@@ -30,6 +30,9 @@ pub const NAMES: &[&str] = &[
 
 /// The domain event of a broken invariant.
 pub const INVARIANT_VIOLATED: &str = "InvariantViolated";
+/// The domain event of a reservation the inventory's own sweep left held
+/// past its TTL.
+pub const RESERVATION_LEAKED: &str = "ReservationLeaked";
 /// The domain event of a payment and order mismatch the reconciliation could
 /// not repair.
 pub const PAYMENT_MISMATCH: &str = "PaymentMismatch";
@@ -80,11 +83,11 @@ pub fn reconcile_payments_vs_orders() -> SagaDefinition {
 }
 
 /// Releases the reservations past their TTL (a backstop of the inventory
-/// service's own sweep).
+/// service's own sweep); each one it finds is a `ReservationLeaked` alert.
 pub fn release_expired_inventory() -> SagaDefinition {
     let build = SagaDefinition::builder(workflow_type(RELEASE_EXPIRED_INVENTORY), 1)
         .description("Releases inventory reservations held past their TTL.")
-        .step(step("release", "inventory.release_expired"))
+        .step(step("release", "inventory.release_expired").alert_on_findings("/leaks", RESERVATION_LEAKED))
         .build();
     build.unwrap_or_else(|e| unreachable!("the release job is valid: {e}"))
 }

@@ -34,8 +34,9 @@ pub const RELEASE: &str = "inventory.release";
 pub const COMMIT: &str = "inventory.commit";
 /// For the `check-invariants` job: `{violations}`, as `/invariants` shows them.
 pub const CHECK_INVARIANTS: &str = "inventory.check_invariants";
-/// For the `release-expired-inventory` job: `{released}`, the reservations
-/// past their TTL released now (the background sweep's backstop).
+/// For the `release-expired-inventory` job: `{released, leaks}`, the
+/// reservations past their TTL released now (the background sweep's
+/// backstop), each also a leak finding.
 pub const RELEASE_EXPIRED: &str = "inventory.release_expired";
 pub const ACTIVITIES: &[&str] = &[RESERVE, RELEASE, COMMIT, CHECK_INVARIANTS, RELEASE_EXPIRED];
 
@@ -508,10 +509,18 @@ impl Inventory {
     /// # Errors
     /// A storage failure; what was released before it stays released.
     pub async fn release_expired(&self, now_ms: u64) -> Result<usize> {
-        let mut released = 0;
+        Ok(self.release_expired_ids(now_ms).await?.len())
+    }
+
+    /// [`Inventory::release_expired`], returning the ids it released.
+    ///
+    /// # Errors
+    /// A storage failure; what was released before it stays released.
+    pub async fn release_expired_ids(&self, now_ms: u64) -> Result<Vec<String>> {
+        let mut released = Vec::new();
         loop {
             let batch = self.db().apply(|tx| {
-                let mut count = 0;
+                let mut ids = Vec::new();
                 let due = tx.committed_keys(&prefix("exp"), SWEEP_BATCH)?;
                 for index_key in due.iter() {
                     let Some((expires_at_ms, reservation_id)) = parse_expiry_key(index_key) else {
@@ -529,16 +538,16 @@ impl Inventory {
                         Some(reservation) if reservation.status == ReservationStatus::Held => {
                             give_back(tx, reservation, ReservationStatus::Expired, now_ms)?;
                             tracing::info!(%reservation_id, expires_at_ms, "reservation expired; stock released");
-                            count += 1;
+                            ids.push(reservation_id);
                         }
                         _ => {}
                     }
                 }
                 let more = due.len() == SWEEP_BATCH
                     && due.last().and_then(|k| parse_expiry_key(k)).is_some_and(|(at, _)| at <= now_ms);
-                Ok::<_, Error>((count, more))
+                Ok::<_, Error>((ids, more))
             })?;
-            released += batch.0;
+            released.extend(batch.0);
             if !batch.1 {
                 break;
             }
@@ -642,8 +651,16 @@ impl Inventory {
                     .await
             }
             RELEASE_EXPIRED => {
-                let released = self.release_expired(now_ms()).await?;
-                Ok(serde_json::json!({ "released": released }))
+                // The service's own sweep releases expired holds within a
+                // second; one this job still finds outlived that: a leak.
+                let released = self.release_expired_ids(now_ms()).await?;
+                let leaks: Vec<Violation> = released
+                    .iter()
+                    .map(|id| {
+                        Violation::new("reservation_released_in_time", id, "held past its TTL until the job".into())
+                    })
+                    .collect();
+                Ok(serde_json::json!({ "released": released.len(), "leaks": leaks }))
             }
             other => Err(ActivityError::retryable(ActivityError::UNKNOWN_ACTIVITY, other.to_owned())),
         }
