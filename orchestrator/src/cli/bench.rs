@@ -7,6 +7,8 @@
 //! Without `--server`, every phase gets a fresh orchestrator and worker, so
 //! that one phase's history cannot slow the next one down.
 
+mod restart;
+
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -55,6 +57,10 @@ pub enum PhaseChoice {
     C,
     D,
     All,
+    /// Not part of `all`: N workflows left open (100,000 by default), then
+    /// `kill -9` and a restart; reports how soon the server serves again and
+    /// its memory.
+    Restart,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -98,6 +104,9 @@ pub struct BenchArgs {
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let target = Target::from_command_line(&args)?;
+    if args.phase == PhaseChoice::Restart {
+        return run_restart(&args, &target).await;
+    }
     run_phases(&args, &target, Interrupt::listen()).await
 }
 
@@ -166,6 +175,7 @@ fn selected_phases(args: &BenchArgs) -> Vec<Phase> {
             PhaseChoice::B => phase.name == "b",
             PhaseChoice::C => phase.name == "c",
             PhaseChoice::D => phase.name == "d",
+            PhaseChoice::Restart => false,
         })
         .map(|phase| Phase {
             n: args.n.unwrap_or(phase.n),
@@ -261,6 +271,20 @@ async fn run_phases(args: &BenchArgs, target: &Target, interrupt: Interrupt) -> 
     if !failed.is_empty() {
         bail!("{}", failed.join(", "));
     }
+    Ok(())
+}
+
+async fn run_restart(args: &BenchArgs, target: &Target) -> anyhow::Result<()> {
+    if matches!(target, Target::Running { .. }) {
+        bail!("the restart phase kills its server, so it runs only on a server it spawns (leave out --server)");
+    }
+    let mut data = DataDir::create(args.data_dir.clone(), args.keep_data)?;
+    let dir = data.phase_dir("restart")?;
+    let report = Interrupt::listen()
+        .guard(restart::run(args.n.unwrap_or(100_000), args.concurrency.unwrap_or(64), &dir))
+        .await?;
+    print!("{}", report.block());
+    println!("{}", report.result_line());
     Ok(())
 }
 

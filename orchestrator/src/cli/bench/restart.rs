@@ -1,0 +1,159 @@
+//! `sagaflow bench --phase restart`: how soon an orchestrator holding many
+//! open workflows serves again after `kill -9`, and how much memory it needs.
+//!
+//! Each workflow parks on a signal, so it stays open with no task and no
+//! timer: the restart cost measured is the open workflows themselves.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use sagaflow_orchestrator::workflows::{SagaDefinition, Step};
+use sagaflow_proto::v1::workflow_service_client::WorkflowServiceClient;
+use sagaflow_proto::v1::{
+    AwaitWorkflowRequest, DescribeWorkflowRequest, SignalWorkflowRequest, StartWorkflowRequest, WorkflowStatus,
+};
+use tokio::task::JoinSet;
+
+use super::{Conn, READY_TIMEOUT, Spawned, connect_channel, peak_rss_mib, server_url, status_error};
+
+const PARKED: &str = "bench.parked";
+
+/// What the restart phase measured.
+pub(super) struct RestartReport {
+    open: u64,
+    fill: Duration,
+    restart: Duration,
+    rss_mib: Option<f64>,
+}
+
+impl RestartReport {
+    pub(super) fn block(&self) -> String {
+        let rss = self.rss_mib.map_or_else(|| "unknown".to_owned(), |m| format!("{m:.1} MiB"));
+        format!(
+            "\nphase restart: {} open workflows, then kill -9 and a restart\n  filled in     {:.1} s ({:.0} starts/s)\n  serving again {:.3} s after the restart began\n  peak RSS      {rss} once serving\n",
+            self.open,
+            self.fill.as_secs_f64(),
+            self.open as f64 / self.fill.as_secs_f64().max(f64::EPSILON),
+            self.restart.as_secs_f64(),
+        )
+    }
+
+    pub(super) fn result_line(&self) -> String {
+        format!(
+            "RESULT system=sagaflow phase=restart n={} restart_ms={:.0} rss_mib={:.1}",
+            self.open,
+            self.restart.as_secs_f64() * 1000.0,
+            self.rss_mib.unwrap_or(0.0),
+        )
+    }
+}
+
+fn server_args(dir: &Path, definitions: &Path) -> Vec<String> {
+    [
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &dir.join("server").display().to_string(),
+        "--definitions",
+        &definitions.display().to_string(),
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+pub(super) async fn run(n: u64, concurrency: u32, dir: &Path) -> anyhow::Result<RestartReport> {
+    let definition = SagaDefinition::builder(PARKED, 1)
+        .description("Waits for the signal `go`, then ends: an open workflow that holds no task.")
+        .step(Step::await_signal("park", "go", Duration::ZERO))
+        .build()
+        .context("the parked saga's definition")?;
+    let definitions = dir.join("parked.json");
+    std::fs::write(&definitions, serde_json::to_string(&definition)?).context("cannot write the definitions")?;
+    let args = server_args(dir, &definitions);
+
+    let (server, line) = Spawned::start("server", &args).await?;
+    let url = server_url(&line).with_context(|| format!("unexpected first line from the server: {line:?}"))?;
+    let client = WorkflowServiceClient::new(connect_channel(&url).await?);
+    let started = Instant::now();
+    let last = fill(&client, n, concurrency).await?;
+    let fill_time = started.elapsed();
+
+    let mut killed = server;
+    killed.child.start_kill().context("cannot kill the server")?;
+    killed.child.wait().await.context("cannot wait for the killed server")?;
+
+    let restarting = Instant::now();
+    let (server, line) = Spawned::start("server", &args).await?;
+    let url = server_url(&line).with_context(|| format!("unexpected first line from the server: {line:?}"))?;
+    let mut client = WorkflowServiceClient::new(connect_channel(&url).await?);
+    let described = client
+        .describe_workflow(DescribeWorkflowRequest { workflow_id: last.clone() })
+        .await
+        .map_err(|status| status_error(status).context("describe after the restart"))?
+        .into_inner();
+    let restart = restarting.elapsed();
+    let rss_mib = peak_rss_mib(server.pid);
+    let status = described.summary.map_or(0, |s| s.status);
+    if status != WorkflowStatus::Running as i32 {
+        bail!("{last} is not RUNNING after the restart");
+    }
+    wake(&mut client, &last).await?;
+    server.stop().await?;
+    Ok(RestartReport { open: n, fill: fill_time, restart, rss_mib })
+}
+
+/// Starts `n` parked workflows; returns the id of one of them.
+async fn fill(client: &WorkflowServiceClient<Conn>, n: u64, concurrency: u32) -> anyhow::Result<String> {
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = JoinSet::new();
+    for _ in 0..concurrency {
+        let (mut client, next) = (client.clone(), Arc::clone(&next));
+        tasks.spawn(async move {
+            let mut last = None;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return anyhow::Ok(last);
+                }
+                if i > 0 && i % (n / 10).max(1) == 0 {
+                    eprintln!("  phase restart: {i}/{n} workflows open");
+                }
+                let request = StartWorkflowRequest {
+                    workflow_type: PARKED.into(),
+                    request_id: format!("parked-{i}"),
+                    input: b"{}".to_vec(),
+                    ..Default::default()
+                };
+                let started = client.start_workflow(request).await.map_err(|s| status_error(s).context("start"))?;
+                last = Some(started.into_inner().workflow_id);
+            }
+        });
+    }
+    let mut last = None;
+    while let Some(joined) = tasks.join_next().await {
+        last = joined.context("a client task failed")??.or(last);
+    }
+    last.context("no workflow was started")
+}
+
+/// The parked workflow still works after the restart: signal it and see it end.
+async fn wake(client: &mut WorkflowServiceClient<Conn>, workflow_id: &str) -> anyhow::Result<()> {
+    let signal = SignalWorkflowRequest { workflow_id: workflow_id.into(), name: "go".into(), ..Default::default() };
+    client.signal_workflow(signal).await.map_err(|s| status_error(s).context("signal"))?;
+    let timeout_ms = u32::try_from(READY_TIMEOUT.as_millis()).unwrap_or(u32::MAX);
+    let ended = client
+        .await_workflow(AwaitWorkflowRequest { workflow_id: workflow_id.into(), timeout_ms })
+        .await
+        .map_err(|s| status_error(s).context("await"))?
+        .into_inner();
+    if !ended.terminal {
+        bail!("{workflow_id} did not end after its signal");
+    }
+    Ok(())
+}
