@@ -217,7 +217,12 @@ impl Dispatch {
             }
             entry.state = TaskState::Queued { since_ms: now };
             let activity_type = entry.task.activity_type.clone();
-            tracing::info!(workflow_id, task_id, "no worker claimed a lease restored after the restart; re-queued");
+            tracing::info!(
+                workflow_id,
+                task_id,
+                correlation_id = %entry.task.correlation_id,
+                "no worker claimed a lease restored after the restart; re-queued"
+            );
             state.queues.entry(activity_type.clone()).or_default().push_front(task_key);
             self.match_queue(&mut state, &activity_type, now)
         };
