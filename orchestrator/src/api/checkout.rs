@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use super::{correlation_id, invalid, traceparent};
 use crate::auth::{self, Principal};
+use crate::engine::is_side_task;
 use crate::runtime::{Runtime, StartRequest};
 use crate::store::is_terminal;
 
@@ -70,7 +71,9 @@ impl CheckoutView {
                     view.input = serde_json::from_str(&s.input).unwrap_or(Value::Null);
                     view.workflow_status = Some(WorkflowStatus::Running);
                 }
-                Some(Attributes::ActivityScheduled(s)) if !s.compensation => {
+                // The escalation's notification is a side task of the ship step; its
+                // result is the notification's, not the shipment's.
+                Some(Attributes::ActivityScheduled(s)) if !s.compensation && !is_side_task(&s.task_id) => {
                     step_of.insert(s.task_id.clone(), s.step.clone());
                 }
                 Some(Attributes::ActivityCompleted(c)) => {
@@ -329,6 +332,29 @@ mod tests {
         assert_ne!(checkout_ids("r-1").0, checkout_ids("r-2").0);
         let (checkout, _, _) = checkout_ids("r-1");
         assert!(refund_workflow_id(&checkout, "rf-1").starts_with(&refunds_prefix(&checkout)));
+    }
+
+    #[test]
+    fn the_escalation_notice_is_not_the_shipment() {
+        use sagaflow_proto::v1::{ActivityCompleted, ActivityScheduled, StepEscalated};
+        let event = |seq, attributes| HistoryEvent { seq, time_ms: 0, attributes: Some(attributes) };
+        let scheduled = |task_id: &str| {
+            Attributes::ActivityScheduled(ActivityScheduled {
+                task_id: task_id.into(),
+                step: "ship".into(),
+                ..Default::default()
+            })
+        };
+        let history = [
+            event(1, scheduled("5.f.5")),
+            event(
+                2,
+                Attributes::StepEscalated(StepEscalated { alert: "ShipmentDelayed".into(), ..Default::default() }),
+            ),
+            event(3, scheduled("5.n.1")),
+            event(4, Attributes::ActivityCompleted(ActivityCompleted { task_id: "5.n.1".into(), result: "{}".into() })),
+        ];
+        assert_eq!(CheckoutView::from_history(&history).shipment_status(), "DELAYED");
     }
 
     #[test]

@@ -9,7 +9,8 @@ mod tests;
 
 pub use decide::{Input, Outcome, Rejection, StuckReason, TimeoutKind, decide, handle, run};
 pub use state::{
-    PendingTask, RETRY_SIGNAL, SIGNAL_TIMEOUT, StepState, StepStatus, Track, WorkflowState, parse_task_id, task_id,
+    PendingTask, RETRY_SIGNAL, SIGNAL_TIMEOUT, StepState, StepStatus, Track, WorkflowState, is_side_task,
+    parse_task_id, task_id,
 };
 
 use sagaflow_proto::v1::{HistoryEvent, WorkflowStarted, history_event::Attributes};
