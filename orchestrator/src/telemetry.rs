@@ -95,6 +95,11 @@ pub fn workflow_trace(workflow_id: &str, traceparent: &str) -> WorkflowTrace {
     }
 }
 
+/// The workflow's trace id, as its log lines carry it.
+pub fn trace_id_hex(state: &WorkflowState) -> String {
+    workflow_trace(&state.workflow_id, &state.traceparent).context.trace_id_hex()
+}
+
 /// Exports the span of a workflow that has just closed.
 pub fn export_workflow_span(state: &WorkflowState) {
     let WorkflowTrace { context, parent_span_id } = workflow_trace(&state.workflow_id, &state.traceparent);

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use common::{ServerProcess, WorkerProcess, scrape};
@@ -41,32 +41,9 @@ async fn run_checkout(server: &ServerProcess, request: tonic::Request<StartCheck
     (checkout_id.clone(), common::status_of(&done))
 }
 
-/// One sample of the Prometheus text: its labels and value.
-fn samples(text: &str, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric, labels) = series.split_once('{').unwrap_or((series, "}"));
-            (metric == name).then_some(())?;
-            let labels = labels
-                .trim_end_matches('}')
-                .split(',')
-                .filter_map(|pair| pair.split_once('='))
-                .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
-                .collect();
-            Some((labels, value.parse().ok()?))
-        })
-        .collect()
-}
-
-/// The sum of the samples of `name` whose labels include all of `with`.
+/// The sum of the samples of `name` whose labels include all of `with` (0 when none).
 fn value(text: &str, name: &str, with: &[(&str, &str)]) -> f64 {
-    samples(text, name)
-        .into_iter()
-        .filter(|(labels, _)| with.iter().all(|(k, v)| labels.get(*k).map(String::as_str) == Some(*v)))
-        .map(|(_, v)| v)
-        .sum()
+    common::metric_where(text, name, with).unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -112,6 +112,38 @@ macro_rules! into_activity_error {
 }
 pub(crate) use into_activity_error;
 
+/// The errors of a service that fails only on bad input or its store
+/// (shipping, notifications).
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("bad request: {0}")]
+    InvalidInput(String),
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
+
+impl ServiceError for InputError {
+    fn error_type(&self) -> &'static str {
+        match self {
+            Self::InvalidInput(_) => "InvalidInput",
+            Self::Store(e) => e.error_type(),
+        }
+    }
+
+    fn kind(&self) -> ErrorKind {
+        match self {
+            Self::InvalidInput(_) => ErrorKind::Invalid,
+            Self::Store(e) => e.kind(),
+        }
+    }
+}
+
+impl From<InputError> for ActivityError {
+    fn from(error: InputError) -> Self {
+        activity_error(&error)
+    }
+}
+
 /// `{sku, quantity}`: a line of a checkout, a price request or a reservation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LineItem {

@@ -18,8 +18,8 @@ use sagaflow_worker::{ActivityError, WorkerBuilder};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::Shop;
 use super::store::{self, ServiceDb, check_id, key, now_ms, prefix, short_hash};
-use super::{ErrorKind, ServiceError, Shop};
 
 pub const SEND: &str = "notifications.send";
 pub const ACTIVITIES: &[&str] = &[SEND];
@@ -29,31 +29,8 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// The most entries one feed listing returns (the newest ones).
 pub const MAX_FEED: usize = 1_000;
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("bad request: {0}")]
-    InvalidInput(String),
-    #[error(transparent)]
-    Store(#[from] store::Error),
-}
-
-impl ServiceError for Error {
-    fn error_type(&self) -> &'static str {
-        match self {
-            Self::InvalidInput(_) => "InvalidInput",
-            Self::Store(e) => e.error_type(),
-        }
-    }
-
-    fn kind(&self) -> ErrorKind {
-        match self {
-            Self::InvalidInput(_) => ErrorKind::Invalid,
-            Self::Store(e) => e.kind(),
-        }
-    }
-}
-
-super::into_activity_error!(Error);
+/// Bad input is this service's only failure of its own.
+pub use super::InputError as Error;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

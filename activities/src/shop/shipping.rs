@@ -15,8 +15,8 @@ use std::sync::Arc;
 use sagaflow_worker::{ActivityError, WorkerBuilder};
 use serde::{Deserialize, Serialize};
 
+use super::Shop;
 use super::store::{self, ServiceDb, check_id, key, now_ms, prefix, short_hash};
-use super::{ErrorKind, ServiceError, Shop};
 
 pub const CREATE_SHIPMENT: &str = "shipping.create_shipment";
 pub const ACTIVITIES: &[&str] = &[CREATE_SHIPMENT];
@@ -27,31 +27,8 @@ pub const CARRIERS: &[(&str, &str)] = &[("SimPost", "SP"), ("Parcel Saga Express
 /// The largest shipping address accepted, as JSON text.
 pub const MAX_ADDRESS_BYTES: usize = 4 * 1024;
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("bad request: {0}")]
-    InvalidInput(String),
-    #[error(transparent)]
-    Store(#[from] store::Error),
-}
-
-impl ServiceError for Error {
-    fn error_type(&self) -> &'static str {
-        match self {
-            Self::InvalidInput(_) => "InvalidInput",
-            Self::Store(e) => e.error_type(),
-        }
-    }
-
-    fn kind(&self) -> ErrorKind {
-        match self {
-            Self::InvalidInput(_) => ErrorKind::Invalid,
-            Self::Store(e) => e.kind(),
-        }
-    }
-}
-
-super::into_activity_error!(Error);
+/// Bad input is this service's only failure of its own.
+pub use super::InputError as Error;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

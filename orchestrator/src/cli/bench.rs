@@ -808,6 +808,13 @@ impl Spawned {
         Ok((Self { child, pid, what }, first))
     }
 
+    /// Runs `sagaflow server …` and returns it with its gRPC URL.
+    async fn start_server(args: &[String]) -> anyhow::Result<(Self, String)> {
+        let (server, line) = Self::start("server", args).await?;
+        let url = server_url(&line).with_context(|| format!("unexpected first line from the server: {line:?}"))?;
+        Ok((server, url))
+    }
+
     /// SIGTERM, so that it shuts down as in production; SIGKILL if it hangs.
     async fn stop(mut self) -> anyhow::Result<()> {
         // No libc here (and no unsafe), so the `kill` command sends the signal.
@@ -850,8 +857,7 @@ impl Cluster {
             "--data-dir".into(),
             dir.join("server").display().to_string(),
         ];
-        let (server, line) = Spawned::start("server", &server_args).await?;
-        let url = server_url(&line).with_context(|| format!("unexpected first line from the server: {line:?}"))?;
+        let (server, url) = Spawned::start_server(&server_args).await?;
         let (worker, _) = Spawned::start("worker", &worker_args(plan, &url, dir)).await?;
         Ok(Self { server, worker, url })
     }

@@ -247,7 +247,7 @@ impl Runtime {
                     workflow_id,
                     workflow_type = %definition.name,
                     correlation_id = %state.correlation_id,
-                    trace_id = crate::telemetry::workflow_trace(&workflow_id, &state.traceparent).context.trace_id_hex(),
+                    trace_id = crate::telemetry::trace_id_hex(&state),
                     "workflow started"
                 );
                 self.keep(&mut guard, &workflow_id, state, definition);
@@ -420,11 +420,10 @@ impl Runtime {
         if closes {
             crate::metrics::record_finished(state);
             crate::telemetry::export_workflow_span(state);
-            let trace_id = crate::telemetry::workflow_trace(workflow_id, &state.traceparent).context.trace_id_hex();
             tracing::debug!(
                 workflow_id,
                 correlation_id = %state.correlation_id,
-                trace_id,
+                trace_id = crate::telemetry::trace_id_hex(state),
                 status = sagaflow_proto::status_name(state.status),
                 "workflow closed"
             );

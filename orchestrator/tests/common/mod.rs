@@ -94,17 +94,13 @@ impl ServerProcess {
     }
 
     /// SIGKILL: no shutdown hook runs, nothing is flushed on the way out.
-    pub async fn kill9(mut self) {
-        self.child.start_kill().unwrap();
-        self.child.wait().await.unwrap();
+    pub async fn kill9(self) {
+        kill9(self.child).await;
     }
 
     /// SIGTERM, then wait for a clean exit.
-    pub async fn stop(mut self) {
-        let pid = self.child.id().unwrap();
-        Command::new("kill").arg(pid.to_string()).status().await.unwrap();
-        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.unwrap().unwrap();
-        assert!(status.success(), "server exited with {status}");
+    pub async fn stop(self) {
+        terminate(self.child, "server").await;
     }
 
     pub fn pid(&self) -> u32 {
@@ -212,18 +208,26 @@ impl WorkerProcess {
         Self { child, worker_id, admin, logs }
     }
 
-    pub async fn kill9(mut self) {
-        self.child.start_kill().unwrap();
-        self.child.wait().await.unwrap();
+    pub async fn kill9(self) {
+        kill9(self.child).await;
     }
 
     /// SIGTERM, then wait for the drain and a clean exit.
-    pub async fn stop(mut self) {
-        let pid = self.child.id().unwrap();
-        Command::new("kill").arg(pid.to_string()).status().await.unwrap();
-        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.unwrap().unwrap();
-        assert!(status.success(), "worker exited with {status}");
+    pub async fn stop(self) {
+        terminate(self.child, "worker").await;
     }
+}
+
+async fn kill9(mut child: Child) {
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+}
+
+async fn terminate(mut child: Child, what: &str) {
+    let pid = child.id().unwrap();
+    Command::new("kill").arg(pid.to_string()).status().await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{what} exited with {status}");
 }
 
 /// Waits, through the history long-poll, for an event that `matches`.
@@ -357,6 +361,28 @@ pub async fn wait_until_leased(client: &mut WorkflowServiceClient<Channel>, work
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("{workflow_id}: no worker leased step {step} within 10 s");
+}
+
+/// The sum of the samples of `name` whose labels include all of `with`, from
+/// Prometheus text; `None` when no such sample exists.
+pub fn metric_where(text: &str, name: &str, with: &[(&str, &str)]) -> Option<f64> {
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, labels) = series.split_once('{').unwrap_or((series, "}"));
+            (metric == name).then_some(())?;
+            let labels: std::collections::BTreeMap<&str, &str> = labels
+                .trim_end_matches('}')
+                .split(',')
+                .filter_map(|pair| pair.split_once('='))
+                .map(|(k, v)| (k, v.trim_matches('"')))
+                .collect();
+            with.iter().all(|(k, v)| labels.get(k) == Some(v)).then(|| value.parse().ok())?
+        })
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 /// GET /metrics.

@@ -204,13 +204,7 @@ pub async fn http_get(base: &str, path_and_query: &str) -> String {
 /// The value of an unlabelled metric in Prometheus text, or of the sum of
 /// its labelled series.
 pub fn metric(text: &str, name: &str) -> Option<f64> {
-    let values: Vec<f64> = text
-        .lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{')))
-        .filter_map(|line| line.rsplit(' ').next().and_then(|v| v.parse().ok()))
-        .collect();
-    (!values.is_empty()).then(|| values.iter().sum())
+    super::metric_where(text, name, &[])
 }
 
 /// Polls `check` every 100 ms until it holds, or fails after `within`.

@@ -17,7 +17,7 @@ use sagaflow_proto::v1::{
 };
 use tokio::task::JoinSet;
 
-use super::{Conn, READY_TIMEOUT, Spawned, connect_channel, peak_rss_mib, server_url, status_error};
+use super::{Conn, READY_TIMEOUT, Spawned, connect_channel, peak_rss_mib, status_error};
 
 const PARKED: &str = "bench.parked";
 
@@ -77,8 +77,7 @@ pub(super) async fn run(n: u64, concurrency: u32, dir: &Path) -> anyhow::Result<
     std::fs::write(&definitions, serde_json::to_string(&definition)?).context("cannot write the definitions")?;
     let args = server_args(dir, &definitions);
 
-    let (server, line) = Spawned::start("server", &args).await?;
-    let url = server_url(&line).with_context(|| format!("unexpected first line from the server: {line:?}"))?;
+    let (server, url) = Spawned::start_server(&args).await?;
     let client = WorkflowServiceClient::new(connect_channel(&url).await?);
     let started = Instant::now();
     let last = fill(&client, n, concurrency).await?;
@@ -89,8 +88,7 @@ pub(super) async fn run(n: u64, concurrency: u32, dir: &Path) -> anyhow::Result<
     killed.child.wait().await.context("cannot wait for the killed server")?;
 
     let restarting = Instant::now();
-    let (server, line) = Spawned::start("server", &args).await?;
-    let url = server_url(&line).with_context(|| format!("unexpected first line from the server: {line:?}"))?;
+    let (server, url) = Spawned::start_server(&args).await?;
     let mut client = WorkflowServiceClient::new(connect_channel(&url).await?);
     let described = client
         .describe_workflow(DescribeWorkflowRequest { workflow_id: last.clone() })
