@@ -203,8 +203,16 @@ pub async fn http_get(base: &str, path_and_query: &str) -> String {
 
 /// The value of an unlabelled metric in Prometheus text, or of the sum of
 /// its labelled series.
-pub fn metric(text: &str, name: &str) -> Option<f64> {
-    super::metric_where(text, name, &[])
+/// `series` is a bare name or a whole series, `name{label="value",…}`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+    let with: Vec<(&str, &str)> = labels
+        .trim_end_matches('}')
+        .split(',')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (k, v.trim_matches('"')))
+        .collect();
+    super::metric_where(text, name, &with)
 }
 
 /// Polls `check` every 100 ms until it holds, or fails after `within`.
