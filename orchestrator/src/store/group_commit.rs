@@ -60,7 +60,7 @@ impl Durable {
     }
 }
 
-type FlushFn = Box<dyn Fn() -> std::result::Result<(), String> + Send + Sync>;
+type FlushFn = Box<dyn FnMut() -> std::result::Result<(), String> + Send>;
 
 struct Shared {
     applied: AtomicU64,
@@ -88,7 +88,7 @@ impl GroupCommit {
         });
         let worker = Arc::clone(&shared);
         let thread =
-            std::thread::Builder::new().name("sagaflow-flusher".into()).spawn(move || flush_loop(&worker, &flush))?;
+            std::thread::Builder::new().name("sagaflow-flusher".into()).spawn(move || flush_loop(&worker, flush))?;
         Ok(Self { shared, thread: Some(thread) })
     }
 
@@ -130,7 +130,7 @@ impl Drop for GroupCommit {
     }
 }
 
-fn flush_loop(shared: &Shared, flush: &FlushFn) {
+fn flush_loop(shared: &Shared, mut flush: FlushFn) {
     loop {
         {
             let mut pending = shared.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -17,6 +17,7 @@ mod group_commit;
 mod keys;
 mod kv_store;
 mod memory;
+mod overlay;
 mod records;
 mod sled_store;
 pub(crate) mod wal;

@@ -4,7 +4,8 @@
 //! most of the server's CPU under load (docs/performance.md). So a commit is
 //! made durable here instead: each batch is appended to a log segment, and
 //! one `write` plus one `fdatasync` covers every batch that arrived while the
-//! previous one ran. sled is flushed only at checkpoints, off the hot path.
+//! previous one ran. Until a checkpoint, the batches live in memory
+//! ([`overlay`](super::overlay)); sled sees them only then, off the hot path.
 //!
 //! Layout: `wal/NNNNNNNNNNNNNNNNNNNN.log` segments, each a run of records
 //! `[len: u32 LE][crc32 of payload: u32 LE][payload]`, the payload a list of
@@ -21,9 +22,8 @@ use std::path::{Path, PathBuf};
 
 use super::kv_store::Write;
 
-/// A segment is retired (checkpointed into sled, then deleted) past this size.
-/// Small, because sled stalls writers while it flushes: a 64 MiB checkpoint
-/// held every commit for 2.9 s in the phase b bench, a 4 MiB one is short.
+/// A segment is retired (checkpointed into sled, then deleted) past this
+/// size. Its writes are held in memory until then, and replayed at a start.
 pub const SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
 
 const HEADER: usize = 8;
@@ -202,15 +202,17 @@ impl Appender {
         Ok(())
     }
 
-    /// When the segment is full: starts the next one and returns the id of
-    /// the full one, whose records may be retired once sled is flushed.
-    pub fn rotate_if_full(&mut self) -> Result<Option<u64>, Error> {
-        if self.len < SEGMENT_BYTES {
-            return Ok(None);
-        }
+    /// Whether `more` bytes fill the segment.
+    pub fn fills(&self, more: usize) -> bool {
+        self.len + more as u64 >= SEGMENT_BYTES
+    }
+
+    /// Starts the next segment and returns the id of the current one, whose
+    /// records may be retired once a checkpoint holds them.
+    pub fn rotate(&mut self) -> Result<u64, Error> {
         let full = self.id;
         *self = Self::create(&self.dir)?;
-        Ok(Some(full))
+        Ok(full)
     }
 }
 
