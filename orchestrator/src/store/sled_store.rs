@@ -124,21 +124,27 @@ fn start_checkpointer(
     let (retire, full) = mpsc::sync_channel::<(u64, Arc<Layer>)>(CHECKPOINTS_QUEUED);
     let thread = std::thread::Builder::new().name("sagaflow-checkpoint".into()).spawn(move || {
         let mut retired = 0;
-        // A layer that failed stays first: later ones must not reach sled
-        // before it, or its older values would shadow theirs.
+        // A layer that failed stays first and blocks the later ones: were
+        // they retired before it, readers would find its older values first.
         let mut pending = VecDeque::new();
         while let Ok(next) = full.recv() {
             pending.push_back(next);
             while let Some((upto, layer)) = pending.front() {
-                if let Err(e) = apply_layer(&tree, layer).and_then(|()| flush_sled(&tree, &log)) {
-                    tracing::error!(error = %e, "checkpoint failed; the log segments stay and replay at start");
-                    break;
-                }
+                let started = std::time::Instant::now();
+                let written = match apply_layer(&tree, layer).and_then(|n| flush_sled(&tree, &log).map(|()| n)) {
+                    Ok(written) => written,
+                    Err(e) => {
+                        tracing::error!(error = %e, "checkpoint failed; the log segments stay and replay at start");
+                        break;
+                    }
+                };
                 let ids: Vec<u64> = (retired + 1..=*upto).collect();
                 match wal::remove(&wal_dir, &ids) {
                     Ok(()) => retired = *upto,
                     Err(e) => tracing::error!(error = %e, "retired log segments could not be deleted"),
                 }
+                crate::metrics::record_checkpoint(started.elapsed());
+                tracing::debug!(written, layer = layer.len(), elapsed = ?started.elapsed(), "checkpointed a log segment into sled");
                 overlay.retire(layer);
                 pending.pop_front();
             }
@@ -147,14 +153,31 @@ fn start_checkpointer(
     Ok((retire, Checkpointer(Some(thread))))
 }
 
-/// Writes a frozen layer into sled. In chunks, since atomicity is not needed
-/// here: every write is in the log, and a crash part-way replays it all.
-fn apply_layer(tree: &sled::Tree, layer: &Layer) -> std::io::Result<()> {
-    let writes: Vec<Write> = layer.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    for chunk in writes.chunks(4096) {
-        tree.apply_batch(batch_of(chunk.to_vec())).map_err(std::io::Error::other)?;
+/// Writes a frozen layer into sled and returns how many writes it made. In
+/// chunks, since atomicity is not needed here: every write is in the log,
+/// and a crash part-way replays it all.
+fn apply_layer(tree: &sled::Tree, layer: &Layer) -> std::io::Result<usize> {
+    const CHUNK: usize = 4096;
+    let mut batch = sled::Batch::default();
+    let mut queued = 0;
+    let mut written = 0;
+    for (key, value) in layer {
+        match value {
+            Some(value) => batch.insert(key.as_slice(), value.as_slice()),
+            // Most deletions are of keys that lived and died within the
+            // layer (tasks, leases, timers); a lookup is cheaper than a removal.
+            None if tree.contains_key(key).map_err(std::io::Error::other)? => batch.remove(key.as_slice()),
+            None => continue,
+        }
+        queued += 1;
+        written += 1;
+        if queued == CHUNK {
+            tree.apply_batch(std::mem::take(&mut batch)).map_err(std::io::Error::other)?;
+            queued = 0;
+        }
     }
-    Ok(())
+    tree.apply_batch(batch).map_err(std::io::Error::other)?;
+    Ok(written)
 }
 
 impl Kv for SledKv {
