@@ -43,6 +43,12 @@ pub async fn history_reads_back_in_order_and_pages(store: &dyn Store) {
     assert_eq!(all, (1..=10).collect::<Vec<_>>());
     let page: Vec<u64> = store.history("wf-a", 4, 3).unwrap().iter().map(|e| e.seq).collect();
     assert_eq!(page, vec![4, 5, 6]);
+    // Pages that start inside one commit's events and run into the next.
+    let page: Vec<u64> = store.history("wf-a", 2, 3).unwrap().iter().map(|e| e.seq).collect();
+    assert_eq!(page, vec![2, 3, 4]);
+    let tail: Vec<u64> = store.history("wf-a", 9, 100).unwrap().iter().map(|e| e.seq).collect();
+    assert_eq!(tail, vec![9, 10]);
+    assert!(store.history("wf-a", 11, 100).unwrap().is_empty());
     assert_eq!(store.last_seq("wf-a").unwrap(), 10);
     assert_eq!(store.last_seq("wf-ab").unwrap(), 2);
     assert_eq!(store.last_seq("missing").unwrap(), 0);

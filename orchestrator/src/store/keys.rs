@@ -4,7 +4,7 @@
 //!
 //! | prefix | key                              | value           |
 //! |--------|----------------------------------|-----------------|
-//! | `h`    | wf, seq                          | HistoryEvent    |
+//! | `h`    | wf, last seq of the batch        | HistoryBatch    |
 //! | `w`    | workflow id (raw)                | WorkflowSummary |
 //! | `o`    | workflow id (raw)                | (empty): open   |
 //! | `r`    | request id (raw)                 | workflow id     |
@@ -13,6 +13,10 @@
 //! | `t`    | fire_at, wf, timer id            | (empty)         |
 //! | `x`    | outbox seq                       | OutboxRecord    |
 //! | `m`    | name                             | metadata        |
+//!
+//! A history is a run of batches, one per commit, each under the sequence
+//! number of its last event: a scan from `seq` starts at the batch that holds
+//! it, and the last key gives the history's length without a decode.
 
 pub const HISTORY: u8 = b'h';
 pub const SUMMARY: u8 = b'w';
@@ -25,6 +29,12 @@ pub const OUTBOX: u8 = b'x';
 /// The last outbox sequence number ever assigned, so that numbers are never
 /// reused after relayed records are deleted.
 pub const OUTBOX_HIGH_WATER: &[u8] = b"moutbox-seq";
+
+/// The layout version, so that a store written by an older build is migrated
+/// (or a newer one refused) rather than misread.
+pub const FORMAT: &[u8] = b"mformat";
+/// 1: one history key per event. 2: one per commit ([`HistoryBatch`](super::records::HistoryBatch)).
+pub const FORMAT_VERSION: u8 = 2;
 
 /// Derived prefixes, cleared by a rebuild.
 pub const DERIVED: &[u8] = &[SUMMARY, OPEN, REQUEST, TASK, LEASE, TIMER];

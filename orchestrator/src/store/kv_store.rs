@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use prost::Message;
 use sagaflow_proto::v1::{HistoryEvent, WorkflowSummary};
 
+use super::records::HistoryBatch;
 use super::{
     Commit, Durable, Error, IndexPage, Lease, OutboxRecord, Result, Store, TaskRecord, TimerRecord, is_terminal, keys,
 };
@@ -52,23 +53,25 @@ impl<K: Kv> KvStore<K> {
 
     fn writes_for(&self, commit: &mut Commit) -> Result<Vec<Write>> {
         let wf = commit.workflow_id.as_str();
-        let mut writes = Vec::with_capacity(commit.events.len() + 6);
-        if let Some(first) = commit.events.first() {
+        let mut writes = Vec::with_capacity(8);
+        if let Some(first) = commit.events.first().map(|e| e.seq) {
             let stored = self.last_seq(wf)?;
-            if first.seq != stored + 1 {
-                return Err(Error::SequenceConflict { workflow_id: wf.into(), stored, requested: first.seq });
+            if first != stored + 1 {
+                return Err(Error::SequenceConflict { workflow_id: wf.into(), stored, requested: first });
             }
-            for (i, event) in commit.events.iter().enumerate() {
+            for (expected, event) in (first..).zip(&commit.events) {
                 // A gap inside one commit would corrupt the history for good.
-                if event.seq != first.seq + i as u64 {
+                if event.seq != expected {
                     return Err(Error::SequenceConflict {
                         workflow_id: wf.into(),
-                        stored: first.seq + i as u64 - 1,
+                        stored: expected - 1,
                         requested: event.seq,
                     });
                 }
-                writes.push((keys::history(wf, event.seq), Some(event.encode_to_vec())));
             }
+            let last = first + commit.events.len() as u64 - 1;
+            let batch = HistoryBatch { events: std::mem::take(&mut commit.events) };
+            writes.push((keys::history(wf, last), Some(batch.encode_to_vec())));
         }
         if let Some(summary) = &commit.summary {
             writes.push((keys::raw(keys::SUMMARY, wf), Some(summary.encode_to_vec())));
@@ -127,18 +130,26 @@ impl<K: Kv> Store for KvStore<K> {
     }
 
     fn history(&self, workflow_id: &str, from_seq: u64, limit: usize) -> Result<Vec<HistoryEvent>> {
-        let mut events = Vec::new();
+        let from_seq = from_seq.max(1);
+        let mut events: Vec<HistoryEvent> = Vec::new();
         let mut failure = None;
-        let from = keys::history(workflow_id, from_seq.max(1));
-        self.kv.scan(&from, &keys::history_prefix(workflow_id), &mut |key, value| {
-            if events.len() >= limit {
-                return false;
+        self.kv.scan(&keys::history(workflow_id, from_seq), &keys::history_prefix(workflow_id), &mut |key, value| {
+            let batch = match Self::decode::<HistoryBatch>(key, value) {
+                Ok(batch) => batch,
+                Err(e) => {
+                    failure = Some(e);
+                    return false;
+                }
+            };
+            for event in batch.events {
+                if events.len() >= limit {
+                    return false;
+                }
+                if event.seq >= from_seq {
+                    events.push(event);
+                }
             }
-            match Self::decode::<HistoryEvent>(key, value) {
-                Ok(event) => events.push(event),
-                Err(e) => failure = Some(e),
-            }
-            failure.is_none()
+            true
         })?;
         failure.map_or(Ok(events), Err)
     }

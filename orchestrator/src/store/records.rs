@@ -1,7 +1,15 @@
 //! Derived records, prost-encoded on disk. They are internal to the store and
 //! the runtime, so they are defined here rather than in the public contract.
 
-use sagaflow_proto::v1::ActivityTask;
+use sagaflow_proto::v1::{ActivityTask, HistoryEvent};
+
+/// The events one commit appended to a history, stored under the sequence
+/// number of the last one (see `keys.rs`): one key per decision, not per event.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HistoryBatch {
+    #[prost(message, repeated, tag = "1")]
+    pub events: Vec<HistoryEvent>,
+}
 
 /// A scheduled activity attempt waiting for (or leased to) a worker.
 #[derive(Clone, PartialEq, prost::Message)]

@@ -11,10 +11,14 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 
+use prost::Message;
+use sagaflow_proto::v1::HistoryEvent;
+
 use super::group_commit::GroupCommit;
 use super::kv_store::{Kv, KvStore, Write};
 use super::overlay::{Layer, Overlay};
-use super::wal;
+use super::records::HistoryBatch;
+use super::{keys, wal};
 use super::{Durable, Error, Result};
 
 pub struct SledKv {
@@ -83,7 +87,8 @@ impl SledStore {
         let replayed =
             wal::replay(&wal_dir, |writes| tree.apply_batch(batch_of(writes)).map_err(std::io::Error::other))
                 .map_err(engine)?;
-        if !replayed.is_empty() {
+        let migrated = migrate(&tree)?;
+        if !replayed.is_empty() || migrated {
             flush_sled(&tree, &log).map_err(engine)?;
             wal::remove(&wal_dir, &replayed).map_err(engine)?;
         }
@@ -110,6 +115,39 @@ impl SledStore {
         .map_err(engine)?;
         KvStore::new(SledKv { tree, overlay, flusher, _checkpointer: checkpointer })
     }
+}
+
+/// Brings a store written by an older build to the current layout (see
+/// `keys.rs`), in one atomic batch; returns whether anything changed.
+fn migrate(tree: &sled::Tree) -> Result<bool> {
+    match tree.get(keys::FORMAT).map_err(engine)? {
+        Some(version) if version.as_ref() == [keys::FORMAT_VERSION] => return Ok(false),
+        Some(version) => {
+            return Err(Error::Corrupt {
+                key: String::from_utf8_lossy(keys::FORMAT).into_owned(),
+                reason: format!("layout version {version:?} is newer than this build reads"),
+            });
+        }
+        None => {}
+    }
+    // Version 1 kept each event under its own key, which is the key of a batch of one.
+    let mut batch = sled::Batch::default();
+    let mut events = 0usize;
+    for item in tree.scan_prefix([keys::HISTORY]) {
+        let (key, value) = item.map_err(engine)?;
+        let event = HistoryEvent::decode(value.as_ref()).map_err(|e| Error::Corrupt {
+            key: String::from_utf8_lossy(&key).into_owned(),
+            reason: e.to_string(),
+        })?;
+        batch.insert(key, HistoryBatch { events: vec![event] }.encode_to_vec());
+        events += 1;
+    }
+    batch.insert(keys::FORMAT, vec![keys::FORMAT_VERSION]);
+    tree.apply_batch(batch).map_err(engine)?;
+    if events > 0 {
+        tracing::info!(events, version = keys::FORMAT_VERSION, "migrated the store's history layout");
+    }
+    Ok(true)
 }
 
 /// Moves frozen layers into sled, oldest first: applies one, flushes sled,
@@ -292,6 +330,46 @@ mod conformance {
         for i in [0, commits / 2, commits - 1] {
             assert_eq!(store.history(&format!("wf-{i}"), 1, 1).unwrap()[0].time_ms, i as i64);
         }
+    }
+
+    #[test]
+    fn a_store_of_the_first_layout_is_migrated_and_reads_the_same() {
+        use prost::Message;
+        use sagaflow_proto::v1::{HistoryEvent, TimerFired, history_event::Attributes};
+        let dir = tempfile::tempdir().unwrap();
+        let event = |seq| HistoryEvent {
+            seq,
+            time_ms: seq as i64,
+            attributes: Some(Attributes::TimerFired(TimerFired { timer_id: format!("t{seq}") })),
+        };
+        {
+            // Version 1 wrote one key per event and no layout version.
+            let tree = sled::open(dir.path()).unwrap().open_tree("sagaflow").unwrap();
+            for seq in 1..=3 {
+                tree.insert(crate::store::keys::history("old", seq), event(seq).encode_to_vec()).unwrap();
+            }
+            tree.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.history("old", 1, 10).unwrap(), vec![event(1), event(2), event(3)]);
+        assert_eq!(store.history("old", 2, 1).unwrap(), vec![event(2)]);
+        assert_eq!(store.last_seq("old").unwrap(), 3);
+        drop(store);
+        // Opening again finds the current version and changes nothing.
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.history("old", 1, 10).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_store_of_a_newer_layout_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let tree = sled::open(dir.path()).unwrap().open_tree("sagaflow").unwrap();
+            tree.insert(crate::store::keys::FORMAT, vec![crate::store::keys::FORMAT_VERSION + 1]).unwrap();
+            tree.flush().unwrap();
+        }
+        let err = SledStore::open(dir.path()).err().unwrap();
+        assert!(err.to_string().contains("newer than this build"), "{err}");
     }
 
     #[tokio::test]
