@@ -16,7 +16,10 @@
 //!
 //! A history is a run of batches, one per commit, each under the sequence
 //! number of its last event: a scan from `seq` starts at the batch that holds
-//! it, and the last key gives the history's length without a decode.
+//! it, and the last key gives the history's length without a decode. A
+//! checkpoint may store several batches as one (under the last one's key),
+//! and a replay after a crash may write them again one by one: readers skip
+//! events they have already passed.
 
 pub const HISTORY: u8 = b'h';
 pub const SUMMARY: u8 = b'w';
@@ -58,6 +61,15 @@ pub fn history(workflow_id: &str, seq: u64) -> Vec<u8> {
     let mut key = history_prefix(workflow_id);
     key.extend_from_slice(&seq.to_be_bytes());
     key
+}
+
+/// Whether both are history keys of one workflow.
+pub fn same_history(a: &[u8], b: &[u8]) -> bool {
+    fn workflow(key: &[u8]) -> Option<&[u8]> {
+        let len = usize::from(*key.get(1)?);
+        key.get(..2 + len).filter(|_| key[0] == HISTORY)
+    }
+    workflow(a).is_some_and(|wf| Some(wf) == workflow(b))
 }
 
 pub fn raw(prefix: u8, id: &str) -> Vec<u8> {
@@ -113,6 +125,9 @@ mod tests {
         assert!(history("a", 2) < history("a", 10));
         // "a" must not see "ab"'s events when scanning its prefix.
         assert!(!history("ab", 1).starts_with(&history_prefix("a")));
+        assert!(same_history(&history("a", 2), &history("a", 9)));
+        assert!(!same_history(&history("a", 2), &history("ab", 2)));
+        assert!(!same_history(&raw(SUMMARY, "a"), &raw(SUMMARY, "a")));
     }
 
     #[test]

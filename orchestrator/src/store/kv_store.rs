@@ -133,24 +133,29 @@ impl<K: Kv> Store for KvStore<K> {
         let from_seq = from_seq.max(1);
         let mut events: Vec<HistoryEvent> = Vec::new();
         let mut failure = None;
-        self.kv.scan(&keys::history(workflow_id, from_seq), &keys::history_prefix(workflow_id), &mut |key, value| {
-            let batch = match Self::decode::<HistoryBatch>(key, value) {
-                Ok(batch) => batch,
-                Err(e) => {
-                    failure = Some(e);
-                    return false;
+        self.kv.scan(
+            &keys::history(workflow_id, from_seq),
+            &keys::history_prefix(workflow_id),
+            &mut |key, value| {
+                let batch = match Self::decode::<HistoryBatch>(key, value) {
+                    Ok(batch) => batch,
+                    Err(e) => {
+                        failure = Some(e);
+                        return false;
+                    }
+                };
+                for event in batch.events {
+                    if events.len() >= limit {
+                        return false;
+                    }
+                    // Overlapping batches (see keys.rs) repeat events already taken.
+                    if event.seq >= from_seq && events.last().is_none_or(|last| event.seq > last.seq) {
+                        events.push(event);
+                    }
                 }
-            };
-            for event in batch.events {
-                if events.len() >= limit {
-                    return false;
-                }
-                if event.seq >= from_seq {
-                    events.push(event);
-                }
-            }
-            true
-        })?;
+                true
+            },
+        )?;
         failure.map_or(Ok(events), Err)
     }
 

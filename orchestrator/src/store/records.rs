@@ -5,8 +5,11 @@ use sagaflow_proto::v1::{ActivityTask, HistoryEvent};
 
 /// The events one commit appended to a history, stored under the sequence
 /// number of the last one (see `keys.rs`): one key per decision, not per event.
+/// Its only field is repeated, so two encoded batches, concatenated, are the
+/// encoding of one batch holding the events of both.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct HistoryBatch {
+    // Tag 1 and nothing else: concatenation depends on it.
     #[prost(message, repeated, tag = "1")]
     pub events: Vec<HistoryEvent>,
 }

@@ -18,8 +18,8 @@ use super::group_commit::GroupCommit;
 use super::kv_store::{Kv, KvStore, Write};
 use super::overlay::{Layer, Overlay};
 use super::records::HistoryBatch;
-use super::{keys, wal};
 use super::{Durable, Error, Result};
+use super::{keys, wal};
 
 pub struct SledKv {
     tree: sled::Tree,
@@ -135,10 +135,8 @@ fn migrate(tree: &sled::Tree) -> Result<bool> {
     let mut events = 0usize;
     for item in tree.scan_prefix([keys::HISTORY]) {
         let (key, value) = item.map_err(engine)?;
-        let event = HistoryEvent::decode(value.as_ref()).map_err(|e| Error::Corrupt {
-            key: String::from_utf8_lossy(&key).into_owned(),
-            reason: e.to_string(),
-        })?;
+        let event = HistoryEvent::decode(value.as_ref())
+            .map_err(|e| Error::Corrupt { key: String::from_utf8_lossy(&key).into_owned(), reason: e.to_string() })?;
         batch.insert(key, HistoryBatch { events: vec![event] }.encode_to_vec());
         events += 1;
     }
@@ -199,8 +197,24 @@ fn apply_layer(tree: &sled::Tree, layer: &Layer) -> std::io::Result<usize> {
     let mut batch = sled::Batch::default();
     let mut queued = 0;
     let mut written = 0;
-    for (key, value) in layer {
+    let mut entries = layer.iter().peekable();
+    while let Some((key, value)) = entries.next() {
         match value {
+            Some(value) if key.first() == Some(&keys::HISTORY) => {
+                // A workflow's batches in this layer are adjacent and
+                // consecutive: stored as one, under the last one's key.
+                let (mut last, mut merged) = (key, None::<Vec<u8>>);
+                while let Some((next, Some(more))) =
+                    entries.next_if(|(next, v)| v.is_some() && keys::same_history(key, next))
+                {
+                    merged.get_or_insert_with(|| value.clone()).extend_from_slice(more);
+                    last = next;
+                }
+                match merged {
+                    Some(merged) => batch.insert(last.as_slice(), merged),
+                    None => batch.insert(key.as_slice(), value.as_slice()),
+                }
+            }
             Some(value) => batch.insert(key.as_slice(), value.as_slice()),
             // Most deletions are of keys that lived and died within the
             // layer (tasks, leases, timers); a lookup is cheaper than a removal.
@@ -358,6 +372,67 @@ mod conformance {
         // Opening again finds the current version and changes nothing.
         let store = SledStore::open(dir.path()).unwrap();
         assert_eq!(store.history("old", 1, 10).unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_stores_a_workflows_batches_as_one_and_reads_stay_whole() {
+        use sagaflow_proto::v1::{ActivityCompleted, HistoryEvent, history_event::Attributes};
+        let dir = tempfile::tempdir().unwrap();
+        let big = "x".repeat(64 * 1024);
+        let commits = 2 * crate::store::wal::SEGMENT_BYTES as u64 / big.len() as u64;
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            for seq in 1..=commits {
+                let event = HistoryEvent {
+                    seq,
+                    time_ms: seq as i64,
+                    attributes: Some(Attributes::ActivityCompleted(ActivityCompleted {
+                        task_id: seq.to_string(),
+                        result: big.clone(),
+                    })),
+                };
+                let commit =
+                    crate::store::Commit { workflow_id: "long".into(), events: vec![event], ..Default::default() };
+                store.commit(commit).unwrap().wait().await.unwrap();
+            }
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while std::fs::read_dir(dir.path().join("wal")).unwrap().count() > 1 {
+                assert!(std::time::Instant::now() < deadline, "full segments were never retired");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            let seqs: Vec<u64> = store.history("long", 1, usize::MAX).unwrap().iter().map(|e| e.seq).collect();
+            assert_eq!(seqs, (1..=commits).collect::<Vec<_>>());
+            assert_eq!(store.history("long", commits / 2, 2).unwrap()[0].seq, commits / 2);
+        }
+        let tree = sled::open(dir.path()).unwrap().open_tree("sagaflow").unwrap();
+        let keys = tree.scan_prefix(crate::store::keys::history_prefix("long")).count() as u64;
+        assert!(keys < commits / 4, "{keys} history keys in sled for {commits} commits");
+    }
+
+    #[test]
+    fn overlapping_batches_read_each_event_once() {
+        use prost::Message;
+        use sagaflow_proto::v1::HistoryEvent;
+        let dir = tempfile::tempdir().unwrap();
+        let batch = |seqs: std::ops::RangeInclusive<u64>| {
+            let events = seqs.map(|seq| HistoryEvent { seq, ..Default::default() }).collect();
+            crate::store::records::HistoryBatch { events }.encode_to_vec()
+        };
+        {
+            // A checkpoint stored 1..=4 as one batch, then a replay wrote 1..=2 and 3..=4 again.
+            let tree = sled::open(dir.path()).unwrap().open_tree("sagaflow").unwrap();
+            tree.insert(crate::store::keys::FORMAT, vec![crate::store::keys::FORMAT_VERSION]).unwrap();
+            tree.insert(crate::store::keys::history("wf", 2), batch(1..=2)).unwrap();
+            tree.insert(crate::store::keys::history("wf", 4), batch(1..=4)).unwrap();
+            tree.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        let seqs =
+            |from, limit| -> Vec<u64> { store.history("wf", from, limit).unwrap().iter().map(|e| e.seq).collect() };
+        assert_eq!(seqs(1, 100), vec![1, 2, 3, 4]);
+        assert_eq!(seqs(2, 2), vec![2, 3]);
+        assert_eq!(seqs(3, 100), vec![3, 4]);
+        assert_eq!(store.last_seq("wf").unwrap(), 4);
     }
 
     #[test]
