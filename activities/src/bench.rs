@@ -9,6 +9,17 @@ use crate::Faults;
 
 pub const ACTIVITIES: &[&str] = &["bench.reserve", "bench.release", "bench.capture", "bench.order", "bench.ship"];
 
+/// Waits `latency`, to the microsecond where the OS allows: tokio's own timer
+/// rounds up to the next millisecond tick, which would make a 5 ms activity
+/// take about 6 ms and the bench measure the timer rather than the engine.
+async fn wait(latency: Duration) {
+    #[cfg(target_os = "linux")]
+    if tokio_timerfd::sleep(latency).await.is_ok() {
+        return;
+    }
+    tokio::time::sleep(latency).await;
+}
+
 /// Registers the bench activities on `builder`.
 pub fn register(mut builder: WorkerBuilder, faults: &Faults, latency: Duration) -> WorkerBuilder {
     for activity_type in ACTIVITIES {
@@ -19,7 +30,7 @@ pub fn register(mut builder: WorkerBuilder, faults: &Faults, latency: Duration) 
                 faults
                     .guard(ctx.activity_type(), async {
                         if !latency.is_zero() {
-                            tokio::time::sleep(latency).await;
+                            wait(latency).await;
                         }
                         Ok::<_, ActivityError>(
                             serde_json::json!({ "key": ctx.idempotency_key(), "attempt": ctx.attempt() }),

@@ -114,8 +114,9 @@ impl GroupCommit {
     }
 
     fn wake(&self) {
-        let mut pending = self.shared.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        *pending = true;
+        *self.shared.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = true;
+        // Notified after the lock is released, so that the flusher does not
+        // wake only to wait for it.
         self.shared.wake.notify_one();
     }
 }

