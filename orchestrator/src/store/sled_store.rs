@@ -67,6 +67,9 @@ fn flush_sled(tree: &sled::Tree, log: &File) -> std::io::Result<()> {
     log.sync_data()
 }
 
+/// Hands a full segment's id and its frozen layer to the checkpointer.
+type RetireSender = mpsc::SyncSender<(u64, Arc<Layer>)>;
+
 /// Frozen layers the checkpointer may lag behind before commits wait for it.
 const CHECKPOINTS_QUEUED: usize = 2;
 
@@ -156,7 +159,7 @@ fn start_checkpointer(
     log: File,
     wal_dir: PathBuf,
     overlay: Arc<Overlay>,
-) -> std::io::Result<(mpsc::SyncSender<(u64, Arc<Layer>)>, Checkpointer)> {
+) -> std::io::Result<(RetireSender, Checkpointer)> {
     let (retire, full) = mpsc::sync_channel::<(u64, Arc<Layer>)>(CHECKPOINTS_QUEUED);
     let thread = std::thread::Builder::new().name("sagaflow-checkpoint".into()).spawn(move || {
         let mut retired = 0;
@@ -384,7 +387,7 @@ mod conformance {
         use sagaflow_proto::v1::{ActivityCompleted, HistoryEvent, history_event::Attributes};
         let dir = tempfile::tempdir().unwrap();
         let big = "x".repeat(64 * 1024);
-        let commits = 2 * crate::store::wal::SEGMENT_BYTES as u64 / big.len() as u64;
+        let commits = 2 * crate::store::wal::SEGMENT_BYTES / big.len() as u64;
         {
             let store = SledStore::open(dir.path()).unwrap();
             for seq in 1..=commits {
