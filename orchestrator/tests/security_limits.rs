@@ -102,6 +102,43 @@ async fn a_flood_at_ten_times_the_rate_is_shed_and_nothing_accepted_is_lost() {
 }
 
 #[tokio::test]
+async fn thousands_of_refusals_on_one_connection_leave_it_open() {
+    // Refusals must not cost the connection: h2 closes one after 1,024
+    // streams it had to reset, and the restart bench's fill (past the
+    // per-token rate on one connection) once lost its connection mid-run.
+    let (server, _dir) = secured(&["--rate-limit-per-token", "1", "--rate-limit", "100000"]).await;
+    let channel = Channel::from_shared(server.url.clone()).unwrap().connect().await.unwrap();
+    // Like clients that retry at once, on one connection: 64 callers, each
+    // sending its next start as soon as the last was refused.
+    let callers: Vec<_> = (0..64)
+        .map(|caller| {
+            let mut client = WorkflowServiceClient::new(channel.clone());
+            tokio::spawn(async move {
+                let mut refused = 0;
+                for attempt in 0..40 {
+                    let request_id = format!("shed-{caller}-{attempt}");
+                    let request = with_token(start_request("bench", &request_id, "{}"), Some(CLIENT));
+                    match client.start_workflow(request).await {
+                        Ok(_) => {}
+                        Err(status) if status.code() == Code::ResourceExhausted => refused += 1,
+                        Err(status) => panic!("refusal {refused} broke the connection: {status:?}"),
+                    }
+                }
+                refused
+            })
+        })
+        .collect();
+    let mut refused = 0;
+    for caller in callers {
+        refused += caller.await.unwrap();
+    }
+    assert!(refused > 1024, "only {refused} calls were refused");
+    let mut operator = WorkflowServiceClient::new(channel);
+    let listed = operator.list_workflows(with_token(ListWorkflowsRequest::default(), Some(OPERATOR))).await;
+    assert!(listed.is_ok(), "the connection did not survive the refusals: {listed:?}");
+}
+
+#[tokio::test]
 async fn one_tenant_cannot_take_the_others_slots() {
     let (server, _dir) = secured(&["--max-in-flight-per-token", "4", "--max-in-flight", "16"]).await;
     let mut c = client(&server).await;

@@ -68,11 +68,26 @@ fn refusal(refused: Refused) -> Status {
     status
 }
 
+/// How long a refusal waits for the rest of the refused request.
+const DRAIN: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Reads a refused request's body to its end (or for [`DRAIN`]) before the
+/// refusal is sent. Answered while the client is still sending, the stream
+/// has to be reset, and the rest of the body then draws a second reset: a
+/// shed burst doubled the frames on the connection, and h2 counts such
+/// resets against a limit (1,024) past which it closes the connection.
+async fn drain<B: tonic::codegen::Body + Unpin>(mut body: B) {
+    use http_body_util::BodyExt;
+    let _ = tokio::time::timeout(DRAIN, async { while let Some(Ok(_)) = body.frame().await {} }).await;
+}
+
 impl<S, B, ResBody> Service<http::Request<B>> for Admit<S>
 where
     S: Service<http::Request<B>, Response = http::Response<ResBody>>,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
+    B: tonic::codegen::Body + Send + Unpin + 'static,
+    B::Data: Send,
     ResBody: Default + Send + 'static,
 {
     type Response = S::Response;
@@ -99,7 +114,11 @@ where
             Err(refused) => {
                 metrics::counter!("sagaflow_requests_shed_total", "reason" => refused.shed.reason()).increment(1);
                 tracing::debug!(reason = refused.shed.reason(), method = request.uri().path(), "shed a call");
-                Box::pin(std::future::ready(Ok(refusal(refused).into_http())))
+                let body = request.into_body();
+                Box::pin(async move {
+                    drain(body).await;
+                    Ok(refusal(refused).into_http())
+                })
             }
         }
     }

@@ -128,8 +128,8 @@ async fn fill(client: &WorkflowServiceClient<Conn>, n: u64, concurrency: u32) ->
                     input: b"{}".to_vec(),
                     ..Default::default()
                 };
-                let started = client.start_workflow(request).await.map_err(|s| status_error(s).context("start"))?;
-                last = Some(started.into_inner().workflow_id);
+                let started = start_with_pushback(&mut client, request).await?;
+                last = Some(started);
             }
         });
     }
@@ -138,6 +138,29 @@ async fn fill(client: &WorkflowServiceClient<Conn>, n: u64, concurrency: u32) ->
         last = joined.context("a client task failed")??.or(last);
     }
     last.context("no workflow was started")
+}
+
+/// Starts a workflow, waiting out the server's load shedding: the fill runs
+/// faster than the admission limit's default rate, and a refused start was
+/// not applied, so sending it again after the pushback is safe.
+async fn start_with_pushback(
+    client: &mut WorkflowServiceClient<Conn>,
+    request: StartWorkflowRequest,
+) -> anyhow::Result<String> {
+    loop {
+        match client.start_workflow(request.clone()).await {
+            Ok(started) => return Ok(started.into_inner().workflow_id),
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                let pushback_ms = status
+                    .metadata()
+                    .get("grpc-retry-pushback-ms")
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                    .unwrap_or(10);
+                tokio::time::sleep(Duration::from_millis(pushback_ms.max(1))).await;
+            }
+            Err(status) => return Err(status_error(status).context("start")),
+        }
+    }
 }
 
 /// The parked workflow still works after the restart: signal it and see it end.
