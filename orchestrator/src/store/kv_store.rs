@@ -27,6 +27,12 @@ pub trait Kv: Send + Sync + 'static {
     /// Visits keys `>= from` that start with `prefix`, in order, until `visit` returns false.
     fn scan(&self, from: &[u8], prefix: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<()>;
     fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// [`last_with_prefix`](Kv::last_with_prefix) for a prefix whose keys are
+    /// only ever added in increasing order and never deleted (a history): an
+    /// engine may then answer from its newest writes alone.
+    fn last_appended(&self, prefix: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.last_with_prefix(prefix)
+    }
     fn barrier(&self) -> Durable;
 }
 
@@ -167,7 +173,7 @@ impl<K: Kv> Store for KvStore<K> {
     fn last_seq(&self, workflow_id: &str) -> Result<u64> {
         Ok(self
             .kv
-            .last_with_prefix(&keys::history_prefix(workflow_id))?
+            .last_appended(&keys::history_prefix(workflow_id))?
             .and_then(|key| key.get(key.len() - 8..).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes))
             .unwrap_or(0))
     }

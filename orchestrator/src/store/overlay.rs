@@ -133,6 +133,19 @@ impl Overlay {
         Ok(last)
     }
 
+    /// The greatest key under `prefix` in the newest layer that has one, for
+    /// keys that are only added in increasing order and never deleted: there
+    /// the newest layer's greatest key is also the greatest overall.
+    pub fn last_appended(&self, prefix: &[u8]) -> Option<Vec<u8>> {
+        let layers = self.read();
+        let end = prefix_end(prefix);
+        let upper = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        layers.newest_first().find_map(|layer| {
+            let (key, _) = layer.range::<[u8], _>((Bound::Included(prefix), upper)).next_back()?;
+            Some(key.clone())
+        })
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         let layers = self.read();
@@ -319,6 +332,17 @@ mod tests {
         overlay.retire(&frozen);
         assert_eq!(overlay.len(), 1);
         assert_eq!(overlay.take_unlogged(|_| false).0, b"r2");
+    }
+
+    #[test]
+    fn the_newest_layer_answers_for_appended_keys() {
+        let overlay = Overlay::default();
+        assert_eq!(overlay.last_appended(b"h"), None);
+        overlay.apply(vec![put("h1", ""), put("h2", "")], b"");
+        let _ = overlay.take_unlogged(|_| true);
+        assert_eq!(overlay.last_appended(b"h"), Some(b"h2".to_vec()));
+        overlay.apply(vec![put("h3", ""), put("x9", "")], b"");
+        assert_eq!(overlay.last_appended(b"h"), Some(b"h3".to_vec()));
     }
 
     #[test]

@@ -193,10 +193,12 @@ fn start_checkpointer(
 }
 
 /// Writes a frozen layer into sled and returns how many writes it made. In
-/// chunks, since atomicity is not needed here: every write is in the log,
-/// and a crash part-way replays it all.
+/// small chunks: sled blocks every read while it applies a batch, and a
+/// reader blocked in sled holds up commits (it holds the overlay's read
+/// lock). Atomicity is not needed here: every write is in the log, and a
+/// crash part-way replays it all.
 fn apply_layer(tree: &sled::Tree, layer: &Layer) -> std::io::Result<usize> {
-    const CHUNK: usize = 4096;
+    const CHUNK: usize = 256;
     let mut batch = sled::Batch::default();
     let mut queued = 0;
     let mut written = 0;
@@ -268,6 +270,15 @@ impl Kv for SledKv {
     fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<Vec<u8>>> {
         let base = self.tree.scan_prefix(prefix).rev().map(|item| item.map_err(engine));
         self.overlay.last_with_prefix(prefix, base)
+    }
+
+    fn last_appended(&self, prefix: &[u8]) -> Result<Option<Vec<u8>>> {
+        // Recent workflows are answered from memory, without a sled read
+        // (which would wait for a checkpoint's batch in progress).
+        match self.overlay.last_appended(prefix) {
+            Some(key) => Ok(Some(key)),
+            None => self.last_with_prefix(prefix),
+        }
     }
 
     fn barrier(&self) -> Durable {
