@@ -76,14 +76,13 @@ const CHECKPOINTS_QUEUED: usize = 2;
 impl SledStore {
     /// Opens (or creates) the store in `dir`, replaying the write-ahead log.
     pub fn open(dir: &Path) -> Result<Self> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             // Durability comes from the write-ahead log; sled's own timer
             // flush would only add syncs.
             .flush_every_ms(None)
-            .cache_capacity(256 * 1024 * 1024)
-            .open()
-            .map_err(engine)?;
+            .cache_capacity(256 * 1024 * 1024);
+        let db = open_when_unlocked(&config).map_err(engine)?;
         let tree = db.open_tree("sagaflow").map_err(engine)?;
         let log = File::open(dir.join("db")).map_err(engine)?;
         let wal_dir = dir.join("wal");
@@ -117,6 +116,27 @@ impl SledStore {
         }))
         .map_err(engine)?;
         KvStore::new(SledKv { tree, overlay, flusher, _checkpointer: checkpointer })
+    }
+}
+
+/// How long an open waits for a previous handle's file lock to go.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Opens sled, waiting briefly while the directory's lock is still held:
+/// sled 0.34 releases it from its I/O threads a moment after the last handle
+/// is dropped, so an open right after a close in the same process can find
+/// it taken. A lock held longer (another process) is still an error.
+fn open_when_unlocked(config: &sled::Config) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
     }
 }
 
