@@ -33,10 +33,15 @@ pub struct System {
     running: BTreeMap<Target, Child>,
 }
 
-/// A loopback port that was free a moment ago.
-fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("no free loopback port")?;
-    Ok(listener.local_addr()?.port())
+/// `n` distinct loopback ports that were free a moment ago. The probe
+/// sockets stay open until all are picked: closed one by one, the kernel may
+/// hand the same port out twice (a CI run gave the orchestrator's metrics
+/// port to a worker's admin API too, and the worker could not restart).
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let probes = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").context("no free loopback port"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    probes.iter().map(|probe| Ok(probe.local_addr()?.port())).collect()
 }
 
 /// `nats-server` on PATH or where Debian puts it.
@@ -61,16 +66,12 @@ impl System {
         if std::fs::hard_link(&current, &exe).is_err() {
             std::fs::copy(&current, &exe).with_context(|| format!("cannot copy {}", current.display()))?;
         }
-        let admin_ports = GROUPS.iter().map(|_| free_port()).collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(Self {
-            exe,
-            grpc_port: free_port()?,
-            http_port: free_port()?,
-            nats_port: free_port()?,
-            admin_ports,
-            options,
-            running: BTreeMap::new(),
-        })
+        let mut ports = free_ports(GROUPS.len() + 3)?;
+        let admin_ports = ports.split_off(3);
+        let [grpc_port, http_port, nats_port] = ports[..] else {
+            anyhow::bail!("expected three service ports, got {}", ports.len());
+        };
+        Ok(Self { exe, grpc_port, http_port, nats_port, admin_ports, options, running: BTreeMap::new() })
     }
 
     pub fn has_broker(&self) -> bool {
