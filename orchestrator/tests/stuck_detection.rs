@@ -14,8 +14,8 @@ use sagaflow_proto::v1::history_event::Attributes;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_worker_is_flagged_then_cleared() {
     let dir = tempfile::tempdir().unwrap();
-    let server =
-        ServerProcess::start(dir.path(), &["--no-worker-after", "300ms", "--stuck-check-interval", "100ms"]).await;
+    let args = ["--no-worker-after", "300ms", "--stuck-check-interval", "100ms", "--log-format", "json"];
+    let server = ServerProcess::start_logged(dir.path(), &args, "warn").await;
     let mut client = server.client().await;
     let id = client.start_workflow(start_request("bench", "r-1", "{}")).await.unwrap().into_inner().workflow_id;
     let event = wait_for_event(&mut client, &id, Duration::from_secs(10), |e| {
@@ -25,6 +25,20 @@ async fn no_worker_is_flagged_then_cleared() {
     let Some(Attributes::StuckDetected(stuck)) = event.attributes else { unreachable!() };
     assert_eq!(stuck.reason, "NO_WORKER");
     assert!(stuck.message.contains("bench.reserve"), "names the queue: {}", stuck.message);
+    // The operator's log line carries the id that ties it to the client's request.
+    let history = full_history(&mut client, &id).await;
+    let Some(Attributes::WorkflowStarted(started)) = &history[0].attributes else { unreachable!() };
+    assert!(!started.correlation_id.is_empty());
+    let line = format!("\"correlation_id\":\"{}\"", started.correlation_id);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !server.logs.lock().unwrap().iter().any(|l| l.contains("stuck saga detected") && l.contains(&line)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no stuck log line with {line}: {:?}",
+            server.logs.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let text = tokio::process::Command::new(BIN)
         .args(["workflow", "list", "--stuck", "--server", &server.url])

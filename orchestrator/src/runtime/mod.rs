@@ -272,6 +272,17 @@ impl Runtime {
         })
     }
 
+    /// The correlation id a workflow was started with, for log lines written
+    /// outside its decisions; empty if its history cannot be read.
+    fn correlation_id(&self, workflow_id: &str) -> String {
+        match self.inner.store.history(workflow_id, 1, 1).ok().as_deref() {
+            Some([HistoryEvent { attributes: Some(Attributes::WorkflowStarted(started)), .. }]) => {
+                started.correlation_id.clone()
+            }
+            _ => String::new(),
+        }
+    }
+
     fn compare_with_existing(&self, workflow_id: &str, request: &StartRequest) -> Result<()> {
         let first = self.inner.store.history(workflow_id, 1, 1)?;
         let Some(Attributes::WorkflowStarted(started)) = first.first().and_then(|e| e.attributes.as_ref()) else {

@@ -169,7 +169,8 @@ impl Runtime {
     async fn flag(&self, workflow_id: &str, reason: StuckReason, message: String) -> usize {
         match self.decide(workflow_id, Input::Stuck { reason, message: message.clone() }).await {
             Ok(events) if !events.is_empty() => {
-                tracing::warn!(workflow_id, reason = reason.as_str(), %message, "stuck saga detected");
+                let correlation_id = self.correlation_id(workflow_id);
+                tracing::warn!(workflow_id, %correlation_id, reason = reason.as_str(), %message, "stuck saga detected");
                 1
             }
             Ok(_) => 0,
