@@ -272,20 +272,17 @@ impl Runtime {
         })
     }
 
-    /// The correlation id a workflow was started with, for log lines written
-    /// outside its decisions; empty if its history cannot be read.
-    fn correlation_id(&self, workflow_id: &str) -> String {
-        match self.inner.store.history(workflow_id, 1, 1).ok().as_deref() {
-            Some([HistoryEvent { attributes: Some(Attributes::WorkflowStarted(started)), .. }]) => {
-                started.correlation_id.clone()
-            }
-            _ => String::new(),
-        }
+    /// The event a history starts with; `None` when there is no history.
+    fn started_event(&self, workflow_id: &str) -> Result<Option<WorkflowStarted>> {
+        let first = self.inner.store.history(workflow_id, 1, 1)?;
+        Ok(match first.into_iter().next().and_then(|e| e.attributes) {
+            Some(Attributes::WorkflowStarted(started)) => Some(started),
+            _ => None,
+        })
     }
 
     fn compare_with_existing(&self, workflow_id: &str, request: &StartRequest) -> Result<()> {
-        let first = self.inner.store.history(workflow_id, 1, 1)?;
-        let Some(Attributes::WorkflowStarted(started)) = first.first().and_then(|e| e.attributes.as_ref()) else {
+        let Some(started) = self.started_event(workflow_id)? else {
             return Err(Error::NotFound(format!("workflow {workflow_id} of this request id has no history")));
         };
         let same_id = request.workflow_id.as_deref().is_none_or(|id| id == workflow_id);

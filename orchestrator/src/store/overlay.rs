@@ -13,7 +13,7 @@
 //! newest to oldest, then sled. A deletion is kept as a tombstone (`None`) so
 //! that it hides what sled still holds.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque, btree_map};
 use std::ops::Bound;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
@@ -119,11 +119,7 @@ impl Overlay {
         let end = prefix_end(prefix);
         let sources = layers
             .newest_first()
-            .map(|layer| {
-                let upper = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-                let range = layer.range::<[u8], _>((Bound::Included(prefix), upper));
-                Box::new(range.rev().map(entry)) as Source<'_>
-            })
+            .map(|layer| Box::new(under(layer, prefix, &end).rev().map(entry)) as Source<'_>)
             .collect();
         let mut last = None;
         merge(sources, base, Order::Descending, &mut |key, _| {
@@ -139,11 +135,7 @@ impl Overlay {
     pub fn last_appended(&self, prefix: &[u8]) -> Option<Vec<u8>> {
         let layers = self.read();
         let end = prefix_end(prefix);
-        let upper = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-        layers.newest_first().find_map(|layer| {
-            let (key, _) = layer.range::<[u8], _>((Bound::Included(prefix), upper)).next_back()?;
-            Some(key.clone())
-        })
+        layers.newest_first().find_map(|layer| under(layer, prefix, &end).next_back().map(|(key, _)| key.clone()))
     }
 
     #[cfg(test)]
@@ -171,6 +163,11 @@ type Source<'a> = Box<dyn Iterator<Item = Entry<'a>> + 'a>;
 
 fn entry<'a>((key, value): (&'a Vec<u8>, &'a Option<Vec<u8>>)) -> Entry<'a> {
     (key.as_slice(), value.as_deref())
+}
+
+/// A layer's entries that start with `prefix`; `end` is [`prefix_end`] of it.
+fn under<'a>(layer: &'a Layer, prefix: &[u8], end: &Option<Vec<u8>>) -> btree_map::Range<'a, Vec<u8>, Option<Vec<u8>>> {
+    layer.range::<[u8], _>((Bound::Included(prefix), end.as_deref().map_or(Bound::Unbounded, Bound::Excluded)))
 }
 
 /// The smallest key that is greater than every key starting with `prefix`,

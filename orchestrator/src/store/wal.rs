@@ -248,69 +248,62 @@ mod tests {
         seen
     }
 
+    /// The records of `batch(n)` for each `n`, back to back.
+    fn encoded(ns: impl IntoIterator<Item = u8>) -> Vec<u8> {
+        let mut buffer = Vec::new();
+        for n in ns {
+            encode(&batch(n), &mut buffer);
+        }
+        buffer
+    }
+
+    /// Starts a segment (after every existing one) and appends `bytes` to it.
+    fn new_segment(dir: &Path, bytes: &[u8]) {
+        Appender::create(dir).unwrap().append(bytes).unwrap();
+    }
+
     #[test]
     fn records_round_trip_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let mut appender = Appender::create(dir.path()).unwrap();
-        let mut buffer = Vec::new();
-        for n in 0..5 {
-            encode(&batch(n), &mut buffer);
-        }
-        appender.append(&buffer).unwrap();
+        new_segment(dir.path(), &encoded(0..5));
         assert_eq!(replayed(dir.path()), (0..5).map(batch).collect::<Vec<_>>());
     }
 
     #[test]
     fn a_torn_tail_is_dropped_and_what_came_before_is_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let mut appender = Appender::create(dir.path()).unwrap();
-        let mut buffer = Vec::new();
-        encode(&batch(1), &mut buffer);
-        encode(&batch(2), &mut buffer);
-        let whole = buffer.len();
-        encode(&batch(3), &mut buffer);
+        let whole = encoded(1..=2).len();
         // A crash in the middle of the third record's write.
-        appender.append(&buffer[..whole + 11]).unwrap();
+        new_segment(dir.path(), &encoded(1..=3)[..whole + 11]);
         assert_eq!(replayed(dir.path()), vec![batch(1), batch(2)]);
     }
 
     #[test]
     fn a_flipped_bit_ends_the_replay_at_that_record() {
         let dir = tempfile::tempdir().unwrap();
-        let mut appender = Appender::create(dir.path()).unwrap();
-        let mut buffer = Vec::new();
-        encode(&batch(1), &mut buffer);
-        let first = buffer.len();
-        encode(&batch(2), &mut buffer);
+        let first = encoded([1]).len();
+        let mut buffer = encoded(1..=2);
         buffer[first + HEADER + 3] ^= 0x40;
-        appender.append(&buffer).unwrap();
+        new_segment(dir.path(), &buffer);
         assert_eq!(replayed(dir.path()), vec![batch(1)]);
     }
 
     #[test]
     fn a_segment_left_part_empty_by_a_restart_is_not_corrupt() {
         let dir = tempfile::tempdir().unwrap();
-        let mut old = Appender::create(dir.path()).unwrap();
-        let mut buffer = Vec::new();
-        encode(&batch(1), &mut buffer);
-        old.append(&buffer).unwrap();
+        new_segment(dir.path(), &encoded([1]));
         // A restart begins a new segment; the old one ends in preallocated zeros.
-        let mut new = Appender::create(dir.path()).unwrap();
-        new.append(&buffer).unwrap();
+        new_segment(dir.path(), &encoded([1]));
         assert_eq!(replayed(dir.path()), vec![batch(1), batch(1)]);
     }
 
     #[test]
     fn corruption_before_the_newest_segment_is_an_error_not_a_silent_loss() {
         let dir = tempfile::tempdir().unwrap();
-        let mut old = Appender::create(dir.path()).unwrap();
-        let mut buffer = Vec::new();
-        encode(&batch(1), &mut buffer);
-        let mut damaged = buffer.clone();
+        let mut damaged = encoded([1]);
         damaged[HEADER + 5] ^= 0x40;
-        old.append(&damaged).unwrap();
-        let mut new = Appender::create(dir.path()).unwrap();
-        new.append(&buffer).unwrap();
+        new_segment(dir.path(), &damaged);
+        new_segment(dir.path(), &encoded([1]));
         let err = replay(dir.path(), |_| Ok(())).unwrap_err();
         assert!(matches!(err, Error::Corrupt { .. }), "{err}");
     }
@@ -319,10 +312,7 @@ mod tests {
     fn segments_replay_oldest_first_and_removed_ones_are_gone() {
         let dir = tempfile::tempdir().unwrap();
         for n in 1..=3 {
-            let mut appender = Appender::create(dir.path()).unwrap();
-            let mut buffer = Vec::new();
-            encode(&batch(n), &mut buffer);
-            appender.append(&buffer).unwrap();
+            new_segment(dir.path(), &encoded([n]));
         }
         assert_eq!(replayed(dir.path()), vec![batch(1), batch(2), batch(3)]);
         remove(dir.path(), &[1, 2]).unwrap();
