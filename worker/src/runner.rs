@@ -384,7 +384,8 @@ impl Runner {
             return self.record(outcome(key, Err(error)), Some(session));
         };
         self.spawn(task, handler, key, span, trace);
-        Ok(())
+        // The credit this task used may have been the one that kept the grant waiting.
+        self.top_up(session)
     }
 
     fn spawn(
@@ -520,9 +521,12 @@ impl Runner {
         self.spans.get(key).cloned().unwrap_or_else(Span::none)
     }
 
-    /// Grants credit for every free slot, unless draining.
+    /// Grants credit for every free slot, unless draining. While the
+    /// orchestrator still holds credit for at least half of the slots, the
+    /// grant waits: it would not let the orchestrator send anything sooner,
+    /// and one grant then covers many tasks instead of one message per task.
     fn top_up(&self, session: &mut Session) -> Result<(), SessionError> {
-        if self.drain_deadline.is_some() {
+        if self.drain_deadline.is_some() || session.outstanding >= self.config.max_concurrency.div_ceil(2) {
             return Ok(());
         }
         let held = u32::try_from(self.running.len() + self.unacked.len())

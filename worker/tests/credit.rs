@@ -1,5 +1,6 @@
-//! Backpressure: the worker asks for exactly as many tasks as it has free
-//! slots, and never holds more than it asked for.
+//! Backpressure: the worker asks for no more tasks than it has free slots,
+//! never holds more than it asked for, and grants freed slots in batches
+//! while the orchestrator still holds credit for half of them.
 
 mod support;
 
@@ -92,15 +93,53 @@ async fn grants_exactly_max_concurrency_and_never_holds_more_than_granted() {
 
     release.add_permits(2);
     let (second, third) = (session.expect_outcome().await, session.expect_outcome().await);
-    for outcome in [second, third] {
-        session.ack(&outcome).await;
-        assert_eq!(session.expect_credit().await, 1);
-        assert!(session.granted - session.acked <= 2);
-    }
+    session.ack(&second).await;
+    assert_eq!(session.expect_credit().await, 1);
+    // The orchestrator now holds credit for half the slots: the third's slot
+    // is granted once that credit is used.
+    session.ack(&third).await;
+    session.send_task(task("d", "blocking", &json!({}))).await;
+    guarded("the fourth handler to start", started.recv()).await;
+    assert_eq!(session.expect_credit().await, 1);
+    assert!(session.granted - session.acked <= 2);
 
     assert_eq!(gauge.peak.load(Ordering::SeqCst), 2);
-    assert_eq!(session.tasks_sent, 3);
+    assert_eq!(session.tasks_sent, 4);
     assert!(!run.is_finished());
+    run.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn credit_is_granted_in_batches_while_the_orchestrator_holds_half_the_slots() {
+    let mut orchestrator = FakeOrchestrator::start().await;
+    let (worker, gauge, release, mut started) = blocking_worker(orchestrator.endpoint(), 8);
+    let run = tokio::spawn(worker.run());
+
+    let mut session = orchestrator.accept().await;
+    session.handshake().await;
+    assert_eq!(session.expect_credit().await, 8);
+
+    // Two tasks run and end; their slots are not granted one message each,
+    // since the orchestrator still holds credit for six.
+    for id in ["a", "b"] {
+        session.send_task(task(id, "blocking", &json!({}))).await;
+        guarded("a handler to start", started.recv()).await;
+    }
+    release.add_permits(2);
+    for _ in 0..2 {
+        let outcome = session.expect_outcome().await;
+        session.ack(&outcome).await;
+    }
+    // Three more tasks bring the held credit below half (8 / 2): the two free
+    // slots come back in one grant.
+    for id in ["c", "d", "e"] {
+        session.send_task(task(id, "blocking", &json!({}))).await;
+        guarded("a handler to start", started.recv()).await;
+    }
+    assert_eq!(session.expect_credit().await, 2);
+    assert_eq!(session.granted, 10);
+    assert!(session.granted - session.acked <= 8);
+    assert_eq!(gauge.peak.load(Ordering::SeqCst), 3);
     run.abort();
 }
 

@@ -5,7 +5,7 @@ mod support;
 
 use std::collections::HashMap;
 
-use sagaflow_proto::v1::{TaskFailure, TaskOutcome, task_outcome};
+use sagaflow_proto::v1::{TaskFailure, TaskOutcome, task_outcome, worker_message};
 use sagaflow_worker::{ActivityContext, ActivityError, Worker};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -59,7 +59,19 @@ async fn an_outcome_not_acknowledged_is_resent_after_a_reconnect() {
     // The unacknowledged outcome still holds its slot.
     assert_eq!(second.expect_credit().await, 3);
     second.ack(&sent).await;
-    assert_eq!(second.expect_credit().await, 1);
+    // Acknowledged, it frees its slot; granted with the next batch, once the
+    // orchestrator holds credit for fewer than half of the slots.
+    second.send_task(task("b", "echo", &json!({}))).await;
+    second.send_task(task("c", "echo", &json!({}))).await;
+    let (mut outcomes, mut credit) = (0, 0);
+    while outcomes < 2 || credit == 0 {
+        match second.recv().await {
+            worker_message::Message::Outcome(_) => outcomes += 1,
+            worker_message::Message::Credit(granted) => credit += granted.tasks,
+            other => panic!("expected outcomes and credit, got {other:?}"),
+        }
+    }
+    assert_eq!(credit, 1);
     run.abort();
 }
 
@@ -121,11 +133,17 @@ async fn errors_map_to_task_failures_with_their_retryability() {
     assert!(unknown.retryable);
 
     // A typed handler given input that fits returns its typed result.
-    for outcome in outcomes.values() {
+    // Each of the first two acknowledgements frees a slot granted at once;
+    // then the orchestrator holds credit for half the slots and the grant waits.
+    for (n, outcome) in outcomes.values().enumerate() {
         session.ack(outcome).await;
-        assert_eq!(session.expect_credit().await, 1);
+        if n < 2 {
+            assert_eq!(session.expect_credit().await, 1);
+        }
     }
     session.send_task(task("typed-ok", "inventory.reserve", &json!({ "quantity": 3 }))).await;
+    // The task used credit the grant waited on: the two free slots come back together.
+    assert_eq!(session.expect_credit().await, 2);
     assert_eq!(completed(&session.expect_outcome().await), json!(3));
     run.abort();
 }
