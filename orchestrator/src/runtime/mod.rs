@@ -218,10 +218,12 @@ impl Runtime {
         if let Some(first) = self.queue_full(&definition) {
             return Err(Error::ResourceExhausted(first));
         }
+        let chosen_id = request.workflow_id.is_some();
         let workflow_id = request.workflow_id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         let slot = self.slot(&workflow_id);
         let mut guard = slot.lock().await;
-        if guard.state.is_some() || self.inner.store.last_seq(&workflow_id)? > 0 {
+        // A fresh UUIDv7 names no existing workflow; only a chosen id is looked up.
+        if guard.state.is_some() || (chosen_id && self.inner.store.last_seq(&workflow_id)? > 0) {
             return Err(Error::AlreadyExists(format!(
                 "workflow {workflow_id} already exists (started by another request id)"
             )));

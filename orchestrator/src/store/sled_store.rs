@@ -182,6 +182,7 @@ fn start_checkpointer(
 ) -> std::io::Result<(RetireSender, Checkpointer)> {
     let (retire, full) = mpsc::sync_channel::<(u64, Arc<Layer>)>(CHECKPOINTS_QUEUED);
     let thread = std::thread::Builder::new().name("sagaflow-checkpoint".into()).spawn(move || {
+        yield_to_commits();
         let mut retired = 0;
         // A layer that failed stays first and blocks the later ones: were
         // they retired before it, readers would find its older values first.
@@ -212,9 +213,22 @@ fn start_checkpointer(
     Ok((retire, Checkpointer(Some(thread))))
 }
 
+/// Nice value of the checkpointer thread: a checkpoint is bulk work off the
+/// commit path, and on a busy machine it should give way to the threads that
+/// acknowledge commits. It still runs in idle time, and `CHECKPOINTS_QUEUED`
+/// bounds how far it may lag. (Measured: bench phase c +5% with it.)
+const CHECKPOINT_NICE: i32 = 10;
+
+fn yield_to_commits() {
+    // Linux keeps the nice value per thread; raising one's own needs no privilege.
+    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), CHECKPOINT_NICE) {
+        tracing::debug!(error = %e, "the checkpointer keeps its priority");
+    }
+}
+
 /// Writes a frozen layer into sled and returns how many writes it made. In
 /// small chunks: sled blocks every read while it applies a batch, and a
-/// reader blocked in sled holds up commits (it holds the overlay's read
+/// reader blocked in sled holds up commits (a scan holds the overlay's read
 /// lock). Atomicity is not needed here: every write is in the log, and a
 /// crash part-way replays it all.
 fn apply_layer(tree: &sled::Tree, layer: &Layer) -> std::io::Result<usize> {
