@@ -44,6 +44,9 @@ pub enum Error {
     /// [`MAX_CONCURRENCY`](crate::MAX_CONCURRENCY).
     #[error("max_concurrency must be between 1 and {max}, got {0}", max = crate::MAX_CONCURRENCY)]
     InvalidConcurrency(u32),
+    /// The runtime shut down while the worker ran.
+    #[error("the runtime shut down under the running worker")]
+    RuntimeShutdown,
     /// A drain did not finish in time. The tasks still running were stopped and
     /// the unacknowledged outcomes are lost to this worker; the orchestrator
     /// will time those attempts out and retry them (activities are idempotent).

@@ -130,7 +130,24 @@ impl Worker {
                 _ = drain_requested.wait_for(|drain| *drain) => {}
             }
         });
-        Runner::new(self, shutdown).run().await
+        // A task of the runtime rather than the caller's future: under
+        // `#[tokio::main]` that future runs on the main thread, outside the
+        // worker pool, and every task's start and end would wake a thread.
+        let mut runner = AbortOnDrop(tokio::spawn(Runner::new(self, shutdown).run()));
+        match (&mut runner.0).await {
+            Ok(result) => result,
+            Err(stopped) if stopped.is_panic() => std::panic::resume_unwind(stopped.into_panic()),
+            Err(_) => Err(Error::RuntimeShutdown),
+        }
+    }
+}
+
+/// Stops the run loop when the future awaiting it is dropped, as if it ran inline.
+struct AbortOnDrop(tokio::task::JoinHandle<Result<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -104,3 +104,21 @@ async fn with_nothing_in_flight_shutdown_returns_even_without_an_orchestrator() 
     let result = guarded("the worker to stop", worker.run_until(async {})).await;
     assert!(result.is_ok(), "{result:?}");
 }
+
+#[tokio::test]
+async fn dropping_the_run_future_stops_the_worker_and_closes_its_stream() {
+    let mut orchestrator = FakeOrchestrator::start().await;
+    let worker = Worker::builder(orchestrator.endpoint())
+        .activity("echo", |_ctx: ActivityContext, input: Value| async move { Ok::<_, ActivityError>(input) })
+        .build()
+        .expect("valid worker");
+    let run = tokio::spawn(worker.run());
+    let mut session = orchestrator.accept().await;
+    session.handshake().await;
+    session.expect_credit().await;
+
+    // The run loop is a task of its own; it must not outlive the future.
+    run.abort();
+    assert!(run.await.is_err_and(|e| e.is_cancelled()));
+    assert!(session.next().await.is_none(), "the worker's stream is still open");
+}
