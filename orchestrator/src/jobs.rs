@@ -128,20 +128,21 @@ struct ReplayInput {
     nats_url: Option<String>,
 }
 
-/// The in-process worker that serves the `jobs.*` activities on the
-/// server's own gRPC address, like any other worker: the job workflows stay
-/// ordinary histories, leased, retried and timed out the same way.
+/// The in-process worker that serves the `jobs.*` activities over
+/// `channel` (an [in-process](crate::in_process) connection to the worker
+/// service), like any other worker: the job workflows stay ordinary
+/// histories, leased, retried and timed out the same way.
 ///
 /// # Errors
-/// An invalid endpoint.
+/// An invalid worker setting (the token).
 pub fn worker(
     runtime: Runtime,
-    server_url: String,
+    channel: tonic::transport::Channel,
     nats_url: Option<String>,
     token: Option<String>,
 ) -> sagaflow_worker::Result<Worker> {
     let detect = runtime.clone();
-    let mut builder = Worker::builder(server_url);
+    let mut builder = Worker::builder(crate::in_process::URI).channel(channel);
     if let Some(token) = token {
         builder = builder.token(token);
     }

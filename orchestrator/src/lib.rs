@@ -9,6 +9,7 @@ pub mod engine;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod in_process;
 pub mod jobs;
 pub mod limits;
 pub mod metrics;

@@ -188,6 +188,7 @@ impl Server {
             }
             _ => options.auth.clone(),
         };
+        let internal_auth = auth.clone();
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = &options.tls {
             builder = builder.tls_config(tls.grpc()).map_err(crate::tls::Error::from)?;
@@ -218,23 +219,24 @@ impl Server {
         if jobs_options.nats_url.is_none() {
             jobs_options.nats_url = options.relay.as_ref().map(|r| r.url.clone());
         }
-        let jobs_worker = if options.tls.is_some() {
-            // The in-process worker speaks plaintext to its own port; behind
-            // TLS the two jobs.* activities wait (flagged NO_WORKER) until a
-            // TLS-capable jobs worker exists (ADR 0009).
-            tracing::warn!("TLS is on: the detect-stuck-sagas and replay-failed-events jobs have no worker");
-            None
-        } else {
-            Some(jobs::worker(
-                runtime.clone(),
-                format!("http://{grpc_addr}"),
-                jobs_options.nats_url.clone(),
-                jobs_token,
-            ))
-        };
-        match jobs_worker {
-            None => {}
-            Some(Ok(worker)) => {
+        // The in-process jobs worker reaches the worker service over an
+        // in-memory transport, behind the same auth layer: it needs neither
+        // the public listener's address nor its TLS.
+        let (jobs_channel, jobs_incoming) = crate::in_process::channel();
+        let internal = tonic::transport::Server::builder().layer(AuthLayer::new(internal_auth)).add_service(
+            WorkerServiceServer::new(WorkerApi::new(runtime.clone())).max_decoding_message_size(max_message),
+        );
+        let mut stopped_internal = stopped.clone();
+        tasks.push(tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped_internal.wait_for(|s| *s).await;
+            };
+            if let Err(e) = internal.serve_with_incoming_shutdown(jobs_incoming, shutdown).await {
+                tracing::error!(error = %e, "the in-process listener for the jobs worker failed");
+            }
+        }));
+        match jobs::worker(runtime.clone(), jobs_channel, jobs_options.nats_url.clone(), jobs_token) {
+            Ok(worker) => {
                 let mut stopped = stopped.clone();
                 tasks.push(tokio::spawn(async move {
                     let stop = async move {
@@ -245,7 +247,7 @@ impl Server {
                     }
                 }));
             }
-            Some(Err(e)) => {
+            Err(e) => {
                 tracing::error!(error = %e, "cannot build the jobs worker; the stuck and replay jobs will wait");
             }
         }

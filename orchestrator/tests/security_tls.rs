@@ -160,3 +160,18 @@ async fn the_cli_and_the_worker_speak_mtls() {
     assert!(!bare.status.success());
     assert_eq!(String::from_utf8(bare.stderr).unwrap().trim().lines().count(), 1);
 }
+
+/// The server's own jobs worker reaches it in process, so the jobs it serves
+/// run under mTLS too (before, they waited for a worker that never came).
+#[tokio::test]
+async fn the_in_process_jobs_worker_serves_an_mtls_server() {
+    let (server, pki, _dir) = tls_server().await;
+    let tls = pki.client_args();
+    let mut args = vec!["jobs", "run", "detect-stuck-sagas", "--server", &server.url, "--output", "json"];
+    args.extend(["--timeout", "60s"]);
+    args.extend(tls.iter().map(String::as_str));
+    let out = tokio::process::Command::new(BIN).args(&args).output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["stuck"], 0, "{report}");
+}

@@ -587,7 +587,10 @@ impl Runner {
 async fn connect(config: Config, register: Register, outbound_capacity: usize) -> Result<Session, SessionError> {
     let timeout = config.connect_timeout;
     let open = async {
-        let channel = config.endpoint.connect().await.map_err(SessionError::Connect)?;
+        let channel = match &config.channel {
+            Some(channel) => channel.clone(),
+            None => config.endpoint.connect().await.map_err(SessionError::Connect)?,
+        };
         let token = config.token.clone();
         let mut client = WorkerServiceClient::with_interceptor(channel, move |mut request: tonic::Request<()>| {
             if let Some(token) = &token {

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::activity::{self, ActivityContext, ActivityError, Handler};
 use crate::error::{Error, Result};
@@ -51,6 +51,8 @@ pub struct Worker {
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
     pub(crate) endpoint: Endpoint,
+    /// Used instead of dialing `endpoint` when set (see [`WorkerBuilder::channel`]).
+    pub(crate) channel: Option<Channel>,
     /// `Bearer TOKEN`, sent on every session; `None` when the server runs without auth.
     pub(crate) token: Option<MetadataValue<Ascii>>,
     pub(crate) connect_timeout: Duration,
@@ -78,6 +80,7 @@ impl Worker {
     pub fn builder(endpoint: impl Into<String>) -> WorkerBuilder {
         WorkerBuilder {
             endpoint: endpoint.into(),
+            channel: None,
             token: None,
             tls: None,
             worker_id: None,
@@ -175,6 +178,7 @@ impl Handle {
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct WorkerBuilder {
     endpoint: String,
+    channel: Option<Channel>,
     token: Option<String>,
     tls: Option<ClientTlsConfig>,
     worker_id: Option<String>,
@@ -192,6 +196,7 @@ impl std::fmt::Debug for WorkerBuilder {
             .field("endpoint", &self.endpoint)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("tls", &self.tls.is_some())
+            .field("channel", &self.channel.is_some())
             .field("worker_id", &self.worker_id)
             .field("max_concurrency", &self.max_concurrency)
             .field("drain_timeout", &self.drain_timeout)
@@ -220,6 +225,15 @@ impl WorkerBuilder {
     /// asks for one (mTLS).
     pub fn tls(mut self, tls: ClientTlsConfig) -> Self {
         self.tls = Some(tls);
+        self
+    }
+
+    /// Connects over `channel` instead of dialing the endpoint, which then
+    /// only names the orchestrator in logs: for a worker inside the
+    /// orchestrator's own process, or a transport of your own. TLS, if any,
+    /// is the channel's; a lazy channel reconnects by itself.
+    pub fn channel(mut self, channel: Channel) -> Self {
+        self.channel = Some(channel);
         self
     }
 
@@ -317,6 +331,7 @@ impl WorkerBuilder {
         Ok(Worker {
             config: Config {
                 endpoint,
+                channel: self.channel,
                 token,
                 connect_timeout: CONNECT_TIMEOUT,
                 worker_id,

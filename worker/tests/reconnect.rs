@@ -54,3 +54,25 @@ async fn a_stream_that_ends_before_registration_is_retried() {
     assert_eq!(session.expect_credit().await, 3);
     run.abort();
 }
+
+#[tokio::test]
+async fn a_worker_given_a_channel_uses_it_instead_of_its_endpoint() {
+    let mut orchestrator = FakeOrchestrator::start().await;
+    // Nothing listens at the endpoint: only the channel can reach the orchestrator.
+    let unreachable = format!("http://{}", free_addr().await);
+    let channel = tonic::transport::Channel::from_shared(orchestrator.endpoint()).expect("a valid URI").connect_lazy();
+    let worker = Worker::builder(unreachable)
+        .worker_id("channel-test")
+        .channel(channel)
+        .activity("echo", |_ctx: ActivityContext, input: Value| async move { Ok::<_, ActivityError>(input) })
+        .build()
+        .expect("valid worker");
+    let run = tokio::spawn(worker.run());
+
+    let mut session = orchestrator.accept().await;
+    assert_eq!(session.handshake().await.worker_id, "channel-test");
+    session.expect_credit().await;
+    session.send_task(task("a", "echo", &json!(1))).await;
+    assert_eq!(session.expect_outcome().await.task_id, "a");
+    run.abort();
+}
