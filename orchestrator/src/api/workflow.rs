@@ -239,8 +239,7 @@ impl WorkflowService for WorkflowApi {
         let summary = if is_terminal(summary.status) {
             summary
         } else {
-            self.runtime.wait_until_terminal(&request.workflow_id, wait_budget(request.timeout_ms)).await?;
-            self.runtime.describe(&request.workflow_id).await?
+            self.runtime.await_terminal(&request.workflow_id, wait_budget(request.timeout_ms)).await?
         };
         let terminal = is_terminal(summary.status);
         let (result, reason) = if terminal { self.runtime.outcome(&summary)? } else { Default::default() };

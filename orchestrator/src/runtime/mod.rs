@@ -490,37 +490,55 @@ impl Runtime {
 
     /// Waits until the workflow changes past `seen_seq`, or the timeout.
     pub async fn wait_for_change(&self, workflow_id: &str, seen_seq: u64, timeout: Duration) -> Result<()> {
-        self.watch(workflow_id, timeout, |p| p.last_seq > seen_seq, |summary| summary.history_length > seen_seq).await
+        self.watch(workflow_id, timeout, |p| p.last_seq > seen_seq, |summary| summary.history_length > seen_seq)
+            .await
+            .map(drop)
     }
 
-    /// Waits until the workflow is terminal, or the timeout. Intermediate
-    /// decisions do not wake the waiter.
-    pub async fn wait_until_terminal(&self, workflow_id: &str, timeout: Duration) -> Result<()> {
-        self.watch(workflow_id, timeout, |p| p.terminal, |summary| crate::store::is_terminal(summary.status)).await
+    /// Waits until the workflow is terminal, or the timeout, and returns its
+    /// durable summary. Intermediate decisions do not wake the waiter.
+    pub async fn await_terminal(&self, workflow_id: &str, timeout: Duration) -> Result<WorkflowSummary> {
+        let seen =
+            self.watch(workflow_id, timeout, |p| p.terminal, |summary| crate::store::is_terminal(summary.status));
+        if let Some(durable_seq) = seen.await?
+            && let Some(summary) = self.inner.store.summary(workflow_id)?
+            && summary.history_length == durable_seq
+        {
+            // Watchers hear of a decision only once it is durable: this
+            // summary needs no barrier, which would wait for the next flush
+            // of everyone else's commits.
+            return Ok(summary);
+        }
+        self.describe(workflow_id).await
     }
 
+    /// Returns the sequence whose durable decision woke the waiter; `None`
+    /// when it timed out or found the condition already met.
     async fn watch(
         &self,
         workflow_id: &str,
         timeout: Duration,
         done: impl Fn(&Progress) -> bool,
         already: impl Fn(&WorkflowSummary) -> bool,
-    ) -> Result<()> {
+    ) -> Result<Option<u64>> {
         let mut rx = {
             let mut watchers = self.inner.watchers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             watchers.entry(workflow_id.to_owned()).or_insert_with(|| watch::channel(Progress::default()).0).subscribe()
         };
         // Checked after subscribing, so a change in between is not missed.
         let current = self.inner.store.summary(workflow_id)?;
-        if !current.as_ref().is_some_and(&already) {
-            let _ = tokio::time::timeout(timeout, rx.wait_for(|p| done(p))).await;
+        let mut woken_at = None;
+        if !current.as_ref().is_some_and(&already)
+            && let Ok(Ok(progress)) = tokio::time::timeout(timeout, rx.wait_for(|p| done(p))).await
+        {
+            woken_at = Some(progress.last_seq);
         }
         drop(rx);
         let mut watchers = self.inner.watchers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if watchers.get(workflow_id).is_some_and(|s| s.receiver_count() == 0) {
             watchers.remove(workflow_id);
         }
-        Ok(())
+        Ok(woken_at)
     }
 
     /// The result and reason of a terminal workflow, from its last event.
