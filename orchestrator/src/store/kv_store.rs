@@ -57,6 +57,12 @@ impl<K: Kv> KvStore<K> {
         Ok(Self { kv, outbox_seq: AtomicU64::new(last), outbox_order: Mutex::new(()) })
     }
 
+    /// The key-value layer underneath, for tests of its own contract.
+    #[cfg(test)]
+    pub(crate) fn kv(&self) -> &K {
+        &self.kv
+    }
+
     fn decode<M: Message + Default>(key: &[u8], bytes: &[u8]) -> Result<M> {
         M::decode(bytes)
             .map_err(|e| Error::Corrupt { key: String::from_utf8_lossy(key).into_owned(), reason: e.to_string() })

@@ -271,6 +271,9 @@ fn apply_layer(tree: &sled::Tree, layer: &Layer) -> std::io::Result<usize> {
     Ok(written)
 }
 
+/// Entries a scan visits under one hold of the overlay's read lock.
+const SCAN_CHUNK: usize = 512;
+
 impl Kv for SledKv {
     fn apply(&self, writes: Vec<Write>) -> Result<Durable> {
         self.apply_unflushed(writes)?;
@@ -293,12 +296,34 @@ impl Kv for SledKv {
     }
 
     fn scan(&self, from: &[u8], prefix: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<()> {
-        let base = self
-            .tree
-            .range(from..)
-            .map(|item| item.map_err(engine))
-            .take_while(|item| item.as_ref().map_or(true, |(key, _)| key.starts_with(prefix)));
-        self.overlay.scan(from, prefix, base, visit)
+        // In chunks, each under its own hold of the overlay's read lock: a long
+        // scan (a listing reads up to 100,000 summaries) would otherwise hold
+        // up every commit, which needs the write lock, for its whole length.
+        // A chunk resumes at the first key the last one did not visit, so keys
+        // are still visited once each, in order; a write between chunks is seen
+        // if it lands ahead of the scan, as with any iterator over live data.
+        let mut from = from.to_vec();
+        loop {
+            let base = self
+                .tree
+                .range(from.as_slice()..)
+                .map(|item| item.map_err(engine))
+                .take_while(|item| item.as_ref().map_or(true, |(key, _)| key.starts_with(prefix)));
+            let (mut visited, mut resume, mut stopped) = (0, None, false);
+            self.overlay.scan(&from, prefix, base, &mut |key, value| {
+                if visited == SCAN_CHUNK {
+                    resume = Some(key.to_vec());
+                    return false;
+                }
+                visited += 1;
+                stopped = !visit(key, value);
+                !stopped
+            })?;
+            match resume {
+                Some(key) if !stopped => from = key,
+                _ => return Ok(()),
+            }
+        }
     }
 
     fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<Vec<u8>>> {
@@ -359,6 +384,41 @@ mod conformance {
         let store = SledStore::open(dir.path()).unwrap();
         assert_eq!(store.history("wf", 1, 10).unwrap()[0].time_ms, 7);
         assert_eq!(store.workflow_for_request("r").unwrap().as_deref(), Some("wf"));
+    }
+
+    #[test]
+    fn a_scan_longer_than_a_chunk_visits_each_live_key_once_in_order() {
+        use crate::store::kv_store::Kv;
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let kv = store.kv();
+        let key = |i: usize| format!("s{i:05}").into_bytes();
+        let n = 3 * super::SCAN_CHUNK + 7;
+        drop(kv.apply((0..n).map(|i| (key(i), Some(i.to_string().into_bytes()))).collect()).unwrap());
+        // Deletions on and around the chunk boundaries.
+        let gone: Vec<usize> = (0..n).filter(|i| i % super::SCAN_CHUNK < 2 || i % 7 == 0).collect();
+        drop(kv.apply(gone.iter().map(|&i| (key(i), None)).collect()).unwrap());
+        let live: Vec<Vec<u8>> = (0..n).filter(|i| !gone.contains(i)).map(key).collect();
+
+        let mut seen = Vec::new();
+        kv.scan(b"s", b"s", &mut |k, _| {
+            seen.push(k.to_vec());
+            true
+        })
+        .unwrap();
+        assert_eq!(seen, live);
+
+        // From the middle, stopping past the next chunk boundary.
+        let start = super::SCAN_CHUNK + 3;
+        let mut seen = Vec::new();
+        kv.scan(&key(start), b"s", &mut |k, _| {
+            seen.push(k.to_vec());
+            seen.len() < super::SCAN_CHUNK + 10
+        })
+        .unwrap();
+        let expected: Vec<Vec<u8>> =
+            live.iter().filter(|k| **k >= key(start)).take(super::SCAN_CHUNK + 10).cloned().collect();
+        assert_eq!(seen, expected);
     }
 
     #[tokio::test]
