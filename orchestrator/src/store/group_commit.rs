@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -60,7 +60,14 @@ impl Durable {
     }
 }
 
-type FlushFn = Box<dyn FnMut() -> std::result::Result<(), String> + Send>;
+/// Makes everything applied so far durable; returns whether it had anything
+/// to write.
+type FlushFn = Box<dyn FnMut() -> std::result::Result<bool, String> + Send>;
+
+/// How long the flusher stays idle before it flushes what was applied
+/// without a ticket (a lease): such writes wait for the next commit's flush,
+/// and without this an idle server would keep them in memory only.
+const IDLE_FLUSH: Duration = Duration::from_millis(100);
 
 struct Shared {
     applied: AtomicU64,
@@ -133,23 +140,35 @@ impl Drop for GroupCommit {
 
 fn flush_loop(shared: &Shared, mut flush: FlushFn) {
     loop {
-        {
+        let idle = {
             let mut pending = shared.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut idle = false;
             while !*pending && !shared.stop.load(Ordering::SeqCst) {
-                pending = shared.wake.wait(pending).unwrap_or_else(std::sync::PoisonError::into_inner);
+                let (guard, waited) =
+                    shared.wake.wait_timeout(pending, IDLE_FLUSH).unwrap_or_else(std::sync::PoisonError::into_inner);
+                pending = guard;
+                if waited.timed_out() {
+                    idle = true;
+                    break;
+                }
             }
             *pending = false;
-        }
+            idle
+        };
         // Every ticket up to `target` was applied before this load, so one
         // flush now makes all of them durable.
         let target = shared.applied.load(Ordering::SeqCst);
         let done = shared.flushed.borrow().ticket;
-        if target > done {
+        // Stopping, it also writes what has no ticket, as when idle.
+        if target > done || idle || shared.stop.load(Ordering::SeqCst) {
             let started = Instant::now();
             let outcome = flush();
-            crate::metrics::record_flush(started.elapsed());
+            if outcome != Ok(false) {
+                crate::metrics::record_flush(started.elapsed());
+            }
             match outcome {
-                Ok(()) => shared.flushed.send_modify(|f| f.ticket = target),
+                Ok(_) if target > done => shared.flushed.send_modify(|f| f.ticket = target),
+                Ok(_) => {}
                 Err(failure) => {
                     tracing::error!(%failure, "flush failed; refusing further acknowledgements");
                     shared.flushed.send_modify(|f| f.failure = Some(failure));

@@ -102,7 +102,7 @@ impl SledStore {
         let flusher = GroupCommit::start(Box::new(move || {
             let (records, frozen) = unlogged.take_unlogged(|len| appender.fills(len));
             if records.is_empty() {
-                return Ok(());
+                return Ok(false);
             }
             appender.append(&records).map_err(|e| e.to_string())?;
             if let Some(layer) = frozen {
@@ -112,7 +112,7 @@ impl SledStore {
                 // segment then replays at the next start.
                 let _ = retire.send((full, layer));
             }
-            Ok(())
+            Ok(true)
         }))
         .map_err(engine)?;
         KvStore::new(SledKv { tree, overlay, flusher, _checkpointer: checkpointer })
@@ -384,6 +384,31 @@ mod conformance {
         let store = SledStore::open(dir.path()).unwrap();
         assert_eq!(store.history("wf", 1, 10).unwrap()[0].time_ms, 7);
         assert_eq!(store.workflow_for_request("r").unwrap().as_deref(), Some("wf"));
+    }
+
+    /// A lease is written without a flush of its own. On a server with no
+    /// commit after it, the idle flush still puts it in the log.
+    #[tokio::test]
+    async fn a_lease_reaches_the_log_with_no_commit_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let lease = crate::store::Lease { worker_id: "w".into(), started_ms: 1, expires_ms: 2 };
+        store.put_lease("wf", "t1", &lease).unwrap();
+        let key = crate::store::keys::task(crate::store::keys::LEASE, "wf", "t1");
+        let logged = || {
+            let mut found = false;
+            crate::store::wal::replay(&dir.path().join("wal"), |writes| {
+                found |= writes.iter().any(|(k, v)| *k == key && v.is_some());
+                Ok(())
+            })
+            .unwrap();
+            found
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !logged() {
+            assert!(std::time::Instant::now() < deadline, "the lease never reached the log");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     #[test]
