@@ -309,19 +309,19 @@ impl Kv for SledKv {
                 .range(from.as_slice()..)
                 .map(|item| item.map_err(engine))
                 .take_while(|item| item.as_ref().map_or(true, |(key, _)| key.starts_with(prefix)));
-            let (mut visited, mut resume, mut stopped) = (0, None, false);
+            // Set only when the chunk is full; a visitor that stops leaves it unset.
+            let (mut visited, mut resume) = (0, None);
             self.overlay.scan(&from, prefix, base, &mut |key, value| {
                 if visited == SCAN_CHUNK {
                     resume = Some(key.to_vec());
                     return false;
                 }
                 visited += 1;
-                stopped = !visit(key, value);
-                !stopped
+                visit(key, value)
             })?;
             match resume {
-                Some(key) if !stopped => from = key,
-                _ => return Ok(()),
+                Some(key) => from = key,
+                None => return Ok(()),
             }
         }
     }
