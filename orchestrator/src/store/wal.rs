@@ -11,6 +11,7 @@
 //! `[len: u32 LE][crc32 of payload: u32 LE][payload]`, the payload a list of
 //! key writes (see [`encode`]). Replaying a record is idempotent: it sets
 //! keys to values, so a record that sled already has changes nothing.
+//! `wal/spare` is the next segment, being filled with zeros ahead of time.
 //!
 //! Recovery replays every segment in order and stops at the first torn or
 //! corrupt record of the last segment: that record was never acknowledged,
@@ -20,6 +21,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
 
 use super::kv_store::Write;
 
@@ -130,7 +132,7 @@ fn segment_path(dir: &Path, id: u64) -> PathBuf {
 }
 
 /// The segment ids in `dir`, oldest first.
-fn segments(dir: &Path) -> Result<Vec<u64>, Error> {
+pub(crate) fn segments(dir: &Path) -> Result<Vec<u64>, Error> {
     let mut ids: Vec<u64> = fs::read_dir(dir)
         .map_err(io_error(dir))?
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.strip_suffix(".log")?.parse().ok())
@@ -168,17 +170,53 @@ pub fn replay(dir: &Path, mut apply: impl FnMut(Vec<Write>) -> io::Result<()>) -
 /// Deletes segments by id (their records are durable elsewhere now).
 pub fn remove(dir: &Path, ids: &[u64]) -> Result<(), Error> {
     for id in ids {
-        let path = segment_path(dir, *id);
-        match fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_error(&path)(e)),
-            _ => {}
-        }
+        remove_if_present(&segment_path(dir, *id))?;
     }
     sync_dir(dir)
 }
 
+fn remove_if_present(path: &Path) -> Result<(), Error> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error(path)(e)),
+        _ => Ok(()),
+    }
+}
+
 fn sync_dir(dir: &Path) -> Result<(), Error> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))
+}
+
+/// A segment whose blocks are all written, with zeros, before the first
+/// append. Appends are then overwrites: their `fdatasync` writes the data
+/// alone. Into a segment merely allocated (`fallocate`) each one would also
+/// convert an extent and write the inode, a second device write per sync
+/// (docs/performance.md).
+fn zero_filled(path: &Path) -> Result<File, Error> {
+    const CHUNK: usize = 1 << 20;
+    let file = OpenOptions::new().create_new(true).write(true).open(path).map_err(io_error(path))?;
+    let zeros = vec![0; CHUNK];
+    for offset in (0..SEGMENT_BYTES).step_by(CHUNK) {
+        file.write_all_at(&zeros, offset).map_err(io_error(path))?;
+    }
+    file.sync_all().map_err(io_error(path))?;
+    Ok(file)
+}
+
+/// The next segment, zero-filled ahead of time so that a rotation does not
+/// hold up commits. Only a spare made (and synced) by this process is used:
+/// after a crash, an unsynced file may hold stale blocks that read as records.
+fn spare_path(dir: &Path) -> PathBuf {
+    dir.join("spare")
+}
+
+fn prepare_spare(dir: &Path) -> Option<JoinHandle<Result<File, Error>>> {
+    let path = spare_path(dir);
+    let spawned = std::thread::Builder::new().name("sagaflow-wal-spare".into()).spawn(move || {
+        // What a failed attempt left behind.
+        remove_if_present(&path)?;
+        zero_filled(&path)
+    });
+    spawned.inspect_err(|e| tracing::warn!(error = %e, "no thread to prepare a log segment")).ok()
 }
 
 /// The segment being appended to.
@@ -187,23 +225,19 @@ pub struct Appender {
     id: u64,
     file: File,
     len: u64,
+    spare: Option<JoinHandle<Result<File, Error>>>,
 }
 
 impl Appender {
     /// Starts a new, empty segment after every existing one.
     pub fn create(dir: &Path) -> Result<Self, Error> {
+        remove_if_present(&spare_path(dir))?;
         let id = segments(dir)?.last().map_or(1, |last| last + 1);
         let path = segment_path(dir, id);
-        let file = OpenOptions::new().create_new(true).write(true).open(&path).map_err(io_error(&path))?;
-        // Allocated up front, an fdatasync has data to write but no new file
-        // size: ~115 µs instead of ~150 µs a sync on this project's disk. Best
-        // effort: where the file system cannot, appends still work.
-        if let Err(e) = rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, SEGMENT_BYTES) {
-            tracing::debug!(error = %e, "write-ahead log segment not preallocated");
-        }
+        let file = zero_filled(&path)?;
         // The new file's directory entry must survive a crash, or its records would.
         sync_dir(dir)?;
-        Ok(Self { dir: dir.to_owned(), id, file, len: 0 })
+        Ok(Self { dir: dir.to_owned(), id, file, len: 0, spare: prepare_spare(dir) })
     }
 
     /// Writes whole records and waits until they are on disk.
@@ -224,8 +258,38 @@ impl Appender {
     /// records may be retired once a checkpoint holds them.
     pub fn rotate(&mut self) -> Result<u64, Error> {
         let full = self.id;
-        *self = Self::create(&self.dir)?;
+        let path = segment_path(&self.dir, full + 1);
+        // The spare was started a whole segment ago and takes milliseconds,
+        // so the join rarely waits.
+        let spare = self.spare.take().map(|thread| thread.join());
+        self.file = match spare {
+            Some(Ok(Ok(file))) => {
+                let from = spare_path(&self.dir);
+                fs::rename(&from, &path).map_err(io_error(&from))?;
+                file
+            }
+            failed => {
+                if let Some(Ok(Err(e))) = failed {
+                    tracing::warn!(error = %e, "the spare log segment failed; making one in place");
+                }
+                zero_filled(&path)?
+            }
+        };
+        sync_dir(&self.dir)?;
+        self.id = full + 1;
+        self.len = 0;
+        self.spare = prepare_spare(&self.dir);
         Ok(full)
+    }
+}
+
+impl Drop for Appender {
+    /// A spare still being written must not outlive the store (a test's
+    /// temporary directory, a data directory about to be reopened).
+    fn drop(&mut self) {
+        if let Some(thread) = self.spare.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -306,6 +370,34 @@ mod tests {
         new_segment(dir.path(), &encoded([1]));
         let err = replay(dir.path(), |_| Ok(())).unwrap_err();
         assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    }
+
+    #[test]
+    fn rotations_continue_the_log_in_zero_filled_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut appender = Appender::create(dir.path()).unwrap();
+        for n in 1..=2 {
+            appender.append(&encoded([n])).unwrap();
+            assert_eq!(appender.rotate().unwrap(), u64::from(n));
+        }
+        appender.append(&encoded([3])).unwrap();
+        drop(appender);
+        assert_eq!(replayed(dir.path()), vec![batch(1), batch(2), batch(3)]);
+        assert_eq!(fs::metadata(segment_path(dir.path(), 3)).unwrap().len(), SEGMENT_BYTES);
+        assert_eq!(fs::metadata(spare_path(dir.path())).unwrap().len(), SEGMENT_BYTES, "the next spare is ready");
+    }
+
+    #[test]
+    fn a_spare_left_by_an_earlier_run_is_never_used() {
+        let dir = tempfile::tempdir().unwrap();
+        // Unsynced before a crash, a spare may hold stale blocks that parse.
+        fs::write(spare_path(dir.path()), encoded([9])).unwrap();
+        let mut appender = Appender::create(dir.path()).unwrap();
+        appender.append(&encoded([1])).unwrap();
+        appender.rotate().unwrap();
+        appender.append(&encoded([2])).unwrap();
+        drop(appender);
+        assert_eq!(replayed(dir.path()), vec![batch(1), batch(2)]);
     }
 
     #[test]
