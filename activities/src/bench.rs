@@ -6,31 +6,22 @@ use std::time::Duration;
 use sagaflow_worker::{ActivityContext, ActivityError, WorkerBuilder};
 
 use crate::Faults;
+use crate::precise_timer::PreciseTimer;
 
 pub const ACTIVITIES: &[&str] = &["bench.reserve", "bench.release", "bench.capture", "bench.order", "bench.ship"];
 
-/// Waits `latency`, to the microsecond where the OS allows: tokio's own timer
-/// rounds up to the next millisecond tick, which would make a 5 ms activity
-/// take about 6 ms and the bench measure the timer rather than the engine.
-async fn wait(latency: Duration) {
-    #[cfg(target_os = "linux")]
-    if tokio_timerfd::sleep(latency).await.is_ok() {
-        return;
-    }
-    tokio::time::sleep(latency).await;
-}
-
 /// Registers the bench activities on `builder`.
 pub fn register(mut builder: WorkerBuilder, faults: &Faults, latency: Duration) -> WorkerBuilder {
+    let timer = PreciseTimer::default();
     for activity_type in ACTIVITIES {
-        let faults = faults.clone();
+        let (faults, timer) = (faults.clone(), timer.clone());
         builder = builder.activity(*activity_type, move |ctx: ActivityContext, _input: serde_json::Value| {
-            let faults = faults.clone();
+            let (faults, timer) = (faults.clone(), timer.clone());
             async move {
                 faults
                     .guard(ctx.activity_type(), async {
                         if !latency.is_zero() {
-                            wait(latency).await;
+                            timer.sleep(latency).await;
                         }
                         Ok::<_, ActivityError>(
                             serde_json::json!({ "key": ctx.idempotency_key(), "attempt": ctx.attempt() }),

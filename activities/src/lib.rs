@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod bench;
 mod faults;
+mod precise_timer;
 pub mod shop;
 
 pub use faults::{FaultKind, FaultSpec, Faults, InvalidFaultSpec};
