@@ -226,19 +226,18 @@ fn yield_to_commits() {
     }
 }
 
-/// Writes a frozen layer into sled and returns how many writes it made. In
-/// small chunks: sled blocks every read while it applies a batch, and a
-/// reader blocked in sled holds up commits (a scan holds the overlay's read
-/// lock). Atomicity is not needed here: every write is in the log, and a
-/// crash part-way replays it all.
+/// Writes a frozen layer into sled and returns how many writes it made. Key
+/// by key, not in batches: sled takes a lock over every read for the whole
+/// of a batch, and in phase c readers then stalled for tens of milliseconds
+/// (the checkpointer runs at a low priority, and held the lock while
+/// preempted). A single insert or removal takes no such lock. Atomicity is
+/// not needed here: every write is in the log, and a crash part-way replays
+/// it all.
 fn apply_layer(tree: &sled::Tree, layer: &Layer) -> std::io::Result<usize> {
-    const CHUNK: usize = 256;
-    let mut batch = sled::Batch::default();
-    let mut queued = 0;
     let mut written = 0;
     let mut entries = layer.iter().peekable();
     while let Some((key, value)) = entries.next() {
-        match value {
+        let applied = match value {
             Some(value) if key.first() == Some(&keys::HISTORY) => {
                 // A workflow's batches in this layer are adjacent and
                 // consecutive: stored as one, under the last one's key.
@@ -250,24 +249,19 @@ fn apply_layer(tree: &sled::Tree, layer: &Layer) -> std::io::Result<usize> {
                     last = next;
                 }
                 match merged {
-                    Some(merged) => batch.insert(last.as_slice(), merged),
-                    None => batch.insert(key.as_slice(), value.as_slice()),
+                    Some(merged) => tree.insert(last.as_slice(), merged),
+                    None => tree.insert(key.as_slice(), value.as_slice()),
                 }
             }
-            Some(value) => batch.insert(key.as_slice(), value.as_slice()),
+            Some(value) => tree.insert(key.as_slice(), value.as_slice()),
             // Most deletions are of keys that lived and died within the
             // layer (tasks, leases, timers); a lookup is cheaper than a removal.
-            None if tree.contains_key(key).map_err(std::io::Error::other)? => batch.remove(key.as_slice()),
+            None if tree.contains_key(key).map_err(std::io::Error::other)? => tree.remove(key.as_slice()),
             None => continue,
-        }
-        queued += 1;
+        };
+        applied.map_err(std::io::Error::other)?;
         written += 1;
-        if queued == CHUNK {
-            tree.apply_batch(std::mem::take(&mut batch)).map_err(std::io::Error::other)?;
-            queued = 0;
-        }
     }
-    tree.apply_batch(batch).map_err(std::io::Error::other)?;
     Ok(written)
 }
 
