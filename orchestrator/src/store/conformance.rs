@@ -49,6 +49,12 @@ pub async fn history_reads_back_in_order_and_pages(store: &dyn Store) {
     let tail: Vec<u64> = store.history("wf-a", 9, 100).unwrap().iter().map(|e| e.seq).collect();
     assert_eq!(tail, vec![9, 10]);
     assert!(store.history("wf-a", 11, 100).unwrap().is_empty());
+    // Single events: at a commit's end (a point read), inside one, past the end.
+    for seq in [3, 2, 10] {
+        let one: Vec<u64> = store.history("wf-a", seq, 1).unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(one, vec![seq]);
+    }
+    assert!(store.history("wf-a", 11, 1).unwrap().is_empty());
     assert_eq!(store.last_seq("wf-a").unwrap(), 10);
     assert_eq!(store.last_seq("wf-ab").unwrap(), 2);
     assert_eq!(store.last_seq("missing").unwrap(), 0);
