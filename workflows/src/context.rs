@@ -64,6 +64,15 @@ impl Context {
         }
     }
 
+    /// [`input_for`](Self::input_for) as JSON text, without copying the
+    /// whole context first when the step takes all of it.
+    pub fn input_json(&self, spec: &InputSpec) -> String {
+        match spec {
+            InputSpec::Context => self.0.to_string(),
+            InputSpec::Fields(_) => self.input_for(spec).to_string(),
+        }
+    }
+
     /// The step's idempotency key, or an explanation of why it has none.
     pub fn key_for(&self, spec: &KeySpec, workflow_id: &str, step: &str) -> Result<String, String> {
         match spec {
@@ -103,5 +112,9 @@ mod tests {
         assert_eq!(ctx.key_for(&KeySpec::Derived, "wf-1", "pay").unwrap(), "wf-1/pay");
         assert_eq!(ctx.key_for(&KeySpec::Pointer("/input/order".into()), "wf-1", "pay").unwrap(), "o-9");
         assert!(ctx.key_for(&KeySpec::Pointer("/input/none".into()), "wf-1", "pay").is_err());
+        for spec in [spec, InputSpec::Context] {
+            let text = ctx.input_json(&spec);
+            assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), ctx.input_for(&spec), "{text}");
+        }
     }
 }

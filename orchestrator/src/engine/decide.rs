@@ -540,7 +540,7 @@ fn schedule(
         activity_type: activity_type.into(),
         attempt,
         compensation,
-        input: state.context.input_for(input).to_string(),
+        input: state.context.input_json(input),
         idempotency_key,
     })]
 }
