@@ -28,14 +28,9 @@ pub struct PreciseTimer {
 
 struct Shared {
     fd: AsyncFd<OwnedFd>,
-    /// Deadlines not yet woken, earliest first, and when the timerfd fires.
-    queue: Mutex<Queue>,
-}
-
-#[derive(Default)]
-struct Queue {
-    sleepers: BinaryHeap<Reverse<Sleeper>>,
-    armed: Option<Instant>,
+    /// Deadlines not yet woken, earliest first. The timerfd is armed for
+    /// the earliest: a new sleeper re-arms it only when it goes first.
+    queue: Mutex<BinaryHeap<Reverse<Sleeper>>>,
 }
 
 struct Sleeper {
@@ -102,19 +97,20 @@ impl Shared {
     fn queue(&self, sleeper: Sleeper) {
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         let deadline = sleeper.deadline;
-        queue.sleepers.push(Reverse(sleeper));
-        if queue.armed.is_none_or(|armed| deadline < armed) {
-            self.arm(&mut queue, deadline);
+        let first = queue.peek().is_none_or(|Reverse(earliest)| deadline < earliest.deadline);
+        queue.push(Reverse(sleeper));
+        if first {
+            self.arm(deadline);
         }
     }
 
-    fn arm(&self, queue: &mut Queue, deadline: Instant) {
+    /// Called with the queue locked, so that arming follows the queue's order.
+    fn arm(&self, deadline: Instant) {
         // A zero value would disarm the timer instead of firing it now.
         let after = deadline.saturating_duration_since(Instant::now()).max(Duration::from_nanos(1));
         let value = Itimerspec { it_interval: timespec(Duration::ZERO), it_value: timespec(after) };
-        match rustix::time::timerfd_settime(&self.fd, TimerfdTimerFlags::empty(), &value) {
-            Ok(_) => queue.armed = Some(deadline),
-            Err(e) => tracing::warn!(error = %e, "could not arm the timerfd"),
+        if let Err(e) = rustix::time::timerfd_settime(&self.fd, TimerfdTimerFlags::empty(), &value) {
+            tracing::warn!(error = %e, "could not arm the timerfd");
         }
     }
 
@@ -129,14 +125,13 @@ impl Shared {
             }
             let now = Instant::now();
             let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-            queue.armed = None;
-            while queue.sleepers.peek().is_some_and(|Reverse(first)| first.deadline <= now) {
-                if let Some(Reverse(due)) = queue.sleepers.pop() {
+            while queue.peek().is_some_and(|Reverse(first)| first.deadline <= now) {
+                if let Some(Reverse(due)) = queue.pop() {
                     due.wake.notify_one();
                 }
             }
-            if let Some(next) = queue.sleepers.peek().map(|Reverse(next)| next.deadline) {
-                self.arm(&mut queue, next);
+            if let Some(Reverse(next)) = queue.peek() {
+                self.arm(next.deadline);
             }
         }
     }

@@ -200,9 +200,10 @@ fn zero_filled(path: &Path) -> Result<File, Error> {
     let zeros = vec![0; CHUNK];
     for offset in (0..SEGMENT_BYTES).step_by(CHUNK) {
         file.write_all_at(&zeros, offset).map_err(io_error(path))?;
+        // Also makes the size and the allocation durable: both are needed
+        // to read the data back.
         file.sync_data().map_err(io_error(path))?;
     }
-    file.sync_all().map_err(io_error(path))?;
     Ok(file)
 }
 
@@ -216,7 +217,7 @@ fn spare_path(dir: &Path) -> PathBuf {
 fn prepare_spare(dir: &Path) -> Option<JoinHandle<Result<File, Error>>> {
     let path = spare_path(dir);
     let spawned = std::thread::Builder::new().name("sagaflow-wal-spare".into()).spawn(move || {
-        // What a failed attempt left behind.
+        // What an earlier run or a failed attempt left behind.
         remove_if_present(&path)?;
         zero_filled(&path)
     });
@@ -235,7 +236,6 @@ pub struct Appender {
 impl Appender {
     /// Starts a new, empty segment after every existing one.
     pub fn create(dir: &Path) -> Result<Self, Error> {
-        remove_if_present(&spare_path(dir))?;
         let id = segments(dir)?.last().map_or(1, |last| last + 1);
         let path = segment_path(dir, id);
         let file = zero_filled(&path)?;
