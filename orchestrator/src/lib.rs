@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod registry;
 pub mod relay;
 pub mod runtime;
+pub mod sched;
 pub mod server;
 pub mod store;
 pub mod telemetry;

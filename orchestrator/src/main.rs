@@ -13,6 +13,21 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
+    // Before the runtime starts, so that every thread (and every process
+    // started from here, such as the bench's server) inherits it.
+    match sagaflow_orchestrator::sched::configured_slice_us() {
+        Ok(Some(us)) => {
+            if let Err(e) = sagaflow_orchestrator::sched::request_slice(us) {
+                // An older or locked-down kernel: the default slice still works.
+                eprintln!("warning: keeping the kernel's scheduler slice: {e}");
+            }
+        }
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
