@@ -15,14 +15,9 @@ fn main() -> ExitCode {
     let args = cli::Cli::parse();
     // Before the runtime starts, so that every thread (and every process
     // started from here, such as the bench's server) inherits it.
-    match sagaflow_orchestrator::sched::configured_slice_us() {
-        Ok(Some(us)) => {
-            if let Err(e) = sagaflow_orchestrator::sched::request_slice(us) {
-                // An older or locked-down kernel: the default slice still works.
-                eprintln!("warning: keeping the kernel's scheduler slice: {e}");
-            }
-        }
-        Ok(None) => {}
+    match sagaflow_orchestrator::os_tuning::tune_from_env() {
+        // An older or locked-down kernel: the defaults still work.
+        Ok(refused) => refused.iter().for_each(|e| eprintln!("warning: {e}; running without it")),
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
