@@ -69,9 +69,19 @@ type FlushFn = Box<dyn FnMut() -> std::result::Result<bool, String> + Send>;
 /// and without this an idle server would keep them in memory only.
 const IDLE_FLUSH: Duration = Duration::from_millis(100);
 
+/// What the flusher is told under its lock.
+#[derive(Default)]
+struct Signal {
+    /// Something was applied since the flusher last looked.
+    pending: bool,
+    /// The flusher sleeps on the condition variable: only then does a wake
+    /// need the notification's system call (one per commit otherwise).
+    sleeping: bool,
+}
+
 struct Shared {
     applied: AtomicU64,
-    pending: Mutex<bool>,
+    signal: Mutex<Signal>,
     wake: Condvar,
     stop: AtomicBool,
     flushed: watch::Sender<Flushed>,
@@ -88,7 +98,7 @@ impl GroupCommit {
         let (flushed, _) = watch::channel(Flushed::default());
         let shared = Arc::new(Shared {
             applied: AtomicU64::new(0),
-            pending: Mutex::new(false),
+            signal: Mutex::new(Signal::default()),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
             flushed,
@@ -121,10 +131,16 @@ impl GroupCommit {
     }
 
     fn wake(&self) {
-        *self.shared.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = true;
+        let sleeping = {
+            let mut signal = self.shared.signal.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            signal.pending = true;
+            signal.sleeping
+        };
         // Notified after the lock is released, so that the flusher does not
         // wake only to wait for it.
-        self.shared.wake.notify_one();
+        if sleeping {
+            self.shared.wake.notify_one();
+        }
     }
 }
 
@@ -141,18 +157,20 @@ impl Drop for GroupCommit {
 fn flush_loop(shared: &Shared, mut flush: FlushFn) {
     loop {
         let idle = {
-            let mut pending = shared.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut signal = shared.signal.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let mut idle = false;
-            while !*pending && !shared.stop.load(Ordering::SeqCst) {
+            while !signal.pending && !shared.stop.load(Ordering::SeqCst) {
+                signal.sleeping = true;
                 let (guard, waited) =
-                    shared.wake.wait_timeout(pending, IDLE_FLUSH).unwrap_or_else(std::sync::PoisonError::into_inner);
-                pending = guard;
+                    shared.wake.wait_timeout(signal, IDLE_FLUSH).unwrap_or_else(std::sync::PoisonError::into_inner);
+                signal = guard;
+                signal.sleeping = false;
                 if waited.timed_out() {
                     idle = true;
                     break;
                 }
             }
-            *pending = false;
+            signal.pending = false;
             idle
         };
         // Every ticket up to `target` was applied before this load, so one
