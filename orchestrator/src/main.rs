@@ -16,7 +16,7 @@ fn main() -> ExitCode {
     // Before the runtime starts, so that every thread (and every process
     // started from here, such as the bench's server) inherits it.
     match sagaflow_orchestrator::os_tuning::tune_from_env() {
-        // An older or locked-down kernel: the defaults still work.
+        // A locked-down kernel: the defaults still work.
         Ok(refused) => refused.iter().for_each(|e| eprintln!("warning: {e}; running without it")),
         Err(e) => {
             eprintln!("error: {e}");
