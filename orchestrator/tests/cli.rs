@@ -65,3 +65,42 @@ async fn follow_prints_the_timeline_until_the_end() {
     assert_eq!(described["status"], "COMPLETED");
     assert_eq!(described["history_length"], lines.len());
 }
+
+#[tokio::test]
+async fn start_with_wait_prints_how_the_workflow_ended() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &[]).await;
+    let start = |request_id: &'static str, wait: &'static str| {
+        let url = server.url.clone();
+        async move {
+            sagaflow(&[
+                "workflow",
+                "start",
+                "bench",
+                "--request-id",
+                request_id,
+                "--wait",
+                wait,
+                "--output",
+                "json",
+                "--server",
+                &url,
+            ])
+            .await
+        }
+    };
+    // No worker: the wait runs out, the exit fails, and the workflow runs on.
+    let waiting = start("r-wait-1", "300ms").await;
+    assert!(!waiting.status.success());
+    let stderr = String::from_utf8(waiting.stderr).unwrap();
+    assert!(stderr.starts_with("error: ") && stderr.contains("is still RUNNING after 300ms"), "{stderr}");
+    let running: serde_json::Value = serde_json::from_slice(&waiting.stdout).unwrap();
+    assert_eq!((running["status"].as_str(), running["terminal"].as_bool()), (Some("RUNNING"), Some(false)));
+
+    let _worker = WorkerProcess::start(&server.url, &[]).await;
+    let ended = start("r-wait-2", "30s").await;
+    assert!(ended.status.success(), "{}", String::from_utf8_lossy(&ended.stderr));
+    let ended: serde_json::Value = serde_json::from_slice(&ended.stdout).unwrap();
+    assert_eq!((ended["status"].as_str(), ended["terminal"].as_bool()), (Some("COMPLETED"), Some(true)));
+    assert_eq!(ended["already_started"].as_bool(), Some(false));
+}

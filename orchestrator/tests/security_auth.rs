@@ -15,7 +15,9 @@ use common::{BIN, ServerProcess, WorkerProcess, start_request};
 use prost::Message;
 use sagaflow_proto::v1::worker_service_client::WorkerServiceClient;
 use sagaflow_proto::v1::workflow_service_client::WorkflowServiceClient;
-use sagaflow_proto::v1::{DescribeWorkflowRequest, Register, WorkerMessage, server_message, worker_message};
+use sagaflow_proto::v1::{
+    DescribeWorkflowRequest, ExecuteWorkflowRequest, Register, WorkerMessage, server_message, worker_message,
+};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -26,6 +28,7 @@ const CLIENT_METHODS: &[&str] = &[
     "/sagaflow.v1.WorkflowService/DescribeWorkflow",
     "/sagaflow.v1.WorkflowService/GetWorkflowHistory",
     "/sagaflow.v1.WorkflowService/AwaitWorkflow",
+    "/sagaflow.v1.WorkflowService/ExecuteWorkflow",
     "/sagaflow.v1.WorkflowService/ListWorkflowTypes",
     "/sagaflow.checkout.v1.CheckoutService/StartCheckout",
     "/sagaflow.checkout.v1.CheckoutService/GetCheckout",
@@ -138,6 +141,10 @@ async fn a_client_cannot_start_refunds_or_jobs_by_name() {
         let start = start_request(workflow_type, &format!("sneaky-{workflow_type}"), "{}");
         let refused = client.start_workflow(with_token(start.clone(), Some(CLIENT))).await.unwrap_err();
         assert_eq!(refused.code(), Code::PermissionDenied, "{workflow_type}: {refused:?}");
+        // Nor through the call that starts and waits.
+        let execute = ExecuteWorkflowRequest { start: Some(start.clone()), timeout_ms: 1 };
+        let refused = client.execute_workflow(with_token(execute, Some(CLIENT))).await.unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied, "execute {workflow_type}: {refused:?}");
         // An operator may (whatever the input then says).
         let status = client.start_workflow(with_token(start, Some(OPERATOR))).await.err();
         assert!(!status.as_ref().is_some_and(|s| s.code() == Code::PermissionDenied), "{workflow_type}: {status:?}");

@@ -5,10 +5,11 @@ use std::time::Duration;
 use sagaflow_proto::v1::workflow_service_server::WorkflowService;
 use sagaflow_proto::v1::{
     AwaitWorkflowRequest, AwaitWorkflowResponse, CancelWorkflowRequest, CancelWorkflowResponse,
-    DescribeWorkflowRequest, DescribeWorkflowResponse, GetWorkflowHistoryRequest, GetWorkflowHistoryResponse,
-    ListWorkflowTypesRequest, ListWorkflowTypesResponse, ListWorkflowsRequest, ListWorkflowsResponse, PendingActivity,
-    SignalWorkflowRequest, SignalWorkflowResponse, StartWorkflowRequest, StartWorkflowResponse,
-    TerminateWorkflowRequest, TerminateWorkflowResponse, WorkflowStatus, WorkflowSummary, WorkflowType,
+    DescribeWorkflowRequest, DescribeWorkflowResponse, ExecuteWorkflowRequest, ExecuteWorkflowResponse,
+    GetWorkflowHistoryRequest, GetWorkflowHistoryResponse, ListWorkflowTypesRequest, ListWorkflowTypesResponse,
+    ListWorkflowsRequest, ListWorkflowsResponse, PendingActivity, SignalWorkflowRequest, SignalWorkflowResponse,
+    StartWorkflowRequest, StartWorkflowResponse, TerminateWorkflowRequest, TerminateWorkflowResponse, WorkflowStatus,
+    WorkflowSummary, WorkflowType,
 };
 use tonic::{Request, Response, Status};
 
@@ -52,20 +53,16 @@ impl WorkflowApi {
     }
 }
 
-fn wait_budget(timeout_ms: u32) -> Duration {
-    if timeout_ms == 0 { MAX_WAIT } else { Duration::from_millis(u64::from(timeout_ms)).min(MAX_WAIT) }
-}
-
-#[tonic::async_trait]
-impl WorkflowService for WorkflowApi {
-    async fn start_workflow(
+impl WorkflowApi {
+    /// `StartWorkflow`'s work, once the caller and the correlation are read
+    /// from the call's metadata.
+    async fn start(
         &self,
-        request: Request<StartWorkflowRequest>,
-    ) -> Result<Response<StartWorkflowResponse>, Status> {
-        let correlation_id = correlation_id(&request, &request.get_ref().request_id);
-        let traceparent = traceparent(&request);
-        let caller = auth::principal(&request);
-        let mut request = request.into_inner();
+        mut request: StartWorkflowRequest,
+        correlation_id: String,
+        traceparent: String,
+        caller: &Principal,
+    ) -> Result<(String, bool), Status> {
         let limits = self.runtime.limits();
         limits.id("workflow_type", &request.workflow_type).map_err(invalid)?;
         limits.id("request_id", &request.request_id).map_err(invalid)?;
@@ -91,8 +88,58 @@ impl WorkflowService for WorkflowApi {
             correlation_id,
             traceparent,
         };
-        let (workflow_id, already_started) = self.runtime.start_workflow(start).await?;
+        Ok(self.runtime.start_workflow(start).await?)
+    }
+
+    /// `AwaitWorkflow`'s work.
+    async fn await_end(
+        &self,
+        workflow_id: &str,
+        timeout_ms: u32,
+        caller: &Principal,
+    ) -> Result<AwaitWorkflowResponse, Status> {
+        let summary = self.summary(workflow_id, caller).await?;
+        let summary = if is_terminal(summary.status) {
+            summary
+        } else {
+            self.runtime.await_terminal(workflow_id, wait_budget(timeout_ms)).await?
+        };
+        let terminal = is_terminal(summary.status);
+        let (result, reason) = if terminal { self.runtime.outcome(&summary)? } else { Default::default() };
+        Ok(AwaitWorkflowResponse { summary: Some(summary), terminal, result, reason })
+    }
+}
+
+fn wait_budget(timeout_ms: u32) -> Duration {
+    if timeout_ms == 0 { MAX_WAIT } else { Duration::from_millis(u64::from(timeout_ms)).min(MAX_WAIT) }
+}
+
+#[tonic::async_trait]
+impl WorkflowService for WorkflowApi {
+    async fn start_workflow(
+        &self,
+        request: Request<StartWorkflowRequest>,
+    ) -> Result<Response<StartWorkflowResponse>, Status> {
+        let correlation_id = correlation_id(&request, &request.get_ref().request_id);
+        let traceparent = traceparent(&request);
+        let caller = auth::principal(&request);
+        let (workflow_id, already_started) =
+            self.start(request.into_inner(), correlation_id, traceparent, &caller).await?;
         Ok(Response::new(StartWorkflowResponse { workflow_id, already_started }))
+    }
+
+    async fn execute_workflow(
+        &self,
+        request: Request<ExecuteWorkflowRequest>,
+    ) -> Result<Response<ExecuteWorkflowResponse>, Status> {
+        let correlation_id = correlation_id(&request, request.get_ref().start.as_ref().map_or("", |s| &s.request_id));
+        let traceparent = traceparent(&request);
+        let caller = auth::principal(&request);
+        let ExecuteWorkflowRequest { start, timeout_ms } = request.into_inner();
+        let start = start.ok_or_else(|| Status::invalid_argument("ExecuteWorkflow needs `start`"))?;
+        let (workflow_id, already_started) = self.start(start, correlation_id, traceparent, &caller).await?;
+        let outcome = self.await_end(&workflow_id, timeout_ms, &caller).await?;
+        Ok(Response::new(ExecuteWorkflowResponse { workflow_id, already_started, outcome: Some(outcome) }))
     }
 
     async fn describe_workflow(
@@ -235,15 +282,7 @@ impl WorkflowService for WorkflowApi {
     ) -> Result<Response<AwaitWorkflowResponse>, Status> {
         let caller = auth::principal(&request);
         let request = request.into_inner();
-        let summary = self.summary(&request.workflow_id, &caller).await?;
-        let summary = if is_terminal(summary.status) {
-            summary
-        } else {
-            self.runtime.await_terminal(&request.workflow_id, wait_budget(request.timeout_ms)).await?
-        };
-        let terminal = is_terminal(summary.status);
-        let (result, reason) = if terminal { self.runtime.outcome(&summary)? } else { Default::default() };
-        Ok(Response::new(AwaitWorkflowResponse { summary: Some(summary), terminal, result, reason }))
+        Ok(Response::new(self.await_end(&request.workflow_id, request.timeout_ms, &caller).await?))
     }
 
     async fn signal_workflow(

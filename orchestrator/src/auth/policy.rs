@@ -22,6 +22,7 @@ pub fn allowed(path: &str) -> &'static [Role] {
         | "/sagaflow.v1.WorkflowService/DescribeWorkflow"
         | "/sagaflow.v1.WorkflowService/GetWorkflowHistory"
         | "/sagaflow.v1.WorkflowService/AwaitWorkflow"
+        | "/sagaflow.v1.WorkflowService/ExecuteWorkflow"
         | "/sagaflow.v1.WorkflowService/ListWorkflowTypes"
         | "/sagaflow.checkout.v1.CheckoutService/StartCheckout"
         | "/sagaflow.checkout.v1.CheckoutService/GetCheckout" => CLIENT,

@@ -24,7 +24,9 @@ use sagaflow_proto::checkout::v1::checkout_service_client::CheckoutServiceClient
 use sagaflow_proto::checkout::v1::{Item, StartCheckoutRequest};
 use sagaflow_proto::status_name;
 use sagaflow_proto::v1::workflow_service_client::WorkflowServiceClient;
-use sagaflow_proto::v1::{AwaitWorkflowRequest, StartWorkflowRequest, WorkflowStatus};
+use sagaflow_proto::v1::{
+    AwaitWorkflowRequest, AwaitWorkflowResponse, ExecuteWorkflowRequest, StartWorkflowRequest, WorkflowStatus,
+};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::{oneshot, watch};
@@ -355,17 +357,28 @@ async fn measure(plan: &Plan, url: &str, probe: Probe) -> anyhow::Result<PhaseRe
     })
 }
 
+fn await_timeout_ms() -> u32 {
+    u32::try_from(AWAIT_TIMEOUT.as_millis()).unwrap_or(u32::MAX)
+}
+
+/// How a saga ended, from an await's answer; still running is an error.
+fn ended(workflow_id: &str, response: AwaitWorkflowResponse) -> anyhow::Result<Ended> {
+    let status = response.summary.as_ref().map_or(0, |s| s.status);
+    let status = WorkflowStatus::try_from(status).unwrap_or(WorkflowStatus::Unspecified);
+    if !response.terminal {
+        bail!("{workflow_id} is still {} after {}s", status_name(status), AWAIT_TIMEOUT.as_secs());
+    }
+    Ok(Ended { workflow_id: workflow_id.to_owned(), status, reason: response.reason })
+}
+
 /// One saga through both the fresh worker and the server: once it ends, the
 /// worker is connected and every code path is warm.
 async fn warm_up(client: &SagaClient, plan: &Plan) -> anyhow::Result<()> {
     let mut client = client.clone();
     let request_id = plan.warm_up_request_id();
-    let ended = tokio::time::timeout(READY_TIMEOUT, async {
-        let workflow_id = client.start(plan.workflow, request_id).await?;
-        client.await_end(&workflow_id).await
-    })
-    .await
-    .with_context(|| format!("the warm-up saga did not end within {}s", READY_TIMEOUT.as_secs()))?;
+    let ended = tokio::time::timeout(READY_TIMEOUT, client.execute(plan.workflow, request_id))
+        .await
+        .with_context(|| format!("the warm-up saga did not end within {}s", READY_TIMEOUT.as_secs()))?;
     ended.context("the warm-up saga failed")?;
     Ok(())
 }
@@ -393,20 +406,28 @@ impl SagaClient {
         })
     }
 
-    /// Starts one saga and returns its workflow id.
-    async fn start(&mut self, workflow: BenchWorkflow, request_id: String) -> anyhow::Result<String> {
-        let started = match workflow {
+    /// Runs one saga to its end: the bench saga with one `ExecuteWorkflow`
+    /// call (start and await), a checkout with `StartCheckout` then
+    /// `AwaitWorkflow`. Not ending within the await timeout is an error.
+    async fn execute(&mut self, workflow: BenchWorkflow, request_id: String) -> anyhow::Result<Ended> {
+        match workflow {
             BenchWorkflow::Bench => {
-                let request = StartWorkflowRequest {
+                let start = StartWorkflowRequest {
                     workflow_type: "bench".into(),
                     request_id,
                     input: b"{}".to_vec(),
                     ..Default::default()
                 };
-                tokio::time::timeout(START_TIMEOUT, self.workflows.start_workflow(request))
-                    .await
-                    .context("start timed out")?
-                    .map(|r| r.into_inner().workflow_id)
+                let request = ExecuteWorkflowRequest { start: Some(start), timeout_ms: await_timeout_ms() };
+                let response = tokio::time::timeout(
+                    START_TIMEOUT + AWAIT_TIMEOUT + AWAIT_GRACE,
+                    self.workflows.execute_workflow(request),
+                )
+                .await
+                .context("execute: no reply")?
+                .map_err(|status| status_error(status).context("execute"))?
+                .into_inner();
+                ended(&response.workflow_id, response.outcome.unwrap_or_default())
             }
             BenchWorkflow::Checkout => {
                 let request = StartCheckoutRequest {
@@ -415,36 +436,30 @@ impl SagaClient {
                     items: vec![Item { sku: "sku-mug".into(), quantity: 1 }],
                     ..Default::default()
                 };
-                tokio::time::timeout(START_TIMEOUT, self.checkout.start_checkout(request))
+                let checkout_id = tokio::time::timeout(START_TIMEOUT, self.checkout.start_checkout(request))
                     .await
                     .context("start timed out")?
-                    .map(|r| r.into_inner().checkout_id)
+                    .map_err(|status| status_error(status).context("start"))?
+                    .into_inner()
+                    .checkout_id;
+                self.await_end(&checkout_id).await
             }
-        };
-        started.map_err(|status| status_error(status).context("start"))
+        }
     }
 
-    /// Waits for the saga's end; not ending within the await timeout is an error.
     async fn await_end(&mut self, workflow_id: &str) -> anyhow::Result<Ended> {
-        let timeout_ms = u32::try_from(AWAIT_TIMEOUT.as_millis()).unwrap_or(u32::MAX);
-        let request = AwaitWorkflowRequest { workflow_id: workflow_id.to_owned(), timeout_ms };
+        let request = AwaitWorkflowRequest { workflow_id: workflow_id.to_owned(), timeout_ms: await_timeout_ms() };
         let response = tokio::time::timeout(AWAIT_TIMEOUT + AWAIT_GRACE, self.workflows.await_workflow(request))
             .await
             .with_context(|| format!("await {workflow_id}: no reply"))?
             .map_err(|status| status_error(status).context(format!("await {workflow_id}")))?
             .into_inner();
-        let status = response.summary.as_ref().map_or(0, |s| s.status);
-        let status = WorkflowStatus::try_from(status).unwrap_or(WorkflowStatus::Unspecified);
-        if !response.terminal {
-            bail!("{workflow_id} is still {} after {}s", status_name(status), AWAIT_TIMEOUT.as_secs());
-        }
-        Ok(Ended { workflow_id: workflow_id.to_owned(), status, reason: response.reason })
+        ended(workflow_id, response)
     }
 
     /// One saga of the load: start, await, and check how it ended.
     async fn run_saga(&mut self, plan: &Plan, request_id: String) -> anyhow::Result<()> {
-        let workflow_id = self.start(plan.workflow, request_id).await?;
-        let ended = self.await_end(&workflow_id).await?;
+        let ended = self.execute(plan.workflow, request_id).await?;
         let expected = plan.phase.expected_status();
         if ended.status != expected {
             let reason = if ended.reason.is_empty() { String::new() } else { format!(" ({})", ended.reason) };

@@ -7,9 +7,9 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use sagaflow_proto::v1::workflow_service_client::WorkflowServiceClient;
 use sagaflow_proto::v1::{
-    AwaitWorkflowRequest, CancelWorkflowRequest, DescribeWorkflowRequest, GetWorkflowHistoryRequest,
-    ListWorkflowTypesRequest, ListWorkflowsRequest, SignalWorkflowRequest, StartWorkflowRequest,
-    TerminateWorkflowRequest, WorkflowStatus,
+    AwaitWorkflowRequest, AwaitWorkflowResponse, CancelWorkflowRequest, DescribeWorkflowRequest,
+    ExecuteWorkflowRequest, GetWorkflowHistoryRequest, ListWorkflowTypesRequest, ListWorkflowsRequest,
+    SignalWorkflowRequest, StartWorkflowRequest, TerminateWorkflowRequest, WorkflowStatus,
 };
 
 use super::Output;
@@ -34,6 +34,10 @@ pub enum WorkflowCommand {
         /// A label, KEY=VALUE; repeatable.
         #[arg(long = "label", value_parser = parse_label)]
         labels: Vec<(String, String)>,
+        /// Also wait up to this long (such as 30s) for the workflow to end, in
+        /// the same call (ExecuteWorkflow), and print as `await` does.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        wait: Option<Duration>,
     },
     /// List workflows, newest id last; filters combine.
     List {
@@ -110,6 +114,43 @@ pub async fn connect(server: &str) -> anyhow::Result<WorkflowServiceClient<Conn>
     Ok(WorkflowServiceClient::new(connect_channel(server).await?))
 }
 
+fn millis(duration: Duration) -> u32 {
+    u32::try_from(duration.as_millis()).unwrap_or(u32::MAX)
+}
+
+/// Prints how an awaited workflow ended (and, after a start, whether this
+/// request id had started it already); still running after `timeout` is an error.
+fn print_outcome(
+    response: AwaitWorkflowResponse,
+    already_started: Option<bool>,
+    timeout: Duration,
+    output: Output,
+) -> anyhow::Result<()> {
+    let summary = response.summary.unwrap_or_default();
+    match output {
+        Output::Json => {
+            let mut value = render::summary_json(&summary);
+            if let Some(already_started) = already_started {
+                value["already_started"] = already_started.into();
+            }
+            value["terminal"] = response.terminal.into();
+            value["result"] = render::json_text(&response.result);
+            value["reason"] = response.reason.clone().into();
+            println!("{value}");
+        }
+        Output::Text => println!("{} {}", summary.workflow_id, render::status_label(&summary)),
+    }
+    if !response.terminal {
+        bail!(
+            "{} is still {} after {}",
+            summary.workflow_id,
+            render::status_label(&summary),
+            humantime::format_duration(timeout)
+        );
+    }
+    Ok(())
+}
+
 /// A gRPC status as one readable line.
 pub fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}: {}", render::code_name(status.code()), status.message())
@@ -118,7 +159,7 @@ pub fn status_error(status: tonic::Status) -> anyhow::Error {
 pub async fn run(command: WorkflowCommand, server: &str, output: Output) -> anyhow::Result<()> {
     let mut client = connect(server).await?;
     match command {
-        WorkflowCommand::Start { workflow_type, request_id, input, workflow_id, labels } => {
+        WorkflowCommand::Start { workflow_type, request_id, input, workflow_id, labels, wait } => {
             serde_json::from_str::<serde_json::Value>(&input).context("--input is not valid JSON")?;
             let request = StartWorkflowRequest {
                 workflow_type,
@@ -127,6 +168,16 @@ pub async fn run(command: WorkflowCommand, server: &str, output: Output) -> anyh
                 workflow_id: workflow_id.unwrap_or_default(),
                 labels: labels.into_iter().collect::<HashMap<_, _>>(),
             };
+            if let Some(timeout) = wait {
+                let request = ExecuteWorkflowRequest { start: Some(request), timeout_ms: millis(timeout) };
+                let response = client.execute_workflow(request).await.map_err(status_error)?.into_inner();
+                return print_outcome(
+                    response.outcome.unwrap_or_default(),
+                    Some(response.already_started),
+                    timeout,
+                    output,
+                );
+            }
             let response = client.start_workflow(request).await.map_err(status_error)?.into_inner();
             match output {
                 Output::Json => println!(
@@ -173,33 +224,12 @@ pub async fn run(command: WorkflowCommand, server: &str, output: Output) -> anyh
         }
         WorkflowCommand::History { workflow_id, follow } => history(&mut client, workflow_id, follow, output).await?,
         WorkflowCommand::Await { workflow_id, timeout } => {
-            let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
             let response = client
-                .await_workflow(AwaitWorkflowRequest { workflow_id, timeout_ms })
+                .await_workflow(AwaitWorkflowRequest { workflow_id, timeout_ms: millis(timeout) })
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            let summary = response.summary.unwrap_or_default();
-            match output {
-                Output::Json => {
-                    let mut value = render::summary_json(&summary);
-                    value["terminal"] = response.terminal.into();
-                    value["result"] = render::json_text(&response.result);
-                    value["reason"] = response.reason.clone().into();
-                    println!("{value}");
-                }
-                Output::Text => {
-                    println!("{} {}", summary.workflow_id, render::status_label(&summary))
-                }
-            }
-            if !response.terminal {
-                bail!(
-                    "{} is still {} after {}",
-                    summary.workflow_id,
-                    render::status_label(&summary),
-                    humantime::format_duration(timeout)
-                );
-            }
+            print_outcome(response, None, timeout, output)?;
         }
         WorkflowCommand::Cancel { workflow_id, reason } => {
             client
