@@ -228,9 +228,78 @@ fn prepare_spare(dir: &Path) -> Option<JoinHandle<Result<File, Error>>> {
 pub struct Appender {
     dir: PathBuf,
     id: u64,
-    file: File,
+    file: Segment,
     len: u64,
     spare: Option<JoinHandle<Result<File, Error>>>,
+}
+
+/// Direct writes go in whole blocks of this size, at offsets that are multiples of it.
+const BLOCK: usize = 4096;
+
+/// A segment's file, written around the page cache when the file system
+/// allows it (`O_DIRECT`). The sync after a direct write then finds no dirty
+/// pages to write back and only flushes the disk's cache: ~12 µs less CPU a
+/// sync here (docs/performance.md). Direct writes are whole aligned blocks,
+/// so the segment's last, partial block is kept in memory and written again,
+/// with the records that follow it, by the next append. Its bytes on disk
+/// are rewritten unchanged: a rewrite torn by a crash cannot damage them.
+/// A file system without `O_DIRECT` (tmpfs) gets plain writes.
+enum Segment {
+    Direct { file: File, staging: Vec<u8>, tail: Vec<u8> },
+    Buffered(File),
+}
+
+impl Segment {
+    /// `file` (zero-filled, at `path`) reopened for direct writes if it can be.
+    fn open(path: &Path, file: File) -> Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        let direct = rustix::fs::OFlags::DIRECT.bits();
+        match OpenOptions::new().write(true).custom_flags(direct as i32).open(path) {
+            Ok(direct) => Self::Direct { file: direct, staging: Vec::new(), tail: Vec::new() },
+            Err(e) => {
+                tracing::debug!(error = %e, "no direct writes to the log; writing through the page cache");
+                Self::Buffered(file)
+            }
+        }
+    }
+
+    /// Writes `records` at `offset` (the segment's length so far) and syncs.
+    fn append(&mut self, records: &[u8], offset: u64, path: &Path) -> Result<(), Error> {
+        match self {
+            Self::Buffered(file) => file.write_all_at(records, offset).map_err(io_error(path))?,
+            Self::Direct { file, staging, tail } => {
+                let start = offset - tail.len() as u64;
+                debug_assert_eq!(start % BLOCK as u64, 0);
+                let len = tail.len() + records.len();
+                let padded = len.div_ceil(BLOCK) * BLOCK;
+                let blocks = aligned(staging, padded);
+                blocks[..tail.len()].copy_from_slice(tail);
+                blocks[tail.len()..len].copy_from_slice(records);
+                blocks[len..].fill(0);
+                file.write_all_at(blocks, start).map_err(io_error(path))?;
+                tail.clear();
+                tail.extend_from_slice(&blocks[len - len % BLOCK..len]);
+            }
+        }
+        self.file().sync_data().map_err(io_error(path))
+    }
+
+    fn file(&self) -> &File {
+        match self {
+            Self::Direct { file, .. } | Self::Buffered(file) => file,
+        }
+    }
+}
+
+/// `len` bytes of `buffer` that start on a block boundary, as direct writes
+/// need; the buffer grows (and realigns) when it is too small.
+fn aligned(buffer: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    if buffer.len() < len + BLOCK {
+        *buffer = vec![0; (len + BLOCK).next_power_of_two()];
+    }
+    // Always below BLOCK for a byte buffer; the min only keeps the slice in bounds.
+    let offset = buffer.as_ptr().align_offset(BLOCK).min(BLOCK);
+    &mut buffer[offset..offset + len]
 }
 
 impl Appender {
@@ -238,7 +307,7 @@ impl Appender {
     pub fn create(dir: &Path) -> Result<Self, Error> {
         let id = segments(dir)?.last().map_or(1, |last| last + 1);
         let path = segment_path(dir, id);
-        let file = zero_filled(&path)?;
+        let file = Segment::open(&path, zero_filled(&path)?);
         // The new file's directory entry must survive a crash, or its records would.
         sync_dir(dir)?;
         Ok(Self { dir: dir.to_owned(), id, file, len: 0, spare: prepare_spare(dir) })
@@ -246,11 +315,15 @@ impl Appender {
 
     /// Writes whole records and waits until they are on disk.
     pub fn append(&mut self, records: &[u8]) -> Result<(), Error> {
-        let path = segment_path(&self.dir, self.id);
-        self.file.write_all_at(records, self.len).map_err(io_error(&path))?;
-        self.file.sync_data().map_err(io_error(&path))?;
+        self.file.append(records, self.len, &segment_path(&self.dir, self.id))?;
         self.len += records.len() as u64;
         Ok(())
+    }
+
+    /// Whether appends bypass the page cache.
+    #[cfg(test)]
+    fn is_direct(&self) -> bool {
+        matches!(self.file, Segment::Direct { .. })
     }
 
     /// Whether `more` bytes fill the segment.
@@ -266,7 +339,7 @@ impl Appender {
         // The spare was started a whole segment ago and takes milliseconds,
         // so the join rarely waits.
         let spare = self.spare.take().map(|thread| thread.join());
-        self.file = match spare {
+        let file = match spare {
             Some(Ok(Ok(file))) => {
                 let from = spare_path(&self.dir);
                 fs::rename(&from, &path).map_err(io_error(&from))?;
@@ -279,6 +352,7 @@ impl Appender {
                 zero_filled(&path)?
             }
         };
+        self.file = Segment::open(&path, file);
         sync_dir(&self.dir)?;
         self.id = full + 1;
         self.len = 0;
@@ -389,6 +463,36 @@ mod tests {
         assert_eq!(replayed(dir.path()), vec![batch(1), batch(2), batch(3)]);
         assert_eq!(fs::metadata(segment_path(dir.path(), 3)).unwrap().len(), SEGMENT_BYTES);
         assert_eq!(fs::metadata(spare_path(dir.path())).unwrap().len(), SEGMENT_BYTES, "the next spare is ready");
+    }
+
+    /// Appends of every size, across block boundaries and a rotation: the
+    /// segment holds exactly the records, and a partial block rewritten by
+    /// the next append keeps what it held.
+    #[test]
+    fn appends_of_any_size_land_byte_for_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut appender = Appender::create(dir.path()).unwrap();
+        // The data directories of the tests and of CI are on ext4, which
+        // takes direct writes; this keeps that path tested.
+        assert!(appender.is_direct(), "no O_DIRECT on {}", dir.path().display());
+        let sizes = [1_u8, 200, 7, 255, 90, 255, 255, 13];
+        let mut expected = Vec::new();
+        for (i, size) in sizes.into_iter().enumerate() {
+            let records = encoded(std::iter::repeat_n(size, i % 3 * 20 + 1));
+            appender.append(&records).unwrap();
+            expected.extend_from_slice(&records);
+            let on_disk = fs::read(segment_path(dir.path(), 1)).unwrap();
+            assert_eq!(&on_disk[..expected.len()], expected.as_slice(), "after append {i}");
+            assert!(on_disk[expected.len()..].iter().all(|b| *b == 0), "after append {i}");
+        }
+        assert!(expected.len() > 3 * BLOCK, "the appends must cross several blocks");
+        appender.rotate().unwrap();
+        appender.append(&encoded([9])).unwrap();
+        drop(appender);
+        let mut want: Vec<_> =
+            sizes.into_iter().enumerate().flat_map(|(i, n)| vec![batch(n); i % 3 * 20 + 1]).collect();
+        want.push(batch(9));
+        assert_eq!(replayed(dir.path()), want);
     }
 
     #[test]
