@@ -51,9 +51,7 @@ impl WorkflowApi {
         }
         Ok(summary)
     }
-}
 
-impl WorkflowApi {
     /// `StartWorkflow`'s work, once the caller and the correlation are read
     /// from the call's metadata.
     async fn start(
