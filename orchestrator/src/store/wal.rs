@@ -238,7 +238,7 @@ const BLOCK: usize = 4096;
 
 /// A segment's file, written around the page cache when the file system
 /// allows it (`O_DIRECT`). The sync after a direct write then finds no dirty
-/// pages to write back and only flushes the disk's cache: ~12 µs less CPU a
+/// pages to write back and only flushes the disk's cache: 10–16 µs less CPU a
 /// sync here (docs/performance.md). Direct writes are whole aligned blocks,
 /// so the segment's last, partial block is kept in memory and written again,
 /// with the records that follow it, by the next append. Its bytes on disk
