@@ -321,6 +321,11 @@ async fn run_spawned(
     let measured = interrupt.guard(measure(plan, &cluster.url, probe)).await;
     // Stop even when the phase failed; a stop error matters less than the phase's own.
     let stopped = cluster.stop().await;
+    // The phase's data stays until the bench ends; without this, the
+    // kernel would write its dirty pages back during the next phase, whose
+    // log syncs would then queue behind them. Run alone, a phase never
+    // meets that.
+    let _ = tokio::task::spawn_blocking(rustix::fs::sync).await;
     let report = measured?;
     stopped?;
     Ok(report)
