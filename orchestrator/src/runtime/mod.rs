@@ -395,9 +395,13 @@ impl Runtime {
         let outbox = outbox::domain_events(state, definition, &events);
         let published: Vec<String> = outbox.iter().map(|r| r.event_type.clone()).collect();
         let alerts = outbox::raised_alerts(definition, &events);
+        // Only a start passes a request id, and it has made sure, under the
+        // workflow's lock, that no history exists.
+        let new_history = request_id.is_some() && events.first().is_some_and(|e| e.seq == 1);
         let commit = Commit {
             workflow_id: workflow_id.to_owned(),
             events,
+            new_history,
             summary: Some(records::summary(state, definition)),
             request_id,
             put_tasks: delta.new_tasks.clone(),

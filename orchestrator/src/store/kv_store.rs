@@ -72,7 +72,7 @@ impl<K: Kv> KvStore<K> {
         let wf = commit.workflow_id.as_str();
         let mut writes = Vec::with_capacity(8);
         if let Some(first) = commit.events.first().map(|e| e.seq) {
-            let stored = self.last_seq(wf)?;
+            let stored = if commit.new_history { 0 } else { self.last_seq(wf)? };
             if first != stored + 1 {
                 return Err(Error::SequenceConflict { workflow_id: wf.into(), stored, requested: first });
             }

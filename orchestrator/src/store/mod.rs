@@ -59,6 +59,11 @@ pub struct Commit {
     pub workflow_id: String,
     /// Appended to the history; the first must follow the stored last event.
     pub events: Vec<HistoryEvent>,
+    /// The caller vouches that the workflow has no history yet (a start,
+    /// checked under the workflow's lock, or a freshly generated id), so the
+    /// store need not look it up: for a new id that lookup misses the
+    /// overlay and reaches sled.
+    pub new_history: bool,
     /// The workflow's index row after this decision.
     pub summary: Option<WorkflowSummary>,
     /// Maps a start's `request_id` to this workflow.
