@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::{correlation_id, invalid, traceparent};
+use super::{Origin, invalid};
 use crate::auth::{self, Principal};
 use crate::engine::is_side_task;
 use crate::runtime::{Runtime, StartRequest};
@@ -194,9 +194,7 @@ impl CheckoutService for CheckoutApi {
         &self,
         request: Request<StartCheckoutRequest>,
     ) -> Result<Response<StartCheckoutResponse>, Status> {
-        let correlation_id = correlation_id(&request, &request.get_ref().client_request_id);
-        let traceparent = traceparent(&request);
-        let caller = auth::principal(&request);
+        let Origin { correlation_id, traceparent, caller } = Origin::of(&request, &request.get_ref().client_request_id);
         let request = request.into_inner();
         let limits = self.runtime.limits();
         limits.id("client_request_id", &request.client_request_id).map_err(invalid)?;
@@ -263,9 +261,7 @@ impl CheckoutService for CheckoutApi {
         &self,
         request: Request<RefundCheckoutRequest>,
     ) -> Result<Response<RefundCheckoutResponse>, Status> {
-        let correlation_id = correlation_id(&request, &request.get_ref().refund_id);
-        let traceparent = traceparent(&request);
-        let caller = auth::principal(&request);
+        let Origin { correlation_id, traceparent, caller } = Origin::of(&request, &request.get_ref().refund_id);
         let request = request.into_inner();
         self.runtime.limits().id("refund_id", &request.refund_id).map_err(invalid)?;
         if request.amount_cents <= 0 {

@@ -38,6 +38,25 @@ pub(crate) fn invalid(e: Invalid) -> Status {
     Status::invalid_argument(e.0)
 }
 
+/// Who makes a call and under which correlation and trace, read from its
+/// metadata before the body is taken.
+pub(crate) struct Origin {
+    pub correlation_id: String,
+    pub traceparent: String,
+    pub caller: crate::auth::Principal,
+}
+
+impl Origin {
+    /// `request_id` is the correlation id's fallback (see [`correlation_id`]).
+    pub(crate) fn of<T>(request: &tonic::Request<T>, request_id: &str) -> Self {
+        Self {
+            correlation_id: correlation_id(request, request_id),
+            traceparent: traceparent(request),
+            caller: crate::auth::principal(request),
+        }
+    }
+}
+
 /// The caller's correlation id: `x-correlation-id`, else the fallback
 /// (the request id), else a new one.
 pub(crate) fn correlation_id<T>(request: &tonic::Request<T>, fallback: &str) -> String {

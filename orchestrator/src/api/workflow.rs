@@ -13,7 +13,7 @@ use sagaflow_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use super::{correlation_id, invalid, traceparent};
+use super::{Origin, invalid};
 use crate::auth::{self, Principal, Role, policy};
 use crate::engine::{Input, StepStatus};
 use crate::runtime::dispatch::TaskState;
@@ -52,15 +52,9 @@ impl WorkflowApi {
         Ok(summary)
     }
 
-    /// `StartWorkflow`'s work, once the caller and the correlation are read
-    /// from the call's metadata.
-    async fn start(
-        &self,
-        mut request: StartWorkflowRequest,
-        correlation_id: String,
-        traceparent: String,
-        caller: &Principal,
-    ) -> Result<(String, bool), Status> {
+    /// `StartWorkflow`'s work, once the call's origin is read from its metadata.
+    async fn start(&self, mut request: StartWorkflowRequest, origin: Origin) -> Result<(String, bool), Status> {
+        let Origin { correlation_id, traceparent, caller } = origin;
         let limits = self.runtime.limits();
         limits.id("workflow_type", &request.workflow_type).map_err(invalid)?;
         limits.id("request_id", &request.request_id).map_err(invalid)?;
@@ -118,11 +112,8 @@ impl WorkflowService for WorkflowApi {
         &self,
         request: Request<StartWorkflowRequest>,
     ) -> Result<Response<StartWorkflowResponse>, Status> {
-        let correlation_id = correlation_id(&request, &request.get_ref().request_id);
-        let traceparent = traceparent(&request);
-        let caller = auth::principal(&request);
-        let (workflow_id, already_started) =
-            self.start(request.into_inner(), correlation_id, traceparent, &caller).await?;
+        let origin = Origin::of(&request, &request.get_ref().request_id);
+        let (workflow_id, already_started) = self.start(request.into_inner(), origin).await?;
         Ok(Response::new(StartWorkflowResponse { workflow_id, already_started }))
     }
 
@@ -130,12 +121,11 @@ impl WorkflowService for WorkflowApi {
         &self,
         request: Request<ExecuteWorkflowRequest>,
     ) -> Result<Response<ExecuteWorkflowResponse>, Status> {
-        let correlation_id = correlation_id(&request, request.get_ref().start.as_ref().map_or("", |s| &s.request_id));
-        let traceparent = traceparent(&request);
-        let caller = auth::principal(&request);
+        let origin = Origin::of(&request, request.get_ref().start.as_ref().map_or("", |s| &s.request_id));
+        let caller = origin.caller.clone();
         let ExecuteWorkflowRequest { start, timeout_ms } = request.into_inner();
         let start = start.ok_or_else(|| Status::invalid_argument("ExecuteWorkflow needs `start`"))?;
-        let (workflow_id, already_started) = self.start(start, correlation_id, traceparent, &caller).await?;
+        let (workflow_id, already_started) = self.start(start, origin).await?;
         let outcome = self.await_end(&workflow_id, timeout_ms, &caller).await?;
         Ok(Response::new(ExecuteWorkflowResponse { workflow_id, already_started, outcome: Some(outcome) }))
     }
