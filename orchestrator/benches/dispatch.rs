@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use sagaflow_orchestrator::runtime::dispatch::Dispatch;
+use sagaflow_orchestrator::runtime::lease_token::LeaseKey;
 use sagaflow_orchestrator::runtime::timers::Timers;
 use sagaflow_orchestrator::store::{MemoryStore, Store, TaskRecord};
 use sagaflow_proto::v1::ActivityTask;
@@ -40,9 +41,9 @@ fn benches(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let _entered = runtime.enter();
     let (timers, _fired) = Timers::start();
-    let dispatch = Dispatch::new(Arc::new(MemoryStore::in_memory()) as Arc<dyn Store>, timers);
+    let dispatch = Dispatch::new(Arc::new(MemoryStore::in_memory()) as Arc<dyn Store>, timers, LeaseKey::random());
     let (outbound, mut worker) = tokio::sync::mpsc::channel(1024);
-    let session = dispatch.open_session("w-1".into(), HashSet::from([QUEUE.to_owned()]), outbound);
+    let session = dispatch.open_session("w-1".into(), "bench".into(), HashSet::from([QUEUE.to_owned()]), outbound);
 
     c.bench_function("dispatch/queue_lease_send_remove", |b| {
         b.iter_custom(|iters| {

@@ -1,12 +1,14 @@
 //! The HTTP listener: `/healthz` and `/metrics` (Prometheus text format).
 
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
+
+use crate::auth::Tokens;
 
 /// The process-wide recorder; installed once, shared by every server in the process.
 pub fn prometheus() -> Option<&'static PrometheusHandle> {
@@ -25,22 +27,34 @@ pub fn prometheus() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+/// `/healthz` and `/metrics`, open to anyone who reaches the port.
 pub fn router() -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(|| async { prometheus().map(PrometheusHandle::render).unwrap_or_default() }))
 }
 
-pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-    axum::serve(listener, router()).with_graceful_shutdown(shutdown).await
+/// The server's routes: under auth, the gRPC role table applies to them too
+/// (`/metrics` needs an operator token; `/healthz` none).
+fn guarded(tokens: Option<Arc<Tokens>>) -> Router {
+    router().layer(axum::middleware::from_fn_with_state(tokens, crate::auth::guard_http))
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    tokens: Option<Arc<Tokens>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, guarded(tokens)).with_graceful_shutdown(shutdown).await
 }
 
 /// The same routes over TLS.
 pub async fn serve_tls(
     listener: crate::tls::TlsListener,
+    tokens: Option<Arc<Tokens>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router()).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, guarded(tokens)).with_graceful_shutdown(shutdown).await
 }
 
 pub fn describe(addr: SocketAddr) -> String {

@@ -38,8 +38,6 @@ impl Default for JobsOptions {
 pub struct JobInput {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grace_ms: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nats_url: Option<String>,
 }
 
 /// Starts a round of every job each `interval`, until `stopped` turns true.
@@ -71,7 +69,7 @@ pub async fn schedule(runtime: Runtime, options: JobsOptions, mut stopped: watch
                 tracing::debug!(job = name, "scheduled job skipped: no worker serves its first step");
                 continue;
             }
-            let input = JobInput { grace_ms: Some(millis(options.grace)), nats_url: options.nats_url.clone() };
+            let input = JobInput { grace_ms: Some(millis(options.grace)) };
             match start(&runtime, name, &format!("scheduled:{name}:{slot}"), &input).await {
                 Ok((workflow_id, false)) => tracing::info!(job = name, %workflow_id, "scheduled job started"),
                 Ok((_, true)) => {}
@@ -121,13 +119,6 @@ pub fn internal_token() -> String {
     format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
 }
 
-/// `jobs.replay_failed_events` input.
-#[derive(Debug, Deserialize)]
-struct ReplayInput {
-    #[serde(default)]
-    nats_url: Option<String>,
-}
-
 /// The in-process worker that serves the `jobs.*` activities over
 /// `channel` (an [in-process](crate::in_process) connection to the worker
 /// service), like any other worker: the job workflows stay ordinary
@@ -161,8 +152,8 @@ pub fn worker(
                 }))
             }
         })
-        .activity(jobs::REPLAY_FAILED_EVENTS_ACTIVITY, move |_ctx: ActivityContext, input: ReplayInput| {
-            let url = input.nats_url.filter(|u| !u.is_empty()).or_else(|| nats_url.clone());
+        .activity(jobs::REPLAY_FAILED_EVENTS_ACTIVITY, move |_ctx: ActivityContext, _input: serde_json::Value| {
+            let url = nats_url.clone();
             async move {
                 let Some(url) = url else {
                     return Ok(serde_json::json!({

@@ -18,6 +18,7 @@ use crate::auth::{AuthLayer, Tokens};
 use crate::jobs::{self, JobsOptions};
 use crate::limits::Limits;
 use crate::registry::Registry;
+use crate::runtime::lease_token::LeaseKey;
 use crate::runtime::{Runtime, StuckPolicy};
 use crate::store::{MemoryStore, SledStore, Store};
 use crate::tls::TlsFiles;
@@ -34,6 +35,8 @@ pub enum Error {
     Recovery(#[from] crate::runtime::Error),
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::Error),
+    #[error(transparent)]
+    LeaseKey(#[from] crate::runtime::lease_token::Error),
     #[error("cannot build reflection: {0}")]
     Reflection(String),
     #[error(
@@ -134,8 +137,14 @@ impl Server {
             ),
             Storage::Memory => Arc::new(MemoryStore::in_memory()),
         };
+        // Beside the store, so that a worker running through a restart can
+        // still prove its leases (runtime/lease_token.rs).
+        let lease_key = match &options.storage {
+            Storage::Sled(dir) => LeaseKey::load_or_create(&dir.join("lease.key"))?,
+            Storage::Memory => LeaseKey::random(),
+        };
         crate::http::prometheus();
-        let runtime = Runtime::start(store, registry, options.limits, options.stuck).await?;
+        let runtime = Runtime::start(store, registry, options.limits, options.stuck, lease_key).await?;
         let grpc =
             TcpListener::bind(options.listen).await.map_err(|source| Error::Bind { addr: options.listen, source })?;
         let grpc_addr = grpc.local_addr().map_err(|source| Error::Bind { addr: options.listen, source })?;
@@ -149,17 +158,18 @@ impl Server {
                 let shutdown = async move {
                     let _ = stopped.wait_for(|s| *s).await;
                 };
+                let tokens = options.auth.clone();
                 match &options.tls {
                     Some(tls) => {
                         let listener = tls.listener(http)?;
                         tasks.push(tokio::spawn(async move {
-                            if let Err(e) = crate::http::serve_tls(listener, shutdown).await {
+                            if let Err(e) = crate::http::serve_tls(listener, tokens, shutdown).await {
                                 tracing::error!(error = %e, "https listener failed");
                             }
                         }));
                     }
                     None => tasks.push(tokio::spawn(async move {
-                        if let Err(e) = crate::http::serve(http, shutdown).await {
+                        if let Err(e) = crate::http::serve(http, tokens, shutdown).await {
                             tracing::error!(error = %e, "http listener failed");
                         }
                     })),

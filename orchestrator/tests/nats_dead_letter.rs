@@ -12,19 +12,10 @@ use std::time::Duration;
 use common::nats::{ConsumerProcess, NatsServer, free_port, read_stream, run_quick, wait_until};
 use common::{BIN, ServerProcess, WorkerProcess, write_test_definitions};
 
-async fn replay(server_url: &str, nats_url: &str) -> serde_json::Value {
+/// Runs the replay job; it uses the broker the server relays to, never one a caller names.
+async fn replay(server_url: &str) -> serde_json::Value {
     let output = tokio::process::Command::new(BIN)
-        .args([
-            "jobs",
-            "run",
-            "replay-failed-events",
-            "--server",
-            server_url,
-            "--nats-url",
-            nats_url,
-            "--output",
-            "json",
-        ])
+        .args(["jobs", "run", "replay-failed-events", "--server", server_url, "--output", "json"])
         .output()
         .await
         .unwrap();
@@ -75,7 +66,7 @@ async fn a_poison_event_is_dead_lettered_then_replayed() {
     .await;
     assert!(search.orders("customer=pat").await.is_empty());
 
-    let report = replay(&server.url, &nats.url).await;
+    let report = replay(&server.url).await;
     assert_eq!(report["replayed"], 1, "{report}");
     assert_eq!(report["by_consumer"]["search"], 1, "{report}");
     wait_until(Duration::from_secs(10), "the replayed event is projected", || async {
@@ -88,7 +79,7 @@ async fn a_poison_event_is_dead_lettered_then_replayed() {
     assert_eq!(search.processed().await, 4 * 3);
 
     // Each dead letter is re-driven once; the DLQ keeps it for the record.
-    assert_eq!(replay(&server.url, &nats.url).await["replayed"], 0);
+    assert_eq!(replay(&server.url).await["replayed"], 0);
     assert_eq!(js.get_stream("SAGAFLOW_DLQ").await.unwrap().cached_info().state.messages, 1);
     let replayed: Vec<_> = read_stream(&js, "SAGAFLOW_EVENTS")
         .await

@@ -6,17 +6,20 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::process::Stdio;
 use std::time::Duration;
 
 use common::secure::{self, BENCH_WORKER, CLIENT, OPERATOR, OTHER_CLIENT, WORKER, raw_call, with_token};
 use common::{BIN, ServerProcess, WorkerProcess, start_request};
 use prost::Message;
+use sagaflow_orchestrator::auth::{Role, policy};
+use sagaflow_proto::checkout::v1::GetCheckoutRequest;
+use sagaflow_proto::checkout::v1::checkout_service_client::CheckoutServiceClient;
 use sagaflow_proto::v1::worker_service_client::WorkerServiceClient;
 use sagaflow_proto::v1::workflow_service_client::WorkflowServiceClient;
 use sagaflow_proto::v1::{
-    DescribeWorkflowRequest, ExecuteWorkflowRequest, Register, WorkerMessage, server_message, worker_message,
+    AwaitWorkflowRequest, DescribeWorkflowRequest, ExecuteWorkflowRequest, GetWorkflowHistoryRequest,
+    ListWorkflowTypesRequest, Register, WorkerMessage, server_message, worker_message,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tonic::Code;
@@ -63,47 +66,132 @@ async fn channel(server: &ServerProcess) -> Channel {
     Channel::from_shared(server.url.clone()).unwrap().connect().await.unwrap()
 }
 
+/// The callers of the authorization matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    NoToken,
+    BadToken,
+    Client,
+    WorkerInScope,
+    WorkerOutOfScope,
+    Operator,
+}
+
+impl Caller {
+    const ALL: [Caller; 6] = [
+        Caller::NoToken,
+        Caller::BadToken,
+        Caller::Client,
+        Caller::WorkerInScope,
+        Caller::WorkerOutOfScope,
+        Caller::Operator,
+    ];
+
+    fn token(self) -> Option<&'static str> {
+        match self {
+            Caller::NoToken => None,
+            Caller::BadToken => Some("not-a-real-token-at-all"),
+            Caller::Client => Some(CLIENT),
+            Caller::WorkerInScope => Some(WORKER),
+            // Confined to `bench.*`; the matrix's session asks for `payments.capture`.
+            Caller::WorkerOutOfScope => Some(BENCH_WORKER),
+            Caller::Operator => Some(OPERATOR),
+        }
+    }
+
+    fn role(self) -> Option<Role> {
+        match self {
+            Caller::NoToken | Caller::BadToken => None,
+            Caller::Client => Some(Role::Client),
+            Caller::WorkerInScope | Caller::WorkerOutOfScope => Some(Role::Worker),
+            Caller::Operator => Some(Role::Operator),
+        }
+    }
+}
+
+/// What the matrix expects of one cell, derived from the server's own table.
+fn expected(method: &str, caller: Caller) -> Option<Code> {
+    let roles = policy::rule(method).unwrap_or_else(|| panic!("{method} has no entry in the role table"));
+    if roles.is_empty() {
+        return None;
+    }
+    match caller.role() {
+        None => Some(Code::Unauthenticated),
+        Some(role) if !roles.contains(&role) => Some(Code::PermissionDenied),
+        // The role may open a session, but not on a queue outside its token's.
+        Some(_) if caller == Caller::WorkerOutOfScope && method.ends_with("/OpenSession") => {
+            Some(Code::PermissionDenied)
+        }
+        Some(_) => None,
+    }
+}
+
+/// One cell: the method called by `caller`. A session registers for
+/// `payments.capture`; any other method gets an empty message, enough to see
+/// what the auth layer answers.
+async fn call(channel: &Channel, method: &str, caller: Caller) -> tonic::Status {
+    if method.ends_with("/OpenSession") {
+        return match register(channel.clone(), caller.token(), "payments.capture").await {
+            Ok(()) => tonic::Status::ok(""),
+            Err(status) => status,
+        };
+    }
+    raw_call(channel, method, caller.token()).await
+}
+
 #[tokio::test]
-async fn every_rpc_refuses_a_missing_or_bad_token_and_the_wrong_role() {
+async fn the_authorization_matrix_holds_for_every_rpc_and_every_caller() {
     let (server, _dir) = secured().await;
     let channel = channel(&server).await;
-    let methods = every_method();
-    let known: BTreeSet<&str> = methods.iter().map(String::as_str).collect();
-    for listed in CLIENT_METHODS.iter().chain(WORKER_METHODS) {
-        assert!(known.contains(listed), "{listed} is no longer a method");
-    }
+    let mut methods = every_method();
+    methods.push("/grpc.health.v1.Health/Check".into());
+    // The table agrees with the roles written out independently above.
     for method in &methods {
-        for (token, what) in [(None, "no token"), (Some("not-a-real-token-at-all"), "bad token"), (Some(""), "empty")] {
-            let status = raw_call(&channel, method, token).await;
-            assert_eq!(status.code(), Code::Unauthenticated, "{method} with {what}: {status:?}");
-            assert!(!status.message().contains("not-a-real"), "the token leaked into {status:?}");
-        }
-        for (token, role) in [(CLIENT, "client"), (WORKER, "worker"), (OPERATOR, "operator")] {
-            let allowed = role == "operator"
-                || (role == "client" && CLIENT_METHODS.contains(&method.as_str()))
-                || (role == "worker" && WORKER_METHODS.contains(&method.as_str()));
-            let status = raw_call(&channel, method, Some(token)).await;
-            if allowed {
-                assert!(
+        let roles = policy::rule(method).unwrap_or_else(|| panic!("{method} has no entry in the role table"));
+        let client = CLIENT_METHODS.contains(&method.as_str());
+        let worker = WORKER_METHODS.contains(&method.as_str());
+        assert_eq!(roles.contains(&Role::Client), client, "{method}: client");
+        assert_eq!(roles.contains(&Role::Worker), worker, "{method}: worker");
+    }
+    let mut cells = 0;
+    for method in &methods {
+        for caller in Caller::ALL {
+            let status = call(&channel, method, caller).await;
+            match expected(method, caller) {
+                Some(code) => {
+                    assert_eq!(status.code(), code, "{method} by {caller:?}: {status:?}");
+                    assert!(!status.message().contains("not-a-real"), "the token leaked into {status:?}");
+                }
+                None => assert!(
                     !matches!(status.code(), Code::Unauthenticated | Code::PermissionDenied),
-                    "{method} refused the {role}: {status:?}"
-                );
-            } else {
-                assert_eq!(status.code(), Code::PermissionDenied, "{method} let the {role} through: {status:?}");
-                assert!(status.message().contains(role), "{status:?}");
+                    "{method} refused {caller:?}: {status:?}"
+                ),
             }
+            cells += 1;
         }
     }
-    // Probes need no token.
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-    let serving = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
-    assert_eq!(serving.into_inner().status, 1);
+    println!("authorization matrix: {} methods x {} callers = {cells} cells", methods.len(), Caller::ALL.len());
+    assert_eq!(cells, methods.len() * 6);
     // Refusals are counted by reason, and the token never reaches the logs or metrics.
-    let metrics = common::scrape(&server.http).await;
-    for reason in ["missing", "unknown_token", "wrong_role"] {
+    let metrics = common::scrape_as(&server.http, OPERATOR).await;
+    for reason in ["missing", "unknown_token", "wrong_role", "queue_not_allowed"] {
         assert!(metrics.contains(&format!("sagaflow_auth_failures_total{{reason=\"{reason}\"}}")), "{reason}");
     }
     assert!(!metrics.contains("not-a-real-token"));
+}
+
+#[tokio::test]
+async fn the_http_listener_needs_an_operator_token_for_metrics_but_none_for_health() {
+    let (server, _dir) = secured().await;
+    assert!(common::http(&server.http, "GET", "/healthz", "").await.starts_with("HTTP/1.1 200"));
+    let anonymous = common::scrape(&server.http).await;
+    assert!(anonymous.starts_with("HTTP/1.1 401"), "{anonymous}");
+    assert!(anonymous.to_ascii_lowercase().contains("www-authenticate: bearer"), "{anonymous}");
+    assert!(!anonymous.contains("sagaflow_"), "metrics leaked: {anonymous}");
+    let client = common::scrape_as(&server.http, CLIENT).await;
+    assert!(client.starts_with("HTTP/1.1 403") && client.contains("operator"), "{client}");
+    let operator = common::scrape_as(&server.http, OPERATOR).await;
+    assert!(operator.starts_with("HTTP/1.1 200") && operator.contains("sagaflow_auth_failures_total"), "{operator}");
 }
 
 #[tokio::test]
@@ -122,6 +210,26 @@ async fn a_client_reads_only_the_workflows_it_started() {
     let theirs = client.describe_workflow(describe(OTHER_CLIENT)).await.unwrap_err();
     assert_eq!(theirs.code(), Code::NotFound, "{theirs:?}");
     client.describe_workflow(describe(OPERATOR)).await.unwrap();
+    // Every other read of it, by the other client, is as missing.
+    let id = started.workflow_id.clone();
+    let history = GetWorkflowHistoryRequest { workflow_id: id.clone(), ..Default::default() };
+    let status = client.get_workflow_history(with_token(history, Some(OTHER_CLIENT))).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "history: {status:?}");
+    let wait = AwaitWorkflowRequest { workflow_id: id.clone(), timeout_ms: 1 };
+    let status = client.await_workflow(with_token(wait, Some(OTHER_CLIENT))).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "await: {status:?}");
+    let execute = ExecuteWorkflowRequest { start: Some(start_request("bench", "mine-1", "{}")), timeout_ms: 1 };
+    // The same request id names no one else's workflow: never an answer about it.
+    match client.execute_workflow(with_token(execute, Some(OTHER_CLIENT))).await {
+        Err(status) => assert_eq!(status.code(), Code::NotFound, "execute: {status:?}"),
+        Ok(own) => assert_ne!(own.into_inner().workflow_id, id),
+    }
+    let mut checkouts = CheckoutServiceClient::new(channel(&server).await);
+    let status = checkouts
+        .get_checkout(with_token(GetCheckoutRequest { checkout_id: id.clone() }, Some(OTHER_CLIENT)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "checkout: {status:?}");
     // A client cannot claim another owner by setting the label itself.
     let mut forged = start_request("bench", "forged-1", "{}");
     forged.labels.insert("sagaflow.owner".into(), "shop".into());
@@ -134,10 +242,28 @@ async fn a_client_reads_only_the_workflows_it_started() {
 }
 
 #[tokio::test]
-async fn a_client_cannot_start_refunds_or_jobs_by_name() {
+async fn a_client_cannot_start_any_operator_only_saga() {
     let (server, _dir) = secured().await;
     let mut client = WorkflowServiceClient::new(channel(&server).await);
-    for workflow_type in ["refund", "check-invariants", "replay-failed-events"] {
+    // Every type whose definition says operator-only, as the server lists them.
+    let types = client
+        .list_workflow_types(with_token(ListWorkflowTypesRequest {}, Some(OPERATOR)))
+        .await
+        .unwrap()
+        .into_inner()
+        .types;
+    let operator_only: Vec<String> = types
+        .iter()
+        .filter(|t| serde_json::from_str::<serde_json::Value>(&t.definition).unwrap()["operator_only"] == true)
+        .map(|t| t.name.clone())
+        .collect();
+    // The refund and the five jobs, under the names they are registered by.
+    assert!(operator_only.contains(&"refund".to_owned()), "{operator_only:?}");
+    for job in sagaflow_workflows::jobs::NAMES {
+        assert!(operator_only.contains(&sagaflow_workflows::jobs::workflow_type(job)), "{job}: {operator_only:?}");
+    }
+    assert!(!operator_only.contains(&"checkout".to_owned()) && !operator_only.contains(&"bench".to_owned()));
+    for workflow_type in &operator_only {
         let start = start_request(workflow_type, &format!("sneaky-{workflow_type}"), "{}");
         let refused = client.start_workflow(with_token(start.clone(), Some(CLIENT))).await.unwrap_err();
         assert_eq!(refused.code(), Code::PermissionDenied, "{workflow_type}: {refused:?}");
@@ -145,22 +271,21 @@ async fn a_client_cannot_start_refunds_or_jobs_by_name() {
         let execute = ExecuteWorkflowRequest { start: Some(start.clone()), timeout_ms: 1 };
         let refused = client.execute_workflow(with_token(execute, Some(CLIENT))).await.unwrap_err();
         assert_eq!(refused.code(), Code::PermissionDenied, "execute {workflow_type}: {refused:?}");
-        // An operator may (whatever the input then says).
-        let status = client.start_workflow(with_token(start, Some(OPERATOR))).await.err();
-        assert!(!status.as_ref().is_some_and(|s| s.code() == Code::PermissionDenied), "{workflow_type}: {status:?}");
     }
-    let metrics = common::scrape(&server.http).await;
+    // An operator may (whatever the input then says).
+    let start = start_request("job.check-invariants", "operator-run", "{}");
+    client.start_workflow(with_token(start, Some(OPERATOR))).await.unwrap();
+    let metrics = common::scrape_as(&server.http, OPERATOR).await;
     assert!(metrics.contains("sagaflow_auth_failures_total{reason=\"workflow_type_not_allowed\"}"));
 }
 
 /// Opens a worker session registering `queue`, and returns the first answer.
-async fn register(channel: Channel, token: &str, queue: &str) -> Result<(), tonic::Status> {
+async fn register(channel: Channel, token: Option<&str>, queue: &str) -> Result<(), tonic::Status> {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let register = Register { worker_id: "w-1".into(), activity_types: vec![queue.into()], held: vec![] };
     tx.send(WorkerMessage { message: Some(worker_message::Message::Register(register)) }).await.unwrap();
     let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
-    let mut inbound =
-        WorkerServiceClient::new(channel).open_session(with_token(stream, Some(token))).await?.into_inner();
+    let mut inbound = WorkerServiceClient::new(channel).open_session(with_token(stream, token)).await?.into_inner();
     let first = inbound.message().await?.and_then(|m| m.message);
     assert!(matches!(first, Some(server_message::Message::Registered(_))), "{first:?}");
     drop(tx);
@@ -171,12 +296,12 @@ async fn register(channel: Channel, token: &str, queue: &str) -> Result<(), toni
 async fn a_worker_token_serves_only_its_queues() {
     let (server, _dir) = secured().await;
     let channel = channel(&server).await;
-    register(channel.clone(), BENCH_WORKER, "bench.reserve").await.unwrap();
-    let refused = register(channel.clone(), BENCH_WORKER, "payments.capture").await.unwrap_err();
+    register(channel.clone(), Some(BENCH_WORKER), "bench.reserve").await.unwrap();
+    let refused = register(channel.clone(), Some(BENCH_WORKER), "payments.capture").await.unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
     assert!(refused.message().contains("payments.capture"), "{refused:?}");
-    register(channel.clone(), WORKER, "payments.capture").await.unwrap();
-    let client = register(channel, CLIENT, "bench.reserve").await.unwrap_err();
+    register(channel.clone(), Some(WORKER), "payments.capture").await.unwrap();
+    let client = register(channel, Some(CLIENT), "bench.reserve").await.unwrap_err();
     assert_eq!(client.code(), Code::PermissionDenied);
 }
 

@@ -83,7 +83,7 @@ async fn a_flood_at_ten_times_the_rate_is_shed_and_nothing_accepted_is_lost() {
     }
     assert_eq!(ids.len(), 200, "every request id got its own workflow");
     assert!(refusals > 0, "a flood at 10x the limit was never shed");
-    let metrics = common::scrape(&server.http).await;
+    let metrics = common::scrape_as(&server.http, secure::OPERATOR).await;
     assert!(metrics.contains("sagaflow_requests_shed_total{reason=\"token_rate\"}"), "not counted");
     // Every accepted saga completes.
     let mut reader = client(&server).await;

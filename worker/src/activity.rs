@@ -94,6 +94,8 @@ struct TaskInfo {
     traceparent: String,
     start_to_close: Option<Duration>,
     heartbeat_timeout: Option<Duration>,
+    /// Echoed with every heartbeat: the orchestrator hears of a lease only from its holder.
+    lease_token: String,
 }
 
 impl ActivityContext {
@@ -114,6 +116,7 @@ impl ActivityContext {
                 traceparent: std::mem::take(&mut task.traceparent),
                 start_to_close: budget(task.start_to_close_ms),
                 heartbeat_timeout: budget(task.heartbeat_ms),
+                lease_token: task.lease_token.clone(),
             }),
             heartbeats,
         }
@@ -194,8 +197,12 @@ impl ActivityContext {
             tracing::warn!(%error, "heartbeat details are not serializable; sending null");
             "null".to_owned()
         });
-        let heartbeat =
-            Heartbeat { workflow_id: self.task.workflow_id.clone(), task_id: self.task.task_id.clone(), details };
+        let heartbeat = Heartbeat {
+            workflow_id: self.task.workflow_id.clone(),
+            task_id: self.task.task_id.clone(),
+            details,
+            lease_token: self.task.lease_token.clone(),
+        };
         if self.heartbeats.try_send(heartbeat).is_err() {
             tracing::debug!("heartbeat dropped: queue full");
         }

@@ -63,6 +63,9 @@ pub(crate) struct Runner {
     /// Each held task's span, from delivery until its outcome is acknowledged,
     /// so that every line about the task carries its correlation and trace ids.
     spans: HashMap<TaskKey, Span>,
+    /// Each held task's lease token, for as long as its span: the proof,
+    /// echoed in its outcome and after a reconnect, that this worker holds it.
+    leases: HashMap<TaskKey, String>,
     heartbeat_tx: mpsc::Sender<Heartbeat>,
     heartbeat_rx: mpsc::Receiver<Heartbeat>,
     /// Capacity of a session's outbound queue.
@@ -191,6 +194,7 @@ impl Runner {
             keys: HashMap::new(),
             unacked: Vec::new(),
             spans: HashMap::new(),
+            leases: HashMap::new(),
             heartbeat_tx,
             heartbeat_rx,
             // Register, every unacknowledged outcome, every running task's
@@ -210,7 +214,11 @@ impl Runner {
             register.held = self
                 .running
                 .keys()
-                .map(|k| TaskRef { workflow_id: k.workflow_id.clone(), task_id: k.task_id.clone() })
+                .map(|k| TaskRef {
+                    workflow_id: k.workflow_id.clone(),
+                    task_id: k.task_id.clone(),
+                    lease_token: self.leases.get(k).cloned().unwrap_or_default(),
+                })
                 .collect();
             // The future owns a copy of the config: `offline` needs `self` mutably meanwhile.
             let connecting = connect(self.config.clone(), register, self.outbound_capacity);
@@ -381,7 +389,8 @@ impl Runner {
                 format!("worker {} does not run activity type {:?}", self.config.worker_id, task.activity_type),
             );
             self.spans.insert(key.clone(), span);
-            return self.record(outcome(key, Err(error)), Some(session));
+            self.leases.insert(key.clone(), task.lease_token.clone());
+            return self.record(outcome(key, task.lease_token, Err(error)), Some(session));
         };
         self.spawn(task, handler, key, span, trace);
         // The credit this task used may have been the one that kept the grant waiting.
@@ -398,6 +407,8 @@ impl Runner {
     ) {
         let input = std::mem::take(&mut task.input);
         let ctx = ActivityContext::new(&mut task, self.heartbeat_tx.clone());
+        let lease_token = std::mem::take(&mut task.lease_token);
+        self.leases.insert(key.clone(), lease_token.clone());
         self.spans.insert(key.clone(), span.clone());
         let budget = ctx.start_to_close_timeout();
         let task_key = key.clone();
@@ -427,7 +438,7 @@ impl Runner {
             if let (Some(trace), Some(attributes)) = (trace, attributes) {
                 trace.finish(started, attributes, result.as_ref().err());
             }
-            outcome(task_key, result)
+            outcome(task_key, lease_token, result)
         };
         let abort = self.tasks.spawn(run.instrument(span));
         self.keys.insert(abort.id(), key.clone());
@@ -455,10 +466,12 @@ impl Runner {
                 let panic = panic_message(error.into_panic());
                 self.span_of(&key).in_scope(|| error!(%panic, "activity handler panicked"));
                 let failure = ActivityError::retryable(ActivityError::PANIC, panic);
-                self.record(outcome(key, Err(failure)), session)
+                let lease_token = self.leases.get(&key).cloned().unwrap_or_default();
+                self.record(outcome(key, lease_token, Err(failure)), session)
             }
             Err(_) => {
                 // Aborted after a TaskCancelled: the orchestrator wants no outcome.
+                self.leases.remove(&key);
                 self.spans.remove(&key).unwrap_or_else(Span::none).in_scope(|| debug!("cancelled task stopped"));
                 session.map_or(Ok(()), |session| self.top_up(session))
             }
@@ -487,9 +500,14 @@ impl Runner {
             return Ok(());
         };
         self.unacked.remove(index);
-        let span = self.spans.remove(&TaskKey::new(&ack.workflow_id, &ack.task_id)).unwrap_or_else(Span::none);
+        let key = TaskKey::new(&ack.workflow_id, &ack.task_id);
+        self.leases.remove(&key);
+        let span = self.spans.remove(&key).unwrap_or_else(Span::none);
         span.in_scope(|| {
-            if ack.accepted {
+            if !ack.refused.is_empty() {
+                // Refused for good: sending it again would be refused again.
+                error!(refused = %ack.refused, "the orchestrator refused this outcome");
+            } else if ack.accepted {
                 debug!("outcome acknowledged");
             } else {
                 info!("outcome recorded but not applied: the attempt was late or a duplicate");
@@ -633,7 +651,7 @@ async fn passed(deadline: Option<Instant>) {
     }
 }
 
-fn outcome(key: TaskKey, result: HandlerResult) -> TaskOutcome {
+fn outcome(key: TaskKey, lease_token: String, result: HandlerResult) -> TaskOutcome {
     let outcome = match result {
         Ok(json) => task_outcome::Outcome::Completed(json),
         Err(error) => task_outcome::Outcome::Failed(TaskFailure {
@@ -642,7 +660,7 @@ fn outcome(key: TaskKey, result: HandlerResult) -> TaskOutcome {
             message: error.message().to_owned(),
         }),
     };
-    TaskOutcome { workflow_id: key.workflow_id, task_id: key.task_id, outcome: Some(outcome) }
+    TaskOutcome { workflow_id: key.workflow_id, task_id: key.task_id, outcome: Some(outcome), lease_token }
 }
 
 /// Where an attempt's span sits in the workflow's trace: under the span named

@@ -85,6 +85,7 @@ async fn the_context_carries_the_attempt_and_its_heartbeats_reach_the_orchestrat
             traceparent: TRACEPARENT.to_owned(),
             start_to_close_ms: 60_000,
             heartbeat_ms: 5_000,
+            lease_token: "lease-of-task-7".to_owned(),
         })
         .await;
 
@@ -105,12 +106,15 @@ async fn the_context_carries_the_attempt_and_its_heartbeats_reach_the_orchestrat
 
     let heartbeat = session.expect_heartbeat().await;
     assert_eq!((heartbeat.workflow_id.as_str(), heartbeat.task_id.as_str()), ("wf-42", "task-7"));
+    // The orchestrator hears of a lease only from its holder: every message echoes the token.
+    assert_eq!(heartbeat.lease_token, "lease-of-task-7");
     let details: Value = serde_json::from_str(&heartbeat.details).expect("JSON details");
     assert_eq!(details, json!({ "progress": 1 }));
 
     release.add_permits(1);
     let outcome = session.expect_outcome().await;
     assert_eq!(outcome.task_id, "task-7");
+    assert_eq!(outcome.lease_token, "lease-of-task-7");
 
     let spans = captured.activity_spans.lock().expect("not poisoned").clone();
     assert_eq!(spans.len(), 1);

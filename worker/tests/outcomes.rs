@@ -75,6 +75,58 @@ async fn an_outcome_not_acknowledged_is_resent_after_a_reconnect() {
     run.abort();
 }
 
+#[tokio::test]
+async fn held_tasks_are_claimed_with_their_lease_tokens_and_a_refused_outcome_is_not_resent() {
+    let mut orchestrator = FakeOrchestrator::start().await;
+    let (release, gate) = mpsc::channel::<()>(1);
+    let gate = std::sync::Arc::new(tokio::sync::Mutex::new(gate));
+    let worker = Worker::builder(orchestrator.endpoint())
+        .worker_id("lease-test")
+        .max_concurrency(2)
+        .activity("echo", echo)
+        .activity("slow", move |_ctx: ActivityContext, _input: Value| {
+            let gate = std::sync::Arc::clone(&gate);
+            async move {
+                gate.lock().await.recv().await;
+                Ok::<_, ActivityError>(json!({}))
+            }
+        })
+        .build()
+        .expect("valid worker");
+    let run = tokio::spawn(worker.run());
+
+    let mut first = orchestrator.accept().await;
+    first.handshake().await;
+    first.expect_credit().await;
+    first.send_task(task("done", "echo", &json!({}))).await;
+    first.send_task(task("running", "slow", &json!({}))).await;
+    let sent = first.expect_outcome().await;
+    assert_eq!(sent.lease_token, "lease-done");
+    first.refuse(&sent, "PERMISSION_DENIED: not this worker's lease").await;
+    // The refusal is taken before the stream goes: wait for the credit it frees.
+    assert_eq!(first.expect_credit().await, 1);
+    drop(first);
+
+    // After the reconnect the running task is claimed with its token, and the
+    // refused outcome is not sent again.
+    let mut second = orchestrator.accept().await;
+    let register = second.handshake().await;
+    let held: Vec<_> = register.held.iter().map(|t| (t.task_id.as_str(), t.lease_token.as_str())).collect();
+    assert_eq!(held, [("running", "lease-running")]);
+    release.send(()).await.expect("the handler waits");
+    loop {
+        match second.recv().await {
+            worker_message::Message::Outcome(outcome) => {
+                assert_eq!(outcome.task_id, "running", "the refused outcome came back");
+                break;
+            }
+            worker_message::Message::Credit(_) => {}
+            other => panic!("expected the running task's outcome, got {other:?}"),
+        }
+    }
+    run.abort();
+}
+
 #[derive(Debug, Deserialize)]
 struct Reserve {
     quantity: u32,

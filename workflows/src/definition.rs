@@ -381,6 +381,12 @@ pub struct SagaDefinition {
     /// Domain events of the saga as a whole.
     #[serde(default, skip_serializing_if = "LifecycleEvents::is_empty")]
     pub events: LifecycleEvents,
+    /// Only an operator may start it (a refund moves money; a job repairs
+    /// state): a client token naming the type is refused. A property of the
+    /// saga rather than a list of names in the auth layer, so that a saga
+    /// added later carries its own rule.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub operator_only: bool,
 }
 
 /// Domain events published when a saga starts, completes, or is undone.
@@ -425,6 +431,7 @@ impl SagaDefinition {
                 description: String::new(),
                 steps: Vec::new(),
                 events: LifecycleEvents::default(),
+                operator_only: false,
             },
         }
     }
@@ -548,6 +555,13 @@ pub struct SagaBuilder {
 }
 
 impl SagaBuilder {
+    /// Only an operator may start this saga (see [`SagaDefinition::operator_only`]).
+    #[must_use]
+    pub fn operator_only(mut self) -> Self {
+        self.definition.operator_only = true;
+        self
+    }
+
     #[must_use]
     pub fn description(mut self, text: impl Into<String>) -> Self {
         self.definition.description = text.into();

@@ -69,6 +69,7 @@ fn millis(d: Duration) -> u64 {
 /// repair. Input: `{grace_ms?}`.
 pub fn reconcile_payments_vs_orders() -> SagaDefinition {
     let build = SagaDefinition::builder(workflow_type(RECONCILE_PAYMENTS_VS_ORDERS), 1)
+        .operator_only()
         .description("Captured payments without an order, orders without a payment; repairs missing refund records.")
         .step(step("captures", "payments.captures"))
         .step(
@@ -86,6 +87,7 @@ pub fn reconcile_payments_vs_orders() -> SagaDefinition {
 /// service's own sweep); each one it finds is a `ReservationLeaked` alert.
 pub fn release_expired_inventory() -> SagaDefinition {
     let build = SagaDefinition::builder(workflow_type(RELEASE_EXPIRED_INVENTORY), 1)
+        .operator_only()
         .description("Releases inventory reservations held past their TTL.")
         .step(step("release", "inventory.release_expired").alert_on_findings("/leaks", RESERVATION_LEAKED))
         .build();
@@ -95,18 +97,21 @@ pub fn release_expired_inventory() -> SagaDefinition {
 /// Runs the stuck-saga detector now and lists what is flagged.
 pub fn detect_stuck_sagas() -> SagaDefinition {
     let build = SagaDefinition::builder(workflow_type(DETECT_STUCK_SAGAS), 1)
+        .operator_only()
         .description("Flags sagas without progress or without a worker, and lists the flagged ones.")
         .step(step("detect", DETECT_STUCK_ACTIVITY))
         .build();
     build.unwrap_or_else(|e| unreachable!("the stuck job is valid: {e}"))
 }
 
-/// Re-drives dead-lettered domain events. Input: `{nats_url?}` (default: the
-/// server's relay).
+/// Re-drives dead-lettered domain events, on the broker of the server's own
+/// relay: its input names no address, so that no caller can make the server
+/// connect where it chooses.
 pub fn replay_failed_events() -> SagaDefinition {
     let build = SagaDefinition::builder(workflow_type(REPLAY_FAILED_EVENTS), 1)
+        .operator_only()
         .description("Re-drives the domain events the consumers dead-lettered.")
-        .step(step("replay", REPLAY_FAILED_EVENTS_ACTIVITY).input_from("nats_url", "/input/nats_url"))
+        .step(step("replay", REPLAY_FAILED_EVENTS_ACTIVITY))
         .build();
     build.unwrap_or_else(|e| unreachable!("the replay job is valid: {e}"))
 }
@@ -117,6 +122,7 @@ pub fn replay_failed_events() -> SagaDefinition {
 /// capture. Each finding raises `InvariantViolated`. Input: `{grace_ms?}`.
 pub fn check_invariants() -> SagaDefinition {
     let build = SagaDefinition::builder(workflow_type(CHECK_INVARIANTS), 1)
+        .operator_only()
         .description("Checks the shop's invariants; a violation is an alert.")
         .step(step("inventory", "inventory.check_invariants").alert_on_findings("/violations", INVARIANT_VIOLATED))
         .step(step("payments", "payments.check_invariants").alert_on_findings("/violations", INVARIANT_VIOLATED))

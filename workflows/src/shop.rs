@@ -125,6 +125,7 @@ pub fn checkout() -> SagaDefinition {
 /// Refund the payment (the pivot: money moves), then record it on the order.
 pub fn refund() -> SagaDefinition {
     let build = SagaDefinition::builder(REFUND, 1)
+        .operator_only()
         .description("Refunds part or all of a checkout's capture, then records it on the order.")
         .step(
             Step::activity("refund", "payments.refund")

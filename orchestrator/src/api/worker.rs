@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::invalid;
 use crate::engine::Outcome;
 use crate::runtime::Runtime;
-use crate::runtime::dispatch::{Outbound, SessionId};
+use crate::runtime::dispatch::{Outbound, Refusal, SessionId};
 use crate::runtime::timers::now_ms;
 
 /// Room for tasks (bounded by credit) plus acknowledgements in flight.
@@ -70,29 +70,69 @@ impl WorkerService for WorkerApi {
         }
         let (outbound, rx) = mpsc::channel(OUTBOUND_CAPACITY);
         let types: HashSet<String> = register.activity_types.iter().cloned().collect();
-        let session = self.runtime.dispatch().open_session(register.worker_id.clone(), types, outbound.clone());
-        let held: Vec<(String, String)> =
-            register.held.iter().map(|t| (t.workflow_id.clone(), t.task_id.clone())).collect();
-        self.runtime.dispatch().claim(session, &held, now_ms());
+        let session = self.runtime.dispatch().open_session(
+            register.worker_id.clone(),
+            caller.name.clone(),
+            types,
+            outbound.clone(),
+        );
+        let held: Vec<(String, String, String)> = register
+            .held
+            .into_iter()
+            .take(crate::runtime::dispatch::MAX_CREDIT as usize)
+            .map(|t| (t.workflow_id, t.task_id, t.lease_token))
+            .collect();
+        let refused = self.runtime.dispatch().claim(session, &held, now_ms());
         tracing::info!(
             worker_id = %register.worker_id,
             session,
             activity_types = ?register.activity_types,
             held = held.len(),
+            refused = refused.len(),
             "worker connected"
         );
         let registered = ServerMessage {
             message: Some(server_message::Message::Registered(Registered { session_id: session.to_string() })),
         };
         outbound.send(Ok(registered)).await.map_err(|_| Status::cancelled("the worker went away"))?;
-        tokio::spawn(serve(self.runtime.clone(), session, register.worker_id, inbound, outbound));
+        for (workflow_id, task_id, refusal) in refused {
+            // The worker stops what it may not report; it learns nothing it did not send.
+            let reason = refused_for(&caller.name, &register.worker_id, "claim", &workflow_id, &task_id, &refusal);
+            let cancelled = sagaflow_proto::v1::TaskCancelled { workflow_id, task_id, reason };
+            let _ = outbound
+                .try_send(Ok(ServerMessage { message: Some(server_message::Message::TaskCancelled(cancelled)) }));
+        }
+        tokio::spawn(serve(self.runtime.clone(), session, caller.name, register.worker_id, inbound, outbound));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// Logs and counts a refused message; returns what the worker is told.
+fn refused_for(
+    token: &str,
+    worker_id: &str,
+    message: &'static str,
+    workflow_id: &str,
+    task_id: &str,
+    refusal: &Refusal,
+) -> String {
+    tracing::warn!(
+        token,
+        worker_id,
+        message,
+        workflow_id,
+        task_id,
+        reason = refusal.reason(),
+        "refused a worker message"
+    );
+    metrics::counter!("sagaflow_auth_failures_total", "reason" => refusal.reason()).increment(1);
+    refusal.message(workflow_id, task_id)
 }
 
 async fn serve(
     runtime: Runtime,
     session: SessionId,
+    token: String,
     worker_id: String,
     mut inbound: Streaming<WorkerMessage>,
     outbound: Outbound,
@@ -109,22 +149,40 @@ async fn serve(
         match message.message {
             Some(worker_message::Message::Credit(credit)) => runtime.dispatch().grant(session, credit.tasks, now_ms()),
             Some(worker_message::Message::Outcome(outcome)) => {
-                // Each outcome commits on its own, so that many share one flush.
-                tokio::spawn(report(runtime.clone(), worker_id.clone(), outcome, outbound.clone()));
+                let (workflow_id, task_id) = (&outcome.workflow_id, &outcome.task_id);
+                match runtime.dispatch().authorize(session, workflow_id, task_id, &outcome.lease_token) {
+                    // Each outcome commits on its own, so that many share one flush.
+                    Ok(()) => drop(tokio::spawn(report(runtime.clone(), worker_id.clone(), outcome, outbound.clone()))),
+                    Err(refusal) => {
+                        // Answered, so that the worker drops it instead of sending it again.
+                        let refused = refused_for(&token, &worker_id, "outcome", workflow_id, task_id, &refusal);
+                        let ack = OutcomeAck {
+                            workflow_id: outcome.workflow_id,
+                            task_id: outcome.task_id,
+                            accepted: false,
+                            refused,
+                        };
+                        let _ =
+                            outbound.send(Ok(ServerMessage { message: Some(server_message::Message::Ack(ack)) })).await;
+                    }
+                }
             }
-            Some(worker_message::Message::Heartbeat(beat))
-                if !runtime.dispatch().heartbeat(&beat.workflow_id, &beat.task_id, now_ms()) =>
-            {
-                let cancelled = sagaflow_proto::v1::TaskCancelled {
-                    workflow_id: beat.workflow_id,
-                    task_id: beat.task_id,
-                    reason: "the workflow no longer wants this attempt".into(),
-                };
-                let _ = outbound
-                    .send(Ok(ServerMessage { message: Some(server_message::Message::TaskCancelled(cancelled)) }))
-                    .await;
+            Some(worker_message::Message::Heartbeat(beat)) => {
+                let (workflow_id, task_id) = (&beat.workflow_id, &beat.task_id);
+                if let Err(refusal) = runtime.dispatch().authorize(session, workflow_id, task_id, &beat.lease_token) {
+                    refused_for(&token, &worker_id, "heartbeat", workflow_id, task_id, &refusal);
+                } else if !runtime.dispatch().heartbeat(workflow_id, task_id, now_ms()) {
+                    let cancelled = sagaflow_proto::v1::TaskCancelled {
+                        workflow_id: beat.workflow_id,
+                        task_id: beat.task_id,
+                        reason: "the workflow no longer wants this attempt".into(),
+                    };
+                    let _ = outbound
+                        .send(Ok(ServerMessage { message: Some(server_message::Message::TaskCancelled(cancelled)) }))
+                        .await;
+                }
             }
-            Some(worker_message::Message::Heartbeat(_)) | None => {}
+            None => {}
             Some(worker_message::Message::Register(_)) => {
                 let _ = outbound.send(Err(Status::invalid_argument("a session registers once"))).await;
                 break;
@@ -154,10 +212,15 @@ async fn report(runtime: Runtime, worker_id: String, outcome: TaskOutcome, outbo
         Ok(outcome) => outcome,
     };
     let ack = match runtime.complete(&outcome.workflow_id, &outcome.task_id, &worker_id, accepted).await {
-        Ok(accepted) => OutcomeAck { workflow_id: outcome.workflow_id, task_id: outcome.task_id, accepted },
-        Err(crate::runtime::Error::NotFound(_) | crate::runtime::Error::FailedPrecondition(_)) => {
-            OutcomeAck { workflow_id: outcome.workflow_id, task_id: outcome.task_id, accepted: false }
+        Ok(accepted) => {
+            OutcomeAck { workflow_id: outcome.workflow_id, task_id: outcome.task_id, accepted, refused: String::new() }
         }
+        Err(crate::runtime::Error::NotFound(_) | crate::runtime::Error::FailedPrecondition(_)) => OutcomeAck {
+            workflow_id: outcome.workflow_id,
+            task_id: outcome.task_id,
+            accepted: false,
+            refused: String::new(),
+        },
         Err(e) => {
             // Not acknowledged: the worker keeps the outcome and sends it again.
             tracing::warn!(error = %e, workflow_id = %outcome.workflow_id, "could not record an outcome");

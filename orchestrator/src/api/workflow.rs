@@ -14,7 +14,7 @@ use sagaflow_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use super::{Origin, invalid};
-use crate::auth::{self, Principal, Role, policy};
+use crate::auth::{self, Principal, Role};
 use crate::engine::{Input, StepStatus};
 use crate::runtime::dispatch::TaskState;
 use crate::runtime::{Runtime, StartRequest};
@@ -61,7 +61,8 @@ impl WorkflowApi {
         limits.optional_id("workflow_id", &request.workflow_id).map_err(invalid)?;
         limits.labels(request.labels.iter()).map_err(invalid)?;
         let input = limits.json_payload("input", &request.input).map_err(invalid)?;
-        if caller.role == Role::Client && policy::is_operator_only_workflow(&request.workflow_type) {
+        let operator_only = self.runtime.registry().latest(&request.workflow_type).is_some_and(|d| d.operator_only);
+        if caller.role == Role::Client && operator_only {
             tracing::warn!(token = %caller.name, workflow_type = %request.workflow_type, "refused a client start");
             metrics::counter!("sagaflow_auth_failures_total", "reason" => "workflow_type_not_allowed").increment(1);
             return Err(Status::permission_denied(format!(

@@ -1,5 +1,6 @@
 //! The tower layer in front of every gRPC service: authenticates the bearer
 //! token and checks the method against the role table before any handler runs.
+//! [`guard_http`] applies the same table to the HTTP listener's paths.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -94,6 +95,36 @@ fn admit<B>(tokens: &Tokens, request: &http::Request<B>) -> Result<Option<Princi
     Ok(Some(principal.clone()))
 }
 
+/// Logs and counts a refusal; the token itself is never logged, only why it failed and where.
+fn record(refusal: Refusal, path: &str, message: &str) {
+    tracing::warn!(reason = refusal.reason(), method = path, "refused a call: {message}");
+    metrics::counter!("sagaflow_auth_failures_total", "reason" => refusal.reason()).increment(1);
+}
+
+/// The HTTP listener's auth (`/metrics` needs an operator token, `/healthz`
+/// none), as an axum middleware: the role table of the gRPC services, with
+/// HTTP's codes (401 with `WWW-Authenticate: Bearer`, 403).
+pub async fn guard_http(
+    axum::extract::State(tokens): axum::extract::State<Option<Arc<Tokens>>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let Some(tokens) = tokens else { return next.run(request).await };
+    match admit(&tokens, &request) {
+        Ok(_) => next.run(request).await,
+        Err((refusal, status)) => {
+            record(refusal, request.uri().path(), status.message());
+            let message = format!("{}\n", status.message());
+            if refusal == Refusal::WrongRole {
+                (http::StatusCode::FORBIDDEN, message).into_response()
+            } else {
+                (http::StatusCode::UNAUTHORIZED, [(http::header::WWW_AUTHENTICATE, "Bearer")], message).into_response()
+            }
+        }
+    }
+}
+
 impl<S, B, ResBody> Service<http::Request<B>> for Auth<S>
 where
     S: Service<http::Request<B>, Response = http::Response<ResBody>>,
@@ -123,14 +154,7 @@ where
                 Box::pin(self.inner.call(request))
             }
             Err((refusal, status)) => {
-                // The token itself is never logged: only why it failed and where.
-                tracing::warn!(
-                    reason = refusal.reason(),
-                    method = request.uri().path(),
-                    "refused a call: {}",
-                    status.message()
-                );
-                metrics::counter!("sagaflow_auth_failures_total", "reason" => refusal.reason()).increment(1);
+                record(refusal, request.uri().path(), status.message());
                 Box::pin(std::future::ready(Ok(status.into_http())))
             }
         }

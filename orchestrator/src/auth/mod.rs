@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-pub use layer::AuthLayer;
+pub use layer::{AuthLayer, guard_http};
 pub use tokens::{MIN_TOKEN_BYTES, Tokens, hash_token};
 
 #[derive(Debug, thiserror::Error)]

@@ -37,8 +37,12 @@ pub struct ConsumerArgs {
     #[arg(long, default_value = "./sagaflow-consumers")]
     pub data_dir: PathBuf,
     /// HTTP listen address [default: 127.0.0.1:9191 for search, 127.0.0.1:9192 for notifications].
+    /// It has no auth: a loopback address, unless --insecure.
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// Allow --listen beyond loopback, although the read model's HTTP has no auth.
+    #[arg(long)]
+    pub insecure: bool,
     /// Deliveries after which a failing event goes to the dead-letter subject.
     #[arg(long, default_value_t = 5)]
     pub max_deliveries: i64,
@@ -54,6 +58,7 @@ pub async fn run(command: ConsumerCommand, logging: &Logging) -> anyhow::Result<
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let model = Arc::new(ReadModel::open(&args.data_dir, projection)?);
     let listen = args.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], default_port)));
+    super::check_unauthenticated("read model's HTTP listener", listen, args.insecure)?;
     let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let bound = listener.local_addr().with_context(|| format!("cannot listen on {listen}"))?;
     sagaflow_orchestrator::http::prometheus();
@@ -72,8 +77,9 @@ pub async fn run(command: ConsumerCommand, logging: &Logging) -> anyhow::Result<
     });
     let shutdown = super::shutdown_signal();
     println!(
-        "sagaflow consumer {} listening on http://{bound} (events from {}); data in {}",
+        "sagaflow consumer {} listening on http://{bound} ({}; events from {}); data in {}",
         projection.name(),
+        super::exposure(bound),
         args.nats_url,
         args.data_dir.display()
     );

@@ -54,7 +54,7 @@ pub async fn run(args: DevArgs, logging: &Logging) -> anyhow::Result<()> {
         sagaflow_activities::ShopOptions::default().initial_stock,
     )?;
     let shop = shop.context("the dev worker hosts the shop")?;
-    let admin = super::worker::serve_admin(shop, args.admin_listen).await?;
+    let admin = super::worker::serve_admin(shop, args.admin_listen, false).await?;
     let shutdown = super::shutdown_signal();
     let worker = builder.build()?;
     let handle = worker.handle();

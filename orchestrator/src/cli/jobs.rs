@@ -20,9 +20,6 @@ pub enum JobsCommand {
         /// The job: reconcile-payments-vs-orders, release-expired-inventory,
         /// detect-stuck-sagas, replay-failed-events or check-invariants.
         name: String,
-        /// The NATS server with JetStream (replay-failed-events; default: the server's relay).
-        #[arg(long, env = "SAGAFLOW_NATS_URL", value_parser = sagaflow_orchestrator::relay::parse_url)]
-        nats_url: Option<String>,
         /// A capture younger than this may still be on its way to an order: not yet a mismatch.
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         grace: Duration,
@@ -190,7 +187,7 @@ pub async fn run_job(server: &str, name: &str, input: &JobInput, timeout: Durati
 }
 
 pub async fn run(command: JobsCommand, server: &str, output: Output) -> anyhow::Result<()> {
-    let (name, nats_url, grace, timeout) = match command {
+    let (name, grace, timeout) = match command {
         JobsCommand::List => {
             match output {
                 Output::Json => println!("{}", json!(jobs::NAMES)),
@@ -198,9 +195,9 @@ pub async fn run(command: JobsCommand, server: &str, output: Output) -> anyhow::
             }
             return Ok(());
         }
-        JobsCommand::Run { name, nats_url, grace, timeout } => (name, nats_url, grace, timeout),
+        JobsCommand::Run { name, grace, timeout } => (name, grace, timeout),
     };
-    let input = JobInput { grace_ms: Some(u64::try_from(grace.as_millis()).unwrap_or(u64::MAX)), nats_url };
+    let input = JobInput { grace_ms: Some(u64::try_from(grace.as_millis()).unwrap_or(u64::MAX)) };
     let report = run_job(server, &name, &input, timeout).await?;
     match output {
         Output::Json => println!("{}", report.to_json()),

@@ -128,6 +128,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// A listener with no auth of its own (the shop admin API, a read model's
+/// HTTP): loopback only, unless `--insecure` accepts the risk. The caller's
+/// start-up line says which it is ([`exposure`]).
+pub fn check_unauthenticated(what: &str, addr: std::net::SocketAddr, insecure: bool) -> anyhow::Result<()> {
+    if addr.ip().is_loopback() {
+        return Ok(());
+    }
+    anyhow::ensure!(
+        insecure,
+        "refusing to serve the {what} on {addr}: it has no auth, so anyone who reaches it could read and change \
+         it. Listen on loopback (127.0.0.1), or pass --insecure to accept the risk"
+    );
+    tracing::warn!(%addr, "INSECURE: the {what} listens beyond loopback without auth (--insecure)");
+    Ok(())
+}
+
+/// How a listener without auth is reached, for start-up lines.
+pub fn exposure(addr: std::net::SocketAddr) -> &'static str {
+    if addr.ip().is_loopback() { "no auth, loopback only" } else { "NO AUTH, beyond loopback (--insecure)" }
+}
+
 /// Resolves on Ctrl-C or SIGTERM. The handlers are installed when this is
 /// called, not when it is first polled: a signal that arrives after the
 /// process announced itself (tests wait for that line) is never missed.

@@ -22,9 +22,13 @@ pub struct WorkerArgs {
     /// Where the services keep their state (under `shop/`).
     #[arg(long, default_value = "./sagaflow-data")]
     pub data_dir: PathBuf,
-    /// Serve the shop admin API (stock, payments, orders, faults…) here.
+    /// Serve the shop admin API (stock, payments, orders, faults…) here. It
+    /// has no auth: a loopback address, unless --insecure.
     #[arg(long)]
     pub admin_listen: Option<SocketAddr>,
+    /// Allow --admin-listen beyond loopback, although the admin API has no auth.
+    #[arg(long)]
+    pub insecure: bool,
     /// A fault switch, SERVICE.OPERATION=KIND[:COUNT] with KIND one of error,
     /// fatal, hang, hang-after-effect, crash-after-effect; repeatable.
     #[arg(long = "fault", value_name = "SPEC")]
@@ -79,7 +83,8 @@ pub fn host(
 }
 
 /// Serves the shop admin API until the process ends.
-pub async fn serve_admin(shop: Shop, addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+pub async fn serve_admin(shop: Shop, addr: SocketAddr, insecure: bool) -> anyhow::Result<SocketAddr> {
+    super::check_unauthenticated("shop admin API", addr, insecure)?;
     let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
@@ -108,7 +113,7 @@ pub async fn run(args: WorkerArgs, server: &str, logging: &Logging) -> anyhow::R
     let (builder, shop) =
         host(builder, &args.services, &args.data_dir, &faults, latency, args.reservation_ttl, args.initial_stock)?;
     let admin = match (&shop, args.admin_listen) {
-        (Some(shop), Some(addr)) => Some(serve_admin(shop.clone(), addr).await?),
+        (Some(shop), Some(addr)) => Some(serve_admin(shop.clone(), addr, args.insecure).await?),
         (None, Some(_)) => bail!("--admin-listen needs a shop service in --services"),
         _ => None,
     };
@@ -119,7 +124,7 @@ pub async fn run(args: WorkerArgs, server: &str, logging: &Logging) -> anyhow::R
         "worker {} hosting {} against {server}{}{}",
         worker.worker_id(),
         args.services.join(","),
-        admin.map(|a| format!(", admin on http://{a}")).unwrap_or_default(),
+        admin.map(|a| format!(", admin on http://{a} ({})", super::exposure(a))).unwrap_or_default(),
         if faults_text.is_empty() { String::new() } else { format!(" with faults {}", faults_text.join(" ")) }
     );
     worker.run_until(shutdown).await.context("worker stopped")?;

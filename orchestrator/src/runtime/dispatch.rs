@@ -3,6 +3,11 @@
 //! A worker session grants credit; a task goes only to a session with credit
 //! left, so a worker never holds more tasks than it asked for. A leased task
 //! belongs to one worker until its outcome arrives or a deadline takes it back.
+//!
+//! Every message about a leased task is checked against the session that
+//! sends it ([`Dispatch::authorize`]): its lease token must be one this
+//! server issued to the session's worker token, the task must be in the
+//! session's queues, and no other live session may hold the lease.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -10,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use sagaflow_proto::v1::{ActivityTask, ServerMessage, TaskCancelled, server_message};
 use tokio::sync::mpsc;
 
+use super::lease_token::LeaseKey;
 use super::timers::{Alarm, Timers};
 use crate::engine::TimeoutKind;
 use crate::store::{Lease, Store, TaskRecord};
@@ -18,7 +24,7 @@ pub type SessionId = u64;
 pub type Outbound = mpsc::Sender<Result<ServerMessage, tonic::Status>>;
 
 /// Most credit one session may hold; a worker asking for more is capped.
-const MAX_CREDIT: u32 = 10_000;
+pub const MAX_CREDIT: u32 = 10_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TaskState {
@@ -43,6 +49,9 @@ struct Entry {
 
 struct Session {
     worker_id: String,
+    /// The name of the worker token the session authenticated with: lease
+    /// tokens are bound to it.
+    holder: String,
     activity_types: HashSet<String>,
     credit: u32,
     outbound: Outbound,
@@ -63,11 +72,50 @@ pub struct TaskView {
     pub activity_type: String,
 }
 
+/// Why a worker's message about a task was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The lease token is not one this server issued to this worker token
+    /// for this task: a guessed or borrowed task id.
+    Forged,
+    /// The task's activity type is not among the session's queues.
+    OutsideQueues { activity_type: String },
+    /// Another live session holds the lease.
+    HeldElsewhere,
+}
+
+impl Refusal {
+    /// The `reason` label of `sagaflow_auth_failures_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Forged => "lease_token_invalid",
+            Self::OutsideQueues { .. } => "queue_not_allowed",
+            Self::HeldElsewhere => "lease_held_elsewhere",
+        }
+    }
+
+    /// What the worker is told.
+    pub fn message(&self, workflow_id: &str, task_id: &str) -> String {
+        match self {
+            Self::Forged => format!(
+                "PERMISSION_DENIED: task {workflow_id}/{task_id}: the lease token was not issued to this worker token"
+            ),
+            Self::OutsideQueues { activity_type } => format!(
+                "PERMISSION_DENIED: task {workflow_id}/{task_id} is on the queue {activity_type:?}, which this session does not serve"
+            ),
+            Self::HeldElsewhere => {
+                format!("PERMISSION_DENIED: task {workflow_id}/{task_id} is leased to another connected worker")
+            }
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Dispatch {
     state: Arc<Mutex<State>>,
     store: Arc<dyn Store>,
     timers: Timers,
+    lease_key: Arc<LeaseKey>,
 }
 
 type Key = (String, String);
@@ -81,8 +129,8 @@ fn deadline(from: i64, budget_ms: u32) -> Option<i64> {
 }
 
 impl Dispatch {
-    pub fn new(store: Arc<dyn Store>, timers: Timers) -> Self {
-        Self { state: Arc::default(), store, timers }
+    pub fn new(store: Arc<dyn Store>, timers: Timers, lease_key: LeaseKey) -> Self {
+        Self { state: Arc::default(), store, timers, lease_key: Arc::new(lease_key) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -162,28 +210,78 @@ impl Dispatch {
         }
     }
 
-    pub fn open_session(&self, worker_id: String, activity_types: HashSet<String>, outbound: Outbound) -> SessionId {
+    /// Opens a session for a worker that authenticated as `holder` (its
+    /// token's name) and serves `activity_types`, already checked against
+    /// that token's queues.
+    pub fn open_session(
+        &self,
+        worker_id: String,
+        holder: String,
+        activity_types: HashSet<String>,
+        outbound: Outbound,
+    ) -> SessionId {
         let mut state = self.lock();
         state.next_session += 1;
         let id = state.next_session;
-        state.sessions.insert(id, Session { worker_id, activity_types, credit: 0, outbound });
+        state.sessions.insert(id, Session { worker_id, holder, activity_types, credit: 0, outbound });
         id
+    }
+
+    /// Whether session `id` may speak for the lease on a task: the checks of
+    /// every outcome, heartbeat and claim. A task no longer pending passes
+    /// on a valid token alone: its outcome is late, and the engine records
+    /// it as ignored. A lease left by a session that is gone (a reconnect,
+    /// a restart), or held by an earlier session of the same worker id and
+    /// token, passes to `id`.
+    pub fn authorize(&self, id: SessionId, workflow_id: &str, task_id: &str, token: &str) -> Result<(), Refusal> {
+        let mut state = self.lock();
+        let State { sessions, entries, .. } = &mut *state;
+        let Some(session) = sessions.get(&id) else { return Err(Refusal::HeldElsewhere) };
+        if !self.lease_key.verify(&session.holder, workflow_id, task_id, token) {
+            return Err(Refusal::Forged);
+        }
+        let Some(entry) = entries.get_mut(&key(workflow_id, task_id)) else { return Ok(()) };
+        if !session.activity_types.contains(&entry.task.activity_type) {
+            return Err(Refusal::OutsideQueues { activity_type: entry.task.activity_type.clone() });
+        }
+        match &mut entry.state {
+            TaskState::Leased { session: Some(holder), .. } if *holder == id => Ok(()),
+            // The same worker back on a new stream may take its lease over
+            // before the server has noticed that the old one is gone.
+            TaskState::Leased { session: Some(holder), worker_id, .. }
+                if sessions.contains_key(holder) && *worker_id != session.worker_id =>
+            {
+                Err(Refusal::HeldElsewhere)
+            }
+            TaskState::Leased { session, restored, .. } => {
+                *session = Some(id);
+                *restored = false;
+                Ok(())
+            }
+            TaskState::Queued { .. } => Ok(()),
+        }
     }
 
     /// A reconnecting worker still runs these tasks: bind them to its session
     /// (a task that went back to its queue is taken out again, so that it
-    /// does not run twice).
-    pub fn claim(&self, id: SessionId, held: &[(String, String)], now: i64) {
+    /// does not run twice). Returns the claims refused, each with why.
+    pub fn claim(&self, id: SessionId, held: &[(String, String, String)], now: i64) -> Vec<(String, String, Refusal)> {
+        let mut refused = Vec::new();
+        let mut claimable = Vec::new();
+        for (workflow_id, task_id, token) in held {
+            match self.authorize(id, workflow_id, task_id, token) {
+                Ok(()) => claimable.push((workflow_id, task_id)),
+                Err(refusal) => refused.push((workflow_id.clone(), task_id.clone(), refusal)),
+            }
+        }
         let mut state = self.lock();
-        let Some(worker_id) = state.sessions.get(&id).map(|s| s.worker_id.clone()) else { return };
-        for (workflow_id, task_id) in held {
+        let Some(worker_id) = state.sessions.get(&id).map(|s| s.worker_id.clone()) else { return refused };
+        for (workflow_id, task_id) in claimable {
             let task_key = key(workflow_id, task_id);
             let Some(entry) = state.entries.get_mut(&task_key) else { continue };
             match &mut entry.state {
-                TaskState::Leased { session, restored, .. } => {
-                    *session = Some(id);
-                    *restored = false;
-                }
+                // `authorize` bound it to this session.
+                TaskState::Leased { .. } => {}
                 TaskState::Queued { .. } => {
                     let activity_type = entry.task.activity_type.clone();
                     entry.state = TaskState::Leased {
@@ -203,6 +301,7 @@ impl Dispatch {
                 }
             }
         }
+        refused
     }
 
     /// A lease restored after a restart that no worker claimed: the task
@@ -282,7 +381,9 @@ impl Dispatch {
             let Some(session) = state.sessions.get_mut(&session_id) else {
                 break;
             };
-            let message = ServerMessage { message: Some(server_message::Message::Task(entry.task.clone())) };
+            let mut task = entry.task.clone();
+            task.lease_token = self.lease_key.sign(&session.holder, &task_key.0, &task_key.1, now);
+            let message = ServerMessage { message: Some(server_message::Message::Task(task)) };
             if session.outbound.try_send(Ok(message)).is_err() {
                 // The stream is gone or full: the task waits for another worker.
                 state.queues.entry(activity_type.to_owned()).or_default().push_front(task_key);
@@ -331,7 +432,8 @@ impl Dispatch {
         );
     }
 
-    /// Records a heartbeat; false when the task is no longer wanted.
+    /// Records a heartbeat (already [authorized](Self::authorize)); false
+    /// when the task is no longer wanted.
     pub fn heartbeat(&self, workflow_id: &str, task_id: &str, now: i64) -> bool {
         let mut state = self.lock();
         let Some(entry) = state.entries.get_mut(&key(workflow_id, task_id)) else {

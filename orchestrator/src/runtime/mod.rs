@@ -7,6 +7,7 @@
 //! [`timers`] wake what waits.
 
 pub mod dispatch;
+pub mod lease_token;
 mod outbox;
 mod records;
 mod recovery;
@@ -132,9 +133,10 @@ impl Runtime {
         registry: Registry,
         limits: Limits,
         stuck_policy: StuckPolicy,
+        lease_key: lease_token::LeaseKey,
     ) -> Result<Self> {
         let (timers, fired) = Timers::start();
-        let dispatch = Dispatch::new(Arc::clone(&store), timers.clone());
+        let dispatch = Dispatch::new(Arc::clone(&store), timers.clone(), lease_key);
         let runtime = Self {
             inner: Arc::new(Inner {
                 store,

@@ -38,6 +38,8 @@ pub fn task_record(state: &WorkflowState, definition: &SagaDefinition, task: &Pe
             traceparent: crate::telemetry::workflow_trace(&state.workflow_id, &state.traceparent).context.to_string(),
             start_to_close_ms: u32::try_from(timeouts.start_to_close_ms).unwrap_or(u32::MAX),
             heartbeat_ms: u32::try_from(timeouts.heartbeat_ms).unwrap_or(u32::MAX),
+            // Minted per lease, when the task is handed to a worker.
+            lease_token: String::new(),
         }),
         scheduled_ms: task.scheduled_ms,
         schedule_to_start_deadline_ms: add(task.scheduled_ms, timeouts.schedule_to_start_ms),

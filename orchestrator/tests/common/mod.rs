@@ -390,13 +390,23 @@ pub async fn scrape(http_base: &str) -> String {
     http(http_base, "GET", "/metrics", "").await
 }
 
+/// The metrics of a server that runs with auth: they need an operator token.
+pub async fn scrape_as(http_base: &str, token: &str) -> String {
+    http_with(http_base, "GET", "/metrics", "", &format!("Authorization: Bearer {token}\r\n")).await
+}
+
 /// One HTTP/1.1 exchange over a fresh connection; the whole raw response.
 pub async fn http(base: &str, method: &str, path: &str, body: &str) -> String {
+    http_with(base, method, path, body, "").await
+}
+
+/// [`http`] with extra header lines (each ending in CRLF).
+pub async fn http_with(base: &str, method: &str, path: &str, body: &str, headers: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let host = base.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n{headers}Content-Length: {}\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await.unwrap();

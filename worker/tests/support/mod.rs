@@ -169,6 +169,19 @@ impl FakeSession {
             workflow_id: outcome.workflow_id.clone(),
             task_id: outcome.task_id.clone(),
             accepted: true,
+            refused: String::new(),
+        }))
+        .await;
+    }
+
+    /// Refuses an outcome for good, as the orchestrator does for one that is
+    /// not the sender's to report.
+    pub async fn refuse(&mut self, outcome: &TaskOutcome, why: &str) {
+        self.send(server_message::Message::Ack(OutcomeAck {
+            workflow_id: outcome.workflow_id.clone(),
+            task_id: outcome.task_id.clone(),
+            accepted: false,
+            refused: why.to_owned(),
         }))
         .await;
     }
@@ -199,6 +212,7 @@ pub fn task(task_id: &str, activity_type: &str, input: &serde_json::Value) -> Ac
         traceparent: String::new(),
         start_to_close_ms: 0,
         heartbeat_ms: 0,
+        lease_token: format!("lease-{task_id}"),
     }
 }
 

@@ -286,7 +286,7 @@ async fn run_jobs(report: &mut Report, system: &System) {
         if *name == jobs::REPLAY_FAILED_EVENTS && !system.has_broker() {
             continue;
         }
-        let input = JobInput { grace_ms: Some(0), nats_url: None };
+        let input = JobInput { grace_ms: Some(0) };
         match super::jobs::run_job(&system.server_url(), name, &input, Duration::from_secs(180)).await {
             Ok(found) => {
                 if *name == jobs::CHECK_INVARIANTS {
