@@ -3,12 +3,10 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
+use crate::auth::Tokens;
 use axum::Router;
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tokio::net::TcpListener;
-
-use crate::auth::Tokens;
 
 /// The process-wide recorder; installed once, shared by every server in the process.
 pub fn prometheus() -> Option<&'static PrometheusHandle> {
@@ -41,7 +39,7 @@ fn guarded(tokens: Option<Arc<Tokens>>) -> Router {
 }
 
 pub async fn serve(
-    listener: TcpListener,
+    listener: crate::connections::GatedListener,
     tokens: Option<Arc<Tokens>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {

@@ -10,11 +10,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::wrappers::ReceiverStream;
 
 use crate::admission::{Admission, AdmissionLayer, AdmissionOptions};
 use crate::api::{CheckoutApi, EventsApi, WorkerApi, WorkflowApi};
 use crate::auth::{AuthLayer, Tokens};
+use crate::connections::{Gate, GatedListener};
 use crate::jobs::{self, JobsOptions};
 use crate::limits::Limits;
 use crate::registry::Registry;
@@ -144,6 +145,9 @@ impl Server {
             Storage::Memory => LeaseKey::random(),
         };
         crate::http::prometheus();
+        let open_files = crate::connections::raise_open_file_limit();
+        let (grpc_cap, http_cap) = crate::connections::caps(open_files);
+        tracing::info!(open_files, grpc_connections = grpc_cap, http_connections = http_cap, "open-file limit");
         let runtime = Runtime::start(store, registry, options.limits, options.stuck, lease_key).await?;
         let grpc =
             TcpListener::bind(options.listen).await.map_err(|source| Error::Bind { addr: options.listen, source })?;
@@ -168,11 +172,15 @@ impl Server {
                             }
                         }));
                     }
-                    None => tasks.push(tokio::spawn(async move {
-                        if let Err(e) = crate::http::serve(http, tokens, shutdown).await {
-                            tracing::error!(error = %e, "http listener failed");
-                        }
-                    })),
+                    None => {
+                        let http = GatedListener::new(Gate::new("http", http_cap), http)
+                            .map_err(|source| Error::Bind { addr, source })?;
+                        tasks.push(tokio::spawn(async move {
+                            if let Err(e) = crate::http::serve(http, tokens, shutdown).await {
+                                tracing::error!(error = %e, "http listener failed");
+                            }
+                        }));
+                    }
                 }
                 Some(bound)
             }
@@ -208,6 +216,9 @@ impl Server {
         // Auth first, so that admission knows whose budget a call is charged to.
         let router = builder
             .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+            // Half-open and dead peers are found by pings (connections.rs).
+            .http2_keepalive_interval(Some(crate::connections::KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(crate::connections::KEEPALIVE_TIMEOUT))
             .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
             .layer(AuthLayer::new(auth))
             .layer(AdmissionLayer::new(admission))
@@ -270,14 +281,8 @@ impl Server {
             let shutdown = async move {
                 let _ = stopped_grpc.wait_for(|s| *s).await;
             };
-            // Small gRPC frames must not wait for Nagle's algorithm: without
-            // NODELAY a unary call can pay a delayed-ACK round (~40 ms).
-            let incoming = TcpListenerStream::new(grpc).map(|stream| {
-                if let Ok(stream) = &stream {
-                    let _ = stream.set_nodelay(true);
-                }
-                stream
-            });
+            let incoming = ReceiverStream::new(Gate::new("grpc", grpc_cap).accept(grpc))
+                .map(|(stream, _)| Ok::<_, std::io::Error>(stream));
             if let Err(e) = router.serve_with_incoming_shutdown(incoming, shutdown).await {
                 tracing::error!(error = %e, "grpc listener failed");
             }

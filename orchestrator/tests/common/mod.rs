@@ -63,12 +63,27 @@ impl ServerProcess {
         Self::start_listening(data_dir, "127.0.0.1:0", extra, Some(filter)).await
     }
 
+    /// Starts with its open-file limit (soft and hard) at `open_files`, as
+    /// on a host with the usual 1,024, and its stderr in `logs`.
+    pub async fn start_with_open_files(data_dir: &Path, open_files: u64, filter: &str) -> Self {
+        let mut command = Command::new("sh");
+        command
+            .args(["-c", &format!("ulimit -n {open_files} && exec \"$0\" \"$@\""), BIN])
+            .args(["server", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir);
+        Self::spawned(command, data_dir, Some(filter)).await
+    }
+
     async fn start_listening(data_dir: &Path, listen: &str, extra: &[&str], logged: Option<&str>) -> Self {
         let mut command = Command::new(BIN);
         command
             .args(["server", "--listen", listen, "--http-listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra);
+        Self::spawned(command, data_dir, logged).await
+    }
+
+    async fn spawned(mut command: Command, data_dir: &Path, logged: Option<&str>) -> Self {
         let (mut child, logs) = spawn_logged(&mut command, logged.unwrap_or("warn"), logged.is_some());
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
