@@ -47,7 +47,8 @@ async fn same_request_id_with_other_input_is_already_exists() {
     let other = client.start_workflow(start_request("bench", "r-1", r#"{"a":2}"#)).await.unwrap_err();
     assert_eq!(other.code(), Code::AlreadyExists);
     assert!(other.message().contains(&first.workflow_id), "{}", other.message());
-    let other_type = client.start_workflow(start_request("refund", "r-1", r#"{"a":1,"b":2}"#)).await.unwrap_err();
+    let other_type =
+        client.start_workflow(start_request("job.check-invariants", "r-1", r#"{"a":1,"b":2}"#)).await.unwrap_err();
     assert_eq!(other_type.code(), Code::AlreadyExists);
 }
 

@@ -19,8 +19,11 @@ async fn a_restart_keeps_everything_and_a_rebuild_reproduces_the_index() {
     let mut client = server.client().await;
     let mut ids = Vec::new();
     for i in 0..20 {
-        let mut request =
-            start_request(if i % 2 == 0 { "bench" } else { "checkout" }, &format!("r-{i}"), &format!(r#"{{"i":{i}}}"#));
+        let mut request = start_request(
+            if i % 2 == 0 { "bench" } else { "job.release-expired-inventory" },
+            &format!("r-{i}"),
+            &format!(r#"{{"i":{i}}}"#),
+        );
         request.labels.insert("tenant".into(), format!("t{}", i % 3));
         ids.push(client.start_workflow(request).await.unwrap().into_inner().workflow_id);
     }

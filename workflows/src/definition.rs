@@ -387,6 +387,11 @@ pub struct SagaDefinition {
     /// added later carries its own rule.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub operator_only: bool,
+    /// The API that starts this saga (`sagaflow.checkout.v1.CheckoutService`,
+    /// say), when one derives its ids and idempotency keys: `StartWorkflow`
+    /// refuses it, since a raw input could name another run's keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<String>,
 }
 
 /// Domain events published when a saga starts, completes, or is undone.
@@ -432,6 +437,7 @@ impl SagaDefinition {
                 steps: Vec::new(),
                 events: LifecycleEvents::default(),
                 operator_only: false,
+                started_by: None,
             },
         }
     }
@@ -559,6 +565,13 @@ impl SagaBuilder {
     #[must_use]
     pub fn operator_only(mut self) -> Self {
         self.definition.operator_only = true;
+        self
+    }
+
+    /// Only `api` starts this saga (see [`SagaDefinition::started_by`]).
+    #[must_use]
+    pub fn started_by(mut self, api: impl Into<String>) -> Self {
+        self.definition.started_by = Some(api.into());
         self
     }
 

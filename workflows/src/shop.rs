@@ -8,6 +8,8 @@ use crate::{LifecycleEvents, RetryPolicy, SagaDefinition, Step, Timeouts};
 pub const CHECKOUT: &str = "checkout";
 pub const REFUND: &str = "refund";
 pub const BENCH: &str = "bench";
+/// The API that starts the checkout and the refund, deriving their ids and keys.
+pub const CHECKOUT_API: &str = "sagaflow.checkout.v1.CheckoutService";
 
 fn quick_retries(maximum_attempts: u32) -> RetryPolicy {
     RetryPolicy {
@@ -29,6 +31,7 @@ fn timeouts(start_to_close: Duration) -> Timeouts {
 /// `payment_intent_id`) are fixed in its input when it starts.
 pub fn checkout() -> SagaDefinition {
     let build = SagaDefinition::builder(CHECKOUT, 1)
+        .started_by(CHECKOUT_API)
         .description(
             "The reference shop's checkout: price snapshot, reservation, capture, order, shipment, notification.",
         )
@@ -126,6 +129,7 @@ pub fn checkout() -> SagaDefinition {
 pub fn refund() -> SagaDefinition {
     let build = SagaDefinition::builder(REFUND, 1)
         .operator_only()
+        .started_by(CHECKOUT_API)
         .description("Refunds part or all of a checkout's capture, then records it on the order.")
         .step(
             Step::activity("refund", "payments.refund")

@@ -210,9 +210,13 @@ impl CheckoutService for CheckoutApi {
                 return Err(Status::invalid_argument(format!("quantity of {} must be 1 to {MAX_QUANTITY}", item.sku)));
             }
         }
-        let (checkout_id, reservation_id, payment_intent_id) = checkout_ids(&request.client_request_id);
+        // In the caller's namespace: the ids and idempotency keys derived
+        // from it (the order's key is this request id) are the caller's alone.
+        let client_request_id = caller.scoped(&request.client_request_id);
+        limits.id("client_request_id", &client_request_id).map_err(invalid)?;
+        let (checkout_id, reservation_id, payment_intent_id) = checkout_ids(&client_request_id);
         let input = json!({
-            "client_request_id": request.client_request_id,
+            "client_request_id": client_request_id,
             "customer_id": request.customer_id,
             "items": request.items.iter().map(|i| json!({"sku": i.sku, "quantity": i.quantity})).collect::<Vec<_>>(),
             "coupon_code": (!request.coupon_code.is_empty()).then_some(&request.coupon_code),
@@ -224,7 +228,7 @@ impl CheckoutService for CheckoutApi {
         let input = limits.json_payload("checkout", input.to_string().as_bytes()).map_err(invalid)?;
         let start = StartRequest {
             workflow_type: CHECKOUT.into(),
-            request_id: format!("checkout:{}", request.client_request_id),
+            request_id: format!("checkout:{client_request_id}"),
             input,
             workflow_id: Some(checkout_id.clone()),
             labels: std::iter::once(("customer".to_owned(), request.customer_id.clone()))

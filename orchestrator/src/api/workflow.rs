@@ -61,8 +61,8 @@ impl WorkflowApi {
         limits.optional_id("workflow_id", &request.workflow_id).map_err(invalid)?;
         limits.labels(request.labels.iter()).map_err(invalid)?;
         let input = limits.json_payload("input", &request.input).map_err(invalid)?;
-        let operator_only = self.runtime.registry().latest(&request.workflow_type).is_some_and(|d| d.operator_only);
-        if caller.role == Role::Client && operator_only {
+        let definition = self.runtime.registry().latest(&request.workflow_type);
+        if caller.role == Role::Client && definition.as_ref().is_some_and(|d| d.operator_only) {
             tracing::warn!(token = %caller.name, workflow_type = %request.workflow_type, "refused a client start");
             metrics::counter!("sagaflow_auth_failures_total", "reason" => "workflow_type_not_allowed").increment(1);
             return Err(Status::permission_denied(format!(
@@ -70,13 +70,26 @@ impl WorkflowApi {
                 request.workflow_type, caller.name
             )));
         }
+        if let Some(api) = definition.as_ref().and_then(|d| d.started_by.as_ref()) {
+            // Its API derives the ids and idempotency keys it runs with; a
+            // raw input could name another checkout's.
+            return Err(Status::failed_precondition(format!(
+                "{:?} is started through {api}, not StartWorkflow",
+                request.workflow_type
+            )));
+        }
         // Stamped by the server, never trusted from the client: it decides who reads the workflow.
         request.labels.extend(caller.owner_label());
+        // A client's ids live in its own namespace.
+        let request_id = caller.scoped(&request.request_id);
+        limits.id("request_id", &request_id).map_err(invalid)?;
+        let workflow_id = (!request.workflow_id.is_empty()).then(|| caller.scoped(&request.workflow_id));
+        limits.optional_id("workflow_id", workflow_id.as_deref().unwrap_or_default()).map_err(invalid)?;
         let start = StartRequest {
             workflow_type: request.workflow_type,
-            request_id: request.request_id,
+            request_id,
             input,
-            workflow_id: (!request.workflow_id.is_empty()).then_some(request.workflow_id),
+            workflow_id,
             labels: request.labels,
             correlation_id,
             traceparent,

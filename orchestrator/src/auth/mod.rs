@@ -61,6 +61,9 @@ pub struct Principal {
 /// client reads only its own.
 pub const OWNER_LABEL: &str = "sagaflow.owner";
 
+/// Between a client token's name and an id it chose (`Principal::scoped`).
+pub const TENANT_SEPARATOR: char = ':';
+
 impl Principal {
     /// The caller when the server runs without auth (loopback only, or
     /// `--insecure`): it may do everything, as the single-user dev setup expects.
@@ -93,6 +96,18 @@ impl Principal {
     /// confined to what they own.
     pub fn owner_label(&self) -> Option<(String, String)> {
         (self.role == Role::Client).then(|| (OWNER_LABEL.to_owned(), self.name.clone()))
+    }
+
+    /// An id this caller chose (a request id, a workflow id), in its own
+    /// namespace: `NAME:ID` for a client, as given for operators. Two
+    /// clients' ids never meet, so one can neither squat nor replay another's
+    /// (request ids, workflow ids, and the ids and idempotency keys derived
+    /// from them). Ids the platform derives hold no `:`.
+    pub fn scoped(&self, id: &str) -> String {
+        match self.role {
+            Role::Client => format!("{}{TENANT_SEPARATOR}{id}", self.name),
+            Role::Worker | Role::Operator => id.to_owned(),
+        }
     }
 }
 

@@ -71,6 +71,15 @@ impl Tokens {
             if entry.name.is_empty() || entry.name.len() > 255 || entry.name.chars().any(char::is_control) {
                 return Err(format!("token name {:?} must be 1 to 255 printable bytes", entry.name));
             }
+            // A client's ids are `NAME:ID` (`Principal::scoped`): with a `:`
+            // in a name, two tenants could share an id.
+            if entry.role == Role::Client && entry.name.contains(super::TENANT_SEPARATOR) {
+                return Err(format!(
+                    "client token name {:?} must not contain {:?}",
+                    entry.name,
+                    super::TENANT_SEPARATOR
+                ));
+            }
             let hash = parse_hex(&entry.sha256)
                 .ok_or_else(|| format!("token {:?}: sha256 must be 64 hex digits", entry.name))?;
             if entries.iter().any(|(p, h): &(Principal, [u8; 32])| p.name == entry.name || *h == hash) {
