@@ -160,7 +160,7 @@ fn install(apt_get: &Path, packages: &[&str]) -> Result<()> {
             .stdin(Stdio::null())
             .status()
             .context("cannot run apt-get")?;
-        ensure!(status.success(), "`apt-get {}` exited with {status}", args.join(" "));
+        ensure!(status.success(), "`apt-get {}` failed ({status})", args.join(" "));
         Ok(())
     };
     apt(&["update"])?;

@@ -117,7 +117,7 @@ impl Stage {
             println!("    $ {shown}");
             // No stdin: CI has none, and nothing here may wait for a question to be answered.
             let status = command.stdin(Stdio::null()).status().with_context(|| format!("cannot start `{shown}`"))?;
-            ensure!(status.success(), "`{shown}` exited with {status}");
+            ensure!(status.success(), "`{shown}` failed ({status})");
         }
         Ok(())
     }
