@@ -1,21 +1,25 @@
 """Starts a checkout on a Sagaflow server and waits for it, with plain grpcio.
 
-    pip install -r requirements.txt && ./generate.sh
-    python3 checkout.py --server 127.0.0.1:50051
+    ./run.sh     # a virtual environment and stubs under target/, a fresh `sagaflow dev`, this script
+
+or, against a server of your own, once run.sh (or generate.sh) has made the stubs:
+
+    target/python-venv/bin/python examples/python/checkout.py --server 127.0.0.1:50051
 
 Exits 0 when the checkout reaches the expected status (SHIPPED by default).
 """
 
 import argparse
+import os
 import sys
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "gen"))
 
-import grpc  # noqa: E402
-from sagaflow.checkout.v1 import checkout_pb2, checkout_pb2_grpc  # noqa: E402
-from sagaflow.v1 import workflow_pb2, workflow_pb2_grpc  # noqa: E402
+def default_stubs() -> Path:
+    """Where generate.sh writes the stubs: $CARGO_TARGET_DIR/python-gen, else target/python-gen."""
+    target = os.environ.get("CARGO_TARGET_DIR") or Path(__file__).resolve().parents[2] / "target"
+    return Path(target) / "python-gen"
 
 
 def main() -> int:
@@ -23,7 +27,14 @@ def main() -> int:
     parser.add_argument("--server", default="127.0.0.1:50051", help="host:port of the orchestrator")
     parser.add_argument("--request-id", default=f"py-{uuid.uuid4()}", help="the client's idempotency key")
     parser.add_argument("--expect", default="SHIPPED", help="the checkout status to expect at the end")
+    parser.add_argument("--stubs", type=Path, default=default_stubs(), help="the directory generate.sh wrote")
     args = parser.parse_args()
+
+    # The stubs are generated, not checked in: they are importable only once their directory is on the path.
+    sys.path.insert(0, str(args.stubs))
+    import grpc
+    from sagaflow.checkout.v1 import checkout_pb2, checkout_pb2_grpc
+    from sagaflow.v1 import workflow_pb2, workflow_pb2_grpc
 
     with grpc.insecure_channel(args.server) as channel:
         checkouts = checkout_pb2_grpc.CheckoutServiceStub(channel)

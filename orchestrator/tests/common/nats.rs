@@ -14,7 +14,7 @@ use tokio_stream::StreamExt;
 use super::BIN;
 
 /// `nats-server` from PATH, or where Debian's package puts it. The tests
-/// need it; `.ci/run` installs it.
+/// need it; `cargo xtask test` installs it.
 fn nats_server_binary() -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
@@ -22,7 +22,7 @@ fn nats_server_binary() -> PathBuf {
         .map(|dir| dir.join("nats-server"))
         .find(|candidate| candidate.is_file())
         .unwrap_or_else(|| {
-            panic!("nats-server is not installed: these tests need it (`apt-get install -y nats-server`; .ci/run does this)")
+            panic!("nats-server is not installed: these tests need it (`apt-get install -y nats-server`; `cargo xtask test` does this)")
         })
 }
 
