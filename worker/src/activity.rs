@@ -42,6 +42,9 @@ impl ActivityError {
     /// worker does not run. Retryable, so that a worker that does run it can
     /// take the next attempt.
     pub const UNKNOWN_ACTIVITY: &'static str = "UnknownActivityType";
+    /// Error type of the failure reported for a result larger than the
+    /// orchestrator takes. Not retryable: the same work would give the same result.
+    pub const RESULT_TOO_LARGE: &'static str = "ResultTooLarge";
 
     /// A failure that another attempt may not repeat (a timeout, a service
     /// that is down). The orchestrator retries it under the step's policy.

@@ -125,6 +125,8 @@ enum SessionError {
 /// One open `OpenSession` stream.
 struct Session {
     id: String,
+    /// The largest result the orchestrator takes (0: it did not say).
+    max_result_bytes: u64,
     tx: mpsc::Sender<WorkerMessage>,
     inbound: Streaming<ServerMessage>,
     /// Credit granted on this stream and not yet used by a task.
@@ -292,7 +294,8 @@ impl Runner {
     /// Serves one session until it ends (`Err`) or the worker stops (`Ok`).
     async fn online(&mut self, session: &mut Session) -> Result<Stop, SessionError> {
         // The previous session may have died before these were made durable.
-        for outcome in &self.unacked {
+        for outcome in &mut self.unacked {
+            fit_result(outcome, session.max_result_bytes);
             session.send(worker_message::Message::Outcome(outcome.clone()))?;
         }
         if !self.unacked.is_empty() {
@@ -480,6 +483,10 @@ impl Runner {
 
     /// Keeps an outcome until it is acknowledged, and sends it if connected.
     fn record(&mut self, outcome: TaskOutcome, session: Option<&mut Session>) -> Result<(), SessionError> {
+        let mut outcome = outcome;
+        if let Some(session) = &session {
+            fit_result(&mut outcome, session.max_result_bytes);
+        }
         self.unacked.push(outcome);
         match (session, self.unacked.last()) {
             (Some(session), Some(outcome)) => session.send(worker_message::Message::Outcome(outcome.clone())),
@@ -622,9 +629,13 @@ async fn connect(config: Config, register: Register, outbound_capacity: usize) -
         let mut inbound =
             client.open_session(ReceiverStream::new(rx)).await.map_err(SessionError::Status)?.into_inner();
         match inbound.message().await.map_err(SessionError::Status)? {
-            Some(ServerMessage { message: Some(server_message::Message::Registered(registered)) }) => {
-                Ok(Session { id: registered.session_id, tx, inbound, outstanding: 0 })
-            }
+            Some(ServerMessage { message: Some(server_message::Message::Registered(registered)) }) => Ok(Session {
+                id: registered.session_id,
+                max_result_bytes: registered.max_result_bytes,
+                tx,
+                inbound,
+                outstanding: 0,
+            }),
             Some(_) => Err(SessionError::Protocol("the first server message was not Registered")),
             None => Err(SessionError::Ended),
         }
@@ -649,6 +660,29 @@ async fn passed(deadline: Option<Instant>) {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
+}
+
+/// Turns a result larger than the orchestrator takes into the failure it is:
+/// sent as it is, it would end the stream, and the outcome, re-sent on every
+/// reconnect, would end every next one too.
+fn fit_result(outcome: &mut TaskOutcome, max_result_bytes: u64) {
+    let Some(task_outcome::Outcome::Completed(json)) = &outcome.outcome else { return };
+    let size = json.len() as u64;
+    if max_result_bytes == 0 || size <= max_result_bytes {
+        return;
+    }
+    warn!(
+        workflow_id = %outcome.workflow_id,
+        task_id = %outcome.task_id,
+        size,
+        max_result_bytes,
+        "the result is larger than the orchestrator takes; reporting the attempt failed"
+    );
+    outcome.outcome = Some(task_outcome::Outcome::Failed(TaskFailure {
+        error_type: ActivityError::RESULT_TOO_LARGE.to_owned(),
+        message: format!("the result is {size} bytes; the orchestrator takes at most {max_result_bytes}"),
+        retryable: false,
+    }));
 }
 
 fn outcome(key: TaskKey, lease_token: String, result: HandlerResult) -> TaskOutcome {

@@ -127,6 +127,34 @@ async fn held_tasks_are_claimed_with_their_lease_tokens_and_a_refused_outcome_is
     run.abort();
 }
 
+#[tokio::test]
+async fn a_result_larger_than_the_orchestrator_takes_fails_the_attempt_for_good() {
+    let mut orchestrator = FakeOrchestrator::start().await;
+    let worker = Worker::builder(orchestrator.endpoint())
+        .worker_id("big-result")
+        .max_concurrency(2)
+        .activity("big", |_ctx: ActivityContext, _input: Value| async move {
+            Ok::<_, ActivityError>(json!({ "blob": "x".repeat(2_000) }))
+        })
+        .activity("echo", echo)
+        .build()
+        .expect("valid worker");
+    let run = tokio::spawn(worker.run());
+    let mut session = orchestrator.accept().await;
+    session.handshake_with_limit(1_024).await;
+    session.expect_credit().await;
+    session.send_task(task("big", "big", &json!({}))).await;
+    let outcome = session.expect_outcome().await;
+    let failure = failed(&outcome);
+    assert_eq!(failure.error_type, ActivityError::RESULT_TOO_LARGE);
+    assert!(!failure.retryable, "{failure:?}");
+    assert!(failure.message.contains("1024"), "{failure:?}");
+    // A result within the limit goes as it is.
+    session.send_task(task("small", "echo", &json!({ "a": 1 }))).await;
+    assert_eq!(completed(&session.expect_outcome().await), json!({ "echo": { "a": 1 } }));
+    run.abort();
+}
+
 #[derive(Debug, Deserialize)]
 struct Reserve {
     quantity: u32,

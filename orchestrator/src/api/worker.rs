@@ -92,7 +92,10 @@ impl WorkerService for WorkerApi {
             "worker connected"
         );
         let registered = ServerMessage {
-            message: Some(server_message::Message::Registered(Registered { session_id: session.to_string() })),
+            message: Some(server_message::Message::Registered(Registered {
+                session_id: session.to_string(),
+                max_result_bytes: limits.max_payload_bytes as u64,
+            })),
         };
         outbound.send(Ok(registered)).await.map_err(|_| Status::cancelled("the worker went away"))?;
         for (workflow_id, task_id, refusal) in refused {

@@ -119,11 +119,17 @@ impl FakeSession {
 
     /// Expects `Register` and answers `Registered`.
     pub async fn handshake(&mut self) -> Register {
+        self.handshake_with_limit(0).await
+    }
+
+    /// [`handshake`](Self::handshake), saying that results over `max_result_bytes` are not taken.
+    pub async fn handshake_with_limit(&mut self, max_result_bytes: u64) -> Register {
         let register = match self.recv().await {
             worker_message::Message::Register(register) => register,
             other => panic!("expected Register first, got {other:?}"),
         };
-        self.send(server_message::Message::Registered(Registered { session_id: "session-1".to_owned() })).await;
+        let registered = Registered { session_id: "session-1".to_owned(), max_result_bytes };
+        self.send(server_message::Message::Registered(registered)).await;
         register
     }
 
