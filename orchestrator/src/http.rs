@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use crate::auth::Tokens;
+use crate::health::StoreHealth;
 use axum::Router;
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -32,27 +33,33 @@ pub fn router() -> Router {
         .route("/metrics", get(|| async { prometheus().map(PrometheusHandle::render).unwrap_or_default() }))
 }
 
-/// The server's routes: under auth, the gRPC role table applies to them too
-/// (`/metrics` needs an operator token; `/healthz` none).
-fn guarded(tokens: Option<Arc<Tokens>>) -> Router {
-    router().layer(axum::middleware::from_fn_with_state(tokens, crate::auth::guard_http))
+/// The server's routes: `/healthz` tells whether the store takes writes,
+/// and under auth the gRPC role table applies to them too (`/metrics` needs
+/// an operator token; `/healthz` none).
+fn guarded(tokens: Option<Arc<Tokens>>, health: StoreHealth) -> Router {
+    Router::new()
+        .route("/healthz", get(move || std::future::ready(crate::health::http_answer(&health))))
+        .route("/metrics", get(|| async { prometheus().map(PrometheusHandle::render).unwrap_or_default() }))
+        .layer(axum::middleware::from_fn_with_state(tokens, crate::auth::guard_http))
 }
 
 pub async fn serve(
     listener: crate::connections::GatedListener,
     tokens: Option<Arc<Tokens>>,
+    health: StoreHealth,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, guarded(tokens)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, guarded(tokens, health)).with_graceful_shutdown(shutdown).await
 }
 
 /// The same routes over TLS.
 pub async fn serve_tls(
     listener: crate::tls::TlsListener,
     tokens: Option<Arc<Tokens>>,
+    health: StoreHealth,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, guarded(tokens)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, guarded(tokens, health)).with_graceful_shutdown(shutdown).await
 }
 
 pub fn describe(addr: SocketAddr) -> String {

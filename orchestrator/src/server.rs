@@ -154,6 +154,7 @@ impl Server {
         let grpc_addr = grpc.local_addr().map_err(|source| Error::Bind { addr: options.listen, source })?;
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
+        let store_health = crate::health::watch_store(Arc::clone(runtime.store()), stopped.clone());
         let http_addr = match options.http_listen {
             Some(addr) => {
                 let http = TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })?;
@@ -163,11 +164,12 @@ impl Server {
                     let _ = stopped.wait_for(|s| *s).await;
                 };
                 let tokens = options.auth.clone();
+                let health = store_health.clone();
                 match &options.tls {
                     Some(tls) => {
                         let listener = tls.listener(http)?;
                         tasks.push(tokio::spawn(async move {
-                            if let Err(e) = crate::http::serve_tls(listener, tokens, shutdown).await {
+                            if let Err(e) = crate::http::serve_tls(listener, tokens, health, shutdown).await {
                                 tracing::error!(error = %e, "https listener failed");
                             }
                         }));
@@ -176,7 +178,7 @@ impl Server {
                         let http = GatedListener::new(Gate::new("http", http_cap), http)
                             .map_err(|source| Error::Bind { addr, source })?;
                         tasks.push(tokio::spawn(async move {
-                            if let Err(e) = crate::http::serve(http, tokens, shutdown).await {
+                            if let Err(e) = crate::http::serve(http, tokens, health, shutdown).await {
                                 tracing::error!(error = %e, "http listener failed");
                             }
                         }));
@@ -187,10 +189,21 @@ impl Server {
             None => None,
         };
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        // Serving before the first call can arrive; `health::report` then follows the store.
         health_reporter.set_serving::<WorkflowServiceServer<WorkflowApi>>().await;
         health_reporter.set_serving::<WorkerServiceServer<WorkerApi>>().await;
         health_reporter.set_serving::<CheckoutServiceServer<CheckoutApi>>().await;
         health_reporter.set_serving::<EventServiceServer<EventsApi>>().await;
+        {
+            use tonic::server::NamedService;
+            let services = vec![
+                WorkflowServiceServer::<WorkflowApi>::NAME,
+                WorkerServiceServer::<WorkerApi>::NAME,
+                CheckoutServiceServer::<CheckoutApi>::NAME,
+                EventServiceServer::<EventsApi>::NAME,
+            ];
+            tasks.push(tokio::spawn(crate::health::report(health_reporter, services, store_health)));
+        }
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(sagaflow_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

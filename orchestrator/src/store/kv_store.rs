@@ -34,6 +34,10 @@ pub trait Kv: Send + Sync + 'static {
         self.last_with_prefix(prefix)
     }
     fn barrier(&self) -> Durable;
+    /// Why the engine refuses writes, if it does.
+    fn write_failure(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A [`Store`] over a key-value engine; see `keys.rs` for the layout.
@@ -144,6 +148,10 @@ impl<K: Kv> Store for KvStore<K> {
 
     fn barrier(&self) -> Durable {
         self.kv.barrier()
+    }
+
+    fn write_failure(&self) -> Option<String> {
+        self.kv.write_failure()
     }
 
     fn history(&self, workflow_id: &str, from_seq: u64, limit: usize) -> Result<Vec<HistoryEvent>> {

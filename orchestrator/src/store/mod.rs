@@ -94,6 +94,12 @@ pub trait Store: Send + Sync + 'static {
     /// a read waits on this, so that no reply shows what a crash could undo.
     fn barrier(&self) -> Durable;
 
+    /// Why the store refuses writes (an earlier flush failed: a full or
+    /// failing disk), if it does. Health reports it.
+    fn write_failure(&self) -> Option<String> {
+        None
+    }
+
     /// Events `from_seq..` (1-based), at most `limit`.
     fn history(&self, workflow_id: &str, from_seq: u64, limit: usize) -> Result<Vec<HistoryEvent>>;
 

@@ -275,6 +275,10 @@ impl Kv for SledKv {
         Ok(self.flusher.applied())
     }
 
+    fn write_failure(&self) -> Option<String> {
+        self.flusher.failure()
+    }
+
     fn apply_unflushed(&self, writes: Vec<Write>) -> Result<()> {
         if let Some(failure) = self.flusher.failure() {
             return Err(Error::FlushFailed(failure));
