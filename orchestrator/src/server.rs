@@ -233,6 +233,7 @@ impl Server {
             .http2_keepalive_interval(Some(crate::connections::KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(crate::connections::KEEPALIVE_TIMEOUT))
             .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+            .layer(tower::util::MapResponseLayer::new(crate::api::decode_errors_are_invalid_arguments))
             .layer(AuthLayer::new(auth))
             .layer(AdmissionLayer::new(admission))
             .add_service(health_service)
