@@ -6,7 +6,7 @@ mod events;
 mod worker;
 mod workflow;
 
-pub use checkout::{CheckoutApi, CheckoutView};
+pub use checkout::{CheckoutApi, CheckoutAudit, CheckoutFacts, CheckoutView, audit_checkouts, checkout_of};
 pub use events::EventsApi;
 pub use worker::WorkerApi;
 pub use workflow::WorkflowApi;

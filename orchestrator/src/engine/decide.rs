@@ -122,6 +122,17 @@ pub enum StuckReason {
 }
 
 impl StuckReason {
+    /// Every reason, for the stuck gauge: a reason with no workflow reads 0,
+    /// not absent, so that an alert on it can resolve.
+    pub const ALL: [Self; 6] = [
+        Self::NoProgress,
+        Self::CompensationExhausted,
+        Self::NoWorker,
+        Self::NonRetryableAfterPivot,
+        Self::PivotOutcomeUnknown,
+        Self::StepOutcomeUnknown,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::NoProgress => "NO_PROGRESS",
@@ -147,6 +158,11 @@ pub enum Rejection {
     #[error("{0}")]
     NotResolvable(String),
 }
+
+/// Failures a worker reports for an attempt it cut off midway: its own
+/// start-to-close timer fired, or the handler panicked. Either may come after
+/// the effect, so they leave the outcome unknown, as a timeout here does.
+const CUT_OFF: &[&str] = &[sagaflow_worker::ActivityError::TIMEOUT, sagaflow_worker::ActivityError::PANIC];
 
 /// A runaway decision loop would be a bug; this bounds it.
 const MAX_ROUNDS: usize = 64;
@@ -376,9 +392,11 @@ fn handle_outcome(
     match outcome {
         Outcome::Completed(result) => events.push(Attributes::ActivityCompleted(ActivityCompleted { task_id, result })),
         Outcome::Failed { error_type, message, retryable } => {
-            let definite = !retryable
-                || policy_of(definition, task.step_index, task.compensation)
-                    .is_some_and(|p| p.is_non_retryable(&error_type));
+            let outcome_unknown = CUT_OFF.contains(&error_type.as_str());
+            let definite = !outcome_unknown
+                && (!retryable
+                    || policy_of(definition, task.step_index, task.compensation)
+                        .is_some_and(|p| p.is_non_retryable(&error_type)));
             let next = if task.side {
                 0
             } else {
@@ -400,6 +418,7 @@ fn handle_outcome(
                 retryable: next > 0,
                 next_attempt_ms: next,
                 definite,
+                outcome_unknown,
             }));
             if !task.side {
                 events.extend(escalation(state, definition, task.step_index, task.compensation, task.attempt));

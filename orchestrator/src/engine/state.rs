@@ -293,7 +293,8 @@ impl WorkflowState {
                 } else {
                     format!("{}: {}", f.error_type, f.message)
                 };
-                self.resolve_failure(&f.task_id, f.next_attempt_ms, failure, Known::from_failure(f.definite));
+                let known = if f.outcome_unknown { Known::Unknown } else { Known::from_failure(f.definite) };
+                self.resolve_failure(&f.task_id, f.next_attempt_ms, failure, known);
             }
             Attributes::ActivityTimedOut(t) => {
                 // Only a schedule-to-start deadline finds the attempt unstarted.

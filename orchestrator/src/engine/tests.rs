@@ -1046,6 +1046,22 @@ fn only_a_definite_answer_settles_an_unknown_pivot() {
 }
 
 #[test]
+fn a_worker_that_cuts_an_attempt_off_leaves_its_outcome_unknown() {
+    // The worker's own start-to-close timer, or a panic, may strike after
+    // the effect: the same as a timeout here.
+    for error_type in [sagaflow_worker::ActivityError::TIMEOUT, sagaflow_worker::ActivityError::PANIC] {
+        let mut h = Harness::start(trip_with_pivot_attempts(1));
+        h.complete("0.f.1", json!({}));
+        let events = h.outcome(
+            "1.f.1",
+            Outcome::Failed { error_type: error_type.into(), message: "cut off".into(), retryable: true },
+        );
+        assert!(h.state.steps[1].forward.unknown, "{error_type}");
+        assert_eq!(stuck_reasons(&events), ["PIVOT_OUTCOME_UNKNOWN"], "{error_type}");
+    }
+}
+
+#[test]
 fn definite_failures_alone_still_compensate_the_pivot() {
     // No attempt timed out: each answer said the capture failed.
     let mut h = Harness::start(trip_with_pivot_attempts(2));
@@ -1389,6 +1405,14 @@ fn task_outcome(h: &mut Harness, task_id: &str, kind: u8) -> Vec<HistoryEvent> {
         0..=13 => h.complete(task_id, attempt_result),
         14 | 15 => h.fail(task_id, true),
         16 => h.fail(task_id, false),
+        17 if h.now % 3 == 0 => h.outcome(
+            task_id,
+            Outcome::Failed {
+                error_type: sagaflow_worker::ActivityError::TIMEOUT.into(),
+                message: "the worker cut it off".into(),
+                retryable: true,
+            },
+        ),
         17 => h.outcome(
             task_id,
             Outcome::Failed { error_type: "Fatal".into(), message: "policy says no".into(), retryable: true },
@@ -1583,7 +1607,9 @@ fn check_history(definition: &SagaDefinition, history: &[HistoryEvent]) {
             }
             Attributes::ActivityFailed(f) => {
                 in_flight.remove(&f.task_id);
-                if is_pivot(&f.task_id) && f.definite {
+                if is_pivot(&f.task_id) && f.outcome_unknown {
+                    pivot_unknown = true;
+                } else if is_pivot(&f.task_id) && f.definite {
                     pivot_unknown = false;
                 }
             }
