@@ -21,6 +21,7 @@ const JSON_FIELDS: &[&str] = &[
     ".sagaflow.v1.ActivityCompleted.result",
     ".sagaflow.v1.SignalReceived.input",
     ".sagaflow.v1.WorkflowCompleted.result",
+    ".sagaflow.v1.ActivityResolved.result",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -58,6 +59,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "StuckCleared",
         "StepEscalated",
         "CompletionIgnored",
+        "CancelRefused",
+        "ActivityResolved",
     ] {
         builder = builder.type_attribute(format!(".sagaflow.v1.{message}"), "#[derive(serde::Serialize)]");
     }

@@ -214,7 +214,8 @@ async fn unknown_endpoints_and_services_not_hosted_are_404_in_json() {
             "inventory.release",
             "inventory.commit",
             "inventory.check_invariants",
-            "inventory.release_expired"
+            "inventory.release_expired",
+            "inventory.held_reservations"
         ])
     );
 

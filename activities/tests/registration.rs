@@ -16,7 +16,7 @@ async fn every_service_registers_its_activities_on_a_worker() {
     let shop = Shop::open(dir.path(), options(), Faults::default()).unwrap();
     assert_eq!(shop.services(), SERVICES);
     let activity_types = shop.activity_types();
-    assert_eq!(activity_types.len(), 17);
+    assert_eq!(activity_types.len(), 18);
     for expected in [
         "catalog.price_snapshot",
         "coupons.validate",
@@ -33,6 +33,7 @@ async fn every_service_registers_its_activities_on_a_worker() {
         // The self-healing jobs' steps (ADR 0009).
         "inventory.check_invariants",
         "inventory.release_expired",
+        "inventory.held_reservations",
         "payments.check_invariants",
         "payments.captures",
         "orders.reconcile_payments",

@@ -13,13 +13,13 @@ use sagaflow_activities::FaultSpec;
 use sagaflow_proto::EventName;
 use sagaflow_proto::v1::history_event::Attributes;
 use sagaflow_proto::v1::{
-    ActivityCompleted, ActivityFailed, ActivityScheduled, ActivityStarted, ActivityTimedOut, CancelRequested,
-    CompensationStarted, HistoryEvent, SignalReceived, StuckCleared, StuckDetected, TimerFired, TimerStarted,
-    WorkflowCompleted, WorkflowStarted, WorkflowTerminated,
+    ActivityCompleted, ActivityFailed, ActivityResolved, ActivityScheduled, ActivityStarted, ActivityTimedOut,
+    CancelRefused, CancelRequested, CompensationStarted, HistoryEvent, SignalReceived, StuckCleared, StuckDetected,
+    TimerFired, TimerStarted, WorkflowCompleted, WorkflowStarted, WorkflowTerminated,
 };
 use sagaflow_workflows::SagaDefinition;
 
-use crate::engine::{self, Input, Outcome, StuckReason, TimeoutKind, WorkflowState};
+use crate::engine::{self, Input, Outcome, Resolution, StuckReason, TimeoutKind, WorkflowState};
 
 /// Reads choices from the input; past its end every read is zero, so any
 /// input, even an empty one, describes a finite run.
@@ -145,7 +145,7 @@ pub fn engine_inputs(data: &[u8]) {
         }
         now += i64::from(choices.byte()) * 100;
         let known = ids(&state, definition);
-        let input = match choices.below(9) {
+        let input = match choices.below(10) {
             0 | 1 => Input::ActivityOutcome {
                 task_id: choices.text(&known),
                 worker_id: "w".into(),
@@ -153,7 +153,11 @@ pub fn engine_inputs(data: &[u8]) {
                 outcome: match choices.below(3) {
                     0 => Outcome::Completed(["{}", "not json", "[1]"][choices.below(3)].into()),
                     n => Outcome::Failed {
-                        error_type: choices.text(&["Declined".into(), "Timeout".into()]),
+                        error_type: choices.text(&[
+                            "Declined".into(),
+                            "Timeout".into(),
+                            sagaflow_worker::ActivityError::TIMEOUT.into(),
+                        ]),
                         message: String::new(),
                         retryable: n == 1,
                     },
@@ -176,6 +180,16 @@ pub fn engine_inputs(data: &[u8]) {
             },
             6 => Input::Cancel { reason: "r".into(), identity: String::new() },
             7 => Input::Terminate { reason: "r".into(), identity: String::new() },
+            8 => Input::Resolve {
+                step: choices.text(&definition.steps.iter().map(|s| s.name.clone()).collect::<Vec<_>>()),
+                resolution: if choices.byte().is_multiple_of(2) {
+                    Resolution::Succeeded(["{}", "not json"][choices.below(2)].into())
+                } else {
+                    Resolution::Failed
+                },
+                reason: "r".into(),
+                identity: String::new(),
+            },
             _ => Input::Stuck {
                 reason: [StuckReason::NoProgress, StuckReason::NoWorker][choices.below(2)],
                 message: String::new(),
@@ -235,7 +249,7 @@ pub fn engine_history(data: &[u8]) {
     while !choices.done() && history.len() < 256 {
         seq = if choices.below(16) == 0 { u64::from(choices.byte()) } else { seq + 1 };
         let task_id = choices.text(&known);
-        let attributes = match choices.below(16) {
+        let attributes = match choices.below(18) {
             0 => Attributes::WorkflowStarted(WorkflowStarted {
                 workflow_type: definition.name.clone(),
                 definition_version: definition.version,
@@ -279,6 +293,14 @@ pub fn engine_history(data: &[u8]) {
             12 => Attributes::WorkflowTerminated(WorkflowTerminated::default()),
             13 => Attributes::StuckDetected(StuckDetected { reason: "NO_WORKER".into(), message: String::new() }),
             14 => Attributes::StuckCleared(StuckCleared::default()),
+            15 => Attributes::CancelRefused(CancelRefused::default()),
+            16 => Attributes::ActivityResolved(ActivityResolved {
+                step: choices.text(&steps),
+                compensation: choices.byte().is_multiple_of(2),
+                outcome: choices.text(&["succeeded".into(), "failed".into()]),
+                result: "{}".into(),
+                ..Default::default()
+            }),
             _ => Attributes::ActivityCompleted(ActivityCompleted { task_id, result: "not json".into() }),
         };
         history.push(HistoryEvent { seq, time_ms: i64::from(choices.byte()) * 1000, attributes: Some(attributes) });

@@ -12,6 +12,9 @@ use sagaflow_workflows::jobs;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use sagaflow_activities::shop::audit::{Captures, HeldReservations};
+
+use crate::api::{CheckoutFacts, CheckoutView};
 use crate::runtime::{Runtime, StartRequest, timers::now_ms};
 
 /// How the server runs the jobs.
@@ -119,6 +122,41 @@ pub fn internal_token() -> String {
     format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
 }
 
+/// `jobs.audit_checkouts` input: the earlier steps' snapshots.
+#[derive(Debug, Deserialize)]
+struct AuditInput {
+    captures: Captures,
+    reservations: HeldReservations,
+    #[serde(default)]
+    grace_ms: Option<u64>,
+}
+
+/// Reads each checkout the snapshots name from its history, as GetCheckout
+/// does, and compares ([`crate::api::audit_checkouts`]).
+fn audit_checkouts(runtime: &Runtime, input: &AuditInput) -> Result<serde_json::Value, ActivityError> {
+    let store = runtime.store();
+    let read = |checkout_id: &str| -> crate::store::Result<Option<CheckoutFacts>> {
+        let Some(summary) = store.summary(checkout_id)? else { return Ok(None) };
+        if summary.workflow_type != sagaflow_workflows::shop::CHECKOUT {
+            return Ok(None);
+        }
+        let view = CheckoutView::from_history(&store.history(checkout_id, 1, usize::MAX)?);
+        Ok(Some(CheckoutFacts { view, closed_ms: summary.closed_ms }))
+    };
+    let failed = std::cell::RefCell::new(None);
+    let grace_ms = input.grace_ms.unwrap_or(sagaflow_activities::shop::audit::DEFAULT_GRACE_MS);
+    let found = crate::api::audit_checkouts(&input.captures, &input.reservations, grace_ms, |id| {
+        read(id).unwrap_or_else(|e| {
+            failed.borrow_mut().get_or_insert(e);
+            None
+        })
+    });
+    if let Some(e) = failed.into_inner() {
+        return Err(ActivityError::retryable("StoreUnavailable", e.to_string()));
+    }
+    serde_json::to_value(found).map_err(|e| ActivityError::non_retryable(ActivityError::INVALID_OUTPUT, e.to_string()))
+}
+
 /// The in-process worker that serves the `jobs.*` activities over
 /// `channel` (an [in-process](crate::in_process) connection to the worker
 /// service), like any other worker: the job workflows stay ordinary
@@ -133,6 +171,7 @@ pub fn worker(
     token: Option<String>,
 ) -> sagaflow_worker::Result<Worker> {
     let detect = runtime.clone();
+    let audit = runtime.clone();
     let mut builder = Worker::builder(crate::in_process::URI).channel(channel);
     if let Some(token) = token {
         builder = builder.token(token);
@@ -151,6 +190,10 @@ pub fn worker(
                     "stuck_by_reason": stuck,
                 }))
             }
+        })
+        .activity(jobs::AUDIT_CHECKOUTS_ACTIVITY, move |_ctx: ActivityContext, input: AuditInput| {
+            let runtime = audit.clone();
+            async move { audit_checkouts(&runtime, &input) }
         })
         .activity(jobs::REPLAY_FAILED_EVENTS_ACTIVITY, move |_ctx: ActivityContext, _input: serde_json::Value| {
             let url = nats_url.clone();

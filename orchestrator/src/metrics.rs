@@ -45,7 +45,7 @@ pub fn record_domain_events(event_types: &[String]) {
 }
 
 pub fn record_stuck(by_reason: &HashMap<String, usize>, open: usize) {
-    for reason in ["NO_PROGRESS", "COMPENSATION_EXHAUSTED", "NO_WORKER", "NON_RETRYABLE_AFTER_PIVOT"] {
+    for reason in crate::engine::StuckReason::ALL.map(crate::engine::StuckReason::as_str) {
         metrics::gauge!("sagaflow_stuck_workflows", "reason" => reason)
             .set(by_reason.get(reason).copied().unwrap_or(0) as f64);
     }

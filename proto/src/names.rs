@@ -35,6 +35,8 @@ impl EventName for Attributes {
             Attributes::StuckCleared(_) => "StuckCleared",
             Attributes::StepEscalated(_) => "StepEscalated",
             Attributes::CompletionIgnored(_) => "CompletionIgnored",
+            Attributes::CancelRefused(_) => "CancelRefused",
+            Attributes::ActivityResolved(_) => "ActivityResolved",
         }
     }
 }

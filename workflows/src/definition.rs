@@ -453,6 +453,42 @@ impl SagaDefinition {
         Ok(definition)
     }
 
+    /// The same saga with every duration multiplied by `factor`: timeouts,
+    /// retry intervals, sleeps and signal deadlines. Attempts, kinds and
+    /// keys stay as they are, so a scaled saga takes the same path in less
+    /// time: tests and the chaos matrix run the shipped sagas at 0.05. A
+    /// duration that was set stays at least 1 ms (0 means "no limit").
+    #[must_use]
+    pub fn scaled(&self, factor: f64) -> Self {
+        let scale = |ms: u64| if ms == 0 { 0 } else { ((ms as f64 * factor).round() as u64).max(1) };
+        let timeouts = |t: Timeouts| Timeouts {
+            schedule_to_start_ms: scale(t.schedule_to_start_ms),
+            start_to_close_ms: scale(t.start_to_close_ms),
+            heartbeat_ms: scale(t.heartbeat_ms),
+            schedule_to_close_ms: scale(t.schedule_to_close_ms),
+        };
+        let retry = |r: &RetryPolicy| RetryPolicy {
+            initial_interval_ms: scale(r.initial_interval_ms),
+            maximum_interval_ms: scale(r.maximum_interval_ms),
+            ..r.clone()
+        };
+        let mut scaled = self.clone();
+        for step in &mut scaled.steps {
+            step.timeouts = timeouts(step.timeouts);
+            step.retry = retry(&step.retry);
+            if let Some(c) = &mut step.compensation {
+                c.timeouts = timeouts(c.timeouts);
+                c.retry = retry(&c.retry);
+            }
+            match &mut step.action {
+                Action::Sleep { duration_ms } => *duration_ms = scale(*duration_ms),
+                Action::AwaitSignal { timeout_ms, .. } => *timeout_ms = scale(*timeout_ms),
+                Action::Activity { .. } => {}
+            }
+        }
+        scaled
+    }
+
     pub fn step_index(&self, name: &str) -> Option<usize> {
         self.steps.iter().position(|s| s.name == name)
     }
@@ -648,6 +684,30 @@ mod tests {
             .step(Step::activity("b", "y").input_from("id", "/steps/a/id").idempotency_key_from("/input/key"))
             .build();
         assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn scaling_shortens_every_duration_and_keeps_the_path() {
+        let saga = SagaDefinition::builder("s", 1)
+            .step(Step::activity("a", "x").compensate_with("undo-x").timeouts(Timeouts {
+                start_to_close_ms: 10_000,
+                heartbeat_ms: 0,
+                ..Timeouts::default()
+            }))
+            .step(Step::sleep("wait", Duration::from_secs(2)))
+            .step(Step::activity("b", "y").pivot().retry(RetryPolicy { maximum_attempts: 3, ..RetryPolicy::default() }))
+            .build()
+            .unwrap();
+        let fast = saga.scaled(0.05);
+        assert_eq!(fast.steps[0].timeouts.start_to_close_ms, 500);
+        assert_eq!(fast.steps[0].timeouts.heartbeat_ms, 0, "no limit stays no limit");
+        assert_eq!(fast.steps[0].compensation.as_ref().unwrap().timeouts.start_to_close_ms, 500);
+        assert_eq!(fast.steps[1].action, Action::Sleep { duration_ms: 100 });
+        assert_eq!(fast.steps[2].retry.initial_interval_ms, 10);
+        assert_eq!(fast.steps[2].retry.maximum_attempts, 3);
+        assert_eq!(saga.scaled(1.0), saga);
+        assert_eq!(saga.scaled(0.000_001).steps[2].retry.initial_interval_ms, 1);
+        assert_eq!(fast.validate(), Ok(()));
     }
 
     #[test]

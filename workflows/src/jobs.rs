@@ -40,6 +40,9 @@ pub const PAYMENT_MISMATCH: &str = "PaymentMismatch";
 /// The activities the orchestrator serves itself.
 pub const DETECT_STUCK_ACTIVITY: &str = "jobs.detect_stuck";
 pub const REPLAY_FAILED_EVENTS_ACTIVITY: &str = "jobs.replay_failed_events";
+/// Compares the checkouts' statuses with the payments ledger and the held
+/// stock; the orchestrator serves it, since only it reads the histories.
+pub const AUDIT_CHECKOUTS_ACTIVITY: &str = "jobs.audit_checkouts";
 
 /// The workflow type of job `name`: `job.NAME`.
 pub fn workflow_type(name: &str) -> String {
@@ -119,7 +122,10 @@ pub fn replay_failed_events() -> SagaDefinition {
 /// The invariants of DESIGN.md §4: stock conserved and held by live
 /// reservations, each intent captured at most once, refunds within the
 /// capture, every capture with an order or a refund, every order with a
-/// capture. Each finding raises `InvariantViolated`. Input: `{grace_ms?}`.
+/// capture; and a checkout never lies (ADR 0006): none is CANCELLED while it
+/// kept money, and none that ended still holds stock. Each finding raises
+/// `InvariantViolated`. Input: `{grace_ms?}`. The checkout steps come last,
+/// so that a run started before they existed replays unchanged.
 pub fn check_invariants() -> SagaDefinition {
     let build = SagaDefinition::builder(workflow_type(CHECK_INVARIANTS), 1)
         .operator_only()
@@ -132,6 +138,14 @@ pub fn check_invariants() -> SagaDefinition {
                 .input_from("captures", "/steps/captures")
                 .input_from("grace_ms", "/input/grace_ms")
                 .input_literal("repair", serde_json::json!(false))
+                .alert_on_findings("/violations", INVARIANT_VIOLATED),
+        )
+        .step(step("reservations", "inventory.held_reservations"))
+        .step(
+            step("checkouts", AUDIT_CHECKOUTS_ACTIVITY)
+                .input_from("captures", "/steps/captures")
+                .input_from("reservations", "/steps/reservations")
+                .input_from("grace_ms", "/input/grace_ms")
                 .alert_on_findings("/violations", INVARIANT_VIOLATED),
         )
         .build();

@@ -47,6 +47,22 @@ pub struct Captures {
     pub captures: Vec<CapturedPayment>,
 }
 
+/// A reservation that holds stock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldReservation {
+    pub reservation_id: String,
+    pub created_at_ms: u64,
+    pub expires_at_ms: u64,
+}
+
+/// `inventory.held_reservations` result: every reservation holding stock,
+/// as of `as_of_ms`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldReservations {
+    pub as_of_ms: u64,
+    pub held: Vec<HeldReservation>,
+}
+
 /// `orders.reconcile_payments` input.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReconcileRequest {

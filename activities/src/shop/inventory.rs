@@ -25,6 +25,7 @@ use std::time::Duration;
 use sagaflow_worker::{ActivityError, WorkerBuilder};
 use serde::{Deserialize, Serialize};
 
+use super::audit::{HeldReservation, HeldReservations};
 use super::catalog::DEMO_PRODUCTS;
 use super::store::{self, ServiceDb, Tx, check_id, key, now_ms, prefix};
 use super::{ErrorKind, LineError, LineItem, ServiceError, Shop, Violation, check_lines, merge_lines};
@@ -38,7 +39,10 @@ pub const CHECK_INVARIANTS: &str = "inventory.check_invariants";
 /// reservations past their TTL released now (the background sweep's
 /// backstop), each also a leak finding.
 pub const RELEASE_EXPIRED: &str = "inventory.release_expired";
-pub const ACTIVITIES: &[&str] = &[RESERVE, RELEASE, COMMIT, CHECK_INVARIANTS, RELEASE_EXPIRED];
+/// For the `check-invariants` job: the reservations that hold stock now
+/// ([`HeldReservations`]), which no finished checkout may own.
+pub const HELD_RESERVATIONS: &str = "inventory.held_reservations";
+pub const ACTIVITIES: &[&str] = &[RESERVE, RELEASE, COMMIT, CHECK_INVARIANTS, RELEASE_EXPIRED, HELD_RESERVATIONS];
 
 /// Most reservations one expiry sweep releases in one batch; a sweep loops
 /// over batches until nothing due is left.
@@ -347,6 +351,25 @@ impl Inventory {
     /// A storage failure.
     pub fn reservations(&self) -> store::Result<Vec<Reservation>> {
         self.db().scan(&prefix("res"))
+    }
+
+    /// The reservations holding stock now, as of the moment before the read.
+    ///
+    /// # Errors
+    /// A storage failure.
+    pub fn held_reservations(&self) -> store::Result<HeldReservations> {
+        let as_of_ms = now_ms();
+        let held = self
+            .reservations()?
+            .into_iter()
+            .filter(|r| r.status == ReservationStatus::Held)
+            .map(|r| HeldReservation {
+                reservation_id: r.reservation_id,
+                created_at_ms: r.created_at_ms,
+                expires_at_ms: r.expires_at_ms,
+            })
+            .collect();
+        Ok(HeldReservations { as_of_ms, held })
     }
 
     /// Holds the stock of every line, or of none.
@@ -662,6 +685,7 @@ impl Inventory {
                     .collect();
                 Ok(serde_json::json!({ "released": released.len(), "leaks": leaks }))
             }
+            HELD_RESERVATIONS => super::answer(async { Ok::<_, Error>(self.held_reservations()?) }).await,
             other => Err(ActivityError::retryable(ActivityError::UNKNOWN_ACTIVITY, other.to_owned())),
         }
     }

@@ -231,7 +231,9 @@ pub struct OrderShipped {
     pub status: OrderStatus,
 }
 
-/// `orders.record_refund` input; the key is `refund_id`.
+/// `orders.record_refund` input; the key is `refund_id`. An empty `order_id`
+/// is a refund of a checkout that never got an order (cancelled with money
+/// kept, found by the invariants job): there is nothing to record it on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordRefund {
     pub order_id: String,
@@ -239,11 +241,12 @@ pub struct RecordRefund {
     pub amount_cents: u64,
 }
 
-/// `orders.record_refund` result.
+/// `orders.record_refund` result; `status` is absent when there is no order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefundRecorded {
     pub order_id: String,
-    pub status: OrderStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<OrderStatus>,
     pub refunded_cents: u64,
 }
 
@@ -356,15 +359,18 @@ impl Orders {
     /// Not retryable: `UnknownOrder`, `IllegalTransition`,
     /// `RefundExceedsTotal`, `InvalidAmount`, `InvalidInput`.
     pub async fn record_refund(&self, request: RecordRefund) -> Result<RefundRecorded> {
-        check_id("order_id", &request.order_id).map_err(Error::InvalidInput)?;
         check_id("refund_id", &request.refund_id).map_err(Error::InvalidInput)?;
+        if request.order_id.is_empty() {
+            return Ok(RefundRecorded { order_id: String::new(), status: None, refunded_cents: request.amount_cents });
+        }
+        check_id("order_id", &request.order_id).map_err(Error::InvalidInput)?;
         let event = OrderEvent::Refunded { refund_id: request.refund_id.clone(), amount_cents: request.amount_cents };
         self.db
             .idempotent(RECORD_REFUND, &request.refund_id, &request, |tx| {
                 let order = self.transition(tx, &request.order_id, &event)?;
                 Ok(RefundRecorded {
                     order_id: order.order_id,
-                    status: order.status,
+                    status: Some(order.status),
                     refunded_cents: order.refunded_cents,
                 })
             })

@@ -5,14 +5,17 @@
 
 use std::collections::HashMap;
 
+use sagaflow_activities::shop::Violation;
+use sagaflow_activities::shop::audit::{Captures, HeldReservations};
 use sagaflow_proto::checkout::v1::checkout_service_server::CheckoutService;
 use sagaflow_proto::checkout::v1::{
     Checkout, CheckoutStatus, GetCheckoutRequest, Line, RefundCheckoutRequest, RefundCheckoutResponse,
     StartCheckoutRequest, StartCheckoutResponse,
 };
 use sagaflow_proto::v1::history_event::Attributes;
-use sagaflow_proto::v1::{HistoryEvent, WorkflowStatus};
+use sagaflow_proto::v1::{HistoryEvent, WorkflowStatus, WorkflowSummary};
 use sagaflow_workflows::shop::{CHECKOUT, REFUND};
+use serde::Serialize;
 use serde_json::{Value, json};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -52,6 +55,9 @@ fn refunds_prefix(checkout_id: &str) -> String {
     format!("rfd-{}-", checkout_id.trim_start_matches("chk-"))
 }
 
+/// The step that takes the money.
+const CAPTURE_STEP: &str = "capture";
+
 /// What a checkout's history says.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct CheckoutView {
@@ -59,12 +65,23 @@ pub struct CheckoutView {
     pub steps: HashMap<String, Value>,
     pub input: Value,
     pub shipment_delayed: bool,
+    /// A capture attempt was scheduled.
+    pub capture_attempted: bool,
+    /// Money may have been taken without the history knowing: a capture
+    /// attempt is in flight, or one timed out after a worker may have run it
+    /// and no definite answer came since (ADR 0006). Such a checkout is
+    /// never shown CANCELLED.
+    pub capture_in_doubt: bool,
 }
 
 impl CheckoutView {
     pub fn from_history(events: &[HistoryEvent]) -> Self {
         let mut view = Self::default();
         let mut step_of: HashMap<String, String> = HashMap::new();
+        let (mut in_flight, mut unknown) = (false, false);
+        let is_capture = |step_of: &HashMap<String, String>, task_id: &str| {
+            step_of.get(task_id).is_some_and(|step| step == CAPTURE_STEP)
+        };
         for event in events {
             match &event.attributes {
                 Some(Attributes::WorkflowStarted(s)) => {
@@ -75,10 +92,35 @@ impl CheckoutView {
                 // result is the notification's, not the shipment's.
                 Some(Attributes::ActivityScheduled(s)) if !s.compensation && !is_side_task(&s.task_id) => {
                     step_of.insert(s.task_id.clone(), s.step.clone());
+                    if s.step == CAPTURE_STEP {
+                        view.capture_attempted = true;
+                        in_flight = true;
+                    }
                 }
                 Some(Attributes::ActivityCompleted(c)) => {
                     if let Some(step) = step_of.get(&c.task_id) {
                         view.steps.insert(step.clone(), serde_json::from_str(&c.result).unwrap_or(Value::Null));
+                    }
+                    if is_capture(&step_of, &c.task_id) {
+                        (in_flight, unknown) = (false, false);
+                    }
+                }
+                Some(Attributes::ActivityFailed(f)) if is_capture(&step_of, &f.task_id) => {
+                    in_flight = false;
+                    // A retryable answer says nothing of an earlier attempt that timed out.
+                    unknown = f.outcome_unknown || (unknown && !f.definite);
+                }
+                Some(Attributes::ActivityTimedOut(t)) if is_capture(&step_of, &t.task_id) => {
+                    in_flight = false;
+                    unknown |= t.timeout_type != "SCHEDULE_TO_START";
+                }
+                // An operator's decision counts as the worker's answer would.
+                Some(Attributes::ActivityResolved(r)) if !r.compensation => {
+                    if r.outcome == "succeeded" {
+                        view.steps.insert(r.step.clone(), serde_json::from_str(&r.result).unwrap_or(Value::Null));
+                    }
+                    if r.step == CAPTURE_STEP {
+                        (in_flight, unknown) = (false, false);
                     }
                 }
                 Some(Attributes::StepEscalated(e)) if e.alert == "ShipmentDelayed" => view.shipment_delayed = true,
@@ -91,11 +133,17 @@ impl CheckoutView {
                 _ => {}
             }
         }
+        view.capture_in_doubt = !view.captured() && (in_flight || unknown);
         view
     }
 
-    fn captured(&self) -> bool {
-        self.steps.contains_key("capture")
+    /// The history records the capture (a worker's answer or an operator's decision).
+    pub fn captured(&self) -> bool {
+        self.steps.contains_key(CAPTURE_STEP)
+    }
+
+    fn terminal(&self) -> bool {
+        self.workflow_status.is_some_and(|s| is_terminal(s as i32))
     }
 
     pub fn total_cents(&self) -> i64 {
@@ -107,12 +155,18 @@ impl CheckoutView {
     }
 
     /// The customer-facing status, given what has been refunded so far.
+    ///
+    /// CANCELLED only when no money can be kept: the saga was undone (it never
+    /// compensates past a capture, nor past one whose outcome is unknown), or
+    /// it ended without a capture that could have happened. A checkout
+    /// stopped (terminated) with its capture in doubt stays at the step it
+    /// reached, for the invariants job and an operator to settle.
     pub fn status(&self, refunded_cents: i64) -> CheckoutStatus {
         let undone = matches!(
             self.workflow_status,
             Some(WorkflowStatus::Compensating | WorkflowStatus::Compensated | WorkflowStatus::Cancelled)
         );
-        if undone || (!self.captured() && self.workflow_status.is_some_and(|s| is_terminal(s as i32))) {
+        if undone || (self.terminal() && !self.captured() && !self.capture_in_doubt) {
             return CheckoutStatus::Cancelled;
         }
         if refunded_cents > 0 {
@@ -158,8 +212,96 @@ impl CheckoutView {
     }
 }
 
+/// The checkout whose ids a payment intent (`pi-X`) or a reservation
+/// (`res-X`) were derived from (`chk-X`, see [`checkout_ids`]).
+pub fn checkout_of(id: &str) -> Option<String> {
+    id.strip_prefix("pi-").or_else(|| id.strip_prefix("res-")).map(|rest| format!("chk-{rest}"))
+}
+
+/// What the audit reads of one checkout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckoutFacts {
+    pub view: CheckoutView,
+    /// When the saga ended; 0 while it is open.
+    pub closed_ms: i64,
+}
+
+/// What the `check-invariants` job's `checkouts` step found.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct CheckoutAudit {
+    pub checked_captures: usize,
+    pub checked_reservations: usize,
+    /// Findings still inside the grace period.
+    pub pending: usize,
+    pub violations: Vec<Violation>,
+}
+
+/// Compares the checkouts with the payments ledger and the held stock
+/// (ADR 0006): a checkout shown CANCELLED while its capture is neither
+/// refunded nor voided, and a reservation still held by a checkout whose saga
+/// is over. A finding younger than `grace_ms` (the capture, the close) is
+/// counted as pending: the saga, or the inventory's TTL, may still settle it.
+/// `facts` reads a checkout by id; ids no checkout derived are skipped.
+pub fn audit_checkouts(
+    captures: &Captures,
+    held: &HeldReservations,
+    grace_ms: u64,
+    facts: impl Fn(&str) -> Option<CheckoutFacts>,
+) -> CheckoutAudit {
+    let mut audit = CheckoutAudit {
+        checked_captures: captures.captures.len(),
+        checked_reservations: held.held.len(),
+        ..CheckoutAudit::default()
+    };
+    let settled = |as_of: u64, at: i64| at > 0 && u64::try_from(at).unwrap_or(0) < as_of.saturating_sub(grace_ms);
+    for capture in captures.captures.iter().filter(|c| c.refunded_cents < c.captured_cents) {
+        let Some(checkout_id) = checkout_of(&capture.payment_intent_id) else { continue };
+        let Some(checkout) = facts(&checkout_id) else { continue };
+        if checkout.view.input["payment_intent_id"] != capture.payment_intent_id.as_str()
+            || checkout.view.status(0) != CheckoutStatus::Cancelled
+        {
+            continue;
+        }
+        let captured_at = i64::try_from(capture.captured_at_ms).unwrap_or(i64::MAX);
+        let closed = if checkout.closed_ms > 0 { checkout.closed_ms } else { captured_at };
+        if settled(captures.as_of_ms, captured_at) && settled(captures.as_of_ms, closed) {
+            audit.violations.push(Violation {
+                invariant: "cancelled_checkout_kept_no_money".into(),
+                subject: checkout_id,
+                detail: format!(
+                    "the checkout is CANCELLED, but payment intent {} captured {} cents and refunded {}",
+                    capture.payment_intent_id, capture.captured_cents, capture.refunded_cents
+                ),
+            });
+        } else {
+            audit.pending += 1;
+        }
+    }
+    for reservation in &held.held {
+        let Some(checkout_id) = checkout_of(&reservation.reservation_id) else { continue };
+        let Some(checkout) = facts(&checkout_id) else { continue };
+        if checkout.view.input["reservation_id"] != reservation.reservation_id.as_str() || checkout.closed_ms == 0 {
+            continue;
+        }
+        if settled(held.as_of_ms, checkout.closed_ms) {
+            audit.violations.push(Violation {
+                invariant: "finished_checkout_holds_no_stock".into(),
+                subject: reservation.reservation_id.clone(),
+                detail: format!(
+                    "checkout {checkout_id} ended {}, and its reservation still holds stock (until {})",
+                    checkout.view.workflow_status.map(sagaflow_proto::status_name).unwrap_or_default(),
+                    reservation.expires_at_ms
+                ),
+            });
+        } else {
+            audit.pending += 1;
+        }
+    }
+    audit
+}
+
 impl CheckoutApi {
-    async fn view(&self, checkout_id: &str, caller: &Principal) -> Result<CheckoutView, Status> {
+    async fn view(&self, checkout_id: &str, caller: &Principal) -> Result<(CheckoutView, WorkflowSummary), Status> {
         self.runtime.limits().id("checkout_id", checkout_id).map_err(invalid)?;
         let summary = self.runtime.describe(checkout_id).await?;
         // Another client's checkout reads as missing: its existence is not ours to tell.
@@ -167,7 +309,7 @@ impl CheckoutApi {
             return Err(Status::not_found(format!("checkout {checkout_id} not found")));
         }
         let history = self.runtime.store().history(checkout_id, 1, usize::MAX)?;
-        Ok(CheckoutView::from_history(&history))
+        Ok((CheckoutView::from_history(&history), summary))
     }
 
     /// Refunds of a checkout: `(refunded by completed refunds, asked by refunds still running)`.
@@ -238,14 +380,14 @@ impl CheckoutService for CheckoutApi {
             traceparent,
         };
         let (checkout_id, already_started) = self.runtime.start_workflow(start).await?;
-        let status = self.view(&checkout_id, &caller).await?.status(0);
+        let status = self.view(&checkout_id, &caller).await?.0.status(0);
         Ok(Response::new(StartCheckoutResponse { checkout_id, status: status.into(), already_started }))
     }
 
     async fn get_checkout(&self, request: Request<GetCheckoutRequest>) -> Result<Response<Checkout>, Status> {
         let caller = auth::principal(&request);
         let checkout_id = request.into_inner().checkout_id;
-        let view = self.view(&checkout_id, &caller).await?;
+        let (view, summary) = self.view(&checkout_id, &caller).await?;
         let (refunded_cents, _) = self.refunds(&checkout_id).await?;
         Ok(Response::new(Checkout {
             checkout_id,
@@ -258,6 +400,8 @@ impl CheckoutService for CheckoutApi {
             shipment_status: view.shipment_status(),
             refunded_cents,
             workflow_status: view.workflow_status.map(sagaflow_proto::status_name).unwrap_or_default().into(),
+            stuck_reason: summary.stuck_reason,
+            stuck_message: summary.stuck_message,
         }))
     }
 
@@ -271,7 +415,7 @@ impl CheckoutService for CheckoutApi {
         if request.amount_cents <= 0 {
             return Err(Status::invalid_argument("amount_cents must be positive"));
         }
-        let view = self.view(&request.checkout_id, &caller).await?;
+        let (view, _) = self.view(&request.checkout_id, &caller).await?;
         let workflow_id = refund_workflow_id(&request.checkout_id, &request.refund_id);
         let request_id = format!("refund:{}", request.refund_id);
         let input = json!({
@@ -297,17 +441,24 @@ impl CheckoutService for CheckoutApi {
             let (refund_workflow_id, already_started) = self.runtime.start_workflow(start).await?;
             return Ok(Response::new(RefundCheckoutResponse { refund_workflow_id, already_started }));
         }
-        if !view.captured() {
+        // The gateway's ledger, not the history, knows what was taken: any
+        // checkout that tried to capture may be refunded, a cancelled one
+        // included (money an operator found kept). The refund saga's own
+        // pivot refuses more than the capture (RefundExceedsCapture).
+        if !view.capture_attempted {
             return Err(Status::failed_precondition(format!(
                 "checkout {} has captured no payment",
                 request.checkout_id
             )));
         }
-        if view.order_id().is_empty() {
-            return Err(Status::failed_precondition(format!(
-                "checkout {} has no order yet; retry once it is ORDERED",
-                request.checkout_id
-            )));
+        if view.order_id().is_empty() && !view.terminal() {
+            let why = if view.capture_in_doubt {
+                "its capture's outcome is not settled yet; let the saga retry it, or resolve it \
+                 (`sagaflow workflow resolve`), then refund"
+            } else {
+                "it has no order yet; retry once it is ORDERED"
+            };
+            return Err(Status::failed_precondition(format!("checkout {}: {why}", request.checkout_id)));
         }
         let (refunded, pending) = self.refunds(&request.checkout_id).await?;
         let captured = view.total_cents();
@@ -355,6 +506,168 @@ mod tests {
             event(4, Attributes::ActivityCompleted(ActivityCompleted { task_id: "5.n.1".into(), result: "{}".into() })),
         ];
         assert_eq!(CheckoutView::from_history(&history).shipment_status(), "DELAYED");
+    }
+
+    fn history(events: Vec<Attributes>) -> Vec<HistoryEvent> {
+        use sagaflow_proto::v1::WorkflowStarted;
+        let started = Attributes::WorkflowStarted(WorkflowStarted {
+            input: json!({"payment_intent_id": "pi-1", "reservation_id": "res-1"}).to_string(),
+            ..Default::default()
+        });
+        std::iter::once(started)
+            .chain(events)
+            .enumerate()
+            .map(|(i, a)| HistoryEvent { seq: i as u64 + 1, time_ms: 0, attributes: Some(a) })
+            .collect()
+    }
+
+    fn capture_attempt(attempt: u32) -> Attributes {
+        Attributes::ActivityScheduled(sagaflow_proto::v1::ActivityScheduled {
+            task_id: format!("2.f.{attempt}"),
+            step: "capture".into(),
+            ..Default::default()
+        })
+    }
+
+    fn timed_out(attempt: u32, kind: &str) -> Attributes {
+        Attributes::ActivityTimedOut(sagaflow_proto::v1::ActivityTimedOut {
+            task_id: format!("2.f.{attempt}"),
+            timeout_type: kind.into(),
+            next_attempt_ms: 0,
+        })
+    }
+
+    fn failed(attempt: u32, definite: bool) -> Attributes {
+        Attributes::ActivityFailed(sagaflow_proto::v1::ActivityFailed {
+            task_id: format!("2.f.{attempt}"),
+            definite,
+            ..Default::default()
+        })
+    }
+
+    fn terminated() -> Attributes {
+        Attributes::WorkflowTerminated(sagaflow_proto::v1::WorkflowTerminated::default())
+    }
+
+    #[test]
+    fn a_checkout_whose_capture_is_in_doubt_is_never_cancelled() {
+        use sagaflow_proto::v1::{ActivityResolved, WorkflowCompensated};
+        let cases: Vec<(&str, Vec<Attributes>, CheckoutStatus)> = vec![
+            ("never tried to capture", vec![terminated()], CheckoutStatus::Cancelled),
+            ("stopped mid-capture", vec![capture_attempt(1), terminated()], CheckoutStatus::Pending),
+            (
+                "stopped after a timeout",
+                vec![capture_attempt(1), timed_out(1, "START_TO_CLOSE"), terminated()],
+                CheckoutStatus::Pending,
+            ),
+            (
+                "a retryable answer after the timeout settles nothing",
+                vec![capture_attempt(1), timed_out(1, "HEARTBEAT"), capture_attempt(2), failed(2, false), terminated()],
+                CheckoutStatus::Pending,
+            ),
+            (
+                "a definite failure settles it",
+                vec![
+                    capture_attempt(1),
+                    timed_out(1, "START_TO_CLOSE"),
+                    capture_attempt(2),
+                    failed(2, true),
+                    terminated(),
+                ],
+                CheckoutStatus::Cancelled,
+            ),
+            (
+                "never reached a worker",
+                vec![capture_attempt(1), timed_out(1, "SCHEDULE_TO_START"), terminated()],
+                CheckoutStatus::Cancelled,
+            ),
+            (
+                "compensated",
+                vec![
+                    capture_attempt(1),
+                    failed(1, true),
+                    Attributes::WorkflowCompensated(WorkflowCompensated::default()),
+                ],
+                CheckoutStatus::Cancelled,
+            ),
+            (
+                "resolved as captured by an operator",
+                vec![
+                    capture_attempt(1),
+                    timed_out(1, "START_TO_CLOSE"),
+                    Attributes::ActivityResolved(ActivityResolved {
+                        step: "capture".into(),
+                        outcome: "succeeded".into(),
+                        result: "{}".into(),
+                        ..Default::default()
+                    }),
+                ],
+                CheckoutStatus::Paid,
+            ),
+        ];
+        for (case, events, expected) in cases {
+            let view = CheckoutView::from_history(&history(events));
+            assert_eq!(view.status(0), expected, "{case}: {view:?}");
+        }
+    }
+
+    #[test]
+    fn the_audit_finds_checkouts_that_lie_and_finished_ones_that_hold_stock() {
+        use sagaflow_activities::shop::audit::{CapturedPayment, HeldReservation};
+        let capture = |intent: &str, refunded| CapturedPayment {
+            payment_intent_id: intent.into(),
+            captured_cents: 1000,
+            refunded_cents: refunded,
+            captured_at_ms: 1_000,
+            refunds: Vec::new(),
+        };
+        let captures = Captures {
+            as_of_ms: 100_000,
+            captures: vec![
+                capture("pi-cancelled", 0),
+                capture("pi-refunded", 1000),
+                capture("pi-shipped", 0),
+                capture("pi-young", 0),
+                capture("pi-stranger", 0),
+            ],
+        };
+        let held = HeldReservations {
+            as_of_ms: 100_000,
+            held: ["res-cancelled", "res-open", "res-young"]
+                .map(|id| HeldReservation { reservation_id: id.into(), created_at_ms: 1, expires_at_ms: 2 })
+                .to_vec(),
+        };
+        let facts = |checkout_id: &str| {
+            let name = checkout_id.strip_prefix("chk-")?;
+            let (status, closed_ms) = match name {
+                "cancelled" | "refunded" => (WorkflowStatus::Compensated, 2_000),
+                "shipped" => (WorkflowStatus::Completed, 2_000),
+                "young" => (WorkflowStatus::Cancelled, 99_000),
+                "open" => (WorkflowStatus::Running, 0),
+                _ => return None,
+            };
+            let mut view = CheckoutView {
+                workflow_status: Some(status),
+                input: json!({"payment_intent_id": format!("pi-{name}"), "reservation_id": format!("res-{name}")}),
+                ..Default::default()
+            };
+            if name == "shipped" {
+                view.steps.insert("capture".into(), json!({}));
+            }
+            Some(CheckoutFacts { view, closed_ms })
+        };
+        let audit = audit_checkouts(&captures, &held, 10_000, facts);
+        let found: Vec<(&str, &str)> =
+            audit.violations.iter().map(|v| (v.invariant.as_str(), v.subject.as_str())).collect();
+        assert_eq!(
+            found,
+            [
+                ("cancelled_checkout_kept_no_money", "chk-cancelled"),
+                ("finished_checkout_holds_no_stock", "res-cancelled"),
+            ]
+        );
+        assert_eq!(audit.pending, 2, "the young ones wait out the grace period");
+        assert_eq!((audit.checked_captures, audit.checked_reservations), (5, 3));
     }
 
     #[test]

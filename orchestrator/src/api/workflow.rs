@@ -7,15 +7,15 @@ use sagaflow_proto::v1::{
     AwaitWorkflowRequest, AwaitWorkflowResponse, CancelWorkflowRequest, CancelWorkflowResponse,
     DescribeWorkflowRequest, DescribeWorkflowResponse, ExecuteWorkflowRequest, ExecuteWorkflowResponse,
     GetWorkflowHistoryRequest, GetWorkflowHistoryResponse, ListWorkflowTypesRequest, ListWorkflowTypesResponse,
-    ListWorkflowsRequest, ListWorkflowsResponse, PendingActivity, SignalWorkflowRequest, SignalWorkflowResponse,
-    StartWorkflowRequest, StartWorkflowResponse, TerminateWorkflowRequest, TerminateWorkflowResponse, WorkflowStatus,
-    WorkflowSummary, WorkflowType,
+    ListWorkflowsRequest, ListWorkflowsResponse, PendingActivity, ResolveActivityRequest, ResolveActivityResponse,
+    ResolvedOutcome, SignalWorkflowRequest, SignalWorkflowResponse, StartWorkflowRequest, StartWorkflowResponse,
+    TerminateWorkflowRequest, TerminateWorkflowResponse, WorkflowStatus, WorkflowSummary, WorkflowType,
 };
 use tonic::{Request, Response, Status};
 
 use super::{Origin, invalid};
 use crate::auth::{self, Principal, Role};
-use crate::engine::{Input, StepStatus};
+use crate::engine::{Input, Resolution, StepStatus};
 use crate::runtime::dispatch::TaskState;
 use crate::runtime::{Runtime, StartRequest};
 use crate::store::is_terminal;
@@ -328,6 +328,63 @@ impl WorkflowService for WorkflowApi {
             .decide(&request.workflow_id, Input::Terminate { reason: request.reason, identity: request.identity })
             .await?;
         Ok(Response::new(TerminateWorkflowResponse {}))
+    }
+
+    /// Operator-only (the role table fails closed, and lists it nowhere).
+    async fn resolve_activity(
+        &self,
+        request: Request<ResolveActivityRequest>,
+    ) -> Result<Response<ResolveActivityResponse>, Status> {
+        let caller = auth::principal(&request);
+        let request = request.into_inner();
+        self.workflow_id(&request.workflow_id)?;
+        let limits = self.runtime.limits();
+        limits.id("step", &request.step).map_err(invalid)?;
+        // The reason is the audit trail: required, and kept in the history.
+        limits.id("reason", &request.reason).map_err(invalid)?;
+        limits.optional_id("identity", &request.identity).map_err(invalid)?;
+        let resolution = match ResolvedOutcome::try_from(request.outcome) {
+            Ok(ResolvedOutcome::Succeeded) if request.result.is_empty() => Resolution::Succeeded("{}".into()),
+            Ok(ResolvedOutcome::Succeeded) => {
+                Resolution::Succeeded(limits.json_payload("result", &request.result).map_err(invalid)?)
+            }
+            Ok(ResolvedOutcome::Failed) if !request.result.is_empty() => {
+                return Err(Status::invalid_argument("a step resolved as failed has no result"));
+            }
+            Ok(ResolvedOutcome::Failed) => Resolution::Failed,
+            _ => return Err(Status::invalid_argument("outcome must be SUCCEEDED or FAILED")),
+        };
+        // Who decided is the token's name, whatever the caller says of itself.
+        let identity = if request.identity.is_empty() || request.identity == caller.name {
+            caller.name.clone()
+        } else {
+            format!("{} ({})", caller.name, request.identity)
+        };
+        let outcome = resolution.as_str();
+        let input = Input::Resolve {
+            step: request.step.clone(),
+            resolution,
+            reason: request.reason.clone(),
+            identity: identity.clone(),
+        };
+        let events = self.runtime.decide(&request.workflow_id, input).await?;
+        let Some((seq, compensation)) = events.iter().find_map(|e| match &e.attributes {
+            Some(sagaflow_proto::v1::history_event::Attributes::ActivityResolved(r)) => Some((e.seq, r.compensation)),
+            _ => None,
+        }) else {
+            return Err(Status::internal("the resolution was not recorded"));
+        };
+        tracing::warn!(
+            workflow_id = %request.workflow_id,
+            step = %request.step,
+            outcome,
+            compensation,
+            operator = %identity,
+            reason = %request.reason,
+            seq,
+            "an operator resolved a step's outcome"
+        );
+        Ok(Response::new(ResolveActivityResponse { seq, compensation }))
     }
 
     async fn list_workflow_types(

@@ -73,6 +73,8 @@ fn checkout_json(checkout: &Checkout) -> serde_json::Value {
         "reservation_id": checkout.reservation_id,
         "shipment_status": checkout.shipment_status,
         "refunded_cents": checkout.refunded_cents,
+        "stuck_reason": checkout.stuck_reason,
+        "stuck_message": checkout.stuck_message,
     })
 }
 
@@ -107,6 +109,8 @@ fn checkout_text(checkout: &Checkout) -> String {
     field("Reservation", checkout.reservation_id.clone());
     field("Shipment", checkout.shipment_status.clone());
     field("Refunded", if checkout.refunded_cents > 0 { money(checkout.refunded_cents) } else { String::new() });
+    field("Stuck", checkout.stuck_reason.clone());
+    field("  why", checkout.stuck_message.clone());
     out
 }
 
@@ -125,8 +129,12 @@ pub async fn run(command: CheckoutCommand, server: &str, output: Output) -> anyh
             };
             let started = client.start_checkout(request).await.map_err(status_error)?.into_inner();
             if wait {
-                await_saga(channel, &started.checkout_id).await?;
-                return print_checkout(&mut client, &started.checkout_id, output).await;
+                let ended = await_saga(channel, &started.checkout_id).await?;
+                print_checkout(&mut client, &started.checkout_id, output).await?;
+                if let Some(flag) = ended {
+                    anyhow::bail!("checkout {} is open and flagged stuck: {flag}", started.checkout_id);
+                }
+                return Ok(());
             }
             match output {
                 Output::Json => println!(
@@ -160,16 +168,27 @@ pub async fn run(command: CheckoutCommand, server: &str, output: Output) -> anyh
     Ok(())
 }
 
-async fn await_saga(channel: Conn, checkout_id: &str) -> anyhow::Result<()> {
+/// Waits until the checkout's saga ends, or stops and is flagged stuck (a
+/// capture whose outcome is unknown, say): then it returns the flag, since
+/// only an operator moves it on.
+async fn await_saga(channel: Conn, checkout_id: &str) -> anyhow::Result<Option<String>> {
     let mut workflows = sagaflow_proto::v1::workflow_service_client::WorkflowServiceClient::new(channel);
-    let timeout_ms = u32::try_from(Duration::from_secs(60).as_millis()).unwrap_or(u32::MAX);
-    let done = workflows
-        .await_workflow(AwaitWorkflowRequest { workflow_id: checkout_id.to_owned(), timeout_ms })
-        .await
-        .map_err(status_error)?
-        .into_inner();
-    anyhow::ensure!(done.terminal, "checkout {checkout_id} is still running after 60 s");
-    Ok(())
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let done = workflows
+            .await_workflow(AwaitWorkflowRequest { workflow_id: checkout_id.to_owned(), timeout_ms: 1_000 })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        let summary = done.summary.unwrap_or_default();
+        if done.terminal {
+            return Ok(None);
+        }
+        if !summary.stuck_reason.is_empty() {
+            return Ok(Some(format!("{}: {}", summary.stuck_reason, summary.stuck_message)));
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "checkout {checkout_id} is still running after 60 s");
+    }
 }
 
 async fn print_checkout(

@@ -68,11 +68,14 @@ impl JobReport {
         let n = |v: Option<Value>| v.map_or_else(|| "0".into(), |v| v.to_string());
         match self.job.as_str() {
             jobs::CHECK_INVARIANTS => format!(
-                "check-invariants: {} violations ({} captures and {} orders compared, {} within the grace period)",
+                "check-invariants: {} violations ({} captures, {} orders and {} held reservations compared with the \
+                 checkouts, {} within the grace period)",
                 self.violations.len(),
                 n(count("orders", "checked_captures")),
                 n(count("orders", "checked_orders")),
-                n(count("orders", "pending")),
+                n(count("checkouts", "checked_reservations")),
+                count("orders", "pending").and_then(|v| v.as_u64()).unwrap_or(0)
+                    + count("checkouts", "pending").and_then(|v| v.as_u64()).unwrap_or(0),
             ),
             jobs::RECONCILE_PAYMENTS_VS_ORDERS => format!(
                 "reconcile-payments-vs-orders: repaired {} refund records, {} mismatches left for an operator ({} within the grace period)",
@@ -179,9 +182,12 @@ pub async fn run_job(server: &str, name: &str, input: &JobInput, timeout: Durati
             violations.extend(found.iter().cloned());
         }
     }
-    if let Some(captures) = steps.get_mut("captures") {
-        let count = captures.get("captures").and_then(Value::as_array).map_or(0, Vec::len);
-        *captures = json!({ "captures": count });
+    // The snapshots are inputs of later steps, summarised as their sizes.
+    for (step, list) in [("captures", "captures"), ("reservations", "held")] {
+        if let Some(snapshot) = steps.get_mut(step) {
+            let count = snapshot.get(list).and_then(Value::as_array).map_or(0, Vec::len);
+            *snapshot = json!({ list: count });
+        }
     }
     Ok(JobReport { job: name.to_owned(), workflow_id, steps, violations })
 }
@@ -199,12 +205,17 @@ pub async fn run(command: JobsCommand, server: &str, output: Output) -> anyhow::
     };
     let input = JobInput { grace_ms: Some(u64::try_from(grace.as_millis()).unwrap_or(u64::MAX)) };
     let report = run_job(server, &name, &input, timeout).await?;
+    print_report(&report, output)
+}
+
+/// Prints a run; a violation is a failure (non-zero exit).
+pub fn print_report(report: &JobReport, output: Output) -> anyhow::Result<()> {
     match output {
         Output::Json => println!("{}", report.to_json()),
         Output::Text => println!("{}", report.text()),
     }
     if !report.violations.is_empty() {
-        bail!("{name} found {} violations", report.violations.len());
+        bail!("{} found {} violations", report.job, report.violations.len());
     }
     Ok(())
 }

@@ -113,7 +113,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Server(args) => server::run(*args, &cli.logging).await,
         Command::Dev(args) => dev::run(args, &cli.logging).await,
-        Command::Shop(args) => shop::run(args, cli.output).await,
+        Command::Shop(args) => shop::run(args, &cli.server, cli.output).await,
         Command::Worker(args) => worker::run(args, &cli.server, &cli.logging).await,
         Command::Admin(command) => server::admin(command, cli.output).await,
         Command::Bench(args) => bench::run(args).await,

@@ -267,6 +267,11 @@ pub fn event_line(event: &HistoryEvent) -> String {
             format!("{} after attempt {} of {}", e.alert, e.attempt, e.step)
         }
         Attributes::CompletionIgnored(c) => format!("{} {} ({}) from {}", c.task_id, c.reason, c.outcome, c.worker_id),
+        Attributes::CancelRefused(c) => format!("{} ({})", c.message, c.reason),
+        Attributes::ActivityResolved(r) => {
+            let what = if r.compensation { format!("undo {}", r.step) } else { r.step.clone() };
+            format!("{what} {} by {}: {}", r.outcome, r.identity, r.reason)
+        }
     };
     format!("#{:<4} {}  {:<20} {}", event.seq, time_of_day(event.time_ms), attributes.event_name(), detail.trim())
 }

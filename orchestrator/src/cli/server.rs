@@ -92,13 +92,29 @@ pub struct ServerArgs {
     /// How long a capture may wait for its order before the scheduled jobs call it a mismatch.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub jobs_grace: Duration,
+    /// Multiply the duration of every saga definition (timeouts, retry intervals, sleeps) by this
+    /// factor. For tests and the chaos matrix, which run the shipped sagas at 0.05; a workflow must
+    /// resume on a server with the same factor.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_time_scale)]
+    pub time_scale: f64,
     /// Fault injection for tests: abort after N events were published and before their outbox records are deleted.
     #[arg(long, hide = true)]
     pub relay_crash_after_published: Option<u64>,
 }
 
-pub fn registry_with(files: &[PathBuf]) -> anyhow::Result<Registry> {
-    let mut registry = default_registry();
+fn parse_time_scale(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(factor) if factor > 0.0 && factor <= 1.0 => Ok(factor),
+        _ => Err(format!("{text:?} is not a factor in (0, 1]")),
+    }
+}
+
+/// The stock sagas, then those of `files`, each scaled by `time_scale`.
+pub fn registry_with(files: &[PathBuf], time_scale: f64) -> anyhow::Result<Registry> {
+    let mut registry = Registry::new();
+    for definition in default_registry().all() {
+        registry.register(definition.scaled(time_scale))?;
+    }
     for file in files {
         let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
         let value: serde_json::Value =
@@ -110,7 +126,7 @@ pub fn registry_with(files: &[PathBuf]) -> anyhow::Result<Registry> {
         for item in items {
             let definition =
                 SagaDefinition::from_json(&item.to_string()).with_context(|| format!("in {}", file.display()))?;
-            registry.register(definition).with_context(|| format!("in {}", file.display()))?;
+            registry.register(definition.scaled(time_scale)).with_context(|| format!("in {}", file.display()))?;
         }
     }
     Ok(registry)
@@ -118,7 +134,7 @@ pub fn registry_with(files: &[PathBuf]) -> anyhow::Result<Registry> {
 
 pub async fn run(args: ServerArgs, logging: &Logging) -> anyhow::Result<()> {
     let _telemetry = logging.init("sagaflow-orchestrator")?;
-    let registry = registry_with(&args.definitions)?;
+    let registry = registry_with(&args.definitions, args.time_scale)?;
     let auth = match &args.auth_file {
         Some(path) => Some(Arc::new(Tokens::load(path)?)),
         None => None,
@@ -193,7 +209,7 @@ pub enum AdminCommand {
 pub async fn admin(command: AdminCommand, output: Output) -> anyhow::Result<()> {
     match command {
         AdminCommand::RebuildIndex { data_dir, definitions } => {
-            let registry = registry_with(&definitions)?;
+            let registry = registry_with(&definitions, 1.0)?;
             let dir = data_dir.join("orchestrator");
             anyhow::ensure!(dir.exists(), "no sagaflow data in {}", data_dir.display());
             let store: Arc<dyn Store> =

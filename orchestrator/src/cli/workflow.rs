@@ -9,7 +9,8 @@ use sagaflow_proto::v1::workflow_service_client::WorkflowServiceClient;
 use sagaflow_proto::v1::{
     AwaitWorkflowRequest, AwaitWorkflowResponse, CancelWorkflowRequest, DescribeWorkflowRequest,
     ExecuteWorkflowRequest, GetWorkflowHistoryRequest, ListWorkflowTypesRequest, ListWorkflowsRequest,
-    SignalWorkflowRequest, StartWorkflowRequest, TerminateWorkflowRequest, WorkflowStatus,
+    ResolveActivityRequest, ResolvedOutcome, SignalWorkflowRequest, StartWorkflowRequest, TerminateWorkflowRequest,
+    WorkflowStatus,
 };
 
 use super::Output;
@@ -95,8 +96,35 @@ pub enum WorkflowCommand {
         #[arg(long)]
         input: Option<String>,
     },
+    /// Record what a step's attempts did when no worker can tell (a pivot
+    /// flagged PIVOT_OUTCOME_UNKNOWN, say): an audited decision, kept in the
+    /// history, that the saga then acts on. Operators only.
+    Resolve {
+        workflow_id: String,
+        /// The step, as the definition names it (`capture`).
+        #[arg(long)]
+        step: String,
+        /// `succeeded`: the effect took place (the saga moves on); `failed`:
+        /// nothing was taken (before or at the pivot, the saga compensates).
+        #[arg(long, value_parser = parse_outcome)]
+        outcome: ResolvedOutcome,
+        /// Why, with the evidence (a gateway reference, a ticket); required.
+        #[arg(long)]
+        reason: String,
+        /// The step's result for `succeeded`, a JSON document (default {}).
+        #[arg(long)]
+        result: Option<String>,
+    },
     /// List the registered workflow types and their versions.
     Types,
+}
+
+fn parse_outcome(text: &str) -> Result<ResolvedOutcome, String> {
+    match text {
+        "succeeded" => Ok(ResolvedOutcome::Succeeded),
+        "failed" => Ok(ResolvedOutcome::Failed),
+        _ => Err(format!("unknown outcome {text:?}; one of succeeded, failed")),
+    }
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -240,7 +268,54 @@ pub async fn run(command: WorkflowCommand, server: &str, output: Output) -> anyh
                 })
                 .await
                 .map_err(status_error)?;
-            println!("cancel requested for {workflow_id}: its completed steps are being compensated");
+            let summary = client
+                .describe_workflow(DescribeWorkflowRequest { workflow_id: workflow_id.clone() })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .summary
+                .unwrap_or_default();
+            if summary.status == WorkflowStatus::Running as i32 {
+                // A cancel waits for an attempt in flight, and for a pivot
+                // whose outcome is unknown (ADR 0006).
+                println!(
+                    "cancel requested for {workflow_id}: it waits for step {} to answer; if that is the pivot and it \
+                     succeeds, the cancel is refused (CancelRefused in the history), otherwise the completed steps are \
+                     compensated",
+                    summary.current_step
+                );
+            } else {
+                println!("cancel requested for {workflow_id}: its completed steps are being compensated");
+            }
+        }
+        WorkflowCommand::Resolve { workflow_id, step, outcome, reason, result } => {
+            let result = result.unwrap_or_default();
+            if !result.is_empty() {
+                serde_json::from_str::<serde_json::Value>(&result).context("--result is not valid JSON")?;
+            }
+            let response = client
+                .resolve_activity(ResolveActivityRequest {
+                    workflow_id: workflow_id.clone(),
+                    step: step.clone(),
+                    outcome: outcome as i32,
+                    reason,
+                    result: result.into_bytes(),
+                    identity: identity(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let what = if response.compensation { format!("the compensation of {step}") } else { step };
+            let outcome = if outcome == ResolvedOutcome::Succeeded { "succeeded" } else { "failed" };
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({"workflow_id": workflow_id, "seq": response.seq, "compensation": response.compensation, "outcome": outcome})
+                ),
+                Output::Text => {
+                    println!("{what} of {workflow_id} resolved as {outcome}: recorded as event #{}", response.seq)
+                }
+            }
         }
         WorkflowCommand::Terminate { workflow_id, reason } => {
             client

@@ -2,10 +2,10 @@
 //! Pure: no clock (the caller passes `now`), no I/O, no randomness.
 
 use sagaflow_proto::v1::{
-    ActivityCompleted, ActivityFailed, ActivityScheduled, ActivityStarted, ActivityTimedOut, CancelRequested,
-    CompensationStarted, CompletionIgnored, HistoryEvent, SignalReceived, StepEscalated, StuckCleared, StuckDetected,
-    TimerFired, TimerStarted, WorkflowCancelled, WorkflowCompensated, WorkflowCompleted, WorkflowFailed,
-    WorkflowTerminated, history_event::Attributes,
+    ActivityCompleted, ActivityFailed, ActivityResolved, ActivityScheduled, ActivityStarted, ActivityTimedOut,
+    CancelRefused, CancelRequested, CompensationStarted, CompletionIgnored, HistoryEvent, SignalReceived,
+    StepEscalated, StuckCleared, StuckDetected, TimerFired, TimerStarted, WorkflowCancelled, WorkflowCompensated,
+    WorkflowCompleted, WorkflowFailed, WorkflowTerminated, history_event::Attributes,
 };
 use sagaflow_workflows::{Action, InputSpec, RetryPolicy, SagaDefinition, Step, StepKind, Timeouts};
 
@@ -44,8 +44,33 @@ pub enum Input {
         reason: StuckReason,
         message: String,
     },
+    /// An operator's decision on what a step's attempts did (see [`Resolution`]).
+    Resolve {
+        step: String,
+        resolution: Resolution,
+        reason: String,
+        identity: String,
+    },
     /// Nothing new: decide again (after recovery, say).
     Wake,
+}
+
+/// What an operator says a step's attempts did, when no worker can tell.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resolution {
+    /// The effect took place; the JSON text is the step's result.
+    Succeeded(String),
+    /// Nothing was taken: the same as a non-retryable failure.
+    Failed,
+}
+
+impl Resolution {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Succeeded(_) => "succeeded",
+            Self::Failed => "failed",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -63,6 +88,14 @@ pub enum TimeoutKind {
 }
 
 impl TimeoutKind {
+    /// Whether the attempt may have run when this deadline passed, so that
+    /// its outcome is unknown (ADR 0006). Only a schedule-to-start deadline
+    /// finds the attempt still in its queue: dispatch applies it to a queued
+    /// task alone, so no worker was ever handed it.
+    pub fn may_have_run(self) -> bool {
+        self != Self::ScheduleToStart
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::ScheduleToStart => "SCHEDULE_TO_START",
@@ -79,15 +112,35 @@ pub enum StuckReason {
     CompensationExhausted,
     NoWorker,
     NonRetryableAfterPivot,
+    /// The pivot's retries are spent and no attempt gave a definite answer:
+    /// it may have taken effect (money captured), so the saga neither
+    /// compensates nor moves on until a definite answer or an operator's
+    /// decision.
+    PivotOutcomeUnknown,
+    /// The same for a retriable step after the pivot whose budget is spent.
+    StepOutcomeUnknown,
 }
 
 impl StuckReason {
+    /// Every reason, for the stuck gauge: a reason with no workflow reads 0,
+    /// not absent, so that an alert on it can resolve.
+    pub const ALL: [Self; 6] = [
+        Self::NoProgress,
+        Self::CompensationExhausted,
+        Self::NoWorker,
+        Self::NonRetryableAfterPivot,
+        Self::PivotOutcomeUnknown,
+        Self::StepOutcomeUnknown,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::NoProgress => "NO_PROGRESS",
             Self::CompensationExhausted => "COMPENSATION_EXHAUSTED",
             Self::NoWorker => "NO_WORKER",
             Self::NonRetryableAfterPivot => "NON_RETRYABLE_AFTER_PIVOT",
+            Self::PivotOutcomeUnknown => "PIVOT_OUTCOME_UNKNOWN",
+            Self::StepOutcomeUnknown => "STEP_OUTCOME_UNKNOWN",
         }
     }
 }
@@ -99,7 +152,17 @@ pub enum Rejection {
     Terminal(&'static str),
     #[error("the workflow passed its pivot step ({0}); it can no longer be cancelled, only moved forward")]
     PastPivot(String),
+    #[error("the workflow has no step {0:?}")]
+    UnknownStep(String),
+    /// A resolution that does not apply to the step as it is now.
+    #[error("{0}")]
+    NotResolvable(String),
 }
+
+/// Failures a worker reports for an attempt it cut off midway: its own
+/// start-to-close timer fired, or the handler panicked. Either may come after
+/// the effect, so they leave the outcome unknown, as a timeout here does.
+const CUT_OFF: &[&str] = &[sagaflow_worker::ActivityError::TIMEOUT, sagaflow_worker::ActivityError::PANIC];
 
 /// A runaway decision loop would be a bug; this bounds it.
 const MAX_ROUNDS: usize = 64;
@@ -216,8 +279,84 @@ pub fn handle(
                 vec![Attributes::StuckDetected(StuckDetected { reason: reason.as_str().into(), message })]
             })
         }
+        Input::Resolve { step, resolution, reason, identity } => {
+            handle_resolution(state, definition, step, resolution, reason, identity)
+        }
         Input::Wake => Ok(Vec::new()),
     }
+}
+
+/// Checks an operator's resolution against the step as it is now. A step is
+/// resolvable once it was attempted and while no attempt of it runs: an
+/// attempt in flight may still answer for itself. Forward, a step may be
+/// resolved succeeded (any kind) or failed (before or at the pivot: a step
+/// after it cannot fail, only be retried). While compensating, a planned
+/// compensation may be resolved succeeded (undone by hand); never failed,
+/// since a compensation is never given up.
+fn handle_resolution(
+    state: &WorkflowState,
+    definition: &SagaDefinition,
+    step_name: String,
+    resolution: Resolution,
+    reason: String,
+    identity: String,
+) -> Result<Vec<Attributes>, Rejection> {
+    if state.is_terminal() {
+        return Err(Rejection::Terminal(status_name(state)));
+    }
+    let not = |why: String| Err(Rejection::NotResolvable(why));
+    let index = definition.step_index(&step_name).ok_or_else(|| Rejection::UnknownStep(step_name.clone()))?;
+    let (Some(step), Some(progress)) = (definition.steps.get(index), state.steps.get(index)) else {
+        return Err(Rejection::UnknownStep(step_name));
+    };
+    let compensation = state.compensation_plan.is_some();
+    if compensation {
+        if !state.compensation_plan.iter().flatten().any(|&i| i == index) {
+            return not(format!("step {step_name} is not among the compensations being run"));
+        }
+        if progress.status == StepStatus::Compensated {
+            return not(format!("step {step_name} is already compensated"));
+        }
+        if resolution == Resolution::Failed {
+            return not(format!(
+                "a compensation is never given up: fix its cause and signal {}, or resolve it succeeded once it is undone by hand",
+                super::state::RETRY_SIGNAL
+            ));
+        }
+    } else {
+        if progress.status == StepStatus::Completed {
+            return not(format!("step {step_name} has already completed"));
+        }
+        if progress.forward.attempt == 0 || !matches!(step.action, Action::Activity { .. }) {
+            return not(format!("step {step_name} has not run an activity; there is nothing to resolve"));
+        }
+        if resolution == Resolution::Failed && step.kind == StepKind::Retriable {
+            return not(format!(
+                "step {step_name} comes after the pivot and cannot fail; signal {} to try it again",
+                super::state::RETRY_SIGNAL
+            ));
+        }
+    }
+    if let Some(task) =
+        state.tasks.values().find(|t| t.step_index == index && t.compensation == compensation && !t.side)
+    {
+        return not(format!(
+            "attempt {} of step {step_name} is running; wait for its answer or its timeout",
+            task.attempt
+        ));
+    }
+    let result = match &resolution {
+        Resolution::Succeeded(result) => result.clone(),
+        Resolution::Failed => String::new(),
+    };
+    Ok(vec![Attributes::ActivityResolved(ActivityResolved {
+        step: step_name,
+        compensation,
+        outcome: resolution.as_str().into(),
+        result,
+        reason,
+        identity,
+    })])
 }
 
 fn handle_outcome(
@@ -253,6 +392,11 @@ fn handle_outcome(
     match outcome {
         Outcome::Completed(result) => events.push(Attributes::ActivityCompleted(ActivityCompleted { task_id, result })),
         Outcome::Failed { error_type, message, retryable } => {
+            let outcome_unknown = CUT_OFF.contains(&error_type.as_str());
+            let definite = !outcome_unknown
+                && (!retryable
+                    || policy_of(definition, task.step_index, task.compensation)
+                        .is_some_and(|p| p.is_non_retryable(&error_type)));
             let next = if task.side {
                 0
             } else {
@@ -273,6 +417,8 @@ fn handle_outcome(
                 message,
                 retryable: next > 0,
                 next_attempt_ms: next,
+                definite,
+                outcome_unknown,
             }));
             if !task.side {
                 events.extend(escalation(state, definition, task.step_index, task.compensation, task.attempt));
@@ -287,6 +433,10 @@ fn policies(step: &Step, compensation: bool) -> (&RetryPolicy, &Timeouts) {
         (Some(c), true) => (&c.retry, &c.timeouts),
         _ => (&step.retry, &step.timeouts),
     }
+}
+
+fn policy_of(definition: &SagaDefinition, step_index: usize, compensation: bool) -> Option<&RetryPolicy> {
+    definition.steps.get(step_index).map(|step| policies(step, compensation).0)
 }
 
 /// When the next attempt is due, or 0 when the step has failed for good.
@@ -386,15 +536,31 @@ pub fn decide(state: &WorkflowState, definition: &SagaDefinition, now: i64) -> V
     if let Some(plan) = &state.compensation_plan {
         return decide_compensation(state, definition, plan);
     }
-    if let Some(reason) = &state.cancel_requested
-        && !state.pivot_passed
-    {
+    if let Some(reason) = &state.cancel_requested {
+        if state.pivot_passed {
+            // The cancel waited for the pivot, and the pivot succeeded: the
+            // money is taken, so the saga goes on, and says why.
+            let step = definition.pivot_index().and_then(|i| definition.steps.get(i)).map(|s| s.name.clone());
+            let step = step.unwrap_or_default();
+            return vec![Attributes::CancelRefused(CancelRefused {
+                reason: reason.clone(),
+                message: format!(
+                    "the pivot step {step} succeeded while the cancel waited for it; the saga can only move forward"
+                ),
+                step,
+            })];
+        }
         // Let an attempt in flight finish first, so that its effect, if any,
         // is known and compensated rather than racing the compensation.
         if state.tasks.values().any(|t| !t.compensation && !t.side) {
             return Vec::new();
         }
-        return start_compensation(state, definition, format!("cancelled: {reason}"), None);
+        // A pivot whose outcome is unknown may have taken effect, and nothing
+        // undoes it: the cancel waits for a definite answer, which its
+        // retries (below) or an operator's resolution will give.
+        if !pivot_outcome_unknown(state, definition) {
+            return start_compensation(state, definition, format!("cancelled: {reason}"), None);
+        }
     }
     let Some(index) = state.cursor() else {
         return vec![Attributes::WorkflowCompleted(WorkflowCompleted { result: state.context.steps().to_string() })];
@@ -402,7 +568,34 @@ pub fn decide(state: &WorkflowState, definition: &SagaDefinition, now: i64) -> V
     let step = &definition.steps[index];
     let progress = &state.steps[index];
     if let Some(failure) = &progress.forward.blocked {
+        let unknown = progress.forward.unknown;
         return match step.kind {
+            StepKind::Pivot if unknown => stuck_once(
+                state,
+                super::StuckReason::PivotOutcomeUnknown,
+                format!(
+                    "pivot step {} may have taken effect: its {} attempts gave no definite answer ({failure}); \
+                     it is neither compensated nor moved past. Once the cause is fixed, signal {} to try it again \
+                     with the same key, or record what happened with `sagaflow workflow resolve {} --step {} \
+                     --outcome succeeded|failed --reason ...`",
+                    step.name,
+                    progress.forward.attempt,
+                    super::state::RETRY_SIGNAL,
+                    state.workflow_id,
+                    step.name
+                ),
+            ),
+            StepKind::Retriable if unknown => stuck_once(
+                state,
+                super::StuckReason::StepOutcomeUnknown,
+                format!(
+                    "step {} after the pivot gave no definite answer in {} attempts ({failure}); fix the cause, \
+                     then signal {}",
+                    step.name,
+                    progress.forward.attempt,
+                    super::state::RETRY_SIGNAL
+                ),
+            ),
             StepKind::Retriable => stuck_once(
                 state,
                 super::StuckReason::NonRetryableAfterPivot,
@@ -444,6 +637,15 @@ pub fn decide(state: &WorkflowState, definition: &SagaDefinition, now: i64) -> V
     }
 }
 
+/// Whether the pivot ran and none of its answers so far is definite: it may
+/// have taken effect.
+fn pivot_outcome_unknown(state: &WorkflowState, definition: &SagaDefinition) -> bool {
+    definition
+        .pivot_index()
+        .and_then(|i| state.steps.get(i))
+        .is_some_and(|s| s.status != StepStatus::Completed && s.forward.unknown)
+}
+
 fn stuck_once(state: &WorkflowState, reason: super::StuckReason, message: String) -> Vec<Attributes> {
     if state.stuck.as_ref().is_some_and(|(r, _, _)| r == reason.as_str()) {
         return Vec::new();
@@ -464,11 +666,14 @@ fn decide_compensation(state: &WorkflowState, definition: &SagaDefinition, plan:
     };
     let track: &Track = &state.steps[index].undo;
     if let Some(failure) = &track.blocked {
+        // Out of attempts, and never assumed done, even when the last ones
+        // timed out and may have worked: a retry with the same key tells.
+        let unknown = if track.unknown { " (the outcome of its last attempts is unknown)" } else { "" };
         return stuck_once(
             state,
             super::StuckReason::CompensationExhausted,
             format!(
-                "compensation of step {} gave up after {} attempts: {failure}; fix the cause, then signal {}",
+                "compensation of step {} gave up after {} attempts{unknown}: {failure}; fix the cause, then signal {}",
                 step.name,
                 track.attempt,
                 super::state::RETRY_SIGNAL

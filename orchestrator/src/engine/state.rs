@@ -45,6 +45,11 @@ pub struct Track {
     /// Failed for good (non-retryable, or out of attempts): the reason.
     pub blocked: Option<String>,
     pub last_failure: String,
+    /// An attempt timed out after a worker may have run it (or its worker
+    /// was lost), and no definite answer (a success, a non-retryable
+    /// failure, an operator's resolution) came since: the step may have
+    /// taken effect. A retryable failure of a later attempt leaves it set.
+    pub unknown: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -235,7 +240,9 @@ impl WorkflowState {
                     }
                 }
                 if let Some(track) = self.track_mut(index, s.compensation) {
-                    if track.attempt == 0 {
+                    // The first attempt of a budget (the first ever, or the
+                    // first after an operator's retry) starts its clock.
+                    if track.attempt == track.budget_base {
                         track.first_scheduled_ms = event.time_ms;
                     }
                     track.attempt = s.attempt;
@@ -264,15 +271,18 @@ impl WorkflowState {
                 if let Some(task) = self.tasks.remove(&c.task_id)
                     && !task.side
                 {
-                    let name = definition.steps.get(task.step_index).map(|s| s.name.clone()).unwrap_or_default();
-                    if let Some(step) = self.steps.get_mut(task.step_index) {
-                        if task.compensation {
-                            step.status = StepStatus::Compensated;
-                        } else {
-                            step.status = StepStatus::Completed;
-                            let result = serde_json::from_str(&c.result).unwrap_or(Value::Null);
-                            self.context.set_step_result(&name, result);
-                        }
+                    self.settle(definition, task.step_index, task.compensation, &c.result);
+                    self.progress(event.seq, event.time_ms);
+                }
+            }
+            Attributes::ActivityResolved(r) => {
+                if let Some(index) = definition.step_index(&r.step) {
+                    if r.outcome == "succeeded" {
+                        self.settle(definition, index, r.compensation, &r.result);
+                    } else if let Some(track) = self.track_mut(index, r.compensation) {
+                        track.blocked = Some(format!("resolved as failed by {}: {}", r.identity, r.reason));
+                        track.retry_at = None;
+                        track.unknown = false;
                     }
                     self.progress(event.seq, event.time_ms);
                 }
@@ -283,10 +293,13 @@ impl WorkflowState {
                 } else {
                     format!("{}: {}", f.error_type, f.message)
                 };
-                self.resolve_failure(&f.task_id, f.next_attempt_ms, failure);
+                let known = if f.outcome_unknown { Known::Unknown } else { Known::from_failure(f.definite) };
+                self.resolve_failure(&f.task_id, f.next_attempt_ms, failure, known);
             }
             Attributes::ActivityTimedOut(t) => {
-                self.resolve_failure(&t.task_id, t.next_attempt_ms, format!("timed out ({})", t.timeout_type));
+                // Only a schedule-to-start deadline finds the attempt unstarted.
+                let known = if t.timeout_type == "SCHEDULE_TO_START" { Known::Unchanged } else { Known::Unknown };
+                self.resolve_failure(&t.task_id, t.next_attempt_ms, format!("timed out ({})", t.timeout_type), known);
             }
             Attributes::TimerStarted(t) => {
                 self.timers.insert(t.timer_id.clone(), t.fire_at_ms);
@@ -319,6 +332,9 @@ impl WorkflowState {
                     for step in &mut self.steps {
                         for track in [&mut step.forward, &mut step.undo] {
                             if track.blocked.take().is_some() {
+                                // A fresh budget: as many attempts, and as
+                                // much time, as the policy gives. Whether the
+                                // outcome is unknown stays as it was.
                                 track.budget_base = track.attempt;
                             }
                         }
@@ -333,6 +349,9 @@ impl WorkflowState {
             }
             Attributes::CancelRequested(c) => {
                 self.cancel_requested = Some(c.reason.clone());
+            }
+            Attributes::CancelRefused(_) => {
+                self.cancel_requested = None;
             }
             Attributes::CompensationStarted(c) => {
                 self.status = WorkflowStatus::Compensating;
@@ -375,7 +394,24 @@ impl WorkflowState {
         }
     }
 
-    fn resolve_failure(&mut self, task_id: &str, next_attempt_ms: i64, failure: String) {
+    /// A step's direction took effect: its attempts are settled.
+    fn settle(&mut self, definition: &SagaDefinition, index: usize, compensation: bool, result: &str) {
+        let name = definition.steps.get(index).map(|s| s.name.clone()).unwrap_or_default();
+        let Some(step) = self.steps.get_mut(index) else { return };
+        let track = if compensation { &mut step.undo } else { &mut step.forward };
+        track.unknown = false;
+        track.blocked = None;
+        track.retry_at = None;
+        if compensation {
+            step.status = StepStatus::Compensated;
+        } else {
+            step.status = StepStatus::Completed;
+            let result = serde_json::from_str(result).unwrap_or(Value::Null);
+            self.context.set_step_result(&name, result);
+        }
+    }
+
+    fn resolve_failure(&mut self, task_id: &str, next_attempt_ms: i64, failure: String, known: Known) {
         let Some(task) = self.tasks.remove(task_id) else {
             return;
         };
@@ -383,6 +419,11 @@ impl WorkflowState {
             return;
         }
         if let Some(track) = self.track_mut(task.step_index, task.compensation) {
+            match known {
+                Known::Unknown => track.unknown = true,
+                Known::Definite => track.unknown = false,
+                Known::Unchanged => {}
+            }
             track.last_failure.clone_from(&failure);
             if next_attempt_ms > 0 {
                 track.retry_at = Some(next_attempt_ms);
@@ -433,6 +474,24 @@ impl WorkflowState {
                 track.retry_at.map(|at| (retry_timer_id(index, comp, track.attempt + 1), at))
             })
         })
+    }
+}
+
+/// What a failed attempt tells about the step's effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Known {
+    /// It may have run: the step's outcome is unknown from here.
+    Unknown,
+    /// A non-retryable answer: nothing was taken, whatever earlier attempts did.
+    Definite,
+    /// A retryable failure, or an attempt that never started: it changes
+    /// nothing about what earlier attempts may have done.
+    Unchanged,
+}
+
+impl Known {
+    fn from_failure(definite: bool) -> Self {
+        if definite { Self::Definite } else { Self::Unchanged }
     }
 }
 

@@ -639,11 +639,21 @@ fn cancel_racing_the_pivot_loses_once_the_pivot_succeeds() {
     h.complete("0.f.1", json!({}));
     h.cancel().unwrap();
     assert_eq!(h.pending(), ["1.f.1"]);
-    h.complete("1.f.1", json!({}));
+    let events = h.complete("1.f.1", json!({}));
+    // The refusal is recorded, with the cancel's reason and why.
+    assert_eq!(names(&events), ["ActivityStarted", "ActivityCompleted", "CancelRefused", "ActivityScheduled"]);
+    let refused = cancel_refused(&events);
+    assert_eq!(refused.reason, "customer changed their mind");
+    assert_eq!(refused.step, "charge");
+    assert!(refused.message.contains("succeeded"), "{}", refused.message);
+    assert!(h.state.cancel_requested.is_none());
     assert_eq!(count(&h.history, "CompensationStarted"), 0);
     assert_eq!(h.pending(), ["2.f.1"]);
+    // A later cancel is refused at once, as after any pivot.
+    assert_eq!(h.cancel(), Err(Rejection::PastPivot("charge".into())));
     h.complete("2.f.1", json!({}));
     assert_eq!(h.status(), WorkflowStatus::Completed);
+    assert_eq!(count(&h.history, "CancelRefused"), 1);
 }
 
 #[test]
@@ -733,14 +743,27 @@ fn late_and_duplicate_completions_are_recorded_and_change_nothing() {
 
 #[test]
 fn schedule_to_close_timeout_is_final() {
-    let mut h = Harness::start(trip());
+    // Before the pivot, the step's budget is spent and compensation covers
+    // whatever the attempt did (the step itself is undone too).
+    let mut h = Harness::start(three_compensable());
     h.complete("0.f.1", json!({}));
     let events = h.time_out("1.f.1", TimeoutKind::ScheduleToClose);
     let Some(Attributes::ActivityTimedOut(t)) = &events[0].attributes else {
         panic!("expected ActivityTimedOut");
     };
     assert_eq!(t.next_attempt_ms, 0);
-    assert_eq!(count(&events, "CompensationStarted"), 1);
+    let Some(Attributes::CompensationStarted(c)) = &events[1].attributes else {
+        panic!("expected CompensationStarted, got {:?}", names(&events));
+    };
+    assert_eq!(c.steps, ["b", "a"]);
+
+    // At the pivot, the budget is spent too, but nothing undoes a capture:
+    // the saga stops and says so.
+    let mut h = Harness::start(trip());
+    h.complete("0.f.1", json!({}));
+    let events = h.time_out("1.f.1", TimeoutKind::ScheduleToClose);
+    assert_eq!(names(&events), ["ActivityTimedOut", "StuckDetected"]);
+    assert_eq!(stuck_reasons(&events), ["PIVOT_OUTCOME_UNKNOWN"]);
 }
 
 #[test]
@@ -892,6 +915,373 @@ fn stuck_reports_are_deduplicated_and_cleared_by_progress() {
 }
 
 // ---------------------------------------------------------------------------
+// Unknown outcomes (ADR 0006): an attempt that timed out after a worker may
+// have run it has an unknown outcome. Unknown is not failed.
+
+fn cancel_refused(events: &[HistoryEvent]) -> sagaflow_proto::v1::CancelRefused {
+    attrs(events)
+        .find_map(|a| match a {
+            Attributes::CancelRefused(c) => Some(c.clone()),
+            _ => None,
+        })
+        .expect("a CancelRefused event")
+}
+
+/// hotel (compensable), charge (pivot, `attempts` attempts), email (retriable).
+fn trip_with_pivot_attempts(attempts: u32) -> SagaDefinition {
+    let mut definition = trip();
+    definition.steps[1].retry = policy(100, attempts);
+    definition
+}
+
+/// Fires the retry timer that is due next, moving the clock to it.
+fn fire_next_retry(h: &mut Harness) -> Vec<HistoryEvent> {
+    let (timer, at) = h.retry_timers().pop().expect("a retry timer");
+    h.now = h.now.max(at);
+    h.fire(&timer)
+}
+
+fn resolve(h: &mut Harness, step: &str, resolution: super::Resolution) -> Result<Vec<HistoryEvent>, Rejection> {
+    h.try_run(Input::Resolve {
+        step: step.into(),
+        resolution,
+        reason: "the gateway's dashboard says so".into(),
+        identity: "ops-alice".into(),
+    })
+}
+
+#[test]
+fn a_pivot_that_times_out_is_retried_with_its_key_then_stuck_never_compensated() {
+    let mut h = Harness::start(trip_with_pivot_attempts(3));
+    h.complete("0.f.1", json!({}));
+    // Attempts 1 and 2 time out (a hung gateway, a lost worker): retried.
+    for (attempt, kind) in [(1, TimeoutKind::StartToClose), (2, TimeoutKind::Heartbeat)] {
+        let events = h.time_out(&format!("1.f.{attempt}"), kind);
+        assert_eq!(names(&events), ["ActivityTimedOut"]);
+        assert!(h.state.steps[1].forward.unknown);
+        fire_next_retry(&mut h);
+    }
+    // The third and last times out too: the outcome is still unknown.
+    let events = h.time_out("1.f.3", TimeoutKind::StartToClose);
+    assert_eq!(names(&events), ["ActivityTimedOut", "StuckDetected"]);
+    assert_eq!(stuck_reasons(&events), ["PIVOT_OUTCOME_UNKNOWN"]);
+    let message = &h.state.stuck.as_ref().unwrap().1;
+    assert!(message.contains("sagaflow.retry") && message.contains("workflow resolve"), "{message}");
+    assert_eq!(h.status(), WorkflowStatus::Running, "it stays open");
+    assert!(h.pending().is_empty() && h.retry_timers().is_empty());
+    assert!(h.run(Input::Wake).is_empty(), "nothing happens on its own");
+    assert_eq!(count(&h.history, "CompensationStarted"), 0);
+    // Every attempt carried the one key the gateway deduplicates on.
+    let keys: BTreeSet<String> =
+        scheduled(&h.history).into_iter().filter(|(id, _)| id.starts_with("1.f.")).map(|(_, k)| k).collect();
+    assert_eq!(keys.len(), 1);
+
+    // The gateway is back; the operator asks for another try, with the same key.
+    let events = h.signal(RETRY_SIGNAL, json!({}));
+    assert_eq!(names(&events), ["SignalReceived", "StuckCleared", "ActivityScheduled"]);
+    assert_eq!(scheduled(&events), [("1.f.4".to_string(), format!("{WORKFLOW_ID}/charge"))]);
+    // It answers with the capture it took long ago: the saga moves on.
+    h.complete("1.f.4", json!({"captured": 2499}));
+    assert!(h.state.pivot_passed);
+    assert!(!h.state.steps[1].forward.unknown);
+    h.complete("2.f.1", json!({}));
+    assert_eq!(h.status(), WorkflowStatus::Completed);
+}
+
+#[test]
+fn every_timeout_kind_after_the_start_leaves_the_outcome_unknown() {
+    // A single-attempt pivot (the bench saga's): one timeout spends it.
+    for (kind, started) in [
+        (TimeoutKind::StartToClose, true),
+        (TimeoutKind::Heartbeat, true),
+        (TimeoutKind::ScheduleToClose, true),
+        // Dispatch applies a schedule-to-start deadline to a queued task
+        // alone: no worker had it, so nothing was taken.
+        (TimeoutKind::ScheduleToStart, false),
+    ] {
+        let mut h = Harness::start(trip_with_pivot_attempts(1));
+        h.complete("0.f.1", json!({}));
+        let events = h.time_out("1.f.1", kind);
+        assert_eq!(h.state.steps[1].forward.unknown, started, "{kind:?}");
+        if started {
+            assert_eq!(stuck_reasons(&events), ["PIVOT_OUTCOME_UNKNOWN"], "{kind:?}");
+            assert_eq!(count(&events, "CompensationStarted"), 0, "{kind:?}");
+        } else {
+            assert_eq!(count(&events, "CompensationStarted"), 1, "{kind:?}");
+        }
+    }
+}
+
+#[test]
+fn only_a_definite_answer_settles_an_unknown_pivot() {
+    // (the answer to attempt 2, after attempt 1 timed out) -> what follows
+    let cases: [(Outcome, &str); 4] = [
+        // A retryable error says nothing about what attempt 1 did.
+        (Outcome::Failed { error_type: "Unavailable".into(), message: "503".into(), retryable: true }, "stuck"),
+        // A non-retryable error says nothing was taken.
+        (Outcome::Failed { error_type: "Declined".into(), message: "no".into(), retryable: false }, "compensate"),
+        // So does an error type the policy calls non-retryable.
+        (Outcome::Failed { error_type: "Fatal".into(), message: "no".into(), retryable: true }, "compensate"),
+        (Outcome::Completed("{}".into()), "forward"),
+    ];
+    for (answer, expected) in cases {
+        let mut definition = trip_with_pivot_attempts(2);
+        definition.steps[1].retry.non_retryable_error_types = vec!["Fatal".into()];
+        let mut h = Harness::start(definition);
+        h.complete("0.f.1", json!({}));
+        h.time_out("1.f.1", TimeoutKind::StartToClose);
+        fire_next_retry(&mut h);
+        let events = h.outcome("1.f.2", answer.clone());
+        let got = if count(&events, "CompensationStarted") == 1 {
+            "compensate"
+        } else if stuck_reasons(&events) == ["PIVOT_OUTCOME_UNKNOWN"] {
+            "stuck"
+        } else if h.state.pivot_passed {
+            "forward"
+        } else {
+            "other"
+        };
+        assert_eq!(got, expected, "{answer:?}: {:?}", names(&events));
+    }
+}
+
+#[test]
+fn a_worker_that_cuts_an_attempt_off_leaves_its_outcome_unknown() {
+    // The worker's own start-to-close timer, or a panic, may strike after
+    // the effect: the same as a timeout here.
+    for error_type in [sagaflow_worker::ActivityError::TIMEOUT, sagaflow_worker::ActivityError::PANIC] {
+        let mut h = Harness::start(trip_with_pivot_attempts(1));
+        h.complete("0.f.1", json!({}));
+        let events = h.outcome(
+            "1.f.1",
+            Outcome::Failed { error_type: error_type.into(), message: "cut off".into(), retryable: true },
+        );
+        assert!(h.state.steps[1].forward.unknown, "{error_type}");
+        assert_eq!(stuck_reasons(&events), ["PIVOT_OUTCOME_UNKNOWN"], "{error_type}");
+    }
+}
+
+#[test]
+fn definite_failures_alone_still_compensate_the_pivot() {
+    // No attempt timed out: each answer said the capture failed.
+    let mut h = Harness::start(trip_with_pivot_attempts(2));
+    h.complete("0.f.1", json!({}));
+    h.fail("1.f.1", true);
+    fire_next_retry(&mut h);
+    let events = h.fail("1.f.2", true);
+    assert!(!h.state.steps[1].forward.unknown);
+    assert_eq!(count(&events, "CompensationStarted"), 1);
+}
+
+#[test]
+fn the_retry_signal_gives_an_unknown_pivot_a_fresh_budget_in_attempts_and_time() {
+    let mut definition = trip_with_pivot_attempts(2);
+    definition.steps[1].timeouts.schedule_to_close_ms = 1_000;
+    let mut h = Harness::start(definition);
+    h.complete("0.f.1", json!({}));
+    let first = h.state.steps[1].forward.first_scheduled_ms;
+    h.advance(1_000);
+    let events = h.time_out("1.f.1", TimeoutKind::ScheduleToClose);
+    assert_eq!(stuck_reasons(&events), ["PIVOT_OUTCOME_UNKNOWN"]);
+    h.advance(60_000);
+    h.signal(RETRY_SIGNAL, json!({}));
+    assert_eq!(h.pending(), ["1.f.2"]);
+    let track = &h.state.steps[1].forward;
+    assert_eq!((track.budget_base, track.first_scheduled_ms), (1, h.now));
+    assert!(track.first_scheduled_ms > first);
+    assert!(track.unknown, "a retry asks again; it settles nothing by itself");
+    assert!(h.state.stuck.is_none(), "the flag cleared with the new attempt");
+}
+
+#[test]
+fn an_operator_resolves_an_unknown_pivot_as_succeeded() {
+    let mut h = Harness::start(trip_with_pivot_attempts(1));
+    h.complete("0.f.1", json!({}));
+    h.time_out("1.f.1", TimeoutKind::StartToClose);
+    assert!(h.state.stuck.is_some());
+    let events =
+        resolve(&mut h, "charge", super::Resolution::Succeeded(json!({"captured": 2499}).to_string())).unwrap();
+    assert_eq!(names(&events), ["ActivityResolved", "StuckCleared", "ActivityScheduled"]);
+    let Some(Attributes::ActivityResolved(r)) = &events[0].attributes else { panic!("expected ActivityResolved") };
+    assert_eq!((r.step.as_str(), r.compensation, r.outcome.as_str()), ("charge", false, "succeeded"));
+    assert_eq!((r.identity.as_str(), r.reason.as_str()), ("ops-alice", "the gateway's dashboard says so"));
+    assert!(h.state.pivot_passed);
+    assert_eq!(h.state.context.0["steps"]["charge"], json!({"captured": 2499}));
+    assert_eq!(h.pending(), ["2.f.1"]);
+    // The step is settled: a second decision is refused.
+    assert!(matches!(resolve(&mut h, "charge", super::Resolution::Failed), Err(Rejection::NotResolvable(_))));
+    h.complete("2.f.1", json!({}));
+    assert_eq!(h.status(), WorkflowStatus::Completed);
+}
+
+#[test]
+fn an_operator_resolves_an_unknown_pivot_as_failed_and_it_compensates() {
+    let mut h = Harness::start(trip_with_pivot_attempts(1));
+    h.complete("0.f.1", json!({}));
+    h.time_out("1.f.1", TimeoutKind::StartToClose);
+    let events = resolve(&mut h, "charge", super::Resolution::Failed).unwrap();
+    assert_eq!(names(&events), ["ActivityResolved", "StuckCleared", "CompensationStarted", "ActivityScheduled"]);
+    let Some(Attributes::CompensationStarted(c)) = &events[2].attributes else {
+        panic!("expected CompensationStarted")
+    };
+    assert!(c.reason.contains("resolved as failed by ops-alice"), "{}", c.reason);
+    h.complete("0.c.1", json!({}));
+    assert_eq!(h.status(), WorkflowStatus::Compensated);
+    assert_eq!(resolve(&mut h, "charge", super::Resolution::Failed), Err(Rejection::Terminal("COMPENSATED")));
+}
+
+#[test]
+fn an_operator_may_settle_the_pivot_while_its_retry_waits() {
+    let mut h = Harness::start(trip_with_pivot_attempts(5));
+    h.complete("0.f.1", json!({}));
+    h.time_out("1.f.1", TimeoutKind::StartToClose);
+    assert_eq!(h.retry_timers().len(), 1);
+    resolve(&mut h, "charge", super::Resolution::Succeeded(String::new())).unwrap();
+    assert!(h.retry_timers().is_empty(), "the pending retry is disarmed");
+    assert_eq!(h.state.context.0["steps"]["charge"], Value::Null);
+    assert_eq!(h.pending(), ["2.f.1"]);
+}
+
+#[test]
+fn resolutions_that_do_not_apply_are_refused_and_change_nothing() {
+    use super::Resolution::{Failed, Succeeded};
+    let mut h = Harness::start(trip_with_pivot_attempts(2));
+    assert_eq!(resolve(&mut h, "nope", Failed), Err(Rejection::UnknownStep("nope".into())));
+    // Not attempted yet.
+    assert!(matches!(resolve(&mut h, "charge", Failed), Err(Rejection::NotResolvable(_))));
+    // An attempt in flight answers for itself.
+    let refused = resolve(&mut h, "hotel", Succeeded("{}".into()));
+    assert!(matches!(&refused, Err(Rejection::NotResolvable(m)) if m.contains("running")), "{refused:?}");
+    h.complete("0.f.1", json!({}));
+    // Done already.
+    assert!(matches!(resolve(&mut h, "hotel", Failed), Err(Rejection::NotResolvable(_))));
+    h.complete("1.f.1", json!({}));
+    h.fail("2.f.1", false);
+    assert_eq!(stuck_reasons(&h.history), ["NON_RETRYABLE_AFTER_PIVOT"]);
+    // After the pivot a step cannot fail, only be retried or settled.
+    let refused = resolve(&mut h, "email", Failed);
+    assert!(matches!(&refused, Err(Rejection::NotResolvable(m)) if m.contains("sagaflow.retry")), "{refused:?}");
+    resolve(&mut h, "email", Succeeded("{}".into())).unwrap();
+    assert_eq!(h.status(), WorkflowStatus::Completed);
+}
+
+#[test]
+fn cancel_during_an_unknown_pivot_waits_and_is_refused_when_the_retry_succeeds() {
+    let mut h = Harness::start(trip_with_pivot_attempts(3));
+    h.complete("0.f.1", json!({}));
+    assert_eq!(names(&h.cancel().unwrap()), ["CancelRequested"]);
+    // The attempt in flight times out: its effect is unknown, so the cancel
+    // does not compensate; the pivot is retried instead.
+    let events = h.time_out("1.f.1", TimeoutKind::StartToClose);
+    assert_eq!(names(&events), ["ActivityTimedOut"]);
+    assert_eq!(h.retry_timers().len(), 1);
+    let events = fire_next_retry(&mut h);
+    assert_eq!(names(&events), ["TimerFired", "ActivityScheduled"]);
+    let events = h.complete("1.f.2", json!({}));
+    assert_eq!(count(&events, "CancelRefused"), 1);
+    assert_eq!(count(&h.history, "CompensationStarted"), 0);
+    h.complete("2.f.1", json!({}));
+    assert_eq!(h.status(), WorkflowStatus::Completed);
+}
+
+#[test]
+fn cancel_during_an_unknown_pivot_compensates_once_it_definitely_failed() {
+    let mut h = Harness::start(trip_with_pivot_attempts(3));
+    h.complete("0.f.1", json!({}));
+    h.cancel().unwrap();
+    h.time_out("1.f.1", TimeoutKind::Heartbeat);
+    fire_next_retry(&mut h);
+    // A retryable answer settles nothing: still no compensation.
+    let events = h.fail("1.f.2", true);
+    assert_eq!(names(&events), ["ActivityStarted", "ActivityFailed"]);
+    fire_next_retry(&mut h);
+    let events = h.fail("1.f.3", false);
+    assert_eq!(names(&events), ["ActivityStarted", "ActivityFailed", "CompensationStarted", "ActivityScheduled"]);
+    h.complete("0.c.1", json!({}));
+    assert_eq!(h.status(), WorkflowStatus::Cancelled);
+    assert_eq!(count(&h.history, "CancelRefused"), 0);
+}
+
+#[test]
+fn cancel_with_a_pivot_out_of_retries_waits_for_the_operator() {
+    for (resolution, status) in [
+        (super::Resolution::Failed, WorkflowStatus::Cancelled),
+        (super::Resolution::Succeeded("{}".into()), WorkflowStatus::Completed),
+    ] {
+        let mut h = Harness::start(trip_with_pivot_attempts(1));
+        h.complete("0.f.1", json!({}));
+        h.cancel().unwrap();
+        let events = h.time_out("1.f.1", TimeoutKind::StartToClose);
+        assert_eq!(stuck_reasons(&events), ["PIVOT_OUTCOME_UNKNOWN"]);
+        assert!(h.run(Input::Wake).is_empty());
+        // A second cancel changes nothing either.
+        assert!(h.cancel().unwrap().is_empty());
+        let succeeded = matches!(resolution, super::Resolution::Succeeded(_));
+        resolve(&mut h, "charge", resolution).unwrap();
+        assert_eq!(count(&h.history, "CancelRefused"), usize::from(succeeded));
+        while let Some(task) = h.pending().first().cloned() {
+            h.complete(&task, json!({}));
+        }
+        assert_eq!(h.status(), status);
+    }
+}
+
+#[test]
+fn a_retriable_step_that_keeps_timing_out_is_flagged_unknown_and_retried_with_its_key() {
+    let definition = SagaDefinition::builder("late-ship", 1)
+        .step(Step::activity("pay", "pay.do").pivot())
+        .step(Step::activity("ship", "ship.do").retriable().retry(policy(100, 2)))
+        .build()
+        .unwrap();
+    let mut h = Harness::start(definition);
+    h.complete("0.f.1", json!({}));
+    h.time_out("1.f.1", TimeoutKind::StartToClose);
+    fire_next_retry(&mut h);
+    let events = h.time_out("1.f.2", TimeoutKind::StartToClose);
+    assert_eq!(stuck_reasons(&events), ["STEP_OUTCOME_UNKNOWN"]);
+    assert_eq!(h.status(), WorkflowStatus::Running);
+    let events = h.signal(RETRY_SIGNAL, json!({}));
+    assert_eq!(names(&events), ["SignalReceived", "StuckCleared", "ActivityScheduled"]);
+    let keys: BTreeSet<String> =
+        scheduled(&h.history).into_iter().filter(|(id, _)| id.starts_with("1.")).map(|(_, k)| k).collect();
+    assert_eq!(keys.len(), 1);
+    h.complete("1.f.3", json!({}));
+    assert_eq!(h.status(), WorkflowStatus::Completed);
+}
+
+#[test]
+fn a_compensation_that_times_out_is_retried_and_never_assumed_done() {
+    let definition = SagaDefinition::builder("undo-hangs", 1)
+        .step(Step::activity("a", "a.do").compensate_with("a.undo").compensation_retry(policy(100, 2)))
+        .step(Step::activity("pay", "pay.do").pivot())
+        .build()
+        .unwrap();
+    let mut h = Harness::start(definition);
+    h.complete("0.f.1", json!({}));
+    h.fail("1.f.1", false);
+    let events = h.time_out("0.c.1", TimeoutKind::StartToClose);
+    assert_eq!(names(&events), ["ActivityTimedOut"]);
+    assert!(h.state.steps[0].undo.unknown);
+    let events = fire_next_retry(&mut h);
+    assert_eq!(scheduled(&events), [("0.c.2".to_string(), format!("{WORKFLOW_ID}/a/compensate"))]);
+    let events = h.time_out("0.c.2", TimeoutKind::StartToClose);
+    assert_eq!(stuck_reasons(&events), ["COMPENSATION_EXHAUSTED"]);
+    assert!(h.state.stuck.as_ref().unwrap().1.contains("unknown"));
+    assert_eq!(h.status(), WorkflowStatus::Compensating);
+    assert_eq!(h.state.steps[0].status, StepStatus::Completed, "not assumed undone");
+    // A compensation is never given up, only done again or settled by hand.
+    assert!(matches!(resolve(&mut h, "a", super::Resolution::Failed), Err(Rejection::NotResolvable(_))));
+    assert!(matches!(
+        resolve(&mut h, "pay", super::Resolution::Succeeded("{}".into())),
+        Err(Rejection::NotResolvable(_))
+    ));
+    let events = resolve(&mut h, "a", super::Resolution::Succeeded("{}".into())).unwrap();
+    assert_eq!(names(&events), ["ActivityResolved", "StuckCleared", "WorkflowCompensated"]);
+    let Some(Attributes::ActivityResolved(r)) = &events[0].attributes else { panic!("expected ActivityResolved") };
+    assert!(r.compensation);
+}
+
+// ---------------------------------------------------------------------------
 // Property tests.
 
 #[derive(Debug, Clone)]
@@ -1015,6 +1405,14 @@ fn task_outcome(h: &mut Harness, task_id: &str, kind: u8) -> Vec<HistoryEvent> {
         0..=13 => h.complete(task_id, attempt_result),
         14 | 15 => h.fail(task_id, true),
         16 => h.fail(task_id, false),
+        17 if h.now % 3 == 0 => h.outcome(
+            task_id,
+            Outcome::Failed {
+                error_type: sagaflow_worker::ActivityError::TIMEOUT.into(),
+                message: "the worker cut it off".into(),
+                retryable: true,
+            },
+        ),
         17 => h.outcome(
             task_id,
             Outcome::Failed { error_type: "Fatal".into(), message: "policy says no".into(), retryable: true },
@@ -1042,6 +1440,23 @@ fn drive(h: &mut Harness, m: Move) {
                 Ok(events) => assert!(!was_terminal && !pivot_passed, "{:?}", names(&events)),
                 Err(Rejection::Terminal(_)) => assert!(was_terminal),
                 Err(Rejection::PastPivot(_)) => assert!(pivot_passed),
+                Err(other) => panic!("a cancel refused as {other:?}"),
+            }
+        }
+        4 | 5 => {
+            // An operator's decision on a random step, which may not apply.
+            let step = h.definition.steps[m.pick % h.definition.steps.len()].name.clone();
+            let resolution = if (m.pick / 7).is_multiple_of(2) {
+                super::Resolution::Succeeded(json!({"resolved": true}).to_string())
+            } else {
+                super::Resolution::Failed
+            };
+            let was_terminal = h.state.is_terminal();
+            match resolve(h, &step, resolution) {
+                Ok(events) => assert_eq!(names(&events).first(), Some(&"ActivityResolved")),
+                Err(Rejection::Terminal(_)) => assert!(was_terminal),
+                Err(Rejection::NotResolvable(_)) => {}
+                Err(other) => panic!("unexpected rejection {other:?}"),
             }
         }
         6..=9 => {
@@ -1137,8 +1552,13 @@ fn check_history(definition: &SagaDefinition, history: &[HistoryEvent]) {
     let mut plan: Option<Vec<usize>> = None;
     let mut last_first_compensation: Option<usize> = None;
     let mut pivot_done = false;
+    // An attempt of the pivot timed out after it may have run, and no
+    // definite answer came since.
+    let mut pivot_unknown = false;
+    let mut cancel_pending = false;
     let mut closed = false;
     let mut in_flight: BTreeSet<String> = BTreeSet::new();
+    let is_pivot = |task_id: &str| parse_task_id(task_id).is_some_and(|(i, c, _)| !c && Some(i) == pivot);
 
     for (i, event) in history.iter().enumerate() {
         // (a) seqs are contiguous from 1.
@@ -1187,9 +1607,36 @@ fn check_history(definition: &SagaDefinition, history: &[HistoryEvent]) {
             }
             Attributes::ActivityFailed(f) => {
                 in_flight.remove(&f.task_id);
+                if is_pivot(&f.task_id) && f.outcome_unknown {
+                    pivot_unknown = true;
+                } else if is_pivot(&f.task_id) && f.definite {
+                    pivot_unknown = false;
+                }
             }
             Attributes::ActivityTimedOut(t) => {
                 in_flight.remove(&t.task_id);
+                if is_pivot(&t.task_id) && t.timeout_type != "SCHEDULE_TO_START" {
+                    pivot_unknown = true;
+                }
+            }
+            Attributes::ActivityResolved(r) => {
+                let index = definition.step_index(&r.step).unwrap();
+                if r.compensation {
+                    assert!(compensated.insert(index), "{index} compensated twice");
+                } else if r.outcome == "succeeded" {
+                    let n = forward_completed.entry(index).or_default();
+                    *n += 1;
+                    assert_eq!(*n, 1, "step {index} completed twice");
+                    pivot_done |= Some(index) == pivot;
+                } else if Some(index) == pivot {
+                    pivot_unknown = false;
+                }
+            }
+            Attributes::CancelRequested(_) => cancel_pending = true,
+            Attributes::CancelRefused(_) => {
+                // (g) a cancel is refused only once the pivot succeeded.
+                assert!(pivot_done && cancel_pending, "a cancel refused before the pivot succeeded");
+                cancel_pending = false;
             }
             Attributes::ActivityCompleted(c) => {
                 in_flight.remove(&c.task_id);
@@ -1208,6 +1655,8 @@ fn check_history(definition: &SagaDefinition, history: &[HistoryEvent]) {
             }
             Attributes::CompensationStarted(c) => {
                 assert!(!pivot_done, "compensation started after the pivot");
+                // (f) never past a pivot that may have taken effect.
+                assert!(!pivot_unknown, "compensation started while the pivot's outcome is unknown");
                 assert!(plan.is_none(), "compensation started twice");
                 // A forward attempt in flight is awaited, never raced.
                 assert!(in_flight.is_empty(), "compensating while {in_flight:?} run");
@@ -1227,6 +1676,7 @@ fn check_history(definition: &SagaDefinition, history: &[HistoryEvent]) {
                 assert_eq!(forward_completed.len(), definition.steps.len());
             }
             Attributes::WorkflowCompensated(_) | Attributes::WorkflowCancelled(_) => {
+                assert!(!pivot_done, "undone after the pivot");
                 let done: BTreeSet<usize> = plan.iter().flatten().copied().collect();
                 assert_eq!(done, compensated, "every planned compensation ran");
             }
@@ -1292,6 +1742,53 @@ proptest! {
         );
         if h.state.pivot_passed {
             prop_assert_eq!(status, WorkflowStatus::Completed);
+        }
+    }
+
+    #[test]
+    fn a_cancel_waits_for_a_definite_pivot_outcome(
+        shape in shapes(),
+        answers in prop::collection::vec(0u8..20, 0..40),
+        cancel_at in 0usize..30,
+    ) {
+        // Workers answer at random (timeouts included); a cancel arrives at a
+        // random moment; an operator retries whatever is stuck.
+        let definition = shape.definition();
+        prop_assume!(definition.pivot_index().is_some());
+        let mut h = Harness::start(definition.clone());
+        let mut answers = answers.into_iter();
+        let mut cancel_recorded = false;
+        for round in 0..400 {
+            if round == cancel_at {
+                cancel_recorded = h.cancel().is_ok_and(|events| !events.is_empty());
+            }
+            if h.state.is_terminal() {
+                break;
+            }
+            if let Some(id) = h.pending().first().cloned() {
+                h.advance(10);
+                task_outcome(&mut h, &id, answers.next().unwrap_or(0));
+            } else if let Some((id, at)) = all_timers(&h.state).first().cloned() {
+                h.now = h.now.max(at);
+                h.fire(&id);
+            } else if h.state.stuck.is_some() {
+                h.signal(RETRY_SIGNAL, json!({}));
+            } else {
+                panic!("wedged: {:#?}", h.state);
+            }
+            assert_open_for_a_reason(&h.state);
+        }
+        check_history(&definition, &h.history);
+        prop_assert!(h.state.is_terminal(), "still open: {:?}", names(&h.history));
+        if cancel_recorded {
+            let refused = count(&h.history, "CancelRefused");
+            if h.state.pivot_passed {
+                prop_assert_eq!(refused, 1);
+                prop_assert_eq!(h.state.status, WorkflowStatus::Completed);
+            } else {
+                prop_assert_eq!(refused, 0);
+                prop_assert!(matches!(h.state.status, WorkflowStatus::Cancelled | WorkflowStatus::Compensated | WorkflowStatus::Failed), "{:?}", h.state.status);
+            }
         }
     }
 }

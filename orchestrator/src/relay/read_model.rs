@@ -170,7 +170,9 @@ fn checkout_status(event_type: &str) -> Option<&str> {
 
 impl OrderRow {
     fn status_now(&self) -> String {
-        if self.refunded_cents > 0 {
+        // A cancelled checkout stays CANCELLED when an operator refunds money
+        // it kept, as GetCheckout shows it.
+        if self.refunded_cents > 0 && self.last_event != "CheckoutCompensated" {
             let full = self.total_cents.is_some_and(|total| self.refunded_cents >= total);
             return if full { "REFUNDED" } else { "PARTIALLY_REFUNDED" }.into();
         }

@@ -53,7 +53,10 @@ pub enum Error {
 
 impl From<Rejection> for Error {
     fn from(rejection: Rejection) -> Self {
-        Self::FailedPrecondition(rejection.to_string())
+        match rejection {
+            Rejection::UnknownStep(_) => Self::InvalidArgument(rejection.to_string()),
+            _ => Self::FailedPrecondition(rejection.to_string()),
+        }
     }
 }
 

@@ -87,6 +87,14 @@ pub fn domain_events(state: &WorkflowState, definition: &SagaDefinition, events:
                 }),
                 _ => None,
             },
+            // A step an operator settled as done took effect as surely as
+            // one a worker completed: its event says so (a capture the
+            // gateway took is a `PaymentCaptured`, whoever tells).
+            Attributes::ActivityResolved(r) if !r.compensation && r.outcome == "succeeded" => definition
+                .steps
+                .iter()
+                .find(|s| s.name == r.step)
+                .and_then(|step| step.emits.as_deref().map(|t| (t, Some(step.name.as_str()), json_text(&r.result)))),
             Attributes::StepEscalated(e) => {
                 Some((e.alert.as_str(), Some(e.step.as_str()), json!({ "attempt": e.attempt })))
             }

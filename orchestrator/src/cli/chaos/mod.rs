@@ -6,6 +6,7 @@
 
 mod disrupt;
 mod load;
+mod matrix;
 mod plan;
 mod report;
 mod system;
@@ -39,6 +40,10 @@ pub enum ChaosCommand {
     Run(RunArgs),
     /// Print the fault schedule a seed gives, without running anything.
     Plan(RunArgs),
+    /// Every step of the checkout and refund sagas × every fault kind × once or past the retry
+    /// budget × with or without a cancel; checks each cell against the ledgers and writes the
+    /// table (docs/chaos/fault-matrix.md). Exits non-zero if a cell fails.
+    Matrix(matrix::MatrixArgs),
 }
 
 #[derive(Debug, Args)]
@@ -80,6 +85,13 @@ pub async fn run(command: ChaosCommand, output: Output, logging: &super::Logging
                     }
                     println!("{:?}", plan::kinds(&schedule));
                 }
+            }
+            Ok(())
+        }
+        ChaosCommand::Matrix(args) => {
+            let _telemetry = logging.init("sagaflow-chaos-matrix")?;
+            if !matrix::run(args).await? {
+                bail!("the fault matrix has failing cells");
             }
             Ok(())
         }

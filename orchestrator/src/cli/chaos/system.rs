@@ -37,7 +37,7 @@ pub struct System {
 /// sockets stay open until all are picked: closed one by one, the kernel may
 /// hand the same port out twice (a CI run gave the orchestrator's metrics
 /// port to a worker's admin API too, and the worker could not restart).
-fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+pub(super) fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
     let probes = (0..n)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").context("no free loopback port"))
         .collect::<anyhow::Result<Vec<_>>>()?;
