@@ -12,7 +12,7 @@
 //!
 //! Shipping under another shipment id, refunding more than the total, and
 //! anything on a fully refunded order are refused with a non-retryable error:
-//! an order never lies (DESIGN.md §1).
+//! an order never lies (docs/contract.md, Principles).
 //!
 //! The order id is derived from the idempotency key (`client_request_id`),
 //! so the same request always names the same order, even across a lost
@@ -84,7 +84,7 @@ super::into_activity_error!(Error);
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The checkout statuses an order can have (DESIGN.md §3).
+/// The checkout statuses an order can have (docs/contract.md, gRPC).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum OrderStatus {

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::{ErrorKind, ServiceError};
 
 /// The longest id (sku, reservation id, order id, …) a service accepts, in
-/// UTF-8 bytes (DESIGN.md §6). Ids become parts of keys; an unbounded id is an
+/// UTF-8 bytes (docs/contract.md, Limits). Ids become parts of keys; an unbounded id is an
 /// unbounded key.
 pub const MAX_ID_BYTES: usize = 255;
 
