@@ -91,9 +91,10 @@ async fn start_with_wait_prints_how_the_workflow_ended() {
     };
     // No worker: the wait runs out, the exit fails, and the workflow runs on.
     let waiting = start("r-wait-1", "300ms").await;
-    assert!(!waiting.status.success());
-    let stderr = String::from_utf8(waiting.stderr).unwrap();
-    assert!(stderr.starts_with("error: ") && stderr.contains("is still RUNNING after 300ms"), "{stderr}");
+    assert_eq!(waiting.status.code(), Some(4));
+    let error: serde_json::Value = serde_json::from_slice(&waiting.stderr).unwrap();
+    assert_eq!(error["error"]["code"], "STILL_RUNNING");
+    assert!(error["error"]["message"].as_str().unwrap().ends_with("is still RUNNING after 300ms"), "{error}");
     let running: serde_json::Value = serde_json::from_slice(&waiting.stdout).unwrap();
     assert_eq!((running["status"].as_str(), running["terminal"].as_bool()), (Some("RUNNING"), Some(false)));
 
@@ -103,4 +104,325 @@ async fn start_with_wait_prints_how_the_workflow_ended() {
     let ended: serde_json::Value = serde_json::from_slice(&ended.stdout).unwrap();
     assert_eq!((ended["status"].as_str(), ended["terminal"].as_bool()), (Some("COMPLETED"), Some(true)));
     assert_eq!(ended["already_started"].as_bool(), Some(false));
+}
+
+/// `sagaflow ARGS --server URL --output FORMAT`, with its exit code and both streams.
+async fn run_at(url: &str, args: &[&str]) -> (i32, String, String) {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend_from_slice(&["--server", url]);
+    let out = sagaflow(&all).await;
+    (
+        out.status.code().expect("exited, not killed"),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// A server and one worker hosting the whole shop (`--services shop`).
+async fn shop(dir: &std::path::Path, server_args: &[&str]) -> (ServerProcess, WorkerProcess) {
+    let server = ServerProcess::start(&dir.join("orchestrator"), server_args).await;
+    let data = dir.join("shop");
+    let worker = WorkerProcess::start(
+        &server.url,
+        &["--services", "shop", "--data-dir", data.to_str().unwrap(), "--admin-listen", "127.0.0.1:0"],
+    )
+    .await;
+    (server, worker)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkout_that_does_not_complete_fails_the_wait_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _worker) = shop(dir.path(), &[]).await;
+    let start = |request_id: &'static str, item: &'static str, extra: &'static [&'static str]| {
+        let url = server.url.clone();
+        async move {
+            let mut args = vec!["checkout", "start", "--request-id", request_id, "--customer", "c-1", "--item", item];
+            args.extend_from_slice(extra);
+            run_at(&url, &args).await
+        }
+    };
+
+    let (code, stdout, stderr) = start("r-unknown", "sku-nope:1", &["--wait"]).await;
+    assert_eq!(code, 3, "{stdout}{stderr}");
+    assert!(stderr.starts_with("error: checkout chk-") && stderr.contains("CANCELLED"), "{stderr}");
+    assert!(stderr.contains("UnknownSku") && stderr.contains("sku-nope"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    // Nothing was reserved or charged, so the view names no reservation and no payment.
+    assert!(stdout.contains("Status        CANCELLED"), "{stdout}");
+    assert!(!stdout.contains("Payment") && !stdout.contains("Reservation"), "{stdout}");
+
+    let (code, _, stderr) =
+        start("r-declined", "sku-mug:1", &["--payment-method", "card_declined", "--wait", "30s"]).await;
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("ended COMPENSATED, not COMPLETED"), "{stderr}");
+
+    let (code, stdout, stderr) = start("r-ok", "sku-mug:1", &["--wait", "--output", "json"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let shipped: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(shipped["status"], "SHIPPED");
+
+    // Refused up front: the gateway knows no bitcoin.
+    let (code, _, stderr) = start("r-bitcoin", "sku-mug:1", &["--payment-method", "bitcoin"]).await;
+    assert_eq!(code, 1);
+    assert!(stderr.starts_with("error: INVALID_ARGUMENT: unknown payment_method \"bitcoin\""), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workflow_start_wait_exits_3_unless_the_workflow_completed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &[]).await;
+    let _worker = WorkerProcess::start(&server.url, &["--fault", "bench.capture=fatal"]).await;
+    let (code, stdout, stderr) =
+        run_at(&server.url, &["workflow", "start", "bench", "--request-id", "r-fatal", "--wait", "10s"]).await;
+    assert_eq!(code, 3, "{stdout}{stderr}");
+    assert!(stdout.contains("COMPENSATED"), "{stdout}");
+    assert!(stderr.contains("ended COMPENSATED, not COMPLETED: "), "{stderr}");
+    // `await` reads the same outcome the same way.
+    let id = stdout.split_whitespace().next().unwrap();
+    let (code, _, _) = run_at(&server.url, &["workflow", "await", id]).await;
+    assert_eq!(code, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_reports_the_stuck_flag_while_it_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    // No worker at all: the first step waits for one and is flagged NO_WORKER.
+    let server =
+        ServerProcess::start(dir.path(), &["--no-worker-after", "300ms", "--stuck-check-interval", "100ms"]).await;
+    let (code, _, stderr) = run_at(
+        &server.url,
+        &["checkout", "start", "--request-id", "r-stuck", "--customer", "c", "--item", "sku-mug:1", "--wait", "6s"],
+    )
+    .await;
+    assert_eq!(code, 4, "{stderr}");
+    let waiting = stderr.lines().find(|l| l.starts_with("waiting: ")).unwrap_or_else(|| panic!("{stderr}"));
+    assert!(waiting.contains("is stuck (NO_WORKER)") && waiting.contains("catalog.price_snapshot"), "{stderr}");
+    let last = stderr.lines().last().unwrap();
+    assert!(last.starts_with("error: ") && last.contains("still RUNNING (stuck: NO_WORKER) after 6s"), "{stderr}");
+}
+
+/// Reads the first line a command prints, closes the pipe as `head -1`
+/// does, has `more` make it print again, and returns how it exited.
+async fn first_line_then_close(args: &[&str], more: impl Future<Output = ()>) -> (std::process::ExitStatus, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(BIN)
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next_line().await.unwrap().expect("a first line");
+    assert!(!first.is_empty());
+    drop(lines);
+    more.await;
+    let out =
+        tokio::time::timeout(std::time::Duration::from_secs(30), child.wait_with_output()).await.unwrap().unwrap();
+    (out.status, String::from_utf8(out.stderr).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_pipe_ends_tail_and_history_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &[]).await;
+    let mut client = server.client().await;
+    // Waits for a worker: its history has one event until one comes.
+    let id = client.start_workflow(start_request("bench", "r-pipe", "{}")).await.unwrap().into_inner().workflow_id;
+    let url = server.url.clone();
+    let (status, stderr) = first_line_then_close(&["workflow", "history", &id, "--follow", "--server", &url], async {
+        let worker = WorkerProcess::start(&url, &[]).await;
+        common::await_end(&mut server.client().await, &id).await;
+        drop(worker);
+    })
+    .await;
+    assert!(status.success(), "{status}: {stderr}");
+    assert_eq!(stderr, "");
+
+    // The outbox: a checkout's events, then more from a second one after the reader left.
+    let checkouts = dir.path().join("checkouts");
+    let (shop_server, _worker) = shop(&checkouts, &[]).await;
+    let url = shop_server.url.clone();
+    let checkout = |request_id: &'static str| {
+        let url = url.clone();
+        async move {
+            let (code, _, stderr) = run_at(
+                &url,
+                &["checkout", "start", "--request-id", request_id, "--customer", "c", "--item", "sku-mug:1", "--wait"],
+            )
+            .await;
+            assert_eq!(code, 0, "{stderr}");
+        }
+    };
+    checkout("r-tail-1").await;
+    let (status, stderr) =
+        first_line_then_close(&["events", "tail", "--follow", "--server", &url], checkout("r-tail-2")).await;
+    assert!(status.success(), "{status}: {stderr}");
+    assert_eq!(stderr, "");
+}
+
+#[tokio::test]
+async fn errors_say_each_cause_once_and_take_host_port() {
+    // A bare HOST:PORT is http://HOST:PORT: the error is about reaching it, not about the URL.
+    let (code, _, stderr) = run_at("127.0.0.1:1", &["workflow", "list"]).await;
+    assert_eq!(code, 1);
+    assert!(stderr.starts_with("error: cannot reach the server at http://127.0.0.1:1"), "{stderr}");
+    assert_eq!(stderr.matches("tcp connect error").count(), 1, "{stderr}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("a"), &[]).await;
+    let taken = server.host_port();
+    let other = dir.path().join("b");
+    let busy = sagaflow(&[
+        "server",
+        "--listen",
+        &taken,
+        "--http-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        other.to_str().unwrap(),
+    ])
+    .await;
+    let stderr = String::from_utf8(busy.stderr).unwrap();
+    assert!(!busy.status.success());
+    assert_eq!(stderr.matches("Address already in use").count(), 1, "{stderr}");
+}
+
+#[tokio::test]
+async fn a_second_process_on_a_data_directory_names_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = ServerProcess::start(dir.path(), &[]).await;
+    let second = sagaflow(&[
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ])
+    .await;
+    assert!(!second.status.success());
+    let stderr = String::from_utf8(second.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("is in use by another sagaflow process"), "{stderr}");
+    assert!(stderr.contains(&format!("pid {}", first.pid())), "{stderr}");
+    assert!(!stderr.contains("WouldBlock"), "{stderr}");
+}
+
+#[tokio::test]
+async fn json_output_makes_errors_json_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &[]).await;
+    let (code, stdout, stderr) = run_at(&server.url, &["workflow", "describe", "nope", "--output", "json"]).await;
+    assert_eq!((code, stdout.as_str()), (1, ""));
+    let error: serde_json::Value = serde_json::from_str(&stderr).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    assert_eq!(error["error"]["code"], "NOT_FOUND");
+    assert_eq!(error["error"]["message"], "NOT_FOUND: workflow nope not found");
+
+    // A usage error too, when the command line asked for JSON.
+    let (code, _, stderr) = run_at(&server.url, &["workflow", "describe", "--output", "json"]).await;
+    assert_eq!(code, 2);
+    let error: serde_json::Value = serde_json::from_str(&stderr).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    assert_eq!(error["error"]["code"], "USAGE");
+}
+
+#[tokio::test]
+async fn a_negative_quantity_is_called_out_of_range() {
+    let (code, _, stderr) = run_at(
+        "http://127.0.0.1:1",
+        &["checkout", "start", "--request-id", "r", "--customer", "c", "--item", "sku-mug:-1"],
+    )
+    .await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("the quantity must be from 1 to 10000, not -1"), "{stderr}");
+    assert!(!stderr.contains("not a number"), "{stderr}");
+}
+
+#[tokio::test]
+async fn fault_switches_for_unknown_services_or_operations_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, worker) = shop(dir.path(), &[]).await;
+    let admin = worker.admin.clone().unwrap();
+    let set = |spec: &'static str| {
+        let admin = admin.clone();
+        async move { sagaflow(&["shop", "set-fault", spec, "--admin-url", &admin]).await }
+    };
+    let typo = set("payment.capture=error:1").await;
+    assert!(!typo.status.success());
+    let stderr = String::from_utf8(typo.stderr).unwrap();
+    assert!(stderr.contains("no service \"payment\" here; one of catalog"), "{stderr}");
+    let operation = set("payments.captur=error").await;
+    assert!(String::from_utf8(operation.stderr).unwrap().contains("payments has no operation \"captur\""));
+    let good = set("payments.capture=error:1").await;
+    assert!(good.status.success(), "{}", String::from_utf8_lossy(&good.stderr));
+    assert!(String::from_utf8(good.stdout).unwrap().contains("payments.capture=error:1"));
+
+    // On a worker's command line as well.
+    let refused = sagaflow(&["worker", "--server", "http://127.0.0.1:1", "--fault", "bench.captur=fatal"]).await;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8(refused.stderr).unwrap().contains("bench has no operation \"captur\""));
+}
+
+#[tokio::test]
+async fn help_describes_every_flag_once() {
+    let commands: &[&[&str]] = &[
+        &["checkout", "start"],
+        &["checkout", "refund"],
+        &["workflow", "start"],
+        &["workflow", "await"],
+        &["workflow", "history"],
+        &["dev"],
+        &["worker"],
+        &["shop", "stock"],
+    ];
+    for command in commands {
+        let mut args = command.to_vec();
+        args.push("--help");
+        let help = String::from_utf8(sagaflow(&args).await.stdout).unwrap();
+        let lines: Vec<&str> = help.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let trimmed = line.trim_start();
+            if !trimmed.starts_with('-') {
+                continue;
+            }
+            // A description follows the flag on its line, or on the lines under it.
+            let same_line = trimmed.split_once("  ").is_some_and(|(_, rest)| !rest.trim().is_empty());
+            let described = same_line
+                || lines.get(i + 1).is_some_and(|next| {
+                    let next = next.trim_start();
+                    !next.is_empty() && !next.starts_with('-')
+                });
+            assert!(described, "{command:?}: {trimmed} has no description\n{help}");
+        }
+        // Global flags are listed apart, under one heading.
+        assert_eq!(help.matches("Global options:").count(), 1, "{command:?}\n{help}");
+        assert_eq!(help.matches("--server <SERVER>").count(), 1, "{command:?}\n{help}");
+    }
+    // --admin-url after the subcommand, as --server is.
+    let late = sagaflow(&["shop", "stock", "--admin-url", "http://127.0.0.1:1"]).await;
+    let stderr = String::from_utf8(late.stderr).unwrap();
+    assert!(stderr.starts_with("error: cannot reach the shop admin API at http://127.0.0.1:1"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_names_steps_and_describe_lists_results_in_step_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &[]).await;
+    let _worker = WorkerProcess::start(&server.url, &[]).await;
+    let (code, stdout, stderr) =
+        run_at(&server.url, &["workflow", "start", "bench", "--request-id", "r-steps", "--wait"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let id = stdout.split_whitespace().next().unwrap();
+    let (_, history, _) = run_at(&server.url, &["workflow", "history", id]).await;
+    let started: Vec<&str> = history.lines().filter(|l| l.contains("ActivityStarted")).collect();
+    assert!(started[0].contains("ActivityStarted      reserve by "), "{history}");
+    assert!(!history.contains(".f."), "task ids instead of step names:\n{history}");
+
+    let (_, described, _) = run_at(&server.url, &["workflow", "describe", id]).await;
+    let results = described.split("Step results:").nth(1).unwrap();
+    let order: Vec<&str> = results.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    assert_eq!(order, ["reserve", "capture", "order", "ship"], "{described}");
 }

@@ -1,7 +1,7 @@
 //! Payments: a payment gateway simulator with intents, captures, voids,
 //! refunds and an append-only ledger.
 //!
-//! Money safety comes first (DESIGN.md §1): an intent is captured at most
+//! Money safety comes first (docs/contract.md, Principles): an intent is captured at most
 //! once, whatever the number of calls or keys; refunds never add up to more
 //! than the capture; every movement of money is a ledger entry written in the
 //! same batch as the intent it changes. `payment_method: "card_declined"` is
@@ -34,6 +34,9 @@ pub const ACTIVITIES: &[&str] = &[CAPTURE, REFUND, CHECK_INVARIANTS, CAPTURES];
 pub const DECLINED_METHOD: &str = "card_declined";
 /// The payment method of a request that names none.
 pub const DEFAULT_METHOD: &str = "card";
+/// Every method the simulated gateway knows. The checkout API refuses any
+/// other up front: an unknown method would otherwise be charged as a card.
+pub const METHODS: &[&str] = &[DEFAULT_METHOD, DECLINED_METHOD];
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

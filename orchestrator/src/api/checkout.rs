@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use sagaflow_activities::shop::payments::METHODS as PAYMENT_METHODS;
 use sagaflow_proto::checkout::v1::checkout_service_server::CheckoutService;
 use sagaflow_proto::checkout::v1::{
     Checkout, CheckoutStatus, GetCheckoutRequest, Line, RefundCheckoutRequest, RefundCheckoutResponse,
@@ -57,6 +58,8 @@ fn refunds_prefix(checkout_id: &str) -> String {
 pub struct CheckoutView {
     pub workflow_status: Option<WorkflowStatus>,
     pub steps: HashMap<String, Value>,
+    /// Steps that were attempted at least once, completed or not.
+    pub attempted: std::collections::HashSet<String>,
     pub input: Value,
     pub shipment_delayed: bool,
 }
@@ -75,6 +78,7 @@ impl CheckoutView {
                 // result is the notification's, not the shipment's.
                 Some(Attributes::ActivityScheduled(s)) if !s.compensation && !is_side_task(&s.task_id) => {
                     step_of.insert(s.task_id.clone(), s.step.clone());
+                    view.attempted.insert(s.step.clone());
                 }
                 Some(Attributes::ActivityCompleted(c)) => {
                     if let Some(step) = step_of.get(&c.task_id) {
@@ -92,6 +96,18 @@ impl CheckoutView {
             }
         }
         view
+    }
+
+    /// An id from the input, named only once `step` was attempted: a
+    /// checkout that failed at pricing made no reservation and no payment,
+    /// and a view that named them would send a reader looking for ghosts.
+    /// An attempt that never answered may have taken effect, so it counts.
+    fn id_once_attempted(&self, step: &str, field: &str) -> String {
+        if self.attempted.contains(step) {
+            self.input[field].as_str().unwrap_or_default().to_owned()
+        } else {
+            String::new()
+        }
     }
 
     fn captured(&self) -> bool {
@@ -201,6 +217,13 @@ impl CheckoutService for CheckoutApi {
         limits.id("customer_id", &request.customer_id).map_err(invalid)?;
         limits.optional_id("coupon_code", &request.coupon_code).map_err(invalid)?;
         limits.optional_id("payment_method", &request.payment_method).map_err(invalid)?;
+        if !request.payment_method.is_empty() && !PAYMENT_METHODS.contains(&request.payment_method.as_str()) {
+            return Err(Status::invalid_argument(format!(
+                "unknown payment_method {:?}; one of {}",
+                request.payment_method,
+                PAYMENT_METHODS.join(", ")
+            )));
+        }
         if request.items.is_empty() || request.items.len() > MAX_ITEMS {
             return Err(Status::invalid_argument(format!("a checkout has 1 to {MAX_ITEMS} items")));
         }
@@ -249,8 +272,8 @@ impl CheckoutService for CheckoutApi {
             order_id: view.order_id(),
             total_cents: view.total_cents(),
             lines: view.lines(),
-            payment_intent_id: view.input["payment_intent_id"].as_str().unwrap_or_default().into(),
-            reservation_id: view.input["reservation_id"].as_str().unwrap_or_default().into(),
+            payment_intent_id: view.id_once_attempted("capture", "payment_intent_id"),
+            reservation_id: view.id_once_attempted("reserve", "reservation_id"),
             shipment_status: view.shipment_status(),
             refunded_cents,
             workflow_status: view.workflow_status.map(sagaflow_proto::status_name).unwrap_or_default().into(),

@@ -18,6 +18,7 @@ pub fn allowed(path: &str) -> &'static [Role] {
         // Probes and tooling: they reveal nothing about workflows.
         p if p.starts_with("/grpc.health.v1.Health/") => EVERYONE,
         p if p.starts_with("/grpc.reflection.v1.ServerReflection/") => EVERYONE,
+        p if p.starts_with("/grpc.reflection.v1alpha.ServerReflection/") => EVERYONE,
         "/sagaflow.v1.WorkflowService/StartWorkflow"
         | "/sagaflow.v1.WorkflowService/DescribeWorkflow"
         | "/sagaflow.v1.WorkflowService/GetWorkflowHistory"

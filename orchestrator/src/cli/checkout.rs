@@ -8,11 +8,11 @@ use sagaflow_proto::checkout::v1::checkout_service_client::CheckoutServiceClient
 use sagaflow_proto::checkout::v1::{
     Checkout, CheckoutStatus, GetCheckoutRequest, Item, RefundCheckoutRequest, StartCheckoutRequest,
 };
-use sagaflow_proto::v1::AwaitWorkflowRequest;
+use sagaflow_proto::v1::workflow_service_client::WorkflowServiceClient;
 use serde_json::json;
 
 use super::Output;
-use super::workflow::{Conn, connect_channel, status_error};
+use super::workflow::{Conn, connect_channel, outcome_failure, status_error, wait_for_end};
 
 #[derive(Debug, Subcommand)]
 pub enum CheckoutCommand {
@@ -21,29 +21,35 @@ pub enum CheckoutCommand {
         /// The client's request id: "Pay" clicked twice starts one checkout.
         #[arg(long)]
         request_id: String,
+        /// The customer's id; their checkouts and notifications are filed under it.
         #[arg(long)]
         customer: String,
-        /// SKU:QUANTITY; repeatable.
-        #[arg(long = "item", value_parser = parse_item, required = true)]
+        /// SKU:QUANTITY, such as sku-mug:2 (quantity 1 to 10000); repeatable.
+        #[arg(long = "item", value_name = "SKU:QTY", value_parser = parse_item, required = true)]
         items: Vec<Item>,
+        /// A coupon code (see `shop coupons`), applied to the price snapshot at the start.
         #[arg(long)]
         coupon: Option<String>,
-        /// `card` by default; the demo gateway declines `card_declined`.
+        /// `card` (the default), or `card_declined`, which the demo gateway declines.
         #[arg(long)]
         payment_method: Option<String>,
+        /// The shipping address, free text.
         #[arg(long)]
         address: Option<String>,
-        /// Wait until the checkout's saga ends, then print the checkout.
-        #[arg(long)]
-        wait: bool,
+        /// Wait for the checkout's saga to end (60s, or the given duration such as 5m), then print
+        /// the checkout; exits 3 unless it COMPLETED, 4 if it still runs.
+        #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "60s", value_parser = humantime::parse_duration)]
+        wait: Option<Duration>,
     },
     /// Show a checkout: status, lines, total, order, payment, shipment, refunds.
     Get { checkout_id: String },
     /// Refund part or all of a checkout's payment (idempotent by --refund-id).
     Refund {
         checkout_id: String,
+        /// The caller's id for this refund: a retry with the same id is the same refund, never a second one.
         #[arg(long)]
         refund_id: String,
+        /// How much to refund, in cents (1000 is 10.00); at most what was captured and not yet refunded.
         #[arg(long)]
         amount_cents: i64,
     },
@@ -51,9 +57,20 @@ pub enum CheckoutCommand {
 
 fn parse_item(text: &str) -> Result<Item, String> {
     let (sku, quantity) = text.rsplit_once(':').ok_or_else(|| format!("{text:?} is not SKU:QUANTITY"))?;
-    let quantity = quantity.parse().map_err(|_| format!("{text:?}: the quantity is not a number"))?;
-    Ok(Item { sku: sku.to_owned(), quantity })
+    if sku.is_empty() {
+        return Err(format!("{text:?} has no SKU before the ':'"));
+    }
+    // Parsed wide first, so that -1 or 0 is told apart from text that is no number.
+    let quantity: i64 = quantity.parse().map_err(|_| format!("{text:?}: the quantity {quantity:?} is not a number"))?;
+    u32::try_from(quantity)
+        .ok()
+        .filter(|q| (1..=MAX_QUANTITY).contains(q))
+        .map(|quantity| Item { sku: sku.to_owned(), quantity })
+        .ok_or_else(|| format!("{text:?}: the quantity must be from 1 to {MAX_QUANTITY}, not {quantity}"))
 }
+
+/// The server's bound on one line's quantity, checked here to say so before a round trip.
+const MAX_QUANTITY: u32 = 10_000;
 
 pub fn checkout_status_name(status: i32) -> &'static str {
     CheckoutStatus::try_from(status).unwrap_or_default().as_str_name().trim_start_matches("CHECKOUT_STATUS_")
@@ -124,16 +141,22 @@ pub async fn run(command: CheckoutCommand, server: &str, output: Output) -> anyh
                 shipping_address: address.unwrap_or_default(),
             };
             let started = client.start_checkout(request).await.map_err(status_error)?.into_inner();
-            if wait {
-                await_saga(channel, &started.checkout_id).await?;
-                return print_checkout(&mut client, &started.checkout_id, output).await;
+            if let Some(timeout) = wait {
+                let mut workflows = WorkflowServiceClient::new(channel);
+                let ended = wait_for_end(&mut workflows, &started.checkout_id, timeout, None, output).await?;
+                let checkout = print_checkout(&mut client, &started.checkout_id, output).await?;
+                let what = format!("checkout {} ({})", started.checkout_id, checkout_status_name(checkout.status));
+                return match outcome_failure(&ended, &what, timeout) {
+                    Some(failure) => Err(failure.into()),
+                    None => Ok(()),
+                };
             }
             match output {
-                Output::Json => println!(
+                Output::Json => outln!(
                     "{}",
                     json!({"checkout_id": started.checkout_id, "status": checkout_status_name(started.status), "already_started": started.already_started})
                 ),
-                Output::Text => println!(
+                Output::Text => outln!(
                     "{} {}{}",
                     started.checkout_id,
                     checkout_status_name(started.status),
@@ -141,7 +164,9 @@ pub async fn run(command: CheckoutCommand, server: &str, output: Output) -> anyh
                 ),
             }
         }
-        CheckoutCommand::Get { checkout_id } => print_checkout(&mut client, &checkout_id, output).await?,
+        CheckoutCommand::Get { checkout_id } => {
+            print_checkout(&mut client, &checkout_id, output).await?;
+        }
         CheckoutCommand::Refund { checkout_id, refund_id, amount_cents } => {
             let response = client
                 .refund_checkout(RefundCheckoutRequest { checkout_id, refund_id, amount_cents })
@@ -149,26 +174,14 @@ pub async fn run(command: CheckoutCommand, server: &str, output: Output) -> anyh
                 .map_err(status_error)?
                 .into_inner();
             match output {
-                Output::Json => println!(
+                Output::Json => outln!(
                     "{}",
                     json!({"refund_workflow_id": response.refund_workflow_id, "already_started": response.already_started})
                 ),
-                Output::Text => println!("refund started: {}", response.refund_workflow_id),
+                Output::Text => outln!("refund started: {}", response.refund_workflow_id),
             }
         }
     }
-    Ok(())
-}
-
-async fn await_saga(channel: Conn, checkout_id: &str) -> anyhow::Result<()> {
-    let mut workflows = sagaflow_proto::v1::workflow_service_client::WorkflowServiceClient::new(channel);
-    let timeout_ms = u32::try_from(Duration::from_secs(60).as_millis()).unwrap_or(u32::MAX);
-    let done = workflows
-        .await_workflow(AwaitWorkflowRequest { workflow_id: checkout_id.to_owned(), timeout_ms })
-        .await
-        .map_err(status_error)?
-        .into_inner();
-    anyhow::ensure!(done.terminal, "checkout {checkout_id} is still running after 60 s");
     Ok(())
 }
 
@@ -176,7 +189,7 @@ async fn print_checkout(
     client: &mut CheckoutServiceClient<Conn>,
     checkout_id: &str,
     output: Output,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Checkout> {
     let checkout = client
         .get_checkout(GetCheckoutRequest { checkout_id: checkout_id.to_owned() })
         .await
@@ -184,8 +197,8 @@ async fn print_checkout(
         .context("cannot read the checkout")?
         .into_inner();
     match output {
-        Output::Json => println!("{}", checkout_json(&checkout)),
-        Output::Text => print!("{}", checkout_text(&checkout)),
+        Output::Json => outln!("{}", checkout_json(&checkout)),
+        Output::Text => out!("{}", checkout_text(&checkout)),
     }
-    Ok(())
+    Ok(checkout)
 }

@@ -193,8 +193,12 @@ pub async fn run(command: JobsCommand, server: &str, output: Output) -> anyhow::
     let (name, nats_url, grace, timeout) = match command {
         JobsCommand::List => {
             match output {
-                Output::Json => println!("{}", json!(jobs::NAMES)),
-                Output::Text => jobs::NAMES.iter().for_each(|name| println!("{name}")),
+                Output::Json => outln!("{}", json!(jobs::NAMES)),
+                Output::Text => {
+                    for name in jobs::NAMES {
+                        outln!("{name}");
+                    }
+                }
             }
             return Ok(());
         }
@@ -203,8 +207,8 @@ pub async fn run(command: JobsCommand, server: &str, output: Output) -> anyhow::
     let input = JobInput { grace_ms: Some(u64::try_from(grace.as_millis()).unwrap_or(u64::MAX)), nats_url };
     let report = run_job(server, &name, &input, timeout).await?;
     match output {
-        Output::Json => println!("{}", report.to_json()),
-        Output::Text => println!("{}", report.text()),
+        Output::Json => outln!("{}", report.to_json()),
+        Output::Text => outln!("{}", report.text()),
     }
     if !report.violations.is_empty() {
         bail!("{name} found {} violations", report.violations.len());

@@ -44,8 +44,8 @@ pub async fn run(command: SearchCommand, output: Output) -> anyhow::Result<()> {
     let body = get(&search_url, &format!("/orders?{}", query.join("&"))).await?;
     let orders = body.get("orders").and_then(Value::as_array).context("the search service answered without orders")?;
     match output {
-        Output::Json => println!("{}", Value::Array(orders.clone())),
-        Output::Text => print!("{}", table(orders)),
+        Output::Json => outln!("{}", Value::Array(orders.clone())),
+        Output::Text => out!("{}", table(orders)),
     }
     Ok(())
 }

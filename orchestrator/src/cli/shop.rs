@@ -11,7 +11,7 @@ use super::Output;
 #[derive(Debug, Args)]
 pub struct ShopArgs {
     /// The shop admin API of a worker (`--admin-listen`) or of `sagaflow dev`.
-    #[arg(long, env = "SAGAFLOW_SHOP_ADMIN", default_value = "http://127.0.0.1:9091")]
+    #[arg(long, global = true, env = "SAGAFLOW_SHOP_ADMIN", default_value = "http://127.0.0.1:9091")]
     pub admin_url: String,
     #[command(subcommand)]
     pub command: ShopCommand,
@@ -94,8 +94,8 @@ pub async fn run(args: ShopArgs, output: Output) -> anyhow::Result<()> {
     };
     let answer = request(&args.admin_url, method, &path, body.as_ref()).await?;
     match output {
-        Output::Json => println!("{answer}"),
-        Output::Text => print!("{}", render(&answer)),
+        Output::Json => outln!("{answer}"),
+        Output::Text => out!("{}", render(&answer)),
     }
     if matches!(args.command, ShopCommand::Invariants) && answer["ok"] != Value::Bool(true) {
         bail!("invariants violated");

@@ -16,7 +16,9 @@ use super::Logging;
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
     /// Services to host, comma-separated: catalog, coupons, inventory,
-    /// payments, orders, shipping, notifications, or bench.
+    /// payments, orders, shipping, notifications, bench; `shop` for every
+    /// shop service, `all` for the shop and bench. Every service a saga
+    /// uses needs a worker somewhere, or its step waits (flagged NO_WORKER).
     #[arg(long, value_delimiter = ',', default_value = "bench")]
     pub services: Vec<String>,
     /// Where the services keep their state (under `shop/`).
@@ -46,6 +48,24 @@ pub struct WorkerArgs {
     pub worker_id: Option<String>,
 }
 
+/// `services` with `shop` and `all` spelled out, each service once.
+pub fn expand_services(services: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for service in services {
+        let names: Vec<&str> = match service.as_str() {
+            "shop" => SERVICES.to_vec(),
+            "all" => SERVICES.iter().copied().chain(["bench"]).collect(),
+            other => vec![other],
+        };
+        for name in names {
+            if !out.iter().any(|s| s == name) {
+                out.push(name.to_owned());
+            }
+        }
+    }
+    out
+}
+
 /// The activities of `services`, registered on `builder`, and the shop they use.
 pub fn host(
     mut builder: WorkerBuilder,
@@ -58,7 +78,18 @@ pub fn host(
 ) -> anyhow::Result<(WorkerBuilder, Option<Shop>)> {
     let (benches, shop_services): (Vec<&String>, Vec<&String>) = services.iter().partition(|s| *s == "bench");
     if let Some(unknown) = shop_services.iter().find(|s| !SERVICES.contains(&s.as_str())) {
-        bail!("unknown service {unknown:?}; known services: bench, {}", SERVICES.join(", "));
+        bail!(
+            "unknown service {unknown:?}; known services: {}, bench, or shop (all of the shop's) or all",
+            SERVICES.join(", ")
+        );
+    }
+    let mut hosted: Vec<&str> =
+        shop_services.iter().flat_map(|s| sagaflow_activities::shop::activities_of(s)).copied().collect();
+    if !benches.is_empty() {
+        hosted.extend_from_slice(bench::ACTIVITIES);
+    }
+    for spec in faults.list() {
+        spec.check_target(&hosted)?;
     }
     if !benches.is_empty() {
         builder = bench::register(builder, faults, latency);
@@ -90,7 +121,8 @@ pub async fn serve_admin(shop: Shop, addr: SocketAddr) -> anyhow::Result<SocketA
     Ok(bound)
 }
 
-pub async fn run(args: WorkerArgs, server: &str, logging: &Logging) -> anyhow::Result<()> {
+pub async fn run(mut args: WorkerArgs, server: &str, logging: &Logging) -> anyhow::Result<()> {
+    args.services = expand_services(&args.services);
     let _telemetry = logging.init("sagaflow-worker")?;
     let faults = Faults::new(args.faults.clone());
     let mut builder = Worker::builder(server).max_concurrency(args.concurrency);

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Subcommand;
 use sagaflow_proto::v1::workflow_service_client::WorkflowServiceClient;
 use sagaflow_proto::v1::{
@@ -34,9 +34,9 @@ pub enum WorkflowCommand {
         /// A label, KEY=VALUE; repeatable.
         #[arg(long = "label", value_parser = parse_label)]
         labels: Vec<(String, String)>,
-        /// Also wait up to this long (such as 30s) for the workflow to end, in
-        /// the same call (ExecuteWorkflow), and print as `await` does.
-        #[arg(long, value_parser = humantime::parse_duration)]
+        /// Also wait for the workflow to end (60s, or the given duration such as 5m) and print
+        /// how it ended, as `await` does; exits 3 unless it COMPLETED, 4 if it still runs.
+        #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "60s", value_parser = humantime::parse_duration)]
         wait: Option<Duration>,
     },
     /// List workflows, newest id last; filters combine.
@@ -68,10 +68,14 @@ pub enum WorkflowCommand {
         /// Keep printing new events until the workflow ends.
         #[arg(long)]
         follow: bool,
+        /// Print whole payloads (inputs, results) instead of their first 120 characters.
+        #[arg(long)]
+        full: bool,
     },
-    /// Wait until a workflow ends (or the timeout passes) and print it.
+    /// Wait until a workflow ends (or the timeout passes) and print it; exits 3 unless it COMPLETED.
     Await {
         workflow_id: String,
+        /// How long to wait, such as 30s or 5m; past it the command exits 4 and the workflow runs on.
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
@@ -118,15 +122,94 @@ fn millis(duration: Duration) -> u32 {
     u32::try_from(duration.as_millis()).unwrap_or(u32::MAX)
 }
 
+/// How long one await call may last while a command waits: short enough
+/// that a stuck flag raised meanwhile is reported within it.
+const WAIT_SLICE: Duration = Duration::from_secs(2);
+
+/// One await call of at most `slice` (0 would mean the server's longest wait).
+async fn await_once(
+    client: &mut WorkflowServiceClient<Conn>,
+    workflow_id: &str,
+    slice: Duration,
+) -> anyhow::Result<AwaitWorkflowResponse> {
+    let request = AwaitWorkflowRequest { workflow_id: workflow_id.to_owned(), timeout_ms: millis(slice).max(1) };
+    Ok(client.await_workflow(request).await.map_err(status_error)?.into_inner())
+}
+
+/// Waits until `workflow_id` ends or `timeout` passes, starting from `first`
+/// when the caller already has an answer. Each new stuck flag (a step no
+/// worker serves, a spent retry budget) is told on stderr as it is raised,
+/// so that a wait is never silent about why nothing moves.
+pub async fn wait_for_end(
+    client: &mut WorkflowServiceClient<Conn>,
+    workflow_id: &str,
+    timeout: Duration,
+    first: Option<AwaitWorkflowResponse>,
+    output: Output,
+) -> anyhow::Result<AwaitWorkflowResponse> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut response = match first {
+        Some(response) => response,
+        None => await_once(client, workflow_id, timeout.min(WAIT_SLICE)).await?,
+    };
+    let mut told = String::new();
+    loop {
+        let summary = response.summary.clone().unwrap_or_default();
+        if !summary.stuck_reason.is_empty() && summary.stuck_reason != told {
+            told.clone_from(&summary.stuck_reason);
+            match output {
+                Output::Json => eprintln!(
+                    "{}",
+                    serde_json::json!({"waiting": {"workflow_id": workflow_id, "stuck": {"reason": summary.stuck_reason, "message": summary.stuck_message}}})
+                ),
+                Output::Text => {
+                    eprintln!("waiting: {workflow_id} is stuck ({}): {}", summary.stuck_reason, summary.stuck_message)
+                }
+            }
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if response.terminal || left.is_zero() {
+            return Ok(response);
+        }
+        response = await_once(client, workflow_id, left.min(WAIT_SLICE)).await?;
+    }
+}
+
+/// The failure of a wait that did not see the workflow complete: still
+/// running after `timeout`, or ended otherwise (with the reason it gives).
+/// `what` names the workflow for the reader ("checkout chk-…").
+pub fn outcome_failure(response: &AwaitWorkflowResponse, what: &str, timeout: Duration) -> Option<super::Failure> {
+    let summary = response.summary.clone().unwrap_or_default();
+    if !response.terminal {
+        let stuck =
+            if summary.stuck_message.is_empty() { String::new() } else { format!(": {}", summary.stuck_message) };
+        return Some(super::Failure::StillRunning(format!(
+            "{what} is still {} after {}{stuck}",
+            render::status_label(&summary),
+            humantime::format_duration(timeout)
+        )));
+    }
+    let status = WorkflowStatus::try_from(summary.status).unwrap_or_default();
+    if status == WorkflowStatus::Completed {
+        return None;
+    }
+    let reason = if response.reason.is_empty() { String::new() } else { format!(": {}", response.reason) };
+    Some(super::Failure::NotCompleted(format!(
+        "{what} ended {}, not COMPLETED{reason}",
+        sagaflow_proto::status_name(status)
+    )))
+}
+
 /// Prints how an awaited workflow ended (and, after a start, whether this
-/// request id had started it already); still running after `timeout` is an error.
+/// request id had started it already). Anything but `COMPLETED` fails the
+/// command, so that a script can trust the exit code.
 fn print_outcome(
     response: AwaitWorkflowResponse,
     already_started: Option<bool>,
     timeout: Duration,
     output: Output,
 ) -> anyhow::Result<()> {
-    let summary = response.summary.unwrap_or_default();
+    let summary = response.summary.clone().unwrap_or_default();
     match output {
         Output::Json => {
             let mut value = render::summary_json(&summary);
@@ -136,24 +219,22 @@ fn print_outcome(
             value["terminal"] = response.terminal.into();
             value["result"] = render::json_text(&response.result);
             value["reason"] = response.reason.clone().into();
-            println!("{value}");
+            outln!("{value}");
         }
-        Output::Text => println!("{} {}", summary.workflow_id, render::status_label(&summary)),
+        Output::Text if response.reason.is_empty() => {
+            outln!("{} {}", summary.workflow_id, render::status_label(&summary))
+        }
+        Output::Text => outln!("{} {}: {}", summary.workflow_id, render::status_label(&summary), response.reason),
     }
-    if !response.terminal {
-        bail!(
-            "{} is still {} after {}",
-            summary.workflow_id,
-            render::status_label(&summary),
-            humantime::format_duration(timeout)
-        );
+    match outcome_failure(&response, &summary.workflow_id, timeout) {
+        Some(failure) => Err(failure.into()),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// A gRPC status as one readable line.
 pub fn status_error(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{}: {}", render::code_name(status.code()), status.message())
+    super::Failure::Status { code: render::code_name(status.code()), message: status.message().to_owned() }.into()
 }
 
 pub async fn run(command: WorkflowCommand, server: &str, output: Output) -> anyhow::Result<()> {
@@ -169,25 +250,26 @@ pub async fn run(command: WorkflowCommand, server: &str, output: Output) -> anyh
                 labels: labels.into_iter().collect::<HashMap<_, _>>(),
             };
             if let Some(timeout) = wait {
-                let request = ExecuteWorkflowRequest { start: Some(request), timeout_ms: millis(timeout) };
+                let started = tokio::time::Instant::now();
+                let request =
+                    ExecuteWorkflowRequest { start: Some(request), timeout_ms: millis(timeout.min(WAIT_SLICE)).max(1) };
                 let response = client.execute_workflow(request).await.map_err(status_error)?.into_inner();
-                return print_outcome(
-                    response.outcome.unwrap_or_default(),
-                    Some(response.already_started),
-                    timeout,
-                    output,
-                );
+                let first = response.outcome.unwrap_or_default();
+                let workflow_id = first.summary.as_ref().map(|s| s.workflow_id.clone()).unwrap_or_default();
+                let left = timeout.saturating_sub(started.elapsed());
+                let outcome = wait_for_end(&mut client, &workflow_id, left, Some(first), output).await?;
+                return print_outcome(outcome, Some(response.already_started), timeout, output);
             }
             let response = client.start_workflow(request).await.map_err(status_error)?.into_inner();
             match output {
-                Output::Json => println!(
+                Output::Json => outln!(
                     "{}",
                     serde_json::json!({"workflow_id": response.workflow_id, "already_started": response.already_started})
                 ),
                 Output::Text if response.already_started => {
-                    println!("{} (already started by this request id)", response.workflow_id)
+                    outln!("{} (already started by this request id)", response.workflow_id)
                 }
-                Output::Text => println!("{}", response.workflow_id),
+                Output::Text => outln!("{}", response.workflow_id),
             }
         }
         WorkflowCommand::List { statuses, workflow_type, labels, stuck, limit, page_token } => {
@@ -201,14 +283,14 @@ pub async fn run(command: WorkflowCommand, server: &str, output: Output) -> anyh
             };
             let page = client.list_workflows(request).await.map_err(status_error)?.into_inner();
             match output {
-                Output::Json => println!(
+                Output::Json => outln!(
                     "{}",
                     serde_json::json!({
                         "workflows": page.workflows.iter().map(render::summary_json).collect::<Vec<_>>(),
                         "next_page_token": page.next_page_token,
                     })
                 ),
-                Output::Text => print!("{}", render::list_table(&page.workflows, &page.next_page_token)),
+                Output::Text => out!("{}", render::list_table(&page.workflows, &page.next_page_token)),
             }
         }
         WorkflowCommand::Describe { workflow_id } => {
@@ -218,17 +300,19 @@ pub async fn run(command: WorkflowCommand, server: &str, output: Output) -> anyh
                 .map_err(status_error)?
                 .into_inner();
             match output {
-                Output::Json => println!("{}", render::describe_json(&described)),
-                Output::Text => print!("{}", render::describe_text(&described)),
+                Output::Json => outln!("{}", render::describe_json(&described)),
+                Output::Text => {
+                    let summary = described.summary.clone().unwrap_or_default();
+                    let order = step_order(&mut client, &summary.workflow_type, summary.definition_version).await;
+                    out!("{}", render::describe_text(&described, &order));
+                }
             }
         }
-        WorkflowCommand::History { workflow_id, follow } => history(&mut client, workflow_id, follow, output).await?,
+        WorkflowCommand::History { workflow_id, follow, full } => {
+            history(&mut client, workflow_id, follow, full, output).await?;
+        }
         WorkflowCommand::Await { workflow_id, timeout } => {
-            let response = client
-                .await_workflow(AwaitWorkflowRequest { workflow_id, timeout_ms: millis(timeout) })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let response = wait_for_end(&mut client, &workflow_id, timeout, None, output).await?;
             print_outcome(response, None, timeout, output)?;
         }
         WorkflowCommand::Cancel { workflow_id, reason } => {
@@ -240,7 +324,7 @@ pub async fn run(command: WorkflowCommand, server: &str, output: Output) -> anyh
                 })
                 .await
                 .map_err(status_error)?;
-            println!("cancel requested for {workflow_id}: its completed steps are being compensated");
+            outln!("cancel requested for {workflow_id}: its completed steps are being compensated");
         }
         WorkflowCommand::Terminate { workflow_id, reason } => {
             client
@@ -251,7 +335,7 @@ pub async fn run(command: WorkflowCommand, server: &str, output: Output) -> anyh
                 })
                 .await
                 .map_err(status_error)?;
-            println!("terminated {workflow_id} (nothing was compensated)");
+            outln!("terminated {workflow_id} (nothing was compensated)");
         }
         WorkflowCommand::Signal { workflow_id, name, input } => {
             let input = input.unwrap_or_default();
@@ -268,7 +352,7 @@ pub async fn run(command: WorkflowCommand, server: &str, output: Output) -> anyh
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            println!("signal {name} recorded as event #{} of {workflow_id}", response.seq);
+            outln!("signal {name} recorded as event #{} of {workflow_id}", response.seq);
         }
         WorkflowCommand::Types => {
             let types =
@@ -279,13 +363,26 @@ pub async fn run(command: WorkflowCommand, server: &str, output: Output) -> anyh
                         .iter()
                         .map(|t| serde_json::json!({"name": t.name, "version": t.version, "definition": render::json_text(&t.definition)}))
                         .collect();
-                    println!("{}", serde_json::Value::Array(items));
+                    outln!("{}", serde_json::Value::Array(items));
                 }
-                Output::Text => print!("{}", render::types_table(&types)),
+                Output::Text => out!("{}", render::types_table(&types)),
             }
         }
     }
     Ok(())
+}
+
+/// The steps of a workflow type's version, in order; empty when the server
+/// does not say (the results then read alphabetically).
+async fn step_order(client: &mut WorkflowServiceClient<Conn>, workflow_type: &str, version: u32) -> Vec<String> {
+    let Ok(types) = client.list_workflow_types(ListWorkflowTypesRequest {}).await else { return Vec::new() };
+    types
+        .into_inner()
+        .types
+        .iter()
+        .find(|t| t.name == workflow_type && t.version == version)
+        .map(|t| render::step_names(&t.definition))
+        .unwrap_or_default()
 }
 
 fn identity() -> String {
@@ -296,8 +393,10 @@ async fn history(
     client: &mut WorkflowServiceClient<Conn>,
     workflow_id: String,
     follow: bool,
+    full: bool,
     output: Output,
 ) -> anyhow::Result<()> {
+    let mut timeline = render::Timeline::new(full);
     let mut from_seq = 1;
     loop {
         let wait_ms = if follow && from_seq > 1 { 30_000 } else { 0 };
@@ -313,8 +412,8 @@ async fn history(
             .into_inner();
         for event in &page.events {
             match output {
-                Output::Json => println!("{}", render::event_json(event)),
-                Output::Text => println!("{}", render::event_line(event)),
+                Output::Json => outln!("{}", render::event_json(event)),
+                Output::Text => outln!("{}", timeline.line(event)),
             }
         }
         from_seq = page.next_seq;
