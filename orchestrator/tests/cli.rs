@@ -426,3 +426,50 @@ async fn history_names_steps_and_describe_lists_results_in_step_order() {
     let order: Vec<&str> = results.lines().filter_map(|l| l.split_whitespace().next()).collect();
     assert_eq!(order, ["reserve", "capture", "order", "ship"], "{described}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dev_banner_follows_listen_and_piped_logs_have_no_colour() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut dev = tokio::process::Command::new(BIN)
+        .args(["dev", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(dev.stdout.take().unwrap()).lines();
+    let mut banner = Vec::new();
+    while let Some(line) =
+        tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap()
+    {
+        let last = line.contains("workflow list");
+        banner.push(line);
+        if last {
+            break;
+        }
+    }
+    let banner = banner.join("\n");
+    let url = banner.split_whitespace().find(|w| w.starts_with("http://127.0.0.1:")).unwrap().trim_end_matches(',');
+    assert_ne!(url, "http://127.0.0.1:50051");
+    let tries: Vec<&str> = banner.lines().skip_while(|l| *l != "Try:").skip(1).collect();
+    assert_eq!(tries.len(), 3, "{banner}");
+    assert!(
+        tries[0].ends_with(&format!("--server {url}")) && tries[2].ends_with(&format!("--server {url}")),
+        "{banner}"
+    );
+    assert!(tries[1].contains("shop stock --admin-url http://127.0.0.1:"), "{banner}");
+    // The first line works as printed.
+    let args: Vec<&str> = tries[0].split_whitespace().skip(1).collect();
+    let tried = sagaflow(&args).await;
+    assert!(tried.status.success(), "{}", String::from_utf8_lossy(&tried.stderr));
+
+    dev.start_kill().unwrap();
+    let out = dev.wait_with_output().await.unwrap();
+    let logs = String::from_utf8(out.stderr).unwrap();
+    assert!(logs.contains("INFO"), "{logs}");
+    assert!(!logs.contains('\x1b'), "colour codes in a piped log:\n{logs}");
+}

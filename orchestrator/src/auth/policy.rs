@@ -59,6 +59,7 @@ mod tests {
         assert_eq!(allowed("/nonsense"), OPERATOR);
         assert_eq!(allowed("/sagaflow.v1.WorkflowService/StartWorkflow"), CLIENT);
         assert!(allowed("/grpc.health.v1.Health/Check").is_empty());
+        assert!(allowed("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo").is_empty());
     }
 
     #[test]
