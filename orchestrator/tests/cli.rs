@@ -473,3 +473,47 @@ async fn the_dev_banner_follows_listen_and_piped_logs_have_no_colour() {
     assert!(logs.contains("INFO"), "{logs}");
     assert!(!logs.contains('\x1b'), "colour codes in a piped log:\n{logs}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_puts_the_newest_first_with_why_each_ended_and_hides_the_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &[]).await;
+    let url = server.url.clone();
+    let start = |request_id: &'static str| {
+        let url = url.clone();
+        async move { run_at(&url, &["workflow", "start", "bench", "--request-id", request_id, "--wait"]).await }
+    };
+    let worker = WorkerProcess::start(&server.url, &[]).await;
+    let (_, first, _) = start("r-list-1").await;
+    worker.stop().await;
+    let _failing = WorkerProcess::start(&server.url, &["--fault", "bench.capture=fatal"]).await;
+    let (code, second, _) = start("r-list-2").await;
+    assert_eq!(code, 3);
+    let (code, _, stderr) = run_at(&url, &["jobs", "run", "detect-stuck-sagas"]).await;
+    assert_eq!(code, 0, "{stderr}");
+
+    let (code, listed, stderr) = run_at(&url, &["workflow", "list"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let lines: Vec<&str> = listed.lines().collect();
+    assert!(lines[0].ends_with("STARTED                   CLOSED                    REASON"), "{listed}");
+    assert_eq!(lines.len(), 3, "the job's workflow is hidden:\n{listed}");
+    let id = |out: &str| out.split_whitespace().next().unwrap().to_owned();
+    assert!(lines[1].starts_with(&id(&second)) && lines[1].contains("COMPENSATED"), "{listed}");
+    assert!(lines[1].contains("bench.capture"), "the reason column: {listed}");
+    assert!(lines[2].starts_with(&id(&first)), "{listed}");
+
+    let (_, all, _) = run_at(&url, &["workflow", "list", "--all"]).await;
+    assert!(all.contains("job.detect-stuck-sagas"), "{all}");
+    let (_, jobs, _) = run_at(&url, &["workflow", "list", "--type", "job.*", "--output", "json"]).await;
+    let jobs: serde_json::Value = serde_json::from_str(&jobs).unwrap();
+    let types: Vec<&str> =
+        jobs["workflows"].as_array().unwrap().iter().map(|w| w["workflow_type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["job.detect-stuck-sagas"]);
+    let (_, recent, _) = run_at(&url, &["workflow", "list", "--since", "1h", "--limit", "1"]).await;
+    assert!(
+        recent.lines().nth(1).unwrap().starts_with(&id(&second)) && recent.contains("the newest 1 of 2"),
+        "{recent}"
+    );
+    let (_, none, _) = run_at(&url, &["workflow", "list", "--since", "1ms"]).await;
+    assert_eq!(none, "no workflows match\n");
+}

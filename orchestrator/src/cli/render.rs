@@ -88,13 +88,14 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-pub fn list_table(workflows: &[WorkflowSummary], next_page_token: &str) -> String {
-    if workflows.is_empty() {
+/// Workflows with, for each, why it ended when it did not complete.
+pub fn list_table(rows: &[(WorkflowSummary, String)]) -> String {
+    if rows.is_empty() {
         return "no workflows match\n".into();
     }
-    let rows: Vec<Vec<String>> = workflows
+    let rows: Vec<Vec<String>> = rows
         .iter()
-        .map(|s| {
+        .map(|(s, reason)| {
             vec![
                 s.workflow_id.clone(),
                 s.workflow_type.clone(),
@@ -102,14 +103,21 @@ pub fn list_table(workflows: &[WorkflowSummary], next_page_token: &str) -> Strin
                 s.current_step.clone(),
                 s.history_length.to_string(),
                 timestamp(s.started_ms),
+                timestamp(s.closed_ms),
+                short_text(reason, 60),
             ]
         })
         .collect();
-    let mut out = table(&["WORKFLOW ID", "TYPE", "STATUS", "STEP", "EVENTS", "STARTED"], &rows);
-    if !next_page_token.is_empty() {
-        out.push_str(&format!("more: --page-token {next_page_token}\n"));
+    table(&["WORKFLOW ID", "TYPE", "STATUS", "STEP", "EVENTS", "STARTED", "CLOSED", "REASON"], &rows)
+}
+
+/// `text` cut to `max` characters, with an ellipsis when cut.
+fn short_text(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_owned()
+    } else {
+        format!("{}…", text.chars().take(max).collect::<String>())
     }
-    out
 }
 
 pub fn types_table(types: &[WorkflowType]) -> String {
@@ -325,12 +333,7 @@ impl Timeline {
 }
 
 fn short(json: &str) -> String {
-    const MAX: usize = 120;
-    if json.chars().count() <= MAX {
-        json.to_owned()
-    } else {
-        format!("{}…", json.chars().take(MAX).collect::<String>())
-    }
+    short_text(json, 120)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use sagaflow_proto::v1::workflow_service_client::WorkflowServiceClient;
 use sagaflow_proto::v1::{
     AwaitWorkflowRequest, AwaitWorkflowResponse, CancelWorkflowRequest, DescribeWorkflowRequest,
     ExecuteWorkflowRequest, GetWorkflowHistoryRequest, ListWorkflowTypesRequest, ListWorkflowsRequest,
-    SignalWorkflowRequest, StartWorkflowRequest, TerminateWorkflowRequest, WorkflowStatus,
+    SignalWorkflowRequest, StartWorkflowRequest, TerminateWorkflowRequest, WorkflowStatus, WorkflowSummary,
 };
 
 use super::Output;
@@ -39,12 +39,13 @@ pub enum WorkflowCommand {
         #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "60s", value_parser = humantime::parse_duration)]
         wait: Option<Duration>,
     },
-    /// List workflows, newest id last; filters combine.
+    /// List workflows, newest first; filters combine. The self-healing jobs' workflows are left
+    /// out unless --all or --type job.*.
     List {
         /// Only this status (RUNNING, COMPENSATING, COMPLETED, COMPENSATED, FAILED, CANCELLED, TERMINATED); repeatable.
         #[arg(long = "status", value_parser = parse_status)]
         statuses: Vec<WorkflowStatus>,
-        /// Only this workflow type.
+        /// Only this workflow type, or the types under a prefix (`job.*`).
         #[arg(long = "type")]
         workflow_type: Option<String>,
         /// Only workflows with this label, KEY=VALUE; repeatable.
@@ -53,12 +54,15 @@ pub enum WorkflowCommand {
         /// Only workflows flagged stuck.
         #[arg(long)]
         stuck: bool,
-        /// Rows per page.
+        /// Only workflows started within this long, such as 1h or 30m.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        since: Option<Duration>,
+        /// Also list the self-healing jobs' workflows (`job.*`).
+        #[arg(long)]
+        all: bool,
+        /// Rows to show: the newest this many.
         #[arg(long, default_value_t = 100)]
         limit: u32,
-        /// Continue after this page token (printed at the end of a page).
-        #[arg(long)]
-        page_token: Option<String>,
     },
     /// Show a workflow: status, current step, pending activities, results.
     Describe { workflow_id: String },
@@ -272,25 +276,35 @@ pub async fn run(command: WorkflowCommand, server: &str, output: Output) -> anyh
                 Output::Text => outln!("{}", response.workflow_id),
             }
         }
-        WorkflowCommand::List { statuses, workflow_type, labels, stuck, limit, page_token } => {
-            let request = ListWorkflowsRequest {
-                statuses: statuses.into_iter().map(|s| s as i32).collect(),
-                workflow_type: workflow_type.unwrap_or_default(),
-                labels: labels.into_iter().collect(),
-                stuck_only: stuck,
-                page_size: limit,
-                page_token: page_token.unwrap_or_default(),
-            };
-            let page = client.list_workflows(request).await.map_err(status_error)?.into_inner();
+        WorkflowCommand::List { statuses, workflow_type, labels, stuck, since, all, limit } => {
+            let filter = ListFilter { statuses, workflow_type, labels, stuck, since, all };
+            let listed = list(&mut client, &filter, limit as usize).await?;
             match output {
                 Output::Json => outln!(
                     "{}",
                     serde_json::json!({
-                        "workflows": page.workflows.iter().map(render::summary_json).collect::<Vec<_>>(),
-                        "next_page_token": page.next_page_token,
+                        "workflows": listed.rows.iter().map(|(summary, reason)| {
+                            let mut value = render::summary_json(summary);
+                            value["reason"] = reason.clone().into();
+                            value
+                        }).collect::<Vec<_>>(),
+                        "matched": listed.matched,
+                        "truncated_scan": listed.truncated_scan,
                     })
                 ),
-                Output::Text => out!("{}", render::list_table(&page.workflows, &page.next_page_token)),
+                Output::Text => {
+                    out!("{}", render::list_table(&listed.rows));
+                    if listed.matched > listed.rows.len() {
+                        outln!(
+                            "the newest {} of {}; narrow with --since, --status or --type, or raise --limit",
+                            listed.rows.len(),
+                            listed.matched
+                        );
+                    }
+                    if listed.truncated_scan {
+                        outln!("(only the first {MAX_LISTED} workflows by id were read; narrow the filters)");
+                    }
+                }
             }
         }
         WorkflowCommand::Describe { workflow_id } => {
@@ -370,6 +384,87 @@ pub async fn run(command: WorkflowCommand, server: &str, output: Output) -> anyh
         }
     }
     Ok(())
+}
+
+/// At most this many summaries are read to sort a listing: the server
+/// lists by id, so "newest first" needs every match in hand.
+const MAX_LISTED: usize = 20_000;
+
+/// What `workflow list` asks for.
+struct ListFilter {
+    statuses: Vec<WorkflowStatus>,
+    workflow_type: Option<String>,
+    labels: Vec<(String, String)>,
+    stuck: bool,
+    since: Option<Duration>,
+    all: bool,
+}
+
+impl ListFilter {
+    /// What the server cannot filter: a type prefix, the age, the jobs.
+    fn keeps(&self, summary: &WorkflowSummary, since_ms: i64) -> bool {
+        let type_ok = match self.workflow_type.as_deref().and_then(|t| t.strip_suffix('*')) {
+            Some(prefix) => summary.workflow_type.starts_with(prefix),
+            // The jobs run every few minutes and would bury the user's own workflows.
+            None => self.all || self.workflow_type.is_some() || !summary.workflow_type.starts_with("job."),
+        };
+        type_ok && summary.started_ms >= since_ms
+    }
+}
+
+struct Listed {
+    /// Newest first, each with why it ended when it did not complete.
+    rows: Vec<(WorkflowSummary, String)>,
+    matched: usize,
+    truncated_scan: bool,
+}
+
+async fn list(client: &mut WorkflowServiceClient<Conn>, filter: &ListFilter, limit: usize) -> anyhow::Result<Listed> {
+    let exact_type = filter.workflow_type.clone().filter(|t| !t.ends_with('*')).unwrap_or_default();
+    let since_ms = filter.since.map_or(0, |since| {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        i64::try_from(now.saturating_sub(since).as_millis()).unwrap_or(i64::MAX)
+    });
+    let mut matches = Vec::new();
+    let mut page_token = String::new();
+    let mut read = 0;
+    loop {
+        let request = ListWorkflowsRequest {
+            statuses: filter.statuses.iter().map(|s| *s as i32).collect(),
+            workflow_type: exact_type.clone(),
+            labels: filter.labels.iter().cloned().collect(),
+            stuck_only: filter.stuck,
+            page_size: 1000,
+            page_token: page_token.clone(),
+        };
+        let page = client.list_workflows(request).await.map_err(status_error)?.into_inner();
+        read += page.workflows.len();
+        matches.extend(page.workflows.into_iter().filter(|s| filter.keeps(s, since_ms)));
+        if page.next_page_token.is_empty() || read >= MAX_LISTED {
+            let truncated_scan = !page.next_page_token.is_empty();
+            matches.sort_by(|a, b| b.started_ms.cmp(&a.started_ms).then_with(|| a.workflow_id.cmp(&b.workflow_id)));
+            let matched = matches.len();
+            matches.truncate(limit);
+            let mut rows = Vec::with_capacity(matches.len());
+            for summary in matches {
+                let reason = ending_reason(client, &summary).await;
+                rows.push((summary, reason));
+            }
+            return Ok(Listed { rows, matched, truncated_scan });
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// Why a closed workflow did not complete (the summary does not carry it);
+/// empty for one that runs or completed, or when the server does not say.
+async fn ending_reason(client: &mut WorkflowServiceClient<Conn>, summary: &WorkflowSummary) -> String {
+    let status = WorkflowStatus::try_from(summary.status).unwrap_or_default();
+    if summary.closed_ms <= 0 || status == WorkflowStatus::Completed {
+        return String::new();
+    }
+    let request = DescribeWorkflowRequest { workflow_id: summary.workflow_id.clone() };
+    client.describe_workflow(request).await.map(|d| d.into_inner().reason).unwrap_or_default()
 }
 
 /// The steps of a workflow type's version, in order; empty when the server
