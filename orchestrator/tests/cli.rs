@@ -517,3 +517,27 @@ async fn list_puts_the_newest_first_with_why_each_ended_and_hides_the_jobs() {
     let (_, none, _) = run_at(&url, &["workflow", "list", "--since", "1ms"]).await;
     assert_eq!(none, "no workflows match\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_names_the_step_that_timed_out_and_full_prints_whole_payloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let definitions = common::write_test_definitions(dir.path());
+    let server =
+        ServerProcess::start(&dir.path().join("data"), &["--definitions", definitions.to_str().unwrap()]).await;
+    let _worker = WorkerProcess::start(&server.url, &["--fault", "bench.reserve=hang:1"]).await;
+    let long = format!("{{\"note\":\"{}\"}}", "x".repeat(300));
+    let (code, stdout, stderr) = run_at(
+        &server.url,
+        &["workflow", "start", "quick", "--request-id", "r-held", "--input", &long, "--wait", "30s"],
+    )
+    .await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let id = stdout.split_whitespace().next().unwrap();
+
+    let (_, history, _) = run_at(&server.url, &["workflow", "history", id]).await;
+    let timed_out = history.lines().find(|l| l.contains("ActivityTimedOut")).unwrap_or_else(|| panic!("{history}"));
+    assert!(timed_out.contains("ActivityTimedOut     reserve START_TO_CLOSE (retry at "), "{timed_out}");
+    assert!(!history.contains(&long) && history.contains("xxx…"), "payloads are cut by default:\n{history}");
+    let (_, full, _) = run_at(&server.url, &["workflow", "history", id, "--full"]).await;
+    assert!(full.contains(&long), "{full}");
+}

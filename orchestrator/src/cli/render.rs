@@ -241,14 +241,12 @@ pub fn event_json(event: &HistoryEvent) -> Value {
 
 /// Renders a history as a timeline, one event at a time. It remembers
 /// what earlier events said about each task, so that a line names the step
-/// (`reserve`, `undo reserve`) rather than the task id (`1.f.1`), and says
-/// which worker held an attempt that timed out or was lost.
+/// (`reserve`, `undo reserve`) rather than the task id (`1.f.1`).
 #[derive(Debug, Default)]
 pub struct Timeline {
     /// Whole payloads rather than their first characters.
     full: bool,
     step_of: HashMap<String, String>,
-    worker_of: HashMap<String, String>,
 }
 
 impl Timeline {
@@ -282,10 +280,7 @@ impl Timeline {
                 self.step_of.insert(s.task_id.clone(), what.clone());
                 format!("{what} → {} attempt {} key={}", s.activity_type, s.attempt, s.idempotency_key)
             }
-            Attributes::ActivityStarted(s) => {
-                self.worker_of.insert(s.task_id.clone(), s.worker_id.clone());
-                format!("{} by {}", self.step(&s.task_id), s.worker_id)
-            }
+            Attributes::ActivityStarted(s) => format!("{} by {}", self.step(&s.task_id), s.worker_id),
             Attributes::ActivityCompleted(c) => format!("{} result={}", self.step(&c.task_id), self.payload(&c.result)),
             Attributes::ActivityFailed(f) => {
                 let next = if f.next_attempt_ms > 0 {
@@ -301,11 +296,7 @@ impl Timeline {
                 } else {
                     "no retry".into()
                 };
-                let held = match self.worker_of.get(&t.task_id) {
-                    Some(worker) => format!("held by {worker}"),
-                    None => "no worker took it".into(),
-                };
-                format!("{} {}, {held} ({next})", self.step(&t.task_id), t.timeout_type)
+                format!("{} {} ({next})", self.step(&t.task_id), t.timeout_type)
             }
             Attributes::TimerStarted(t) => {
                 format!("{} fires at {}", t.timer_id, time_of_day(t.fire_at_ms))
