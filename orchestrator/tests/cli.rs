@@ -541,3 +541,52 @@ async fn history_names_the_step_that_timed_out_and_full_prints_whole_payloads() 
     let (_, full, _) = run_at(&server.url, &["workflow", "history", id, "--full"]).await;
     assert!(full.contains(&long), "{full}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_id_is_scoped_to_its_checkout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _worker) = shop(dir.path(), &[]).await;
+    let mut checkouts = Vec::new();
+    for request_id in ["r-rf-a", "r-rf-b"] {
+        let (code, stdout, stderr) = run_at(
+            &server.url,
+            &[
+                "checkout",
+                "start",
+                "--request-id",
+                request_id,
+                "--customer",
+                "c",
+                "--item",
+                "sku-mug:1",
+                "--wait",
+                "--output",
+                "json",
+            ],
+        )
+        .await;
+        assert_eq!(code, 0, "{stderr}");
+        let checkout: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        checkouts.push(checkout["checkout_id"].as_str().unwrap().to_owned());
+    }
+    let refund = |checkout: String| {
+        let url = server.url.clone();
+        async move { run_at(&url, &["checkout", "refund", &checkout, "--refund-id", "rf-1", "--amount-cents", "100"]).await }
+    };
+    let (code, first, stderr) = refund(checkouts[0].clone()).await;
+    assert_eq!(code, 0, "{stderr}");
+    let (code, second, stderr) = refund(checkouts[1].clone()).await;
+    assert_eq!(code, 0, "rf-1 on another checkout is another refund: {stderr}");
+    assert_ne!(first, second);
+    // On its own checkout the id still names the one refund.
+    let (code, again, _) = refund(checkouts[1].clone()).await;
+    assert_eq!((code, again.as_str()), (0, second.as_str()));
+    for (checkout, started) in checkouts.iter().zip([first, second]) {
+        let refund_workflow = started.trim().trim_start_matches("refund started: ");
+        let (code, _, stderr) = run_at(&server.url, &["workflow", "await", refund_workflow]).await;
+        assert_eq!(code, 0, "{stderr}");
+        let (_, got, _) = run_at(&server.url, &["checkout", "get", checkout, "--output", "json"]).await;
+        let got: serde_json::Value = serde_json::from_str(&got).unwrap();
+        assert_eq!(got["refunded_cents"], 100, "{checkout}");
+    }
+}

@@ -231,7 +231,7 @@ pub struct OrderShipped {
     pub status: OrderStatus,
 }
 
-/// `orders.record_refund` input; the key is `refund_id`.
+/// `orders.record_refund` input; the key is `refund_id` within `order_id`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordRefund {
     pub order_id: String,
@@ -350,7 +350,7 @@ impl Orders {
             .await
     }
 
-    /// Records a refund on an order, once per `refund_id`.
+    /// Records a refund on an order, once per `refund_id` of that order.
     ///
     /// # Errors
     /// Not retryable: `UnknownOrder`, `IllegalTransition`,
@@ -358,9 +358,17 @@ impl Orders {
     pub async fn record_refund(&self, request: RecordRefund) -> Result<RefundRecorded> {
         check_id("order_id", &request.order_id).map_err(Error::InvalidInput)?;
         check_id("refund_id", &request.refund_id).map_err(Error::InvalidInput)?;
+        // A refund id is unique within its order, not across orders (see
+        // `Payments::refund`); calls made before the scoping were recorded
+        // under the bare id, and a retry of one is answered from there.
+        let scoped = format!("{}/{}", request.order_id, request.refund_id);
+        check_id("refund_id with its order_id", &scoped).map_err(Error::InvalidInput)?;
+        if let Some(earlier) = self.db.replayed(RECORD_REFUND, &request.refund_id, &request).await? {
+            return Ok(earlier);
+        }
         let event = OrderEvent::Refunded { refund_id: request.refund_id.clone(), amount_cents: request.amount_cents };
         self.db
-            .idempotent(RECORD_REFUND, &request.refund_id, &request, |tx| {
+            .idempotent(RECORD_REFUND, &scoped, &request, |tx| {
                 let order = self.transition(tx, &request.order_id, &event)?;
                 Ok(RefundRecorded {
                     order_id: order.order_id,

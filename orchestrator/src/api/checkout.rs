@@ -292,7 +292,18 @@ impl CheckoutService for CheckoutApi {
         }
         let view = self.view(&request.checkout_id, &caller).await?;
         let workflow_id = refund_workflow_id(&request.checkout_id, &request.refund_id);
-        let request_id = format!("refund:{}", request.refund_id);
+        // A refund id is the caller's within one checkout (as Stripe scopes an
+        // idempotency key to its account): rf-1 on two checkouts is two
+        // refunds. Refunds started before the scoping were filed under the
+        // bare id; a retry of one must find it there, or it would refund twice.
+        let legacy = format!("refund:{}", request.refund_id);
+        let request_id = if self.runtime.store().workflow_for_request(&legacy)?.as_deref() == Some(workflow_id.as_str())
+        {
+            legacy
+        } else {
+            format!("refund:{}:{}", request.checkout_id, request.refund_id)
+        };
+        self.runtime.limits().id("refund_id with its checkout_id", &request_id).map_err(invalid)?;
         let input = json!({
             "checkout_id": request.checkout_id,
             "refund_id": request.refund_id,
