@@ -590,3 +590,59 @@ async fn a_refund_id_is_scoped_to_its_checkout() {
         assert_eq!(got["refunded_cents"], 100, "{checkout}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shop_tables_read_naturally_and_the_delay_notice_is_written_for_the_customer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, worker) = shop(dir.path(), &[]).await;
+    let admin = worker.admin.clone().unwrap();
+    let shop_cli = |args: &'static [&'static str]| {
+        let admin = admin.clone();
+        async move {
+            let mut all = args.to_vec();
+            all.extend_from_slice(&["--admin-url", &admin]);
+            let out = sagaflow(&all).await;
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8(out.stdout).unwrap()
+        }
+    };
+    let stock = shop_cli(&["shop", "stock"]).await;
+    assert!(stock.starts_with("SKU  "), "{stock}");
+    // WELCOME10 is a percentage and FLAT5 an amount: both columns are there.
+    let coupons = shop_cli(&["shop", "coupons"]).await;
+    let header: Vec<&str> = coupons.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(&header[..4], ["CODE", "VERSION", "PERCENT_OFF", "AMOUNT_OFF_CENTS"], "{coupons}");
+    let welcome = coupons.lines().find(|l| l.starts_with("WELCOME10")).unwrap();
+    assert!(welcome.contains(" 10 "), "{coupons}");
+    assert!(!coupons.contains("_MS") && !coupons.contains("1796"), "times read as times: {coupons}");
+
+    // Five carrier errors: the shipment is delayed, and the customer told so.
+    shop_cli(&["shop", "set-fault", "shipping.create_shipment=error:5"]).await;
+    let (code, view, stderr) = run_at(
+        &server.url,
+        &[
+            "checkout",
+            "start",
+            "--request-id",
+            "r-late",
+            "--customer",
+            "carol",
+            "--item",
+            "sku-mug:2",
+            "--coupon",
+            "WELCOME10",
+            "--wait",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    // The lines add up: 2 x 12.99 = 25.98, less 10%.
+    assert!(view.contains("Subtotal      25.98\nDiscount      -2.59\nTotal         23.39\n"), "{view}");
+    let notices = shop_cli(&["shop", "notifications", "--customer", "carol"]).await;
+    let delayed = notices.lines().find(|l| l.contains("ShipmentDelayed")).unwrap_or_else(|| panic!("{notices}"));
+    assert!(delayed.contains("is delayed: the carrier has not accepted the parcel yet"), "{notices}");
+    assert!(
+        !notices.contains("pi-") && !notices.contains('{'),
+        "internal ids and JSON in a customer's notice: {notices}"
+    );
+}

@@ -82,6 +82,8 @@ fn checkout_json(checkout: &Checkout) -> serde_json::Value {
         "status": checkout_status_name(checkout.status),
         "workflow_status": checkout.workflow_status,
         "order_id": checkout.order_id,
+        "subtotal_cents": subtotal_cents(checkout),
+        "discount_cents": subtotal_cents(checkout) - checkout.total_cents,
         "total_cents": checkout.total_cents,
         "lines": checkout.lines.iter().map(|l| json!({
             "sku": l.sku, "quantity": l.quantity, "unit_price_cents": l.unit_price_cents, "line_total_cents": l.line_total_cents,
@@ -91,6 +93,11 @@ fn checkout_json(checkout: &Checkout) -> serde_json::Value {
         "shipment_status": checkout.shipment_status,
         "refunded_cents": checkout.refunded_cents,
     })
+}
+
+/// The sum of the lines, before any discount.
+fn subtotal_cents(checkout: &Checkout) -> i64 {
+    checkout.lines.iter().map(|l| l.line_total_cents).sum()
 }
 
 fn money(cents: i64) -> String {
@@ -118,6 +125,12 @@ fn checkout_text(checkout: &Checkout) -> String {
             out.push_str(&format!("{name:<14}{value}\n"));
         }
     };
+    // The lines add up to the subtotal; the coupon's discount takes it to the total.
+    let subtotal = subtotal_cents(checkout);
+    if subtotal != checkout.total_cents {
+        field("Subtotal", money(subtotal));
+        field("Discount", format!("-{}", money(subtotal - checkout.total_cents)));
+    }
     field("Total", if checkout.total_cents > 0 { money(checkout.total_cents) } else { String::new() });
     field("Order", checkout.order_id.clone());
     field("Payment", checkout.payment_intent_id.clone());
