@@ -151,6 +151,16 @@ async fn a_checkout_that_does_not_complete_fails_the_wait_and_says_why() {
     // Nothing was reserved or charged, so the view names no reservation and no payment.
     assert!(stdout.contains("Status        CANCELLED"), "{stdout}");
     assert!(!stdout.contains("Payment") && !stdout.contains("Reservation"), "{stdout}");
+    // Its end is published too: a consumer that saw it start sees it end.
+    let checkout_id = stdout.lines().next().unwrap().split_whitespace().nth(1).unwrap();
+    let (_, events, _) = run_at(&server.url, &["events", "tail", "--output", "json"]).await;
+    let kinds: Vec<String> = events
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["workflow_id"] == checkout_id)
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(kinds, ["CheckoutStarted", "CheckoutFailed"]);
 
     let (code, _, stderr) =
         start("r-declined", "sku-mug:1", &["--payment-method", "card_declined", "--wait", "30s"]).await;
