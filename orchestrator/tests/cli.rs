@@ -656,3 +656,41 @@ async fn shop_tables_read_naturally_and_the_delay_notice_is_written_for_the_cust
         "internal ids and JSON in a customer's notice: {notices}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_shows_a_cancel_at_once_while_the_running_step_finishes() {
+    use sagaflow_orchestrator::workflows::{SagaDefinition, Step, Timeouts};
+    let dir = tempfile::tempdir().unwrap();
+    // A reservation whose first attempt hangs, with a deadline far beyond the test.
+    let slow = SagaDefinition::builder("slow", 1)
+        .step(
+            Step::activity("reserve", "bench.reserve")
+                .compensate_with("bench.release")
+                .timeouts(Timeouts { start_to_close_ms: 60_000, ..Timeouts::default() }),
+        )
+        .step(Step::activity("capture", "bench.capture").pivot())
+        .build()
+        .unwrap();
+    let definitions = dir.path().join("slow.json");
+    std::fs::write(&definitions, serde_json::to_string(&vec![slow]).unwrap()).unwrap();
+    let server =
+        ServerProcess::start(&dir.path().join("data"), &["--definitions", definitions.to_str().unwrap()]).await;
+    let _worker = WorkerProcess::start(&server.url, &["--fault", "bench.reserve=hang:1"]).await;
+    let mut client = server.client().await;
+    let id = client.start_workflow(start_request("slow", "r-cancel", "{}")).await.unwrap().into_inner().workflow_id;
+    common::wait_until_leased(&mut client, &id, "reserve").await;
+
+    let (code, said, stderr) = run_at(&server.url, &["workflow", "cancel", &id, "--reason", "customer left"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(said.contains("finishes (or times out) first"), "{said}");
+    let (_, described, _) = run_at(&server.url, &["workflow", "describe", &id]).await;
+    assert!(described.contains("RUNNING (cancel requested; compensation follows the running step)"), "{described}");
+    let cancel = described.lines().find(|l| l.starts_with("Cancel")).unwrap_or_else(|| panic!("{described}"));
+    assert!(cancel.ends_with(": customer left"), "{described}");
+    let (_, json, _) = run_at(&server.url, &["workflow", "describe", &id, "--output", "json"]).await;
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        (json["status"].as_str(), json["cancel_requested"]["reason"].as_str()),
+        (Some("RUNNING"), Some("customer left"))
+    );
+}

@@ -144,9 +144,21 @@ pub fn step_names(definition: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A cancel recorded on a workflow that still runs.
+#[derive(Debug, Clone)]
+pub struct CancelRequest {
+    pub reason: String,
+    pub identity: String,
+    pub at_ms: i64,
+}
+
 /// `step_order` lists the definition's steps, so that results read in the
 /// order they were made; a step it does not name goes last.
-pub fn describe_text(described: &DescribeWorkflowResponse, step_order: &[String]) -> String {
+pub fn describe_text(
+    described: &DescribeWorkflowResponse,
+    step_order: &[String],
+    cancel: Option<&CancelRequest>,
+) -> String {
     let summary = described.summary.clone().unwrap_or_default();
     let mut out = String::new();
     let mut field = |name: &str, value: String| {
@@ -156,7 +168,15 @@ pub fn describe_text(described: &DescribeWorkflowResponse, step_order: &[String]
     };
     field("Workflow", summary.workflow_id.clone());
     field("Type", format!("{} v{}", summary.workflow_type, summary.definition_version));
-    field("Status", status_label(&summary));
+    let status = match cancel {
+        // Until the running step reports, the engine keeps the status; say why it has not moved.
+        Some(_) => format!("{} (cancel requested; compensation follows the running step)", status_label(&summary)),
+        None => status_label(&summary),
+    };
+    field("Status", status);
+    if let Some(c) = cancel {
+        field("Cancel", format!("requested {} by {}: {}", timestamp(c.at_ms), c.identity, c.reason));
+    }
     field("Step", summary.current_step.clone());
     field("Request id", summary.request_id.clone());
     field("Correlation", summary.correlation_id.clone());

@@ -309,16 +309,26 @@ pub async fn run(command: WorkflowCommand, server: &str, output: Output) -> anyh
         }
         WorkflowCommand::Describe { workflow_id } => {
             let described = client
-                .describe_workflow(DescribeWorkflowRequest { workflow_id })
+                .describe_workflow(DescribeWorkflowRequest { workflow_id: workflow_id.clone() })
                 .await
                 .map_err(status_error)?
                 .into_inner();
+            let summary = described.summary.clone().unwrap_or_default();
+            // Once compensating or closed, the status itself tells of the cancel.
+            let running = WorkflowStatus::try_from(summary.status) == Ok(WorkflowStatus::Running);
+            let cancel = if running { cancel_requested(&mut client, &workflow_id).await? } else { None };
             match output {
-                Output::Json => outln!("{}", render::describe_json(&described)),
+                Output::Json => {
+                    let mut value = render::describe_json(&described);
+                    value["cancel_requested"] = cancel.as_ref().map_or(
+                        serde_json::Value::Null,
+                        |c| serde_json::json!({"reason": c.reason, "by": c.identity, "at": render::timestamp(c.at_ms)}),
+                    );
+                    outln!("{value}");
+                }
                 Output::Text => {
-                    let summary = described.summary.clone().unwrap_or_default();
                     let order = step_order(&mut client, &summary.workflow_type, summary.definition_version).await;
-                    out!("{}", render::describe_text(&described, &order));
+                    out!("{}", render::describe_text(&described, &order, cancel.as_ref()));
                 }
             }
         }
@@ -338,7 +348,10 @@ pub async fn run(command: WorkflowCommand, server: &str, output: Output) -> anyh
                 })
                 .await
                 .map_err(status_error)?;
-            outln!("cancel requested for {workflow_id}: its completed steps are being compensated");
+            outln!(
+                "cancel of {workflow_id} recorded: a step already running finishes (or times out) first, then the \
+                 completed steps are compensated; `workflow describe` shows where it is"
+            );
         }
         WorkflowCommand::Terminate { workflow_id, reason } => {
             client
@@ -465,6 +478,35 @@ async fn ending_reason(client: &mut WorkflowServiceClient<Conn>, summary: &Workf
     }
     let request = DescribeWorkflowRequest { workflow_id: summary.workflow_id.clone() };
     client.describe_workflow(request).await.map(|d| d.into_inner().reason).unwrap_or_default()
+}
+
+/// A cancel that was recorded while the workflow still runs (it waits for
+/// the running step's outcome), read from the history, where it is
+/// recorded the moment it is accepted.
+async fn cancel_requested(
+    client: &mut WorkflowServiceClient<Conn>,
+    workflow_id: &str,
+) -> anyhow::Result<Option<render::CancelRequest>> {
+    use sagaflow_proto::v1::history_event::Attributes;
+    let mut from_seq = 1;
+    loop {
+        let request =
+            GetWorkflowHistoryRequest { workflow_id: workflow_id.to_owned(), from_seq, page_size: 1000, wait_ms: 0 };
+        let page = client.get_workflow_history(request).await.map_err(status_error)?.into_inner();
+        for event in &page.events {
+            if let Some(Attributes::CancelRequested(c)) = &event.attributes {
+                return Ok(Some(render::CancelRequest {
+                    reason: c.reason.clone(),
+                    identity: c.identity.clone(),
+                    at_ms: event.time_ms,
+                }));
+            }
+        }
+        if page.events.len() < 1000 {
+            return Ok(None);
+        }
+        from_seq = page.next_seq;
+    }
 }
 
 /// The steps of a workflow type's version, in order; empty when the server
