@@ -380,13 +380,26 @@ async fn fault_switches_for_unknown_services_or_operations_are_refused() {
 async fn help_describes_every_flag_once() {
     let commands: &[&[&str]] = &[
         &["checkout", "start"],
+        &["checkout", "get"],
         &["checkout", "refund"],
         &["workflow", "start"],
+        &["workflow", "list"],
+        &["workflow", "describe"],
         &["workflow", "await"],
         &["workflow", "history"],
+        &["workflow", "cancel"],
+        &["workflow", "terminate"],
+        &["workflow", "signal"],
         &["dev"],
         &["worker"],
         &["shop", "stock"],
+        &["shop", "restock"],
+        &["shop", "set-coupon"],
+        &["shop", "set-fault"],
+        &["shop", "clear-faults"],
+        &["shop", "notifications"],
+        &["events", "tail"],
+        &["search", "orders"],
     ];
     for command in commands {
         let mut args = command.to_vec();
@@ -395,7 +408,11 @@ async fn help_describes_every_flag_once() {
         let lines: Vec<&str> = help.lines().collect();
         for (i, line) in lines.iter().enumerate() {
             let trimmed = line.trim_start();
-            if !trimmed.starts_with('-') {
+            // Flags and arguments (`--flag`, `<ARG>`, `[ARG]`); `[default: …]` continues a description.
+            let entry = trimmed.starts_with('-')
+                || trimmed.starts_with('<')
+                || (trimmed.starts_with('[') && !trimmed.starts_with("[default"));
+            if !line.starts_with("  ") || !entry {
                 continue;
             }
             // A description follows the flag on its line, or on the lines under it.
@@ -403,7 +420,7 @@ async fn help_describes_every_flag_once() {
             let described = same_line
                 || lines.get(i + 1).is_some_and(|next| {
                     let next = next.trim_start();
-                    !next.is_empty() && !next.starts_with('-')
+                    !next.is_empty() && !next.starts_with('-') && !next.starts_with('<')
                 });
             assert!(described, "{command:?}: {trimmed} has no description\n{help}");
         }

@@ -42,9 +42,13 @@ pub enum CheckoutCommand {
         wait: Option<Duration>,
     },
     /// Show a checkout: status, lines, total, order, payment, shipment, refunds.
-    Get { checkout_id: String },
+    Get {
+        /// The checkout's id (chk-…), as `checkout start` printed it.
+        checkout_id: String,
+    },
     /// Refund part or all of a checkout's payment (idempotent by --refund-id).
     Refund {
+        /// The checkout's id (chk-…).
         checkout_id: String,
         /// The caller's id for this refund: a retry with the same id is the same refund, never a second one.
         #[arg(long)]

@@ -15,6 +15,7 @@ use super::render::timestamp;
 pub enum SearchCommand {
     /// Orders as the search read model sees them (eventually consistent with the orchestrator).
     Orders {
+        /// Only this customer's orders.
         #[arg(long)]
         customer: Option<String>,
         /// A checkout status (PAID, SHIPPED, …) or, for other workflows, their last event type.

@@ -10,7 +10,7 @@ use super::Output;
 
 #[derive(Debug, Args)]
 pub struct ShopArgs {
-    /// The shop admin API of a worker (`--admin-listen`) or of `sagaflow dev`.
+    /// The shop admin API of a worker (its `--admin-listen`) or of `sagaflow dev`; also after the subcommand.
     #[arg(long, global = true, env = "SAGAFLOW_SHOP_ADMIN", default_value = "http://127.0.0.1:9091")]
     pub admin_url: String,
     #[command(subcommand)]
@@ -22,39 +22,61 @@ pub enum ShopCommand {
     /// Stock per SKU: available, reserved, sold, initial, restocked.
     Stock,
     /// Add stock to a SKU.
-    Restock { sku: String, quantity: u64 },
+    Restock {
+        /// The SKU to restock, such as sku-mug.
+        sku: String,
+        /// How many units to add.
+        quantity: u64,
+    },
     /// Payment intents with what was captured and refunded; `--ledger` for every entry.
     Payments {
+        /// Every ledger entry (captures and refunds, in order) instead of one row per intent.
         #[arg(long)]
         ledger: bool,
     },
     /// Orders, or one order.
-    Orders { order_id: Option<String> },
+    Orders {
+        /// Only this order, with its lines and refunds.
+        order_id: Option<String>,
+    },
     /// Shipments.
     Shipments,
     /// Coupon rules (latest versions), or every version of one code.
-    Coupons { code: Option<String> },
+    Coupons {
+        /// Every version of this coupon code.
+        code: Option<String>,
+    },
     /// Add a new version of a coupon rule.
     SetCoupon {
+        /// The coupon code, such as WELCOME10.
         code: String,
+        /// A percentage off the subtotal.
         #[arg(long, conflicts_with = "amount_off_cents")]
         percent_off: Option<u32>,
+        /// A fixed amount off, in cents.
         #[arg(long)]
         amount_off_cents: Option<i64>,
+        /// The smallest subtotal, in cents, the coupon applies to.
         #[arg(long)]
         min_subtotal_cents: Option<i64>,
     },
     /// The active fault switches.
     Faults,
     /// Set a fault switch: SERVICE.OPERATION=KIND[:COUNT].
-    SetFault { spec: String },
+    SetFault {
+        /// SERVICE.OPERATION=KIND[:COUNT], such as payments.capture=error:2; KIND is error, fatal,
+        /// hang, hang-after-effect or crash-after-effect; the service must be one this process hosts.
+        spec: String,
+    },
     /// Clear fault switches (all, or one target's).
     ClearFaults {
+        /// Only the switches of this SERVICE.OPERATION.
         #[arg(long)]
         target: Option<String>,
     },
     /// Notifications sent, for one customer or all.
     Notifications {
+        /// Only this customer's.
         #[arg(long)]
         customer: Option<String>,
     },

@@ -65,9 +65,13 @@ pub enum WorkflowCommand {
         limit: u32,
     },
     /// Show a workflow: status, current step, pending activities, results.
-    Describe { workflow_id: String },
+    Describe {
+        /// The workflow's id, as `start` or `list` printed it.
+        workflow_id: String,
+    },
     /// Print a workflow's history as a timeline.
     History {
+        /// The workflow's id.
         workflow_id: String,
         /// Keep printing new events until the workflow ends.
         #[arg(long)]
@@ -78,6 +82,7 @@ pub enum WorkflowCommand {
     },
     /// Wait until a workflow ends (or the timeout passes) and print it; exits 3 unless it COMPLETED.
     Await {
+        /// The workflow's id.
         workflow_id: String,
         /// How long to wait, such as 30s or 5m; past it the command exits 4 and the workflow runs on.
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
@@ -85,19 +90,25 @@ pub enum WorkflowCommand {
     },
     /// Cancel: run the compensations of the completed steps. Refused after the pivot.
     Cancel {
+        /// The workflow's id.
         workflow_id: String,
+        /// Why, for the history and whoever reads it later.
         #[arg(long)]
         reason: String,
     },
     /// Terminate: stop at once, with no compensation.
     Terminate {
+        /// The workflow's id.
         workflow_id: String,
+        /// Why, for the history and whoever settles the effects by hand.
         #[arg(long)]
         reason: String,
     },
     /// Send a signal. `sagaflow.retry` gives a blocked step a fresh retry budget.
     Signal {
+        /// The workflow's id.
         workflow_id: String,
+        /// The signal's name: one a step waits for, or `sagaflow.retry`.
         name: String,
         /// The signal's payload, a JSON document.
         #[arg(long)]
