@@ -711,3 +711,36 @@ async fn describe_shows_a_cancel_at_once_while_the_running_step_finishes() {
         (Some("RUNNING"), Some("customer left"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_list_shows_each_queue_with_its_workers_credit_in_flight_and_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &[]).await;
+    let worker = WorkerProcess::start(&server.url, &["--fault", "bench.reserve=hang", "--concurrency", "8"]).await;
+    let mut client = server.client().await;
+    let held = client.start_workflow(start_request("bench", "r-held", "{}")).await.unwrap().into_inner().workflow_id;
+    common::wait_until_leased(&mut client, &held, "reserve").await;
+    // No shop worker: a checkout's first task waits in its queue.
+    let (code, _, stderr) =
+        run_at(&server.url, &["checkout", "start", "--request-id", "r-q", "--customer", "c", "--item", "sku-mug:1"])
+            .await;
+    assert_eq!(code, 0, "{stderr}");
+
+    let (code, json, stderr) = run_at(&server.url, &["worker", "list", "--output", "json"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let queues: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let queue = |name: &str| queues.as_array().unwrap().iter().find(|q| q["queue"] == name).cloned().unwrap();
+    let reserve = queue("bench.reserve");
+    assert_eq!(reserve["workers"][0]["worker_id"], worker.worker_id.as_str());
+    assert_eq!((reserve["in_flight"].as_u64(), reserve["backlog"].as_u64()), (Some(1), Some(0)), "{queues}");
+    // One task held of the eight it asked for.
+    assert_eq!(reserve["workers"][0]["credit"], 7, "{queues}");
+    let price = queue("catalog.price_snapshot");
+    assert_eq!(price["workers"], serde_json::json!([]));
+    assert_eq!((price["in_flight"].as_u64(), price["backlog"].as_u64()), (Some(0), Some(1)), "{queues}");
+
+    let (_, text, _) = run_at(&server.url, &["worker", "list"]).await;
+    assert!(text.starts_with("QUEUE") && text.contains("IN FLIGHT  BACKLOG"), "{text}");
+    let line = text.lines().find(|l| l.starts_with("catalog.price_snapshot")).unwrap();
+    assert!(line.contains("(none)") && line.ends_with(" 1"), "{text}");
+}

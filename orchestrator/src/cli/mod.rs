@@ -169,7 +169,8 @@ pub enum Command {
     Dev(dev::DevArgs),
     /// Read and steer the reference shop's services (stock, payments, orders, faults…).
     Shop(shop::ShopArgs),
-    /// Run activity services against a server: a separate worker process.
+    /// Run activity services against a server, as a separate worker process; `worker list` shows
+    /// the connected workers per queue.
     Worker(worker::WorkerArgs),
     /// Start, read and refund the reference shop's checkouts.
     #[command(subcommand)]
@@ -209,7 +210,7 @@ pub async fn run(mut cli: Cli) -> anyhow::Result<()> {
         Command::Server(args) => server::run(*args, &cli.logging).await,
         Command::Dev(args) => dev::run(args, &cli.logging).await,
         Command::Shop(args) => shop::run(args, cli.output).await,
-        Command::Worker(args) => worker::run(args, &cli.server, &cli.logging).await,
+        Command::Worker(args) => worker::run(args, &cli.server, cli.output, &cli.logging).await,
         Command::Admin(command) => server::admin(command, cli.output).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Events(command) => events::run(command, &cli.server, cli.output).await,
