@@ -274,6 +274,8 @@ struct SetFault {
 async fn set_fault(State(shop): State<Shop>, request: Result<Json<SetFault>, JsonRejection>) -> ApiResult<Vec<String>> {
     let spec: FaultSpec =
         body(request)?.spec.parse().map_err(|e: crate::InvalidFaultSpec| ApiError::bad_request(e.to_string()))?;
+    // Only what this process runs: a switch for a service hosted elsewhere would never fire here.
+    spec.check_target(&shop.activity_types()).map_err(|e| ApiError::bad_request(e.to_string()))?;
     tracing::warn!(%spec, "fault switch set through the admin API");
     shop.faults().set(spec);
     Ok(active_faults(&shop))

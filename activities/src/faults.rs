@@ -1,4 +1,4 @@
-//! Fault switches: `SERVICE.OPERATION=KIND[:COUNT]` (DESIGN.md §3).
+//! Fault switches: `SERVICE.OPERATION=KIND[:COUNT]` (docs/contract.md, CLI).
 //!
 //! The target is an activity type (`payments.capture`), or `SERVICE.*` for
 //! every operation of a service. COUNT is how many calls are hit; without it,
@@ -103,6 +103,29 @@ impl fmt::Display for FaultSpec {
 }
 
 impl FaultSpec {
+    /// Refuses a target that names no activity among `known` (activity types
+    /// such as `payments.capture`): a switch on `payment.capture`, a typo,
+    /// would be accepted and never fire, and the test it was meant for
+    /// would pass for the wrong reason.
+    pub fn check_target(&self, known: &[&str]) -> Result<(), InvalidFaultSpec> {
+        let invalid = |reason: String| InvalidFaultSpec { spec: self.to_string(), reason };
+        let (service, operation) = self.target.split_once('.').unwrap_or((self.target.as_str(), ""));
+        let operations: Vec<&str> =
+            known.iter().filter_map(|t| t.split_once('.')).filter(|(s, _)| *s == service).map(|(_, o)| o).collect();
+        if operations.is_empty() {
+            let mut services: Vec<&str> = known.iter().filter_map(|t| t.split_once('.').map(|(s, _)| s)).collect();
+            services.dedup();
+            return Err(invalid(format!("no service {service:?} here; one of {}", services.join(", "))));
+        }
+        if operation != "*" && !operations.contains(&operation) {
+            return Err(invalid(format!(
+                "{service} has no operation {operation:?}; one of {} (or * for all)",
+                operations.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
     fn matches(&self, activity_type: &str) -> bool {
         match self.target.strip_suffix(".*") {
             Some(service) => activity_type.split_once('.').is_some_and(|(s, _)| s == service),

@@ -124,10 +124,29 @@ async fn refunds_are_partial_or_full_and_never_exceed_the_capture() {
     assert_eq!(payments.refunded_cents("pi-1").unwrap(), 1_000);
     let kinds: Vec<_> = payments.ledger().unwrap().iter().map(|e| (e.kind, e.amount_cents)).collect();
     assert_eq!(kinds, [(LedgerKind::Capture, 1_000), (LedgerKind::Refund, 300), (LedgerKind::Refund, 700)]);
-    assert_eq!(payments.refund_record("rf-1").unwrap().unwrap().amount_cents, 300);
+    assert_eq!(payments.refund_record("pi-1", "rf-1").unwrap().unwrap().amount_cents, 300);
 
     // Nothing can be refunded on an unknown or uncaptured intent.
     assert!(matches!(payments.refund(refund("rf-4", "pi-none", 1)).await.unwrap_err(), Error::UnknownPaymentIntent(_)));
+    assert_invariants(&shop);
+}
+
+#[tokio::test]
+async fn a_refund_id_is_scoped_to_its_payment_intent() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = open(&dir);
+    let payments = shop.payments().unwrap();
+    payments.capture(capture("pi-1", 1_000)).await.unwrap();
+    payments.capture(capture("pi-2", 500)).await.unwrap();
+    // rf-1 on two checkouts is two refunds, not a reused key.
+    payments.refund(refund("rf-1", "pi-1", 300)).await.unwrap();
+    let other = payments.refund(refund("rf-1", "pi-2", 200)).await.unwrap();
+    assert_eq!((other.refunded_cents, other.total_refunded_cents), (200, 200));
+    assert_eq!(payments.refunded_cents("pi-1").unwrap(), 300);
+    assert_eq!(payments.refund_record("pi-2", "rf-1").unwrap().unwrap().amount_cents, 200);
+    // Within one intent, the id still names one refund.
+    assert_eq!(payments.refund(refund("rf-1", "pi-2", 200)).await.unwrap(), other);
+    assert_eq!(payments.refunded_cents("pi-2").unwrap(), 200);
     assert_invariants(&shop);
 }
 

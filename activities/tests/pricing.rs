@@ -103,7 +103,7 @@ async fn a_snapshot_keeps_the_coupon_version_it_saw() {
     let coupons = shop.coupons().unwrap();
     let before = catalog.price_snapshot(&request(&[("sku-hoodie", 1)], Some("WELCOME10"))).unwrap();
 
-    // The rule changes mid-checkout (DESIGN.md §4, scenario 7).
+    // The rule changes mid-checkout (docs/contract.md, Failure scenarios, scenario 7).
     let v2 = coupons.set("WELCOME10", CouponTerms { percent_off: Some(20), ..CouponTerms::default() }).await.unwrap();
     assert_eq!(v2.version, 2);
     let after = catalog.price_snapshot(&request(&[("sku-hoodie", 1)], Some("WELCOME10"))).unwrap();

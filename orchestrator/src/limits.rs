@@ -1,4 +1,4 @@
-//! Input limits (DESIGN.md §6) and the validation of everything a client sends.
+//! Input limits (docs/contract.md, Limits) and the validation of everything a client sends.
 
 use serde::{Deserialize, Serialize};
 

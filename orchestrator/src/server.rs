@@ -97,7 +97,7 @@ impl Default for Options {
 
 impl Options {
     /// Refuses to expose an unauthenticated server beyond this machine
-    /// (DESIGN.md §6), and warns loudly when told to anyway.
+    /// (docs/contract.md, Limits), and warns loudly when told to anyway.
     fn check_exposure(&self) -> Result<(), Error> {
         if self.auth.is_some() {
             return Ok(());
@@ -204,11 +204,14 @@ impl Server {
             ];
             tasks.push(tokio::spawn(crate::health::report(health_reporter, services, store_health)));
         }
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(sagaflow_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(|e| Error::Reflection(e.to_string()))?;
+        let described = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(sagaflow_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection = described().build_v1().map_err(|e| Error::Reflection(e.to_string()))?;
+        // Python's grpcio-reflection, and grpcurl before 1.8, speak only v1alpha.
+        let reflection_v1alpha = described().build_v1alpha().map_err(|e| Error::Reflection(e.to_string()))?;
         // The orchestrator's own jobs worker calls in like any worker; under
         // auth it holds a token minted here, known to no one else and
         // allowed to serve the `jobs.*` queues only.
@@ -238,6 +241,7 @@ impl Server {
             .layer(AdmissionLayer::new(admission))
             .add_service(health_service)
             .add_service(reflection)
+            .add_service(reflection_v1alpha)
             .add_service(
                 WorkflowServiceServer::new(WorkflowApi::new(runtime.clone())).max_decoding_message_size(max_message),
             )

@@ -52,7 +52,9 @@ impl Drop for Telemetry {
 pub fn init(format: LogFormat, otlp_endpoint: Option<&str>, service_name: &str) -> Result<Telemetry, Error> {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,h2=warn,tower=warn,hyper=warn,sled=warn,opentelemetry=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only on a terminal: a log file or a pipe would keep the escape codes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     // A second init in one process (tests, `dev`) keeps the first subscriber.
     let _ = match format {
         LogFormat::Text => builder.try_init(),

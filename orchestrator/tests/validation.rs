@@ -184,3 +184,27 @@ async fn health_and_reflection_are_served() {
         assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
     }
 }
+
+#[tokio::test]
+async fn reflection_also_speaks_v1alpha() {
+    // What Python's grpcio-reflection and older grpcurl send.
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+
+    let (server, _dir) = server(&[]).await;
+    let channel = tonic::transport::Channel::from_shared(server.url.clone()).unwrap().connect().await.unwrap();
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileContainingSymbol("sagaflow.checkout.v1.CheckoutService".into())),
+    };
+    let mut responses =
+        reflection.server_reflection_info(tokio_stream::iter(vec![request])).await.unwrap().into_inner();
+    let response = responses.message().await.unwrap().unwrap();
+    let Some(MessageResponse::FileDescriptorResponse(files)) = response.message_response else {
+        panic!("no file descriptor: {:?}", response.message_response)
+    };
+    assert!(!files.file_descriptor_proto.is_empty());
+}

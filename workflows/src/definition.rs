@@ -405,6 +405,10 @@ pub struct LifecycleEvents {
     /// On COMPENSATED or CANCELLED.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compensated: Option<String>,
+    /// On FAILED or TERMINATED: the saga stopped without completing or
+    /// compensating, so that a consumer that saw it start sees it end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
 }
 
 impl LifecycleEvents {

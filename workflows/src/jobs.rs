@@ -1,4 +1,4 @@
-//! The self-healing jobs (DESIGN.md §4) as sagas, so that each run is
+//! The self-healing jobs (docs/contract.md, Self-healing jobs) as sagas, so that each run is
 //! durable, observable (`sagaflow workflow history`) and idempotent like any
 //! other workflow (ADR 0009). Every step only reads, or repairs through an
 //! idempotent activity, so no step needs a compensation and none is a pivot:
@@ -119,8 +119,8 @@ pub fn replay_failed_events() -> SagaDefinition {
     build.unwrap_or_else(|e| unreachable!("the replay job is valid: {e}"))
 }
 
-/// The invariants of DESIGN.md §4: stock conserved and held by live
-/// reservations, each intent captured at most once, refunds within the
+/// The invariants of docs/contract.md (Self-healing jobs and invariants):
+/// stock conserved and held by live reservations, each intent captured at most once, refunds within the
 /// capture, every capture with an order or a refund, every order with a
 /// capture; and a checkout never lies (ADR 0006): none is CANCELLED while it
 /// kept money, and none that ended still holds stock. Each finding raises

@@ -39,6 +39,7 @@ pub fn checkout() -> SagaDefinition {
             started: Some("CheckoutStarted".into()),
             completed: Some("CheckoutCompleted".into()),
             compensated: Some("CheckoutCompensated".into()),
+            failed: Some("CheckoutFailed".into()),
         })
         .step(
             Step::activity("price", "catalog.price_snapshot")

@@ -1,5 +1,5 @@
 //! The catalog and pricing: products with prices, and the price snapshot a
-//! checkout takes once at its start (DESIGN.md §2: data fixed at the start
+//! checkout takes once at its start (docs/contract.md, Saga semantics: data fixed at the start
 //! lives in the history and is never recomputed).
 //!
 //! Prices come from here, never from the client. Every change to a product

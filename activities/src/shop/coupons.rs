@@ -3,7 +3,7 @@
 //! Setting a coupon never edits a rule: it adds the next version, and the
 //! older ones stay readable. A price snapshot records the version it applied,
 //! so a checkout that started under version 1 can be explained after the rule
-//! changed to version 2 (DESIGN.md §4, scenario 7).
+//! changed to version 2 (docs/contract.md, Failure scenarios, scenario 7).
 //!
 //! Records: `rule/<CODE>/<version, 10 digits>` → [`CouponRule`];
 //! `current/<CODE>` → a copy of the latest version; `meta/seeded`.

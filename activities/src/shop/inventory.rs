@@ -5,7 +5,7 @@
 //! back to `available`), committed (the checkout was paid: to `sold`), or
 //! expired (nobody came back within the TTL: the service releases it itself,
 //! so that a checkout whose orchestrator and workers all died leaks no stock;
-//! DESIGN.md §4, scenario 2). Per sku, at every moment:
+//! docs/contract.md, Failure scenarios, scenario 2). Per sku, at every moment:
 //!
 //! `available + reserved + sold = initial + restocked`, and `reserved` is the
 //! sum of the held reservations' quantities.

@@ -16,7 +16,7 @@
 //! key, in the same atomic batch as the record of its result, and flushes
 //! before it answers; a repeated call gets the first call's result. The key
 //! of each activity is the domain id the checkout and refund sagas pass as the
-//! task's key (DESIGN.md §2): `reservation_id`, `payment_intent_id`,
+//! task's key (docs/contract.md, Saga semantics): `reservation_id`, `payment_intent_id`,
 //! `refund_id`, `client_request_id`, `order_id`. Keying the effect on the
 //! domain id rather than on whatever key a task carries means that a
 //! reservation id is reserved once, whoever asks. Notifications have no
@@ -489,7 +489,7 @@ pub struct UnmatchedCapture {
 }
 
 /// An order whose refunds the payments ledger does not agree with: a refund
-/// that was made but not yet recorded on the order (DESIGN.md §4, scenario 6).
+/// that was made but not yet recorded on the order (docs/contract.md, Failure scenarios, scenario 6).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefundMismatch {
     pub order_id: String,

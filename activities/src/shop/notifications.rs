@@ -44,7 +44,10 @@ pub struct Notification {
     pub template: Option<String>,
     /// Set for an escalation, such as `ShipmentDelayed`.
     pub alert: Option<String>,
-    /// The message as it was given.
+    /// What the customer reads. Empty on notifications sent before it was written.
+    #[serde(default)]
+    pub text: String,
+    /// The message as it was given, for programs (it may carry internal ids).
     pub message: Value,
     pub created_at_ms: u64,
 }
@@ -59,6 +62,21 @@ pub struct Sent {
 #[derive(Debug, Clone)]
 pub struct Notifications {
     db: Arc<ServiceDb>,
+}
+
+/// The notification as a customer reads it: no internal ids beyond the
+/// order's, which the customer has on their receipt.
+fn customer_text(template: Option<&str>, alert: Option<&str>, order_id: Option<&str>) -> String {
+    let order = order_id.map_or_else(|| "Your order".to_owned(), |id| format!("Your order {id}"));
+    match (alert, template) {
+        (Some("ShipmentDelayed"), _) => format!(
+            "{order} is delayed: the carrier has not accepted the parcel yet. We keep trying, and will tell you when it ships."
+        ),
+        (Some(alert), _) => format!("{order} needs our attention ({alert}); we are on it and will keep you posted."),
+        (None, Some("order_confirmed")) => format!("{order} is confirmed and paid. We will tell you when it ships."),
+        (None, Some(template)) => format!("{order}: {}.", template.replace('_', " ")),
+        (None, None) => format!("{order} has news."),
+    }
 }
 
 /// The string at the first of `pointers` that holds one.
@@ -94,13 +112,17 @@ impl Notifications {
         }
         let customer_id = find(&message, &["/customer_id", "/input/customer_id", "/workflow_input/customer_id"])
             .filter(|c| check_id("customer_id", c).is_ok());
+        let order_id = find(&message, &["/order_id", "/input/order_id"]);
+        let template = find(&message, &["/template"]);
+        let alert = find(&message, &["/alert"]);
         let notification = Notification {
             notification_id: format!("ntf-{}", short_hash(idempotency_key)),
             key: idempotency_key.to_owned(),
             customer_id,
-            order_id: find(&message, &["/order_id", "/input/order_id"]),
-            template: find(&message, &["/template"]),
-            alert: find(&message, &["/alert"]),
+            text: customer_text(template.as_deref(), alert.as_deref(), order_id.as_deref()),
+            order_id,
+            template,
+            alert,
             message: Value::Null,
             created_at_ms: 0,
         };

@@ -12,7 +12,7 @@
 //!
 //! Shipping under another shipment id, refunding more than the total, and
 //! anything on a fully refunded order are refused with a non-retryable error:
-//! an order never lies (DESIGN.md §1).
+//! an order never lies (docs/contract.md, Principles).
 //!
 //! The order id is derived from the idempotency key (`client_request_id`),
 //! so the same request always names the same order, even across a lost
@@ -84,7 +84,7 @@ super::into_activity_error!(Error);
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The checkout statuses an order can have (DESIGN.md §3).
+/// The checkout statuses an order can have (docs/contract.md, gRPC).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum OrderStatus {
@@ -231,9 +231,9 @@ pub struct OrderShipped {
     pub status: OrderStatus,
 }
 
-/// `orders.record_refund` input; the key is `refund_id`. An empty `order_id`
-/// is a refund of a checkout that never got an order (cancelled with money
-/// kept, found by the invariants job): there is nothing to record it on.
+/// `orders.record_refund` input; the key is `refund_id` within `order_id`. An empty
+/// `order_id` is a refund of a checkout that never got an order (cancelled with money kept, found
+/// by the invariants job): there is nothing to record it on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordRefund {
     pub order_id: String,
@@ -353,7 +353,7 @@ impl Orders {
             .await
     }
 
-    /// Records a refund on an order, once per `refund_id`.
+    /// Records a refund on an order, once per `refund_id` of that order.
     ///
     /// # Errors
     /// Not retryable: `UnknownOrder`, `IllegalTransition`,
@@ -364,9 +364,17 @@ impl Orders {
             return Ok(RefundRecorded { order_id: String::new(), status: None, refunded_cents: request.amount_cents });
         }
         check_id("order_id", &request.order_id).map_err(Error::InvalidInput)?;
+        // A refund id is unique within its order, not across orders (see
+        // `Payments::refund`); calls made before the scoping were recorded
+        // under the bare id, and a retry of one is answered from there.
+        let scoped = format!("{}/{}", request.order_id, request.refund_id);
+        check_id("refund_id with its order_id", &scoped).map_err(Error::InvalidInput)?;
+        if let Some(earlier) = self.db.replayed(RECORD_REFUND, &request.refund_id, &request).await? {
+            return Ok(earlier);
+        }
         let event = OrderEvent::Refunded { refund_id: request.refund_id.clone(), amount_cents: request.amount_cents };
         self.db
-            .idempotent(RECORD_REFUND, &request.refund_id, &request, |tx| {
+            .idempotent(RECORD_REFUND, &scoped, &request, |tx| {
                 let order = self.transition(tx, &request.order_id, &event)?;
                 Ok(RefundRecorded {
                     order_id: order.order_id,

@@ -1,7 +1,7 @@
 //! Payments: a payment gateway simulator with intents, captures, voids,
 //! refunds and an append-only ledger.
 //!
-//! Money safety comes first (DESIGN.md §1): an intent is captured at most
+//! Money safety comes first (docs/contract.md, Principles): an intent is captured at most
 //! once, whatever the number of calls or keys; refunds never add up to more
 //! than the capture; every movement of money is a ledger entry written in the
 //! same batch as the intent it changes. `payment_method: "card_declined"` is
@@ -34,6 +34,9 @@ pub const ACTIVITIES: &[&str] = &[CAPTURE, REFUND, CHECK_INVARIANTS, CAPTURES];
 pub const DECLINED_METHOD: &str = "card_declined";
 /// The payment method of a request that names none.
 pub const DEFAULT_METHOD: &str = "card";
+/// Every method the simulated gateway knows. The checkout API refuses any
+/// other up front: an unknown method would otherwise be charged as a card.
+pub const METHODS: &[&str] = &[DEFAULT_METHOD, DECLINED_METHOD];
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -151,7 +154,7 @@ pub struct Capture {
     pub status: IntentStatus,
 }
 
-/// `payments.refund` input; the key is `refund_id`.
+/// `payments.refund` input; the key is `refund_id` within `payment_intent_id`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefundRequest {
     pub refund_id: String,
@@ -167,6 +170,11 @@ pub struct Refund {
     pub refunded_cents: u64,
     /// The intent's refunds so far, this one included.
     pub total_refunded_cents: u64,
+}
+
+/// Where a refund is recorded: its id is the caller's, unique within the intent.
+fn refund_key(payment_intent_id: &str, refund_id: &str) -> String {
+    format!("{payment_intent_id}/{refund_id}")
 }
 
 /// A refund as stored.
@@ -289,8 +297,15 @@ impl Payments {
 
     /// # Errors
     /// A storage failure.
-    pub fn refund_record(&self, refund_id: &str) -> store::Result<Option<RefundRecord>> {
-        self.db.get(&key("refund", refund_id))
+    pub fn refund_record(&self, payment_intent_id: &str, refund_id: &str) -> store::Result<Option<RefundRecord>> {
+        match self.db.get(&key("refund", &refund_key(payment_intent_id, refund_id)))? {
+            Some(record) => Ok(Some(record)),
+            // Recorded before refund ids were scoped to their intent.
+            None => Ok(self
+                .db
+                .get::<RefundRecord>(&key("refund", refund_id))?
+                .filter(|r| r.payment_intent_id == payment_intent_id)),
+        }
     }
 
     /// The whole ledger, oldest first.
@@ -435,8 +450,18 @@ impl Payments {
         check_id("refund_id", &request.refund_id).map_err(Error::InvalidInput)?;
         check_id("payment_intent_id", &request.payment_intent_id).map_err(Error::InvalidInput)?;
         let amount_cents = amount(request.amount_cents)?;
+        // A refund id is unique within its payment intent (one checkout),
+        // as a Stripe idempotency key is within its account: rf-1 on two
+        // checkouts is two refunds, not a reused key.
+        let scoped = refund_key(&request.payment_intent_id, &request.refund_id);
+        check_id("refund_id with its payment_intent_id", &scoped).map_err(Error::InvalidInput)?;
+        // Refunds made before the ids were scoped were recorded under the bare
+        // id; a retry of one must get that refund back, never a second one.
+        if let Some(earlier) = self.db.replayed(REFUND, &request.refund_id, &request).await? {
+            return Ok(earlier);
+        }
         self.db
-            .idempotent(REFUND, &request.refund_id, &request, |tx| {
+            .idempotent(REFUND, &scoped, &request, |tx| {
                 let id = &request.payment_intent_id;
                 let mut intent: PaymentIntent =
                     tx.get(&intent_key(id))?.ok_or_else(|| Error::UnknownPaymentIntent(id.clone()))?;
@@ -457,7 +482,7 @@ impl Payments {
                     amount_cents,
                     at_ms: now,
                 };
-                tx.put(&key("refund", &request.refund_id), &record)?;
+                tx.put(&key("refund", &scoped), &record)?;
                 append(
                     tx,
                     LedgerEntry {

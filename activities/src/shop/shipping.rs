@@ -1,7 +1,7 @@
 //! Shipping: a carrier simulator. One shipment per order.
 //!
 //! The carrier always accepts; its failures ("the carrier answers 500",
-//! DESIGN.md §4, scenario 5) are injected with
+//! docs/contract.md, Failure scenarios, scenario 5) are injected with
 //! `--fault shipping.create_shipment=error`. The shipment id, carrier and
 //! tracking number are derived from the order id, so a retried request
 //! names the same parcel.

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::{ErrorKind, ServiceError};
 
 /// The longest id (sku, reservation id, order id, …) a service accepts, in
-/// UTF-8 bytes (DESIGN.md §6). Ids become parts of keys; an unbounded id is an
+/// UTF-8 bytes (docs/contract.md, Limits). Ids become parts of keys; an unbounded id is an
 /// unbounded key.
 pub const MAX_ID_BYTES: usize = 255;
 
@@ -207,6 +207,27 @@ impl ServiceDb {
         Ok(result)
     }
 
+    /// The result recorded for `(operation, key)` when it was recorded for
+    /// this same `input`; `None` when there is no record, or one for another
+    /// input. For a key whose scheme changed: a retry of a call made under
+    /// the old key is answered from its record.
+    pub(crate) async fn replayed<I, R>(&self, operation: &str, key: &str, input: &I) -> Result<Option<R>>
+    where
+        I: Serialize,
+        R: DeserializeOwned,
+    {
+        let record_key = idempotency_key(operation, key);
+        let input = to_value(&record_key, input)?;
+        let Some(record) = self.get::<IdempotencyRecord>(&record_key)? else { return Ok(None) };
+        if record.input != input {
+            return Ok(None);
+        }
+        let replayed = serde_json::from_value(record.result)
+            .map_err(|source| Error::Corrupt { key: lossy(&record_key), source })?;
+        self.flush().await?;
+        Ok(Some(replayed))
+    }
+
     /// Makes everything applied so far durable. Runs on the blocking pool:
     /// sled 0.34's `flush_async` can deadlock when awaited concurrently
     /// (spacejam/sled#1308).
@@ -381,6 +402,16 @@ mod tests {
         assert_eq!(run(&db, &calls, 7).await.unwrap(), 10);
         assert_eq!(db.get::<u32>(b"count").unwrap(), Some(1));
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn replayed_answers_only_for_the_same_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = ServiceDb::open(dir.path()).unwrap();
+        assert_eq!(db.replayed::<_, u32>("test.op", "k", &1u32).await.unwrap(), None);
+        db.idempotent("test.op", "k", &1u32, |_| Ok::<_, Error>(42u32)).await.unwrap();
+        assert_eq!(db.replayed::<_, u32>("test.op", "k", &1u32).await.unwrap(), Some(42));
+        assert_eq!(db.replayed::<_, u32>("test.op", "k", &2u32).await.unwrap(), None);
     }
 
     #[test]

@@ -44,8 +44,8 @@ pub struct AdmissionOptions {
 
 impl Default for AdmissionOptions {
     fn default() -> Self {
-        // Far above what the standard workload needs (DESIGN.md bench: a few
-        // hundred sagas a second), low enough that a flood is refused before
+        // Far above what the standard workload needs (the standard
+        // workload: a few hundred sagas a second), low enough that a flood is refused before
         // it exhausts memory or the store's group commit.
         Self {
             max_in_flight: 2048,

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use sagaflow_activities::shop::Violation;
 use sagaflow_activities::shop::audit::{Captures, HeldReservations};
+use sagaflow_activities::shop::payments::METHODS as PAYMENT_METHODS;
 use sagaflow_proto::checkout::v1::checkout_service_server::CheckoutService;
 use sagaflow_proto::checkout::v1::{
     Checkout, CheckoutStatus, GetCheckoutRequest, Line, RefundCheckoutRequest, RefundCheckoutResponse,
@@ -63,6 +64,8 @@ const CAPTURE_STEP: &str = "capture";
 pub struct CheckoutView {
     pub workflow_status: Option<WorkflowStatus>,
     pub steps: HashMap<String, Value>,
+    /// Steps that were attempted at least once, completed or not.
+    pub attempted: std::collections::HashSet<String>,
     pub input: Value,
     pub shipment_delayed: bool,
     /// A capture attempt was scheduled.
@@ -96,6 +99,7 @@ impl CheckoutView {
                         view.capture_attempted = true;
                         in_flight = true;
                     }
+                    view.attempted.insert(s.step.clone());
                 }
                 Some(Attributes::ActivityCompleted(c)) => {
                     if let Some(step) = step_of.get(&c.task_id) {
@@ -135,6 +139,18 @@ impl CheckoutView {
         }
         view.capture_in_doubt = !view.captured() && (in_flight || unknown);
         view
+    }
+
+    /// An id from the input, named only once `step` was attempted: a
+    /// checkout that failed at pricing made no reservation and no payment,
+    /// and a view that named them would send a reader looking for ghosts.
+    /// An attempt that never answered may have taken effect, so it counts.
+    fn id_once_attempted(&self, step: &str, field: &str) -> String {
+        if self.attempted.contains(step) {
+            self.input[field].as_str().unwrap_or_default().to_owned()
+        } else {
+            String::new()
+        }
     }
 
     /// The history records the capture (a worker's answer or an operator's decision).
@@ -343,6 +359,13 @@ impl CheckoutService for CheckoutApi {
         limits.id("customer_id", &request.customer_id).map_err(invalid)?;
         limits.optional_id("coupon_code", &request.coupon_code).map_err(invalid)?;
         limits.optional_id("payment_method", &request.payment_method).map_err(invalid)?;
+        if !request.payment_method.is_empty() && !PAYMENT_METHODS.contains(&request.payment_method.as_str()) {
+            return Err(Status::invalid_argument(format!(
+                "unknown payment_method {:?}; one of {}",
+                request.payment_method,
+                PAYMENT_METHODS.join(", ")
+            )));
+        }
         if request.items.is_empty() || request.items.len() > MAX_ITEMS {
             return Err(Status::invalid_argument(format!("a checkout has 1 to {MAX_ITEMS} items")));
         }
@@ -395,8 +418,8 @@ impl CheckoutService for CheckoutApi {
             order_id: view.order_id(),
             total_cents: view.total_cents(),
             lines: view.lines(),
-            payment_intent_id: view.input["payment_intent_id"].as_str().unwrap_or_default().into(),
-            reservation_id: view.input["reservation_id"].as_str().unwrap_or_default().into(),
+            payment_intent_id: view.id_once_attempted("capture", "payment_intent_id"),
+            reservation_id: view.id_once_attempted("reserve", "reservation_id"),
             shipment_status: view.shipment_status(),
             refunded_cents,
             workflow_status: view.workflow_status.map(sagaflow_proto::status_name).unwrap_or_default().into(),
@@ -417,7 +440,18 @@ impl CheckoutService for CheckoutApi {
         }
         let (view, _) = self.view(&request.checkout_id, &caller).await?;
         let workflow_id = refund_workflow_id(&request.checkout_id, &request.refund_id);
-        let request_id = format!("refund:{}", request.refund_id);
+        // A refund id is the caller's within one checkout (as Stripe scopes an
+        // idempotency key to its account): rf-1 on two checkouts is two
+        // refunds. Refunds started before the scoping were filed under the
+        // bare id; a retry of one must find it there, or it would refund twice.
+        let legacy = format!("refund:{}", request.refund_id);
+        let request_id = if self.runtime.store().workflow_for_request(&legacy)?.as_deref() == Some(workflow_id.as_str())
+        {
+            legacy
+        } else {
+            format!("refund:{}:{}", request.checkout_id, request.refund_id)
+        };
+        self.runtime.limits().id("refund_id with its checkout_id", &request_id).map_err(invalid)?;
         let input = json!({
             "checkout_id": request.checkout_id,
             "refund_id": request.refund_id,

@@ -6,10 +6,11 @@ use sagaflow_proto::v1::workflow_service_server::WorkflowService;
 use sagaflow_proto::v1::{
     AwaitWorkflowRequest, AwaitWorkflowResponse, CancelWorkflowRequest, CancelWorkflowResponse,
     DescribeWorkflowRequest, DescribeWorkflowResponse, ExecuteWorkflowRequest, ExecuteWorkflowResponse,
-    GetWorkflowHistoryRequest, GetWorkflowHistoryResponse, ListWorkflowTypesRequest, ListWorkflowTypesResponse,
-    ListWorkflowsRequest, ListWorkflowsResponse, PendingActivity, ResolveActivityRequest, ResolveActivityResponse,
-    ResolvedOutcome, SignalWorkflowRequest, SignalWorkflowResponse, StartWorkflowRequest, StartWorkflowResponse,
-    TerminateWorkflowRequest, TerminateWorkflowResponse, WorkflowStatus, WorkflowSummary, WorkflowType,
+    GetWorkflowHistoryRequest, GetWorkflowHistoryResponse, ListQueuesRequest, ListQueuesResponse,
+    ListWorkflowTypesRequest, ListWorkflowTypesResponse, ListWorkflowsRequest, ListWorkflowsResponse, PendingActivity,
+    QueueInfo, QueueWorker, ResolveActivityRequest, ResolveActivityResponse, ResolvedOutcome, SignalWorkflowRequest,
+    SignalWorkflowResponse, StartWorkflowRequest, StartWorkflowResponse, TerminateWorkflowRequest,
+    TerminateWorkflowResponse, WorkflowStatus, WorkflowSummary, WorkflowType,
 };
 use tonic::{Request, Response, Status};
 
@@ -399,5 +400,22 @@ impl WorkflowService for WorkflowApi {
             .map(|d| WorkflowType { name: d.name.clone(), version: d.version, definition: d.to_json() })
             .collect();
         Ok(Response::new(ListWorkflowTypesResponse { types }))
+    }
+
+    async fn list_queues(&self, _request: Request<ListQueuesRequest>) -> Result<Response<ListQueuesResponse>, Status> {
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let queues = self
+            .runtime
+            .dispatch()
+            .queue_stats()
+            .into_iter()
+            .map(|q| QueueInfo {
+                queue: q.queue,
+                workers: q.workers.into_iter().map(|(worker_id, credit)| QueueWorker { worker_id, credit }).collect(),
+                in_flight: count(q.in_flight),
+                backlog: count(q.backlog),
+            })
+            .collect();
+        Ok(Response::new(ListQueuesResponse { queues }))
     }
 }

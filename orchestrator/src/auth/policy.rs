@@ -45,6 +45,8 @@ pub fn rule(path: &str) -> Option<&'static [Role]> {
         | "/sagaflow.v1.WorkflowService/SignalWorkflow"
         | "/sagaflow.v1.WorkflowService/CancelWorkflow"
         | "/sagaflow.v1.WorkflowService/TerminateWorkflow"
+        | "/sagaflow.v1.WorkflowService/ResolveActivity"
+        | "/sagaflow.v1.WorkflowService/ListQueues"
         | "/sagaflow.v1.EventService/StreamEvents"
         | "/sagaflow.checkout.v1.CheckoutService/RefundCheckout"
         | "/metrics" => OPERATOR,
@@ -79,5 +81,6 @@ mod tests {
         assert!(allowed("/grpc.health.v1.Health/Check").is_empty());
         assert!(allowed("/healthz").is_empty());
         assert_eq!(allowed("/metrics"), OPERATOR);
+        assert!(allowed("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo").is_empty());
     }
 }

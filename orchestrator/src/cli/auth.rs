@@ -34,6 +34,6 @@ pub fn run(command: AuthCommand) -> anyhow::Result<()> {
         "the token is {} bytes; use at least {MIN_TOKEN_BYTES} random bytes (or --generate)",
         token.len()
     );
-    println!("{}", hash_token(&token));
+    outln!("{}", hash_token(&token));
     Ok(())
 }

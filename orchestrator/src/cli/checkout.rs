@@ -8,11 +8,11 @@ use sagaflow_proto::checkout::v1::checkout_service_client::CheckoutServiceClient
 use sagaflow_proto::checkout::v1::{
     Checkout, CheckoutStatus, GetCheckoutRequest, Item, RefundCheckoutRequest, StartCheckoutRequest,
 };
-use sagaflow_proto::v1::AwaitWorkflowRequest;
+use sagaflow_proto::v1::workflow_service_client::WorkflowServiceClient;
 use serde_json::json;
 
 use super::Output;
-use super::workflow::{Conn, connect_channel, status_error};
+use super::workflow::{Conn, connect_channel, outcome_failure, status_error, wait_for_end};
 
 #[derive(Debug, Subcommand)]
 pub enum CheckoutCommand {
@@ -21,29 +21,39 @@ pub enum CheckoutCommand {
         /// The client's request id: "Pay" clicked twice starts one checkout.
         #[arg(long)]
         request_id: String,
+        /// The customer's id; their checkouts and notifications are filed under it.
         #[arg(long)]
         customer: String,
-        /// SKU:QUANTITY; repeatable.
-        #[arg(long = "item", value_parser = parse_item, required = true)]
+        /// SKU:QUANTITY, such as sku-mug:2 (quantity 1 to 10000); repeatable.
+        #[arg(long = "item", value_name = "SKU:QTY", value_parser = parse_item, required = true)]
         items: Vec<Item>,
+        /// A coupon code (see `shop coupons`), applied to the price snapshot at the start.
         #[arg(long)]
         coupon: Option<String>,
-        /// `card` by default; the demo gateway declines `card_declined`.
+        /// `card` (the default), or `card_declined`, which the demo gateway declines.
         #[arg(long)]
         payment_method: Option<String>,
+        /// The shipping address, free text.
         #[arg(long)]
         address: Option<String>,
-        /// Wait until the checkout's saga ends, then print the checkout.
-        #[arg(long)]
-        wait: bool,
+        /// Wait for the checkout's saga to end (60s, or the given duration such as 5m), then print
+        /// the checkout; exits 3 unless it COMPLETED, 4 if it still runs.
+        #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "60s", value_parser = humantime::parse_duration)]
+        wait: Option<Duration>,
     },
     /// Show a checkout: status, lines, total, order, payment, shipment, refunds.
-    Get { checkout_id: String },
+    Get {
+        /// The checkout's id (chk-…), as `checkout start` printed it.
+        checkout_id: String,
+    },
     /// Refund part or all of a checkout's payment (idempotent by --refund-id).
     Refund {
+        /// The checkout's id (chk-…).
         checkout_id: String,
+        /// The caller's id for this refund: a retry with the same id is the same refund, never a second one.
         #[arg(long)]
         refund_id: String,
+        /// How much to refund, in cents (1000 is 10.00); at most what was captured and not yet refunded.
         #[arg(long)]
         amount_cents: i64,
     },
@@ -51,9 +61,20 @@ pub enum CheckoutCommand {
 
 fn parse_item(text: &str) -> Result<Item, String> {
     let (sku, quantity) = text.rsplit_once(':').ok_or_else(|| format!("{text:?} is not SKU:QUANTITY"))?;
-    let quantity = quantity.parse().map_err(|_| format!("{text:?}: the quantity is not a number"))?;
-    Ok(Item { sku: sku.to_owned(), quantity })
+    if sku.is_empty() {
+        return Err(format!("{text:?} has no SKU before the ':'"));
+    }
+    // Parsed wide first, so that -1 or 0 is told apart from text that is no number.
+    let quantity: i64 = quantity.parse().map_err(|_| format!("{text:?}: the quantity {quantity:?} is not a number"))?;
+    u32::try_from(quantity)
+        .ok()
+        .filter(|q| (1..=MAX_QUANTITY).contains(q))
+        .map(|quantity| Item { sku: sku.to_owned(), quantity })
+        .ok_or_else(|| format!("{text:?}: the quantity must be from 1 to {MAX_QUANTITY}, not {quantity}"))
 }
+
+/// The server's bound on one line's quantity, checked here to say so before a round trip.
+const MAX_QUANTITY: u32 = 10_000;
 
 pub fn checkout_status_name(status: i32) -> &'static str {
     CheckoutStatus::try_from(status).unwrap_or_default().as_str_name().trim_start_matches("CHECKOUT_STATUS_")
@@ -65,6 +86,8 @@ fn checkout_json(checkout: &Checkout) -> serde_json::Value {
         "status": checkout_status_name(checkout.status),
         "workflow_status": checkout.workflow_status,
         "order_id": checkout.order_id,
+        "subtotal_cents": subtotal_cents(checkout),
+        "discount_cents": subtotal_cents(checkout) - checkout.total_cents,
         "total_cents": checkout.total_cents,
         "lines": checkout.lines.iter().map(|l| json!({
             "sku": l.sku, "quantity": l.quantity, "unit_price_cents": l.unit_price_cents, "line_total_cents": l.line_total_cents,
@@ -76,6 +99,11 @@ fn checkout_json(checkout: &Checkout) -> serde_json::Value {
         "stuck_reason": checkout.stuck_reason,
         "stuck_message": checkout.stuck_message,
     })
+}
+
+/// The sum of the lines, before any discount.
+fn subtotal_cents(checkout: &Checkout) -> i64 {
+    checkout.lines.iter().map(|l| l.line_total_cents).sum()
 }
 
 fn money(cents: i64) -> String {
@@ -103,6 +131,12 @@ fn checkout_text(checkout: &Checkout) -> String {
             out.push_str(&format!("{name:<14}{value}\n"));
         }
     };
+    // The lines add up to the subtotal; the coupon's discount takes it to the total.
+    let subtotal = subtotal_cents(checkout);
+    if subtotal != checkout.total_cents {
+        field("Subtotal", money(subtotal));
+        field("Discount", format!("-{}", money(subtotal - checkout.total_cents)));
+    }
     field("Total", if checkout.total_cents > 0 { money(checkout.total_cents) } else { String::new() });
     field("Order", checkout.order_id.clone());
     field("Payment", checkout.payment_intent_id.clone());
@@ -128,20 +162,22 @@ pub async fn run(command: CheckoutCommand, server: &str, output: Output) -> anyh
                 shipping_address: address.unwrap_or_default(),
             };
             let started = client.start_checkout(request).await.map_err(status_error)?.into_inner();
-            if wait {
-                let ended = await_saga(channel, &started.checkout_id).await?;
-                print_checkout(&mut client, &started.checkout_id, output).await?;
-                if let Some(flag) = ended {
-                    anyhow::bail!("checkout {} is open and flagged stuck: {flag}", started.checkout_id);
-                }
-                return Ok(());
+            if let Some(timeout) = wait {
+                let mut workflows = WorkflowServiceClient::new(channel);
+                let ended = wait_for_end(&mut workflows, &started.checkout_id, timeout, None, output).await?;
+                let checkout = print_checkout(&mut client, &started.checkout_id, output).await?;
+                let what = format!("checkout {} ({})", started.checkout_id, checkout_status_name(checkout.status));
+                return match outcome_failure(&ended, &what, timeout) {
+                    Some(failure) => Err(failure.into()),
+                    None => Ok(()),
+                };
             }
             match output {
-                Output::Json => println!(
+                Output::Json => outln!(
                     "{}",
                     json!({"checkout_id": started.checkout_id, "status": checkout_status_name(started.status), "already_started": started.already_started})
                 ),
-                Output::Text => println!(
+                Output::Text => outln!(
                     "{} {}{}",
                     started.checkout_id,
                     checkout_status_name(started.status),
@@ -149,7 +185,9 @@ pub async fn run(command: CheckoutCommand, server: &str, output: Output) -> anyh
                 ),
             }
         }
-        CheckoutCommand::Get { checkout_id } => print_checkout(&mut client, &checkout_id, output).await?,
+        CheckoutCommand::Get { checkout_id } => {
+            print_checkout(&mut client, &checkout_id, output).await?;
+        }
         CheckoutCommand::Refund { checkout_id, refund_id, amount_cents } => {
             let response = client
                 .refund_checkout(RefundCheckoutRequest { checkout_id, refund_id, amount_cents })
@@ -157,45 +195,22 @@ pub async fn run(command: CheckoutCommand, server: &str, output: Output) -> anyh
                 .map_err(status_error)?
                 .into_inner();
             match output {
-                Output::Json => println!(
+                Output::Json => outln!(
                     "{}",
                     json!({"refund_workflow_id": response.refund_workflow_id, "already_started": response.already_started})
                 ),
-                Output::Text => println!("refund started: {}", response.refund_workflow_id),
+                Output::Text => outln!("refund started: {}", response.refund_workflow_id),
             }
         }
     }
     Ok(())
 }
 
-/// Waits until the checkout's saga ends, or stops and is flagged stuck (a
-/// capture whose outcome is unknown, say): then it returns the flag, since
-/// only an operator moves it on.
-async fn await_saga(channel: Conn, checkout_id: &str) -> anyhow::Result<Option<String>> {
-    let mut workflows = sagaflow_proto::v1::workflow_service_client::WorkflowServiceClient::new(channel);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let done = workflows
-            .await_workflow(AwaitWorkflowRequest { workflow_id: checkout_id.to_owned(), timeout_ms: 1_000 })
-            .await
-            .map_err(status_error)?
-            .into_inner();
-        let summary = done.summary.unwrap_or_default();
-        if done.terminal {
-            return Ok(None);
-        }
-        if !summary.stuck_reason.is_empty() {
-            return Ok(Some(format!("{}: {}", summary.stuck_reason, summary.stuck_message)));
-        }
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "checkout {checkout_id} is still running after 60 s");
-    }
-}
-
 async fn print_checkout(
     client: &mut CheckoutServiceClient<Conn>,
     checkout_id: &str,
     output: Output,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Checkout> {
     let checkout = client
         .get_checkout(GetCheckoutRequest { checkout_id: checkout_id.to_owned() })
         .await
@@ -203,8 +218,8 @@ async fn print_checkout(
         .context("cannot read the checkout")?
         .into_inner();
     match output {
-        Output::Json => println!("{}", checkout_json(&checkout)),
-        Output::Text => print!("{}", checkout_text(&checkout)),
+        Output::Json => outln!("{}", checkout_json(&checkout)),
+        Output::Text => out!("{}", checkout_text(&checkout)),
     }
-    Ok(())
+    Ok(checkout)
 }

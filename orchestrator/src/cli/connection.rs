@@ -16,19 +16,19 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
     /// API token for a server that runs with --auth-file.
-    #[arg(long, global = true, env = "SAGAFLOW_TOKEN", hide_env_values = true, conflicts_with = "token_file")]
+    #[arg(long, global = true, help_heading = super::GLOBAL, env = "SAGAFLOW_TOKEN", hide_env_values = true, conflicts_with = "token_file")]
     pub token: Option<String>,
     /// Read the API token from this file (keeps it out of the process list and shell history).
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, help_heading = super::GLOBAL, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
     /// CA certificate (PEM) that signed the server's certificate; use with an https:// --server.
-    #[arg(long, global = true, value_name = "PEM")]
+    #[arg(long, global = true, help_heading = super::GLOBAL, value_name = "PEM")]
     pub tls_ca: Option<PathBuf>,
     /// Client certificate (PEM) for a server that requires mTLS.
-    #[arg(long, global = true, value_name = "PEM", requires = "tls_client_key")]
+    #[arg(long, global = true, help_heading = super::GLOBAL, value_name = "PEM", requires = "tls_client_key")]
     pub tls_client_cert: Option<PathBuf>,
     /// The client certificate's private key (PEM).
-    #[arg(long, global = true, value_name = "PEM", requires = "tls_client_cert")]
+    #[arg(long, global = true, help_heading = super::GLOBAL, value_name = "PEM", requires = "tls_client_cert")]
     pub tls_client_key: Option<PathBuf>,
 }
 

@@ -19,15 +19,30 @@ pub struct DevArgs {
     /// Where histories and the shop's data live.
     #[arg(long, default_value = "./sagaflow-data")]
     pub data_dir: PathBuf,
+    /// gRPC listen address (what `--server` points the other commands at). Loopback by default.
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+    /// HTTP listen address for /metrics and /healthz.
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub http_listen: SocketAddr,
-    /// The shop admin API (`sagaflow shop …`).
+    /// The shop admin API (`sagaflow shop …`, which reads it from --admin-url).
     #[arg(long, default_value = "127.0.0.1:9091")]
     pub admin_listen: SocketAddr,
+    /// How long an inventory reservation holds stock before it is released on its own
+    /// (when its checkout died without compensating), such as 15m or 30s.
     #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
     pub reservation_ttl: Duration,
+}
+
+/// The banner's examples, with `--server` and `--admin-url` spelled out
+/// when they are not the defaults, so that each line works as printed.
+fn try_lines(server_url: &str, admin_url: &str) -> String {
+    let server = if server_url == "http://127.0.0.1:50051" { String::new() } else { format!(" --server {server_url}") };
+    let admin = if admin_url == "http://127.0.0.1:9091" { String::new() } else { format!(" --admin-url {admin_url}") };
+    format!(
+        "Try:\n  sagaflow checkout start --request-id demo-1 --customer alice --item sku-mug:2 --item sku-tee:1 --wait{server}\n  \
+         sagaflow shop stock{admin}\n  sagaflow workflow list{server}"
+    )
 }
 
 pub async fn run(args: DevArgs, logging: &Logging) -> anyhow::Result<()> {
@@ -65,10 +80,7 @@ pub async fn run(args: DevArgs, logging: &Logging) -> anyhow::Result<()> {
         args.http_listen,
         args.data_dir.display()
     );
-    println!(
-        "Try:\n  sagaflow checkout start --request-id demo-1 --customer alice --item sku-mug:2 --item sku-tee:1 --wait\n  \
-         sagaflow shop stock\n  sagaflow workflow list"
-    );
+    println!("{}", try_lines(&server.url(), &format!("http://{admin}")));
     shutdown.await;
     handle.shutdown();
     let _ = worker_task.await;

@@ -32,7 +32,7 @@ pub async fn run(command: EventsCommand, server: &str, output: Output) -> anyhow
         .into_inner();
     while let Some(event) = stream.message().await.map_err(status_error)? {
         match output {
-            Output::Json => println!(
+            Output::Json => outln!(
                 "{}",
                 json!({
                     "seq": event.seq, "event_id": event.event_id, "type": event.event_type,
@@ -41,7 +41,7 @@ pub async fn run(command: EventsCommand, server: &str, output: Output) -> anyhow
                     "payload": json_text(&event.payload),
                 })
             ),
-            Output::Text => println!(
+            Output::Text => outln!(
                 "#{:<6} {}  {:<20} {}  {}",
                 event.seq,
                 timestamp(event.time_ms),

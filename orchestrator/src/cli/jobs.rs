@@ -196,8 +196,12 @@ pub async fn run(command: JobsCommand, server: &str, output: Output) -> anyhow::
     let (name, grace, timeout) = match command {
         JobsCommand::List => {
             match output {
-                Output::Json => println!("{}", json!(jobs::NAMES)),
-                Output::Text => jobs::NAMES.iter().for_each(|name| println!("{name}")),
+                Output::Json => outln!("{}", json!(jobs::NAMES)),
+                Output::Text => {
+                    for name in jobs::NAMES {
+                        outln!("{name}");
+                    }
+                }
             }
             return Ok(());
         }
@@ -211,8 +215,8 @@ pub async fn run(command: JobsCommand, server: &str, output: Output) -> anyhow::
 /// Prints a run; a violation is a failure (non-zero exit).
 pub fn print_report(report: &JobReport, output: Output) -> anyhow::Result<()> {
     match output {
-        Output::Json => println!("{}", report.to_json()),
-        Output::Text => println!("{}", report.text()),
+        Output::Json => outln!("{}", report.to_json()),
+        Output::Text => outln!("{}", report.text()),
     }
     if !report.violations.is_empty() {
         bail!("{} found {} violations", report.job, report.violations.len());

@@ -1,5 +1,18 @@
 //! Command-line parsing and the commands.
 
+// The output macros come before the modules, so that every command sees them.
+
+/// `println!` for command output: a reader that went away (`| head -1`)
+/// ends the command quietly instead of panicking (see [`Failure::ClosedPipe`]).
+macro_rules! outln {
+    ($($arg:tt)*) => { $crate::cli::write_out(format_args!("{}\n", format_args!($($arg)*)))? };
+}
+
+/// `print!` for command output; see [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::cli::write_out(format_args!($($arg)*))? };
+}
+
 mod auth;
 mod bench;
 mod chaos;
@@ -16,18 +29,96 @@ mod shop;
 mod worker;
 mod workflow;
 
+use std::fmt;
+use std::io::Write;
+
 use clap::{Parser, Subcommand, ValueEnum};
 use sagaflow_orchestrator::telemetry::{self, LogFormat, Telemetry};
 
+/// Writes to stdout. A closed pipe becomes [`Failure::ClosedPipe`], which
+/// `main` turns into a quiet, successful exit: the reader had what it wanted.
+pub fn write_out(args: fmt::Arguments<'_>) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_fmt(args).and_then(|()| stdout.flush()).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            anyhow::Error::new(Failure::ClosedPipe)
+        } else {
+            anyhow::Error::new(e).context("cannot write to stdout")
+        }
+    })
+}
+
+/// Why a command failed, when the caller may want more than the message:
+/// `main` picks the exit code and the JSON error's `code` from it.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// The server answered with a gRPC status.
+    #[error("{code}: {message}")]
+    Status { code: String, message: String },
+    /// The awaited workflow ended, but not `COMPLETED`.
+    #[error("{0}")]
+    NotCompleted(String),
+    /// The wait ran out while the workflow still runs.
+    #[error("{0}")]
+    StillRunning(String),
+    /// Whoever read stdout closed it.
+    #[error("stdout was closed")]
+    ClosedPipe,
+}
+
+/// Exit codes, as `sagaflow --help` documents them.
+pub mod exit {
+    /// A command that failed: bad input, an unreachable server, a refusal.
+    pub const ERROR: u8 = 1;
+    /// The awaited workflow ended without completing (compensated, failed, cancelled, terminated).
+    pub const NOT_COMPLETED: u8 = 3;
+    /// The wait ran out before the workflow ended.
+    pub const STILL_RUNNING: u8 = 4;
+}
+
+impl Failure {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Status { .. } => exit::ERROR,
+            Self::NotCompleted(_) => exit::NOT_COMPLETED,
+            Self::StillRunning(_) => exit::STILL_RUNNING,
+            Self::ClosedPipe => 0,
+        }
+    }
+
+    /// The `code` of the JSON error: the gRPC code, or what the wait found.
+    pub fn code(&self) -> &str {
+        match self {
+            Self::Status { code, .. } => code,
+            Self::NotCompleted(_) => "WORKFLOW_NOT_COMPLETED",
+            Self::StillRunning(_) => "STILL_RUNNING",
+            Self::ClosedPipe => "CLOSED_PIPE",
+        }
+    }
+}
+
+/// `--server 127.0.0.1:50051` means `http://127.0.0.1:50051`: without a
+/// scheme the URL parser would refuse it with a message that does not say why.
+pub fn server_url(text: &str) -> String {
+    if text.contains("://") { text.to_owned() } else { format!("http://{text}") }
+}
+
 #[derive(Debug, Parser)]
-#[command(name = "sagaflow", version, about = "Sagaflow: a durable saga orchestrator.", long_about = None)]
+#[command(
+    name = "sagaflow",
+    version,
+    about = "Sagaflow: a durable saga orchestrator.",
+    long_about = None,
+    after_help = "Exit codes: 0 success; 1 error; 2 bad usage; 3 the awaited workflow ended without completing \
+                  (compensated, failed, cancelled or terminated); 4 the wait ran out while it still runs."
+)]
 pub struct Cli {
-    /// The orchestrator's gRPC address.
-    #[arg(long, global = true, env = "SAGAFLOW_SERVER", default_value = "http://127.0.0.1:50051")]
+    /// The orchestrator's gRPC address: http://HOST:PORT, https://HOST:PORT, or HOST:PORT (plain http).
+    #[arg(long, global = true, env = "SAGAFLOW_SERVER", default_value = "http://127.0.0.1:50051", help_heading = GLOBAL)]
     pub server: String,
 
-    /// How read commands print: `text` for people, `json` for programs.
-    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
+    /// How commands print: `text` for people, `json` for programs (errors too, as JSON on stderr).
+    #[arg(long, global = true, value_enum, default_value_t = Output::Text, help_heading = GLOBAL)]
     pub output: Output,
 
     #[command(flatten)]
@@ -40,6 +131,9 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The heading global flags are listed under, apart from a command's own.
+pub const GLOBAL: &str = "Global options";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     Text,
@@ -50,11 +144,11 @@ pub enum Output {
 #[derive(Debug, Clone, clap::Args)]
 pub struct Logging {
     /// Log format: `text` for people, `json` (one object a line) for log pipelines.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, help_heading = GLOBAL)]
     pub log_format: LogFormat,
 
     /// Export spans to this OpenTelemetry collector over OTLP/gRPC (off when not given).
-    #[arg(long, global = true, env = "SAGAFLOW_OTLP_ENDPOINT")]
+    #[arg(long, global = true, env = "SAGAFLOW_OTLP_ENDPOINT", help_heading = GLOBAL)]
     pub otlp_endpoint: Option<String>,
 }
 
@@ -75,7 +169,8 @@ pub enum Command {
     Dev(dev::DevArgs),
     /// Read and steer the reference shop's services (stock, payments, orders, faults…).
     Shop(shop::ShopArgs),
-    /// Run activity services against a server: a separate worker process.
+    /// Run activity services against a server, as a separate worker process; `worker list` shows
+    /// the connected workers per queue.
     Worker(worker::WorkerArgs),
     /// Start, read and refund the reference shop's checkouts.
     #[command(subcommand)]
@@ -108,13 +203,14 @@ pub enum Command {
     Auth(auth::AuthCommand),
 }
 
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+pub async fn run(mut cli: Cli) -> anyhow::Result<()> {
     connection::install(cli.client.resolve()?);
+    cli.server = server_url(&cli.server);
     match cli.command {
         Command::Server(args) => server::run(*args, &cli.logging).await,
         Command::Dev(args) => dev::run(args, &cli.logging).await,
         Command::Shop(args) => shop::run(args, &cli.server, cli.output).await,
-        Command::Worker(args) => worker::run(args, &cli.server, &cli.logging).await,
+        Command::Worker(args) => worker::run(args, &cli.server, cli.output, &cli.logging).await,
         Command::Admin(command) => server::admin(command, cli.output).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Events(command) => events::run(command, &cli.server, cli.output).await,

@@ -1,6 +1,7 @@
 //! How the CLI prints things: aligned tables and a timeline for people, and
 //! stable JSON for programs.
 
+use std::collections::HashMap;
 use std::time::{Duration, UNIX_EPOCH};
 
 use sagaflow_proto::v1::history_event::Attributes;
@@ -87,13 +88,14 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-pub fn list_table(workflows: &[WorkflowSummary], next_page_token: &str) -> String {
-    if workflows.is_empty() {
+/// Workflows with, for each, why it ended when it did not complete.
+pub fn list_table(rows: &[(WorkflowSummary, String)]) -> String {
+    if rows.is_empty() {
         return "no workflows match\n".into();
     }
-    let rows: Vec<Vec<String>> = workflows
+    let rows: Vec<Vec<String>> = rows
         .iter()
-        .map(|s| {
+        .map(|(s, reason)| {
             vec![
                 s.workflow_id.clone(),
                 s.workflow_type.clone(),
@@ -101,14 +103,21 @@ pub fn list_table(workflows: &[WorkflowSummary], next_page_token: &str) -> Strin
                 s.current_step.clone(),
                 s.history_length.to_string(),
                 timestamp(s.started_ms),
+                timestamp(s.closed_ms),
+                short_text(reason, 60),
             ]
         })
         .collect();
-    let mut out = table(&["WORKFLOW ID", "TYPE", "STATUS", "STEP", "EVENTS", "STARTED"], &rows);
-    if !next_page_token.is_empty() {
-        out.push_str(&format!("more: --page-token {next_page_token}\n"));
+    table(&["WORKFLOW ID", "TYPE", "STATUS", "STEP", "EVENTS", "STARTED", "CLOSED", "REASON"], &rows)
+}
+
+/// `text` cut to `max` characters, with an ellipsis when cut.
+fn short_text(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_owned()
+    } else {
+        format!("{}…", text.chars().take(max).collect::<String>())
     }
-    out
 }
 
 pub fn types_table(types: &[WorkflowType]) -> String {
@@ -126,7 +135,30 @@ pub fn types_table(types: &[WorkflowType]) -> String {
     table(&["TYPE", "VERSION", "STEPS"], &rows)
 }
 
-pub fn describe_text(described: &DescribeWorkflowResponse) -> String {
+/// The step names of `definition` (a definition's JSON), in step order.
+pub fn step_names(definition: &str) -> Vec<String> {
+    json_text(definition)
+        .get("steps")
+        .and_then(Value::as_array)
+        .map(|steps| steps.iter().filter_map(|s| s.get("name").and_then(Value::as_str)).map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// A cancel recorded on a workflow that still runs.
+#[derive(Debug, Clone)]
+pub struct CancelRequest {
+    pub reason: String,
+    pub identity: String,
+    pub at_ms: i64,
+}
+
+/// `step_order` lists the definition's steps, so that results read in the
+/// order they were made; a step it does not name goes last.
+pub fn describe_text(
+    described: &DescribeWorkflowResponse,
+    step_order: &[String],
+    cancel: Option<&CancelRequest>,
+) -> String {
     let summary = described.summary.clone().unwrap_or_default();
     let mut out = String::new();
     let mut field = |name: &str, value: String| {
@@ -136,7 +168,15 @@ pub fn describe_text(described: &DescribeWorkflowResponse) -> String {
     };
     field("Workflow", summary.workflow_id.clone());
     field("Type", format!("{} v{}", summary.workflow_type, summary.definition_version));
-    field("Status", status_label(&summary));
+    let status = match cancel {
+        // Until the running step reports, the engine keeps the status; say why it has not moved.
+        Some(_) => format!("{} (cancel requested; compensation follows the running step)", status_label(&summary)),
+        None => status_label(&summary),
+    };
+    field("Status", status);
+    if let Some(c) = cancel {
+        field("Cancel", format!("requested {} by {}: {}", timestamp(c.at_ms), c.identity, c.reason));
+    }
     field("Step", summary.current_step.clone());
     field("Request id", summary.request_id.clone());
     field("Correlation", summary.correlation_id.clone());
@@ -178,7 +218,8 @@ pub fn describe_text(described: &DescribeWorkflowResponse) -> String {
     if !described.step_results.is_empty() {
         out.push_str("\nStep results:\n");
         let mut results: Vec<_> = described.step_results.iter().collect();
-        results.sort();
+        let position = |step: &str| step_order.iter().position(|s| s == step).unwrap_or(usize::MAX);
+        results.sort_by(|a, b| position(a.0).cmp(&position(b.0)).then_with(|| a.0.cmp(b.0)));
         for (step, result) in results {
             out.push_str(&format!("  {step:<12}{result}\n"));
         }
@@ -218,71 +259,97 @@ pub fn event_json(event: &HistoryEvent) -> Value {
     json!({"seq": event.seq, "time": timestamp(event.time_ms), "type": kind, "attributes": attributes})
 }
 
-/// One line of the timeline: `#seq  time  EventType  details`.
-pub fn event_line(event: &HistoryEvent) -> String {
-    let Some(attributes) = &event.attributes else {
-        return format!("#{:<4} {}  (unknown event)", event.seq, time_of_day(event.time_ms));
-    };
-    let detail = match attributes {
-        Attributes::WorkflowStarted(s) => {
-            format!("{} v{} request={} input={}", s.workflow_type, s.definition_version, s.request_id, short(&s.input))
-        }
-        Attributes::ActivityScheduled(s) => {
-            let what = if s.compensation { format!("undo {}", s.step) } else { s.step.clone() };
-            format!("{what} → {} attempt {} key={}", s.activity_type, s.attempt, s.idempotency_key)
-        }
-        Attributes::ActivityStarted(s) => format!("{} by {}", s.task_id, s.worker_id),
-        Attributes::ActivityCompleted(c) => format!("{} result={}", c.task_id, short(&c.result)),
-        Attributes::ActivityFailed(f) => {
-            let next = if f.next_attempt_ms > 0 {
-                format!("retry at {}", time_of_day(f.next_attempt_ms))
-            } else {
-                "no retry".into()
-            };
-            format!("{} {}: {} ({next})", f.task_id, f.error_type, f.message)
-        }
-        Attributes::ActivityTimedOut(t) => {
-            let next = if t.next_attempt_ms > 0 {
-                format!("retry at {}", time_of_day(t.next_attempt_ms))
-            } else {
-                "no retry".into()
-            };
-            format!("{} {} ({next})", t.task_id, t.timeout_type)
-        }
-        Attributes::TimerStarted(t) => {
-            format!("{} fires at {}", t.timer_id, time_of_day(t.fire_at_ms))
-        }
-        Attributes::TimerFired(t) => t.timer_id.clone(),
-        Attributes::SignalReceived(s) => format!("{} input={}", s.name, short(&s.input)),
-        Attributes::CancelRequested(c) => format!("{} by {}", c.reason, c.identity),
-        Attributes::CompensationStarted(c) => format!("{}; undo {}", c.reason, c.steps.join(", ")),
-        Attributes::WorkflowCompleted(c) => format!("result={}", short(&c.result)),
-        Attributes::WorkflowCompensated(c) => c.reason.clone(),
-        Attributes::WorkflowFailed(f) => format!("{} {}", f.step, f.reason),
-        Attributes::WorkflowCancelled(c) => c.reason.clone(),
-        Attributes::WorkflowTerminated(t) => format!("{} by {}", t.reason, t.identity),
-        Attributes::StuckDetected(s) => format!("{}: {}", s.reason, s.message),
-        Attributes::StuckCleared(s) => format!("was {}", s.reason),
-        Attributes::StepEscalated(e) => {
-            format!("{} after attempt {} of {}", e.alert, e.attempt, e.step)
-        }
-        Attributes::CompletionIgnored(c) => format!("{} {} ({}) from {}", c.task_id, c.reason, c.outcome, c.worker_id),
-        Attributes::CancelRefused(c) => format!("{} ({})", c.message, c.reason),
-        Attributes::ActivityResolved(r) => {
-            let what = if r.compensation { format!("undo {}", r.step) } else { r.step.clone() };
-            format!("{what} {} by {}: {}", r.outcome, r.identity, r.reason)
-        }
-    };
-    format!("#{:<4} {}  {:<20} {}", event.seq, time_of_day(event.time_ms), attributes.event_name(), detail.trim())
+/// Renders a history as a timeline, one event at a time. It remembers
+/// what earlier events said about each task, so that a line names the step
+/// (`reserve`, `undo reserve`) rather than the task id (`1.f.1`).
+#[derive(Debug, Default)]
+pub struct Timeline {
+    /// Whole payloads rather than their first characters.
+    full: bool,
+    step_of: HashMap<String, String>,
+}
+
+impl Timeline {
+    pub fn new(full: bool) -> Self {
+        Self { full, ..Self::default() }
+    }
+
+    fn step(&self, task_id: &str) -> String {
+        self.step_of.get(task_id).cloned().unwrap_or_else(|| task_id.to_owned())
+    }
+
+    fn payload(&self, json: &str) -> String {
+        if self.full { json.to_owned() } else { short(json) }
+    }
+
+    /// One line: `#seq  time  EventType  details`.
+    pub fn line(&mut self, event: &HistoryEvent) -> String {
+        let Some(attributes) = &event.attributes else {
+            return format!("#{:<4} {}  (unknown event)", event.seq, time_of_day(event.time_ms));
+        };
+        let detail = match attributes {
+            Attributes::WorkflowStarted(s) => format!(
+                "{} v{} request={} input={}",
+                s.workflow_type,
+                s.definition_version,
+                s.request_id,
+                self.payload(&s.input)
+            ),
+            Attributes::ActivityScheduled(s) => {
+                let what = if s.compensation { format!("undo {}", s.step) } else { s.step.clone() };
+                self.step_of.insert(s.task_id.clone(), what.clone());
+                format!("{what} → {} attempt {} key={}", s.activity_type, s.attempt, s.idempotency_key)
+            }
+            Attributes::ActivityStarted(s) => format!("{} by {}", self.step(&s.task_id), s.worker_id),
+            Attributes::ActivityCompleted(c) => format!("{} result={}", self.step(&c.task_id), self.payload(&c.result)),
+            Attributes::ActivityFailed(f) => {
+                let next = if f.next_attempt_ms > 0 {
+                    format!("retry at {}", time_of_day(f.next_attempt_ms))
+                } else {
+                    "no retry".into()
+                };
+                format!("{} {}: {} ({next})", self.step(&f.task_id), f.error_type, f.message)
+            }
+            Attributes::ActivityTimedOut(t) => {
+                let next = if t.next_attempt_ms > 0 {
+                    format!("retry at {}", time_of_day(t.next_attempt_ms))
+                } else {
+                    "no retry".into()
+                };
+                format!("{} {} ({next})", self.step(&t.task_id), t.timeout_type)
+            }
+            Attributes::TimerStarted(t) => {
+                format!("{} fires at {}", t.timer_id, time_of_day(t.fire_at_ms))
+            }
+            Attributes::TimerFired(t) => t.timer_id.clone(),
+            Attributes::SignalReceived(s) => format!("{} input={}", s.name, self.payload(&s.input)),
+            Attributes::CancelRequested(c) => format!("{} by {}", c.reason, c.identity),
+            Attributes::CompensationStarted(c) => format!("{}; undo {}", c.reason, c.steps.join(", ")),
+            Attributes::WorkflowCompleted(c) => format!("result={}", self.payload(&c.result)),
+            Attributes::WorkflowCompensated(c) => c.reason.clone(),
+            Attributes::WorkflowFailed(f) => format!("{} {}", f.step, f.reason),
+            Attributes::WorkflowCancelled(c) => c.reason.clone(),
+            Attributes::WorkflowTerminated(t) => format!("{} by {}", t.reason, t.identity),
+            Attributes::StuckDetected(s) => format!("{}: {}", s.reason, s.message),
+            Attributes::StuckCleared(s) => format!("was {}", s.reason),
+            Attributes::StepEscalated(e) => {
+                format!("{} after attempt {} of {}", e.alert, e.attempt, e.step)
+            }
+            Attributes::CompletionIgnored(c) => {
+                format!("{} {} ({}) from {}", self.step(&c.task_id), c.reason, c.outcome, c.worker_id)
+            }
+            Attributes::CancelRefused(c) => format!("{} ({})", c.message, c.reason),
+            Attributes::ActivityResolved(r) => {
+                let what = if r.compensation { format!("undo {}", r.step) } else { r.step.clone() };
+                format!("{what} {} by {}: {}", r.outcome, r.identity, r.reason)
+            }
+        };
+        format!("#{:<4} {}  {:<20} {}", event.seq, time_of_day(event.time_ms), attributes.event_name(), detail.trim())
+    }
 }
 
 fn short(json: &str) -> String {
-    const MAX: usize = 120;
-    if json.chars().count() <= MAX {
-        json.to_owned()
-    } else {
-        format!("{}…", json.chars().take(MAX).collect::<String>())
-    }
+    short_text(json, 120)
 }
 
 #[cfg(test)]

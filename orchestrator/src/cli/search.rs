@@ -15,6 +15,7 @@ use super::render::timestamp;
 pub enum SearchCommand {
     /// Orders as the search read model sees them (eventually consistent with the orchestrator).
     Orders {
+        /// Only this customer's orders.
         #[arg(long)]
         customer: Option<String>,
         /// A checkout status (PAID, SHIPPED, …) or, for other workflows, their last event type.
@@ -44,8 +45,8 @@ pub async fn run(command: SearchCommand, output: Output) -> anyhow::Result<()> {
     let body = get(&search_url, &format!("/orders?{}", query.join("&"))).await?;
     let orders = body.get("orders").and_then(Value::as_array).context("the search service answered without orders")?;
     match output {
-        Output::Json => println!("{}", Value::Array(orders.clone())),
-        Output::Text => print!("{}", table(orders)),
+        Output::Json => outln!("{}", Value::Array(orders.clone())),
+        Output::Text => out!("{}", table(orders)),
     }
     Ok(())
 }

@@ -180,7 +180,7 @@ pub async fn run(args: ServerArgs, logging: &Logging) -> anyhow::Result<()> {
     };
     let shutdown = super::shutdown_signal();
     let server = Server::start(options, registry).await?;
-    println!(
+    outln!(
         "sagaflow listening on {} (gRPC) and {} (metrics); data in {}",
         server.url(),
         server
@@ -216,17 +216,20 @@ pub async fn admin(command: AdminCommand, output: Output) -> anyhow::Result<()> 
                 Arc::new(SledStore::open(&dir).with_context(|| format!("cannot open {}", dir.display()))?);
             let report = sagaflow_orchestrator::runtime::rebuild_derived(&store, &registry).await?;
             match output {
-                Output::Json => println!(
+                Output::Json => outln!(
                     "{}",
                     serde_json::json!({"workflows": report.workflows, "open": report.open, "tasks": report.tasks, "timers": report.timers, "skipped": report.skipped})
                 ),
                 Output::Text => {
-                    println!(
+                    outln!(
                         "rebuilt {} workflows ({} open, {} tasks, {} timers)",
-                        report.workflows, report.open, report.tasks, report.timers
+                        report.workflows,
+                        report.open,
+                        report.tasks,
+                        report.timers
                     );
                     if !report.skipped.is_empty() {
-                        println!("skipped (definition not registered): {}", report.skipped.join(", "));
+                        outln!("skipped (definition not registered): {}", report.skipped.join(", "));
                     }
                 }
             }

@@ -10,8 +10,8 @@ use super::Output;
 
 #[derive(Debug, Args)]
 pub struct ShopArgs {
-    /// The shop admin API of a worker (`--admin-listen`) or of `sagaflow dev`.
-    #[arg(long, env = "SAGAFLOW_SHOP_ADMIN", default_value = "http://127.0.0.1:9091")]
+    /// The shop admin API of a worker (its `--admin-listen`) or of `sagaflow dev`; also after the subcommand.
+    #[arg(long, global = true, env = "SAGAFLOW_SHOP_ADMIN", default_value = "http://127.0.0.1:9091")]
     pub admin_url: String,
     #[command(subcommand)]
     pub command: ShopCommand,
@@ -22,39 +22,61 @@ pub enum ShopCommand {
     /// Stock per SKU: available, reserved, sold, initial, restocked.
     Stock,
     /// Add stock to a SKU.
-    Restock { sku: String, quantity: u64 },
+    Restock {
+        /// The SKU to restock, such as sku-mug.
+        sku: String,
+        /// How many units to add.
+        quantity: u64,
+    },
     /// Payment intents with what was captured and refunded; `--ledger` for every entry.
     Payments {
+        /// Every ledger entry (captures and refunds, in order) instead of one row per intent.
         #[arg(long)]
         ledger: bool,
     },
     /// Orders, or one order.
-    Orders { order_id: Option<String> },
+    Orders {
+        /// Only this order, with its lines and refunds.
+        order_id: Option<String>,
+    },
     /// Shipments.
     Shipments,
     /// Coupon rules (latest versions), or every version of one code.
-    Coupons { code: Option<String> },
+    Coupons {
+        /// Every version of this coupon code.
+        code: Option<String>,
+    },
     /// Add a new version of a coupon rule.
     SetCoupon {
+        /// The coupon code, such as WELCOME10.
         code: String,
+        /// A percentage off the subtotal.
         #[arg(long, conflicts_with = "amount_off_cents")]
         percent_off: Option<u32>,
+        /// A fixed amount off, in cents.
         #[arg(long)]
         amount_off_cents: Option<i64>,
+        /// The smallest subtotal, in cents, the coupon applies to.
         #[arg(long)]
         min_subtotal_cents: Option<i64>,
     },
     /// The active fault switches.
     Faults,
     /// Set a fault switch: SERVICE.OPERATION=KIND[:COUNT].
-    SetFault { spec: String },
+    SetFault {
+        /// SERVICE.OPERATION=KIND[:COUNT], such as payments.capture=error:2; KIND is error, fatal,
+        /// hang, hang-after-effect or crash-after-effect; the service must be one this process hosts.
+        spec: String,
+    },
     /// Clear fault switches (all, or one target's).
     ClearFaults {
+        /// Only the switches of this SERVICE.OPERATION.
         #[arg(long)]
         target: Option<String>,
     },
     /// Notifications sent, for one customer or all.
     Notifications {
+        /// Only this customer's.
         #[arg(long)]
         customer: Option<String>,
     },
@@ -108,8 +130,8 @@ pub async fn run(args: ShopArgs, server: &str, output: Output) -> anyhow::Result
     };
     let answer = request(&args.admin_url, method, &path, body.as_ref()).await?;
     match output {
-        Output::Json => println!("{answer}"),
-        Output::Text => print!("{}", render(&answer)),
+        Output::Json => outln!("{answer}"),
+        Output::Text => out!("{}", render(&answer)),
     }
     Ok(())
 }
@@ -155,9 +177,72 @@ fn dechunk(body: &str) -> String {
     out
 }
 
-fn cell(value: &Value) -> String {
+/// Columns that lead a table, in this order: what a row is about first
+/// (SKU, code, ids), then its figures and state. Others follow alphabetically,
+/// and times come last.
+const LEADING: &[&str] = &[
+    "sku",
+    "code",
+    "version",
+    "seq",
+    "notification_id",
+    "shipment_id",
+    "order_id",
+    "payment_intent_id",
+    "checkout_id",
+    "customer_id",
+    "kind",
+    "status",
+    "available",
+    "reserved",
+    "sold",
+    "initial",
+    "restocked",
+    "percent_off",
+    "amount_off_cents",
+    "min_subtotal_cents",
+    "amount_cents",
+    "captured_cents",
+    "refunded_cents",
+    "total_cents",
+    "text",
+];
+
+/// Columns a person does not need in a table (`--output json` keeps them):
+/// the raw message a notification was sent with, its idempotency key.
+const HIDDEN: &[&str] = &["message", "key"];
+
+fn is_time(column: &str) -> bool {
+    column.ends_with("_at_ms")
+}
+
+/// Every field of every row (a row without one shows it empty), in the order above.
+fn columns(rows: &[Value]) -> Vec<String> {
+    let mut columns: Vec<String> = Vec::new();
+    for row in rows {
+        for key in row.as_object().into_iter().flat_map(|o| o.keys()) {
+            if !columns.contains(key) && !HIDDEN.contains(&key.as_str()) {
+                columns.push(key.clone());
+            }
+        }
+    }
+    let rank = |c: &str| match LEADING.iter().position(|l| *l == c) {
+        Some(i) => (0, i),
+        None if is_time(c) => (2, 0),
+        None => (1, 0),
+    };
+    columns.sort_by(|a, b| rank(a).cmp(&rank(b)).then_with(|| a.cmp(b)));
+    columns
+}
+
+fn header(column: &str) -> String {
+    column.strip_suffix("_ms").filter(|_| is_time(column)).unwrap_or(column).to_uppercase()
+}
+
+fn cell(column: &str, value: &Value) -> String {
     match value {
         Value::Null => String::new(),
+        Value::Number(ms) if is_time(column) => ms.as_i64().map_or_else(|| ms.to_string(), super::render::timestamp),
         Value::String(s) => s.clone(),
         other => other.to_string(),
     }
@@ -167,28 +252,48 @@ fn cell(value: &Value) -> String {
 fn render(value: &Value) -> String {
     match value {
         Value::Array(rows) if rows.iter().all(Value::is_object) && !rows.is_empty() => {
-            let columns: Vec<String> = rows[0].as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+            let columns = columns(rows);
             let cells: Vec<Vec<String>> =
-                rows.iter().map(|row| columns.iter().map(|c| cell(&row[c.as_str()])).collect()).collect();
-            let widths: Vec<usize> = columns
+                rows.iter().map(|row| columns.iter().map(|c| cell(c, &row[c.as_str()])).collect()).collect();
+            let headers: Vec<String> = columns.iter().map(|c| header(c)).collect();
+            let widths: Vec<usize> = headers
                 .iter()
                 .enumerate()
-                .map(|(i, c)| cells.iter().map(|r| r[i].chars().count()).max().unwrap_or(0).max(c.len()))
+                .map(|(i, h)| cells.iter().map(|r| r[i].chars().count()).max().unwrap_or(0).max(h.len()))
                 .collect();
-            let line = |values: Vec<String>| {
+            let line = |values: &[String]| {
                 let padded: Vec<String> =
                     values.iter().enumerate().map(|(i, v)| format!("{v:<w$}", w = widths[i])).collect();
                 format!("{}\n", padded.join("  ").trim_end())
             };
-            let mut out = line(columns.iter().map(|c| c.to_uppercase()).collect());
-            for row in cells {
+            let mut out = line(&headers);
+            for row in &cells {
                 out.push_str(&line(row));
             }
             out
         }
         Value::Array(items) if items.is_empty() => "(none)\n".into(),
-        Value::Array(items) => items.iter().map(|i| format!("{}\n", cell(i))).collect(),
-        Value::Object(map) => map.iter().map(|(k, v)| format!("{k:<18}{}\n", cell(v))).collect(),
-        other => format!("{}\n", cell(other)),
+        Value::Array(items) => items.iter().map(|i| format!("{}\n", cell("", i))).collect(),
+        Value::Object(map) => map.iter().map(|(k, v)| format!("{:<18}{}\n", header(k), cell(k, v))).collect(),
+        other => format!("{}\n", cell("", other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_lead_with_what_a_row_is_about_and_show_every_field() {
+        let rows = serde_json::json!([
+            {"code": "FLAT5", "amount_off_cents": 500, "created_at_ms": 0, "version": 1},
+            {"code": "WELCOME10", "percent_off": 10, "created_at_ms": 1_796_204_023_854_i64, "version": 1},
+        ]);
+        let table = render(&rows);
+        let lines: Vec<&str> = table.lines().collect();
+        let headers: Vec<&str> = lines[0].split_whitespace().collect();
+        assert_eq!(headers, ["CODE", "VERSION", "PERCENT_OFF", "AMOUNT_OFF_CENTS", "CREATED_AT"]);
+        assert!(lines[2].starts_with("WELCOME10") && lines[2].contains(" 10 "), "{table}");
+        assert!(lines[2].ends_with("2026-12-02T09:33:43.854Z"), "{table}");
     }
 }

@@ -11,12 +11,17 @@ use sagaflow_activities::{FaultSpec, Faults, SERVICES, Shop, ShopOptions, admin,
 use sagaflow_worker::{Worker, WorkerBuilder};
 use tokio::net::TcpListener;
 
-use super::Logging;
+use super::{Logging, Output};
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct WorkerArgs {
+    #[command(subcommand)]
+    pub command: Option<WorkerCommand>,
     /// Services to host, comma-separated: catalog, coupons, inventory,
-    /// payments, orders, shipping, notifications, or bench.
+    /// payments, orders, shipping, notifications, bench; `shop` for every
+    /// shop service, `all` for the shop and bench. Every service a saga
+    /// uses needs a worker somewhere, or its step waits (flagged NO_WORKER).
     #[arg(long, value_delimiter = ',', default_value = "bench")]
     pub services: Vec<String>,
     /// Where the services keep their state (under `shop/`).
@@ -50,6 +55,87 @@ pub struct WorkerArgs {
     pub worker_id: Option<String>,
 }
 
+/// Without a subcommand, `sagaflow worker` runs a worker.
+#[derive(Debug, clap::Subcommand)]
+pub enum WorkerCommand {
+    /// The connected workers per task queue (activity type): their credit, the tasks they hold,
+    /// and the backlog waiting for one.
+    List,
+}
+
+/// `sagaflow worker list`.
+async fn list(server: &str, output: Output) -> anyhow::Result<()> {
+    let mut client = super::workflow::connect(server).await?;
+    let queues = client
+        .list_queues(sagaflow_proto::v1::ListQueuesRequest {})
+        .await
+        .map_err(super::workflow::status_error)?
+        .into_inner()
+        .queues;
+    match output {
+        Output::Json => {
+            let rows: Vec<serde_json::Value> = queues
+                .iter()
+                .map(|q| {
+                    serde_json::json!({
+                        "queue": q.queue,
+                        "workers": q.workers.iter().map(|w| serde_json::json!({"worker_id": w.worker_id, "credit": w.credit})).collect::<Vec<_>>(),
+                        "in_flight": q.in_flight,
+                        "backlog": q.backlog,
+                    })
+                })
+                .collect();
+            outln!("{}", serde_json::Value::Array(rows));
+        }
+        Output::Text if queues.is_empty() => outln!("no worker is connected and no task waits"),
+        Output::Text => {
+            let rows: Vec<[String; 5]> = queues
+                .iter()
+                .map(|q| {
+                    let workers = if q.workers.is_empty() {
+                        "(none)".to_owned()
+                    } else {
+                        q.workers.iter().map(|w| w.worker_id.as_str()).collect::<Vec<_>>().join(", ")
+                    };
+                    let credit: u32 = q.workers.iter().map(|w| w.credit).sum();
+                    [q.queue.clone(), workers, credit.to_string(), q.in_flight.to_string(), q.backlog.to_string()]
+                })
+                .collect();
+            let header = ["QUEUE", "WORKERS", "CREDIT", "IN FLIGHT", "BACKLOG"];
+            let mut widths = header.map(str::len);
+            for row in &rows {
+                for (i, cell) in row.iter().enumerate() {
+                    widths[i] = widths[i].max(cell.chars().count());
+                }
+            }
+            for row in std::iter::once(header.map(str::to_owned)).chain(rows) {
+                let cells: Vec<String> =
+                    row.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+                outln!("{}", cells.join("  ").trim_end());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `services` with `shop` and `all` spelled out, each service once.
+pub fn expand_services(services: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for service in services {
+        let names: Vec<&str> = match service.as_str() {
+            "shop" => SERVICES.to_vec(),
+            "all" => SERVICES.iter().copied().chain(["bench"]).collect(),
+            other => vec![other],
+        };
+        for name in names {
+            if !out.iter().any(|s| s == name) {
+                out.push(name.to_owned());
+            }
+        }
+    }
+    out
+}
+
 /// The activities of `services`, registered on `builder`, and the shop they use.
 pub fn host(
     mut builder: WorkerBuilder,
@@ -62,7 +148,18 @@ pub fn host(
 ) -> anyhow::Result<(WorkerBuilder, Option<Shop>)> {
     let (benches, shop_services): (Vec<&String>, Vec<&String>) = services.iter().partition(|s| *s == "bench");
     if let Some(unknown) = shop_services.iter().find(|s| !SERVICES.contains(&s.as_str())) {
-        bail!("unknown service {unknown:?}; known services: bench, {}", SERVICES.join(", "));
+        bail!(
+            "unknown service {unknown:?}; known services: {}, bench, or shop (all of the shop's) or all",
+            SERVICES.join(", ")
+        );
+    }
+    let mut hosted: Vec<&str> =
+        shop_services.iter().flat_map(|s| sagaflow_activities::shop::activities_of(s)).copied().collect();
+    if !benches.is_empty() {
+        hosted.extend_from_slice(bench::ACTIVITIES);
+    }
+    for spec in faults.list() {
+        spec.check_target(&hosted)?;
     }
     if !benches.is_empty() {
         builder = bench::register(builder, faults, latency);
@@ -95,7 +192,11 @@ pub async fn serve_admin(shop: Shop, addr: SocketAddr, insecure: bool) -> anyhow
     Ok(bound)
 }
 
-pub async fn run(args: WorkerArgs, server: &str, logging: &Logging) -> anyhow::Result<()> {
+pub async fn run(mut args: WorkerArgs, server: &str, output: Output, logging: &Logging) -> anyhow::Result<()> {
+    if let Some(WorkerCommand::List) = args.command {
+        return list(server, output).await;
+    }
+    args.services = expand_services(&args.services);
     let _telemetry = logging.init("sagaflow-worker")?;
     let faults = Faults::new(args.faults.clone());
     let mut builder = Worker::builder(server).max_concurrency(args.concurrency);

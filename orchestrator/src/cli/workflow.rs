@@ -3,19 +3,20 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Subcommand;
 use sagaflow_proto::v1::workflow_service_client::WorkflowServiceClient;
 use sagaflow_proto::v1::{
     AwaitWorkflowRequest, AwaitWorkflowResponse, CancelWorkflowRequest, DescribeWorkflowRequest,
     ExecuteWorkflowRequest, GetWorkflowHistoryRequest, ListWorkflowTypesRequest, ListWorkflowsRequest,
     ResolveActivityRequest, ResolvedOutcome, SignalWorkflowRequest, StartWorkflowRequest, TerminateWorkflowRequest,
-    WorkflowStatus,
+    WorkflowStatus, WorkflowSummary,
 };
 
 use super::Output;
 pub use super::connection::{Conn, connect_channel};
 use super::render;
+use sagaflow_orchestrator::engine::StuckReason;
 
 #[derive(Debug, Subcommand)]
 pub enum WorkflowCommand {
@@ -35,17 +36,18 @@ pub enum WorkflowCommand {
         /// A label, KEY=VALUE; repeatable.
         #[arg(long = "label", value_parser = parse_label)]
         labels: Vec<(String, String)>,
-        /// Also wait up to this long (such as 30s) for the workflow to end, in
-        /// the same call (ExecuteWorkflow), and print as `await` does.
-        #[arg(long, value_parser = humantime::parse_duration)]
+        /// Also wait for the workflow to end (60s, or the given duration such as 5m) and print
+        /// how it ended, as `await` does; exits 3 unless it COMPLETED, 4 if it still runs.
+        #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "60s", value_parser = humantime::parse_duration)]
         wait: Option<Duration>,
     },
-    /// List workflows, newest id last; filters combine.
+    /// List workflows, newest first; filters combine. The self-healing jobs' workflows are left
+    /// out unless --all or --type job.*.
     List {
         /// Only this status (RUNNING, COMPENSATING, COMPLETED, COMPENSATED, FAILED, CANCELLED, TERMINATED); repeatable.
         #[arg(long = "status", value_parser = parse_status)]
         statuses: Vec<WorkflowStatus>,
-        /// Only this workflow type.
+        /// Only this workflow type, or the types under a prefix (`job.*`).
         #[arg(long = "type")]
         workflow_type: Option<String>,
         /// Only workflows with this label, KEY=VALUE; repeatable.
@@ -54,43 +56,61 @@ pub enum WorkflowCommand {
         /// Only workflows flagged stuck.
         #[arg(long)]
         stuck: bool,
-        /// Rows per page.
+        /// Only workflows started within this long, such as 1h or 30m.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        since: Option<Duration>,
+        /// Also list the self-healing jobs' workflows (`job.*`).
+        #[arg(long)]
+        all: bool,
+        /// Rows to show: the newest this many.
         #[arg(long, default_value_t = 100)]
         limit: u32,
-        /// Continue after this page token (printed at the end of a page).
-        #[arg(long)]
-        page_token: Option<String>,
     },
     /// Show a workflow: status, current step, pending activities, results.
-    Describe { workflow_id: String },
+    Describe {
+        /// The workflow's id, as `start` or `list` printed it.
+        workflow_id: String,
+    },
     /// Print a workflow's history as a timeline.
     History {
+        /// The workflow's id.
         workflow_id: String,
         /// Keep printing new events until the workflow ends.
         #[arg(long)]
         follow: bool,
+        /// Print whole payloads (inputs, results) instead of their first 120 characters.
+        #[arg(long)]
+        full: bool,
     },
-    /// Wait until a workflow ends (or the timeout passes) and print it.
+    /// Wait until a workflow ends (or the timeout passes) and print it; exits 3 unless it COMPLETED.
     Await {
+        /// The workflow's id.
         workflow_id: String,
+        /// How long to wait, such as 30s or 5m; past it the command exits 4 and the workflow runs on.
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
     /// Cancel: run the compensations of the completed steps. Refused after the pivot.
     Cancel {
+        /// The workflow's id.
         workflow_id: String,
+        /// Why, for the history and whoever reads it later.
         #[arg(long)]
         reason: String,
     },
     /// Terminate: stop at once, with no compensation.
     Terminate {
+        /// The workflow's id.
         workflow_id: String,
+        /// Why, for the history and whoever settles the effects by hand.
         #[arg(long)]
         reason: String,
     },
     /// Send a signal. `sagaflow.retry` gives a blocked step a fresh retry budget.
     Signal {
+        /// The workflow's id.
         workflow_id: String,
+        /// The signal's name: one a step waits for, or `sagaflow.retry`.
         name: String,
         /// The signal's payload, a JSON document.
         #[arg(long)]
@@ -146,15 +166,102 @@ fn millis(duration: Duration) -> u32 {
     u32::try_from(duration.as_millis()).unwrap_or(u32::MAX)
 }
 
+/// How long one await call may last while a command waits: short enough
+/// that a stuck flag raised meanwhile is reported within it.
+const WAIT_SLICE: Duration = Duration::from_secs(2);
+
+/// One await call of at most `slice` (0 would mean the server's longest wait).
+async fn await_once(
+    client: &mut WorkflowServiceClient<Conn>,
+    workflow_id: &str,
+    slice: Duration,
+) -> anyhow::Result<AwaitWorkflowResponse> {
+    let request = AwaitWorkflowRequest { workflow_id: workflow_id.to_owned(), timeout_ms: millis(slice).max(1) };
+    Ok(client.await_workflow(request).await.map_err(status_error)?.into_inner())
+}
+
+/// Waits until `workflow_id` ends or `timeout` passes, starting from `first`
+/// when the caller already has an answer. Each new stuck flag (a step no
+/// worker serves, a spent retry budget) is told on stderr as it is raised,
+/// so that a wait is never silent about why nothing moves.
+pub async fn wait_for_end(
+    client: &mut WorkflowServiceClient<Conn>,
+    workflow_id: &str,
+    timeout: Duration,
+    first: Option<AwaitWorkflowResponse>,
+    output: Output,
+) -> anyhow::Result<AwaitWorkflowResponse> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut response = match first {
+        Some(response) => response,
+        None => await_once(client, workflow_id, timeout.min(WAIT_SLICE)).await?,
+    };
+    let mut told = String::new();
+    loop {
+        let summary = response.summary.clone().unwrap_or_default();
+        if !summary.stuck_reason.is_empty() && summary.stuck_reason != told {
+            told.clone_from(&summary.stuck_reason);
+            match output {
+                Output::Json => eprintln!(
+                    "{}",
+                    serde_json::json!({"waiting": {"workflow_id": workflow_id, "stuck": {"reason": summary.stuck_reason, "message": summary.stuck_message}}})
+                ),
+                Output::Text => {
+                    eprintln!("waiting: {workflow_id} is stuck ({}): {}", summary.stuck_reason, summary.stuck_message)
+                }
+            }
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        // Waiting longer for a saga that only an operator moves on tells nothing.
+        let operator_needed = StuckReason::from_name(&summary.stuck_reason).is_some_and(StuckReason::needs_an_operator);
+        if response.terminal || left.is_zero() || operator_needed {
+            return Ok(response);
+        }
+        response = await_once(client, workflow_id, left.min(WAIT_SLICE)).await?;
+    }
+}
+
+/// The failure of a wait that did not see the workflow complete: still
+/// running after `timeout`, or ended otherwise (with the reason it gives).
+/// `what` names the workflow for the reader ("checkout chk-…").
+pub fn outcome_failure(response: &AwaitWorkflowResponse, what: &str, timeout: Duration) -> Option<super::Failure> {
+    let summary = response.summary.clone().unwrap_or_default();
+    if !response.terminal {
+        if StuckReason::from_name(&summary.stuck_reason).is_some_and(StuckReason::needs_an_operator) {
+            return Some(super::Failure::StillRunning(format!(
+                "{what} is open and flagged stuck: {}: {}",
+                summary.stuck_reason, summary.stuck_message
+            )));
+        }
+        let stuck =
+            if summary.stuck_message.is_empty() { String::new() } else { format!(": {}", summary.stuck_message) };
+        return Some(super::Failure::StillRunning(format!(
+            "{what} is still {} after {}{stuck}",
+            render::status_label(&summary),
+            humantime::format_duration(timeout)
+        )));
+    }
+    let status = WorkflowStatus::try_from(summary.status).unwrap_or_default();
+    if status == WorkflowStatus::Completed {
+        return None;
+    }
+    let reason = if response.reason.is_empty() { String::new() } else { format!(": {}", response.reason) };
+    Some(super::Failure::NotCompleted(format!(
+        "{what} ended {}, not COMPLETED{reason}",
+        sagaflow_proto::status_name(status)
+    )))
+}
+
 /// Prints how an awaited workflow ended (and, after a start, whether this
-/// request id had started it already); still running after `timeout` is an error.
+/// request id had started it already). Anything but `COMPLETED` fails the
+/// command, so that a script can trust the exit code.
 fn print_outcome(
     response: AwaitWorkflowResponse,
     already_started: Option<bool>,
     timeout: Duration,
     output: Output,
 ) -> anyhow::Result<()> {
-    let summary = response.summary.unwrap_or_default();
+    let summary = response.summary.clone().unwrap_or_default();
     match output {
         Output::Json => {
             let mut value = render::summary_json(&summary);
@@ -164,24 +271,22 @@ fn print_outcome(
             value["terminal"] = response.terminal.into();
             value["result"] = render::json_text(&response.result);
             value["reason"] = response.reason.clone().into();
-            println!("{value}");
+            outln!("{value}");
         }
-        Output::Text => println!("{} {}", summary.workflow_id, render::status_label(&summary)),
+        Output::Text if response.reason.is_empty() => {
+            outln!("{} {}", summary.workflow_id, render::status_label(&summary))
+        }
+        Output::Text => outln!("{} {}: {}", summary.workflow_id, render::status_label(&summary), response.reason),
     }
-    if !response.terminal {
-        bail!(
-            "{} is still {} after {}",
-            summary.workflow_id,
-            render::status_label(&summary),
-            humantime::format_duration(timeout)
-        );
+    match outcome_failure(&response, &summary.workflow_id, timeout) {
+        Some(failure) => Err(failure.into()),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// A gRPC status as one readable line.
 pub fn status_error(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{}: {}", render::code_name(status.code()), status.message())
+    super::Failure::Status { code: render::code_name(status.code()), message: status.message().to_owned() }.into()
 }
 
 pub async fn run(command: WorkflowCommand, server: &str, output: Output) -> anyhow::Result<()> {
@@ -197,66 +302,89 @@ pub async fn run(command: WorkflowCommand, server: &str, output: Output) -> anyh
                 labels: labels.into_iter().collect::<HashMap<_, _>>(),
             };
             if let Some(timeout) = wait {
-                let request = ExecuteWorkflowRequest { start: Some(request), timeout_ms: millis(timeout) };
+                let started = tokio::time::Instant::now();
+                let request =
+                    ExecuteWorkflowRequest { start: Some(request), timeout_ms: millis(timeout.min(WAIT_SLICE)).max(1) };
                 let response = client.execute_workflow(request).await.map_err(status_error)?.into_inner();
-                return print_outcome(
-                    response.outcome.unwrap_or_default(),
-                    Some(response.already_started),
-                    timeout,
-                    output,
-                );
+                let first = response.outcome.unwrap_or_default();
+                let workflow_id = first.summary.as_ref().map(|s| s.workflow_id.clone()).unwrap_or_default();
+                let left = timeout.saturating_sub(started.elapsed());
+                let outcome = wait_for_end(&mut client, &workflow_id, left, Some(first), output).await?;
+                return print_outcome(outcome, Some(response.already_started), timeout, output);
             }
             let response = client.start_workflow(request).await.map_err(status_error)?.into_inner();
             match output {
-                Output::Json => println!(
+                Output::Json => outln!(
                     "{}",
                     serde_json::json!({"workflow_id": response.workflow_id, "already_started": response.already_started})
                 ),
                 Output::Text if response.already_started => {
-                    println!("{} (already started by this request id)", response.workflow_id)
+                    outln!("{} (already started by this request id)", response.workflow_id)
                 }
-                Output::Text => println!("{}", response.workflow_id),
+                Output::Text => outln!("{}", response.workflow_id),
             }
         }
-        WorkflowCommand::List { statuses, workflow_type, labels, stuck, limit, page_token } => {
-            let request = ListWorkflowsRequest {
-                statuses: statuses.into_iter().map(|s| s as i32).collect(),
-                workflow_type: workflow_type.unwrap_or_default(),
-                labels: labels.into_iter().collect(),
-                stuck_only: stuck,
-                page_size: limit,
-                page_token: page_token.unwrap_or_default(),
-            };
-            let page = client.list_workflows(request).await.map_err(status_error)?.into_inner();
+        WorkflowCommand::List { statuses, workflow_type, labels, stuck, since, all, limit } => {
+            let filter = ListFilter { statuses, workflow_type, labels, stuck, since, all };
+            let listed = list(&mut client, &filter, limit as usize).await?;
             match output {
-                Output::Json => println!(
+                Output::Json => outln!(
                     "{}",
                     serde_json::json!({
-                        "workflows": page.workflows.iter().map(render::summary_json).collect::<Vec<_>>(),
-                        "next_page_token": page.next_page_token,
+                        "workflows": listed.rows.iter().map(|(summary, reason)| {
+                            let mut value = render::summary_json(summary);
+                            value["reason"] = reason.clone().into();
+                            value
+                        }).collect::<Vec<_>>(),
+                        "matched": listed.matched,
+                        "truncated_scan": listed.truncated_scan,
                     })
                 ),
-                Output::Text => print!("{}", render::list_table(&page.workflows, &page.next_page_token)),
+                Output::Text => {
+                    out!("{}", render::list_table(&listed.rows));
+                    if listed.matched > listed.rows.len() {
+                        outln!(
+                            "the newest {} of {}; narrow with --since, --status or --type, or raise --limit",
+                            listed.rows.len(),
+                            listed.matched
+                        );
+                    }
+                    if listed.truncated_scan {
+                        outln!("(only the first {MAX_LISTED} workflows by id were read; narrow the filters)");
+                    }
+                }
             }
         }
         WorkflowCommand::Describe { workflow_id } => {
             let described = client
-                .describe_workflow(DescribeWorkflowRequest { workflow_id })
+                .describe_workflow(DescribeWorkflowRequest { workflow_id: workflow_id.clone() })
                 .await
                 .map_err(status_error)?
                 .into_inner();
+            let summary = described.summary.clone().unwrap_or_default();
+            // Once compensating or closed, the status itself tells of the cancel.
+            let running = WorkflowStatus::try_from(summary.status) == Ok(WorkflowStatus::Running);
+            let cancel = if running { cancel_requested(&mut client, &workflow_id).await? } else { None };
             match output {
-                Output::Json => println!("{}", render::describe_json(&described)),
-                Output::Text => print!("{}", render::describe_text(&described)),
+                Output::Json => {
+                    let mut value = render::describe_json(&described);
+                    value["cancel_requested"] = cancel.as_ref().map_or(
+                        serde_json::Value::Null,
+                        |c| serde_json::json!({"reason": c.reason, "by": c.identity, "at": render::timestamp(c.at_ms)}),
+                    );
+                    outln!("{value}");
+                }
+                Output::Text => {
+                    let order = step_order(&mut client, &summary.workflow_type, summary.definition_version).await;
+                    out!("{}", render::describe_text(&described, &order, cancel.as_ref()));
+                }
             }
         }
-        WorkflowCommand::History { workflow_id, follow } => history(&mut client, workflow_id, follow, output).await?,
+        WorkflowCommand::History { workflow_id, follow, full } => {
+            history(&mut client, workflow_id, follow, full, output).await?;
+        }
         WorkflowCommand::Await { workflow_id, timeout } => {
-            let response = client
-                .await_workflow(AwaitWorkflowRequest { workflow_id, timeout_ms: millis(timeout) })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let response = wait_for_end(&mut client, &workflow_id, timeout, None, output).await?;
             print_outcome(response, None, timeout, output)?;
         }
         WorkflowCommand::Cancel { workflow_id, reason } => {
@@ -278,14 +406,14 @@ pub async fn run(command: WorkflowCommand, server: &str, output: Output) -> anyh
             if summary.status == WorkflowStatus::Running as i32 {
                 // A cancel waits for an attempt in flight, and for a pivot
                 // whose outcome is unknown (ADR 0006).
-                println!(
+                outln!(
                     "cancel requested for {workflow_id}: it waits for step {} to answer; if that is the pivot and it \
                      succeeds, the cancel is refused (CancelRefused in the history), otherwise the completed steps are \
                      compensated",
                     summary.current_step
                 );
             } else {
-                println!("cancel requested for {workflow_id}: its completed steps are being compensated");
+                outln!("cancel requested for {workflow_id}: its completed steps are being compensated");
             }
         }
         WorkflowCommand::Resolve { workflow_id, step, outcome, reason, result } => {
@@ -308,12 +436,12 @@ pub async fn run(command: WorkflowCommand, server: &str, output: Output) -> anyh
             let what = if response.compensation { format!("the compensation of {step}") } else { step };
             let outcome = if outcome == ResolvedOutcome::Succeeded { "succeeded" } else { "failed" };
             match output {
-                Output::Json => println!(
+                Output::Json => outln!(
                     "{}",
                     serde_json::json!({"workflow_id": workflow_id, "seq": response.seq, "compensation": response.compensation, "outcome": outcome})
                 ),
                 Output::Text => {
-                    println!("{what} of {workflow_id} resolved as {outcome}: recorded as event #{}", response.seq)
+                    outln!("{what} of {workflow_id} resolved as {outcome}: recorded as event #{}", response.seq)
                 }
             }
         }
@@ -326,7 +454,7 @@ pub async fn run(command: WorkflowCommand, server: &str, output: Output) -> anyh
                 })
                 .await
                 .map_err(status_error)?;
-            println!("terminated {workflow_id} (nothing was compensated)");
+            outln!("terminated {workflow_id} (nothing was compensated)");
         }
         WorkflowCommand::Signal { workflow_id, name, input } => {
             let input = input.unwrap_or_default();
@@ -343,7 +471,7 @@ pub async fn run(command: WorkflowCommand, server: &str, output: Output) -> anyh
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            println!("signal {name} recorded as event #{} of {workflow_id}", response.seq);
+            outln!("signal {name} recorded as event #{} of {workflow_id}", response.seq);
         }
         WorkflowCommand::Types => {
             let types =
@@ -354,13 +482,136 @@ pub async fn run(command: WorkflowCommand, server: &str, output: Output) -> anyh
                         .iter()
                         .map(|t| serde_json::json!({"name": t.name, "version": t.version, "definition": render::json_text(&t.definition)}))
                         .collect();
-                    println!("{}", serde_json::Value::Array(items));
+                    outln!("{}", serde_json::Value::Array(items));
                 }
-                Output::Text => print!("{}", render::types_table(&types)),
+                Output::Text => out!("{}", render::types_table(&types)),
             }
         }
     }
     Ok(())
+}
+
+/// At most this many summaries are read to sort a listing: the server
+/// lists by id, so "newest first" needs every match in hand.
+const MAX_LISTED: usize = 20_000;
+
+/// What `workflow list` asks for.
+struct ListFilter {
+    statuses: Vec<WorkflowStatus>,
+    workflow_type: Option<String>,
+    labels: Vec<(String, String)>,
+    stuck: bool,
+    since: Option<Duration>,
+    all: bool,
+}
+
+impl ListFilter {
+    /// What the server cannot filter: a type prefix, the age, the jobs.
+    fn keeps(&self, summary: &WorkflowSummary, since_ms: i64) -> bool {
+        let type_ok = match self.workflow_type.as_deref().and_then(|t| t.strip_suffix('*')) {
+            Some(prefix) => summary.workflow_type.starts_with(prefix),
+            // The jobs run every few minutes and would bury the user's own workflows.
+            None => self.all || self.workflow_type.is_some() || !summary.workflow_type.starts_with("job."),
+        };
+        type_ok && summary.started_ms >= since_ms
+    }
+}
+
+struct Listed {
+    /// Newest first, each with why it ended when it did not complete.
+    rows: Vec<(WorkflowSummary, String)>,
+    matched: usize,
+    truncated_scan: bool,
+}
+
+async fn list(client: &mut WorkflowServiceClient<Conn>, filter: &ListFilter, limit: usize) -> anyhow::Result<Listed> {
+    let exact_type = filter.workflow_type.clone().filter(|t| !t.ends_with('*')).unwrap_or_default();
+    let since_ms = filter.since.map_or(0, |since| {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        i64::try_from(now.saturating_sub(since).as_millis()).unwrap_or(i64::MAX)
+    });
+    let mut matches = Vec::new();
+    let mut page_token = String::new();
+    let mut read = 0;
+    loop {
+        let request = ListWorkflowsRequest {
+            statuses: filter.statuses.iter().map(|s| *s as i32).collect(),
+            workflow_type: exact_type.clone(),
+            labels: filter.labels.iter().cloned().collect(),
+            stuck_only: filter.stuck,
+            page_size: 1000,
+            page_token: page_token.clone(),
+        };
+        let page = client.list_workflows(request).await.map_err(status_error)?.into_inner();
+        read += page.workflows.len();
+        matches.extend(page.workflows.into_iter().filter(|s| filter.keeps(s, since_ms)));
+        if page.next_page_token.is_empty() || read >= MAX_LISTED {
+            let truncated_scan = !page.next_page_token.is_empty();
+            matches.sort_by(|a, b| b.started_ms.cmp(&a.started_ms).then_with(|| a.workflow_id.cmp(&b.workflow_id)));
+            let matched = matches.len();
+            matches.truncate(limit);
+            let mut rows = Vec::with_capacity(matches.len());
+            for summary in matches {
+                let reason = ending_reason(client, &summary).await;
+                rows.push((summary, reason));
+            }
+            return Ok(Listed { rows, matched, truncated_scan });
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// Why a closed workflow did not complete (the summary does not carry it);
+/// empty for one that runs or completed, or when the server does not say.
+async fn ending_reason(client: &mut WorkflowServiceClient<Conn>, summary: &WorkflowSummary) -> String {
+    let status = WorkflowStatus::try_from(summary.status).unwrap_or_default();
+    if summary.closed_ms <= 0 || status == WorkflowStatus::Completed {
+        return String::new();
+    }
+    let request = DescribeWorkflowRequest { workflow_id: summary.workflow_id.clone() };
+    client.describe_workflow(request).await.map(|d| d.into_inner().reason).unwrap_or_default()
+}
+
+/// A cancel that was recorded while the workflow still runs (it waits for
+/// the running step's outcome), read from the history, where it is
+/// recorded the moment it is accepted.
+async fn cancel_requested(
+    client: &mut WorkflowServiceClient<Conn>,
+    workflow_id: &str,
+) -> anyhow::Result<Option<render::CancelRequest>> {
+    use sagaflow_proto::v1::history_event::Attributes;
+    let mut from_seq = 1;
+    loop {
+        let request =
+            GetWorkflowHistoryRequest { workflow_id: workflow_id.to_owned(), from_seq, page_size: 1000, wait_ms: 0 };
+        let page = client.get_workflow_history(request).await.map_err(status_error)?.into_inner();
+        for event in &page.events {
+            if let Some(Attributes::CancelRequested(c)) = &event.attributes {
+                return Ok(Some(render::CancelRequest {
+                    reason: c.reason.clone(),
+                    identity: c.identity.clone(),
+                    at_ms: event.time_ms,
+                }));
+            }
+        }
+        if page.events.len() < 1000 {
+            return Ok(None);
+        }
+        from_seq = page.next_seq;
+    }
+}
+
+/// The steps of a workflow type's version, in order; empty when the server
+/// does not say (the results then read alphabetically).
+async fn step_order(client: &mut WorkflowServiceClient<Conn>, workflow_type: &str, version: u32) -> Vec<String> {
+    let Ok(types) = client.list_workflow_types(ListWorkflowTypesRequest {}).await else { return Vec::new() };
+    types
+        .into_inner()
+        .types
+        .iter()
+        .find(|t| t.name == workflow_type && t.version == version)
+        .map(|t| render::step_names(&t.definition))
+        .unwrap_or_default()
 }
 
 fn identity() -> String {
@@ -371,8 +622,10 @@ async fn history(
     client: &mut WorkflowServiceClient<Conn>,
     workflow_id: String,
     follow: bool,
+    full: bool,
     output: Output,
 ) -> anyhow::Result<()> {
+    let mut timeline = render::Timeline::new(full);
     let mut from_seq = 1;
     loop {
         let wait_ms = if follow && from_seq > 1 { 30_000 } else { 0 };
@@ -388,8 +641,8 @@ async fn history(
             .into_inner();
         for event in &page.events {
             match output {
-                Output::Json => println!("{}", render::event_json(event)),
-                Output::Text => println!("{}", render::event_line(event)),
+                Output::Json => outln!("{}", render::event_json(event)),
+                Output::Text => outln!("{}", timeline.line(event)),
             }
         }
         from_seq = page.next_seq;

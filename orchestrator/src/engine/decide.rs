@@ -143,6 +143,22 @@ impl StuckReason {
             Self::StepOutcomeUnknown => "STEP_OUTCOME_UNKNOWN",
         }
     }
+
+    /// Whether only an operator moves such a saga on (a retry signal, a
+    /// resolution), rather than time or a worker coming back.
+    pub fn needs_an_operator(self) -> bool {
+        matches!(
+            self,
+            Self::CompensationExhausted
+                | Self::NonRetryableAfterPivot
+                | Self::PivotOutcomeUnknown
+                | Self::StepOutcomeUnknown
+        )
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == name)
+    }
 }
 
 /// Why an input was refused; the API maps these to gRPC statuses.

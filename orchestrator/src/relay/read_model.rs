@@ -162,7 +162,8 @@ fn checkout_status(event_type: &str) -> Option<&str> {
         "PaymentCaptured" => "PAID",
         "OrderCreated" => "ORDERED",
         "ShipmentCreated" | "CheckoutCompleted" => "SHIPPED",
-        "CheckoutCompensated" => "CANCELLED",
+        // CheckoutFailed only while nothing was charged (see `project_search`).
+        "CheckoutCompensated" | "CheckoutFailed" => "CANCELLED",
         "ShipmentDelayed" => return None,
         other => other,
     })
@@ -238,6 +239,10 @@ fn project_search(lookup: &dyn Lookup, event: &Event, payload: &Value, data: &Va
     }
     if event.event_type == "ShipmentDelayed" {
         row.shipment_delayed = true;
+    } else if event.event_type == "CheckoutFailed" && !matches!(row.status.as_str(), "PENDING" | "RESERVED") {
+        // Stopped after the charge (terminated by an operator): the money
+        // is kept, so the order keeps the status its steps reached rather
+        // than claim a cancellation. Orders never lie.
     } else if event.workflow_seq > row.last_seq {
         // Redeliveries can reorder a workflow's events; the status follows
         // the history's order, not the arrival order.
@@ -599,6 +604,18 @@ mod tests {
         map.apply(Projection::Search, &event("q-1", 12, "QuickCompleted", json!({"reserve": {}})));
         let row = map.row("q-1");
         assert_eq!((row.status.as_str(), row.customer.as_deref(), row.events), ("QuickCompleted", Some("bo"), 3));
+    }
+
+    #[test]
+    fn a_failed_checkout_reads_cancelled_unless_it_was_charged() {
+        let mut map = Map::default();
+        map.apply(Projection::Search, &event("chk-1", 1, "CheckoutStarted", json!({"customer_id": "ann"})));
+        map.apply(Projection::Search, &event("chk-1", 5, "CheckoutFailed", json!({"reason": "UnknownSku"})));
+        assert_eq!(map.row("chk-1").status, "CANCELLED");
+        map.apply(Projection::Search, &event("chk-2", 1, "CheckoutStarted", json!({"customer_id": "ann"})));
+        map.apply(Projection::Search, &event("chk-2", 8, "PaymentCaptured", json!({"captured_cents": 100})));
+        map.apply(Projection::Search, &event("chk-2", 9, "CheckoutFailed", json!({"terminated": true})));
+        assert_eq!(map.row("chk-2").status, "PAID");
     }
 
     #[test]

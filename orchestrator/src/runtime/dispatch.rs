@@ -517,4 +517,46 @@ impl Dispatch {
         }
         counts
     }
+
+    /// Every queue an operator may want to see: those a connected worker
+    /// serves and those with tasks, sorted by name. Read-only.
+    pub fn queue_stats(&self) -> Vec<QueueStats> {
+        let state = self.lock();
+        let mut queues: std::collections::BTreeMap<String, QueueStats> = std::collections::BTreeMap::new();
+        fn stats<'a>(
+            queues: &'a mut std::collections::BTreeMap<String, QueueStats>,
+            queue: &str,
+        ) -> &'a mut QueueStats {
+            queues
+                .entry(queue.to_owned())
+                .or_insert_with(|| QueueStats { queue: queue.to_owned(), ..QueueStats::default() })
+        }
+        for session in state.sessions.values() {
+            for activity_type in &session.activity_types {
+                stats(&mut queues, activity_type).workers.push((session.worker_id.clone(), session.credit));
+            }
+        }
+        for entry in state.entries.values() {
+            let queue = stats(&mut queues, &entry.task.activity_type);
+            match entry.state {
+                TaskState::Queued { .. } => queue.backlog += 1,
+                TaskState::Leased { .. } => queue.in_flight += 1,
+            }
+        }
+        let mut out: Vec<QueueStats> = queues.into_values().collect();
+        for queue in &mut out {
+            queue.workers.sort();
+        }
+        out
+    }
+}
+
+/// One task queue as an operator sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    pub queue: String,
+    /// `(worker_id, credit)` of each connected session serving it.
+    pub workers: Vec<(String, u32)>,
+    pub in_flight: usize,
+    pub backlog: usize,
 }

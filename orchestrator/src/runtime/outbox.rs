@@ -105,6 +105,12 @@ pub fn domain_events(state: &WorkflowState, definition: &SagaDefinition, events:
             Attributes::WorkflowCancelled(c) => {
                 lifecycle.compensated.as_deref().map(|t| (t, None, json!({ "reason": c.reason, "cancelled": true })))
             }
+            Attributes::WorkflowFailed(f) => {
+                lifecycle.failed.as_deref().map(|t| (t, None, json!({ "reason": f.reason, "step": f.step })))
+            }
+            Attributes::WorkflowTerminated(x) => {
+                lifecycle.failed.as_deref().map(|t| (t, None, json!({ "reason": x.reason, "terminated": true })))
+            }
             _ => None,
         };
         if let Some((event_type, step, data)) = emitted {
@@ -172,6 +178,25 @@ mod tests {
         assert_eq!(records[1].event_id, "chk-1/3");
         assert_eq!(records[1].workflow_seq, 3);
         assert!(records[1].payload.contains("reservation_id"));
+    }
+
+    #[test]
+    fn a_failed_or_terminated_checkout_publishes_its_end() {
+        use sagaflow_proto::v1::{WorkflowFailed, WorkflowTerminated};
+        let definition = shop::checkout();
+        let started = WorkflowStarted { workflow_type: "checkout".into(), input: "{}".into(), ..Default::default() };
+        let start = at(1, Attributes::WorkflowStarted(started));
+        let failed =
+            at(2, Attributes::WorkflowFailed(WorkflowFailed { step: "price".into(), reason: "UnknownSku".into() }));
+        let terminated =
+            at(2, Attributes::WorkflowTerminated(WorkflowTerminated { reason: "ops".into(), ..Default::default() }));
+        for end in [failed, terminated] {
+            let history = vec![start.clone(), end];
+            let state = engine::replay("chk-1", &history, &definition);
+            let records = domain_events(&state, &definition, &history);
+            let kinds: Vec<&str> = records.iter().map(|r| r.event_type.as_str()).collect();
+            assert_eq!(kinds, ["CheckoutStarted", "CheckoutFailed"]);
+        }
     }
 
     #[test]

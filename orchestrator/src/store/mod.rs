@@ -40,6 +40,12 @@ pub enum Error {
     /// the server stops accepting writes rather than risk a torn history.
     #[error("storage engine: {0}")]
     Engine(String),
+    /// Another process has the store open: two writers would tear its histories.
+    #[error(
+        "the data directory {dir} is in use by another sagaflow process{}; stop it, or give this one another --data-dir",
+        holder.as_ref().map(|h| format!(" ({h})")).unwrap_or_default()
+    )]
+    Locked { dir: String, holder: Option<String> },
     /// A record could not be decoded; the store holds bytes this version cannot read.
     #[error("corrupt record under {key}: {reason}")]
     Corrupt { key: String, reason: String },

@@ -82,7 +82,7 @@ impl SledStore {
             // flush would only add syncs.
             .flush_every_ms(None)
             .cache_capacity(256 * 1024 * 1024);
-        let db = open_when_unlocked(&config).map_err(engine)?;
+        let db = open_when_unlocked(&config, dir)?;
         let tree = db.open_tree("sagaflow").map_err(engine)?;
         let log = File::open(dir.join("db")).map_err(engine)?;
         let wal_dir = dir.join("wal");
@@ -125,18 +125,58 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Opens sled, waiting briefly while the directory's lock is still held:
 /// sled 0.34 releases it from its I/O threads a moment after the last handle
 /// is dropped, so an open right after a close in the same process can find
-/// it taken. A lock held longer (another process) is still an error.
-fn open_when_unlocked(config: &sled::Config) -> sled::Result<sled::Db> {
+/// it taken. A lock held longer (another process) is [`Error::Locked`].
+fn open_when_unlocked(config: &sled::Config, dir: &Path) -> Result<sled::Db> {
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {
         match config.open() {
-            Err(sled::Error::Io(e))
-                if e.kind() == std::io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline =>
-            {
+            // sled reports a taken lock as a generic I/O error whose text
+            // is all it says; asking the lock directly tells it apart.
+            Err(sled::Error::Io(e)) if is_locked(&dir.join("db")) => {
+                if std::time::Instant::now() >= deadline {
+                    tracing::debug!(error = %e, "sled could not take its lock");
+                    return Err(Error::Locked { dir: dir.display().to_string(), holder: lock_holder(&dir.join("db")) });
+                }
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
-            other => return other,
+            other => return other.map_err(engine),
         }
+    }
+}
+
+/// Whether another open file holds the exclusive lock on `file` (sled takes
+/// it with `flock`, as `File::try_lock` does).
+fn is_locked(file: &Path) -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(file)
+        .is_ok_and(|f| matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)))
+}
+
+/// Which process holds the lock on `file`, as "pid N (command line)", when
+/// the system says (Linux's /proc/locks names the holder's pid and inode).
+fn lock_holder(file: &Path) -> Option<String> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let inode = std::fs::metadata(file).ok()?.ino();
+        let locks = std::fs::read_to_string("/proc/locks").ok()?;
+        let pid = locks.lines().find_map(|line| {
+            // "1: FLOCK  ADVISORY  WRITE 4242 08:01:1311 0 EOF"
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let device_inode = fields.get(5)?;
+            (device_inode.rsplit(':').next()? == inode.to_string()).then(|| fields.get(4).copied())?
+        })?;
+        let command = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " ").trim().to_owned())
+            .unwrap_or_default();
+        Some(if command.is_empty() { format!("pid {pid}") } else { format!("pid {pid}: {command}") })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = file;
+        None
     }
 }
 

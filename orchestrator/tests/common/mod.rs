@@ -327,6 +327,7 @@ pub fn write_test_definitions(dir: &Path) -> PathBuf {
             started: Some("QuickStarted".into()),
             completed: Some("QuickCompleted".into()),
             compensated: Some("QuickUndone".into()),
+            failed: None,
         })
         .step(reserve().emits("Reserved"))
         .step(Step::activity("capture", "bench.capture").pivot().retry(quick.clone()).timeouts(short))

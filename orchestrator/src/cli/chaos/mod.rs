@@ -1,8 +1,8 @@
 //! `sagaflow chaos run`: the whole system on loopback, a steady load, and a
 //! seed-derived schedule of `kill -9`s, fault switches and broker outages;
 //! then the heal, the self-healing jobs and a report of every promise of
-//! DESIGN.md §4 that was kept or broken. `docs/chaos/` describes the
-//! experiments.
+//! the failure scenarios (docs/contract.md) that was kept or broken.
+//! `docs/chaos/` describes the experiments.
 
 mod disrupt;
 mod load;

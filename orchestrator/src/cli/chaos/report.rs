@@ -1,5 +1,5 @@
 //! What a chaos run proves: the audit of the healed system and the report.
-//! Every count under "must be zero" is a broken promise of DESIGN.md §4.
+//! Every count under "must be zero" is a broken promise of docs/contract.md, Failure scenarios.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
