@@ -407,13 +407,13 @@ pub async fn run(command: WorkflowCommand, server: &str, output: Output) -> anyh
                 // A cancel waits for an attempt in flight, and for a pivot
                 // whose outcome is unknown (ADR 0006).
                 outln!(
-                    "cancel requested for {workflow_id}: it waits for step {} to answer; if that is the pivot and it \
-                     succeeds, the cancel is refused (CancelRefused in the history), otherwise the completed steps are \
-                     compensated",
+                    "cancel of {workflow_id} recorded: it waits for step {} to answer, which finishes (or times out) \
+                     first; if that is the pivot and it succeeds, the cancel is refused (CancelRefused in the \
+                     history), otherwise the completed steps are compensated; `workflow describe` shows where it is",
                     summary.current_step
                 );
             } else {
-                outln!("cancel requested for {workflow_id}: its completed steps are being compensated");
+                outln!("cancel of {workflow_id} recorded: its completed steps are being compensated");
             }
         }
         WorkflowCommand::Resolve { workflow_id, step, outcome, reason, result } => {
