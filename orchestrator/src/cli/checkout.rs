@@ -185,7 +185,8 @@ async fn await_saga(channel: Conn, checkout_id: &str) -> anyhow::Result<Option<S
             return Ok(None);
         }
         if !summary.stuck_reason.is_empty() {
-            return Ok(Some(format!("{}: {}", summary.stuck_reason, summary.stuck_message)));
+            // The message is printed with the checkout (`Stuck`, `why`).
+            return Ok(Some(summary.stuck_reason));
         }
         anyhow::ensure!(tokio::time::Instant::now() < deadline, "checkout {checkout_id} is still running after 60 s");
     }
