@@ -469,7 +469,7 @@ impl Lane {
                     if s.step == cell.target.step && s.compensation == cell.target.compensation)
             })
             .count();
-        path.insert(0, format!("{attempts} attempts"));
+        path.insert(0, format!("{attempts} attempt{}", if attempts == 1 { "" } else { "s" }));
         if history.iter().any(|e| matches!(e.attributes, Some(Attributes::CancelRefused(_)))) {
             path.push("cancel refused (CancelRefused)".into());
         }
