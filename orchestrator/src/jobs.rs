@@ -7,12 +7,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use sagaflow_activities::shop::audit::{Captures, HeldReservations};
 use sagaflow_worker::{ActivityContext, ActivityError, Worker};
 use sagaflow_workflows::jobs;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-
-use sagaflow_activities::shop::audit::{Captures, HeldReservations};
 
 use crate::api::{CheckoutFacts, CheckoutView};
 use crate::runtime::{Runtime, StartRequest, timers::now_ms};
@@ -132,28 +131,24 @@ struct AuditInput {
 }
 
 /// Reads each checkout the snapshots name from its history, as GetCheckout
-/// does, and compares ([`crate::api::audit_checkouts`]).
+/// does, then compares ([`crate::api::audit_checkouts`]).
 fn audit_checkouts(runtime: &Runtime, input: &AuditInput) -> Result<serde_json::Value, ActivityError> {
     let store = runtime.store();
-    let read = |checkout_id: &str| -> crate::store::Result<Option<CheckoutFacts>> {
-        let Some(summary) = store.summary(checkout_id)? else { return Ok(None) };
+    let named = input.captures.captures.iter().map(|c| c.payment_intent_id.as_str());
+    let named = named.chain(input.reservations.held.iter().map(|r| r.reservation_id.as_str()));
+    let mut checkouts = HashMap::new();
+    for checkout_id in named.filter_map(crate::api::checkout_of) {
+        let unavailable = |e: crate::store::Error| ActivityError::retryable("StoreUnavailable", e.to_string());
+        let Some(summary) = store.summary(&checkout_id).map_err(unavailable)? else { continue };
         if summary.workflow_type != sagaflow_workflows::shop::CHECKOUT {
-            return Ok(None);
+            continue;
         }
-        let view = CheckoutView::from_history(&store.history(checkout_id, 1, usize::MAX)?);
-        Ok(Some(CheckoutFacts { view, closed_ms: summary.closed_ms }))
-    };
-    let failed = std::cell::RefCell::new(None);
-    let grace_ms = input.grace_ms.unwrap_or(sagaflow_activities::shop::audit::DEFAULT_GRACE_MS);
-    let found = crate::api::audit_checkouts(&input.captures, &input.reservations, grace_ms, |id| {
-        read(id).unwrap_or_else(|e| {
-            failed.borrow_mut().get_or_insert(e);
-            None
-        })
-    });
-    if let Some(e) = failed.into_inner() {
-        return Err(ActivityError::retryable("StoreUnavailable", e.to_string()));
+        let view = CheckoutView::from_history(&store.history(&checkout_id, 1, usize::MAX).map_err(unavailable)?);
+        checkouts.insert(checkout_id, CheckoutFacts { view, closed_ms: summary.closed_ms });
     }
+    let grace_ms = input.grace_ms.unwrap_or(sagaflow_activities::shop::audit::DEFAULT_GRACE_MS);
+    let found =
+        crate::api::audit_checkouts(&input.captures, &input.reservations, grace_ms, |id| checkouts.get(id).cloned());
     serde_json::to_value(found).map_err(|e| ActivityError::non_retryable(ActivityError::INVALID_OUTPUT, e.to_string()))
 }
 

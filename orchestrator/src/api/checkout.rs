@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use super::{Origin, invalid};
 use crate::auth::{self, Principal};
-use crate::engine::is_side_task;
+use crate::engine::{is_side_task, timeout_leaves_outcome_unknown};
 use crate::runtime::{Runtime, StartRequest};
 use crate::store::is_terminal;
 
@@ -116,7 +116,7 @@ impl CheckoutView {
                 }
                 Some(Attributes::ActivityTimedOut(t)) if is_capture(&step_of, &t.task_id) => {
                     in_flight = false;
-                    unknown |= t.timeout_type != "SCHEDULE_TO_START";
+                    unknown |= timeout_leaves_outcome_unknown(&t.timeout_type);
                 }
                 // An operator's decision counts as the worker's answer would.
                 Some(Attributes::ActivityResolved(r)) if !r.compensation => {

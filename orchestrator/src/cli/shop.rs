@@ -91,15 +91,18 @@ pub enum ShopCommand {
     },
 }
 
+/// `shop invariants`: the `check-invariants` job, on the server.
+async fn invariants(server: &str, grace: std::time::Duration, output: Output) -> anyhow::Result<()> {
+    let grace_ms = Some(u64::try_from(grace.as_millis()).unwrap_or(u64::MAX));
+    let input = sagaflow_orchestrator::jobs::JobInput { grace_ms };
+    let name = sagaflow_orchestrator::workflows::jobs::CHECK_INVARIANTS;
+    let report = super::jobs::run_job(server, name, &input, std::time::Duration::from_secs(120)).await?;
+    super::jobs::print_report(&report, output)
+}
+
 pub async fn run(args: ShopArgs, server: &str, output: Output) -> anyhow::Result<()> {
-    if let ShopCommand::Invariants { grace } = args.command {
-        let grace_ms = Some(u64::try_from(grace.as_millis()).unwrap_or(u64::MAX));
-        let input = sagaflow_orchestrator::jobs::JobInput { grace_ms };
-        let name = sagaflow_orchestrator::workflows::jobs::CHECK_INVARIANTS;
-        let report = super::jobs::run_job(server, name, &input, std::time::Duration::from_secs(120)).await?;
-        return super::jobs::print_report(&report, output);
-    }
     let (method, path, body) = match &args.command {
+        ShopCommand::Invariants { grace } => return invariants(server, *grace, output).await,
         ShopCommand::Stock => ("GET", "/stock".to_owned(), None),
         ShopCommand::Restock { sku, quantity } => {
             ("POST", format!("/stock/{sku}/restock"), Some(json!({ "quantity": quantity })))
@@ -126,7 +129,6 @@ pub async fn run(args: ShopArgs, server: &str, output: Output) -> anyhow::Result
         ShopCommand::ClearFaults { target: None } => ("DELETE", "/faults".to_owned(), None),
         ShopCommand::Notifications { customer: Some(c) } => ("GET", format!("/notifications?customer={c}"), None),
         ShopCommand::Notifications { customer: None } => ("GET", "/notifications".to_owned(), None),
-        ShopCommand::Invariants { .. } => unreachable!("answered by the check-invariants job above"),
     };
     let answer = request(&args.admin_url, method, &path, body.as_ref()).await?;
     match output {

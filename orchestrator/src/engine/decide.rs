@@ -87,15 +87,15 @@ pub enum TimeoutKind {
     ScheduleToClose,
 }
 
-impl TimeoutKind {
-    /// Whether the attempt may have run when this deadline passed, so that
-    /// its outcome is unknown (ADR 0006). Only a schedule-to-start deadline
-    /// finds the attempt still in its queue: dispatch applies it to a queued
-    /// task alone, so no worker was ever handed it.
-    pub fn may_have_run(self) -> bool {
-        self != Self::ScheduleToStart
-    }
+/// Whether an attempt that timed out (`ActivityTimedOut.timeout_type`) may
+/// have run, so that its outcome is unknown (ADR 0006). Only a
+/// schedule-to-start deadline finds the attempt still in its queue: dispatch
+/// applies it to a queued task alone, so no worker was ever handed it.
+pub fn timeout_leaves_outcome_unknown(timeout_type: &str) -> bool {
+    timeout_type != TimeoutKind::ScheduleToStart.as_str()
+}
 
+impl TimeoutKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::ScheduleToStart => "SCHEDULE_TO_START",

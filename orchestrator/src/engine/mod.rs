@@ -7,7 +7,10 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-pub use decide::{Input, Outcome, Rejection, Resolution, StuckReason, TimeoutKind, decide, handle, run};
+pub use decide::{
+    Input, Outcome, Rejection, Resolution, StuckReason, TimeoutKind, decide, handle, run,
+    timeout_leaves_outcome_unknown,
+};
 pub use state::{
     PendingTask, RETRY_SIGNAL, SIGNAL_TIMEOUT, StepState, StepStatus, Track, WorkflowState, is_side_task,
     parse_task_id, task_id,

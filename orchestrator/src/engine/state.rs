@@ -297,8 +297,11 @@ impl WorkflowState {
                 self.resolve_failure(&f.task_id, f.next_attempt_ms, failure, known);
             }
             Attributes::ActivityTimedOut(t) => {
-                // Only a schedule-to-start deadline finds the attempt unstarted.
-                let known = if t.timeout_type == "SCHEDULE_TO_START" { Known::Unchanged } else { Known::Unknown };
+                let known = if super::timeout_leaves_outcome_unknown(&t.timeout_type) {
+                    Known::Unknown
+                } else {
+                    Known::Unchanged
+                };
                 self.resolve_failure(&t.task_id, t.next_attempt_ms, format!("timed out ({})", t.timeout_type), known);
             }
             Attributes::TimerStarted(t) => {

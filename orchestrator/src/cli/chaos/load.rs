@@ -10,6 +10,8 @@ use sagaflow_proto::checkout::v1::checkout_service_client::CheckoutServiceClient
 use sagaflow_proto::checkout::v1::{
     CheckoutStatus, GetCheckoutRequest, Item, RefundCheckoutRequest, StartCheckoutRequest,
 };
+use sagaflow_proto::v1::CancelWorkflowRequest;
+use sagaflow_proto::v1::workflow_service_client::WorkflowServiceClient;
 use tonic::transport::{Channel, Endpoint};
 
 use super::plan::Rng;
@@ -29,6 +31,10 @@ pub struct Ledger {
     /// Refund workflow ids of acknowledged refunds.
     pub refunds: Vec<String>,
     pub refunds_unacknowledged: u64,
+    /// Cancels sent while a checkout ran, and how many were accepted (the
+    /// others came after the pivot, or after the end).
+    pub cancels_sent: u64,
+    pub cancels_accepted: u64,
 }
 
 pub type Shared = Arc<Mutex<Ledger>>;
@@ -80,6 +86,19 @@ async fn start_one(channel: Channel, request: StartCheckoutRequest, shared: Shar
     lock(&shared).unacknowledged += 1;
 }
 
+/// A customer who gives up: cancels the checkout `after` its start, at
+/// whatever step it is then.
+async fn cancel_one(channel: Channel, checkout_id: String, after: Duration, shared: Shared) {
+    tokio::time::sleep(after).await;
+    let mut client = WorkflowServiceClient::new(channel);
+    let request =
+        CancelWorkflowRequest { workflow_id: checkout_id, reason: "customer gave up".into(), identity: "chaos".into() };
+    let accepted = client.cancel_workflow(request).await.is_ok();
+    let mut ledger = lock(&shared);
+    ledger.cancels_sent += 1;
+    ledger.cancels_accepted += u64::from(accepted);
+}
+
 async fn refund_one(channel: Channel, checkout_id: String, refund_id: String, shared: Shared) {
     let mut client = CheckoutServiceClient::new(channel);
     let Ok(checkout) = client.get_checkout(GetCheckoutRequest { checkout_id: checkout_id.clone() }).await else {
@@ -119,6 +138,14 @@ pub async fn run(channel: Channel, seed: u64, rate: f64, duration: Duration, sha
     while tokio::time::Instant::now() < end {
         ticker.tick().await;
         calls.push(tokio::spawn(start_one(channel.clone(), checkout_request(seed, n), Arc::clone(&shared))));
+        // One checkout in twenty is cancelled while it runs, at a seeded moment.
+        if n % 20 == 7 {
+            let started = lock(&shared).checkouts.last().map(|(_, id)| id.clone());
+            if let Some(checkout_id) = started {
+                let after = Duration::from_millis(Rng::new(seed ^ n).below(2_500));
+                calls.push(tokio::spawn(cancel_one(channel.clone(), checkout_id, after, Arc::clone(&shared))));
+            }
+        }
         // Every tenth tick, refund a quarter of a checkout started a while ago.
         if n % 10 == 9 {
             let earlier = lock(&shared).checkouts.iter().rev().nth(20).map(|(_, id)| id.clone());

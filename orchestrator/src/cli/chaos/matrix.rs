@@ -36,6 +36,7 @@ use tokio::process::{Child, Command};
 use tonic::transport::Channel;
 
 use super::load;
+use super::report::{Shown, ledger_disagreements};
 use super::system::free_ports;
 use crate::cli::shop::request;
 
@@ -468,7 +469,7 @@ impl Lane {
                     if s.step == cell.target.step && s.compensation == cell.target.compensation)
             })
             .count();
-        path.insert(0, format!("{attempts} attempts"));
+        path.insert(0, format!("{attempts} attempt{}", if attempts == 1 { "" } else { "s" }));
         if history.iter().any(|e| matches!(e.attributes, Some(Attributes::CancelRefused(_)))) {
             path.push("cancel refused (CancelRefused)".into());
         }
@@ -494,63 +495,31 @@ impl Lane {
             .admin("GET", &format!("/reservations/{}", checkout.reservation_id), None)
             .await
             .map_or_else(|_| "NONE".to_owned(), |r| r["status"].as_str().unwrap_or("NONE").to_owned());
+        let status = CheckoutStatus::try_from(checkout.status).unwrap_or_default();
+        let ended = sagaflow_orchestrator::store::is_terminal(saga.status);
+        let shown = Shown {
+            checkout_id,
+            status: status_label(status),
+            total_cents: checkout.total_cents,
+            refunded_cents: checkout.refunded_cents,
+            payment_intent_id: &checkout.payment_intent_id,
+            ended,
+        };
+        let mut failures = ledger_disagreements(&shown, &ledger, &orders, &reservation);
         let entries: Vec<&Value> = ledger
             .as_array()
             .into_iter()
             .flatten()
             .filter(|e| e["payment_intent_id"] == checkout.payment_intent_id.as_str())
             .collect();
-        let sum = |kind: &str| -> i64 {
-            entries.iter().filter(|e| e["kind"] == kind).map(|e| e["amount_cents"].as_i64().unwrap_or(0)).sum()
-        };
         let captures = entries.iter().filter(|e| e["kind"] == "capture").count();
-        let (captured, refunded) = (sum("capture"), sum("refund"));
-        let ours: Vec<&Value> =
-            orders.as_array().into_iter().flatten().filter(|o| o["checkout_id"] == checkout_id).collect();
-        let status = CheckoutStatus::try_from(checkout.status).unwrap_or_default();
-        let mut failures = Vec::new();
-        let mut fail = |what: String| failures.push(what);
         if captures > 1 {
-            fail(format!("captured {captures} times"));
+            failures.push(format!("captured {captures} times"));
         }
-        if ours.len() > 1 {
-            fail(format!("{} orders", ours.len()));
+        if !ended {
+            failures.push(format!("the checkout's saga is still {} ({})", status_name(saga.status), saga.stuck_reason));
         }
-        if !sagaflow_orchestrator::store::is_terminal(saga.status) {
-            fail(format!("the checkout's saga is still {} ({})", status_name(saga.status), saga.stuck_reason));
-        }
-        match status {
-            CheckoutStatus::Shipped | CheckoutStatus::Refunded | CheckoutStatus::PartiallyRefunded => {
-                if captured != checkout.total_cents {
-                    fail(format!("{status:?} but the ledger captured {captured} of {}", checkout.total_cents));
-                }
-                if refunded != checkout.refunded_cents {
-                    fail(format!("{status:?} shows {} refunded, the ledger {refunded}", checkout.refunded_cents));
-                }
-                match ours.first() {
-                    Some(order) if order["refunded_cents"].as_i64() == Some(refunded) => {}
-                    Some(order) => {
-                        fail(format!("the order shows {} refunded, the ledger {refunded}", order["refunded_cents"]))
-                    }
-                    None => fail(format!("{status:?} without an order")),
-                }
-                if reservation != "COMMITTED" {
-                    fail(format!("{status:?} with the reservation {reservation}"));
-                }
-            }
-            CheckoutStatus::Cancelled => {
-                if captured != refunded {
-                    fail(format!("CANCELLED but the ledger kept {} (captured {captured})", captured - refunded));
-                }
-                if !ours.is_empty() {
-                    fail("CANCELLED with an order".into());
-                }
-                if reservation == "HELD" || reservation == "COMMITTED" {
-                    fail(format!("CANCELLED with the reservation {reservation}"));
-                }
-            }
-            other => fail(format!("ended {other:?} (saga {})", status_name(saga.status))),
-        }
+        let mut fail = |what: String| failures.push(what);
         let mut end = format!("{} ({})", status_label(status), status_name(saga.status));
         if let Some((workflow_id, refund_id)) = refund {
             let summary = self.summary(workflow_id).await?;
@@ -753,6 +722,7 @@ fn markdown(results: &[CellResult], invariants: &[String], time_scale: f64, lane
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -23,7 +23,7 @@ use sagaflow_orchestrator::workflows::jobs;
 use sagaflow_proto::checkout::v1::GetCheckoutRequest;
 use sagaflow_proto::checkout::v1::checkout_service_client::CheckoutServiceClient;
 use sagaflow_proto::v1::workflow_service_client::WorkflowServiceClient;
-use sagaflow_proto::v1::{DescribeWorkflowRequest, ListWorkflowsRequest, WorkflowStatus};
+use sagaflow_proto::v1::{DescribeWorkflowRequest, ListWorkflowsRequest, SignalWorkflowRequest, WorkflowStatus};
 use serde_json::json;
 use tonic::transport::Channel;
 
@@ -164,11 +164,20 @@ async fn experiment(system: &mut System, args: &RunArgs, seed: u64) -> anyhow::R
         ..Report::default()
     };
     eprintln!("chaos: waiting for {} checkouts and {} refunds to end", ledger.checkouts.len(), ledger.refunds.len());
-    let open = settle(system, &mut disruptor, channel.clone(), args.settle).await?;
+    let mut open = settle(system, &mut disruptor, channel.clone(), args.settle).await?;
+    // The operator's part of the heal: a saga flagged stuck (a pivot whose
+    // outcome is unknown, a step or an undo that failed for good) gets the
+    // retry signal now that every fault is gone.
+    report.retried_after_heal = retry_flagged(channel.clone(), &open).await;
+    if report.retried_after_heal > 0 {
+        open = settle(system, &mut disruptor, channel.clone(), args.settle).await?;
+    }
+    report.cancels_sent = ledger.cancels_sent;
+    report.cancels_accepted = ledger.cancels_accepted;
     report.crashes_restarted = disruptor.crashes_restarted;
     audit_workflows(&mut report, channel.clone(), &ledger).await?;
     report.must_be_zero.stuck_without_alert = open.iter().filter(|(_, stuck)| !stuck).count() as u64;
-    audit_effects(&mut report, system, channel, &open).await?;
+    audit_effects(&mut report, system, channel, &open, &ledger).await?;
     run_jobs(&mut report, system).await;
     Ok(report)
 }
@@ -193,6 +202,25 @@ async fn settle(
             _ => tokio::time::sleep(Duration::from_secs(1)).await,
         }
     }
+}
+
+/// Sends `sagaflow.retry` to every workflow flagged stuck; returns how many took it.
+async fn retry_flagged(channel: Channel, open: &[(String, bool)]) -> u64 {
+    let mut client = WorkflowServiceClient::new(channel);
+    let mut retried = 0;
+    for (workflow_id, _) in open.iter().filter(|(_, stuck)| *stuck) {
+        let signal = SignalWorkflowRequest {
+            workflow_id: workflow_id.clone(),
+            name: "sagaflow.retry".into(),
+            input: Vec::new(),
+            identity: "chaos-operator".into(),
+        };
+        match client.signal_workflow(signal).await {
+            Ok(_) => retried += 1,
+            Err(status) => tracing::warn!(%workflow_id, %status, "chaos: the retry signal was refused"),
+        }
+    }
+    retried
 }
 
 async fn open_workflows(client: &mut WorkflowServiceClient<Channel>) -> anyhow::Result<Vec<(String, bool)>> {
@@ -261,6 +289,7 @@ async fn audit_effects(
     system: &System,
     channel: Channel,
     open: &[(String, bool)],
+    started: &load::Ledger,
 ) -> anyhow::Result<()> {
     let group = |name: &str| plan::GROUPS.iter().position(|g| *g == name).unwrap_or(0);
     let read = |name: &str, path: &'static str| {
@@ -284,6 +313,38 @@ async fn audit_effects(
         }
     }
     let reservations = read("inventory", "/reservations").await?;
+    // Every checkout's status against the ledger, the orders and the stock.
+    let reservation_of = |id: &str| {
+        reservations
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["reservation_id"] == id)
+            .and_then(|r| r["status"].as_str())
+            .unwrap_or("NONE")
+            .to_owned()
+    };
+    let still_open: HashSet<&str> = open.iter().map(|(id, _)| id.as_str()).collect();
+    for (_, checkout_id) in &started.checkouts {
+        let Ok(checkout) = checkouts.get_checkout(GetCheckoutRequest { checkout_id: checkout_id.clone() }).await else {
+            continue;
+        };
+        let checkout = checkout.into_inner();
+        let status = super::checkout::checkout_status_name(checkout.status);
+        let shown = report::Shown {
+            checkout_id,
+            status,
+            total_cents: checkout.total_cents,
+            refunded_cents: checkout.refunded_cents,
+            payment_intent_id: &checkout.payment_intent_id,
+            ended: !still_open.contains(checkout_id.as_str()),
+        };
+        let found = report::ledger_disagreements(&shown, &ledger, &orders, &reservation_of(&checkout.reservation_id));
+        if !found.is_empty() {
+            tracing::error!(%checkout_id, status, ?found, "chaos: a checkout's status disagrees with the ledger");
+            report.must_be_zero.status_disagrees_with_ledger += 1;
+        }
+    }
     let leaked = report::leaked_reservations(&reservations, &owned);
     for id in &leaked {
         tracing::error!(reservation_id = %id, "chaos: a reservation holds stock nobody will release");

@@ -66,9 +66,12 @@ pub struct Planned {
     pub action: Action,
 }
 
-/// The faults each group may get. Every one is recoverable: retries,
-/// timeouts and idempotency keys must absorb it. A `fatal` only ever hits a
-/// step before the pivot, where failing means compensating.
+/// The faults each group may get. Most are recoverable: retries, timeouts and
+/// idempotency keys must absorb them. The last ones spend a retry budget or
+/// fail a step for good (ADR 0006): the capture's budget on errors (the
+/// checkout compensates), a step after the pivot or a compensation for good
+/// (flagged stuck until the heal and the operator's `sagaflow.retry`), a
+/// refund declined for good.
 const FAULTS: &[(usize, &str)] = &[
     (0, "catalog.price_snapshot=error:3"),
     (0, "catalog.price_snapshot=fatal:1"),
@@ -87,6 +90,11 @@ const FAULTS: &[(usize, &str)] = &[
     (4, "shipping.create_shipment=error:6"),
     (4, "shipping.create_shipment=hang-after-effect:1"),
     (5, "notifications.send=error:3"),
+    (2, "payments.capture=error:12"),
+    (2, "payments.capture=hang-after-effect:3"),
+    (3, "orders.create=fatal:1"),
+    (1, "inventory.release=fatal:1"),
+    (2, "payments.refund=fatal:1"),
 ];
 
 /// splitmix64: tiny, well distributed, and stable across library versions

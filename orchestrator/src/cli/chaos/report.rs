@@ -19,6 +19,12 @@ pub struct Report {
     pub faults: BTreeMap<String, u64>,
     /// Processes that died of an injected crash and were restarted.
     pub crashes_restarted: u64,
+    /// Cancels sent while checkouts ran, and accepted.
+    pub cancels_sent: u64,
+    pub cancels_accepted: u64,
+    /// Sagas flagged stuck after the heal that the operator's
+    /// `sagaflow.retry` then moved on.
+    pub retried_after_heal: u64,
     pub jobs: BTreeMap<String, Value>,
     pub must_be_zero: MustBeZero,
 }
@@ -48,6 +54,9 @@ pub struct Refunds {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct MustBeZero {
     pub acknowledged_starts_lost: u64,
+    /// Checkouts whose status disagrees with the payments ledger, the orders
+    /// or the stock ([`ledger_disagreements`]).
+    pub status_disagrees_with_ledger: u64,
     pub double_effects: u64,
     pub leaked_reservations: u64,
     pub stuck_without_alert: u64,
@@ -59,6 +68,7 @@ pub struct MustBeZero {
 impl MustBeZero {
     pub fn total(&self) -> u64 {
         self.acknowledged_starts_lost
+            + self.status_disagrees_with_ledger
             + self.double_effects
             + self.leaked_reservations
             + self.stuck_without_alert
@@ -84,7 +94,9 @@ impl Report {
              \x20 completed {} · compensated {} · failed before any effect {} · open and flagged stuck {} · other {}\n\
              refunds started {} · completed {} (never acknowledged: {})\n\
              faults injected ({} process kills): {}\n\
-             crashed by a fault and restarted   {}\n",
+             crashed by a fault and restarted   {}\n\
+             cancels sent while running         {} (accepted {})\n\
+             flagged after the heal, retried    {}\n",
             self.seed,
             self.duration_s,
             self.rate,
@@ -102,6 +114,9 @@ impl Report {
             kills,
             faults.join(", "),
             self.crashes_restarted,
+            self.cancels_sent,
+            self.cancels_accepted,
+            self.retried_after_heal,
         );
         out.push_str("self-healing jobs after the heal:\n");
         for (job, run) in &self.jobs {
@@ -111,6 +126,7 @@ impl Report {
         }
         out.push_str(&format!(
             "acknowledged starts lost          {}\n\
+             status disagrees with the ledger  {}\n\
              double effects                    {}\n\
              leaked reservations               {}\n\
              stuck without alert               {}\n\
@@ -118,6 +134,7 @@ impl Report {
              jobs failed                       {}\n\
              result: {}",
             z.acknowledged_starts_lost,
+            z.status_disagrees_with_ledger,
             z.double_effects,
             z.leaked_reservations,
             z.stuck_without_alert,
@@ -166,6 +183,76 @@ pub fn double_effects(ledger: &Value, orders: &Value, shipments: &Value) -> (u64
     (evidence.len() as u64, evidence)
 }
 
+/// What a checkout says, for [`ledger_disagreements`].
+#[derive(Debug, Clone)]
+pub struct Shown<'a> {
+    pub checkout_id: &'a str,
+    /// `SHIPPED`, `CANCELLED`, … as GetCheckout shows it.
+    pub status: &'a str,
+    pub total_cents: i64,
+    pub refunded_cents: i64,
+    pub payment_intent_id: &'a str,
+    /// Its saga is over (an open saga may show a step in between).
+    pub ended: bool,
+}
+
+/// Where a checkout's status disagrees with the services' records (ADR 0006):
+/// SHIPPED or REFUNDED means captured once for the total, refunds as the
+/// ledger has them, one order that shows them, the stock sold; CANCELLED
+/// means no money kept, no order, no stock held; an ended saga shows neither
+/// in between. `reservation` is the status of the checkout's reservation
+/// (`NONE` when there is none). Empty when they agree.
+pub fn ledger_disagreements(shown: &Shown<'_>, ledger: &Value, orders: &Value, reservation: &str) -> Vec<String> {
+    let entries: Vec<&Value> =
+        ledger.as_array().into_iter().flatten().filter(|e| e["payment_intent_id"] == shown.payment_intent_id).collect();
+    let sum = |kind: &str| -> i64 {
+        entries.iter().filter(|e| e["kind"] == kind).map(|e| e["amount_cents"].as_i64().unwrap_or(0)).sum()
+    };
+    let (captured, refunded) = (sum("capture"), sum("refund"));
+    let ours: Vec<&Value> =
+        orders.as_array().into_iter().flatten().filter(|o| o["checkout_id"] == shown.checkout_id).collect();
+    let status = shown.status;
+    let mut found = Vec::new();
+    match status {
+        "SHIPPED" | "REFUNDED" | "PARTIALLY_REFUNDED" => {
+            if captured != shown.total_cents {
+                found.push(format!("{status} but the ledger captured {captured} of {}", shown.total_cents));
+            }
+            if refunded != shown.refunded_cents {
+                found.push(format!("{status} shows {} refunded, the ledger {refunded}", shown.refunded_cents));
+            }
+            match ours.as_slice() {
+                [order] if order["refunded_cents"].as_i64() == Some(refunded) => {}
+                [order] => {
+                    found.push(format!("the order shows {} refunded, the ledger {refunded}", order["refunded_cents"]))
+                }
+                other => found.push(format!("{status} with {} orders", other.len())),
+            }
+            if reservation != "COMMITTED" {
+                found.push(format!("{status} with the reservation {reservation}"));
+            }
+        }
+        "CANCELLED" => {
+            if captured != refunded {
+                found.push(format!("CANCELLED but the ledger kept {} (captured {captured})", captured - refunded));
+            }
+            if !ours.is_empty() {
+                found.push("CANCELLED with an order".into());
+            }
+            if reservation == "HELD" || reservation == "COMMITTED" {
+                found.push(format!("CANCELLED with the reservation {reservation}"));
+            }
+        }
+        other if shown.ended => found.push(format!("its saga ended, and it shows {other}")),
+        // On its way: PAID or ORDERED must not claim what the ledger lacks.
+        "PAID" | "ORDERED" if captured != shown.total_cents => {
+            found.push(format!("{status} but the ledger captured {captured} of {}", shown.total_cents));
+        }
+        _ => {}
+    }
+    found
+}
+
 /// Reservations still holding stock that no open checkout owns.
 pub fn leaked_reservations(reservations: &Value, owned_by_open: &HashSet<String>) -> Vec<String> {
     reservations
@@ -195,6 +282,34 @@ mod tests {
         let shipments = json!([{"order_id": "o-1"}, {"order_id": "o-1"}]);
         let (n, evidence) = double_effects(&ledger, &orders, &shipments);
         assert_eq!(n, 2, "{evidence:?}");
+    }
+
+    #[test]
+    fn a_status_must_agree_with_the_ledger_orders_and_stock() {
+        let ledger = json!([
+            {"kind": "capture", "payment_intent_id": "pi-1", "amount_cents": 1000},
+            {"kind": "capture", "payment_intent_id": "pi-2", "amount_cents": 1000},
+        ]);
+        let orders = json!([{"checkout_id": "chk-1", "refunded_cents": 0}]);
+        let shown = |id: &'static str, intent: &'static str, status: &'static str| Shown {
+            checkout_id: id,
+            status,
+            total_cents: 1000,
+            refunded_cents: 0,
+            payment_intent_id: intent,
+            ended: true,
+        };
+        assert!(ledger_disagreements(&shown("chk-1", "pi-1", "SHIPPED"), &ledger, &orders, "COMMITTED").is_empty());
+        // The issue's checkout: cancelled, and charged.
+        let lying = ledger_disagreements(&shown("chk-2", "pi-2", "CANCELLED"), &ledger, &orders, "RELEASED");
+        assert_eq!(lying, ["CANCELLED but the ledger kept 1000 (captured 1000)"]);
+        assert!(ledger_disagreements(&shown("chk-3", "pi-3", "CANCELLED"), &ledger, &orders, "RELEASED").is_empty());
+        let unsold = ledger_disagreements(&shown("chk-1", "pi-1", "SHIPPED"), &ledger, &orders, "HELD");
+        assert_eq!(unsold.len(), 1);
+        let stopped = ledger_disagreements(&shown("chk-3", "pi-3", "RESERVED"), &ledger, &orders, "HELD");
+        assert_eq!(stopped, ["its saga ended, and it shows RESERVED"]);
+        let open = Shown { ended: false, ..shown("chk-3", "pi-3", "RESERVED") };
+        assert!(ledger_disagreements(&open, &ledger, &orders, "HELD").is_empty());
     }
 
     #[test]
