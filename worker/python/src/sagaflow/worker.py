@@ -524,8 +524,9 @@ class Worker:
             if ctx.start_to_close_timeout:
 
                 def spent() -> None:
-                    held.timed_out = True
-                    handler.cancel()
+                    if not held.cancelled_by_server:
+                        held.timed_out = True
+                        handler.cancel()
 
                 timers.append(loop.call_later(ctx.start_to_close_timeout, spent))
             pulse = None
@@ -648,6 +649,8 @@ class Worker:
             log.debug("cancellation of a task not running; ignored")
             return
         held.ctx.log.info("the orchestrator cancelled the task (%s); cancelling its handler", cancelled.reason)
+        if held.timed_out or held.cancelled_by_server:
+            return  # already cancelled once: a handler that ignored it is not asked again
         held.cancelled_by_server = True
         if held.handler is not None:
             held.handler.cancel()
