@@ -32,13 +32,15 @@ def sagaflow_bin() -> Path:
 class ServerProcess:
     """`sagaflow server` on loopback ports the OS picks; its address is read from its first line."""
 
-    def __init__(self, data_dir: Path, extra: tuple[str, ...] = ()) -> None:
+    def __init__(self, data_dir: Path, extra: tuple[str, ...] = (), listen: str = "127.0.0.1:0") -> None:
         binary = sagaflow_bin()
         if not binary.exists():
             raise RuntimeError(f"no sagaflow binary at {binary}: run `cargo build --bin sagaflow` or set SAGAFLOW_BIN")
         self.log = data_dir / "server.log"
+        if self.log.exists():  # a restart: keep the earlier run's log
+            self.log.rename(data_dir / f"server.{self.log.stat().st_mtime_ns}.log")
         self.process = subprocess.Popen(
-            [str(binary), "server", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
+            [str(binary), "server", "--listen", listen, "--http-listen", "127.0.0.1:0",
              "--data-dir", str(data_dir / "data"), "--definitions", str(SAGAS), *extra],
             stdout=subprocess.PIPE,
             stderr=self.log.open("w"),

@@ -6,13 +6,14 @@ worker under test as a process (`Workers.start`), and checks the history and the
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import Journal, eventually
+from harness import Journal
 
 from sagaflow import Client, WorkflowStatus, event_attributes, event_type
 
@@ -95,19 +96,13 @@ async def a_drain_finishes_the_running_task_and_takes_no_new_one(
     worker.sigterm()
     second = await client.start("py.drain", {"release": str(release)})
 
-    async def queued() -> bool:
-        described = await client.describe(second.workflow_id)
-        return any(p.state == "QUEUED" for p in described.pending)
-
-    # The second task is waiting for a worker before the first may finish.
-    loop_deadline = 10.0
-    import asyncio
-
     async def until_queued() -> None:
-        while not await queued():
+        while not any(p.state == "QUEUED" for p in (await client.describe(second.workflow_id)).pending):
             await asyncio.sleep(0.02)
 
-    await asyncio.wait_for(until_queued(), loop_deadline)
+    # The second task waits for a worker before the first may finish: the draining one has a free
+    # slot's worth of time to (wrongly) ask for it.
+    await asyncio.wait_for(until_queued(), 10)
     release.touch()
     assert await worker.exited() == 0
     outcome = await client.wait(first.workflow_id, timeout=10)
@@ -137,17 +132,11 @@ async def an_outcome_after_a_timeout_is_ignored(client: Client, workers: Any, jo
     assert outcome.status is WorkflowStatus.COMPLETED and outcome.result["work"] == {"attempt": 2}, outcome
     late = await journal.wait_for(workflow_id=started.workflow_id, event="completed", attempt=1)
 
-    async def ignored() -> Any:
-        found = of_type(await events(client, started.workflow_id), "CompletionIgnored")
-        return found or None
-
-    import asyncio
-
     async def until_ignored() -> list[Any]:
         while True:
-            found = await ignored()
+            found = of_type(await events(client, started.workflow_id), "CompletionIgnored")
             if found:
-                return list(found)
+                return found
             await asyncio.sleep(0.02)
 
     recorded = await asyncio.wait_for(until_ignored(), 10)
@@ -166,4 +155,3 @@ SCENARIOS = [
     Scenario("an outcome after a timeout is ignored", an_outcome_after_a_timeout_is_ignored),
 ]
 
-_ = eventually  # re-exported for scenario authors
