@@ -7,7 +7,8 @@
 #
 # The environment is $CARGO_TARGET_DIR/py-sdk-venv (else target/py-sdk-venv), made on first use; its
 # dependencies are refreshed when pyproject.toml changes. The server is $SAGAFLOW_BIN, else the debug
-# build of this checkout (built here with `cargo build --bin sagaflow` when SAGAFLOW_BIN is unset).
+# build of this checkout (built here with `cargo build --bin sagaflow` when SAGAFLOW_BIN is unset);
+# the Rust SDK's scenario worker is $SAGAFLOW_SCENARIO_WORKER, else built here the same way.
 # Exits non-zero when anything fails, including when pytest collects no test (its exit code 5).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -18,6 +19,11 @@ case "$target" in /*) ;; *) target="$PWD/$target" ;; esac
 if [ -z "${SAGAFLOW_BIN:-}" ]; then
   (cd "$repo" && cargo build --quiet --bin sagaflow)
   export SAGAFLOW_BIN="$target/debug/sagaflow"
+fi
+# The Rust SDK's worker for the shared scenarios (worker/examples/scenario_worker.rs).
+if [ -z "${SAGAFLOW_SCENARIO_WORKER:-}" ]; then
+  (cd "$repo" && cargo build --quiet -p sagaflow-worker --example scenario_worker)
+  export SAGAFLOW_SCENARIO_WORKER="$target/debug/examples/scenario_worker"
 fi
 
 venv="$target/py-sdk-venv"

@@ -34,18 +34,25 @@ def journal(tmp_path: Path) -> Journal:
 class Workers:
     """Starts workers under test; stops whichever are left at the end."""
 
-    def __init__(self, server: ServerProcess, journal: Journal) -> None:
-        self.server, self.journal, self.started = server, journal, []  # type: ignore[var-annotated]
+    def __init__(self, server: ServerProcess, journal: Journal, sdk: str) -> None:
+        self.server, self.journal, self.sdk = server, journal, sdk
+        self.started: list[WorkerProcess] = []
 
     def start(self, name: str, max_concurrency: int = 4) -> WorkerProcess:
-        worker = WorkerProcess(self.server.url, self.journal.path, name, max_concurrency)
+        worker = WorkerProcess(self.server.url, self.journal.path, name, max_concurrency, self.sdk)
         self.started.append(worker)
         return worker
 
 
 @pytest.fixture
-def workers(server: ServerProcess, journal: Journal) -> Iterator[Workers]:
-    w = Workers(server, journal)
+def sdk() -> str:
+    """The SDK whose worker runs the activities; test_scenarios.py parametrizes it."""
+    return "python"
+
+
+@pytest.fixture
+def workers(server: ServerProcess, journal: Journal, sdk: str) -> Iterator[Workers]:
+    w = Workers(server, journal, sdk)
     yield w
     for worker in w.started:
         worker.stop()

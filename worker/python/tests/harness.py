@@ -29,6 +29,29 @@ def sagaflow_bin() -> Path:
     return target / "debug" / "sagaflow"
 
 
+def rust_scenario_worker() -> Path:
+    """$SAGAFLOW_SCENARIO_WORKER, else the debug build of worker/examples/scenario_worker.rs."""
+    explicit = os.environ.get("SAGAFLOW_SCENARIO_WORKER")
+    if explicit:
+        return Path(explicit)
+    return sagaflow_bin().parent / "examples" / "scenario_worker"
+
+
+def worker_command(sdk: str) -> list[str]:
+    """How to start the test worker of an SDK: both serve the same activities and write the same journal."""
+    if sdk == "python":
+        return [sys.executable, str(HERE / "worker_app.py")]
+    if sdk == "rust":
+        binary = rust_scenario_worker()
+        if not binary.exists():
+            raise RuntimeError(
+                f"no Rust scenario worker at {binary}: run `cargo build -p sagaflow-worker --example scenario_worker` "
+                "or set SAGAFLOW_SCENARIO_WORKER"
+            )
+        return [str(binary)]
+    raise ValueError(f"unknown SDK {sdk!r}")
+
+
 class ServerProcess:
     """`sagaflow server` on loopback ports the OS picks; its address is read from its first line."""
 
@@ -77,13 +100,13 @@ def _readline_within(stream: Any, timeout: float) -> str:
 
 
 class WorkerProcess:
-    """A worker under test, as a process: `worker_app.py` (the Python SDK)."""
+    """A worker under test, as a process: `worker_app.py` (Python SDK) or `scenario_worker` (Rust SDK)."""
 
-    def __init__(self, server: str, journal: Path, worker_id: str, max_concurrency: int = 4) -> None:
+    def __init__(self, server: str, journal: Path, worker_id: str, max_concurrency: int = 4, sdk: str = "python") -> None:
         self.worker_id = worker_id
         self.log = journal.with_name(f"{worker_id}.log")
         self.process = subprocess.Popen(
-            [sys.executable, str(HERE / "worker_app.py"), "--server", server, "--journal", str(journal),
+            [*worker_command(sdk), "--server", server, "--journal", str(journal),
              "--worker-id", worker_id, "--max-concurrency", str(max_concurrency)],
             stdout=subprocess.DEVNULL,
             stderr=self.log.open("w"),
