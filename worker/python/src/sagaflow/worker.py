@@ -170,7 +170,6 @@ class _Held:
 
     ctx: ActivityContext
     task: Optional[asyncio.Task[None]]
-    handler: Optional[asyncio.Future[Any]] = None
     cancelled_by_server: bool = False
     timed_out: bool = False
 
@@ -185,6 +184,8 @@ class _Session:
         self.outstanding = 0
         self.queue: asyncio.Queue[worker_pb2.WorkerMessage] = asyncio.Queue(maxsize=capacity)
         self.broken = False
+        # Set once the worker drained and is closing the stream: a task arriving now is not run.
+        self.closing = False
 
     def send(self, message: worker_pb2.WorkerMessage) -> None:
         """Queues a message the protocol depends on. A full queue means the server stopped reading:
@@ -247,6 +248,7 @@ class Worker:
         self._changed: Optional[asyncio.Event] = None
         # Set, on the loop's clock, when the drain starts; the drain must finish by then.
         self._drain_deadline: Optional[float] = None
+        self._giving_up = False
         self._capacity = max_concurrency * 4 + 64
 
     # -- registration --------------------------------------------------------------------------
@@ -283,7 +285,7 @@ class Worker:
             log.info("draining: asking for no more tasks, finishing %d running", len(self._held))
             self._drain_deadline = asyncio.get_running_loop().time() + self._drain_timeout
             self._draining.set()
-            self._wake()
+            self._wake()  # after set(): _wake only wakes a draining loop
 
     async def run(self, *, handle_signals: bool = True) -> None:
         """Runs until `shutdown()` (or, with `handle_signals`, SIGTERM or SIGINT), then drains.
@@ -330,6 +332,7 @@ class Worker:
         log.info("drained; worker %s stopped", self.worker_id)
 
     def _give_up(self) -> None:
+        self._giving_up = True
         running, unacked = len(self._held) - len(self._unacked), len(self._unacked)
         for held in self._held.values():
             if held.task is not None:
@@ -389,10 +392,12 @@ class Worker:
             if self._unacked:
                 log.info("re-sent %d unacknowledged outcome(s)", len(self._unacked))
             self._top_up()
-            reader = asyncio.ensure_future(call.read())
+            # One reader handles every message as it comes; this loop wakes only when the session
+            # ends or the drain moves on, not once per message.
+            reader = asyncio.ensure_future(self._read(session))
             while True:
                 if self._drained():
-                    await self._close(session, writer)
+                    await self._close(session, writer, reader)
                     return True
                 self._changed.clear()
                 changed = asyncio.ensure_future(self._changed.wait())
@@ -408,20 +413,23 @@ class Worker:
                     log.warning("the outbound stream broke; reconnecting")
                     return True
                 if reader in done:
-                    try:
-                        message = reader.result()
-                    except grpc.aio.AioRpcError as error:
-                        log.warning("disconnected from the orchestrator: %s; reconnecting", _describe(error))
-                        return True
-                    if message is grpc.aio.EOF:
-                        log.warning("the orchestrator ended the stream; reconnecting")
-                        return True
-                    self._on_message(message)
-                    reader = asyncio.ensure_future(call.read())
+                    log.warning("%s; reconnecting", reader.result())
+                    return True
         finally:
             self._session = None
             writer.cancel()
             call.cancel()
+
+    async def _read(self, session: _Session) -> str:
+        """Handles the server's messages until the stream ends; returns why it ended."""
+        while True:
+            try:
+                message = await session.call.read()
+            except grpc.aio.AioRpcError as error:
+                return f"disconnected from the orchestrator: {_describe(error)}"
+            if message is grpc.aio.EOF:
+                return "the orchestrator ended the stream"
+            self._on_message(message)
 
     async def _write(self, session: _Session) -> None:
         while True:
@@ -432,21 +440,25 @@ class Worker:
                 log.debug("write failed: %s", _describe(error))
                 return
 
-    async def _close(self, session: _Session, writer: asyncio.Future[None]) -> None:
-        """Lets the queued messages out, closes our half, and waits briefly for the server's half."""
+    async def _close(self, session: _Session, writer: asyncio.Future[None], reader: asyncio.Future[str]) -> None:
+        """Lets the queued messages out, closes our half, and waits briefly for the server to close its
+        half, so that it sees a clean end rather than a reset. (Cancelling a pending read would cancel
+        the whole call, so the reader is left to see the end.)"""
+        session.closing = True
         try:
             while not session.queue.empty() and not writer.done():
                 await asyncio.sleep(0.01)
             writer.cancel()
             await session.call.done_writing()
-            await asyncio.wait_for(_drain_reads(session.call), 2.0)
+            await asyncio.wait_for(asyncio.shield(reader), 2.0)
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.TimeoutError):
             pass
 
     # -- protocol ------------------------------------------------------------------------------
 
     def _wake(self) -> None:
-        if self._changed is not None:
+        """Wakes the session loop, which cares about a finished task only while draining."""
+        if self._changed is not None and self._draining is not None and self._draining.is_set():
             self._changed.set()
 
     def _drained(self) -> bool:
@@ -480,6 +492,10 @@ class Worker:
     def _on_task(self, task: worker_pb2.ActivityTask) -> None:
         session = self._session
         assert session is not None
+        if session.closing:
+            # Credit granted before the drain, used after it: the lease expires and the task is reassigned.
+            log.warning("task %s/%s arrived after the drain finished; not run", task.workflow_id, task.task_id)
+            return
         if session.outstanding == 0:
             # Running it would break the limit this worker promised; its lease expires and it is reassigned.
             log.error("task %s/%s arrived beyond the credit granted; not running it", task.workflow_id, task.task_id)
@@ -509,6 +525,11 @@ class Worker:
         self._top_up()
 
     async def _run_task(self, key: Key, held: _Held, registration: _Registration, text: str) -> None:
+        """Runs one attempt in this task (one task per attempt), then records its outcome.
+
+        A cancellation of this task comes from the server (`cancelled_by_server`), the attempt's
+        budget (`timed_out`), or a drain given up (neither); a handler that swallows it and returns
+        still has its result reported, and the server decides whether it came too late."""
         ctx = held.ctx
         _current.set(ctx)
         loop = asyncio.get_running_loop()
@@ -518,40 +539,35 @@ class Worker:
         except ValueError as error:
             result = ActivityError(ActivityError.INVALID_INPUT, str(error), retryable=False)
         else:
-            handler = asyncio.ensure_future(registration.handler(ctx, input))
-            held.handler = handler
-            timers: list[asyncio.Handle] = []
+            timer: Optional[asyncio.TimerHandle] = None
             if ctx.start_to_close_timeout:
 
                 def spent() -> None:
-                    if not held.cancelled_by_server:
+                    if not held.cancelled_by_server and held.task is not None:
                         held.timed_out = True
-                        handler.cancel()
+                        held.task.cancel()
 
-                timers.append(loop.call_later(ctx.start_to_close_timeout, spent))
+                timer = loop.call_later(ctx.start_to_close_timeout, spent)
             pulse = None
             if registration.auto_heartbeat and ctx.heartbeat_timeout:
                 pulse = asyncio.ensure_future(self._pulse(ctx, ctx.heartbeat_timeout / 3))
-            ctx.log.debug("activity started")
             try:
-                # Shielded, so that a cancellation of the handler (by the server or the budget) is
-                # told apart from one of this bookkeeping task (a drain given up).
-                value = await asyncio.shield(handler)
+                value = await registration.handler(ctx, input)
             except asyncio.CancelledError:
-                if not handler.done():
-                    handler.cancel()
-                    raise
                 if held.cancelled_by_server:
                     ctx.log.info("activity stopped: the orchestrator cancelled it")
                     self._forget(key)
                     return
+                if self._giving_up:
+                    raise  # a drain given up: nothing to report, the server retries the attempt
                 result = (
                     ActivityError(
                         ActivityError.TIMEOUT,
                         f"the attempt ran past its start-to-close budget of {ctx.start_to_close_timeout} s",
                     )
                     if held.timed_out
-                    else ActivityError("Cancelled", "the handler was cancelled")
+                    # The handler raised CancelledError on its own: a failure like any other.
+                    else ActivityError("Cancelled", "the handler raised CancelledError")
                 )
             except ActivityError as error:
                 result = error
@@ -564,14 +580,12 @@ class Worker:
                 except (TypeError, ValueError) as error:
                     result = ActivityError(ActivityError.INVALID_OUTPUT, str(error), retryable=False)
             finally:
-                for timer in timers:
+                if timer is not None:
                     timer.cancel()
                 if pulse is not None:
                     pulse.cancel()
         if isinstance(result, ActivityError):
             ctx.log.info("activity failed: %s (retryable=%s)", result, result.retryable)
-        else:
-            ctx.log.debug("activity completed")
         self._record(key, _outcome(key, self._leases.get(key, ""), result))
 
     async def _pulse(self, ctx: ActivityContext, every: float) -> None:
@@ -652,8 +666,7 @@ class Worker:
         if held.timed_out or held.cancelled_by_server:
             return  # already cancelled once: a handler that ignored it is not asked again
         held.cancelled_by_server = True
-        if held.handler is not None:
-            held.handler.cancel()
+        held.task.cancel()
 
 
 def _check_id(what: str, value: str) -> None:
@@ -670,16 +683,6 @@ def _outcome(key: Key, lease_token: str, result: Union[str, ActivityError]) -> w
             failed=worker_pb2.TaskFailure(error_type=result.error_type, message=result.message, retryable=result.retryable),
         )
     return worker_pb2.TaskOutcome(workflow_id=key[0], task_id=key[1], lease_token=lease_token, completed=result)
-
-
-async def _drain_reads(call: Any) -> None:
-    while True:
-        message = await call.read()
-        if message is grpc.aio.EOF:
-            return
-        if message.WhichOneof("message") == "task":
-            # Credit granted before the drain, used after it: the lease expires and the task is reassigned.
-            log.warning("task %s/%s arrived after the drain finished; not run", message.task.workflow_id, message.task.task_id)
 
 
 def _describe(error: BaseException) -> str:
