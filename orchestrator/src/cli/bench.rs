@@ -979,6 +979,23 @@ mod tests {
     }
 
     #[test]
+    fn the_python_worker_gets_the_settings_of_sagaflow_worker() {
+        let plan = Plan {
+            phase: STANDARD_PHASES[3].clone(),
+            workflow: BenchWorkflow::Bench,
+            run_id: "r".into(),
+            python_worker: Some("python3".into()),
+        };
+        let rust = worker_args(&plan, "http://x", Path::new("/d"));
+        let python = python_worker_args(&plan, "http://x");
+        let value = |args: &[String], flag: &str| args.iter().position(|a| a == flag).map(|i| args[i + 1].clone());
+        assert_eq!(python[..2], ["-m", "sagaflow.bench"]);
+        for flag in ["--server", "--concurrency", "--activity-latency-ms", "--fault"] {
+            assert_eq!(value(&python, flag), value(&rust, flag), "{flag}");
+        }
+    }
+
+    #[test]
     fn overrides_apply_to_every_selected_phase() {
         let args = BenchArgs {
             phase: PhaseChoice::All,
@@ -989,6 +1006,7 @@ mod tests {
             server_pid: None,
             data_dir: None,
             keep_data: false,
+            python_worker: None,
         };
         let phases = selected_phases(&args);
         assert_eq!(phases.iter().map(|p| p.name).collect::<Vec<_>>(), ["a", "b", "c", "d"]);
