@@ -175,23 +175,57 @@ async def test_activity_logs_carry_the_correlation_id_and_the_trace_goes_on(
     @worker.activity("t.echo")
     async def echo(ctx: ActivityContext, input: Any) -> Any:
         ctx.log.info("serving")
-        seen["traceparent"], seen["outgoing"] = ctx.traceparent, ctx.outgoing_metadata()
+        seen["ctx"] = ctx
         return {}
 
     caplog.set_level(logging.INFO, logger="sagaflow.activity")
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     task = await run_worker(worker)
     async with Client(server.url) as client:
-        outcome = await client.execute("py.once", {}, correlation_id="corr-42", timeout=20)
+        outcome = await client.execute(
+            "py.once", {}, correlation_id="corr-42", traceparent=f"00-{trace_id}-00f067aa0ba902b7-01", timeout=20
+        )
         assert outcome.status is WorkflowStatus.COMPLETED
     await stop(worker, task)
     serving = [r for r in caplog.records if r.getMessage() == "serving"]
     assert [getattr(r, "correlation_id", None) for r in serving] == ["corr-42"]
-    outgoing = dict(seen["outgoing"])
+    ctx: ActivityContext = seen["ctx"]
+    # The client's trace reaches the activity, and goes on under the attempt's own span.
+    assert ctx.traceparent is not None and ctx.traceparent.split("-")[1] == trace_id
+    outgoing = dict(ctx.outgoing_metadata())
     assert outgoing["x-correlation-id"] == "corr-42"
-    if seen["traceparent"]:
-        trace_id = seen["traceparent"].split("-")[1]
-        assert outgoing["traceparent"].split("-")[1] == trace_id
-        assert outgoing["traceparent"] != seen["traceparent"]
+    version, trace, span, flags = outgoing["traceparent"].split("-")
+    assert (version, trace) == ("00", trace_id) and span != ctx.traceparent.split("-")[2]
+    assert span == f"{_fnv1a(f'{ctx.workflow_id}/{ctx.task_id}'):016x}", "the span id the Rust SDK gives the attempt"
+
+
+def _fnv1a(text: str) -> int:
+    h = 0xCBF29CE484222325
+    for b in text.encode():
+        h = ((h ^ b) * 0x100000001B3) % 2**64
+    return h
+
+
+async def test_explicit_heartbeats_keep_an_attempt_alive(server: ServerProcess) -> None:
+    worker = Worker(server.url)
+
+    @worker.activity("t.steady", auto_heartbeat=False)
+    async def steady(ctx: ActivityContext, input: Any) -> Any:
+        assert ctx.heartbeat_timeout is not None
+        loop = asyncio.get_running_loop()
+        end = loop.time() + ctx.heartbeat_timeout * 4
+        while loop.time() < end:
+            ctx.heartbeat({"left_s": end - loop.time()})
+            await asyncio.sleep(ctx.heartbeat_timeout / 4)
+        return {"attempt": ctx.attempt}
+
+    task = await run_worker(worker)
+    async with Client(server.url) as client:
+        outcome = await client.execute("py.steady", {}, timeout=20)
+        timed_out = events_of([e async for e in client.history(outcome.workflow_id)], "ActivityTimedOut")
+    await stop(worker, task)
+    assert outcome.status is WorkflowStatus.COMPLETED and outcome.result["work"] == {"attempt": 1}, outcome
+    assert timed_out == []
 
 
 async def test_an_activity_error_keeps_its_type_and_retryability(server: ServerProcess) -> None:

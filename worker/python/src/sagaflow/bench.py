@@ -30,12 +30,12 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     latency = args.activity_latency_ms / 1000
-    fatal = set()
+    fatal: set[str] = set()
     for spec in args.fault:
-        activity, _, kind = spec.partition("=")
-        if kind != "fatal" or activity not in ACTIVITIES:
+        target, _, kind = spec.partition("=")
+        if kind != "fatal" or target not in ACTIVITIES:
             parser.error(f"unsupported fault {spec!r}: only ACTIVITY=fatal, for a bench activity")
-        fatal.add(activity)
+        fatal.add(target)
     worker = Worker(args.server, worker_id="py-bench", max_concurrency=args.concurrency)
 
     async def activity(ctx: ActivityContext, input: Any) -> Any:

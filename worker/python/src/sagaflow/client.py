@@ -206,10 +206,13 @@ class Client:
         *,
         timeout: Optional[float] = None,
         correlation_id: Optional[str] = None,
+        traceparent: Optional[str] = None,
     ) -> T:
         metadata = list(self._metadata)
         if correlation_id:
             metadata.append(("x-correlation-id", correlation_id))
+        if traceparent:
+            metadata.append(("traceparent", traceparent))
         try:
             return await method(request, metadata=metadata, timeout=timeout or self._timeout)
         except grpc.aio.AioRpcError as error:
@@ -226,12 +229,16 @@ class Client:
         workflow_id: Optional[str] = None,
         labels: Optional[Mapping[str, str]] = None,
         correlation_id: Optional[str] = None,
+        traceparent: Optional[str] = None,
     ) -> Started:
         """Starts a workflow. Idempotent by `request_id` (a random one when None): the same id with the
         same input returns the same workflow with `already_started=True`; with different input,
-        raises `AlreadyExists`."""
+        raises `AlreadyExists`. `correlation_id` and a W3C `traceparent` go with the saga to every
+        activity it runs."""
         request = self._start_request(workflow_type, input, request_id, workflow_id, labels)
-        r = await self._call(self._workflows.StartWorkflow, request, correlation_id=correlation_id)
+        r = await self._call(
+            self._workflows.StartWorkflow, request, correlation_id=correlation_id, traceparent=traceparent
+        )
         return Started(r.workflow_id, r.already_started)
 
     async def execute(
@@ -243,6 +250,7 @@ class Client:
         workflow_id: Optional[str] = None,
         labels: Optional[Mapping[str, str]] = None,
         correlation_id: Optional[str] = None,
+        traceparent: Optional[str] = None,
         timeout: float = 60.0,
     ) -> WorkflowOutcome:
         """Starts a workflow (as `start`) and waits up to `timeout` seconds for its end.
@@ -253,7 +261,11 @@ class Client:
             timeout_ms=min(int(timeout * 1000), _SERVER_MAX_WAIT_MS),
         )
         r = await self._call(
-            self._workflows.ExecuteWorkflow, request, timeout=timeout + 10, correlation_id=correlation_id
+            self._workflows.ExecuteWorkflow,
+            request,
+            timeout=timeout + 10,
+            correlation_id=correlation_id,
+            traceparent=traceparent,
         )
         outcome = WorkflowOutcome._from_proto(r.workflow_id, r.outcome)
         if outcome.terminal:
