@@ -5,7 +5,8 @@
 #
 #   worker/python/run-tests.sh [PYTEST ARGS...]
 #
-# The environment is $CARGO_TARGET_DIR/py-sdk-venv (else target/py-sdk-venv), made on first use; its
+# The environment is $CARGO_TARGET_DIR/py-sdk-venv (else target/py-sdk-venv; with PYTHON=python3.10,
+# py-sdk-venv-python3.10 and that interpreter), made on first use; its
 # dependencies are refreshed when pyproject.toml changes. The server is $SAGAFLOW_BIN, else the debug
 # build of this checkout (built here with `cargo build --bin sagaflow` when SAGAFLOW_BIN is unset);
 # the Rust SDK's scenario worker is $SAGAFLOW_SCENARIO_WORKER, else built here the same way.
@@ -26,11 +27,14 @@ if [ -z "${SAGAFLOW_SCENARIO_WORKER:-}" ]; then
   export SAGAFLOW_SCENARIO_WORKER="$target/debug/examples/scenario_worker"
 fi
 
+# $PYTHON picks the interpreter (default python3); each gets its own environment.
+interpreter="${PYTHON:-python3}"
 venv="$target/py-sdk-venv"
+[ -z "${PYTHON:-}" ] || venv="$venv-$(basename "$interpreter")"
 if [ ! -x "$venv/bin/python" ]; then
-  python3 -m venv "$venv" || {
+  "$interpreter" -m venv "$venv" || {
     rm -rf "$venv"
-    echo "run-tests.sh: python3 cannot make a virtual environment (Debian: apt-get install python3-venv)" >&2
+    echo "run-tests.sh: $interpreter cannot make a virtual environment (Debian: apt-get install python3-venv)" >&2
     exit 1
   }
 fi

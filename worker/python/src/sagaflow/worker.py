@@ -249,6 +249,7 @@ class Worker:
         # Set, on the loop's clock, when the drain starts; the drain must finish by then.
         self._drain_deadline: Optional[float] = None
         self._giving_up = False
+        self._shutdown_early = False
         self._capacity = max_concurrency * 4 + 64
 
     # -- registration --------------------------------------------------------------------------
@@ -281,7 +282,10 @@ class Worker:
 
     def shutdown(self) -> None:
         """Asks a running worker to drain: no new tasks, the running ones finish and are acknowledged."""
-        if self._draining is not None and not self._draining.is_set():
+        if self._draining is None:
+            self._shutdown_early = True  # before run(): it drains at once
+            return
+        if not self._draining.is_set():
             log.info("draining: asking for no more tasks, finishing %d running", len(self._held))
             self._drain_deadline = asyncio.get_running_loop().time() + self._drain_timeout
             self._draining.set()
@@ -297,6 +301,8 @@ class Worker:
         loop = asyncio.get_running_loop()
         self._draining = asyncio.Event()
         self._changed = asyncio.Event()
+        if self._shutdown_early:
+            self.shutdown()
         installed: list[signal.Signals] = []
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
