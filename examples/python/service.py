@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import logging
 import sys
@@ -23,10 +24,12 @@ from sagaflow import ActivityContext, ActivityError, CorrelationFilter, Worker
 rooms: dict[str, str] = {}
 seats: dict[str, str] = {}
 charges: dict[str, int] = {}
+numbers = itertools.count(1)  # a released room or seat number is never handed out again
 
 
 async def hold_room(ctx: ActivityContext, saga: Any) -> Any:
-    rooms.setdefault(ctx.idempotency_key, f"room-{len(rooms) + 1}")
+    if ctx.idempotency_key not in rooms:
+        rooms[ctx.idempotency_key] = f"room-{next(numbers)}"
     ctx.log.info("holding %s", rooms[ctx.idempotency_key])
     return {"room": rooms[ctx.idempotency_key]}
 
@@ -41,7 +44,8 @@ async def release_room(ctx: ActivityContext, saga: Any) -> Any:
 
 
 async def hold_seat(ctx: ActivityContext, saga: Any) -> Any:
-    seats.setdefault(ctx.idempotency_key, f"seat-{len(seats) + 1}A")
+    if ctx.idempotency_key not in seats:
+        seats[ctx.idempotency_key] = f"seat-{next(numbers)}A"
     return {"seat": seats[ctx.idempotency_key]}
 
 
