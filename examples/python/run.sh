@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# Runs checkout.py against a fresh `sagaflow dev` on free ports in a temporary directory, and stops it.
+# Runs the Python examples against fresh servers on free ports in temporary directories, and stops them:
+#   1. checkout.py, a client of the reference shop, against `sagaflow dev`;
+#   2. service.py, a Python service that serves every activity of trip.json, and start.py, which
+#      starts trips and prints how they ended, against `sagaflow server --definitions trip.json`.
 #
 # It leaves the checkout and the active Python alone: everything it makes is under the cargo target
 # directory ($CARGO_TARGET_DIR, else target/):
-#   python-venv/  a virtual environment with requirements.txt, made on first use and refreshed
-#                 when requirements.txt changes;
-#   python-gen/   the stubs generate.sh writes from proto/.
+#   python-venv/  a virtual environment with the Python SDK (worker/python) installed, made on
+#                 first use; the SDK is reinstalled on every run, its dependencies when its
+#                 pyproject.toml changes.
 # The server is $SAGAFLOW_BIN, else target/release/sagaflow if it is newer than the debug build
 # (or the only one), else target/debug/sagaflow.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
+sdk="$(cd "$here/../../worker/python" && pwd)"
 target="${CARGO_TARGET_DIR:-$here/../../target}"
 # Cargo reads a relative CARGO_TARGET_DIR against the directory it runs in; so do we.
 case "$target" in /*) ;; *) target="$PWD/$target" ;; esac
@@ -38,19 +42,49 @@ if [ ! -x "$venv/bin/python" ]; then
   }
 fi
 python="$venv/bin/python"
-# The copy of requirements.txt inside the environment records what it was installed from.
-if ! cmp -s "$here/requirements.txt" "$venv/requirements.txt"; then
-  "$python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt"
-  cp "$here/requirements.txt" "$venv/requirements.txt"
+# The copy of the SDK's pyproject.toml inside the environment records what its dependencies came from.
+if ! cmp -s "$sdk/pyproject.toml" "$venv/sdk-pyproject.toml"; then
+  "$python" -m pip install --quiet --disable-pip-version-check "$sdk"
+  cp "$sdk/pyproject.toml" "$venv/sdk-pyproject.toml"
 fi
-PYTHON="$python" "$here/generate.sh" "$target/python-gen"
+"$python" -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall "$sdk"
+rm -rf "$sdk/build" "$sdk"/src/*.egg-info
 
 data="$(mktemp -d)"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$data"
+}
+trap cleanup EXIT
 port() { "$python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+# Waits until FILE has a line starting with PREFIX, for at most 10 s.
+await_line() {
+  for _ in $(seq 1 100); do grep -q "^$2" "$1" && return 0; sleep 0.1; done
+  echo "run.sh: no \"$2\" in $1 within 10 s:" >&2
+  cat "$1" >&2
+  return 1
+}
+
+# 1. The checkout client against the whole shop.
 grpc=$(port); http=$(port); admin=$(port)
-"$sagaflow" dev --data-dir "$data" --listen "127.0.0.1:$grpc" --http-listen "127.0.0.1:$http" \
+"$sagaflow" dev --data-dir "$data/dev" --listen "127.0.0.1:$grpc" --http-listen "127.0.0.1:$http" \
   --admin-listen "127.0.0.1:$admin" >"$data/dev.log" 2>&1 &
-dev=$!
-trap 'kill $dev 2>/dev/null; wait $dev 2>/dev/null; rm -rf "$data"' EXIT
-for _ in $(seq 1 100); do grep -q "^Sagaflow dev" "$data/dev.log" && break; sleep 0.1; done
-"$python" "$here/checkout.py" --server "127.0.0.1:$grpc" --stubs "$target/python-gen"
+pids+=($!)
+await_line "$data/dev.log" "Sagaflow dev"
+"$python" "$here/checkout.py" --server "127.0.0.1:$grpc"
+
+# 2. A saga defined as data, its activities served by a Python service.
+grpc=$(port); http=$(port)
+"$sagaflow" server --data-dir "$data/server" --listen "127.0.0.1:$grpc" --http-listen "127.0.0.1:$http" \
+  --definitions "$here/trip.json" >"$data/server.log" 2>&1 &
+pids+=($!)
+await_line "$data/server.log" "sagaflow listening"
+"$python" "$here/service.py" --server "127.0.0.1:$grpc" --definitions "$here/trip.json" 2>"$data/service.log" &
+service=$!
+pids+=("$service")
+"$python" "$here/start.py" --server "127.0.0.1:$grpc"
+# The service drains on SIGTERM and exits 0.
+kill -TERM "$service"
+wait "$service"

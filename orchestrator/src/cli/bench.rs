@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, ValueEnum};
 use hdrhistogram::Histogram;
@@ -102,10 +102,20 @@ pub struct BenchArgs {
     /// Keep the data of the spawned servers and workers instead of removing it.
     #[arg(long)]
     pub keep_data: bool,
+    /// Serve the bench activities from the Python SDK's worker (`PYTHON -m sagaflow.bench`) instead
+    /// of `sagaflow worker`; PYTHON is an interpreter with `pip install ./worker/python` done.
+    /// Spawned workers and the bench saga only.
+    #[arg(long, value_name = "PYTHON")]
+    pub python_worker: Option<PathBuf>,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let target = Target::from_command_line(&args)?;
+    if args.python_worker.is_some() {
+        ensure!(matches!(target, Target::Spawn), "--python-worker starts its own workers: leave out --server");
+        ensure!(args.workflow == BenchWorkflow::Bench, "--python-worker serves the bench saga only");
+        ensure!(args.phase != PhaseChoice::Restart, "the restart phase runs no worker: leave out --python-worker");
+    }
     if args.phase == PhaseChoice::Restart {
         return run_restart(&args, &target).await;
     }
@@ -232,10 +242,18 @@ async fn run_phases(args: &BenchArgs, target: &Target, interrupt: Interrupt) -> 
             None
         }
     };
+    if let Some(python) = &args.python_worker {
+        eprintln!("the bench activities run in the Python SDK's worker: {} -m sagaflow.bench", python.display());
+    }
     let mut reports = Vec::new();
     let mut failure = None;
     for phase in &phases {
-        let plan = Plan { phase: phase.clone(), workflow: args.workflow, run_id: run_id.clone() };
+        let plan = Plan {
+            phase: phase.clone(),
+            workflow: args.workflow,
+            run_id: run_id.clone(),
+            python_worker: args.python_worker.clone(),
+        };
         let result = match (target, data.as_mut()) {
             (Target::Running { url, server_pid }, _) => {
                 let probe = Probe { server_pid: *server_pid, worker_pid: None, clock_ticks };
@@ -296,6 +314,8 @@ struct Plan {
     phase: Phase,
     workflow: BenchWorkflow,
     run_id: String,
+    /// The interpreter that runs the Python SDK's bench worker, instead of `sagaflow worker`.
+    python_worker: Option<PathBuf>,
 }
 
 impl Plan {
@@ -809,7 +829,12 @@ impl Spawned {
     /// Runs this binary with `args`; its first stdout line says it is up.
     async fn start(what: &'static str, args: &[String]) -> anyhow::Result<(Self, String)> {
         let exe = std::env::current_exe().context("cannot find the sagaflow binary")?;
-        let mut command = Command::new(exe);
+        Self::start_program(what, &exe, args).await
+    }
+
+    /// Runs `program` with `args`; its first stdout line says it is up.
+    async fn start_program(what: &'static str, program: &Path, args: &[String]) -> anyhow::Result<(Self, String)> {
+        let mut command = Command::new(program);
         command.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit()).kill_on_drop(true);
         // Their info logs would bury the progress line; warnings still show.
         if std::env::var_os("RUST_LOG").is_none() {
@@ -878,7 +903,10 @@ impl Cluster {
             dir.join("server").display().to_string(),
         ];
         let (server, url) = Spawned::start_server(&server_args).await?;
-        let (worker, _) = Spawned::start("worker", &worker_args(plan, &url, dir)).await?;
+        let (worker, _) = match &plan.python_worker {
+            Some(python) => Spawned::start_program("Python worker", python, &python_worker_args(plan, &url)).await?,
+            None => Spawned::start("worker", &worker_args(plan, &url, dir)).await?,
+        };
         Ok(Self { server, worker, url })
     }
 
@@ -915,6 +943,25 @@ fn worker_args(plan: &Plan, url: &str, dir: &Path) -> Vec<String> {
     args
 }
 
+/// `sagaflow.bench` (worker/python) with the same settings `worker_args` gives `sagaflow worker`.
+fn python_worker_args(plan: &Plan, url: &str) -> Vec<String> {
+    let phase = &plan.phase;
+    let mut args = vec![
+        "-m".to_owned(),
+        "sagaflow.bench".into(),
+        "--server".into(),
+        url.to_owned(),
+        "--concurrency".into(),
+        phase.concurrency.saturating_mul(2).max(MIN_WORKER_CONCURRENCY).to_string(),
+        "--activity-latency-ms".into(),
+        phase.activity_latency_ms.to_string(),
+    ];
+    if phase.fatal_capture {
+        args.extend(["--fault".to_owned(), "bench.capture=fatal".to_owned()]);
+    }
+    args
+}
+
 /// The gRPC URL in `sagaflow listening on http://ADDR (gRPC) and http://ADDR/metrics (metrics); data in D`.
 fn server_url(line: &str) -> Option<String> {
     line.split_whitespace().find(|word| word.starts_with("http://") && !word.ends_with("/metrics")).map(str::to_owned)
@@ -932,6 +979,23 @@ mod tests {
     }
 
     #[test]
+    fn the_python_worker_gets_the_settings_of_sagaflow_worker() {
+        let plan = Plan {
+            phase: STANDARD_PHASES[3].clone(),
+            workflow: BenchWorkflow::Bench,
+            run_id: "r".into(),
+            python_worker: Some("python3".into()),
+        };
+        let rust = worker_args(&plan, "http://x", Path::new("/d"));
+        let python = python_worker_args(&plan, "http://x");
+        let value = |args: &[String], flag: &str| args.iter().position(|a| a == flag).map(|i| args[i + 1].clone());
+        assert_eq!(python[..2], ["-m", "sagaflow.bench"]);
+        for flag in ["--server", "--concurrency", "--activity-latency-ms", "--fault"] {
+            assert_eq!(value(&python, flag), value(&rust, flag), "{flag}");
+        }
+    }
+
+    #[test]
     fn overrides_apply_to_every_selected_phase() {
         let args = BenchArgs {
             phase: PhaseChoice::All,
@@ -942,6 +1006,7 @@ mod tests {
             server_pid: None,
             data_dir: None,
             keep_data: false,
+            python_worker: None,
         };
         let phases = selected_phases(&args);
         assert_eq!(phases.iter().map(|p| p.name).collect::<Vec<_>>(), ["a", "b", "c", "d"]);
@@ -960,7 +1025,12 @@ mod tests {
 
     #[test]
     fn phase_d_faults_the_capture_of_the_chosen_workflow() {
-        let plan = Plan { phase: STANDARD_PHASES[3].clone(), workflow: BenchWorkflow::Checkout, run_id: "r".into() };
+        let plan = Plan {
+            phase: STANDARD_PHASES[3].clone(),
+            workflow: BenchWorkflow::Checkout,
+            run_id: "r".into(),
+            python_worker: None,
+        };
         let args = worker_args(&plan, "http://x", Path::new("/d"));
         assert!(args.windows(2).any(|w| w[0] == "--fault" && w[1] == "payments.capture=fatal"));
         assert!(args.windows(2).any(|w| w[0] == "--concurrency" && w[1] == "256"));

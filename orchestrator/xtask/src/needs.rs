@@ -48,11 +48,11 @@ pub const NEEDS: &[Need] = &[
     },
     Need {
         name: "python3 with venv",
-        purpose: "checks the dashboard's JSON and runs the Python example in a virtual environment",
+        purpose: "checks the dashboard's JSON, and runs the Python example and SDK tests in virtual environments",
         // Debian ships `ensurepip` in python3-venv only; without it `python3 -m venv` fails.
         probe: Probe::Command("python3", &["-c", "import ensurepip, json, venv"]),
         packages: &["python3", "python3-venv"],
-        stages: &[Stage::Dashboard, Stage::Examples],
+        stages: &[Stage::Dashboard, Stage::Examples, Stage::PythonSdk],
     },
 ];
 

@@ -12,6 +12,7 @@ pub enum Stage {
     Dashboard,
     CargoTest,
     Examples,
+    PythonSdk,
     Bench,
     Chaos,
 }
@@ -49,8 +50,15 @@ impl Context {
 }
 
 impl Stage {
-    pub const ALL: [Self; 6] =
-        [Self::AlertRules, Self::Dashboard, Self::CargoTest, Self::Examples, Self::Bench, Self::Chaos];
+    pub const ALL: [Self; 7] = [
+        Self::AlertRules,
+        Self::Dashboard,
+        Self::CargoTest,
+        Self::Examples,
+        Self::PythonSdk,
+        Self::Bench,
+        Self::Chaos,
+    ];
 
     pub fn title(self) -> &'static str {
         match self {
@@ -58,6 +66,7 @@ impl Stage {
             Self::Dashboard => "grafana dashboard JSON",
             Self::CargoTest => "cargo test --workspace",
             Self::Examples => "examples (custom_saga, quickstart, python)",
+            Self::PythonSdk => "python SDK (worker/python: mypy, pytest against sagaflow server)",
             Self::Bench => "bench smoke run (phase d, n=50)",
             Self::Chaos => "chaos run (60 s)",
         }
@@ -92,6 +101,12 @@ impl Stage {
                     context.cargo(&["build", "-q", "--bin", "sagaflow"]),
                     python,
                 ]
+            }
+            Self::PythonSdk => {
+                // After Examples, which builds the debug `sagaflow` these tests start.
+                let mut tests = Command::new("bash");
+                tests.args(["worker/python/run-tests.sh", "-q"]).env("SAGAFLOW_BIN", context.sagaflow());
+                vec![tests]
             }
             Self::Bench => {
                 let mut bench = Command::new(context.sagaflow());

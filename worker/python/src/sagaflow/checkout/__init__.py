@@ -1,0 +1,1 @@
+"""The reference shop's checkout API (generated stubs under checkout.v1)."""
