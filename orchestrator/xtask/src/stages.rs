@@ -50,15 +50,8 @@ impl Context {
 }
 
 impl Stage {
-    pub const ALL: [Self; 7] = [
-        Self::AlertRules,
-        Self::Dashboard,
-        Self::CargoTest,
-        Self::Examples,
-        Self::PythonSdk,
-        Self::Bench,
-        Self::Chaos,
-    ];
+    pub const ALL: [Self; 7] =
+        [Self::AlertRules, Self::Dashboard, Self::CargoTest, Self::Examples, Self::PythonSdk, Self::Bench, Self::Chaos];
 
     pub fn title(self) -> &'static str {
         match self {
