@@ -171,6 +171,7 @@ pub fn engine_inputs(data: &[u8]) {
                     TimeoutKind::Heartbeat,
                     TimeoutKind::ScheduleToClose,
                 ][choices.below(4)],
+                worker_id: String::new(),
             },
             3 | 4 => Input::TimerFired { timer_id: choices.text(&known) },
             5 => Input::Signal {
@@ -277,6 +278,7 @@ pub fn engine_history(data: &[u8]) {
                 task_id,
                 timeout_type: "START_TO_CLOSE".into(),
                 next_attempt_ms: i64::from(choices.byte()),
+                worker_id: String::new(),
             }),
             6 => Attributes::TimerStarted(TimerStarted { timer_id: task_id, fire_at_ms: 9, purpose: String::new() }),
             7 => Attributes::TimerFired(TimerFired { timer_id: task_id }),

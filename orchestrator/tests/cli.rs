@@ -563,7 +563,9 @@ async fn history_names_the_step_that_timed_out_and_full_prints_whole_payloads() 
 
     let (_, history, _) = run_at(&server.url, &["workflow", "history", id]).await;
     let timed_out = history.lines().find(|l| l.contains("ActivityTimedOut")).unwrap_or_else(|| panic!("{history}"));
-    assert!(timed_out.contains("ActivityTimedOut     reserve START_TO_CLOSE (retry at "), "{timed_out}");
+    // It names the step, and the worker that held the attempt when it timed out.
+    assert!(timed_out.contains("ActivityTimedOut     reserve START_TO_CLOSE held by "), "{timed_out}");
+    assert!(timed_out.contains(" (retry at "), "{timed_out}");
     assert!(!history.contains(&long) && history.contains("xxx…"), "payloads are cut by default:\n{history}");
     let (_, full, _) = run_at(&server.url, &["workflow", "history", id, "--full"]).await;
     assert!(full.contains(&long), "{full}");

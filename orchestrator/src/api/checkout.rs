@@ -568,6 +568,7 @@ mod tests {
             task_id: format!("2.f.{attempt}"),
             timeout_type: kind.into(),
             next_attempt_ms: 0,
+            worker_id: "w-1".into(),
         })
     }
 

@@ -316,7 +316,8 @@ impl Timeline {
                 } else {
                     "no retry".into()
                 };
-                format!("{} {} ({next})", self.step(&t.task_id), t.timeout_type)
+                let held = if t.worker_id.is_empty() { String::new() } else { format!(" held by {}", t.worker_id) };
+                format!("{} {}{held} ({next})", self.step(&t.task_id), t.timeout_type)
             }
             Attributes::TimerStarted(t) => {
                 format!("{} fires at {}", t.timer_id, time_of_day(t.fire_at_ms))

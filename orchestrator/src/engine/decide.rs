@@ -23,6 +23,8 @@ pub enum Input {
     TimedOut {
         task_id: String,
         timeout: TimeoutKind,
+        /// Who held the lease, for the operator reading the history; empty if no one.
+        worker_id: String,
     },
     TimerFired {
         timer_id: String,
@@ -234,7 +236,7 @@ pub fn handle(
         Input::ActivityOutcome { task_id, worker_id, started_ms, outcome } => {
             Ok(handle_outcome(state, definition, task_id, worker_id, started_ms, outcome, now))
         }
-        Input::TimedOut { task_id, timeout } => {
+        Input::TimedOut { task_id, timeout, worker_id } => {
             let Some(task) = state.tasks.get(&task_id) else {
                 return Ok(Vec::new());
             };
@@ -247,6 +249,7 @@ pub fn handle(
                 task_id: task_id.clone(),
                 timeout_type: timeout.as_str().into(),
                 next_attempt_ms: retry,
+                worker_id,
             })];
             if !task.side {
                 events.extend(escalation(state, definition, task.step_index, task.compensation, task.attempt));

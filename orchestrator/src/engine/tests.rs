@@ -88,7 +88,7 @@ impl Harness {
     }
 
     fn time_out(&mut self, task_id: &str, timeout: TimeoutKind) -> Vec<HistoryEvent> {
-        self.run(Input::TimedOut { task_id: task_id.into(), timeout })
+        self.run(Input::TimedOut { task_id: task_id.into(), timeout, worker_id: "w-1".into() })
     }
 
     fn fire(&mut self, timer_id: &str) -> Vec<HistoryEvent> {

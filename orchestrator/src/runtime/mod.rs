@@ -606,7 +606,9 @@ impl Runtime {
                 if !self.inner.dispatch.deadline_applies(&workflow_id, &task_id, kind, lease_started_ms, now_ms()) {
                     return;
                 }
-                (workflow_id, Input::TimedOut { task_id, timeout: kind })
+                let worker_id =
+                    self.inner.dispatch.lease_of(&workflow_id, &task_id).map(|(worker, _)| worker).unwrap_or_default();
+                (workflow_id, Input::TimedOut { task_id, timeout: kind, worker_id })
             }
             Alarm::Reclaim { workflow_id, task_id } => {
                 self.inner.dispatch.reclaim(&workflow_id, &task_id, now_ms());
