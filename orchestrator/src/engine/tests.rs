@@ -1531,20 +1531,8 @@ fn drain(h: &mut Harness) {
         if h.state.is_terminal() {
             return;
         }
-        if let Some(id) = h.pending().first() {
-            let id = id.clone();
-            h.advance(10);
-            h.complete(&id, json!({"task": id}));
-        } else if let Some((id, at)) = all_timers(&h.state).first() {
-            h.now = h.now.max(*at);
-            let id = id.clone();
-            h.fire(&id);
-        } else if h.state.stuck.is_some() {
-            h.signal(RETRY_SIGNAL, json!({}));
-        } else {
-            panic!("wedged: {:#?}", h.state);
-        }
-        assert_open_for_a_reason(&h.state);
+        // Answer 0: the task succeeds.
+        operate(h, 0);
     }
     panic!("did not close after 200 honest moves: {:#?}", h.state);
 }
