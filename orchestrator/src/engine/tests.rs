@@ -1506,6 +1506,24 @@ fn drive(h: &mut Harness, m: Move) {
     assert_open_for_a_reason(&h.state);
 }
 
+/// One move of a run whose workers answer `answer` (see [`task_outcome`]):
+/// the first pending task gets its answer, else the next timer fires, else an
+/// operator sends the retry signal to a stuck workflow.
+fn operate(h: &mut Harness, answer: u8) {
+    if let Some(id) = h.pending().first().cloned() {
+        h.advance(10);
+        task_outcome(h, &id, answer);
+    } else if let Some((id, at)) = all_timers(&h.state).first().cloned() {
+        h.now = h.now.max(at);
+        h.fire(&id);
+    } else if h.state.stuck.is_some() {
+        h.signal(RETRY_SIGNAL, json!({}));
+    } else {
+        panic!("wedged: {:#?}", h.state);
+    }
+    assert_open_for_a_reason(&h.state);
+}
+
 /// An honest operator and honest workers: every task succeeds, every timer
 /// fires, every stuck workflow gets the retry signal. It must close.
 fn drain(h: &mut Harness) {
@@ -1513,20 +1531,8 @@ fn drain(h: &mut Harness) {
         if h.state.is_terminal() {
             return;
         }
-        if let Some(id) = h.pending().first() {
-            let id = id.clone();
-            h.advance(10);
-            h.complete(&id, json!({"task": id}));
-        } else if let Some((id, at)) = all_timers(&h.state).first() {
-            h.now = h.now.max(*at);
-            let id = id.clone();
-            h.fire(&id);
-        } else if h.state.stuck.is_some() {
-            h.signal(RETRY_SIGNAL, json!({}));
-        } else {
-            panic!("wedged: {:#?}", h.state);
-        }
-        assert_open_for_a_reason(&h.state);
+        // Answer 0: the task succeeds.
+        operate(h, 0);
     }
     panic!("did not close after 200 honest moves: {:#?}", h.state);
 }
@@ -1717,18 +1723,7 @@ proptest! {
             if h.state.is_terminal() {
                 break;
             }
-            if let Some(id) = h.pending().first().cloned() {
-                h.advance(10);
-                task_outcome(&mut h, &id, failures.next().unwrap_or(0));
-            } else if let Some((id, at)) = all_timers(&h.state).first().cloned() {
-                h.now = h.now.max(at);
-                h.fire(&id);
-            } else if h.state.stuck.is_some() {
-                h.signal(RETRY_SIGNAL, json!({}));
-            } else {
-                panic!("wedged: {:#?}", h.state);
-            }
-            assert_open_for_a_reason(&h.state);
+            operate(&mut h, failures.next().unwrap_or(0));
         }
         check_history(&definition, &h.history);
         let status = h.state.status;
@@ -1765,18 +1760,7 @@ proptest! {
             if h.state.is_terminal() {
                 break;
             }
-            if let Some(id) = h.pending().first().cloned() {
-                h.advance(10);
-                task_outcome(&mut h, &id, answers.next().unwrap_or(0));
-            } else if let Some((id, at)) = all_timers(&h.state).first().cloned() {
-                h.now = h.now.max(at);
-                h.fire(&id);
-            } else if h.state.stuck.is_some() {
-                h.signal(RETRY_SIGNAL, json!({}));
-            } else {
-                panic!("wedged: {:#?}", h.state);
-            }
-            assert_open_for_a_reason(&h.state);
+            operate(&mut h, answers.next().unwrap_or(0));
         }
         check_history(&definition, &h.history);
         prop_assert!(h.state.is_terminal(), "still open: {:?}", names(&h.history));
