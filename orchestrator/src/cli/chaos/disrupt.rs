@@ -22,6 +22,8 @@ pub struct Disruptor {
     restarts: Vec<(Instant, Target)>,
     /// (when, worker group, fault target) to clear.
     clears: Vec<(Instant, usize, String)>,
+    /// (when, worker group) whose link to heal.
+    link_heals: Vec<(Instant, usize)>,
     down: HashSet<Target>,
 }
 
@@ -38,7 +40,10 @@ impl Disruptor {
                 next += 1;
             }
             self.tend(system, now).await;
-            let done = next == schedule.len() && self.restarts.is_empty() && self.clears.is_empty();
+            let done = next == schedule.len()
+                && self.restarts.is_empty()
+                && self.clears.is_empty()
+                && self.link_heals.is_empty();
             if done && now >= start + duration {
                 return;
             }
@@ -73,6 +78,15 @@ impl Disruptor {
                     }
                 }
             }
+            Action::Network { group, fault, heal_after_ms } => match system.link(*group) {
+                Some(link) => {
+                    tracing::info!(group = GROUPS[*group], ?fault, heal_after_ms, "chaos: network fault");
+                    link.set(Some(*fault));
+                    self.link_heals.push((now + Duration::from_millis(*heal_after_ms), *group));
+                    *self.applied.entry(action.kind()).or_default() += 1;
+                }
+                None => self.skipped += 1,
+            },
         }
     }
 
@@ -95,6 +109,13 @@ impl Disruptor {
             // A worker that is down has no switches left to clear.
             let _ = request(&system.admin_url(group), "DELETE", &format!("/faults?target={target}"), None).await;
         }
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.link_heals).into_iter().partition(|h| h.0 <= now);
+        self.link_heals = later;
+        for (_, group) in due {
+            if let Some(link) = system.link(group) {
+                link.set(None);
+            }
+        }
         for target in system.reap() {
             if !self.down.contains(&target) {
                 tracing::info!(target = %target.name(), "chaos: a process crashed; restarting it");
@@ -108,6 +129,8 @@ impl Disruptor {
     /// Ends every disruption now: every switch cleared, every process up.
     pub async fn heal(&mut self, system: &mut System) -> anyhow::Result<()> {
         self.clears.clear();
+        self.link_heals.clear();
+        system.heal_links();
         self.restarts.clear();
         self.down.clear();
         system.reap();

@@ -5,6 +5,7 @@
 //! `docs/chaos/` describes the experiments.
 
 mod disrupt;
+mod link;
 mod load;
 mod matrix;
 mod plan;

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::link::LinkFault;
+
 /// The worker processes, one per service group. The catalog opens the
 /// coupon rules' store too (prices need them), and sled locks a store to one
 /// process, so catalog and coupons share a process.
@@ -42,6 +44,9 @@ pub enum Action {
     /// A fault switch set on a worker through its admin API, cleared after
     /// `clear_after_ms` if its count has not run out by then.
     Fault { group: usize, spec: String, clear_after_ms: u64 },
+    /// A fault on the network between a worker group and the orchestrator,
+    /// healed after `heal_after_ms`.
+    Network { group: usize, fault: LinkFault, heal_after_ms: u64 },
 }
 
 impl Action {
@@ -55,6 +60,7 @@ impl Action {
                 let kind = spec.split_once('=').map_or("", |(_, k)| k);
                 format!("fault-{}", kind.split(':').next().unwrap_or(kind))
             }
+            Self::Network { fault, .. } => fault.name().into(),
         }
     }
 }
@@ -161,6 +167,14 @@ pub fn plan(options: PlanOptions) -> Vec<Planned> {
             Action::Kill { target: Target::Orchestrator, down_for_ms: rng.between(200, 2_500) }
         } else if roll < 73 && options.broker {
             Action::Kill { target: Target::Broker, down_for_ms: rng.between(1_000, 6_000) }
+        } else if roll < 85 {
+            let group = usize::try_from(rng.below(GROUPS.len() as u64)).unwrap_or(0);
+            let fault = match rng.below(3) {
+                0 => LinkFault::Delay { ms: rng.between(20, 400) },
+                1 => LinkFault::Loss { per_mille: u16::try_from(rng.between(5, 50)).unwrap_or(5) },
+                _ => LinkFault::Partition,
+            };
+            Action::Network { group, fault, heal_after_ms: rng.between(1_000, 6_000) }
         } else {
             let (group, spec) = FAULTS[usize::try_from(rng.below(FAULTS.len() as u64)).unwrap_or(0)];
             Action::Fault { group, spec: spec.to_owned(), clear_after_ms: rng.between(2_000, 8_000) }
@@ -168,6 +182,7 @@ pub fn plan(options: PlanOptions) -> Vec<Planned> {
         let (target, busy_for) = match &action {
             Action::Kill { target, down_for_ms } => (*target, *down_for_ms),
             Action::Fault { group, clear_after_ms, .. } => (Target::Worker(*group), *clear_after_ms),
+            Action::Network { group, heal_after_ms, .. } => (Target::Worker(*group), *heal_after_ms),
         };
         if busy_until.get(&target).is_some_and(|until| *until > at) {
             continue;
@@ -177,6 +192,7 @@ pub fn plan(options: PlanOptions) -> Vec<Planned> {
         let action = match action {
             Action::Kill { target, .. } => Action::Kill { target, down_for_ms: until - at },
             Action::Fault { group, spec, .. } => Action::Fault { group, spec, clear_after_ms: until - at },
+            Action::Network { group, fault, .. } => Action::Network { group, fault, heal_after_ms: until - at },
         };
         planned.push(Planned { at_ms: at, action });
     }
@@ -216,6 +232,7 @@ mod tests {
                 let (target, length) = match &step.action {
                     Action::Kill { target, down_for_ms } => (*target, *down_for_ms),
                     Action::Fault { group, clear_after_ms, .. } => (Target::Worker(*group), *clear_after_ms),
+                    Action::Network { group, heal_after_ms, .. } => (Target::Worker(*group), *heal_after_ms),
                 };
                 assert!(step.at_ms >= 2_000 && step.at_ms + length <= 117_000, "seed {seed}: {step:?}");
                 assert!(free_at.get(&target).is_none_or(|free| *free <= step.at_ms), "seed {seed}: {step:?}");
@@ -237,6 +254,10 @@ mod tests {
         }
         let counts = kinds(&plan(options(42)));
         assert!(counts.get("kill-worker").copied().unwrap_or(0) > 0, "{counts:?}");
+        let network: u64 =
+            (0..20).flat_map(|seed| plan(options(seed))).filter(|s| matches!(s.action, Action::Network { .. })).count()
+                as u64;
+        assert!(network > 0, "no network fault in 20 schedules");
         assert_eq!(counts.values().sum::<u64>(), plan(options(42)).len() as u64);
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tokio::process::{Child, Command};
 
+use super::link::Link;
 use super::plan::{GROUPS, Target};
 
 /// Settings that shape the processes.
@@ -31,6 +32,9 @@ pub struct System {
     nats_port: u16,
     admin_ports: Vec<u16>,
     running: BTreeMap<Target, Child>,
+    /// Each worker group's network to the orchestrator, made at the first start.
+    links: Vec<Link>,
+    link_ports: Vec<u16>,
 }
 
 /// `n` distinct loopback ports that were free a moment ago. The probe
@@ -66,12 +70,24 @@ impl System {
         if std::fs::hard_link(&current, &exe).is_err() {
             std::fs::copy(&current, &exe).with_context(|| format!("cannot copy {}", current.display()))?;
         }
-        let mut ports = free_ports(GROUPS.len() + 3)?;
+        // Every port at once, so that none is handed out twice.
+        let mut ports = free_ports(2 * GROUPS.len() + 3)?;
+        let link_ports = ports.split_off(3 + GROUPS.len());
         let admin_ports = ports.split_off(3);
         let [grpc_port, http_port, nats_port] = ports[..] else {
             anyhow::bail!("expected three service ports, got {}", ports.len());
         };
-        Ok(Self { exe, grpc_port, http_port, nats_port, admin_ports, options, running: BTreeMap::new() })
+        Ok(Self {
+            exe,
+            grpc_port,
+            http_port,
+            nats_port,
+            admin_ports,
+            options,
+            running: BTreeMap::new(),
+            link_ports,
+            links: Vec::new(),
+        })
     }
 
     pub fn has_broker(&self) -> bool {
@@ -80,6 +96,11 @@ impl System {
 
     pub fn server_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    /// Where worker `group` reaches the orchestrator: its link, once made.
+    fn worker_url(&self, group: usize) -> String {
+        self.links.get(group).map_or_else(|| self.server_url(), |link| format!("http://{}", link.addr))
     }
 
     pub fn nats_url(&self) -> String {
@@ -101,8 +122,24 @@ impl System {
         all
     }
 
+    /// The link of worker `group`, once the system has started.
+    pub fn link(&self, group: usize) -> Option<&Link> {
+        self.links.get(group)
+    }
+
+    /// Heals every link.
+    pub fn heal_links(&self) {
+        self.links.iter().for_each(|link| link.set(None));
+    }
+
     /// Starts every process that is not running.
     pub async fn start_all(&mut self) -> anyhow::Result<()> {
+        if self.links.is_empty() {
+            let orchestrator = std::net::SocketAddr::from(([127, 0, 0, 1], self.grpc_port));
+            for port in self.link_ports.clone() {
+                self.links.push(Link::start(port, orchestrator).await.context("cannot start a network link")?);
+            }
+        }
         for target in self.targets() {
             if !self.running.contains_key(&target) {
                 self.start(target).await?;
@@ -156,7 +193,8 @@ impl System {
             Target::Worker(group) => {
                 let mut command = Command::new(&self.exe);
                 command
-                    .args(["worker", "--server", &self.server_url(), "--services", GROUPS[group]])
+                    // Through its link, on which the run injects network faults.
+                    .args(["worker", "--server", &self.worker_url(group), "--services", GROUPS[group]])
                     .arg("--data-dir")
                     .arg(data("shop"))
                     .args(["--admin-listen", &format!("127.0.0.1:{}", self.admin_ports[group])])
