@@ -11,7 +11,18 @@ from typing import Any
 import pytest
 from harness import ServerProcess
 
-from sagaflow import ActivityContext, ActivityError, Client, DrainTimedOut, Worker, WorkflowStatus, event_attributes, event_type
+from sagaflow import (
+    ActivityContext,
+    ActivityError,
+    Client,
+    DrainTimedOut,
+    PermissionDenied,
+    Unauthenticated,
+    Worker,
+    WorkflowStatus,
+    event_attributes,
+    event_type,
+)
 
 
 def events_of(history: list[Any], name: str) -> list[Any]:
@@ -248,3 +259,43 @@ async def test_an_activity_error_keeps_its_type_and_retryability(server: ServerP
     assert outcome.result["work"] == {"attempt": 3} and calls == 3
     assert [(f.error_type, f.retryable) for f in events_of(history, "ActivityFailed")] == [("Flaky", True)] * 2
     json.dumps(outcome.result)
+
+
+async def test_tokens_carry_the_worker_and_the_client_through_a_server_with_auth(tmp_path: Path) -> None:
+    import hashlib
+
+    tokens = {
+        "client": ("shop", "client", "client-token-aaaaaaaaaaaaaaaa", None),
+        "worker": ("py-workers", "worker", "worker-token-bbbbbbbbbbbbbbbb", ["t.*"]),
+    }
+    entries = []
+    for name, role, token, queues in tokens.values():
+        entry: dict[str, Any] = {"name": name, "role": role, "sha256": hashlib.sha256(token.encode()).hexdigest()}
+        if queues:
+            entry["queues"] = queues
+        entries.append(entry)
+    auth = tmp_path / "auth.json"
+    auth.write_text(json.dumps({"tokens": entries}))
+    server = ServerProcess(tmp_path, ("--auth-file", str(auth)))
+    try:
+        worker = Worker(server.url, worker_id="authed", token=tokens["worker"][2])
+
+        @worker.activity("t.echo")
+        async def echo(ctx: ActivityContext, input: Any) -> Any:
+            return {"attempt": ctx.attempt}
+
+        task = await run_worker(worker)
+        async with Client(server.url, token=tokens["client"][2]) as client:
+            outcome = await client.execute("py.once", {}, timeout=20)
+        assert outcome.status is WorkflowStatus.COMPLETED, outcome
+        # The client's ids live in its namespace on a server with auth.
+        assert outcome.workflow_id and outcome.result["work"] == {"attempt": 1}, outcome
+        async with Client(server.url) as anonymous:
+            with pytest.raises(Unauthenticated):
+                await anonymous.describe(outcome.workflow_id)
+        async with Client(server.url, token=tokens["client"][2]) as client:
+            with pytest.raises(PermissionDenied):
+                await client.cancel(outcome.workflow_id, reason="not a client's to do")
+        await stop(worker, task)
+    finally:
+        server.stop()
