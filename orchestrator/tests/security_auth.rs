@@ -56,10 +56,7 @@ fn every_method() -> Vec<String> {
 }
 
 async fn secured() -> (ServerProcess, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let auth = secure::write_auth_file(dir.path());
-    let server = ServerProcess::start(&dir.path().join("data"), &["--auth-file", auth.to_str().unwrap()]).await;
-    (server, dir)
+    secure::start_server(&[]).await
 }
 
 async fn channel(server: &ServerProcess) -> Channel {

@@ -21,12 +21,7 @@ use tonic::transport::Channel;
 type Client = WorkflowServiceClient<Channel>;
 
 async fn secured(extra: &[&str]) -> (ServerProcess, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let auth = secure::write_auth_file(dir.path());
-    let mut args = vec!["--auth-file", auth.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    let server = ServerProcess::start(&dir.path().join("data"), &args).await;
-    (server, dir)
+    secure::start_server(extra).await
 }
 
 async fn client(server: &ServerProcess) -> Client {

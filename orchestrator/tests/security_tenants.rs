@@ -16,9 +16,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 async fn secured() -> (ServerProcess, Channel, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let auth = secure::write_auth_file(dir.path());
-    let server = ServerProcess::start(&dir.path().join("data"), &["--auth-file", auth.to_str().unwrap()]).await;
+    let (server, dir) = secure::start_server(&[]).await;
     let channel = Channel::from_shared(server.url.clone()).unwrap().connect().await.unwrap();
     (server, channel, dir)
 }

@@ -85,10 +85,7 @@ fn task_ref(task: &ActivityTask, lease_token: &str) -> TaskRef {
 }
 
 async fn secured() -> (ServerProcess, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let auth = secure::write_auth_file(dir.path());
-    let server = ServerProcess::start(&dir.path().join("data"), &["--auth-file", auth.to_str().unwrap()]).await;
-    (server, dir)
+    secure::start_server(&[]).await
 }
 
 /// A checkout whose first task (the price snapshot) waits for a worker.

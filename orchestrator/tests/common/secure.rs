@@ -34,6 +34,17 @@ pub fn write_auth_file(dir: &Path) -> PathBuf {
     path
 }
 
+/// A server with [`write_auth_file`]'s tokens and `extra` arguments, in a
+/// temporary directory that lives as long as the returned handle.
+pub async fn start_server(extra: &[&str]) -> (super::ServerProcess, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let auth = write_auth_file(dir.path());
+    let mut args = vec!["--auth-file", auth.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let server = super::ServerProcess::start(&dir.path().join("data"), &args).await;
+    (server, dir)
+}
+
 /// A request carrying `token` (if any) as a bearer token.
 pub fn with_token<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
