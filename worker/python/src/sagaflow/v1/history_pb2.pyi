@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class HistoryEvent(_message.Message):
-    __slots__ = ("seq", "time_ms", "workflow_started", "activity_scheduled", "activity_started", "activity_completed", "activity_failed", "activity_timed_out", "timer_started", "timer_fired", "signal_received", "cancel_requested", "compensation_started", "workflow_completed", "workflow_compensated", "workflow_failed", "workflow_cancelled", "workflow_terminated", "stuck_detected", "stuck_cleared", "step_escalated", "completion_ignored")
+    __slots__ = ("seq", "time_ms", "workflow_started", "activity_scheduled", "activity_started", "activity_completed", "activity_failed", "activity_timed_out", "timer_started", "timer_fired", "signal_received", "cancel_requested", "compensation_started", "workflow_completed", "workflow_compensated", "workflow_failed", "workflow_cancelled", "workflow_terminated", "stuck_detected", "stuck_cleared", "step_escalated", "completion_ignored", "cancel_refused", "activity_resolved")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TIME_MS_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_STARTED_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +30,8 @@ class HistoryEvent(_message.Message):
     STUCK_CLEARED_FIELD_NUMBER: _ClassVar[int]
     STEP_ESCALATED_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_IGNORED_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_REFUSED_FIELD_NUMBER: _ClassVar[int]
+    ACTIVITY_RESOLVED_FIELD_NUMBER: _ClassVar[int]
     seq: int
     time_ms: int
     workflow_started: WorkflowStarted
@@ -52,7 +54,9 @@ class HistoryEvent(_message.Message):
     stuck_cleared: StuckCleared
     step_escalated: StepEscalated
     completion_ignored: CompletionIgnored
-    def __init__(self, seq: _Optional[int] = ..., time_ms: _Optional[int] = ..., workflow_started: _Optional[_Union[WorkflowStarted, _Mapping]] = ..., activity_scheduled: _Optional[_Union[ActivityScheduled, _Mapping]] = ..., activity_started: _Optional[_Union[ActivityStarted, _Mapping]] = ..., activity_completed: _Optional[_Union[ActivityCompleted, _Mapping]] = ..., activity_failed: _Optional[_Union[ActivityFailed, _Mapping]] = ..., activity_timed_out: _Optional[_Union[ActivityTimedOut, _Mapping]] = ..., timer_started: _Optional[_Union[TimerStarted, _Mapping]] = ..., timer_fired: _Optional[_Union[TimerFired, _Mapping]] = ..., signal_received: _Optional[_Union[SignalReceived, _Mapping]] = ..., cancel_requested: _Optional[_Union[CancelRequested, _Mapping]] = ..., compensation_started: _Optional[_Union[CompensationStarted, _Mapping]] = ..., workflow_completed: _Optional[_Union[WorkflowCompleted, _Mapping]] = ..., workflow_compensated: _Optional[_Union[WorkflowCompensated, _Mapping]] = ..., workflow_failed: _Optional[_Union[WorkflowFailed, _Mapping]] = ..., workflow_cancelled: _Optional[_Union[WorkflowCancelled, _Mapping]] = ..., workflow_terminated: _Optional[_Union[WorkflowTerminated, _Mapping]] = ..., stuck_detected: _Optional[_Union[StuckDetected, _Mapping]] = ..., stuck_cleared: _Optional[_Union[StuckCleared, _Mapping]] = ..., step_escalated: _Optional[_Union[StepEscalated, _Mapping]] = ..., completion_ignored: _Optional[_Union[CompletionIgnored, _Mapping]] = ...) -> None: ...
+    cancel_refused: CancelRefused
+    activity_resolved: ActivityResolved
+    def __init__(self, seq: _Optional[int] = ..., time_ms: _Optional[int] = ..., workflow_started: _Optional[_Union[WorkflowStarted, _Mapping]] = ..., activity_scheduled: _Optional[_Union[ActivityScheduled, _Mapping]] = ..., activity_started: _Optional[_Union[ActivityStarted, _Mapping]] = ..., activity_completed: _Optional[_Union[ActivityCompleted, _Mapping]] = ..., activity_failed: _Optional[_Union[ActivityFailed, _Mapping]] = ..., activity_timed_out: _Optional[_Union[ActivityTimedOut, _Mapping]] = ..., timer_started: _Optional[_Union[TimerStarted, _Mapping]] = ..., timer_fired: _Optional[_Union[TimerFired, _Mapping]] = ..., signal_received: _Optional[_Union[SignalReceived, _Mapping]] = ..., cancel_requested: _Optional[_Union[CancelRequested, _Mapping]] = ..., compensation_started: _Optional[_Union[CompensationStarted, _Mapping]] = ..., workflow_completed: _Optional[_Union[WorkflowCompleted, _Mapping]] = ..., workflow_compensated: _Optional[_Union[WorkflowCompensated, _Mapping]] = ..., workflow_failed: _Optional[_Union[WorkflowFailed, _Mapping]] = ..., workflow_cancelled: _Optional[_Union[WorkflowCancelled, _Mapping]] = ..., workflow_terminated: _Optional[_Union[WorkflowTerminated, _Mapping]] = ..., stuck_detected: _Optional[_Union[StuckDetected, _Mapping]] = ..., stuck_cleared: _Optional[_Union[StuckCleared, _Mapping]] = ..., step_escalated: _Optional[_Union[StepEscalated, _Mapping]] = ..., completion_ignored: _Optional[_Union[CompletionIgnored, _Mapping]] = ..., cancel_refused: _Optional[_Union[CancelRefused, _Mapping]] = ..., activity_resolved: _Optional[_Union[ActivityResolved, _Mapping]] = ...) -> None: ...
 
 class WorkflowStarted(_message.Message):
     __slots__ = ("workflow_type", "definition_version", "request_id", "input", "labels", "correlation_id", "traceparent")
@@ -118,28 +122,34 @@ class ActivityCompleted(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., result: _Optional[str] = ...) -> None: ...
 
 class ActivityFailed(_message.Message):
-    __slots__ = ("task_id", "error_type", "message", "retryable", "next_attempt_ms")
+    __slots__ = ("task_id", "error_type", "message", "retryable", "next_attempt_ms", "definite", "outcome_unknown")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_TYPE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     RETRYABLE_FIELD_NUMBER: _ClassVar[int]
     NEXT_ATTEMPT_MS_FIELD_NUMBER: _ClassVar[int]
+    DEFINITE_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_UNKNOWN_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     error_type: str
     message: str
     retryable: bool
     next_attempt_ms: int
-    def __init__(self, task_id: _Optional[str] = ..., error_type: _Optional[str] = ..., message: _Optional[str] = ..., retryable: _Optional[bool] = ..., next_attempt_ms: _Optional[int] = ...) -> None: ...
+    definite: bool
+    outcome_unknown: bool
+    def __init__(self, task_id: _Optional[str] = ..., error_type: _Optional[str] = ..., message: _Optional[str] = ..., retryable: _Optional[bool] = ..., next_attempt_ms: _Optional[int] = ..., definite: _Optional[bool] = ..., outcome_unknown: _Optional[bool] = ...) -> None: ...
 
 class ActivityTimedOut(_message.Message):
-    __slots__ = ("task_id", "timeout_type", "next_attempt_ms")
+    __slots__ = ("task_id", "timeout_type", "next_attempt_ms", "worker_id")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_TYPE_FIELD_NUMBER: _ClassVar[int]
     NEXT_ATTEMPT_MS_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     timeout_type: str
     next_attempt_ms: int
-    def __init__(self, task_id: _Optional[str] = ..., timeout_type: _Optional[str] = ..., next_attempt_ms: _Optional[int] = ...) -> None: ...
+    worker_id: str
+    def __init__(self, task_id: _Optional[str] = ..., timeout_type: _Optional[str] = ..., next_attempt_ms: _Optional[int] = ..., worker_id: _Optional[str] = ...) -> None: ...
 
 class TimerStarted(_message.Message):
     __slots__ = ("timer_id", "fire_at_ms", "purpose")
@@ -252,3 +262,29 @@ class CompletionIgnored(_message.Message):
     outcome: str
     worker_id: str
     def __init__(self, task_id: _Optional[str] = ..., reason: _Optional[str] = ..., outcome: _Optional[str] = ..., worker_id: _Optional[str] = ...) -> None: ...
+
+class CancelRefused(_message.Message):
+    __slots__ = ("reason", "step", "message")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    step: str
+    message: str
+    def __init__(self, reason: _Optional[str] = ..., step: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ActivityResolved(_message.Message):
+    __slots__ = ("step", "compensation", "outcome", "result", "reason", "identity")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    COMPENSATION_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    step: str
+    compensation: bool
+    outcome: str
+    result: str
+    reason: str
+    identity: str
+    def __init__(self, step: _Optional[str] = ..., compensation: _Optional[bool] = ..., outcome: _Optional[str] = ..., result: _Optional[str] = ..., reason: _Optional[str] = ..., identity: _Optional[str] = ...) -> None: ...

@@ -18,6 +18,12 @@ class WorkflowStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     WORKFLOW_STATUS_FAILED: _ClassVar[WorkflowStatus]
     WORKFLOW_STATUS_CANCELLED: _ClassVar[WorkflowStatus]
     WORKFLOW_STATUS_TERMINATED: _ClassVar[WorkflowStatus]
+
+class ResolvedOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RESOLVED_OUTCOME_UNSPECIFIED: _ClassVar[ResolvedOutcome]
+    RESOLVED_OUTCOME_SUCCEEDED: _ClassVar[ResolvedOutcome]
+    RESOLVED_OUTCOME_FAILED: _ClassVar[ResolvedOutcome]
 WORKFLOW_STATUS_UNSPECIFIED: WorkflowStatus
 WORKFLOW_STATUS_RUNNING: WorkflowStatus
 WORKFLOW_STATUS_COMPENSATING: WorkflowStatus
@@ -26,6 +32,9 @@ WORKFLOW_STATUS_COMPENSATED: WorkflowStatus
 WORKFLOW_STATUS_FAILED: WorkflowStatus
 WORKFLOW_STATUS_CANCELLED: WorkflowStatus
 WORKFLOW_STATUS_TERMINATED: WorkflowStatus
+RESOLVED_OUTCOME_UNSPECIFIED: ResolvedOutcome
+RESOLVED_OUTCOME_SUCCEEDED: ResolvedOutcome
+RESOLVED_OUTCOME_FAILED: ResolvedOutcome
 
 class WorkflowSummary(_message.Message):
     __slots__ = ("workflow_id", "workflow_type", "definition_version", "status", "request_id", "labels", "started_ms", "updated_ms", "closed_ms", "history_length", "stuck_reason", "stuck_message", "correlation_id", "current_step")
@@ -302,3 +311,57 @@ class ListWorkflowTypesResponse(_message.Message):
     TYPES_FIELD_NUMBER: _ClassVar[int]
     types: _containers.RepeatedCompositeFieldContainer[WorkflowType]
     def __init__(self, types: _Optional[_Iterable[_Union[WorkflowType, _Mapping]]] = ...) -> None: ...
+
+class ResolveActivityRequest(_message.Message):
+    __slots__ = ("workflow_id", "step", "outcome", "reason", "result", "identity")
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    workflow_id: str
+    step: str
+    outcome: ResolvedOutcome
+    reason: str
+    result: bytes
+    identity: str
+    def __init__(self, workflow_id: _Optional[str] = ..., step: _Optional[str] = ..., outcome: _Optional[_Union[ResolvedOutcome, str]] = ..., reason: _Optional[str] = ..., result: _Optional[bytes] = ..., identity: _Optional[str] = ...) -> None: ...
+
+class ResolveActivityResponse(_message.Message):
+    __slots__ = ("seq", "compensation")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    COMPENSATION_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    compensation: bool
+    def __init__(self, seq: _Optional[int] = ..., compensation: _Optional[bool] = ...) -> None: ...
+
+class ListQueuesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class QueueWorker(_message.Message):
+    __slots__ = ("worker_id", "credit")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    CREDIT_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    credit: int
+    def __init__(self, worker_id: _Optional[str] = ..., credit: _Optional[int] = ...) -> None: ...
+
+class QueueInfo(_message.Message):
+    __slots__ = ("queue", "workers", "in_flight", "backlog")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    BACKLOG_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    workers: _containers.RepeatedCompositeFieldContainer[QueueWorker]
+    in_flight: int
+    backlog: int
+    def __init__(self, queue: _Optional[str] = ..., workers: _Optional[_Iterable[_Union[QueueWorker, _Mapping]]] = ..., in_flight: _Optional[int] = ..., backlog: _Optional[int] = ...) -> None: ...
+
+class ListQueuesResponse(_message.Message):
+    __slots__ = ("queues",)
+    QUEUES_FIELD_NUMBER: _ClassVar[int]
+    queues: _containers.RepeatedCompositeFieldContainer[QueueInfo]
+    def __init__(self, queues: _Optional[_Iterable[_Union[QueueInfo, _Mapping]]] = ...) -> None: ...

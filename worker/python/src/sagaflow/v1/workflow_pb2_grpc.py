@@ -86,6 +86,16 @@ class WorkflowServiceStub:
                 request_serializer=sagaflow_dot_v1_dot_workflow__pb2.ListWorkflowTypesRequest.SerializeToString,
                 response_deserializer=sagaflow_dot_v1_dot_workflow__pb2.ListWorkflowTypesResponse.FromString,
                 _registered_method=True)
+        self.ResolveActivity = channel.unary_unary(
+                '/sagaflow.v1.WorkflowService/ResolveActivity',
+                request_serializer=sagaflow_dot_v1_dot_workflow__pb2.ResolveActivityRequest.SerializeToString,
+                response_deserializer=sagaflow_dot_v1_dot_workflow__pb2.ResolveActivityResponse.FromString,
+                _registered_method=True)
+        self.ListQueues = channel.unary_unary(
+                '/sagaflow.v1.WorkflowService/ListQueues',
+                request_serializer=sagaflow_dot_v1_dot_workflow__pb2.ListQueuesRequest.SerializeToString,
+                response_deserializer=sagaflow_dot_v1_dot_workflow__pb2.ListQueuesResponse.FromString,
+                _registered_method=True)
 
 
 class WorkflowServiceServicer:
@@ -164,6 +174,23 @@ class WorkflowServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResolveActivity(self, request, context):
+        """An operator's audited decision on what a step's attempts did when their
+        outcome is unknown (a pivot flagged PIVOT_OUTCOME_UNKNOWN, say): recorded
+        in the history as ActivityResolved, then the saga goes on from it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListQueues(self, request, context):
+        """The task queues (one per activity type) with the workers connected to
+        each, their credit, the tasks they hold and the backlog. Operators only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkflowServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -216,6 +243,16 @@ def add_WorkflowServiceServicer_to_server(servicer, server):
                     servicer.ListWorkflowTypes,
                     request_deserializer=sagaflow_dot_v1_dot_workflow__pb2.ListWorkflowTypesRequest.FromString,
                     response_serializer=sagaflow_dot_v1_dot_workflow__pb2.ListWorkflowTypesResponse.SerializeToString,
+            ),
+            'ResolveActivity': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveActivity,
+                    request_deserializer=sagaflow_dot_v1_dot_workflow__pb2.ResolveActivityRequest.FromString,
+                    response_serializer=sagaflow_dot_v1_dot_workflow__pb2.ResolveActivityResponse.SerializeToString,
+            ),
+            'ListQueues': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListQueues,
+                    request_deserializer=sagaflow_dot_v1_dot_workflow__pb2.ListQueuesRequest.FromString,
+                    response_serializer=sagaflow_dot_v1_dot_workflow__pb2.ListQueuesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -490,6 +527,60 @@ class WorkflowService:
             '/sagaflow.v1.WorkflowService/ListWorkflowTypes',
             sagaflow_dot_v1_dot_workflow__pb2.ListWorkflowTypesRequest.SerializeToString,
             sagaflow_dot_v1_dot_workflow__pb2.ListWorkflowTypesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveActivity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sagaflow.v1.WorkflowService/ResolveActivity',
+            sagaflow_dot_v1_dot_workflow__pb2.ResolveActivityRequest.SerializeToString,
+            sagaflow_dot_v1_dot_workflow__pb2.ResolveActivityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListQueues(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sagaflow.v1.WorkflowService/ListQueues',
+            sagaflow_dot_v1_dot_workflow__pb2.ListQueuesRequest.SerializeToString,
+            sagaflow_dot_v1_dot_workflow__pb2.ListQueuesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#sagaflow/checkout/v1/checkout.proto\x12\x14sagaflow.checkout.v1\"%\n\x04Item\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\r\"\xb8\x01\n\x14StartCheckoutRequest\x12\x19\n\x11\x63lient_request_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12)\n\x05items\x18\x03 \x03(\x0b\x32\x1a.sagaflow.checkout.v1.Item\x12\x13\n\x0b\x63oupon_code\x18\x04 \x01(\t\x12\x16\n\x0epayment_method\x18\x05 \x01(\t\x12\x18\n\x10shipping_address\x18\x06 \x01(\t\"{\n\x15StartCheckoutResponse\x12\x13\n\x0b\x63heckout_id\x18\x01 \x01(\t\x12\x34\n\x06status\x18\x02 \x01(\x0e\x32$.sagaflow.checkout.v1.CheckoutStatus\x12\x17\n\x0f\x61lready_started\x18\x03 \x01(\x08\")\n\x12GetCheckoutRequest\x12\x13\n\x0b\x63heckout_id\x18\x01 \x01(\t\"Y\n\x04Line\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\r\x12\x18\n\x10unit_price_cents\x18\x03 \x01(\x03\x12\x18\n\x10line_total_cents\x18\x04 \x01(\x03\"\xa4\x02\n\x08\x43heckout\x12\x13\n\x0b\x63heckout_id\x18\x01 \x01(\t\x12\x34\n\x06status\x18\x02 \x01(\x0e\x32$.sagaflow.checkout.v1.CheckoutStatus\x12\x10\n\x08order_id\x18\x03 \x01(\t\x12\x13\n\x0btotal_cents\x18\x04 \x01(\x03\x12)\n\x05lines\x18\x05 \x03(\x0b\x32\x1a.sagaflow.checkout.v1.Line\x12\x19\n\x11payment_intent_id\x18\x06 \x01(\t\x12\x16\n\x0ereservation_id\x18\x07 \x01(\t\x12\x17\n\x0fshipment_status\x18\x08 \x01(\t\x12\x16\n\x0erefunded_cents\x18\t \x01(\x03\x12\x17\n\x0fworkflow_status\x18\n \x01(\t\"U\n\x15RefundCheckoutRequest\x12\x13\n\x0b\x63heckout_id\x18\x01 \x01(\t\x12\x11\n\trefund_id\x18\x02 \x01(\t\x12\x14\n\x0c\x61mount_cents\x18\x03 \x01(\x03\"M\n\x16RefundCheckoutResponse\x12\x1a\n\x12refund_workflow_id\x18\x01 \x01(\t\x12\x17\n\x0f\x61lready_started\x18\x02 \x01(\x08*\xa5\x02\n\x0e\x43heckoutStatus\x12\x1f\n\x1b\x43HECKOUT_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43HECKOUT_STATUS_PENDING\x10\x01\x12\x1c\n\x18\x43HECKOUT_STATUS_RESERVED\x10\x02\x12\x18\n\x14\x43HECKOUT_STATUS_PAID\x10\x03\x12\x1b\n\x17\x43HECKOUT_STATUS_ORDERED\x10\x04\x12\x1b\n\x17\x43HECKOUT_STATUS_SHIPPED\x10\x05\x12\x1d\n\x19\x43HECKOUT_STATUS_CANCELLED\x10\x06\x12\x1c\n\x18\x43HECKOUT_STATUS_REFUNDED\x10\x07\x12&\n\"CHECKOUT_STATUS_PARTIALLY_REFUNDED\x10\x08\x32\xc1\x02\n\x0f\x43heckoutService\x12h\n\rStartCheckout\x12*.sagaflow.checkout.v1.StartCheckoutRequest\x1a+.sagaflow.checkout.v1.StartCheckoutResponse\x12W\n\x0bGetCheckout\x12(.sagaflow.checkout.v1.GetCheckoutRequest\x1a\x1e.sagaflow.checkout.v1.Checkout\x12k\n\x0eRefundCheckout\x12+.sagaflow.checkout.v1.RefundCheckoutRequest\x1a,.sagaflow.checkout.v1.RefundCheckoutResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#sagaflow/checkout/v1/checkout.proto\x12\x14sagaflow.checkout.v1\"%\n\x04Item\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\r\"\xb8\x01\n\x14StartCheckoutRequest\x12\x19\n\x11\x63lient_request_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12)\n\x05items\x18\x03 \x03(\x0b\x32\x1a.sagaflow.checkout.v1.Item\x12\x13\n\x0b\x63oupon_code\x18\x04 \x01(\t\x12\x16\n\x0epayment_method\x18\x05 \x01(\t\x12\x18\n\x10shipping_address\x18\x06 \x01(\t\"{\n\x15StartCheckoutResponse\x12\x13\n\x0b\x63heckout_id\x18\x01 \x01(\t\x12\x34\n\x06status\x18\x02 \x01(\x0e\x32$.sagaflow.checkout.v1.CheckoutStatus\x12\x17\n\x0f\x61lready_started\x18\x03 \x01(\x08\")\n\x12GetCheckoutRequest\x12\x13\n\x0b\x63heckout_id\x18\x01 \x01(\t\"Y\n\x04Line\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\r\x12\x18\n\x10unit_price_cents\x18\x03 \x01(\x03\x12\x18\n\x10line_total_cents\x18\x04 \x01(\x03\"\xd1\x02\n\x08\x43heckout\x12\x13\n\x0b\x63heckout_id\x18\x01 \x01(\t\x12\x34\n\x06status\x18\x02 \x01(\x0e\x32$.sagaflow.checkout.v1.CheckoutStatus\x12\x10\n\x08order_id\x18\x03 \x01(\t\x12\x13\n\x0btotal_cents\x18\x04 \x01(\x03\x12)\n\x05lines\x18\x05 \x03(\x0b\x32\x1a.sagaflow.checkout.v1.Line\x12\x19\n\x11payment_intent_id\x18\x06 \x01(\t\x12\x16\n\x0ereservation_id\x18\x07 \x01(\t\x12\x17\n\x0fshipment_status\x18\x08 \x01(\t\x12\x16\n\x0erefunded_cents\x18\t \x01(\x03\x12\x17\n\x0fworkflow_status\x18\n \x01(\t\x12\x14\n\x0cstuck_reason\x18\x0b \x01(\t\x12\x15\n\rstuck_message\x18\x0c \x01(\t\"U\n\x15RefundCheckoutRequest\x12\x13\n\x0b\x63heckout_id\x18\x01 \x01(\t\x12\x11\n\trefund_id\x18\x02 \x01(\t\x12\x14\n\x0c\x61mount_cents\x18\x03 \x01(\x03\"M\n\x16RefundCheckoutResponse\x12\x1a\n\x12refund_workflow_id\x18\x01 \x01(\t\x12\x17\n\x0f\x61lready_started\x18\x02 \x01(\x08*\xa5\x02\n\x0e\x43heckoutStatus\x12\x1f\n\x1b\x43HECKOUT_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43HECKOUT_STATUS_PENDING\x10\x01\x12\x1c\n\x18\x43HECKOUT_STATUS_RESERVED\x10\x02\x12\x18\n\x14\x43HECKOUT_STATUS_PAID\x10\x03\x12\x1b\n\x17\x43HECKOUT_STATUS_ORDERED\x10\x04\x12\x1b\n\x17\x43HECKOUT_STATUS_SHIPPED\x10\x05\x12\x1d\n\x19\x43HECKOUT_STATUS_CANCELLED\x10\x06\x12\x1c\n\x18\x43HECKOUT_STATUS_REFUNDED\x10\x07\x12&\n\"CHECKOUT_STATUS_PARTIALLY_REFUNDED\x10\x08\x32\xc1\x02\n\x0f\x43heckoutService\x12h\n\rStartCheckout\x12*.sagaflow.checkout.v1.StartCheckoutRequest\x1a+.sagaflow.checkout.v1.StartCheckoutResponse\x12W\n\x0bGetCheckout\x12(.sagaflow.checkout.v1.GetCheckoutRequest\x1a\x1e.sagaflow.checkout.v1.Checkout\x12k\n\x0eRefundCheckout\x12+.sagaflow.checkout.v1.RefundCheckoutRequest\x1a,.sagaflow.checkout.v1.RefundCheckoutResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sagaflow.checkout.v1.checkout_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CHECKOUTSTATUS']._serialized_start=1008
-  _globals['_CHECKOUTSTATUS']._serialized_end=1301
+  _globals['_CHECKOUTSTATUS']._serialized_start=1053
+  _globals['_CHECKOUTSTATUS']._serialized_end=1346
   _globals['_ITEM']._serialized_start=61
   _globals['_ITEM']._serialized_end=98
   _globals['_STARTCHECKOUTREQUEST']._serialized_start=101
@@ -44,11 +44,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LINE']._serialized_start=455
   _globals['_LINE']._serialized_end=544
   _globals['_CHECKOUT']._serialized_start=547
-  _globals['_CHECKOUT']._serialized_end=839
-  _globals['_REFUNDCHECKOUTREQUEST']._serialized_start=841
-  _globals['_REFUNDCHECKOUTREQUEST']._serialized_end=926
-  _globals['_REFUNDCHECKOUTRESPONSE']._serialized_start=928
-  _globals['_REFUNDCHECKOUTRESPONSE']._serialized_end=1005
-  _globals['_CHECKOUTSERVICE']._serialized_start=1304
-  _globals['_CHECKOUTSERVICE']._serialized_end=1625
+  _globals['_CHECKOUT']._serialized_end=884
+  _globals['_REFUNDCHECKOUTREQUEST']._serialized_start=886
+  _globals['_REFUNDCHECKOUTREQUEST']._serialized_end=971
+  _globals['_REFUNDCHECKOUTRESPONSE']._serialized_start=973
+  _globals['_REFUNDCHECKOUTRESPONSE']._serialized_end=1050
+  _globals['_CHECKOUTSERVICE']._serialized_start=1349
+  _globals['_CHECKOUTSERVICE']._serialized_end=1670
 # @@protoc_insertion_point(module_scope)

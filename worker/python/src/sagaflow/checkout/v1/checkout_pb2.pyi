@@ -81,7 +81,7 @@ class Line(_message.Message):
     def __init__(self, sku: _Optional[str] = ..., quantity: _Optional[int] = ..., unit_price_cents: _Optional[int] = ..., line_total_cents: _Optional[int] = ...) -> None: ...
 
 class Checkout(_message.Message):
-    __slots__ = ("checkout_id", "status", "order_id", "total_cents", "lines", "payment_intent_id", "reservation_id", "shipment_status", "refunded_cents", "workflow_status")
+    __slots__ = ("checkout_id", "status", "order_id", "total_cents", "lines", "payment_intent_id", "reservation_id", "shipment_status", "refunded_cents", "workflow_status", "stuck_reason", "stuck_message")
     CHECKOUT_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +92,8 @@ class Checkout(_message.Message):
     SHIPMENT_STATUS_FIELD_NUMBER: _ClassVar[int]
     REFUNDED_CENTS_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_STATUS_FIELD_NUMBER: _ClassVar[int]
+    STUCK_REASON_FIELD_NUMBER: _ClassVar[int]
+    STUCK_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     checkout_id: str
     status: CheckoutStatus
     order_id: str
@@ -102,7 +104,9 @@ class Checkout(_message.Message):
     shipment_status: str
     refunded_cents: int
     workflow_status: str
-    def __init__(self, checkout_id: _Optional[str] = ..., status: _Optional[_Union[CheckoutStatus, str]] = ..., order_id: _Optional[str] = ..., total_cents: _Optional[int] = ..., lines: _Optional[_Iterable[_Union[Line, _Mapping]]] = ..., payment_intent_id: _Optional[str] = ..., reservation_id: _Optional[str] = ..., shipment_status: _Optional[str] = ..., refunded_cents: _Optional[int] = ..., workflow_status: _Optional[str] = ...) -> None: ...
+    stuck_reason: str
+    stuck_message: str
+    def __init__(self, checkout_id: _Optional[str] = ..., status: _Optional[_Union[CheckoutStatus, str]] = ..., order_id: _Optional[str] = ..., total_cents: _Optional[int] = ..., lines: _Optional[_Iterable[_Union[Line, _Mapping]]] = ..., payment_intent_id: _Optional[str] = ..., reservation_id: _Optional[str] = ..., shipment_status: _Optional[str] = ..., refunded_cents: _Optional[int] = ..., workflow_status: _Optional[str] = ..., stuck_reason: _Optional[str] = ..., stuck_message: _Optional[str] = ...) -> None: ...
 
 class RefundCheckoutRequest(_message.Message):
     __slots__ = ("checkout_id", "refund_id", "amount_cents")
