@@ -49,9 +49,11 @@ fn relative_links_name_files_that_exist() {
 
 #[test]
 fn no_page_cites_a_design_document_outside_the_repository() {
+    // Spelt in two pieces, so that this file is not itself a citation.
+    let outside = concat!("DESIGN", ".md");
     for file in markdown_files() {
         let text = std::fs::read_to_string(&file).unwrap();
-        assert!(!text.contains("DESIGN.md"), "{} cites DESIGN.md; the contract is docs/contract.md", file.display());
+        assert!(!text.contains(outside), "{} cites {outside}; the contract is docs/contract.md", file.display());
     }
     let contract = std::fs::read_to_string(root().join("docs/contract.md")).unwrap();
     for section in
