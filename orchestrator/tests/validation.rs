@@ -4,6 +4,7 @@
 mod common;
 
 use common::{ServerProcess, start_request};
+use sagaflow_proto::EventName;
 use sagaflow_proto::v1::{
     CancelWorkflowRequest, DescribeWorkflowRequest, GetWorkflowHistoryRequest, ListWorkflowsRequest,
     SignalWorkflowRequest,
@@ -117,6 +118,37 @@ async fn a_full_history_refuses_more_signals() {
     assert!(status.message().contains("history limit of 6"), "{}", status.message());
     let events = common::full_history(&mut client, &workflow_id).await;
     assert!(events.len() <= 6, "history grew past its limit: {}", events.len());
+    common::assert_intact(&workflow_id, &events);
+}
+
+/// Money safety first: a saga that reaches its history limit after its pivot
+/// was attempted is not failed (that could keep money with no order): it
+/// stops, open and flagged for an operator.
+#[tokio::test]
+async fn a_history_full_after_the_pivot_stops_flagged_instead_of_failing() {
+    let (server, _dir) = server(&["--max-history-events", "20", "--time-scale", "0.01"]).await;
+    // The step after the pivot fails on every attempt, and is retried without limit.
+    let _worker =
+        common::WorkerProcess::start(&server.url, &["--services", "bench", "--fault", "bench.order=error"]).await;
+    let mut client = server.client().await;
+    let workflow_id =
+        client.start_workflow(start_request("bench", "full", "{}")).await.unwrap().into_inner().workflow_id;
+    let describe = DescribeWorkflowRequest { workflow_id: workflow_id.clone() };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    let summary = loop {
+        let summary = client.describe_workflow(describe.clone()).await.unwrap().into_inner().summary.unwrap();
+        if summary.stuck_reason == "HISTORY_LIMIT" || summary.status != 1 {
+            break summary;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never reached the limit: {summary:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!((summary.status, summary.stuck_reason.as_str()), (1, "HISTORY_LIMIT"), "{summary:?}");
+    assert!(summary.stuck_message.contains("--max-history-events"), "{summary:?}");
+    let events = common::full_history(&mut client, &workflow_id).await;
+    assert!(events.len() <= 21, "history grew past its limit and the flag: {}", events.len());
+    let names: Vec<&str> = events.iter().filter_map(|e| e.attributes.as_ref()).map(|a| a.event_name()).collect();
+    assert!(!names.contains(&"WorkflowFailed") && !names.contains(&"CompensationStarted"), "{names:?}");
     common::assert_intact(&workflow_id, &events);
 }
 

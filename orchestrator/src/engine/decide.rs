@@ -121,18 +121,23 @@ pub enum StuckReason {
     PivotOutcomeUnknown,
     /// The same for a retriable step after the pivot whose budget is spent.
     StepOutcomeUnknown,
+    /// The history reached its limit once the pivot had been attempted:
+    /// failing there could keep money with no order, so the saga stops and
+    /// waits for an operator instead (the runtime raises it).
+    HistoryLimit,
 }
 
 impl StuckReason {
     /// Every reason, for the stuck gauge: a reason with no workflow reads 0,
     /// not absent, so that an alert on it can resolve.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::NoProgress,
         Self::CompensationExhausted,
         Self::NoWorker,
         Self::NonRetryableAfterPivot,
         Self::PivotOutcomeUnknown,
         Self::StepOutcomeUnknown,
+        Self::HistoryLimit,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -143,6 +148,7 @@ impl StuckReason {
             Self::NonRetryableAfterPivot => "NON_RETRYABLE_AFTER_PIVOT",
             Self::PivotOutcomeUnknown => "PIVOT_OUTCOME_UNKNOWN",
             Self::StepOutcomeUnknown => "STEP_OUTCOME_UNKNOWN",
+            Self::HistoryLimit => "HISTORY_LIMIT",
         }
     }
 
@@ -155,6 +161,7 @@ impl StuckReason {
                 | Self::NonRetryableAfterPivot
                 | Self::PivotOutcomeUnknown
                 | Self::StepOutcomeUnknown
+                | Self::HistoryLimit
         )
     }
 

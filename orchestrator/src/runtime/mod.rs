@@ -348,21 +348,34 @@ impl Runtime {
             return Ok(events);
         }
         if state.last_seq >= self.inner.limits.max_history_events {
-            // Past the limit the workflow fails loudly rather than growing without bound.
+            // Past the limit the workflow stops loudly rather than growing without bound.
             let (reloaded, _) = self.load(workflow_id)?;
             state = reloaded;
-            let reason = format!("history limit of {} events reached", self.inner.limits.max_history_events);
-            tracing::error!(workflow_id, correlation_id = %state.correlation_id, %reason, "workflow failed at its history limit");
-            let failed = HistoryEvent {
-                seq: state.last_seq + 1,
-                time_ms: now,
-                attributes: Some(Attributes::WorkflowFailed(sagaflow_proto::v1::WorkflowFailed {
-                    reason,
-                    step: String::new(),
-                })),
+            let limit = self.inner.limits.max_history_events;
+            // Once the pivot was attempted, failing could keep money with no
+            // order: the saga stops, flagged, for an operator (money safety
+            // before availability). Before it nothing was taken, and it fails.
+            let pivot_attempted = definition.pivot_index().is_some_and(|i| state.track(i, false).is_some());
+            let flag = engine::StuckReason::HistoryLimit;
+            if pivot_attempted && state.stuck.as_ref().is_some_and(|(reason, _, _)| reason == flag.as_str()) {
+                guard.state = Some((state, definition));
+                return Ok(Vec::new());
+            }
+            let attributes = if pivot_attempted {
+                let message = format!(
+                    "history limit of {limit} events reached after the pivot was attempted: settle the step by hand \
+                     and terminate, or restart with a higher --max-history-events and send sagaflow.retry"
+                );
+                tracing::error!(workflow_id, correlation_id = %state.correlation_id, %message, "workflow stopped at its history limit");
+                Attributes::StuckDetected(sagaflow_proto::v1::StuckDetected { reason: flag.as_str().into(), message })
+            } else {
+                let reason = format!("history limit of {limit} events reached");
+                tracing::error!(workflow_id, correlation_id = %state.correlation_id, %reason, "workflow failed at its history limit");
+                Attributes::WorkflowFailed(sagaflow_proto::v1::WorkflowFailed { reason, step: String::new() })
             };
-            state.apply(&failed, &definition);
-            events = vec![failed];
+            let stopped = HistoryEvent { seq: state.last_seq + 1, time_ms: now, attributes: Some(attributes) };
+            state.apply(&stopped, &definition);
+            events = vec![stopped];
         }
         debug_assert_eq!(events.first().map(|e| e.seq), Some(before_seq + 1));
         match self
