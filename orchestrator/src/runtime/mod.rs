@@ -364,7 +364,7 @@ impl Runtime {
             let attributes = if pivot_attempted {
                 let message = format!(
                     "history limit of {limit} events reached after the pivot was attempted: settle the step by hand \
-                     and terminate, or restart with a higher --max-history-events and send sagaflow.retry"
+                     and terminate, or restart with a higher --max-history-events (the runbook's HISTORY_LIMIT)"
                 );
                 tracing::error!(workflow_id, correlation_id = %state.correlation_id, %message, "workflow stopped at its history limit");
                 Attributes::StuckDetected(sagaflow_proto::v1::StuckDetected { reason: flag.as_str().into(), message })
