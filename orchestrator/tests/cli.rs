@@ -551,15 +551,22 @@ async fn history_names_the_step_that_timed_out_and_full_prints_whole_payloads() 
     let definitions = common::write_test_definitions(dir.path());
     let server =
         ServerProcess::start(&dir.path().join("data"), &["--definitions", definitions.to_str().unwrap()]).await;
-    let _worker = WorkerProcess::start(&server.url, &["--fault", "bench.reserve=hang:1"]).await;
+    // The worker that holds the first attempt dies with it: only the
+    // orchestrator's timer can end that attempt (a live worker's own timer
+    // may report first, as a failure), and the history names who held it.
+    let holder = WorkerProcess::start(&server.url, &["--fault", "bench.reserve=hang:1"]).await;
     let long = format!("{{\"note\":\"{}\"}}", "x".repeat(300));
-    let (code, stdout, stderr) = run_at(
-        &server.url,
-        &["workflow", "start", "quick", "--request-id", "r-held", "--input", &long, "--wait", "30s"],
-    )
-    .await;
+    let (code, stdout, stderr) =
+        run_at(&server.url, &["workflow", "start", "quick", "--request-id", "r-held", "--input", &long]).await;
     assert_eq!(code, 0, "{stdout}{stderr}");
-    let id = stdout.split_whitespace().next().unwrap();
+    let id = stdout.split_whitespace().next().unwrap().to_owned();
+    let id = id.as_str();
+    let mut client = server.client().await;
+    common::wait_until_leased(&mut client, id, "reserve").await;
+    holder.kill9().await;
+    let _worker = WorkerProcess::start(&server.url, &[]).await;
+    let (code, stdout, stderr) = run_at(&server.url, &["workflow", "await", id]).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
 
     let (_, history, _) = run_at(&server.url, &["workflow", "history", id]).await;
     let timed_out = history.lines().find(|l| l.contains("ActivityTimedOut")).unwrap_or_else(|| panic!("{history}"));
