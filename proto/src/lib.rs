@@ -18,8 +18,11 @@ pub mod checkout {
 /// The encoded `FileDescriptorSet` of every Sagaflow proto, served by gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("sagaflow_descriptor");
 
+pub mod error_types;
 mod json_text;
 mod names;
+mod status;
 pub mod trace_context;
 
 pub use names::{EventName, status_name};
+pub use status::is_terminal;

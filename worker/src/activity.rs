@@ -34,10 +34,10 @@ impl ActivityError {
     pub const INVALID_OUTPUT: &'static str = "InvalidOutput";
     /// Error type of the failure reported when a handler panics. Retryable: a
     /// panic is a bug or a broken invariant, not a verdict on the input.
-    pub const PANIC: &'static str = "Panic";
+    pub const PANIC: &'static str = sagaflow_proto::error_types::PANIC;
     /// Error type of the failure reported when a handler outlives the attempt's
     /// start-to-close budget. Retryable.
-    pub const TIMEOUT: &'static str = "StartToCloseTimeout";
+    pub const TIMEOUT: &'static str = sagaflow_proto::error_types::START_TO_CLOSE_TIMEOUT;
     /// Error type of the failure reported for a task whose activity type this
     /// worker does not run. Retryable, so that a worker that does run it can
     /// take the next attempt.
