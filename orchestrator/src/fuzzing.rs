@@ -156,7 +156,7 @@ pub fn engine_inputs(data: &[u8]) {
                         error_type: choices.text(&[
                             "Declined".into(),
                             "Timeout".into(),
-                            sagaflow_worker::ActivityError::TIMEOUT.into(),
+                            sagaflow_proto::error_types::START_TO_CLOSE_TIMEOUT.into(),
                         ]),
                         message: String::new(),
                         retryable: n == 1,

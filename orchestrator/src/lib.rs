@@ -5,7 +5,6 @@ pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod connections;
-pub mod engine;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -20,10 +19,11 @@ pub mod registry;
 pub mod relay;
 pub mod runtime;
 pub mod server;
-pub mod store;
 pub mod telemetry;
 pub mod tls;
 
 pub use registry::Registry;
+pub use sagaflow_engine as engine;
+pub use sagaflow_store as store;
 pub use sagaflow_workflows as workflows;
 pub use server::{Options, Server, Storage};

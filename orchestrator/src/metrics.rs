@@ -9,15 +9,6 @@ use sagaflow_proto::v1::{HistoryEvent, history_event::Attributes};
 
 use crate::engine::WorkflowState;
 
-pub fn record_flush(elapsed: Duration) {
-    metrics::histogram!("sagaflow_store_flush_seconds").record(elapsed.as_secs_f64());
-}
-
-/// A log segment's writes moved into sled, off the commit path.
-pub fn record_checkpoint(elapsed: Duration) {
-    metrics::histogram!("sagaflow_store_checkpoint_seconds").record(elapsed.as_secs_f64());
-}
-
 pub fn record_commit(elapsed: Duration) {
     metrics::histogram!("sagaflow_history_append_seconds").record(elapsed.as_secs_f64());
 }

@@ -83,8 +83,7 @@ pub(crate) fn traceparent<T>(request: &tonic::Request<T>) -> String {
         .unwrap_or_default()
 }
 
-impl From<crate::store::Error> for Status {
-    fn from(error: crate::store::Error) -> Self {
-        Error::Store(error).into()
-    }
+/// A store failure as the status a caller sees.
+pub(crate) fn store_status(error: crate::store::Error) -> Status {
+    Error::Store(error).into()
 }

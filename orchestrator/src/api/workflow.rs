@@ -14,12 +14,12 @@ use sagaflow_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use super::{Origin, invalid};
+use super::{Origin, invalid, store_status};
 use crate::auth::{self, Principal, Role};
 use crate::engine::{Input, Resolution, StepStatus};
 use crate::runtime::dispatch::TaskState;
 use crate::runtime::{Runtime, StartRequest};
-use crate::store::is_terminal;
+use sagaflow_proto::is_terminal;
 
 const DEFAULT_HISTORY_PAGE: u32 = 1000;
 const MAX_HISTORY_PAGE: u32 = 10_000;
@@ -234,11 +234,11 @@ impl WorkflowService for WorkflowApi {
             n => n.min(MAX_HISTORY_PAGE),
         } as usize;
         let from = request.from_seq.max(1);
-        let mut events = self.runtime.store().history(&request.workflow_id, from, page)?;
+        let mut events = self.runtime.store().history(&request.workflow_id, from, page).map_err(store_status)?;
         if events.is_empty() && request.wait_ms > 0 && !is_terminal(summary.status) {
             self.runtime.wait_for_change(&request.workflow_id, from - 1, wait_budget(request.wait_ms)).await?;
             summary = self.runtime.describe(&request.workflow_id).await?;
-            events = self.runtime.store().history(&request.workflow_id, from, page)?;
+            events = self.runtime.store().history(&request.workflow_id, from, page).map_err(store_status)?;
         }
         let next_seq = events.last().map_or(from, |e| e.seq + 1);
         let terminal = is_terminal(summary.status) && next_seq > summary.history_length;

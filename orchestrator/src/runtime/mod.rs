@@ -521,7 +521,7 @@ impl Runtime {
     /// durable summary. Intermediate decisions do not wake the waiter.
     pub async fn await_terminal(&self, workflow_id: &str, timeout: Duration) -> Result<WorkflowSummary> {
         let seen =
-            self.watch(workflow_id, timeout, |p| p.terminal, |summary| crate::store::is_terminal(summary.status));
+            self.watch(workflow_id, timeout, |p| p.terminal, |summary| sagaflow_proto::is_terminal(summary.status));
         if let Some(durable_seq) = seen.await?
             && let Some(summary) = self.inner.store.summary(workflow_id)?
             && summary.history_length == durable_seq

@@ -339,7 +339,7 @@ impl Lane {
         loop {
             self.supervise().await?;
             let summary = self.summary(workflow_id).await?;
-            if sagaflow_orchestrator::store::is_terminal(summary.status) || !summary.stuck_reason.is_empty() {
+            if sagaflow_proto::is_terminal(summary.status) || !summary.stuck_reason.is_empty() {
                 return Ok(summary);
             }
             if Instant::now() > deadline {
@@ -362,7 +362,7 @@ impl Lane {
                 break;
             }
             let summary = self.summary(workflow_id).await?;
-            if sagaflow_orchestrator::store::is_terminal(summary.status) {
+            if sagaflow_proto::is_terminal(summary.status) {
                 return Ok("cancel: the step never ran".into());
             }
             if Instant::now() > deadline {
@@ -396,7 +396,7 @@ impl Lane {
         }
         let first = self.settle(workflow_id).await?;
         self.heal().await?;
-        if !first.stuck_reason.is_empty() && !sagaflow_orchestrator::store::is_terminal(first.status) {
+        if !first.stuck_reason.is_empty() && !sagaflow_proto::is_terminal(first.status) {
             path.push(format!("flagged {}", first.stuck_reason));
             let retry = SignalWorkflowRequest {
                 workflow_id: workflow_id.into(),
@@ -407,7 +407,7 @@ impl Lane {
             self.workflows.signal_workflow(retry).await?;
             path.push("healed, retried".into());
             let second = self.settle(workflow_id).await?;
-            if !sagaflow_orchestrator::store::is_terminal(second.status) {
+            if !sagaflow_proto::is_terminal(second.status) {
                 bail!("{workflow_id} flagged {} again after the heal and the retry", second.stuck_reason);
             }
         }
@@ -496,7 +496,7 @@ impl Lane {
             .await
             .map_or_else(|_| "NONE".to_owned(), |r| r["status"].as_str().unwrap_or("NONE").to_owned());
         let status = CheckoutStatus::try_from(checkout.status).unwrap_or_default();
-        let ended = sagaflow_orchestrator::store::is_terminal(saga.status);
+        let ended = sagaflow_proto::is_terminal(saga.status);
         let shown = Shown {
             checkout_id,
             status: status_label(status),

@@ -17,12 +17,15 @@ mod group_commit;
 mod keys;
 mod kv_store;
 mod memory;
+mod metrics;
 mod overlay;
 mod records;
 mod sled_store;
-pub(crate) mod wal;
+mod wal;
 
-#[doc(hidden)]
+/// The suite every backend must pass; a new backend enables the `conformance`
+/// feature and expands [`store_conformance_suite!`] in its tests.
+#[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 
 pub use group_commit::Durable;
@@ -154,10 +157,4 @@ pub trait Store: Send + Sync + 'static {
     /// Removes every derived record: the index, open set, idempotency map,
     /// tasks, leases and timers. Histories and the outbox stay.
     fn clear_derived(&self) -> Result<()>;
-}
-
-/// Whether a status ends a workflow.
-pub fn is_terminal(status: i32) -> bool {
-    use sagaflow_proto::v1::WorkflowStatus as S;
-    matches!(S::try_from(status), Ok(S::Completed | S::Compensated | S::Failed | S::Cancelled | S::Terminated))
 }

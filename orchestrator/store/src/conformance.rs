@@ -205,7 +205,7 @@ macro_rules! store_conformance_suite {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn concurrent_commits_all_become_durable() {
             let (store, _guard) = $make;
-            $crate::store::conformance::concurrent_commits_all_become_durable(store).await;
+            $crate::conformance::concurrent_commits_all_become_durable(store).await;
         }
     };
     (@case $make:expr, $($case:ident),+) => {
@@ -213,7 +213,7 @@ macro_rules! store_conformance_suite {
             #[tokio::test]
             async fn $case() {
                 let (store, _guard) = $make;
-                $crate::store::conformance::$case(&*store).await;
+                $crate::conformance::$case(&*store).await;
             }
         )+
     };

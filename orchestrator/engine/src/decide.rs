@@ -187,7 +187,7 @@ pub enum Rejection {
 /// Failures a worker reports for an attempt it cut off midway: its own
 /// start-to-close timer fired, or the handler panicked. Either may come after
 /// the effect, so they leave the outcome unknown, as a timeout here does.
-const CUT_OFF: &[&str] = &[sagaflow_worker::ActivityError::TIMEOUT, sagaflow_worker::ActivityError::PANIC];
+const CUT_OFF: &[&str] = &[sagaflow_proto::error_types::START_TO_CLOSE_TIMEOUT, sagaflow_proto::error_types::PANIC];
 
 /// A runaway decision loop would be a bug; this bounds it.
 const MAX_ROUNDS: usize = 64;

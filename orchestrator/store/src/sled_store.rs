@@ -394,7 +394,7 @@ impl Kv for SledKv {
 mod conformance {
     use std::sync::Arc;
 
-    use crate::store::{SledStore, Store};
+    use crate::{SledStore, Store};
 
     fn open() -> (Arc<dyn Store>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
@@ -417,7 +417,7 @@ mod conformance {
                     ..Default::default()
                 })),
             };
-            let commit = crate::store::Commit {
+            let commit = crate::Commit {
                 workflow_id: "wf".into(),
                 events: vec![event],
                 request_id: Some("r".into()),
@@ -439,12 +439,12 @@ mod conformance {
     async fn a_lease_reaches_the_log_with_no_commit_after_it() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
-        let lease = crate::store::Lease { worker_id: "w".into(), started_ms: 1, expires_ms: 2 };
+        let lease = crate::Lease { worker_id: "w".into(), started_ms: 1, expires_ms: 2 };
         store.put_lease("wf", "t1", &lease).unwrap();
-        let key = crate::store::keys::task(crate::store::keys::LEASE, "wf", "t1");
+        let key = crate::keys::task(crate::keys::LEASE, "wf", "t1");
         let logged = || {
             let mut found = false;
-            crate::store::wal::replay(&dir.path().join("wal"), |writes| {
+            crate::wal::replay(&dir.path().join("wal"), |writes| {
                 found |= writes.iter().any(|(k, v)| *k == key && v.is_some());
                 Ok(())
             })
@@ -460,7 +460,7 @@ mod conformance {
 
     #[test]
     fn a_scan_longer_than_a_chunk_visits_each_live_key_once_in_order() {
-        use crate::store::kv_store::Kv;
+        use crate::kv_store::Kv;
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
         let kv = store.kv();
@@ -498,7 +498,7 @@ mod conformance {
         use sagaflow_proto::v1::{ActivityCompleted, HistoryEvent, history_event::Attributes};
         let dir = tempfile::tempdir().unwrap();
         let big = "x".repeat(64 * 1024);
-        let commits = 3 * crate::store::wal::SEGMENT_BYTES as usize / big.len();
+        let commits = 3 * crate::wal::SEGMENT_BYTES as usize / big.len();
         {
             let store = SledStore::open(dir.path()).unwrap();
             for i in 0..commits {
@@ -511,12 +511,12 @@ mod conformance {
                     })),
                 };
                 let commit =
-                    crate::store::Commit { workflow_id: format!("wf-{i}"), events: vec![event], ..Default::default() };
+                    crate::Commit { workflow_id: format!("wf-{i}"), events: vec![event], ..Default::default() };
                 store.commit(commit).unwrap().wait().await.unwrap();
             }
             // The checkpointer retires full segments on its own thread.
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-            while crate::store::wal::segments(&dir.path().join("wal")).unwrap().len() > 2 {
+            while crate::wal::segments(&dir.path().join("wal")).unwrap().len() > 2 {
                 assert!(std::time::Instant::now() < deadline, "full segments were never retired");
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
@@ -545,7 +545,7 @@ mod conformance {
             // Version 1 wrote one key per event and no layout version.
             let tree = sled::open(dir.path()).unwrap().open_tree("sagaflow").unwrap();
             for seq in 1..=3 {
-                tree.insert(crate::store::keys::history("old", seq), event(seq).encode_to_vec()).unwrap();
+                tree.insert(crate::keys::history("old", seq), event(seq).encode_to_vec()).unwrap();
             }
             tree.flush().unwrap();
         }
@@ -564,7 +564,7 @@ mod conformance {
         use sagaflow_proto::v1::{ActivityCompleted, HistoryEvent, history_event::Attributes};
         let dir = tempfile::tempdir().unwrap();
         let big = "x".repeat(64 * 1024);
-        let commits = 2 * crate::store::wal::SEGMENT_BYTES / big.len() as u64;
+        let commits = 2 * crate::wal::SEGMENT_BYTES / big.len() as u64;
         {
             let store = SledStore::open(dir.path()).unwrap();
             for seq in 1..=commits {
@@ -576,12 +576,11 @@ mod conformance {
                         result: big.clone(),
                     })),
                 };
-                let commit =
-                    crate::store::Commit { workflow_id: "long".into(), events: vec![event], ..Default::default() };
+                let commit = crate::Commit { workflow_id: "long".into(), events: vec![event], ..Default::default() };
                 store.commit(commit).unwrap().wait().await.unwrap();
             }
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-            while crate::store::wal::segments(&dir.path().join("wal")).unwrap().len() > 1 {
+            while crate::wal::segments(&dir.path().join("wal")).unwrap().len() > 1 {
                 assert!(std::time::Instant::now() < deadline, "full segments were never retired");
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
@@ -590,7 +589,7 @@ mod conformance {
             assert_eq!(store.history("long", commits / 2, 2).unwrap()[0].seq, commits / 2);
         }
         let tree = sled::open(dir.path()).unwrap().open_tree("sagaflow").unwrap();
-        let keys = tree.scan_prefix(crate::store::keys::history_prefix("long")).count() as u64;
+        let keys = tree.scan_prefix(crate::keys::history_prefix("long")).count() as u64;
         assert!(keys < commits / 4, "{keys} history keys in sled for {commits} commits");
     }
 
@@ -601,14 +600,14 @@ mod conformance {
         let dir = tempfile::tempdir().unwrap();
         let batch = |seqs: std::ops::RangeInclusive<u64>| {
             let events = seqs.map(|seq| HistoryEvent { seq, ..Default::default() }).collect();
-            crate::store::records::HistoryBatch { events }.encode_to_vec()
+            crate::records::HistoryBatch { events }.encode_to_vec()
         };
         {
             // A checkpoint stored 1..=4 as one batch, then a replay wrote 1..=2 and 3..=4 again.
             let tree = sled::open(dir.path()).unwrap().open_tree("sagaflow").unwrap();
-            tree.insert(crate::store::keys::FORMAT, vec![crate::store::keys::FORMAT_VERSION]).unwrap();
-            tree.insert(crate::store::keys::history("wf", 2), batch(1..=2)).unwrap();
-            tree.insert(crate::store::keys::history("wf", 4), batch(1..=4)).unwrap();
+            tree.insert(crate::keys::FORMAT, vec![crate::keys::FORMAT_VERSION]).unwrap();
+            tree.insert(crate::keys::history("wf", 2), batch(1..=2)).unwrap();
+            tree.insert(crate::keys::history("wf", 4), batch(1..=4)).unwrap();
             tree.flush().unwrap();
         }
         let store = SledStore::open(dir.path()).unwrap();
@@ -625,7 +624,7 @@ mod conformance {
         let dir = tempfile::tempdir().unwrap();
         {
             let tree = sled::open(dir.path()).unwrap().open_tree("sagaflow").unwrap();
-            tree.insert(crate::store::keys::FORMAT, vec![crate::store::keys::FORMAT_VERSION + 1]).unwrap();
+            tree.insert(crate::keys::FORMAT, vec![crate::keys::FORMAT_VERSION + 1]).unwrap();
             tree.flush().unwrap();
         }
         let err = SledStore::open(dir.path()).err().unwrap();
@@ -634,7 +633,7 @@ mod conformance {
 
     #[tokio::test]
     async fn outbox_numbers_are_never_reused_after_a_restart() {
-        use crate::store::{Commit, OutboxRecord};
+        use crate::{Commit, OutboxRecord};
         let dir = tempfile::tempdir().unwrap();
         {
             let store = SledStore::open(dir.path()).unwrap();

@@ -171,7 +171,7 @@ impl WorkflowState {
     }
 
     pub fn is_terminal(&self) -> bool {
-        crate::store::is_terminal(self.status as i32)
+        self.status.is_terminal()
     }
 
     /// The first forward step not yet completed.

@@ -4,12 +4,11 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prost::Message;
+use sagaflow_proto::is_terminal;
 use sagaflow_proto::v1::{HistoryEvent, WorkflowSummary};
 
 use super::records::HistoryBatch;
-use super::{
-    Commit, Durable, Error, IndexPage, Lease, OutboxRecord, Result, Store, TaskRecord, TimerRecord, is_terminal, keys,
-};
+use super::{Commit, Durable, Error, IndexPage, Lease, OutboxRecord, Result, Store, TaskRecord, TimerRecord, keys};
 
 /// One write of a batch: a put, or a delete when the value is `None`.
 pub type Write = (Vec<u8>, Option<Vec<u8>>);

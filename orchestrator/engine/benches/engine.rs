@@ -2,7 +2,7 @@
 //! and a full history replay, on the standard four-step saga.
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use sagaflow_orchestrator::engine::{self, Input, Outcome};
+use sagaflow_engine::{self as engine, Input, Outcome};
 use sagaflow_proto::v1::{HistoryEvent, WorkflowStarted};
 use sagaflow_workflows::shop;
 

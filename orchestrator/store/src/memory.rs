@@ -68,7 +68,7 @@ impl Kv for MemoryKv {
 mod conformance {
     use std::sync::Arc;
 
-    use crate::store::{MemoryStore, Store};
+    use crate::{MemoryStore, Store};
 
     crate::store_conformance_suite!((Arc::new(MemoryStore::in_memory()) as Arc<dyn Store>, ()));
 }

@@ -1049,7 +1049,7 @@ fn only_a_definite_answer_settles_an_unknown_pivot() {
 fn a_worker_that_cuts_an_attempt_off_leaves_its_outcome_unknown() {
     // The worker's own start-to-close timer, or a panic, may strike after
     // the effect: the same as a timeout here.
-    for error_type in [sagaflow_worker::ActivityError::TIMEOUT, sagaflow_worker::ActivityError::PANIC] {
+    for error_type in [sagaflow_proto::error_types::START_TO_CLOSE_TIMEOUT, sagaflow_proto::error_types::PANIC] {
         let mut h = Harness::start(trip_with_pivot_attempts(1));
         h.complete("0.f.1", json!({}));
         let events = h.outcome(
@@ -1408,7 +1408,7 @@ fn task_outcome(h: &mut Harness, task_id: &str, kind: u8) -> Vec<HistoryEvent> {
         17 if h.now % 3 == 0 => h.outcome(
             task_id,
             Outcome::Failed {
-                error_type: sagaflow_worker::ActivityError::TIMEOUT.into(),
+                error_type: sagaflow_proto::error_types::START_TO_CLOSE_TIMEOUT.into(),
                 message: "the worker cut it off".into(),
                 retryable: true,
             },

@@ -17,7 +17,7 @@
 //! those two imply, and the events per flush actually measured (counted
 //! through the store's `sagaflow_store_flush_seconds` metric).
 //!
-//! Run: `cargo bench -p sagaflow-orchestrator --bench store_append`
+//! Run: `cargo bench -p sagaflow-store --bench store_append`
 
 #![allow(clippy::unwrap_used)]
 
@@ -32,9 +32,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use metrics::{Counter, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, SharedString, Unit};
-use sagaflow_orchestrator::store::{Commit, SledStore, Store};
 use sagaflow_proto::v1::history_event::Attributes;
 use sagaflow_proto::v1::{ActivityCompleted, HistoryEvent};
+use sagaflow_store::{Commit, SledStore, Store};
 
 const WRITER_COUNTS: [usize; 3] = [1, 16, 64];
 const BLOCK: usize = 4096;
