@@ -77,6 +77,25 @@ pub async fn a_gap_or_overlap_is_refused_and_writes_nothing(store: &dyn Store) {
     assert!(store.workflow_for_request("req").unwrap().is_none());
 }
 
+pub async fn an_id_too_long_for_a_key_is_refused_not_truncated(store: &dyn Store) {
+    let longest = "a".repeat(crate::MAX_WORKFLOW_ID_BYTES);
+    store.commit(append(&longest, 1..=1)).unwrap().wait().await.unwrap();
+    // One byte more would have shared the longest id's keys had it been cut.
+    let longer = format!("{longest}b");
+    let mut commit = append(&longer, 1..=1);
+    commit.request_id = Some("req-long".into());
+    assert!(matches!(store.commit(commit), Err(Error::IdTooLong { len, .. }) if len == longest.len() + 1));
+    let mut task_of_longer = append("wf-short", 1..=1);
+    task_of_longer.put_tasks.push(task(&longer, "t1"));
+    assert!(matches!(store.commit(task_of_longer), Err(Error::IdTooLong { .. })));
+    assert!(matches!(store.put_lease(&longer, "t1", &Lease::default()), Err(Error::IdTooLong { .. })));
+    assert_eq!(store.last_seq(&longer).unwrap(), 0);
+    assert!(store.history(&longer, 1, 10).unwrap().is_empty());
+    assert!(store.workflow_for_request("req-long").unwrap().is_none());
+    assert_eq!(store.last_seq("wf-short").unwrap(), 0);
+    assert_eq!(store.history(&longest, 1, 10).unwrap().len(), 1);
+}
+
 pub async fn index_filters_pages_and_tracks_open_workflows(store: &dyn Store) {
     for (i, status) in
         [WorkflowStatus::Running, WorkflowStatus::Completed, WorkflowStatus::Running].into_iter().enumerate()
@@ -198,6 +217,7 @@ macro_rules! store_conformance_suite {
         $crate::store_conformance_suite!(@case $make,
             history_reads_back_in_order_and_pages,
             a_gap_or_overlap_is_refused_and_writes_nothing,
+            an_id_too_long_for_a_key_is_refused_not_truncated,
             index_filters_pages_and_tracks_open_workflows,
             tasks_leases_and_timers_come_and_go_with_commits,
             outbox_sequence_increases_across_commits,

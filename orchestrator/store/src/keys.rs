@@ -42,14 +42,25 @@ pub const FORMAT_VERSION: u8 = 2;
 /// Derived prefixes, cleared by a rebuild.
 pub const DERIVED: &[u8] = &[SUMMARY, OPEN, REQUEST, TASK, LEASE, TIMER];
 
+/// The longest workflow id a key can hold: its length is one byte.
+pub const MAX_WORKFLOW_ID_BYTES: usize = u8::MAX as usize;
+
+/// Whether `workflow_id` fits in a key. The store checks this at its entry
+/// points (a commit is refused, a read finds nothing), so that building a key
+/// can assert it: a truncated id would let two long ids share one history.
+pub fn fits(workflow_id: &str) -> bool {
+    workflow_id.len() <= MAX_WORKFLOW_ID_BYTES
+}
+
 fn with_workflow(prefix: u8, workflow_id: &str, extra: usize) -> Vec<u8> {
-    // Ids are at most 255 bytes (validated at the API), so one length byte suffices.
     let id = workflow_id.as_bytes();
-    let len = u8::try_from(id.len()).unwrap_or(u8::MAX);
+    let len = u8::try_from(id.len()).unwrap_or_else(|_| {
+        panic!("workflow id of {} bytes reached key building; the store checks `fits` first", id.len())
+    });
     let mut key = Vec::with_capacity(2 + id.len() + extra);
     key.push(prefix);
     key.push(len);
-    key.extend_from_slice(&id[..usize::from(len)]);
+    key.extend_from_slice(id);
     key
 }
 
@@ -128,6 +139,12 @@ mod tests {
         assert!(same_history(&history("a", 2), &history("a", 9)));
         assert!(!same_history(&history("a", 2), &history("ab", 2)));
         assert!(!same_history(&raw(SUMMARY, "a"), &raw(SUMMARY, "a")));
+    }
+
+    #[test]
+    #[should_panic(expected = "workflow id of 256 bytes")]
+    fn an_id_too_long_for_a_key_is_never_truncated() {
+        history(&"a".repeat(256), 1);
     }
 
     #[test]

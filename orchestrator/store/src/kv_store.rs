@@ -134,8 +134,24 @@ impl<K: Kv> KvStore<K> {
     }
 }
 
+fn fit(workflow_id: &str) -> Result<()> {
+    if keys::fits(workflow_id) {
+        return Ok(());
+    }
+    let prefix = workflow_id.chars().take(32).collect();
+    Err(Error::IdTooLong { prefix, len: workflow_id.len() })
+}
+
+/// Every workflow id a commit puts into a key.
+fn check_ids(commit: &Commit) -> Result<()> {
+    fit(&commit.workflow_id)?;
+    commit.put_tasks.iter().try_for_each(|task| fit(task.workflow_id()))?;
+    commit.put_timers.iter().chain(&commit.delete_timers).try_for_each(|timer| fit(&timer.workflow_id))
+}
+
 impl<K: Kv> Store for KvStore<K> {
     fn commit(&self, mut commit: Commit) -> Result<Durable> {
+        check_ids(&commit)?;
         if commit.outbox.is_empty() {
             let writes = self.writes_for(&mut commit)?;
             return self.kv.apply(writes);
@@ -154,6 +170,9 @@ impl<K: Kv> Store for KvStore<K> {
     }
 
     fn history(&self, workflow_id: &str, from_seq: u64, limit: usize) -> Result<Vec<HistoryEvent>> {
+        if !keys::fits(workflow_id) {
+            return Ok(Vec::new());
+        }
         let from_seq = from_seq.max(1);
         // A commit's last event is stored under its own number, so the one an
         // await asks for (a workflow's last) is a point read, not a scan.
@@ -195,6 +214,9 @@ impl<K: Kv> Store for KvStore<K> {
     }
 
     fn last_seq(&self, workflow_id: &str) -> Result<u64> {
+        if !keys::fits(workflow_id) {
+            return Ok(0);
+        }
         Ok(self
             .kv
             .last_appended(&keys::history_prefix(workflow_id))?
@@ -296,6 +318,7 @@ impl<K: Kv> Store for KvStore<K> {
     }
 
     fn put_lease(&self, workflow_id: &str, task_id: &str, lease: &Lease) -> Result<()> {
+        fit(workflow_id)?;
         // Not flushed on its own: a lost lease only re-runs an idempotent attempt.
         self.kv.apply_unflushed(vec![(keys::task(keys::LEASE, workflow_id, task_id), Some(lease.encode_to_vec()))])
     }

@@ -29,6 +29,7 @@ mod wal;
 pub mod conformance;
 
 pub use group_commit::Durable;
+pub use keys::MAX_WORKFLOW_ID_BYTES;
 pub use kv_store::KvStore;
 pub use memory::MemoryStore;
 pub use records::{Lease, OutboxRecord, TaskRecord, TimerRecord};
@@ -55,6 +56,10 @@ pub enum Error {
     /// The commit's first event does not follow the stored history.
     #[error("history of {workflow_id} is at {stored}, the commit starts at {requested}")]
     SequenceConflict { workflow_id: String, stored: u64, requested: u64 },
+    /// A workflow id longer than a key can hold ([`MAX_WORKFLOW_ID_BYTES`]).
+    /// The API refuses such ids first; this guards ids the server derives.
+    #[error("workflow id of {len} bytes is longer than the store's limit of {MAX_WORKFLOW_ID_BYTES}: {prefix}…")]
+    IdTooLong { prefix: String, len: usize },
     /// An earlier flush failed; nothing more is acknowledged.
     #[error("a flush failed earlier ({0}); the store is read-only until restarted")]
     FlushFailed(String),
