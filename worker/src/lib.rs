@@ -59,6 +59,7 @@
 
 mod activity;
 mod backoff;
+mod config;
 mod error;
 mod runner;
 pub mod trace;

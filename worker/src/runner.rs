@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
@@ -34,9 +35,9 @@ use tracing::{Instrument, Span, debug, error, info, info_span, warn};
 
 use crate::activity::{ActivityContext, ActivityError, Handler, HandlerResult};
 use crate::backoff::Backoff;
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::trace::{self, FinishedSpan};
-use crate::worker::{Config, Worker};
 
 /// After a drain, how long to wait for the orchestrator to close its side of
 /// the stream, so that it sees a clean end rather than a reset.
@@ -178,8 +179,12 @@ impl Session {
 }
 
 impl Runner {
-    pub(crate) fn new(worker: Worker, shutdown: Shutdown) -> Self {
-        let Worker { config, handlers, drain } = worker;
+    pub(crate) fn new(
+        config: Config,
+        handlers: HashMap<String, Handler>,
+        drain: Arc<watch::Sender<bool>>,
+        shutdown: Shutdown,
+    ) -> Self {
         let max = usize::try_from(config.max_concurrency).unwrap_or(usize::MAX);
         let mut activity_types: Vec<String> = handlers.keys().cloned().collect();
         activity_types.sort_unstable();

@@ -9,10 +9,11 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
-use tonic::metadata::{Ascii, MetadataValue};
+use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::activity::{self, ActivityContext, ActivityError, Handler};
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::runner::Runner;
 
@@ -45,22 +46,6 @@ pub struct Worker {
     pub(crate) config: Config,
     pub(crate) handlers: HashMap<String, Handler>,
     pub(crate) drain: Arc<watch::Sender<bool>>,
-}
-
-/// Settings the run loop reads; fixed once built.
-#[derive(Debug, Clone)]
-pub(crate) struct Config {
-    pub(crate) endpoint: Endpoint,
-    /// Used instead of dialing `endpoint` when set (see [`WorkerBuilder::channel`]).
-    pub(crate) channel: Option<Channel>,
-    /// `Bearer TOKEN`, sent on every session; `None` when the server runs without auth.
-    pub(crate) token: Option<MetadataValue<Ascii>>,
-    pub(crate) connect_timeout: Duration,
-    pub(crate) worker_id: String,
-    pub(crate) max_concurrency: u32,
-    pub(crate) drain_timeout: Duration,
-    pub(crate) backoff_initial: Duration,
-    pub(crate) backoff_max: Duration,
 }
 
 impl std::fmt::Debug for Worker {
@@ -136,7 +121,7 @@ impl Worker {
         // A task of the runtime rather than the caller's future: under
         // `#[tokio::main]` that future runs on the main thread, outside the
         // worker pool, and every task's start and end would wake a thread.
-        let mut runner = AbortOnDrop(tokio::spawn(Runner::new(self, shutdown).run()));
+        let mut runner = AbortOnDrop(tokio::spawn(Runner::new(self.config, self.handlers, self.drain, shutdown).run()));
         match (&mut runner.0).await {
             Ok(result) => result,
             Err(stopped) if stopped.is_panic() => std::panic::resume_unwind(stopped.into_panic()),
