@@ -9,6 +9,7 @@
 //! a later one went through. Across workflows, publishes are pipelined.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
@@ -16,7 +17,6 @@ use tokio::sync::watch;
 
 use super::broker::{self, Event};
 use super::{Backoff, Error, RelayOptions, Result};
-use crate::runtime::Runtime;
 use crate::store::{OutboxRecord, Store};
 
 /// While idle, the relay re-reads the outbox at least this often, in case a
@@ -30,7 +30,9 @@ const COUNT_PAGE: usize = 4096;
 /// [`RelayOptions`]; see [`Relay::run`].
 pub struct Relay {
     options: RelayOptions,
-    runtime: Runtime,
+    store: Arc<dyn Store>,
+    /// Ticks when a commit added outbox records, so that the relay wakes at once.
+    outbox_changes: watch::Receiver<u64>,
 }
 
 /// What one window came to.
@@ -44,8 +46,8 @@ struct WindowOutcome {
 }
 
 impl Relay {
-    pub fn new(options: RelayOptions, runtime: Runtime) -> Self {
-        Self { options, runtime }
+    pub fn new(options: RelayOptions, store: Arc<dyn Store>, outbox_changes: watch::Receiver<u64>) -> Self {
+        Self { options, store, outbox_changes }
     }
 
     /// The event loop. It never gives up on the broker: while it is away the
@@ -72,7 +74,7 @@ impl Relay {
             _ = stop.changed() => return,
         }
         let js = jetstream::ContextBuilder::new().timeout(self.options.ack_timeout).build(client.clone());
-        let mut changes = self.runtime.outbox_changes();
+        let mut changes = self.outbox_changes.clone();
         let mut backoff = Backoff::new(self.options.backoff_initial, self.options.backoff_max);
         let mut backlog = Backlog::default();
         let mut stream_ready = false;
@@ -135,7 +137,7 @@ impl Relay {
         backlog: &mut Backlog,
         published_total: &mut u64,
     ) -> Result<Round> {
-        let store = self.runtime.store();
+        let store = &self.store;
         // Publish only what a crash cannot undo: an event relayed for a
         // decision that was then lost would be a lie.
         store.barrier().wait().await?;
