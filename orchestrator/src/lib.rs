@@ -16,7 +16,6 @@ pub mod limits;
 pub mod metrics;
 pub mod os_tuning;
 pub mod registry;
-pub mod relay;
 pub mod runtime;
 pub mod server;
 pub mod telemetry;
@@ -24,6 +23,7 @@ pub mod tls;
 
 pub use registry::Registry;
 pub use sagaflow_engine as engine;
+pub use sagaflow_relay as relay;
 pub use sagaflow_store as store;
 pub use sagaflow_workflows as workflows;
 pub use server::{Options, Server, Storage};

@@ -292,7 +292,10 @@ impl Server {
         }
         tasks.push(tokio::spawn(jobs::schedule(runtime.clone(), jobs_options, stopped.clone())));
         if let Some(relay) = options.relay {
-            tasks.push(tokio::spawn(crate::relay::Relay::new(relay, Arc::clone(runtime.store()), runtime.outbox_changes()).run(stopped.clone())));
+            tasks.push(tokio::spawn(
+                crate::relay::Relay::new(relay, Arc::clone(runtime.store()), runtime.outbox_changes())
+                    .run(stopped.clone()),
+            ));
         }
         let mut stopped_grpc = stopped;
         tasks.push(tokio::spawn(async move {

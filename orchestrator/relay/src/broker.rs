@@ -9,7 +9,7 @@ use async_nats::jetstream::{self, ErrorCode, stream};
 use serde_json::Value;
 
 use super::{DLQ_STREAM, DLQ_SUBJECT_PREFIX, EVENTS_SUBJECT_PREFIX, Error, RelayOptions, Result};
-use crate::store::OutboxRecord;
+use sagaflow_store::OutboxRecord;
 
 /// Header names. `Nats-Msg-Id` is JetStream's dedupe key; everything a
 /// consumer needs is in the `Sagaflow-*` headers, so that a replay can carry

@@ -43,7 +43,7 @@ pub enum Error {
     Broker { action: &'static str, reason: String },
     /// The orchestrator's store failed under the relay.
     #[error("outbox: {0}")]
-    Store(#[from] crate::store::Error),
+    Store(#[from] sagaflow_store::Error),
     /// A consumer's own store failed; it stops rather than ack what it did not keep.
     #[error("read model in {dir}: {reason}")]
     ReadModel { dir: String, reason: String },

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use super::broker::{self, Event};
 use super::{Backoff, Error, RelayOptions, Result};
-use crate::store::{OutboxRecord, Store};
+use sagaflow_store::{OutboxRecord, Store};
 
 /// While idle, the relay re-reads the outbox at least this often, in case a
 /// change signal was missed.
@@ -300,7 +300,7 @@ mod tests {
 
     #[test]
     fn the_backlog_counts_a_short_page_without_a_scan() {
-        let store = crate::store::MemoryStore::in_memory();
+        let store = sagaflow_store::MemoryStore::in_memory();
         let mut backlog = Backlog::default();
         backlog.observe(&store, &[record(1, "a"), record(2, "b")], 10).unwrap();
         assert_eq!(backlog.count, 2);
