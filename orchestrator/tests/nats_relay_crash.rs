@@ -34,9 +34,10 @@ async fn a_crash_between_publish_and_delete_duplicates_nothing() {
 
     let nats = NatsServer::start_on(free_port(), &dir.path().join("nats")).await;
     let crash_after = CRASH_AFTER.to_string();
-    let crashing = ServerProcess::start(
+    let crashing = ServerProcess::start_with_env(
         &data,
-        &["--definitions", definitions, "--nats-url", &nats.url, "--relay-crash-after-published", &crash_after],
+        &["--definitions", definitions, "--nats-url", &nats.url],
+        &[("SAGAFLOW_FAULT_RELAY_CRASH_AFTER_PUBLISHED", &crash_after)],
     )
     .await;
     // The fault aborts the process (no shutdown, no flush) right after the

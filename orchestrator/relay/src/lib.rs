@@ -90,10 +90,6 @@ pub struct RelayOptions {
     pub duplicate_window: Duration,
     /// Stream replicas: 1 for a single server, 3 for a production cluster.
     pub replicas: usize,
-    /// Fault injection for tests: the process aborts after this many events
-    /// were acknowledged by the broker and before their outbox records are
-    /// deleted, the exact window a crash re-publishes.
-    pub crash_after_published: Option<u64>,
 }
 
 impl RelayOptions {
@@ -108,7 +104,6 @@ impl RelayOptions {
             backoff_max: Duration::from_secs(2),
             duplicate_window: Duration::from_secs(10 * 60),
             replicas: 1,
-            crash_after_published: None,
         }
     }
 }

@@ -162,12 +162,8 @@ impl Relay {
         }
         if !outcome.acked.is_empty() {
             *published_total += outcome.acked.len() as u64;
-            if let Some(limit) = self.options.crash_after_published
-                && *published_total >= limit
-            {
-                tracing::error!(published = *published_total, "fault injection: crashing after publish, before delete");
-                std::process::abort();
-            }
+            #[cfg(feature = "fault-injection")]
+            fault_injection::crash_if_due(*published_total);
             store.delete_outbox(&outcome.acked)?.wait().await?;
             backlog.deleted(outcome.acked.len());
             metrics::counter!("sagaflow_outbox_relayed_total").increment(outcome.acked.len() as u64);
@@ -275,6 +271,23 @@ fn count(store: &dyn Store) -> Result<u64> {
         match page.last() {
             Some(last) if page.len() == COUNT_PAGE => after = last.seq,
             _ => return Ok(total),
+        }
+    }
+}
+
+/// Test builds only (the tests enable the feature; a release build has no
+/// trace of it): `SAGAFLOW_FAULT_RELAY_CRASH_AFTER_PUBLISHED=N` aborts the
+/// process once N events were acknowledged by the broker and before their
+/// outbox records are deleted, the exact window a crash re-publishes.
+#[cfg(feature = "fault-injection")]
+mod fault_injection {
+    const CRASH_AFTER_PUBLISHED: &str = "SAGAFLOW_FAULT_RELAY_CRASH_AFTER_PUBLISHED";
+
+    pub(super) fn crash_if_due(published_total: u64) {
+        let limit = std::env::var(CRASH_AFTER_PUBLISHED).ok().and_then(|v| v.parse::<u64>().ok());
+        if limit.is_some_and(|limit| published_total >= limit) {
+            tracing::error!(published = published_total, "fault injection: crashing after publish, before delete");
+            std::process::abort();
         }
     }
 }

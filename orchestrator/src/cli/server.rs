@@ -97,9 +97,6 @@ pub struct ServerArgs {
     /// resume on a server with the same factor.
     #[arg(long, default_value_t = 1.0, value_parser = parse_time_scale)]
     pub time_scale: f64,
-    /// Fault injection for tests: abort after N events were published and before their outbox records are deleted.
-    #[arg(long, hide = true)]
-    pub relay_crash_after_published: Option<u64>,
 }
 
 fn parse_time_scale(text: &str) -> Result<f64, String> {
@@ -160,10 +157,7 @@ pub async fn run(args: ServerArgs, logging: &Logging) -> anyhow::Result<()> {
             grace: args.jobs_grace,
             nats_url: None,
         },
-        relay: args.nats_url.map(|url| sagaflow_orchestrator::relay::RelayOptions {
-            crash_after_published: args.relay_crash_after_published,
-            ..sagaflow_orchestrator::relay::RelayOptions::new(url)
-        }),
+        relay: args.nats_url.map(sagaflow_orchestrator::relay::RelayOptions::new),
         auth,
         insecure: args.insecure,
         admission: AdmissionOptions {

@@ -58,6 +58,13 @@ impl ServerProcess {
         Self::start_listening(data_dir, "127.0.0.1:0", extra, None).await
     }
 
+    /// Starts with extra environment variables (the test builds' fault injection).
+    pub async fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = Self::command(data_dir, "127.0.0.1:0", extra);
+        command.envs(env.iter().copied());
+        Self::spawned(command, data_dir, None).await
+    }
+
     /// Starts with `RUST_LOG=filter` and collects its stderr in `logs`.
     pub async fn start_logged(data_dir: &Path, extra: &[&str], filter: &str) -> Self {
         Self::start_listening(data_dir, "127.0.0.1:0", extra, Some(filter)).await
@@ -75,12 +82,16 @@ impl ServerProcess {
     }
 
     async fn start_listening(data_dir: &Path, listen: &str, extra: &[&str], logged: Option<&str>) -> Self {
+        Self::spawned(Self::command(data_dir, listen, extra), data_dir, logged).await
+    }
+
+    fn command(data_dir: &Path, listen: &str, extra: &[&str]) -> Command {
         let mut command = Command::new(BIN);
         command
             .args(["server", "--listen", listen, "--http-listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra);
-        Self::spawned(command, data_dir, logged).await
+        command
     }
 
     async fn spawned(mut command: Command, data_dir: &Path, logged: Option<&str>) -> Self {
