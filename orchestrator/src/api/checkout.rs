@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::{Origin, invalid, store_status};
+use super::{Origin, invalid};
 use crate::auth::{self, Principal};
 use crate::engine::{is_side_task, timeout_leaves_outcome_unknown};
 use crate::runtime::{Runtime, StartRequest};
@@ -324,20 +324,16 @@ impl CheckoutApi {
         if summary.workflow_type != CHECKOUT || !caller.may_read(&summary.labels) {
             return Err(Status::not_found(format!("checkout {checkout_id} not found")));
         }
-        let history = self.runtime.store().history(checkout_id, 1, usize::MAX).map_err(store_status)?;
+        let history = self.runtime.history(checkout_id, 1, usize::MAX)?;
         Ok((CheckoutView::from_history(&history), summary))
     }
 
     /// Refunds of a checkout: `(refunded by completed refunds, asked by refunds still running)`.
     async fn refunds(&self, checkout_id: &str) -> Result<(i64, i64), Status> {
-        let page = self
-            .runtime
-            .store()
-            .list(&refunds_prefix(checkout_id), None, 10_000, 10_000, &|_| true)
-            .map_err(store_status)?;
+        let page = self.runtime.list(&refunds_prefix(checkout_id), None, 10_000, 10_000, &|_| true).await?;
         let (mut refunded, mut pending) = (0, 0);
         for summary in page.workflows {
-            let history = self.runtime.store().history(&summary.workflow_id, 1, usize::MAX).map_err(store_status)?;
+            let history = self.runtime.history(&summary.workflow_id, 1, usize::MAX)?;
             let refund = CheckoutView::from_history(&history);
             let amount = refund.input["amount_cents"].as_i64().unwrap_or(0);
             if refund.steps.contains_key("refund") {
@@ -449,9 +445,7 @@ impl CheckoutService for CheckoutApi {
         // refunds. Refunds started before the scoping were filed under the
         // bare id; a retry of one must find it there, or it would refund twice.
         let legacy = format!("refund:{}", request.refund_id);
-        let request_id = if self.runtime.store().workflow_for_request(&legacy).map_err(store_status)?.as_deref()
-            == Some(workflow_id.as_str())
-        {
+        let request_id = if self.runtime.workflow_for_request(&legacy)?.as_deref() == Some(workflow_id.as_str()) {
             legacy
         } else {
             format!("refund:{}:{}", request.checkout_id, request.refund_id)
@@ -476,7 +470,7 @@ impl CheckoutService for CheckoutApi {
         };
         // A retried refund request is not a new refund: let the start's own
         // idempotency answer it before checking amounts.
-        if self.runtime.store().workflow_for_request(&request_id).map_err(store_status)?.is_some() {
+        if self.runtime.workflow_for_request(&request_id)?.is_some() {
             let (refund_workflow_id, already_started) = self.runtime.start_workflow(start).await?;
             return Ok(Response::new(RefundCheckoutResponse { refund_workflow_id, already_started }));
         }

@@ -57,11 +57,7 @@ impl EventService for EventsApi {
             loop {
                 changes.mark_unchanged();
                 // Only durable records are shown.
-                if let Err(e) = runtime.store().barrier().wait().await {
-                    let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
-                    return;
-                }
-                let page = match runtime.store().outbox(cursor, PAGE) {
+                let page = match runtime.outbox_page(cursor, PAGE).await {
                     Ok(page) => page,
                     Err(e) => {
                         let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;

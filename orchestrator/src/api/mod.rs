@@ -83,8 +83,3 @@ pub(crate) fn traceparent<T>(request: &tonic::Request<T>) -> String {
         .map(str::to_owned)
         .unwrap_or_default()
 }
-
-/// A store failure as the status a caller sees.
-pub(crate) fn store_status(error: crate::store::Error) -> Status {
-    Error::Store(error).into()
-}

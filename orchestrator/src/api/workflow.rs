@@ -7,17 +7,16 @@ use sagaflow_proto::v1::{
     AwaitWorkflowRequest, AwaitWorkflowResponse, CancelWorkflowRequest, CancelWorkflowResponse,
     DescribeWorkflowRequest, DescribeWorkflowResponse, ExecuteWorkflowRequest, ExecuteWorkflowResponse,
     GetWorkflowHistoryRequest, GetWorkflowHistoryResponse, ListQueuesRequest, ListQueuesResponse,
-    ListWorkflowTypesRequest, ListWorkflowTypesResponse, ListWorkflowsRequest, ListWorkflowsResponse, PendingActivity,
-    QueueInfo, QueueWorker, ResolveActivityRequest, ResolveActivityResponse, ResolvedOutcome, SignalWorkflowRequest,
+    ListWorkflowTypesRequest, ListWorkflowTypesResponse, ListWorkflowsRequest, ListWorkflowsResponse, QueueInfo,
+    QueueWorker, ResolveActivityRequest, ResolveActivityResponse, ResolvedOutcome, SignalWorkflowRequest,
     SignalWorkflowResponse, StartWorkflowRequest, StartWorkflowResponse, TerminateWorkflowRequest,
     TerminateWorkflowResponse, WorkflowStatus, WorkflowSummary, WorkflowType,
 };
 use tonic::{Request, Response, Status};
 
-use super::{Origin, invalid, store_status};
+use super::{Origin, invalid};
 use crate::auth::{self, Principal, Role};
-use crate::engine::{Input, Resolution, StepStatus};
-use crate::runtime::dispatch::TaskState;
+use crate::engine::{Input, Resolution};
 use crate::runtime::{Runtime, StartRequest};
 use sagaflow_proto::is_terminal;
 
@@ -152,72 +151,8 @@ impl WorkflowService for WorkflowApi {
         let caller = auth::principal(&request);
         let workflow_id = request.into_inner().workflow_id;
         let summary = self.summary(&workflow_id, &caller).await?;
-        let (state, definition) = self.runtime.state(&workflow_id).await?;
-        let step_name = |i: usize| definition.steps.get(i).map(|s| s.name.clone()).unwrap_or_default();
-        let mut pending: Vec<PendingActivity> = state
-            .tasks
-            .values()
-            .map(|task| {
-                let view = self.runtime.dispatch().view(&workflow_id, &task.task_id);
-                let (task_state, worker_id) = match view.map(|v| v.state) {
-                    Some(TaskState::Leased { worker_id, .. }) => ("LEASED", worker_id),
-                    _ => ("QUEUED", String::new()),
-                };
-                PendingActivity {
-                    task_id: task.task_id.clone(),
-                    step: step_name(task.step_index),
-                    activity_type: task.activity_type.clone(),
-                    attempt: task.attempt,
-                    compensation: task.compensation,
-                    state: task_state.into(),
-                    worker_id,
-                    scheduled_ms: task.scheduled_ms,
-                    next_attempt_ms: 0,
-                    last_failure: state
-                        .track(task.step_index, task.compensation)
-                        .map(|t| t.last_failure.clone())
-                        .unwrap_or_default(),
-                }
-            })
-            .collect();
-        for (index, step) in state.steps.iter().enumerate() {
-            for (track, compensation) in [(&step.forward, false), (&step.undo, true)] {
-                if let Some(at) = track.retry_at {
-                    pending.push(PendingActivity {
-                        task_id: crate::engine::task_id(index, compensation, track.attempt + 1),
-                        step: step_name(index),
-                        activity_type: definition
-                            .steps
-                            .get(index)
-                            .and_then(|s| s.activity_type())
-                            .unwrap_or_default()
-                            .into(),
-                        attempt: track.attempt + 1,
-                        compensation,
-                        state: "BACKOFF".into(),
-                        next_attempt_ms: at,
-                        last_failure: track.last_failure.clone(),
-                        ..Default::default()
-                    });
-                }
-            }
-        }
-        let step_results = definition
-            .steps
-            .iter()
-            .zip(&state.steps)
-            .filter(|(_, s)| s.status == StepStatus::Completed || s.status == StepStatus::Compensated)
-            .filter_map(|(d, _)| {
-                state.context.0.pointer(&format!("/steps/{}", d.name)).map(|v| (d.name.clone(), v.to_string()))
-            })
-            .collect();
-        Ok(Response::new(DescribeWorkflowResponse {
-            summary: Some(summary),
-            pending_activities: pending,
-            result: state.result.clone(),
-            reason: if state.reason.is_empty() { state.compensation_reason.clone() } else { state.reason.clone() },
-            step_results,
-        }))
+        let description = self.runtime.description(&workflow_id).await?;
+        Ok(Response::new(DescribeWorkflowResponse { summary: Some(summary), ..description }))
     }
 
     async fn get_workflow_history(
@@ -234,11 +169,11 @@ impl WorkflowService for WorkflowApi {
             n => n.min(MAX_HISTORY_PAGE),
         } as usize;
         let from = request.from_seq.max(1);
-        let mut events = self.runtime.store().history(&request.workflow_id, from, page).map_err(store_status)?;
+        let mut events = self.runtime.history(&request.workflow_id, from, page)?;
         if events.is_empty() && request.wait_ms > 0 && !is_terminal(summary.status) {
             self.runtime.wait_for_change(&request.workflow_id, from - 1, wait_budget(request.wait_ms)).await?;
             summary = self.runtime.describe(&request.workflow_id).await?;
-            events = self.runtime.store().history(&request.workflow_id, from, page).map_err(store_status)?;
+            events = self.runtime.history(&request.workflow_id, from, page)?;
         }
         let next_seq = events.last().map_or(from, |e| e.seq + 1);
         let terminal = is_terminal(summary.status) && next_seq > summary.history_length;
@@ -266,13 +201,8 @@ impl WorkflowService for WorkflowApi {
                 && request.labels.iter().all(|(k, v)| s.labels.get(k) == Some(v))
                 && (!request.stuck_only || !s.stuck_reason.is_empty())
         };
-        self.runtime.store().barrier().wait().await.map_err(crate::runtime::Error::from)?;
         let after = (!request.page_token.is_empty()).then_some(request.page_token.as_str());
-        let page = self
-            .runtime
-            .store()
-            .list("", after, limit, LIST_SCAN_BUDGET, &filter)
-            .map_err(crate::runtime::Error::from)?;
+        let page = self.runtime.list("", after, limit, LIST_SCAN_BUDGET, &filter).await?;
         Ok(Response::new(ListWorkflowsResponse {
             workflows: page.workflows,
             next_page_token: page.next_after.unwrap_or_default(),

@@ -6,9 +6,11 @@
 //! [`store`](crate::store) commits, [`dispatch`] hands out work, and
 //! [`timers`] wake what waits.
 
+mod describe;
 pub mod dispatch;
 pub mod lease_token;
 mod outbox;
+mod reads;
 mod records;
 mod recovery;
 mod stuck;
@@ -160,7 +162,9 @@ impl Runtime {
         Ok(runtime)
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
+    /// For the server's own wiring (health, the relay, the jobs); the API
+    /// reads through the runtime's methods instead (`reads.rs`).
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
     }
 

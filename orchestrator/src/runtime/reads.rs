@@ -1,0 +1,42 @@
+//! What the API reads, through the runtime: every reply built from stored
+//! records waits for the durability barrier first, so that no reply shows
+//! what a crash could undo. The API never holds the store itself.
+
+use sagaflow_proto::v1::{HistoryEvent, WorkflowSummary};
+
+use super::{Result, Runtime};
+use crate::store::{IndexPage, OutboxRecord};
+
+impl Runtime {
+    /// Events `from_seq..` of a workflow, at most `limit`. Read after
+    /// [`describe`](Runtime::describe) (which waits on the barrier), so that
+    /// a terminal summary means no event follows these.
+    pub fn history(&self, workflow_id: &str, from_seq: u64, limit: usize) -> Result<Vec<HistoryEvent>> {
+        Ok(self.inner.store.history(workflow_id, from_seq, limit)?)
+    }
+
+    /// The workflow a start's request id created, if any.
+    pub fn workflow_for_request(&self, request_id: &str) -> Result<Option<String>> {
+        Ok(self.inner.store.workflow_for_request(request_id)?)
+    }
+
+    /// A page of the workflow index under `id_prefix`, after the barrier.
+    /// See [`Store::list`](crate::store::Store::list) for the bounds.
+    pub async fn list(
+        &self,
+        id_prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        scan_budget: usize,
+        filter: &(dyn Fn(&WorkflowSummary) -> bool + Sync),
+    ) -> Result<IndexPage> {
+        self.inner.store.barrier().wait().await?;
+        Ok(self.inner.store.list(id_prefix, after, limit, scan_budget, filter)?)
+    }
+
+    /// Outbox records after `after`, at most `limit`, only durable ones.
+    pub async fn outbox_page(&self, after: u64, limit: usize) -> Result<Vec<OutboxRecord>> {
+        self.inner.store.barrier().wait().await?;
+        Ok(self.inner.store.outbox(after, limit)?)
+    }
+}
