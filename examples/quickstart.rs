@@ -5,6 +5,7 @@
 //! Run it with `cargo run -p sagaflow-examples --example quickstart`.
 
 use sagaflow_activities::{Faults, Shop, ShopOptions};
+use sagaflow_orchestrator::api::CheckoutExtension;
 use sagaflow_orchestrator::server::default_registry;
 use sagaflow_orchestrator::{Options, Server, Storage};
 use sagaflow_proto::EventName;
@@ -24,7 +25,8 @@ async fn main() -> anyhow::Result<()> {
         http_listen: None,
         ..Options::default()
     };
-    let server = Server::start(options, default_registry()).await?;
+    let server =
+        Server::builder().options(options).definitions(default_registry()).extension(CheckoutExtension).start().await?;
     let shop = Shop::open(data.path().join("shop"), ShopOptions::default(), Faults::default())?;
     let worker = shop.register(Worker::builder(server.url()).worker_id("quickstart-shop")).build()?;
     let worker_handle = worker.handle();

@@ -5,6 +5,7 @@ pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod connections;
+pub mod extension;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -21,6 +22,7 @@ pub mod server;
 pub mod telemetry;
 pub mod tls;
 
+pub use extension::Extension;
 pub use registry::Registry;
 pub use sagaflow_engine as engine;
 pub use sagaflow_relay as relay;

@@ -13,9 +13,11 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::admission::{Admission, AdmissionLayer, AdmissionOptions};
-use crate::api::{CheckoutApi, EventsApi, WorkerApi, WorkflowApi};
+use crate::api::{EventsApi, WorkerApi, WorkflowApi};
+use crate::auth::policy::Policy;
 use crate::auth::{AuthLayer, Tokens};
 use crate::connections::{Gate, GatedListener};
+use crate::extension::Extension;
 use crate::jobs::{self, JobsOptions};
 use crate::limits::Limits;
 use crate::registry::Registry;
@@ -23,7 +25,6 @@ use crate::runtime::lease_token::LeaseKey;
 use crate::runtime::{Runtime, StuckPolicy};
 use crate::store::{MemoryStore, SledStore, Store};
 use crate::tls::TlsFiles;
-use sagaflow_proto::checkout::v1::checkout_service_server::CheckoutServiceServer;
 use sagaflow_proto::v1::event_service_server::EventServiceServer;
 
 #[derive(Debug, thiserror::Error)]
@@ -128,9 +129,61 @@ pub struct Server {
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// Assembles a server: `Server::builder().options(…).definitions(…).extension(…).start()`.
+#[derive(Default)]
+pub struct ServerBuilder {
+    options: Options,
+    registry: Registry,
+    extensions: Vec<Box<dyn Extension>>,
+}
+
+impl std::fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let services: Vec<&str> = self.extensions.iter().map(|e| e.service_name()).collect();
+        f.debug_struct("ServerBuilder").field("options", &self.options).field("extensions", &services).finish()
+    }
+}
+
+impl ServerBuilder {
+    pub fn options(mut self, options: Options) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The saga definitions it runs.
+    pub fn definitions(mut self, registry: Registry) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// A gRPC service of the application's, served beside the platform's.
+    pub fn extension(mut self, extension: impl Extension) -> Self {
+        self.extensions.push(Box::new(extension));
+        self
+    }
+
+    pub async fn start(self) -> Result<Server, Error> {
+        Server::assemble(self.options, self.registry, self.extensions).await
+    }
+}
+
 impl Server {
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    /// A server with the platform's services only; see [`Server::builder`].
     pub async fn start(options: Options, registry: Registry) -> Result<Self, Error> {
+        Self::builder().options(options).definitions(registry).start().await
+    }
+
+    async fn assemble(
+        options: Options,
+        registry: Registry,
+        extensions: Vec<Box<dyn Extension>>,
+    ) -> Result<Self, Error> {
         options.check_exposure()?;
+        let policy = Arc::new(Policy::with_rules(extensions.iter().flat_map(|e| e.rules())));
         let store: Arc<dyn Store> = match &options.storage {
             Storage::Sled(dir) => Arc::new(
                 SledStore::open(&dir.join("orchestrator"))
@@ -192,16 +245,18 @@ impl Server {
         // Serving before the first call can arrive; `health::report` then follows the store.
         health_reporter.set_serving::<WorkflowServiceServer<WorkflowApi>>().await;
         health_reporter.set_serving::<WorkerServiceServer<WorkerApi>>().await;
-        health_reporter.set_serving::<CheckoutServiceServer<CheckoutApi>>().await;
         health_reporter.set_serving::<EventServiceServer<EventsApi>>().await;
+        for extension in &extensions {
+            health_reporter.set_service_status(extension.service_name(), tonic_health::ServingStatus::Serving).await;
+        }
         {
             use tonic::server::NamedService;
-            let services = vec![
+            let mut services = vec![
                 WorkflowServiceServer::<WorkflowApi>::NAME,
                 WorkerServiceServer::<WorkerApi>::NAME,
-                CheckoutServiceServer::<CheckoutApi>::NAME,
                 EventServiceServer::<EventsApi>::NAME,
             ];
+            services.extend(extensions.iter().map(|e| e.service_name()));
             tasks.push(tokio::spawn(crate::health::report(health_reporter, services, store_health)));
         }
         let described = || {
@@ -230,6 +285,10 @@ impl Server {
         let max_message = max_message_bytes(&options.limits);
         let admission = Arc::new(Admission::new(options.admission));
         // Auth first, so that admission knows whose budget a call is charged to.
+        let mut routes = tonic::service::RoutesBuilder::default();
+        for extension in &extensions {
+            extension.add_to(&mut routes, &runtime, max_message);
+        }
         let router = builder
             .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
             // Half-open and dead peers are found by pings (connections.rs).
@@ -237,8 +296,9 @@ impl Server {
             .http2_keepalive_timeout(Some(crate::connections::KEEPALIVE_TIMEOUT))
             .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
             .layer(tower::util::MapResponseLayer::new(crate::api::decode_errors_are_invalid_arguments))
-            .layer(AuthLayer::new(auth))
-            .layer(AdmissionLayer::new(admission))
+            .layer(AuthLayer::new(auth, Arc::clone(&policy)))
+            .layer(AdmissionLayer::new(admission, Arc::clone(&policy)))
+            .add_routes(routes.routes())
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_v1alpha)
@@ -247,9 +307,6 @@ impl Server {
             )
             .add_service(
                 WorkerServiceServer::new(WorkerApi::new(runtime.clone())).max_decoding_message_size(max_message),
-            )
-            .add_service(
-                CheckoutServiceServer::new(CheckoutApi::new(runtime.clone())).max_decoding_message_size(max_message),
             )
             .add_service(
                 EventServiceServer::new(EventsApi::new(runtime.clone())).max_decoding_message_size(max_message),
@@ -262,7 +319,7 @@ impl Server {
         // in-memory transport, behind the same auth layer: it needs neither
         // the public listener's address nor its TLS.
         let (jobs_channel, jobs_incoming) = crate::in_process::channel();
-        let internal = tonic::transport::Server::builder().layer(AuthLayer::new(internal_auth)).add_service(
+        let internal = tonic::transport::Server::builder().layer(AuthLayer::new(internal_auth, policy)).add_service(
             WorkerServiceServer::new(WorkerApi::new(runtime.clone())).max_decoding_message_size(max_message),
         );
         let mut stopped_internal = stopped.clone();

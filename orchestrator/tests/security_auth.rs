@@ -12,7 +12,10 @@ use std::time::Duration;
 use common::secure::{self, BENCH_WORKER, CLIENT, OPERATOR, OTHER_CLIENT, WORKER, raw_call, with_token};
 use common::{BIN, ServerProcess, WorkerProcess, start_request};
 use prost::Message;
-use sagaflow_orchestrator::auth::{Role, policy};
+use sagaflow_orchestrator::Extension;
+use sagaflow_orchestrator::api::CheckoutExtension;
+use sagaflow_orchestrator::auth::Role;
+use sagaflow_orchestrator::auth::policy::Policy;
 use sagaflow_proto::checkout::v1::GetCheckoutRequest;
 use sagaflow_proto::checkout::v1::checkout_service_client::CheckoutServiceClient;
 use sagaflow_proto::v1::worker_service_client::WorkerServiceClient;
@@ -106,9 +109,14 @@ impl Caller {
     }
 }
 
+/// The table of the server under test: the platform's and the shop's.
+fn table() -> Policy {
+    Policy::with_rules(CheckoutExtension.rules())
+}
+
 /// What the matrix expects of one cell, derived from the server's own table.
 fn expected(method: &str, caller: Caller) -> Option<Code> {
-    let roles = policy::rule(method).unwrap_or_else(|| panic!("{method} has no entry in the role table"));
+    let roles = table().rule(method).unwrap_or_else(|| panic!("{method} has no entry in the role table"));
     if roles.is_empty() {
         return None;
     }
@@ -144,7 +152,7 @@ async fn the_authorization_matrix_holds_for_every_rpc_and_every_caller() {
     methods.push("/grpc.health.v1.Health/Check".into());
     // The table agrees with the roles written out independently above.
     for method in &methods {
-        let roles = policy::rule(method).unwrap_or_else(|| panic!("{method} has no entry in the role table"));
+        let roles = table().rule(method).unwrap_or_else(|| panic!("{method} has no entry in the role table"));
         let client = CLIENT_METHODS.contains(&method.as_str());
         let worker = WORKER_METHODS.contains(&method.as_str());
         assert_eq!(roles.contains(&Role::Client), client, "{method}: client");

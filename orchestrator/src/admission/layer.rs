@@ -12,16 +12,18 @@ use tonic::metadata::MetadataValue;
 use tower::{Layer, Service};
 
 use super::{Admission, Budget, Refused};
-use crate::auth::{Principal, Role, policy};
+use crate::auth::policy::Policy;
+use crate::auth::{Principal, Role};
 
 #[derive(Debug, Clone)]
 pub struct AdmissionLayer {
     admission: Arc<Admission>,
+    policy: Arc<Policy>,
 }
 
 impl AdmissionLayer {
-    pub fn new(admission: Arc<Admission>) -> Self {
-        Self { admission }
+    pub fn new(admission: Arc<Admission>, policy: Arc<Policy>) -> Self {
+        Self { admission, policy }
     }
 }
 
@@ -29,7 +31,7 @@ impl<S> Layer<S> for AdmissionLayer {
     type Service = Admit<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Admit { inner, admission: Arc::clone(&self.admission) }
+        Admit { inner, admission: Arc::clone(&self.admission), policy: Arc::clone(&self.policy) }
     }
 }
 
@@ -37,11 +39,12 @@ impl<S> Layer<S> for AdmissionLayer {
 pub struct Admit<S> {
     inner: S,
     admission: Arc<Admission>,
+    policy: Arc<Policy>,
 }
 
 /// The budget of a call to `path` by `caller` (`None` when auth is off).
-fn budget(path: &str, caller: Option<&Principal>) -> Budget {
-    if policy::allowed(path).is_empty() || path == "/sagaflow.v1.WorkerService/OpenSession" {
+fn budget(policy: &Policy, path: &str, caller: Option<&Principal>) -> Budget {
+    if policy.allowed(path).is_empty() || path == "/sagaflow.v1.WorkerService/OpenSession" {
         return Budget::Exempt;
     }
     match caller {
@@ -50,7 +53,7 @@ fn budget(path: &str, caller: Option<&Principal>) -> Budget {
         Some(Principal { role: Role::Client, name, .. }) => Budget::Client { token: name.clone() },
         // Without auth everyone is one anonymous caller; the methods only an
         // operator would call keep their own budget so that they still get through.
-        None if policy::is_operator_only(path) => Budget::Operator,
+        None if policy.is_operator_only(path) => Budget::Operator,
         None => Budget::Client { token: "anonymous".into() },
     }
 }
@@ -99,7 +102,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let budget = budget(request.uri().path(), request.extensions().get::<Principal>());
+        let budget = budget(&self.policy, request.uri().path(), request.extensions().get::<Principal>());
         match self.admission.admit(&budget) {
             Ok(admitted) => {
                 let call = self.inner.call(request);
@@ -134,12 +137,12 @@ mod tests {
         let cancel = "/sagaflow.v1.WorkflowService/CancelWorkflow";
         let client = Principal { name: "shop".into(), role: Role::Client, queues: None };
         let operator = Principal { name: "ops".into(), role: Role::Operator, queues: None };
-        assert_eq!(budget(start, Some(&client)), Budget::Client { token: "shop".into() });
-        assert_eq!(budget(start, Some(&operator)), Budget::Operator);
-        assert_eq!(budget(start, None), Budget::Client { token: "anonymous".into() });
-        assert_eq!(budget(cancel, None), Budget::Operator);
-        assert_eq!(budget("/sagaflow.v1.WorkerService/OpenSession", None), Budget::Exempt);
-        assert_eq!(budget("/grpc.health.v1.Health/Check", None), Budget::Exempt);
+        assert_eq!(budget(&Policy::default(), start, Some(&client)), Budget::Client { token: "shop".into() });
+        assert_eq!(budget(&Policy::default(), start, Some(&operator)), Budget::Operator);
+        assert_eq!(budget(&Policy::default(), start, None), Budget::Client { token: "anonymous".into() });
+        assert_eq!(budget(&Policy::default(), cancel, None), Budget::Operator);
+        assert_eq!(budget(&Policy::default(), "/sagaflow.v1.WorkerService/OpenSession", None), Budget::Exempt);
+        assert_eq!(budget(&Policy::default(), "/grpc.health.v1.Health/Check", None), Budget::Exempt);
     }
 
     #[test]

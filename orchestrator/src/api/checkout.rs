@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use sagaflow_activities::shop::Violation;
 use sagaflow_activities::shop::audit::{Captures, HeldReservations};
 use sagaflow_activities::shop::payments::METHODS as PAYMENT_METHODS;
-use sagaflow_proto::checkout::v1::checkout_service_server::CheckoutService;
+use sagaflow_proto::checkout::v1::checkout_service_server::{CheckoutService, CheckoutServiceServer};
 use sagaflow_proto::checkout::v1::{
     Checkout, CheckoutStatus, GetCheckoutRequest, Line, RefundCheckoutRequest, RefundCheckoutResponse,
     StartCheckoutRequest, StartCheckoutResponse,
@@ -22,7 +22,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::{Origin, invalid};
-use crate::auth::{self, Principal};
+use crate::auth::{self, Principal, policy};
 use crate::engine::{is_side_task, timeout_leaves_outcome_unknown};
 use crate::runtime::{Runtime, StartRequest};
 use sagaflow_proto::is_terminal;
@@ -37,6 +37,34 @@ pub struct CheckoutApi {
 impl CheckoutApi {
     pub fn new(runtime: Runtime) -> Self {
         Self { runtime }
+    }
+}
+
+/// The reference shop's `CheckoutService`, plugged into a server
+/// (`Server::builder().extension(CheckoutExtension)`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CheckoutExtension;
+
+impl crate::Extension for CheckoutExtension {
+    fn service_name(&self) -> &'static str {
+        <CheckoutServiceServer<CheckoutApi> as tonic::server::NamedService>::NAME
+    }
+
+    fn rules(&self) -> Vec<(String, &'static [auth::Role])> {
+        let method = |name: &str| format!("/{}/{name}", self.service_name());
+        vec![
+            // A client reads only the checkouts it started.
+            (method("StartCheckout"), policy::CLIENT),
+            (method("GetCheckout"), policy::CLIENT),
+            // A refund moves money.
+            (method("RefundCheckout"), policy::OPERATOR),
+        ]
+    }
+
+    fn add_to(&self, routes: &mut tonic::service::RoutesBuilder, runtime: &Runtime, max_message_bytes: usize) {
+        routes.add_service(
+            CheckoutServiceServer::new(CheckoutApi::new(runtime.clone())).max_decoding_message_size(max_message_bytes),
+        );
     }
 }
 

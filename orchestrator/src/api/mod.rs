@@ -7,7 +7,9 @@ mod events;
 mod worker;
 mod workflow;
 
-pub use checkout::{CheckoutApi, CheckoutAudit, CheckoutFacts, CheckoutView, audit_checkouts, checkout_of};
+pub use checkout::{
+    CheckoutApi, CheckoutAudit, CheckoutExtension, CheckoutFacts, CheckoutView, audit_checkouts, checkout_of,
+};
 pub use decode_errors::decode_errors_are_invalid_arguments;
 pub use events::EventsApi;
 pub use worker::WorkerApi;

@@ -11,18 +11,20 @@ use tonic::Status;
 use tonic::codegen::http;
 use tower::{Layer, Service};
 
-use super::{Principal, Tokens, policy};
+use super::policy::Policy;
+use super::{Principal, Tokens};
 
 /// Installs [`Principal`]s on requests. With no tokens configured every
 /// request is [`Principal::anonymous`] and nothing is refused.
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
     tokens: Option<Arc<Tokens>>,
+    policy: Arc<Policy>,
 }
 
 impl AuthLayer {
-    pub fn new(tokens: Option<Arc<Tokens>>) -> Self {
-        Self { tokens }
+    pub fn new(tokens: Option<Arc<Tokens>>, policy: Arc<Policy>) -> Self {
+        Self { tokens, policy }
     }
 }
 
@@ -30,7 +32,7 @@ impl<S> Layer<S> for AuthLayer {
     type Service = Auth<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Auth { inner, tokens: self.tokens.clone() }
+        Auth { inner, tokens: self.tokens.clone(), policy: Arc::clone(&self.policy) }
     }
 }
 
@@ -38,6 +40,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct Auth<S> {
     inner: S,
     tokens: Option<Arc<Tokens>>,
+    policy: Arc<Policy>,
 }
 
 /// Why a request was refused; the `reason` label of `sagaflow_auth_failures_total`.
@@ -61,9 +64,13 @@ impl Refusal {
 }
 
 /// The principal for this request, or why it is refused.
-fn admit<B>(tokens: &Tokens, request: &http::Request<B>) -> Result<Option<Principal>, (Refusal, Status)> {
+fn admit<B>(
+    tokens: &Tokens,
+    policy: &Policy,
+    request: &http::Request<B>,
+) -> Result<Option<Principal>, (Refusal, Status)> {
     let path = request.uri().path();
-    let roles = policy::allowed(path);
+    let roles = policy.allowed(path);
     if roles.is_empty() {
         return Ok(None);
     }
@@ -111,7 +118,8 @@ pub async fn guard_http(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let Some(tokens) = tokens else { return next.run(request).await };
-    match admit(&tokens, &request) {
+    // The HTTP listener serves platform paths only.
+    match admit(&tokens, &Policy::default(), &request) {
         Ok(_) => next.run(request).await,
         Err((refusal, status)) => {
             record(refusal, request.uri().path(), status.message());
@@ -146,7 +154,7 @@ where
         let Some(tokens) = &self.tokens else {
             return Box::pin(self.inner.call(request));
         };
-        match admit(tokens, &request) {
+        match admit(tokens, &self.policy, &request) {
             Ok(principal) => {
                 if let Some(principal) = principal {
                     request.extensions_mut().insert(principal);
@@ -187,7 +195,8 @@ mod tests {
         let tokens = tokens();
         let start = "/sagaflow.v1.WorkflowService/StartWorkflow";
         let cancel = "/sagaflow.v1.WorkflowService/CancelWorkflow";
-        let refusal = |path, auth| admit(&tokens, &request(path, auth)).err().map(|(r, s)| (r, s.code()));
+        let refusal =
+            |path, auth| admit(&tokens, &Policy::default(), &request(path, auth)).err().map(|(r, s)| (r, s.code()));
         assert_eq!(refusal(start, None), Some((Refusal::Missing, tonic::Code::Unauthenticated)));
         assert_eq!(refusal(start, Some("Basic abc")), Some((Refusal::Malformed, tonic::Code::Unauthenticated)));
         assert_eq!(refusal(start, Some("Bearer nope")), Some((Refusal::UnknownToken, tonic::Code::Unauthenticated)));
@@ -195,8 +204,8 @@ mod tests {
             refusal(cancel, Some("Bearer client-token-0123456789")),
             Some((Refusal::WrongRole, tonic::Code::PermissionDenied))
         );
-        let admitted = admit(&tokens, &request(start, Some("Bearer client-token-0123456789")));
+        let admitted = admit(&tokens, &Policy::default(), &request(start, Some("Bearer client-token-0123456789")));
         assert_eq!(admitted.ok().flatten().map(|p| p.role), Some(Role::Client));
-        assert!(matches!(admit(&tokens, &request("/grpc.health.v1.Health/Check", None)), Ok(None)));
+        assert!(matches!(admit(&tokens, &Policy::default(), &request("/grpc.health.v1.Health/Check", None)), Ok(None)));
     }
 }

@@ -7,12 +7,16 @@
 //! (`tests/security_auth.rs`) also fails for any method of the contract that
 //! [`rule`] does not name, so a new RPC gets a deliberate entry.
 
+use std::collections::HashMap;
+
 use super::Role;
 
-const CLIENT: &[Role] = &[Role::Client, Role::Operator];
-const WORKER: &[Role] = &[Role::Worker, Role::Operator];
-const OPERATOR: &[Role] = &[Role::Operator];
-const EVERYONE: &[Role] = &[];
+/// Clients, and operators (who may do anything a client may).
+pub const CLIENT: &[Role] = &[Role::Client, Role::Operator];
+pub const WORKER: &[Role] = &[Role::Worker, Role::Operator];
+pub const OPERATOR: &[Role] = &[Role::Operator];
+/// No token needed.
+pub const EVERYONE: &[Role] = &[];
 
 /// Who may call `path` (`/package.Service/Method`), as the table names it;
 /// `None` for a path it does not name. An empty slice means no token is
@@ -32,9 +36,7 @@ pub fn rule(path: &str) -> Option<&'static [Role]> {
         | "/sagaflow.v1.WorkflowService/GetWorkflowHistory"
         | "/sagaflow.v1.WorkflowService/AwaitWorkflow"
         | "/sagaflow.v1.WorkflowService/ExecuteWorkflow"
-        | "/sagaflow.v1.WorkflowService/ListWorkflowTypes"
-        | "/sagaflow.checkout.v1.CheckoutService/StartCheckout"
-        | "/sagaflow.checkout.v1.CheckoutService/GetCheckout" => CLIENT,
+        | "/sagaflow.v1.WorkflowService/ListWorkflowTypes" => CLIENT,
         // Every message of the session is checked again against the
         // token's queues and the leases it holds (`runtime::dispatch`).
         "/sagaflow.v1.WorkerService/OpenSession" => WORKER,
@@ -48,7 +50,6 @@ pub fn rule(path: &str) -> Option<&'static [Role]> {
         | "/sagaflow.v1.WorkflowService/ResolveActivity"
         | "/sagaflow.v1.WorkflowService/ListQueues"
         | "/sagaflow.v1.EventService/StreamEvents"
-        | "/sagaflow.checkout.v1.CheckoutService/RefundCheckout"
         | "/metrics" => OPERATOR,
         _ => return None,
     })
@@ -60,10 +61,36 @@ pub fn allowed(path: &str) -> &'static [Role] {
     rule(path).unwrap_or(OPERATOR)
 }
 
-/// Whether a call to `path` is control-plane work that an operator must be
-/// able to do even while clients overload the server.
-pub fn is_operator_only(path: &str) -> bool {
-    allowed(path) == OPERATOR
+/// One server's role table: the platform's [`rule`]s, and those of the
+/// services an application added ([`crate::Extension::rules`]). Fails closed
+/// like the platform table.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    extensions: HashMap<String, &'static [Role]>,
+}
+
+impl Policy {
+    /// The platform's table and `rules` (full method path, roles). A rule
+    /// may not override the platform's: an extension cannot open a
+    /// platform method to more callers.
+    pub fn with_rules(rules: impl IntoIterator<Item = (String, &'static [Role])>) -> Self {
+        let extensions = rules.into_iter().filter(|(path, _)| rule(path).is_none()).collect();
+        Self { extensions }
+    }
+
+    pub fn rule(&self, path: &str) -> Option<&'static [Role]> {
+        rule(path).or_else(|| self.extensions.get(path).copied())
+    }
+
+    pub fn allowed(&self, path: &str) -> &'static [Role] {
+        self.rule(path).unwrap_or(OPERATOR)
+    }
+
+    /// Whether a call to `path` is control-plane work that an operator must
+    /// be able to do even while clients overload the server.
+    pub fn is_operator_only(&self, path: &str) -> bool {
+        self.allowed(path) == OPERATOR
+    }
 }
 
 #[cfg(test)]
@@ -82,5 +109,17 @@ mod tests {
         assert!(allowed("/healthz").is_empty());
         assert_eq!(allowed("/metrics"), OPERATOR);
         assert!(allowed("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo").is_empty());
+    }
+
+    #[test]
+    fn an_extension_adds_methods_but_cannot_reopen_the_platforms() {
+        let policy = Policy::with_rules([
+            ("/shop.Checkout/Start".to_owned(), CLIENT),
+            ("/sagaflow.v1.WorkflowService/CancelWorkflow".to_owned(), EVERYONE),
+        ]);
+        assert_eq!(policy.allowed("/shop.Checkout/Start"), CLIENT);
+        assert_eq!(policy.allowed("/shop.Checkout/Refund"), OPERATOR);
+        assert_eq!(policy.allowed("/sagaflow.v1.WorkflowService/CancelWorkflow"), OPERATOR);
+        assert!(!policy.is_operator_only("/shop.Checkout/Start"));
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use sagaflow_activities::{Faults, SERVICES};
+use sagaflow_orchestrator::api::CheckoutExtension;
 use sagaflow_orchestrator::server::default_registry;
 use sagaflow_orchestrator::{Options, Server, Storage};
 use sagaflow_worker::Worker;
@@ -54,7 +55,8 @@ pub async fn run(args: DevArgs, logging: &Logging) -> anyhow::Result<()> {
         http_listen: Some(args.http_listen),
         ..Options::default()
     };
-    let server = Server::start(options, default_registry()).await?;
+    let server =
+        Server::builder().options(options).definitions(default_registry()).extension(CheckoutExtension).start().await?;
     let mut services: Vec<String> = SERVICES.iter().map(|s| (*s).to_owned()).collect();
     services.push("bench".into());
     let faults = Faults::default();

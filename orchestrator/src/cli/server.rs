@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use sagaflow_orchestrator::admission::AdmissionOptions;
+use sagaflow_orchestrator::api::CheckoutExtension;
 use sagaflow_orchestrator::auth::Tokens;
 use sagaflow_orchestrator::limits::Limits;
 use sagaflow_orchestrator::runtime::StuckPolicy;
@@ -173,7 +174,7 @@ pub async fn run(args: ServerArgs, logging: &Logging) -> anyhow::Result<()> {
         },
     };
     let shutdown = super::shutdown_signal();
-    let server = Server::start(options, registry).await?;
+    let server = Server::builder().options(options).definitions(registry).extension(CheckoutExtension).start().await?;
     outln!(
         "sagaflow listening on {} (gRPC) and {} (metrics); data in {}",
         server.url(),

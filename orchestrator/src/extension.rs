@@ -1,0 +1,24 @@
+//! How an application plugs its own gRPC services into a server, beside the
+//! platform's: the reference shop's `CheckoutService` is one. An extension
+//! reaches the workflows only through the [`Runtime`]'s public methods, as
+//! any client library would, and names who may call each of its methods;
+//! a method it does not name is operator-only.
+
+use tonic::service::RoutesBuilder;
+
+use crate::auth::Role;
+use crate::runtime::Runtime;
+
+pub trait Extension: Send + Sync + 'static {
+    /// The gRPC service's full name (`package.Service`): health reports it.
+    fn service_name(&self) -> &'static str;
+
+    /// Who may call each method, by full path (`/package.Service/Method`).
+    /// Rules for the platform's own paths are ignored: an extension cannot
+    /// open a platform method to more callers.
+    fn rules(&self) -> Vec<(String, &'static [Role])>;
+
+    /// Adds the service, built on the running `runtime`; requests larger
+    /// than `max_message_bytes` must be refused by its decoder.
+    fn add_to(&self, routes: &mut RoutesBuilder, runtime: &Runtime, max_message_bytes: usize);
+}
