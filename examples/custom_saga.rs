@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use sagaflow_orchestrator::workflows::{RetryPolicy, SagaDefinition, Step};
-use sagaflow_orchestrator::{Options, Registry, Server, Storage};
 use sagaflow_proto::v1::workflow_service_client::WorkflowServiceClient;
 use sagaflow_proto::v1::{AwaitWorkflowRequest, StartWorkflowRequest};
+use sagaflow_server::workflows::{RetryPolicy, SagaDefinition, Step};
+use sagaflow_server::{Options, Registry, Server, Storage};
 use sagaflow_worker::{ActivityContext, ActivityError, Worker};
 use serde_json::{Value, json};
 

@@ -5,15 +5,15 @@
 //! Run it with `cargo run -p sagaflow-examples --example quickstart`.
 
 use sagaflow_activities::{Faults, Shop, ShopOptions};
-use sagaflow_orchestrator::api::CheckoutExtension;
-use sagaflow_orchestrator::server::default_registry;
-use sagaflow_orchestrator::{Options, Server, Storage};
 use sagaflow_proto::EventName;
 use sagaflow_proto::checkout::v1::checkout_service_client::CheckoutServiceClient;
 use sagaflow_proto::checkout::v1::{CheckoutStatus, GetCheckoutRequest, Item, StartCheckoutRequest};
 use sagaflow_proto::v1::history_event::Attributes;
 use sagaflow_proto::v1::workflow_service_client::WorkflowServiceClient;
 use sagaflow_proto::v1::{AwaitWorkflowRequest, GetWorkflowHistoryRequest};
+use sagaflow_server::api::CheckoutExtension;
+use sagaflow_server::server::default_registry;
+use sagaflow_server::{Options, Server, Storage};
 use sagaflow_worker::Worker;
 
 #[tokio::main]

@@ -317,7 +317,7 @@ pub fn event_names(events: &[HistoryEvent]) -> Vec<&'static str> {
 
 /// Test sagas on the bench activities, with timeouts short enough for tests.
 pub fn write_test_definitions(dir: &Path) -> PathBuf {
-    use sagaflow_orchestrator::workflows::{LifecycleEvents, RetryPolicy, SagaDefinition, Step, Timeouts};
+    use sagaflow_server::workflows::{LifecycleEvents, RetryPolicy, SagaDefinition, Step, Timeouts};
     let quick = RetryPolicy {
         initial_interval_ms: 50,
         backoff_coefficient: 2.0,

@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use sagaflow_orchestrator::workflows::{SagaDefinition, Step};
 use sagaflow_proto::v1::workflow_service_client::WorkflowServiceClient;
 use sagaflow_proto::v1::{
     AwaitWorkflowRequest, DescribeWorkflowRequest, SignalWorkflowRequest, StartWorkflowRequest, WorkflowStatus,
 };
+use sagaflow_server::workflows::{SagaDefinition, Step};
 use tokio::task::JoinSet;
 
 use super::{Conn, READY_TIMEOUT, Spawned, connect_channel, peak_rss_mib, status_error};

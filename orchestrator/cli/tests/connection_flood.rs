@@ -20,7 +20,7 @@ const SILENT_HTTP: usize = 200;
 #[tokio::test]
 async fn a_flood_of_silent_connections_leaves_a_new_client_served() {
     // The flood needs 1,300 descriptors on this side.
-    sagaflow_orchestrator::connections::raise_open_file_limit();
+    sagaflow_server::connections::raise_open_file_limit();
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start_with_open_files(dir.path(), 1024, "info").await;
     let logged = server.logs.lock().unwrap().iter().any(|l| l.contains("open-file limit") && l.contains("1024"));

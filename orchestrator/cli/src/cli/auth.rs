@@ -3,7 +3,7 @@
 use std::io::Read;
 
 use clap::Subcommand;
-use sagaflow_orchestrator::auth::{MIN_TOKEN_BYTES, hash_token};
+use sagaflow_server::auth::{MIN_TOKEN_BYTES, hash_token};
 
 #[derive(Debug, Subcommand)]
 pub enum AuthCommand {

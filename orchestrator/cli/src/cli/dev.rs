@@ -8,9 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use sagaflow_activities::{Faults, SERVICES};
-use sagaflow_orchestrator::api::CheckoutExtension;
-use sagaflow_orchestrator::server::default_registry;
-use sagaflow_orchestrator::{Options, Server, Storage};
+use sagaflow_server::api::CheckoutExtension;
+use sagaflow_server::server::default_registry;
+use sagaflow_server::{Options, Server, Storage};
 use sagaflow_worker::Worker;
 
 use super::Logging;

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use sagaflow_orchestrator::jobs::JobInput;
-use sagaflow_orchestrator::workflows::jobs;
 use sagaflow_proto::v1::{AwaitWorkflowRequest, StartWorkflowRequest, WorkflowStatus};
+use sagaflow_server::jobs::JobInput;
+use sagaflow_server::workflows::jobs;
 use serde_json::{Map, Value, json};
 
 use super::Output;

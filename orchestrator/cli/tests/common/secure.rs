@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use sagaflow_orchestrator::auth::hash_token;
+use sagaflow_server::auth::hash_token;
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
 

@@ -19,12 +19,12 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use sagaflow_orchestrator::jobs::JobInput;
-use sagaflow_orchestrator::workflows::jobs;
 use sagaflow_proto::checkout::v1::GetCheckoutRequest;
 use sagaflow_proto::checkout::v1::checkout_service_client::CheckoutServiceClient;
 use sagaflow_proto::v1::workflow_service_client::WorkflowServiceClient;
 use sagaflow_proto::v1::{DescribeWorkflowRequest, ListWorkflowsRequest, SignalWorkflowRequest, WorkflowStatus};
+use sagaflow_server::jobs::JobInput;
+use sagaflow_server::workflows::jobs;
 use serde_json::json;
 use tonic::transport::Channel;
 

@@ -7,16 +7,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use sagaflow_orchestrator::admission::AdmissionOptions;
-use sagaflow_orchestrator::api::CheckoutExtension;
-use sagaflow_orchestrator::auth::Tokens;
-use sagaflow_orchestrator::limits::Limits;
-use sagaflow_orchestrator::runtime::StuckPolicy;
-use sagaflow_orchestrator::server::default_registry;
-use sagaflow_orchestrator::store::{SledStore, Store};
-use sagaflow_orchestrator::tls::TlsFiles;
-use sagaflow_orchestrator::workflows::SagaDefinition;
-use sagaflow_orchestrator::{Options, Registry, Server, Storage};
+use sagaflow_server::admission::AdmissionOptions;
+use sagaflow_server::api::CheckoutExtension;
+use sagaflow_server::auth::Tokens;
+use sagaflow_server::limits::Limits;
+use sagaflow_server::runtime::StuckPolicy;
+use sagaflow_server::server::default_registry;
+use sagaflow_server::store::{SledStore, Store};
+use sagaflow_server::tls::TlsFiles;
+use sagaflow_server::workflows::SagaDefinition;
+use sagaflow_server::{Options, Registry, Server, Storage};
 
 use super::{Logging, Output};
 
@@ -68,7 +68,7 @@ pub struct ServerArgs {
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub stuck_check_interval: Duration,
     /// Relay domain events to NATS JetStream at this URL (nats://HOST:PORT); without it they stay in the outbox.
-    #[arg(long, env = "SAGAFLOW_NATS_URL", value_parser = sagaflow_orchestrator::relay::parse_url)]
+    #[arg(long, env = "SAGAFLOW_NATS_URL", value_parser = sagaflow_server::relay::parse_url)]
     pub nats_url: Option<String>,
     /// API tokens and their roles (JSON, hashes only; see docs/security.md). Without it the
     /// server accepts every call, so it listens on loopback only.
@@ -153,12 +153,12 @@ pub async fn run(args: ServerArgs, logging: &Logging) -> anyhow::Result<()> {
             no_worker_after: args.no_worker_after,
             interval: args.stuck_check_interval,
         },
-        jobs: sagaflow_orchestrator::jobs::JobsOptions {
+        jobs: sagaflow_server::jobs::JobsOptions {
             interval: Some(args.jobs_interval).filter(|i| !i.is_zero()),
             grace: args.jobs_grace,
             nats_url: None,
         },
-        relay: args.nats_url.map(sagaflow_orchestrator::relay::RelayOptions::new),
+        relay: args.nats_url.map(sagaflow_server::relay::RelayOptions::new),
         auth,
         insecure: args.insecure,
         admission: AdmissionOptions {
@@ -180,7 +180,7 @@ pub async fn run(args: ServerArgs, logging: &Logging) -> anyhow::Result<()> {
         server.url(),
         server
             .http_addr()
-            .map_or_else(|| "-".into(), |addr| sagaflow_orchestrator::http::describe_with(addr, server.is_tls())),
+            .map_or_else(|| "-".into(), |addr| sagaflow_server::http::describe_with(addr, server.is_tls())),
         args.data_dir.display()
     );
     shutdown.await;
@@ -209,7 +209,7 @@ pub async fn admin(command: AdminCommand, output: Output) -> anyhow::Result<()> 
             anyhow::ensure!(dir.exists(), "no sagaflow data in {}", data_dir.display());
             let store: Arc<dyn Store> =
                 Arc::new(SledStore::open(&dir).with_context(|| format!("cannot open {}", dir.display()))?);
-            let report = sagaflow_orchestrator::runtime::rebuild_derived(&store, &registry).await?;
+            let report = sagaflow_server::runtime::rebuild_derived(&store, &registry).await?;
             match output {
                 Output::Json => outln!(
                     "{}",

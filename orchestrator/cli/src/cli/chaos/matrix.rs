@@ -19,8 +19,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use sagaflow_orchestrator::jobs::JobInput;
-use sagaflow_orchestrator::workflows::jobs;
 use sagaflow_proto::checkout::v1::checkout_service_client::CheckoutServiceClient;
 use sagaflow_proto::checkout::v1::{
     Checkout, CheckoutStatus, GetCheckoutRequest, Item, RefundCheckoutRequest, StartCheckoutRequest,
@@ -31,6 +29,8 @@ use sagaflow_proto::v1::{
     CancelWorkflowRequest, DescribeWorkflowRequest, GetWorkflowHistoryRequest, HistoryEvent, SignalWorkflowRequest,
     WorkflowStatus, WorkflowSummary,
 };
+use sagaflow_server::jobs::JobInput;
+use sagaflow_server::workflows::jobs;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 use tonic::transport::Channel;

@@ -2,7 +2,7 @@
 //! credit, sent on its stream, and removed once its outcome is in. This is
 //! the in-memory path every activity takes between two durable decisions.
 //!
-//! Run: `cargo bench -p sagaflow-orchestrator --bench dispatch`
+//! Run: `cargo bench -p sagaflow-server --bench dispatch`
 
 #![allow(clippy::unwrap_used)]
 
@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use sagaflow_orchestrator::runtime::dispatch::Dispatch;
-use sagaflow_orchestrator::runtime::lease_token::LeaseKey;
-use sagaflow_orchestrator::runtime::timers::Timers;
-use sagaflow_orchestrator::store::{MemoryStore, Store, TaskRecord};
 use sagaflow_proto::v1::ActivityTask;
+use sagaflow_server::runtime::dispatch::Dispatch;
+use sagaflow_server::runtime::lease_token::LeaseKey;
+use sagaflow_server::runtime::timers::Timers;
+use sagaflow_server::store::{MemoryStore, Store, TaskRecord};
 
 const NOW: i64 = 1_700_000_000_000;
 const QUEUE: &str = "bench.reserve";

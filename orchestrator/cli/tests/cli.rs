@@ -685,7 +685,7 @@ async fn shop_tables_read_naturally_and_the_delay_notice_is_written_for_the_cust
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn describe_shows_a_cancel_at_once_while_the_running_step_finishes() {
-    use sagaflow_orchestrator::workflows::{SagaDefinition, Step, Timeouts};
+    use sagaflow_server::workflows::{SagaDefinition, Step, Timeouts};
     let dir = tempfile::tempdir().unwrap();
     // A reservation whose first attempt hangs, with a deadline far beyond the test.
     let slow = SagaDefinition::builder("slow", 1)

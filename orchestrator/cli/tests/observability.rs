@@ -155,8 +155,7 @@ fn hex(bytes: &[u8]) -> String {
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
 const CORRELATION_ID: &str = "corr-obs-7";
-const DEBUG_LOGS: &str =
-    "warn,sagaflow=debug,sagaflow_orchestrator=debug,sagaflow_worker=debug,sagaflow_activities=debug";
+const DEBUG_LOGS: &str = "warn,sagaflow=debug,sagaflow_server=debug,sagaflow_worker=debug,sagaflow_activities=debug";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_checkout_is_one_trace_and_every_log_line_carries_its_correlation_id() {

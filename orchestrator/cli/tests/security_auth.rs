@@ -12,10 +12,6 @@ use std::time::Duration;
 use common::secure::{self, BENCH_WORKER, CLIENT, OPERATOR, OTHER_CLIENT, WORKER, raw_call, with_token};
 use common::{BIN, ServerProcess, WorkerProcess, start_request};
 use prost::Message;
-use sagaflow_orchestrator::Extension;
-use sagaflow_orchestrator::api::CheckoutExtension;
-use sagaflow_orchestrator::auth::Role;
-use sagaflow_orchestrator::auth::policy::Policy;
 use sagaflow_proto::checkout::v1::GetCheckoutRequest;
 use sagaflow_proto::checkout::v1::checkout_service_client::CheckoutServiceClient;
 use sagaflow_proto::v1::worker_service_client::WorkerServiceClient;
@@ -24,6 +20,10 @@ use sagaflow_proto::v1::{
     AwaitWorkflowRequest, DescribeWorkflowRequest, ExecuteWorkflowRequest, GetWorkflowHistoryRequest,
     ListWorkflowTypesRequest, Register, WorkerMessage, server_message, worker_message,
 };
+use sagaflow_server::Extension;
+use sagaflow_server::api::CheckoutExtension;
+use sagaflow_server::auth::Role;
+use sagaflow_server::auth::policy::Policy;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -378,7 +378,7 @@ async fn hash_token_prints_what_the_auth_file_stores() {
     child.stdin.take().unwrap().write_all(format!("{CLIENT}\n").as_bytes()).await.unwrap();
     let out = child.wait_with_output().await.unwrap();
     assert!(out.status.success());
-    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), sagaflow_orchestrator::auth::hash_token(CLIENT));
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), sagaflow_server::auth::hash_token(CLIENT));
     let short = sagaflow(&["auth", "hash-token", "--generate"], &[]).await;
     assert!(short.status.success());
     assert_eq!(String::from_utf8(short.stdout).unwrap().trim().len(), 64);

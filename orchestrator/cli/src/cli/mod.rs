@@ -33,7 +33,7 @@ use std::fmt;
 use std::io::Write;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use sagaflow_orchestrator::telemetry::{self, LogFormat, Telemetry};
+use sagaflow_server::telemetry::{self, LogFormat, Telemetry};
 
 /// Writes to stdout. A closed pipe becomes [`Failure::ClosedPipe`], which
 /// `main` turns into a quiet, successful exit: the reader had what it wanted.

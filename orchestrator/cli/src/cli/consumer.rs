@@ -13,7 +13,7 @@ use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use clap::{Args, Subcommand};
-use sagaflow_orchestrator::relay::{self, ConsumerOptions, OrderFilter, Projection, ReadModel};
+use sagaflow_server::relay::{self, ConsumerOptions, OrderFilter, Projection, ReadModel};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -31,7 +31,7 @@ pub enum ConsumerCommand {
 #[derive(Debug, Args)]
 pub struct ConsumerArgs {
     /// The NATS server with JetStream.
-    #[arg(long, env = "SAGAFLOW_NATS_URL", default_value = "nats://127.0.0.1:4222", value_parser = sagaflow_orchestrator::relay::parse_url)]
+    #[arg(long, env = "SAGAFLOW_NATS_URL", default_value = "nats://127.0.0.1:4222", value_parser = sagaflow_server::relay::parse_url)]
     pub nats_url: String,
     /// Where this consumer's own store lives (in a sub-folder named after it).
     #[arg(long, default_value = "./sagaflow-consumers")]
@@ -61,8 +61,8 @@ pub async fn run(command: ConsumerCommand, logging: &Logging) -> anyhow::Result<
     super::check_unauthenticated("read model's HTTP listener", listen, args.insecure)?;
     let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let bound = listener.local_addr().with_context(|| format!("cannot listen on {listen}"))?;
-    sagaflow_orchestrator::http::prometheus();
-    let app = routes(Arc::clone(&model)).merge(sagaflow_orchestrator::http::router());
+    sagaflow_server::http::prometheus();
+    let app = routes(Arc::clone(&model)).merge(sagaflow_server::http::router());
 
     let (stop, stopped) = watch::channel(false);
     let options =

@@ -16,7 +16,7 @@ use sagaflow_proto::v1::{
 use super::Output;
 pub use super::connection::{Conn, connect_channel};
 use super::render;
-use sagaflow_orchestrator::engine::StuckReason;
+use sagaflow_server::engine::StuckReason;
 
 #[derive(Debug, Subcommand)]
 pub enum WorkflowCommand {

@@ -26,7 +26,7 @@ fn main() -> ExitCode {
     let json_errors = args.output == cli::Output::Json;
     // Before the runtime starts, so that every thread (and every process
     // started from here, such as the bench's server) inherits it.
-    match sagaflow_orchestrator::os_tuning::tune_from_env() {
+    match sagaflow_server::os_tuning::tune_from_env() {
         // A locked-down kernel: the defaults still work.
         Ok(refused) => refused.iter().for_each(|e| eprintln!("warning: {e}; running without it")),
         Err(e) => {
