@@ -88,7 +88,8 @@ pub async fn an_id_too_long_for_a_key_is_refused_not_truncated(store: &dyn Store
     let mut task_of_longer = append("wf-short", 1..=1);
     task_of_longer.put_tasks.push(task(&longer, "t1"));
     assert!(matches!(store.commit(task_of_longer), Err(Error::IdTooLong { .. })));
-    assert!(matches!(store.put_lease(&longer, "t1", &Lease::default()), Err(Error::IdTooLong { .. })));
+    let lease_of_longer = Commit::leases(&longer, vec![("t1".into(), Lease::default())]);
+    assert!(matches!(store.commit(lease_of_longer), Err(Error::IdTooLong { .. })));
     assert_eq!(store.last_seq(&longer).unwrap(), 0);
     assert!(store.history(&longer, 1, 10).unwrap().is_empty());
     assert!(store.workflow_for_request("req-long").unwrap().is_none());
@@ -134,7 +135,9 @@ pub async fn tasks_leases_and_timers_come_and_go_with_commits(store: &dyn Store)
         TimerRecord { fire_at_ms: 100, workflow_id: "wf".into(), timer_id: "early".into() },
     ];
     store.commit(commit).unwrap().wait().await.unwrap();
-    store.put_lease("wf", "0-f-1", &Lease { worker_id: "w1".into(), started_ms: 1, expires_ms: 2 }).unwrap();
+    let lease = Lease { worker_id: "w1".into(), started_ms: 1, expires_ms: 2 };
+    // A lease alone is not waited on: the commit is ready at once.
+    store.commit(Commit::leases("wf", vec![("0-f-1".into(), lease)])).unwrap().wait().await.unwrap();
     assert_eq!(store.tasks().unwrap().len(), 2);
     assert_eq!(
         store.leases().unwrap(),

@@ -104,6 +104,9 @@ impl<K: Kv> KvStore<K> {
         for task in &commit.put_tasks {
             writes.push((keys::task(keys::TASK, task.workflow_id(), task.task_id()), Some(task.encode_to_vec())));
         }
+        for (task_id, lease) in &commit.put_leases {
+            writes.push((keys::task(keys::LEASE, wf, task_id), Some(lease.encode_to_vec())));
+        }
         for task_id in &commit.delete_tasks {
             writes.push((keys::task(keys::TASK, wf, task_id), None));
             writes.push((keys::task(keys::LEASE, wf, task_id), None));
@@ -152,6 +155,10 @@ fn check_ids(commit: &Commit) -> Result<()> {
 impl<K: Kv> Store for KvStore<K> {
     fn commit(&self, mut commit: Commit) -> Result<Durable> {
         check_ids(&commit)?;
+        if commit.only_leases() {
+            self.kv.apply_unflushed(self.writes_for(&mut commit)?)?;
+            return Ok(Durable::ready());
+        }
         if commit.outbox.is_empty() {
             let writes = self.writes_for(&mut commit)?;
             return self.kv.apply(writes);
@@ -315,12 +322,6 @@ impl<K: Kv> Store for KvStore<K> {
             }
         })?;
         failure.map_or(Ok(tasks), Err)
-    }
-
-    fn put_lease(&self, workflow_id: &str, task_id: &str, lease: &Lease) -> Result<()> {
-        fit(workflow_id)?;
-        // Not flushed on its own: a lost lease only re-runs an idempotent attempt.
-        self.kv.apply_unflushed(vec![(keys::task(keys::LEASE, workflow_id, task_id), Some(lease.encode_to_vec()))])
     }
 
     fn leases(&self) -> Result<Vec<(String, String, Lease)>> {

@@ -67,6 +67,38 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl Commit {
+    /// Only leases ([`Commit::put_leases`]), for dispatch.
+    pub fn leases(workflow_id: impl Into<String>, leases: Vec<(String, Lease)>) -> Self {
+        Self { workflow_id: workflow_id.into(), put_leases: leases, ..Self::default() }
+    }
+
+    fn only_leases(&self) -> bool {
+        let Self {
+            workflow_id: _,
+            events,
+            new_history: _,
+            summary,
+            request_id,
+            put_tasks,
+            delete_tasks,
+            put_leases,
+            put_timers,
+            delete_timers,
+            outbox,
+        } = self;
+        !put_leases.is_empty()
+            && events.is_empty()
+            && summary.is_none()
+            && request_id.is_none()
+            && put_tasks.is_empty()
+            && delete_tasks.is_empty()
+            && put_timers.is_empty()
+            && delete_timers.is_empty()
+            && outbox.is_empty()
+    }
+}
+
 /// One decision, applied atomically.
 #[derive(Debug, Default, Clone)]
 pub struct Commit {
@@ -85,6 +117,11 @@ pub struct Commit {
     pub put_tasks: Vec<TaskRecord>,
     /// Task ids of this workflow whose tasks (and leases) are gone.
     pub delete_tasks: Vec<String>,
+    /// Leases of this workflow's tasks, by task id. Leases are hints that
+    /// speed recovery: a commit that carries nothing else is applied without
+    /// a flush of its own (its [`Durable`] is ready at once), since losing
+    /// one only makes a task run again. They ride the next flush.
+    pub put_leases: Vec<(String, Lease)>,
     pub put_timers: Vec<TimerRecord>,
     pub delete_timers: Vec<TimerRecord>,
     pub outbox: Vec<OutboxRecord>,
@@ -144,10 +181,6 @@ pub trait Store: Send + Sync + 'static {
     fn workflow_for_request(&self, request_id: &str) -> Result<Option<String>>;
 
     fn tasks(&self) -> Result<Vec<TaskRecord>>;
-
-    /// Leases are hints that speed recovery; they are written without waiting
-    /// for a flush, since losing one only makes a task run again.
-    fn put_lease(&self, workflow_id: &str, task_id: &str, lease: &Lease) -> Result<()>;
 
     fn leases(&self) -> Result<Vec<(String, String, Lease)>>;
 

@@ -440,7 +440,7 @@ mod conformance {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
         let lease = crate::Lease { worker_id: "w".into(), started_ms: 1, expires_ms: 2 };
-        store.put_lease("wf", "t1", &lease).unwrap();
+        let _unflushed = store.commit(crate::Commit::leases("wf", vec![("t1".into(), lease)])).unwrap();
         let key = crate::keys::task(crate::keys::LEASE, "wf", "t1");
         let logged = || {
             let mut found = false;

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use super::lease_token::LeaseKey;
 use super::timers::{Alarm, Timers};
 use crate::engine::TimeoutKind;
-use crate::store::{Lease, Store, TaskRecord};
+use crate::store::{Commit, Lease, Store, TaskRecord};
 
 pub type SessionId = u64;
 pub type Outbound = mpsc::Sender<Result<ServerMessage, tonic::Status>>;
@@ -419,7 +419,8 @@ impl Dispatch {
 
     fn persist(&self, leases: Vec<(Key, Lease)>) {
         for ((wf, task_id), lease) in leases {
-            if let Err(e) = self.store.put_lease(&wf, &task_id, &lease) {
+            // Not waited on: a lease is a hint (Commit::put_leases).
+            if let Err(e) = self.store.commit(Commit::leases(wf.as_str(), vec![(task_id.clone(), lease)])) {
                 tracing::warn!(error = %e, workflow_id = %wf, task_id, "could not record a lease; the task may run again after a restart");
             }
         }

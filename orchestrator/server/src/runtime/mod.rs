@@ -428,6 +428,8 @@ impl Runtime {
             request_id,
             put_tasks: delta.new_tasks.clone(),
             delete_tasks: delta.gone_tasks.clone(),
+            // Dispatch records leases as it hands tasks out, not a decision.
+            put_leases: Vec::new(),
             put_timers: delta.new_timers.clone(),
             delete_timers: delta.gone_timers,
             outbox,
