@@ -1,4 +1,6 @@
-//! Reconnect delays: exponential, capped, and jittered.
+//! Retry delays: exponential, capped, and jittered. The one backoff of the
+//! project: workers reconnecting, the relay and consumers retrying the
+//! broker, and the server's accept loop out of file descriptors all use it.
 
 use std::time::Duration;
 
@@ -11,21 +13,21 @@ use rand::Rng;
 /// not all come back in the same instant, while none retries much sooner than
 /// planned.
 #[derive(Debug, Clone)]
-pub(crate) struct Backoff {
+pub struct Backoff {
     initial: Duration,
     max: Duration,
     step: Duration,
 }
 
 impl Backoff {
-    pub(crate) fn new(initial: Duration, max: Duration) -> Self {
+    pub fn new(initial: Duration, max: Duration) -> Self {
         let initial = initial.max(Duration::from_millis(1));
         let max = max.max(initial);
         Self { initial, max, step: initial }
     }
 
     /// The delay before the next attempt.
-    pub(crate) fn next_delay(&mut self) -> Duration {
+    pub fn next_delay(&mut self) -> Duration {
         let step = self.step;
         self.step = step.saturating_mul(2).min(self.max);
         let half = step / 2;
@@ -34,7 +36,7 @@ impl Backoff {
     }
 
     /// Starts again from `initial`, after a successful connection.
-    pub(crate) fn reset(&mut self) {
+    pub fn reset(&mut self) {
         self.step = self.initial;
     }
 }

@@ -66,5 +66,6 @@ pub mod trace;
 mod worker;
 
 pub use activity::{ActivityContext, ActivityError};
+pub use backoff::Backoff;
 pub use error::{Error, Result};
 pub use worker::{Handle, MAX_CONCURRENCY, MAX_ID_BYTES, Worker, WorkerBuilder};

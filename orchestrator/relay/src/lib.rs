@@ -114,44 +114,11 @@ impl Default for RelayOptions {
     }
 }
 
-/// Capped exponential backoff: the relay and the consumers retry a broker
-/// that is away without hammering it, and come back within `max` of its return.
-#[derive(Debug, Clone)]
-pub(crate) struct Backoff {
-    initial: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    pub(crate) fn new(initial: Duration, max: Duration) -> Self {
-        Self { initial, max, next: initial }
-    }
-
-    /// The delay to wait now; the one after it is twice as long, up to `max`.
-    pub(crate) fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
-        delay
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.next = self.initial;
-    }
-}
+pub(crate) use sagaflow_worker::Backoff;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_its_cap_and_resets() {
-        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(300));
-        let delays: Vec<u128> = (0..5).map(|_| backoff.next_delay().as_millis()).collect();
-        assert_eq!(delays, [50, 100, 200, 300, 300]);
-        backoff.reset();
-        assert_eq!(backoff.next_delay(), Duration::from_millis(50));
-    }
 
     #[test]
     fn broker_urls_are_checked_up_front() {

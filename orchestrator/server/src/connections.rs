@@ -151,7 +151,7 @@ impl Gate {
     pub fn accept(self, listener: TcpListener) -> mpsc::Receiver<(Guarded, SocketAddr)> {
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
-            let mut backoff = BACKOFF_MIN;
+            let mut backoff = sagaflow_worker::Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
             loop {
                 let accepted = tokio::select! {
                     accepted = listener.accept() => accepted,
@@ -159,7 +159,7 @@ impl Gate {
                 };
                 match accepted {
                     Ok((stream, peer)) => {
-                        backoff = BACKOFF_MIN;
+                        backoff.reset();
                         let _ = stream.set_nodelay(true);
                         if let Some(guarded) = self.admit(stream)
                             && tx.send((guarded, peer)).await.is_err()
@@ -173,12 +173,12 @@ impl Gate {
                         let kind = if e.raw_os_error() == Some(24) { "emfile" } else { "other" };
                         metrics::counter!("sagaflow_accept_errors_total", "listener" => self.name, "kind" => kind)
                             .increment(1);
-                        tracing::warn!(listener = self.name, error = %e, ?backoff, "accept failed; backing off");
+                        let delay = backoff.next_delay();
+                        tracing::warn!(listener = self.name, error = %e, ?delay, "accept failed; backing off");
                         if let Some((_, oldest)) = self.lock().silent.pop_first() {
                             oldest.evict();
                         }
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        tokio::time::sleep(delay).await;
                     }
                 }
             }
