@@ -29,11 +29,19 @@ async fn ten_concurrent_submissions_make_one_checkout() {
     let checkout_id = answers[0].checkout_id.clone();
     assert!(answers.iter().all(|a| a.checkout_id == checkout_id), "one checkout: {answers:?}");
     assert_eq!(answers.iter().filter(|a| !a.already_started).count(), 1, "exactly one call started it");
+    let first = answers.iter().find(|a| !a.already_started).unwrap();
+    assert_eq!(first.status, CheckoutStatus::Pending as i32, "a new start has finished no step");
 
     let done = shop.await_end(&checkout_id, Duration::from_secs(60)).await;
     assert_eq!(status_of(&done), "COMPLETED");
     let finished = shop.get_checkout(&checkout_id).await;
     assert_eq!(finished.status, CheckoutStatus::Shipped as i32);
+    // A retry after the end reads where the checkout got to.
+    let retried =
+        shop.checkouts().await.start_checkout(checkout("s3-double", "frank", &[("sku-tee", 1)])).await.unwrap();
+    let retried = retried.into_inner();
+    assert!(retried.already_started);
+    assert_eq!(retried.status, CheckoutStatus::Shipped as i32);
 
     let listed = shop
         .server()

@@ -431,7 +431,11 @@ impl CheckoutService for CheckoutApi {
             traceparent,
         };
         let (checkout_id, already_started) = self.runtime.start_workflow(start).await?;
-        let status = self.view(&checkout_id, &caller).await?.0.status(0);
+        // A new start's durable commit holds its first events and no finished
+        // step: it is pending, with no second barrier or history read. Only
+        // a retried request reads where its checkout got to.
+        let status =
+            if already_started { self.view(&checkout_id, &caller).await?.0.status(0) } else { CheckoutStatus::Pending };
         Ok(Response::new(StartCheckoutResponse { checkout_id, status: status.into(), already_started }))
     }
 
