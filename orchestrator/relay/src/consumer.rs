@@ -1,5 +1,5 @@
 //! A consumer process's loop: its own durable JetStream pull consumer, its
-//! own [`ReadModel`], ack after the update is durable, dead-letter what keeps
+//! own [`Projector`], ack after the update is durable, dead-letter what keeps
 //! failing.
 //!
 //! The orchestrator never waits for a consumer: JetStream holds the events,
@@ -16,7 +16,6 @@ use tokio::sync::watch;
 use tokio_stream::StreamExt;
 
 use super::broker::{self, Event, headers};
-use super::read_model::{Outcome, ReadModel};
 use super::{Backoff, DLQ_SUBJECT_PREFIX, EVENTS_SUBJECT_PREFIX, Error, RelayOptions, Result};
 
 /// Consumer settings.
@@ -57,11 +56,35 @@ impl ConsumerOptions {
 /// Consecutive stream errors after which the pull subscription is rebuilt.
 const MAX_STREAM_ERRORS: u32 = 3;
 
+/// What became of one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The projection changed, durably.
+    Projected,
+    /// Its id was processed before: nothing changed.
+    Duplicate,
+    /// Nothing in this projection depends on this event type.
+    Ignored,
+    /// This event cannot be projected (now); it is retried and, past the
+    /// consumer's limit, dead-lettered.
+    Rejected(String),
+}
+
+/// What a consumer keeps: a projection of the event stream in its own
+/// store (the shop's read models are ones). `apply` applies an event at most
+/// once per event id, durably before it returns: the ack follows it.
+pub trait Projector: Send + Sync + 'static {
+    /// The durable consumer's name: its JetStream consumer and metrics label.
+    fn name(&self) -> &'static str;
+
+    fn apply(&self, event: &Event) -> impl std::future::Future<Output = Result<Outcome>> + Send;
+}
+
 /// Runs until `stop` turns true. Broker trouble is retried forever; it
 /// returns an error only when the read model itself fails, since acking
 /// what was not kept would lose events.
-pub async fn run(options: ConsumerOptions, model: Arc<ReadModel>, mut stop: watch::Receiver<bool>) -> Result<()> {
-    let name = model.projection().name();
+pub async fn run<M: Projector>(options: ConsumerOptions, model: Arc<M>, mut stop: watch::Receiver<bool>) -> Result<()> {
+    let name = model.name();
     let client = broker::connect(&options.url, &format!("sagaflow-consumer-{name}"), options.backoff_max).await?;
     let js = jetstream::ContextBuilder::new().timeout(Duration::from_secs(5)).build(client);
     let mut backoff = Backoff::new(Duration::from_millis(50), options.backoff_max);
@@ -90,7 +113,7 @@ pub async fn run(options: ConsumerOptions, model: Arc<ReadModel>, mut stop: watc
                 Some(Ok(message)) => {
                     errors = 0;
                     backoff.reset();
-                    handle(&js, &options, &model, message).await?;
+                    handle(&js, &options, model.as_ref(), message).await?;
                 }
                 Some(Err(e)) => {
                     // Missed heartbeats while the broker restarts, and the like;
@@ -141,8 +164,13 @@ async fn subscribe(js: &jetstream::Context, options: &ConsumerOptions, name: &st
     consumer.messages().await.map_err(|e| Error::broker("pull", e))
 }
 
-async fn handle(js: &jetstream::Context, options: &ConsumerOptions, model: &ReadModel, message: Message) -> Result<()> {
-    let name = model.projection().name();
+async fn handle<M: Projector>(
+    js: &jetstream::Context,
+    options: &ConsumerOptions,
+    model: &M,
+    message: Message,
+) -> Result<()> {
+    let name = model.name();
     let delivered = message.info().map_or(1, |info| info.delivered);
     let outcome = match Event::from_message(message.headers.as_ref(), &message.payload) {
         Ok(event) => model.apply(&event).await?,

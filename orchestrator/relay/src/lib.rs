@@ -1,12 +1,12 @@
-//! Domain events leave through NATS JetStream, and the shop's read models
-//! take them in from there.
+//! Domain events leave through NATS JetStream, and consumers (the shop's read
+//! models, say) take them in from there.
 //!
 //! - [`Relay`] (the orchestrator side) drains the transactional outbox into
 //!   the `SAGAFLOW_EVENTS` stream: one subject per event type, `Nats-Msg-Id`
 //!   = the event id, and an outbox record is deleted only after its PubAck.
 //! - [`run_consumer`] (a separate process per consumer) reads that stream
-//!   through its own durable JetStream consumer into its own sled
-//!   [`ReadModel`], idempotent by event id, and dead-letters what keeps
+//!   through its own durable JetStream consumer into its own
+//!   [`Projector`], idempotent by event id, and dead-letters what keeps
 //!   failing to `sagaflow.dlq.<consumer>`.
 //! - [`replay_failed_events`] re-drives the dead letters.
 //!
@@ -15,15 +15,13 @@
 mod broker;
 mod consumer;
 mod publisher;
-mod read_model;
 mod replay;
 
 use std::time::Duration;
 
 pub use broker::{Event, connect, headers};
-pub use consumer::{ConsumerOptions, run as run_consumer};
+pub use consumer::{ConsumerOptions, Outcome, Projector, run as run_consumer};
 pub use publisher::Relay;
-pub use read_model::{FeedMessage, OrderFilter, OrderRow, Outcome, Projection, ReadModel};
 pub use replay::{ReplayReport, replay_failed_events};
 
 /// The stream every domain event is published to.

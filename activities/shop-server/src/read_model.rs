@@ -12,8 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::broker::Event;
-use super::{Error, Result};
+use sagaflow_relay::{Error, Event, Outcome, Projector, Result};
 
 /// The read models that ship with Sagaflow, one per consumer process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,20 +31,6 @@ impl Projection {
             Self::Notifications => "notifications",
         }
     }
-}
-
-/// What became of one event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// The projection changed, durably.
-    Projected,
-    /// Its id was processed before: nothing changed.
-    Duplicate,
-    /// Nothing in this projection depends on this event type.
-    Ignored,
-    /// This event cannot be projected (now); it is retried and, past the
-    /// consumer's limit, dead-lettered.
-    Rejected(String),
 }
 
 /// One row of the search read model: a checkout, or any workflow that emits
@@ -405,7 +390,7 @@ impl ReadModel {
     /// Applies `event` at most once: the projection's writes, the event's id
     /// and the processed count go in one atomic batch, flushed before this
     /// returns, so that an ack is only ever sent for what survives a crash.
-    pub async fn apply(&self, event: &Event) -> Result<Outcome> {
+    async fn apply_once(&self, event: &Event) -> Result<Outcome> {
         let processed_key = key(PROCESSED, &event.event_id);
         if self.db.contains_key(&processed_key).map_err(|e| self.error(e))? {
             return Ok(Outcome::Duplicate);
@@ -468,6 +453,16 @@ impl ReadModel {
             );
         }
         Ok(messages)
+    }
+}
+
+impl Projector for ReadModel {
+    fn name(&self) -> &'static str {
+        self.projection.name()
+    }
+
+    fn apply(&self, event: &Event) -> impl std::future::Future<Output = Result<Outcome>> + Send {
+        self.apply_once(event)
     }
 }
 
