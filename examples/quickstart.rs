@@ -11,9 +11,8 @@ use sagaflow_proto::checkout::v1::{CheckoutStatus, GetCheckoutRequest, Item, Sta
 use sagaflow_proto::v1::history_event::Attributes;
 use sagaflow_proto::v1::workflow_service_client::WorkflowServiceClient;
 use sagaflow_proto::v1::{AwaitWorkflowRequest, GetWorkflowHistoryRequest};
-use sagaflow_server::api::CheckoutExtension;
-use sagaflow_server::server::default_registry;
 use sagaflow_server::{Options, Server, Storage};
+use sagaflow_shop_server::CheckoutExtension;
 use sagaflow_worker::Worker;
 
 #[tokio::main]
@@ -25,8 +24,12 @@ async fn main() -> anyhow::Result<()> {
         http_listen: None,
         ..Options::default()
     };
-    let server =
-        Server::builder().options(options).definitions(default_registry()).extension(CheckoutExtension).start().await?;
+    let server = Server::builder()
+        .options(options)
+        .definitions(sagaflow_shop_server::registry())
+        .extension(CheckoutExtension)
+        .start()
+        .await?;
     let shop = Shop::open(data.path().join("shop"), ShopOptions::default(), Faults::default())?;
     let worker = shop.register(Worker::builder(server.url()).worker_id("quickstart-shop")).build()?;
     let worker_handle = worker.handle();

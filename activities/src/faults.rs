@@ -219,10 +219,45 @@ impl Faults {
     }
 }
 
+/// Parsing a fault SPEC: never panics, and what parses prints back to a
+/// SPEC that parses to the same fault.
+#[doc(hidden)]
+pub fn fuzz_fault_spec(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(spec) = FaultSpec::from_str(text) else { return };
+    let printed = spec.to_string();
+    let again = FaultSpec::from_str(&printed).expect("a printed SPEC parses");
+    assert_eq!(again, spec, "{printed}");
+    assert!(spec.count != Some(0), "COUNT 0 would be a fault that never fires");
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// Text close to a fault SPEC, so that the parser's accepting paths are reached.
+    fn spec_like() -> impl Strategy<Value = String> {
+        "[a-z*._=:-]{0,6}[.][a-z*]{0,4}=(error|fatal|hang|hang-after-effect|crash-after-effect|x)(:[0-9]{0,11})?"
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn fault_specs_parse_safely(spec in spec_like(), data in prop::collection::vec(any::<u8>(), 0..64)) {
+            fuzz_fault_spec(spec.as_bytes());
+            fuzz_fault_spec(&data);
+        }
+    }
+
+    #[test]
+    fn valid_specs_round_trip() {
+        fuzz_fault_spec(b"payments.capture=hang-after-effect:3");
+        fuzz_fault_spec(b"orders.*=error");
+    }
 
     #[test]
     fn specs_parse_and_print() {

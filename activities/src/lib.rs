@@ -8,7 +8,7 @@
 
 pub mod admin;
 pub mod bench;
-mod faults;
+pub mod faults;
 mod precise_timer;
 pub mod shop;
 

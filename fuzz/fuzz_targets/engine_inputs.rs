@@ -1,4 +1,4 @@
-//! The decision function fed arbitrary inputs at arbitrary times. The property is in orchestrator/src/fuzzing.rs, shared with the proptests.
+//! The decision function fed arbitrary inputs at arbitrary times. The property is in orchestrator/server/src/fuzzing.rs, shared with the proptests.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| sagaflow_orchestrator::fuzzing::engine_inputs(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| sagaflow_server::fuzzing::engine_inputs(data));

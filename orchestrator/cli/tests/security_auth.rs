@@ -21,9 +21,9 @@ use sagaflow_proto::v1::{
     ListWorkflowTypesRequest, Register, WorkerMessage, server_message, worker_message,
 };
 use sagaflow_server::Extension;
-use sagaflow_server::api::CheckoutExtension;
 use sagaflow_server::auth::Role;
 use sagaflow_server::auth::policy::Policy;
+use sagaflow_shop_server::CheckoutExtension;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tonic::Code;
 use tonic::transport::Channel;

@@ -4,6 +4,7 @@
 //! any client library would, and names who may call each of its methods;
 //! a method it does not name is operator-only.
 
+use sagaflow_worker::WorkerBuilder;
 use tonic::service::RoutesBuilder;
 
 use crate::auth::Role;
@@ -21,4 +22,10 @@ pub trait Extension: Send + Sync + 'static {
     /// Adds the service, built on the running `runtime`; requests larger
     /// than `max_message_bytes` must be refused by its decoder.
     fn add_to(&self, routes: &mut RoutesBuilder, runtime: &Runtime, max_message_bytes: usize);
+
+    /// Activities of the server's in-process jobs worker (the `jobs.*`
+    /// queues) that need the runtime at hand; none by default.
+    fn job_activities(&self, worker: WorkerBuilder, _runtime: &Runtime) -> WorkerBuilder {
+        worker
+    }
 }

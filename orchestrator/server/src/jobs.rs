@@ -1,19 +1,19 @@
 //! The self-healing jobs on the server side (ADR 0009): the scheduler that
 //! starts a round of job workflows every interval, and the `jobs.*`
 //! activities only the orchestrator can run (the stuck detector needs its
-//! runtime, the replay its broker). The jobs themselves are sagas in
+//! runtime, the replay its broker), plus those an [`Extension`] adds (the
+//! shop's checkout audit). The jobs themselves are sagas in
 //! `sagaflow_workflows::jobs`; the shop's workers serve their other steps.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use sagaflow_activities::shop::audit::{Captures, HeldReservations};
 use sagaflow_worker::{ActivityContext, ActivityError, Worker};
 use sagaflow_workflows::jobs;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::api::{CheckoutFacts, CheckoutView};
+use crate::extension::Extension;
 use crate::runtime::{Runtime, StartRequest, timers::now_ms};
 
 /// How the server runs the jobs.
@@ -121,37 +121,6 @@ pub fn internal_token() -> String {
     format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
 }
 
-/// `jobs.audit_checkouts` input: the earlier steps' snapshots.
-#[derive(Debug, Deserialize)]
-struct AuditInput {
-    captures: Captures,
-    reservations: HeldReservations,
-    #[serde(default)]
-    grace_ms: Option<u64>,
-}
-
-/// Reads each checkout the snapshots name from its history, as GetCheckout
-/// does, then compares ([`crate::api::audit_checkouts`]).
-fn audit_checkouts(runtime: &Runtime, input: &AuditInput) -> Result<serde_json::Value, ActivityError> {
-    let store = runtime.store();
-    let named = input.captures.captures.iter().map(|c| c.payment_intent_id.as_str());
-    let named = named.chain(input.reservations.held.iter().map(|r| r.reservation_id.as_str()));
-    let mut checkouts = HashMap::new();
-    for checkout_id in named.filter_map(crate::api::checkout_of) {
-        let unavailable = |e: crate::store::Error| ActivityError::retryable("StoreUnavailable", e.to_string());
-        let Some(summary) = store.summary(&checkout_id).map_err(unavailable)? else { continue };
-        if summary.workflow_type != sagaflow_workflows::shop::CHECKOUT {
-            continue;
-        }
-        let view = CheckoutView::from_history(&store.history(&checkout_id, 1, usize::MAX).map_err(unavailable)?);
-        checkouts.insert(checkout_id, CheckoutFacts { view, closed_ms: summary.closed_ms });
-    }
-    let grace_ms = input.grace_ms.unwrap_or(sagaflow_activities::shop::audit::DEFAULT_GRACE_MS);
-    let found =
-        crate::api::audit_checkouts(&input.captures, &input.reservations, grace_ms, |id| checkouts.get(id).cloned());
-    serde_json::to_value(found).map_err(|e| ActivityError::non_retryable(ActivityError::INVALID_OUTPUT, e.to_string()))
-}
-
 /// The in-process worker that serves the `jobs.*` activities over
 /// `channel` (an [in-process](crate::in_process) connection to the worker
 /// service), like any other worker: the job workflows stay ordinary
@@ -164,12 +133,15 @@ pub fn worker(
     channel: tonic::transport::Channel,
     nats_url: Option<String>,
     token: Option<String>,
+    extensions: &[Box<dyn Extension>],
 ) -> sagaflow_worker::Result<Worker> {
     let detect = runtime.clone();
-    let audit = runtime.clone();
     let mut builder = Worker::builder(crate::in_process::URI).channel(channel);
     if let Some(token) = token {
         builder = builder.token(token);
+    }
+    for extension in extensions {
+        builder = extension.job_activities(builder, &runtime);
     }
     builder
         .worker_id(WORKER_NAME)
@@ -185,10 +157,6 @@ pub fn worker(
                     "stuck_by_reason": stuck,
                 }))
             }
-        })
-        .activity(jobs::AUDIT_CHECKOUTS_ACTIVITY, move |_ctx: ActivityContext, input: AuditInput| {
-            let runtime = audit.clone();
-            async move { audit_checkouts(&runtime, &input) }
         })
         .activity(jobs::REPLAY_FAILED_EVENTS_ACTIVITY, move |_ctx: ActivityContext, _input: serde_json::Value| {
             let url = nats_url.clone();

@@ -331,7 +331,7 @@ impl Server {
                 tracing::error!(error = %e, "the in-process listener for the jobs worker failed");
             }
         }));
-        match jobs::worker(runtime.clone(), jobs_channel, jobs_options.nats_url.clone(), jobs_token) {
+        match jobs::worker(runtime.clone(), jobs_channel, jobs_options.nats_url.clone(), jobs_token, &extensions) {
             Ok(worker) => {
                 let mut stopped = stopped.clone();
                 tasks.push(tokio::spawn(async move {
@@ -414,17 +414,4 @@ const MAX_HEADER_LIST_BYTES: u32 = 32 * 1024;
 /// oversized message is refused from its length prefix before it is buffered.
 pub fn max_message_bytes(limits: &Limits) -> usize {
     limits.max_payload_bytes.saturating_mul(2).saturating_add(256 * 1024)
-}
-
-/// The registry a stock server starts with: the shop's sagas, the bench saga
-/// and the self-healing jobs.
-pub fn default_registry() -> Registry {
-    let mut registry = Registry::new();
-    for definition in sagaflow_workflows::shop::all().into_iter().chain(sagaflow_workflows::jobs::all()) {
-        // Shipped definitions are validated by their own tests.
-        if let Err(e) = registry.register(definition) {
-            tracing::error!(error = %e, "a shipped definition is invalid");
-        }
-    }
-    registry
 }

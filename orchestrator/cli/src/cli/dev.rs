@@ -8,9 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use sagaflow_activities::{Faults, SERVICES};
-use sagaflow_server::api::CheckoutExtension;
-use sagaflow_server::server::default_registry;
 use sagaflow_server::{Options, Server, Storage};
+use sagaflow_shop_server::CheckoutExtension;
 use sagaflow_worker::Worker;
 
 use super::Logging;
@@ -55,8 +54,12 @@ pub async fn run(args: DevArgs, logging: &Logging) -> anyhow::Result<()> {
         http_listen: Some(args.http_listen),
         ..Options::default()
     };
-    let server =
-        Server::builder().options(options).definitions(default_registry()).extension(CheckoutExtension).start().await?;
+    let server = Server::builder()
+        .options(options)
+        .definitions(sagaflow_shop_server::registry())
+        .extension(CheckoutExtension)
+        .start()
+        .await?;
     let mut services: Vec<String> = SERVICES.iter().map(|s| (*s).to_owned()).collect();
     services.push("bench".into());
     let faults = Faults::default();

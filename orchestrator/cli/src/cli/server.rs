@@ -8,15 +8,14 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use sagaflow_server::admission::AdmissionOptions;
-use sagaflow_server::api::CheckoutExtension;
 use sagaflow_server::auth::Tokens;
 use sagaflow_server::limits::Limits;
 use sagaflow_server::runtime::StuckPolicy;
-use sagaflow_server::server::default_registry;
 use sagaflow_server::store::{SledStore, Store};
 use sagaflow_server::tls::TlsFiles;
 use sagaflow_server::workflows::SagaDefinition;
 use sagaflow_server::{Options, Registry, Server, Storage};
+use sagaflow_shop_server::CheckoutExtension;
 
 use super::{Logging, Output};
 
@@ -110,7 +109,7 @@ fn parse_time_scale(text: &str) -> Result<f64, String> {
 /// The stock sagas, then those of `files`, each scaled by `time_scale`.
 pub fn registry_with(files: &[PathBuf], time_scale: f64) -> anyhow::Result<Registry> {
     let mut registry = Registry::new();
-    for definition in default_registry().all() {
+    for definition in sagaflow_shop_server::registry().all() {
         registry.register(definition.scaled(time_scale))?;
     }
     for file in files {

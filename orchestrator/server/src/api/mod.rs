@@ -1,15 +1,11 @@
 //! The gRPC face: validation of what clients send, and the mapping of
 //! runtime errors to statuses.
 
-mod checkout;
 mod decode_errors;
 mod events;
 mod worker;
 mod workflow;
 
-pub use checkout::{
-    CheckoutApi, CheckoutAudit, CheckoutExtension, CheckoutFacts, CheckoutView, audit_checkouts, checkout_of,
-};
 pub use decode_errors::decode_errors_are_invalid_arguments;
 pub use events::EventsApi;
 pub use worker::WorkerApi;
@@ -39,13 +35,14 @@ impl From<Error> for Status {
     }
 }
 
-pub(crate) fn invalid(e: Invalid) -> Status {
+/// A field that breaks a limit, as the status a caller sees.
+pub fn invalid(e: Invalid) -> Status {
     Status::invalid_argument(e.0)
 }
 
 /// Who makes a call and under which correlation and trace, read from its
 /// metadata before the body is taken.
-pub(crate) struct Origin {
+pub struct Origin {
     pub correlation_id: String,
     pub traceparent: String,
     pub caller: crate::auth::Principal,
@@ -53,7 +50,7 @@ pub(crate) struct Origin {
 
 impl Origin {
     /// `request_id` is the correlation id's fallback (see [`correlation_id`]).
-    pub(crate) fn of<T>(request: &tonic::Request<T>, request_id: &str) -> Self {
+    pub fn of<T>(request: &tonic::Request<T>, request_id: &str) -> Self {
         Self {
             correlation_id: correlation_id(request, request_id),
             traceparent: traceparent(request),

@@ -15,6 +15,12 @@ impl Runtime {
         Ok(self.inner.store.history(workflow_id, from_seq, limit)?)
     }
 
+    /// A workflow's index row, if it exists; not behind the barrier, for
+    /// jobs that read many (each reply of theirs waits on its own commit).
+    pub fn summary(&self, workflow_id: &str) -> Result<Option<WorkflowSummary>> {
+        Ok(self.inner.store.summary(workflow_id)?)
+    }
+
     /// The workflow a start's request id created, if any.
     pub fn workflow_for_request(&self, request_id: &str) -> Result<Option<String>> {
         Ok(self.inner.store.workflow_for_request(request_id)?)

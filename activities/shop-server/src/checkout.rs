@@ -21,11 +21,11 @@ use serde_json::{Value, json};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::{Origin, invalid};
-use crate::auth::{self, Principal, policy};
-use crate::engine::{is_side_task, timeout_leaves_outcome_unknown};
-use crate::runtime::{Runtime, StartRequest};
 use sagaflow_proto::is_terminal;
+use sagaflow_server::api::{Origin, invalid};
+use sagaflow_server::auth::{self, Principal, policy};
+use sagaflow_server::engine::{is_side_task, timeout_leaves_outcome_unknown};
+use sagaflow_server::runtime::{Runtime, StartRequest};
 
 const MAX_ITEMS: usize = 100;
 const MAX_QUANTITY: u32 = 10_000;
@@ -45,7 +45,7 @@ impl CheckoutApi {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CheckoutExtension;
 
-impl crate::Extension for CheckoutExtension {
+impl sagaflow_server::Extension for CheckoutExtension {
     fn service_name(&self) -> &'static str {
         <CheckoutServiceServer<CheckoutApi> as tonic::server::NamedService>::NAME
     }
@@ -65,6 +65,21 @@ impl crate::Extension for CheckoutExtension {
         routes.add_service(
             CheckoutServiceServer::new(CheckoutApi::new(runtime.clone())).max_decoding_message_size(max_message_bytes),
         );
+    }
+
+    fn job_activities(
+        &self,
+        worker: sagaflow_worker::WorkerBuilder,
+        runtime: &Runtime,
+    ) -> sagaflow_worker::WorkerBuilder {
+        let runtime = runtime.clone();
+        worker.activity(
+            sagaflow_workflows::jobs::AUDIT_CHECKOUTS_ACTIVITY,
+            move |_ctx: sagaflow_worker::ActivityContext, input: crate::jobs::AuditInput| {
+                let runtime = runtime.clone();
+                async move { crate::jobs::audit(&runtime, &input) }
+            },
+        )
     }
 }
 
