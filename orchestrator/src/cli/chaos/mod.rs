@@ -360,7 +360,7 @@ async fn run_jobs(report: &mut Report, system: &System) {
         if *name == jobs::REPLAY_FAILED_EVENTS && !system.has_broker() {
             continue;
         }
-        let input = JobInput { grace_ms: Some(0) };
+        let input = JobInput { grace_ms: Some(0), ..JobInput::default() };
         match super::jobs::run_job(&system.server_url(), name, &input, Duration::from_secs(180)).await {
             Ok(found) => {
                 if *name == jobs::CHECK_INVARIANTS {
