@@ -11,6 +11,7 @@
 //!
 //! `SAGAFLOW_RECONCILE_CAPTURES` sets the size (100,000 by default; about
 //! 25 s in debug on 2 cores: 10 s to seed, 8 s for the job's 103 pages).
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use sagaflow_orchestrator::jobs::JobInput;
 use sagaflow_orchestrator::workflows::jobs;
+use sagaflow_proto::v1::workflow_service_client::WorkflowServiceClient;
 use sagaflow_proto::v1::{AwaitWorkflowRequest, StartWorkflowRequest, WorkflowStatus};
 use serde_json::{Map, Value, json};
 
@@ -82,7 +83,7 @@ impl JobReport {
                     + count("checkouts", "pending").and_then(|v| v.as_u64()).unwrap_or(0),
             ),
             jobs::RECONCILE_PAYMENTS_VS_ORDERS => format!(
-                "reconcile-payments-vs-orders: repaired {} refund records, {} mismatches left for an operator ({} within the grace period; {} captures and {} orders in {} pages)",
+                "reconcile-payments-vs-orders: repaired {} refund records, {} mismatches left for an operator ({} within the grace period; {} captures and {} orders; pages read: {})",
                 self.steps.get("orders").and_then(|s| s.get("repairs")).and_then(Value::as_array).map_or(0, Vec::len),
                 self.violations.len(),
                 n(count("orders", "pending")),
@@ -139,7 +140,19 @@ pub async fn run_job(server: &str, name: &str, input: &JobInput, timeout: Durati
     if !jobs::NAMES.contains(&name) {
         bail!("unknown job {name:?}; known jobs: {}", jobs::NAMES.join(", "));
     }
-    let mut client = super::workflow::connect(server).await?;
+    run_job_on(super::workflow::connect(server).await?, name, input, timeout).await
+}
+
+/// [`run_job`] through `client` (a chaos run's, with its operator token).
+///
+/// # Errors
+/// As [`run_job`].
+pub async fn run_job_on(
+    mut client: WorkflowServiceClient<super::workflow::Conn>,
+    name: &str,
+    input: &JobInput,
+    timeout: Duration,
+) -> anyhow::Result<JobReport> {
     let request_id = format!("manual:{name}:{}", uuid::Uuid::new_v4());
     let started = client
         .start_workflow(StartWorkflowRequest {
@@ -186,7 +199,7 @@ pub async fn run_job(server: &str, name: &str, input: &JobInput, timeout: Durati
 /// Waits for one run (a job, or a page of one) to end and returns its
 /// steps' results.
 async fn await_page(
-    client: &mut sagaflow_proto::v1::workflow_service_client::WorkflowServiceClient<super::workflow::Conn>,
+    client: &mut WorkflowServiceClient<super::workflow::Conn>,
     name: &str,
     workflow_id: &str,
     deadline: tokio::time::Instant,
