@@ -39,13 +39,13 @@ use super::system::{HOSTILE_TENANT, SHOP_TENANT, Tokens};
 const FLOOD_GRPC: usize = 1_100;
 const FLOOD_HTTP: usize = 200;
 /// How long the flood is held, and how long a new client may take meanwhile.
-const FLOOD_HOLD: Duration = Duration::from_secs(8);
+const FLOOD_HOLD: Duration = Duration::from_secs(6);
 const SERVED_WITHIN: Duration = Duration::from_secs(5);
 /// Between two rounds of attacks: a pace, not a wait for anything.
 const ROUND_GAP: Duration = Duration::from_secs(2);
 /// After a restart, the time the orchestrator may take to replay its log
 /// and serve again, during which a flood probe is not judged.
-const RECOVERY: Duration = Duration::from_secs(20);
+const RECOVERY: Duration = Duration::from_secs(10);
 
 /// One attack's counts.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -179,14 +179,16 @@ pub async fn run(
 ) -> Hostile {
     let start = Instant::now();
     let mut report = Hostile::default();
-    // The first moment past a third of the run whose flood window the
-    // schedule leaves alone; a third of the run if there is none.
+    // The first moment past a quarter of the run (the load has built up)
+    // whose flood window the schedule leaves alone, else the first one at
+    // all; a third of the run if there is none (its probes are then judged
+    // only outside the down windows).
     let window = FLOOD_HOLD + SERVED_WITHIN;
-    let flood_at = (0..)
-        .map(|s| duration / 3 + Duration::from_secs(s))
-        .take_while(|at| *at + window <= duration)
-        .find(|at| !overlaps(&down, *at, *at + window))
-        .unwrap_or(duration / 3);
+    let quiet = |at: &Duration| !overlaps(&down, *at, *at + window);
+    let from = |first: Duration| {
+        (0..).map(move |i| first + Duration::from_millis(500 * i)).take_while(move |at| *at + window <= duration)
+    };
+    let flood_at = from(duration / 4).find(quiet).or_else(|| from(Duration::ZERO).find(quiet)).unwrap_or(duration / 3);
     let mut flooded = false;
     let mut round = 0_u64;
     while start.elapsed() < duration {
