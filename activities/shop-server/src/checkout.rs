@@ -711,6 +711,7 @@ mod tests {
                 capture("pi-young", 0),
                 capture("pi-stranger", 0),
             ],
+            ..Captures::default()
         };
         let held = HeldReservations {
             as_of_ms: 100_000,

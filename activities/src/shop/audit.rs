@@ -38,13 +38,55 @@ pub struct CapturedPayment {
     pub refunds: Vec<LedgerRefund>,
 }
 
-/// `payments.captures` result: every captured intent, as of `as_of_ms`.
-/// An order created before `as_of_ms` has its capture in the list, since a
-/// checkout captures before it orders.
+/// `payments.captures` result: the captured intents whose ids sort after
+/// `after` and up to `next` (every one when both are absent), as of
+/// `as_of_ms`. An order created before `as_of_ms` has its capture in the
+/// list, since a checkout captures before it orders.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Captures {
     pub as_of_ms: u64,
     pub captures: Vec<CapturedPayment>,
+    /// The page starts after this payment intent id; absent: at the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// The page ends at this payment intent id, and the next page starts
+    /// after it; absent: the page reaches the last intent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+impl Captures {
+    /// Whether this is one page of several, not the whole ledger.
+    pub fn is_page(&self) -> bool {
+        self.after.is_some() || self.next.is_some()
+    }
+}
+
+/// The intents a page of captures reads at most when the request names no
+/// size: with the byte budget, it keeps a page far below the 256 KiB
+/// default payload limit (a capture is about 130 bytes of JSON).
+pub const DEFAULT_PAGE_SIZE: usize = 1_000;
+/// The JSON bytes of captures a page holds at most when the request names
+/// none: half the default payload limit, so that the page fits even when
+/// the next step's input carries it with its other fields.
+pub const DEFAULT_PAGE_BYTES: usize = 128 * 1024;
+/// The largest page a request may ask for, whatever it says.
+pub const MAX_PAGE_SIZE: usize = 10_000;
+
+/// `payments.captures` input. Without `page_size`, the whole ledger in one
+/// result, as the jobs written before pages read it (their step input is
+/// the workflow's context, which has no such field).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapturesRequest {
+    /// Start after this payment intent id (the previous page's `next`).
+    #[serde(default)]
+    pub after: Option<String>,
+    /// Read at most this many intents (captured or not).
+    #[serde(default)]
+    pub page_size: Option<usize>,
+    /// Stop once the page's captures reach this many bytes of JSON.
+    #[serde(default)]
+    pub page_bytes: Option<usize>,
 }
 
 /// A reservation that holds stock.
@@ -224,7 +266,11 @@ mod tests {
     }
 
     fn request(captures: Vec<CapturedPayment>, repair: bool) -> ReconcileRequest {
-        ReconcileRequest { captures: Captures { as_of_ms: 10_000, captures }, grace_ms: Some(1_000), repair }
+        ReconcileRequest {
+            captures: Captures { as_of_ms: 10_000, captures, ..Captures::default() },
+            grace_ms: Some(1_000),
+            repair,
+        }
     }
 
     fn invariants(findings: &Findings) -> Vec<&str> {

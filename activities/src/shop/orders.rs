@@ -16,7 +16,8 @@
 //!
 //! The order id is derived from the idempotency key (`client_request_id`),
 //! so the same request always names the same order, even across a lost
-//! reply. Records: `order/<order id>` → [`Order`]; idempotency records.
+//! reply. Records: `order/<order id>` → [`Order`]; `by_intent/<payment intent id>` → its
+//! order ids; idempotency records.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -259,6 +260,21 @@ fn order_key(order_id: &str) -> Vec<u8> {
     key("order", order_id)
 }
 
+/// `by_intent/<payment intent id>` → the ids of its orders (one, unless a
+/// bug made two, which the reconciliation must then see).
+const BY_INTENT: &str = "by_intent";
+const INTENT_INDEX_BUILT: &[u8] = b"meta/by_intent_index";
+
+fn index_order(tx: &mut store::Tx<'_>, payment_intent_id: &str, order_id: &str) -> store::Result<()> {
+    let index_key = key(BY_INTENT, payment_intent_id);
+    let mut order_ids: Vec<String> = tx.get(&index_key)?.unwrap_or_default();
+    if !order_ids.iter().any(|id| id == order_id) {
+        order_ids.push(order_id.to_owned());
+        tx.put(&index_key, &order_ids)?;
+    }
+    Ok(())
+}
+
 /// The orders service. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Orders {
@@ -271,7 +287,45 @@ impl Orders {
     /// # Errors
     /// The database cannot be opened.
     pub fn open(dir: &Path) -> store::Result<Self> {
-        Ok(Self { db: Arc::new(ServiceDb::open(dir)?) })
+        let orders = Self { db: Arc::new(ServiceDb::open(dir)?) };
+        orders.index_by_intent()?;
+        Ok(orders)
+    }
+
+    /// Builds the index of the orders by payment intent the first time a
+    /// store written before it is opened: one pass, one batch, then a
+    /// marker, so that later opens cost nothing. `create` keeps it since.
+    fn index_by_intent(&self) -> store::Result<()> {
+        if self.db.get::<bool>(INTENT_INDEX_BUILT)?.is_some() {
+            return Ok(());
+        }
+        let orders = self.orders()?;
+        self.db.apply(|tx| {
+            for order in &orders {
+                index_order(tx, &order.payment_intent_id, &order.order_id)?;
+            }
+            tx.put(INTENT_INDEX_BUILT, &true)
+        })?;
+        self.db.flush_blocking()?;
+        tracing::info!(orders = orders.len(), "indexed the orders by payment intent");
+        Ok(())
+    }
+
+    /// The orders of the payment intents whose ids sort after `after` and up
+    /// to `until` (`None`: no bound), read through the index: one page of
+    /// the reconciliation reads its own orders, not every order.
+    ///
+    /// # Errors
+    /// A storage failure.
+    pub fn orders_of_intents(&self, after: Option<&str>, until: Option<&str>) -> store::Result<Vec<Order>> {
+        let mut orders = Vec::new();
+        for item in self.db.range::<Vec<String>>(BY_INTENT, after, until) {
+            let (_, order_ids) = item?;
+            for order_id in order_ids {
+                orders.extend(self.order(&order_id)?);
+            }
+        }
+        Ok(orders)
     }
 
     /// # Errors
@@ -331,6 +385,7 @@ impl Orders {
                     updated_at_ms: now,
                 };
                 tx.put(&order_key(&order_id), &order)?;
+                index_order(tx, &order.payment_intent_id, &order_id)?;
                 tracing::info!(%order_id, checkout_id = %request.checkout_id, "order created");
                 Ok(OrderCreated { order_id: order_id.clone(), status: OrderStatus::Paid })
             })
@@ -394,7 +449,16 @@ impl Orders {
     /// A storage failure; the repairs applied before it stay applied, and a
     /// retry finds them done.
     pub async fn reconcile_payments(&self, request: ReconcileRequest) -> Result<Findings> {
-        let findings = audit::compare(&request, &self.orders()?);
+        // A page is compared with the orders of its own range of intents:
+        // the pages' ranges cover every intent once, so their findings
+        // together are those of the whole ledger.
+        let captures = &request.captures;
+        let orders = if captures.is_page() {
+            self.orders_of_intents(captures.after.as_deref(), captures.next.as_deref())?
+        } else {
+            self.orders()?
+        };
+        let findings = audit::compare(&request, &orders);
         for repair in &findings.repairs {
             let recorded = RecordRefund {
                 order_id: repair.order_id.clone(),

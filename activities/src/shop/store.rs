@@ -135,6 +135,29 @@ impl ServiceDb {
             .collect()
     }
 
+    /// The records of `kind` whose id sorts after `after` (from the first
+    /// when `None`) and at most `until` (to the last when `None`), in id
+    /// order, each with its id: the bounded reads of the reconciliation's
+    /// pages. Lazy, so that a caller that stops early reads no further.
+    pub(crate) fn range<T: DeserializeOwned>(
+        &self,
+        kind: &str,
+        after: Option<&str>,
+        until: Option<&str>,
+    ) -> impl Iterator<Item = Result<(String, T)>> + '_ {
+        use std::ops::Bound;
+        let start = after.map_or_else(|| Bound::Included(prefix(kind)), |id| Bound::Excluded(key(kind, id)));
+        // `kind0` is the first key past every `kind/…`: `0` follows `/` in ASCII.
+        let end =
+            until.map_or_else(|| Bound::Excluded(format!("{kind}0").into_bytes()), |id| Bound::Included(key(kind, id)));
+        let skip = kind.len() + 1;
+        self.db.range::<Vec<u8>, _>((start, end)).map(move |item| {
+            let (key, value) = item?;
+            let id = String::from_utf8_lossy(key.get(skip..).unwrap_or_default()).into_owned();
+            Ok((id, decode(&key, &value)?))
+        })
+    }
+
     /// Runs `read` under the writer lock: no write of this process lands
     /// while it reads, so several reads see one state.
     pub(crate) fn locked_read<R>(&self, read: impl FnOnce(&Self) -> R) -> R {

@@ -40,6 +40,62 @@ impl Default for JobsOptions {
 pub struct JobInput {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grace_ms: Option<u64>,
+    /// A paged job's cursor: this page starts after it (absent: the first page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// A paged job's page number, 0 for the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page: Option<u32>,
+    /// The workflow id of a paged run's first page, which names the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
+    /// How many records a page reads at most (absent: the service's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_size: Option<usize>,
+}
+
+/// `jobs.next_page` input: the cursor the page's read returned, the page's
+/// own input and workflow id.
+#[derive(Debug, Deserialize)]
+struct NextPageInput {
+    #[serde(default)]
+    next: Option<String>,
+    #[serde(default)]
+    input: JobInput,
+    workflow_id: String,
+}
+
+/// Starts the next page of a paged job's run (its own workflow, of the same
+/// type), when the page just read says more follow. The request id is
+/// derived from the run and the page number, so a retried attempt finds the
+/// page it started and starts nothing twice. Answers `{page, next_workflow_id}`,
+/// the id null when this page was the last.
+async fn next_page(
+    runtime: &Runtime,
+    workflow_type: &str,
+    input: NextPageInput,
+) -> Result<serde_json::Value, ActivityError> {
+    let page = input.input.page.unwrap_or(0);
+    let Some(after) = input.next else {
+        return Ok(serde_json::json!({ "page": page, "next_workflow_id": null }));
+    };
+    let Some(name) = workflow_type.strip_prefix("job.").filter(|name| jobs::NAMES.contains(name)) else {
+        return Err(ActivityError::non_retryable(
+            ActivityError::INVALID_INPUT,
+            format!("{workflow_type} is not a job, so it has no next page"),
+        ));
+    };
+    let run = input.input.run.clone().unwrap_or(input.workflow_id);
+    let next =
+        JobInput { after: Some(after), page: Some(page.saturating_add(1)), run: Some(run.clone()), ..input.input };
+    let request_id = format!("page:{run}:{}", page.saturating_add(1));
+    match start(runtime, name, &request_id, &next).await {
+        Ok((workflow_id, _)) => Ok(serde_json::json!({ "page": page, "next_workflow_id": workflow_id })),
+        Err(e @ (crate::runtime::Error::InvalidArgument(_) | crate::runtime::Error::AlreadyExists(_))) => {
+            Err(ActivityError::non_retryable("NextPageRefused", e.to_string()))
+        }
+        Err(e) => Err(ActivityError::retryable("NextPageNotStarted", e.to_string())),
+    }
 }
 
 /// Starts a round of every job each `interval`, until `stopped` turns true.
@@ -71,7 +127,7 @@ pub async fn schedule(runtime: Runtime, options: JobsOptions, mut stopped: watch
                 tracing::debug!(job = name, "scheduled job skipped: no worker serves its first step");
                 continue;
             }
-            let input = JobInput { grace_ms: Some(millis(options.grace)) };
+            let input = JobInput { grace_ms: Some(millis(options.grace)), ..JobInput::default() };
             match start(&runtime, name, &format!("scheduled:{name}:{slot}"), &input).await {
                 Ok((workflow_id, false)) => tracing::info!(job = name, %workflow_id, "scheduled job started"),
                 Ok((_, true)) => {}
@@ -136,6 +192,7 @@ pub fn worker(
     extensions: &[Box<dyn Extension>],
 ) -> sagaflow_worker::Result<Worker> {
     let detect = runtime.clone();
+    let pages = runtime.clone();
     let mut builder = Worker::builder(crate::in_process::URI).channel(channel);
     if let Some(token) = token {
         builder = builder.token(token);
@@ -157,6 +214,10 @@ pub fn worker(
                     "stuck_by_reason": stuck,
                 }))
             }
+        })
+        .activity(jobs::NEXT_PAGE_ACTIVITY, move |ctx: ActivityContext, input: NextPageInput| {
+            let runtime = pages.clone();
+            async move { next_page(&runtime, ctx.workflow_type(), input).await }
         })
         .activity(jobs::REPLAY_FAILED_EVENTS_ACTIVITY, move |_ctx: ActivityContext, _input: serde_json::Value| {
             let url = nats_url.clone();

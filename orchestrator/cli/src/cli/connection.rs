@@ -107,7 +107,13 @@ pub async fn connect_channel(server: &str) -> anyhow::Result<Conn> {
     if let Some(tls) = connection.tls {
         endpoint = endpoint.tls_config(tls).context("invalid TLS settings")?;
     }
-    let bearer = match connection.token {
+    let channel = endpoint.connect().await.with_context(|| format!("cannot reach the server at {server}"))?;
+    with_token(channel, connection.token.as_deref())
+}
+
+/// `channel`, carrying `token` (none: no `authorization` header).
+pub fn with_token(channel: Channel, token: Option<&str>) -> anyhow::Result<Conn> {
+    let bearer = match token {
         Some(token) => {
             let mut value = MetadataValue::try_from(format!("Bearer {token}"))
                 .map_err(|_| anyhow::anyhow!("the token must be printable ASCII"))?;
@@ -116,6 +122,5 @@ pub async fn connect_channel(server: &str) -> anyhow::Result<Conn> {
         }
         None => None,
     };
-    let channel = endpoint.connect().await.with_context(|| format!("cannot reach the server at {server}"))?;
     Ok(InterceptedService::new(channel, Bearer(bearer)))
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
+use sagaflow_proto::v1::workflow_service_client::WorkflowServiceClient;
 use sagaflow_proto::v1::{AwaitWorkflowRequest, StartWorkflowRequest, WorkflowStatus};
 use sagaflow_server::jobs::JobInput;
 use sagaflow_server::workflows::jobs;
@@ -26,6 +27,10 @@ pub enum JobsCommand {
         /// How long to wait for the job to finish.
         #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
         timeout: Duration,
+        /// A paged job (reconcile-payments-vs-orders) reads at most this many
+        /// payment intents a page; by default the service's own page size.
+        #[arg(long)]
+        page_size: Option<usize>,
     },
     /// List the jobs.
     List,
@@ -78,10 +83,13 @@ impl JobReport {
                     + count("checkouts", "pending").and_then(|v| v.as_u64()).unwrap_or(0),
             ),
             jobs::RECONCILE_PAYMENTS_VS_ORDERS => format!(
-                "reconcile-payments-vs-orders: repaired {} refund records, {} mismatches left for an operator ({} within the grace period)",
+                "reconcile-payments-vs-orders: repaired {} refund records, {} mismatches left for an operator ({} within the grace period; {} captures and {} orders; pages read: {})",
                 self.steps.get("orders").and_then(|s| s.get("repairs")).and_then(Value::as_array).map_or(0, Vec::len),
                 self.violations.len(),
                 n(count("orders", "pending")),
+                n(count("orders", "checked_captures")),
+                n(count("orders", "checked_orders")),
+                count("next", "pages").map_or_else(|| "1".into(), |v| v.to_string()),
             ),
             jobs::RELEASE_EXPIRED_INVENTORY => {
                 format!("release-expired-inventory: released {} expired reservations", n(count("release", "released")))
@@ -132,7 +140,19 @@ pub async fn run_job(server: &str, name: &str, input: &JobInput, timeout: Durati
     if !jobs::NAMES.contains(&name) {
         bail!("unknown job {name:?}; known jobs: {}", jobs::NAMES.join(", "));
     }
-    let mut client = super::workflow::connect(server).await?;
+    run_job_on(super::workflow::connect(server).await?, name, input, timeout).await
+}
+
+/// [`run_job`] through `client` (a chaos run's, with its operator token).
+///
+/// # Errors
+/// As [`run_job`].
+pub async fn run_job_on(
+    mut client: WorkflowServiceClient<super::workflow::Conn>,
+    name: &str,
+    input: &JobInput,
+    timeout: Duration,
+) -> anyhow::Result<JobReport> {
     let request_id = format!("manual:{name}:{}", uuid::Uuid::new_v4());
     let started = client
         .start_workflow(StartWorkflowRequest {
@@ -146,6 +166,45 @@ pub async fn run_job(server: &str, name: &str, input: &JobInput, timeout: Durati
         .into_inner();
     let workflow_id = started.workflow_id;
     let deadline = tokio::time::Instant::now() + timeout;
+    // A paged job is a chain of runs, one per page: each names the next in
+    // its `next` step, and the report adds them up.
+    let mut steps = Map::new();
+    let mut violations = Vec::new();
+    let mut pages = 0_u64;
+    let mut page_id = Some(workflow_id.clone());
+    while let Some(id) = page_id.take() {
+        let page = await_page(&mut client, name, &id, deadline, timeout).await?;
+        pages += 1;
+        for result in page.values() {
+            if let Some(found) = result.get("violations").and_then(Value::as_array) {
+                violations.extend(found.iter().cloned());
+            }
+        }
+        page_id = page.get("next").and_then(|n| n.get("next_workflow_id")).and_then(Value::as_str).map(str::to_owned);
+        for (step, result) in summarised(page) {
+            match steps.get_mut(&step) {
+                Some(total) => add_up(total, result),
+                None => {
+                    steps.insert(step, result);
+                }
+            }
+        }
+    }
+    if let Some(next) = steps.get_mut("next") {
+        *next = json!({ "pages": pages });
+    }
+    Ok(JobReport { job: name.to_owned(), workflow_id, steps, violations })
+}
+
+/// Waits for one run (a job, or a page of one) to end and returns its
+/// steps' results.
+async fn await_page(
+    client: &mut WorkflowServiceClient<super::workflow::Conn>,
+    name: &str,
+    workflow_id: &str,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+) -> anyhow::Result<Map<String, Value>> {
     let done = loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         if left.is_zero() {
@@ -157,7 +216,7 @@ pub async fn run_job(server: &str, name: &str, input: &JobInput, timeout: Durati
         let wait = left.min(Duration::from_secs(30));
         let answer = client
             .await_workflow(AwaitWorkflowRequest {
-                workflow_id: workflow_id.clone(),
+                workflow_id: workflow_id.to_owned(),
                 timeout_ms: u32::try_from(wait.as_millis()).unwrap_or(30_000),
             })
             .await
@@ -172,28 +231,45 @@ pub async fn run_job(server: &str, name: &str, input: &JobInput, timeout: Durati
         let status = WorkflowStatus::try_from(status).map_or("UNKNOWN", sagaflow_proto::status_name);
         bail!("job {name} ended {status}: {}; see `sagaflow workflow history {workflow_id}`", done.reason);
     }
-    let mut steps = match serde_json::from_str::<Value>(&done.result) {
+    Ok(match serde_json::from_str::<Value>(&done.result) {
         Ok(Value::Object(steps)) => steps,
         _ => Map::new(),
-    };
-    let mut violations = Vec::new();
-    for result in steps.values() {
-        if let Some(found) = result.get("violations").and_then(Value::as_array) {
-            violations.extend(found.iter().cloned());
-        }
-    }
-    // The snapshots are inputs of later steps, summarised as their sizes.
+    })
+}
+
+/// The steps' results with the snapshots, inputs of later steps, summarised
+/// as their sizes.
+fn summarised(mut steps: Map<String, Value>) -> Map<String, Value> {
     for (step, list) in [("captures", "captures"), ("reservations", "held")] {
         if let Some(snapshot) = steps.get_mut(step) {
             let count = snapshot.get(list).and_then(Value::as_array).map_or(0, Vec::len);
             *snapshot = json!({ list: count });
         }
     }
-    Ok(JobReport { job: name.to_owned(), workflow_id, steps, violations })
+    steps
+}
+
+/// Adds one page's step result to the run's: counts are summed, lists
+/// joined, anything else is the last page's.
+fn add_up(total: &mut Value, page: Value) {
+    let (Some(total), Value::Object(page)) = (total.as_object_mut(), page) else { return };
+    for (field, value) in page {
+        match (total.get_mut(&field), value) {
+            (Some(Value::Number(sum)), Value::Number(n)) => {
+                if let (Some(a), Some(b)) = (sum.as_u64(), n.as_u64()) {
+                    *sum = a.saturating_add(b).into();
+                }
+            }
+            (Some(Value::Array(all)), Value::Array(more)) => all.extend(more),
+            (_, value) => {
+                total.insert(field, value);
+            }
+        }
+    }
 }
 
 pub async fn run(command: JobsCommand, server: &str, output: Output) -> anyhow::Result<()> {
-    let (name, grace, timeout) = match command {
+    let (name, grace, timeout, page_size) = match command {
         JobsCommand::List => {
             match output {
                 Output::Json => outln!("{}", json!(jobs::NAMES)),
@@ -205,9 +281,13 @@ pub async fn run(command: JobsCommand, server: &str, output: Output) -> anyhow::
             }
             return Ok(());
         }
-        JobsCommand::Run { name, grace, timeout } => (name, grace, timeout),
+        JobsCommand::Run { name, grace, timeout, page_size } => (name, grace, timeout, page_size),
     };
-    let input = JobInput { grace_ms: Some(u64::try_from(grace.as_millis()).unwrap_or(u64::MAX)) };
+    let input = JobInput {
+        grace_ms: Some(u64::try_from(grace.as_millis()).unwrap_or(u64::MAX)),
+        page_size,
+        ..JobInput::default()
+    };
     let report = run_job(server, &name, &input, timeout).await?;
     print_report(&report, output)
 }

@@ -94,7 +94,7 @@ pub enum ShopCommand {
 /// `shop invariants`: the `check-invariants` job, on the server.
 async fn invariants(server: &str, grace: std::time::Duration, output: Output) -> anyhow::Result<()> {
     let grace_ms = Some(u64::try_from(grace.as_millis()).unwrap_or(u64::MAX));
-    let input = sagaflow_server::jobs::JobInput { grace_ms };
+    let input = sagaflow_server::jobs::JobInput { grace_ms, ..Default::default() };
     let name = sagaflow_server::workflows::jobs::CHECK_INVARIANTS;
     let report = super::jobs::run_job(server, name, &input, std::time::Duration::from_secs(120)).await?;
     super::jobs::print_report(&report, output)

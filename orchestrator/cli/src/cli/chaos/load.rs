@@ -1,7 +1,9 @@
 //! The steady load of a chaos run: checkouts at a fixed rate, and now and
 //! then a partial refund of one that shipped. A start counts as
 //! acknowledged only when the server answered OK; a client whose call failed
-//! retries with the same request id, as a real one would.
+//! retries with the same request id, as a real one would. The shop front end
+//! starts and reads checkouts with its client token (a tenant); cancels and
+//! refunds are the operator's.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,6 +15,8 @@ use sagaflow_proto::checkout::v1::{
 use sagaflow_proto::v1::CancelWorkflowRequest;
 use sagaflow_proto::v1::workflow_service_client::WorkflowServiceClient;
 use tonic::transport::{Channel, Endpoint};
+
+use super::Conn;
 
 use super::plan::Rng;
 
@@ -72,7 +76,7 @@ fn checkout_request(seed: u64, n: u64) -> StartCheckoutRequest {
     }
 }
 
-async fn start_one(channel: Channel, request: StartCheckoutRequest, shared: Shared) {
+async fn start_one(channel: Conn, request: StartCheckoutRequest, shared: Shared) {
     let mut client = CheckoutServiceClient::new(channel);
     for attempt in 0..START_ATTEMPTS {
         if attempt > 0 {
@@ -88,7 +92,7 @@ async fn start_one(channel: Channel, request: StartCheckoutRequest, shared: Shar
 
 /// A customer who gives up: cancels the checkout `after` its start, at
 /// whatever step it is then.
-async fn cancel_one(channel: Channel, checkout_id: String, after: Duration, shared: Shared) {
+async fn cancel_one(channel: Conn, checkout_id: String, after: Duration, shared: Shared) {
     tokio::time::sleep(after).await;
     let mut client = WorkflowServiceClient::new(channel);
     let request =
@@ -99,7 +103,7 @@ async fn cancel_one(channel: Channel, checkout_id: String, after: Duration, shar
     ledger.cancels_accepted += u64::from(accepted);
 }
 
-async fn refund_one(channel: Channel, checkout_id: String, refund_id: String, shared: Shared) {
+async fn refund_one(channel: Conn, checkout_id: String, refund_id: String, shared: Shared) {
     let mut client = CheckoutServiceClient::new(channel);
     let Ok(checkout) = client.get_checkout(GetCheckoutRequest { checkout_id: checkout_id.clone() }).await else {
         return;
@@ -128,7 +132,7 @@ async fn refund_one(channel: Channel, checkout_id: String, refund_id: String, sh
 
 /// Runs the load for `duration` at `rate` checkouts a second, then waits for
 /// the calls in flight.
-pub async fn run(channel: Channel, seed: u64, rate: f64, duration: Duration, shared: Shared) {
+pub async fn run(client: Conn, operator: Conn, seed: u64, rate: f64, duration: Duration, shared: Shared) {
     let period = Duration::from_secs_f64(1.0 / rate.max(0.1));
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -137,13 +141,13 @@ pub async fn run(channel: Channel, seed: u64, rate: f64, duration: Duration, sha
     let mut n: u64 = 0;
     while tokio::time::Instant::now() < end {
         ticker.tick().await;
-        calls.push(tokio::spawn(start_one(channel.clone(), checkout_request(seed, n), Arc::clone(&shared))));
+        calls.push(tokio::spawn(start_one(client.clone(), checkout_request(seed, n), Arc::clone(&shared))));
         // One checkout in twenty is cancelled while it runs, at a seeded moment.
         if n % 20 == 7 {
             let started = lock(&shared).checkouts.last().map(|(_, id)| id.clone());
             if let Some(checkout_id) = started {
                 let after = Duration::from_millis(Rng::new(seed ^ n).below(2_500));
-                calls.push(tokio::spawn(cancel_one(channel.clone(), checkout_id, after, Arc::clone(&shared))));
+                calls.push(tokio::spawn(cancel_one(operator.clone(), checkout_id, after, Arc::clone(&shared))));
             }
         }
         // Every tenth tick, refund a quarter of a checkout started a while ago.
@@ -151,7 +155,7 @@ pub async fn run(channel: Channel, seed: u64, rate: f64, duration: Duration, sha
             let earlier = lock(&shared).checkouts.iter().rev().nth(20).map(|(_, id)| id.clone());
             if let Some(checkout_id) = earlier {
                 let refund_id = format!("chaos-rf-{seed}-{n}");
-                calls.push(tokio::spawn(refund_one(channel.clone(), checkout_id, refund_id, Arc::clone(&shared))));
+                calls.push(tokio::spawn(refund_one(operator.clone(), checkout_id, refund_id, Arc::clone(&shared))));
             }
         }
         n += 1;

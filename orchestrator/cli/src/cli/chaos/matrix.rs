@@ -582,7 +582,7 @@ async fn run_lane(
         );
         results.push(CellResult { cell, path: path.join("; "), end, failures, elapsed: started.elapsed() });
     }
-    let input = JobInput { grace_ms: Some(0) };
+    let input = JobInput { grace_ms: Some(0), ..JobInput::default() };
     let url = format!("http://127.0.0.1:{}", lane.grpc_port);
     let invariants = match crate::cli::jobs::run_job(&url, jobs::CHECK_INVARIANTS, &input, Duration::from_secs(120))
         .await

@@ -5,6 +5,7 @@
 //! `docs/chaos/` describes the experiments.
 
 mod disrupt;
+mod hostile;
 mod link;
 mod load;
 mod matrix;
@@ -26,13 +27,15 @@ use sagaflow_proto::v1::{DescribeWorkflowRequest, ListWorkflowsRequest, SignalWo
 use sagaflow_server::jobs::JobInput;
 use sagaflow_server::workflows::jobs;
 use serde_json::json;
-use tonic::transport::Channel;
 
 use super::Output;
 use super::shop::request;
 use plan::PlanOptions;
 use report::Report;
-use system::{System, SystemOptions};
+use system::{System, SystemOptions, Tokens};
+
+/// A channel that carries a token: the chaos run's clients have auth on.
+pub type Conn = super::connection::Conn;
 
 #[derive(Debug, Subcommand)]
 pub enum ChaosCommand {
@@ -123,9 +126,18 @@ async fn run_experiment(args: RunArgs) -> anyhow::Result<Report> {
         .unwrap_or_else(|| std::env::temp_dir().join(format!("sagaflow-chaos-{seed}-{}", std::process::id())));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let nats_binary = if args.no_broker { None } else { system::find_nats_server() };
-    let mut system =
-        System::new(SystemOptions { dir: dir.clone(), nats_binary, jobs_interval: Duration::from_secs(30) })?;
-    let outcome = experiment(&mut system, &args, seed).await;
+    // Auth on, so that the hostile client is a tenant of its own (issue 26),
+    // and the orchestrator at the usual 1,024 open files, so that its flood
+    // meets the connection caps.
+    let tokens = Tokens::generate();
+    let mut system = System::new(SystemOptions {
+        dir: dir.clone(),
+        nats_binary,
+        jobs_interval: Duration::from_secs(30),
+        tokens: Some(tokens.clone()),
+        open_files: Some(1024),
+    })?;
+    let outcome = experiment(&mut system, &args, seed, tokens).await;
     system.stop_all().await;
     let report = outcome?;
     eprintln!("chaos: logs and data in {}", dir.display());
@@ -135,7 +147,7 @@ async fn run_experiment(args: RunArgs) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-async fn experiment(system: &mut System, args: &RunArgs, seed: u64) -> anyhow::Result<Report> {
+async fn experiment(system: &mut System, args: &RunArgs, seed: u64, tokens: Tokens) -> anyhow::Result<Report> {
     system.start_all().await?;
     let schedule =
         plan::plan(PlanOptions { seed, duration: args.duration, mean_gap: args.mean_gap, broker: system.has_broker() });
@@ -147,13 +159,20 @@ async fn experiment(system: &mut System, args: &RunArgs, seed: u64) -> anyhow::R
         system.dir().display()
     );
     let shared = load::Shared::default();
-    let channel = load::channel(&system.server_url())?;
-    let load = tokio::spawn(load::run(channel.clone(), seed, args.rate, args.duration, Arc::clone(&shared)));
+    let base = load::channel(&system.server_url())?;
+    let channel = super::connection::with_token(base.clone(), Some(&tokens.operator))?;
+    let shop = super::connection::with_token(base.clone(), Some(&tokens.shop))?;
+    let load = tokio::spawn(load::run(shop, channel.clone(), seed, args.rate, args.duration, Arc::clone(&shared)));
+    let (grpc, http) = system.listeners();
+    let reach = hostile::Reach { channel: base, grpc, http, server_url: system.server_url() };
+    let down = hostile::orchestrator_down(&schedule);
+    let hostile = tokio::spawn(hostile::run(reach, tokens, seed, Arc::clone(&shared), down, args.duration));
     let mut disruptor = disrupt::Disruptor::default();
     disruptor.play(system, &schedule, args.duration).await;
     eprintln!("chaos: healing");
     disruptor.heal(system).await?;
     load.await.context("the load task failed")?;
+    let hostile = hostile.await.context("the hostile client's task failed")?;
     let ledger = shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
 
     let mut report = Report {
@@ -164,6 +183,8 @@ async fn experiment(system: &mut System, args: &RunArgs, seed: u64) -> anyhow::R
         faults: disruptor.applied.clone(),
         ..Report::default()
     };
+    report.must_be_zero.hostile_got_through = hostile.got_through();
+    report.hostile = hostile;
     eprintln!("chaos: waiting for {} checkouts and {} refunds to end", ledger.checkouts.len(), ledger.refunds.len());
     let mut open = settle(system, &mut disruptor, channel.clone(), args.settle).await?;
     // The operator's part of the heal: a saga flagged stuck (a pivot whose
@@ -178,8 +199,8 @@ async fn experiment(system: &mut System, args: &RunArgs, seed: u64) -> anyhow::R
     report.crashes_restarted = disruptor.crashes_restarted;
     audit_workflows(&mut report, channel.clone(), &ledger).await?;
     report.must_be_zero.stuck_without_alert = open.iter().filter(|(_, stuck)| !stuck).count() as u64;
-    audit_effects(&mut report, system, channel, &open, &ledger).await?;
-    run_jobs(&mut report, system).await;
+    audit_effects(&mut report, system, channel.clone(), &open, &ledger).await?;
+    run_jobs(&mut report, system, channel).await;
     Ok(report)
 }
 
@@ -188,7 +209,7 @@ async fn experiment(system: &mut System, args: &RunArgs, seed: u64) -> anyhow::R
 async fn settle(
     system: &mut System,
     disruptor: &mut disrupt::Disruptor,
-    channel: Channel,
+    channel: Conn,
     within: Duration,
 ) -> anyhow::Result<Vec<(String, bool)>> {
     let mut client = WorkflowServiceClient::new(channel);
@@ -206,7 +227,7 @@ async fn settle(
 }
 
 /// Sends `sagaflow.retry` to every workflow flagged stuck; returns how many took it.
-async fn retry_flagged(channel: Channel, open: &[(String, bool)]) -> u64 {
+async fn retry_flagged(channel: Conn, open: &[(String, bool)]) -> u64 {
     let mut client = WorkflowServiceClient::new(channel);
     let mut retried = 0;
     for (workflow_id, _) in open.iter().filter(|(_, stuck)| *stuck) {
@@ -224,7 +245,7 @@ async fn retry_flagged(channel: Channel, open: &[(String, bool)]) -> u64 {
     retried
 }
 
-async fn open_workflows(client: &mut WorkflowServiceClient<Channel>) -> anyhow::Result<Vec<(String, bool)>> {
+async fn open_workflows(client: &mut WorkflowServiceClient<Conn>) -> anyhow::Result<Vec<(String, bool)>> {
     let mut open = Vec::new();
     let mut page_token = String::new();
     loop {
@@ -246,7 +267,7 @@ async fn open_workflows(client: &mut WorkflowServiceClient<Channel>) -> anyhow::
 }
 
 /// How every acknowledged start ended; a start the server cannot find is lost.
-async fn audit_workflows(report: &mut Report, channel: Channel, ledger: &load::Ledger) -> anyhow::Result<()> {
+async fn audit_workflows(report: &mut Report, channel: Conn, ledger: &load::Ledger) -> anyhow::Result<()> {
     let mut client = WorkflowServiceClient::new(channel);
     report.checkouts.started = ledger.checkouts.len() as u64;
     report.checkouts.unacknowledged = ledger.unacknowledged;
@@ -288,7 +309,7 @@ async fn audit_workflows(report: &mut Report, channel: Channel, ledger: &load::L
 async fn audit_effects(
     report: &mut Report,
     system: &System,
-    channel: Channel,
+    channel: Conn,
     open: &[(String, bool)],
     started: &load::Ledger,
 ) -> anyhow::Result<()> {
@@ -355,13 +376,14 @@ async fn audit_effects(
 }
 
 /// Runs every self-healing job once, repairs first, `check-invariants` last.
-async fn run_jobs(report: &mut Report, system: &System) {
+async fn run_jobs(report: &mut Report, system: &System, channel: Conn) {
     for name in jobs::NAMES {
         if *name == jobs::REPLAY_FAILED_EVENTS && !system.has_broker() {
             continue;
         }
-        let input = JobInput { grace_ms: Some(0) };
-        match super::jobs::run_job(&system.server_url(), name, &input, Duration::from_secs(180)).await {
+        let input = JobInput { grace_ms: Some(0), ..JobInput::default() };
+        let client = WorkflowServiceClient::new(channel.clone());
+        match super::jobs::run_job_on(client, name, &input, Duration::from_secs(180)).await {
             Ok(found) => {
                 if *name == jobs::CHECK_INVARIANTS {
                     report.must_be_zero.invariant_violations = found.violations.len() as u64;

@@ -26,6 +26,8 @@ pub struct Report {
     /// `sagaflow.retry` then moved on.
     pub retried_after_heal: u64,
     pub jobs: BTreeMap<String, Value>,
+    /// What the hostile client tried, and what got through.
+    pub hostile: super::hostile::Hostile,
     pub must_be_zero: MustBeZero,
 }
 
@@ -63,6 +65,9 @@ pub struct MustBeZero {
     pub invariant_violations: u64,
     /// Self-healing jobs that did not complete.
     pub jobs_failed: u64,
+    /// The hostile client's attacks that worked, and new clients not served
+    /// during its connection flood.
+    pub hostile_got_through: u64,
 }
 
 impl MustBeZero {
@@ -74,6 +79,7 @@ impl MustBeZero {
             + self.stuck_without_alert
             + self.invariant_violations
             + self.jobs_failed
+            + self.hostile_got_through
     }
 }
 
@@ -124,6 +130,24 @@ impl Report {
                 run.get("summary").and_then(Value::as_str).map_or_else(|| format!("{job}: {run}"), str::to_owned);
             out.push_str(&format!("  {line}\n"));
         }
+        let h = &self.hostile;
+        let refused: u64 = h.attacks.values().map(|a| a.refused).sum();
+        let inconclusive: u64 = h.attacks.values().map(|a| a.inconclusive).sum();
+        let unexpected: u64 = h.attacks.values().map(|a| a.unexpected).sum();
+        out.push_str(&format!(
+            "hostile client: {} attacks of {} kinds ({} refused, {} inconclusive, {} refused with another code); \
+             a flood of {} idle connections ({} evicted), {} of {} new clients served ({} not judged: orchestrator down)\n",
+            h.attempts(),
+            h.attacks.len(),
+            refused,
+            inconclusive,
+            unexpected,
+            h.flood_connections,
+            h.flood_evicted,
+            h.flood_served,
+            h.flood_probes,
+            h.flood_not_judged,
+        ));
         out.push_str(&format!(
             "acknowledged starts lost          {}\n\
              status disagrees with the ledger  {}\n\
@@ -132,6 +156,7 @@ impl Report {
              stuck without alert               {}\n\
              invariant violations              {}\n\
              jobs failed                       {}\n\
+             hostile client got through        {}\n\
              result: {}",
             z.acknowledged_starts_lost,
             z.status_disagrees_with_ledger,
@@ -140,6 +165,7 @@ impl Report {
             z.stuck_without_alert,
             z.invariant_violations,
             z.jobs_failed,
+            z.hostile_got_through,
             if self.passed() { "PASS" } else { "FAIL" }
         ));
         out

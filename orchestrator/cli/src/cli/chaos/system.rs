@@ -9,6 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use serde_json::json;
 use tokio::process::{Child, Command};
 
 use super::link::Link;
@@ -22,6 +23,46 @@ pub struct SystemOptions {
     pub nats_binary: Option<PathBuf>,
     /// How often the orchestrator runs its scheduled jobs during the run.
     pub jobs_interval: Duration,
+    /// Run with auth on, with these tokens (none: every caller is an
+    /// anonymous operator, as in `sagaflow dev`).
+    pub tokens: Option<Tokens>,
+    /// The orchestrator's open-file limit (soft and hard), as on a host with
+    /// the usual 1,024, so that a connection flood meets its caps.
+    pub open_files: Option<u64>,
+}
+
+/// The tokens of a run with auth on: two tenants (the shop front end the
+/// load runs as, and the hostile client), the shop's workers, the operator.
+/// Random per run, and kept in memory only; the auth file holds their hashes.
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    pub shop: String,
+    pub mallory: String,
+    pub worker: String,
+    pub operator: String,
+}
+
+/// The tenant names the tokens map to: a client's chosen ids are kept as `NAME:ID`.
+pub const SHOP_TENANT: &str = "shop";
+pub const HOSTILE_TENANT: &str = "mallory";
+
+impl Tokens {
+    pub fn generate() -> Self {
+        let token = || format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+        Self { shop: token(), mallory: token(), worker: token(), operator: token() }
+    }
+
+    fn auth_file(&self) -> serde_json::Value {
+        use sagaflow_server::auth::hash_token;
+        let entry =
+            |name: &str, role: &str, token: &str| json!({"name": name, "role": role, "sha256": hash_token(token)});
+        json!({"tokens": [
+            entry(SHOP_TENANT, "client", &self.shop),
+            entry(HOSTILE_TENANT, "client", &self.mallory),
+            entry("shop-workers", "worker", &self.worker),
+            entry("chaos-operator", "operator", &self.operator),
+        ]})
+    }
 }
 
 pub struct System {
@@ -69,6 +110,11 @@ impl System {
         let _ = std::fs::remove_file(&exe);
         if std::fs::hard_link(&current, &exe).is_err() {
             std::fs::copy(&current, &exe).with_context(|| format!("cannot copy {}", current.display()))?;
+        }
+        if let Some(tokens) = &options.tokens {
+            let path = options.dir.join("auth.json");
+            std::fs::write(&path, tokens.auth_file().to_string())
+                .with_context(|| format!("cannot write {}", path.display()))?;
         }
         // Every port at once, so that none is handed out twice.
         let mut ports = free_ports(2 * GROUPS.len() + 3)?;
@@ -176,7 +222,15 @@ impl System {
                 command
             }
             Target::Orchestrator => {
-                let mut command = Command::new(&self.exe);
+                let mut command = match self.options.open_files {
+                    // `ulimit -n` sets the soft and the hard limit; `exec` keeps the pid.
+                    Some(limit) => {
+                        let mut command = Command::new("sh");
+                        command.args(["-c", &format!("ulimit -n {limit} && exec \"$0\" \"$@\"")]).arg(&self.exe);
+                        command
+                    }
+                    None => Command::new(&self.exe),
+                };
                 command
                     .args(["server", "--listen", &format!("127.0.0.1:{}", self.grpc_port)])
                     .args(["--http-listen", &format!("127.0.0.1:{}", self.http_port)])
@@ -187,6 +241,9 @@ impl System {
                     .args(["--max-payload-bytes", "4000000", "--no-progress-after", "60s"]);
                 if self.has_broker() {
                     command.args(["--nats-url", &self.nats_url()]);
+                }
+                if self.options.tokens.is_some() {
+                    command.arg("--auth-file").arg(self.options.dir.join("auth.json"));
                 }
                 command
             }
@@ -201,6 +258,10 @@ impl System {
                     // Enough stock that the load never runs out: every
                     // compensation then comes from a fault, not from stock.
                     .args(["--initial-stock", "10000000"]);
+                if let Some(tokens) = &self.options.tokens {
+                    // In the environment, not on the command line that `ps` shows.
+                    command.env("SAGAFLOW_TOKEN", &tokens.worker);
+                }
                 command
             }
         };
@@ -271,5 +332,10 @@ impl System {
 
     pub fn dir(&self) -> &Path {
         &self.options.dir
+    }
+
+    /// `HOST:PORT` of the orchestrator's gRPC and HTTP listeners.
+    pub fn listeners(&self) -> (String, String) {
+        (format!("127.0.0.1:{}", self.grpc_port), format!("127.0.0.1:{}", self.http_port))
     }
 }
