@@ -13,7 +13,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::Violation;
-use super::orders::Order;
 
 /// The grace period when a request names none: long enough for a checkout
 /// to get from its capture to its order through a few retries.
@@ -146,10 +145,23 @@ pub struct Findings {
     pub violations: Vec<Violation>,
 }
 
+/// What the comparison reads of an order: the orders service gives these
+/// (`orders::Order::facts`), so that this module stays a pure comparison
+/// with no dependency on the service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderFacts {
+    pub order_id: String,
+    pub payment_intent_id: String,
+    pub created_at_ms: u64,
+    pub refunded_cents: u64,
+    /// The refunds recorded on the order.
+    pub refund_ids: Vec<String>,
+}
+
 /// Compares `request.captures` with `orders`. With `request.repair` off, a
 /// refund missing from its order past the grace period is a violation; with
 /// it on, it is a repair to apply.
-pub fn compare(request: &ReconcileRequest, orders: &[Order]) -> Findings {
+pub fn compare(request: &ReconcileRequest, orders: &[OrderFacts]) -> Findings {
     let snapshot = &request.captures;
     let settled_before = snapshot.as_of_ms.saturating_sub(request.grace_ms.unwrap_or(DEFAULT_GRACE_MS));
     let by_intent: BTreeMap<&str, &CapturedPayment> =
@@ -180,7 +192,7 @@ pub fn compare(request: &ReconcileRequest, orders: &[Order]) -> Findings {
             ));
             continue;
         }
-        let recorded: BTreeSet<&str> = order.refunds.iter().map(|r| r.refund_id.as_str()).collect();
+        let recorded: BTreeSet<&str> = order.refund_ids.iter().map(String::as_str).collect();
         for refund in capture.refunds.iter().filter(|r| !recorded.contains(r.refund_id.as_str())) {
             if request.repair {
                 findings.repairs.push(RefundRepair {
@@ -225,30 +237,14 @@ pub fn compare(request: &ReconcileRequest, orders: &[Order]) -> Findings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shop::orders::OrderStatus;
 
-    fn order(id: &str, intent: &str, refunds: &[(&str, u64)]) -> Order {
-        Order {
+    fn order(id: &str, intent: &str, refunds: &[(&str, u64)]) -> OrderFacts {
+        OrderFacts {
             order_id: id.into(),
-            client_request_id: format!("r-{id}"),
-            checkout_id: format!("chk-{id}"),
-            customer_id: "alice".into(),
-            lines: Vec::new(),
-            total_cents: 1000,
             payment_intent_id: intent.into(),
-            status: OrderStatus::Paid,
-            shipment_id: None,
-            refunded_cents: refunds.iter().map(|r| r.1).sum(),
-            refunds: refunds
-                .iter()
-                .map(|(id, amount)| crate::shop::orders::OrderRefund {
-                    refund_id: (*id).into(),
-                    amount_cents: *amount,
-                    at_ms: 10,
-                })
-                .collect(),
             created_at_ms: 100,
-            updated_at_ms: 100,
+            refunded_cents: refunds.iter().map(|r| r.1).sum(),
+            refund_ids: refunds.iter().map(|(id, _)| (*id).into()).collect(),
         }
     }
 

@@ -138,6 +138,17 @@ pub enum OrderEvent {
 }
 
 impl Order {
+    /// What the reconciliation compares ([`audit::compare`]).
+    pub fn facts(&self) -> audit::OrderFacts {
+        audit::OrderFacts {
+            order_id: self.order_id.clone(),
+            payment_intent_id: self.payment_intent_id.clone(),
+            created_at_ms: self.created_at_ms,
+            refunded_cents: self.refunded_cents,
+            refund_ids: self.refunds.iter().map(|r| r.refund_id.clone()).collect(),
+        }
+    }
+
     /// The order after `event`, or why `event` is illegal now. Pure: the
     /// caller stores the result.
     ///
@@ -458,7 +469,8 @@ impl Orders {
         } else {
             self.orders()?
         };
-        let findings = audit::compare(&request, &orders);
+        let facts: Vec<audit::OrderFacts> = orders.iter().map(Order::facts).collect();
+        let findings = audit::compare(&request, &facts);
         for repair in &findings.repairs {
             let recorded = RecordRefund {
                 order_id: repair.order_id.clone(),
