@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::coupons::{self, AppliedCoupon, Coupons};
 use super::store::{self, ServiceDb, check_id, key, now_ms, prefix};
-use super::{ErrorKind, LineError, LineItem, MAX_AMOUNT_CENTS, ServiceError, Shop, check_lines};
+use super::{LineError, LineItem, MAX_AMOUNT_CENTS, Shop, check_lines};
 
 pub const PRICE_SNAPSHOT: &str = "catalog.price_snapshot";
 pub const ACTIVITIES: &[&str] = &[PRICE_SNAPSHOT];
@@ -47,37 +47,14 @@ pub enum Error {
     Store(#[from] store::Error),
 }
 
-impl ServiceError for Error {
-    fn error_type(&self) -> &'static str {
-        match self {
-            Self::UnknownSku(_) => "UnknownSku",
-            Self::InvalidQuantity(_) => "InvalidQuantity",
-            Self::InvalidInput(_) => "InvalidInput",
-            Self::Coupon(e) => e.error_type(),
-            Self::Store(e) => e.error_type(),
-        }
-    }
+super::service_error!(Error {
+    Self::UnknownSku(_) => "UnknownSku", NotFound;
+    Self::InvalidQuantity(_) => "InvalidQuantity", Invalid;
+    Self::InvalidInput(_) => "InvalidInput", Invalid;
+    @wraps Self::Coupon, Self::Store;
+});
 
-    fn kind(&self) -> ErrorKind {
-        match self {
-            Self::UnknownSku(_) => ErrorKind::NotFound,
-            Self::InvalidQuantity(_) | Self::InvalidInput(_) => ErrorKind::Invalid,
-            Self::Coupon(e) => e.kind(),
-            Self::Store(e) => e.kind(),
-        }
-    }
-}
-
-super::into_activity_error!(Error);
-
-impl From<LineError> for Error {
-    fn from(error: LineError) -> Self {
-        match error {
-            LineError::Quantity { .. } => Self::InvalidQuantity(error),
-            other => Self::InvalidInput(other.to_string()),
-        }
-    }
-}
+super::from_line_error!(Error);
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

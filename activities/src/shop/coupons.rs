@@ -15,7 +15,7 @@ use sagaflow_worker::{ActivityError, WorkerBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::store::{self, ServiceDb, key, now_ms, prefix};
-use super::{ErrorKind, MAX_AMOUNT_CENTS, ServiceError, Shop};
+use super::{MAX_AMOUNT_CENTS, Shop};
 
 pub const VALIDATE: &str = "coupons.validate";
 pub const ACTIVITIES: &[&str] = &[VALIDATE];
@@ -41,26 +41,12 @@ pub enum Error {
     Store(#[from] store::Error),
 }
 
-impl ServiceError for Error {
-    fn error_type(&self) -> &'static str {
-        match self {
-            Self::InvalidCoupon { .. } | Self::UnknownCoupon(_) => "InvalidCoupon",
-            Self::InvalidTerms(_) => "InvalidInput",
-            Self::Store(e) => e.error_type(),
-        }
-    }
-
-    fn kind(&self) -> ErrorKind {
-        match self {
-            Self::InvalidCoupon { .. } => ErrorKind::Rejected,
-            Self::InvalidTerms(_) => ErrorKind::Invalid,
-            Self::UnknownCoupon(_) => ErrorKind::NotFound,
-            Self::Store(e) => e.kind(),
-        }
-    }
-}
-
-super::into_activity_error!(Error);
+super::service_error!(Error {
+    Self::InvalidCoupon { .. } => "InvalidCoupon", Rejected;
+    Self::UnknownCoupon(_) => "InvalidCoupon", NotFound;
+    Self::InvalidTerms(_) => "InvalidInput", Invalid;
+    @wraps Self::Store;
+});
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

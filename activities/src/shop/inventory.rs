@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use super::audit::{HeldReservation, HeldReservations};
 use super::catalog::DEMO_PRODUCTS;
 use super::store::{self, ServiceDb, Tx, check_id, key, now_ms, prefix};
-use super::{ErrorKind, LineError, LineItem, ServiceError, Shop, Violation, check_lines, merge_lines};
+use super::{LineError, LineItem, Shop, Violation, check_lines, merge_lines};
 
 pub const RESERVE: &str = "inventory.reserve";
 pub const RELEASE: &str = "inventory.release";
@@ -74,44 +74,20 @@ pub enum Error {
     Store(#[from] store::Error),
 }
 
-impl ServiceError for Error {
-    fn error_type(&self) -> &'static str {
-        match self {
-            Self::InvalidInput(_) => "InvalidInput",
-            Self::InvalidQuantity(_) => "InvalidQuantity",
-            Self::UnknownSku(_) => "UnknownSku",
-            Self::OutOfStock { .. } => "OutOfStock",
-            Self::UnknownReservation(_) => "UnknownReservation",
-            Self::ReservationExpired { .. } => "ReservationExpired",
-            Self::ReservationReleased(_) => "ReservationReleased",
-            Self::Invariant { .. } => "InvariantViolated",
-            Self::Store(e) => e.error_type(),
-        }
-    }
+super::service_error!(Error {
+    Self::InvalidInput(_) => "InvalidInput", Invalid;
+    Self::InvalidQuantity(_) => "InvalidQuantity", Invalid;
+    Self::UnknownSku(_) => "UnknownSku", NotFound;
+    Self::OutOfStock { .. } => "OutOfStock", Rejected;
+    Self::UnknownReservation(_) => "UnknownReservation", NotFound;
+    Self::ReservationExpired { .. } => "ReservationExpired", Rejected;
+    Self::ReservationReleased(_) => "ReservationReleased", Rejected;
+    // A bug, never a verdict on the input.
+    Self::Invariant { .. } => "InvariantViolated", Internal;
+    @wraps Self::Store;
+});
 
-    fn kind(&self) -> ErrorKind {
-        match self {
-            Self::InvalidInput(_) | Self::InvalidQuantity(_) => ErrorKind::Invalid,
-            Self::UnknownSku(_) | Self::UnknownReservation(_) => ErrorKind::NotFound,
-            Self::OutOfStock { .. } | Self::ReservationExpired { .. } | Self::ReservationReleased(_) => {
-                ErrorKind::Rejected
-            }
-            Self::Invariant { .. } => ErrorKind::Internal,
-            Self::Store(e) => e.kind(),
-        }
-    }
-}
-
-super::into_activity_error!(Error);
-
-impl From<LineError> for Error {
-    fn from(error: LineError) -> Self {
-        match error {
-            LineError::Quantity { .. } => Self::InvalidQuantity(error),
-            other => Self::InvalidInput(other.to_string()),
-        }
-    }
-}
+super::from_line_error!(Error);
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -105,12 +105,58 @@ macro_rules! into_activity_error {
     ($error:ty) => {
         impl From<$error> for sagaflow_worker::ActivityError {
             fn from(error: $error) -> Self {
-                super::activity_error(&error)
+                $crate::shop::activity_error(&error)
             }
         }
     };
 }
 pub(crate) use into_activity_error;
+
+/// A service error's [`ServiceError`] impl from one table: each variant's
+/// error type (the name a workflow's retry policy sees) and kind side by
+/// side, and the variants that wrap another service's error and answer as
+/// it does. Also makes it an `ActivityError` ([`into_activity_error`]).
+macro_rules! service_error {
+    ($error:ty {
+        $($variant:pat => $name:literal, $kind:ident;)*
+        $(@wraps $($inner:path),+;)?
+    }) => {
+        impl $crate::shop::ServiceError for $error {
+            fn error_type(&self) -> &'static str {
+                match self {
+                    $($variant => $name,)*
+                    $($($inner(e) => e.error_type(),)+)?
+                }
+            }
+
+            fn kind(&self) -> $crate::shop::ErrorKind {
+                match self {
+                    $($variant => $crate::shop::ErrorKind::$kind,)*
+                    $($($inner(e) => e.kind(),)+)?
+                }
+            }
+        }
+
+        $crate::shop::into_activity_error!($error);
+    };
+}
+pub(crate) use service_error;
+
+/// `From<LineError>` for a service whose error has `InvalidQuantity` and
+/// `InvalidInput` variants: a bad quantity keeps its own error type.
+macro_rules! from_line_error {
+    ($error:ty) => {
+        impl From<$crate::shop::LineError> for $error {
+            fn from(error: $crate::shop::LineError) -> Self {
+                match error {
+                    $crate::shop::LineError::Quantity { .. } => Self::InvalidQuantity(error),
+                    other => Self::InvalidInput(other.to_string()),
+                }
+            }
+        }
+    };
+}
+pub(crate) use from_line_error;
 
 /// The errors of a service that fails only on bad input or its store
 /// (shipping, notifications).
@@ -122,27 +168,10 @@ pub enum InputError {
     Store(#[from] store::Error),
 }
 
-impl ServiceError for InputError {
-    fn error_type(&self) -> &'static str {
-        match self {
-            Self::InvalidInput(_) => "InvalidInput",
-            Self::Store(e) => e.error_type(),
-        }
-    }
-
-    fn kind(&self) -> ErrorKind {
-        match self {
-            Self::InvalidInput(_) => ErrorKind::Invalid,
-            Self::Store(e) => e.kind(),
-        }
-    }
-}
-
-impl From<InputError> for ActivityError {
-    fn from(error: InputError) -> Self {
-        activity_error(&error)
-    }
-}
+service_error!(InputError {
+    Self::InvalidInput(_) => "InvalidInput", Invalid;
+    @wraps Self::Store;
+});
 
 /// `{sku, quantity}`: a line of a checkout, a price request or a reservation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -379,36 +408,25 @@ impl Shop {
         if !self.hosted.contains(&service) || !activities_of(service).contains(&activity_type) {
             return Err(unknown());
         }
+        // The hosted check above makes a missing service unreachable; it
+        // still answers, rather than panics, should the two ever disagree.
+        macro_rules! hosted {
+            ($service:expr, |$s:ident| $call:expr) => {
+                match &$service {
+                    Some($s) => $call.await,
+                    None => Err(unknown()),
+                }
+            };
+        }
         let effect = async {
             match service {
-                "catalog" => match &self.catalog {
-                    Some(catalog) => catalog.dispatch(activity_type, input).await,
-                    None => Err(unknown()),
-                },
-                "coupons" => match &self.coupons {
-                    Some(coupons) => coupons.dispatch(activity_type, input).await,
-                    None => Err(unknown()),
-                },
-                "inventory" => match &self.inventory {
-                    Some(inventory) => inventory.dispatch(activity_type, input).await,
-                    None => Err(unknown()),
-                },
-                "payments" => match &self.payments {
-                    Some(payments) => payments.dispatch(activity_type, input).await,
-                    None => Err(unknown()),
-                },
-                "orders" => match &self.orders {
-                    Some(orders) => orders.dispatch(activity_type, input).await,
-                    None => Err(unknown()),
-                },
-                "shipping" => match &self.shipping {
-                    Some(shipping) => shipping.dispatch(activity_type, input).await,
-                    None => Err(unknown()),
-                },
-                "notifications" => match &self.notifications {
-                    Some(notifications) => notifications.dispatch(activity_type, idempotency_key, input).await,
-                    None => Err(unknown()),
-                },
+                "catalog" => hosted!(self.catalog, |s| s.dispatch(activity_type, input)),
+                "coupons" => hosted!(self.coupons, |s| s.dispatch(activity_type, input)),
+                "inventory" => hosted!(self.inventory, |s| s.dispatch(activity_type, input)),
+                "payments" => hosted!(self.payments, |s| s.dispatch(activity_type, input)),
+                "orders" => hosted!(self.orders, |s| s.dispatch(activity_type, input)),
+                "shipping" => hosted!(self.shipping, |s| s.dispatch(activity_type, input)),
+                "notifications" => hosted!(self.notifications, |s| s.dispatch(activity_type, idempotency_key, input)),
                 _ => Err(unknown()),
             }
         };

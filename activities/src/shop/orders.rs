@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use super::audit::{self, Findings, ReconcileRequest};
 use super::store::{self, ServiceDb, check_id, key, now_ms, prefix, short_hash};
-use super::{ErrorKind, MAX_AMOUNT_CENTS, MAX_LINES, ServiceError, Shop};
+use super::{MAX_AMOUNT_CENTS, MAX_LINES, Shop};
 
 pub const CREATE: &str = "orders.create";
 pub const MARK_SHIPPED: &str = "orders.mark_shipped";
@@ -57,31 +57,15 @@ pub enum Error {
     Store(#[from] store::Error),
 }
 
-impl ServiceError for Error {
-    fn error_type(&self) -> &'static str {
-        match self {
-            Self::InvalidInput(_) => "InvalidInput",
-            Self::InvalidAmount(_) => "InvalidAmount",
-            Self::UnknownOrder(_) => "UnknownOrder",
-            Self::IllegalTransition { .. } => "IllegalTransition",
-            Self::RefundExceedsTotal { .. } => "RefundExceedsTotal",
-            Self::OrderIdCollision { .. } => "OrderIdCollision",
-            Self::Store(e) => e.error_type(),
-        }
-    }
-
-    fn kind(&self) -> ErrorKind {
-        match self {
-            Self::InvalidInput(_) | Self::InvalidAmount(_) => ErrorKind::Invalid,
-            Self::UnknownOrder(_) => ErrorKind::NotFound,
-            Self::RefundExceedsTotal { .. } => ErrorKind::Rejected,
-            Self::IllegalTransition { .. } | Self::OrderIdCollision { .. } => ErrorKind::Conflict,
-            Self::Store(e) => e.kind(),
-        }
-    }
-}
-
-super::into_activity_error!(Error);
+super::service_error!(Error {
+    Self::InvalidInput(_) => "InvalidInput", Invalid;
+    Self::InvalidAmount(_) => "InvalidAmount", Invalid;
+    Self::UnknownOrder(_) => "UnknownOrder", NotFound;
+    Self::IllegalTransition { .. } => "IllegalTransition", Conflict;
+    Self::RefundExceedsTotal { .. } => "RefundExceedsTotal", Rejected;
+    Self::OrderIdCollision { .. } => "OrderIdCollision", Conflict;
+    @wraps Self::Store;
+});
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -517,6 +501,7 @@ pub fn register(builder: WorkerBuilder, shop: &Shop) -> WorkerBuilder {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::shop::ServiceError;
 
     fn order(status: OrderStatus, shipment: Option<&str>, refunded: u64) -> Order {
         Order {

@@ -22,7 +22,7 @@ use super::audit::{
     CapturedPayment, Captures, CapturesRequest, DEFAULT_PAGE_BYTES, DEFAULT_PAGE_SIZE, LedgerRefund, MAX_PAGE_SIZE,
 };
 use super::store::{self, ServiceDb, Tx, check_id, key, now_ms, prefix};
-use super::{ErrorKind, MAX_AMOUNT_CENTS, ServiceError, Shop, Violation};
+use super::{MAX_AMOUNT_CENTS, Shop, Violation};
 
 pub const CAPTURE: &str = "payments.capture";
 pub const REFUND: &str = "payments.refund";
@@ -66,35 +66,18 @@ pub enum Error {
     Store(#[from] store::Error),
 }
 
-impl ServiceError for Error {
-    fn error_type(&self) -> &'static str {
-        match self {
-            Self::InvalidInput(_) => "InvalidInput",
-            Self::InvalidAmount(_) => "InvalidAmount",
-            Self::PaymentDeclined(_) => "PaymentDeclined",
-            Self::UnknownPaymentIntent(_) => "UnknownPaymentIntent",
-            Self::IntentMismatch { .. } => "IntentMismatch",
-            Self::IntentVoided(_) => "IntentVoided",
-            Self::AlreadyCaptured(_) => "AlreadyCaptured",
-            Self::RefundExceedsCapture { .. } => "RefundExceedsCapture",
-            Self::Invariant { .. } => "InvariantViolated",
-            Self::Store(e) => e.error_type(),
-        }
-    }
-
-    fn kind(&self) -> ErrorKind {
-        match self {
-            Self::InvalidInput(_) | Self::InvalidAmount(_) => ErrorKind::Invalid,
-            Self::UnknownPaymentIntent(_) => ErrorKind::NotFound,
-            Self::PaymentDeclined(_) | Self::RefundExceedsCapture { .. } => ErrorKind::Rejected,
-            Self::IntentMismatch { .. } | Self::IntentVoided(_) | Self::AlreadyCaptured(_) => ErrorKind::Conflict,
-            Self::Invariant { .. } => ErrorKind::Internal,
-            Self::Store(e) => e.kind(),
-        }
-    }
-}
-
-super::into_activity_error!(Error);
+super::service_error!(Error {
+    Self::InvalidInput(_) => "InvalidInput", Invalid;
+    Self::InvalidAmount(_) => "InvalidAmount", Invalid;
+    Self::PaymentDeclined(_) => "PaymentDeclined", Rejected;
+    Self::UnknownPaymentIntent(_) => "UnknownPaymentIntent", NotFound;
+    Self::IntentMismatch { .. } => "IntentMismatch", Conflict;
+    Self::IntentVoided(_) => "IntentVoided", Conflict;
+    Self::AlreadyCaptured(_) => "AlreadyCaptured", Conflict;
+    Self::RefundExceedsCapture { .. } => "RefundExceedsCapture", Rejected;
+    Self::Invariant { .. } => "InvariantViolated", Internal;
+    @wraps Self::Store;
+});
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

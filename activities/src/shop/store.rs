@@ -18,8 +18,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{ErrorKind, ServiceError};
-
 /// The longest id (sku, reservation id, order id, …) a service accepts, in
 /// UTF-8 bytes (docs/contract.md, Limits). Ids become parts of keys; an unbounded id is an
 /// unbounded key.
@@ -45,23 +43,11 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-impl ServiceError for Error {
-    fn error_type(&self) -> &'static str {
-        match self {
-            Self::Storage(_) | Self::Io { .. } | Self::Flush(_) => "StorageUnavailable",
-            Self::Corrupt { .. } | Self::Encode { .. } => "CorruptRecord",
-            Self::KeyReused { .. } => "IdempotencyKeyReused",
-        }
-    }
-
-    fn kind(&self) -> ErrorKind {
-        match self {
-            Self::Storage(_) | Self::Io { .. } | Self::Flush(_) => ErrorKind::Unavailable,
-            Self::Corrupt { .. } | Self::Encode { .. } => ErrorKind::Internal,
-            Self::KeyReused { .. } => ErrorKind::Conflict,
-        }
-    }
-}
+super::service_error!(Error {
+    Self::Storage(_) | Self::Io { .. } | Self::Flush(_) => "StorageUnavailable", Unavailable;
+    Self::Corrupt { .. } | Self::Encode { .. } => "CorruptRecord", Internal;
+    Self::KeyReused { .. } => "IdempotencyKeyReused", Conflict;
+});
 
 /// What an idempotency record holds: the input the key was first used with
 /// (a different input under the same key is refused, not silently answered
