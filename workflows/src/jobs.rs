@@ -44,9 +44,12 @@ pub const REPLAY_FAILED_EVENTS_ACTIVITY: &str = "jobs.replay_failed_events";
 /// stock; the orchestrator serves it, since only it reads the histories.
 pub const AUDIT_CHECKOUTS_ACTIVITY: &str = "jobs.audit_checkouts";
 
+/// A job's workflow type is its name under this prefix.
+pub const PREFIX: &str = "job.";
+
 /// The workflow type of job `name`: `job.NAME`.
 pub fn workflow_type(name: &str) -> String {
-    format!("job.{name}")
+    format!("{PREFIX}{name}")
 }
 
 /// A job step: a few quick retries (a service restarting is the common

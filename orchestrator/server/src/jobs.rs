@@ -79,7 +79,9 @@ async fn next_page(
     let Some(after) = input.next else {
         return Ok(serde_json::json!({ "page": page, "next_workflow_id": null }));
     };
-    let Some(name) = workflow_type.strip_prefix("job.").filter(|name| jobs::NAMES.contains(name)) else {
+    let Some(name) =
+        workflow_type.strip_prefix(jobs::PREFIX).filter(|_| runtime.registry().latest(workflow_type).is_some())
+    else {
         return Err(ActivityError::non_retryable(
             ActivityError::INVALID_INPUT,
             format!("{workflow_type} is not a job, so it has no next page"),
@@ -117,7 +119,15 @@ pub async fn schedule(runtime: Runtime, options: JobsOptions, mut stopped: watch
         }
         let slot = u64::try_from(now_ms()).unwrap_or(0) / u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
         let served = runtime.dispatch().workers_by_type();
-        for name in jobs::NAMES {
+        // Every registered job: the platform's and those an application brings.
+        let names: Vec<String> = runtime
+            .registry()
+            .names()
+            .into_iter()
+            .filter_map(|t| t.strip_prefix(jobs::PREFIX).map(str::to_owned))
+            .collect();
+        for name in &names {
+            let name = name.as_str();
             let workflow_type = jobs::workflow_type(name);
             let first = runtime
                 .registry()
