@@ -133,6 +133,7 @@ pub struct Server {
 #[derive(Default)]
 pub struct ServerBuilder {
     options: Options,
+    store: Option<Arc<dyn Store>>,
     registry: Registry,
     extensions: Vec<Box<dyn Extension>>,
 }
@@ -150,6 +151,13 @@ impl ServerBuilder {
         self
     }
 
+    /// The store to run on, instead of the one `options.storage` names
+    /// (which then only places the lease key: `Memory` draws a new one).
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
     /// The saga definitions it runs.
     pub fn definitions(mut self, registry: Registry) -> Self {
         self.registry = registry;
@@ -163,7 +171,7 @@ impl ServerBuilder {
     }
 
     pub async fn start(self) -> Result<Server, Error> {
-        Server::assemble(self.options, self.registry, self.extensions).await
+        Server::assemble(self.options, self.store, self.registry, self.extensions).await
     }
 }
 
@@ -179,17 +187,19 @@ impl Server {
 
     async fn assemble(
         options: Options,
+        store: Option<Arc<dyn Store>>,
         registry: Registry,
         extensions: Vec<Box<dyn Extension>>,
     ) -> Result<Self, Error> {
         options.check_exposure()?;
         let policy = Arc::new(Policy::with_rules(extensions.iter().flat_map(|e| e.rules())));
-        let store: Arc<dyn Store> = match &options.storage {
-            Storage::Sled(dir) => Arc::new(
+        let store: Arc<dyn Store> = match (store, &options.storage) {
+            (Some(store), _) => store,
+            (None, Storage::Sled(dir)) => Arc::new(
                 SledStore::open(&dir.join("orchestrator"))
                     .map_err(|source| Error::Store { dir: dir.clone(), source })?,
             ),
-            Storage::Memory => Arc::new(MemoryStore::in_memory()),
+            (None, Storage::Memory) => Arc::new(MemoryStore::in_memory()),
         };
         // Beside the store, so that a worker running through a restart can
         // still prove its leases (runtime/lease_token.rs).
