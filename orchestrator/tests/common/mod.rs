@@ -172,6 +172,18 @@ pub fn assert_intact(workflow_id: &str, events: &[HistoryEvent]) {
 }
 
 impl ServerProcess {
+    /// Starts on `listen` (an address, or `127.0.0.1:0`) with extra environment
+    /// variables, and its stderr (at `RUST_LOG=filter`) in `logs`.
+    pub async fn start_with_env(data_dir: &Path, listen: &str, env: &[(&str, &str)], filter: &str) -> Self {
+        let mut command = Command::new(BIN);
+        command
+            .args(["server", "--listen", listen.trim_start_matches("http://"), "--http-listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .envs(env.iter().copied());
+        Self::spawned(command, data_dir, Some(filter)).await
+    }
+
     /// Restarts on the same port, so that connected workers find it again.
     pub async fn start_on(data_dir: &Path, url: &str, extra: &[&str]) -> Self {
         Self::start_listening(data_dir, url.trim_start_matches("http://"), extra, None).await
