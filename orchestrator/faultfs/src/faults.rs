@@ -67,6 +67,8 @@ pub struct Faults {
     trap: Option<Trap>,
     /// The power is off: every operation fails and nothing reaches the disk.
     pub dead: bool,
+    /// Operations answered `EIO` or `ENOSPC` by an armed fault (not by a cut).
+    pub answered: u64,
 }
 
 /// The outcome of [`Faults::check`].
@@ -123,12 +125,14 @@ impl Faults {
             }
         }
         if self.eio.iter().any(|m| m.matches(op, path)) {
+            self.answered += 1;
             return Verdict::Fail(libc::EIO);
         }
         if bytes > 0
             && let Some(left) = &mut self.space_left
         {
             if bytes > *left {
+                self.answered += 1;
                 return Verdict::Fail(libc::ENOSPC);
             }
             *left -= bytes;

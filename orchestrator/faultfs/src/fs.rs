@@ -434,7 +434,11 @@ impl Filesystem for FaultFs {
         let mut state = self.0.lock();
         let result = (|| {
             let path = self.path(&state, ino).unwrap_or_default();
-            let cut_after = self.0.check(&mut state, Op::Fsync, &path, 0)?;
+            let cut_after = self.0.check(&mut state, Op::Fsync, &path, 0).inspect_err(|e| {
+                if *e == Errno::EIO {
+                    state.unsynced.sync_failed(ino.0);
+                }
+            })?;
             // Data and size alike: fdatasync also writes the size when it changed.
             state.unsynced.synced(ino.0);
             if cut_after {

@@ -140,6 +140,11 @@ impl FaultFs {
         self.shared.lock().faults.clear();
     }
 
+    /// How many operations an armed fault has failed so far.
+    pub fn faults_answered(&self) -> u64 {
+        self.shared.lock().faults.answered
+    }
+
     /// Files holding unsynced writes now.
     pub fn unsynced_files(&self) -> usize {
         self.shared.lock().unsynced.files()

@@ -34,6 +34,10 @@ struct Undo {
 #[derive(Debug, Default)]
 pub struct Unsynced {
     pending: HashMap<u64, Vec<Undo>>,
+    /// Writes a failed `fsync` covered. Linux marks their pages clean after a
+    /// writeback error, so a later `fsync` succeeds without writing them:
+    /// they are lost at the next cut whatever syncs follow ("fsyncgate").
+    doomed: HashMap<u64, Vec<Undo>>,
     seq: u64,
 }
 
@@ -81,28 +85,37 @@ impl Unsynced {
         self.pending.remove(&ino);
     }
 
+    /// An `fsync` of the file failed: what it covered never reaches the disk.
+    pub fn sync_failed(&mut self, ino: u64) {
+        if let Some(undos) = self.pending.remove(&ino) {
+            self.doomed.entry(ino).or_default().extend(undos);
+        }
+    }
+
     /// The file is gone from the namespace (its last name was removed).
     pub fn forget(&mut self, ino: u64) {
         self.pending.remove(&ino);
+        self.doomed.remove(&ino);
     }
 
     /// Bytes held for unsynced writes, for tests and logs.
     pub fn files(&self) -> usize {
-        self.pending.len()
+        self.pending.len() + self.doomed.keys().filter(|ino| !self.pending.contains_key(ino)).count()
     }
 
     /// The power cut: every file goes back to its last sync; with `tear`,
     /// the last write of all keeps its first sectors. `path_of` finds a
     /// file's backing path (`None`: it has no name left, nothing to undo).
     pub fn cut(&mut self, tear: Option<Tear>, path_of: impl Fn(u64) -> Option<PathBuf>) -> io::Result<CutReport> {
-        let last = self
-            .pending
-            .iter()
-            .filter_map(|(ino, undos)| undos.last().map(|u| (u.seq, *ino)))
-            .max()
-            .map(|(_, ino)| ino);
         let mut report = CutReport::default();
+        // Doomed writes are older than any pending write of the same file.
+        let mut files = std::mem::take(&mut self.doomed);
         for (ino, undos) in self.pending.drain() {
+            files.entry(ino).or_default().extend(undos);
+        }
+        let last =
+            files.iter().filter_map(|(ino, undos)| undos.last().map(|u| (u.seq, *ino))).max().map(|(_, ino)| ino);
+        for (ino, undos) in files {
             let Some(path) = path_of(ino) else { continue };
             let file = match OpenOptions::new().read(true).write(true).open(&path) {
                 Ok(file) => file,
@@ -191,6 +204,21 @@ mod tests {
         model.write(1, &f, 0, b"kept").unwrap();
         model.synced(1);
         model.write(1, &f, 4, b"lost").unwrap();
+        model.cut(None, |_| Some(path.clone())).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"kept");
+    }
+
+    #[test]
+    fn writes_under_a_failed_sync_are_lost_even_after_a_later_sync_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, f) = file(dir.path(), "a", b"");
+        let mut model = Unsynced::default();
+        model.write(1, &f, 0, b"kept").unwrap();
+        model.synced(1);
+        model.write(1, &f, 4, b"doomed").unwrap();
+        model.sync_failed(1);
+        model.write(1, &f, 10, b"!").unwrap();
+        model.synced(1);
         model.cut(None, |_| Some(path.clone())).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"kept");
     }

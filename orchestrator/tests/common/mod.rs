@@ -1,6 +1,7 @@
 //! Helpers for tests that run the real `sagaflow` binary.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod durability;
 pub mod nats;
 pub mod secure;
 pub mod shop;
