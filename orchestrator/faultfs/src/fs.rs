@@ -18,7 +18,7 @@ use fuser::{
 };
 
 use crate::faults::{Faults, Op, Verdict};
-use crate::model::{self, Tear, Unsynced};
+use crate::model::{self, Loss, Unsynced};
 
 /// Attributes and entries are not cached by the kernel: a cut changes files
 /// behind its back, and every size must come from the backing file.
@@ -42,7 +42,8 @@ pub(crate) struct State {
     next_fh: u64,
     pub unsynced: Unsynced,
     pub faults: Faults,
-    pub tear: Option<Tear>,
+    /// What the next cut lets survive.
+    pub loss: Option<Loss>,
 }
 
 #[derive(Debug)]
@@ -524,7 +525,8 @@ impl Filesystem for FaultFs {
             let flags = rustix::fs::FallocateFlags::from_bits_retain(u32::try_from(mode).unwrap_or(0));
             rustix::fs::fallocate(&handle.file, flags, offset, length)
                 .map_err(|e| Errno::from_i32(e.raw_os_error()))?;
-            unsynced.grown(handle.ino, old_len);
+            let new_len = handle.file.metadata().map_err(errno)?.len();
+            unsynced.grown(handle.ino, old_len, new_len);
             if cut_after {
                 self.0.cut_now(&mut state, Op::Resize, &path);
             }

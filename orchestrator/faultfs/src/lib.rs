@@ -26,7 +26,7 @@ use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 pub use faults::{Matcher, Op, Trap, When};
-pub use model::{CutReport, SECTOR, Tear};
+pub use model::{CutReport, Loss, SECTOR, Tear};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -121,7 +121,14 @@ impl FaultFs {
     /// At the next cut, the last unsynced write keeps its first
     /// `keep_sectors` sectors of 512 bytes (never all of them).
     pub fn tear_last_write(&self, keep_sectors: u64) {
-        self.shared.lock().tear = Some(Tear { keep_sectors });
+        self.shared.lock().loss = Some(Loss::Tear(Tear { keep_sectors }));
+    }
+
+    /// At the next cut, each unsynced write survives whole, torn at a
+    /// sector, or not at all, drawn from `seed`: a disk whose cache reached
+    /// the platter in any order. Synced writes are kept, as always.
+    pub fn scramble_unsynced(&self, seed: u64) {
+        self.shared.lock().loss = Some(Loss::Scramble { seed });
     }
 
     /// Writes past `bytes` more (in total, from now) fail with `ENOSPC`;
@@ -158,10 +165,10 @@ impl FaultFs {
         self.detach()?;
         let report = {
             let mut state = self.shared.lock();
-            let tear = state.tear.take();
+            let loss = state.loss.take().unwrap_or(Loss::All);
             let fs::State { paths, unsynced, .. } = &mut *state;
             let report = unsynced
-                .cut(tear, |ino| paths.get(&ino).cloned())
+                .cut(loss, |ino| paths.get(&ino).cloned())
                 .map_err(|source| Error::Cut { path: self.shared.root.clone(), source })?;
             state.faults.clear();
             state.faults.dead = false;

@@ -8,7 +8,7 @@
 //! left. See docs/adr/0018-fault-injecting-file-system.md for what this
 //! models and what it does not.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -28,6 +28,10 @@ struct Undo {
     old_len: u64,
     /// How many bytes the change wrote at `offset` (0 for a resize).
     written: u64,
+    /// What it wrote, to put back if the write survives a cut in part.
+    new: Vec<u8>,
+    /// The size it left the file with.
+    new_len: u64,
 }
 
 /// The unsynced changes of every file, by inode.
@@ -56,7 +60,8 @@ impl Unsynced {
         let old_len = file.metadata()?.len();
         let old = read_within(file, offset, data.len() as u64, old_len)?;
         file.write_all_at(data, offset)?;
-        self.push(ino, Undo { seq: 0, offset, old, old_len, written: data.len() as u64 });
+        let new_len = old_len.max(offset + data.len() as u64);
+        self.push(ino, Undo { seq: 0, offset, old, old_len, written: data.len() as u64, new: data.to_vec(), new_len });
         Ok(())
     }
 
@@ -65,13 +70,16 @@ impl Unsynced {
         let old_len = file.metadata()?.len();
         let old = read_within(file, new_len, old_len.saturating_sub(new_len), old_len)?;
         file.set_len(new_len)?;
-        self.push(ino, Undo { seq: 0, offset: new_len, old, old_len, written: 0 });
+        self.push(ino, Undo { seq: 0, offset: new_len, old, old_len, written: 0, new: Vec::new(), new_len });
         Ok(())
     }
 
     /// Records a size change made by someone else (`fallocate`).
-    pub fn grown(&mut self, ino: u64, old_len: u64) {
-        self.push(ino, Undo { seq: 0, offset: old_len, old: Vec::new(), old_len, written: 0 });
+    pub fn grown(&mut self, ino: u64, old_len: u64, new_len: u64) {
+        self.push(
+            ino,
+            Undo { seq: 0, offset: old_len, old: Vec::new(), old_len, written: 0, new: Vec::new(), new_len },
+        );
     }
 
     fn push(&mut self, ino: u64, mut undo: Undo) {
@@ -103,18 +111,22 @@ impl Unsynced {
         self.pending.len() + self.doomed.keys().filter(|ino| !self.pending.contains_key(ino)).count()
     }
 
-    /// The power cut: every file goes back to its last sync; with `tear`,
-    /// the last write of all keeps its first sectors. `path_of` finds a
-    /// file's backing path (`None`: it has no name left, nothing to undo).
-    pub fn cut(&mut self, tear: Option<Tear>, path_of: impl Fn(u64) -> Option<PathBuf>) -> io::Result<CutReport> {
+    /// The power cut: every file goes back to its last sync, then what
+    /// `loss` lets survive of the unsynced writes is put back, in the order
+    /// it was written. `path_of` finds a file's backing path (`None`: it has
+    /// no name left, nothing to undo).
+    pub fn cut(&mut self, loss: Loss, path_of: impl Fn(u64) -> Option<PathBuf>) -> io::Result<CutReport> {
         let mut report = CutReport::default();
         // Doomed writes are older than any pending write of the same file.
-        let mut files = std::mem::take(&mut self.doomed);
+        let mut files: BTreeMap<u64, Vec<Undo>> = std::mem::take(&mut self.doomed).into_iter().collect();
         for (ino, undos) in self.pending.drain() {
             files.entry(ino).or_default().extend(undos);
         }
-        let last =
-            files.iter().filter_map(|(ino, undos)| undos.last().map(|u| (u.seq, *ino))).max().map(|(_, ino)| ino);
+        let last = files.values().filter_map(|undos| undos.last().map(|u| u.seq)).max();
+        let mut rng = SplitMix(match loss {
+            Loss::Scramble { seed } => seed,
+            _ => 0,
+        });
         for (ino, undos) in files {
             let Some(path) = path_of(ino) else { continue };
             let file = match OpenOptions::new().read(true).write(true).open(&path) {
@@ -122,29 +134,79 @@ impl Unsynced {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
             };
-            // What the torn write got onto the disk, read before the undo wipes it.
-            let kept = match (tear, last == Some(ino), undos.last()) {
-                (Some(tear), true, Some(undo)) if undo.written > 0 => {
-                    let whole = undo.written.div_ceil(SECTOR).saturating_sub(1);
-                    let keep = (tear.keep_sectors.min(whole) * SECTOR).min(undo.written);
-                    let mut bytes = vec![0; usize::try_from(keep).unwrap_or(0)];
-                    file.read_exact_at(&mut bytes, undo.offset)?;
-                    Some((undo.offset, bytes))
-                }
-                _ => None,
-            };
-            report.writes_lost += undos.len();
             for undo in undos.iter().rev() {
                 file.write_all_at(&undo.old, undo.offset)?;
                 file.set_len(undo.old_len)?;
             }
-            if let Some((offset, bytes)) = kept {
-                file.write_all_at(&bytes, offset)?;
-                report.torn = Some((path.clone(), offset, bytes.len() as u64));
+            for undo in &undos {
+                let keep = match loss {
+                    Loss::All => Keep::None,
+                    Loss::Tear(tear) if Some(undo.seq) == last => Keep::Sectors(tear.keep_sectors),
+                    Loss::Tear(_) => Keep::None,
+                    Loss::Scramble { .. } => match rng.next() % 4 {
+                        0 | 1 => Keep::None,
+                        2 => Keep::Whole,
+                        n => Keep::Sectors(n.wrapping_mul(rng.next()) % 64),
+                    },
+                };
+                let kept = match keep {
+                    Keep::None => continue,
+                    Keep::Whole if undo.written == 0 => {
+                        file.set_len(undo.new_len)?;
+                        report.writes_kept += 1;
+                        continue;
+                    }
+                    Keep::Whole => undo.written,
+                    // Torn: fewer sectors than the write covers, never all of it.
+                    Keep::Sectors(n) => {
+                        (n.min(undo.written.div_ceil(SECTOR).saturating_sub(1)) * SECTOR).min(undo.written)
+                    }
+                };
+                if kept == 0 {
+                    continue;
+                }
+                file.write_all_at(&undo.new[..usize::try_from(kept).unwrap_or(0)], undo.offset)?;
+                report.writes_kept += 1;
+                if kept < undo.written {
+                    report.torn = Some((path.clone(), undo.offset, kept));
+                }
             }
+            report.writes_lost += undos.len();
             report.files += 1;
         }
+        report.writes_lost -= report.writes_kept;
         Ok(report)
+    }
+}
+
+/// What a cut lets survive of the writes never synced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loss {
+    /// Nothing.
+    All,
+    /// The last write of all keeps some of its first sectors; nothing else.
+    Tear(Tear),
+    /// Each write survives whole, torn at a sector, or not at all, at random:
+    /// a disk whose cache reached the platter in any order.
+    Scramble { seed: u64 },
+}
+
+enum Keep {
+    None,
+    Whole,
+    Sectors(u64),
+}
+
+/// A small, seeded generator (splitmix64): a cut is replayable from its seed.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
     }
 }
 
@@ -153,6 +215,8 @@ impl Unsynced {
 pub struct CutReport {
     pub files: usize,
     pub writes_lost: usize,
+    /// Unsynced writes (and resizes) that survived, whole or torn.
+    pub writes_kept: usize,
     /// The torn write's file, offset and the bytes of it that were kept.
     pub torn: Option<(PathBuf, u64, u64)>,
 }
@@ -191,7 +255,7 @@ mod tests {
         model.write(7, &f, 3, b"XYZW").unwrap();
         model.resize(7, &f, 2).unwrap();
         model.write(7, &f, 10, b"tail").unwrap();
-        let report = model.cut(None, |_| Some(path.clone())).unwrap();
+        let report = model.cut(Loss::All, |_| Some(path.clone())).unwrap();
         assert_eq!(report.writes_lost, 3);
         assert_eq!(std::fs::read(&path).unwrap(), b"hello");
     }
@@ -204,7 +268,7 @@ mod tests {
         model.write(1, &f, 0, b"kept").unwrap();
         model.synced(1);
         model.write(1, &f, 4, b"lost").unwrap();
-        model.cut(None, |_| Some(path.clone())).unwrap();
+        model.cut(Loss::All, |_| Some(path.clone())).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"kept");
     }
 
@@ -219,7 +283,7 @@ mod tests {
         model.sync_failed(1);
         model.write(1, &f, 10, b"!").unwrap();
         model.synced(1);
-        model.cut(None, |_| Some(path.clone())).unwrap();
+        model.cut(Loss::All, |_| Some(path.clone())).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"kept");
     }
 
@@ -232,11 +296,38 @@ mod tests {
         model.write(1, &fa, 0, &[1; 2048]).unwrap();
         model.write(2, &fb, 0, &[2; 1300]).unwrap();
         let paths = |ino| Some(if ino == 1 { a.clone() } else { b.clone() });
-        let report = model.cut(Some(Tear { keep_sectors: 9 }), paths).unwrap();
+        let report = model.cut(Loss::Tear(Tear { keep_sectors: 9 }), paths).unwrap();
         // The last write was b's: 1,300 bytes are 3 sectors, so at most 2 survive.
         assert_eq!(report.torn, Some((b.clone(), 0, 1024)));
         assert_eq!(std::fs::read(&b).unwrap(), vec![2; 1024]);
         assert_eq!(std::fs::read(&a).unwrap(), vec![0; 2048]);
+    }
+
+    /// Whatever subset survives, each byte is one that was written there,
+    /// and a file synced last keeps exactly what it had.
+    #[test]
+    fn a_scrambled_cut_keeps_only_bytes_that_were_written() {
+        for seed in 0..50 {
+            let dir = tempfile::tempdir().unwrap();
+            let (a, fa) = file(dir.path(), "a", &[0; 4096]);
+            let (b, fb) = file(dir.path(), "b", b"synced");
+            let mut model = Unsynced::default();
+            for i in 1..=8u8 {
+                model.write(1, &fa, u64::from(i) * 300, &[i; 700]).unwrap();
+            }
+            model.write(2, &fb, 0, b"xx").unwrap();
+            model.synced(2);
+            let paths = |ino| Some(if ino == 1 { a.clone() } else { b.clone() });
+            model.cut(Loss::Scramble { seed }, paths).unwrap();
+            let bytes = std::fs::read(&a).unwrap();
+            assert!(bytes.len() >= 4096, "seed {seed}: the synced size is kept");
+            for (at, byte) in bytes.iter().enumerate() {
+                let possible =
+                    (1..=8u8).any(|i| *byte == i && (usize::from(i) * 300..usize::from(i) * 300 + 700).contains(&at));
+                assert!(*byte == 0 || possible, "seed {seed}: byte {at} is {byte}");
+            }
+            assert_eq!(std::fs::read(&b).unwrap(), b"xxnced");
+        }
     }
 
     #[test]
@@ -246,7 +337,7 @@ mod tests {
         let mut model = Unsynced::default();
         model.write(1, &f, 0, &[1; 1024]).unwrap();
         model.write(1, &f, 0, &[2; 1024]).unwrap();
-        model.cut(Some(Tear { keep_sectors: 1 }), |_| Some(path.clone())).unwrap();
+        model.cut(Loss::Tear(Tear { keep_sectors: 1 }), |_| Some(path.clone())).unwrap();
         let mut want = vec![2; 512];
         want.extend_from_slice(&[0; 512]);
         assert_eq!(std::fs::read(&path).unwrap(), want);

@@ -85,6 +85,7 @@ impl SledStore {
             .flush_every_ms(None)
             .cache_capacity(256 * 1024 * 1024);
         let db = open_when_unlocked(&config, dir)?;
+        sync_sled_config(dir).map_err(engine)?;
         let tree = db.open_tree("sagaflow").map_err(engine)?;
         let log = File::open(dir.join("db")).map_err(engine)?;
         let wal_dir = dir.join("wal");
@@ -121,6 +122,16 @@ impl SledStore {
         .map_err(engine)?;
         KvStore::new(SledKv { tree, checkpoint_failure, overlay, flusher, _checkpointer: checkpointer })
     }
+}
+
+/// Makes sled's `conf` file durable. sled writes it once, when it creates
+/// the store, and never syncs it; a power cut that keeps part of it (its
+/// bytes but not its checksum) makes sled refuse to open the store
+/// ("Read corrupted data"), found by tests/power_loss.rs. The directory is
+/// synced too, for the names of the files sled created.
+fn sync_sled_config(dir: &Path) -> std::io::Result<()> {
+    File::open(dir.join("conf"))?.sync_all()?;
+    File::open(dir)?.sync_all()
 }
 
 /// How long an open waits for a previous handle's file lock to go.
