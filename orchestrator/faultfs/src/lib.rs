@@ -76,13 +76,16 @@ impl FaultFs {
         Ok(())
     }
 
+    /// Unmounts, and returns once no operation can reach the file system.
+    /// A lazy unmount: files still open (sled closes its own from background
+    /// threads, a moment after its handle is dropped) keep the file system
+    /// alive until they close, and the session's end waits for that.
     fn detach(&mut self) -> Result<(), Error> {
-        match self.session.take() {
-            Some(session) => {
-                session.umount_and_join().map_err(|source| Error::Unmount { path: self.mountpoint.clone(), source })
-            }
-            None => Ok(()),
-        }
+        let Some(session) = self.session.take() else { return Ok(()) };
+        let failed = |source| Error::Unmount { path: self.mountpoint.clone(), source };
+        rustix::mount::unmount(&self.mountpoint, rustix::mount::UnmountFlags::DETACH)
+            .map_err(|e| failed(std::io::Error::from_raw_os_error(e.raw_os_error())))?;
+        session.join().map_err(failed)
     }
 
     pub fn mountpoint(&self) -> &Path {
