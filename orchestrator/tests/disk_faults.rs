@@ -32,6 +32,18 @@ async fn load_until_refused(server: &ServerProcess, acked: &Arc<Mutex<Acked>>, r
     acked.lock().unwrap().refusal.take().unwrap()
 }
 
+/// Some acknowledged work before the fault: starts and completions.
+async fn some_work(server: &ServerProcess, acked: &Arc<Mutex<Acked>>, round: usize) {
+    let load = Load::start(&server.url, round, CLIENTS, acked);
+    common::shop::eventually(Duration::from_secs(60), "some acknowledged work", || {
+        let acked = acked.lock().unwrap();
+        let enough = acked.starts.len() >= 40 && !acked.completed.is_empty();
+        async move { enough }
+    })
+    .await;
+    load.stop().await;
+}
+
 /// Health, `/healthz` and the metric all say the store refuses writes.
 async fn assert_reported(server: &ServerProcess) {
     let channel = tonic::transport::Channel::from_shared(server.url.clone()).unwrap().connect().await.unwrap();
@@ -77,7 +89,7 @@ async fn a_full_disk_refuses_writes_with_a_clear_error_and_a_restart_serves_ever
     let (_, mut rng) = common::durability::seeded();
     let (server, _worker, acked) = started(&disk).await;
     // Some work first, then the disk fills part-way into whatever is being written.
-    Load::start(&server.url, 0, CLIENTS, &acked).stop().await;
+    some_work(&server, &acked, 0).await;
     disk.fs.set_enospc_after(Some(rng.random_range(0..512 * 1024)));
     let refused = load_until_refused(&server, &acked, 1).await;
     assert!(
@@ -96,7 +108,7 @@ async fn a_full_disk_refuses_writes_with_a_clear_error_and_a_restart_serves_ever
 async fn eio_on_the_log_stops_acknowledgements_and_a_restart_replays() {
     let Some(mut disk) = disk() else { return };
     let (server, _worker, acked) = started(&disk).await;
-    Load::start(&server.url, 0, CLIENTS, &acked).stop().await;
+    some_work(&server, &acked, 0).await;
     disk.fs.fail_with_eio(Matcher::new(Op::Fsync, ".log"));
     let refused = load_until_refused(&server, &acked, 1).await;
     assert!(refused.message().contains("read-only"), "{refused:?}");
@@ -117,7 +129,7 @@ async fn eio_on_the_log_stops_acknowledgements_and_a_restart_replays() {
 async fn eio_on_sled_stops_acknowledgements_keeps_the_log_and_a_restart_replays() {
     let Some(mut disk) = disk() else { return };
     let (server, _worker, acked) = started(&disk).await;
-    Load::start(&server.url, 0, CLIENTS, &acked).stop().await;
+    some_work(&server, &acked, 0).await;
     let retired = Trap { matcher: Matcher::new(Op::Unlink, ".log"), skip: 0, when: When::After };
     disk.fs.fail_with_eio(Matcher::new(Op::Fsync, "orchestrator/db"));
     let load = Load::start(&server.url, 1, CLIENTS, &acked);
