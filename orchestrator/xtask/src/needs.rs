@@ -199,6 +199,6 @@ mod tests {
     #[test]
     fn packages_are_listed_once() {
         let all: Vec<&Need> = NEEDS.iter().chain(NEEDS).collect();
-        assert_eq!(packages(&all), ["nats-server", "prometheus", "python3", "python3-venv"]);
+        assert_eq!(packages(&all), ["nats-server", "prometheus", "python3", "python3-venv", "fuse3"]);
     }
 }
