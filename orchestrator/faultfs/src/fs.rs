@@ -169,14 +169,18 @@ impl FaultFs {
         Ok(attr)
     }
 
-    /// Drops what the model holds for a file whose last name is going away.
-    fn unlinking(&self, state: &mut State, path: &Path) {
-        if let Ok(meta) = fs::symlink_metadata(path) {
-            let ino = self.0.ino_of(&meta);
-            if meta.nlink() <= 1 || meta.is_dir() {
-                state.unsynced.forget(ino);
-                state.paths.remove(&ino);
-            }
+    /// The inode whose last name `path` is, if it is one: removing or
+    /// replacing that name ends the file.
+    fn last_name(&self, path: &Path) -> Option<u64> {
+        let meta = fs::symlink_metadata(path).ok()?;
+        (meta.nlink() <= 1 || meta.is_dir()).then(|| self.0.ino_of(&meta))
+    }
+
+    /// Drops what the model holds for a file that no longer has a name.
+    fn gone(state: &mut State, ino: Option<u64>) {
+        if let Some(ino) = ino {
+            state.unsynced.forget(ino);
+            state.paths.remove(&ino);
         }
     }
 }
@@ -278,8 +282,9 @@ impl Filesystem for FaultFs {
             let from = self.child(&state, parent, name)?;
             let to = self.child(&state, newparent, newname)?;
             let cut_after = self.0.check(&mut state, Op::Rename, &from, 0)?;
-            self.unlinking(&mut state, &to);
+            let replaced = self.last_name(&to);
             fs::rename(&from, &to).map_err(errno)?;
+            Self::gone(&mut state, replaced);
             // Every path under the old name (a directory's files) moves with it.
             for path in state.paths.values_mut() {
                 if let Ok(rest) = path.strip_prefix(&from) {
@@ -545,8 +550,9 @@ impl FaultFs {
         let result = (|| {
             let path = self.child(&state, parent, name)?;
             let cut_after = self.0.check(&mut state, Op::Unlink, &path, 0)?;
-            self.unlinking(&mut state, &path);
+            let removed = self.last_name(&path);
             if dir { fs::remove_dir(&path) } else { fs::remove_file(&path) }.map_err(errno)?;
+            Self::gone(&mut state, removed);
             if cut_after {
                 self.0.cut_now(&mut state, Op::Unlink, &path);
             }
