@@ -117,6 +117,13 @@ async fn acknowledged_work_survives_power_cuts_at_every_kind_of_moment() {
         tokio::task::block_in_place(|| disk.fs.restart()).unwrap();
         *counts.entry(point).or_default() += 1;
         let sweep = cut % SWEEP_EVERY == SWEEP_EVERY - 1 || cut + 1 == cuts;
+        // The check opens the store in this process, which replays the log
+        // and retires it. Every other cut it is left to the server's own
+        // start to replay what the cut left; what it lost would still be
+        // missing at the next check.
+        if cut % 2 == 1 && !sweep {
+            continue;
+        }
         let acked = acked.lock().unwrap();
         tokio::task::block_in_place(|| {
             checked.verify(&disk.data, &acked, sweep, &format!("cut {cut} ({point:?}, seed {seed})"))
