@@ -94,6 +94,12 @@ impl ServiceDb {
             // seven services in one process should not each claim it.
             .cache_capacity(32 * 1024 * 1024)
             .open()?;
+        // sled writes its conf file once, at creation, and never syncs it: a
+        // power cut that kept part of it made the store unopenable ("Read
+        // corrupted data"; orchestrator/cli/tests/shop_power_loss.rs).
+        let conf = dir.join("conf");
+        let synced = File::open(&conf).and_then(|f| f.sync_all()).and_then(|()| File::open(dir)?.sync_all());
+        synced.map_err(|source| Error::Io { path: conf, source })?;
         let log_path = dir.join("db");
         let log = File::open(&log_path).map_err(|source| Error::Io { path: log_path, source })?;
         Ok(Self { dir: dir.to_owned(), db, log: Arc::new(log), writer: Mutex::new(()) })

@@ -54,6 +54,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "sagaflow-examples",
         &["sagaflow-server", "sagaflow-shop-server", "sagaflow-activities", "sagaflow-proto", "sagaflow-worker"],
     ),
+    ("sagaflow-faultfs", &[]),
     ("xtask", &[]),
 ];
 

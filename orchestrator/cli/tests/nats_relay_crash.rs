@@ -36,8 +36,10 @@ async fn a_crash_between_publish_and_delete_duplicates_nothing() {
     let crash_after = CRASH_AFTER.to_string();
     let crashing = ServerProcess::start_with_env(
         &data,
+        "127.0.0.1:0",
         &["--definitions", definitions, "--nats-url", &nats.url],
         &[("SAGAFLOW_FAULT_RELAY_CRASH_AFTER_PUBLISHED", &crash_after)],
+        None,
     )
     .await;
     // The fault aborts the process (no shutdown, no flush) right after the

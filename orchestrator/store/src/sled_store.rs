@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, OnceLock, mpsc};
 
 use prost::Message;
 use sagaflow_proto::v1::HistoryEvent;
@@ -23,6 +23,8 @@ use super::{keys, wal};
 
 pub struct SledKv {
     tree: sled::Tree,
+    /// Why a checkpoint failed, once one has: the store then refuses writes.
+    checkpoint_failure: Arc<OnceLock<String>>,
     overlay: Arc<Overlay>,
     flusher: GroupCommit,
     /// Declared after the flusher, which holds its sender: dropping the
@@ -83,6 +85,7 @@ impl SledStore {
             .flush_every_ms(None)
             .cache_capacity(256 * 1024 * 1024);
         let db = open_when_unlocked(&config, dir)?;
+        sync_sled_config(dir).map_err(engine)?;
         let tree = db.open_tree("sagaflow").map_err(engine)?;
         let log = File::open(dir.join("db")).map_err(engine)?;
         let wal_dir = dir.join("wal");
@@ -96,8 +99,10 @@ impl SledStore {
         }
         let overlay = Arc::new(Overlay::default());
         let mut appender = wal::Appender::create(&wal_dir).map_err(engine)?;
+        let checkpoint_failure = Arc::new(OnceLock::new());
         let (retire, checkpointer) =
-            start_checkpointer(tree.clone(), log, wal_dir, Arc::clone(&overlay)).map_err(engine)?;
+            start_checkpointer(tree.clone(), log, wal_dir, Arc::clone(&overlay), Arc::clone(&checkpoint_failure))
+                .map_err(engine)?;
         let unlogged = Arc::clone(&overlay);
         let flusher = GroupCommit::start(Box::new(move || {
             let (records, frozen) = unlogged.take_unlogged(|len| appender.fills(len));
@@ -115,8 +120,18 @@ impl SledStore {
             Ok(true)
         }))
         .map_err(engine)?;
-        KvStore::new(SledKv { tree, overlay, flusher, _checkpointer: checkpointer })
+        KvStore::new(SledKv { tree, checkpoint_failure, overlay, flusher, _checkpointer: checkpointer })
     }
+}
+
+/// Makes sled's `conf` file durable. sled writes it once, when it creates
+/// the store, and never syncs it; a power cut that keeps part of it (its
+/// bytes but not its checksum) makes sled refuse to open the store
+/// ("Read corrupted data"), found by tests/power_loss.rs. The directory is
+/// synced too, for the names of the files sled created.
+fn sync_sled_config(dir: &Path) -> std::io::Result<()> {
+    File::open(dir.join("conf"))?.sync_all()?;
+    File::open(dir)?.sync_all()
 }
 
 /// How long an open waits for a previous handle's file lock to go.
@@ -214,27 +229,40 @@ fn migrate(tree: &sled::Tree) -> Result<bool> {
 /// Moves frozen layers into sled, oldest first: applies one, flushes sled,
 /// deletes the log segments it covers, then drops it from the overlay. Runs
 /// on its own thread so that acknowledgements never wait for sled.
+///
+/// A failed checkpoint is final: after a failed write or sync of sled's file
+/// nothing says what sled holds (Linux drops the dirty pages of a failed
+/// writeback, so a retried sync can succeed without writing them), and a
+/// later flush that succeeds must not retire segments on sled's word. The
+/// segments stay, the layers stay in memory, `failure` makes the store refuse
+/// writes, and the next start replays the log (tests/disk_faults.rs).
 fn start_checkpointer(
     tree: sled::Tree,
     log: File,
     wal_dir: PathBuf,
     overlay: Arc<Overlay>,
+    failure: Arc<OnceLock<String>>,
 ) -> std::io::Result<(RetireSender, Checkpointer)> {
     let (retire, full) = mpsc::sync_channel::<(u64, Arc<Layer>)>(CHECKPOINTS_QUEUED);
     let thread = std::thread::Builder::new().name("sagaflow-checkpoint".into()).spawn(move || {
         yield_to_commits();
         let mut retired = 0;
-        // A layer that failed stays first and blocks the later ones: were
-        // they retired before it, readers would find its older values first.
         let mut pending = VecDeque::new();
         while let Ok(next) = full.recv() {
+            if failure.get().is_some() {
+                // Kept, never retired: readers find the layers in memory until
+                // the process ends, and the log replays them at the next start.
+                pending.push_back(next);
+                continue;
+            }
             pending.push_back(next);
             while let Some((upto, layer)) = pending.front() {
                 let started = std::time::Instant::now();
                 let written = match apply_layer(&tree, layer).and_then(|n| flush_sled(&tree, &log).map(|()| n)) {
                     Ok(written) => written,
                     Err(e) => {
-                        tracing::error!(error = %e, "checkpoint failed; the log segments stay and replay at start");
+                        tracing::error!(error = %e, "checkpoint into sled failed; refusing further writes, the log segments stay and replay at the next start");
+                        let _ = failure.set(format!("a checkpoint into sled failed: {e}"));
                         break;
                     }
                 };
@@ -316,11 +344,11 @@ impl Kv for SledKv {
     }
 
     fn write_failure(&self) -> Option<String> {
-        self.flusher.failure()
+        self.flusher.failure().or_else(|| self.checkpoint_failure.get().cloned())
     }
 
     fn apply_unflushed(&self, writes: Vec<Write>) -> Result<()> {
-        if let Some(failure) = self.flusher.failure() {
+        if let Some(failure) = self.write_failure() {
             return Err(Error::FlushFailed(failure));
         }
         let mut record = Vec::new();

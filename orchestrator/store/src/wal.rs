@@ -29,6 +29,19 @@ use super::kv_store::Write;
 /// size. Its writes are held in memory until then, and replayed at a start.
 pub const SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
 
+/// Overrides [`SEGMENT_BYTES`] (rounded up to whole blocks). For
+/// tests only: the power-loss tests (orchestrator/cli/tests/power_loss.rs) need
+/// rotations and checkpoints every few hundred commits, not every ten thousand.
+pub const SEGMENT_BYTES_ENV: &str = "SAGAFLOW_TEST_WAL_SEGMENT_BYTES";
+
+/// The segment size in force: [`SEGMENT_BYTES`] unless a test set [`SEGMENT_BYTES_ENV`].
+fn segment_bytes() -> u64 {
+    std::env::var(SEGMENT_BYTES_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(SEGMENT_BYTES, |n| n.max(1).div_ceil(BLOCK as u64) * BLOCK as u64)
+}
+
 const HEADER: usize = 8;
 /// No single decision comes near this; a larger length is a torn header.
 const MAX_RECORD: usize = 256 * 1024 * 1024;
@@ -194,18 +207,20 @@ fn sync_dir(dir: &Path) -> Result<(), Error> {
 ///
 /// Synced a chunk at a time: the log's syncs queue behind whatever the disk
 /// is writing, and 4 MiB in one go held some of them up ~4 ms.
-fn zero_filled(path: &Path) -> Result<File, Error> {
-    const CHUNK: usize = 256 * 1024;
+fn zero_filled(path: &Path, size: u64) -> Result<File, Error> {
     let file = OpenOptions::new().create_new(true).write(true).open(path).map_err(io_error(path))?;
-    let zeros = vec![0; CHUNK];
-    for offset in (0..SEGMENT_BYTES).step_by(CHUNK) {
-        file.write_all_at(&zeros, offset).map_err(io_error(path))?;
+    let zeros = vec![0; ZERO_CHUNK];
+    for offset in (0..size).step_by(ZERO_CHUNK) {
+        let chunk = usize::try_from(size - offset).map_or(ZERO_CHUNK, |left| left.min(ZERO_CHUNK));
+        file.write_all_at(&zeros[..chunk], offset).map_err(io_error(path))?;
         // Also makes the size and the allocation durable: both are needed
         // to read the data back.
         file.sync_data().map_err(io_error(path))?;
     }
     Ok(file)
 }
+
+const ZERO_CHUNK: usize = 256 * 1024;
 
 /// The next segment, zero-filled ahead of time so that a rotation does not
 /// hold up commits. Only a spare made (and synced) by this process is used:
@@ -214,12 +229,12 @@ fn spare_path(dir: &Path) -> PathBuf {
     dir.join("spare")
 }
 
-fn prepare_spare(dir: &Path) -> Option<JoinHandle<Result<File, Error>>> {
+fn prepare_spare(dir: &Path, size: u64) -> Option<JoinHandle<Result<File, Error>>> {
     let path = spare_path(dir);
     let spawned = std::thread::Builder::new().name("sagaflow-wal-spare".into()).spawn(move || {
         // What an earlier run or a failed attempt left behind.
         remove_if_present(&path)?;
-        zero_filled(&path)
+        zero_filled(&path, size)
     });
     spawned.inspect_err(|e| tracing::warn!(error = %e, "no thread to prepare a log segment")).ok()
 }
@@ -230,6 +245,8 @@ pub struct Appender {
     id: u64,
     file: Segment,
     len: u64,
+    /// [`SEGMENT_BYTES`], or a test's smaller size.
+    size: u64,
     spare: Option<JoinHandle<Result<File, Error>>>,
 }
 
@@ -307,10 +324,11 @@ impl Appender {
     pub fn create(dir: &Path) -> Result<Self, Error> {
         let id = segments(dir)?.last().map_or(1, |last| last + 1);
         let path = segment_path(dir, id);
-        let file = Segment::open(&path, zero_filled(&path)?);
+        let size = segment_bytes();
+        let file = Segment::open(&path, zero_filled(&path, size)?);
         // The new file's directory entry must survive a crash, or its records would.
         sync_dir(dir)?;
-        Ok(Self { dir: dir.to_owned(), id, file, len: 0, spare: prepare_spare(dir) })
+        Ok(Self { dir: dir.to_owned(), id, file, len: 0, size, spare: prepare_spare(dir, size) })
     }
 
     /// Writes whole records and waits until they are on disk.
@@ -328,7 +346,7 @@ impl Appender {
 
     /// Whether `more` bytes fill the segment.
     pub fn fills(&self, more: usize) -> bool {
-        self.len + more as u64 >= SEGMENT_BYTES
+        self.len + more as u64 >= self.size
     }
 
     /// Starts the next segment and returns the id of the current one, whose
@@ -349,14 +367,14 @@ impl Appender {
                 if let Some(Ok(Err(e))) = failed {
                     tracing::warn!(error = %e, "the spare log segment failed; making one in place");
                 }
-                zero_filled(&path)?
+                zero_filled(&path, self.size)?
             }
         };
         self.file = Segment::open(&path, file);
         sync_dir(&self.dir)?;
         self.id = full + 1;
         self.len = 0;
-        self.spare = prepare_spare(&self.dir);
+        self.spare = prepare_spare(&self.dir, self.size);
         Ok(full)
     }
 }

@@ -54,6 +54,14 @@ pub const NEEDS: &[Need] = &[
         packages: &["python3", "python3-venv"],
         stages: &[Stage::Dashboard, Stage::Examples, Stage::PythonSdk],
     },
+    Need {
+        name: "fusermount3",
+        purpose: "the power-loss and disk-fault tests mount the fault-injecting file system (orchestrator/faultfs); \
+                  fuser mounts through it when it cannot mount directly",
+        probe: Probe::Executable("fusermount3"),
+        packages: &["fuse3"],
+        stages: &[Stage::CargoTest],
+    },
 ];
 
 /// Where Debian puts daemons and where hand installs go, beyond a user's PATH. The NATS tests look
@@ -191,6 +199,6 @@ mod tests {
     #[test]
     fn packages_are_listed_once() {
         let all: Vec<&Need> = NEEDS.iter().chain(NEEDS).collect();
-        assert_eq!(packages(&all), ["nats-server", "prometheus", "python3", "python3-venv"]);
+        assert_eq!(packages(&all), ["nats-server", "prometheus", "python3", "python3-venv", "fuse3"]);
     }
 }

@@ -1,6 +1,7 @@
 //! Helpers for tests that run the real `sagaflow` binary.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod durability;
 pub mod nats;
 pub mod secure;
 pub mod shop;
@@ -56,13 +57,6 @@ fn spawn_logged(command: &mut Command, filter: &str, capture: bool) -> (Child, L
 impl ServerProcess {
     pub async fn start(data_dir: &Path, extra: &[&str]) -> Self {
         Self::start_listening(data_dir, "127.0.0.1:0", extra, None).await
-    }
-
-    /// Starts with extra environment variables (the test builds' fault injection).
-    pub async fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut command = Self::command(data_dir, "127.0.0.1:0", extra);
-        command.envs(env.iter().copied());
-        Self::spawned(command, data_dir, None).await
     }
 
     /// Starts with `RUST_LOG=filter` and collects its stderr in `logs`.
@@ -183,6 +177,21 @@ pub fn assert_intact(workflow_id: &str, events: &[HistoryEvent]) {
 }
 
 impl ServerProcess {
+    /// Starts on `listen` (an address, or `127.0.0.1:0`) with extra arguments
+    /// and environment variables (a test build's knobs and fault points); with
+    /// `logged`, its stderr (at `RUST_LOG=filter`) goes to `logs`.
+    pub async fn start_with_env(
+        data_dir: &Path,
+        listen: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        logged: Option<&str>,
+    ) -> Self {
+        let mut command = Self::command(data_dir, listen.trim_start_matches("http://"), extra);
+        command.envs(env.iter().copied());
+        Self::spawned(command, data_dir, logged).await
+    }
+
     /// Restarts on the same port, so that connected workers find it again.
     pub async fn start_on(data_dir: &Path, url: &str, extra: &[&str]) -> Self {
         Self::start_listening(data_dir, url.trim_start_matches("http://"), extra, None).await
