@@ -21,21 +21,21 @@ use super::{Failure, Output, definition_files, render};
 #[derive(Debug, Subcommand)]
 pub enum DefinitionCommand {
     /// Register the definitions of FILEs on the server, all or none, in one durable commit.
-    ///
-    /// A file is YAML (several documents separated by `---` allowed) or, when it ends in
-    /// `.json`, JSON; each document is one definition or a list of them. A version is
-    /// immutable: the same type and version with the same content again changes nothing,
-    /// with other content the whole apply is refused (ALREADY_EXISTS). Operators only.
+    // In `after_help`, not a second doc paragraph: that would switch `--help` to
+    // clap's long form, which lists the global flags without descriptions.
+    #[command(after_help = "A file is YAML (several documents separated by `---` allowed) or, when its name ends \
+                            in .json, JSON; each document is one definition or a list of them. A version is \
+                            immutable: the same type and version with the same content again changes nothing; \
+                            with other content the whole apply is refused (ALREADY_EXISTS). Operators only.")]
     Apply {
         /// Definition files (YAML, or JSON when the name ends in .json).
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
     },
     /// Show what `apply` would change, without changing anything.
-    ///
-    /// Each definition is a new type, a new version, identical to the registered version,
-    /// or a conflict (other content under a registered version: apply would be refused).
-    /// A conflict lists the fields that differ and makes the command exit 1.
+    #[command(after_help = "Each definition is a new type, a new version, identical to the registered version, \
+                            or a conflict (other content under a registered version: apply would be refused). \
+                            A conflict lists the fields that differ and makes the command exit 1.")]
     Diff {
         /// Definition files, as for `apply`.
         #[arg(required = true, value_name = "FILE")]
@@ -51,8 +51,7 @@ pub enum DefinitionCommand {
         #[arg(long, value_name = "N")]
         version: Option<u32>,
     },
-    /// Deprecate a version: it can no longer be started; workflows running on it go on.
-    /// Operators only.
+    /// Deprecate a version: it can no longer be started; workflows running on it go on. Operators only.
     Deprecate {
         /// The workflow type.
         workflow_type: String,
