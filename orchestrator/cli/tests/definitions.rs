@@ -172,6 +172,9 @@ async fn a_version_is_immutable_and_a_deprecated_one_is_not_started() {
     let status = client.start_workflow(start_request("trip", "t-none", "{}")).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert!(status.message().contains("every version of trip is deprecated"), "{}", status.message());
+    // A retried start from before the deprecation still answers with its workflow.
+    let retried = client.start_workflow(start_request("trip", "t-latest", "{}")).await.unwrap().into_inner();
+    assert_eq!((retried.workflow_id, retried.already_started), (latest.workflow_id.clone(), true));
 
     // A deprecation is stored like the definitions.
     let url = server.url.clone();

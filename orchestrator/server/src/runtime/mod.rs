@@ -251,14 +251,23 @@ impl Runtime {
 
     /// [`start_workflow`](Self::start_workflow) on the version named, when one is.
     pub async fn start_workflow_version(&self, request: StartRequest, version: Option<u32>) -> Result<(String, bool)> {
-        let (definition, definition_hash) = {
+        let chosen = {
             let registry = self.registry();
-            let entry = registry.to_start(&request.workflow_type, version).map_err(|e| match e {
-                Unstartable::UnknownType(..) => Error::InvalidArgument(e.to_string()),
-                Unstartable::UnknownVersion(..) => Error::NotFound(e.to_string()),
-                Unstartable::Deprecated(..) | Unstartable::AllDeprecated(_) => Error::FailedPrecondition(e.to_string()),
-            })?;
-            (Arc::clone(&entry.definition), entry.hash.clone())
+            registry.to_start(&request.workflow_type, version).map(|e| (Arc::clone(&e.definition), e.hash.clone()))
+        };
+        let (definition, definition_hash) = match chosen {
+            Ok(chosen) => chosen,
+            Err(e @ (Unstartable::Deprecated(..) | Unstartable::AllDeprecated(_))) => {
+                // A retry of a start made before the deprecation still answers
+                // with its workflow: a start is idempotent by request id.
+                if let Some(existing) = self.inner.store.workflow_for_request(&request.request_id)? {
+                    self.inner.store.barrier().wait().await?;
+                    return self.compare_with_existing(&existing, &request).map(|()| (existing, true));
+                }
+                return Err(Error::FailedPrecondition(e.to_string()));
+            }
+            Err(e @ Unstartable::UnknownType(..)) => return Err(Error::InvalidArgument(e.to_string())),
+            Err(e @ Unstartable::UnknownVersion(..)) => return Err(Error::NotFound(e.to_string())),
         };
         let stripe = stripe_of(&request.request_id, self.inner.start_stripes.len());
         let _serialised = self.inner.start_stripes[stripe].lock().await;
