@@ -18,6 +18,7 @@
 
 mod context;
 mod definition;
+pub mod document;
 pub mod jobs;
 pub mod shop;
 

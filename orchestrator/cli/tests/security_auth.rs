@@ -36,6 +36,9 @@ const CLIENT_METHODS: &[&str] = &[
     "/sagaflow.v1.WorkflowService/AwaitWorkflow",
     "/sagaflow.v1.WorkflowService/ExecuteWorkflow",
     "/sagaflow.v1.WorkflowService/ListWorkflowTypes",
+    // Reads of a saga's shape; registering and deprecating stay with operators.
+    "/sagaflow.v1.DefinitionService/GetDefinition",
+    "/sagaflow.v1.DefinitionService/ListDefinitions",
     "/sagaflow.checkout.v1.CheckoutService/StartCheckout",
     "/sagaflow.checkout.v1.CheckoutService/GetCheckout",
 ];

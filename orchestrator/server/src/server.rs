@@ -5,7 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use sagaflow_proto::v1::{worker_service_server::WorkerServiceServer, workflow_service_server::WorkflowServiceServer};
+use sagaflow_proto::v1::{
+    definition_service_server::DefinitionServiceServer, worker_service_server::WorkerServiceServer,
+    workflow_service_server::WorkflowServiceServer,
+};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -13,7 +16,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::admission::{Admission, AdmissionLayer, AdmissionOptions};
-use crate::api::{EventsApi, WorkerApi, WorkflowApi};
+use crate::api::{DefinitionApi, EventsApi, WorkerApi, WorkflowApi};
 use crate::auth::policy::Policy;
 use crate::auth::{AuthLayer, Tokens};
 use crate::connections::{Gate, GatedListener};
@@ -26,6 +29,7 @@ use crate::runtime::{Runtime, StuckPolicy};
 use crate::store::{MemoryStore, SledStore, Store};
 use crate::tls::TlsFiles;
 use sagaflow_proto::v1::event_service_server::EventServiceServer;
+use sagaflow_workflows::SagaDefinition;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -135,6 +139,7 @@ pub struct ServerBuilder {
     options: Options,
     store: Option<Arc<dyn Store>>,
     registry: Registry,
+    apply: Vec<SagaDefinition>,
     extensions: Vec<Box<dyn Extension>>,
 }
 
@@ -164,6 +169,15 @@ impl ServerBuilder {
         self
     }
 
+    /// Definitions registered at start as `RegisterDefinition` would (stored
+    /// durably; a changed body under a registered version stops the start),
+    /// unlike the built-ins of [`definitions`](Self::definitions), which live
+    /// in code: `sagaflow server --definitions FILE`.
+    pub fn apply_definitions(mut self, definitions: Vec<SagaDefinition>) -> Self {
+        self.apply.extend(definitions);
+        self
+    }
+
     /// A gRPC service of the application's, served beside the platform's.
     pub fn extension(mut self, extension: impl Extension) -> Self {
         self.extensions.push(Box::new(extension));
@@ -171,7 +185,7 @@ impl ServerBuilder {
     }
 
     pub async fn start(self) -> Result<Server, Error> {
-        Server::assemble(self.options, self.store, self.registry, self.extensions).await
+        Server::assemble(self.options, self.store, self.registry, self.apply, self.extensions).await
     }
 }
 
@@ -189,6 +203,7 @@ impl Server {
         options: Options,
         store: Option<Arc<dyn Store>>,
         registry: Registry,
+        apply: Vec<SagaDefinition>,
         extensions: Vec<Box<dyn Extension>>,
     ) -> Result<Self, Error> {
         options.check_exposure()?;
@@ -211,7 +226,7 @@ impl Server {
         let open_files = crate::connections::raise_open_file_limit();
         let (grpc_cap, http_cap) = crate::connections::caps(open_files);
         tracing::info!(open_files, grpc_connections = grpc_cap, http_connections = http_cap, "open-file limit");
-        let runtime = Runtime::start(store, registry, options.limits, options.stuck, lease_key).await?;
+        let runtime = Runtime::start(store, registry, apply, options.limits, options.stuck, lease_key).await?;
         let grpc =
             TcpListener::bind(options.listen).await.map_err(|source| Error::Bind { addr: options.listen, source })?;
         let grpc_addr = grpc.local_addr().map_err(|source| Error::Bind { addr: options.listen, source })?;
@@ -317,6 +332,10 @@ impl Server {
             )
             .add_service(
                 WorkerServiceServer::new(WorkerApi::new(runtime.clone())).max_decoding_message_size(max_message),
+            )
+            .add_service(
+                DefinitionServiceServer::new(DefinitionApi::new(runtime.clone()))
+                    .max_decoding_message_size(max_message),
             )
             .add_service(
                 EventServiceServer::new(EventsApi::new(runtime.clone())).max_decoding_message_size(max_message),

@@ -9,7 +9,7 @@ use sagaflow_proto::v1::{
     ActivityTask, HistoryEvent, TimerFired, WorkflowStatus, WorkflowSummary, history_event::Attributes,
 };
 
-use super::{Commit, Error, Lease, OutboxRecord, Store, TaskRecord, TimerRecord};
+use super::{Commit, DefinitionRecord, Error, Lease, OutboxRecord, Store, TaskRecord, TimerRecord};
 
 fn event(seq: u64) -> HistoryEvent {
     HistoryEvent {
@@ -186,6 +186,41 @@ pub async fn clearing_derived_records_keeps_histories(store: &dyn Store) {
     assert!(store.timers().unwrap().is_empty());
 }
 
+fn definition(kind: &str, version: u32, json: &str) -> DefinitionRecord {
+    DefinitionRecord {
+        workflow_type: kind.into(),
+        version,
+        content_hash: format!("hash-of-{json}"),
+        json: json.into(),
+        deprecated: false,
+        registered_ms: 3,
+    }
+}
+
+pub async fn definitions_are_stored_in_one_commit_and_survive_a_rebuild(store: &dyn Store) {
+    assert!(store.definitions().unwrap().is_empty());
+    let several = vec![definition("trip", 10, "{}"), definition("trip", 2, "{}"), definition("a", 1, "{}")];
+    store.commit(Commit::definitions(several)).unwrap().wait().await.unwrap();
+    let keys = |store: &dyn Store| -> Vec<(String, u32, bool)> {
+        store.definitions().unwrap().into_iter().map(|d| (d.workflow_type, d.version, d.deprecated)).collect()
+    };
+    // By type, then version numerically (10 after 2).
+    assert_eq!(keys(store), vec![("a".into(), 1, false), ("trip".into(), 2, false), ("trip".into(), 10, false)]);
+    // A record replaces its type and version: deprecation is a put.
+    let mut deprecated = definition("trip", 2, "{}");
+    deprecated.deprecated = true;
+    store.commit(Commit::definitions(vec![deprecated.clone()])).unwrap().wait().await.unwrap();
+    assert_eq!(keys(store)[1], ("trip".into(), 2, true));
+    assert_eq!(store.definitions().unwrap()[1], deprecated);
+    // Definitions are source data, not derived: a rebuild keeps them.
+    store.clear_derived().unwrap();
+    assert_eq!(keys(store).len(), 3);
+    // A type name too long for a key is refused, whole commit and all.
+    let long = vec![definition("b", 1, "{}"), definition(&"t".repeat(256), 1, "{}")];
+    assert!(matches!(store.commit(Commit::definitions(long)), Err(Error::IdTooLong { .. })));
+    assert_eq!(keys(store).len(), 3);
+}
+
 /// 64 writers commit at once; every commit resolves and every event is there.
 pub async fn concurrent_commits_all_become_durable(store: Arc<dyn Store>) {
     let mut writers = Vec::new();
@@ -224,7 +259,8 @@ macro_rules! store_conformance_suite {
             index_filters_pages_and_tracks_open_workflows,
             tasks_leases_and_timers_come_and_go_with_commits,
             outbox_sequence_increases_across_commits,
-            clearing_derived_records_keeps_histories);
+            clearing_derived_records_keeps_histories,
+            definitions_are_stored_in_one_commit_and_survive_a_rebuild);
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn concurrent_commits_all_become_durable() {
             let (store, _guard) = $make;

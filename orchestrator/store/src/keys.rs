@@ -13,6 +13,7 @@
 //! | `t`    | fire_at, wf, timer id            | (empty)         |
 //! | `x`    | outbox seq                       | OutboxRecord    |
 //! | `m`    | name                             | metadata        |
+//! | `d`    | type (length-prefixed), version  | DefinitionRecord|
 //!
 //! A history is a run of batches, one per commit, each under the sequence
 //! number of its last event: a scan from `seq` starts at the batch that holds
@@ -29,6 +30,8 @@ pub const TASK: u8 = b'k';
 pub const LEASE: u8 = b'l';
 pub const TIMER: u8 = b't';
 pub const OUTBOX: u8 = b'x';
+/// Saga definitions: source data, not derived, so never cleared by a rebuild.
+pub const DEFINITION: u8 = b'd';
 /// The last outbox sequence number ever assigned, so that numbers are never
 /// reused after relayed records are deleted.
 pub const OUTBOX_HIGH_WATER: &[u8] = b"moutbox-seq";
@@ -105,6 +108,14 @@ pub fn timer(fire_at_ms: i64, workflow_id: &str, timer_id: &str) -> Vec<u8> {
     key
 }
 
+/// A type name is length-prefixed like a workflow id (and held to the same
+/// limit), so that one type's versions never interleave with another's.
+pub fn definition(workflow_type: &str, version: u32) -> Vec<u8> {
+    let mut key = with_workflow(DEFINITION, workflow_type, 4);
+    key.extend_from_slice(&version.to_be_bytes());
+    key
+}
+
 pub fn outbox(seq: u64) -> Vec<u8> {
     let mut key = vec![OUTBOX];
     key.extend_from_slice(&seq.to_be_bytes());
@@ -139,6 +150,12 @@ mod tests {
         assert!(same_history(&history("a", 2), &history("a", 9)));
         assert!(!same_history(&history("a", 2), &history("ab", 2)));
         assert!(!same_history(&raw(SUMMARY, "a"), &raw(SUMMARY, "a")));
+    }
+
+    #[test]
+    fn definition_keys_sort_by_type_then_version() {
+        assert!(definition("a", 2) < definition("a", 10));
+        assert!(!definition("ab", 1).starts_with(&with_workflow(DEFINITION, "a", 0)));
     }
 
     #[test]

@@ -8,7 +8,10 @@ use sagaflow_proto::is_terminal;
 use sagaflow_proto::v1::{HistoryEvent, WorkflowSummary};
 
 use super::records::HistoryBatch;
-use super::{Commit, Durable, Error, IndexPage, Lease, OutboxRecord, Result, Store, TaskRecord, TimerRecord, keys};
+use super::{
+    Commit, DefinitionRecord, Durable, Error, IndexPage, Lease, OutboxRecord, Result, Store, TaskRecord, TimerRecord,
+    keys,
+};
 
 /// One write of a batch: a put, or a delete when the value is `None`.
 pub type Write = (Vec<u8>, Option<Vec<u8>>);
@@ -121,6 +124,10 @@ impl<K: Kv> KvStore<K> {
             record.seq = self.outbox_seq.fetch_add(1, Ordering::SeqCst) + 1;
             writes.push((keys::outbox(record.seq), Some(record.encode_to_vec())));
         }
+        for definition in &commit.put_definitions {
+            let key = keys::definition(&definition.workflow_type, definition.version);
+            writes.push((key, Some(definition.encode_to_vec())));
+        }
         if let Some(last) = commit.outbox.last() {
             writes.push((keys::OUTBOX_HIGH_WATER.to_vec(), Some(last.seq.to_be_bytes().to_vec())));
         }
@@ -149,6 +156,7 @@ fn fit(workflow_id: &str) -> Result<()> {
 fn check_ids(commit: &Commit) -> Result<()> {
     fit(&commit.workflow_id)?;
     commit.put_tasks.iter().try_for_each(|task| fit(task.workflow_id()))?;
+    commit.put_definitions.iter().try_for_each(|d| fit(&d.workflow_type))?;
     commit.put_timers.iter().chain(&commit.delete_timers).try_for_each(|timer| fit(&timer.workflow_id))
 }
 
@@ -369,6 +377,19 @@ impl<K: Kv> Store for KvStore<K> {
 
     fn delete_outbox(&self, seqs: &[u64]) -> Result<Durable> {
         self.kv.apply(seqs.iter().map(|seq| (keys::outbox(*seq), None)).collect())
+    }
+
+    fn definitions(&self) -> Result<Vec<DefinitionRecord>> {
+        let mut definitions = Vec::new();
+        let mut failure = None;
+        self.kv.scan(&[keys::DEFINITION], &[keys::DEFINITION], &mut |key, value| {
+            match Self::decode(key, value) {
+                Ok(record) => definitions.push(record),
+                Err(e) => failure = Some(e),
+            }
+            failure.is_none()
+        })?;
+        failure.map_or(Ok(definitions), Err)
     }
 
     fn clear_derived(&self) -> Result<()> {

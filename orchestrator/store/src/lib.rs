@@ -32,7 +32,7 @@ pub use group_commit::Durable;
 pub use keys::MAX_WORKFLOW_ID_BYTES;
 pub use kv_store::KvStore;
 pub use memory::MemoryStore;
-pub use records::{Lease, OutboxRecord, TaskRecord, TimerRecord};
+pub use records::{DefinitionRecord, Lease, OutboxRecord, TaskRecord, TimerRecord};
 pub use sled_store::SledStore;
 
 use sagaflow_proto::v1::{HistoryEvent, WorkflowSummary};
@@ -86,6 +86,7 @@ impl Commit {
             put_timers,
             delete_timers,
             outbox,
+            put_definitions,
         } = self;
         !put_leases.is_empty()
             && events.is_empty()
@@ -96,6 +97,12 @@ impl Commit {
             && put_timers.is_empty()
             && delete_timers.is_empty()
             && outbox.is_empty()
+            && put_definitions.is_empty()
+    }
+
+    /// Only definitions: a registration, in one atomic batch however many it carries.
+    pub fn definitions(definitions: Vec<DefinitionRecord>) -> Self {
+        Self { put_definitions: definitions, ..Self::default() }
     }
 }
 
@@ -125,6 +132,9 @@ pub struct Commit {
     pub put_timers: Vec<TimerRecord>,
     pub delete_timers: Vec<TimerRecord>,
     pub outbox: Vec<OutboxRecord>,
+    /// Saga definitions registered (or deprecated) by this commit; a record
+    /// replaces the stored one of its type and version.
+    pub put_definitions: Vec<DefinitionRecord>,
 }
 
 /// A page of the workflow index.
@@ -191,6 +201,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes relayed outbox records (after the broker acknowledged them).
     fn delete_outbox(&self, seqs: &[u64]) -> Result<Durable>;
+
+    /// Every stored definition, by type then version.
+    fn definitions(&self) -> Result<Vec<DefinitionRecord>>;
 
     /// Removes every derived record: the index, open set, idempotency map,
     /// tasks, leases and timers. Histories and the outbox stay.

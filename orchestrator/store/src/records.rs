@@ -82,3 +82,25 @@ pub struct OutboxRecord {
     #[prost(int64, tag = "8")]
     pub time_ms: i64,
 }
+
+/// One version of a saga definition, registered at runtime. Unlike every
+/// other record here it is not derived from histories: it is the definition a
+/// history was started with, so a restart needs no definition files.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DefinitionRecord {
+    #[prost(string, tag = "1")]
+    pub workflow_type: String,
+    #[prost(uint32, tag = "2")]
+    pub version: u32,
+    /// Hex SHA-256 of `json`, the content a `WorkflowStarted` pins.
+    #[prost(string, tag = "3")]
+    pub content_hash: String,
+    /// The definition as canonical JSON (keys sorted, no whitespace).
+    #[prost(string, tag = "4")]
+    pub json: String,
+    /// A deprecated version cannot be started; running workflows go on.
+    #[prost(bool, tag = "5")]
+    pub deprecated: bool,
+    #[prost(int64, tag = "6")]
+    pub registered_ms: i64,
+}

@@ -461,6 +461,25 @@ mod conformance {
         assert_eq!(store.last_seq("w").unwrap(), 0);
     }
 
+    #[tokio::test]
+    async fn a_reopened_store_keeps_its_definitions() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = crate::DefinitionRecord {
+            workflow_type: "trip".into(),
+            version: 3,
+            content_hash: "h".into(),
+            json: "{}".into(),
+            deprecated: false,
+            registered_ms: 1,
+        };
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            store.commit(crate::Commit::definitions(vec![record.clone()])).unwrap().wait().await.unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.definitions().unwrap(), vec![record]);
+    }
+
     /// A lease is written without a flush of its own. On a server with no
     /// commit after it, the idle flush still puts it in the log.
     #[tokio::test]

@@ -19,6 +19,8 @@ mod chaos;
 mod checkout;
 mod connection;
 mod consumer;
+mod definition;
+mod definition_files;
 mod dev;
 mod events;
 mod jobs;
@@ -181,6 +183,10 @@ pub enum Command {
     /// Start, inspect and steer workflows.
     #[command(subcommand)]
     Workflow(workflow::WorkflowCommand),
+    /// Saga definitions as data: apply YAML or JSON files to a running server, list, get,
+    /// diff, deprecate.
+    #[command(subcommand)]
+    Definition(definition::DefinitionCommand),
     /// Run the standard end-to-end load (or the checkout saga) and print throughput and latency.
     Bench(bench::BenchArgs),
     /// Offline maintenance of a data directory (stop the server first).
@@ -216,6 +222,7 @@ pub async fn run(mut cli: Cli) -> anyhow::Result<()> {
         Command::Events(command) => events::run(command, &cli.server, cli.output).await,
         Command::Checkout(command) => checkout::run(command, &cli.server, cli.output).await,
         Command::Workflow(command) => workflow::run(command, &cli.server, cli.output).await,
+        Command::Definition(command) => definition::run(command, &cli.server, cli.output).await,
         Command::Consumer(command) => consumer::run(command, &cli.logging).await,
         Command::Search(command) => search::run(command, cli.output).await,
         Command::Chaos(command) => chaos::run(command, cli.output, &cli.logging).await,

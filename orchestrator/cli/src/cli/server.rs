@@ -30,7 +30,9 @@ pub struct ServerArgs {
     /// HTTP listen address for /metrics and /healthz.
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub http_listen: SocketAddr,
-    /// Extra saga definitions, as JSON files (one definition or an array).
+    /// Saga definitions to apply at start, as `sagaflow definition apply` does (YAML, or JSON
+    /// when the name ends in .json; one definition or a list). They are stored: a restart
+    /// without the file still knows them. Repeatable.
     #[arg(long = "definitions", value_name = "FILE")]
     pub definitions: Vec<PathBuf>,
     /// Largest JSON payload a client or worker may send, in bytes.
@@ -106,32 +108,35 @@ fn parse_time_scale(text: &str) -> Result<f64, String> {
     }
 }
 
-/// The stock sagas, then those of `files`, each scaled by `time_scale`.
-pub fn registry_with(files: &[PathBuf], time_scale: f64) -> anyhow::Result<Registry> {
+/// The stock sagas, each scaled by `time_scale`: compiled in, never stored.
+pub fn built_in_registry(time_scale: f64) -> anyhow::Result<Registry> {
     let mut registry = Registry::new();
     for definition in sagaflow_shop_server::registry().all() {
         registry.register(definition.scaled(time_scale))?;
     }
-    for file in files {
-        let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-        let value: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
-        let items = match value {
-            serde_json::Value::Array(items) => items,
-            single => vec![single],
-        };
-        for item in items {
-            let definition =
-                SagaDefinition::from_json(&item.to_string()).with_context(|| format!("in {}", file.display()))?;
-            registry.register(definition.scaled(time_scale)).with_context(|| format!("in {}", file.display()))?;
-        }
+    Ok(registry)
+}
+
+/// The definitions of `files` (YAML or JSON), each scaled by `time_scale`.
+pub fn definitions_in(files: &[PathBuf], time_scale: f64) -> anyhow::Result<Vec<SagaDefinition>> {
+    Ok(super::definition_files::read_all(files)?.into_iter().map(|d| d.scaled(time_scale)).collect())
+}
+
+/// The stock sagas, then those of `files`, in memory only (an offline rebuild).
+pub fn registry_with(files: &[PathBuf], time_scale: f64) -> anyhow::Result<Registry> {
+    let mut registry = built_in_registry(time_scale)?;
+    for definition in definitions_in(files, time_scale)? {
+        registry.register(definition)?;
     }
     Ok(registry)
 }
 
 pub async fn run(args: ServerArgs, logging: &Logging) -> anyhow::Result<()> {
     let _telemetry = logging.init("sagaflow-orchestrator")?;
-    let registry = registry_with(&args.definitions, args.time_scale)?;
+    let registry = built_in_registry(args.time_scale)?;
+    // Applied at boot as `sagaflow definition apply` would: stored, so that a
+    // later start needs the files no more.
+    let boot_definitions = definitions_in(&args.definitions, args.time_scale)?;
     let auth = match &args.auth_file {
         Some(path) => Some(Arc::new(Tokens::load(path)?)),
         None => None,
@@ -173,7 +178,13 @@ pub async fn run(args: ServerArgs, logging: &Logging) -> anyhow::Result<()> {
         },
     };
     let shutdown = super::shutdown_signal();
-    let server = Server::builder().options(options).definitions(registry).extension(CheckoutExtension).start().await?;
+    let server = Server::builder()
+        .options(options)
+        .definitions(registry)
+        .apply_definitions(boot_definitions)
+        .extension(CheckoutExtension)
+        .start()
+        .await?;
     outln!(
         "sagaflow listening on {} (gRPC) and {} (metrics); data in {}",
         server.url(),

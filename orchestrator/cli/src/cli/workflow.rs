@@ -36,6 +36,10 @@ pub enum WorkflowCommand {
         /// A label, KEY=VALUE; repeatable.
         #[arg(long = "label", value_parser = parse_label)]
         labels: Vec<(String, String)>,
+        /// Run this version of the definition (see `definition list`); by default the latest
+        /// version that is not deprecated.
+        #[arg(long, value_name = "N")]
+        definition_version: Option<u32>,
         /// Also wait for the workflow to end (60s, or the given duration such as 5m) and print
         /// how it ended, as `await` does; exits 3 unless it COMPLETED, 4 if it still runs.
         #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "60s", value_parser = humantime::parse_duration)]
@@ -292,7 +296,7 @@ pub fn status_error(status: tonic::Status) -> anyhow::Error {
 pub async fn run(command: WorkflowCommand, server: &str, output: Output) -> anyhow::Result<()> {
     let mut client = connect(server).await?;
     match command {
-        WorkflowCommand::Start { workflow_type, request_id, input, workflow_id, labels, wait } => {
+        WorkflowCommand::Start { workflow_type, request_id, input, workflow_id, labels, definition_version, wait } => {
             serde_json::from_str::<serde_json::Value>(&input).context("--input is not valid JSON")?;
             let request = StartWorkflowRequest {
                 workflow_type,
@@ -300,6 +304,7 @@ pub async fn run(command: WorkflowCommand, server: &str, output: Output) -> anyh
                 input: input.into_bytes(),
                 workflow_id: workflow_id.unwrap_or_default(),
                 labels: labels.into_iter().collect::<HashMap<_, _>>(),
+                definition_version,
             };
             if let Some(timeout) = wait {
                 let started = tokio::time::Instant::now();

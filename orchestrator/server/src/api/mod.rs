@@ -2,11 +2,13 @@
 //! runtime errors to statuses.
 
 mod decode_errors;
+mod definition;
 mod events;
 mod worker;
 mod workflow;
 
 pub use decode_errors::decode_errors_are_invalid_arguments;
+pub use definition::DefinitionApi;
 pub use events::EventsApi;
 pub use worker::WorkerApi;
 pub use workflow::WorkflowApi;

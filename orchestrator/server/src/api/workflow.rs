@@ -1,5 +1,6 @@
 //! `sagaflow.v1.WorkflowService`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sagaflow_proto::v1::workflow_service_server::WorkflowService;
@@ -61,7 +62,15 @@ impl WorkflowApi {
         limits.optional_id("workflow_id", &request.workflow_id).map_err(invalid)?;
         limits.labels(request.labels.iter()).map_err(invalid)?;
         let input = limits.json_payload("input", &request.input).map_err(invalid)?;
-        let definition = self.runtime.registry().latest(&request.workflow_type);
+        // Read for the checks below only; the runtime resolves it again
+        // under its own lookup and refuses a deprecated or unknown version.
+        let definition = {
+            let registry = self.runtime.registry();
+            match request.definition_version {
+                Some(v) => registry.get(&request.workflow_type, v),
+                None => registry.to_start(&request.workflow_type, None).ok().map(|e| Arc::clone(&e.definition)),
+            }
+        };
         if caller.role == Role::Client && definition.as_ref().is_some_and(|d| d.operator_only) {
             tracing::warn!(token = %caller.name, workflow_type = %request.workflow_type, "refused a client start");
             metrics::counter!("sagaflow_auth_failures_total", "reason" => "workflow_type_not_allowed").increment(1);
@@ -94,7 +103,7 @@ impl WorkflowApi {
             correlation_id,
             traceparent,
         };
-        Ok(self.runtime.start_workflow(start).await?)
+        Ok(self.runtime.start_workflow_version(start, request.definition_version).await?)
     }
 
     /// `AwaitWorkflow`'s work.

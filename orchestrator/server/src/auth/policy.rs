@@ -36,7 +36,10 @@ pub fn rule(path: &str) -> Option<&'static [Role]> {
         | "/sagaflow.v1.WorkflowService/GetWorkflowHistory"
         | "/sagaflow.v1.WorkflowService/AwaitWorkflow"
         | "/sagaflow.v1.WorkflowService/ExecuteWorkflow"
-        | "/sagaflow.v1.WorkflowService/ListWorkflowTypes" => CLIENT,
+        | "/sagaflow.v1.WorkflowService/ListWorkflowTypes"
+        // Definitions are the saga's shape, not any workflow's data.
+        | "/sagaflow.v1.DefinitionService/GetDefinition"
+        | "/sagaflow.v1.DefinitionService/ListDefinitions" => CLIENT,
         // Every message of the session is checked again against the
         // token's queues and the leases it holds (`runtime::dispatch`).
         "/sagaflow.v1.WorkerService/OpenSession" => WORKER,
@@ -50,6 +53,10 @@ pub fn rule(path: &str) -> Option<&'static [Role]> {
         | "/sagaflow.v1.WorkflowService/ResolveActivity"
         | "/sagaflow.v1.WorkflowService/ListQueues"
         | "/sagaflow.v1.EventService/StreamEvents"
+        // A definition decides what runs, with which keys and who may start
+        // it (`operator_only`): registering one is an operator's act.
+        | "/sagaflow.v1.DefinitionService/RegisterDefinition"
+        | "/sagaflow.v1.DefinitionService/DeprecateDefinition"
         | "/metrics" => OPERATOR,
         _ => return None,
     })

@@ -6,6 +6,7 @@
 //! [`store`](crate::store) commits, [`dispatch`] hands out work, and
 //! [`timers`] wake what waits.
 
+mod definitions;
 mod describe;
 pub mod dispatch;
 pub mod lease_token;
@@ -17,20 +18,21 @@ mod stuck;
 pub mod timers;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use sagaflow_proto::v1::{HistoryEvent, WorkflowStarted, WorkflowSummary, history_event::Attributes};
 use sagaflow_workflows::SagaDefinition;
 use tokio::sync::watch;
 
+pub use definitions::{LoadError, Registered, load_stored};
 pub use records::summary;
 pub use recovery::{RebuildReport, rebuild_derived};
 pub use stuck::StuckPolicy;
 
 use crate::engine::{self, Input, Outcome, Rejection, WorkflowState};
 use crate::limits::Limits;
-use crate::registry::Registry;
+use crate::registry::{Registry, Unstartable};
 use crate::store::{self, Commit, Store};
 use dispatch::Dispatch;
 use timers::{Alarm, Timers, now_ms};
@@ -116,7 +118,11 @@ pub struct Runtime {
 
 struct Inner {
     store: Arc<dyn Store>,
-    registry: Registry,
+    /// Every definition, built-in and stored, in memory: a start takes the
+    /// read lock for a lookup and reads nothing from the store.
+    registry: RwLock<Registry>,
+    /// Serialises registrations and deprecations (see `definitions.rs`).
+    registering: tokio::sync::Mutex<()>,
     limits: Limits,
     slots: Mutex<HashMap<String, SlotRef>>,
     /// Serialises starts per request id (striped), so that concurrent
@@ -132,20 +138,30 @@ struct Inner {
 }
 
 impl Runtime {
-    /// Builds the runtime over `store` and recovers what was in flight.
+    /// Builds the runtime over `store`, adds the definitions stored in it to
+    /// `registry` (the built-ins), registers `apply` as the API would (stored,
+    /// refused if a version's content changed), and recovers what was in
+    /// flight: after the apply, so that a workflow of a type only a file
+    /// named before definitions were stored still resumes.
     pub async fn start(
         store: Arc<dyn Store>,
-        registry: Registry,
+        mut registry: Registry,
+        apply: Vec<SagaDefinition>,
         limits: Limits,
         stuck_policy: StuckPolicy,
         lease_key: lease_token::LeaseKey,
     ) -> Result<Self> {
+        let stored = load_stored(&*store, &mut registry).map_err(|e| Error::FailedPrecondition(e.to_string()))?;
+        if stored > 0 {
+            tracing::info!(definitions = stored, "loaded the stored saga definitions");
+        }
         let (timers, fired) = Timers::start();
         let dispatch = Dispatch::new(Arc::clone(&store), timers.clone(), lease_key);
         let runtime = Self {
             inner: Arc::new(Inner {
                 store,
-                registry,
+                registry: RwLock::new(registry),
+                registering: tokio::sync::Mutex::new(()),
                 limits,
                 slots: Mutex::default(),
                 start_stripes: (0..256).map(|_| tokio::sync::Mutex::new(())).collect(),
@@ -156,6 +172,9 @@ impl Runtime {
                 outbox_changed: watch::channel(0).0,
             }),
         };
+        if !apply.is_empty() {
+            runtime.register_definitions(apply, false).await?;
+        }
         runtime.recover().await?;
         tokio::spawn(runtime.clone().fire_alarms(fired));
         tokio::spawn(runtime.clone().detect_stuck());
@@ -168,8 +187,13 @@ impl Runtime {
         &self.inner.store
     }
 
-    pub fn registry(&self) -> &Registry {
-        &self.inner.registry
+    /// The definitions; hold the guard briefly (never across an await).
+    pub fn registry(&self) -> RwLockReadGuard<'_, Registry> {
+        self.inner.registry.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn registry_mut(&self) -> RwLockWriteGuard<'_, Registry> {
+        self.inner.registry.write().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn limits(&self) -> &Limits {
@@ -190,12 +214,23 @@ impl Runtime {
         Arc::clone(slots.entry(workflow_id.to_owned()).or_default())
     }
 
-    fn definition_for(&self, workflow_type: &str, version: u32) -> Result<Arc<SagaDefinition>> {
-        self.inner.registry.get(workflow_type, version).ok_or_else(|| {
-            Error::FailedPrecondition(format!(
+    /// The definition a workflow started with: its type and version, and the
+    /// content hash its `WorkflowStarted` pins (empty in older histories).
+    fn definition_for(&self, started: &WorkflowStarted) -> Result<Arc<SagaDefinition>> {
+        let (workflow_type, version) = (&started.workflow_type, started.definition_version);
+        let registry = self.registry();
+        let Some(entry) = registry.entry(workflow_type, version) else {
+            return Err(Error::FailedPrecondition(format!(
                 "definition {workflow_type} version {version} is not registered on this server; register it to resume the workflow"
-            ))
-        })
+            )));
+        };
+        if !started.definition_hash.is_empty() && started.definition_hash != entry.hash {
+            return Err(Error::FailedPrecondition(format!(
+                "definition {workflow_type} version {version} has content {} here, the workflow started on {}",
+                entry.hash, started.definition_hash
+            )));
+        }
+        Ok(Arc::clone(&entry.definition))
     }
 
     fn load(&self, workflow_id: &str) -> Result<(WorkflowState, Arc<SagaDefinition>)> {
@@ -203,19 +238,36 @@ impl Runtime {
         let Some(Attributes::WorkflowStarted(started)) = history.first().and_then(|e| e.attributes.as_ref()) else {
             return Err(Error::NotFound(format!("workflow {workflow_id} not found")));
         };
-        let definition = self.definition_for(&started.workflow_type, started.definition_version)?;
+        let definition = self.definition_for(started)?;
         let state = engine::replay(workflow_id, &history, &definition);
         Ok((state, definition))
     }
 
-    /// Starts a workflow, or returns the one this request id already started.
+    /// Starts a workflow on the latest version of its type that is not
+    /// deprecated, or returns the one this request id already started.
     pub async fn start_workflow(&self, request: StartRequest) -> Result<(String, bool)> {
-        let Some(definition) = self.inner.registry.latest(&request.workflow_type) else {
-            return Err(Error::InvalidArgument(format!(
-                "unknown workflow type {:?}; known types: {}",
-                request.workflow_type,
-                self.inner.registry.names().join(", ")
-            )));
+        self.start_workflow_version(request, None).await
+    }
+
+    /// [`start_workflow`](Self::start_workflow) on the version named, when one is.
+    pub async fn start_workflow_version(&self, request: StartRequest, version: Option<u32>) -> Result<(String, bool)> {
+        let chosen = {
+            let registry = self.registry();
+            registry.to_start(&request.workflow_type, version).map(|e| (Arc::clone(&e.definition), e.hash.clone()))
+        };
+        let (definition, definition_hash) = match chosen {
+            Ok(chosen) => chosen,
+            Err(e @ (Unstartable::Deprecated(..) | Unstartable::AllDeprecated(_))) => {
+                // A retry of a start made before the deprecation still answers
+                // with its workflow: a start is idempotent by request id.
+                if let Some(existing) = self.inner.store.workflow_for_request(&request.request_id)? {
+                    self.inner.store.barrier().wait().await?;
+                    return self.compare_with_existing(&existing, &request).map(|()| (existing, true));
+                }
+                return Err(Error::FailedPrecondition(e.to_string()));
+            }
+            Err(e @ Unstartable::UnknownType(..)) => return Err(Error::InvalidArgument(e.to_string())),
+            Err(e @ Unstartable::UnknownVersion(..)) => return Err(Error::NotFound(e.to_string())),
         };
         let stripe = stripe_of(&request.request_id, self.inner.start_stripes.len());
         let _serialised = self.inner.start_stripes[stripe].lock().await;
@@ -245,6 +297,7 @@ impl Runtime {
             labels: request.labels,
             correlation_id: request.correlation_id,
             traceparent: request.traceparent,
+            definition_hash,
         };
         let now = now_ms();
         let (state, events) = engine::start(&workflow_id, started, &definition, now);
@@ -433,6 +486,7 @@ impl Runtime {
             put_timers: delta.new_timers.clone(),
             delete_timers: delta.gone_timers,
             outbox,
+            put_definitions: Vec::new(),
         };
         let started = std::time::Instant::now();
         self.inner.store.commit(commit)?.wait().await?;

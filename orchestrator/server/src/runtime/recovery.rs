@@ -77,8 +77,11 @@ impl Runtime {
 }
 
 /// Replays every history and rewrites the derived records from scratch.
-/// Run it offline (no server on the same data directory).
+/// Run it offline (no server on the same data directory). `registry` holds
+/// the built-in definitions; the stored ones are added to it here.
 pub async fn rebuild_derived(store: &Arc<dyn Store>, registry: &Registry) -> Result<RebuildReport> {
+    let mut registry = registry.clone();
+    super::load_stored(&**store, &mut registry).map_err(|e| Error::FailedPrecondition(e.to_string()))?;
     store.clear_derived()?;
     let mut report = RebuildReport::default();
     for workflow_id in store.all_workflows()? {

@@ -59,7 +59,7 @@ class HistoryEvent(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., time_ms: _Optional[int] = ..., workflow_started: _Optional[_Union[WorkflowStarted, _Mapping]] = ..., activity_scheduled: _Optional[_Union[ActivityScheduled, _Mapping]] = ..., activity_started: _Optional[_Union[ActivityStarted, _Mapping]] = ..., activity_completed: _Optional[_Union[ActivityCompleted, _Mapping]] = ..., activity_failed: _Optional[_Union[ActivityFailed, _Mapping]] = ..., activity_timed_out: _Optional[_Union[ActivityTimedOut, _Mapping]] = ..., timer_started: _Optional[_Union[TimerStarted, _Mapping]] = ..., timer_fired: _Optional[_Union[TimerFired, _Mapping]] = ..., signal_received: _Optional[_Union[SignalReceived, _Mapping]] = ..., cancel_requested: _Optional[_Union[CancelRequested, _Mapping]] = ..., compensation_started: _Optional[_Union[CompensationStarted, _Mapping]] = ..., workflow_completed: _Optional[_Union[WorkflowCompleted, _Mapping]] = ..., workflow_compensated: _Optional[_Union[WorkflowCompensated, _Mapping]] = ..., workflow_failed: _Optional[_Union[WorkflowFailed, _Mapping]] = ..., workflow_cancelled: _Optional[_Union[WorkflowCancelled, _Mapping]] = ..., workflow_terminated: _Optional[_Union[WorkflowTerminated, _Mapping]] = ..., stuck_detected: _Optional[_Union[StuckDetected, _Mapping]] = ..., stuck_cleared: _Optional[_Union[StuckCleared, _Mapping]] = ..., step_escalated: _Optional[_Union[StepEscalated, _Mapping]] = ..., completion_ignored: _Optional[_Union[CompletionIgnored, _Mapping]] = ..., cancel_refused: _Optional[_Union[CancelRefused, _Mapping]] = ..., activity_resolved: _Optional[_Union[ActivityResolved, _Mapping]] = ...) -> None: ...
 
 class WorkflowStarted(_message.Message):
-    __slots__ = ("workflow_type", "definition_version", "request_id", "input", "labels", "correlation_id", "traceparent")
+    __slots__ = ("workflow_type", "definition_version", "request_id", "input", "labels", "correlation_id", "traceparent", "definition_hash")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +74,7 @@ class WorkflowStarted(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
     TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
+    DEFINITION_HASH_FIELD_NUMBER: _ClassVar[int]
     workflow_type: str
     definition_version: int
     request_id: str
@@ -81,7 +82,8 @@ class WorkflowStarted(_message.Message):
     labels: _containers.ScalarMap[str, str]
     correlation_id: str
     traceparent: str
-    def __init__(self, workflow_type: _Optional[str] = ..., definition_version: _Optional[int] = ..., request_id: _Optional[str] = ..., input: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., correlation_id: _Optional[str] = ..., traceparent: _Optional[str] = ...) -> None: ...
+    definition_hash: str
+    def __init__(self, workflow_type: _Optional[str] = ..., definition_version: _Optional[int] = ..., request_id: _Optional[str] = ..., input: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., correlation_id: _Optional[str] = ..., traceparent: _Optional[str] = ..., definition_hash: _Optional[str] = ...) -> None: ...
 
 class ActivityScheduled(_message.Message):
     __slots__ = ("task_id", "step_index", "step", "activity_type", "attempt", "compensation", "input", "idempotency_key")

@@ -8,6 +8,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class DefinitionChange(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DEFINITION_CHANGE_UNSPECIFIED: _ClassVar[DefinitionChange]
+    DEFINITION_CHANGE_NEW_TYPE: _ClassVar[DefinitionChange]
+    DEFINITION_CHANGE_NEW_VERSION: _ClassVar[DefinitionChange]
+    DEFINITION_CHANGE_IDENTICAL: _ClassVar[DefinitionChange]
+    DEFINITION_CHANGE_CONFLICT: _ClassVar[DefinitionChange]
+
 class WorkflowStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     WORKFLOW_STATUS_UNSPECIFIED: _ClassVar[WorkflowStatus]
@@ -24,6 +32,11 @@ class ResolvedOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RESOLVED_OUTCOME_UNSPECIFIED: _ClassVar[ResolvedOutcome]
     RESOLVED_OUTCOME_SUCCEEDED: _ClassVar[ResolvedOutcome]
     RESOLVED_OUTCOME_FAILED: _ClassVar[ResolvedOutcome]
+DEFINITION_CHANGE_UNSPECIFIED: DefinitionChange
+DEFINITION_CHANGE_NEW_TYPE: DefinitionChange
+DEFINITION_CHANGE_NEW_VERSION: DefinitionChange
+DEFINITION_CHANGE_IDENTICAL: DefinitionChange
+DEFINITION_CHANGE_CONFLICT: DefinitionChange
 WORKFLOW_STATUS_UNSPECIFIED: WorkflowStatus
 WORKFLOW_STATUS_RUNNING: WorkflowStatus
 WORKFLOW_STATUS_COMPENSATING: WorkflowStatus
@@ -35,6 +48,96 @@ WORKFLOW_STATUS_TERMINATED: WorkflowStatus
 RESOLVED_OUTCOME_UNSPECIFIED: ResolvedOutcome
 RESOLVED_OUTCOME_SUCCEEDED: ResolvedOutcome
 RESOLVED_OUTCOME_FAILED: ResolvedOutcome
+
+class DefinitionVersion(_message.Message):
+    __slots__ = ("workflow_type", "version", "content_hash", "deprecated", "built_in", "definition")
+    WORKFLOW_TYPE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_HASH_FIELD_NUMBER: _ClassVar[int]
+    DEPRECATED_FIELD_NUMBER: _ClassVar[int]
+    BUILT_IN_FIELD_NUMBER: _ClassVar[int]
+    DEFINITION_FIELD_NUMBER: _ClassVar[int]
+    workflow_type: str
+    version: int
+    content_hash: str
+    deprecated: bool
+    built_in: bool
+    definition: str
+    def __init__(self, workflow_type: _Optional[str] = ..., version: _Optional[int] = ..., content_hash: _Optional[str] = ..., deprecated: _Optional[bool] = ..., built_in: _Optional[bool] = ..., definition: _Optional[str] = ...) -> None: ...
+
+class RegisterDefinitionRequest(_message.Message):
+    __slots__ = ("definitions", "dry_run")
+    DEFINITIONS_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    definitions: _containers.RepeatedScalarFieldContainer[str]
+    dry_run: bool
+    def __init__(self, definitions: _Optional[_Iterable[str]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class DefinitionRegistration(_message.Message):
+    __slots__ = ("workflow_type", "version", "content_hash", "change", "registered_hash")
+    WORKFLOW_TYPE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_HASH_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_HASH_FIELD_NUMBER: _ClassVar[int]
+    workflow_type: str
+    version: int
+    content_hash: str
+    change: DefinitionChange
+    registered_hash: str
+    def __init__(self, workflow_type: _Optional[str] = ..., version: _Optional[int] = ..., content_hash: _Optional[str] = ..., change: _Optional[_Union[DefinitionChange, str]] = ..., registered_hash: _Optional[str] = ...) -> None: ...
+
+class RegisterDefinitionResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[DefinitionRegistration]
+    def __init__(self, results: _Optional[_Iterable[_Union[DefinitionRegistration, _Mapping]]] = ...) -> None: ...
+
+class GetDefinitionRequest(_message.Message):
+    __slots__ = ("workflow_type", "version")
+    WORKFLOW_TYPE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    workflow_type: str
+    version: int
+    def __init__(self, workflow_type: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class GetDefinitionResponse(_message.Message):
+    __slots__ = ("definition",)
+    DEFINITION_FIELD_NUMBER: _ClassVar[int]
+    definition: DefinitionVersion
+    def __init__(self, definition: _Optional[_Union[DefinitionVersion, _Mapping]] = ...) -> None: ...
+
+class ListDefinitionsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DefinitionType(_message.Message):
+    __slots__ = ("workflow_type", "versions")
+    WORKFLOW_TYPE_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    workflow_type: str
+    versions: _containers.RepeatedCompositeFieldContainer[DefinitionVersion]
+    def __init__(self, workflow_type: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[DefinitionVersion, _Mapping]]] = ...) -> None: ...
+
+class ListDefinitionsResponse(_message.Message):
+    __slots__ = ("types",)
+    TYPES_FIELD_NUMBER: _ClassVar[int]
+    types: _containers.RepeatedCompositeFieldContainer[DefinitionType]
+    def __init__(self, types: _Optional[_Iterable[_Union[DefinitionType, _Mapping]]] = ...) -> None: ...
+
+class DeprecateDefinitionRequest(_message.Message):
+    __slots__ = ("workflow_type", "version")
+    WORKFLOW_TYPE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    workflow_type: str
+    version: int
+    def __init__(self, workflow_type: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class DeprecateDefinitionResponse(_message.Message):
+    __slots__ = ("already_deprecated",)
+    ALREADY_DEPRECATED_FIELD_NUMBER: _ClassVar[int]
+    already_deprecated: bool
+    def __init__(self, already_deprecated: _Optional[bool] = ...) -> None: ...
 
 class WorkflowSummary(_message.Message):
     __slots__ = ("workflow_id", "workflow_type", "definition_version", "status", "request_id", "labels", "started_ms", "updated_ms", "closed_ms", "history_length", "stuck_reason", "stuck_message", "correlation_id", "current_step")
@@ -76,7 +179,7 @@ class WorkflowSummary(_message.Message):
     def __init__(self, workflow_id: _Optional[str] = ..., workflow_type: _Optional[str] = ..., definition_version: _Optional[int] = ..., status: _Optional[_Union[WorkflowStatus, str]] = ..., request_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., started_ms: _Optional[int] = ..., updated_ms: _Optional[int] = ..., closed_ms: _Optional[int] = ..., history_length: _Optional[int] = ..., stuck_reason: _Optional[str] = ..., stuck_message: _Optional[str] = ..., correlation_id: _Optional[str] = ..., current_step: _Optional[str] = ...) -> None: ...
 
 class StartWorkflowRequest(_message.Message):
-    __slots__ = ("workflow_type", "request_id", "input", "workflow_id", "labels")
+    __slots__ = ("workflow_type", "request_id", "input", "workflow_id", "labels", "definition_version")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -89,12 +192,14 @@ class StartWorkflowRequest(_message.Message):
     INPUT_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    DEFINITION_VERSION_FIELD_NUMBER: _ClassVar[int]
     workflow_type: str
     request_id: str
     input: bytes
     workflow_id: str
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, workflow_type: _Optional[str] = ..., request_id: _Optional[str] = ..., input: _Optional[bytes] = ..., workflow_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    definition_version: int
+    def __init__(self, workflow_type: _Optional[str] = ..., request_id: _Optional[str] = ..., input: _Optional[bytes] = ..., workflow_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., definition_version: _Optional[int] = ...) -> None: ...
 
 class StartWorkflowResponse(_message.Message):
     __slots__ = ("workflow_id", "already_started")

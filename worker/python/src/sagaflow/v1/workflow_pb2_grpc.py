@@ -590,3 +590,222 @@ class WorkflowService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class DefinitionServiceStub:
+    """Saga definitions as durable, versioned data, registered at runtime and
+    stored like any decision: a restart needs no definition files. A version
+    is immutable: its content hash is pinned by every workflow started on it.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.RegisterDefinition = channel.unary_unary(
+                '/sagaflow.v1.DefinitionService/RegisterDefinition',
+                request_serializer=sagaflow_dot_v1_dot_workflow__pb2.RegisterDefinitionRequest.SerializeToString,
+                response_deserializer=sagaflow_dot_v1_dot_workflow__pb2.RegisterDefinitionResponse.FromString,
+                _registered_method=True)
+        self.GetDefinition = channel.unary_unary(
+                '/sagaflow.v1.DefinitionService/GetDefinition',
+                request_serializer=sagaflow_dot_v1_dot_workflow__pb2.GetDefinitionRequest.SerializeToString,
+                response_deserializer=sagaflow_dot_v1_dot_workflow__pb2.GetDefinitionResponse.FromString,
+                _registered_method=True)
+        self.ListDefinitions = channel.unary_unary(
+                '/sagaflow.v1.DefinitionService/ListDefinitions',
+                request_serializer=sagaflow_dot_v1_dot_workflow__pb2.ListDefinitionsRequest.SerializeToString,
+                response_deserializer=sagaflow_dot_v1_dot_workflow__pb2.ListDefinitionsResponse.FromString,
+                _registered_method=True)
+        self.DeprecateDefinition = channel.unary_unary(
+                '/sagaflow.v1.DefinitionService/DeprecateDefinition',
+                request_serializer=sagaflow_dot_v1_dot_workflow__pb2.DeprecateDefinitionRequest.SerializeToString,
+                response_deserializer=sagaflow_dot_v1_dot_workflow__pb2.DeprecateDefinitionResponse.FromString,
+                _registered_method=True)
+
+
+class DefinitionServiceServicer:
+    """Saga definitions as durable, versioned data, registered at runtime and
+    stored like any decision: a restart needs no definition files. A version
+    is immutable: its content hash is pinned by every workflow started on it.
+    """
+
+    def RegisterDefinition(self, request, context):
+        """Registers one or several definitions in one atomic commit. The same type
+        and version with the same content again is OK (IDENTICAL); with other
+        content, ALREADY_EXISTS and nothing is registered. A definition that
+        does not validate is INVALID_ARGUMENT naming the field path and the rule.
+        Operators only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDefinition(self, request, context):
+        """One version of a type (the latest when version is unset); NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDefinitions(self, request, context):
+        """Every type with its versions (content hashes, not bodies).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeprecateDefinition(self, request, context):
+        """A deprecated version cannot be started; workflows running on it go on,
+        and it stays readable. Idempotent. Operators only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_DefinitionServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'RegisterDefinition': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterDefinition,
+                    request_deserializer=sagaflow_dot_v1_dot_workflow__pb2.RegisterDefinitionRequest.FromString,
+                    response_serializer=sagaflow_dot_v1_dot_workflow__pb2.RegisterDefinitionResponse.SerializeToString,
+            ),
+            'GetDefinition': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDefinition,
+                    request_deserializer=sagaflow_dot_v1_dot_workflow__pb2.GetDefinitionRequest.FromString,
+                    response_serializer=sagaflow_dot_v1_dot_workflow__pb2.GetDefinitionResponse.SerializeToString,
+            ),
+            'ListDefinitions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDefinitions,
+                    request_deserializer=sagaflow_dot_v1_dot_workflow__pb2.ListDefinitionsRequest.FromString,
+                    response_serializer=sagaflow_dot_v1_dot_workflow__pb2.ListDefinitionsResponse.SerializeToString,
+            ),
+            'DeprecateDefinition': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeprecateDefinition,
+                    request_deserializer=sagaflow_dot_v1_dot_workflow__pb2.DeprecateDefinitionRequest.FromString,
+                    response_serializer=sagaflow_dot_v1_dot_workflow__pb2.DeprecateDefinitionResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'sagaflow.v1.DefinitionService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('sagaflow.v1.DefinitionService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class DefinitionService:
+    """Saga definitions as durable, versioned data, registered at runtime and
+    stored like any decision: a restart needs no definition files. A version
+    is immutable: its content hash is pinned by every workflow started on it.
+    """
+
+    @staticmethod
+    def RegisterDefinition(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sagaflow.v1.DefinitionService/RegisterDefinition',
+            sagaflow_dot_v1_dot_workflow__pb2.RegisterDefinitionRequest.SerializeToString,
+            sagaflow_dot_v1_dot_workflow__pb2.RegisterDefinitionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDefinition(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sagaflow.v1.DefinitionService/GetDefinition',
+            sagaflow_dot_v1_dot_workflow__pb2.GetDefinitionRequest.SerializeToString,
+            sagaflow_dot_v1_dot_workflow__pb2.GetDefinitionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDefinitions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sagaflow.v1.DefinitionService/ListDefinitions',
+            sagaflow_dot_v1_dot_workflow__pb2.ListDefinitionsRequest.SerializeToString,
+            sagaflow_dot_v1_dot_workflow__pb2.ListDefinitionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeprecateDefinition(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sagaflow.v1.DefinitionService/DeprecateDefinition',
+            sagaflow_dot_v1_dot_workflow__pb2.DeprecateDefinitionRequest.SerializeToString,
+            sagaflow_dot_v1_dot_workflow__pb2.DeprecateDefinitionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
