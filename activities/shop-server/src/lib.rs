@@ -8,6 +8,7 @@ mod jobs;
 pub mod read_model;
 
 pub use checkout::{CheckoutApi, CheckoutExtension, CheckoutView};
+pub use read_model::{FeedMessage, OrderFilter, OrderRow, Projection, ReadModel};
 
 use sagaflow_server::Registry;
 
@@ -23,4 +24,3 @@ pub fn registry() -> Registry {
     }
     registry
 }
-pub use read_model::{FeedMessage, OrderFilter, OrderRow, Projection, ReadModel};

@@ -1,6 +1,7 @@
-//! What the API reads, through the runtime: every reply built from stored
-//! records waits for the durability barrier first, so that no reply shows
-//! what a crash could undo. The API never holds the store itself.
+//! What the API and extensions read, through the runtime; they never hold
+//! the store. No reply may show what a crash could undo: scans wait for the
+//! durability barrier here, and point reads follow a
+//! [`describe`](Runtime::describe), which waited on it.
 
 use sagaflow_proto::v1::{HistoryEvent, WorkflowSummary};
 
