@@ -83,9 +83,10 @@ impl sagaflow_server::Extension for CheckoutExtension {
     }
 }
 
-/// Stable ids derived from the client's request id, so that a retried
-/// request names the same checkout, reservation and payment intent.
-fn checkout_ids(client_request_id: &str) -> (String, String, String) {
+/// Stable ids derived from the client's request id (as scoped to its
+/// tenant), so that a retried request names the same checkout, reservation
+/// and payment intent.
+pub fn checkout_ids(client_request_id: &str) -> (String, String, String) {
     let id = Uuid::new_v5(&Uuid::NAMESPACE_URL, format!("sagaflow:checkout:{client_request_id}").as_bytes()).simple();
     (format!("chk-{id}"), format!("res-{id}"), format!("pi-{id}"))
 }

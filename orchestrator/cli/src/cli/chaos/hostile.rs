@@ -155,8 +155,8 @@ fn overlaps(down: &[(Duration, Duration)], from: Duration, to: Duration) -> bool
 /// The checkout id the server derives for a client request id, before ids
 /// were scoped to a tenant and since: the attacker can compute both.
 fn derived_checkout_ids(request_id: &str) -> [String; 2] {
-    let id = |name: String| format!("chk-{}", uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, name.as_bytes()).simple());
-    [id(format!("sagaflow:checkout:{request_id}")), id(format!("sagaflow:checkout:{SHOP_TENANT}:{request_id}"))]
+    let checkout_id = |client_request_id: &str| sagaflow_shop_server::checkout::checkout_ids(client_request_id).0;
+    [checkout_id(request_id), checkout_id(&format!("{SHOP_TENANT}:{request_id}"))]
 }
 
 fn with<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
