@@ -22,6 +22,7 @@ const JSON_FIELDS: &[&str] = &[
     ".sagaflow.v1.SignalReceived.input",
     ".sagaflow.v1.WorkflowCompleted.result",
     ".sagaflow.v1.ActivityResolved.result",
+    ".sagaflow.v1.StepSkipped.condition",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -61,6 +62,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "CompletionIgnored",
         "CancelRefused",
         "ActivityResolved",
+        "StepSkipped",
     ] {
         builder = builder.type_attribute(format!(".sagaflow.v1.{message}"), "#[derive(serde::Serialize)]");
     }

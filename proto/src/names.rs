@@ -37,6 +37,7 @@ impl EventName for Attributes {
             Attributes::CompletionIgnored(_) => "CompletionIgnored",
             Attributes::CancelRefused(_) => "CancelRefused",
             Attributes::ActivityResolved(_) => "ActivityResolved",
+            Attributes::StepSkipped(_) => "StepSkipped",
         }
     }
 }

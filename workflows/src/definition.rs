@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::Condition;
+
 /// Where a step sits relative to the point of no return.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -184,6 +186,15 @@ pub struct Step {
     /// An alert raised when the step's result holds findings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alert: Option<FindingsAlert>,
+    /// The step runs only when this holds on the context as it reaches the
+    /// step; otherwise it is skipped (`StepSkipped`), and nothing of it is
+    /// compensated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<Condition>,
+    /// Consecutive steps that name the same group run at once, and the saga
+    /// goes on when all of them are done (ADR 0020).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel: Option<String>,
 }
 
 /// Raised when a step completes with a non-empty list at `pointer` in its
@@ -228,7 +239,23 @@ impl Step {
             escalation: None,
             emits: None,
             alert: None,
+            when: None,
+            parallel: None,
         }
+    }
+
+    /// Runs the step only when `condition` holds.
+    #[must_use]
+    pub fn when(mut self, condition: Condition) -> Self {
+        self.when = Some(condition);
+        self
+    }
+
+    /// Runs the step at once with its neighbours of the same `group`.
+    #[must_use]
+    pub fn parallel(mut self, group: impl Into<String>) -> Self {
+        self.parallel = Some(group.into());
+        self
     }
 
     /// Publishes `event_type` when the step completes.
@@ -510,7 +537,13 @@ impl SagaDefinition {
         if self.steps.is_empty() {
             return Err(DefinitionError::NoSteps(self.name.clone()));
         }
+        // Steps whose results later steps may read; a parallel group's
+        // members join it only once the group is over, since siblings run
+        // at once and cannot read each other.
         let mut seen: Vec<&str> = Vec::new();
+        let mut group: Option<&str> = None;
+        let mut members: Vec<&str> = Vec::new();
+        let mut closed_groups: Vec<&str> = Vec::new();
         let mut after_pivot = false;
         for step in &self.steps {
             let invalid =
@@ -518,8 +551,38 @@ impl SagaDefinition {
             if step.name.is_empty() || step.name.contains('/') {
                 return Err(invalid("a step name is non-empty and has no '/'"));
             }
-            if seen.contains(&step.name.as_str()) {
+            if seen.contains(&step.name.as_str()) || members.contains(&step.name.as_str()) {
                 return Err(DefinitionError::DuplicateStep(step.name.clone()));
+            }
+            if step.parallel.as_deref() != group {
+                closed_groups.extend(group);
+                seen.append(&mut members);
+                group = step.parallel.as_deref();
+            }
+            if let Some(name) = group {
+                if name.trim().is_empty() {
+                    return Err(invalid("a parallel group has a non-empty name"));
+                }
+                if closed_groups.contains(&name) {
+                    return Err(invalid(&format!("the steps of parallel group {name:?} must be next to each other")));
+                }
+                if !matches!(step.action, Action::Activity { .. }) {
+                    return Err(invalid("a step of a parallel group runs an activity"));
+                }
+                if step.kind == StepKind::Pivot {
+                    return Err(invalid("the pivot stands alone: it cannot be in a parallel group"));
+                }
+            }
+            if let Some(condition) = &step.when {
+                if step.kind == StepKind::Pivot {
+                    return Err(invalid(
+                        "the pivot cannot have a condition: skipping it would leave the point of no return undecided",
+                    ));
+                }
+                if !matches!(step.action, Action::Activity { .. }) {
+                    return Err(invalid("a condition guards a step that runs an activity"));
+                }
+                condition.check().map_err(|reason| invalid(&format!("when: {reason}")))?;
             }
             match (step.kind, after_pivot) {
                 (StepKind::Pivot, true) => return Err(invalid("a saga has at most one pivot")),
@@ -562,7 +625,15 @@ impl SagaDefinition {
             for pointer in pointers {
                 check_pointer(pointer, &seen, &step.name).map_err(|reason| invalid(&reason))?;
             }
-            seen.push(&step.name);
+            // A condition is read before the step runs: not its own result.
+            for pointer in step.when.iter().flat_map(Condition::pointers) {
+                check_pointer(pointer, &seen, "/").map_err(|reason| invalid(&format!("when: {reason}")))?;
+            }
+            if group.is_some() {
+                members.push(&step.name);
+            } else {
+                seen.push(&step.name);
+            }
         }
         Ok(())
     }
@@ -674,6 +745,37 @@ mod tests {
         assert!(two_pivots.is_err());
         let dup = SagaDefinition::builder("s", 1).step(Step::activity("a", "x")).step(Step::activity("a", "y")).build();
         assert_eq!(dup, Err(DefinitionError::DuplicateStep("a".into())));
+    }
+
+    #[test]
+    fn parallel_groups_and_conditions_are_checked() {
+        let build =
+            |steps: Vec<Step>| steps.into_iter().fold(SagaDefinition::builder("s", 1), |b, s| b.step(s)).build();
+        let reason = |steps: Vec<Step>| match build(steps) {
+            Err(DefinitionError::InvalidStep { reason, .. }) => reason,
+            other => panic!("expected an invalid step, got {other:?}"),
+        };
+        let hotel = || Step::activity("hotel", "hotel.book").compensate_with("hotel.cancel").parallel("book");
+        let flight = || Step::activity("flight", "flight.book").compensate_with("flight.cancel").parallel("book");
+        assert!(build(vec![hotel(), flight(), Step::activity("pay", "p").pivot()]).is_ok());
+        let split = vec![hotel(), Step::activity("x", "x"), flight()];
+        assert!(reason(split).contains("next to each other"));
+        let pivot_in_group = vec![hotel(), Step::activity("pay", "p").pivot().parallel("book")];
+        assert!(reason(pivot_in_group).contains("pivot stands alone"));
+        let sleep_in_group = vec![hotel(), Step::sleep("wait", Duration::from_secs(1)).parallel("book")];
+        assert!(reason(sleep_in_group).contains("runs an activity"));
+        let sibling_read = vec![hotel(), flight().input_from("hotel", "/steps/hotel/id")];
+        assert!(reason(sibling_read).contains("does not run before"));
+        let after_group = Step::activity("pay", "p").pivot().input_from("hotel", "/steps/hotel/id");
+        assert!(build(vec![hotel(), flight(), after_group]).is_ok());
+        let exists = |p: &str| crate::Condition::Exists(p.into());
+        let conditional_pivot = vec![Step::activity("pay", "p").pivot().when(exists("/input/x"))];
+        assert!(reason(conditional_pivot).contains("pivot cannot have a condition"));
+        let forward = vec![Step::activity("a", "x").when(exists("/steps/b")), Step::activity("b", "y")];
+        assert!(reason(forward).starts_with("when: "));
+        let own = vec![Step::activity("a", "x").when(exists("/steps/a"))];
+        assert!(reason(own).starts_with("when: "));
+        assert!(build(vec![Step::activity("a", "x"), Step::activity("b", "y").when(exists("/steps/a/id"))]).is_ok());
     }
 
     #[test]

@@ -16,12 +16,14 @@
 //! # let _ = Duration::from_secs(1);
 //! ```
 
+mod condition;
 mod context;
 mod definition;
 pub mod document;
 pub mod jobs;
 pub mod shop;
 
+pub use condition::Condition;
 pub use context::{Context, resolve_pointer};
 pub use definition::{
     Action, Compensation, DefinitionError, Escalation, FindingsAlert, InputSpec, KeySpec, LifecycleEvents, RetryPolicy,

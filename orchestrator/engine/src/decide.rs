@@ -4,8 +4,8 @@
 use sagaflow_proto::v1::{
     ActivityCompleted, ActivityFailed, ActivityResolved, ActivityScheduled, ActivityStarted, ActivityTimedOut,
     CancelRefused, CancelRequested, CompensationStarted, CompletionIgnored, HistoryEvent, SignalReceived,
-    StepEscalated, StuckCleared, StuckDetected, TimerFired, TimerStarted, WorkflowCancelled, WorkflowCompensated,
-    WorkflowCompleted, WorkflowFailed, WorkflowTerminated, history_event::Attributes,
+    StepEscalated, StepSkipped, StuckCleared, StuckDetected, TimerFired, TimerStarted, WorkflowCancelled,
+    WorkflowCompensated, WorkflowCompleted, WorkflowFailed, WorkflowTerminated, history_event::Attributes,
 };
 use sagaflow_workflows::{Action, InputSpec, RetryPolicy, SagaDefinition, Step, StepKind, Timeouts};
 
@@ -588,14 +588,21 @@ pub fn decide(state: &WorkflowState, definition: &SagaDefinition, now: i64) -> V
             return start_compensation(state, definition, format!("cancelled: {reason}"), None);
         }
     }
-    let Some(index) = state.cursor() else {
+    let frontier = state.frontier(definition);
+    if frontier.is_empty() {
         return vec![Attributes::WorkflowCompleted(WorkflowCompleted { result: state.context.steps().to_string() })];
-    };
-    let step = &definition.steps[index];
-    let progress = &state.steps[index];
-    if let Some(failure) = &progress.forward.blocked {
+    }
+    let skipped = skip_unmet_conditions(state, definition, &frontier);
+    if !skipped.is_empty() {
+        return skipped;
+    }
+    let mut events = Vec::new();
+    for &index in &frontier {
+        let step = &definition.steps[index];
+        let progress = &state.steps[index];
+        let Some(failure) = &progress.forward.blocked else { continue };
         let unknown = progress.forward.unknown;
-        return match step.kind {
+        let stuck = match step.kind {
             StepKind::Pivot if unknown => stuck_once(
                 state,
                 super::StuckReason::PivotOutcomeUnknown,
@@ -632,35 +639,95 @@ pub fn decide(state: &WorkflowState, definition: &SagaDefinition, now: i64) -> V
                 ),
             ),
             StepKind::Compensable | StepKind::Pivot => {
-                start_compensation(state, definition, format!("step {} failed: {failure}", step.name), Some(index))
+                return fail_forward(state, definition, format!("step {} failed: {failure}", step.name), index);
             }
         };
-    }
-    match &step.action {
-        Action::Activity { activity_type } => {
-            let busy = state.tasks.values().any(|t| t.step_index == index && !t.compensation && !t.side);
-            if busy || progress.forward.retry_at.is_some() {
-                return Vec::new();
-            }
-            schedule(state, definition, index, false, activity_type, &step.input)
+        // One stuck flag at a time; a retriable group's other steps go on.
+        if events.is_empty() {
+            events = stuck;
         }
-        Action::Sleep { duration_ms } => {
-            let id = sleep_timer_id(index);
-            if state.timers.contains_key(&id) {
-                return Vec::new();
-            }
-            let fire_at_ms = now.saturating_add(i64::try_from(*duration_ms).unwrap_or(i64::MAX));
-            vec![Attributes::TimerStarted(TimerStarted { timer_id: id, fire_at_ms, purpose: "sleep".into() })]
-        }
-        Action::AwaitSignal { timeout_ms, .. } => {
-            let id = signal_timer_id(index);
-            if *timeout_ms == 0 || state.timers.contains_key(&id) {
-                return Vec::new();
-            }
-            let fire_at_ms = now.saturating_add(i64::try_from(*timeout_ms).unwrap_or(i64::MAX));
-            vec![Attributes::TimerStarted(TimerStarted { timer_id: id, fire_at_ms, purpose: "signal-timeout".into() })]
+        if step.kind == StepKind::Pivot {
+            return events;
         }
     }
+    for &index in &frontier {
+        let step = &definition.steps[index];
+        let progress = &state.steps[index];
+        if progress.forward.blocked.is_some() {
+            continue;
+        }
+        match &step.action {
+            Action::Activity { activity_type } => {
+                let busy = state.tasks.values().any(|t| t.step_index == index && !t.compensation && !t.side);
+                if busy || progress.forward.retry_at.is_some() {
+                    continue;
+                }
+                match schedule(state, definition, index, false, activity_type, &step.input) {
+                    Ok(scheduled) => events.push(scheduled),
+                    Err(reason) => {
+                        return fail_forward(state, definition, format!("step {}: {reason}", step.name), index);
+                    }
+                }
+            }
+            Action::Sleep { duration_ms } => {
+                let id = sleep_timer_id(index);
+                if !state.timers.contains_key(&id) {
+                    let fire_at_ms = now.saturating_add(i64::try_from(*duration_ms).unwrap_or(i64::MAX));
+                    events.push(Attributes::TimerStarted(TimerStarted {
+                        timer_id: id,
+                        fire_at_ms,
+                        purpose: "sleep".into(),
+                    }));
+                }
+            }
+            Action::AwaitSignal { timeout_ms, .. } => {
+                let id = signal_timer_id(index);
+                if *timeout_ms != 0 && !state.timers.contains_key(&id) {
+                    let fire_at_ms = now.saturating_add(i64::try_from(*timeout_ms).unwrap_or(i64::MAX));
+                    events.push(Attributes::TimerStarted(TimerStarted {
+                        timer_id: id,
+                        fire_at_ms,
+                        purpose: "signal-timeout".into(),
+                    }));
+                }
+            }
+        }
+    }
+    events
+}
+
+/// `StepSkipped` for each step of the frontier reached for the first time
+/// whose condition does not hold. Evaluated once: the step is then either
+/// skipped or scheduled, and the history says which.
+fn skip_unmet_conditions(state: &WorkflowState, definition: &SagaDefinition, frontier: &[usize]) -> Vec<Attributes> {
+    frontier
+        .iter()
+        .filter_map(|&index| {
+            let step = &definition.steps[index];
+            let condition = step.when.as_ref()?;
+            let progress = &state.steps[index];
+            let reached_first_time = progress.status == StepStatus::Pending && progress.forward.attempt == 0;
+            (reached_first_time && !condition.holds(&state.context.0)).then(|| {
+                Attributes::StepSkipped(StepSkipped {
+                    step: step.name.clone(),
+                    step_index: u32::try_from(index).unwrap_or(u32::MAX),
+                    condition: serde_json::to_string(condition).unwrap_or_default(),
+                })
+            })
+        })
+        .collect()
+}
+
+/// A step before the pivot (or the pivot) failed for good. Any other
+/// attempt of the frontier still in flight (a parallel sibling's) is
+/// awaited first, so that its effect, if any, is known and compensated
+/// rather than racing its compensation; then every step that ran is
+/// compensated.
+fn fail_forward(state: &WorkflowState, definition: &SagaDefinition, reason: String, index: usize) -> Vec<Attributes> {
+    if state.tasks.values().any(|t| !t.compensation && !t.side) {
+        return Vec::new();
+    }
+    start_compensation(state, definition, reason, Some(index))
 }
 
 /// Whether the pivot ran and none of its answers so far is definite: it may
@@ -710,7 +777,11 @@ fn decide_compensation(state: &WorkflowState, definition: &SagaDefinition, plan:
     if busy || track.retry_at.is_some() {
         return Vec::new();
     }
-    schedule(state, definition, index, true, &compensation.activity_type, &compensation.input)
+    // A compensation reuses its forward step's key, recorded when the step
+    // was attempted (the only steps a plan holds). A history whose plan names
+    // a step that never ran does not fit its definition: left as it is, for
+    // the stuck detector, like any such history (see `decide`).
+    schedule(state, definition, index, true, &compensation.activity_type, &compensation.input).into_iter().collect()
 }
 
 /// Compensates every compensable step that ever started (including the one
@@ -748,23 +819,15 @@ fn schedule(
     compensation: bool,
     activity_type: &str,
     input: &InputSpec,
-) -> Vec<Attributes> {
+) -> Result<Attributes, String> {
     let step = &definition.steps[index];
     let forward_key = match &state.steps[index].idempotency_key {
         Some(key) => key.clone(),
-        None => match state.context.key_for(&step.idempotency_key, &state.workflow_id, &step.name) {
-            Ok(key) => key,
-            Err(reason) => {
-                return vec![Attributes::WorkflowFailed(WorkflowFailed {
-                    reason: format!("step {}: {reason}", step.name),
-                    step: step.name.clone(),
-                })];
-            }
-        },
+        None => state.context.key_for(&step.idempotency_key, &state.workflow_id, &step.name)?,
     };
     let idempotency_key = if compensation { format!("{forward_key}/compensate") } else { forward_key };
     let attempt = state.track(index, compensation).map_or(0, |t| t.attempt) + 1;
-    vec![Attributes::ActivityScheduled(ActivityScheduled {
+    Ok(Attributes::ActivityScheduled(ActivityScheduled {
         task_id: task_id(index, compensation, attempt),
         step_index: u32::try_from(index).unwrap_or(u32::MAX),
         step: step.name.clone(),
@@ -773,5 +836,5 @@ fn schedule(
         compensation,
         input: state.context.input_json(input),
         idempotency_key,
-    })]
+    }))
 }

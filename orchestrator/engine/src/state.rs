@@ -30,6 +30,15 @@ pub enum StepStatus {
     Running,
     Completed,
     Compensated,
+    /// Its condition did not hold: done without running.
+    Skipped,
+}
+
+impl StepStatus {
+    /// Done going forward: the saga may move past it.
+    pub fn is_done(self) -> bool {
+        matches!(self, Self::Completed | Self::Compensated | Self::Skipped)
+    }
 }
 
 /// One direction (forward or compensation) of a step.
@@ -174,9 +183,22 @@ impl WorkflowState {
         self.status.is_terminal()
     }
 
-    /// The first forward step not yet completed.
+    /// The first forward step not yet done.
     pub fn cursor(&self) -> Option<usize> {
-        self.steps.iter().position(|s| s.status != StepStatus::Completed && s.status != StepStatus::Compensated)
+        self.steps.iter().position(|s| !s.status.is_done())
+    }
+
+    /// The steps that may run now: the cursor's step, or, when it belongs to
+    /// a parallel group, every member of the group not yet done.
+    pub fn frontier(&self, definition: &SagaDefinition) -> Vec<usize> {
+        let Some(first) = self.cursor() else { return Vec::new() };
+        let Some(group) = definition.steps.get(first).and_then(|s| s.parallel.as_deref()) else {
+            return vec![first];
+        };
+        (first..self.steps.len().min(definition.steps.len()))
+            .take_while(|&i| definition.steps[i].parallel.as_deref() == Some(group))
+            .filter(|&i| !self.steps[i].status.is_done())
+            .collect()
     }
 
     pub fn track(&self, step_index: usize, compensation: bool) -> Option<&Track> {
@@ -380,6 +402,12 @@ impl WorkflowState {
             Attributes::WorkflowCancelled(c) => self.close(WorkflowStatus::Cancelled, event.time_ms, c.reason.clone()),
             Attributes::WorkflowTerminated(t) => {
                 self.close(WorkflowStatus::Terminated, event.time_ms, t.reason.clone())
+            }
+            Attributes::StepSkipped(s) => {
+                if let Some(step) = self.steps.get_mut(s.step_index as usize) {
+                    step.status = StepStatus::Skipped;
+                }
+                self.progress(event.seq, event.time_ms);
             }
             Attributes::StuckDetected(s) => self.stuck = Some((s.reason.clone(), s.message.clone(), event.seq)),
             Attributes::StuckCleared(_) => self.stuck = None,

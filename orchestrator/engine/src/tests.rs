@@ -1282,10 +1282,181 @@ fn a_compensation_that_times_out_is_retried_and_never_assumed_done() {
 }
 
 // ---------------------------------------------------------------------------
+// Parallel groups and conditions (ADR 0020).
+
+/// hotel and flight at once (group "book"), then charge (pivot), then the
+/// email and the loyalty points at once (group "after").
+fn parallel_trip() -> SagaDefinition {
+    SagaDefinition::builder("parallel-trip", 1)
+        .step(
+            Step::activity("hotel", "hotel.book")
+                .compensate_with("hotel.cancel")
+                .retry(policy(100, 3))
+                .parallel("book"),
+        )
+        .step(
+            Step::activity("flight", "flight.book")
+                .compensate_with("flight.cancel")
+                .retry(policy(100, 3))
+                .parallel("book"),
+        )
+        .step(Step::activity("charge", "payments.charge").pivot().input_from("hotel", "/steps/hotel"))
+        .step(Step::activity("email", "mail.send").retriable().parallel("after"))
+        .step(Step::activity("points", "loyalty.credit").retriable().parallel("after"))
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_parallel_group_runs_at_once_and_joins() {
+    let mut h = Harness::start(parallel_trip());
+    assert_eq!(h.pending(), ["0.f.1", "1.f.1"], "both members at once");
+    let events = h.complete("1.f.1", json!({"flight": "f-1"}));
+    assert!(scheduled_ids(&events).is_empty(), "the group joins: nothing before the hotel is done");
+    let events = h.complete("0.f.1", json!({"hotel": "h-1"}));
+    assert_eq!(scheduled_ids(&events), ["2.f.1"]);
+    let events = h.complete("2.f.1", json!({}));
+    assert_eq!(scheduled_ids(&events), ["3.f.1", "4.f.1"]);
+    h.complete("4.f.1", json!({}));
+    assert_eq!(h.status(), WorkflowStatus::Running);
+    h.complete("3.f.1", json!({}));
+    assert_eq!(h.status(), WorkflowStatus::Completed);
+}
+
+#[test]
+fn a_failed_member_awaits_its_sibling_then_compensates_every_step_that_ran() {
+    let mut h = Harness::start(parallel_trip());
+    let events = h.fail("0.f.1", false);
+    assert_eq!(count(&events, "CompensationStarted"), 0, "the flight attempt in flight is awaited, not raced");
+    assert_eq!(h.pending(), ["1.f.1"]);
+    let events = h.complete("1.f.1", json!({"flight": "f-1"}));
+    let plan = attrs(&events)
+        .find_map(|a| match a {
+            Attributes::CompensationStarted(c) => Some(c.steps.clone()),
+            _ => None,
+        })
+        .expect("compensation once the sibling answered");
+    assert_eq!(plan, ["flight", "hotel"], "newest first; the failed hotel too, since it may have taken effect");
+    assert_eq!(h.pending(), ["1.c.1"], "one compensation at a time");
+    h.complete("1.c.1", json!({}));
+    assert_eq!(h.pending(), ["0.c.1"]);
+    h.complete("0.c.1", json!({}));
+    assert_eq!(h.status(), WorkflowStatus::Compensated);
+}
+
+#[test]
+fn a_sibling_waiting_for_its_retry_is_compensated_at_once() {
+    let mut h = Harness::start(parallel_trip());
+    h.fail("1.f.1", true);
+    assert_eq!(h.retry_timers().len(), 1);
+    let events = h.fail("0.f.1", false);
+    assert_eq!(count(&events, "CompensationStarted"), 1, "no attempt in flight: nothing to wait for");
+    assert!(h.retry_timers().is_empty(), "the sibling's retry is dropped");
+    assert_eq!(h.pending(), ["1.c.1"]);
+}
+
+#[test]
+fn a_cancel_during_a_parallel_group_waits_for_every_member() {
+    let mut h = Harness::start(parallel_trip());
+    let events = h.cancel().unwrap();
+    assert_eq!(names(&events), ["CancelRequested"]);
+    h.complete("0.f.1", json!({}));
+    assert_eq!(h.status(), WorkflowStatus::Running, "the flight still runs");
+    assert_eq!(h.pending(), ["1.f.1"]);
+    let events = h.complete("1.f.1", json!({}));
+    assert_eq!(count(&events, "CompensationStarted"), 1);
+    h.complete("1.c.1", json!({}));
+    h.complete("0.c.1", json!({}));
+    assert_eq!(h.status(), WorkflowStatus::Cancelled);
+}
+
+#[test]
+fn a_blocked_member_after_the_pivot_is_stuck_while_its_sibling_goes_on() {
+    let mut h = Harness::start(parallel_trip());
+    h.complete("0.f.1", json!({}));
+    h.complete("1.f.1", json!({}));
+    h.complete("2.f.1", json!({}));
+    let events = h.fail("3.f.1", false);
+    assert_eq!(stuck_reasons(&events), ["NON_RETRYABLE_AFTER_PIVOT"]);
+    assert_eq!(h.pending(), ["4.f.1"], "the points still run");
+    h.complete("4.f.1", json!({}));
+    assert_eq!(h.status(), WorkflowStatus::Running);
+    assert!(h.state.stuck.is_some(), "still stuck on the email after the points' progress");
+    h.signal(RETRY_SIGNAL, json!({}));
+    assert_eq!(h.pending(), ["3.f.2"]);
+    h.complete("3.f.2", json!({}));
+    assert_eq!(h.status(), WorkflowStatus::Completed);
+}
+
+/// gift_wrap runs only for a gift; insurance only above 100; both may read
+/// the input and earlier results.
+fn conditional() -> SagaDefinition {
+    let gift = sagaflow_workflows::Condition::Equals { pointer: "/input/gift".into(), value: json!(true) };
+    let large = sagaflow_workflows::Condition::GreaterThan { pointer: "/steps/price/total".into(), value: 100.0 };
+    SagaDefinition::builder("conditional", 1)
+        .step(Step::activity("price", "catalog.price"))
+        .step(Step::activity("wrap", "gift.wrap").compensate_with("gift.unwrap").when(gift))
+        .step(Step::activity("insure", "insurance.buy").compensate_with("insurance.cancel").when(large))
+        .step(Step::activity("pay", "payments.capture").pivot())
+        .build()
+        .unwrap()
+}
+
+fn skipped_steps(events: &[HistoryEvent]) -> Vec<String> {
+    attrs(events)
+        .filter_map(|a| match a {
+            Attributes::StepSkipped(s) => Some(s.step.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_step_whose_condition_fails_is_skipped_and_never_compensated() {
+    let mut h = Harness::start_with_input(conditional(), json!({"gift": false}));
+    let events = h.complete("0.f.1", json!({"total": 250}));
+    assert_eq!(skipped_steps(&events), ["wrap"]);
+    assert_eq!(h.state.steps[1].status, StepStatus::Skipped);
+    assert_eq!(scheduled_ids(&events), ["2.f.1"], "insurance holds on the price's result");
+    h.complete("2.f.1", json!({}));
+    let events = h.fail("3.f.1", false);
+    let plan = attrs(&events).find_map(|a| match a {
+        Attributes::CompensationStarted(c) => Some(c.steps.clone()),
+        _ => None,
+    });
+    assert_eq!(plan.unwrap(), ["insure"], "the skipped wrap has nothing to undo");
+}
+
+#[test]
+fn a_condition_that_holds_runs_the_step_and_is_not_evaluated_again() {
+    let mut h = Harness::start_with_input(conditional(), json!({"gift": true}));
+    let events = h.complete("0.f.1", json!({"total": 50}));
+    assert_eq!(scheduled_ids(&events), ["1.f.1"]);
+    // A retry of the running step does not look at the condition again.
+    h.fail("1.f.1", true);
+    let (timer, at) = h.retry_timers()[0].clone();
+    h.now = at;
+    let events = h.fire(&timer);
+    assert_eq!(scheduled_ids(&events), ["1.f.2"]);
+    let events = h.complete("1.f.2", json!({}));
+    assert_eq!(skipped_steps(&events), ["insure"], "50 is not above 100");
+    let Some(Attributes::StepSkipped(skip)) = attrs(&events).find(|a| matches!(a, Attributes::StepSkipped(_))) else {
+        panic!("expected StepSkipped");
+    };
+    assert!(skip.condition.contains("greater_than"), "the history says which condition: {}", skip.condition);
+    h.complete("3.f.1", json!({}));
+    assert_eq!(h.status(), WorkflowStatus::Completed);
+}
+
+// ---------------------------------------------------------------------------
 // Property tests.
 
 #[derive(Debug, Clone)]
 struct CompensableSpec {
+    /// Runs at once with the compensable step before it that has this flag too.
+    parallel: bool,
+    /// `Some(holds)`: the step has a condition, which holds or not.
+    condition: Option<bool>,
     has_compensation: bool,
     max_attempts: u32,
     compensation_max_attempts: u32,
@@ -1293,6 +1464,8 @@ struct CompensableSpec {
 
 #[derive(Debug, Clone)]
 struct RetriableSpec {
+    parallel: bool,
+    condition: Option<bool>,
     /// 0 = unlimited.
     max_attempts: u32,
     escalate_after: Option<u32>,
@@ -1315,8 +1488,18 @@ impl Shape {
             non_retryable_error_types: vec!["Fatal".into()],
         };
         let mut builder = SagaDefinition::builder("random", 1);
+        // A run of consecutive parallel steps is one group, named after its first step.
+        let mut group = String::new();
         for (i, c) in self.compensable.iter().enumerate() {
-            let mut step = Step::activity(format!("c{i}"), format!("c{i}.do")).retry(retry(c.max_attempts));
+            if !c.parallel || i == 0 || !self.compensable[i - 1].parallel {
+                group = format!("pre{i}");
+            }
+            let mut step = shaped(
+                Step::activity(format!("c{i}"), format!("c{i}.do")).retry(retry(c.max_attempts)),
+                c.parallel,
+                c.condition,
+                &group,
+            );
             if c.has_compensation {
                 step =
                     step.compensate_with(format!("c{i}.undo")).compensation_retry(retry(c.compensation_max_attempts));
@@ -1326,8 +1509,15 @@ impl Shape {
         if let Some(max) = self.pivot {
             builder = builder.step(Step::activity("pivot", "pivot.do").pivot().retry(retry(max)));
             for (i, r) in self.retriable.iter().enumerate() {
-                let mut step =
-                    Step::activity(format!("r{i}"), format!("r{i}.do")).retriable().retry(retry(r.max_attempts));
+                if !r.parallel || i == 0 || !self.retriable[i - 1].parallel {
+                    group = format!("post{i}");
+                }
+                let mut step = shaped(
+                    Step::activity(format!("r{i}"), format!("r{i}.do")).retriable().retry(retry(r.max_attempts)),
+                    r.parallel,
+                    r.condition,
+                    &group,
+                );
                 if let Some(after) = r.escalate_after {
                     step = step.escalate_after(after, format!("R{i}Delayed"));
                 }
@@ -1338,20 +1528,47 @@ impl Shape {
     }
 }
 
+/// Puts a step in `group` and gives it a condition on the input (which the
+/// harness starts as `{"order": "o-1"}`) that holds or not.
+fn shaped(step: Step, parallel: bool, condition: Option<bool>, group: &str) -> Step {
+    let step = if parallel { step.parallel(group) } else { step };
+    match condition {
+        Some(holds) => step.when(sagaflow_workflows::Condition::Equals {
+            pointer: "/input/order".into(),
+            value: json!(if holds { "o-1" } else { "o-2" }),
+        }),
+        None => step,
+    }
+}
+
+fn condition() -> impl Strategy<Value = Option<bool>> {
+    prop::option::weighted(0.3, any::<bool>())
+}
+
 fn shapes() -> impl Strategy<Value = Shape> {
     (
         prop::collection::vec(
-            (prop::bool::weighted(0.75), 1u32..=4, 1u32..=4).prop_map(|(has, max, cmax)| CompensableSpec {
-                has_compensation: has,
-                max_attempts: max,
-                compensation_max_attempts: cmax,
-            }),
+            (prop::bool::weighted(0.75), 1u32..=4, 1u32..=4, any::<bool>(), condition()).prop_map(
+                |(has, max, cmax, parallel, condition)| CompensableSpec {
+                    parallel,
+                    condition,
+                    has_compensation: has,
+                    max_attempts: max,
+                    compensation_max_attempts: cmax,
+                },
+            ),
             1..=4,
         ),
         prop::option::of(1u32..=4),
         prop::collection::vec(
-            (0u32..=4, prop::option::of(1u32..=3))
-                .prop_map(|(max, esc)| RetriableSpec { max_attempts: max, escalate_after: esc }),
+            (0u32..=4, prop::option::of(1u32..=3), any::<bool>(), condition()).prop_map(
+                |(max, esc, parallel, condition)| RetriableSpec {
+                    parallel,
+                    condition,
+                    max_attempts: max,
+                    escalate_after: esc,
+                },
+            ),
             0..=2,
         ),
     )
@@ -1554,6 +1771,7 @@ fn check_history(definition: &SagaDefinition, history: &[HistoryEvent]) {
     let mut forward_scheduled: BTreeSet<usize> = BTreeSet::new();
     let mut forward_completed: BTreeMap<usize, usize> = BTreeMap::new();
     let mut compensated: BTreeSet<usize> = BTreeSet::new();
+    let mut skipped: BTreeSet<usize> = BTreeSet::new();
     let mut keys: BTreeMap<(usize, bool), String> = BTreeMap::new();
     let mut plan: Option<Vec<usize>> = None;
     let mut last_first_compensation: Option<usize> = None;
@@ -1607,6 +1825,15 @@ fn check_history(definition: &SagaDefinition, history: &[HistoryEvent]) {
                     }
                 } else {
                     assert!(plan.is_none(), "forward work while compensating");
+                    assert!(!skipped.contains(&index), "skipped step {index} scheduled");
+                    // (h) a step starts once every earlier step outside its
+                    // parallel group is done (completed or skipped).
+                    let group = definition.steps[index].parallel.as_ref();
+                    for earlier in 0..index {
+                        let sibling = group.is_some() && definition.steps[earlier].parallel.as_ref() == group;
+                        let done = forward_completed.contains_key(&earlier) || skipped.contains(&earlier);
+                        assert!(sibling || done, "step {index} scheduled before step {earlier} was done");
+                    }
                     forward_scheduled.insert(index);
                     in_flight.insert(s.task_id.clone());
                 }
@@ -1637,6 +1864,12 @@ fn check_history(definition: &SagaDefinition, history: &[HistoryEvent]) {
                 } else if Some(index) == pivot {
                     pivot_unknown = false;
                 }
+            }
+            Attributes::StepSkipped(k) => {
+                let index = k.step_index as usize;
+                assert!(definition.steps[index].when.is_some(), "step {index} skipped without a condition");
+                assert!(!forward_scheduled.contains(&index), "step {index} skipped after it ran");
+                assert!(skipped.insert(index), "step {index} skipped twice");
             }
             Attributes::CancelRequested(_) => cancel_pending = true,
             Attributes::CancelRefused(_) => {
@@ -1679,7 +1912,7 @@ fn check_history(definition: &SagaDefinition, history: &[HistoryEvent]) {
             }
             Attributes::WorkflowCompleted(_) => {
                 assert!(plan.is_none());
-                assert_eq!(forward_completed.len(), definition.steps.len());
+                assert_eq!(forward_completed.len() + skipped.len(), definition.steps.len());
             }
             Attributes::WorkflowCompensated(_) | Attributes::WorkflowCancelled(_) => {
                 assert!(!pivot_done, "undone after the pivot");

@@ -12,8 +12,8 @@ use sagaflow_proto::EventName;
 use sagaflow_proto::v1::history_event::Attributes;
 use sagaflow_proto::v1::{
     ActivityCompleted, ActivityFailed, ActivityResolved, ActivityScheduled, ActivityStarted, ActivityTimedOut,
-    CancelRefused, CancelRequested, CompensationStarted, HistoryEvent, SignalReceived, StuckCleared, StuckDetected,
-    TimerFired, TimerStarted, WorkflowCompleted, WorkflowStarted, WorkflowTerminated,
+    CancelRefused, CancelRequested, CompensationStarted, HistoryEvent, SignalReceived, StepSkipped, StuckCleared,
+    StuckDetected, TimerFired, TimerStarted, WorkflowCompleted, WorkflowStarted, WorkflowTerminated,
 };
 use sagaflow_workflows::SagaDefinition;
 
@@ -237,7 +237,7 @@ pub fn engine_history(data: &[u8]) {
     while !choices.done() && history.len() < 256 {
         seq = if choices.below(16) == 0 { u64::from(choices.byte()) } else { seq + 1 };
         let task_id = choices.text(&known);
-        let attributes = match choices.below(18) {
+        let attributes = match choices.below(19) {
             0 => Attributes::WorkflowStarted(WorkflowStarted {
                 workflow_type: definition.name.clone(),
                 definition_version: definition.version,
@@ -289,6 +289,11 @@ pub fn engine_history(data: &[u8]) {
                 outcome: choices.text(&["succeeded".into(), "failed".into()]),
                 result: "{}".into(),
                 ..Default::default()
+            }),
+            17 => Attributes::StepSkipped(StepSkipped {
+                step: choices.text(&steps),
+                step_index: u32::from(choices.byte() % 8),
+                condition: "{}".into(),
             }),
             _ => Attributes::ActivityCompleted(ActivityCompleted { task_id, result: "not json".into() }),
         };

@@ -336,6 +336,7 @@ impl Timeline {
             Attributes::StepEscalated(e) => {
                 format!("{} after attempt {} of {}", e.alert, e.attempt, e.step)
             }
+            Attributes::StepSkipped(k) => format!("{}: its condition did not hold ({})", k.step, k.condition),
             Attributes::CompletionIgnored(c) => {
                 format!("{} {} ({}) from {}", self.step(&c.task_id), c.reason, c.outcome, c.worker_id)
             }

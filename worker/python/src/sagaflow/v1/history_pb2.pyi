@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class HistoryEvent(_message.Message):
-    __slots__ = ("seq", "time_ms", "workflow_started", "activity_scheduled", "activity_started", "activity_completed", "activity_failed", "activity_timed_out", "timer_started", "timer_fired", "signal_received", "cancel_requested", "compensation_started", "workflow_completed", "workflow_compensated", "workflow_failed", "workflow_cancelled", "workflow_terminated", "stuck_detected", "stuck_cleared", "step_escalated", "completion_ignored", "cancel_refused", "activity_resolved")
+    __slots__ = ("seq", "time_ms", "workflow_started", "activity_scheduled", "activity_started", "activity_completed", "activity_failed", "activity_timed_out", "timer_started", "timer_fired", "signal_received", "cancel_requested", "compensation_started", "workflow_completed", "workflow_compensated", "workflow_failed", "workflow_cancelled", "workflow_terminated", "stuck_detected", "stuck_cleared", "step_escalated", "completion_ignored", "cancel_refused", "activity_resolved", "step_skipped")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TIME_MS_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_STARTED_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,7 @@ class HistoryEvent(_message.Message):
     COMPLETION_IGNORED_FIELD_NUMBER: _ClassVar[int]
     CANCEL_REFUSED_FIELD_NUMBER: _ClassVar[int]
     ACTIVITY_RESOLVED_FIELD_NUMBER: _ClassVar[int]
+    STEP_SKIPPED_FIELD_NUMBER: _ClassVar[int]
     seq: int
     time_ms: int
     workflow_started: WorkflowStarted
@@ -56,7 +57,8 @@ class HistoryEvent(_message.Message):
     completion_ignored: CompletionIgnored
     cancel_refused: CancelRefused
     activity_resolved: ActivityResolved
-    def __init__(self, seq: _Optional[int] = ..., time_ms: _Optional[int] = ..., workflow_started: _Optional[_Union[WorkflowStarted, _Mapping]] = ..., activity_scheduled: _Optional[_Union[ActivityScheduled, _Mapping]] = ..., activity_started: _Optional[_Union[ActivityStarted, _Mapping]] = ..., activity_completed: _Optional[_Union[ActivityCompleted, _Mapping]] = ..., activity_failed: _Optional[_Union[ActivityFailed, _Mapping]] = ..., activity_timed_out: _Optional[_Union[ActivityTimedOut, _Mapping]] = ..., timer_started: _Optional[_Union[TimerStarted, _Mapping]] = ..., timer_fired: _Optional[_Union[TimerFired, _Mapping]] = ..., signal_received: _Optional[_Union[SignalReceived, _Mapping]] = ..., cancel_requested: _Optional[_Union[CancelRequested, _Mapping]] = ..., compensation_started: _Optional[_Union[CompensationStarted, _Mapping]] = ..., workflow_completed: _Optional[_Union[WorkflowCompleted, _Mapping]] = ..., workflow_compensated: _Optional[_Union[WorkflowCompensated, _Mapping]] = ..., workflow_failed: _Optional[_Union[WorkflowFailed, _Mapping]] = ..., workflow_cancelled: _Optional[_Union[WorkflowCancelled, _Mapping]] = ..., workflow_terminated: _Optional[_Union[WorkflowTerminated, _Mapping]] = ..., stuck_detected: _Optional[_Union[StuckDetected, _Mapping]] = ..., stuck_cleared: _Optional[_Union[StuckCleared, _Mapping]] = ..., step_escalated: _Optional[_Union[StepEscalated, _Mapping]] = ..., completion_ignored: _Optional[_Union[CompletionIgnored, _Mapping]] = ..., cancel_refused: _Optional[_Union[CancelRefused, _Mapping]] = ..., activity_resolved: _Optional[_Union[ActivityResolved, _Mapping]] = ...) -> None: ...
+    step_skipped: StepSkipped
+    def __init__(self, seq: _Optional[int] = ..., time_ms: _Optional[int] = ..., workflow_started: _Optional[_Union[WorkflowStarted, _Mapping]] = ..., activity_scheduled: _Optional[_Union[ActivityScheduled, _Mapping]] = ..., activity_started: _Optional[_Union[ActivityStarted, _Mapping]] = ..., activity_completed: _Optional[_Union[ActivityCompleted, _Mapping]] = ..., activity_failed: _Optional[_Union[ActivityFailed, _Mapping]] = ..., activity_timed_out: _Optional[_Union[ActivityTimedOut, _Mapping]] = ..., timer_started: _Optional[_Union[TimerStarted, _Mapping]] = ..., timer_fired: _Optional[_Union[TimerFired, _Mapping]] = ..., signal_received: _Optional[_Union[SignalReceived, _Mapping]] = ..., cancel_requested: _Optional[_Union[CancelRequested, _Mapping]] = ..., compensation_started: _Optional[_Union[CompensationStarted, _Mapping]] = ..., workflow_completed: _Optional[_Union[WorkflowCompleted, _Mapping]] = ..., workflow_compensated: _Optional[_Union[WorkflowCompensated, _Mapping]] = ..., workflow_failed: _Optional[_Union[WorkflowFailed, _Mapping]] = ..., workflow_cancelled: _Optional[_Union[WorkflowCancelled, _Mapping]] = ..., workflow_terminated: _Optional[_Union[WorkflowTerminated, _Mapping]] = ..., stuck_detected: _Optional[_Union[StuckDetected, _Mapping]] = ..., stuck_cleared: _Optional[_Union[StuckCleared, _Mapping]] = ..., step_escalated: _Optional[_Union[StepEscalated, _Mapping]] = ..., completion_ignored: _Optional[_Union[CompletionIgnored, _Mapping]] = ..., cancel_refused: _Optional[_Union[CancelRefused, _Mapping]] = ..., activity_resolved: _Optional[_Union[ActivityResolved, _Mapping]] = ..., step_skipped: _Optional[_Union[StepSkipped, _Mapping]] = ...) -> None: ...
 
 class WorkflowStarted(_message.Message):
     __slots__ = ("workflow_type", "definition_version", "request_id", "input", "labels", "correlation_id", "traceparent", "definition_hash")
@@ -290,3 +292,13 @@ class ActivityResolved(_message.Message):
     reason: str
     identity: str
     def __init__(self, step: _Optional[str] = ..., compensation: _Optional[bool] = ..., outcome: _Optional[str] = ..., result: _Optional[str] = ..., reason: _Optional[str] = ..., identity: _Optional[str] = ...) -> None: ...
+
+class StepSkipped(_message.Message):
+    __slots__ = ("step", "step_index", "condition")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    STEP_INDEX_FIELD_NUMBER: _ClassVar[int]
+    CONDITION_FIELD_NUMBER: _ClassVar[int]
+    step: str
+    step_index: int
+    condition: str
+    def __init__(self, step: _Optional[str] = ..., step_index: _Optional[int] = ..., condition: _Optional[str] = ...) -> None: ...
