@@ -27,7 +27,7 @@ enum Task {
     /// Run every test stage CI runs, after checking (or installing) the tools they need.
     ///
     /// The stages, in order: the alert rules (promtool), the Grafana dashboard's JSON, `cargo test
-    /// --workspace`, the examples (custom_saga, quickstart, the Python client), the bench smoke run
+    /// --workspace`, the examples (custom_saga, quickstart, trip-booking, the Python client), the bench smoke run
     /// and a 60 s chaos run (seed $SAGAFLOW_CHAOS_SEED, else 42). It stops at the first stage that
     /// fails and exits non-zero, naming that stage.
     ///

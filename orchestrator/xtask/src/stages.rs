@@ -58,7 +58,7 @@ impl Stage {
             Self::AlertRules => "alert rules (promtool check, promtool test)",
             Self::Dashboard => "grafana dashboard JSON",
             Self::CargoTest => "cargo test --workspace",
-            Self::Examples => "examples (custom_saga, quickstart, python)",
+            Self::Examples => "examples (custom_saga, quickstart, trip-booking, python)",
             Self::PythonSdk => "python SDK (worker/python: mypy, pytest against sagaflow server)",
             Self::Bench => "bench smoke run (phase d, n=50)",
             Self::Chaos => "chaos run (60 s)",
@@ -88,10 +88,13 @@ impl Stage {
             Self::Examples => {
                 let mut python = Command::new("bash");
                 python.arg("examples/python/run.sh").env("SAGAFLOW_BIN", context.sagaflow());
+                let mut trips = Command::new("bash");
+                trips.arg("examples/trip-booking/run.sh").env("SAGAFLOW_BIN", context.sagaflow());
                 vec![
                     context.cargo(&["run", "-q", "-p", "sagaflow-examples", "--example", "custom_saga"]),
                     context.cargo(&["run", "-q", "-p", "sagaflow-examples", "--example", "quickstart"]),
                     context.cargo(&["build", "-q", "--bin", "sagaflow"]),
+                    trips,
                     python,
                 ]
             }
