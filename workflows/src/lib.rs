@@ -20,6 +20,7 @@ mod context;
 mod definition;
 pub mod document;
 pub mod jobs;
+pub mod policies;
 pub mod shop;
 
 pub use context::{Context, resolve_pointer};
@@ -27,3 +28,4 @@ pub use definition::{
     Action, Compensation, DefinitionError, Escalation, FindingsAlert, InputSpec, KeySpec, LifecycleEvents, RetryPolicy,
     SagaBuilder, SagaDefinition, Source, Step, StepKind, Timeouts,
 };
+pub use policies::PolicyDefaults;
