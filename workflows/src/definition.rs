@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::Condition;
+use crate::policies::PolicyDefaults;
 
 /// Where a step sits relative to the point of no return.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -199,15 +200,46 @@ pub struct Step {
 
 /// Raised when a step completes with a non-empty list at `pointer` in its
 /// result (a self-healing job's violations): the orchestrator publishes
-/// `event` with the list as its evidence, counts each finding on
-/// `sagaflow_invariant_violations_total`, and logs them at error level. The
-/// step itself succeeded: finding a problem is the job doing its work.
+/// `event` with the list as its evidence, counts each finding on the
+/// counter `metric`, and logs them at error level. The step itself
+/// succeeded: finding a problem is the job doing its work.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FindingsAlert {
     /// A JSON pointer into the step's result, such as `/violations`.
     pub pointer: String,
     /// The domain event's type, such as `InvariantViolated`.
     pub event: String,
+    /// The Prometheus counter each finding adds one to, labelled `job`,
+    /// `alert` (the event) and `invariant`: what alert rules page on. A
+    /// counter name ending in `_total`; left out, and not written when it
+    /// is, [`FindingsAlert::DEFAULT_METRIC`], so that a definition
+    /// registered before this field keeps its content hash.
+    #[serde(default = "FindingsAlert::default_metric", skip_serializing_if = "FindingsAlert::is_default_metric")]
+    pub metric: String,
+}
+
+impl FindingsAlert {
+    /// The counter of an alert that names none.
+    pub const DEFAULT_METRIC: &str = "sagaflow_invariant_violations_total";
+
+    fn default_metric() -> String {
+        Self::DEFAULT_METRIC.to_owned()
+    }
+
+    fn is_default_metric(metric: &str) -> bool {
+        metric == Self::DEFAULT_METRIC
+    }
+}
+
+/// Whether `name` may name a Prometheus counter: letters, digits and `_`,
+/// not starting with a digit, ending in `_total` (colons are left to
+/// recording rules).
+fn is_counter_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() > "_total".len()
+        && name.ends_with("_total")
 }
 
 impl Step {
@@ -363,7 +395,21 @@ impl Step {
     /// (see [`FindingsAlert`]).
     #[must_use]
     pub fn alert_on_findings(mut self, pointer: impl Into<String>, event: impl Into<String>) -> Self {
-        self.alert = Some(FindingsAlert { pointer: pointer.into(), event: event.into() });
+        self.alert = Some(FindingsAlert {
+            pointer: pointer.into(),
+            event: event.into(),
+            metric: FindingsAlert::default_metric(),
+        });
+        self
+    }
+
+    /// Counts the findings alert's findings on `metric` (after
+    /// `alert_on_findings`; see [`FindingsAlert::metric`]).
+    #[must_use]
+    pub fn alert_metric(mut self, metric: impl Into<String>) -> Self {
+        if let Some(alert) = &mut self.alert {
+            alert.metric = metric.into();
+        }
         self
     }
 
@@ -419,6 +465,12 @@ pub struct SagaDefinition {
     /// refuses it, since a raw input could name another run's keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_by: Option<String>,
+    /// The retry and timeouts of the steps and compensations that set none
+    /// of their own (docs/definitions/policies.md). Resolved into every
+    /// step when a document is parsed, so that the steps hold their
+    /// effective policies; kept here for readers, and left out when empty.
+    #[serde(default, skip_serializing_if = "PolicyDefaults::is_empty")]
+    pub defaults: PolicyDefaults,
 }
 
 /// Domain events published when a saga starts, completes, or is undone.
@@ -454,6 +506,12 @@ pub enum DefinitionError {
     DuplicateStep(String),
     #[error("step {step}: {reason}")]
     InvalidStep { step: String, reason: String },
+    /// A rule broken by one field of a step, such as `alert.metric`.
+    #[error("step {step}: {field}: {reason}")]
+    InvalidStepField { step: String, field: String, reason: String },
+    /// A rule broken by the definition's `defaults`, at `field` under it.
+    #[error("defaults.{field}: {reason}")]
+    InvalidDefaults { field: String, reason: String },
     #[error("not a saga definition: {0}")]
     Parse(String),
 }
@@ -469,6 +527,7 @@ impl SagaDefinition {
                 events: LifecycleEvents::default(),
                 operator_only: false,
                 started_by: None,
+                defaults: PolicyDefaults::default(),
             },
         }
     }
@@ -477,9 +536,13 @@ impl SagaDefinition {
         serde_json::to_string_pretty(self).unwrap_or_default()
     }
 
-    /// Parses and validates a definition written as JSON.
+    /// Parses and validates a definition written as JSON, its `defaults`
+    /// resolved into the steps (see [`crate::policies`]).
     pub fn from_json(text: &str) -> Result<Self, DefinitionError> {
-        let definition: Self = serde_json::from_str(text).map_err(|e| DefinitionError::Parse(e.to_string()))?;
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| DefinitionError::Parse(e.to_string()))?;
+        let explicit = crate::policies::ExplicitPolicies::of_document(&value);
+        let mut definition: Self = serde_json::from_value(value).map_err(|e| DefinitionError::Parse(e.to_string()))?;
+        crate::policies::resolve(&mut definition, &explicit);
         definition.validate()?;
         Ok(definition)
     }
@@ -504,6 +567,7 @@ impl SagaDefinition {
             ..r.clone()
         };
         let mut scaled = self.clone();
+        scaled.defaults = self.defaults.map_durations(retry, timeouts);
         for step in &mut scaled.steps {
             step.timeouts = timeouts(step.timeouts);
             step.retry = retry(&step.retry);
@@ -537,6 +601,7 @@ impl SagaDefinition {
         if self.steps.is_empty() {
             return Err(DefinitionError::NoSteps(self.name.clone()));
         }
+        self.defaults.validate()?;
         // Steps whose results later steps may read; a parallel group's
         // members join it only once the group is over, since siblings run
         // at once and cannot read each other.
@@ -610,6 +675,18 @@ impl SagaDefinition {
                 && (!alert.pointer.starts_with('/') || alert.event.trim().is_empty())
             {
                 return Err(invalid("an alert names a pointer starting with '/' and an event"));
+            }
+            if let Some(alert) = &step.alert
+                && !is_counter_name(&alert.metric)
+            {
+                return Err(DefinitionError::InvalidStepField {
+                    step: step.name.clone(),
+                    field: "alert.metric".into(),
+                    reason: format!(
+                        "{:?} is not a counter name: letters, digits and '_', ending in \"_total\"",
+                        alert.metric
+                    ),
+                });
             }
             if step.retry.backoff_coefficient < 1.0 || !step.retry.backoff_coefficient.is_finite() {
                 return Err(invalid("the backoff coefficient is at least 1"));
@@ -826,5 +903,31 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(SagaDefinition::from_json(&saga.to_json()).unwrap(), saga);
+    }
+
+    #[test]
+    fn a_findings_alert_names_a_counter() {
+        let alerting = |metric: &str| {
+            SagaDefinition::builder("job", 1)
+                .step(
+                    Step::activity("check", "x.check").alert_on_findings("/violations", "Broken").alert_metric(metric),
+                )
+                .build()
+        };
+        let saga = alerting("shop_broken_things_total").unwrap();
+        assert!(saga.to_json().contains("\"metric\": \"shop_broken_things_total\""));
+        assert_eq!(SagaDefinition::from_json(&saga.to_json()).unwrap(), saga);
+        for bad in ["shop_broken_things", "_total", "9lives_total", "shop-broken_total", "a:b_total", ""] {
+            let e = alerting(bad).unwrap_err();
+            assert!(
+                matches!(&e, DefinitionError::InvalidStepField { step, field, .. } if step == "check" && field == "alert.metric"),
+                "{bad}: {e}"
+            );
+        }
+        // Left out, it is the default, and the default is not written.
+        let default = alerting(FindingsAlert::DEFAULT_METRIC).unwrap();
+        assert!(!default.to_json().contains("metric"), "{}", default.to_json());
+        let read = SagaDefinition::from_json(&default.to_json()).unwrap();
+        assert_eq!(read.steps[0].alert.as_ref().unwrap().metric, "sagaflow_invariant_violations_total");
     }
 }

@@ -71,12 +71,16 @@ pub fn content_hash(canonical: &str) -> String {
     Sha256::digest(canonical.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// One definition from a JSON value, parsed and validated.
+/// One definition from a JSON value, parsed, its `defaults` resolved into
+/// the steps that set no policy of their own ([`crate::policies`]), and
+/// validated.
 pub fn parse_one(value: Value) -> Result<SagaDefinition, FieldError> {
-    let definition: SagaDefinition = serde_path_to_error::deserialize(value).map_err(|e| {
+    let explicit = crate::policies::ExplicitPolicies::of_document(&value);
+    let mut definition: SagaDefinition = serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         FieldError { path, rule: e.into_inner().to_string() }
     })?;
+    crate::policies::resolve(&mut definition, &explicit);
     definition.validate().map_err(|e| locate(&definition, e))?;
     Ok(definition)
 }
@@ -106,6 +110,12 @@ fn locate(definition: &SagaDefinition, error: DefinitionError) -> FieldError {
             rule: format!("step names are unique; {name:?} is used twice"),
         },
         DefinitionError::InvalidStep { step, reason } => FieldError { path: step_path(&step, 0), rule: reason },
+        DefinitionError::InvalidStepField { step, field, reason } => {
+            FieldError { path: format!("{}.{field}", step_path(&step, 0)), rule: reason }
+        }
+        DefinitionError::InvalidDefaults { field, reason } => {
+            FieldError { path: format!("defaults.{field}"), rule: reason }
+        }
         DefinitionError::Parse(reason) => FieldError { path: ".".into(), rule: reason },
     }
 }

@@ -37,6 +37,13 @@ pub const RESERVATION_LEAKED: &str = "ReservationLeaked";
 /// not repair.
 pub const PAYMENT_MISMATCH: &str = "PaymentMismatch";
 
+/// The counter of `PaymentMismatch` findings (docs/ops/alerts.yml pages on it).
+pub const PAYMENT_MISMATCHES_METRIC: &str = "sagaflow_payment_mismatches_total";
+/// The counter of `ReservationLeaked` findings (docs/ops/alerts.yml pages on it).
+pub const RESERVATION_LEAKS_METRIC: &str = "sagaflow_reservation_leaks_total";
+/// The counter of `InvariantViolated` findings: the default of an alert.
+pub const INVARIANT_VIOLATIONS_METRIC: &str = crate::FindingsAlert::DEFAULT_METRIC;
+
 /// The activities the orchestrator serves itself.
 pub const DETECT_STUCK_ACTIVITY: &str = "jobs.detect_stuck";
 pub const REPLAY_FAILED_EVENTS_ACTIVITY: &str = "jobs.replay_failed_events";
@@ -80,9 +87,30 @@ pub const NEXT_PAGE_ACTIVITY: &str = "jobs.next_page";
 /// page's run of this job. A run is the chain of its pages (ADR 0009): each
 /// page's captures are one bounded activity result, whatever the size of
 /// the ledger. Input: `{grace_ms?, after?, page?, run?, page_size?}`; the
-/// first page names no cursor.
+/// first page names no cursor. Version 3 names its alert's counter,
+/// `sagaflow_payment_mismatches_total`, in the definition.
 pub fn reconcile_payments_vs_orders() -> SagaDefinition {
-    let build = SagaDefinition::builder(workflow_type(RECONCILE_PAYMENTS_VS_ORDERS), 2)
+    reconcile_paged(3, Some(PAYMENT_MISMATCHES_METRIC))
+}
+
+/// Version 2 of the reconciliation, from before an alert named its counter:
+/// kept, with its content and hash, so that a run started on it loads and
+/// replays; never started again. Its alert counts on the default counter.
+fn reconcile_payments_vs_orders_v2() -> SagaDefinition {
+    reconcile_paged(2, None)
+}
+
+/// The paged reconciliation, whose alert counts on `metric` (the default
+/// counter when `None`).
+fn reconcile_paged(version: u32, metric: Option<&str>) -> SagaDefinition {
+    let mismatches = |step: Step| {
+        let step = step.alert_on_findings("/violations", PAYMENT_MISMATCH);
+        match metric {
+            Some(metric) => step.alert_metric(metric),
+            None => step,
+        }
+    };
+    let build = SagaDefinition::builder(workflow_type(RECONCILE_PAYMENTS_VS_ORDERS), version)
         .operator_only()
         .description("Captured payments without an order, orders without a payment, a page at a time; repairs missing refund records.")
         .step(
@@ -91,13 +119,12 @@ pub fn reconcile_payments_vs_orders() -> SagaDefinition {
                 .input_from("page_size", "/input/page_size")
                 .input_literal("page_bytes", serde_json::json!(PAGE_BYTES)),
         )
-        .step(
+        .step(mismatches(
             step("orders", "orders.reconcile_payments")
                 .input_from("captures", "/steps/captures")
                 .input_from("grace_ms", "/input/grace_ms")
-                .input_literal("repair", serde_json::json!(true))
-                .alert_on_findings("/violations", PAYMENT_MISMATCH),
-        )
+                .input_literal("repair", serde_json::json!(true)),
+        ))
         .step(
             step("next", NEXT_PAGE_ACTIVITY)
                 .input_from("next", "/steps/captures/next")
@@ -131,12 +158,27 @@ fn reconcile_payments_vs_orders_v1() -> SagaDefinition {
 }
 
 /// Releases the reservations past their TTL (a backstop of the inventory
-/// service's own sweep); each one it finds is a `ReservationLeaked` alert.
+/// service's own sweep); each one it finds is a `ReservationLeaked` alert,
+/// counted on `sagaflow_reservation_leaks_total` (since version 2).
 pub fn release_expired_inventory() -> SagaDefinition {
-    let build = SagaDefinition::builder(workflow_type(RELEASE_EXPIRED_INVENTORY), 1)
+    release_expired(2, Some(RESERVATION_LEAKS_METRIC))
+}
+
+/// Version 1, from before an alert named its counter: kept so that a run
+/// started on it loads; never started again.
+fn release_expired_inventory_v1() -> SagaDefinition {
+    release_expired(1, None)
+}
+
+fn release_expired(version: u32, metric: Option<&str>) -> SagaDefinition {
+    let release = step("release", "inventory.release_expired").alert_on_findings("/leaks", RESERVATION_LEAKED);
+    let build = SagaDefinition::builder(workflow_type(RELEASE_EXPIRED_INVENTORY), version)
         .operator_only()
         .description("Releases inventory reservations held past their TTL.")
-        .step(step("release", "inventory.release_expired").alert_on_findings("/leaks", RESERVATION_LEAKED))
+        .step(match metric {
+            Some(metric) => release.alert_metric(metric),
+            None => release,
+        })
         .build();
     build.unwrap_or_else(|e| unreachable!("the release job is valid: {e}"))
 }
@@ -205,6 +247,8 @@ pub fn all() -> Vec<SagaDefinition> {
         replay_failed_events(),
         check_invariants(),
         reconcile_payments_vs_orders_v1(),
+        reconcile_payments_vs_orders_v2(),
+        release_expired_inventory_v1(),
     ]
 }
 
@@ -214,7 +258,7 @@ mod tests {
     fn jobs_are_valid_and_named_after_their_workflow_type() {
         let all = super::all();
         // The current version of each job, in NAMES order, then retired versions.
-        assert_eq!(all.len(), super::NAMES.len() + 1);
+        assert_eq!(all.len(), super::NAMES.len() + 3);
         for (job, name) in all.iter().zip([
             super::RECONCILE_PAYMENTS_VS_ORDERS,
             super::RELEASE_EXPIRED_INVENTORY,
@@ -226,5 +270,26 @@ mod tests {
             assert_eq!(job.name, super::workflow_type(name));
             assert!(job.pivot_index().is_none(), "a job only reads or repairs idempotently");
         }
+    }
+
+    /// The counters docs/ops/alerts.yml pages on are named by the jobs'
+    /// definitions, not by the server.
+    #[test]
+    fn each_alert_names_its_counter() {
+        let metrics = |d: crate::SagaDefinition| -> Vec<(String, String)> {
+            d.steps.iter().filter_map(|s| s.alert.as_ref()).map(|a| (a.event.clone(), a.metric.clone())).collect()
+        };
+        let one = |event: &str, metric: &str| vec![(event.to_owned(), metric.to_owned())];
+        assert_eq!(
+            metrics(super::reconcile_payments_vs_orders()),
+            one("PaymentMismatch", "sagaflow_payment_mismatches_total")
+        );
+        assert_eq!(
+            metrics(super::release_expired_inventory()),
+            one("ReservationLeaked", "sagaflow_reservation_leaks_total")
+        );
+        let invariants = metrics(super::check_invariants());
+        assert_eq!(invariants.len(), 4);
+        assert!(invariants.iter().all(|(e, m)| e == "InvariantViolated" && m == "sagaflow_invariant_violations_total"));
     }
 }

@@ -21,6 +21,7 @@ mod context;
 mod definition;
 pub mod document;
 pub mod jobs;
+pub mod policies;
 pub mod shop;
 
 pub use condition::Condition;
@@ -29,3 +30,4 @@ pub use definition::{
     Action, Compensation, DefinitionError, Escalation, FindingsAlert, InputSpec, KeySpec, LifecycleEvents, RetryPolicy,
     SagaBuilder, SagaDefinition, Source, Step, StepKind, Timeouts,
 };
+pub use policies::PolicyDefaults;

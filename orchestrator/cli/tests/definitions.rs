@@ -231,3 +231,86 @@ async fn definitions_at_boot_are_applied_and_stored() {
     assert!(!refused.status.success());
     assert!(stderr(&refused).contains("already registered with other content"), "{}", stderr(&refused));
 }
+
+/// Policies as fields of a definition: a file's `defaults` fill in the
+/// policies its steps leave out, and what is registered (and hashed, and
+/// shown) is each step's effective policy.
+#[tokio::test]
+async fn defaults_are_resolved_into_each_steps_effective_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &[]).await;
+    let file = write(
+        dir.path(),
+        "trip.yaml",
+        "name: trip
+version: 1
+defaults:
+  retry: {initial_interval_ms: 1000, maximum_attempts: 3}
+  timeouts: {start_to_close_ms: 5000}
+  compensation_retry: {maximum_attempts: 20}
+steps:
+  - name: hold
+    action: {type: activity, activity_type: bench.reserve}
+    compensation: {activity_type: bench.release}
+  - name: charge
+    kind: pivot
+    action: {type: activity, activity_type: bench.capture}
+    retry: {maximum_attempts: 5}
+  - name: book
+    kind: retriable
+    action: {type: activity, activity_type: bench.order}
+    timeouts: {start_to_close_ms: 100}
+",
+    );
+    let file = file.to_str().unwrap();
+    let applied = sagaflow(&server, &["definition", "apply", file]).await;
+    assert!(applied.status.success(), "{}", stderr(&applied));
+
+    let got = json(&server, &["definition", "get", "trip"]).await;
+    let steps = &got["definition"]["steps"];
+    // hold: the definition's defaults, its compensation the compensation default.
+    assert_eq!(steps[0]["retry"]["initial_interval_ms"], 1000, "{got}");
+    assert_eq!(steps[0]["retry"]["maximum_attempts"], 3);
+    assert_eq!(steps[0]["retry"]["backoff_coefficient"], 2.0, "a default's other fields are the built-in's");
+    assert_eq!(steps[0]["timeouts"]["start_to_close_ms"], 5000);
+    assert_eq!(steps[0]["compensation"]["retry"]["maximum_attempts"], 20);
+    assert_eq!(steps[0]["compensation"]["retry"]["initial_interval_ms"], 200);
+    assert_eq!(steps[0]["compensation"]["timeouts"]["start_to_close_ms"], 30_000, "no default: the built-in");
+    // charge: its own retry, whole; the default timeouts.
+    assert_eq!(steps[1]["retry"]["initial_interval_ms"], 200);
+    assert_eq!(steps[1]["retry"]["maximum_attempts"], 5);
+    assert_eq!(steps[1]["timeouts"]["start_to_close_ms"], 5000);
+    // book: retriable, so the default's intervals without a limit; its own timeouts.
+    assert_eq!(steps[2]["retry"]["initial_interval_ms"], 1000);
+    assert_eq!(steps[2]["retry"]["maximum_attempts"], 0);
+    assert_eq!(steps[2]["timeouts"]["start_to_close_ms"], 100);
+    // The defaults are shown too, and the file is what was registered.
+    assert_eq!(got["definition"]["defaults"]["retry"]["maximum_attempts"], 3, "{got}");
+    let again = json(&server, &["definition", "apply", file]).await;
+    assert_eq!(again["results"][0]["change"], "identical", "{again}");
+
+    // The same effective policies written on each step is other content:
+    // the document differs (no defaults), though the steps do not.
+    let mut spelled = got["definition"].clone();
+    spelled.as_object_mut().unwrap().remove("defaults");
+    spelled["version"] = 2.into();
+    let spelled_file = write(dir.path(), "spelled.json", &spelled.to_string());
+    let applied = json(&server, &["definition", "apply", spelled_file.to_str().unwrap()]).await;
+    assert_eq!(applied["results"][0]["change"], "new_version", "{applied}");
+    let v2 = json(&server, &["definition", "get", "trip", "--version", "2"]).await;
+    assert_eq!(v2["definition"]["steps"], *steps);
+
+    // A default breaking a step's rule is refused with its path.
+    let bad = write(
+        dir.path(),
+        "bad.yaml",
+        "name: bad\nversion: 1\ndefaults: {retry: {backoff_coefficient: 0.5}}\nsteps:\n  - name: a\n    action: {type: activity, activity_type: bench.reserve}\n",
+    );
+    let output = sagaflow(&server, &["definition", "apply", bad.to_str().unwrap()]).await;
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("bad.yaml: defaults.retry.backoff_coefficient: the backoff coefficient is at least 1"),
+        "{}",
+        stderr(&output)
+    );
+}

@@ -1,6 +1,7 @@
 //! A violation found by `check-invariants` is an alert: the CLI exits
 //! non-zero with the evidence, the server counts it on
-//! `sagaflow_invariant_violations_total`, and an `InvariantViolated` domain
+//! `sagaflow_invariant_violations_total` (the reconciliation's mismatch on
+//! `sagaflow_payment_mismatches_total`), and an `InvariantViolated` domain
 //! event carries the evidence. A capture still within the grace period is
 //! not a finding, and once the saga catches up the violation is gone.
 #![allow(clippy::unwrap_used)]
@@ -61,6 +62,21 @@ async fn a_capture_without_an_order_raises_an_alert() {
     let alerts = events_of_type(&shop.server().url, "InvariantViolated").await;
     assert_eq!(alerts.len(), 1, "one domain event");
     assert!(alerts[0].payload.contains(&intent), "the evidence: {}", alerts[0].payload);
+
+    // The reconciliation reports the same capture as a `PaymentMismatch`,
+    // counted on the counter its definition names (FindingsAlert::metric),
+    // with the same labels: not on the invariants' counter.
+    let (reconciled, ok) = shop.job("reconcile-payments-vs-orders", &["--grace", "0s"]).await;
+    assert!(!ok, "a mismatch exits non-zero: {reconciled}");
+    let metrics = scrape(&shop.server().http).await;
+    let mismatches: Vec<&str> =
+        metrics.lines().filter(|l| l.starts_with("sagaflow_payment_mismatches_total{")).collect();
+    assert_eq!(mismatches.len(), 1, "{metrics}");
+    for label in ["job=\"job.reconcile-payments-vs-orders\"", "alert=\"PaymentMismatch\"", "invariant=\""] {
+        assert!(mismatches[0].contains(label), "{label} in {}", mismatches[0]);
+    }
+    assert!(mismatches[0].ends_with(" 1"), "{}", mismatches[0]);
+    assert_eq!(metric(&metrics, "sagaflow_invariant_violations_total"), Some(1.0), "{metrics}");
 
     // The order service recovers; the saga catches up and the books agree.
     shop.kill_worker("orders").await;

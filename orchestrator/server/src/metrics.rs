@@ -103,20 +103,19 @@ pub fn record_activity_events(timings: &[TaskTiming], events: &[HistoryEvent]) {
 fn seconds_between(from_ms: i64, to_ms: i64) -> f64 {
     (to_ms.saturating_sub(from_ms).max(0) as f64) / 1000.0
 }
-/// One count per finding of a job's alert: `sagaflow_payment_mismatches_total`
-/// for the reconciliation's `PaymentMismatch`, `sagaflow_reservation_leaks_total`
-/// for `ReservationLeaked`, `sagaflow_invariant_violations_total` for any
-/// other (`InvariantViolated`), by invariant. What the alert rules
-/// of docs/ops/alerts.yml page on.
-pub fn record_findings(workflow_type: &str, alert: &str, findings: &[serde_json::Value]) {
-    let name = match alert {
-        sagaflow_workflows::jobs::PAYMENT_MISMATCH => "sagaflow_payment_mismatches_total",
-        sagaflow_workflows::jobs::RESERVATION_LEAKED => "sagaflow_reservation_leaks_total",
-        _ => "sagaflow_invariant_violations_total",
-    };
+/// One count per finding of a findings alert, on the counter its definition
+/// names (`FindingsAlert::metric`: `sagaflow_invariant_violations_total`
+/// unless it names another), by job, alert and invariant. What the alert
+/// rules of docs/ops/alerts.yml page on.
+pub fn record_findings(workflow_type: &str, metric: &str, alert: &str, findings: &[serde_json::Value]) {
     for finding in findings {
         let invariant = finding.get("invariant").and_then(serde_json::Value::as_str).unwrap_or("unknown").to_owned();
-        metrics::counter!(name, "job" => workflow_type.to_owned(), "alert" => alert.to_owned(), "invariant" => invariant)
-            .increment(1);
+        metrics::counter!(
+            metric.to_owned(),
+            "job" => workflow_type.to_owned(),
+            "alert" => alert.to_owned(),
+            "invariant" => invariant
+        )
+        .increment(1);
     }
 }

@@ -81,7 +81,7 @@ impl WorkflowApi {
         }
         if let Some(api) = definition.as_ref().and_then(|d| d.started_by.as_ref()) {
             // Its API derives the ids and idempotency keys it runs with; a
-            // raw input could name another checkout's.
+            // raw input could name another run's.
             return Err(Status::failed_precondition(format!(
                 "{:?} is started through {api}, not StartWorkflow",
                 request.workflow_type

@@ -29,11 +29,12 @@ pub enum Error {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
-    /// Starts and reads its own workflows and checkouts.
+    /// Starts and reads its own workflows (not an `operator_only` saga's).
     Client,
     /// Serves task queues.
     Worker,
-    /// Everything, including cancel, terminate, signal, refunds and events.
+    /// Everything, including cancel, terminate, signal, `operator_only`
+    /// sagas and events.
     Operator,
 }
 

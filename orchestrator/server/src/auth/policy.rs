@@ -43,9 +43,10 @@ pub fn rule(path: &str) -> Option<&'static [Role]> {
         // Every message of the session is checked again against the
         // token's queues and the leases it holds (`runtime::dispatch`).
         "/sagaflow.v1.WorkerService/OpenSession" => WORKER,
-        // Listing spans every client's workflows, events every checkout's
-        // data, a refund moves money, and the rest steer workflows; the
-        // metrics count every client's traffic.
+        // Listing spans every client's workflows, events every workflow's
+        // data, and the rest steer workflows; the metrics count every
+        // client's traffic. Which sagas only an operator starts is a field
+        // of their definitions (`operator_only`), read by StartWorkflow.
         "/sagaflow.v1.WorkflowService/ListWorkflows"
         | "/sagaflow.v1.WorkflowService/SignalWorkflow"
         | "/sagaflow.v1.WorkflowService/CancelWorkflow"

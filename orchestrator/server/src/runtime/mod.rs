@@ -95,7 +95,7 @@ struct Progress {
 
 /// Counts and logs a findings alert; its domain event is already in the outbox.
 fn raise(state: &WorkflowState, alert: &outbox::RaisedAlert) {
-    crate::metrics::record_findings(&state.workflow_type, &alert.event, &alert.findings);
+    crate::metrics::record_findings(&state.workflow_type, &alert.metric, &alert.event, &alert.findings);
     for finding in &alert.findings {
         tracing::error!(
             workflow_id = %state.workflow_id,

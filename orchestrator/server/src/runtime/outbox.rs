@@ -42,6 +42,8 @@ fn record(
 pub struct RaisedAlert {
     pub step: String,
     pub event: String,
+    /// The counter the findings are counted on (`FindingsAlert::metric`).
+    pub metric: String,
     pub findings: Vec<Value>,
     /// The history event that completed the step.
     pub seq: u64,
@@ -62,6 +64,7 @@ pub fn raised_alerts(definition: &SagaDefinition, events: &[HistoryEvent]) -> Ve
             raised.push(RaisedAlert {
                 step: step.name.clone(),
                 event: alert.event.clone(),
+                metric: alert.metric.clone(),
                 findings: findings.clone(),
                 seq: event.seq,
             });
@@ -226,6 +229,22 @@ mod tests {
         let alerts = raised_alerts(&definition, &broken);
         assert_eq!(alerts.len(), 1);
         assert_eq!((alerts[0].step.as_str(), alerts[0].event.as_str()), ("inventory", "InvariantViolated"));
+        // The counter is the definition's (FindingsAlert::metric), not a name in the server.
+        assert_eq!(alerts[0].metric, "sagaflow_invariant_violations_total");
+        let reconcile = sagaflow_workflows::jobs::reconcile_payments_vs_orders();
+        let index = reconcile.step_index("orders").expect("the reconciliation has an orders step");
+        let mismatch = [at(
+            3,
+            Attributes::ActivityCompleted(ActivityCompleted {
+                task_id: format!("{index}.f.1"),
+                result: r#"{"violations":[{"invariant":"capture_has_order_or_refund"}]}"#.into(),
+            }),
+        )];
+        let alerts = raised_alerts(&reconcile, &mismatch);
+        assert_eq!(
+            (alerts[0].event.as_str(), alerts[0].metric.as_str()),
+            ("PaymentMismatch", "sagaflow_payment_mismatches_total")
+        );
         let records = domain_events(&state, &definition, &broken);
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].event_id, "job-1/3/alert");
