@@ -95,7 +95,7 @@ pub fn parse_document(value: Value) -> Result<Vec<SagaDefinition>, FieldError> {
 
 /// The definitions of a YAML text: one definition or a list per document,
 /// several documents separated by `---`. An error's path starts with the
-/// document's number when the text holds more than one.
+/// document's index (`[1].steps[0]`) when the text holds more than one.
 pub fn parse_yaml(text: &str) -> Result<Vec<SagaDefinition>, FieldError> {
     use serde::Deserialize;
     let mut values = Vec::new();
@@ -113,9 +113,8 @@ pub fn parse_yaml(text: &str) -> Result<Vec<SagaDefinition>, FieldError> {
     let several = values.len() > 1;
     let mut definitions = Vec::new();
     for (n, value) in values.into_iter().enumerate() {
-        let parsed = parse_document(value).map_err(|e| {
-            if several { FieldError { path: format!("document {}: {}", n + 1, e.path), ..e } } else { e }
-        })?;
+        // Several documents: say which, as `[n]` (counted from 0).
+        let parsed = parse_document(value).map_err(|e| if several { e.at_index(n) } else { e })?;
         definitions.extend(parsed);
     }
     Ok(definitions)
@@ -206,7 +205,7 @@ mod tests {
         let parsed = parse_yaml(&format!("{one}---\n{}---\n", one.replace("version: 1", "version: 2"))).unwrap();
         assert_eq!(parsed.iter().map(|d| d.version).collect::<Vec<_>>(), vec![1, 2]);
         let e = parse_yaml(&format!("{one}---\n{}", one.replace("version: 1", "version: x"))).unwrap_err();
-        assert_eq!(e.path, "document 2: version");
+        assert_eq!(e.path, "[1].version");
         assert_eq!(parse_yaml("").unwrap_err().path, ".");
         assert!(parse_yaml("name: [").unwrap_err().rule.starts_with("not YAML"));
     }

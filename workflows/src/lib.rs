@@ -20,6 +20,7 @@ mod context;
 mod definition;
 pub mod document;
 pub mod jobs;
+pub mod schema;
 pub mod shop;
 
 pub use context::{Context, resolve_pointer};
