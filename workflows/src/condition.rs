@@ -4,6 +4,7 @@
 //! always gives the same answer, and the answer is recorded in the history
 //! (the step is scheduled, or `StepSkipped`), so a replay never evaluates it.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -11,7 +12,8 @@ use serde_json::Value;
 /// beyond any condition a person writes.
 pub const MAX_DEPTH: usize = 16;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A test on the saga's context; see the module's documentation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Condition {
     /// The pointer resolves to a value other than `null`.

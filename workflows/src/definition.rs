@@ -6,13 +6,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::Condition;
 use crate::policies::PolicyDefaults;
 
 /// Where a step sits relative to the point of no return.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum StepKind {
     /// Can be undone; its compensation runs, in reverse order, if a later step fails.
@@ -24,11 +25,19 @@ pub enum StepKind {
     Retriable,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// How a failed attempt is retried: exponential backoff from
+/// `initial_interval_ms`, multiplied by `backoff_coefficient` each time and
+/// capped at `maximum_interval_ms`. Every field is optional.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
+#[schemars(deny_unknown_fields)]
 pub struct RetryPolicy {
+    /// Delay before the first retry, in milliseconds.
     pub initial_interval_ms: u64,
+    /// Each retry waits this many times longer than the one before; at least 1.
+    #[schemars(range(min = 1.0))]
     pub backoff_coefficient: f64,
+    /// The longest delay between two attempts, in milliseconds; 0 means no cap.
     pub maximum_interval_ms: u64,
     /// 0 means unlimited.
     pub maximum_attempts: u32,
@@ -72,9 +81,10 @@ impl RetryPolicy {
     }
 }
 
-/// Budgets in milliseconds; 0 means no limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Budgets in milliseconds; 0 means no limit. Every field is optional.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
+#[schemars(deny_unknown_fields)]
 pub struct Timeouts {
     /// How long a task may wait in its queue for a worker.
     pub schedule_to_start_ms: u64,
@@ -92,17 +102,19 @@ impl Default for Timeouts {
     }
 }
 
-/// Where a value comes from: a JSON pointer into the saga's [`Context`](crate::Context)
+/// Where a value comes from: a JSON pointer into the saga's context
 /// (`/input/...`, `/steps/NAME/...`, `/signals/NAME/...`, `/workflow_id`), or a literal.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
+    /// A JSON pointer into the context, such as `/input/items` or `/steps/price/total_cents`.
     Pointer(String),
+    /// This value, as written.
     Literal(serde_json::Value),
 }
 
 /// A step's input document.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum InputSpec {
     /// The whole context: the workflow input, earlier results and signals.
@@ -113,7 +125,7 @@ pub enum InputSpec {
 }
 
 /// How a step's idempotency key is derived, once, at its first attempt.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum KeySpec {
     /// `<workflow_id>/<step>`.
@@ -123,24 +135,45 @@ pub enum KeySpec {
     Pointer(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What a step does, chosen by `type`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case", tag = "type")]
+#[schemars(deny_unknown_fields)]
 pub enum Action {
     /// Run an activity on a worker.
-    Activity { activity_type: String },
+    Activity {
+        /// The activity a worker runs, such as `payments.capture`.
+        activity_type: String,
+    },
     /// Wait on a durable timer.
-    Sleep { duration_ms: u64 },
+    Sleep {
+        /// How long to wait, in milliseconds.
+        duration_ms: u64,
+    },
     /// Wait until a signal of this name arrives; fail after `timeout_ms` (0 = never).
-    AwaitSignal { signal: String, timeout_ms: u64 },
+    AwaitSignal {
+        /// The signal's name (`SignalWorkflow`'s `name`).
+        signal: String,
+        /// How long to wait, in milliseconds, before the step fails; 0 waits forever.
+        timeout_ms: u64,
+    },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The activity that undoes a compensable step, run (in reverse step order)
+/// when a later step fails before the pivot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Compensation {
+    /// The activity a worker runs to undo the step, such as `inventory.release`.
     pub activity_type: String,
+    /// The compensation's input document; by default the whole context.
     #[serde(default)]
     pub input: InputSpec,
+    /// By default 10 attempts: a compensation that keeps failing leaves the
+    /// saga `FAILED` for an operator.
     #[serde(default = "RetryPolicy::unlimited_compensation")]
     pub retry: RetryPolicy,
+    /// The compensation's timeouts.
     #[serde(default)]
     pub timeouts: Timeouts,
 }
@@ -151,7 +184,10 @@ impl RetryPolicy {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// An alert raised once a retriable step has failed `after_attempts` times;
+/// the step goes on retrying.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Escalation {
     /// After this many failed attempts the alert is raised (once).
     pub after_attempts: u32,
@@ -163,22 +199,33 @@ pub struct Escalation {
     pub notify: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One step of a saga.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Step {
+    /// Unique in the saga, non-empty, without '/': pointers name it (`/steps/NAME/...`).
     pub name: String,
+    /// Compensable (the default), pivot or retriable.
     #[serde(default)]
     pub kind: StepKind,
+    /// What the step does: an activity, a sleep or a signal wait.
     pub action: Action,
+    /// The activity's input document; by default the whole context.
     #[serde(default)]
     pub input: InputSpec,
+    /// How the idempotency key the worker sees is made; by default `<workflow_id>/<step>`.
     #[serde(default)]
     pub idempotency_key: KeySpec,
+    /// How a compensable step is undone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compensation: Option<Compensation>,
+    /// How failed attempts are retried; by default 5 attempts.
     #[serde(default)]
     pub retry: RetryPolicy,
+    /// The activity's time budgets.
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// For a retriable step: an alert after a number of failed attempts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub escalation: Option<Escalation>,
     /// The domain event published (through the outbox) when the step completes.
@@ -203,7 +250,8 @@ pub struct Step {
 /// `event` with the list as its evidence, counts each finding on the
 /// counter `metric`, and logs them at error level. The step itself
 /// succeeded: finding a problem is the job doing its work.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct FindingsAlert {
     /// A JSON pointer into the step's result, such as `/violations`.
     pub pointer: String,
@@ -444,12 +492,21 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A saga definition: one version of a workflow type. A registered version
+/// is immutable; change the content under a new `version`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct SagaDefinition {
+    /// The workflow type, such as `checkout`: what a start names.
+    #[schemars(length(min = 1))]
     pub name: String,
+    /// The version; a start takes the latest that is not deprecated.
     pub version: u32,
+    /// What the saga does, for people.
     #[serde(default)]
     pub description: String,
+    /// The steps, in order: compensable steps, at most one pivot, then retriable steps.
+    #[schemars(length(min = 1))]
     pub steps: Vec<Step>,
     /// Domain events of the saga as a whole.
     #[serde(default, skip_serializing_if = "LifecycleEvents::is_empty")]
@@ -474,11 +531,14 @@ pub struct SagaDefinition {
 }
 
 /// Domain events published when a saga starts, completes, or is undone.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(default)]
+#[schemars(deny_unknown_fields)]
 pub struct LifecycleEvents {
+    /// When the saga starts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub started: Option<String>,
+    /// On COMPLETED.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub completed: Option<String>,
     /// On COMPENSATED or CANCELLED.

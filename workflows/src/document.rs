@@ -1,6 +1,7 @@
 //! Definitions as documents: the canonical JSON a version's content hash is
-//! taken of, and parsing with errors that name the field path and the rule
-//! broken (for `sagaflow definition apply` and `RegisterDefinition`).
+//! taken of, parsing with errors that name the field path and the rule
+//! broken (for `sagaflow definition apply` and `RegisterDefinition`), and the
+//! JSON Schema of the format, derived from the definition types.
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -96,6 +97,65 @@ pub fn parse_document(value: Value) -> Result<Vec<SagaDefinition>, FieldError> {
     }
 }
 
+/// The definitions of a YAML text: one definition or a list per document,
+/// several documents separated by `---`. An error's path starts with the
+/// document's index (`[1].steps[0]`) when the text holds more than one.
+pub fn parse_yaml(text: &str) -> Result<Vec<SagaDefinition>, FieldError> {
+    use serde::Deserialize;
+    let mut values = Vec::new();
+    for document in serde_norway::Deserializer::from_str(text) {
+        let value = Value::deserialize(document)
+            .map_err(|e| FieldError { path: ".".into(), rule: format!("not YAML: {e}") })?;
+        // A trailing `---` gives an empty document: nothing to register.
+        if !value.is_null() {
+            values.push(value);
+        }
+    }
+    if values.is_empty() {
+        return Err(FieldError { path: ".".into(), rule: "the text holds no definition".into() });
+    }
+    let several = values.len() > 1;
+    let mut definitions = Vec::new();
+    for (n, value) in values.into_iter().enumerate() {
+        // Several documents: say which, as `[n]` (counted from 0).
+        let parsed = parse_document(value).map_err(|e| if several { e.at_index(n) } else { e })?;
+        definitions.extend(parsed);
+    }
+    Ok(definitions)
+}
+
+/// The JSON Schema (draft 2020-12) of one definition, generated from the
+/// definition types: their doc comments are its descriptions. It states the
+/// shape of a document (fields, types, required fields, no unknown fields);
+/// [`SagaDefinition::validate`] adds the rules a schema cannot express (the
+/// order of step kinds, pointers naming earlier steps, unique step names).
+pub fn json_schema() -> Value {
+    let schema = schemars::schema_for!(SagaDefinition);
+    sorted(serde_json::to_value(schema).unwrap_or(Value::Null))
+}
+
+/// [`json_schema`] as published in `docs/definitions/saga-definition.schema.json`
+/// and printed by `sagaflow definition schema`: pretty, keys sorted, a final newline.
+pub fn json_schema_text() -> String {
+    let mut text = serde_json::to_string_pretty(&json_schema()).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// The same value with the keys of every object in order, whichever map
+/// `serde_json` was built with, so that the published text is stable.
+fn sorted(value: Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(String, Value)> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(sorted).collect()),
+        scalar => scalar,
+    }
+}
+
 /// Where in `definition` a validation error lies.
 fn locate(definition: &SagaDefinition, error: DefinitionError) -> FieldError {
     let step_path = |name: &str, nth: usize| {
@@ -146,6 +206,56 @@ mod tests {
         other.description = "changed".into();
         assert_ne!(content_hash(&canonical_json(&other)), content_hash(&canonical));
         assert_eq!(content_hash(&canonical).len(), 64);
+    }
+
+    #[test]
+    fn yaml_documents_parse_alike_and_errors_say_which_document() {
+        let one =
+            "name: trip\nversion: 1\nsteps:\n  - {name: a, kind: pivot, action: {type: activity, activity_type: x}}\n";
+        let parsed = parse_yaml(&format!("{one}---\n{}---\n", one.replace("version: 1", "version: 2"))).unwrap();
+        assert_eq!(parsed.iter().map(|d| d.version).collect::<Vec<_>>(), vec![1, 2]);
+        let e = parse_yaml(&format!("{one}---\n{}", one.replace("version: 1", "version: x"))).unwrap_err();
+        assert_eq!(e.path, "[1].version");
+        assert_eq!(parse_yaml("").unwrap_err().path, ".");
+        assert!(parse_yaml("name: [").unwrap_err().rule.starts_with("not YAML"));
+    }
+
+    #[test]
+    fn the_schema_describes_every_definition_type() {
+        let schema = json_schema();
+        assert_eq!(schema["$schema"], "https://json-schema.org/draft/2020-12/schema");
+        for name in [
+            "Step",
+            "Action",
+            "RetryPolicy",
+            "Timeouts",
+            "InputSpec",
+            "Source",
+            "KeySpec",
+            "Compensation",
+            "Escalation",
+            "FindingsAlert",
+            "LifecycleEvents",
+            "StepKind",
+        ] {
+            assert!(schema["$defs"].get(name).is_some(), "{name} is missing from the schema");
+        }
+        assert_eq!(schema["additionalProperties"], false, "a misspelt field is an error, not a silent default");
+        let description = schema["$defs"]["Timeouts"]["description"].as_str().unwrap();
+        assert!(description.starts_with("Budgets in milliseconds"), "{description}");
+    }
+
+    /// The published schema is what the code generates: a change to a
+    /// definition type shows up in the file, in review.
+    #[test]
+    fn the_published_schema_is_current() {
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/definitions/saga-definition.schema.json");
+        let published = std::fs::read_to_string(file).unwrap_or_default();
+        assert!(
+            published == json_schema_text(),
+            "docs/definitions/saga-definition.schema.json is not what the definition types generate; \
+             regenerate it with\n  cargo run -p sagaflow-cli -- definition schema > docs/definitions/saga-definition.schema.json"
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ mod definition;
 pub mod document;
 pub mod jobs;
 pub mod policies;
+pub mod schema;
 pub mod shop;
 
 pub use condition::Condition;

@@ -12,14 +12,16 @@
 //! its policies.
 
 use serde::{Deserialize, Serialize};
+use schemars::JsonSchema;
 use serde_json::Value;
 
 use crate::{DefinitionError, RetryPolicy, SagaDefinition, StepKind, Timeouts};
 
 /// A definition's default policies. Each field is optional: a field left out
 /// leaves the built-in default in place.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
+#[schemars(deny_unknown_fields)]
 pub struct PolicyDefaults {
     /// The retry policy of a step that sets no `retry`. A retriable step
     /// takes it with `maximum_attempts: 0` (see [`retriable_retry`]).

@@ -1,9 +1,39 @@
 //! The sagas that ship with Sagaflow: the reference shop's checkout and
 //! refund, and the standard four-step benchmark saga.
+//!
+//! The checkout and the refund ship as definition files,
+//! `workflows/definitions/checkout.yaml` and `refund.yaml`, compiled in
+//! ([`CHECKOUT_YAML`], [`REFUND_YAML`]): [`from_files`] is what the shop's
+//! server registers. [`checkout`] and [`refund`] build the same definitions
+//! in Rust, typed; a test keeps the files and the builders equal.
 
 use std::time::Duration;
 
+use crate::document::{FieldError, parse_yaml};
 use crate::{LifecycleEvents, RetryPolicy, SagaDefinition, Step, Timeouts};
+
+/// `workflows/definitions/checkout.yaml`, the checkout as the server runs it.
+pub const CHECKOUT_YAML: &str = include_str!("../definitions/checkout.yaml");
+/// `workflows/definitions/refund.yaml`, the refund as the server runs it.
+pub const REFUND_YAML: &str = include_str!("../definitions/refund.yaml");
+
+/// A shipped definition file that does not parse or validate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("workflows/definitions/{file}: {error}")]
+pub struct ShippedFileError {
+    pub file: &'static str,
+    pub error: FieldError,
+}
+
+/// The definitions of the shipped files, checkout then refund, parsed and
+/// validated.
+pub fn from_files() -> Result<Vec<SagaDefinition>, ShippedFileError> {
+    let mut definitions = Vec::new();
+    for (file, text) in [("checkout.yaml", CHECKOUT_YAML), ("refund.yaml", REFUND_YAML)] {
+        definitions.extend(parse_yaml(text).map_err(|error| ShippedFileError { file, error })?);
+    }
+    Ok(definitions)
+}
 
 pub const CHECKOUT: &str = "checkout";
 pub const REFUND: &str = "refund";
@@ -25,6 +55,8 @@ fn timeouts(start_to_close: Duration) -> Timeouts {
     Timeouts { start_to_close_ms: u64::try_from(start_to_close.as_millis()).unwrap_or(u64::MAX), ..Timeouts::default() }
 }
 
+/// The checkout of `workflows/definitions/checkout.yaml`, built in Rust.
+///
 /// Price snapshot, reserve inventory, capture payment (the pivot), commit the
 /// stock, create the order, create the shipment, mark the order shipped,
 /// notify. The checkout's ids (`reservation_id`,
@@ -126,7 +158,8 @@ pub fn checkout() -> SagaDefinition {
     build.unwrap_or_else(|e| unreachable!("the checkout definition is valid: {e}"))
 }
 
-/// Refund the payment (the pivot: money moves), then record it on the order.
+/// The refund of `workflows/definitions/refund.yaml`, built in Rust: refund
+/// the payment (the pivot: money moves), then record it on the order.
 pub fn refund() -> SagaDefinition {
     let build = SagaDefinition::builder(REFUND, 1)
         .operator_only()
@@ -182,10 +215,32 @@ pub fn all() -> Vec<SagaDefinition> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::document::{canonical_json, content_hash};
+
     #[test]
     fn shipped_sagas_are_valid() {
         for saga in super::all() {
             assert_eq!(saga.validate(), Ok(()), "{}", saga.name);
         }
+    }
+
+    /// Each file holds exactly its builder's definition: the same struct,
+    /// so the same content hash, so `sagaflow definition apply` of the file
+    /// against a server running the other says IDENTICAL.
+    #[test]
+    fn the_shipped_files_equal_the_builders() {
+        for (file, text, built) in
+            [("checkout.yaml", CHECKOUT_YAML, checkout()), ("refund.yaml", REFUND_YAML, refund())]
+        {
+            let parsed = parse_yaml(text).unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert_eq!(parsed.len(), 1, "{file} holds one definition");
+            assert_eq!(parsed[0].validate(), Ok(()), "{file}");
+            assert_eq!(parsed[0], built, "{file} differs from its builder");
+            assert_eq!(content_hash(&canonical_json(&parsed[0])), content_hash(&canonical_json(&built)), "{file}");
+        }
+        let names: Vec<String> = from_files().unwrap().into_iter().map(|d| d.name).collect();
+        assert_eq!(names, [CHECKOUT, REFUND]);
     }
 }

@@ -2,7 +2,9 @@
 //! definition applied to a running server with `sagaflow definition apply`
 //! outlives a `kill -9` and a restart with no definition file, and the
 //! workflow running on it goes on; a version is immutable; a deprecated
-//! version is not started; `definition diff` says what apply would change.
+//! version is not started; `definition diff` says what apply would change;
+//! the shipped definition files are what the server runs; a file is checked
+//! against the published JSON Schema before anything is sent.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -200,7 +202,11 @@ async fn an_invalid_file_names_the_file_the_field_path_and_the_rule() {
     let typo = write(dir.path(), "typo.yaml", &trip_yaml(1, "x").replace("version: 1", "version: one"));
     let output = sagaflow(&server, &["definition", "apply", typo.to_str().unwrap()]).await;
     assert_eq!(output.status.code(), Some(1));
-    assert!(stderr(&output).contains("typo.yaml: version: invalid type"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("typo.yaml: version: expected an integer, found \"one\" (schema)"),
+        "{}",
+        stderr(&output)
+    );
     // Nothing was registered.
     let listed = json(&server, &["definition", "list"]).await;
     assert!(listed.as_array().unwrap().iter().all(|t| t["workflow_type"] != "trip"), "{listed}");
@@ -313,4 +319,88 @@ steps:
         "{}",
         stderr(&output)
     );
+
+fn repo_file(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(path)
+}
+
+/// A newcomer applies the shipped files to a server: they are what it runs.
+#[tokio::test]
+async fn the_shipped_definition_files_are_what_the_server_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &[]).await;
+    let checkout = repo_file("workflows/definitions/checkout.yaml");
+    let refund = repo_file("workflows/definitions/refund.yaml");
+    let files = [checkout.to_str().unwrap(), refund.to_str().unwrap()];
+    let diff = json(&server, &["definition", "diff", files[0], files[1]]).await;
+    assert_eq!(diff["conflicts"], 0, "{diff}");
+    let applied = json(&server, &["definition", "apply", files[0], files[1]]).await;
+    let results = applied["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2, "{applied}");
+    for (result, name) in results.iter().zip(["checkout", "refund"]) {
+        assert_eq!((result["workflow_type"].as_str(), result["change"].as_str()), (Some(name), Some("identical")));
+    }
+    let text = sagaflow(&server, &["definition", "apply", files[0]]).await;
+    assert!(stdout(&text).starts_with("checkout v1 unchanged (identical, "), "{}", stdout(&text));
+}
+
+/// `definition schema` prints the published schema, and says how to use it.
+#[tokio::test]
+async fn the_schema_command_prints_the_published_schema() {
+    let output = tokio::process::Command::new(BIN).args(["definition", "schema"]).output().await.unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let published = std::fs::read_to_string(repo_file("docs/definitions/saga-definition.schema.json")).unwrap();
+    assert!(
+        stdout(&output) == published,
+        "docs/definitions/saga-definition.schema.json is stale; regenerate it with\n  \
+         cargo run -p sagaflow-cli -- definition schema > docs/definitions/saga-definition.schema.json"
+    );
+    let schema: Value = serde_json::from_str(&published).unwrap();
+    assert_eq!(schema["title"], "SagaDefinition");
+    let help = tokio::process::Command::new(BIN).args(["definition", "schema", "--help"]).output().await.unwrap();
+    assert!(help.status.success());
+    assert!(stdout(&help).contains("yaml-language-server"), "{}", stdout(&help));
+    assert!(stdout(&help).contains("docs/definitions/saga-definition.schema.json"), "{}", stdout(&help));
+}
+
+/// A file that breaks the schema is refused before anything is sent: the
+/// error names the file, the field path and the rule, and the exit is 1.
+#[tokio::test]
+async fn a_schema_error_names_the_file_the_field_path_and_the_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &[]).await;
+    // A misspelt field would otherwise be dropped, silently: the default
+    // retry policy would replace the one meant.
+    let misspelt = write(
+        dir.path(),
+        "misspelt.yaml",
+        &trip_yaml(1, "x").replace(
+            "    compensation: {activity_type: bench.release}\n",
+            "    compensation: {activity_type: bench.release}\n    retyr: {maximum_attempts: 3}\n",
+        ),
+    );
+    let slow = write(
+        dir.path(),
+        "slow.yaml",
+        &trip_yaml(1, "x").replace("    kind: pivot\n", "    kind: pivot\n    retry: {backoff_coefficient: 0.5}\n"),
+    );
+    for (file, path, rule) in [
+        (&misspelt, "steps[0]", "unknown field `retyr`, expected one of `action`, "),
+        (&slow, "steps[2].retry.backoff_coefficient", "0.5 is less than the minimum of 1"),
+    ] {
+        for command in ["apply", "diff"] {
+            let output = sagaflow(&server, &["definition", command, file.to_str().unwrap()]).await;
+            assert_eq!(output.status.code(), Some(1), "{command}: {}", stdout(&output));
+            let message = stderr(&output);
+            assert!(message.contains(&format!("{}: {path}: {rule}", file.display())), "{command}: {message}");
+            assert!(message.contains("(schema)"), "{message}");
+        }
+    }
+    let refused = sagaflow(&server, &["definition", "apply", "--output", "json", slow.to_str().unwrap()]).await;
+    assert_eq!(refused.status.code(), Some(1));
+    let error: Value = serde_json::from_str(&stderr(&refused)).unwrap();
+    assert_eq!(error["error"]["code"], "INVALID_ARGUMENT", "{error}");
+    // Nothing was registered.
+    let listed = json(&server, &["definition", "list"]).await;
+    assert!(listed.as_array().unwrap().iter().all(|t| t["workflow_type"] != "trip"), "{listed}");
 }

@@ -62,3 +62,41 @@ fn no_page_cites_a_design_document_outside_the_repository() {
         assert!(contract.contains(section), "docs/contract.md lacks {section}");
     }
 }
+
+/// The definition reference: each YAML example that is a whole definition
+/// passes the schema and the semantic rules, and every field of the schema
+/// is named on the page.
+#[test]
+fn the_definition_reference_is_valid_and_complete() {
+    use sagaflow_workflows::{document, schema};
+    let page = std::fs::read_to_string(root().join("docs/definitions/reference.md")).unwrap();
+    let mut whole = 0;
+    for block in page.split("```yaml\n").skip(1).filter_map(|rest| rest.split_once("```").map(|(b, _)| b)) {
+        let first = block.lines().find(|l| !l.starts_with('#') && !l.trim().is_empty()).unwrap_or_default();
+        if !first.starts_with("name:") || !block.contains("\nsteps:") {
+            continue;
+        }
+        let value: serde_json::Value = serde_norway::from_str(block).unwrap();
+        schema::check(&value).unwrap_or_else(|e| panic!("{e}\n{block}"));
+        document::parse_yaml(block).unwrap_or_else(|e| panic!("{e}\n{block}"));
+        whole += 1;
+    }
+    assert!(whole >= 1, "the reference shows a whole definition");
+
+    fn fields(schema: &serde_json::Value, out: &mut std::collections::BTreeSet<String>) {
+        match schema {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::Object(properties)) = map.get("properties") {
+                    out.extend(properties.keys().cloned());
+                }
+                map.values().for_each(|v| fields(v, out));
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| fields(v, out)),
+            _ => {}
+        }
+    }
+    let mut all = std::collections::BTreeSet::new();
+    fields(&document::json_schema(), &mut all);
+    let missing: Vec<&String> = all.iter().filter(|f| !page.contains(&format!("`{f}`"))).collect();
+    assert!(missing.is_empty(), "docs/definitions/reference.md does not describe {missing:?}");
+}

@@ -11,7 +11,7 @@ use sagaflow_proto::v1::{
     RegisterDefinitionRequest,
 };
 use sagaflow_server::workflows::SagaDefinition;
-use sagaflow_server::workflows::document::{canonical_json, content_hash};
+use sagaflow_server::workflows::document::{canonical_json, content_hash, json_schema_text};
 use serde_json::{Value, json};
 
 use super::connection::{Conn, connect_channel};
@@ -51,6 +51,15 @@ pub enum DefinitionCommand {
         #[arg(long, value_name = "N")]
         version: Option<u32>,
     },
+    /// Print the JSON Schema of the definition format.
+    #[command(after_help = "The schema (JSON Schema draft 2020-12) is generated from the definition types of this \
+                            build; docs/definitions/saga-definition.schema.json is the published copy. Point an \
+                            editor at it for completion and checks as you type: with yaml-language-server, put \
+                            `# yaml-language-server: $schema=<path or URL of the schema>` at the top of a file. \
+                            `apply` and `diff` check every definition against it before anything is sent; the \
+                            rules it cannot express (step kinds in order, pointers naming earlier steps) are \
+                            checked after it. Needs no server.")]
+    Schema,
     /// Deprecate a version: it can no longer be started; workflows running on it go on. Operators only.
     Deprecate {
         /// The workflow type.
@@ -90,6 +99,10 @@ pub async fn run(command: DefinitionCommand, server: &str, output: Output) -> an
         DefinitionCommand::Apply { files } => apply(&files, server, output).await,
         DefinitionCommand::Diff { files } => diff(&files, server, output).await,
         DefinitionCommand::List => list(server, output).await,
+        DefinitionCommand::Schema => {
+            out!("{}", json_schema_text());
+            Ok(())
+        }
         DefinitionCommand::Get { workflow_type, version } => get(workflow_type, version, server, output).await,
         DefinitionCommand::Deprecate { workflow_type, version } => {
             let request = DeprecateDefinitionRequest { workflow_type: workflow_type.clone(), version };

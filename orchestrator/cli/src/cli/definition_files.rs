@@ -1,11 +1,13 @@
 //! Definition files: YAML or JSON, one definition or a list, several YAML
-//! documents (`---`) in one file. Every error names the file, the field path
-//! and the rule broken.
+//! documents (`---`) in one file. Each document is checked against the JSON
+//! Schema of the format, then parsed and validated. Every error names the
+//! file, the field path and the rule broken.
 
 use std::path::{Path, PathBuf};
 
 use sagaflow_server::workflows::SagaDefinition;
-use sagaflow_server::workflows::document::parse_document;
+use sagaflow_server::workflows::document::{FieldError, parse_document};
+use sagaflow_server::workflows::schema;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -19,6 +21,9 @@ pub enum FileError {
     /// `path` is `.` for a document that is neither a definition nor a list.
     #[error("{file}: {path}: {rule}")]
     Invalid { file: PathBuf, path: String, rule: String },
+    /// The document breaks a rule of the JSON Schema (`sagaflow definition schema`).
+    #[error("{file}: {path}: {rule} (schema)")]
+    Schema { file: PathBuf, path: String, rule: String },
 }
 
 /// The definitions of `file`, parsed and validated, in file order.
@@ -29,9 +34,14 @@ pub fn read(file: &Path) -> Result<Vec<SagaDefinition>, FileError> {
     let several = documents.len() > 1;
     let mut definitions = Vec::new();
     for (i, document) in documents.into_iter().enumerate() {
+        // A multi-document YAML file: say which document.
+        let at = |e: FieldError| if several { e.at_index(i) } else { e };
+        schema::check(&document).map_err(|e| {
+            let e = at(e);
+            FileError::Schema { file: file.into(), path: e.path, rule: e.rule }
+        })?;
         let parsed = parse_document(document).map_err(|e| {
-            // A multi-document YAML file: say which document.
-            let e = if several { e.at_index(i) } else { e };
+            let e = at(e);
             FileError::Invalid { file: file.into(), path: e.path, rule: e.rule }
         })?;
         definitions.extend(parsed);
@@ -109,6 +119,9 @@ mod tests {
         assert!(message.contains("a retriable step belongs after the pivot"), "{message}");
         let bad = write(dir.path(), "bad2.yaml", &TRIP.replace("version: 1", "version: one"));
         let message = read(&bad).unwrap_err().to_string();
-        assert!(message.contains("bad2.yaml: version: invalid type"), "{message}");
+        assert!(message.contains("bad2.yaml: version: expected an integer, found \"one\" (schema)"), "{message}");
+        let bad = write(dir.path(), "bad3.yaml", &format!("{TRIP}---\n{}", TRIP.replace("kind: pivot", "knd: pivot")));
+        let message = read(&bad).unwrap_err().to_string();
+        assert!(message.contains("bad3.yaml: [1].steps[0]: unknown field `knd`, expected one of "), "{message}");
     }
 }
