@@ -11,8 +11,8 @@
 //! resolved definition again changes nothing, since every step then sets
 //! its policies.
 
-use serde::{Deserialize, Serialize};
 use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::{DefinitionError, RetryPolicy, SagaDefinition, StepKind, Timeouts};

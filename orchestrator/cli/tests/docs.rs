@@ -100,3 +100,18 @@ fn the_definition_reference_is_valid_and_complete() {
     let missing: Vec<&String> = all.iter().filter(|f| !page.contains(&format!("`{f}`"))).collect();
     assert!(missing.is_empty(), "docs/definitions/reference.md does not describe {missing:?}");
 }
+
+/// The example's definition passes the schema and the semantic rules, so
+/// that `definition apply` in the README's tour cannot be the step that fails.
+#[test]
+fn the_trip_booking_example_is_a_valid_definition() {
+    use sagaflow_workflows::{document, schema};
+    let text = std::fs::read_to_string(root().join("examples/trip-booking/trip.yaml")).unwrap();
+    let value: serde_json::Value = serde_norway::from_str(&text).unwrap();
+    schema::check(&value).unwrap();
+    let definitions = document::parse_yaml(&text).unwrap();
+    let trip = &definitions[0];
+    let groups: Vec<_> = trip.steps.iter().filter_map(|s| s.parallel.as_deref()).collect();
+    assert_eq!(groups, ["holds", "holds", "holds", "after-charge", "after-charge"]);
+    assert_eq!(trip.steps.iter().filter(|s| s.when.is_some()).count(), 2);
+}
