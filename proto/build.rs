@@ -63,6 +63,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "CancelRefused",
         "ActivityResolved",
         "StepSkipped",
+        "WorkflowPaused",
+        "WorkflowResumed",
     ] {
         builder = builder.type_attribute(format!(".sagaflow.v1.{message}"), "#[derive(serde::Serialize)]");
     }

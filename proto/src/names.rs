@@ -38,6 +38,8 @@ impl EventName for Attributes {
             Attributes::CancelRefused(_) => "CancelRefused",
             Attributes::ActivityResolved(_) => "ActivityResolved",
             Attributes::StepSkipped(_) => "StepSkipped",
+            Attributes::WorkflowPaused(_) => "WorkflowPaused",
+            Attributes::WorkflowResumed(_) => "WorkflowResumed",
         }
     }
 }

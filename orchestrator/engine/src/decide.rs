@@ -5,7 +5,8 @@ use sagaflow_proto::v1::{
     ActivityCompleted, ActivityFailed, ActivityResolved, ActivityScheduled, ActivityStarted, ActivityTimedOut,
     CancelRefused, CancelRequested, CompensationStarted, CompletionIgnored, HistoryEvent, SignalReceived,
     StepEscalated, StepSkipped, StuckCleared, StuckDetected, TimerFired, TimerStarted, WorkflowCancelled,
-    WorkflowCompensated, WorkflowCompleted, WorkflowFailed, WorkflowTerminated, history_event::Attributes,
+    WorkflowCompensated, WorkflowCompleted, WorkflowFailed, WorkflowPaused, WorkflowResumed, WorkflowTerminated,
+    history_event::Attributes,
 };
 use sagaflow_workflows::{Action, InputSpec, RetryPolicy, SagaDefinition, Step, StepKind, Timeouts};
 
@@ -50,6 +51,16 @@ pub enum Input {
     Resolve {
         step: String,
         resolution: Resolution,
+        reason: String,
+        identity: String,
+    },
+    /// An operator holds the workflow where it is (see [`WorkflowState::paused`]).
+    Pause {
+        reason: String,
+        identity: String,
+    },
+    /// An operator lets a paused workflow go on.
+    Resume {
         reason: String,
         identity: String,
     },
@@ -308,6 +319,26 @@ pub fn handle(
         Input::Resolve { step, resolution, reason, identity } => {
             handle_resolution(state, definition, step, resolution, reason, identity)
         }
+        Input::Pause { reason, identity } => {
+            if state.is_terminal() {
+                return Err(Rejection::Terminal(status_name(state)));
+            }
+            Ok(if state.paused.is_some() {
+                Vec::new()
+            } else {
+                vec![Attributes::WorkflowPaused(WorkflowPaused { reason, identity })]
+            })
+        }
+        Input::Resume { reason, identity } => {
+            if state.is_terminal() {
+                return Err(Rejection::Terminal(status_name(state)));
+            }
+            Ok(if state.paused.is_some() {
+                vec![Attributes::WorkflowResumed(WorkflowResumed { reason, identity })]
+            } else {
+                Vec::new()
+            })
+        }
         Input::Wake => Ok(Vec::new()),
     }
 }
@@ -558,6 +589,13 @@ pub fn decide(state: &WorkflowState, definition: &SagaDefinition, now: i64) -> V
         && state.last_progress_seq > *seq
     {
         return vec![Attributes::StuckCleared(StuckCleared { reason: reason.clone() })];
+    }
+    // Paused: inputs are still recorded (outcomes of attempts already
+    // scheduled, timers, signals, a cancel request), but nothing follows
+    // from them until an operator resumes. Only `Resume` clears the flag, so
+    // no race with a late outcome or a timer can set the workflow running.
+    if state.paused.is_some() {
+        return Vec::new();
     }
     if let Some(plan) = &state.compensation_plan {
         return decide_compensation(state, definition, plan);

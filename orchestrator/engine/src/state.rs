@@ -101,6 +101,9 @@ pub struct WorkflowState {
     pub stuck: Option<(String, String, u64)>,
     pub result: String,
     pub reason: String,
+    /// An operator paused the workflow, for this reason: nothing new is
+    /// decided until `WorkflowResumed`.
+    pub paused: Option<String>,
 }
 
 pub fn task_id(step_index: usize, compensation: bool, attempt: u32) -> String {
@@ -176,6 +179,7 @@ impl WorkflowState {
             stuck: None,
             result: String::new(),
             reason: String::new(),
+            paused: None,
         }
     }
 
@@ -409,6 +413,13 @@ impl WorkflowState {
                 }
                 self.progress(event.seq, event.time_ms);
             }
+            Attributes::WorkflowPaused(p) => self.paused = Some(p.reason.clone()),
+            Attributes::WorkflowResumed(_) => {
+                self.paused = None;
+                // The no-progress clock starts again from the resume: the
+                // pause was the operator's choice, not the saga's silence.
+                self.progress(event.seq, event.time_ms);
+            }
             Attributes::StuckDetected(s) => self.stuck = Some((s.reason.clone(), s.message.clone(), event.seq)),
             Attributes::StuckCleared(_) => self.stuck = None,
             Attributes::StepEscalated(e) => {
@@ -466,6 +477,7 @@ impl WorkflowState {
 
     fn close(&mut self, status: WorkflowStatus, time_ms: i64, reason: String) {
         self.status = status;
+        self.paused = None;
         self.closed_ms = time_ms;
         self.reason = reason;
         self.tasks.clear();

@@ -1449,6 +1449,67 @@ fn a_condition_that_holds_runs_the_step_and_is_not_evaluated_again() {
 }
 
 // ---------------------------------------------------------------------------
+// Pause and resume.
+
+fn pause(h: &mut Harness) -> Result<Vec<HistoryEvent>, Rejection> {
+    h.try_run(Input::Pause { reason: "downstream broken".into(), identity: "ops".into() })
+}
+
+fn resume(h: &mut Harness) -> Result<Vec<HistoryEvent>, Rejection> {
+    h.try_run(Input::Resume { reason: "fixed".into(), identity: "ops".into() })
+}
+
+#[test]
+fn a_paused_workflow_records_outcomes_but_schedules_nothing_until_resumed() {
+    let mut h = Harness::start(trip());
+    assert_eq!(names(&pause(&mut h).unwrap()), ["WorkflowPaused"]);
+    assert!(pause(&mut h).unwrap().is_empty(), "pausing twice records nothing");
+    // The attempt in flight finishes and is recorded; the next step waits.
+    let events = h.complete("0.f.1", json!({"booking": "b-1"}));
+    assert_eq!(names(&events), ["ActivityStarted", "ActivityCompleted"]);
+    assert!(h.pending().is_empty());
+    assert_eq!(h.status(), WorkflowStatus::Running);
+    assert!(h.run(Input::Wake).is_empty(), "nothing follows while paused");
+    let events = resume(&mut h).unwrap();
+    assert_eq!(names(&events), ["WorkflowResumed", "ActivityScheduled"]);
+    assert_eq!(h.pending(), ["1.f.1"]);
+    assert!(resume(&mut h).unwrap().is_empty(), "resuming a running workflow records nothing");
+}
+
+#[test]
+fn a_retry_or_a_cancel_while_paused_waits_for_the_resume() {
+    let mut h = Harness::start(three_compensable());
+    h.complete("0.f.1", json!({}));
+    pause(&mut h).unwrap();
+    let events = h.fail("1.f.1", true);
+    assert_eq!(names(&events), ["ActivityStarted", "ActivityFailed"]);
+    let (timer, at) = h.retry_timers()[0].clone();
+    h.now = at;
+    let events = h.fire(&timer);
+    assert_eq!(names(&events), ["TimerFired"], "the retry is due but not scheduled while paused");
+    assert_eq!(names(&h.cancel().unwrap()), ["CancelRequested"]);
+    assert_eq!(count(&h.history, "CompensationStarted"), 0, "the cancel is recorded, its compensation waits");
+    let events = resume(&mut h).unwrap();
+    assert_eq!(names(&events)[..2], ["WorkflowResumed", "CompensationStarted"]);
+    // b's failed attempt may have taken effect: it is undone too, first.
+    assert_eq!(h.pending(), ["1.c.1"]);
+    h.complete("1.c.1", json!({}));
+    h.complete("0.c.1", json!({}));
+    assert_eq!(h.status(), WorkflowStatus::Cancelled);
+}
+
+#[test]
+fn a_paused_workflow_can_be_terminated_and_a_closed_one_cannot_be_paused() {
+    let mut h = Harness::start(trip());
+    pause(&mut h).unwrap();
+    h.run(Input::Terminate { reason: "give up".into(), identity: "ops".into() });
+    assert_eq!(h.status(), WorkflowStatus::Terminated);
+    assert_eq!(h.state.paused, None, "a closed workflow is not paused");
+    assert!(matches!(pause(&mut h), Err(Rejection::Terminal(_))));
+    assert!(matches!(resume(&mut h), Err(Rejection::Terminal(_))));
+}
+
+// ---------------------------------------------------------------------------
 // Property tests.
 
 #[derive(Debug, Clone)]
@@ -1611,7 +1672,7 @@ fn assert_open_for_a_reason(state: &WorkflowState) {
         return;
     }
     assert!(
-        state.stuck.is_some() || !state.tasks.is_empty() || !all_timers(state).is_empty(),
+        state.stuck.is_some() || state.paused.is_some() || !state.tasks.is_empty() || !all_timers(state).is_empty(),
         "an open workflow with nothing to wait on: {state:#?}"
     );
 }
@@ -1649,6 +1710,11 @@ fn drive(h: &mut Harness, m: Move) {
             if let Err(rejection) = result {
                 assert!(matches!(rejection, Rejection::Terminal(_)));
             }
+        }
+        0 | 98 | 99 => {
+            let was_terminal = h.state.is_terminal();
+            let result = if h.state.paused.is_some() { resume(h) } else { pause(h) };
+            assert_eq!(result.is_err(), was_terminal);
         }
         1..=3 => {
             let was_terminal = h.state.is_terminal();
@@ -1733,6 +1799,8 @@ fn operate(h: &mut Harness, answer: u8) {
     } else if let Some((id, at)) = all_timers(&h.state).first().cloned() {
         h.now = h.now.max(at);
         h.fire(&id);
+    } else if h.state.paused.is_some() {
+        resume(h).unwrap();
     } else if h.state.stuck.is_some() {
         h.signal(RETRY_SIGNAL, json!({}));
     } else {
@@ -1782,6 +1850,7 @@ fn check_history(definition: &SagaDefinition, history: &[HistoryEvent]) {
     let mut cancel_pending = false;
     let mut closed = false;
     let mut in_flight: BTreeSet<String> = BTreeSet::new();
+    let mut paused = false;
     let is_pivot = |task_id: &str| parse_task_id(task_id).is_some_and(|(i, c, _)| !c && Some(i) == pivot);
 
     for (i, event) in history.iter().enumerate() {
@@ -1796,7 +1865,28 @@ fn check_history(definition: &SagaDefinition, history: &[HistoryEvent]) {
             );
             continue;
         }
+        // (i) while paused, inputs are recorded but nothing is decided.
+        if paused {
+            assert!(
+                !matches!(
+                    attributes,
+                    Attributes::ActivityScheduled(_)
+                        | Attributes::TimerStarted(_)
+                        | Attributes::CompensationStarted(_)
+                        | Attributes::StepSkipped(_)
+                        | Attributes::CancelRefused(_)
+                        | Attributes::WorkflowCompleted(_)
+                        | Attributes::WorkflowCompensated(_)
+                        | Attributes::WorkflowFailed(_)
+                        | Attributes::WorkflowCancelled(_)
+                ),
+                "{} while paused",
+                attributes.event_name()
+            );
+        }
         match attributes {
+            Attributes::WorkflowPaused(_) => paused = true,
+            Attributes::WorkflowResumed(_) => paused = false,
             Attributes::WorkflowStarted(_) => assert_eq!(i, 0),
             Attributes::ActivityScheduled(s) => {
                 let index = s.step_index as usize;

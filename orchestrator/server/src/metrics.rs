@@ -43,6 +43,11 @@ pub fn record_stuck(by_reason: &HashMap<String, usize>, open: usize) {
     metrics::gauge!("sagaflow_open_workflows").set(open as f64);
 }
 
+/// Workflows an operator paused: held on purpose, so not in the stuck gauge.
+pub fn record_paused(paused: usize) {
+    metrics::gauge!("sagaflow_paused_workflows").set(paused as f64);
+}
+
 pub fn record_workers(by_type: &HashMap<String, usize>) {
     for (activity_type, count) in by_type {
         metrics::gauge!("sagaflow_connected_workers", "queue" => activity_type.clone()).set(*count as f64);

@@ -42,11 +42,14 @@ pub fn json_text(text: &str) -> Value {
 
 pub fn status_label(summary: &WorkflowSummary) -> String {
     let status = status_name(WorkflowStatus::try_from(summary.status).unwrap_or_default());
-    if summary.stuck_reason.is_empty() {
-        status.to_owned()
-    } else {
-        format!("{status} (stuck: {})", summary.stuck_reason)
+    let mut label = status.to_owned();
+    if !summary.paused_reason.is_empty() {
+        label += " (paused)";
     }
+    if !summary.stuck_reason.is_empty() {
+        label += &format!(" (stuck: {})", summary.stuck_reason);
+    }
+    label
 }
 
 pub fn summary_json(summary: &WorkflowSummary) -> Value {
@@ -65,6 +68,7 @@ pub fn summary_json(summary: &WorkflowSummary) -> Value {
         "current_step": summary.current_step,
         "correlation_id": summary.correlation_id,
         "stuck": (!summary.stuck_reason.is_empty()).then(|| json!({"reason": summary.stuck_reason, "message": summary.stuck_message})),
+        "paused": (!summary.paused_reason.is_empty()).then(|| json!({"reason": summary.paused_reason})),
     })
 }
 
@@ -188,6 +192,7 @@ pub fn describe_text(
         labels.sort();
         field("Labels", labels.join(", "));
     }
+    field("Paused", summary.paused_reason.clone());
     field("Stuck", summary.stuck_message.clone());
     field("Reason", described.reason.clone());
     field("Result", described.result.clone());
@@ -336,6 +341,12 @@ impl Timeline {
             Attributes::StepEscalated(e) => {
                 format!("{} after attempt {} of {}", e.alert, e.attempt, e.step)
             }
+            Attributes::WorkflowPaused(p) => format!("by {}: {}", p.identity, p.reason),
+            Attributes::WorkflowResumed(r) => format!(
+                "by {}{}",
+                r.identity,
+                if r.reason.is_empty() { String::new() } else { format!(": {}", r.reason) }
+            ),
             Attributes::StepSkipped(k) => format!("{}: its condition did not hold ({})", k.step, k.condition),
             Attributes::CompletionIgnored(c) => {
                 format!("{} {} ({}) from {}", self.step(&c.task_id), c.reason, c.outcome, c.worker_id)

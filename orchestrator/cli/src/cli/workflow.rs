@@ -9,8 +9,8 @@ use sagaflow_proto::v1::workflow_service_client::WorkflowServiceClient;
 use sagaflow_proto::v1::{
     AwaitWorkflowRequest, AwaitWorkflowResponse, CancelWorkflowRequest, DescribeWorkflowRequest,
     ExecuteWorkflowRequest, GetWorkflowHistoryRequest, ListWorkflowTypesRequest, ListWorkflowsRequest,
-    ResolveActivityRequest, ResolvedOutcome, SignalWorkflowRequest, StartWorkflowRequest, TerminateWorkflowRequest,
-    WorkflowStatus, WorkflowSummary,
+    PauseWorkflowRequest, ResolveActivityRequest, ResolvedOutcome, ResumeWorkflowRequest, SignalWorkflowRequest,
+    StartWorkflowRequest, TerminateWorkflowRequest, WorkflowStatus, WorkflowSummary,
 };
 
 use super::Output;
@@ -60,6 +60,9 @@ pub enum WorkflowCommand {
         /// Only workflows flagged stuck.
         #[arg(long)]
         stuck: bool,
+        /// Only workflows an operator paused.
+        #[arg(long)]
+        paused: bool,
         /// Only workflows started within this long, such as 1h or 30m.
         #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
         since: Option<Duration>,
@@ -100,6 +103,23 @@ pub enum WorkflowCommand {
         workflow_id: String,
         /// Why, for the history and whoever reads it later.
         #[arg(long)]
+        reason: String,
+    },
+    /// Pause: schedule nothing new (no attempt, retry, timer or compensation) until resumed;
+    /// attempts already scheduled finish. For a flow whose downstream is broken. Operators only.
+    Pause {
+        /// The workflow's id.
+        workflow_id: String,
+        /// Why, shown by `describe` and `list` while it is paused, and kept in the history.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Resume a paused workflow: it decides again from where it is. Operators only.
+    Resume {
+        /// The workflow's id.
+        workflow_id: String,
+        /// Why, for the history.
+        #[arg(long, default_value = "")]
         reason: String,
     },
     /// Terminate: stop at once, with no compensation.
@@ -329,8 +349,8 @@ pub async fn run(command: WorkflowCommand, server: &str, output: Output) -> anyh
                 Output::Text => outln!("{}", response.workflow_id),
             }
         }
-        WorkflowCommand::List { statuses, workflow_type, labels, stuck, since, all, limit } => {
-            let filter = ListFilter { statuses, workflow_type, labels, stuck, since, all };
+        WorkflowCommand::List { statuses, workflow_type, labels, stuck, paused, since, all, limit } => {
+            let filter = ListFilter { statuses, workflow_type, labels, stuck, paused, since, all };
             let listed = list(&mut client, &filter, limit as usize).await?;
             match output {
                 Output::Json => outln!(
@@ -421,6 +441,43 @@ pub async fn run(command: WorkflowCommand, server: &str, output: Output) -> anyh
                 outln!("cancel of {workflow_id} recorded: its completed steps are being compensated");
             }
         }
+        WorkflowCommand::Pause { workflow_id, reason } => {
+            let response = client
+                .pause_workflow(PauseWorkflowRequest { workflow_id: workflow_id.clone(), reason, identity: identity() })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            match output {
+                Output::Json => outln!(
+                    "{}",
+                    serde_json::json!({"workflow_id": workflow_id, "paused": true, "changed": response.changed})
+                ),
+                Output::Text if response.changed => outln!(
+                    "{workflow_id} paused: nothing new is scheduled; attempts already running finish. \
+                     `sagaflow workflow resume {workflow_id}` lets it go on"
+                ),
+                Output::Text => outln!("{workflow_id} was already paused; nothing changed"),
+            }
+        }
+        WorkflowCommand::Resume { workflow_id, reason } => {
+            let response = client
+                .resume_workflow(ResumeWorkflowRequest {
+                    workflow_id: workflow_id.clone(),
+                    reason,
+                    identity: identity(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            match output {
+                Output::Json => outln!(
+                    "{}",
+                    serde_json::json!({"workflow_id": workflow_id, "paused": false, "changed": response.changed})
+                ),
+                Output::Text if response.changed => outln!("{workflow_id} resumed"),
+                Output::Text => outln!("{workflow_id} was not paused; nothing changed"),
+            }
+        }
         WorkflowCommand::Resolve { workflow_id, step, outcome, reason, result } => {
             let result = result.unwrap_or_default();
             if !result.is_empty() {
@@ -506,6 +563,7 @@ struct ListFilter {
     workflow_type: Option<String>,
     labels: Vec<(String, String)>,
     stuck: bool,
+    paused: bool,
     since: Option<Duration>,
     all: bool,
 }
@@ -544,6 +602,7 @@ async fn list(client: &mut WorkflowServiceClient<Conn>, filter: &ListFilter, lim
             workflow_type: exact_type.clone(),
             labels: filter.labels.iter().cloned().collect(),
             stuck_only: filter.stuck,
+            paused_only: filter.paused,
             page_size: 1000,
             page_token: page_token.clone(),
         };

@@ -8,8 +8,9 @@ use sagaflow_proto::v1::{
     AwaitWorkflowRequest, AwaitWorkflowResponse, CancelWorkflowRequest, CancelWorkflowResponse,
     DescribeWorkflowRequest, DescribeWorkflowResponse, ExecuteWorkflowRequest, ExecuteWorkflowResponse,
     GetWorkflowHistoryRequest, GetWorkflowHistoryResponse, ListQueuesRequest, ListQueuesResponse,
-    ListWorkflowTypesRequest, ListWorkflowTypesResponse, ListWorkflowsRequest, ListWorkflowsResponse, QueueInfo,
-    QueueWorker, ResolveActivityRequest, ResolveActivityResponse, ResolvedOutcome, SignalWorkflowRequest,
+    ListWorkflowTypesRequest, ListWorkflowTypesResponse, ListWorkflowsRequest, ListWorkflowsResponse,
+    PauseWorkflowRequest, PauseWorkflowResponse, QueueInfo, QueueWorker, ResolveActivityRequest,
+    ResolveActivityResponse, ResolvedOutcome, ResumeWorkflowRequest, ResumeWorkflowResponse, SignalWorkflowRequest,
     SignalWorkflowResponse, StartWorkflowRequest, StartWorkflowResponse, TerminateWorkflowRequest,
     TerminateWorkflowResponse, WorkflowStatus, WorkflowSummary, WorkflowType,
 };
@@ -209,6 +210,7 @@ impl WorkflowService for WorkflowApi {
                 && (request.workflow_type.is_empty() || s.workflow_type == request.workflow_type)
                 && request.labels.iter().all(|(k, v)| s.labels.get(k) == Some(v))
                 && (!request.stuck_only || !s.stuck_reason.is_empty())
+                && (!request.paused_only || !s.paused_reason.is_empty())
         };
         let after = (!request.page_token.is_empty()).then_some(request.page_token.as_str());
         let page = self.runtime.list("", after, limit, LIST_SCAN_BUDGET, &filter).await?;
@@ -255,6 +257,37 @@ impl WorkflowService for WorkflowApi {
             .decide(&request.workflow_id, Input::Cancel { reason: request.reason, identity: request.identity })
             .await?;
         Ok(Response::new(CancelWorkflowResponse {}))
+    }
+
+    async fn pause_workflow(
+        &self,
+        request: Request<PauseWorkflowRequest>,
+    ) -> Result<Response<PauseWorkflowResponse>, Status> {
+        let request = request.into_inner();
+        self.workflow_id(&request.workflow_id)?;
+        // The reason is what the next operator reads in `describe` and `list`.
+        self.runtime.limits().id("reason", &request.reason).map_err(invalid)?;
+        self.runtime.limits().optional_id("identity", &request.identity).map_err(invalid)?;
+        let events = self
+            .runtime
+            .decide(&request.workflow_id, Input::Pause { reason: request.reason, identity: request.identity })
+            .await?;
+        Ok(Response::new(PauseWorkflowResponse { changed: !events.is_empty() }))
+    }
+
+    async fn resume_workflow(
+        &self,
+        request: Request<ResumeWorkflowRequest>,
+    ) -> Result<Response<ResumeWorkflowResponse>, Status> {
+        let request = request.into_inner();
+        self.workflow_id(&request.workflow_id)?;
+        self.runtime.limits().optional_id("reason", &request.reason).map_err(invalid)?;
+        self.runtime.limits().optional_id("identity", &request.identity).map_err(invalid)?;
+        let events = self
+            .runtime
+            .decide(&request.workflow_id, Input::Resume { reason: request.reason, identity: request.identity })
+            .await?;
+        Ok(Response::new(ResumeWorkflowResponse { changed: !events.is_empty() }))
     }
 
     async fn terminate_workflow(

@@ -91,6 +91,7 @@ pub fn summary(state: &WorkflowState, definition: &SagaDefinition) -> WorkflowSu
         stuck_message,
         correlation_id: state.correlation_id.clone(),
         current_step: current_step(state, definition),
+        paused_reason: state.paused.clone().unwrap_or_default(),
     }
 }
 

@@ -59,6 +59,8 @@ struct Watched {
     stuck: Option<String>,
     /// Waiting on a sleep step: silence is expected.
     sleeping: bool,
+    /// Paused by an operator: silent by choice, never flagged for it.
+    paused: bool,
     current_step: String,
 }
 
@@ -85,6 +87,7 @@ impl Tracker {
             last_progress_ms: state.last_progress_ms,
             stuck: state.stuck.as_ref().map(|(r, _, _)| r.clone()),
             sleeping: state.timers.keys().any(|t| t.starts_with("sleep/")),
+            paused: state.paused.is_some(),
             current_step: super::records::summary(state, definition).current_step,
         };
         self.lock().insert(state.workflow_id.clone(), watched);
@@ -95,6 +98,7 @@ impl Tracker {
             last_progress_ms: summary.updated_ms,
             stuck: (!summary.stuck_reason.is_empty()).then(|| summary.stuck_reason.clone()),
             sleeping: false,
+            paused: !summary.paused_reason.is_empty(),
             current_step: summary.current_step.clone(),
         };
         self.lock().insert(summary.workflow_id.clone(), watched);
@@ -103,7 +107,7 @@ impl Tracker {
     fn silent_since(&self, before_ms: i64) -> Vec<(String, i64, String)> {
         self.lock()
             .iter()
-            .filter(|(_, w)| w.stuck.is_none() && !w.sleeping && w.last_progress_ms <= before_ms)
+            .filter(|(_, w)| w.stuck.is_none() && !w.sleeping && !w.paused && w.last_progress_ms <= before_ms)
             .map(|(id, w)| (id.clone(), w.last_progress_ms, w.current_step.clone()))
             .collect()
     }
@@ -115,6 +119,10 @@ impl Tracker {
             *counts.entry(reason).or_insert(0) += 1;
         }
         counts
+    }
+
+    pub(super) fn paused_count(&self) -> usize {
+        self.lock().values().filter(|w| w.paused).count()
     }
 
     pub(super) fn open_count(&self) -> usize {
@@ -162,6 +170,7 @@ impl Runtime {
             flagged += self.flag(&workflow_id, StuckReason::NoProgress, message).await;
         }
         crate::metrics::record_stuck(&self.inner.stuck.stuck_by_reason(), self.inner.stuck.open_count());
+        crate::metrics::record_paused(self.inner.stuck.paused_count());
         crate::metrics::record_workers(&self.inner.dispatch.workers_by_type());
         flagged
     }

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class HistoryEvent(_message.Message):
-    __slots__ = ("seq", "time_ms", "workflow_started", "activity_scheduled", "activity_started", "activity_completed", "activity_failed", "activity_timed_out", "timer_started", "timer_fired", "signal_received", "cancel_requested", "compensation_started", "workflow_completed", "workflow_compensated", "workflow_failed", "workflow_cancelled", "workflow_terminated", "stuck_detected", "stuck_cleared", "step_escalated", "completion_ignored", "cancel_refused", "activity_resolved", "step_skipped")
+    __slots__ = ("seq", "time_ms", "workflow_started", "activity_scheduled", "activity_started", "activity_completed", "activity_failed", "activity_timed_out", "timer_started", "timer_fired", "signal_received", "cancel_requested", "compensation_started", "workflow_completed", "workflow_compensated", "workflow_failed", "workflow_cancelled", "workflow_terminated", "stuck_detected", "stuck_cleared", "step_escalated", "completion_ignored", "cancel_refused", "activity_resolved", "step_skipped", "workflow_paused", "workflow_resumed")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TIME_MS_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_STARTED_FIELD_NUMBER: _ClassVar[int]
@@ -33,6 +33,8 @@ class HistoryEvent(_message.Message):
     CANCEL_REFUSED_FIELD_NUMBER: _ClassVar[int]
     ACTIVITY_RESOLVED_FIELD_NUMBER: _ClassVar[int]
     STEP_SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_PAUSED_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_RESUMED_FIELD_NUMBER: _ClassVar[int]
     seq: int
     time_ms: int
     workflow_started: WorkflowStarted
@@ -58,7 +60,9 @@ class HistoryEvent(_message.Message):
     cancel_refused: CancelRefused
     activity_resolved: ActivityResolved
     step_skipped: StepSkipped
-    def __init__(self, seq: _Optional[int] = ..., time_ms: _Optional[int] = ..., workflow_started: _Optional[_Union[WorkflowStarted, _Mapping]] = ..., activity_scheduled: _Optional[_Union[ActivityScheduled, _Mapping]] = ..., activity_started: _Optional[_Union[ActivityStarted, _Mapping]] = ..., activity_completed: _Optional[_Union[ActivityCompleted, _Mapping]] = ..., activity_failed: _Optional[_Union[ActivityFailed, _Mapping]] = ..., activity_timed_out: _Optional[_Union[ActivityTimedOut, _Mapping]] = ..., timer_started: _Optional[_Union[TimerStarted, _Mapping]] = ..., timer_fired: _Optional[_Union[TimerFired, _Mapping]] = ..., signal_received: _Optional[_Union[SignalReceived, _Mapping]] = ..., cancel_requested: _Optional[_Union[CancelRequested, _Mapping]] = ..., compensation_started: _Optional[_Union[CompensationStarted, _Mapping]] = ..., workflow_completed: _Optional[_Union[WorkflowCompleted, _Mapping]] = ..., workflow_compensated: _Optional[_Union[WorkflowCompensated, _Mapping]] = ..., workflow_failed: _Optional[_Union[WorkflowFailed, _Mapping]] = ..., workflow_cancelled: _Optional[_Union[WorkflowCancelled, _Mapping]] = ..., workflow_terminated: _Optional[_Union[WorkflowTerminated, _Mapping]] = ..., stuck_detected: _Optional[_Union[StuckDetected, _Mapping]] = ..., stuck_cleared: _Optional[_Union[StuckCleared, _Mapping]] = ..., step_escalated: _Optional[_Union[StepEscalated, _Mapping]] = ..., completion_ignored: _Optional[_Union[CompletionIgnored, _Mapping]] = ..., cancel_refused: _Optional[_Union[CancelRefused, _Mapping]] = ..., activity_resolved: _Optional[_Union[ActivityResolved, _Mapping]] = ..., step_skipped: _Optional[_Union[StepSkipped, _Mapping]] = ...) -> None: ...
+    workflow_paused: WorkflowPaused
+    workflow_resumed: WorkflowResumed
+    def __init__(self, seq: _Optional[int] = ..., time_ms: _Optional[int] = ..., workflow_started: _Optional[_Union[WorkflowStarted, _Mapping]] = ..., activity_scheduled: _Optional[_Union[ActivityScheduled, _Mapping]] = ..., activity_started: _Optional[_Union[ActivityStarted, _Mapping]] = ..., activity_completed: _Optional[_Union[ActivityCompleted, _Mapping]] = ..., activity_failed: _Optional[_Union[ActivityFailed, _Mapping]] = ..., activity_timed_out: _Optional[_Union[ActivityTimedOut, _Mapping]] = ..., timer_started: _Optional[_Union[TimerStarted, _Mapping]] = ..., timer_fired: _Optional[_Union[TimerFired, _Mapping]] = ..., signal_received: _Optional[_Union[SignalReceived, _Mapping]] = ..., cancel_requested: _Optional[_Union[CancelRequested, _Mapping]] = ..., compensation_started: _Optional[_Union[CompensationStarted, _Mapping]] = ..., workflow_completed: _Optional[_Union[WorkflowCompleted, _Mapping]] = ..., workflow_compensated: _Optional[_Union[WorkflowCompensated, _Mapping]] = ..., workflow_failed: _Optional[_Union[WorkflowFailed, _Mapping]] = ..., workflow_cancelled: _Optional[_Union[WorkflowCancelled, _Mapping]] = ..., workflow_terminated: _Optional[_Union[WorkflowTerminated, _Mapping]] = ..., stuck_detected: _Optional[_Union[StuckDetected, _Mapping]] = ..., stuck_cleared: _Optional[_Union[StuckCleared, _Mapping]] = ..., step_escalated: _Optional[_Union[StepEscalated, _Mapping]] = ..., completion_ignored: _Optional[_Union[CompletionIgnored, _Mapping]] = ..., cancel_refused: _Optional[_Union[CancelRefused, _Mapping]] = ..., activity_resolved: _Optional[_Union[ActivityResolved, _Mapping]] = ..., step_skipped: _Optional[_Union[StepSkipped, _Mapping]] = ..., workflow_paused: _Optional[_Union[WorkflowPaused, _Mapping]] = ..., workflow_resumed: _Optional[_Union[WorkflowResumed, _Mapping]] = ...) -> None: ...
 
 class WorkflowStarted(_message.Message):
     __slots__ = ("workflow_type", "definition_version", "request_id", "input", "labels", "correlation_id", "traceparent", "definition_hash")
@@ -302,3 +306,19 @@ class StepSkipped(_message.Message):
     step_index: int
     condition: str
     def __init__(self, step: _Optional[str] = ..., step_index: _Optional[int] = ..., condition: _Optional[str] = ...) -> None: ...
+
+class WorkflowPaused(_message.Message):
+    __slots__ = ("reason", "identity")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    identity: str
+    def __init__(self, reason: _Optional[str] = ..., identity: _Optional[str] = ...) -> None: ...
+
+class WorkflowResumed(_message.Message):
+    __slots__ = ("reason", "identity")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    identity: str
+    def __init__(self, reason: _Optional[str] = ..., identity: _Optional[str] = ...) -> None: ...

@@ -140,7 +140,7 @@ class DeprecateDefinitionResponse(_message.Message):
     def __init__(self, already_deprecated: _Optional[bool] = ...) -> None: ...
 
 class WorkflowSummary(_message.Message):
-    __slots__ = ("workflow_id", "workflow_type", "definition_version", "status", "request_id", "labels", "started_ms", "updated_ms", "closed_ms", "history_length", "stuck_reason", "stuck_message", "correlation_id", "current_step")
+    __slots__ = ("workflow_id", "workflow_type", "definition_version", "status", "request_id", "labels", "started_ms", "updated_ms", "closed_ms", "history_length", "stuck_reason", "stuck_message", "correlation_id", "current_step", "paused_reason")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -162,6 +162,7 @@ class WorkflowSummary(_message.Message):
     STUCK_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
     CURRENT_STEP_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_REASON_FIELD_NUMBER: _ClassVar[int]
     workflow_id: str
     workflow_type: str
     definition_version: int
@@ -176,7 +177,8 @@ class WorkflowSummary(_message.Message):
     stuck_message: str
     correlation_id: str
     current_step: str
-    def __init__(self, workflow_id: _Optional[str] = ..., workflow_type: _Optional[str] = ..., definition_version: _Optional[int] = ..., status: _Optional[_Union[WorkflowStatus, str]] = ..., request_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., started_ms: _Optional[int] = ..., updated_ms: _Optional[int] = ..., closed_ms: _Optional[int] = ..., history_length: _Optional[int] = ..., stuck_reason: _Optional[str] = ..., stuck_message: _Optional[str] = ..., correlation_id: _Optional[str] = ..., current_step: _Optional[str] = ...) -> None: ...
+    paused_reason: str
+    def __init__(self, workflow_id: _Optional[str] = ..., workflow_type: _Optional[str] = ..., definition_version: _Optional[int] = ..., status: _Optional[_Union[WorkflowStatus, str]] = ..., request_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., started_ms: _Optional[int] = ..., updated_ms: _Optional[int] = ..., closed_ms: _Optional[int] = ..., history_length: _Optional[int] = ..., stuck_reason: _Optional[str] = ..., stuck_message: _Optional[str] = ..., correlation_id: _Optional[str] = ..., current_step: _Optional[str] = ..., paused_reason: _Optional[str] = ...) -> None: ...
 
 class StartWorkflowRequest(_message.Message):
     __slots__ = ("workflow_type", "request_id", "input", "workflow_id", "labels", "definition_version")
@@ -283,7 +285,7 @@ class GetWorkflowHistoryResponse(_message.Message):
     def __init__(self, events: _Optional[_Iterable[_Union[_history_pb2.HistoryEvent, _Mapping]]] = ..., next_seq: _Optional[int] = ..., terminal: _Optional[bool] = ...) -> None: ...
 
 class ListWorkflowsRequest(_message.Message):
-    __slots__ = ("statuses", "workflow_type", "labels", "stuck_only", "page_size", "page_token")
+    __slots__ = ("statuses", "workflow_type", "labels", "stuck_only", "page_size", "page_token", "paused_only")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -297,13 +299,15 @@ class ListWorkflowsRequest(_message.Message):
     STUCK_ONLY_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_ONLY_FIELD_NUMBER: _ClassVar[int]
     statuses: _containers.RepeatedScalarFieldContainer[WorkflowStatus]
     workflow_type: str
     labels: _containers.ScalarMap[str, str]
     stuck_only: bool
     page_size: int
     page_token: str
-    def __init__(self, statuses: _Optional[_Iterable[_Union[WorkflowStatus, str]]] = ..., workflow_type: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., stuck_only: _Optional[bool] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    paused_only: bool
+    def __init__(self, statuses: _Optional[_Iterable[_Union[WorkflowStatus, str]]] = ..., workflow_type: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., stuck_only: _Optional[bool] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., paused_only: _Optional[bool] = ...) -> None: ...
 
 class ListWorkflowsResponse(_message.Message):
     __slots__ = ("workflows", "next_page_token")
@@ -382,6 +386,38 @@ class CancelWorkflowRequest(_message.Message):
 class CancelWorkflowResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class PauseWorkflowRequest(_message.Message):
+    __slots__ = ("workflow_id", "reason", "identity")
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    workflow_id: str
+    reason: str
+    identity: str
+    def __init__(self, workflow_id: _Optional[str] = ..., reason: _Optional[str] = ..., identity: _Optional[str] = ...) -> None: ...
+
+class PauseWorkflowResponse(_message.Message):
+    __slots__ = ("changed",)
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    changed: bool
+    def __init__(self, changed: _Optional[bool] = ...) -> None: ...
+
+class ResumeWorkflowRequest(_message.Message):
+    __slots__ = ("workflow_id", "reason", "identity")
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    workflow_id: str
+    reason: str
+    identity: str
+    def __init__(self, workflow_id: _Optional[str] = ..., reason: _Optional[str] = ..., identity: _Optional[str] = ...) -> None: ...
+
+class ResumeWorkflowResponse(_message.Message):
+    __slots__ = ("changed",)
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    changed: bool
+    def __init__(self, changed: _Optional[bool] = ...) -> None: ...
 
 class TerminateWorkflowRequest(_message.Message):
     __slots__ = ("workflow_id", "reason", "identity")

@@ -81,6 +81,16 @@ class WorkflowServiceStub:
                 request_serializer=sagaflow_dot_v1_dot_workflow__pb2.TerminateWorkflowRequest.SerializeToString,
                 response_deserializer=sagaflow_dot_v1_dot_workflow__pb2.TerminateWorkflowResponse.FromString,
                 _registered_method=True)
+        self.PauseWorkflow = channel.unary_unary(
+                '/sagaflow.v1.WorkflowService/PauseWorkflow',
+                request_serializer=sagaflow_dot_v1_dot_workflow__pb2.PauseWorkflowRequest.SerializeToString,
+                response_deserializer=sagaflow_dot_v1_dot_workflow__pb2.PauseWorkflowResponse.FromString,
+                _registered_method=True)
+        self.ResumeWorkflow = channel.unary_unary(
+                '/sagaflow.v1.WorkflowService/ResumeWorkflow',
+                request_serializer=sagaflow_dot_v1_dot_workflow__pb2.ResumeWorkflowRequest.SerializeToString,
+                response_deserializer=sagaflow_dot_v1_dot_workflow__pb2.ResumeWorkflowResponse.FromString,
+                _registered_method=True)
         self.ListWorkflowTypes = channel.unary_unary(
                 '/sagaflow.v1.WorkflowService/ListWorkflowTypes',
                 request_serializer=sagaflow_dot_v1_dot_workflow__pb2.ListWorkflowTypesRequest.SerializeToString,
@@ -167,6 +177,23 @@ class WorkflowServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PauseWorkflow(self, request, context):
+        """Holds the workflow where it is: nothing new is scheduled until it is
+        resumed; attempts already scheduled finish. Recorded as WorkflowPaused.
+        Pausing a paused workflow changes nothing. Operators only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeWorkflow(self, request, context):
+        """Lets a paused workflow go on. Recorded as WorkflowResumed; resuming a
+        workflow that is not paused changes nothing. Operators only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListWorkflowTypes(self, request, context):
         """The registered saga definitions, every version.
         """
@@ -238,6 +265,16 @@ def add_WorkflowServiceServicer_to_server(servicer, server):
                     servicer.TerminateWorkflow,
                     request_deserializer=sagaflow_dot_v1_dot_workflow__pb2.TerminateWorkflowRequest.FromString,
                     response_serializer=sagaflow_dot_v1_dot_workflow__pb2.TerminateWorkflowResponse.SerializeToString,
+            ),
+            'PauseWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseWorkflow,
+                    request_deserializer=sagaflow_dot_v1_dot_workflow__pb2.PauseWorkflowRequest.FromString,
+                    response_serializer=sagaflow_dot_v1_dot_workflow__pb2.PauseWorkflowResponse.SerializeToString,
+            ),
+            'ResumeWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeWorkflow,
+                    request_deserializer=sagaflow_dot_v1_dot_workflow__pb2.ResumeWorkflowRequest.FromString,
+                    response_serializer=sagaflow_dot_v1_dot_workflow__pb2.ResumeWorkflowResponse.SerializeToString,
             ),
             'ListWorkflowTypes': grpc.unary_unary_rpc_method_handler(
                     servicer.ListWorkflowTypes,
@@ -500,6 +537,60 @@ class WorkflowService:
             '/sagaflow.v1.WorkflowService/TerminateWorkflow',
             sagaflow_dot_v1_dot_workflow__pb2.TerminateWorkflowRequest.SerializeToString,
             sagaflow_dot_v1_dot_workflow__pb2.TerminateWorkflowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sagaflow.v1.WorkflowService/PauseWorkflow',
+            sagaflow_dot_v1_dot_workflow__pb2.PauseWorkflowRequest.SerializeToString,
+            sagaflow_dot_v1_dot_workflow__pb2.PauseWorkflowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sagaflow.v1.WorkflowService/ResumeWorkflow',
+            sagaflow_dot_v1_dot_workflow__pb2.ResumeWorkflowRequest.SerializeToString,
+            sagaflow_dot_v1_dot_workflow__pb2.ResumeWorkflowResponse.FromString,
             options,
             channel_credentials,
             insecure,
