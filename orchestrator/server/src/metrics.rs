@@ -48,6 +48,23 @@ pub fn record_paused(paused: usize) {
     metrics::gauge!("sagaflow_paused_workflows").set(paused as f64);
 }
 
+/// One series per paused activity queue (1 while paused, 0 once resumed),
+/// so that an alert on a pause left in place can resolve.
+pub fn record_paused_queues(paused: &[crate::store::QueuePauseRecord]) {
+    use std::sync::Mutex;
+    static SEEN: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    for queue in paused.iter().map(|p| &p.queue) {
+        if !seen.contains(queue) {
+            seen.push(queue.clone());
+        }
+    }
+    for queue in seen.iter() {
+        let value = if paused.iter().any(|p| &p.queue == queue) { 1.0 } else { 0.0 };
+        metrics::gauge!("sagaflow_queue_paused", "queue" => queue.clone()).set(value);
+    }
+}
+
 pub fn record_workers(by_type: &HashMap<String, usize>) {
     for (activity_type, count) in by_type {
         metrics::gauge!("sagaflow_connected_workers", "queue" => activity_type.clone()).set(*count as f64);

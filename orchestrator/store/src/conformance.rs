@@ -9,7 +9,7 @@ use sagaflow_proto::v1::{
     ActivityTask, HistoryEvent, TimerFired, WorkflowStatus, WorkflowSummary, history_event::Attributes,
 };
 
-use super::{Commit, DefinitionRecord, Error, Lease, OutboxRecord, Store, TaskRecord, TimerRecord};
+use super::{Commit, DefinitionRecord, Error, Lease, OutboxRecord, QueuePauseRecord, Store, TaskRecord, TimerRecord};
 
 fn event(seq: u64) -> HistoryEvent {
     HistoryEvent {
@@ -221,6 +221,30 @@ pub async fn definitions_are_stored_in_one_commit_and_survive_a_rebuild(store: &
     assert_eq!(keys(store).len(), 3);
 }
 
+pub async fn queue_pauses_are_stored_replaced_deleted_and_survive_a_rebuild(store: &dyn Store) {
+    assert!(store.queue_pauses().unwrap().is_empty());
+    let pause = |queue: &str, reason: &str| QueuePauseRecord {
+        queue: queue.into(),
+        reason: reason.into(),
+        identity: "ops".into(),
+        paused_ms: 5,
+    };
+    store.commit(Commit::queue_pause(Some(pause("payments.capture", "incident")), None)).unwrap().wait().await.unwrap();
+    store.commit(Commit::queue_pause(Some(pause("carrier.ship", "500s")), None)).unwrap().wait().await.unwrap();
+    let queues = |store: &dyn Store| -> Vec<(String, String)> {
+        store.queue_pauses().unwrap().into_iter().map(|p| (p.queue, p.reason)).collect()
+    };
+    assert_eq!(queues(store), [("carrier.ship".into(), "500s".into()), ("payments.capture".into(), "incident".into())]);
+    // Pausing again replaces the record; a rebuild keeps them: they are an operator's decision.
+    store.commit(Commit::queue_pause(Some(pause("carrier.ship", "still 500s")), None)).unwrap().wait().await.unwrap();
+    store.clear_derived().unwrap();
+    assert_eq!(queues(store)[0], ("carrier.ship".into(), "still 500s".into()));
+    store.commit(Commit::queue_pause(None, Some("carrier.ship".into()))).unwrap().wait().await.unwrap();
+    assert_eq!(queues(store), [("payments.capture".into(), "incident".into())]);
+    let long = Commit::queue_pause(Some(pause(&"q".repeat(256), "x")), None);
+    assert!(matches!(store.commit(long), Err(Error::IdTooLong { .. })));
+}
+
 /// 64 writers commit at once; every commit resolves and every event is there.
 pub async fn concurrent_commits_all_become_durable(store: Arc<dyn Store>) {
     let mut writers = Vec::new();
@@ -260,7 +284,8 @@ macro_rules! store_conformance_suite {
             tasks_leases_and_timers_come_and_go_with_commits,
             outbox_sequence_increases_across_commits,
             clearing_derived_records_keeps_histories,
-            definitions_are_stored_in_one_commit_and_survive_a_rebuild);
+            definitions_are_stored_in_one_commit_and_survive_a_rebuild,
+            queue_pauses_are_stored_replaced_deleted_and_survive_a_rebuild);
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn concurrent_commits_all_become_durable() {
             let (store, _guard) = $make;

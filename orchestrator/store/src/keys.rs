@@ -14,6 +14,7 @@
 //! | `x`    | outbox seq                       | OutboxRecord    |
 //! | `m`    | name                             | metadata        |
 //! | `d`    | type (length-prefixed), version  | DefinitionRecord|
+//! | `q`    | queue name (raw)                 | QueuePauseRecord|
 //!
 //! A history is a run of batches, one per commit, each under the sequence
 //! number of its last event: a scan from `seq` starts at the batch that holds
@@ -32,6 +33,9 @@ pub const TIMER: u8 = b't';
 pub const OUTBOX: u8 = b'x';
 /// Saga definitions: source data, not derived, so never cleared by a rebuild.
 pub const DEFINITION: u8 = b'd';
+/// Paused activity queues: an operator's decision, not derived, so never
+/// cleared by a rebuild.
+pub const QUEUE_PAUSE: u8 = b'q';
 /// The last outbox sequence number ever assigned, so that numbers are never
 /// reused after relayed records are deleted.
 pub const OUTBOX_HIGH_WATER: &[u8] = b"moutbox-seq";

@@ -9,8 +9,8 @@ use sagaflow_proto::v1::{HistoryEvent, WorkflowSummary};
 
 use super::records::HistoryBatch;
 use super::{
-    Commit, DefinitionRecord, Durable, Error, IndexPage, Lease, OutboxRecord, Result, Store, TaskRecord, TimerRecord,
-    keys,
+    Commit, DefinitionRecord, Durable, Error, IndexPage, Lease, OutboxRecord, QueuePauseRecord, Result, Store,
+    TaskRecord, TimerRecord, keys,
 };
 
 /// One write of a batch: a put, or a delete when the value is `None`.
@@ -128,10 +128,39 @@ impl<K: Kv> KvStore<K> {
             let key = keys::definition(&definition.workflow_type, definition.version);
             writes.push((key, Some(definition.encode_to_vec())));
         }
+        for pause in &commit.put_queue_pauses {
+            writes.push((keys::raw(keys::QUEUE_PAUSE, &pause.queue), Some(pause.encode_to_vec())));
+        }
+        for queue in &commit.delete_queue_pauses {
+            writes.push((keys::raw(keys::QUEUE_PAUSE, queue), None));
+        }
         if let Some(last) = commit.outbox.last() {
             writes.push((keys::OUTBOX_HIGH_WATER.to_vec(), Some(last.seq.to_be_bytes().to_vec())));
         }
         Ok(writes)
+    }
+
+    /// Every record under `prefix`, in key order.
+    fn decode_all<M: Message + Default>(&self, prefix: u8) -> Result<Vec<M>> {
+        self.decode_range(&[prefix], prefix, usize::MAX)
+    }
+
+    /// At most `limit` records under `prefix` from the key `from` on, in key
+    /// order; the first that does not decode fails the read.
+    fn decode_range<M: Message + Default>(&self, from: &[u8], prefix: u8, limit: usize) -> Result<Vec<M>> {
+        let mut records = Vec::new();
+        let mut failure = None;
+        self.kv.scan(from, &[prefix], &mut |key, value| {
+            if records.len() >= limit {
+                return false;
+            }
+            match Self::decode(key, value) {
+                Ok(record) => records.push(record),
+                Err(e) => failure = Some(e),
+            }
+            failure.is_none()
+        })?;
+        failure.map_or(Ok(records), Err)
     }
 
     fn ids_with_prefix(&self, prefix: u8) -> Result<Vec<String>> {
@@ -157,6 +186,8 @@ fn check_ids(commit: &Commit) -> Result<()> {
     fit(&commit.workflow_id)?;
     commit.put_tasks.iter().try_for_each(|task| fit(task.workflow_id()))?;
     commit.put_definitions.iter().try_for_each(|d| fit(&d.workflow_type))?;
+    commit.put_queue_pauses.iter().try_for_each(|p| fit(&p.queue))?;
+    commit.delete_queue_pauses.iter().try_for_each(|queue| fit(queue))?;
     commit.put_timers.iter().chain(&commit.delete_timers).try_for_each(|timer| fit(&timer.workflow_id))
 }
 
@@ -360,19 +391,7 @@ impl<K: Kv> Store for KvStore<K> {
     }
 
     fn outbox(&self, after: u64, limit: usize) -> Result<Vec<OutboxRecord>> {
-        let mut records = Vec::new();
-        let mut failure = None;
-        self.kv.scan(&keys::outbox(after.saturating_add(1)), &[keys::OUTBOX], &mut |key, value| {
-            if records.len() >= limit {
-                return false;
-            }
-            match Self::decode(key, value) {
-                Ok(record) => records.push(record),
-                Err(e) => failure = Some(e),
-            }
-            failure.is_none()
-        })?;
-        failure.map_or(Ok(records), Err)
+        self.decode_range(&keys::outbox(after.saturating_add(1)), keys::OUTBOX, limit)
     }
 
     fn delete_outbox(&self, seqs: &[u64]) -> Result<Durable> {
@@ -380,16 +399,11 @@ impl<K: Kv> Store for KvStore<K> {
     }
 
     fn definitions(&self) -> Result<Vec<DefinitionRecord>> {
-        let mut definitions = Vec::new();
-        let mut failure = None;
-        self.kv.scan(&[keys::DEFINITION], &[keys::DEFINITION], &mut |key, value| {
-            match Self::decode(key, value) {
-                Ok(record) => definitions.push(record),
-                Err(e) => failure = Some(e),
-            }
-            failure.is_none()
-        })?;
-        failure.map_or(Ok(definitions), Err)
+        self.decode_all(keys::DEFINITION)
+    }
+
+    fn queue_pauses(&self) -> Result<Vec<QueuePauseRecord>> {
+        self.decode_all(keys::QUEUE_PAUSE)
     }
 
     fn clear_derived(&self) -> Result<()> {

@@ -32,7 +32,7 @@ pub use group_commit::Durable;
 pub use keys::MAX_WORKFLOW_ID_BYTES;
 pub use kv_store::KvStore;
 pub use memory::MemoryStore;
-pub use records::{DefinitionRecord, Lease, OutboxRecord, TaskRecord, TimerRecord};
+pub use records::{DefinitionRecord, Lease, OutboxRecord, QueuePauseRecord, TaskRecord, TimerRecord};
 pub use sled_store::SledStore;
 
 use sagaflow_proto::v1::{HistoryEvent, WorkflowSummary};
@@ -87,6 +87,8 @@ impl Commit {
             delete_timers,
             outbox,
             put_definitions,
+            put_queue_pauses,
+            delete_queue_pauses,
         } = self;
         !put_leases.is_empty()
             && events.is_empty()
@@ -98,11 +100,22 @@ impl Commit {
             && delete_timers.is_empty()
             && outbox.is_empty()
             && put_definitions.is_empty()
+            && put_queue_pauses.is_empty()
+            && delete_queue_pauses.is_empty()
     }
 
     /// Only definitions: a registration, in one atomic batch however many it carries.
     pub fn definitions(definitions: Vec<DefinitionRecord>) -> Self {
         Self { put_definitions: definitions, ..Self::default() }
+    }
+
+    /// Only a queue pause: `pause` puts the record, `resume` deletes the queue's.
+    pub fn queue_pause(pause: Option<QueuePauseRecord>, resume: Option<String>) -> Self {
+        Self {
+            put_queue_pauses: pause.into_iter().collect(),
+            delete_queue_pauses: resume.into_iter().collect(),
+            ..Self::default()
+        }
     }
 }
 
@@ -135,6 +148,10 @@ pub struct Commit {
     /// Saga definitions registered (or deprecated) by this commit; a record
     /// replaces the stored one of its type and version.
     pub put_definitions: Vec<DefinitionRecord>,
+    /// Activity queues paused by this commit; a record replaces the queue's.
+    pub put_queue_pauses: Vec<QueuePauseRecord>,
+    /// Activity queues resumed by this commit.
+    pub delete_queue_pauses: Vec<String>,
 }
 
 /// A page of the workflow index.
@@ -204,6 +221,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every stored definition, by type then version.
     fn definitions(&self) -> Result<Vec<DefinitionRecord>>;
+
+    /// Every paused activity queue, by name.
+    fn queue_pauses(&self) -> Result<Vec<QueuePauseRecord>>;
 
     /// Removes every derived record: the index, open set, idempotency map,
     /// tasks, leases and timers. Histories and the outbox stay.

@@ -104,3 +104,18 @@ pub struct DefinitionRecord {
     #[prost(int64, tag = "6")]
     pub registered_ms: i64,
 }
+
+/// An activity queue an operator paused: its tasks stay queued, handed to no
+/// worker, until the record is deleted. Source data, like a definition: a
+/// rebuild keeps it, and a restart restores the pause.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct QueuePauseRecord {
+    #[prost(string, tag = "1")]
+    pub queue: String,
+    #[prost(string, tag = "2")]
+    pub reason: String,
+    #[prost(string, tag = "3")]
+    pub identity: String,
+    #[prost(int64, tag = "4")]
+    pub paused_ms: i64,
+}

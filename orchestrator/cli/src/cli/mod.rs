@@ -24,6 +24,7 @@ mod definition_files;
 mod dev;
 mod events;
 mod jobs;
+mod queue;
 mod render;
 mod search;
 mod server;
@@ -183,6 +184,9 @@ pub enum Command {
     /// Start, inspect and steer workflows.
     #[command(subcommand)]
     Workflow(workflow::WorkflowCommand),
+    /// Pause and resume a whole activity queue, for a downstream that is broken.
+    #[command(subcommand)]
+    Queue(queue::QueueCommand),
     /// Saga definitions as data: apply YAML or JSON files to a running server, list, get,
     /// diff, deprecate.
     #[command(subcommand)]
@@ -223,6 +227,7 @@ pub async fn run(mut cli: Cli) -> anyhow::Result<()> {
         Command::Checkout(command) => checkout::run(command, &cli.server, cli.output).await,
         Command::Workflow(command) => workflow::run(command, &cli.server, cli.output).await,
         Command::Definition(command) => definition::run(command, &cli.server, cli.output).await,
+        Command::Queue(command) => queue::run(command, &cli.server, cli.output).await,
         Command::Consumer(command) => consumer::run(command, &cli.logging).await,
         Command::Search(command) => search::run(command, cli.output).await,
         Command::Chaos(command) => chaos::run(command, cli.output, &cli.logging).await,

@@ -82,6 +82,7 @@ async fn list(server: &str, output: Output) -> anyhow::Result<()> {
                         "workers": q.workers.iter().map(|w| serde_json::json!({"worker_id": w.worker_id, "credit": w.credit})).collect::<Vec<_>>(),
                         "in_flight": q.in_flight,
                         "backlog": q.backlog,
+                        "paused": (!q.paused_reason.is_empty()).then(|| serde_json::json!({"reason": q.paused_reason, "by": q.paused_by, "since_ms": q.paused_ms})),
                     })
                 })
                 .collect();
@@ -89,7 +90,7 @@ async fn list(server: &str, output: Output) -> anyhow::Result<()> {
         }
         Output::Text if queues.is_empty() => outln!("no worker is connected and no task waits"),
         Output::Text => {
-            let rows: Vec<[String; 5]> = queues
+            let rows: Vec<[String; 6]> = queues
                 .iter()
                 .map(|q| {
                     let workers = if q.workers.is_empty() {
@@ -98,10 +99,19 @@ async fn list(server: &str, output: Output) -> anyhow::Result<()> {
                         q.workers.iter().map(|w| w.worker_id.as_str()).collect::<Vec<_>>().join(", ")
                     };
                     let credit: u32 = q.workers.iter().map(|w| w.credit).sum();
-                    [q.queue.clone(), workers, credit.to_string(), q.in_flight.to_string(), q.backlog.to_string()]
+                    let paused =
+                        if q.paused_reason.is_empty() { String::new() } else { format!("paused: {}", q.paused_reason) };
+                    [
+                        q.queue.clone(),
+                        workers,
+                        credit.to_string(),
+                        q.in_flight.to_string(),
+                        q.backlog.to_string(),
+                        paused,
+                    ]
                 })
                 .collect();
-            let header = ["QUEUE", "WORKERS", "CREDIT", "IN FLIGHT", "BACKLOG"];
+            let header = ["QUEUE", "WORKERS", "CREDIT", "IN FLIGHT", "BACKLOG", "STATE"];
             let mut widths = header.map(str::len);
             for row in &rows {
                 for (i, cell) in row.iter().enumerate() {

@@ -678,7 +678,7 @@ async fn step_order(client: &mut WorkflowServiceClient<Conn>, workflow_type: &st
         .unwrap_or_default()
 }
 
-fn identity() -> String {
+pub fn identity() -> String {
     std::env::var("USER").map(|u| format!("cli:{u}")).unwrap_or_else(|_| "cli".into())
 }
 

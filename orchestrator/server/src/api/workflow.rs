@@ -9,10 +9,11 @@ use sagaflow_proto::v1::{
     DescribeWorkflowRequest, DescribeWorkflowResponse, ExecuteWorkflowRequest, ExecuteWorkflowResponse,
     GetWorkflowHistoryRequest, GetWorkflowHistoryResponse, ListQueuesRequest, ListQueuesResponse,
     ListWorkflowTypesRequest, ListWorkflowTypesResponse, ListWorkflowsRequest, ListWorkflowsResponse,
-    PauseWorkflowRequest, PauseWorkflowResponse, QueueInfo, QueueWorker, ResolveActivityRequest,
-    ResolveActivityResponse, ResolvedOutcome, ResumeWorkflowRequest, ResumeWorkflowResponse, SignalWorkflowRequest,
-    SignalWorkflowResponse, StartWorkflowRequest, StartWorkflowResponse, TerminateWorkflowRequest,
-    TerminateWorkflowResponse, WorkflowStatus, WorkflowSummary, WorkflowType,
+    PauseQueueRequest, PauseQueueResponse, PauseWorkflowRequest, PauseWorkflowResponse, QueueInfo, QueueWorker,
+    ResolveActivityRequest, ResolveActivityResponse, ResolvedOutcome, ResumeQueueRequest, ResumeQueueResponse,
+    ResumeWorkflowRequest, ResumeWorkflowResponse, SignalWorkflowRequest, SignalWorkflowResponse, StartWorkflowRequest,
+    StartWorkflowResponse, TerminateWorkflowRequest, TerminateWorkflowResponse, WorkflowStatus, WorkflowSummary,
+    WorkflowType,
 };
 use tonic::{Request, Response, Status};
 
@@ -386,8 +387,33 @@ impl WorkflowService for WorkflowApi {
                 workers: q.workers.into_iter().map(|(worker_id, credit)| QueueWorker { worker_id, credit }).collect(),
                 in_flight: count(q.in_flight),
                 backlog: count(q.backlog),
+                paused_reason: q.paused.as_ref().map(|p| p.reason.clone()).unwrap_or_default(),
+                paused_by: q.paused.as_ref().map(|p| p.identity.clone()).unwrap_or_default(),
+                paused_ms: q.paused.as_ref().map_or(0, |p| p.paused_ms),
             })
             .collect();
         Ok(Response::new(ListQueuesResponse { queues }))
+    }
+
+    async fn pause_queue(&self, request: Request<PauseQueueRequest>) -> Result<Response<PauseQueueResponse>, Status> {
+        let request = request.into_inner();
+        let limits = self.runtime.limits();
+        limits.id("queue", &request.queue).map_err(invalid)?;
+        limits.id("reason", &request.reason).map_err(invalid)?;
+        limits.optional_id("identity", &request.identity).map_err(invalid)?;
+        let changed = self.runtime.pause_queue(&request.queue, &request.reason, &request.identity).await?;
+        Ok(Response::new(PauseQueueResponse { changed }))
+    }
+
+    async fn resume_queue(
+        &self,
+        request: Request<ResumeQueueRequest>,
+    ) -> Result<Response<ResumeQueueResponse>, Status> {
+        let request = request.into_inner();
+        let limits = self.runtime.limits();
+        limits.id("queue", &request.queue).map_err(invalid)?;
+        limits.optional_id("identity", &request.identity).map_err(invalid)?;
+        let changed = self.runtime.resume_queue(&request.queue, &request.identity).await?;
+        Ok(Response::new(ResumeQueueResponse { changed }))
     }
 }

@@ -55,6 +55,8 @@ pub fn rule(path: &str) -> Option<&'static [Role]> {
         | "/sagaflow.v1.WorkflowService/ResumeWorkflow"
         | "/sagaflow.v1.WorkflowService/ResolveActivity"
         | "/sagaflow.v1.WorkflowService/ListQueues"
+        | "/sagaflow.v1.WorkflowService/PauseQueue"
+        | "/sagaflow.v1.WorkflowService/ResumeQueue"
         | "/sagaflow.v1.EventService/StreamEvents"
         // A definition decides what runs, with which keys and who may start
         // it (`operator_only`): registering one is an operator's act.

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use super::lease_token::LeaseKey;
 use super::timers::{Alarm, Timers};
 use crate::engine::TimeoutKind;
-use crate::store::{Commit, Lease, Store, TaskRecord};
+use crate::store::{Commit, Lease, QueuePauseRecord, Store, TaskRecord};
 
 pub type SessionId = u64;
 pub type Outbound = mpsc::Sender<Result<ServerMessage, tonic::Status>>;
@@ -45,6 +45,9 @@ pub enum TaskState {
 struct Entry {
     task: ActivityTask,
     state: TaskState,
+    /// The queue-side deadlines (`schedule_to_start`, `schedule_to_close`),
+    /// absolute; 0 when none. Kept to arm them again after a queue pause.
+    queue_deadlines: (i64, i64),
 }
 
 struct Session {
@@ -63,6 +66,9 @@ struct State {
     entries: HashMap<(String, String), Entry>,
     sessions: HashMap<SessionId, Session>,
     next_session: SessionId,
+    /// Paused queues: their tasks stay queued, handed to no worker, and
+    /// their queue-side deadlines do not apply.
+    paused: HashMap<String, QueuePauseRecord>,
 }
 
 /// A pending task as an operator sees it.
@@ -154,7 +160,11 @@ impl Dispatch {
             let mut state = self.lock();
             let activity_type = task.activity_type.clone();
             state.queues.entry(activity_type.clone()).or_default().push_back(key(&wf, &task_id));
-            state.entries.insert(key(&wf, &task_id), Entry { task, state: TaskState::Queued { since_ms: now } });
+            let queue_deadlines = (record.schedule_to_start_deadline_ms, record.schedule_to_close_deadline_ms);
+            state.entries.insert(
+                key(&wf, &task_id),
+                Entry { task, state: TaskState::Queued { since_ms: now }, queue_deadlines },
+            );
             self.match_queue(&mut state, &activity_type, now)
         };
         self.persist(leases);
@@ -178,7 +188,46 @@ impl Dispatch {
             last_heartbeat_ms: lease.started_ms,
             restored: true,
         };
-        self.lock().entries.insert(key(&wf, &task_id), Entry { task, state });
+        let queue_deadlines = (record.schedule_to_start_deadline_ms, record.schedule_to_close_deadline_ms);
+        self.lock().entries.insert(key(&wf, &task_id), Entry { task, state, queue_deadlines });
+    }
+
+    /// Holds `record.queue`: its tasks stay queued until [`resume`](Self::resume).
+    /// The caller has made the pause durable first.
+    pub fn pause(&self, record: QueuePauseRecord) {
+        self.lock().paused.insert(record.queue.clone(), record);
+    }
+
+    /// Lets a paused queue go: its queue-side deadlines start again from
+    /// `now` with the budgets they had, and its tasks go to workers.
+    pub fn resume(&self, queue: &str, now: i64) {
+        let leases = {
+            let mut state = self.lock();
+            if state.paused.remove(queue).is_none() {
+                return;
+            }
+            for entry in state.entries.values().filter(|e| e.task.activity_type == queue) {
+                let TaskState::Queued { since_ms } = entry.state else { continue };
+                let (wf, task_id) = (&entry.task.workflow_id, &entry.task.task_id);
+                let (to_start, to_close) = entry.queue_deadlines;
+                let again = |deadline: i64| now.saturating_add(deadline.saturating_sub(since_ms).max(0));
+                if to_start > 0 {
+                    self.arm(again(to_start), wf, task_id, TimeoutKind::ScheduleToStart, 0);
+                }
+                if to_close > 0 {
+                    self.arm(again(to_close), wf, task_id, TimeoutKind::ScheduleToClose, 0);
+                }
+            }
+            self.match_queue(&mut state, queue, now)
+        };
+        self.persist(leases);
+    }
+
+    /// The paused queues, by name.
+    pub fn paused_queues(&self) -> Vec<QueuePauseRecord> {
+        let mut paused: Vec<QueuePauseRecord> = self.lock().paused.values().cloned().collect();
+        paused.sort_by(|a, b| a.queue.cmp(&b.queue));
+        paused
     }
 
     /// Drops a task that the workflow no longer wants. A worker holding it
@@ -362,6 +411,9 @@ impl Dispatch {
     /// Hands queued tasks of one type to sessions with credit, round-robin.
     fn match_queue(&self, state: &mut State, activity_type: &str, now: i64) -> Vec<(Key, Lease)> {
         let mut leases = Vec::new();
+        if state.paused.contains_key(activity_type) {
+            return leases;
+        }
         let mut sessions: Vec<SessionId> = state
             .sessions
             .iter()
@@ -465,7 +517,11 @@ impl Dispatch {
         let Some(entry) = state.entries.get(&key(workflow_id, task_id)) else {
             return false;
         };
+        let held = state.paused.contains_key(&entry.task.activity_type);
         match (kind, &entry.state) {
+            // A task held in a paused queue is not failed for waiting there;
+            // `resume` arms its queue-side deadlines again.
+            (TimeoutKind::ScheduleToClose | TimeoutKind::ScheduleToStart, TaskState::Queued { .. }) if held => false,
             (TimeoutKind::ScheduleToClose, _) | (TimeoutKind::ScheduleToStart, TaskState::Queued { .. }) => true,
             (TimeoutKind::StartToClose, TaskState::Leased { started_ms, .. }) => *started_ms == lease_started_ms,
             (TimeoutKind::Heartbeat, TaskState::Leased { started_ms, last_heartbeat_ms, .. }) => {
@@ -499,7 +555,7 @@ impl Dispatch {
             .entries
             .values()
             .filter(|e| matches!(e.state, TaskState::Queued { since_ms: at } if at <= since_ms))
-            .filter(|e| !served.contains(&e.task.activity_type))
+            .filter(|e| !served.contains(&e.task.activity_type) && !state.paused.contains_key(&e.task.activity_type))
             .map(|e| (e.task.workflow_id.clone(), e.task.activity_type.clone()))
             .collect()
     }
@@ -544,6 +600,9 @@ impl Dispatch {
                 TaskState::Leased { .. } => queue.in_flight += 1,
             }
         }
+        for (name, pause) in &state.paused {
+            stats(&mut queues, name).paused = Some(pause.clone());
+        }
         let mut out: Vec<QueueStats> = queues.into_values().collect();
         for queue in &mut out {
             queue.workers.sort();
@@ -553,11 +612,12 @@ impl Dispatch {
 }
 
 /// One task queue as an operator sees it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct QueueStats {
     pub queue: String,
     /// `(worker_id, credit)` of each connected session serving it.
     pub workers: Vec<(String, u32)>,
     pub in_flight: usize,
     pub backlog: usize,
+    pub paused: Option<QueuePauseRecord>,
 }

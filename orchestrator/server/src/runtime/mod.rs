@@ -11,6 +11,7 @@ mod describe;
 pub mod dispatch;
 pub mod lease_token;
 mod outbox;
+mod queues;
 mod reads;
 mod records;
 mod recovery;
@@ -487,6 +488,8 @@ impl Runtime {
             delete_timers: delta.gone_timers,
             outbox,
             put_definitions: Vec::new(),
+            put_queue_pauses: Vec::new(),
+            delete_queue_pauses: Vec::new(),
         };
         let started = std::time::Instant::now();
         self.inner.store.commit(commit)?.wait().await?;

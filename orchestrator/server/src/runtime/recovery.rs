@@ -35,6 +35,8 @@ pub struct RebuildReport {
 impl Runtime {
     pub(super) async fn recover(&self) -> Result<()> {
         let started = Instant::now();
+        // Before any task is queued, so that none of a paused queue is handed out.
+        self.restore_queue_pauses()?;
         let now = now_ms();
         let store = &self.inner.store;
         let mut leases: HashMap<(String, String), crate::store::Lease> =

@@ -490,16 +490,52 @@ class QueueWorker(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., credit: _Optional[int] = ...) -> None: ...
 
 class QueueInfo(_message.Message):
-    __slots__ = ("queue", "workers", "in_flight", "backlog")
+    __slots__ = ("queue", "workers", "in_flight", "backlog", "paused_reason", "paused_by", "paused_ms")
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     BACKLOG_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_REASON_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_BY_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_MS_FIELD_NUMBER: _ClassVar[int]
     queue: str
     workers: _containers.RepeatedCompositeFieldContainer[QueueWorker]
     in_flight: int
     backlog: int
-    def __init__(self, queue: _Optional[str] = ..., workers: _Optional[_Iterable[_Union[QueueWorker, _Mapping]]] = ..., in_flight: _Optional[int] = ..., backlog: _Optional[int] = ...) -> None: ...
+    paused_reason: str
+    paused_by: str
+    paused_ms: int
+    def __init__(self, queue: _Optional[str] = ..., workers: _Optional[_Iterable[_Union[QueueWorker, _Mapping]]] = ..., in_flight: _Optional[int] = ..., backlog: _Optional[int] = ..., paused_reason: _Optional[str] = ..., paused_by: _Optional[str] = ..., paused_ms: _Optional[int] = ...) -> None: ...
+
+class PauseQueueRequest(_message.Message):
+    __slots__ = ("queue", "reason", "identity")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    reason: str
+    identity: str
+    def __init__(self, queue: _Optional[str] = ..., reason: _Optional[str] = ..., identity: _Optional[str] = ...) -> None: ...
+
+class PauseQueueResponse(_message.Message):
+    __slots__ = ("changed",)
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    changed: bool
+    def __init__(self, changed: _Optional[bool] = ...) -> None: ...
+
+class ResumeQueueRequest(_message.Message):
+    __slots__ = ("queue", "identity")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    identity: str
+    def __init__(self, queue: _Optional[str] = ..., identity: _Optional[str] = ...) -> None: ...
+
+class ResumeQueueResponse(_message.Message):
+    __slots__ = ("changed",)
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    changed: bool
+    def __init__(self, changed: _Optional[bool] = ...) -> None: ...
 
 class ListQueuesResponse(_message.Message):
     __slots__ = ("queues",)

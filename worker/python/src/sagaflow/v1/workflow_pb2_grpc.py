@@ -106,6 +106,16 @@ class WorkflowServiceStub:
                 request_serializer=sagaflow_dot_v1_dot_workflow__pb2.ListQueuesRequest.SerializeToString,
                 response_deserializer=sagaflow_dot_v1_dot_workflow__pb2.ListQueuesResponse.FromString,
                 _registered_method=True)
+        self.PauseQueue = channel.unary_unary(
+                '/sagaflow.v1.WorkflowService/PauseQueue',
+                request_serializer=sagaflow_dot_v1_dot_workflow__pb2.PauseQueueRequest.SerializeToString,
+                response_deserializer=sagaflow_dot_v1_dot_workflow__pb2.PauseQueueResponse.FromString,
+                _registered_method=True)
+        self.ResumeQueue = channel.unary_unary(
+                '/sagaflow.v1.WorkflowService/ResumeQueue',
+                request_serializer=sagaflow_dot_v1_dot_workflow__pb2.ResumeQueueRequest.SerializeToString,
+                response_deserializer=sagaflow_dot_v1_dot_workflow__pb2.ResumeQueueResponse.FromString,
+                _registered_method=True)
 
 
 class WorkflowServiceServicer:
@@ -218,6 +228,23 @@ class WorkflowServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PauseQueue(self, request, context):
+        """Holds an activity queue (a broken downstream): its tasks stay queued,
+        handed to no worker and failed by no queue-side deadline, until it is
+        resumed; attempts already leased finish. Durable; operators only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeQueue(self, request, context):
+        """Lets a paused queue go: queue-side deadlines start again with the budgets
+        they had. Operators only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkflowServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -290,6 +317,16 @@ def add_WorkflowServiceServicer_to_server(servicer, server):
                     servicer.ListQueues,
                     request_deserializer=sagaflow_dot_v1_dot_workflow__pb2.ListQueuesRequest.FromString,
                     response_serializer=sagaflow_dot_v1_dot_workflow__pb2.ListQueuesResponse.SerializeToString,
+            ),
+            'PauseQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseQueue,
+                    request_deserializer=sagaflow_dot_v1_dot_workflow__pb2.PauseQueueRequest.FromString,
+                    response_serializer=sagaflow_dot_v1_dot_workflow__pb2.PauseQueueResponse.SerializeToString,
+            ),
+            'ResumeQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeQueue,
+                    request_deserializer=sagaflow_dot_v1_dot_workflow__pb2.ResumeQueueRequest.FromString,
+                    response_serializer=sagaflow_dot_v1_dot_workflow__pb2.ResumeQueueResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -672,6 +709,60 @@ class WorkflowService:
             '/sagaflow.v1.WorkflowService/ListQueues',
             sagaflow_dot_v1_dot_workflow__pb2.ListQueuesRequest.SerializeToString,
             sagaflow_dot_v1_dot_workflow__pb2.ListQueuesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sagaflow.v1.WorkflowService/PauseQueue',
+            sagaflow_dot_v1_dot_workflow__pb2.PauseQueueRequest.SerializeToString,
+            sagaflow_dot_v1_dot_workflow__pb2.PauseQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sagaflow.v1.WorkflowService/ResumeQueue',
+            sagaflow_dot_v1_dot_workflow__pb2.ResumeQueueRequest.SerializeToString,
+            sagaflow_dot_v1_dot_workflow__pb2.ResumeQueueResponse.FromString,
             options,
             channel_credentials,
             insecure,
