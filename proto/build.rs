@@ -23,6 +23,7 @@ const JSON_FIELDS: &[&str] = &[
     ".sagaflow.v1.WorkflowCompleted.result",
     ".sagaflow.v1.ActivityResolved.result",
     ".sagaflow.v1.StepSkipped.condition",
+    ".sagaflow.v1.WorkflowHeld.result",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -65,6 +66,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "StepSkipped",
         "WorkflowPaused",
         "WorkflowResumed",
+        "WorkflowHeld",
     ] {
         builder = builder.type_attribute(format!(".sagaflow.v1.{message}"), "#[derive(serde::Serialize)]");
     }

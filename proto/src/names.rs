@@ -40,6 +40,7 @@ impl EventName for Attributes {
             Attributes::StepSkipped(_) => "StepSkipped",
             Attributes::WorkflowPaused(_) => "WorkflowPaused",
             Attributes::WorkflowResumed(_) => "WorkflowResumed",
+            Attributes::WorkflowHeld(_) => "WorkflowHeld",
         }
     }
 }

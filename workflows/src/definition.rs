@@ -157,7 +157,27 @@ pub enum Action {
         /// How long to wait, in milliseconds, before the step fails; 0 waits forever.
         timeout_ms: u64,
     },
+    /// Start another saga (a child) with the step's input, and wait until
+    /// its steps are done. The child stays open, held, until its parent
+    /// passes its pivot or closes (then it completes) or compensates (then
+    /// the child runs its own compensations). ADR 0023.
+    Child {
+        /// The child saga's type.
+        workflow_type: String,
+        /// The child's version; the latest that is not deprecated when unset.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<u32>,
+    },
 }
+
+/// The activity type of a child step's task: the orchestrator runs it itself
+/// (it starts the child and waits for it), never a worker.
+pub const CHILD_ACTIVITY: &str = "sagaflow.child";
+/// The activity type of a child step's compensation: the orchestrator has
+/// the held child run its own compensations.
+pub const CHILD_COMPENSATION: &str = "sagaflow.child.compensate";
+/// The label a child carries with its parent's workflow id.
+pub const PARENT_LABEL: &str = "sagaflow.parent";
 
 /// The activity that undoes a compensable step, run (in reverse step order)
 /// when a later step fails before the pivot.
@@ -486,6 +506,17 @@ impl Step {
             _ => None,
         }
     }
+
+    /// A step that starts the child saga `workflow_type` and waits for it.
+    pub fn child(name: impl Into<String>, workflow_type: impl Into<String>) -> Self {
+        Self::with_action(name, Action::Child { workflow_type: workflow_type.into(), version: None })
+    }
+
+    /// Whether compensating the saga undoes this step once it was attempted:
+    /// it has a compensation, or it is a child saga (undone by its own).
+    pub fn undoes(&self) -> bool {
+        self.compensation.is_some() || matches!(self.action, Action::Child { .. })
+    }
 }
 
 fn millis(d: Duration) -> u64 {
@@ -638,7 +669,7 @@ impl SagaDefinition {
             match &mut step.action {
                 Action::Sleep { duration_ms } => *duration_ms = scale(*duration_ms),
                 Action::AwaitSignal { timeout_ms, .. } => *timeout_ms = scale(*timeout_ms),
-                Action::Activity { .. } => {}
+                Action::Activity { .. } | Action::Child { .. } => {}
             }
         }
         scaled
@@ -730,6 +761,24 @@ impl SagaDefinition {
                 && activity_type.trim().is_empty()
             {
                 return Err(invalid("the activity type is empty"));
+            }
+            if let Action::Child { workflow_type, .. } = &step.action {
+                if workflow_type.trim().is_empty() {
+                    return Err(invalid("a child step names the child's workflow type"));
+                }
+                if workflow_type == &self.name {
+                    return Err(invalid("a saga cannot start itself as its child"));
+                }
+                if step.kind != StepKind::Compensable {
+                    return Err(invalid(
+                        "a child saga runs before the pivot, where its parent can still undo it: it is compensable",
+                    ));
+                }
+                if step.compensation.is_some() {
+                    return Err(invalid(
+                        "a child step is undone by the child's own compensations: it takes no compensation",
+                    ));
+                }
             }
             if let Some(alert) = &step.alert
                 && (!alert.pointer.starts_with('/') || alert.event.trim().is_empty())

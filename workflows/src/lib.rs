@@ -28,7 +28,7 @@ pub mod shop;
 pub use condition::Condition;
 pub use context::{Context, resolve_pointer};
 pub use definition::{
-    Action, Compensation, DefinitionError, Escalation, FindingsAlert, InputSpec, KeySpec, LifecycleEvents, RetryPolicy,
-    SagaBuilder, SagaDefinition, Source, Step, StepKind, Timeouts,
+    Action, CHILD_ACTIVITY, CHILD_COMPENSATION, Compensation, DefinitionError, Escalation, FindingsAlert, InputSpec,
+    KeySpec, LifecycleEvents, PARENT_LABEL, RetryPolicy, SagaBuilder, SagaDefinition, Source, Step, StepKind, Timeouts,
 };
 pub use policies::PolicyDefaults;

@@ -445,6 +445,7 @@ impl CheckoutService for CheckoutApi {
                 .collect(),
             correlation_id,
             traceparent,
+            parent_workflow_id: String::new(),
         };
         let (checkout_id, already_started) = self.runtime.start_workflow(start).await?;
         // A new start's durable commit holds its first events and no finished
@@ -515,6 +516,7 @@ impl CheckoutService for CheckoutApi {
             labels: HashMap::from([("checkout".to_owned(), request.checkout_id.clone())]),
             correlation_id,
             traceparent,
+            parent_workflow_id: String::new(),
         };
         // A retried refund request is not a new refund: let the start's own
         // idempotency answer it before checking amounts.

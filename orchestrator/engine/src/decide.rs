@@ -5,8 +5,8 @@ use sagaflow_proto::v1::{
     ActivityCompleted, ActivityFailed, ActivityResolved, ActivityScheduled, ActivityStarted, ActivityTimedOut,
     CancelRefused, CancelRequested, CompensationStarted, CompletionIgnored, HistoryEvent, SignalReceived,
     StepEscalated, StepSkipped, StuckCleared, StuckDetected, TimerFired, TimerStarted, WorkflowCancelled,
-    WorkflowCompensated, WorkflowCompleted, WorkflowFailed, WorkflowPaused, WorkflowResumed, WorkflowTerminated,
-    history_event::Attributes,
+    WorkflowCompensated, WorkflowCompleted, WorkflowFailed, WorkflowHeld, WorkflowPaused, WorkflowResumed,
+    WorkflowTerminated, history_event::Attributes,
 };
 use sagaflow_workflows::{Action, InputSpec, RetryPolicy, SagaDefinition, Step, StepKind, Timeouts};
 
@@ -63,6 +63,13 @@ pub enum Input {
     Resume {
         reason: String,
         identity: String,
+    },
+    /// A held child's parent can no longer undo it (it passed its pivot or
+    /// closed): the child completes.
+    Release,
+    /// A held child's parent is compensating: the child undoes its steps.
+    CompensateChild {
+        reason: String,
     },
     /// Nothing new: decide again (after recovery, say).
     Wake,
@@ -193,6 +200,8 @@ pub enum Rejection {
     /// A resolution that does not apply to the step as it is now.
     #[error("{0}")]
     NotResolvable(String),
+    #[error("the workflow is a child saga held for its parent {0}: cancel or terminate the parent instead")]
+    HeldByParent(String),
 }
 
 /// Failures a worker reports for an attempt it cut off midway: its own
@@ -292,6 +301,9 @@ pub fn handle(
             if state.is_terminal() {
                 return Err(Rejection::Terminal(status_name(state)));
             }
+            if state.held {
+                return Err(Rejection::HeldByParent(state.parent.clone().unwrap_or_default()));
+            }
             if state.pivot_passed {
                 let pivot = definition.pivot_index().and_then(|i| definition.steps.get(i)).map(|s| s.name.clone());
                 return Err(Rejection::PastPivot(pivot.unwrap_or_default()));
@@ -335,6 +347,31 @@ pub fn handle(
             }
             Ok(if state.paused.is_some() {
                 vec![Attributes::WorkflowResumed(WorkflowResumed { reason, identity })]
+            } else {
+                Vec::new()
+            })
+        }
+        Input::Release => {
+            if state.is_terminal() {
+                return Err(Rejection::Terminal(status_name(state)));
+            }
+            Ok(if state.held {
+                vec![Attributes::WorkflowCompleted(WorkflowCompleted { result: state.result.clone() })]
+            } else {
+                Vec::new()
+            })
+        }
+        Input::CompensateChild { reason } => {
+            if state.is_terminal() {
+                return Err(Rejection::Terminal(status_name(state)));
+            }
+            // An empty plan (nothing of the child can be undone) still goes
+            // through CompensationStarted, so that the child ends COMPENSATED.
+            Ok(if state.held {
+                vec![Attributes::CompensationStarted(CompensationStarted {
+                    reason,
+                    steps: undo_plan(state, definition),
+                })]
             } else {
                 Vec::new()
             })
@@ -628,7 +665,15 @@ pub fn decide(state: &WorkflowState, definition: &SagaDefinition, now: i64) -> V
     }
     let frontier = state.frontier(definition);
     if frontier.is_empty() {
-        return vec![Attributes::WorkflowCompleted(WorkflowCompleted { result: state.context.steps().to_string() })];
+        let result = state.context.steps().to_string();
+        return match &state.parent {
+            // A child is done only when its parent can no longer undo it.
+            Some(_) if state.held => Vec::new(),
+            Some(parent) => {
+                vec![Attributes::WorkflowHeld(WorkflowHeld { result, parent_workflow_id: parent.clone() })]
+            }
+            None => vec![Attributes::WorkflowCompleted(WorkflowCompleted { result })],
+        };
     }
     let skipped = skip_unmet_conditions(state, definition, &frontier);
     if !skipped.is_empty() {
@@ -695,7 +740,8 @@ pub fn decide(state: &WorkflowState, definition: &SagaDefinition, now: i64) -> V
             continue;
         }
         match &step.action {
-            Action::Activity { activity_type } => {
+            Action::Activity { .. } | Action::Child { .. } => {
+                let activity_type = step.activity_type().unwrap_or(sagaflow_workflows::CHILD_ACTIVITY);
                 let busy = state.tasks.values().any(|t| t.step_index == index && !t.compensation && !t.side);
                 if busy || progress.forward.retry_at.is_some() {
                     continue;
@@ -792,8 +838,10 @@ fn decide_compensation(state: &WorkflowState, definition: &SagaDefinition, plan:
         }];
     };
     let step = &definition.steps[index];
-    let Some(compensation) = &step.compensation else {
-        return Vec::new();
+    let (undo_activity, undo_input) = match (&step.compensation, &step.action) {
+        (Some(compensation), _) => (compensation.activity_type.as_str(), &compensation.input),
+        (None, Action::Child { .. }) => (sagaflow_workflows::CHILD_COMPENSATION, &InputSpec::Context),
+        (None, _) => return Vec::new(),
     };
     let track: &Track = &state.steps[index].undo;
     if let Some(failure) = &track.blocked {
@@ -819,7 +867,7 @@ fn decide_compensation(state: &WorkflowState, definition: &SagaDefinition, plan:
     // was attempted (the only steps a plan holds). A history whose plan names
     // a step that never ran does not fit its definition: left as it is, for
     // the stuck detector, like any such history (see `decide`).
-    schedule(state, definition, index, true, &compensation.activity_type, &compensation.input).into_iter().collect()
+    schedule(state, definition, index, true, undo_activity, undo_input).into_iter().collect()
 }
 
 /// Compensates every compensable step that ever started (including the one
@@ -830,14 +878,7 @@ fn start_compensation(
     reason: String,
     failed: Option<usize>,
 ) -> Vec<Attributes> {
-    let steps: Vec<String> = definition
-        .steps
-        .iter()
-        .enumerate()
-        .rev()
-        .filter(|(i, s)| s.compensation.is_some() && state.steps[*i].forward.attempt > 0)
-        .map(|(_, s)| s.name.clone())
-        .collect();
+    let steps = undo_plan(state, definition);
     if steps.is_empty() {
         return vec![match &state.cancel_requested {
             Some(cancel) => Attributes::WorkflowCancelled(WorkflowCancelled { reason: cancel.clone() }),
@@ -848,6 +889,19 @@ fn start_compensation(
         }];
     }
     vec![Attributes::CompensationStarted(CompensationStarted { reason, steps })]
+}
+
+/// Every step that ever started and can be undone, newest first: the
+/// failed one included, since a timed-out attempt may have taken effect.
+fn undo_plan(state: &WorkflowState, definition: &SagaDefinition) -> Vec<String> {
+    definition
+        .steps
+        .iter()
+        .enumerate()
+        .rev()
+        .filter(|(i, s)| s.undoes() && state.steps[*i].forward.attempt > 0)
+        .map(|(_, s)| s.name.clone())
+        .collect()
 }
 
 fn schedule(

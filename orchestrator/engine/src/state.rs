@@ -104,6 +104,11 @@ pub struct WorkflowState {
     /// An operator paused the workflow, for this reason: nothing new is
     /// decided until `WorkflowResumed`.
     pub paused: Option<String>,
+    /// A child saga: its parent's workflow id.
+    pub parent: Option<String>,
+    /// A child whose steps are done, waiting for its parent to release or
+    /// compensate it.
+    pub held: bool,
 }
 
 pub fn task_id(step_index: usize, compensation: bool, attempt: u32) -> String {
@@ -180,6 +185,8 @@ impl WorkflowState {
             result: String::new(),
             reason: String::new(),
             paused: None,
+            parent: None,
+            held: false,
         }
     }
 
@@ -233,6 +240,7 @@ impl WorkflowState {
                 self.input.clone_from(&started.input);
                 self.labels = started.labels.clone().into_iter().collect();
                 self.correlation_id.clone_from(&started.correlation_id);
+                self.parent = (!started.parent_workflow_id.is_empty()).then(|| started.parent_workflow_id.clone());
                 self.traceparent.clone_from(&started.traceparent);
                 let input = serde_json::from_str(&started.input).unwrap_or(Value::Null);
                 self.context = Context::new(&self.workflow_id, input);
@@ -383,6 +391,7 @@ impl WorkflowState {
                 self.cancel_requested = None;
             }
             Attributes::CompensationStarted(c) => {
+                self.held = false;
                 self.status = WorkflowStatus::Compensating;
                 self.compensation_reason.clone_from(&c.reason);
                 self.compensation_plan = Some(c.steps.iter().filter_map(|name| definition.step_index(name)).collect());
@@ -414,6 +423,11 @@ impl WorkflowState {
                 self.progress(event.seq, event.time_ms);
             }
             Attributes::WorkflowPaused(p) => self.paused = Some(p.reason.clone()),
+            Attributes::WorkflowHeld(h) => {
+                self.held = true;
+                self.result.clone_from(&h.result);
+                self.progress(event.seq, event.time_ms);
+            }
             Attributes::WorkflowResumed(_) => {
                 self.paused = None;
                 // The no-progress clock starts again from the resume: the
@@ -478,6 +492,7 @@ impl WorkflowState {
     fn close(&mut self, status: WorkflowStatus, time_ms: i64, reason: String) {
         self.status = status;
         self.paused = None;
+        self.held = false;
         self.closed_ms = time_ms;
         self.reason = reason;
         self.tasks.clear();

@@ -1510,6 +1510,112 @@ fn a_paused_workflow_can_be_terminated_and_a_closed_one_cannot_be_paused() {
 }
 
 // ---------------------------------------------------------------------------
+// Child sagas (ADR 0023).
+
+/// room, then the child saga `extras`, then pay (the pivot).
+fn with_child() -> SagaDefinition {
+    SagaDefinition::builder("trip-with-extras", 1)
+        .step(Step::activity("room", "hotel.book").compensate_with("hotel.cancel"))
+        .step(Step::child("extras", "extras").input_from("trip", "/input/order"))
+        .step(Step::activity("pay", "payments.capture").pivot())
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_child_step_is_a_task_for_the_orchestrator_and_is_undone_by_its_child() {
+    let mut h = Harness::start(with_child());
+    h.complete("0.f.1", json!({"room": "r-1"}));
+    let Some(Attributes::ActivityScheduled(child)) = h.history.last().and_then(|e| e.attributes.as_ref()) else {
+        panic!("expected the child's task");
+    };
+    assert_eq!(child.activity_type, sagaflow_workflows::CHILD_ACTIVITY);
+    assert_eq!(child.idempotency_key, format!("{WORKFLOW_ID}/extras"), "the child's request id");
+    assert_eq!(serde_json::from_str::<Value>(&child.input).unwrap(), json!({"trip": "o-1"}));
+    h.complete("1.f.1", json!({"seat": {"seat": "12A"}}));
+    let events = h.fail("2.f.1", false);
+    let plan = attrs(&events).find_map(|a| match a {
+        Attributes::CompensationStarted(c) => Some(c.steps.clone()),
+        _ => None,
+    });
+    assert_eq!(plan.unwrap(), ["extras", "room"], "the completed child is undone first");
+    let Some(Attributes::ActivityScheduled(undo)) = events.last().and_then(|e| e.attributes.as_ref()) else {
+        panic!("expected the child's compensation");
+    };
+    assert_eq!(undo.activity_type, sagaflow_workflows::CHILD_COMPENSATION);
+    h.complete("1.c.1", json!({}));
+    h.complete("0.c.1", json!({}));
+    assert_eq!(h.status(), WorkflowStatus::Compensated);
+}
+
+fn start_child(definition: SagaDefinition) -> Harness {
+    let started = WorkflowStarted {
+        workflow_type: definition.name.clone(),
+        definition_version: definition.version,
+        request_id: "parent-1/extras".into(),
+        input: "{}".into(),
+        parent_workflow_id: "parent-1".into(),
+        ..Default::default()
+    };
+    let (state, history) = start(WORKFLOW_ID, started, &definition, T0);
+    Harness { definition, state, history, now: T0 }
+}
+
+#[test]
+fn a_child_is_held_when_done_and_completes_only_when_released() {
+    let mut h = start_child(three_compensable_without_pivot());
+    for task in ["0.f.1", "1.f.1", "2.f.1"] {
+        h.complete(task, json!({"done": task}));
+    }
+    assert_eq!(names(&h.history).last(), Some(&"WorkflowHeld"));
+    assert_eq!(h.status(), WorkflowStatus::Running, "held, not completed: its parent may still undo it");
+    assert!(h.state.held);
+    assert!(matches!(h.cancel(), Err(Rejection::HeldByParent(p)) if p == "parent-1"));
+    assert!(h.run(Input::Wake).is_empty());
+    let events = h.run(Input::Release);
+    assert_eq!(names(&events), ["WorkflowCompleted"]);
+    assert_eq!(serde_json::from_str::<Value>(&h.state.result).unwrap()["c"], json!({"done": "2.f.1"}));
+    assert!(matches!(h.try_run(Input::Release), Err(Rejection::Terminal(_))));
+    h.check_replay();
+}
+
+#[test]
+fn a_held_child_compensated_by_its_parent_undoes_its_steps() {
+    let mut h = start_child(three_compensable_without_pivot());
+    assert!(h.run(Input::CompensateChild { reason: "early".into() }).is_empty(), "not held yet: nothing");
+    for task in ["0.f.1", "1.f.1", "2.f.1"] {
+        h.complete(task, json!({}));
+    }
+    let events = h.run(Input::CompensateChild { reason: "parent parent-1 is compensating".into() });
+    assert_eq!(names(&events), ["CompensationStarted", "ActivityScheduled"]);
+    assert!(!h.state.held);
+    for task in ["2.c.1", "1.c.1", "0.c.1"] {
+        assert_eq!(h.pending(), [task]);
+        h.complete(task, json!({}));
+    }
+    assert_eq!(h.status(), WorkflowStatus::Compensated);
+    assert_eq!(h.state.reason, "parent parent-1 is compensating");
+}
+
+#[test]
+fn a_held_child_with_nothing_to_undo_ends_compensated() {
+    let definition = SagaDefinition::builder("note", 1).step(Step::activity("note", "log.write")).build().unwrap();
+    let mut h = start_child(definition);
+    h.complete("0.f.1", json!({}));
+    let events = h.run(Input::CompensateChild { reason: "parent compensating".into() });
+    assert_eq!(names(&events), ["CompensationStarted", "WorkflowCompensated"]);
+}
+
+fn three_compensable_without_pivot() -> SagaDefinition {
+    SagaDefinition::builder("extras", 1)
+        .step(Step::activity("a", "a.do").compensate_with("a.undo"))
+        .step(Step::activity("b", "b.do").compensate_with("b.undo"))
+        .step(Step::activity("c", "c.do").compensate_with("c.undo"))
+        .build()
+        .unwrap()
+}
+
+// ---------------------------------------------------------------------------
 // Property tests.
 
 #[derive(Debug, Clone)]
@@ -1899,7 +2005,7 @@ fn check_history(definition: &SagaDefinition, history: &[HistoryEvent]) {
                     // (d) never after the pivot.
                     assert!(!pivot_done, "compensation {} after the pivot", s.task_id);
                     // (c) only a started step with a compensation, in plan order.
-                    assert!(definition.steps[index].compensation.is_some());
+                    assert!(definition.steps[index].undoes());
                     assert!(forward_scheduled.contains(&index));
                     let p = plan.as_ref().expect("compensation outside a plan");
                     let position = p.iter().position(|&x| x == index).unwrap();
@@ -1991,12 +2097,8 @@ fn check_history(definition: &SagaDefinition, history: &[HistoryEvent]) {
                 assert!(in_flight.is_empty(), "compensating while {in_flight:?} run");
                 let indices: Vec<usize> = c.steps.iter().map(|name| definition.step_index(name).unwrap()).collect();
                 // Exactly the started steps that can be undone, newest first.
-                let expected: Vec<usize> = forward_scheduled
-                    .iter()
-                    .rev()
-                    .copied()
-                    .filter(|&i| definition.steps[i].compensation.is_some())
-                    .collect();
+                let expected: Vec<usize> =
+                    forward_scheduled.iter().rev().copied().filter(|&i| definition.steps[i].undoes()).collect();
                 assert_eq!(indices, expected);
                 plan = Some(indices);
             }

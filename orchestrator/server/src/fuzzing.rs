@@ -13,7 +13,8 @@ use sagaflow_proto::v1::history_event::Attributes;
 use sagaflow_proto::v1::{
     ActivityCompleted, ActivityFailed, ActivityResolved, ActivityScheduled, ActivityStarted, ActivityTimedOut,
     CancelRefused, CancelRequested, CompensationStarted, HistoryEvent, SignalReceived, StepSkipped, StuckCleared,
-    StuckDetected, TimerFired, TimerStarted, WorkflowCompleted, WorkflowPaused, WorkflowStarted, WorkflowTerminated,
+    StuckDetected, TimerFired, TimerStarted, WorkflowCompleted, WorkflowHeld, WorkflowPaused, WorkflowStarted,
+    WorkflowTerminated,
 };
 use sagaflow_workflows::SagaDefinition;
 
@@ -132,7 +133,7 @@ pub fn engine_inputs(data: &[u8]) {
         }
         now += i64::from(choices.byte()) * 100;
         let known = ids(&state, definition);
-        let input = match choices.below(12) {
+        let input = match choices.below(14) {
             0 | 1 => Input::ActivityOutcome {
                 task_id: choices.text(&known),
                 worker_id: "w".into(),
@@ -180,6 +181,8 @@ pub fn engine_inputs(data: &[u8]) {
             },
             9 => Input::Pause { reason: "r".into(), identity: String::new() },
             10 => Input::Resume { reason: String::new(), identity: String::new() },
+            11 => Input::Release,
+            12 => Input::CompensateChild { reason: "r".into() },
             _ => Input::Stuck {
                 reason: [StuckReason::NoProgress, StuckReason::NoWorker][choices.below(2)],
                 message: String::new(),
@@ -239,7 +242,7 @@ pub fn engine_history(data: &[u8]) {
     while !choices.done() && history.len() < 256 {
         seq = if choices.below(16) == 0 { u64::from(choices.byte()) } else { seq + 1 };
         let task_id = choices.text(&known);
-        let attributes = match choices.below(20) {
+        let attributes = match choices.below(21) {
             0 => Attributes::WorkflowStarted(WorkflowStarted {
                 workflow_type: definition.name.clone(),
                 definition_version: definition.version,
@@ -297,6 +300,7 @@ pub fn engine_history(data: &[u8]) {
                 step_index: u32::from(choices.byte() % 8),
                 condition: "{}".into(),
             }),
+            19 => Attributes::WorkflowHeld(WorkflowHeld { result: "{}".into(), parent_workflow_id: "p".into() }),
             18 => Attributes::WorkflowPaused(WorkflowPaused { reason: "r".into(), identity: String::new() }),
             _ => Attributes::ActivityCompleted(ActivityCompleted { task_id, result: "not json".into() }),
         };

@@ -168,6 +168,7 @@ pub async fn start(
             labels: HashMap::from([("job".to_owned(), name.to_owned())]),
             correlation_id: request_id.to_owned(),
             traceparent: String::new(),
+            parent_workflow_id: String::new(),
         })
         .await
 }

@@ -341,6 +341,9 @@ impl Timeline {
             Attributes::StepEscalated(e) => {
                 format!("{} after attempt {} of {}", e.alert, e.attempt, e.step)
             }
+            Attributes::WorkflowHeld(h) => {
+                format!("steps done; held until parent {} releases or compensates it", h.parent_workflow_id)
+            }
             Attributes::WorkflowPaused(p) => format!("by {}: {}", p.identity, p.reason),
             Attributes::WorkflowResumed(r) => format!(
                 "by {}{}",

@@ -104,6 +104,7 @@ impl WorkflowApi {
             labels: request.labels,
             correlation_id,
             traceparent,
+            parent_workflow_id: String::new(),
         };
         Ok(self.runtime.start_workflow_version(start, request.definition_version).await?)
     }

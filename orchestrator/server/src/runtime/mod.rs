@@ -6,6 +6,7 @@
 //! [`store`](crate::store) commits, [`dispatch`] hands out work, and
 //! [`timers`] wake what waits.
 
+mod children;
 mod definitions;
 mod describe;
 pub mod dispatch;
@@ -78,6 +79,8 @@ pub struct StartRequest {
     pub labels: HashMap<String, String>,
     pub correlation_id: String,
     pub traceparent: String,
+    /// Set when a parent's child step starts this workflow (ADR 0023).
+    pub parent_workflow_id: String,
 }
 
 #[derive(Default)]
@@ -299,6 +302,7 @@ impl Runtime {
             correlation_id: request.correlation_id,
             traceparent: request.traceparent,
             definition_hash,
+            parent_workflow_id: request.parent_workflow_id,
         };
         let now = now_ms();
         let (state, events) = engine::start(&workflow_id, started, &definition, now);
@@ -474,6 +478,7 @@ impl Runtime {
         // Only a start passes a request id, and it has made sure, under the
         // workflow's lock, that no history exists.
         let new_history = request_id.is_some() && events.first().is_some_and(|e| e.seq == 1);
+        let newly_held = events.iter().any(|e| matches!(e.attributes, Some(Attributes::WorkflowHeld(_))));
         let commit = Commit {
             workflow_id: workflow_id.to_owned(),
             events,
@@ -499,7 +504,14 @@ impl Runtime {
             self.inner.dispatch.remove(workflow_id, task_id, outcome_task != Some(task_id.as_str()));
         }
         for task in &delta.new_tasks {
-            self.inner.dispatch.enqueue(task, now);
+            if children::is_child_task(task) {
+                self.run_child_task(task);
+            } else {
+                self.inner.dispatch.enqueue(task, now);
+            }
+        }
+        if newly_held {
+            self.hold_for_parent(workflow_id);
         }
         for timer in delta.new_timers {
             self.inner

@@ -70,6 +70,9 @@ fn current_step(state: &WorkflowState, definition: &SagaDefinition) -> String {
             .map(|&i| format!("undo {}", name(i)))
             .unwrap_or_default();
     }
+    if state.held {
+        return format!("(held for parent {})", state.parent.as_deref().unwrap_or_default());
+    }
     state.cursor().map(name).unwrap_or_default()
 }
 

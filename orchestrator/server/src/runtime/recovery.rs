@@ -51,6 +51,8 @@ impl Runtime {
                     let (workflow_id, task_id) = key;
                     self.inner.timers.arm(now + RECLAIM_GRACE_MS, Alarm::Reclaim { workflow_id, task_id });
                 }
+                // The orchestrator's own tasks (a child step) run again here.
+                _ if super::children::is_child_task(task) => self.run_child_task(task),
                 _ => self.inner.dispatch.enqueue(task, now),
             }
         }
@@ -65,6 +67,10 @@ impl Runtime {
         for workflow_id in &open {
             if let Some(summary) = store.summary(workflow_id)? {
                 self.inner.stuck.observe_summary(&summary);
+                // A child may be held for its parent: wait for the parent again.
+                if summary.labels.contains_key(sagaflow_workflows::PARENT_LABEL) {
+                    self.hold_for_parent(workflow_id);
+                }
             }
         }
         tracing::info!(

@@ -61,6 +61,8 @@ struct Watched {
     sleeping: bool,
     /// Paused by an operator: silent by choice, never flagged for it.
     paused: bool,
+    /// A child held for its parent: silent until the parent decides.
+    held: bool,
     current_step: String,
 }
 
@@ -88,6 +90,7 @@ impl Tracker {
             stuck: state.stuck.as_ref().map(|(r, _, _)| r.clone()),
             sleeping: state.timers.keys().any(|t| t.starts_with("sleep/")),
             paused: state.paused.is_some(),
+            held: state.held,
             current_step: super::records::summary(state, definition).current_step,
         };
         self.lock().insert(state.workflow_id.clone(), watched);
@@ -99,6 +102,7 @@ impl Tracker {
             stuck: (!summary.stuck_reason.is_empty()).then(|| summary.stuck_reason.clone()),
             sleeping: false,
             paused: !summary.paused_reason.is_empty(),
+            held: false,
             current_step: summary.current_step.clone(),
         };
         self.lock().insert(summary.workflow_id.clone(), watched);
@@ -107,7 +111,9 @@ impl Tracker {
     fn silent_since(&self, before_ms: i64) -> Vec<(String, i64, String)> {
         self.lock()
             .iter()
-            .filter(|(_, w)| w.stuck.is_none() && !w.sleeping && !w.paused && w.last_progress_ms <= before_ms)
+            .filter(|(_, w)| {
+                w.stuck.is_none() && !w.sleeping && !w.paused && !w.held && w.last_progress_ms <= before_ms
+            })
             .map(|(id, w)| (id.clone(), w.last_progress_ms, w.current_step.clone()))
             .collect()
     }

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class HistoryEvent(_message.Message):
-    __slots__ = ("seq", "time_ms", "workflow_started", "activity_scheduled", "activity_started", "activity_completed", "activity_failed", "activity_timed_out", "timer_started", "timer_fired", "signal_received", "cancel_requested", "compensation_started", "workflow_completed", "workflow_compensated", "workflow_failed", "workflow_cancelled", "workflow_terminated", "stuck_detected", "stuck_cleared", "step_escalated", "completion_ignored", "cancel_refused", "activity_resolved", "step_skipped", "workflow_paused", "workflow_resumed")
+    __slots__ = ("seq", "time_ms", "workflow_started", "activity_scheduled", "activity_started", "activity_completed", "activity_failed", "activity_timed_out", "timer_started", "timer_fired", "signal_received", "cancel_requested", "compensation_started", "workflow_completed", "workflow_compensated", "workflow_failed", "workflow_cancelled", "workflow_terminated", "stuck_detected", "stuck_cleared", "step_escalated", "completion_ignored", "cancel_refused", "activity_resolved", "step_skipped", "workflow_paused", "workflow_resumed", "workflow_held")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TIME_MS_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_STARTED_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +35,7 @@ class HistoryEvent(_message.Message):
     STEP_SKIPPED_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_PAUSED_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_RESUMED_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_HELD_FIELD_NUMBER: _ClassVar[int]
     seq: int
     time_ms: int
     workflow_started: WorkflowStarted
@@ -62,10 +63,11 @@ class HistoryEvent(_message.Message):
     step_skipped: StepSkipped
     workflow_paused: WorkflowPaused
     workflow_resumed: WorkflowResumed
-    def __init__(self, seq: _Optional[int] = ..., time_ms: _Optional[int] = ..., workflow_started: _Optional[_Union[WorkflowStarted, _Mapping]] = ..., activity_scheduled: _Optional[_Union[ActivityScheduled, _Mapping]] = ..., activity_started: _Optional[_Union[ActivityStarted, _Mapping]] = ..., activity_completed: _Optional[_Union[ActivityCompleted, _Mapping]] = ..., activity_failed: _Optional[_Union[ActivityFailed, _Mapping]] = ..., activity_timed_out: _Optional[_Union[ActivityTimedOut, _Mapping]] = ..., timer_started: _Optional[_Union[TimerStarted, _Mapping]] = ..., timer_fired: _Optional[_Union[TimerFired, _Mapping]] = ..., signal_received: _Optional[_Union[SignalReceived, _Mapping]] = ..., cancel_requested: _Optional[_Union[CancelRequested, _Mapping]] = ..., compensation_started: _Optional[_Union[CompensationStarted, _Mapping]] = ..., workflow_completed: _Optional[_Union[WorkflowCompleted, _Mapping]] = ..., workflow_compensated: _Optional[_Union[WorkflowCompensated, _Mapping]] = ..., workflow_failed: _Optional[_Union[WorkflowFailed, _Mapping]] = ..., workflow_cancelled: _Optional[_Union[WorkflowCancelled, _Mapping]] = ..., workflow_terminated: _Optional[_Union[WorkflowTerminated, _Mapping]] = ..., stuck_detected: _Optional[_Union[StuckDetected, _Mapping]] = ..., stuck_cleared: _Optional[_Union[StuckCleared, _Mapping]] = ..., step_escalated: _Optional[_Union[StepEscalated, _Mapping]] = ..., completion_ignored: _Optional[_Union[CompletionIgnored, _Mapping]] = ..., cancel_refused: _Optional[_Union[CancelRefused, _Mapping]] = ..., activity_resolved: _Optional[_Union[ActivityResolved, _Mapping]] = ..., step_skipped: _Optional[_Union[StepSkipped, _Mapping]] = ..., workflow_paused: _Optional[_Union[WorkflowPaused, _Mapping]] = ..., workflow_resumed: _Optional[_Union[WorkflowResumed, _Mapping]] = ...) -> None: ...
+    workflow_held: WorkflowHeld
+    def __init__(self, seq: _Optional[int] = ..., time_ms: _Optional[int] = ..., workflow_started: _Optional[_Union[WorkflowStarted, _Mapping]] = ..., activity_scheduled: _Optional[_Union[ActivityScheduled, _Mapping]] = ..., activity_started: _Optional[_Union[ActivityStarted, _Mapping]] = ..., activity_completed: _Optional[_Union[ActivityCompleted, _Mapping]] = ..., activity_failed: _Optional[_Union[ActivityFailed, _Mapping]] = ..., activity_timed_out: _Optional[_Union[ActivityTimedOut, _Mapping]] = ..., timer_started: _Optional[_Union[TimerStarted, _Mapping]] = ..., timer_fired: _Optional[_Union[TimerFired, _Mapping]] = ..., signal_received: _Optional[_Union[SignalReceived, _Mapping]] = ..., cancel_requested: _Optional[_Union[CancelRequested, _Mapping]] = ..., compensation_started: _Optional[_Union[CompensationStarted, _Mapping]] = ..., workflow_completed: _Optional[_Union[WorkflowCompleted, _Mapping]] = ..., workflow_compensated: _Optional[_Union[WorkflowCompensated, _Mapping]] = ..., workflow_failed: _Optional[_Union[WorkflowFailed, _Mapping]] = ..., workflow_cancelled: _Optional[_Union[WorkflowCancelled, _Mapping]] = ..., workflow_terminated: _Optional[_Union[WorkflowTerminated, _Mapping]] = ..., stuck_detected: _Optional[_Union[StuckDetected, _Mapping]] = ..., stuck_cleared: _Optional[_Union[StuckCleared, _Mapping]] = ..., step_escalated: _Optional[_Union[StepEscalated, _Mapping]] = ..., completion_ignored: _Optional[_Union[CompletionIgnored, _Mapping]] = ..., cancel_refused: _Optional[_Union[CancelRefused, _Mapping]] = ..., activity_resolved: _Optional[_Union[ActivityResolved, _Mapping]] = ..., step_skipped: _Optional[_Union[StepSkipped, _Mapping]] = ..., workflow_paused: _Optional[_Union[WorkflowPaused, _Mapping]] = ..., workflow_resumed: _Optional[_Union[WorkflowResumed, _Mapping]] = ..., workflow_held: _Optional[_Union[WorkflowHeld, _Mapping]] = ...) -> None: ...
 
 class WorkflowStarted(_message.Message):
-    __slots__ = ("workflow_type", "definition_version", "request_id", "input", "labels", "correlation_id", "traceparent", "definition_hash")
+    __slots__ = ("workflow_type", "definition_version", "request_id", "input", "labels", "correlation_id", "traceparent", "definition_hash", "parent_workflow_id")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +83,7 @@ class WorkflowStarted(_message.Message):
     CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
     TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
     DEFINITION_HASH_FIELD_NUMBER: _ClassVar[int]
+    PARENT_WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
     workflow_type: str
     definition_version: int
     request_id: str
@@ -89,7 +92,8 @@ class WorkflowStarted(_message.Message):
     correlation_id: str
     traceparent: str
     definition_hash: str
-    def __init__(self, workflow_type: _Optional[str] = ..., definition_version: _Optional[int] = ..., request_id: _Optional[str] = ..., input: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., correlation_id: _Optional[str] = ..., traceparent: _Optional[str] = ..., definition_hash: _Optional[str] = ...) -> None: ...
+    parent_workflow_id: str
+    def __init__(self, workflow_type: _Optional[str] = ..., definition_version: _Optional[int] = ..., request_id: _Optional[str] = ..., input: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., correlation_id: _Optional[str] = ..., traceparent: _Optional[str] = ..., definition_hash: _Optional[str] = ..., parent_workflow_id: _Optional[str] = ...) -> None: ...
 
 class ActivityScheduled(_message.Message):
     __slots__ = ("task_id", "step_index", "step", "activity_type", "attempt", "compensation", "input", "idempotency_key")
@@ -322,3 +326,11 @@ class WorkflowResumed(_message.Message):
     reason: str
     identity: str
     def __init__(self, reason: _Optional[str] = ..., identity: _Optional[str] = ...) -> None: ...
+
+class WorkflowHeld(_message.Message):
+    __slots__ = ("result", "parent_workflow_id")
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    PARENT_WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    result: str
+    parent_workflow_id: str
+    def __init__(self, result: _Optional[str] = ..., parent_workflow_id: _Optional[str] = ...) -> None: ...
