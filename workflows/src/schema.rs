@@ -424,7 +424,7 @@ mod tests {
 
         let e = broken(&with(&["steps", "1", "action"], json!({"type": "activty", "activity_type": "x"})));
         assert_eq!(e.path, "steps[1].action.type");
-        assert_eq!(e.rule, "expected \"activity\" or \"sleep\" or \"await_signal\", found \"activty\"");
+        assert_eq!(e.rule, "expected \"activity\" or \"sleep\" or \"await_signal\" or \"child\", found \"activty\"");
 
         let e = broken(&with(&["steps", "1", "kind"], json!("pivit")));
         assert_eq!(e.path, "steps[1].kind");
