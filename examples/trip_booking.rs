@@ -1,6 +1,6 @@
 //! The worker and the client of the trip-booking saga (examples/trip-booking/trip.yaml), a saga
-//! defined as data: a parallel group of holds, a conditional car, a signal wait with a deadline,
-//! a pivot, and a parallel pair of retriable steps after it.
+//! defined as data: a parallel group of holds, a conditional car, a child saga (the insurance), a
+//! signal wait with a deadline, a pivot, and a parallel pair of retriable steps after it.
 //!
 //! Against a server that has the definition applied:
 //!
@@ -82,6 +82,15 @@ fn trip_worker(server: &str) -> Result<Worker, sagaflow_worker::Error> {
         .activity("trip.release_seat", release("seat"))
         .activity("trip.hold_car", hold("car"))
         .activity("trip.release_car", release("car"))
+        .activity("insurance.quote", |_ctx: ActivityContext, _saga: Value| async move {
+            Ok::<_, ActivityError>(json!({ "premium_cents": 2_900 }))
+        })
+        .activity("insurance.bind", |ctx: ActivityContext, _saga: Value| async move {
+            Ok::<_, ActivityError>(json!({ "policy": format!("policy-{}", ctx.idempotency_key()) }))
+        })
+        .activity("insurance.cancel", |_ctx: ActivityContext, saga: Value| async move {
+            Ok::<_, ActivityError>(json!({ "cancelled": saga["steps"]["bind"]["policy"] }))
+        })
         .activity("trip.charge", |_ctx: ActivityContext, saga: Value| async move {
             if saga["input"]["card"] == "declined" {
                 // Not retryable: every attempt would be declined.
@@ -117,6 +126,17 @@ async fn history(client: &mut WorkflowServiceClient<Channel>, workflow_id: &str)
         }
         from_seq = page.next_seq;
     }
+}
+
+/// Waits until the workflow ends: its status and why.
+async fn await_end(
+    client: &mut WorkflowServiceClient<Channel>,
+    workflow_id: &str,
+) -> anyhow::Result<(WorkflowStatus, String)> {
+    let timeout_ms = u32::try_from(Duration::from_secs(30).as_millis())?;
+    let done =
+        client.await_workflow(AwaitWorkflowRequest { workflow_id: workflow_id.into(), timeout_ms }).await?.into_inner();
+    Ok((WorkflowStatus::try_from(done.summary.map(|s| s.status).unwrap_or_default())?, done.reason))
 }
 
 /// "room seat car | charge | tickets points | undo: seat room": what ran, in order.
@@ -198,18 +218,19 @@ async fn main() -> anyhow::Result<()> {
 
     let mut unexpected = Vec::new();
     for (workflow_id, trip) in started {
-        let timeout_ms = u32::try_from(Duration::from_secs(30).as_millis())?;
-        let done = client
-            .await_workflow(AwaitWorkflowRequest { workflow_id: workflow_id.clone(), timeout_ms })
-            .await?
-            .into_inner();
-        let status = WorkflowStatus::try_from(done.summary.map(|s| s.status).unwrap_or_default())?;
+        let (status, reason) = await_end(&mut client, &workflow_id).await?;
         let events = history(&mut client, &workflow_id).await?;
         let traveller = trip.input["traveller"].as_str().unwrap_or_default().to_owned();
-        println!("{traveller:>7}: {:<11} {}", sagaflow_proto::status_name(status), done.reason);
+        println!("{traveller:>7}: {:<11} {reason}", sagaflow_proto::status_name(status));
         println!("         {}", steps_run(&events));
         if status != trip.expected {
             unexpected.push(format!("{traveller} ended {status:?}, expected {:?}", trip.expected));
+        }
+        // The insurance saga ends as its trip does: completed, or undone with it.
+        let (insurance, _) = await_end(&mut client, &format!("{workflow_id}.insurance")).await?;
+        println!("         insurance (a child saga): {}", sagaflow_proto::status_name(insurance));
+        if insurance != trip.expected {
+            unexpected.push(format!("{traveller}'s insurance ended {insurance:?}, expected {:?}", trip.expected));
         }
         let holds = if trip.input["car"] == true { 3 } else { 2 };
         if !holds_ran_at_once(&events, holds) {

@@ -107,10 +107,19 @@ fn the_definition_reference_is_valid_and_complete() {
 fn the_trip_booking_example_is_a_valid_definition() {
     use sagaflow_workflows::{document, schema};
     let text = std::fs::read_to_string(root().join("examples/trip-booking/trip.yaml")).unwrap();
-    let value: serde_json::Value = serde_norway::from_str(&text).unwrap();
-    schema::check(&value).unwrap();
+    use serde::Deserialize;
+    for document in serde_norway::Deserializer::from_str(&text) {
+        schema::check(&serde_json::Value::deserialize(document).unwrap()).unwrap();
+    }
     let definitions = document::parse_yaml(&text).unwrap();
+    assert_eq!(definitions.len(), 2, "the trip and its insurance child");
     let trip = &definitions[0];
+    let child = trip.steps.iter().find_map(|s| match &s.action {
+        sagaflow_workflows::Action::Child { workflow_type, .. } => Some(workflow_type.as_str()),
+        _ => None,
+    });
+    assert_eq!(child, Some(definitions[1].name.as_str()));
+    assert!(definitions[1].pivot_index().is_none(), "a child saga has no pivot");
     let groups: Vec<_> = trip.steps.iter().filter_map(|s| s.parallel.as_deref()).collect();
     assert_eq!(groups, ["holds", "holds", "holds", "after-charge", "after-charge"]);
     assert_eq!(trip.steps.iter().filter(|s| s.when.is_some()).count(), 2);
