@@ -202,6 +202,9 @@ pub enum Rejection {
     NotResolvable(String),
     #[error("the workflow is a child saga held for its parent {0}: cancel or terminate the parent instead")]
     HeldByParent(String),
+    /// A parent's release or compensation of a paused child waits for the resume.
+    #[error("the workflow is paused ({0}): resume it first")]
+    Paused(String),
 }
 
 /// Failures a worker reports for an attempt it cut off midway: its own
@@ -355,6 +358,9 @@ pub fn handle(
             if state.is_terminal() {
                 return Err(Rejection::Terminal(status_name(state)));
             }
+            if let Some(reason) = state.paused.as_ref().filter(|_| state.held) {
+                return Err(Rejection::Paused(reason.clone()));
+            }
             Ok(if state.held {
                 vec![Attributes::WorkflowCompleted(WorkflowCompleted { result: state.result.clone() })]
             } else {
@@ -364,6 +370,9 @@ pub fn handle(
         Input::CompensateChild { reason } => {
             if state.is_terminal() {
                 return Err(Rejection::Terminal(status_name(state)));
+            }
+            if let Some(paused) = state.paused.as_ref().filter(|_| state.held) {
+                return Err(Rejection::Paused(paused.clone()));
             }
             // An empty plan (nothing of the child can be undone) still goes
             // through CompensationStarted, so that the child ends COMPENSATED.

@@ -1641,8 +1641,12 @@ struct RetriableSpec {
 #[derive(Debug, Clone)]
 struct Shape {
     compensable: Vec<CompensableSpec>,
+    /// A child-saga step after the compensable steps.
+    child: bool,
     pivot: Option<u32>,
     retriable: Vec<RetriableSpec>,
+    /// The workflow is itself a child (so it has no pivot): held when done.
+    parented: bool,
 }
 
 impl Shape {
@@ -1673,6 +1677,9 @@ impl Shape {
             }
             builder = builder.step(step);
         }
+        if self.child {
+            builder = builder.step(Step::child("kid", "kid-saga").retry(retry(2)));
+        }
         if let Some(max) = self.pivot {
             builder = builder.step(Step::activity("pivot", "pivot.do").pivot().retry(retry(max)));
             for (i, r) in self.retriable.iter().enumerate() {
@@ -1693,6 +1700,10 @@ impl Shape {
         }
         builder.build().unwrap()
     }
+
+    fn start(&self) -> Harness {
+        if self.parented { start_child(self.definition()) } else { Harness::start(self.definition()) }
+    }
 }
 
 /// Puts a step in `group` and gives it a condition on the input (which the
@@ -1706,6 +1717,13 @@ fn shaped(step: Step, parallel: bool, condition: Option<bool>, group: &str) -> S
         }),
         None => step,
     }
+}
+
+/// The shape as a top-level saga with a pivot (a cancel races it).
+fn with_a_pivot(mut shape: Shape) -> Shape {
+    shape.pivot.get_or_insert(2);
+    shape.parented = false;
+    shape
 }
 
 fn condition() -> impl Strategy<Value = Option<bool>> {
@@ -1739,10 +1757,18 @@ fn shapes() -> impl Strategy<Value = Shape> {
             0..=2,
         ),
     )
-        .prop_map(|(compensable, pivot, retriable)| Shape {
-            retriable: if pivot.is_some() { retriable } else { Vec::new() },
-            compensable,
-            pivot,
+        .prop_flat_map(|(compensable, pivot, retriable)| {
+            (prop::bool::weighted(0.25), prop::bool::weighted(0.25)).prop_map(move |(child, parented)| {
+                // A child saga has no pivot: its parent must be able to undo it.
+                let pivot = if parented { None } else { pivot };
+                Shape {
+                    retriable: if pivot.is_some() { retriable.clone() } else { Vec::new() },
+                    compensable: compensable.clone(),
+                    child,
+                    pivot,
+                    parented,
+                }
+            })
         })
 }
 
@@ -1778,7 +1804,11 @@ fn assert_open_for_a_reason(state: &WorkflowState) {
         return;
     }
     assert!(
-        state.stuck.is_some() || state.paused.is_some() || !state.tasks.is_empty() || !all_timers(state).is_empty(),
+        state.stuck.is_some()
+            || state.paused.is_some()
+            || state.held
+            || !state.tasks.is_empty()
+            || !all_timers(state).is_empty(),
         "an open workflow with nothing to wait on: {state:#?}"
     );
 }
@@ -1817,6 +1847,21 @@ fn drive(h: &mut Harness, m: Move) {
                 assert!(matches!(rejection, Rejection::Terminal(_)));
             }
         }
+        96 | 97 => {
+            // A parent's decision on its held child; a no-op on anything else.
+            let (was_terminal, was_held, was_paused) = (h.state.is_terminal(), h.state.held, h.state.paused.is_some());
+            let input = if m.pick.is_multiple_of(2) {
+                Input::Release
+            } else {
+                Input::CompensateChild { reason: "parent compensating".into() }
+            };
+            match h.try_run(input) {
+                Ok(events) => assert!(was_held || events.is_empty(), "{:?}", names(&events)),
+                Err(Rejection::Terminal(_)) => assert!(was_terminal),
+                Err(Rejection::Paused(_)) => assert!(was_held && was_paused),
+                Err(other) => panic!("refused as {other:?}"),
+            }
+        }
         0 | 98 | 99 => {
             let was_terminal = h.state.is_terminal();
             let result = if h.state.paused.is_some() { resume(h) } else { pause(h) };
@@ -1824,11 +1869,13 @@ fn drive(h: &mut Harness, m: Move) {
         }
         1..=3 => {
             let was_terminal = h.state.is_terminal();
+            let was_held = h.state.held;
             let pivot_passed = h.state.pivot_passed;
             match h.cancel() {
                 Ok(events) => assert!(!was_terminal && !pivot_passed, "{:?}", names(&events)),
                 Err(Rejection::Terminal(_)) => assert!(was_terminal),
                 Err(Rejection::PastPivot(_)) => assert!(pivot_passed),
+                Err(Rejection::HeldByParent(_)) => assert!(was_held),
                 Err(other) => panic!("a cancel refused as {other:?}"),
             }
         }
@@ -1907,6 +1954,8 @@ fn operate(h: &mut Harness, answer: u8) {
         h.fire(&id);
     } else if h.state.paused.is_some() {
         resume(h).unwrap();
+    } else if h.state.held {
+        h.run(Input::Release);
     } else if h.state.stuck.is_some() {
         h.signal(RETRY_SIGNAL, json!({}));
     } else {
@@ -1957,6 +2006,8 @@ fn check_history(definition: &SagaDefinition, history: &[HistoryEvent]) {
     let mut closed = false;
     let mut in_flight: BTreeSet<String> = BTreeSet::new();
     let mut paused = false;
+    let mut parented = false;
+    let mut held = false;
     let is_pivot = |task_id: &str| parse_task_id(task_id).is_some_and(|(i, c, _)| !c && Some(i) == pivot);
 
     for (i, event) in history.iter().enumerate() {
@@ -1993,7 +2044,17 @@ fn check_history(definition: &SagaDefinition, history: &[HistoryEvent]) {
         match attributes {
             Attributes::WorkflowPaused(_) => paused = true,
             Attributes::WorkflowResumed(_) => paused = false,
-            Attributes::WorkflowStarted(_) => assert_eq!(i, 0),
+            Attributes::WorkflowStarted(started) => {
+                assert_eq!(i, 0);
+                parented = !started.parent_workflow_id.is_empty();
+            }
+            Attributes::WorkflowHeld(_) => {
+                // (j) a child is held once every step is done, and only a child.
+                assert!(parented, "held without a parent");
+                assert!(plan.is_none());
+                assert_eq!(forward_completed.len() + skipped.len(), definition.steps.len());
+                held = true;
+            }
             Attributes::ActivityScheduled(s) => {
                 let index = s.step_index as usize;
                 let (step, compensation, attempt) = parse_task_id(&s.task_id).unwrap();
@@ -2104,6 +2165,7 @@ fn check_history(definition: &SagaDefinition, history: &[HistoryEvent]) {
             }
             Attributes::WorkflowCompleted(_) => {
                 assert!(plan.is_none());
+                assert!(!parented || held, "a child completes only once held and released");
                 assert_eq!(forward_completed.len() + skipped.len(), definition.steps.len());
             }
             Attributes::WorkflowCompensated(_) | Attributes::WorkflowCancelled(_) => {
@@ -2123,7 +2185,7 @@ proptest! {
     #[test]
     fn random_drivers_keep_the_saga_invariants(shape in shapes(), script in moves()) {
         let definition = shape.definition();
-        let mut h = Harness::start(definition.clone());
+        let mut h = shape.start();
         assert_open_for_a_reason(&h.state);
         for m in script {
             drive(&mut h, m);
@@ -2142,7 +2204,7 @@ proptest! {
     ) {
         // Workers fail now and then but never lie; nobody cancels or terminates.
         let definition = shape.definition();
-        let mut h = Harness::start(definition.clone());
+        let mut h = shape.start();
         let mut failures = failures.into_iter();
         for _ in 0..300 {
             if h.state.is_terminal() {
@@ -2167,15 +2229,14 @@ proptest! {
 
     #[test]
     fn a_cancel_waits_for_a_definite_pivot_outcome(
-        shape in shapes(),
+        shape in shapes().prop_map(with_a_pivot),
         answers in prop::collection::vec(0u8..20, 0..40),
         cancel_at in 0usize..30,
     ) {
         // Workers answer at random (timeouts included); a cancel arrives at a
         // random moment; an operator retries whatever is stuck.
         let definition = shape.definition();
-        prop_assume!(definition.pivot_index().is_some());
-        let mut h = Harness::start(definition.clone());
+        let mut h = shape.start();
         let mut answers = answers.into_iter();
         let mut cancel_recorded = false;
         for round in 0..400 {

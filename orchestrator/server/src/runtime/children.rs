@@ -133,10 +133,14 @@ impl Runtime {
                 let status = sagaflow_proto::status_name(state.status);
                 return Ok(Outcome::Completed(serde_json::json!({ "child": child, "status": status }).to_string()));
             }
-            if state.held {
+            // A paused child is compensated once an operator resumes it.
+            if state.held && state.paused.is_none() {
                 let reason = format!("parent {parent} is compensating");
-                self.decide(&child, Input::CompensateChild { reason }).await?;
-                continue;
+                match self.decide(&child, Input::CompensateChild { reason }).await {
+                    // Paused meanwhile: look again.
+                    Ok(_) | Err(Error::FailedPrecondition(_)) => continue,
+                    Err(e) => return Err(e),
+                }
             }
             self.wait_for_change(&child, state.last_seq, LOOK_AGAIN).await?;
         }
@@ -169,8 +173,17 @@ impl Runtime {
                 Err(e) => return Err(e),
             };
             if parent_state.as_ref().is_none_or(past_undoing) {
-                self.decide(child, Input::Release).await?;
-                return Ok(());
+                if state.paused.is_some() {
+                    // Released once an operator resumes it.
+                    self.wait_for_change(child, state.last_seq, LOOK_AGAIN).await?;
+                    continue;
+                }
+                match self.decide(child, Input::Release).await {
+                    Ok(_) => return Ok(()),
+                    // Paused meanwhile: look again.
+                    Err(Error::FailedPrecondition(_)) => continue,
+                    Err(e) => return Err(e),
+                }
             }
             let seen = parent_state.map_or(0, |p| p.last_seq);
             self.wait_for_change(&parent, seen, LOOK_AGAIN).await?;
