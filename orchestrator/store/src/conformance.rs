@@ -245,6 +245,28 @@ pub async fn queue_pauses_are_stored_replaced_deleted_and_survive_a_rebuild(stor
     assert!(matches!(store.commit(long), Err(Error::IdTooLong { .. })));
 }
 
+pub async fn a_closed_workflow_is_deleted_whole_and_an_open_one_refused(store: &dyn Store) {
+    let closed = |id: &str, request: &str, status: WorkflowStatus| Commit {
+        summary: Some(summary(id, status, "t")),
+        request_id: Some(request.into()),
+        ..append(id, 1..=3)
+    };
+    store.commit(closed("done", "req-done", WorkflowStatus::Completed)).unwrap().wait().await.unwrap();
+    store.commit(closed("open", "req-open", WorkflowStatus::Running)).unwrap().wait().await.unwrap();
+    assert!(matches!(store.commit(Commit::delete("open", "req-open")), Err(Error::StillOpen(_))));
+    assert_eq!(store.history("open", 1, 10).unwrap().len(), 3, "a refused deletion removes nothing");
+
+    store.commit(Commit::delete("done", "req-done")).unwrap().wait().await.unwrap();
+    assert!(store.history("done", 1, 10).unwrap().is_empty());
+    assert_eq!(store.last_seq("done").unwrap(), 0);
+    assert!(store.summary("done").unwrap().is_none());
+    assert!(store.workflow_for_request("req-done").unwrap().is_none(), "the request id may start anew");
+    assert!(!store.all_workflows().unwrap().contains(&"done".to_owned()));
+    // The id can hold a new history from 1, as a fresh workflow's.
+    store.commit(closed("done", "req-again", WorkflowStatus::Completed)).unwrap().wait().await.unwrap();
+    assert_eq!(store.history("done", 1, 10).unwrap().len(), 3);
+}
+
 /// 64 writers commit at once; every commit resolves and every event is there.
 pub async fn concurrent_commits_all_become_durable(store: Arc<dyn Store>) {
     let mut writers = Vec::new();
@@ -285,7 +307,8 @@ macro_rules! store_conformance_suite {
             outbox_sequence_increases_across_commits,
             clearing_derived_records_keeps_histories,
             definitions_are_stored_in_one_commit_and_survive_a_rebuild,
-            queue_pauses_are_stored_replaced_deleted_and_survive_a_rebuild);
+            queue_pauses_are_stored_replaced_deleted_and_survive_a_rebuild,
+            a_closed_workflow_is_deleted_whole_and_an_open_one_refused);
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn concurrent_commits_all_become_durable() {
             let (store, _guard) = $make;

@@ -30,8 +30,8 @@ pub trait Kv: Send + Sync + 'static {
     fn scan(&self, from: &[u8], prefix: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<()>;
     fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<Vec<u8>>>;
     /// [`last_with_prefix`](Kv::last_with_prefix) for a prefix whose keys are
-    /// only ever added in increasing order and never deleted (a history): an
-    /// engine may then answer from its newest writes alone.
+    /// only ever added in increasing order and deleted only all at once (a
+    /// history): an engine may then answer from its newest writes alone.
     fn last_appended(&self, prefix: &[u8]) -> Result<Option<Vec<u8>>> {
         self.last_with_prefix(prefix)
     }
@@ -128,6 +128,22 @@ impl<K: Kv> KvStore<K> {
             let key = keys::definition(&definition.workflow_type, definition.version);
             writes.push((key, Some(definition.encode_to_vec())));
         }
+        if let Some(delete) = &commit.delete {
+            if self.kv.get(&keys::raw(keys::OPEN, wf))?.is_some() {
+                return Err(Error::StillOpen(wf.to_owned()));
+            }
+            let prefix = keys::history_prefix(wf);
+            self.kv.scan(&prefix, &prefix, &mut |key, _| {
+                writes.push((key.to_vec(), None));
+                true
+            })?;
+            writes.push((keys::raw(keys::SUMMARY, wf), None));
+            // Only if it still names this workflow: a later start may own it.
+            let request = keys::raw(keys::REQUEST, &delete.request_id);
+            if self.kv.get(&request)?.as_deref() == Some(wf.as_bytes()) {
+                writes.push((request, None));
+            }
+        }
         for pause in &commit.put_queue_pauses {
             writes.push((keys::raw(keys::QUEUE_PAUSE, &pause.queue), Some(pause.encode_to_vec())));
         }
@@ -188,6 +204,14 @@ fn check_ids(commit: &Commit) -> Result<()> {
     commit.put_definitions.iter().try_for_each(|d| fit(&d.workflow_type))?;
     commit.put_queue_pauses.iter().try_for_each(|p| fit(&p.queue))?;
     commit.delete_queue_pauses.iter().try_for_each(|queue| fit(queue))?;
+    if let Some(delete) = &commit.delete
+        && !keys::fits(&delete.request_id)
+    {
+        return Err(Error::IdTooLong {
+            prefix: delete.request_id.chars().take(32).collect(),
+            len: delete.request_id.len(),
+        });
+    }
     commit.put_timers.iter().chain(&commit.delete_timers).try_for_each(|timer| fit(&timer.workflow_id))
 }
 

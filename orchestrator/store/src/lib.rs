@@ -63,6 +63,10 @@ pub enum Error {
     /// An earlier flush failed; nothing more is acknowledged.
     #[error("a flush failed earlier ({0}); the store is read-only until restarted")]
     FlushFailed(String),
+    /// A deletion named a workflow that is still open: only a closed
+    /// workflow's records may go.
+    #[error("workflow {0} is still open; only a closed workflow can be deleted")]
+    StillOpen(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -89,6 +93,7 @@ impl Commit {
             put_definitions,
             put_queue_pauses,
             delete_queue_pauses,
+            delete,
         } = self;
         !put_leases.is_empty()
             && events.is_empty()
@@ -102,11 +107,21 @@ impl Commit {
             && put_definitions.is_empty()
             && put_queue_pauses.is_empty()
             && delete_queue_pauses.is_empty()
+            && delete.is_none()
     }
 
     /// Only definitions: a registration, in one atomic batch however many it carries.
     pub fn definitions(definitions: Vec<DefinitionRecord>) -> Self {
         Self { put_definitions: definitions, ..Self::default() }
+    }
+
+    /// Only the deletion of a closed workflow (see [`DeleteWorkflow`]).
+    pub fn delete(workflow_id: impl Into<String>, request_id: impl Into<String>) -> Self {
+        Self {
+            workflow_id: workflow_id.into(),
+            delete: Some(DeleteWorkflow { request_id: request_id.into() }),
+            ..Self::default()
+        }
     }
 
     /// Only a queue pause: `pause` puts the record, `resume` deletes the queue's.
@@ -152,6 +167,16 @@ pub struct Commit {
     pub put_queue_pauses: Vec<QueuePauseRecord>,
     /// Activity queues resumed by this commit.
     pub delete_queue_pauses: Vec<String>,
+    /// Removes the (closed) workflow: its history, index row and the request
+    /// id that started it, so that the request id may start a new one.
+    pub delete: Option<DeleteWorkflow>,
+}
+
+/// What the deletion of a workflow removes besides the records under its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteWorkflow {
+    /// The request id its `WorkflowStarted` names.
+    pub request_id: String,
 }
 
 /// A page of the workflow index.

@@ -22,6 +22,17 @@ use super::kv_store::Write;
 /// Keys to their newest value in one layer; `None` is a deletion.
 pub type Layer = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
+/// What the overlay knows of the greatest key under an appended prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Appended {
+    /// The greatest key, live.
+    Live(Vec<u8>),
+    /// The newest write there is a deletion: ask the full merge.
+    Deleted,
+    /// Nothing in memory: ask the engine below.
+    Absent,
+}
+
 #[derive(Default)]
 struct Layers {
     active: Layer,
@@ -135,12 +146,18 @@ impl Overlay {
     }
 
     /// The greatest key under `prefix` in the newest layer that has one, for
-    /// keys that are only added in increasing order and never deleted: there
-    /// the newest layer's greatest key is also the greatest overall.
-    pub fn last_appended(&self, prefix: &[u8]) -> Option<Vec<u8>> {
+    /// keys that are only added in increasing order and deleted only all at
+    /// once (a history, and a deleted workflow's): while that key is live it
+    /// is also the greatest overall. A deletion on top leaves the answer to
+    /// the full merge.
+    pub fn last_appended(&self, prefix: &[u8]) -> Appended {
         let layers = self.read();
         let end = prefix_end(prefix);
-        layers.newest_first().find_map(|layer| under(layer, prefix, &end).next_back().map(|(key, _)| key.clone()))
+        match layers.newest_first().find_map(|layer| under(layer, prefix, &end).next_back()) {
+            Some((key, Some(_))) => Appended::Live(key.clone()),
+            Some((_, None)) => Appended::Deleted,
+            None => Appended::Absent,
+        }
     }
 
     #[cfg(test)]
@@ -392,12 +409,15 @@ mod tests {
     #[test]
     fn the_newest_layer_answers_for_appended_keys() {
         let overlay = Overlay::default();
-        assert_eq!(overlay.last_appended(b"h"), None);
+        assert_eq!(overlay.last_appended(b"h"), Appended::Absent);
         overlay.apply(vec![put("h1", ""), put("h2", "")], b"");
         let _ = overlay.take_unlogged(|_| true);
-        assert_eq!(overlay.last_appended(b"h"), Some(b"h2".to_vec()));
+        assert_eq!(overlay.last_appended(b"h"), Appended::Live(b"h2".to_vec()));
         overlay.apply(vec![put("h3", ""), put("x9", "")], b"");
-        assert_eq!(overlay.last_appended(b"h"), Some(b"h3".to_vec()));
+        assert_eq!(overlay.last_appended(b"h"), Appended::Live(b"h3".to_vec()));
+        // A deleted history: the newest write is a deletion.
+        overlay.apply(vec![(b"h3".to_vec(), None), (b"h2".to_vec(), None)], b"");
+        assert_eq!(overlay.last_appended(b"h"), Appended::Deleted);
     }
 
     #[test]

@@ -400,8 +400,11 @@ impl Kv for SledKv {
     fn last_appended(&self, prefix: &[u8]) -> Result<Option<Vec<u8>>> {
         // Recent workflows are answered from memory, without a sled read
         // (which would wait for a checkpoint's batch in progress).
-        if let Some(key) = self.overlay.last_appended(prefix) {
-            return Ok(Some(key));
+        match self.overlay.last_appended(prefix) {
+            crate::overlay::Appended::Live(key) => return Ok(Some(key)),
+            // A deleted workflow (rare): the merge weighs the deletions.
+            crate::overlay::Appended::Deleted => return self.last_with_prefix(prefix),
+            crate::overlay::Appended::Absent => {}
         }
         // Most misses are new workflows, with nothing in sled either. A
         // forward probe answers those several times cheaper than the

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use sagaflow_proto::v1::workflow_service_client::WorkflowServiceClient;
 use sagaflow_proto::v1::{
-    AwaitWorkflowRequest, AwaitWorkflowResponse, CancelWorkflowRequest, DescribeWorkflowRequest,
+    AwaitWorkflowRequest, AwaitWorkflowResponse, CancelWorkflowRequest, DeleteWorkflowRequest, DescribeWorkflowRequest,
     ExecuteWorkflowRequest, GetWorkflowHistoryRequest, ListWorkflowTypesRequest, ListWorkflowsRequest,
     PauseWorkflowRequest, ResolveActivityRequest, ResolvedOutcome, ResumeWorkflowRequest, SignalWorkflowRequest,
     StartWorkflowRequest, TerminateWorkflowRequest, WorkflowStatus, WorkflowSummary,
@@ -121,6 +121,13 @@ pub enum WorkflowCommand {
         /// Why, for the history.
         #[arg(long, default_value = "")]
         reason: String,
+    },
+    /// Delete a closed workflow now: its history, its index row and its request id (a start
+    /// reusing that request id then starts a new workflow). Refused for an open workflow.
+    /// Operators only.
+    Delete {
+        /// The workflow's id.
+        workflow_id: String,
     },
     /// Terminate: stop at once, with no compensation.
     Terminate {
@@ -439,6 +446,16 @@ pub async fn run(command: WorkflowCommand, server: &str, output: Output) -> anyh
                 );
             } else {
                 outln!("cancel of {workflow_id} recorded: its completed steps are being compensated");
+            }
+        }
+        WorkflowCommand::Delete { workflow_id } => {
+            client
+                .delete_workflow(DeleteWorkflowRequest { workflow_id: workflow_id.clone() })
+                .await
+                .map_err(status_error)?;
+            match output {
+                Output::Json => outln!("{}", serde_json::json!({"workflow_id": workflow_id, "deleted": true})),
+                Output::Text => outln!("{workflow_id} deleted: its history, index row and request id are gone"),
             }
         }
         WorkflowCommand::Pause { workflow_id, reason } => {

@@ -5,15 +5,15 @@ use std::time::Duration;
 
 use sagaflow_proto::v1::workflow_service_server::WorkflowService;
 use sagaflow_proto::v1::{
-    AwaitWorkflowRequest, AwaitWorkflowResponse, CancelWorkflowRequest, CancelWorkflowResponse,
-    DescribeWorkflowRequest, DescribeWorkflowResponse, ExecuteWorkflowRequest, ExecuteWorkflowResponse,
-    GetWorkflowHistoryRequest, GetWorkflowHistoryResponse, ListQueuesRequest, ListQueuesResponse,
-    ListWorkflowTypesRequest, ListWorkflowTypesResponse, ListWorkflowsRequest, ListWorkflowsResponse,
-    PauseQueueRequest, PauseQueueResponse, PauseWorkflowRequest, PauseWorkflowResponse, QueueInfo, QueueWorker,
-    ResolveActivityRequest, ResolveActivityResponse, ResolvedOutcome, ResumeQueueRequest, ResumeQueueResponse,
-    ResumeWorkflowRequest, ResumeWorkflowResponse, SignalWorkflowRequest, SignalWorkflowResponse, StartWorkflowRequest,
-    StartWorkflowResponse, TerminateWorkflowRequest, TerminateWorkflowResponse, WorkflowStatus, WorkflowSummary,
-    WorkflowType,
+    AwaitWorkflowRequest, AwaitWorkflowResponse, CancelWorkflowRequest, CancelWorkflowResponse, DeleteWorkflowRequest,
+    DeleteWorkflowResponse, DescribeWorkflowRequest, DescribeWorkflowResponse, ExecuteWorkflowRequest,
+    ExecuteWorkflowResponse, GetWorkflowHistoryRequest, GetWorkflowHistoryResponse, ListQueuesRequest,
+    ListQueuesResponse, ListWorkflowTypesRequest, ListWorkflowTypesResponse, ListWorkflowsRequest,
+    ListWorkflowsResponse, PauseQueueRequest, PauseQueueResponse, PauseWorkflowRequest, PauseWorkflowResponse,
+    QueueInfo, QueueWorker, ResolveActivityRequest, ResolveActivityResponse, ResolvedOutcome, ResumeQueueRequest,
+    ResumeQueueResponse, ResumeWorkflowRequest, ResumeWorkflowResponse, SignalWorkflowRequest, SignalWorkflowResponse,
+    StartWorkflowRequest, StartWorkflowResponse, TerminateWorkflowRequest, TerminateWorkflowResponse, WorkflowStatus,
+    WorkflowSummary, WorkflowType,
 };
 use tonic::{Request, Response, Status};
 
@@ -290,6 +290,16 @@ impl WorkflowService for WorkflowApi {
             .decide(&request.workflow_id, Input::Resume { reason: request.reason, identity: request.identity })
             .await?;
         Ok(Response::new(ResumeWorkflowResponse { changed: !events.is_empty() }))
+    }
+
+    async fn delete_workflow(
+        &self,
+        request: Request<DeleteWorkflowRequest>,
+    ) -> Result<Response<DeleteWorkflowResponse>, Status> {
+        let request = request.into_inner();
+        self.workflow_id(&request.workflow_id)?;
+        self.runtime.delete_workflow(&request.workflow_id).await?;
+        Ok(Response::new(DeleteWorkflowResponse {}))
     }
 
     async fn terminate_workflow(

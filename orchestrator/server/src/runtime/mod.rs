@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
-use sagaflow_proto::v1::{HistoryEvent, WorkflowStarted, WorkflowSummary, history_event::Attributes};
+use sagaflow_proto::v1::{HistoryEvent, WorkflowStarted, WorkflowStatus, WorkflowSummary, history_event::Attributes};
 use sagaflow_workflows::SagaDefinition;
 use tokio::sync::watch;
 
@@ -495,6 +495,7 @@ impl Runtime {
             put_definitions: Vec::new(),
             put_queue_pauses: Vec::new(),
             delete_queue_pauses: Vec::new(),
+            delete: None,
         };
         let started = std::time::Instant::now();
         self.inner.store.commit(commit)?.wait().await?;
@@ -649,6 +650,34 @@ impl Runtime {
             Some(Attributes::WorkflowTerminated(t)) => (String::new(), t.reason.clone()),
             _ => Default::default(),
         })
+    }
+
+    /// Deletes a closed workflow's history, index row and request id, under
+    /// its lock so that no decision interleaves; durable when this returns.
+    pub async fn delete_workflow(&self, workflow_id: &str) -> Result<()> {
+        let slot = self.slot(workflow_id);
+        let guard = slot.lock().await;
+        let summary = self.describe(workflow_id).await;
+        let result = match summary {
+            Ok(summary) if !sagaflow_proto::is_terminal(summary.status) => Err(Error::FailedPrecondition(format!(
+                "workflow {workflow_id} is {}: only a closed workflow can be deleted; cancel or terminate it first",
+                sagaflow_proto::status_name(WorkflowStatus::try_from(summary.status).unwrap_or_default())
+            ))),
+            Ok(summary) => match self.inner.store.commit(Commit::delete(workflow_id, summary.request_id)) {
+                Ok(durable) => durable.wait().await.map_err(Error::from),
+                Err(store::Error::StillOpen(_)) => {
+                    Err(Error::FailedPrecondition(format!("workflow {workflow_id} is still open")))
+                }
+                Err(e) => Err(e.into()),
+            },
+            Err(e) => Err(e),
+        };
+        drop(guard);
+        self.forget(workflow_id);
+        if result.is_ok() {
+            tracing::info!(workflow_id, "workflow deleted");
+        }
+        result
     }
 
     /// The durable summary of a workflow.

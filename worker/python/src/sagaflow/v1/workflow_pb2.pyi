@@ -403,6 +403,16 @@ class PauseWorkflowResponse(_message.Message):
     changed: bool
     def __init__(self, changed: _Optional[bool] = ...) -> None: ...
 
+class DeleteWorkflowRequest(_message.Message):
+    __slots__ = ("workflow_id",)
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    workflow_id: str
+    def __init__(self, workflow_id: _Optional[str] = ...) -> None: ...
+
+class DeleteWorkflowResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class ResumeWorkflowRequest(_message.Message):
     __slots__ = ("workflow_id", "reason", "identity")
     WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]

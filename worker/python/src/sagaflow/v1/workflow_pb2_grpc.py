@@ -91,6 +91,11 @@ class WorkflowServiceStub:
                 request_serializer=sagaflow_dot_v1_dot_workflow__pb2.ResumeWorkflowRequest.SerializeToString,
                 response_deserializer=sagaflow_dot_v1_dot_workflow__pb2.ResumeWorkflowResponse.FromString,
                 _registered_method=True)
+        self.DeleteWorkflow = channel.unary_unary(
+                '/sagaflow.v1.WorkflowService/DeleteWorkflow',
+                request_serializer=sagaflow_dot_v1_dot_workflow__pb2.DeleteWorkflowRequest.SerializeToString,
+                response_deserializer=sagaflow_dot_v1_dot_workflow__pb2.DeleteWorkflowResponse.FromString,
+                _registered_method=True)
         self.ListWorkflowTypes = channel.unary_unary(
                 '/sagaflow.v1.WorkflowService/ListWorkflowTypes',
                 request_serializer=sagaflow_dot_v1_dot_workflow__pb2.ListWorkflowTypesRequest.SerializeToString,
@@ -204,6 +209,16 @@ class WorkflowServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteWorkflow(self, request, context):
+        """Deletes a closed workflow now: its history, its index row and the
+        request id that started it, so that a start reusing that request id
+        starts a new workflow. An open workflow is FAILED_PRECONDITION; an
+        unknown one NOT_FOUND. Operators only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListWorkflowTypes(self, request, context):
         """The registered saga definitions, every version.
         """
@@ -302,6 +317,11 @@ def add_WorkflowServiceServicer_to_server(servicer, server):
                     servicer.ResumeWorkflow,
                     request_deserializer=sagaflow_dot_v1_dot_workflow__pb2.ResumeWorkflowRequest.FromString,
                     response_serializer=sagaflow_dot_v1_dot_workflow__pb2.ResumeWorkflowResponse.SerializeToString,
+            ),
+            'DeleteWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteWorkflow,
+                    request_deserializer=sagaflow_dot_v1_dot_workflow__pb2.DeleteWorkflowRequest.FromString,
+                    response_serializer=sagaflow_dot_v1_dot_workflow__pb2.DeleteWorkflowResponse.SerializeToString,
             ),
             'ListWorkflowTypes': grpc.unary_unary_rpc_method_handler(
                     servicer.ListWorkflowTypes,
@@ -628,6 +648,33 @@ class WorkflowService:
             '/sagaflow.v1.WorkflowService/ResumeWorkflow',
             sagaflow_dot_v1_dot_workflow__pb2.ResumeWorkflowRequest.SerializeToString,
             sagaflow_dot_v1_dot_workflow__pb2.ResumeWorkflowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sagaflow.v1.WorkflowService/DeleteWorkflow',
+            sagaflow_dot_v1_dot_workflow__pb2.DeleteWorkflowRequest.SerializeToString,
+            sagaflow_dot_v1_dot_workflow__pb2.DeleteWorkflowResponse.FromString,
             options,
             channel_credentials,
             insecure,
