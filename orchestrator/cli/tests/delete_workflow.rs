@@ -61,7 +61,8 @@ async fn a_closed_workflow_is_deleted_durably_and_its_request_id_starts_anew() {
     assert_eq!(history.unwrap_err().code(), Code::NotFound);
     let listed = sagaflow(&server, &["workflow", "list", "--all"]).await;
     let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
-    let ids: Vec<&str> = listed["workflows"].as_array().unwrap().iter().filter_map(|w| w["workflow_id"].as_str()).collect();
+    let ids: Vec<&str> =
+        listed["workflows"].as_array().unwrap().iter().filter_map(|w| w["workflow_id"].as_str()).collect();
     assert!(!ids.contains(&done.as_str()) && ids.contains(&open.as_str()), "{ids:?}");
 
     // The request id is free again: a start with it is a new workflow.

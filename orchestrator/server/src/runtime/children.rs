@@ -19,14 +19,18 @@ use crate::store::TaskRecord;
 
 /// How long one wait for a workflow's progress lasts before it looks again.
 const LOOK_AGAIN: Duration = Duration::from_secs(30);
-/// The worker id the history names for outcomes the orchestrator reports.
-const REPORTER: &str = "sagaflow.child";
+/// The worker id the history (and `describe`) names for a child step's task.
+pub(super) const REPORTER: &str = "sagaflow.child";
 /// The error type a parent's child step fails with when its child ended
 /// without completing: it already undid itself, so the failure is definite.
 const CHILD_FAILED: &str = "ChildFailed";
 
 pub(super) fn is_child_task(task: &TaskRecord) -> bool {
-    task.task.as_ref().is_some_and(|t| t.activity_type == CHILD_ACTIVITY || t.activity_type == CHILD_COMPENSATION)
+    task.task.as_ref().is_some_and(|t| is_child_activity(&t.activity_type))
+}
+
+pub(super) fn is_child_activity(activity_type: &str) -> bool {
+    activity_type == CHILD_ACTIVITY || activity_type == CHILD_COMPENSATION
 }
 
 /// A child's workflow id: its parent's, then the step's name.

@@ -22,6 +22,10 @@ impl Runtime {
                 let view = self.dispatch().view(workflow_id, &task.task_id);
                 let (task_state, worker_id) = match view.map(|v| v.state) {
                     Some(TaskState::Leased { worker_id, .. }) => ("LEASED", worker_id),
+                    // A child step's task is held by the orchestrator itself.
+                    None if super::children::is_child_activity(&task.activity_type) => {
+                        ("LEASED", super::children::REPORTER.to_owned())
+                    }
                     _ => ("QUEUED", String::new()),
                 };
                 PendingActivity {
