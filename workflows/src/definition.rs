@@ -559,6 +559,11 @@ pub struct SagaDefinition {
     /// effective policies; kept here for readers, and left out when empty.
     #[serde(default, skip_serializing_if = "PolicyDefaults::is_empty")]
     pub defaults: PolicyDefaults,
+    /// How long a closed workflow of this saga is kept, in milliseconds,
+    /// before its history, index row and request id are deleted; unset: the
+    /// server's `--retention` (7 days by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_ms: Option<u64>,
 }
 
 /// Domain events published when a saga starts, completes, or is undone.
@@ -617,6 +622,7 @@ impl SagaDefinition {
                 steps: Vec::new(),
                 events: LifecycleEvents::default(),
                 operator_only: false,
+                retention_ms: None,
                 started_by: None,
                 defaults: PolicyDefaults::default(),
             },
@@ -658,6 +664,7 @@ impl SagaDefinition {
             ..r.clone()
         };
         let mut scaled = self.clone();
+        scaled.retention_ms = self.retention_ms.map(scale);
         scaled.defaults = self.defaults.map_durations(retry, timeouts);
         for step in &mut scaled.steps {
             step.timeouts = timeouts(step.timeouts);

@@ -43,6 +43,11 @@ pub fn record_stuck(by_reason: &HashMap<String, usize>, open: usize) {
     metrics::gauge!("sagaflow_open_workflows").set(open as f64);
 }
 
+/// A closed workflow deleted by retention.
+pub fn record_expired(workflow_type: &str) {
+    metrics::counter!("sagaflow_workflows_expired_total", "workflow_type" => workflow_type.to_owned()).increment(1);
+}
+
 /// Workflows an operator paused: held on purpose, so not in the stuck gauge.
 pub fn record_paused(paused: usize) {
     metrics::gauge!("sagaflow_paused_workflows").set(paused as f64);

@@ -25,6 +25,7 @@ use crate::jobs::{self, JobsOptions};
 use crate::limits::Limits;
 use crate::registry::Registry;
 use crate::runtime::lease_token::LeaseKey;
+use crate::runtime::retention::RetentionPolicy;
 use crate::runtime::{Runtime, StuckPolicy};
 use crate::store::{MemoryStore, SledStore, Store};
 use crate::tls::TlsFiles;
@@ -80,6 +81,8 @@ pub struct Options {
     pub admission: AdmissionOptions,
     /// The self-healing jobs' schedule.
     pub jobs: JobsOptions,
+    /// How long closed workflows are kept, and how often expired ones go.
+    pub retention: RetentionPolicy,
 }
 
 impl Default for Options {
@@ -96,6 +99,7 @@ impl Default for Options {
             tls: None,
             admission: AdmissionOptions::default(),
             jobs: JobsOptions::default(),
+            retention: RetentionPolicy::default(),
         }
     }
 }
@@ -227,6 +231,7 @@ impl Server {
         let (grpc_cap, http_cap) = crate::connections::caps(open_files);
         tracing::info!(open_files, grpc_connections = grpc_cap, http_connections = http_cap, "open-file limit");
         let runtime = Runtime::start(store, registry, apply, options.limits, options.stuck, lease_key).await?;
+        tokio::spawn(runtime.clone().expire_closed_workflows(options.retention));
         let grpc =
             TcpListener::bind(options.listen).await.map_err(|source| Error::Bind { addr: options.listen, source })?;
         let grpc_addr = grpc.local_addr().map_err(|source| Error::Bind { addr: options.listen, source })?;

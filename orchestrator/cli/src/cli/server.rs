@@ -68,6 +68,13 @@ pub struct ServerArgs {
     /// How often the stuck-saga detector looks.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub stuck_check_interval: Duration,
+    /// How long a closed workflow is kept before its history, index row and request id are
+    /// deleted, when its saga sets no `retention_ms` (a request id then starts a new workflow).
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    pub retention: Duration,
+    /// How often closed workflows past their retention are looked for and deleted.
+    #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+    pub retention_check_interval: Duration,
     /// Relay domain events to NATS JetStream at this URL (nats://HOST:PORT); without it they stay in the outbox.
     #[arg(long, env = "SAGAFLOW_NATS_URL", value_parser = sagaflow_server::relay::parse_url)]
     pub nats_url: Option<String>,
@@ -156,6 +163,10 @@ pub async fn run(args: ServerArgs, logging: &Logging) -> anyhow::Result<()> {
             no_progress_after: args.no_progress_after,
             no_worker_after: args.no_worker_after,
             interval: args.stuck_check_interval,
+        },
+        retention: sagaflow_server::runtime::retention::RetentionPolicy {
+            default: args.retention,
+            interval: args.retention_check_interval,
         },
         jobs: sagaflow_server::jobs::JobsOptions {
             interval: Some(args.jobs_interval).filter(|i| !i.is_zero()),

@@ -16,6 +16,7 @@ mod queues;
 mod reads;
 mod records;
 mod recovery;
+pub mod retention;
 mod stuck;
 pub mod timers;
 

@@ -1,0 +1,89 @@
+//! Retention: closed workflows are deleted once their saga's retention (or
+//! the server's default) has passed since they closed. A background pass
+//! pages through the index and deletes each expired workflow in its own
+//! commit ([`Runtime::delete_workflow`]), so a crash at any point leaves
+//! every workflow either whole or gone, and the next pass goes on. Commits of
+//! live workflows share the group commit with it and never wait for a pass.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::timers::now_ms;
+use super::{Error, Result, Runtime};
+
+/// Index rows read per page of a pass.
+const PAGE: usize = 500;
+/// Index rows a page may scan past (open or young workflows) before it
+/// yields, so that a pass never holds the store for long.
+const SCAN_BUDGET: usize = 20_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionPolicy {
+    /// How long a closed workflow is kept when its saga sets no `retention_ms`.
+    pub default: Duration,
+    /// How often a pass runs.
+    pub interval: Duration,
+}
+
+impl Default for RetentionPolicy {
+    fn default() -> Self {
+        Self { default: Duration::from_secs(7 * 24 * 3600), interval: Duration::from_secs(60) }
+    }
+}
+
+impl Runtime {
+    /// Runs a pass every `policy.interval`, for the life of the server.
+    pub async fn expire_closed_workflows(self, policy: RetentionPolicy) {
+        let mut ticker = tokio::time::interval(policy.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            match self.expire_once(policy.default).await {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(deleted, "closed workflows past their retention deleted"),
+                Err(e) => tracing::warn!(error = %e, "retention pass failed; the next one goes on"),
+            }
+        }
+    }
+
+    /// One pass: deletes every closed workflow whose retention has passed,
+    /// and returns how many.
+    pub async fn expire_once(&self, default: Duration) -> Result<usize> {
+        let default_ms = i64::try_from(default.as_millis()).unwrap_or(i64::MAX);
+        let mut after: Option<String> = None;
+        let mut deleted = 0;
+        loop {
+            let now = now_ms();
+            let page = {
+                let registry = self.registry();
+                let expired = |summary: &sagaflow_proto::v1::WorkflowSummary| {
+                    let retention = registry
+                        .get(&summary.workflow_type, summary.definition_version)
+                        .and_then(|d| d.retention_ms)
+                        .map_or(default_ms, |ms| i64::try_from(ms).unwrap_or(i64::MAX));
+                    sagaflow_proto::is_terminal(summary.status)
+                        && summary.closed_ms > 0
+                        && summary.closed_ms.saturating_add(retention) <= now
+                };
+                self.inner.store.list("", after.as_deref(), PAGE, SCAN_BUDGET, &expired)?
+            };
+            for summary in &page.workflows {
+                match self.delete_workflow(&summary.workflow_id).await {
+                    Ok(()) => {
+                        deleted += 1;
+                        crate::metrics::record_expired(&summary.workflow_type);
+                    }
+                    // Deleted meanwhile (by an operator, say).
+                    Err(Error::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            match page.next_after {
+                Some(next) => after = Some(next),
+                None => return Ok(deleted),
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+}
