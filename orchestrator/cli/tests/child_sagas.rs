@@ -9,7 +9,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    BIN, ServerProcess, WorkerProcess, await_end, event_names, full_history, start_request, status_of, wait_for_event,
+    ServerProcess, WorkerProcess, apply_definitions, await_end, event_names, full_history, start_request, status_of,
+    wait_for_event,
 };
 use sagaflow_proto::v1::history_event::Attributes;
 use sagaflow_proto::v1::{CancelWorkflowRequest, SignalWorkflowRequest};
@@ -71,14 +72,7 @@ async fn started_and_held(
 async fn a_child_is_undone_with_its_parent_and_released_past_the_parents_pivot_across_a_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path(), &[]).await;
-    let file = dir.path().join("trip.yaml");
-    std::fs::write(&file, DEFINITIONS).unwrap();
-    let applied = tokio::process::Command::new(BIN)
-        .args(["--server", &server.url, "definition", "apply", file.to_str().unwrap()])
-        .output()
-        .await
-        .unwrap();
-    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    apply_definitions(&server, dir.path(), DEFINITIONS).await;
     // The first capture is declined for good: that trip compensates.
     let worker = WorkerProcess::start(&server.url, &["--fault", "bench.capture=fatal:1"]).await;
     let mut client = server.client().await;

@@ -8,7 +8,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{BIN, ServerProcess, WorkerProcess, await_end, scrape, start_request, status_of, write_test_definitions};
+use common::{
+    ServerProcess, WorkerProcess, apply_definitions, await_end, scrape, start_request, status_of,
+    write_test_definitions,
+};
 use sagaflow_proto::v1::DescribeWorkflowRequest;
 use tonic::Code;
 
@@ -32,14 +35,7 @@ async fn closed_workflows_go_after_their_retention_and_others_stay() {
     let tests = write_test_definitions(dir.path());
     let args = ["--definitions", tests.to_str().unwrap(), "--retention", "1s", "--retention-check-interval", "100ms"];
     let server = ServerProcess::start(dir.path(), &args).await;
-    let file = dir.path().join("retention.yaml");
-    std::fs::write(&file, DEFINITIONS).unwrap();
-    let applied = tokio::process::Command::new(BIN)
-        .args(["--server", &server.url, "definition", "apply", file.to_str().unwrap()])
-        .output()
-        .await
-        .unwrap();
-    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    apply_definitions(&server, dir.path(), DEFINITIONS).await;
     let worker = WorkerProcess::start(&server.url, &[]).await;
     let mut client = server.client().await;
 

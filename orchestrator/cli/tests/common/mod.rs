@@ -382,6 +382,18 @@ pub fn write_test_definitions(dir: &Path) -> PathBuf {
     path
 }
 
+/// Writes `yaml` to a file in `dir` and applies it with `sagaflow definition apply`.
+pub async fn apply_definitions(server: &ServerProcess, dir: &Path, yaml: &str) {
+    let file = dir.join("definitions.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let applied = tokio::process::Command::new(BIN)
+        .args(["--server", &server.url, "definition", "apply", file.to_str().unwrap()])
+        .output()
+        .await
+        .unwrap();
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+}
+
 /// Waits until a worker holds the step's task (leases are not in the
 /// history, so this asks describe).
 pub async fn wait_until_leased(client: &mut WorkflowServiceClient<Channel>, workflow_id: &str, step: &str) {
