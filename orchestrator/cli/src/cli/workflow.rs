@@ -459,41 +459,14 @@ pub async fn run(command: WorkflowCommand, server: &str, output: Output) -> anyh
             }
         }
         WorkflowCommand::Pause { workflow_id, reason } => {
-            let response = client
-                .pause_workflow(PauseWorkflowRequest { workflow_id: workflow_id.clone(), reason, identity: identity() })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            match output {
-                Output::Json => outln!(
-                    "{}",
-                    serde_json::json!({"workflow_id": workflow_id, "paused": true, "changed": response.changed})
-                ),
-                Output::Text if response.changed => outln!(
-                    "{workflow_id} paused: nothing new is scheduled; attempts already running finish. \
-                     `sagaflow workflow resume {workflow_id}` lets it go on"
-                ),
-                Output::Text => outln!("{workflow_id} was already paused; nothing changed"),
-            }
+            let request = PauseWorkflowRequest { workflow_id: workflow_id.clone(), reason, identity: identity() };
+            let changed = client.pause_workflow(request).await.map_err(status_error)?.into_inner().changed;
+            print_pause(&workflow_id, true, changed, output)?;
         }
         WorkflowCommand::Resume { workflow_id, reason } => {
-            let response = client
-                .resume_workflow(ResumeWorkflowRequest {
-                    workflow_id: workflow_id.clone(),
-                    reason,
-                    identity: identity(),
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            match output {
-                Output::Json => outln!(
-                    "{}",
-                    serde_json::json!({"workflow_id": workflow_id, "paused": false, "changed": response.changed})
-                ),
-                Output::Text if response.changed => outln!("{workflow_id} resumed"),
-                Output::Text => outln!("{workflow_id} was not paused; nothing changed"),
-            }
+            let request = ResumeWorkflowRequest { workflow_id: workflow_id.clone(), reason, identity: identity() };
+            let changed = client.resume_workflow(request).await.map_err(status_error)?.into_inner().changed;
+            print_pause(&workflow_id, false, changed, output)?;
         }
         WorkflowCommand::Resolve { workflow_id, step, outcome, reason, result } => {
             let result = result.unwrap_or_default();
@@ -693,6 +666,23 @@ async fn step_order(client: &mut WorkflowServiceClient<Conn>, workflow_type: &st
         .find(|t| t.name == workflow_type && t.version == version)
         .map(|t| render::step_names(&t.definition))
         .unwrap_or_default()
+}
+
+/// What `workflow pause` or `resume` did: `paused` is the state asked for.
+fn print_pause(workflow_id: &str, paused: bool, changed: bool, output: Output) -> anyhow::Result<()> {
+    match (output, paused, changed) {
+        (Output::Json, ..) => {
+            outln!("{}", serde_json::json!({"workflow_id": workflow_id, "paused": paused, "changed": changed}));
+        }
+        (Output::Text, true, true) => outln!(
+            "{workflow_id} paused: nothing new is scheduled; attempts already running finish. \
+             `sagaflow workflow resume {workflow_id}` lets it go on"
+        ),
+        (Output::Text, true, false) => outln!("{workflow_id} was already paused; nothing changed"),
+        (Output::Text, false, true) => outln!("{workflow_id} resumed"),
+        (Output::Text, false, false) => outln!("{workflow_id} was not paused; nothing changed"),
+    }
+    Ok(())
 }
 
 pub fn identity() -> String {

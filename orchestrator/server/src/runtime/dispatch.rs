@@ -223,6 +223,10 @@ impl Dispatch {
         self.persist(leases);
     }
 
+    pub fn is_paused(&self, queue: &str) -> bool {
+        self.lock().paused.contains_key(queue)
+    }
+
     /// The paused queues, by name.
     pub fn paused_queues(&self) -> Vec<QueuePauseRecord> {
         let mut paused: Vec<QueuePauseRecord> = self.lock().paused.values().cloned().collect();

@@ -11,7 +11,7 @@ impl Runtime {
     /// Pauses `queue`; false when it was already paused (the record keeps
     /// its first reason).
     pub async fn pause_queue(&self, queue: &str, reason: &str, identity: &str) -> Result<bool> {
-        if self.inner.dispatch.paused_queues().iter().any(|p| p.queue == queue) {
+        if self.inner.dispatch.is_paused(queue) {
             return Ok(false);
         }
         let record = QueuePauseRecord {
@@ -29,7 +29,7 @@ impl Runtime {
 
     /// Resumes `queue`; false when it was not paused.
     pub async fn resume_queue(&self, queue: &str, identity: &str) -> Result<bool> {
-        if !self.inner.dispatch.paused_queues().iter().any(|p| p.queue == queue) {
+        if !self.inner.dispatch.is_paused(queue) {
             return Ok(false);
         }
         self.inner.store.commit(Commit::queue_pause(None, Some(queue.to_owned())))?.wait().await?;
