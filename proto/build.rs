@@ -24,6 +24,7 @@ const JSON_FIELDS: &[&str] = &[
     ".sagaflow.v1.ActivityResolved.result",
     ".sagaflow.v1.StepSkipped.condition",
     ".sagaflow.v1.WorkflowHeld.result",
+    ".sagaflow.v1.CarriedStep.result",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -67,6 +68,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "WorkflowPaused",
         "WorkflowResumed",
         "WorkflowHeld",
+        "CarriedStep",
     ] {
         builder = builder.type_attribute(format!(".sagaflow.v1.{message}"), "#[derive(serde::Serialize)]");
     }

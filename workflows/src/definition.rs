@@ -178,6 +178,8 @@ pub const CHILD_ACTIVITY: &str = "sagaflow.child";
 pub const CHILD_COMPENSATION: &str = "sagaflow.child.compensate";
 /// The label a child carries with its parent's workflow id.
 pub const PARENT_LABEL: &str = "sagaflow.parent";
+/// The label a redriven run carries: the id of the run it redrives (ADR 0025).
+pub const REDRIVE_LABEL: &str = "sagaflow.redrive_of";
 
 /// The activity that undoes a compensable step, run (in reverse step order)
 /// when a later step fails before the pivot.

@@ -29,6 +29,7 @@ pub use condition::Condition;
 pub use context::{Context, resolve_pointer};
 pub use definition::{
     Action, CHILD_ACTIVITY, CHILD_COMPENSATION, Compensation, DefinitionError, Escalation, FindingsAlert, InputSpec,
-    KeySpec, LifecycleEvents, PARENT_LABEL, RetryPolicy, SagaBuilder, SagaDefinition, Source, Step, StepKind, Timeouts,
+    KeySpec, LifecycleEvents, PARENT_LABEL, REDRIVE_LABEL, RetryPolicy, SagaBuilder, SagaDefinition, Source, Step,
+    StepKind, Timeouts,
 };
 pub use policies::PolicyDefaults;

@@ -446,6 +446,7 @@ impl CheckoutService for CheckoutApi {
             correlation_id,
             traceparent,
             parent_workflow_id: String::new(),
+            redrive: None,
         };
         let (checkout_id, already_started) = self.runtime.start_workflow(start).await?;
         // A new start's durable commit holds its first events and no finished
@@ -517,6 +518,7 @@ impl CheckoutService for CheckoutApi {
             correlation_id,
             traceparent,
             parent_workflow_id: String::new(),
+            redrive: None,
         };
         // A retried refund request is not a new refund: let the start's own
         // idempotency answer it before checking amounts.

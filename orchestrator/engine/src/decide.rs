@@ -922,9 +922,13 @@ fn schedule(
     input: &InputSpec,
 ) -> Result<Attributes, String> {
     let step = &definition.steps[index];
-    let forward_key = match &state.steps[index].idempotency_key {
-        Some(key) => key.clone(),
-        None => state.context.key_for(&step.idempotency_key, &state.workflow_id, &step.name)?,
+    let forward_key = match (&state.steps[index].idempotency_key, &state.redrive) {
+        (Some(key), _) => key.clone(),
+        (None, None) => state.context.key_for(&step.idempotency_key, &state.workflow_id, &step.name)?,
+        (None, Some((_, number))) => {
+            let key = state.context.key_for(&step.idempotency_key, &state.workflow_id, &step.name)?;
+            format!("{key}/redrive-{number}")
+        }
     };
     let idempotency_key = if compensation { format!("{forward_key}/compensate") } else { forward_key };
     let attempt = state.track(index, compensation).map_or(0, |t| t.attempt) + 1;

@@ -3,6 +3,7 @@
 //! the whole saga semantics is tested with tables and property tests.
 
 mod decide;
+mod redrive;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -11,6 +12,7 @@ pub use decide::{
     Input, Outcome, Rejection, Resolution, StuckReason, TimeoutKind, decide, handle, run,
     timeout_leaves_outcome_unknown,
 };
+pub use redrive::{RedrivePlan, Unredrivable, redrive_plan};
 pub use state::{
     PendingTask, RETRY_SIGNAL, SIGNAL_TIMEOUT, StepState, StepStatus, Track, WorkflowState, is_side_task,
     parse_task_id, task_id,

@@ -109,6 +109,9 @@ pub struct WorkflowState {
     /// A child whose steps are done, waiting for its parent to release or
     /// compensate it.
     pub held: bool,
+    /// A redriven run (ADR 0025): the run it redrives, and its number in the
+    /// chain, which every idempotency key of this run ends with.
+    pub redrive: Option<(String, u32)>,
 }
 
 pub fn task_id(step_index: usize, compensation: bool, attempt: u32) -> String {
@@ -187,6 +190,7 @@ impl WorkflowState {
             paused: None,
             parent: None,
             held: false,
+            redrive: None,
         }
     }
 
@@ -247,6 +251,12 @@ impl WorkflowState {
                 self.status = WorkflowStatus::Running;
                 self.started_ms = event.time_ms;
                 self.steps = vec![StepState::default(); definition.steps.len()];
+                if !started.redrive_of.is_empty() {
+                    self.redrive = Some((started.redrive_of.clone(), started.redrive));
+                }
+                for carried in &started.carried_steps {
+                    self.carry_over(definition, carried);
+                }
                 self.progress(event.seq, event.time_ms);
             }
             Attributes::ActivityScheduled(s) if is_side_task(&s.task_id) => {
@@ -464,6 +474,23 @@ impl WorkflowState {
             step.status = StepStatus::Completed;
             let result = serde_json::from_str(result).unwrap_or(Value::Null);
             self.context.set_step_result(&name, result);
+        }
+    }
+
+    /// A step a redriven run takes over as the earlier run left it.
+    fn carry_over(&mut self, definition: &SagaDefinition, carried: &sagaflow_proto::v1::CarriedStep) {
+        let index = carried.step_index as usize;
+        if carried.skipped {
+            if let Some(step) = self.steps.get_mut(index) {
+                step.status = StepStatus::Skipped;
+            }
+            return;
+        }
+        self.settle(definition, index, false, &carried.result);
+        // An await-signal step's input is also read as `/signals/NAME`.
+        if let Some(Action::AwaitSignal { signal, .. }) = definition.steps.get(index).map(|s| &s.action) {
+            let input = serde_json::from_str(&carried.result).unwrap_or(Value::Null);
+            self.context.set_signal(signal, input);
         }
     }
 

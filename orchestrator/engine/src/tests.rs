@@ -2262,3 +2262,108 @@ proptest! {
         }
     }
 }
+
+// Redrive (ADR 0025).
+
+/// A quote (nothing to undo), an approval, then the pivot keyed by the order.
+fn quoted_payment() -> SagaDefinition {
+    SagaDefinition::builder("quoted-payment", 1)
+        .step(Step::activity("quote", "prices.quote"))
+        .step(Step::await_signal("approve", "approved", Duration::ZERO))
+        .step(
+            Step::activity("pay", "payments.capture")
+                .pivot()
+                .idempotency_key_from("/input/order")
+                .input_from("by", "/signals/approved/by")
+                .input_from("price", "/steps/quote/cents"),
+        )
+        .build()
+        .unwrap()
+}
+
+/// Starts the redrive of `ended` as the engine's start would.
+fn redrive(ended: &Harness, number: u32) -> Harness {
+    let plan = super::redrive_plan(&ended.state, &ended.definition).unwrap();
+    let started = WorkflowStarted {
+        workflow_type: ended.definition.name.clone(),
+        definition_version: ended.definition.version,
+        request_id: format!("sagaflow.redrive/{WORKFLOW_ID}"),
+        input: ended.state.input.clone(),
+        redrive_of: WORKFLOW_ID.into(),
+        redrive: number,
+        carried_steps: plan.carried,
+        ..Default::default()
+    };
+    let definition = ended.definition.clone();
+    let (state, history) = start(WORKFLOW_ID, started, &definition, T0 + 60_000);
+    let harness = Harness { definition, state, history, now: T0 + 60_000 };
+    harness.check_replay();
+    harness
+}
+
+#[test]
+fn a_failed_run_is_redriven_from_the_failed_step_with_the_steps_that_stand() {
+    let mut h = Harness::start(quoted_payment());
+    h.complete("0.f.1", json!({"cents": 1200}));
+    h.signal("approved", json!({"by": "alice"}));
+    assert_eq!(scheduled(&h.history).last().unwrap(), &("2.f.1".to_owned(), "o-1".to_owned()));
+    h.fail("2.f.1", false);
+    assert_eq!(h.status(), WorkflowStatus::Failed, "nothing ran that can be undone");
+
+    let plan = super::redrive_plan(&h.state, &h.definition).unwrap();
+    assert_eq!(plan.from_step.as_deref(), Some("pay"));
+    let carried: Vec<&str> = plan.carried.iter().map(|c| c.step.as_str()).collect();
+    assert_eq!(carried, ["quote", "approve"]);
+
+    let r = redrive(&h, 1);
+    assert_eq!(r.state.steps[0].status, StepStatus::Completed);
+    assert_eq!(r.state.steps[1].status, StepStatus::Completed);
+    assert_eq!(
+        names(&r.history),
+        ["WorkflowStarted", "ActivityScheduled"],
+        "the pivot runs at once, nothing before it"
+    );
+    let Some(Attributes::ActivityScheduled(pay)) = &r.history[1].attributes else { unreachable!() };
+    assert_eq!((pay.task_id.as_str(), pay.idempotency_key.as_str()), ("2.f.1", "o-1/redrive-1"));
+    let input: Value = serde_json::from_str(&pay.input).unwrap();
+    assert_eq!(input, json!({"by": "alice", "price": 1200}), "carried results and signals are read as before");
+}
+
+#[test]
+fn a_compensated_run_is_redriven_from_its_first_undone_step_with_fresh_keys() {
+    let mut h = Harness::start(three_compensable());
+    h.complete("0.f.1", json!({}));
+    h.fail("1.f.1", false);
+    h.complete("1.c.1", json!({}));
+    h.complete("0.c.1", json!({}));
+    assert_eq!(h.status(), WorkflowStatus::Compensated);
+
+    let mut r = redrive(&h, 2);
+    assert_eq!(r.pending(), ["0.f.1"], "an undone step runs again");
+    r.complete("0.f.1", json!({}));
+    r.complete("1.f.1", json!({}));
+    r.complete("2.f.1", json!({}));
+    r.complete("3.f.1", json!({}));
+    assert_eq!(r.status(), WorkflowStatus::Completed);
+    for (task, key) in scheduled(&r.history) {
+        assert!(key.ends_with("/redrive-2"), "{task}: {key}");
+    }
+}
+
+#[test]
+fn only_failed_or_compensated_top_level_runs_are_redriven() {
+    let mut h = Harness::start(trip());
+    let refused = super::redrive_plan(&h.state, &h.definition).unwrap_err();
+    assert!(refused.to_string().contains("RUNNING"), "{refused}");
+    h.complete("0.f.1", json!({}));
+    h.complete("1.f.1", json!({}));
+    h.complete("2.f.1", json!({}));
+    assert_eq!(h.status(), WorkflowStatus::Completed);
+    assert!(matches!(super::redrive_plan(&h.state, &h.definition), Err(super::Unredrivable::Status(..))));
+
+    let mut child = Harness::start(quoted_payment());
+    child.fail("0.f.1", false);
+    assert_eq!(child.status(), WorkflowStatus::Failed);
+    child.state.parent = Some("parent-1".into());
+    assert!(matches!(super::redrive_plan(&child.state, &child.definition), Err(super::Unredrivable::Child(..))));
+}

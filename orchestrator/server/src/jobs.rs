@@ -169,6 +169,7 @@ pub async fn start(
             correlation_id: request_id.to_owned(),
             traceparent: String::new(),
             parent_workflow_id: String::new(),
+            redrive: None,
         })
         .await
 }

@@ -293,13 +293,21 @@ impl Timeline {
             return format!("#{:<4} {}  (unknown event)", event.seq, time_of_day(event.time_ms));
         };
         let detail = match attributes {
-            Attributes::WorkflowStarted(s) => format!(
-                "{} v{} request={} input={}",
-                s.workflow_type,
-                s.definition_version,
-                s.request_id,
-                self.payload(&s.input)
-            ),
+            Attributes::WorkflowStarted(s) => {
+                let mut line = format!(
+                    "{} v{} request={} input={}",
+                    s.workflow_type,
+                    s.definition_version,
+                    s.request_id,
+                    self.payload(&s.input)
+                );
+                if !s.redrive_of.is_empty() {
+                    let carried: Vec<&str> = s.carried_steps.iter().map(|c| c.step.as_str()).collect();
+                    let carried = if carried.is_empty() { "none".to_owned() } else { carried.join(" ") };
+                    line.push_str(&format!(" redrive {} of {}, carried over: {carried}", s.redrive, s.redrive_of));
+                }
+                line
+            }
             Attributes::ActivityScheduled(s) => {
                 let what = if s.compensation { format!("undo {}", s.step) } else { s.step.clone() };
                 self.step_of.insert(s.task_id.clone(), what.clone());

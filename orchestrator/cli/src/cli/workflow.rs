@@ -9,8 +9,8 @@ use sagaflow_proto::v1::workflow_service_client::WorkflowServiceClient;
 use sagaflow_proto::v1::{
     AwaitWorkflowRequest, AwaitWorkflowResponse, CancelWorkflowRequest, DeleteWorkflowRequest, DescribeWorkflowRequest,
     ExecuteWorkflowRequest, GetWorkflowHistoryRequest, ListWorkflowTypesRequest, ListWorkflowsRequest,
-    PauseWorkflowRequest, ResolveActivityRequest, ResolvedOutcome, ResumeWorkflowRequest, SignalWorkflowRequest,
-    StartWorkflowRequest, TerminateWorkflowRequest, WorkflowStatus, WorkflowSummary,
+    PauseWorkflowRequest, RedriveWorkflowRequest, ResolveActivityRequest, ResolvedOutcome, ResumeWorkflowRequest,
+    SignalWorkflowRequest, StartWorkflowRequest, TerminateWorkflowRequest, WorkflowStatus, WorkflowSummary,
 };
 
 use super::Output;
@@ -127,6 +127,15 @@ pub enum WorkflowCommand {
     /// Operators only.
     Delete {
         /// The workflow's id.
+        workflow_id: String,
+    },
+    /// Run a FAILED or COMPENSATED workflow again once its cause is fixed, as a new run
+    /// (`ID.redrive-N`, labelled `sagaflow.redrive_of=ID`) on the same definition version and
+    /// input. The steps that stand (completed or skipped, never undone) are carried over; the
+    /// rest run again with fresh idempotency keys. Redriving the same run twice answers with the
+    /// same new run. Operators only.
+    Redrive {
+        /// The ended workflow's id.
         workflow_id: String,
     },
     /// Terminate: stop at once, with no compensation.
@@ -456,6 +465,37 @@ pub async fn run(command: WorkflowCommand, server: &str, output: Output) -> anyh
             match output {
                 Output::Json => outln!("{}", serde_json::json!({"workflow_id": workflow_id, "deleted": true})),
                 Output::Text => outln!("{workflow_id} deleted: its history, index row and request id are gone"),
+            }
+        }
+        WorkflowCommand::Redrive { workflow_id } => {
+            let redriven = client
+                .redrive_workflow(RedriveWorkflowRequest { workflow_id: workflow_id.clone() })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            match output {
+                Output::Json => outln!(
+                    "{}",
+                    serde_json::json!({
+                        "workflow_id": redriven.workflow_id,
+                        "redrive_of": workflow_id,
+                        "from_step": redriven.from_step,
+                        "carried_steps": redriven.carried_steps,
+                        "already_redriven": redriven.already_redriven,
+                    })
+                ),
+                Output::Text => {
+                    let verb = if redriven.already_redriven { "was already redriven as" } else { "redriven as" };
+                    outln!("{workflow_id} {verb} {}", redriven.workflow_id);
+                    if redriven.from_step.is_empty() {
+                        outln!("  every step stands; the new run only closes");
+                    } else {
+                        outln!("  runs again from step {}", redriven.from_step);
+                    }
+                    if !redriven.carried_steps.is_empty() {
+                        outln!("  carried over: {}", redriven.carried_steps.join(" "));
+                    }
+                }
             }
         }
         WorkflowCommand::Pause { workflow_id, reason } => {

@@ -10,10 +10,10 @@ use sagaflow_proto::v1::{
     ExecuteWorkflowResponse, GetWorkflowHistoryRequest, GetWorkflowHistoryResponse, ListQueuesRequest,
     ListQueuesResponse, ListWorkflowTypesRequest, ListWorkflowTypesResponse, ListWorkflowsRequest,
     ListWorkflowsResponse, PauseQueueRequest, PauseQueueResponse, PauseWorkflowRequest, PauseWorkflowResponse,
-    QueueInfo, QueueWorker, ResolveActivityRequest, ResolveActivityResponse, ResolvedOutcome, ResumeQueueRequest,
-    ResumeQueueResponse, ResumeWorkflowRequest, ResumeWorkflowResponse, SignalWorkflowRequest, SignalWorkflowResponse,
-    StartWorkflowRequest, StartWorkflowResponse, TerminateWorkflowRequest, TerminateWorkflowResponse, WorkflowStatus,
-    WorkflowSummary, WorkflowType,
+    QueueInfo, QueueWorker, RedriveWorkflowRequest, RedriveWorkflowResponse, ResolveActivityRequest,
+    ResolveActivityResponse, ResolvedOutcome, ResumeQueueRequest, ResumeQueueResponse, ResumeWorkflowRequest,
+    ResumeWorkflowResponse, SignalWorkflowRequest, SignalWorkflowResponse, StartWorkflowRequest, StartWorkflowResponse,
+    TerminateWorkflowRequest, TerminateWorkflowResponse, WorkflowStatus, WorkflowSummary, WorkflowType,
 };
 use tonic::{Request, Response, Status};
 
@@ -105,6 +105,7 @@ impl WorkflowApi {
             correlation_id,
             traceparent,
             parent_workflow_id: String::new(),
+            redrive: None,
         };
         Ok(self.runtime.start_workflow_version(start, request.definition_version).await?)
     }
@@ -300,6 +301,21 @@ impl WorkflowService for WorkflowApi {
         self.workflow_id(&request.workflow_id)?;
         self.runtime.delete_workflow(&request.workflow_id).await?;
         Ok(Response::new(DeleteWorkflowResponse {}))
+    }
+
+    async fn redrive_workflow(
+        &self,
+        request: Request<RedriveWorkflowRequest>,
+    ) -> Result<Response<RedriveWorkflowResponse>, Status> {
+        let request = request.into_inner();
+        self.workflow_id(&request.workflow_id)?;
+        let redriven = self.runtime.redrive_workflow(&request.workflow_id).await?;
+        Ok(Response::new(RedriveWorkflowResponse {
+            workflow_id: redriven.workflow_id,
+            from_step: redriven.from_step.unwrap_or_default(),
+            carried_steps: redriven.carried_steps,
+            already_redriven: redriven.already_redriven,
+        }))
     }
 
     async fn terminate_workflow(

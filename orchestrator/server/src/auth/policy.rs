@@ -52,6 +52,7 @@ pub fn rule(path: &str) -> Option<&'static [Role]> {
         | "/sagaflow.v1.WorkflowService/CancelWorkflow"
         | "/sagaflow.v1.WorkflowService/TerminateWorkflow"
         | "/sagaflow.v1.WorkflowService/DeleteWorkflow"
+        | "/sagaflow.v1.WorkflowService/RedriveWorkflow"
         | "/sagaflow.v1.WorkflowService/PauseWorkflow"
         | "/sagaflow.v1.WorkflowService/ResumeWorkflow"
         | "/sagaflow.v1.WorkflowService/ResolveActivity"

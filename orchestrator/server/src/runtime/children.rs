@@ -100,6 +100,7 @@ impl Runtime {
             correlation_id: parent_state.correlation_id.clone(),
             traceparent: task.traceparent.clone(),
             parent_workflow_id: parent.to_owned(),
+            redrive: None,
         };
         match self.start_workflow_version(request, *version).await {
             Ok(_) => {}

@@ -16,6 +16,7 @@ mod queues;
 mod reads;
 mod records;
 mod recovery;
+mod redrive;
 pub mod retention;
 mod stuck;
 pub mod timers;
@@ -82,6 +83,8 @@ pub struct StartRequest {
     pub traceparent: String,
     /// Set when a parent's child step starts this workflow (ADR 0023).
     pub parent_workflow_id: String,
+    /// Set when this start redrives an ended run (ADR 0025).
+    pub redrive: Option<redrive::RedriveStart>,
 }
 
 #[derive(Default)]
@@ -304,6 +307,7 @@ impl Runtime {
             traceparent: request.traceparent,
             definition_hash,
             parent_workflow_id: request.parent_workflow_id,
+            ..redrive::started_fields(request.redrive)
         };
         let now = now_ms();
         let (state, events) = engine::start(&workflow_id, started, &definition, now);

@@ -67,7 +67,7 @@ class HistoryEvent(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., time_ms: _Optional[int] = ..., workflow_started: _Optional[_Union[WorkflowStarted, _Mapping]] = ..., activity_scheduled: _Optional[_Union[ActivityScheduled, _Mapping]] = ..., activity_started: _Optional[_Union[ActivityStarted, _Mapping]] = ..., activity_completed: _Optional[_Union[ActivityCompleted, _Mapping]] = ..., activity_failed: _Optional[_Union[ActivityFailed, _Mapping]] = ..., activity_timed_out: _Optional[_Union[ActivityTimedOut, _Mapping]] = ..., timer_started: _Optional[_Union[TimerStarted, _Mapping]] = ..., timer_fired: _Optional[_Union[TimerFired, _Mapping]] = ..., signal_received: _Optional[_Union[SignalReceived, _Mapping]] = ..., cancel_requested: _Optional[_Union[CancelRequested, _Mapping]] = ..., compensation_started: _Optional[_Union[CompensationStarted, _Mapping]] = ..., workflow_completed: _Optional[_Union[WorkflowCompleted, _Mapping]] = ..., workflow_compensated: _Optional[_Union[WorkflowCompensated, _Mapping]] = ..., workflow_failed: _Optional[_Union[WorkflowFailed, _Mapping]] = ..., workflow_cancelled: _Optional[_Union[WorkflowCancelled, _Mapping]] = ..., workflow_terminated: _Optional[_Union[WorkflowTerminated, _Mapping]] = ..., stuck_detected: _Optional[_Union[StuckDetected, _Mapping]] = ..., stuck_cleared: _Optional[_Union[StuckCleared, _Mapping]] = ..., step_escalated: _Optional[_Union[StepEscalated, _Mapping]] = ..., completion_ignored: _Optional[_Union[CompletionIgnored, _Mapping]] = ..., cancel_refused: _Optional[_Union[CancelRefused, _Mapping]] = ..., activity_resolved: _Optional[_Union[ActivityResolved, _Mapping]] = ..., step_skipped: _Optional[_Union[StepSkipped, _Mapping]] = ..., workflow_paused: _Optional[_Union[WorkflowPaused, _Mapping]] = ..., workflow_resumed: _Optional[_Union[WorkflowResumed, _Mapping]] = ..., workflow_held: _Optional[_Union[WorkflowHeld, _Mapping]] = ...) -> None: ...
 
 class WorkflowStarted(_message.Message):
-    __slots__ = ("workflow_type", "definition_version", "request_id", "input", "labels", "correlation_id", "traceparent", "definition_hash", "parent_workflow_id")
+    __slots__ = ("workflow_type", "definition_version", "request_id", "input", "labels", "correlation_id", "traceparent", "definition_hash", "parent_workflow_id", "redrive_of", "redrive", "carried_steps")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +84,9 @@ class WorkflowStarted(_message.Message):
     TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
     DEFINITION_HASH_FIELD_NUMBER: _ClassVar[int]
     PARENT_WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    REDRIVE_OF_FIELD_NUMBER: _ClassVar[int]
+    REDRIVE_FIELD_NUMBER: _ClassVar[int]
+    CARRIED_STEPS_FIELD_NUMBER: _ClassVar[int]
     workflow_type: str
     definition_version: int
     request_id: str
@@ -93,7 +96,22 @@ class WorkflowStarted(_message.Message):
     traceparent: str
     definition_hash: str
     parent_workflow_id: str
-    def __init__(self, workflow_type: _Optional[str] = ..., definition_version: _Optional[int] = ..., request_id: _Optional[str] = ..., input: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., correlation_id: _Optional[str] = ..., traceparent: _Optional[str] = ..., definition_hash: _Optional[str] = ..., parent_workflow_id: _Optional[str] = ...) -> None: ...
+    redrive_of: str
+    redrive: int
+    carried_steps: _containers.RepeatedCompositeFieldContainer[CarriedStep]
+    def __init__(self, workflow_type: _Optional[str] = ..., definition_version: _Optional[int] = ..., request_id: _Optional[str] = ..., input: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., correlation_id: _Optional[str] = ..., traceparent: _Optional[str] = ..., definition_hash: _Optional[str] = ..., parent_workflow_id: _Optional[str] = ..., redrive_of: _Optional[str] = ..., redrive: _Optional[int] = ..., carried_steps: _Optional[_Iterable[_Union[CarriedStep, _Mapping]]] = ...) -> None: ...
+
+class CarriedStep(_message.Message):
+    __slots__ = ("step_index", "step", "result", "skipped")
+    STEP_INDEX_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    step_index: int
+    step: str
+    result: str
+    skipped: bool
+    def __init__(self, step_index: _Optional[int] = ..., step: _Optional[str] = ..., result: _Optional[str] = ..., skipped: _Optional[bool] = ...) -> None: ...
 
 class ActivityScheduled(_message.Message):
     __slots__ = ("task_id", "step_index", "step", "activity_type", "attempt", "compensation", "input", "idempotency_key")

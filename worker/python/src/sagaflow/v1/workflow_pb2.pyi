@@ -413,6 +413,24 @@ class DeleteWorkflowResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class RedriveWorkflowRequest(_message.Message):
+    __slots__ = ("workflow_id",)
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    workflow_id: str
+    def __init__(self, workflow_id: _Optional[str] = ...) -> None: ...
+
+class RedriveWorkflowResponse(_message.Message):
+    __slots__ = ("workflow_id", "from_step", "carried_steps", "already_redriven")
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_STEP_FIELD_NUMBER: _ClassVar[int]
+    CARRIED_STEPS_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_REDRIVEN_FIELD_NUMBER: _ClassVar[int]
+    workflow_id: str
+    from_step: str
+    carried_steps: _containers.RepeatedScalarFieldContainer[str]
+    already_redriven: bool
+    def __init__(self, workflow_id: _Optional[str] = ..., from_step: _Optional[str] = ..., carried_steps: _Optional[_Iterable[str]] = ..., already_redriven: _Optional[bool] = ...) -> None: ...
+
 class ResumeWorkflowRequest(_message.Message):
     __slots__ = ("workflow_id", "reason", "identity")
     WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]

@@ -96,6 +96,11 @@ class WorkflowServiceStub:
                 request_serializer=sagaflow_dot_v1_dot_workflow__pb2.DeleteWorkflowRequest.SerializeToString,
                 response_deserializer=sagaflow_dot_v1_dot_workflow__pb2.DeleteWorkflowResponse.FromString,
                 _registered_method=True)
+        self.RedriveWorkflow = channel.unary_unary(
+                '/sagaflow.v1.WorkflowService/RedriveWorkflow',
+                request_serializer=sagaflow_dot_v1_dot_workflow__pb2.RedriveWorkflowRequest.SerializeToString,
+                response_deserializer=sagaflow_dot_v1_dot_workflow__pb2.RedriveWorkflowResponse.FromString,
+                _registered_method=True)
         self.ListWorkflowTypes = channel.unary_unary(
                 '/sagaflow.v1.WorkflowService/ListWorkflowTypes',
                 request_serializer=sagaflow_dot_v1_dot_workflow__pb2.ListWorkflowTypesRequest.SerializeToString,
@@ -219,6 +224,19 @@ class WorkflowServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RedriveWorkflow(self, request, context):
+        """Runs a FAILED or COMPENSATED workflow again, once its cause is fixed, as
+        a new run linked to it (ADR 0025): same type, version, input and labels,
+        id `OLD.redrive-N`, label `sagaflow.redrive_of`. The steps that stand
+        (completed or skipped, never undone) are carried over; the rest run
+        again with fresh idempotency keys. Idempotent: redriving the same run
+        twice answers with the same new run. Any other status, or a child saga,
+        is FAILED_PRECONDITION; an unknown id NOT_FOUND. Operators only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListWorkflowTypes(self, request, context):
         """The registered saga definitions, every version.
         """
@@ -322,6 +340,11 @@ def add_WorkflowServiceServicer_to_server(servicer, server):
                     servicer.DeleteWorkflow,
                     request_deserializer=sagaflow_dot_v1_dot_workflow__pb2.DeleteWorkflowRequest.FromString,
                     response_serializer=sagaflow_dot_v1_dot_workflow__pb2.DeleteWorkflowResponse.SerializeToString,
+            ),
+            'RedriveWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedriveWorkflow,
+                    request_deserializer=sagaflow_dot_v1_dot_workflow__pb2.RedriveWorkflowRequest.FromString,
+                    response_serializer=sagaflow_dot_v1_dot_workflow__pb2.RedriveWorkflowResponse.SerializeToString,
             ),
             'ListWorkflowTypes': grpc.unary_unary_rpc_method_handler(
                     servicer.ListWorkflowTypes,
@@ -675,6 +698,33 @@ class WorkflowService:
             '/sagaflow.v1.WorkflowService/DeleteWorkflow',
             sagaflow_dot_v1_dot_workflow__pb2.DeleteWorkflowRequest.SerializeToString,
             sagaflow_dot_v1_dot_workflow__pb2.DeleteWorkflowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedriveWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sagaflow.v1.WorkflowService/RedriveWorkflow',
+            sagaflow_dot_v1_dot_workflow__pb2.RedriveWorkflowRequest.SerializeToString,
+            sagaflow_dot_v1_dot_workflow__pb2.RedriveWorkflowResponse.FromString,
             options,
             channel_credentials,
             insecure,
