@@ -735,7 +735,10 @@ pub fn decide(state: &WorkflowState, definition: &SagaDefinition, now: i64) -> V
             }
         };
         // One stuck flag at a time; a retriable group's other steps go on.
-        if events.is_empty() {
+        // Two members blocked for different reasons would otherwise replace
+        // each other's flag on every decision, without end (found by the
+        // property tests).
+        if events.is_empty() && !flagged_by_a_step(state) {
             events = stuck;
         }
         if step.kind == StepKind::Pivot {
@@ -830,6 +833,15 @@ fn pivot_outcome_unknown(state: &WorkflowState, definition: &SagaDefinition) -> 
         .pivot_index()
         .and_then(|i| state.steps.get(i))
         .is_some_and(|s| s.status != StepStatus::Completed && s.forward.unknown)
+}
+
+/// Whether the workflow is flagged stuck for a step that needs an operator,
+/// a flag only progress (a retry, a resolution) clears.
+fn flagged_by_a_step(state: &WorkflowState) -> bool {
+    use super::StuckReason::{NonRetryableAfterPivot, PivotOutcomeUnknown, StepOutcomeUnknown};
+    state.stuck.as_ref().is_some_and(|(reason, _, _)| {
+        [PivotOutcomeUnknown, StepOutcomeUnknown, NonRetryableAfterPivot].iter().any(|r| r.as_str() == reason)
+    })
 }
 
 fn stuck_once(state: &WorkflowState, reason: super::StuckReason, message: String) -> Vec<Attributes> {

@@ -2047,6 +2047,15 @@ fn check_history(definition: &SagaDefinition, history: &[HistoryEvent]) {
             Attributes::WorkflowStarted(started) => {
                 assert_eq!(i, 0);
                 parented = !started.parent_workflow_id.is_empty();
+                // A redrive's carried steps are done before anything runs.
+                for carried in &started.carried_steps {
+                    let index = carried.step_index as usize;
+                    if carried.skipped {
+                        skipped.insert(index);
+                    } else {
+                        forward_completed.insert(index, 0);
+                    }
+                }
             }
             Attributes::WorkflowHeld(_) => {
                 // (j) a child is held once every step is done, and only a child.
@@ -2225,6 +2234,34 @@ proptest! {
         if h.state.pivot_passed {
             prop_assert_eq!(status, WorkflowStatus::Completed);
         }
+        // A run that failed or compensated can be redriven once the workers
+        // are fixed: what it carries over stands, and what it runs has a
+        // fresh key.
+        if status != WorkflowStatus::Completed && h.state.parent.is_none() {
+            let mut r = redrive(&h, 1);
+            for _ in 0..300 {
+                if r.state.is_terminal() {
+                    break;
+                }
+                operate(&mut r, 0);
+            }
+            check_history(&definition, &r.history);
+            for (task, key) in scheduled(&r.history) {
+                prop_assert!(key.ends_with("/redrive-1"), "{}: {}", task, key);
+            }
+            let Some(Attributes::WorkflowStarted(started)) = &r.history[0].attributes else { unreachable!() };
+            for carried in &started.carried_steps {
+                prop_assert!(
+                    carried.skipped || !definition.steps[carried.step_index as usize].undoes(),
+                    "{} can be undone",
+                    carried.step
+                );
+                prop_assert!(
+                    !scheduled(&r.history).iter().any(|(task, _)| parse_task_id(task).is_some_and(|(i, _, _)| i == carried.step_index as usize)),
+                    "carried step {} ran again", carried.step
+                );
+            }
+        }
     }
 
     #[test]
@@ -2366,4 +2403,27 @@ fn only_failed_or_compensated_top_level_runs_are_redriven() {
     assert_eq!(child.status(), WorkflowStatus::Failed);
     child.state.parent = Some("parent-1".into());
     assert!(matches!(super::redrive_plan(&child.state, &child.definition), Err(super::Unredrivable::Child(..))));
+}
+
+#[test]
+fn two_group_members_blocked_for_different_reasons_raise_one_flag_that_stays() {
+    let definition = SagaDefinition::builder("after-pivot-group", 1)
+        .step(Step::activity("charge", "payments.charge").pivot())
+        .step(Step::activity("email", "mail.send").retriable().retry(policy(100, 1)).parallel("after"))
+        .step(Step::activity("points", "loyalty.credit").retriable().retry(policy(100, 1)).parallel("after"))
+        .build()
+        .unwrap();
+    let mut h = Harness::start(definition);
+    h.complete("0.f.1", json!({}));
+    assert_eq!(h.pending(), ["1.f.1", "2.f.1"]);
+    h.time_out("1.f.1", TimeoutKind::StartToClose);
+    h.fail("2.f.1", false);
+    let flags: Vec<String> = attrs(&h.history)
+        .filter_map(|a| match a {
+            Attributes::StuckDetected(s) => Some(s.reason.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(flags, ["STEP_OUTCOME_UNKNOWN"], "the first flag stays until progress clears it");
+    assert!(h.run(Input::Wake).is_empty(), "the flags used to replace each other on every decision");
 }
