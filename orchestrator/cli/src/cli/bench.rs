@@ -8,6 +8,7 @@
 //! that one phase's history cannot slow the next one down.
 
 mod restart;
+mod soak;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -63,6 +64,9 @@ pub enum PhaseChoice {
     /// `kill -9` and a restart; reports how soon the server serves again and
     /// its memory.
     Restart,
+    /// Not part of `all`: phase c's load for `--duration`, on a server with a short retention;
+    /// samples its RSS and data size and fails if either keeps growing.
+    Soak,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -107,6 +111,19 @@ pub struct BenchArgs {
     /// Spawned workers and the bench saga only.
     #[arg(long, value_name = "PYTHON")]
     pub python_worker: Option<PathBuf>,
+    /// Soak phase: how long the load runs (e.g. `30m`).
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Soak phase: the server's `--retention` (and `--outbox-retention`), short so that deletions
+    /// keep pace with the load and the store can plateau.
+    #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+    pub soak_retention: Duration,
+    /// Soak phase: fail if the server's resident memory ever exceeds this many MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub max_rss_mib: u64,
+    /// Soak phase: fail if the server's data folder ever exceeds this many MiB.
+    #[arg(long, default_value_t = 4096)]
+    pub max_disk_mib: u64,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -118,6 +135,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.phase == PhaseChoice::Restart {
         return run_restart(&args, &target).await;
+    }
+    if args.phase == PhaseChoice::Soak {
+        ensure!(matches!(target, Target::Spawn), "the soak phase sets its server's retention: leave out --server");
+        ensure!(args.python_worker.is_none(), "the soak phase runs `sagaflow worker`: leave out --python-worker");
+        let mut data = DataDir::create(args.data_dir.clone(), args.keep_data)?;
+        return soak::run(&args, &mut data, &Interrupt::listen()).await;
     }
     run_phases(&args, &target, Interrupt::listen()).await
 }
@@ -187,7 +210,7 @@ fn selected_phases(args: &BenchArgs) -> Vec<Phase> {
             PhaseChoice::B => phase.name == "b",
             PhaseChoice::C => phase.name == "c",
             PhaseChoice::D => phase.name == "d",
-            PhaseChoice::Restart => false,
+            PhaseChoice::Restart | PhaseChoice::Soak => false,
         })
         .map(|phase| Phase {
             n: args.n.unwrap_or(phase.n),
@@ -336,7 +359,7 @@ async fn run_spawned(
 ) -> anyhow::Result<PhaseReport> {
     let dir = data.phase_dir(plan.phase.name)?;
     // Interrupted while starting, the half-started processes are killed on drop.
-    let cluster = interrupt.guard(Cluster::start(plan, &dir)).await?;
+    let cluster = interrupt.guard(Cluster::start(plan, &dir, &[])).await?;
     let probe = Probe { server_pid: Some(cluster.server.pid), worker_pid: Some(cluster.worker.pid), clock_ticks };
     let measured = interrupt.guard(measure(plan, &cluster.url, probe)).await;
     // Stop even when the phase failed; a stop error matters less than the phase's own.
@@ -535,7 +558,12 @@ fn new_histogram() -> anyhow::Result<Histogram<u64>> {
 
 /// Runs C client tasks until N sagas are done, then merges their histograms.
 async fn drive(plan: &Plan, client: &SagaClient) -> anyhow::Result<Tally> {
-    let shared = Arc::new(Shared::default());
+    drive_shared(plan, client, Arc::new(Shared::default())).await
+}
+
+/// [`drive`] with counters the caller also reads, and may stop early by
+/// moving `next` to N.
+async fn drive_shared(plan: &Plan, client: &SagaClient, shared: Arc<Shared>) -> anyhow::Result<Tally> {
     let (stop_progress, stopped) = oneshot::channel();
     let progress = tokio::spawn(show_progress(Arc::clone(&shared), plan.phase.name, plan.phase.n, stopped));
     let plan = Arc::new(plan.clone());
@@ -656,8 +684,17 @@ fn cpu_seconds(pid: &str, clock_ticks: f64) -> Option<f64> {
 /// The process's peak resident set (VmHWM), in MiB. It is the peak over the
 /// process's life: per phase for a spawned server, since its start for a running one.
 fn peak_rss_mib(pid: u32) -> Option<f64> {
+    proc_status_mib(pid, "VmHWM:")
+}
+
+fn rss_mib(pid: u32) -> Option<f64> {
+    proc_status_mib(pid, "VmRSS:")
+}
+
+/// A `/proc/PID/status` field counted in KiB, in MiB.
+fn proc_status_mib(pid: u32, field: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|line| line.starts_with(field))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
 }
@@ -892,8 +929,8 @@ struct Cluster {
 }
 
 impl Cluster {
-    async fn start(plan: &Plan, dir: &Path) -> anyhow::Result<Self> {
-        let server_args = vec![
+    async fn start(plan: &Plan, dir: &Path, extra_server_args: &[String]) -> anyhow::Result<Self> {
+        let mut server_args = vec![
             "server".to_owned(),
             "--listen".into(),
             "127.0.0.1:0".into(),
@@ -902,6 +939,7 @@ impl Cluster {
             "--data-dir".into(),
             dir.join("server").display().to_string(),
         ];
+        server_args.extend_from_slice(extra_server_args);
         let (server, url) = Spawned::start_server(&server_args).await?;
         let (worker, _) = match &plan.python_worker {
             Some(python) => Spawned::start_program("Python worker", python, &python_worker_args(plan, &url)).await?,

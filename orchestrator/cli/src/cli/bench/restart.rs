@@ -17,7 +17,7 @@ use sagaflow_proto::v1::{
 use sagaflow_server::workflows::{SagaDefinition, Step};
 use tokio::task::JoinSet;
 
-use super::{Conn, READY_TIMEOUT, Spawned, connect_channel, peak_rss_mib, status_error};
+use super::{Conn, READY_TIMEOUT, Spawned, connect_channel, peak_rss_mib, rss_mib, status_error};
 
 const PARKED: &str = "bench.parked";
 
@@ -27,26 +27,48 @@ pub(super) struct RestartReport {
     fill: Duration,
     restart: Duration,
     rss_mib: Option<f64>,
+    /// The first server's resident memory when it had just started, and
+    /// once every workflow was open (each open workflow's state stays in
+    /// memory after its start).
+    rss_empty_mib: Option<f64>,
+    rss_filled_mib: Option<f64>,
+    disk_mib: f64,
+}
+
+impl RestartReport {
+    /// Resident bytes per open workflow held in memory by the server that started them.
+    fn bytes_per_open_workflow(&self) -> Option<f64> {
+        let grown = self.rss_filled_mib? - self.rss_empty_mib?;
+        Some(grown * 1024.0 * 1024.0 / self.open.max(1) as f64)
+    }
 }
 
 impl RestartReport {
     pub(super) fn block(&self) -> String {
-        let rss = self.rss_mib.map_or_else(|| "unknown".to_owned(), |m| format!("{m:.1} MiB"));
+        let mib = |v: Option<f64>| v.map_or_else(|| "unknown".to_owned(), |m| format!("{m:.1} MiB"));
+        let per = self.bytes_per_open_workflow().map_or_else(|| "unknown".to_owned(), |b| format!("{b:.0} bytes"));
         format!(
-            "\nphase restart: {} open workflows, then kill -9 and a restart\n  filled in     {:.1} s ({:.0} starts/s)\n  serving again {:.3} s after the restart began\n  peak RSS      {rss} once serving\n",
+            "\nphase restart: {} open workflows, then kill -9 and a restart\n  filled in     {:.1} s ({:.0} starts/s)\n  RSS filled    {} (from {} empty: {per} per open workflow)\n  data on disk  {:.1} MiB\n  serving again {:.3} s after the restart began\n  peak RSS      {} once serving\n",
             self.open,
             self.fill.as_secs_f64(),
             self.open as f64 / self.fill.as_secs_f64().max(f64::EPSILON),
+            mib(self.rss_filled_mib),
+            mib(self.rss_empty_mib),
+            self.disk_mib,
             self.restart.as_secs_f64(),
+            mib(self.rss_mib),
         )
     }
 
     pub(super) fn result_line(&self) -> String {
         format!(
-            "RESULT system=sagaflow phase=restart n={} restart_ms={:.0} rss_mib={:.1}",
+            "RESULT system=sagaflow phase=restart n={} restart_ms={:.0} rss_mib={:.1} filled_rss_mib={:.1} bytes_per_open={:.0} disk_mib={:.1}",
             self.open,
             self.restart.as_secs_f64() * 1000.0,
             self.rss_mib.unwrap_or(0.0),
+            self.rss_filled_mib.unwrap_or(0.0),
+            self.bytes_per_open_workflow().unwrap_or(0.0),
+            self.disk_mib,
         )
     }
 }
@@ -79,9 +101,11 @@ pub(super) async fn run(n: u64, concurrency: u32, dir: &Path) -> anyhow::Result<
 
     let (server, url) = Spawned::start_server(&args).await?;
     let client = WorkflowServiceClient::new(connect_channel(&url).await?);
+    let rss_empty_mib = rss_mib(server.pid);
     let started = Instant::now();
     let last = fill(&client, n, concurrency).await?;
     let fill_time = started.elapsed();
+    let rss_filled_mib = rss_mib(server.pid);
 
     let mut killed = server;
     killed.child.start_kill().context("cannot kill the server")?;
@@ -103,7 +127,8 @@ pub(super) async fn run(n: u64, concurrency: u32, dir: &Path) -> anyhow::Result<
     }
     wake(&mut client, &last).await?;
     server.stop().await?;
-    Ok(RestartReport { open: n, fill: fill_time, restart, rss_mib })
+    let disk_mib = dir_size(&dir.join("server")) as f64 / (1024.0 * 1024.0);
+    Ok(RestartReport { open: n, fill: fill_time, restart, rss_mib, rss_empty_mib, rss_filled_mib, disk_mib })
 }
 
 /// Starts `n` parked workflows; returns the id of one of them.
@@ -177,4 +202,18 @@ async fn wake(client: &mut WorkflowServiceClient<Conn>, workflow_id: &str) -> an
         bail!("{workflow_id} did not end after its signal");
     }
     Ok(())
+}
+
+/// Bytes in the files under `path`, recursively (what `du` would count, less
+/// the blocks' rounding).
+pub(super) fn dir_size(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else { return 0 };
+    entries
+        .filter_map(Result::ok)
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => dir_size(&entry.path()),
+            Ok(meta) => meta.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }
