@@ -14,6 +14,10 @@ pub struct Limits {
     pub max_labels: usize,
     /// Most tasks waiting in one queue before new starts are refused.
     pub max_queued_tasks: usize,
+    /// Most workflows whose state is kept in memory between decisions.
+    /// Beyond it, idle ones are dropped and rebuilt from their history on
+    /// their next decision: memory stays bounded however many are open.
+    pub max_hot_workflows: usize,
 }
 
 impl Default for Limits {
@@ -24,6 +28,7 @@ impl Default for Limits {
             max_history_events: 10_000,
             max_labels: 32,
             max_queued_tasks: 100_000,
+            max_hot_workflows: 100_000,
         }
     }
 }

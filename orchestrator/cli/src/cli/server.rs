@@ -44,6 +44,11 @@ pub struct ServerArgs {
     /// Most events one workflow history may hold; past it the workflow fails.
     #[arg(long, default_value_t = Limits::default().max_history_events)]
     pub max_history_events: u64,
+    /// Most open workflows whose state is kept in memory between decisions (about 3 KB each).
+    /// Beyond it, idle ones are dropped and rebuilt from their history when next needed, so memory
+    /// stays bounded however many workflows are open.
+    #[arg(long, default_value_t = Limits::default().max_hot_workflows, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_hot_workflows: usize,
     /// Client calls running at once, across all callers; more are refused with RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = AdmissionOptions::default().max_in_flight)]
     pub max_in_flight: usize,
@@ -157,6 +162,7 @@ pub async fn run(args: ServerArgs, logging: &Logging) -> anyhow::Result<()> {
             max_payload_bytes: args.max_payload_bytes,
             max_id_bytes: args.max_id_bytes.min(255),
             max_history_events: args.max_history_events,
+            max_hot_workflows: args.max_hot_workflows,
             ..Limits::default()
         },
         stuck: StuckPolicy {

@@ -118,6 +118,24 @@ fn raise(state: &WorkflowState, alert: &outbox::RaisedAlert) {
     }
 }
 
+/// Drops idle slots until at most `keep` remain. Idle means no one holds the
+/// slot: every clone is made under the map's lock, so with the lock held a
+/// count of one cannot rise, and the next user builds a fresh slot that
+/// loads the state from the store, as after a restart. Which idle slots go
+/// is the map's order: any of them costs the same replay to bring back.
+/// Evicting a tenth at a time keeps the scan's cost per start constant.
+fn evict_idle(slots: &mut HashMap<String, SlotRef>, keep: usize) {
+    let mut excess = slots.len().saturating_sub(keep);
+    slots.retain(|_, slot| {
+        if excess > 0 && Arc::strong_count(slot) == 1 {
+            excess -= 1;
+            false
+        } else {
+            true
+        }
+    });
+}
+
 /// Cheap to clone; every clone drives the same workflows.
 #[derive(Clone)]
 pub struct Runtime {
@@ -219,6 +237,10 @@ impl Runtime {
 
     fn slot(&self, workflow_id: &str) -> SlotRef {
         let mut slots = self.inner.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let cap = self.inner.limits.max_hot_workflows;
+        if slots.len() >= cap && !slots.contains_key(workflow_id) {
+            evict_idle(&mut slots, cap - cap / 10);
+        }
         Arc::clone(slots.entry(workflow_id.to_owned()).or_default())
     }
 
