@@ -10,6 +10,7 @@ pub mod extension;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod health;
+pub mod history_json;
 pub mod http;
 pub mod in_process;
 pub mod jobs;
