@@ -3,6 +3,7 @@
 
 pub mod admission;
 pub mod api;
+pub mod archive;
 pub mod auth;
 pub mod connections;
 pub mod extension;
