@@ -45,6 +45,9 @@ pub enum Error {
     Encode { workflow_id: String, source: serde_json::Error },
     #[error("the archived history of {workflow_id} does not read back: {source}")]
     Event { workflow_id: String, source: history_json::Error },
+    /// The blocking task that did the I/O did not finish (it panicked).
+    #[error("the archive task stopped: {0}")]
+    Task(String),
 }
 
 /// One line of a day file: a closed workflow, as it was when archived.

@@ -75,6 +75,12 @@ pub struct ServerArgs {
     /// How often closed workflows past their retention are looked for and deleted.
     #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
     pub retention_check_interval: Duration,
+    /// Before a closed workflow is deleted (by retention or `workflow delete`), append its
+    /// history to gzip JSON Lines files here, one per UTC day (DIR/YYYY-MM-DD.jsonl.gz), synced
+    /// to disk first. `workflow history ID --archived` reads them back. Without it, deleted
+    /// histories are gone.
+    #[arg(long, value_name = "DIR")]
+    pub archive_dir: Option<PathBuf>,
     /// Relay domain events to NATS JetStream at this URL (nats://HOST:PORT); without it they stay in the outbox.
     #[arg(long, env = "SAGAFLOW_NATS_URL", value_parser = sagaflow_server::relay::parse_url)]
     pub nats_url: Option<String>,
@@ -168,6 +174,7 @@ pub async fn run(args: ServerArgs, logging: &Logging) -> anyhow::Result<()> {
             default: args.retention,
             interval: args.retention_check_interval,
         },
+        archive_dir: args.archive_dir.clone(),
         jobs: sagaflow_server::jobs::JobsOptions {
             interval: Some(args.jobs_interval).filter(|i| !i.is_zero()),
             grace: args.jobs_grace,

@@ -32,6 +32,10 @@ impl From<Error> for Status {
                 tracing::error!(error = %e, "storage failure");
                 Code::Unavailable
             }
+            Error::Archive(e) => {
+                tracing::error!(error = %e, "archive failure");
+                Code::Unavailable
+            }
         };
         Status::new(code, error.to_string())
     }
