@@ -241,7 +241,13 @@ impl Server {
             None => None,
         };
         let runtime = Runtime::start(store, registry, apply, options.limits, options.stuck, lease_key, archive).await?;
-        tokio::spawn(runtime.clone().expire_closed_workflows(options.retention));
+        let mut retention = options.retention;
+        if options.relay.is_some() {
+            // The relay deletes each record once the broker has it; pruning
+            // would drop records the broker has not taken yet.
+            retention.outbox = None;
+        }
+        tokio::spawn(runtime.clone().expire_closed_workflows(retention));
         let grpc =
             TcpListener::bind(options.listen).await.map_err(|source| Error::Bind { addr: options.listen, source })?;
         let grpc_addr = grpc.local_addr().map_err(|source| Error::Bind { addr: options.listen, source })?;

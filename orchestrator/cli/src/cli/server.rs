@@ -81,6 +81,12 @@ pub struct ServerArgs {
     /// histories are gone.
     #[arg(long, value_name = "DIR")]
     pub archive_dir: Option<PathBuf>,
+    /// Without a broker (no --nats-url), how long domain events stay in the outbox: older ones
+    /// are deleted by the retention pass (every --retention-check-interval). A reader resuming
+    /// below what was deleted (`events tail --after N`) is told so (OUT_OF_RANGE) and where to
+    /// restart. With --nats-url this does nothing: each event goes once the broker has it.
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    pub outbox_retention: Duration,
     /// Relay domain events to NATS JetStream at this URL (nats://HOST:PORT); without it they stay in the outbox.
     #[arg(long, env = "SAGAFLOW_NATS_URL", value_parser = sagaflow_server::relay::parse_url)]
     pub nats_url: Option<String>,
@@ -173,6 +179,7 @@ pub async fn run(args: ServerArgs, logging: &Logging) -> anyhow::Result<()> {
         retention: sagaflow_server::runtime::retention::RetentionPolicy {
             default: args.retention,
             interval: args.retention_check_interval,
+            outbox: Some(args.outbox_retention),
         },
         archive_dir: args.archive_dir.clone(),
         jobs: sagaflow_server::jobs::JobsOptions {

@@ -9,7 +9,7 @@ mod workflow;
 
 pub use decode_errors::decode_errors_are_invalid_arguments;
 pub use definition::DefinitionApi;
-pub use events::EventsApi;
+pub use events::{EventsApi, FLOOR_HEADER, OLDEST_HEADER};
 pub use worker::WorkerApi;
 pub use workflow::WorkflowApi;
 
