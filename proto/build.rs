@@ -14,18 +14,22 @@ const PROTOS: &[&str] = &[
 ];
 
 /// Fields that carry JSON text: shown as nested JSON, not as escaped strings,
-/// when an event is serialised for `--output json`.
+/// when an event is serialised for `--output json` (and the archive, which
+/// reads them back: an absent document there is the text `null`).
 const JSON_FIELDS: &[&str] = &[
     ".sagaflow.v1.WorkflowStarted.input",
     ".sagaflow.v1.ActivityScheduled.input",
     ".sagaflow.v1.ActivityCompleted.result",
     ".sagaflow.v1.SignalReceived.input",
     ".sagaflow.v1.WorkflowCompleted.result",
-    ".sagaflow.v1.ActivityResolved.result",
     ".sagaflow.v1.StepSkipped.condition",
     ".sagaflow.v1.WorkflowHeld.result",
     ".sagaflow.v1.CarriedStep.result",
 ];
+
+/// JSON text fields that are empty, not `null`, when there is no document:
+/// a resolution as failed records no result.
+const OPTIONAL_JSON_FIELDS: &[&str] = &[".sagaflow.v1.ActivityResolved.result"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {
@@ -39,8 +43,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut builder = tonic_prost_build::configure()
         .file_descriptor_set_path(&descriptor_path)
         .skip_protoc_run()
-        // Matches the message and, by prefix, its `attributes` oneof.
-        .type_attribute(".sagaflow.v1.HistoryEvent", "#[derive(serde::Serialize)]");
+        // Matches the message and, by prefix, its `attributes` oneof. Both
+        // ways: the archive stores events in their JSON form and the server
+        // reads them back (orchestrator/server/src/history_json.rs).
+        .type_attribute(".sagaflow.v1.HistoryEvent", "#[derive(serde::Serialize, serde::Deserialize)]");
     for message in [
         "WorkflowStarted",
         "ActivityScheduled",
@@ -70,10 +76,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "WorkflowHeld",
         "CarriedStep",
     ] {
-        builder = builder.type_attribute(format!(".sagaflow.v1.{message}"), "#[derive(serde::Serialize)]");
+        // `default`: an archived event written before a field existed still reads.
+        builder = builder.type_attribute(
+            format!(".sagaflow.v1.{message}"),
+            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",
+        );
     }
     for field in JSON_FIELDS {
-        builder = builder.field_attribute(field, "#[serde(serialize_with = \"crate::json_text::serialize\")]");
+        builder = builder.field_attribute(
+            field,
+            "#[serde(serialize_with = \"crate::json_text::serialize\", deserialize_with = \"crate::json_text::deserialize\")]",
+        );
+    }
+    for field in OPTIONAL_JSON_FIELDS {
+        builder = builder.field_attribute(
+            field,
+            "#[serde(serialize_with = \"crate::json_text::serialize\", deserialize_with = \"crate::json_text::deserialize_optional\")]",
+        );
     }
     builder.compile_protos(PROTOS, &["."])?;
     Ok(())

@@ -6,12 +6,12 @@
 
 mod common;
 
-use common::secure::{self, CLIENT, OPERATOR, OTHER_CLIENT, WORKER, with_token};
+use common::secure::{self, BENCH_WORKER, CLIENT, OPERATOR, OTHER_CLIENT, WORKER, with_token};
 use common::{ServerProcess, WorkerProcess, start_request};
 use sagaflow_proto::checkout::v1::checkout_service_client::CheckoutServiceClient;
 use sagaflow_proto::checkout::v1::{CheckoutStatus, GetCheckoutRequest, StartCheckoutRequest};
-use sagaflow_proto::v1::AwaitWorkflowRequest;
 use sagaflow_proto::v1::workflow_service_client::WorkflowServiceClient;
+use sagaflow_proto::v1::{AwaitWorkflowRequest, DeleteWorkflowRequest, GetWorkflowHistoryRequest};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -128,4 +128,52 @@ async fn another_client_cannot_take_my_checkouts_keys() {
     assert_ne!(theirs.1, mine.1, "one order each");
     assert_ne!(theirs.2, mine.2, "one payment intent each");
     assert_ne!(theirs.3, mine.3, "one reservation each");
+}
+
+/// An archived history (`--archive-dir`) is read under the live history's
+/// rule: a client reads the workflows it started, and another client's reads
+/// as missing, in the same words as an id never archived.
+#[tokio::test]
+async fn a_client_reads_only_its_own_archived_workflows() {
+    let archive = tempfile::tempdir().unwrap();
+    let (server, _dir) = secure::start_server(&["--archive-dir", archive.path().to_str().unwrap()]).await;
+    let channel = Channel::from_shared(server.url.clone()).unwrap().connect().await.unwrap();
+    let _worker = WorkerProcess::start(&server.url, &["--services", "bench", "--token", BENCH_WORKER]).await;
+    let mut workflows = WorkflowServiceClient::new(channel);
+    let mine = workflows
+        .start_workflow(with_token(start_request("bench", "archived-1", "{}"), Some(CLIENT)))
+        .await
+        .unwrap()
+        .into_inner()
+        .workflow_id;
+    let ended = workflows
+        .await_workflow(with_token(
+            AwaitWorkflowRequest { workflow_id: mine.clone(), timeout_ms: 60_000 },
+            Some(CLIENT),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ended.terminal, "{ended:?}");
+    let delete = DeleteWorkflowRequest { workflow_id: mine.clone() };
+    assert_eq!(
+        workflows.delete_workflow(with_token(delete.clone(), Some(CLIENT))).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    workflows.delete_workflow(with_token(delete, Some(OPERATOR))).await.unwrap();
+
+    let archived =
+        |id: &str| GetWorkflowHistoryRequest { workflow_id: id.into(), archived: true, ..Default::default() };
+    for token in [CLIENT, OPERATOR] {
+        let page = workflows.get_workflow_history(with_token(archived(&mine), Some(token))).await.unwrap().into_inner();
+        assert!(page.terminal && !page.events.is_empty(), "{token}: {page:?}");
+    }
+    let theirs = workflows.get_workflow_history(with_token(archived(&mine), Some(OTHER_CLIENT))).await.unwrap_err();
+    assert_eq!(theirs.code(), Code::NotFound);
+    let unknown = format!("{}x", mine);
+    let never = workflows.get_workflow_history(with_token(archived(&unknown), Some(OTHER_CLIENT))).await.unwrap_err();
+    assert_eq!(theirs.message().replace(&mine, "ID"), never.message().replace(&unknown, "ID"));
+    // A worker token has no business with histories, archived or not.
+    let worker = workflows.get_workflow_history(with_token(archived(&mine), Some(WORKER))).await.unwrap_err();
+    assert_eq!(worker.code(), Code::PermissionDenied);
 }

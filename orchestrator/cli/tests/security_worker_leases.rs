@@ -106,8 +106,12 @@ async fn start_checkout(channel: &Channel) -> String {
 
 /// How many activities of the workflow completed, as its history says.
 async fn completions(channel: &Channel, workflow_id: &str) -> usize {
-    let request =
-        GetWorkflowHistoryRequest { workflow_id: workflow_id.into(), from_seq: 1, page_size: 500, wait_ms: 0 };
+    let request = GetWorkflowHistoryRequest {
+        workflow_id: workflow_id.into(),
+        from_seq: 1,
+        page_size: 500,
+        ..Default::default()
+    };
     let page = WorkflowServiceClient::new(channel.clone())
         .get_workflow_history(with_token(request, Some(OPERATOR)))
         .await

@@ -3,6 +3,7 @@
 
 pub mod admission;
 pub mod api;
+pub mod archive;
 pub mod auth;
 pub mod connections;
 pub mod extension;
@@ -10,6 +11,7 @@ pub mod extension;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod health;
+pub mod history_json;
 pub mod http;
 pub mod in_process;
 pub mod jobs;

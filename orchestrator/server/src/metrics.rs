@@ -48,6 +48,17 @@ pub fn record_expired(workflow_type: &str) {
     metrics::counter!("sagaflow_workflows_expired_total", "workflow_type" => workflow_type.to_owned()).increment(1);
 }
 
+/// A closed workflow's history appended to the archive, before its deletion.
+/// A crash between the two archives it again: this counts appends.
+pub fn record_archived(workflow_type: &str) {
+    metrics::counter!("sagaflow_workflows_archived_total", "workflow_type" => workflow_type.to_owned()).increment(1);
+}
+
+/// Outbox records deleted unrelayed, past `--outbox-retention` (no broker).
+pub fn record_outbox_pruned(records: usize) {
+    metrics::counter!("sagaflow_outbox_pruned_total").increment(records as u64);
+}
+
 /// Workflows an operator paused: held on purpose, so not in the stuck gauge.
 pub fn record_paused(paused: usize) {
     metrics::gauge!("sagaflow_paused_workflows").set(paused as f64);

@@ -44,6 +44,8 @@ pub enum Error {
     Tls(#[from] crate::tls::Error),
     #[error(transparent)]
     LeaseKey(#[from] crate::runtime::lease_token::Error),
+    #[error(transparent)]
+    Archive(#[from] crate::archive::Error),
     #[error("cannot build reflection: {0}")]
     Reflection(String),
     #[error(
@@ -83,6 +85,9 @@ pub struct Options {
     pub jobs: JobsOptions,
     /// How long closed workflows are kept, and how often expired ones go.
     pub retention: RetentionPolicy,
+    /// Archive each closed workflow's history here before it is deleted
+    /// (`archive.rs`); `None` deletes without a copy.
+    pub archive_dir: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -100,6 +105,7 @@ impl Default for Options {
             admission: AdmissionOptions::default(),
             jobs: JobsOptions::default(),
             retention: RetentionPolicy::default(),
+            archive_dir: None,
         }
     }
 }
@@ -230,8 +236,18 @@ impl Server {
         let open_files = crate::connections::raise_open_file_limit();
         let (grpc_cap, http_cap) = crate::connections::caps(open_files);
         tracing::info!(open_files, grpc_connections = grpc_cap, http_connections = http_cap, "open-file limit");
-        let runtime = Runtime::start(store, registry, apply, options.limits, options.stuck, lease_key).await?;
-        tokio::spawn(runtime.clone().expire_closed_workflows(options.retention));
+        let archive = match &options.archive_dir {
+            Some(dir) => Some(Arc::new(crate::archive::Archive::open(dir)?)),
+            None => None,
+        };
+        let runtime = Runtime::start(store, registry, apply, options.limits, options.stuck, lease_key, archive).await?;
+        let mut retention = options.retention;
+        if options.relay.is_some() {
+            // The relay deletes each record once the broker has it; pruning
+            // would drop records the broker has not taken yet.
+            retention.outbox = None;
+        }
+        tokio::spawn(runtime.clone().expire_closed_workflows(retention));
         let grpc =
             TcpListener::bind(options.listen).await.map_err(|source| Error::Bind { addr: options.listen, source })?;
         let grpc_addr = grpc.local_addr().map_err(|source| Error::Bind { addr: options.listen, source })?;

@@ -170,6 +170,27 @@ pub async fn outbox_sequence_increases_across_commits(store: &dyn Store) {
     assert_eq!(left, vec![3]);
 }
 
+pub async fn pruning_the_outbox_raises_a_durable_floor(store: &dyn Store) {
+    assert_eq!(store.outbox_floor().unwrap(), 0);
+    let mut commit = append("wf", 1..=1);
+    commit.outbox = vec![OutboxRecord::default(); 5];
+    store.commit(commit).unwrap().wait().await.unwrap();
+    store.prune_outbox(&[1, 2]).unwrap().wait().await.unwrap();
+    assert_eq!(store.outbox_floor().unwrap(), 2);
+    let left = |store: &dyn Store| -> Vec<u64> { store.outbox(0, 10).unwrap().iter().map(|r| r.seq).collect() };
+    assert_eq!(left(store), vec![3, 4, 5]);
+    // A relay's deletion (acknowledged by a broker) leaves the floor where it is.
+    store.delete_outbox(&[3]).unwrap().wait().await.unwrap();
+    assert_eq!(store.outbox_floor().unwrap(), 2);
+    // It never goes down, and a rebuild keeps it: it is not derived.
+    store.prune_outbox(&[4]).unwrap().wait().await.unwrap();
+    store.prune_outbox(&[1]).unwrap().wait().await.unwrap();
+    store.prune_outbox(&[]).unwrap().wait().await.unwrap();
+    store.clear_derived().unwrap();
+    assert_eq!(store.outbox_floor().unwrap(), 4);
+    assert_eq!(left(store), vec![5]);
+}
+
 pub async fn clearing_derived_records_keeps_histories(store: &dyn Store) {
     let mut commit = append("wf", 1..=2);
     commit.summary = Some(summary("wf", WorkflowStatus::Running, "t"));
@@ -305,6 +326,7 @@ macro_rules! store_conformance_suite {
             index_filters_pages_and_tracks_open_workflows,
             tasks_leases_and_timers_come_and_go_with_commits,
             outbox_sequence_increases_across_commits,
+            pruning_the_outbox_raises_a_durable_floor,
             clearing_derived_records_keeps_histories,
             definitions_are_stored_in_one_commit_and_survive_a_rebuild,
             queue_pauses_are_stored_replaced_deleted_and_survive_a_rebuild,

@@ -39,6 +39,9 @@ pub const QUEUE_PAUSE: u8 = b'q';
 /// The last outbox sequence number ever assigned, so that numbers are never
 /// reused after relayed records are deleted.
 pub const OUTBOX_HIGH_WATER: &[u8] = b"moutbox-seq";
+/// The highest outbox sequence number deleted by pruning (without a broker):
+/// a reader whose cursor is below it would silently skip records.
+pub const OUTBOX_FLOOR: &[u8] = b"moutbox-pruned";
 
 /// The layout version, so that a store written by an older build is migrated
 /// (or a newer one refused) rather than misread.

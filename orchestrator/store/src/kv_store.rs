@@ -422,6 +422,25 @@ impl<K: Kv> Store for KvStore<K> {
         self.kv.apply(seqs.iter().map(|seq| (keys::outbox(*seq), None)).collect())
     }
 
+    fn prune_outbox(&self, seqs: &[u64]) -> Result<Durable> {
+        // Read, raise, write: serialised, so that two pruners cannot lower it.
+        let _ordered = self.outbox_order.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let floor = self.outbox_floor()?.max(seqs.iter().copied().max().unwrap_or(0));
+        let mut writes: Vec<Write> = seqs.iter().map(|seq| (keys::outbox(*seq), None)).collect();
+        writes.push((keys::OUTBOX_FLOOR.to_vec(), Some(floor.to_be_bytes().to_vec())));
+        self.kv.apply(writes)
+    }
+
+    fn outbox_floor(&self) -> Result<u64> {
+        match self.kv.get(keys::OUTBOX_FLOOR)? {
+            None => Ok(0),
+            Some(bytes) => bytes.as_slice().try_into().map(u64::from_be_bytes).map_err(|_| Error::Corrupt {
+                key: String::from_utf8_lossy(keys::OUTBOX_FLOOR).into_owned(),
+                reason: format!("{} bytes, not a u64", bytes.len()),
+            }),
+        }
+    }
+
     fn definitions(&self) -> Result<Vec<DefinitionRecord>> {
         self.decode_all(keys::DEFINITION)
     }

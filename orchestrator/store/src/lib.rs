@@ -244,6 +244,18 @@ pub trait Store: Send + Sync + 'static {
     /// Removes relayed outbox records (after the broker acknowledged them).
     fn delete_outbox(&self, seqs: &[u64]) -> Result<Durable>;
 
+    /// Removes outbox records no broker will take (the server runs without
+    /// one and they are past `--outbox-retention`), and raises the pruned
+    /// floor ([`outbox_floor`](Store::outbox_floor)) to the highest of
+    /// `seqs`, in the same atomic batch. The caller prunes from the oldest
+    /// on, so that every record at or below the floor is gone and every
+    /// record above it is kept. The floor never goes down.
+    fn prune_outbox(&self, seqs: &[u64]) -> Result<Durable>;
+
+    /// The highest outbox sequence number [`prune_outbox`](Store::prune_outbox)
+    /// ever deleted, 0 if none: a reader resuming below it missed records.
+    fn outbox_floor(&self) -> Result<u64>;
+
     /// Every stored definition, by type then version.
     fn definitions(&self) -> Result<Vec<DefinitionRecord>>;
 

@@ -697,4 +697,20 @@ mod conformance {
         store.commit(commit).unwrap().wait().await.unwrap();
         assert_eq!(store.outbox(0, 10).unwrap()[0].seq, 3);
     }
+
+    #[tokio::test]
+    async fn the_pruned_floor_survives_a_restart() {
+        use crate::{Commit, OutboxRecord};
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            let commit =
+                Commit { workflow_id: "wf".into(), outbox: vec![OutboxRecord::default(); 3], ..Default::default() };
+            store.commit(commit).unwrap().wait().await.unwrap();
+            store.prune_outbox(&[1, 2]).unwrap().wait().await.unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.outbox_floor().unwrap(), 2);
+        assert_eq!(store.outbox(0, 10).unwrap().iter().map(|r| r.seq).collect::<Vec<_>>(), vec![3]);
+    }
 }

@@ -2,7 +2,6 @@
 //! stable JSON for programs.
 
 use std::collections::HashMap;
-use std::time::{Duration, UNIX_EPOCH};
 
 use sagaflow_proto::v1::history_event::Attributes;
 use sagaflow_proto::v1::{DescribeWorkflowResponse, HistoryEvent, WorkflowStatus, WorkflowSummary, WorkflowType};
@@ -19,13 +18,9 @@ pub fn code_name(code: tonic::Code) -> String {
     })
 }
 
-pub fn timestamp(ms: i64) -> String {
-    if ms <= 0 {
-        return String::new();
-    }
-    let at = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-    humantime::format_rfc3339_millis(at).to_string()
-}
+/// Times and events in their JSON form come from the server crate, which
+/// writes the same form into the archive and reads it back.
+pub use sagaflow_server::history_json::{event_json, timestamp};
 
 fn time_of_day(ms: i64) -> String {
     let full = timestamp(ms);
@@ -250,18 +245,6 @@ pub fn describe_json(described: &DescribeWorkflowResponse) -> Value {
     value["step_results"] =
         described.step_results.iter().map(|(k, v)| (k.clone(), json_text(v))).collect::<serde_json::Map<_, _>>().into();
     value
-}
-
-pub fn event_json(event: &HistoryEvent) -> Value {
-    let (kind, attributes) = match &event.attributes {
-        Some(a) => {
-            let inner =
-                serde_json::to_value(a).ok().and_then(|v| v.as_object().and_then(|o| o.values().next().cloned()));
-            (a.event_name(), inner.unwrap_or(Value::Null))
-        }
-        None => ("Unknown", Value::Null),
-    };
-    json!({"seq": event.seq, "time": timestamp(event.time_ms), "type": kind, "attributes": attributes})
 }
 
 /// Renders a history as a timeline, one event at a time. It remembers

@@ -80,6 +80,18 @@ pub struct ServerArgs {
     /// How often closed workflows past their retention are looked for and deleted.
     #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
     pub retention_check_interval: Duration,
+    /// Before a closed workflow is deleted (by retention or `workflow delete`), append its
+    /// history to gzip JSON Lines files here, one per UTC day (DIR/YYYY-MM-DD.jsonl.gz), synced
+    /// to disk first. `workflow history ID --archived` reads them back. Without it, deleted
+    /// histories are gone.
+    #[arg(long, value_name = "DIR")]
+    pub archive_dir: Option<PathBuf>,
+    /// Without a broker (no --nats-url), how long domain events stay in the outbox: older ones
+    /// are deleted by the retention pass (every --retention-check-interval). A reader resuming
+    /// below what was deleted (`events tail --after N`) is told so (OUT_OF_RANGE) and where to
+    /// restart. With --nats-url this does nothing: each event goes once the broker has it.
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    pub outbox_retention: Duration,
     /// Relay domain events to NATS JetStream at this URL (nats://HOST:PORT); without it they stay in the outbox.
     #[arg(long, env = "SAGAFLOW_NATS_URL", value_parser = sagaflow_server::relay::parse_url)]
     pub nats_url: Option<String>,
@@ -173,7 +185,9 @@ pub async fn run(args: ServerArgs, logging: &Logging) -> anyhow::Result<()> {
         retention: sagaflow_server::runtime::retention::RetentionPolicy {
             default: args.retention,
             interval: args.retention_check_interval,
+            outbox: Some(args.outbox_retention),
         },
+        archive_dir: args.archive_dir.clone(),
         jobs: sagaflow_server::jobs::JobsOptions {
             interval: Some(args.jobs_interval).filter(|i| !i.is_zero()),
             grace: args.jobs_grace,

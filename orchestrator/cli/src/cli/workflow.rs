@@ -88,6 +88,11 @@ pub enum WorkflowCommand {
         /// Print whole payloads (inputs, results) instead of their first 120 characters.
         #[arg(long)]
         full: bool,
+        /// Read a deleted workflow's history from the server's archive (`server --archive-dir`):
+        /// its most recently archived copy, printed as a live history is. Fails with
+        /// FAILED_PRECONDITION if the server archives nothing, NOT_FOUND if it never archived ID.
+        #[arg(long, conflicts_with = "follow")]
+        archived: bool,
     },
     /// Wait until a workflow ends (or the timeout passes) and print it; exits 3 unless it COMPLETED.
     Await {
@@ -421,8 +426,8 @@ pub async fn run(command: WorkflowCommand, server: &str, output: Output) -> anyh
                 }
             }
         }
-        WorkflowCommand::History { workflow_id, follow, full } => {
-            history(&mut client, workflow_id, follow, full, output).await?;
+        WorkflowCommand::History { workflow_id, follow, full, archived } => {
+            history(&mut client, workflow_id, HistoryRead { follow, archived }, full, output).await?;
         }
         WorkflowCommand::Await { workflow_id, timeout } => {
             let response = wait_for_end(&mut client, &workflow_id, timeout, None, output).await?;
@@ -676,8 +681,12 @@ async fn cancel_requested(
     use sagaflow_proto::v1::history_event::Attributes;
     let mut from_seq = 1;
     loop {
-        let request =
-            GetWorkflowHistoryRequest { workflow_id: workflow_id.to_owned(), from_seq, page_size: 1000, wait_ms: 0 };
+        let request = GetWorkflowHistoryRequest {
+            workflow_id: workflow_id.to_owned(),
+            from_seq,
+            page_size: 1000,
+            ..Default::default()
+        };
         let page = client.get_workflow_history(request).await.map_err(status_error)?.into_inner();
         for event in &page.events {
             if let Some(Attributes::CancelRequested(c)) = &event.attributes {
@@ -729,23 +738,35 @@ pub fn identity() -> String {
     std::env::var("USER").map(|u| format!("cli:{u}")).unwrap_or_else(|_| "cli".into())
 }
 
+/// Which history `workflow history` reads, and how.
+#[derive(Debug, Clone, Copy)]
+struct HistoryRead {
+    /// Wait for new events until the workflow ends.
+    follow: bool,
+    /// From the server's archive, not the live store.
+    archived: bool,
+}
+
 async fn history(
     client: &mut WorkflowServiceClient<Conn>,
     workflow_id: String,
-    follow: bool,
+    read: HistoryRead,
     full: bool,
     output: Output,
 ) -> anyhow::Result<()> {
     let mut timeline = render::Timeline::new(full);
     let mut from_seq = 1;
+    // Each archived page is a search of the archive: take the largest pages the server gives.
+    let page_size = if read.archived { 10_000 } else { 1000 };
     loop {
-        let wait_ms = if follow && from_seq > 1 { 30_000 } else { 0 };
+        let wait_ms = if read.follow && from_seq > 1 { 30_000 } else { 0 };
         let page = client
             .get_workflow_history(GetWorkflowHistoryRequest {
                 workflow_id: workflow_id.clone(),
                 from_seq,
-                page_size: 1000,
+                page_size,
                 wait_ms,
+                archived: read.archived,
             })
             .await
             .map_err(status_error)?
@@ -757,8 +778,8 @@ async fn history(
             }
         }
         from_seq = page.next_seq;
-        let more_pages = page.events.len() == 1000;
-        if page.terminal || (!follow && !more_pages) {
+        let more_pages = page.events.len() == page_size as usize;
+        if page.terminal || (!read.follow && !more_pages) {
             return Ok(());
         }
     }

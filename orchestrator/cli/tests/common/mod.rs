@@ -150,7 +150,7 @@ pub async fn full_history(client: &mut WorkflowServiceClient<Channel>, workflow_
                 workflow_id: workflow_id.into(),
                 from_seq,
                 page_size: 500,
-                wait_ms: 0,
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -285,6 +285,7 @@ pub async fn wait_for_event(
                 from_seq,
                 page_size: 500,
                 wait_ms: 500,
+                archived: false,
             })
             .await
             .unwrap()

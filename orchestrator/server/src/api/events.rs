@@ -42,6 +42,34 @@ fn to_event(record: OutboxRecord) -> DomainEvent {
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<DomainEvent, Status>> + Send>>;
 
+/// Metadata of an OUT_OF_RANGE answer, for clients that resume on their own:
+/// the pruned floor (resume after it) and the oldest event still kept.
+pub const FLOOR_HEADER: &str = "sagaflow-outbox-floor";
+pub const OLDEST_HEADER: &str = "sagaflow-outbox-oldest";
+
+/// `Some(OUT_OF_RANGE)` when records after `cursor` were pruned (no broker,
+/// past `--outbox-retention`) before this reader saw them: skipping them in
+/// silence would hand it a gap it cannot see.
+fn behind_floor(runtime: &Runtime, cursor: u64) -> Result<Option<Status>, Status> {
+    let floor = runtime.outbox_floor().map_err(|e| Status::unavailable(e.to_string()))?;
+    if cursor >= floor {
+        return Ok(None);
+    }
+    let oldest = runtime.outbox_floor_record(floor).map_err(|e| Status::unavailable(e.to_string()))?;
+    let kept =
+        oldest.map_or_else(|| "no event is kept yet".to_owned(), |seq| format!("the oldest event kept is seq {seq}"));
+    let mut status = Status::out_of_range(format!(
+        "the events after seq {cursor} up to seq {floor} were deleted (older than the server's \
+         --outbox-retention, with no broker to relay them) before this reader saw them; {kept}. Resume after \
+         the floor, with after_seq {floor}, and reconcile what was missed"
+    ));
+    status.metadata_mut().insert(FLOOR_HEADER, floor.into());
+    if let Some(seq) = oldest {
+        status.metadata_mut().insert(OLDEST_HEADER, seq.into());
+    }
+    Ok(Some(status))
+}
+
 #[tonic::async_trait]
 impl EventService for EventsApi {
     type StreamEventsStream = EventStream;
@@ -49,6 +77,10 @@ impl EventService for EventsApi {
     async fn stream_events(&self, request: Request<StreamEventsRequest>) -> Result<Response<EventStream>, Status> {
         let StreamEventsRequest { after_seq, follow } = request.into_inner();
         let runtime = self.runtime.clone();
+        // Refused before the stream opens, so that a client sees the status at once.
+        if let Some(status) = behind_floor(&runtime, after_seq)? {
+            return Err(status);
+        }
         // Bounded: a slow reader slows its own stream, nothing else.
         let (tx, rx) = mpsc::channel(PAGE);
         tokio::spawn(async move {
@@ -64,6 +96,16 @@ impl EventService for EventsApi {
                         return;
                     }
                 };
+                // After the read: pruning deletes records and raises the floor
+                // in one batch, so a page that missed a pruned record sees
+                // the floor above its cursor here.
+                match behind_floor(&runtime, cursor) {
+                    Ok(None) => {}
+                    Ok(Some(status)) | Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                }
                 let full = page.len() == PAGE;
                 for record in page {
                     cursor = record.seq;

@@ -9,7 +9,7 @@ mod workflow;
 
 pub use decode_errors::decode_errors_are_invalid_arguments;
 pub use definition::DefinitionApi;
-pub use events::EventsApi;
+pub use events::{EventsApi, FLOOR_HEADER, OLDEST_HEADER};
 pub use worker::WorkerApi;
 pub use workflow::WorkflowApi;
 
@@ -30,6 +30,10 @@ impl From<Error> for Status {
             Error::Store(crate::store::Error::IdTooLong { .. }) => Code::InvalidArgument,
             Error::Store(e) => {
                 tracing::error!(error = %e, "storage failure");
+                Code::Unavailable
+            }
+            Error::Archive(e) => {
+                tracing::error!(error = %e, "archive failure");
                 Code::Unavailable
             }
         };

@@ -55,6 +55,36 @@ impl WorkflowApi {
         Ok(summary)
     }
 
+    /// `GetWorkflowHistory{archived}`: a page of a deleted workflow's history,
+    /// from the archive. The live read's rule applies: a client reads only
+    /// what it started, by the owner label its `WorkflowStarted` carries, and
+    /// another client's workflow reads as missing.
+    async fn archived_history(
+        &self,
+        request: &GetWorkflowHistoryRequest,
+        caller: &Principal,
+    ) -> Result<GetWorkflowHistoryResponse, Status> {
+        self.workflow_id(&request.workflow_id)?;
+        let (_, history) = self.runtime.archived_history(&request.workflow_id).await?;
+        let labels = match history.first().and_then(|e| e.attributes.as_ref()) {
+            Some(sagaflow_proto::v1::history_event::Attributes::WorkflowStarted(started)) => started.labels.clone(),
+            _ => Default::default(),
+        };
+        if !caller.may_read(&labels) {
+            return Err(Status::not_found(format!("workflow {} is not in the archive", request.workflow_id)));
+        }
+        let page = match request.page_size {
+            0 => DEFAULT_HISTORY_PAGE,
+            n => n.min(MAX_HISTORY_PAGE),
+        } as usize;
+        let from = request.from_seq.max(1);
+        let last = history.last().map_or(0, |e| e.seq);
+        let events: Vec<_> = history.into_iter().filter(|e| e.seq >= from).take(page).collect();
+        let next_seq = events.last().map_or(from, |e| e.seq + 1);
+        // An archived workflow is closed: the page that reaches its last event ends it.
+        Ok(GetWorkflowHistoryResponse { events, next_seq, terminal: next_seq > last })
+    }
+
     /// `StartWorkflow`'s work, once the call's origin is read from its metadata.
     async fn start(&self, mut request: StartWorkflowRequest, origin: Origin) -> Result<(String, bool), Status> {
         let Origin { correlation_id, traceparent, caller } = origin;
@@ -174,6 +204,9 @@ impl WorkflowService for WorkflowApi {
     ) -> Result<Response<GetWorkflowHistoryResponse>, Status> {
         let caller = auth::principal(&request);
         let request = request.into_inner();
+        if request.archived {
+            return Ok(Response::new(self.archived_history(&request, &caller).await?));
+        }
         // The summary is read (after a durability barrier) before the events:
         // if it is terminal, no event can follow the ones read below.
         let mut summary = self.summary(&request.workflow_id, &caller).await?;

@@ -6,6 +6,7 @@
 //! [`store`](crate::store) commits, [`dispatch`] hands out work, and
 //! [`timers`] wake what waits.
 
+mod archival;
 mod children;
 mod definitions;
 mod describe;
@@ -57,6 +58,10 @@ pub enum Error {
     ResourceExhausted(String),
     #[error(transparent)]
     Store(#[from] store::Error),
+    /// The archive (`--archive-dir`) could not be written or read; a
+    /// deletion that needed it did not happen.
+    #[error(transparent)]
+    Archive(#[from] crate::archive::Error),
 }
 
 impl From<Rejection> for Error {
@@ -161,6 +166,8 @@ struct Inner {
     stuck: stuck::Tracker,
     /// Bumped after every durable decision that wrote outbox records.
     outbox_changed: watch::Sender<u64>,
+    /// Where closed workflows go before they are deleted (`--archive-dir`).
+    archive: Option<Arc<crate::archive::Archive>>,
 }
 
 impl Runtime {
@@ -176,6 +183,7 @@ impl Runtime {
         limits: Limits,
         stuck_policy: StuckPolicy,
         lease_key: lease_token::LeaseKey,
+        archive: Option<Arc<crate::archive::Archive>>,
     ) -> Result<Self> {
         let stored = load_stored(&*store, &mut registry).map_err(|e| Error::FailedPrecondition(e.to_string()))?;
         if stored > 0 {
@@ -196,6 +204,7 @@ impl Runtime {
                 watchers: Mutex::default(),
                 stuck: stuck::Tracker::new(stuck_policy),
                 outbox_changed: watch::channel(0).0,
+                archive,
             }),
         };
         if !apply.is_empty() {
@@ -681,6 +690,7 @@ impl Runtime {
 
     /// Deletes a closed workflow's history, index row and request id, under
     /// its lock so that no decision interleaves; durable when this returns.
+    /// With an archive, the history is archived durably before.
     pub async fn delete_workflow(&self, workflow_id: &str) -> Result<()> {
         let slot = self.slot(workflow_id);
         let guard = slot.lock().await;
@@ -690,12 +700,18 @@ impl Runtime {
                 "workflow {workflow_id} is {}: only a closed workflow can be deleted; cancel or terminate it first",
                 sagaflow_proto::status_name(WorkflowStatus::try_from(summary.status).unwrap_or_default())
             ))),
-            Ok(summary) => match self.inner.store.commit(Commit::delete(workflow_id, summary.request_id)) {
-                Ok(durable) => durable.wait().await.map_err(Error::from),
-                Err(store::Error::StillOpen(_)) => {
-                    Err(Error::FailedPrecondition(format!("workflow {workflow_id} is still open")))
-                }
-                Err(e) => Err(e.into()),
+            Ok(summary) => match self.archive_before_delete(&summary).await {
+                // Archived durably first (when the server archives): a crash
+                // after this leaves it archived and not deleted, and the next
+                // deletion archives it again (ADR 0026).
+                Ok(()) => match self.inner.store.commit(Commit::delete(workflow_id, summary.request_id)) {
+                    Ok(durable) => durable.wait().await.map_err(Error::from),
+                    Err(store::Error::StillOpen(_)) => {
+                        Err(Error::FailedPrecondition(format!("workflow {workflow_id} is still open")))
+                    }
+                    Err(e) => Err(e.into()),
+                },
+                Err(e) => Err(e),
             },
             Err(e) => Err(e),
         };

@@ -41,6 +41,17 @@ impl Runtime {
         Ok(self.inner.store.list(id_prefix, after, limit, scan_budget, filter)?)
     }
 
+    /// The highest outbox seq pruned unrelayed (no broker), 0 if none: a
+    /// cursor below it has missed records.
+    pub fn outbox_floor(&self) -> Result<u64> {
+        Ok(self.inner.store.outbox_floor()?)
+    }
+
+    /// The seq of the oldest outbox record kept above `floor`, if any.
+    pub fn outbox_floor_record(&self, floor: u64) -> Result<Option<u64>> {
+        Ok(self.inner.store.outbox(floor, 1)?.first().map(|r| r.seq))
+    }
+
     /// Outbox records after `after`, at most `limit`, only durable ones.
     pub async fn outbox_page(&self, after: u64, limit: usize) -> Result<Vec<OutboxRecord>> {
         self.inner.store.barrier().wait().await?;

@@ -4,6 +4,10 @@
 //! commit ([`Runtime::delete_workflow`]), so a crash at any point leaves
 //! every workflow either whole or gone, and the next pass goes on. Commits of
 //! live workflows share the group commit with it and never wait for a pass.
+//!
+//! Without a broker the same pass also prunes the outbox: no relay deletes
+//! its records, so those older than `outbox` go, oldest first, and the store
+//! keeps the highest seq pruned (the floor) for readers that resume (ADR 0026).
 
 use std::time::Duration;
 
@@ -24,11 +28,20 @@ pub struct RetentionPolicy {
     pub default: Duration,
     /// How often a pass runs.
     pub interval: Duration,
+    /// How long an outbox record is kept when no broker takes it; `None`
+    /// prunes nothing (the server relays to a broker, which deletes each
+    /// record once acknowledged).
+    #[serde(default)]
+    pub outbox: Option<Duration>,
 }
 
 impl Default for RetentionPolicy {
     fn default() -> Self {
-        Self { default: Duration::from_secs(7 * 24 * 3600), interval: Duration::from_secs(60) }
+        Self {
+            default: Duration::from_secs(7 * 24 * 3600),
+            interval: Duration::from_secs(60),
+            outbox: Some(Duration::from_secs(7 * 24 * 3600)),
+        }
     }
 }
 
@@ -44,6 +57,38 @@ impl Runtime {
                 Ok(deleted) => tracing::info!(deleted, "closed workflows past their retention deleted"),
                 Err(e) => tracing::warn!(error = %e, "retention pass failed; the next one goes on"),
             }
+            let Some(outbox) = policy.outbox else { continue };
+            match self.prune_outbox_once(outbox).await {
+                Ok(0) => {}
+                Ok(pruned) => tracing::info!(pruned, "outbox records past --outbox-retention deleted"),
+                Err(e) => tracing::warn!(error = %e, "outbox pruning failed; the next pass goes on"),
+            }
+        }
+    }
+
+    /// Deletes the outbox records older than `keep`, oldest first, and
+    /// stops at the first younger one: what goes is always a prefix of the
+    /// outbox, so the floor the store keeps (the highest seq pruned) tells a
+    /// reader exactly which cursors missed records. Records are numbered in
+    /// commit order and stamped at their decision, so a younger record
+    /// before an older one only holds the older one back until the next pass.
+    pub async fn prune_outbox_once(&self, keep: Duration) -> Result<u64> {
+        let cutoff = now_ms().saturating_sub(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX));
+        let mut pruned = 0u64;
+        loop {
+            // Pruned records are gone, so the oldest kept comes first.
+            let page = self.inner.store.outbox(0, PAGE)?;
+            let old: Vec<u64> = page.iter().take_while(|r| r.time_ms < cutoff).map(|r| r.seq).collect();
+            if old.is_empty() {
+                return Ok(pruned);
+            }
+            self.inner.store.prune_outbox(&old)?.wait().await?;
+            pruned += old.len() as u64;
+            crate::metrics::record_outbox_pruned(old.len());
+            if old.len() < page.len() || page.len() < PAGE {
+                return Ok(pruned);
+            }
+            tokio::task::yield_now().await;
         }
     }
 

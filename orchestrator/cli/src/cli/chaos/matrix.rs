@@ -327,8 +327,13 @@ impl Lane {
     }
 
     async fn history(&mut self, workflow_id: &str) -> anyhow::Result<Vec<HistoryEvent>> {
-        let request =
-            GetWorkflowHistoryRequest { workflow_id: workflow_id.into(), from_seq: 1, page_size: 10_000, wait_ms: 0 };
+        let request = GetWorkflowHistoryRequest {
+            workflow_id: workflow_id.into(),
+            from_seq: 1,
+            page_size: 10_000,
+            wait_ms: 0,
+            archived: false,
+        };
         Ok(self.workflows.get_workflow_history(request).await?.into_inner().events)
     }
 

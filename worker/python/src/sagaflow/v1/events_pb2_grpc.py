@@ -52,6 +52,14 @@ class EventServiceServicer:
 
     def StreamEvents(self, request, context):
         """Events after a cursor, in outbox order; with `follow`, waits for new ones.
+        Without a broker the server deletes events older than its
+        --outbox-retention and keeps the highest seq it deleted (the floor). A
+        cursor below the floor, at the call or later while following, is
+        OUT_OF_RANGE: events after it were deleted before this reader saw them.
+        The status carries the metadata `sagaflow-outbox-floor` (resume with
+        after_seq set to it) and, when one is kept, `sagaflow-outbox-oldest`.
+        With a broker, events are deleted once relayed, and a cursor is never
+        refused.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

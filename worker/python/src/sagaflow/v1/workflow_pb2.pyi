@@ -263,16 +263,18 @@ class DescribeWorkflowResponse(_message.Message):
     def __init__(self, summary: _Optional[_Union[WorkflowSummary, _Mapping]] = ..., pending_activities: _Optional[_Iterable[_Union[PendingActivity, _Mapping]]] = ..., result: _Optional[str] = ..., reason: _Optional[str] = ..., step_results: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class GetWorkflowHistoryRequest(_message.Message):
-    __slots__ = ("workflow_id", "from_seq", "page_size", "wait_ms")
+    __slots__ = ("workflow_id", "from_seq", "page_size", "wait_ms", "archived")
     WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
     FROM_SEQ_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVED_FIELD_NUMBER: _ClassVar[int]
     workflow_id: str
     from_seq: int
     page_size: int
     wait_ms: int
-    def __init__(self, workflow_id: _Optional[str] = ..., from_seq: _Optional[int] = ..., page_size: _Optional[int] = ..., wait_ms: _Optional[int] = ...) -> None: ...
+    archived: bool
+    def __init__(self, workflow_id: _Optional[str] = ..., from_seq: _Optional[int] = ..., page_size: _Optional[int] = ..., wait_ms: _Optional[int] = ..., archived: _Optional[bool] = ...) -> None: ...
 
 class GetWorkflowHistoryResponse(_message.Message):
     __slots__ = ("events", "next_seq", "terminal")
