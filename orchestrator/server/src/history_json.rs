@@ -99,8 +99,8 @@ mod tests {
     use std::collections::HashMap;
 
     use sagaflow_proto::v1::{
-        ActivityCompleted, ActivityFailed, ActivityResolved, ActivityScheduled, StepSkipped, WorkflowCompleted,
-        WorkflowStarted,
+        ActivityCompleted, ActivityFailed, ActivityResolved, ActivityScheduled, CarriedStep, StepSkipped,
+        WorkflowCompleted, WorkflowStarted,
     };
 
     use super::*;
@@ -124,6 +124,14 @@ mod tests {
                     traceparent: "00-ab-cd-01".into(),
                     definition_hash: "h".into(),
                     parent_workflow_id: String::new(),
+                    redrive_of: "wf-0".into(),
+                    redrive: 1,
+                    carried_steps: vec![CarriedStep {
+                        step_index: 0,
+                        step: "quote".into(),
+                        result: r#"{"cents":1200}"#.into(),
+                        skipped: false,
+                    }],
                 }),
             ),
             at(
