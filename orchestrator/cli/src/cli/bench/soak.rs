@@ -162,3 +162,48 @@ fn judge(samples: &[Sample], args: &BenchArgs) -> anyhow::Result<()> {
         bail!("soak: {}", failures.join("; "))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn args() -> BenchArgs {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            bench: BenchArgs,
+        }
+        Wrapper::parse_from(["bench", "--phase", "soak", "--max-rss-mib", "500", "--max-disk-mib", "500"]).bench
+    }
+
+    fn samples(level: impl Fn(u32) -> f64) -> Vec<Sample> {
+        (0..SAMPLES)
+            .map(|i| Sample {
+                at: Duration::from_secs(u64::from(i)),
+                done: u64::from(i) * 100,
+                rss_mib: level(i),
+                disk_mib: level(i),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_level_that_plateaus_passes_and_one_that_keeps_growing_fails() {
+        // A warm-up climb, then noise around a level.
+        let flat = samples(|i| if i < 10 { 10.0 * f64::from(i) } else { 100.0 + f64::from(i % 3) });
+        judge(&flat, &args()).unwrap();
+        // A steady climb of 2 MiB a sample: 100 MiB over the settled part.
+        let growing = samples(|i| 50.0 + 2.0 * f64::from(i));
+        let refused = judge(&growing, &args()).unwrap_err().to_string();
+        assert!(refused.contains("RSS still grows") && refused.contains("data still grows"), "{refused}");
+    }
+
+    #[test]
+    fn a_bound_passed_fails_even_when_flat() {
+        let high = samples(|_| 600.0);
+        let refused = judge(&high, &args()).unwrap_err().to_string();
+        assert!(refused.contains("bound 500 MiB"), "{refused}");
+    }
+}
