@@ -139,6 +139,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.phase == PhaseChoice::Soak {
         ensure!(matches!(target, Target::Spawn), "the soak phase sets its server's retention: leave out --server");
         ensure!(args.python_worker.is_none(), "the soak phase runs `sagaflow worker`: leave out --python-worker");
+        // The shop's stock runs out within minutes of phase c's load.
+        ensure!(args.workflow == BenchWorkflow::Bench, "the soak phase runs the bench saga: leave out --workflow");
         let mut data = DataDir::create(args.data_dir.clone(), args.keep_data)?;
         return soak::run(&args, &mut data, &Interrupt::listen()).await;
     }
