@@ -630,7 +630,9 @@ async fn show_progress(shared: Arc<Shared>, phase: &'static str, n: u64, mut sto
         let rate = (done - last.1) as f64 / now.duration_since(last.0).as_secs_f64().max(1e-9);
         last = (now, done);
         let errors = shared.errors.load(Ordering::Relaxed);
-        let line = format!("  phase {phase}: {done}/{n} sagas, {rate:.0} sagas/s, {errors} errors");
+        // A phase stopped by the clock (the soak) has no N to show.
+        let of_n = if n >= u64::MAX / 2 { String::new() } else { format!("/{n}") };
+        let line = format!("  phase {phase}: {done}{of_n} sagas, {rate:.0} sagas/s, {errors} errors");
         if terminal {
             eprint!("\r{line:<width$}");
             width = width.max(line.len());
