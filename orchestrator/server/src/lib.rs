@@ -15,6 +15,7 @@ pub mod in_process;
 pub mod jobs;
 pub mod limits;
 pub mod metrics;
+pub mod operator;
 pub mod os_tuning;
 pub mod registry;
 pub mod runtime;

@@ -32,6 +32,7 @@ use tokio::sync::watch;
 pub use definitions::{LoadError, Registered, load_stored};
 pub use records::summary;
 pub use recovery::{RebuildReport, rebuild_derived};
+pub use redrive::Redriven;
 pub use stuck::StuckPolicy;
 
 use crate::engine::{self, Input, Outcome, Rejection, WorkflowState};
@@ -55,6 +56,10 @@ pub enum Error {
     FailedPrecondition(String),
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The runtime broke one of its own promises (an event it should have
+    /// recorded is missing): a bug, never the caller's fault.
+    #[error("{0}")]
+    Internal(String),
     #[error(transparent)]
     Store(#[from] store::Error),
 }
