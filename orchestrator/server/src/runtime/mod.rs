@@ -14,6 +14,7 @@ pub mod lease_token;
 mod outbox;
 mod queues;
 mod reads;
+mod recent;
 mod records;
 mod recovery;
 mod redrive;
@@ -30,6 +31,7 @@ use sagaflow_workflows::SagaDefinition;
 use tokio::sync::watch;
 
 pub use definitions::{LoadError, Registered, load_stored};
+pub use recent::{Cursor, NewestPage, NewestQuery};
 pub use records::summary;
 pub use recovery::{RebuildReport, rebuild_derived};
 pub use redrive::Redriven;
@@ -148,6 +150,8 @@ struct Inner {
     stuck: stuck::Tracker,
     /// Bumped after every durable decision that wrote outbox records.
     outbox_changed: watch::Sender<u64>,
+    /// Workflows by start time, for the console; built on first use.
+    recent: recent::Recent,
 }
 
 impl Runtime {
@@ -183,6 +187,7 @@ impl Runtime {
                 watchers: Mutex::default(),
                 stuck: stuck::Tracker::new(stuck_policy),
                 outbox_changed: watch::channel(0).0,
+                recent: recent::Recent::default(),
             }),
         };
         if !apply.is_empty() {
@@ -510,6 +515,9 @@ impl Runtime {
         let started = std::time::Instant::now();
         self.inner.store.commit(commit)?.wait().await?;
         crate::metrics::record_commit(started.elapsed());
+        if new_history {
+            self.inner.recent.add(state.started_ms, workflow_id);
+        }
         let now = now_ms();
         for task_id in &delta.gone_tasks {
             self.inner.dispatch.remove(workflow_id, task_id, outcome_task != Some(task_id.as_str()));
@@ -674,7 +682,13 @@ impl Runtime {
                 sagaflow_proto::status_name(WorkflowStatus::try_from(summary.status).unwrap_or_default())
             ))),
             Ok(summary) => match self.inner.store.commit(Commit::delete(workflow_id, summary.request_id)) {
-                Ok(durable) => durable.wait().await.map_err(Error::from),
+                Ok(durable) => {
+                    let deleted = durable.wait().await.map_err(Error::from);
+                    if deleted.is_ok() {
+                        self.inner.recent.remove(summary.started_ms, workflow_id);
+                    }
+                    deleted
+                }
                 Err(store::Error::StillOpen(_)) => {
                     Err(Error::FailedPrecondition(format!("workflow {workflow_id} is still open")))
                 }
