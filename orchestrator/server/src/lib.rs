@@ -5,6 +5,7 @@ pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod connections;
+pub mod console;
 pub mod extension;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
