@@ -1045,6 +1045,10 @@ mod tests {
             data_dir: None,
             keep_data: false,
             python_worker: None,
+            duration: Duration::from_secs(60),
+            soak_retention: Duration::from_secs(60),
+            max_rss_mib: 1024,
+            max_disk_mib: 4096,
         };
         let phases = selected_phases(&args);
         assert_eq!(phases.iter().map(|p| p.name).collect::<Vec<_>>(), ["a", "b", "c", "d"]);
