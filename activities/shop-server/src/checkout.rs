@@ -25,7 +25,7 @@ use sagaflow_proto::is_terminal;
 use sagaflow_server::api::{Origin, invalid};
 use sagaflow_server::auth::{self, Principal, policy};
 use sagaflow_server::engine::{is_side_task, timeout_leaves_outcome_unknown};
-use sagaflow_server::runtime::{Runtime, StartRequest};
+use sagaflow_server::runtime::{Error as RuntimeError, Runtime, StartRequest};
 
 const MAX_ITEMS: usize = 100;
 const MAX_QUANTITY: u32 = 10_000;
@@ -67,6 +67,14 @@ impl sagaflow_server::Extension for CheckoutExtension {
         );
     }
 
+    fn console_routes(&self, runtime: &Runtime) -> Option<axum::Router> {
+        Some(crate::console::routes(runtime))
+    }
+
+    fn console_links(&self, summary: &WorkflowSummary) -> Vec<sagaflow_server::console::Link> {
+        crate::console::links(summary)
+    }
+
     fn job_activities(
         &self,
         worker: sagaflow_worker::WorkerBuilder,
@@ -96,7 +104,7 @@ fn refund_workflow_id(checkout_id: &str, refund_id: &str) -> String {
     format!("{}{id}", refunds_prefix(checkout_id))
 }
 
-fn refunds_prefix(checkout_id: &str) -> String {
+pub(crate) fn refunds_prefix(checkout_id: &str) -> String {
     format!("rfd-{}-", checkout_id.trim_start_matches("chk-"))
 }
 
@@ -189,7 +197,7 @@ impl CheckoutView {
     /// checkout that failed at pricing made no reservation and no payment,
     /// and a view that named them would send a reader looking for ghosts.
     /// An attempt that never answered may have taken effect, so it counts.
-    fn id_once_attempted(&self, step: &str, field: &str) -> String {
+    pub(crate) fn id_once_attempted(&self, step: &str, field: &str) -> String {
         if self.attempted.contains(step) {
             self.input[field].as_str().unwrap_or_default().to_owned()
         } else {
@@ -250,7 +258,7 @@ impl CheckoutView {
         }
     }
 
-    fn shipment_status(&self) -> String {
+    pub(crate) fn shipment_status(&self) -> String {
         match self.steps.get("ship") {
             Some(shipment) => shipment["status"].as_str().unwrap_or("CREATED").to_owned(),
             None if self.shipment_delayed => "DELAYED".into(),
@@ -360,30 +368,78 @@ pub fn audit_checkouts(
     audit
 }
 
+/// A checkout `caller` may read, from its history: its view, its summary
+/// and the history itself. Another client's checkout reads as missing: its
+/// existence is not ours to tell. The API and the console page read it so.
+pub(crate) async fn read_checkout(
+    runtime: &Runtime,
+    checkout_id: &str,
+    caller: &Principal,
+) -> Result<(CheckoutView, WorkflowSummary, Vec<HistoryEvent>), RuntimeError> {
+    runtime.limits().id("checkout_id", checkout_id).map_err(|e| RuntimeError::InvalidArgument(e.0))?;
+    let summary = runtime.describe(checkout_id).await?;
+    if summary.workflow_type != CHECKOUT || !caller.may_read(&summary.labels) {
+        return Err(RuntimeError::NotFound(format!("checkout {checkout_id} not found")));
+    }
+    let history = runtime.history(checkout_id, 1, usize::MAX)?;
+    Ok((CheckoutView::from_history(&history), summary, history))
+}
+
+/// One refund of a checkout, from its refund workflow.
+#[derive(Debug, Clone)]
+pub(crate) struct RefundRow {
+    pub summary: WorkflowSummary,
+    pub view: CheckoutView,
+    pub amount_cents: i64,
+    /// Its `refund` step completed: the money went back.
+    pub refunded: bool,
+    /// When the refund step completed.
+    pub refunded_ms: i64,
+}
+
+/// The refunds of a checkout, in the order of their workflow ids.
+pub(crate) async fn refund_rows(runtime: &Runtime, checkout_id: &str) -> Result<Vec<RefundRow>, RuntimeError> {
+    let page = runtime.list(&refunds_prefix(checkout_id), None, 10_000, 10_000, &|_| true).await?;
+    let mut rows = Vec::with_capacity(page.workflows.len());
+    for summary in page.workflows {
+        let history = runtime.history(&summary.workflow_id, 1, usize::MAX)?;
+        let view = CheckoutView::from_history(&history);
+        let refund_task = history.iter().find_map(|e| match &e.attributes {
+            Some(Attributes::ActivityScheduled(s)) if s.step == "refund" && !s.compensation => Some(s.task_id.clone()),
+            _ => None,
+        });
+        let refunded_ms = history
+            .iter()
+            .find_map(|e| match &e.attributes {
+                Some(Attributes::ActivityCompleted(c)) if Some(&c.task_id) == refund_task.as_ref() => Some(e.time_ms),
+                _ => None,
+            })
+            .unwrap_or(0);
+        rows.push(RefundRow {
+            amount_cents: view.input["amount_cents"].as_i64().unwrap_or(0),
+            refunded: view.steps.contains_key("refund"),
+            refunded_ms,
+            summary,
+            view,
+        });
+    }
+    Ok(rows)
+}
+
 impl CheckoutApi {
     async fn view(&self, checkout_id: &str, caller: &Principal) -> Result<(CheckoutView, WorkflowSummary), Status> {
-        self.runtime.limits().id("checkout_id", checkout_id).map_err(invalid)?;
-        let summary = self.runtime.describe(checkout_id).await?;
-        // Another client's checkout reads as missing: its existence is not ours to tell.
-        if summary.workflow_type != CHECKOUT || !caller.may_read(&summary.labels) {
-            return Err(Status::not_found(format!("checkout {checkout_id} not found")));
-        }
-        let history = self.runtime.history(checkout_id, 1, usize::MAX)?;
-        Ok((CheckoutView::from_history(&history), summary))
+        let (view, summary, _) = read_checkout(&self.runtime, checkout_id, caller).await?;
+        Ok((view, summary))
     }
 
     /// Refunds of a checkout: `(refunded by completed refunds, asked by refunds still running)`.
     async fn refunds(&self, checkout_id: &str) -> Result<(i64, i64), Status> {
-        let page = self.runtime.list(&refunds_prefix(checkout_id), None, 10_000, 10_000, &|_| true).await?;
         let (mut refunded, mut pending) = (0, 0);
-        for summary in page.workflows {
-            let history = self.runtime.history(&summary.workflow_id, 1, usize::MAX)?;
-            let refund = CheckoutView::from_history(&history);
-            let amount = refund.input["amount_cents"].as_i64().unwrap_or(0);
-            if refund.steps.contains_key("refund") {
-                refunded += amount;
-            } else if !is_terminal(summary.status) {
-                pending += amount;
+        for refund in refund_rows(&self.runtime, checkout_id).await? {
+            if refund.refunded {
+                refunded += refund.amount_cents;
+            } else if !is_terminal(refund.summary.status) {
+                pending += refund.amount_cents;
             }
         }
         Ok((refunded, pending))

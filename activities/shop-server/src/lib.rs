@@ -4,6 +4,7 @@
 //! `sagaflow` binary assembles it with the platform.
 
 pub mod checkout;
+mod console;
 mod jobs;
 pub mod read_model;
 

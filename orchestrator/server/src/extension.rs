@@ -3,11 +3,18 @@
 //! reaches the workflows only through the [`Runtime`]'s public methods, as
 //! any client library would, and names who may call each of its methods;
 //! a method it does not name is operator-only.
+//!
+//! An extension may also add pages to the operator console
+//! ([`console_routes`](Extension::console_routes)) and links to them on a
+//! workflow's page ([`console_links`](Extension::console_links)).
 
 use sagaflow_worker::WorkerBuilder;
 use tonic::service::RoutesBuilder;
 
+use sagaflow_proto::v1::WorkflowSummary;
+
 use crate::auth::Role;
+use crate::console::Link;
 use crate::runtime::Runtime;
 
 pub trait Extension: Send + Sync + 'static {
@@ -27,5 +34,22 @@ pub trait Extension: Send + Sync + 'static {
     /// queues) that need the runtime at hand; none by default.
     fn job_activities(&self, worker: WorkerBuilder, _runtime: &Runtime) -> WorkerBuilder {
         worker
+    }
+
+    /// Pages of the operator console (ADR 0027), served on the HTTP
+    /// listener behind the console's sessions: a handler takes a
+    /// [`console::Viewer`](crate::console::Viewer) (who looks, and whether
+    /// they may act), reads through `runtime` with the same `may_read` rule
+    /// as the API, and frames its HTML with [`console::page`](crate::console::page).
+    /// A form that changes something carries `Viewer::csrf` and checks it
+    /// with `Viewer::check_csrf`. None by default.
+    fn console_routes(&self, _runtime: &Runtime) -> Option<axum::Router> {
+        None
+    }
+
+    /// Links to this extension's pages on a workflow's console page (the
+    /// shop's checkout view on a checkout's); none by default.
+    fn console_links(&self, _summary: &WorkflowSummary) -> Vec<Link> {
+        Vec::new()
     }
 }

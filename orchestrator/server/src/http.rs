@@ -1,4 +1,5 @@
-//! The HTTP listener: `/healthz` and `/metrics` (Prometheus text format).
+//! The HTTP listener: `/healthz`, `/metrics` (Prometheus text format) and
+//! the operator console (`crate::console`) on every other path.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -35,21 +36,24 @@ pub fn router() -> Router {
 
 /// The server's routes: `/healthz` tells whether the store takes writes,
 /// and under auth the gRPC role table applies to them too (`/metrics` needs
-/// an operator token; `/healthz` none).
-fn guarded(tokens: Option<Arc<Tokens>>, health: StoreHealth) -> Router {
+/// an operator token; `/healthz` none). Every other path is the console,
+/// behind its own sessions (`console::router`).
+fn guarded(tokens: Option<Arc<Tokens>>, health: StoreHealth, console: crate::console::Setup) -> Router {
     Router::new()
         .route("/healthz", get(move || std::future::ready(crate::health::http_answer(&health))))
         .route("/metrics", get(|| async { prometheus().map(PrometheusHandle::render).unwrap_or_default() }))
         .layer(axum::middleware::from_fn_with_state(tokens, crate::auth::guard_http))
+        .merge(crate::console::router(console))
 }
 
 pub async fn serve(
     listener: crate::connections::GatedListener,
     tokens: Option<Arc<Tokens>>,
     health: StoreHealth,
+    console: crate::console::Setup,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, guarded(tokens, health)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, guarded(tokens, health, console)).with_graceful_shutdown(shutdown).await
 }
 
 /// The same routes over TLS.
@@ -57,9 +61,10 @@ pub async fn serve_tls(
     listener: crate::tls::TlsListener,
     tokens: Option<Arc<Tokens>>,
     health: StoreHealth,
+    console: crate::console::Setup,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, guarded(tokens, health)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, guarded(tokens, health, console)).with_graceful_shutdown(shutdown).await
 }
 
 pub fn describe(addr: SocketAddr) -> String {
@@ -69,4 +74,9 @@ pub fn describe(addr: SocketAddr) -> String {
 /// Where the metrics are, with the scheme the listener speaks.
 pub fn describe_with(addr: SocketAddr, tls: bool) -> String {
     if tls { format!("https://{addr}/metrics") } else { describe(addr) }
+}
+
+/// Where the console is, with the scheme the listener speaks.
+pub fn console_url(addr: SocketAddr, tls: bool) -> String {
+    format!("{}://{addr}/", if tls { "https" } else { "http" })
 }

@@ -6,6 +6,7 @@ pub mod api;
 pub mod archive;
 pub mod auth;
 pub mod connections;
+pub mod console;
 pub mod extension;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
@@ -17,6 +18,7 @@ pub mod in_process;
 pub mod jobs;
 pub mod limits;
 pub mod metrics;
+pub mod operator;
 pub mod os_tuning;
 pub mod registry;
 pub mod runtime;

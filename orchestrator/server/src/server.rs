@@ -217,6 +217,7 @@ impl Server {
         extensions: Vec<Box<dyn Extension>>,
     ) -> Result<Self, Error> {
         options.check_exposure()?;
+        let extensions = Arc::new(extensions);
         let policy = Arc::new(Policy::with_rules(extensions.iter().flat_map(|e| e.rules())));
         let store: Arc<dyn Store> = match (store, &options.storage) {
             (Some(store), _) => store,
@@ -264,11 +265,17 @@ impl Server {
                 };
                 let tokens = options.auth.clone();
                 let health = store_health.clone();
+                let console = crate::console::Setup {
+                    runtime: runtime.clone(),
+                    tokens: options.auth.clone(),
+                    tls: options.tls.is_some(),
+                    extensions: Arc::clone(&extensions),
+                };
                 match &options.tls {
                     Some(tls) => {
                         let listener = tls.listener(http)?;
                         tasks.push(tokio::spawn(async move {
-                            if let Err(e) = crate::http::serve_tls(listener, tokens, health, shutdown).await {
+                            if let Err(e) = crate::http::serve_tls(listener, tokens, health, console, shutdown).await {
                                 tracing::error!(error = %e, "https listener failed");
                             }
                         }));
@@ -277,7 +284,7 @@ impl Server {
                         let http = GatedListener::new(Gate::new("http", http_cap), http)
                             .map_err(|source| Error::Bind { addr, source })?;
                         tasks.push(tokio::spawn(async move {
-                            if let Err(e) = crate::http::serve(http, tokens, health, shutdown).await {
+                            if let Err(e) = crate::http::serve(http, tokens, health, console, shutdown).await {
                                 tracing::error!(error = %e, "http listener failed");
                             }
                         }));
@@ -292,7 +299,7 @@ impl Server {
         health_reporter.set_serving::<WorkflowServiceServer<WorkflowApi>>().await;
         health_reporter.set_serving::<WorkerServiceServer<WorkerApi>>().await;
         health_reporter.set_serving::<EventServiceServer<EventsApi>>().await;
-        for extension in &extensions {
+        for extension in extensions.iter() {
             health_reporter.set_service_status(extension.service_name(), tonic_health::ServingStatus::Serving).await;
         }
         {
@@ -332,7 +339,7 @@ impl Server {
         let admission = Arc::new(Admission::new(options.admission));
         // Auth first, so that admission knows whose budget a call is charged to.
         let mut routes = tonic::service::RoutesBuilder::default();
-        for extension in &extensions {
+        for extension in extensions.iter() {
             extension.add_to(&mut routes, &runtime, max_message);
         }
         let router = builder

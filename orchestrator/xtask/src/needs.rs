@@ -55,6 +55,13 @@ pub const NEEDS: &[Need] = &[
         stages: &[Stage::Dashboard, Stage::Examples, Stage::PythonSdk],
     },
     Need {
+        name: "chromedriver",
+        purpose: "the console tests (orchestrator/cli/tests/console.rs) drive headless chromium through it",
+        probe: Probe::Executable("chromedriver"),
+        packages: &["chromium", "chromium-driver"],
+        stages: &[Stage::CargoTest],
+    },
+    Need {
         name: "fusermount3",
         purpose: "the power-loss and disk-fault tests mount the fault-injecting file system (orchestrator/faultfs); \
                   fuser mounts through it when it cannot mount directly",
@@ -199,6 +206,9 @@ mod tests {
     #[test]
     fn packages_are_listed_once() {
         let all: Vec<&Need> = NEEDS.iter().chain(NEEDS).collect();
-        assert_eq!(packages(&all), ["nats-server", "prometheus", "python3", "python3-venv", "fuse3"]);
+        assert_eq!(
+            packages(&all),
+            ["nats-server", "prometheus", "python3", "python3-venv", "chromium", "chromium-driver", "fuse3"]
+        );
     }
 }

@@ -22,7 +22,7 @@ pub struct DevArgs {
     /// gRPC listen address (what `--server` points the other commands at). Loopback by default.
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
-    /// HTTP listen address for /metrics and /healthz.
+    /// HTTP listen address for the console (/), /metrics and /healthz.
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub http_listen: SocketAddr,
     /// The shop admin API (`sagaflow shop …`, which reads it from --admin-url).
@@ -79,10 +79,10 @@ pub async fn run(args: DevArgs, logging: &Logging) -> anyhow::Result<()> {
     let worker = builder.build()?;
     let handle = worker.handle();
     let worker_task = tokio::spawn(worker.run());
+    let http = server.http_addr().unwrap_or(args.http_listen);
     println!(
-        "Sagaflow dev: orchestrator on {}, metrics on http://{}/metrics, shop admin on http://{admin}, data in {}",
+        "Sagaflow dev: orchestrator on {}, console on http://{http}/, metrics on http://{http}/metrics, shop admin on http://{admin}, data in {}",
         server.url(),
-        args.http_listen,
         args.data_dir.display()
     );
     println!("{}", try_lines(&server.url(), &format!("http://{admin}")));

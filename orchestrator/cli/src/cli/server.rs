@@ -27,7 +27,7 @@ pub struct ServerArgs {
     /// gRPC listen address. Loopback by default.
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
-    /// HTTP listen address for /metrics and /healthz.
+    /// HTTP listen address for the console (/), /metrics and /healthz.
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub http_listen: SocketAddr,
     /// Saga definitions to apply at start, as `sagaflow definition apply` does (YAML, or JSON
@@ -217,12 +217,13 @@ pub async fn run(args: ServerArgs, logging: &Logging) -> anyhow::Result<()> {
         .start()
         .await?;
     outln!(
-        "sagaflow listening on {} (gRPC) and {} (metrics); data in {}",
+        "sagaflow listening on {} (gRPC) and {} (metrics); data in {}; console on {}",
         server.url(),
         server
             .http_addr()
             .map_or_else(|| "-".into(), |addr| sagaflow_server::http::describe_with(addr, server.is_tls())),
-        args.data_dir.display()
+        args.data_dir.display(),
+        server.http_addr().map_or_else(|| "-".into(), |addr| sagaflow_server::http::console_url(addr, server.is_tls())),
     );
     shutdown.await;
     tracing::info!("shutting down");

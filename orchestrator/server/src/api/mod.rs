@@ -27,6 +27,7 @@ impl From<Error> for Status {
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::Internal(_) => Code::Internal,
             Error::Store(crate::store::Error::IdTooLong { .. }) => Code::InvalidArgument,
             Error::Store(e) => {
                 tracing::error!(error = %e, "storage failure");

@@ -10,16 +10,16 @@ use sagaflow_proto::v1::{
     ExecuteWorkflowResponse, GetWorkflowHistoryRequest, GetWorkflowHistoryResponse, ListQueuesRequest,
     ListQueuesResponse, ListWorkflowTypesRequest, ListWorkflowTypesResponse, ListWorkflowsRequest,
     ListWorkflowsResponse, PauseQueueRequest, PauseQueueResponse, PauseWorkflowRequest, PauseWorkflowResponse,
-    QueueInfo, QueueWorker, RedriveWorkflowRequest, RedriveWorkflowResponse, ResolveActivityRequest,
-    ResolveActivityResponse, ResolvedOutcome, ResumeQueueRequest, ResumeQueueResponse, ResumeWorkflowRequest,
-    ResumeWorkflowResponse, SignalWorkflowRequest, SignalWorkflowResponse, StartWorkflowRequest, StartWorkflowResponse,
-    TerminateWorkflowRequest, TerminateWorkflowResponse, WorkflowStatus, WorkflowSummary, WorkflowType,
+    RedriveWorkflowRequest, RedriveWorkflowResponse, ResolveActivityRequest, ResolveActivityResponse, ResolvedOutcome,
+    ResumeQueueRequest, ResumeQueueResponse, ResumeWorkflowRequest, ResumeWorkflowResponse, SignalWorkflowRequest,
+    SignalWorkflowResponse, StartWorkflowRequest, StartWorkflowResponse, TerminateWorkflowRequest,
+    TerminateWorkflowResponse, WorkflowStatus, WorkflowSummary, WorkflowType,
 };
 use tonic::{Request, Response, Status};
 
 use super::{Origin, invalid};
 use crate::auth::{self, Principal, Role};
-use crate::engine::{Input, Resolution};
+use crate::operator;
 use crate::runtime::{Runtime, StartRequest};
 use sagaflow_proto::is_terminal;
 
@@ -270,16 +270,9 @@ impl WorkflowService for WorkflowApi {
         request: Request<SignalWorkflowRequest>,
     ) -> Result<Response<SignalWorkflowResponse>, Status> {
         let request = request.into_inner();
-        self.workflow_id(&request.workflow_id)?;
-        let limits = self.runtime.limits();
-        limits.id("signal name", &request.name).map_err(invalid)?;
-        limits.optional_id("identity", &request.identity).map_err(invalid)?;
-        let input = limits.json_payload("input", &request.input).map_err(invalid)?;
-        let events = self
-            .runtime
-            .decide(&request.workflow_id, Input::Signal { name: request.name, input, identity: request.identity })
+        let seq = operator::signal(&self.runtime, &request.workflow_id, request.name, &request.input, request.identity)
             .await?;
-        Ok(Response::new(SignalWorkflowResponse { seq: events.first().map_or(0, |e| e.seq) }))
+        Ok(Response::new(SignalWorkflowResponse { seq }))
     }
 
     async fn cancel_workflow(
@@ -287,11 +280,7 @@ impl WorkflowService for WorkflowApi {
         request: Request<CancelWorkflowRequest>,
     ) -> Result<Response<CancelWorkflowResponse>, Status> {
         let request = request.into_inner();
-        self.workflow_id(&request.workflow_id)?;
-        self.runtime.limits().id("reason", &request.reason).map_err(invalid)?;
-        self.runtime
-            .decide(&request.workflow_id, Input::Cancel { reason: request.reason, identity: request.identity })
-            .await?;
+        operator::cancel(&self.runtime, &request.workflow_id, request.reason, request.identity).await?;
         Ok(Response::new(CancelWorkflowResponse {}))
     }
 
@@ -300,15 +289,8 @@ impl WorkflowService for WorkflowApi {
         request: Request<PauseWorkflowRequest>,
     ) -> Result<Response<PauseWorkflowResponse>, Status> {
         let request = request.into_inner();
-        self.workflow_id(&request.workflow_id)?;
-        // The reason is what the next operator reads in `describe` and `list`.
-        self.runtime.limits().id("reason", &request.reason).map_err(invalid)?;
-        self.runtime.limits().optional_id("identity", &request.identity).map_err(invalid)?;
-        let events = self
-            .runtime
-            .decide(&request.workflow_id, Input::Pause { reason: request.reason, identity: request.identity })
-            .await?;
-        Ok(Response::new(PauseWorkflowResponse { changed: !events.is_empty() }))
+        let changed = operator::pause(&self.runtime, &request.workflow_id, request.reason, request.identity).await?;
+        Ok(Response::new(PauseWorkflowResponse { changed }))
     }
 
     async fn resume_workflow(
@@ -316,14 +298,8 @@ impl WorkflowService for WorkflowApi {
         request: Request<ResumeWorkflowRequest>,
     ) -> Result<Response<ResumeWorkflowResponse>, Status> {
         let request = request.into_inner();
-        self.workflow_id(&request.workflow_id)?;
-        self.runtime.limits().optional_id("reason", &request.reason).map_err(invalid)?;
-        self.runtime.limits().optional_id("identity", &request.identity).map_err(invalid)?;
-        let events = self
-            .runtime
-            .decide(&request.workflow_id, Input::Resume { reason: request.reason, identity: request.identity })
-            .await?;
-        Ok(Response::new(ResumeWorkflowResponse { changed: !events.is_empty() }))
+        let changed = operator::resume(&self.runtime, &request.workflow_id, request.reason, request.identity).await?;
+        Ok(Response::new(ResumeWorkflowResponse { changed }))
     }
 
     async fn delete_workflow(
@@ -341,8 +317,7 @@ impl WorkflowService for WorkflowApi {
         request: Request<RedriveWorkflowRequest>,
     ) -> Result<Response<RedriveWorkflowResponse>, Status> {
         let request = request.into_inner();
-        self.workflow_id(&request.workflow_id)?;
-        let redriven = self.runtime.redrive_workflow(&request.workflow_id).await?;
+        let redriven = operator::redrive(&self.runtime, &request.workflow_id).await?;
         Ok(Response::new(RedriveWorkflowResponse {
             workflow_id: redriven.workflow_id,
             from_step: redriven.from_step.unwrap_or_default(),
@@ -356,11 +331,7 @@ impl WorkflowService for WorkflowApi {
         request: Request<TerminateWorkflowRequest>,
     ) -> Result<Response<TerminateWorkflowResponse>, Status> {
         let request = request.into_inner();
-        self.workflow_id(&request.workflow_id)?;
-        self.runtime.limits().id("reason", &request.reason).map_err(invalid)?;
-        self.runtime
-            .decide(&request.workflow_id, Input::Terminate { reason: request.reason, identity: request.identity })
-            .await?;
+        operator::terminate(&self.runtime, &request.workflow_id, request.reason, request.identity).await?;
         Ok(Response::new(TerminateWorkflowResponse {}))
     }
 
@@ -371,54 +342,16 @@ impl WorkflowService for WorkflowApi {
     ) -> Result<Response<ResolveActivityResponse>, Status> {
         let caller = auth::principal(&request);
         let request = request.into_inner();
-        self.workflow_id(&request.workflow_id)?;
-        let limits = self.runtime.limits();
-        limits.id("step", &request.step).map_err(invalid)?;
-        // The reason is the audit trail: required, and kept in the history.
-        limits.id("reason", &request.reason).map_err(invalid)?;
-        limits.optional_id("identity", &request.identity).map_err(invalid)?;
-        let resolution = match ResolvedOutcome::try_from(request.outcome) {
-            Ok(ResolvedOutcome::Succeeded) if request.result.is_empty() => Resolution::Succeeded("{}".into()),
-            Ok(ResolvedOutcome::Succeeded) => {
-                Resolution::Succeeded(limits.json_payload("result", &request.result).map_err(invalid)?)
-            }
-            Ok(ResolvedOutcome::Failed) if !request.result.is_empty() => {
-                return Err(Status::invalid_argument("a step resolved as failed has no result"));
-            }
-            Ok(ResolvedOutcome::Failed) => Resolution::Failed,
-            _ => return Err(Status::invalid_argument("outcome must be SUCCEEDED or FAILED")),
-        };
-        // Who decided is the token's name, whatever the caller says of itself.
-        let identity = if request.identity.is_empty() || request.identity == caller.name {
-            caller.name.clone()
-        } else {
-            format!("{} ({})", caller.name, request.identity)
-        };
-        let outcome = resolution.as_str();
-        let input = Input::Resolve {
-            step: request.step.clone(),
-            resolution,
-            reason: request.reason.clone(),
-            identity: identity.clone(),
-        };
-        let events = self.runtime.decide(&request.workflow_id, input).await?;
-        let Some((seq, compensation)) = events.iter().find_map(|e| match &e.attributes {
-            Some(sagaflow_proto::v1::history_event::Attributes::ActivityResolved(r)) => Some((e.seq, r.compensation)),
-            _ => None,
-        }) else {
-            return Err(Status::internal("the resolution was not recorded"));
-        };
-        tracing::warn!(
-            workflow_id = %request.workflow_id,
-            step = %request.step,
+        let outcome = ResolvedOutcome::try_from(request.outcome).unwrap_or(ResolvedOutcome::Unspecified);
+        let resolve = operator::Resolve {
+            step: request.step,
             outcome,
-            compensation,
-            operator = %identity,
-            reason = %request.reason,
-            seq,
-            "an operator resolved a step's outcome"
-        );
-        Ok(Response::new(ResolveActivityResponse { seq, compensation }))
+            result: request.result,
+            reason: request.reason,
+            identity: request.identity,
+        };
+        let resolved = operator::resolve(&self.runtime, &caller, &request.workflow_id, resolve).await?;
+        Ok(Response::new(ResolveActivityResponse { seq: resolved.seq, compensation: resolved.compensation }))
     }
 
     async fn list_workflow_types(
@@ -436,32 +369,12 @@ impl WorkflowService for WorkflowApi {
     }
 
     async fn list_queues(&self, _request: Request<ListQueuesRequest>) -> Result<Response<ListQueuesResponse>, Status> {
-        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-        let queues = self
-            .runtime
-            .dispatch()
-            .queue_stats()
-            .into_iter()
-            .map(|q| QueueInfo {
-                queue: q.queue,
-                workers: q.workers.into_iter().map(|(worker_id, credit)| QueueWorker { worker_id, credit }).collect(),
-                in_flight: count(q.in_flight),
-                backlog: count(q.backlog),
-                paused_reason: q.paused.as_ref().map(|p| p.reason.clone()).unwrap_or_default(),
-                paused_by: q.paused.as_ref().map(|p| p.identity.clone()).unwrap_or_default(),
-                paused_ms: q.paused.as_ref().map_or(0, |p| p.paused_ms),
-            })
-            .collect();
-        Ok(Response::new(ListQueuesResponse { queues }))
+        Ok(Response::new(ListQueuesResponse { queues: operator::queues(&self.runtime) }))
     }
 
     async fn pause_queue(&self, request: Request<PauseQueueRequest>) -> Result<Response<PauseQueueResponse>, Status> {
         let request = request.into_inner();
-        let limits = self.runtime.limits();
-        limits.id("queue", &request.queue).map_err(invalid)?;
-        limits.id("reason", &request.reason).map_err(invalid)?;
-        limits.optional_id("identity", &request.identity).map_err(invalid)?;
-        let changed = self.runtime.pause_queue(&request.queue, &request.reason, &request.identity).await?;
+        let changed = operator::pause_queue(&self.runtime, &request.queue, &request.reason, &request.identity).await?;
         Ok(Response::new(PauseQueueResponse { changed }))
     }
 
@@ -470,10 +383,7 @@ impl WorkflowService for WorkflowApi {
         request: Request<ResumeQueueRequest>,
     ) -> Result<Response<ResumeQueueResponse>, Status> {
         let request = request.into_inner();
-        let limits = self.runtime.limits();
-        limits.id("queue", &request.queue).map_err(invalid)?;
-        limits.optional_id("identity", &request.identity).map_err(invalid)?;
-        let changed = self.runtime.resume_queue(&request.queue, &request.identity).await?;
+        let changed = operator::resume_queue(&self.runtime, &request.queue, &request.identity).await?;
         Ok(Response::new(ResumeQueueResponse { changed }))
     }
 }

@@ -15,6 +15,7 @@ pub mod lease_token;
 mod outbox;
 mod queues;
 mod reads;
+mod recent;
 mod records;
 mod recovery;
 mod redrive;
@@ -31,8 +32,10 @@ use sagaflow_workflows::SagaDefinition;
 use tokio::sync::watch;
 
 pub use definitions::{LoadError, Registered, load_stored};
+pub use recent::{Cursor, NewestPage, NewestQuery};
 pub use records::summary;
 pub use recovery::{RebuildReport, rebuild_derived};
+pub use redrive::Redriven;
 pub use stuck::StuckPolicy;
 
 use crate::engine::{self, Input, Outcome, Rejection, WorkflowState};
@@ -56,6 +59,10 @@ pub enum Error {
     FailedPrecondition(String),
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The runtime broke one of its own promises (an event it should have
+    /// recorded is missing): a bug, never the caller's fault.
+    #[error("{0}")]
+    Internal(String),
     #[error(transparent)]
     Store(#[from] store::Error),
     /// The archive (`--archive-dir`) could not be written or read; a
@@ -168,6 +175,8 @@ struct Inner {
     outbox_changed: watch::Sender<u64>,
     /// Where closed workflows go before they are deleted (`--archive-dir`).
     archive: Option<Arc<crate::archive::Archive>>,
+    /// Workflows by start time, for the console; built on first use.
+    recent: recent::Recent,
 }
 
 impl Runtime {
@@ -205,6 +214,7 @@ impl Runtime {
                 stuck: stuck::Tracker::new(stuck_policy),
                 outbox_changed: watch::channel(0).0,
                 archive,
+                recent: recent::Recent::default(),
             }),
         };
         if !apply.is_empty() {
@@ -536,6 +546,9 @@ impl Runtime {
         let started = std::time::Instant::now();
         self.inner.store.commit(commit)?.wait().await?;
         crate::metrics::record_commit(started.elapsed());
+        if new_history {
+            self.inner.recent.add(state.started_ms, workflow_id);
+        }
         let now = now_ms();
         for task_id in &delta.gone_tasks {
             self.inner.dispatch.remove(workflow_id, task_id, outcome_task != Some(task_id.as_str()));
@@ -704,8 +717,14 @@ impl Runtime {
                 // Archived durably first (when the server archives): a crash
                 // after this leaves it archived and not deleted, and the next
                 // deletion archives it again (ADR 0026).
-                Ok(()) => match self.inner.store.commit(Commit::delete(workflow_id, summary.request_id)) {
-                    Ok(durable) => durable.wait().await.map_err(Error::from),
+                Ok(()) => match self.inner.store.commit(Commit::delete(workflow_id, summary.request_id.clone())) {
+                    Ok(durable) => {
+                        let deleted = durable.wait().await.map_err(Error::from);
+                        if deleted.is_ok() {
+                            self.inner.recent.remove(summary.started_ms, workflow_id);
+                        }
+                        deleted
+                    }
                     Err(store::Error::StillOpen(_)) => {
                         Err(Error::FailedPrecondition(format!("workflow {workflow_id} is still open")))
                     }

@@ -5,7 +5,7 @@
 
 use sagaflow_proto::v1::{HistoryEvent, WorkflowSummary};
 
-use super::{Result, Runtime};
+use super::{Result, Runtime, outbox};
 use crate::store::{IndexPage, OutboxRecord};
 
 impl Runtime {
@@ -56,5 +56,14 @@ impl Runtime {
     pub async fn outbox_page(&self, after: u64, limit: usize) -> Result<Vec<OutboxRecord>> {
         self.inner.store.barrier().wait().await?;
         Ok(self.inner.store.outbox(after, limit)?)
+    }
+
+    /// The domain events a workflow's history publishes, in order, derived
+    /// as its commits derived them for the outbox (the records' `seq` is 0:
+    /// the outbox numbers them, and may have relayed and dropped them).
+    pub async fn domain_events_of(&self, workflow_id: &str) -> Result<Vec<OutboxRecord>> {
+        let (state, definition) = self.state(workflow_id).await?;
+        let history = self.history(workflow_id, 1, usize::MAX)?;
+        Ok(outbox::domain_events(&state, &definition, &history))
     }
 }
