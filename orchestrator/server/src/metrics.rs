@@ -59,6 +59,13 @@ pub fn record_outbox_pruned(records: usize) {
     metrics::counter!("sagaflow_outbox_pruned_total").increment(records as u64);
 }
 
+/// Alarms armed in memory (task deadlines, workflow timers, reclaims): it
+/// follows the tasks in flight and the timers pending, and must not grow
+/// with the tasks done.
+pub fn record_alarms(armed: usize) {
+    metrics::gauge!("sagaflow_timer_alarms").set(armed as f64);
+}
+
 /// Workflows an operator paused: held on purpose, so not in the stuck gauge.
 pub fn record_paused(paused: usize) {
     metrics::gauge!("sagaflow_paused_workflows").set(paused as f64);

@@ -16,7 +16,7 @@ use sagaflow_proto::v1::{ActivityTask, ServerMessage, TaskCancelled, server_mess
 use tokio::sync::mpsc;
 
 use super::lease_token::LeaseKey;
-use super::timers::{Alarm, Timers};
+use super::timers::{Alarm, AlarmKey, Timers};
 use crate::engine::TimeoutKind;
 use crate::store::{Commit, Lease, QueuePauseRecord, Store, TaskRecord};
 
@@ -48,6 +48,8 @@ struct Entry {
     /// The queue-side deadlines (`schedule_to_start`, `schedule_to_close`),
     /// absolute; 0 when none. Kept to arm them again after a queue pause.
     queue_deadlines: (i64, i64),
+    /// The deadline alarms armed for this task, cancelled when it leaves.
+    alarms: Vec<AlarmKey>,
 }
 
 struct Session {
@@ -150,11 +152,12 @@ impl Dispatch {
         };
         let wf = task.workflow_id.clone();
         let task_id = task.task_id.clone();
+        let mut alarms = Vec::new();
         if record.schedule_to_start_deadline_ms > 0 {
-            self.arm(record.schedule_to_start_deadline_ms, &wf, &task_id, TimeoutKind::ScheduleToStart, 0);
+            alarms.push(self.arm(record.schedule_to_start_deadline_ms, &wf, &task_id, TimeoutKind::ScheduleToStart, 0));
         }
         if record.schedule_to_close_deadline_ms > 0 {
-            self.arm(record.schedule_to_close_deadline_ms, &wf, &task_id, TimeoutKind::ScheduleToClose, 0);
+            alarms.push(self.arm(record.schedule_to_close_deadline_ms, &wf, &task_id, TimeoutKind::ScheduleToClose, 0));
         }
         let leases = {
             let mut state = self.lock();
@@ -163,7 +166,7 @@ impl Dispatch {
             let queue_deadlines = (record.schedule_to_start_deadline_ms, record.schedule_to_close_deadline_ms);
             state.entries.insert(
                 key(&wf, &task_id),
-                Entry { task, state: TaskState::Queued { since_ms: now }, queue_deadlines },
+                Entry { task, state: TaskState::Queued { since_ms: now }, queue_deadlines, alarms },
             );
             self.match_queue(&mut state, &activity_type, now)
         };
@@ -177,10 +180,11 @@ impl Dispatch {
             return;
         };
         let (wf, task_id) = (task.workflow_id.clone(), task.task_id.clone());
+        let mut alarms = Vec::new();
         if record.schedule_to_close_deadline_ms > 0 {
-            self.arm(record.schedule_to_close_deadline_ms, &wf, &task_id, TimeoutKind::ScheduleToClose, 0);
+            alarms.push(self.arm(record.schedule_to_close_deadline_ms, &wf, &task_id, TimeoutKind::ScheduleToClose, 0));
         }
-        self.arm(lease.expires_ms, &wf, &task_id, TimeoutKind::StartToClose, lease.started_ms);
+        alarms.push(self.arm(lease.expires_ms, &wf, &task_id, TimeoutKind::StartToClose, lease.started_ms));
         let state = TaskState::Leased {
             session: None,
             worker_id: lease.worker_id.clone(),
@@ -189,7 +193,7 @@ impl Dispatch {
             restored: true,
         };
         let queue_deadlines = (record.schedule_to_start_deadline_ms, record.schedule_to_close_deadline_ms);
-        self.lock().entries.insert(key(&wf, &task_id), Entry { task, state, queue_deadlines });
+        self.lock().entries.insert(key(&wf, &task_id), Entry { task, state, queue_deadlines, alarms });
     }
 
     /// Holds `record.queue`: its tasks stay queued until [`resume`](Self::resume).
@@ -206,16 +210,16 @@ impl Dispatch {
             if state.paused.remove(queue).is_none() {
                 return;
             }
-            for entry in state.entries.values().filter(|e| e.task.activity_type == queue) {
+            for entry in state.entries.values_mut().filter(|e| e.task.activity_type == queue) {
                 let TaskState::Queued { since_ms } = entry.state else { continue };
                 let (wf, task_id) = (&entry.task.workflow_id, &entry.task.task_id);
                 let (to_start, to_close) = entry.queue_deadlines;
                 let again = |deadline: i64| now.saturating_add(deadline.saturating_sub(since_ms).max(0));
                 if to_start > 0 {
-                    self.arm(again(to_start), wf, task_id, TimeoutKind::ScheduleToStart, 0);
+                    entry.alarms.push(self.arm(again(to_start), wf, task_id, TimeoutKind::ScheduleToStart, 0));
                 }
                 if to_close > 0 {
-                    self.arm(again(to_close), wf, task_id, TimeoutKind::ScheduleToClose, 0);
+                    entry.alarms.push(self.arm(again(to_close), wf, task_id, TimeoutKind::ScheduleToClose, 0));
                 }
             }
             self.match_queue(&mut state, queue, now)
@@ -241,6 +245,7 @@ impl Dispatch {
         let Some(entry) = state.entries.remove(&key(workflow_id, task_id)) else {
             return;
         };
+        self.timers.cancel(&entry.alarms);
         match entry.state {
             TaskState::Queued { .. } => {
                 if let Some(queue) = state.queues.get_mut(&entry.task.activity_type) {
@@ -344,12 +349,11 @@ impl Dispatch {
                         last_heartbeat_ms: now,
                         restored: false,
                     };
-                    let deadline_ms = deadline(now, entry.task.start_to_close_ms);
+                    if let Some(at) = deadline(now, entry.task.start_to_close_ms) {
+                        entry.alarms.push(self.arm(at, workflow_id, task_id, TimeoutKind::StartToClose, now));
+                    }
                     if let Some(queue) = state.queues.get_mut(&activity_type) {
                         queue.retain(|k| *k != task_key);
-                    }
-                    if let Some(at) = deadline_ms {
-                        self.arm(at, workflow_id, task_id, TimeoutKind::StartToClose, now);
                     }
                 }
             }
@@ -463,10 +467,10 @@ impl Dispatch {
             };
             let expires_ms = deadline(now, start_to_close).unwrap_or(0);
             if let Some(at) = deadline(now, start_to_close) {
-                self.arm(at, &task_key.0, &task_key.1, TimeoutKind::StartToClose, now);
+                entry.alarms.push(self.arm(at, &task_key.0, &task_key.1, TimeoutKind::StartToClose, now));
             }
             if let Some(at) = deadline(now, heartbeat) {
-                self.arm(at, &task_key.0, &task_key.1, TimeoutKind::Heartbeat, now);
+                entry.alarms.push(self.arm(at, &task_key.0, &task_key.1, TimeoutKind::Heartbeat, now));
             }
             leases.push((task_key, Lease { worker_id: session.worker_id.clone(), started_ms: now, expires_ms }));
         }
@@ -482,11 +486,11 @@ impl Dispatch {
         }
     }
 
-    fn arm(&self, at: i64, workflow_id: &str, task_id: &str, kind: TimeoutKind, lease_started_ms: i64) {
+    fn arm(&self, at: i64, workflow_id: &str, task_id: &str, kind: TimeoutKind, lease_started_ms: i64) -> AlarmKey {
         self.timers.arm(
             at,
             Alarm::Deadline { workflow_id: workflow_id.into(), task_id: task_id.into(), kind, lease_started_ms },
-        );
+        )
     }
 
     /// Records a heartbeat (already [authorized](Self::authorize)); false
@@ -500,8 +504,9 @@ impl Dispatch {
             *last_heartbeat_ms = now;
             if let Some(at) = deadline(now, entry.task.heartbeat_ms) {
                 let started = *started_ms;
-                drop(state);
-                self.arm(at, workflow_id, task_id, TimeoutKind::Heartbeat, started);
+                // A long task heartbeats many times: keep only the alarms still to come.
+                entry.alarms.retain(|(at, _)| *at > now);
+                entry.alarms.push(self.arm(at, workflow_id, task_id, TimeoutKind::Heartbeat, started));
             }
             return true;
         }
