@@ -66,6 +66,12 @@ pub fn record_alarms(armed: usize) {
     metrics::gauge!("sagaflow_timer_alarms").set(armed as f64);
 }
 
+/// Workflows the runtime holds a slot for: open ones with a hot state (at
+/// most `--max-hot-workflows`) and any in use now; never closed ones.
+pub fn record_slots(slots: usize) {
+    metrics::gauge!("sagaflow_workflow_slots").set(slots as f64);
+}
+
 /// Workflows an operator paused: held on purpose, so not in the stuck gauge.
 pub fn record_paused(paused: usize) {
     metrics::gauge!("sagaflow_paused_workflows").set(paused as f64);

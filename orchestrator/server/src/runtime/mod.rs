@@ -365,12 +365,16 @@ impl Runtime {
                     trace_id = crate::telemetry::trace_id_hex(&state),
                     "workflow started"
                 );
-                self.keep(&mut guard, &workflow_id, state, definition);
+                let closed = Self::keep(&mut guard, state, definition);
+                drop(guard);
+                if closed {
+                    self.release(&workflow_id, slot);
+                }
                 Ok((workflow_id, false))
             }
             Err(e) => {
                 drop(guard);
-                self.forget(&workflow_id);
+                self.release(&workflow_id, slot);
                 Err(e)
             }
         }
@@ -422,7 +426,7 @@ impl Runtime {
                 Ok(loaded) => loaded,
                 Err(e) => {
                     drop(guard);
-                    self.forget(workflow_id);
+                    self.release(workflow_id, slot);
                     return Err(e);
                 }
             },
@@ -492,13 +496,17 @@ impl Runtime {
         {
             Ok(()) => {
                 crate::metrics::record_activity_events(&timings, &events);
-                self.keep(&mut guard, workflow_id, state, definition);
+                let closed = Self::keep(&mut guard, state, definition);
+                drop(guard);
+                if closed {
+                    self.release(workflow_id, slot);
+                }
                 Ok(events)
             }
             Err(e) => {
                 // The cached state ran ahead of the store: reload it next time.
                 drop(guard);
-                self.forget(workflow_id);
+                self.release(workflow_id, slot);
                 Err(e)
             }
         }
@@ -593,20 +601,37 @@ impl Runtime {
         Ok(())
     }
 
-    /// Keeps an open workflow's state hot; a closed one is dropped.
+    /// Keeps an open workflow's state hot; a closed one is dropped, and the
+    /// caller [releases](Self::release) its slot once it lets go of the lock.
+    /// Returns whether the workflow is closed.
     fn keep(
-        &self,
         guard: &mut tokio::sync::MutexGuard<'_, Slot>,
-        workflow_id: &str,
         state: WorkflowState,
         definition: Arc<SagaDefinition>,
-    ) {
+    ) -> bool {
         if state.is_terminal() {
             guard.state = None;
-            self.forget(workflow_id);
+            true
         } else {
             guard.state = Some((state, definition));
+            false
         }
+    }
+
+    /// Gives the caller's hold on a slot back and drops the slot if no one
+    /// else holds it. Every holder calls this, not [`forget`](Self::forget):
+    /// a holder's own reference made `forget` see the slot as busy, so no
+    /// closed workflow's slot was ever dropped, and the map grew by one
+    /// entry (with room for a whole state) per workflow until
+    /// `--max-hot-workflows` evicted it (found by `bench --phase soak`).
+    fn release(&self, workflow_id: &str, slot: SlotRef) {
+        drop(slot);
+        self.forget(workflow_id);
+    }
+
+    /// Workflows with a slot: those with a hot state, plus any in use now.
+    pub(super) fn slot_count(&self) -> usize {
+        self.inner.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len()
     }
 
     fn forget(&self, workflow_id: &str) {
@@ -735,7 +760,7 @@ impl Runtime {
             Err(e) => Err(e),
         };
         drop(guard);
-        self.forget(workflow_id);
+        self.release(workflow_id, slot);
         if result.is_ok() {
             tracing::info!(workflow_id, "workflow deleted");
         }
@@ -755,12 +780,15 @@ impl Runtime {
     pub async fn state(&self, workflow_id: &str) -> Result<(WorkflowState, Arc<SagaDefinition>)> {
         let slot = self.slot(workflow_id);
         let guard = slot.lock().await;
-        let loaded = match &guard.state {
-            Some((state, definition)) => Ok((state.clone(), Arc::clone(definition))),
-            None => self.load(workflow_id),
+        let (loaded, cached) = match &guard.state {
+            Some((state, definition)) => (Ok((state.clone(), Arc::clone(definition))), true),
+            None => (self.load(workflow_id), false),
         };
         drop(guard);
-        self.forget(workflow_id);
+        // A read keeps no state: a slot made only for it goes.
+        if !cached {
+            self.release(workflow_id, slot);
+        }
         loaded
     }
 

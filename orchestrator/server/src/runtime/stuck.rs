@@ -178,6 +178,7 @@ impl Runtime {
         crate::metrics::record_stuck(&self.inner.stuck.stuck_by_reason(), self.inner.stuck.open_count());
         crate::metrics::record_paused(self.inner.stuck.paused_count());
         crate::metrics::record_alarms(self.inner.timers.armed());
+        crate::metrics::record_slots(self.slot_count());
         crate::metrics::record_workers(&self.inner.dispatch.workers_by_type());
         flagged
     }
