@@ -2,7 +2,9 @@
 //! the operator console (`crate::console`) on every other path.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use crate::auth::Tokens;
 use crate::health::StoreHealth;
@@ -17,14 +19,43 @@ pub fn prometheus() -> Option<&'static PrometheusHandle> {
         .get_or_init(|| {
             let latency_buckets =
                 [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
-            PrometheusBuilder::new()
+            let handle = PrometheusBuilder::new()
                 .set_buckets(&latency_buckets)
                 .ok()?
                 .install_recorder()
                 .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
-                .ok()
+                .ok()?;
+            start_upkeep(handle.clone());
+            Some(handle)
         })
         .as_ref()
+}
+
+/// How often the recorder's histograms are drained without a scrape.
+const UPKEEP_EVERY: Duration = Duration::from_secs(1);
+
+static UPKEEPS: AtomicU64 = AtomicU64::new(0);
+
+/// How many times the recorder's upkeep has run: tests await it.
+pub fn upkeeps() -> u64 {
+    UPKEEPS.load(Ordering::Acquire)
+}
+
+/// The recorder keeps every histogram sample until something drains it,
+/// and only a scrape of `/metrics` or an upkeep does. A server nobody
+/// scrapes grew by about 170 bytes a saga (the soak found it), so a thread
+/// drains them on a timer.
+fn start_upkeep(handle: PrometheusHandle) {
+    let started = std::thread::Builder::new().name("sagaflow-metrics-upkeep".into()).spawn(move || {
+        loop {
+            std::thread::sleep(UPKEEP_EVERY);
+            handle.run_upkeep();
+            UPKEEPS.fetch_add(1, Ordering::Release);
+        }
+    });
+    if let Err(e) = started {
+        tracing::warn!(error = %e, "cannot start the metrics upkeep: histograms grow until /metrics is scraped");
+    }
 }
 
 /// `/healthz` and `/metrics`, open to anyone who reaches the port.
