@@ -544,7 +544,7 @@ impl Runtime {
             // Dispatch records leases as it hands tasks out, not a decision.
             put_leases: Vec::new(),
             put_timers: delta.new_timers.clone(),
-            delete_timers: delta.gone_timers,
+            delete_timers: delta.gone_timers.clone(),
             outbox,
             put_definitions: Vec::new(),
             put_queue_pauses: Vec::new(),
@@ -570,6 +570,9 @@ impl Runtime {
         }
         if newly_held {
             self.hold_for_parent(workflow_id);
+        }
+        for timer in &delta.gone_timers {
+            self.inner.timers.cancel_workflow_timer(&timer.workflow_id, &timer.timer_id);
         }
         for timer in delta.new_timers {
             self.inner

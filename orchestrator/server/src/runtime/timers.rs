@@ -1,9 +1,10 @@
 //! One timer wheel for everything that waits: durable workflow timers (retry
-//! backoff, sleeps, signal deadlines) and activity deadlines. Alarms that no
-//! longer matter are not removed; whoever receives one checks that it still
-//! applies, which keeps arming and firing O(log n) and lock-light.
+//! backoff, sleeps, signal deadlines) and activity deadlines. Whoever
+//! receives an alarm checks that it still applies, so a stale one is
+//! harmless; alarms that no longer matter are still cancelled, because an
+//! alarm left armed holds memory until its time (hours, for a deadline).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,9 +31,47 @@ pub struct Timers {
 pub type AlarmKey = (i64, u64);
 
 struct Inner {
-    alarms: Mutex<BTreeMap<AlarmKey, Alarm>>,
+    armed: Mutex<Armed>,
     next_id: std::sync::atomic::AtomicU64,
     changed: Notify,
+}
+
+/// A workflow timer, as its history names it.
+type TimerName = (String, String);
+
+#[derive(Default)]
+struct Armed {
+    alarms: BTreeMap<AlarmKey, Alarm>,
+    /// The alarm of each armed workflow timer, so that a timer deleted before
+    /// its time (a signal that came before its deadline, a workflow that
+    /// closed during a sleep) takes its alarm with it.
+    workflow_timers: HashMap<TimerName, AlarmKey>,
+}
+
+impl Armed {
+    fn insert(&mut self, key: AlarmKey, alarm: Alarm) {
+        if let Alarm::Workflow { workflow_id, timer_id } = &alarm {
+            // Armed twice (a recovery racing a decision): the later alarm is
+            // the one a cancel must find; the earlier one fires harmlessly.
+            self.workflow_timers.insert((workflow_id.clone(), timer_id.clone()), key);
+        }
+        self.alarms.insert(key, alarm);
+    }
+
+    /// Takes the alarms due at or before `now`.
+    fn take_due(&mut self, now: i64) -> BTreeMap<AlarmKey, Alarm> {
+        let later = self.alarms.split_off(&(now + 1, 0));
+        let due = std::mem::replace(&mut self.alarms, later);
+        for (key, alarm) in &due {
+            if let Alarm::Workflow { workflow_id, timer_id } = alarm {
+                let name = (workflow_id.clone(), timer_id.clone());
+                if self.workflow_timers.get(&name) == Some(key) {
+                    self.workflow_timers.remove(&name);
+                }
+            }
+        }
+        due
+    }
 }
 
 pub fn now_ms() -> i64 {
@@ -44,7 +83,7 @@ impl Timers {
     /// Starts the wheel; fired alarms arrive on the returned channel.
     pub fn start() -> (Self, mpsc::Receiver<Alarm>) {
         let inner = Arc::new(Inner {
-            alarms: Mutex::new(BTreeMap::new()),
+            armed: Mutex::new(Armed::default()),
             next_id: std::sync::atomic::AtomicU64::new(0),
             changed: Notify::new(),
         });
@@ -60,9 +99,9 @@ impl Timers {
     pub fn arm(&self, at_ms: i64, alarm: Alarm) -> AlarmKey {
         let id = self.inner.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let earliest = {
-            let mut alarms = self.lock();
-            alarms.insert((at_ms, id), alarm);
-            alarms.keys().next().is_some_and(|k| k.1 == id)
+            let mut armed = self.lock();
+            armed.insert((at_ms, id), alarm);
+            armed.alarms.keys().next().is_some_and(|k| k.1 == id)
         };
         if earliest {
             self.inner.changed.notify_one();
@@ -73,25 +112,32 @@ impl Timers {
     /// Drops alarms that are no longer wanted (a task's deadlines once it
     /// ended). A fired alarm's key is simply not found. Without this, every
     /// task left its deadlines in memory until they passed: a task with a
-    /// one-hour deadline that took 5 ms held its alarm for an hour, and the
-    /// soak phase saw memory grow by 36 MiB a minute.
+    /// one-hour deadline that took 5 ms held its alarm for an hour.
     pub fn cancel(&self, keys: &[AlarmKey]) {
         if keys.is_empty() {
             return;
         }
-        let mut alarms = self.lock();
+        let mut armed = self.lock();
         for key in keys {
-            alarms.remove(key);
+            armed.alarms.remove(key);
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<AlarmKey, Alarm>> {
-        self.inner.alarms.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// Drops the alarm of a workflow timer its history deleted before its time.
+    pub fn cancel_workflow_timer(&self, workflow_id: &str, timer_id: &str) {
+        let mut armed = self.lock();
+        if let Some(key) = armed.workflow_timers.remove(&(workflow_id.to_owned(), timer_id.to_owned())) {
+            armed.alarms.remove(&key);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Armed> {
+        self.inner.armed.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Alarms armed and not yet fired or cancelled.
     pub fn armed(&self) -> usize {
-        self.lock().len()
+        self.lock().alarms.len()
     }
 }
 
@@ -102,10 +148,9 @@ async fn run(inner: Arc<Inner>, fired: mpsc::Sender<Alarm>) {
     loop {
         let now = now_ms();
         let (due, next) = {
-            let mut alarms = inner.alarms.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let later = alarms.split_off(&(now + 1, 0));
-            let due = std::mem::replace(&mut *alarms, later);
-            (due, alarms.keys().next().map(|k| k.0))
+            let mut armed = inner.armed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let due = armed.take_due(now);
+            (due, armed.alarms.keys().next().map(|k| k.0))
         };
         for alarm in due.into_values() {
             if fired.send(alarm).await.is_err() {
