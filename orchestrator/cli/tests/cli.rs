@@ -463,10 +463,13 @@ async fn history_names_steps_and_describe_lists_results_in_step_order() {
 async fn the_dev_banner_follows_listen_and_piped_logs_have_no_colour() {
     use tokio::io::AsyncBufReadExt;
     let dir = tempfile::tempdir().unwrap();
+    let archive = tempfile::tempdir().unwrap();
     let mut dev = tokio::process::Command::new(BIN)
         .args(["dev", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(dir.path())
+        .arg("--archive-dir")
+        .arg(archive.path())
         .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -498,6 +501,16 @@ async fn the_dev_banner_follows_listen_and_piped_logs_have_no_colour() {
     let args: Vec<&str> = tries[0].split_whitespace().skip(1).collect();
     let tried = sagaflow(&args).await;
     assert!(tried.status.success(), "{}", String::from_utf8_lossy(&tried.stderr));
+    // dev takes server's retention flags: the checkout, deleted, is read back from --archive-dir.
+    let (code, listed, stderr) = run_at(url, &["workflow", "list", "--output", "json"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let checkout = listed["workflows"][0]["workflow_id"].as_str().unwrap().to_owned();
+    let (code, _, stderr) = run_at(url, &["workflow", "delete", &checkout]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let (code, history, stderr) = run_at(url, &["workflow", "history", &checkout, "--archived"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(history.contains("WorkflowCompleted"), "{history}");
 
     dev.start_kill().unwrap();
     let out = dev.wait_with_output().await.unwrap();

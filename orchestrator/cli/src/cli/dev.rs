@@ -32,6 +32,8 @@ pub struct DevArgs {
     /// (when its checkout died without compensating), such as 15m or 30s.
     #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
     pub reservation_ttl: Duration,
+    #[command(flatten)]
+    pub retention: super::server::RetentionArgs,
 }
 
 /// The banner's examples, with `--server` and `--admin-url` spelled out
@@ -52,6 +54,8 @@ pub async fn run(args: DevArgs, logging: &Logging) -> anyhow::Result<()> {
         storage: Storage::Sled(args.data_dir.clone()),
         listen: args.listen,
         http_listen: Some(args.http_listen),
+        retention: args.retention.policy(),
+        archive_dir: args.retention.archive_dir.clone(),
         ..Options::default()
     };
     let server = Server::builder()

@@ -73,25 +73,8 @@ pub struct ServerArgs {
     /// How often the stuck-saga detector looks.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub stuck_check_interval: Duration,
-    /// How long a closed workflow is kept before its history, index row and request id are
-    /// deleted, when its saga sets no `retention_ms` (a request id then starts a new workflow).
-    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
-    pub retention: Duration,
-    /// How often closed workflows past their retention are looked for and deleted.
-    #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
-    pub retention_check_interval: Duration,
-    /// Before a closed workflow is deleted (by retention or `workflow delete`), append its
-    /// history to gzip JSON Lines files here, one per UTC day (DIR/YYYY-MM-DD.jsonl.gz), synced
-    /// to disk first. `workflow history ID --archived` reads them back. Without it, deleted
-    /// histories are gone.
-    #[arg(long, value_name = "DIR")]
-    pub archive_dir: Option<PathBuf>,
-    /// Without a broker (no --nats-url), how long domain events stay in the outbox: older ones
-    /// are deleted by the retention pass (every --retention-check-interval). A reader resuming
-    /// below what was deleted (`events tail --after N`) is told so (OUT_OF_RANGE) and where to
-    /// restart. With --nats-url this does nothing: each event goes once the broker has it.
-    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
-    pub outbox_retention: Duration,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
     /// Relay domain events to NATS JetStream at this URL (nats://HOST:PORT); without it they stay in the outbox.
     #[arg(long, env = "SAGAFLOW_NATS_URL", value_parser = sagaflow_server::relay::parse_url)]
     pub nats_url: Option<String>,
@@ -123,6 +106,40 @@ pub struct ServerArgs {
     /// resume on a server with the same factor.
     #[arg(long, default_value_t = 1.0, value_parser = parse_time_scale)]
     pub time_scale: f64,
+}
+
+/// Retention, archival and the outbox's retention: the same flags on `server` and `dev`.
+#[derive(Debug, Args)]
+pub struct RetentionArgs {
+    /// How long a closed workflow is kept before its history, index row and request id are
+    /// deleted, when its saga sets no `retention_ms` (a request id then starts a new workflow).
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    pub retention: Duration,
+    /// How often closed workflows past their retention are looked for and deleted.
+    #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+    pub retention_check_interval: Duration,
+    /// Before a closed workflow is deleted (by retention or `workflow delete`), append its
+    /// history to gzip JSON Lines files here, one per UTC day (DIR/YYYY-MM-DD.jsonl.gz), synced
+    /// to disk first. `workflow history ID --archived` reads them back. Without it, deleted
+    /// histories are gone.
+    #[arg(long, value_name = "DIR")]
+    pub archive_dir: Option<PathBuf>,
+    /// Without a broker (no --nats-url), how long domain events stay in the outbox: older ones
+    /// are deleted by the retention pass (every --retention-check-interval). A reader resuming
+    /// below what was deleted (`events tail --after N`) is told so (OUT_OF_RANGE) and where to
+    /// restart. With --nats-url this does nothing: each event goes once the broker has it.
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    pub outbox_retention: Duration,
+}
+
+impl RetentionArgs {
+    pub fn policy(&self) -> sagaflow_server::runtime::retention::RetentionPolicy {
+        sagaflow_server::runtime::retention::RetentionPolicy {
+            default: self.retention,
+            interval: self.retention_check_interval,
+            outbox: Some(self.outbox_retention),
+        }
+    }
 }
 
 fn parse_time_scale(text: &str) -> Result<f64, String> {
@@ -182,12 +199,8 @@ pub async fn run(args: ServerArgs, logging: &Logging) -> anyhow::Result<()> {
             no_worker_after: args.no_worker_after,
             interval: args.stuck_check_interval,
         },
-        retention: sagaflow_server::runtime::retention::RetentionPolicy {
-            default: args.retention,
-            interval: args.retention_check_interval,
-            outbox: Some(args.outbox_retention),
-        },
-        archive_dir: args.archive_dir.clone(),
+        retention: args.retention.policy(),
+        archive_dir: args.retention.archive_dir.clone(),
         jobs: sagaflow_server::jobs::JobsOptions {
             interval: Some(args.jobs_interval).filter(|i| !i.is_zero()),
             grace: args.jobs_grace,
