@@ -131,3 +131,21 @@ def test_the_sync_client_makes_the_same_calls(server: ServerProcess) -> None:
         assert client.wait(started.workflow_id, timeout=10).status is WorkflowStatus.TERMINATED
         with pytest.raises(NotFound):
             client.get_checkout("no-such-checkout")
+
+
+async def test_a_deleted_workflow_is_read_back_from_the_archive(tmp_path: Any) -> None:
+    server = ServerProcess(tmp_path, extra=("--archive-dir", str(tmp_path / "archive")))
+    try:
+        async with Client(server.url) as client:
+            started = await client.start("py.gated", {})
+            with pytest.raises(FailedPrecondition):
+                await client.delete(started.workflow_id)
+            await client.terminate(started.workflow_id, "done with it")
+            live = [(e.seq, event_type(e)) async for e in client.history(started.workflow_id)]
+            await client.delete(started.workflow_id)
+            with pytest.raises(NotFound):
+                await client.describe(started.workflow_id)
+            archived = [(e.seq, event_type(e)) async for e in client.history(started.workflow_id, archived=True)]
+            assert archived == live and live[-1][1] == "WorkflowTerminated"
+    finally:
+        server.stop()

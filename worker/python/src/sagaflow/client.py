@@ -317,15 +317,26 @@ class Client:
         )
 
     async def history(
-        self, workflow_id: str, *, from_seq: int = 1, page_size: int = 500, follow: bool = False
+        self,
+        workflow_id: str,
+        *,
+        from_seq: int = 1,
+        page_size: int = 500,
+        follow: bool = False,
+        archived: bool = False,
     ) -> AsyncIterator[history_pb2.HistoryEvent]:
         """Every event of the workflow's history, in order, fetched page by page.
 
-        With `follow`, keeps waiting for new events until the workflow ends."""
+        With `follow`, keeps waiting for new events until the workflow ends. With `archived`, reads
+        the history of a deleted workflow from the server's archive (`--archive-dir`)."""
         seq = from_seq
         while True:
             request = workflow_pb2.GetWorkflowHistoryRequest(
-                workflow_id=workflow_id, from_seq=seq, page_size=page_size, wait_ms=30_000 if follow else 0
+                workflow_id=workflow_id,
+                from_seq=seq,
+                page_size=page_size,
+                wait_ms=30_000 if follow and not archived else 0,
+                archived=archived,
             )
             page = await self._call(self._workflows.GetWorkflowHistory, request, timeout=self._timeout + 30)
             for event in page.events:
@@ -378,6 +389,11 @@ class Client:
         """Stops the workflow at once, running no compensation."""
         request = workflow_pb2.TerminateWorkflowRequest(workflow_id=workflow_id, reason=reason, identity=identity)
         await self._call(self._workflows.TerminateWorkflow, request)
+
+    async def delete(self, workflow_id: str) -> None:
+        """Deletes a closed workflow now (archived first when the server archives); an open one
+        raises FailedPrecondition."""
+        await self._call(self._workflows.DeleteWorkflow, workflow_pb2.DeleteWorkflowRequest(workflow_id=workflow_id))
 
     # -- the reference shop's checkout ---------------------------------------------------------
 
@@ -507,6 +523,9 @@ class SyncClient:
 
     def terminate(self, workflow_id: str, reason: str, *, identity: str = "") -> None:
         self._run(self._client.terminate(workflow_id, reason, identity=identity))
+
+    def delete(self, workflow_id: str) -> None:
+        self._run(self._client.delete(workflow_id))
 
     def start_checkout(
         self, client_request_id: str, customer_id: str, items: Mapping[str, int], **kwargs: Any
