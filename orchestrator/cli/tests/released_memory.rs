@@ -13,7 +13,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ServerProcess, WorkerProcess, await_end, scrape, start_request, status_of};
+use common::{ServerProcess, WorkerProcess, await_end, metric_where, scrape, start_request, status_of};
 use sagaflow_proto::v1::SignalWorkflowRequest;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,14 +77,13 @@ async fn a_signal_deadline_answered_early_is_disarmed() {
 
 /// Waits until the gauge's value passes `test` (gauges are set on a tick).
 async fn await_gauge(server: &ServerProcess, gauge: &str, test: impl Fn(f64) -> bool, failure: &str) {
-    let mut last = String::new();
+    let mut last = None;
     for _ in 0..100 {
-        let metrics = scrape(&server.http).await;
-        last = metrics.lines().find(|l| l.split_whitespace().next() == Some(gauge)).unwrap_or_default().to_owned();
-        if last.split_whitespace().nth(1).and_then(|v| v.parse().ok()).is_some_and(&test) {
+        last = metric_where(&scrape(&server.http).await, gauge, &[]);
+        if last.is_some_and(&test) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("{failure}: {last:?}");
+    panic!("{failure}: {gauge} reads {last:?}");
 }
