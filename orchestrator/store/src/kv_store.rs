@@ -9,8 +9,8 @@ use sagaflow_proto::v1::{HistoryEvent, WorkflowSummary};
 
 use super::records::HistoryBatch;
 use super::{
-    Commit, DefinitionRecord, Durable, Error, IndexPage, Lease, OutboxRecord, QueuePauseRecord, Result, Store,
-    TaskRecord, TimerRecord, keys,
+    Commit, DefinitionRecord, Durable, Error, IndexPage, Lease, ListQuery, OutboxRecord, QueuePauseRecord, Result,
+    Store, TaskKey, TimerRecord, TaskRecord, keys,
 };
 
 /// One write of a batch: a put, or a delete when the value is `None`.
@@ -49,6 +49,19 @@ pub struct KvStore<K> {
     /// Serialises commits that carry outbox records, so that outbox sequence
     /// numbers become visible in order and a reader never skips one.
     outbox_order: Mutex<()>,
+    /// Makes a commit's checks (the expected sequence, the request id's
+    /// owner) and its apply one step: commits of one workflow, or naming one
+    /// request id, take the same stripe.
+    stripes: Box<[Mutex<()>]>,
+}
+
+/// Enough stripes that unrelated workflows rarely share one.
+const STRIPES: usize = 256;
+
+fn stripe_of(id: &str) -> usize {
+    // FNV-1a: stable and cheap; only the spread matters.
+    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    (hash % STRIPES as u64) as usize
 }
 
 impl<K: Kv> KvStore<K> {
@@ -60,7 +73,8 @@ impl<K: Kv> KvStore<K> {
         let high_water =
             kv.get(keys::OUTBOX_HIGH_WATER)?.and_then(|b| b.as_slice().try_into().ok()).map_or(0, u64::from_be_bytes);
         let last = last_key.max(high_water);
-        Ok(Self { kv, outbox_seq: AtomicU64::new(last), outbox_order: Mutex::new(()) })
+        let stripes = (0..STRIPES).map(|_| Mutex::new(())).collect();
+        Ok(Self { kv, outbox_seq: AtomicU64::new(last), outbox_order: Mutex::new(()), stripes })
     }
 
     /// The key-value layer underneath, for tests of its own contract.
@@ -78,7 +92,7 @@ impl<K: Kv> KvStore<K> {
         let wf = commit.workflow_id.as_str();
         let mut writes = Vec::with_capacity(8);
         if let Some(first) = commit.events.first().map(|e| e.seq) {
-            let stored = if commit.new_history { 0 } else { self.last_seq(wf)? };
+            let stored = if commit.new_history { 0 } else { self.read_last_seq(wf)? };
             if first != stored + 1 {
                 return Err(Error::SequenceConflict { workflow_id: wf.into(), stored, requested: first });
             }
@@ -102,7 +116,16 @@ impl<K: Kv> KvStore<K> {
             writes.push((keys::raw(keys::OPEN, wf), open));
         }
         if let Some(request_id) = &commit.request_id {
-            writes.push((keys::raw(keys::REQUEST, request_id), Some(wf.as_bytes().to_vec())));
+            let key = keys::raw(keys::REQUEST, request_id);
+            if let Some(owner) = self.kv.get(&key)?
+                && owner != wf.as_bytes()
+            {
+                return Err(Error::RequestIdTaken {
+                    request_id: request_id.clone(),
+                    workflow_id: String::from_utf8_lossy(&owner).into_owned(),
+                });
+            }
+            writes.push((key, Some(wf.as_bytes().to_vec())));
         }
         for task in &commit.put_tasks {
             writes.push((keys::task(keys::TASK, task.workflow_id(), task.task_id()), Some(task.encode_to_vec())));
@@ -179,67 +202,20 @@ impl<K: Kv> KvStore<K> {
         failure.map_or(Ok(records), Err)
     }
 
-    fn ids_with_prefix(&self, prefix: u8) -> Result<Vec<String>> {
+    /// Ids under `prefix` strictly after `after`, at most `limit`.
+    fn ids_with_prefix(&self, prefix: u8, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
         let mut ids = Vec::new();
-        self.kv.scan(&[prefix], &[prefix], &mut |key, _| {
+        self.kv.scan(&after_key(prefix, after), &[prefix], &mut |key, _| {
+            if ids.len() >= limit {
+                return false;
+            }
             ids.push(String::from_utf8_lossy(&key[1..]).into_owned());
             true
         })?;
         Ok(ids)
     }
-}
 
-fn fit(workflow_id: &str) -> Result<()> {
-    if keys::fits(workflow_id) {
-        return Ok(());
-    }
-    let prefix = workflow_id.chars().take(32).collect();
-    Err(Error::IdTooLong { prefix, len: workflow_id.len() })
-}
-
-/// Every workflow id a commit puts into a key.
-fn check_ids(commit: &Commit) -> Result<()> {
-    fit(&commit.workflow_id)?;
-    commit.put_tasks.iter().try_for_each(|task| fit(task.workflow_id()))?;
-    commit.put_definitions.iter().try_for_each(|d| fit(&d.workflow_type))?;
-    commit.put_queue_pauses.iter().try_for_each(|p| fit(&p.queue))?;
-    commit.delete_queue_pauses.iter().try_for_each(|queue| fit(queue))?;
-    if let Some(delete) = &commit.delete
-        && !keys::fits(&delete.request_id)
-    {
-        return Err(Error::IdTooLong {
-            prefix: delete.request_id.chars().take(32).collect(),
-            len: delete.request_id.len(),
-        });
-    }
-    commit.put_timers.iter().chain(&commit.delete_timers).try_for_each(|timer| fit(&timer.workflow_id))
-}
-
-impl<K: Kv> Store for KvStore<K> {
-    fn commit(&self, mut commit: Commit) -> Result<Durable> {
-        check_ids(&commit)?;
-        if commit.only_leases() {
-            self.kv.apply_unflushed(self.writes_for(&mut commit)?)?;
-            return Ok(Durable::ready());
-        }
-        if commit.outbox.is_empty() {
-            let writes = self.writes_for(&mut commit)?;
-            return self.kv.apply(writes);
-        }
-        let _ordered = self.outbox_order.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let writes = self.writes_for(&mut commit)?;
-        self.kv.apply(writes)
-    }
-
-    fn barrier(&self) -> Durable {
-        self.kv.barrier()
-    }
-
-    fn write_failure(&self) -> Option<String> {
-        self.kv.write_failure()
-    }
-
-    fn history(&self, workflow_id: &str, from_seq: u64, limit: usize) -> Result<Vec<HistoryEvent>> {
+    fn read_history(&self, workflow_id: &str, from_seq: u64, limit: usize) -> Result<Vec<HistoryEvent>> {
         if !keys::fits(workflow_id) {
             return Ok(Vec::new());
         }
@@ -283,7 +259,7 @@ impl<K: Kv> Store for KvStore<K> {
         failure.map_or(Ok(events), Err)
     }
 
-    fn last_seq(&self, workflow_id: &str) -> Result<u64> {
+    fn read_last_seq(&self, workflow_id: &str) -> Result<u64> {
         if !keys::fits(workflow_id) {
             return Ok(0);
         }
@@ -294,27 +270,127 @@ impl<K: Kv> Store for KvStore<K> {
             .unwrap_or(0))
     }
 
-    fn summary(&self, workflow_id: &str) -> Result<Option<WorkflowSummary>> {
+    fn read_outbox_floor(&self) -> Result<u64> {
+        match self.kv.get(keys::OUTBOX_FLOOR)? {
+            None => Ok(0),
+            Some(bytes) => bytes.as_slice().try_into().map(u64::from_be_bytes).map_err(|_| Error::Corrupt {
+                key: String::from_utf8_lossy(keys::OUTBOX_FLOOR).into_owned(),
+                reason: format!("{} bytes, not a u64", bytes.len()),
+            }),
+        }
+    }
+
+    fn apply_commit(&self, mut commit: Commit) -> Result<Durable> {
+        check_ids(&commit)?;
+        let mut stripes = vec![stripe_of(&commit.workflow_id)];
+        if let Some(request_id) = &commit.request_id {
+            stripes.push(stripe_of(&format!("request:{request_id}")));
+        }
+        // In index order, so that two commits never wait on each other.
+        stripes.sort_unstable();
+        stripes.dedup();
+        let _checked = stripes
+            .iter()
+            .map(|i| self.stripes[*i].lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+            .collect::<Vec<_>>();
+        if commit.outbox.is_empty() {
+            let writes = self.writes_for(&mut commit)?;
+            return self.kv.apply(writes);
+        }
+        let _ordered = self.outbox_order.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let writes = self.writes_for(&mut commit)?;
+        self.kv.apply(writes)
+    }
+}
+
+/// The first key under `prefix` strictly after the id `after`.
+fn after_key(prefix: u8, after: Option<&str>) -> Vec<u8> {
+    match after {
+        Some(after) => {
+            let mut from = keys::raw(prefix, after);
+            from.push(0);
+            from
+        }
+        None => vec![prefix],
+    }
+}
+
+/// The first task (or lease) key strictly after `after`.
+fn after_task_key(prefix: u8, after: Option<&super::TaskKey>) -> Vec<u8> {
+    match after {
+        Some((wf, task_id)) => {
+            let mut from = keys::task(prefix, wf, task_id);
+            from.push(0);
+            from
+        }
+        None => vec![prefix],
+    }
+}
+
+fn fit(workflow_id: &str) -> Result<()> {
+    if keys::fits(workflow_id) {
+        return Ok(());
+    }
+    let prefix = workflow_id.chars().take(32).collect();
+    Err(Error::IdTooLong { prefix, len: workflow_id.len() })
+}
+
+/// Every workflow id a commit puts into a key.
+fn check_ids(commit: &Commit) -> Result<()> {
+    fit(&commit.workflow_id)?;
+    commit.put_tasks.iter().try_for_each(|task| fit(task.workflow_id()))?;
+    commit.put_definitions.iter().try_for_each(|d| fit(&d.workflow_type))?;
+    commit.put_queue_pauses.iter().try_for_each(|p| fit(&p.queue))?;
+    commit.delete_queue_pauses.iter().try_for_each(|queue| fit(queue))?;
+    if let Some(delete) = &commit.delete
+        && !keys::fits(&delete.request_id)
+    {
+        return Err(Error::IdTooLong {
+            prefix: delete.request_id.chars().take(32).collect(),
+            len: delete.request_id.len(),
+        });
+    }
+    commit.put_timers.iter().chain(&commit.delete_timers).try_for_each(|timer| fit(&timer.workflow_id))
+}
+
+#[async_trait::async_trait]
+impl<K: Kv> Store for KvStore<K> {
+    async fn commit(&self, commit: Commit) -> Result<Durable> {
+        self.apply_commit(commit)
+    }
+
+    fn record_leases(&self, workflow_id: &str, leases: Vec<(String, Lease)>) -> Result<()> {
+        let mut commit = Commit { workflow_id: workflow_id.to_owned(), put_leases: leases, ..Commit::default() };
+        check_ids(&commit)?;
+        self.kv.apply_unflushed(self.writes_for(&mut commit)?)
+    }
+
+    fn barrier(&self) -> Durable {
+        self.kv.barrier()
+    }
+
+    fn write_failure(&self) -> Option<String> {
+        self.kv.write_failure()
+    }
+
+    async fn history(&self, workflow_id: &str, from_seq: u64, limit: usize) -> Result<Vec<HistoryEvent>> {
+        self.read_history(workflow_id, from_seq, limit)
+    }
+
+    async fn last_seq(&self, workflow_id: &str) -> Result<u64> {
+        self.read_last_seq(workflow_id)
+    }
+
+    async fn summary(&self, workflow_id: &str) -> Result<Option<WorkflowSummary>> {
         let key = keys::raw(keys::SUMMARY, workflow_id);
         self.kv.get(&key)?.map(|bytes| Self::decode(&key, &bytes)).transpose()
     }
 
-    fn list(
-        &self,
-        id_prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-        scan_budget: usize,
-        filter: &dyn Fn(&WorkflowSummary) -> bool,
-    ) -> Result<IndexPage> {
+    async fn list(&self, query: &ListQuery) -> Result<IndexPage> {
         let mut page = IndexPage::default();
-        let prefix = keys::raw(keys::SUMMARY, id_prefix);
-        let from = match after {
-            Some(after) if after >= id_prefix => {
-                let mut from = keys::raw(keys::SUMMARY, after);
-                from.push(0); // strictly after
-                from
-            }
+        let prefix = keys::raw(keys::SUMMARY, &query.id_prefix);
+        let from = match &query.after {
+            Some(after) if *after >= query.id_prefix => after_key(keys::SUMMARY, Some(after)),
             _ => prefix.clone(),
         };
         let mut scanned = 0usize;
@@ -322,7 +398,7 @@ impl<K: Kv> Store for KvStore<K> {
         let mut failure = None;
         let mut exhausted = true;
         self.kv.scan(&from, &prefix, &mut |key, value| {
-            if page.workflows.len() >= limit || scanned >= scan_budget {
+            if page.workflows.len() >= query.limit || scanned >= query.scan_budget {
                 exhausted = false;
                 return false;
             }
@@ -330,7 +406,7 @@ impl<K: Kv> Store for KvStore<K> {
             match Self::decode::<WorkflowSummary>(key, value) {
                 Ok(summary) => {
                     last_seen = Some(summary.workflow_id.clone());
-                    if filter(&summary) {
+                    if query.filter.matches(&summary) {
                         page.workflows.push(summary);
                     }
                     true
@@ -350,16 +426,28 @@ impl<K: Kv> Store for KvStore<K> {
         Ok(page)
     }
 
-    fn open_workflows(&self) -> Result<Vec<String>> {
-        self.ids_with_prefix(keys::OPEN)
+    async fn open_workflows(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
+        self.ids_with_prefix(keys::OPEN, after, limit)
     }
 
-    fn all_workflows(&self) -> Result<Vec<String>> {
+    async fn all_workflows(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
         let mut ids: Vec<String> = Vec::new();
-        self.kv.scan(&[keys::HISTORY], &[keys::HISTORY], &mut |key, _| {
+        let from = match after {
+            // Past every history key of `after` (a sequence number is 8 bytes).
+            Some(after) if keys::fits(after) => {
+                let mut from = keys::history_prefix(after);
+                from.extend_from_slice(&[0xff; 9]);
+                from
+            }
+            _ => vec![keys::HISTORY],
+        };
+        self.kv.scan(&from, &[keys::HISTORY], &mut |key, _| {
             if let Some((wf, _)) = keys::split_workflow(key)
                 && ids.last().is_none_or(|last| last != wf)
             {
+                if ids.len() >= limit {
+                    return false;
+                }
                 ids.push(wf.to_owned());
             }
             true
@@ -367,30 +455,21 @@ impl<K: Kv> Store for KvStore<K> {
         Ok(ids)
     }
 
-    fn workflow_for_request(&self, request_id: &str) -> Result<Option<String>> {
+    async fn workflow_for_request(&self, request_id: &str) -> Result<Option<String>> {
         Ok(self.kv.get(&keys::raw(keys::REQUEST, request_id))?.map(|b| String::from_utf8_lossy(&b).into_owned()))
     }
 
-    fn tasks(&self) -> Result<Vec<TaskRecord>> {
-        let mut tasks = Vec::new();
-        let mut failure = None;
-        self.kv.scan(&[keys::TASK], &[keys::TASK], &mut |key, value| match Self::decode(key, value) {
-            Ok(task) => {
-                tasks.push(task);
-                true
-            }
-            Err(e) => {
-                failure = Some(e);
-                false
-            }
-        })?;
-        failure.map_or(Ok(tasks), Err)
+    async fn tasks(&self, after: Option<&TaskKey>, limit: usize) -> Result<Vec<TaskRecord>> {
+        self.decode_range(&after_task_key(keys::TASK, after), keys::TASK, limit)
     }
 
-    fn leases(&self) -> Result<Vec<(String, String, Lease)>> {
+    async fn leases(&self, after: Option<&TaskKey>, limit: usize) -> Result<Vec<(String, String, Lease)>> {
         let mut leases = Vec::new();
         let mut failure = None;
-        self.kv.scan(&[keys::LEASE], &[keys::LEASE], &mut |key, value| {
+        self.kv.scan(&after_task_key(keys::LEASE, after), &[keys::LEASE], &mut |key, value| {
+            if leases.len() >= limit {
+                return false;
+            }
             let Some((wf, task_id)) = keys::split_workflow(key) else {
                 return true;
             };
@@ -403,9 +482,20 @@ impl<K: Kv> Store for KvStore<K> {
         failure.map_or(Ok(leases), Err)
     }
 
-    fn timers(&self) -> Result<Vec<TimerRecord>> {
+    async fn timers(&self, after: Option<&TimerRecord>, limit: usize) -> Result<Vec<TimerRecord>> {
         let mut timers = Vec::new();
-        self.kv.scan(&[keys::TIMER], &[keys::TIMER], &mut |key, _| {
+        let from = match after {
+            Some(t) => {
+                let mut from = keys::timer(t.fire_at_ms, &t.workflow_id, &t.timer_id);
+                from.push(0);
+                from
+            }
+            None => vec![keys::TIMER],
+        };
+        self.kv.scan(&from, &[keys::TIMER], &mut |key, _| {
+            if timers.len() >= limit {
+                return false;
+            }
             if let Some((fire_at_ms, workflow_id, timer_id)) = keys::timer_from_key(key) {
                 timers.push(TimerRecord { fire_at_ms, workflow_id, timer_id });
             }
@@ -414,42 +504,36 @@ impl<K: Kv> Store for KvStore<K> {
         Ok(timers)
     }
 
-    fn outbox(&self, after: u64, limit: usize) -> Result<Vec<OutboxRecord>> {
+    async fn outbox(&self, after: u64, limit: usize) -> Result<Vec<OutboxRecord>> {
         self.decode_range(&keys::outbox(after.saturating_add(1)), keys::OUTBOX, limit)
     }
 
-    fn delete_outbox(&self, seqs: &[u64]) -> Result<Durable> {
+    async fn delete_outbox(&self, seqs: &[u64]) -> Result<Durable> {
         self.kv.apply(seqs.iter().map(|seq| (keys::outbox(*seq), None)).collect())
     }
 
-    fn prune_outbox(&self, seqs: &[u64]) -> Result<Durable> {
+    async fn prune_outbox(&self, seqs: &[u64]) -> Result<Durable> {
         // Read, raise, write: serialised, so that two pruners cannot lower it.
         let _ordered = self.outbox_order.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let floor = self.outbox_floor()?.max(seqs.iter().copied().max().unwrap_or(0));
+        let floor = self.read_outbox_floor()?.max(seqs.iter().copied().max().unwrap_or(0));
         let mut writes: Vec<Write> = seqs.iter().map(|seq| (keys::outbox(*seq), None)).collect();
         writes.push((keys::OUTBOX_FLOOR.to_vec(), Some(floor.to_be_bytes().to_vec())));
         self.kv.apply(writes)
     }
 
-    fn outbox_floor(&self) -> Result<u64> {
-        match self.kv.get(keys::OUTBOX_FLOOR)? {
-            None => Ok(0),
-            Some(bytes) => bytes.as_slice().try_into().map(u64::from_be_bytes).map_err(|_| Error::Corrupt {
-                key: String::from_utf8_lossy(keys::OUTBOX_FLOOR).into_owned(),
-                reason: format!("{} bytes, not a u64", bytes.len()),
-            }),
-        }
+    async fn outbox_floor(&self) -> Result<u64> {
+        self.read_outbox_floor()
     }
 
-    fn definitions(&self) -> Result<Vec<DefinitionRecord>> {
+    async fn definitions(&self) -> Result<Vec<DefinitionRecord>> {
         self.decode_all(keys::DEFINITION)
     }
 
-    fn queue_pauses(&self) -> Result<Vec<QueuePauseRecord>> {
+    async fn queue_pauses(&self) -> Result<Vec<QueuePauseRecord>> {
         self.decode_all(keys::QUEUE_PAUSE)
     }
 
-    fn clear_derived(&self) -> Result<()> {
+    async fn clear_derived(&self) -> Result<()> {
         for prefix in keys::DERIVED {
             let mut doomed = Vec::new();
             self.kv.scan(&[*prefix], &[*prefix], &mut |key, _| {

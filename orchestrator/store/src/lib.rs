@@ -60,6 +60,10 @@ pub enum Error {
     /// The API refuses such ids first; this guards ids the server derives.
     #[error("workflow id of {len} bytes is longer than the store's limit of {MAX_WORKFLOW_ID_BYTES}: {prefix}…")]
     IdTooLong { prefix: String, len: usize },
+    /// The commit maps a start's request id that already names another
+    /// workflow: two starts raced with one request id, and this one lost.
+    #[error("request id {request_id} already started workflow {workflow_id}")]
+    RequestIdTaken { request_id: String, workflow_id: String },
     /// An earlier flush failed; nothing more is acknowledged.
     #[error("a flush failed earlier ({0}); the store is read-only until restarted")]
     FlushFailed(String),
@@ -72,44 +76,6 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Commit {
-    /// Only leases ([`Commit::put_leases`]), for dispatch.
-    pub fn leases(workflow_id: impl Into<String>, leases: Vec<(String, Lease)>) -> Self {
-        Self { workflow_id: workflow_id.into(), put_leases: leases, ..Self::default() }
-    }
-
-    fn only_leases(&self) -> bool {
-        let Self {
-            workflow_id: _,
-            events,
-            new_history: _,
-            summary,
-            request_id,
-            put_tasks,
-            delete_tasks,
-            put_leases,
-            put_timers,
-            delete_timers,
-            outbox,
-            put_definitions,
-            put_queue_pauses,
-            delete_queue_pauses,
-            delete,
-        } = self;
-        !put_leases.is_empty()
-            && events.is_empty()
-            && summary.is_none()
-            && request_id.is_none()
-            && put_tasks.is_empty()
-            && delete_tasks.is_empty()
-            && put_timers.is_empty()
-            && delete_timers.is_empty()
-            && outbox.is_empty()
-            && put_definitions.is_empty()
-            && put_queue_pauses.is_empty()
-            && delete_queue_pauses.is_empty()
-            && delete.is_none()
-    }
-
     /// Only definitions: a registration, in one atomic batch however many it carries.
     pub fn definitions(definitions: Vec<DefinitionRecord>) -> Self {
         Self { put_definitions: definitions, ..Self::default() }
@@ -153,9 +119,8 @@ pub struct Commit {
     /// Task ids of this workflow whose tasks (and leases) are gone.
     pub delete_tasks: Vec<String>,
     /// Leases of this workflow's tasks, by task id. Leases are hints that
-    /// speed recovery: a commit that carries nothing else is applied without
-    /// a flush of its own (its [`Durable`] is ready at once), since losing
-    /// one only makes a task run again. They ride the next flush.
+    /// speed recovery; dispatch records them alone with
+    /// [`Store::record_leases`], which does not wait for a flush.
     pub put_leases: Vec<(String, Lease)>,
     pub put_timers: Vec<TimerRecord>,
     pub delete_timers: Vec<TimerRecord>,
@@ -187,11 +152,75 @@ pub struct IndexPage {
     pub next_after: Option<String>,
 }
 
+/// Which index rows a [`Store::list`] returns: plain data, so that a
+/// database backend can turn it into a `WHERE` clause instead of reading
+/// every row back. Every condition set must hold.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct WorkflowFilter {
+    /// Any of these statuses; empty means any status.
+    pub statuses: Vec<i32>,
+    /// Exactly this type; empty means any type.
+    pub workflow_type: String,
+    /// Every one of these labels, with these values.
+    pub labels: Vec<(String, String)>,
+    /// Only workflows the stuck-saga detector flagged.
+    pub stuck_only: bool,
+    /// Only paused workflows.
+    pub paused_only: bool,
+    /// Only terminal workflows closed at or before this time (ms since the epoch).
+    pub closed_at_or_before_ms: Option<i64>,
+}
+
+impl WorkflowFilter {
+    /// Whether the row matches: the reference every backend must agree with.
+    pub fn matches(&self, s: &WorkflowSummary) -> bool {
+        (self.statuses.is_empty() || self.statuses.contains(&s.status))
+            && (self.workflow_type.is_empty() || s.workflow_type == self.workflow_type)
+            && self.labels.iter().all(|(k, v)| s.labels.get(k) == Some(v))
+            && (!self.stuck_only || !s.stuck_reason.is_empty())
+            && (!self.paused_only || !s.paused_reason.is_empty())
+            && self.closed_at_or_before_ms.is_none_or(|at| {
+                sagaflow_proto::is_terminal(s.status) && s.closed_ms > 0 && s.closed_ms <= at
+            })
+    }
+}
+
+/// One page of [`Store::list`].
+#[derive(Debug, Default, Clone)]
+pub struct ListQuery {
+    /// Only workflow ids that start with this.
+    pub id_prefix: String,
+    /// Strictly after this workflow id (the last page's `next_after`).
+    pub after: Option<String>,
+    /// At most this many rows.
+    pub limit: usize,
+    /// Read at most this many rows before returning a partial page, so that
+    /// a filter that matches little cannot make one call scan the index.
+    pub scan_budget: usize,
+    pub filter: WorkflowFilter,
+}
+
+/// The key of a task (and of its lease): a page of tasks resumes after one.
+pub type TaskKey = (String, String);
+
 /// What a `Store` holds, for every backend.
+///
+/// Async, so that a backend may answer over the network. A write is
+/// conditional: a commit names the history position it extends and a store
+/// refuses it ([`Error::SequenceConflict`]) when another write got there
+/// first; the store, not a lock in one process, keeps a start's request id
+/// unique ([`Error::RequestIdTaken`]). Recovery reads tasks, leases, timers
+/// and workflow ids a page at a time.
+#[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Applies the commit atomically. The returned [`Durable`] resolves once
     /// the commit is on disk; acknowledge nothing before that.
-    fn commit(&self, commit: Commit) -> Result<Durable>;
+    async fn commit(&self, commit: Commit) -> Result<Durable>;
+
+    /// Records where tasks were handed out ([`Commit::put_leases`]) without
+    /// waiting: leases are hints that speed recovery, and losing one only
+    /// makes a task run again. Dispatch calls this on its hot path.
+    fn record_leases(&self, workflow_id: &str, leases: Vec<(String, Lease)>) -> Result<()>;
 
     /// Resolves once everything applied so far is on disk. A reply built from
     /// a read waits on this, so that no reply shows what a crash could undo.
@@ -204,45 +233,42 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Events `from_seq..` (1-based), at most `limit`.
-    fn history(&self, workflow_id: &str, from_seq: u64, limit: usize) -> Result<Vec<HistoryEvent>>;
+    async fn history(&self, workflow_id: &str, from_seq: u64, limit: usize) -> Result<Vec<HistoryEvent>>;
 
     /// The sequence number of the last event, 0 when there is no history.
-    fn last_seq(&self, workflow_id: &str) -> Result<u64>;
+    async fn last_seq(&self, workflow_id: &str) -> Result<u64>;
 
-    fn summary(&self, workflow_id: &str) -> Result<Option<WorkflowSummary>>;
+    async fn summary(&self, workflow_id: &str) -> Result<Option<WorkflowSummary>>;
 
-    /// Index rows whose id starts with `id_prefix`, in workflow-id order,
-    /// strictly after `after`. `filter`
-    /// decides which rows count; at most `limit` rows are returned, and a scan
-    /// reads no more than `scan_budget` rows before it returns a partial page.
-    fn list(
-        &self,
-        id_prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-        scan_budget: usize,
-        filter: &dyn Fn(&WorkflowSummary) -> bool,
-    ) -> Result<IndexPage>;
+    /// Index rows that match the query's filter, in workflow-id order; see
+    /// [`ListQuery`] for the bounds. `next_after` is set when more may follow.
+    async fn list(&self, query: &ListQuery) -> Result<IndexPage>;
 
-    /// Ids of the workflows that are not terminal.
-    fn open_workflows(&self) -> Result<Vec<String>>;
+    /// Ids of the workflows that are not terminal, at most `limit`, strictly
+    /// after `after` in the store's own order (the last id of the previous
+    /// page): fewer than `limit` means the last page.
+    async fn open_workflows(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>>;
 
-    /// Ids of every workflow that has a history, for rebuilding.
-    fn all_workflows(&self) -> Result<Vec<String>>;
+    /// Ids of every workflow that has a history, for rebuilding; paged as
+    /// [`open_workflows`](Store::open_workflows).
+    async fn all_workflows(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>>;
 
-    fn workflow_for_request(&self, request_id: &str) -> Result<Option<String>>;
+    async fn workflow_for_request(&self, request_id: &str) -> Result<Option<String>>;
 
-    fn tasks(&self) -> Result<Vec<TaskRecord>>;
+    /// Tasks, at most `limit`, strictly after the task `after` in the store's order.
+    async fn tasks(&self, after: Option<&TaskKey>, limit: usize) -> Result<Vec<TaskRecord>>;
 
-    fn leases(&self) -> Result<Vec<(String, String, Lease)>>;
+    /// Leases as (workflow id, task id, lease), paged as [`tasks`](Store::tasks).
+    async fn leases(&self, after: Option<&TaskKey>, limit: usize) -> Result<Vec<(String, String, Lease)>>;
 
-    fn timers(&self) -> Result<Vec<TimerRecord>>;
+    /// Timers, at most `limit`, in fire-time order, strictly after the timer `after`.
+    async fn timers(&self, after: Option<&TimerRecord>, limit: usize) -> Result<Vec<TimerRecord>>;
 
     /// Outbox records with sequence numbers greater than `after`, at most `limit`.
-    fn outbox(&self, after: u64, limit: usize) -> Result<Vec<OutboxRecord>>;
+    async fn outbox(&self, after: u64, limit: usize) -> Result<Vec<OutboxRecord>>;
 
     /// Removes relayed outbox records (after the broker acknowledged them).
-    fn delete_outbox(&self, seqs: &[u64]) -> Result<Durable>;
+    async fn delete_outbox(&self, seqs: &[u64]) -> Result<Durable>;
 
     /// Removes outbox records no broker will take (the server runs without
     /// one and they are past `--outbox-retention`), and raises the pruned
@@ -250,19 +276,19 @@ pub trait Store: Send + Sync + 'static {
     /// `seqs`, in the same atomic batch. The caller prunes from the oldest
     /// on, so that every record at or below the floor is gone and every
     /// record above it is kept. The floor never goes down.
-    fn prune_outbox(&self, seqs: &[u64]) -> Result<Durable>;
+    async fn prune_outbox(&self, seqs: &[u64]) -> Result<Durable>;
 
     /// The highest outbox sequence number [`prune_outbox`](Store::prune_outbox)
     /// ever deleted, 0 if none: a reader resuming below it missed records.
-    fn outbox_floor(&self) -> Result<u64>;
+    async fn outbox_floor(&self) -> Result<u64>;
 
     /// Every stored definition, by type then version.
-    fn definitions(&self) -> Result<Vec<DefinitionRecord>>;
+    async fn definitions(&self) -> Result<Vec<DefinitionRecord>>;
 
     /// Every paused activity queue, by name.
-    fn queue_pauses(&self) -> Result<Vec<QueuePauseRecord>>;
+    async fn queue_pauses(&self) -> Result<Vec<QueuePauseRecord>>;
 
     /// Removes every derived record: the index, open set, idempotency map,
     /// tasks, leases and timers. Histories and the outbox stay.
-    fn clear_derived(&self) -> Result<()>;
+    async fn clear_derived(&self) -> Result<()>;
 }

@@ -454,14 +454,14 @@ mod conformance {
                 request_id: Some("r".into()),
                 ..Default::default()
             };
-            store.commit(commit).unwrap().wait().await.unwrap();
+            store.commit(commit).await.unwrap().wait().await.unwrap();
         }
         let store = SledStore::open(dir.path()).unwrap();
-        assert_eq!(store.history("wf", 1, 10).unwrap()[0].time_ms, 7);
-        assert_eq!(store.workflow_for_request("r").unwrap().as_deref(), Some("wf"));
+        assert_eq!(store.history("wf", 1, 10).await.unwrap()[0].time_ms, 7);
+        assert_eq!(store.workflow_for_request("r").await.unwrap().as_deref(), Some("wf"));
         // Nothing is in memory now: the history's length comes from sled.
-        assert_eq!(store.last_seq("wf").unwrap(), 1);
-        assert_eq!(store.last_seq("w").unwrap(), 0);
+        assert_eq!(store.last_seq("wf").await.unwrap(), 1);
+        assert_eq!(store.last_seq("w").await.unwrap(), 0);
     }
 
     #[tokio::test]
@@ -477,10 +477,10 @@ mod conformance {
         };
         {
             let store = SledStore::open(dir.path()).unwrap();
-            store.commit(crate::Commit::definitions(vec![record.clone()])).unwrap().wait().await.unwrap();
+            store.commit(crate::Commit::definitions(vec![record.clone()])).await.unwrap().wait().await.unwrap();
         }
         let store = SledStore::open(dir.path()).unwrap();
-        assert_eq!(store.definitions().unwrap(), vec![record]);
+        assert_eq!(store.definitions().await.unwrap(), vec![record]);
     }
 
     /// A lease is written without a flush of its own. On a server with no
@@ -490,7 +490,7 @@ mod conformance {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
         let lease = crate::Lease { worker_id: "w".into(), started_ms: 1, expires_ms: 2 };
-        let _unflushed = store.commit(crate::Commit::leases("wf", vec![("t1".into(), lease)])).unwrap();
+        store.record_leases("wf", vec![("t1".into(), lease)]).unwrap();
         let key = crate::keys::task(crate::keys::LEASE, "wf", "t1");
         let logged = || {
             let mut found = false;
@@ -562,7 +562,7 @@ mod conformance {
                 };
                 let commit =
                     crate::Commit { workflow_id: format!("wf-{i}"), events: vec![event], ..Default::default() };
-                store.commit(commit).unwrap().wait().await.unwrap();
+                store.commit(commit).await.unwrap().wait().await.unwrap();
             }
             // The checkpointer retires full segments on its own thread.
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -572,17 +572,17 @@ mod conformance {
             }
             // Retired writes are read from sled now, and later ones from memory.
             for i in [0, commits / 2, commits - 1] {
-                assert_eq!(store.history(&format!("wf-{i}"), 1, 1).unwrap()[0].time_ms, i as i64);
+                assert_eq!(store.history(&format!("wf-{i}"), 1, 1).await.unwrap()[0].time_ms, i as i64);
             }
         }
         let store = SledStore::open(dir.path()).unwrap();
         for i in [0, commits / 2, commits - 1] {
-            assert_eq!(store.history(&format!("wf-{i}"), 1, 1).unwrap()[0].time_ms, i as i64);
+            assert_eq!(store.history(&format!("wf-{i}"), 1, 1).await.unwrap()[0].time_ms, i as i64);
         }
     }
 
-    #[test]
-    fn a_store_of_the_first_layout_is_migrated_and_reads_the_same() {
+    #[tokio::test]
+    async fn a_store_of_the_first_layout_is_migrated_and_reads_the_same() {
         use prost::Message;
         use sagaflow_proto::v1::{HistoryEvent, TimerFired, history_event::Attributes};
         let dir = tempfile::tempdir().unwrap();
@@ -600,13 +600,13 @@ mod conformance {
             tree.flush().unwrap();
         }
         let store = SledStore::open(dir.path()).unwrap();
-        assert_eq!(store.history("old", 1, 10).unwrap(), vec![event(1), event(2), event(3)]);
-        assert_eq!(store.history("old", 2, 1).unwrap(), vec![event(2)]);
-        assert_eq!(store.last_seq("old").unwrap(), 3);
+        assert_eq!(store.history("old", 1, 10).await.unwrap(), vec![event(1), event(2), event(3)]);
+        assert_eq!(store.history("old", 2, 1).await.unwrap(), vec![event(2)]);
+        assert_eq!(store.last_seq("old").await.unwrap(), 3);
         drop(store);
         // Opening again finds the current version and changes nothing.
         let store = SledStore::open(dir.path()).unwrap();
-        assert_eq!(store.history("old", 1, 10).unwrap().len(), 3);
+        assert_eq!(store.history("old", 1, 10).await.unwrap().len(), 3);
     }
 
     #[tokio::test]
@@ -627,24 +627,24 @@ mod conformance {
                     })),
                 };
                 let commit = crate::Commit { workflow_id: "long".into(), events: vec![event], ..Default::default() };
-                store.commit(commit).unwrap().wait().await.unwrap();
+                store.commit(commit).await.unwrap().wait().await.unwrap();
             }
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
             while crate::wal::segments(&dir.path().join("wal")).unwrap().len() > 1 {
                 assert!(std::time::Instant::now() < deadline, "full segments were never retired");
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
-            let seqs: Vec<u64> = store.history("long", 1, usize::MAX).unwrap().iter().map(|e| e.seq).collect();
+            let seqs: Vec<u64> = store.history("long", 1, usize::MAX).await.unwrap().iter().map(|e| e.seq).collect();
             assert_eq!(seqs, (1..=commits).collect::<Vec<_>>());
-            assert_eq!(store.history("long", commits / 2, 2).unwrap()[0].seq, commits / 2);
+            assert_eq!(store.history("long", commits / 2, 2).await.unwrap()[0].seq, commits / 2);
         }
         let tree = sled::open(dir.path()).unwrap().open_tree("sagaflow").unwrap();
         let keys = tree.scan_prefix(crate::keys::history_prefix("long")).count() as u64;
         assert!(keys < commits / 4, "{keys} history keys in sled for {commits} commits");
     }
 
-    #[test]
-    fn overlapping_batches_read_each_event_once() {
+    #[tokio::test]
+    async fn overlapping_batches_read_each_event_once() {
         use prost::Message;
         use sagaflow_proto::v1::HistoryEvent;
         let dir = tempfile::tempdir().unwrap();
@@ -661,12 +661,11 @@ mod conformance {
             tree.flush().unwrap();
         }
         let store = SledStore::open(dir.path()).unwrap();
-        let seqs =
-            |from, limit| -> Vec<u64> { store.history("wf", from, limit).unwrap().iter().map(|e| e.seq).collect() };
-        assert_eq!(seqs(1, 100), vec![1, 2, 3, 4]);
-        assert_eq!(seqs(2, 2), vec![2, 3]);
-        assert_eq!(seqs(3, 100), vec![3, 4]);
-        assert_eq!(store.last_seq("wf").unwrap(), 4);
+        for (from, limit, want) in [(1, 100, vec![1, 2, 3, 4]), (2, 2, vec![2, 3]), (3, 100, vec![3, 4])] {
+            let seqs: Vec<u64> = store.history("wf", from, limit).await.unwrap().iter().map(|e| e.seq).collect();
+            assert_eq!(seqs, want);
+        }
+        assert_eq!(store.last_seq("wf").await.unwrap(), 4);
     }
 
     #[test]
@@ -689,13 +688,13 @@ mod conformance {
             let store = SledStore::open(dir.path()).unwrap();
             let commit =
                 Commit { workflow_id: "wf".into(), outbox: vec![OutboxRecord::default(); 2], ..Default::default() };
-            store.commit(commit).unwrap().wait().await.unwrap();
-            store.delete_outbox(&[1, 2]).unwrap().wait().await.unwrap();
+            store.commit(commit).await.unwrap().wait().await.unwrap();
+            store.delete_outbox(&[1, 2]).await.unwrap().wait().await.unwrap();
         }
         let store = SledStore::open(dir.path()).unwrap();
         let commit = Commit { workflow_id: "wf".into(), outbox: vec![OutboxRecord::default()], ..Default::default() };
-        store.commit(commit).unwrap().wait().await.unwrap();
-        assert_eq!(store.outbox(0, 10).unwrap()[0].seq, 3);
+        store.commit(commit).await.unwrap().wait().await.unwrap();
+        assert_eq!(store.outbox(0, 10).await.unwrap()[0].seq, 3);
     }
 
     #[tokio::test]
@@ -706,11 +705,11 @@ mod conformance {
             let store = SledStore::open(dir.path()).unwrap();
             let commit =
                 Commit { workflow_id: "wf".into(), outbox: vec![OutboxRecord::default(); 3], ..Default::default() };
-            store.commit(commit).unwrap().wait().await.unwrap();
-            store.prune_outbox(&[1, 2]).unwrap().wait().await.unwrap();
+            store.commit(commit).await.unwrap().wait().await.unwrap();
+            store.prune_outbox(&[1, 2]).await.unwrap().wait().await.unwrap();
         }
         let store = SledStore::open(dir.path()).unwrap();
-        assert_eq!(store.outbox_floor().unwrap(), 2);
-        assert_eq!(store.outbox(0, 10).unwrap().iter().map(|r| r.seq).collect::<Vec<_>>(), vec![3]);
+        assert_eq!(store.outbox_floor().await.unwrap(), 2);
+        assert_eq!(store.outbox(0, 10).await.unwrap().iter().map(|r| r.seq).collect::<Vec<_>>(), vec![3]);
     }
 }
