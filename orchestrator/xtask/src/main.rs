@@ -5,12 +5,13 @@
 //! the stages in order and stops at the first that fails, naming it.
 
 mod needs;
+mod postgres;
 mod stages;
 
-use std::process::ExitCode;
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result, ensure};
 use clap::{Args, Parser, Subcommand};
 
 use crate::stages::{Context, Stage};
@@ -31,10 +32,22 @@ enum Task {
     /// and a 60 s chaos run (seed $SAGAFLOW_CHAOS_SEED, else 42). It stops at the first stage that
     /// fails and exits non-zero, naming that stage.
     ///
-    /// The tools: nats-server, promtool (Debian package `prometheus`) and python3 with venv support.
-    /// When one is missing and this runs as root on a machine with apt-get, it installs the Debian
-    /// packages; otherwise it stops and prints the command that installs them.
+    /// The tools: nats-server, promtool (Debian package `prometheus`), python3 with venv support,
+    /// chromedriver, fusermount3 and a PostgreSQL server. When one is missing and this runs as root
+    /// on a machine with apt-get, it installs the Debian packages; otherwise it stops and prints
+    /// the command that installs them.
+    ///
+    /// Unless $SAGAFLOW_TEST_POSTGRES already names a server, it starts a throwaway PostgreSQL
+    /// cluster for the run (as the `postgres` user when root), sets $SAGAFLOW_TEST_POSTGRES to its
+    /// URL for every stage, and stops and removes it at the end, whether the stages pass or not.
     Test(TestArgs),
+
+    /// Run one command with the PostgreSQL the tests get: `cargo xtask postgres -- cargo test -p
+    /// sagaflow-store`.
+    ///
+    /// It starts the same throwaway cluster as `test` (unless $SAGAFLOW_TEST_POSTGRES is set), runs
+    /// the command with $SAGAFLOW_TEST_POSTGRES set to its URL, then stops it and removes its files.
+    Postgres(PostgresArgs),
 }
 
 #[derive(Args)]
@@ -54,9 +67,23 @@ struct TestArgs {
     cargo_test_args: Vec<String>,
 }
 
+#[derive(Args)]
+struct PostgresArgs {
+    /// Never run apt-get: if PostgreSQL is missing, print the command that installs it, and stop.
+    #[arg(long)]
+    no_install: bool,
+
+    /// The command to run, after a `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
 fn main() -> ExitCode {
-    let Task::Test(args) = Cli::parse().task;
-    match test(args) {
+    let outcome = match Cli::parse().task {
+        Task::Test(args) => test(args),
+        Task::Postgres(args) => with_postgres(args),
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("xtask: {error:#}");
@@ -68,9 +95,12 @@ fn main() -> ExitCode {
 fn test(args: TestArgs) -> Result<()> {
     let started = Instant::now();
     let stages: &[Stage] = if args.quick { &[Stage::CargoTest] } else { &Stage::ALL };
-    needs::ensure(stages, !args.no_install)?;
+    needs::ensure(&needs::of_stages(stages), !args.no_install)?;
 
-    let context = Context::new(args.cargo_test_args);
+    // Lives until this returns, so that the cluster stops after the last stage or the failed one.
+    let postgres = if needs::POSTGRES.is_needed_by(stages) { postgres::provide()? } else { None };
+    let env = postgres.iter().map(|cluster| (postgres::URL_VAR, cluster.url().to_owned())).collect();
+    let context = Context::new(args.cargo_test_args, env);
     let mut timings = Vec::with_capacity(stages.len());
     for (index, stage) in stages.iter().enumerate() {
         println!("==> [{}/{}] {}", index + 1, stages.len(), stage.title());
@@ -86,6 +116,22 @@ fn test(args: TestArgs) -> Result<()> {
     }
     print_timings(&timings);
     println!("==> all {} stages passed in {}", stages.len(), human(started.elapsed()));
+    Ok(())
+}
+
+fn with_postgres(args: PostgresArgs) -> Result<()> {
+    needs::ensure(&[&needs::POSTGRES], !args.no_install)?;
+    let postgres = postgres::provide()?;
+    let (program, program_args) = args.command.split_first().context("no command to run")?;
+    let mut command = Command::new(program);
+    command.args(program_args).stdin(Stdio::null());
+    if let Some(cluster) = &postgres {
+        command.env(postgres::URL_VAR, cluster.url());
+    }
+    let shown = args.command.join(" ");
+    println!("    $ {shown}");
+    let status = command.status().with_context(|| format!("cannot start `{shown}`"))?;
+    ensure!(status.success(), "`{shown}` failed ({status})");
     Ok(())
 }
 
@@ -125,18 +171,25 @@ mod tests {
     fn the_flags_parse() {
         let cli = Cli::try_parse_from(["cargo xtask", "test", "--quick", "--no-install", "--", "--test", "cli"])
             .expect("the flags parse");
-        let Task::Test(args) = cli.task;
+        let Task::Test(args) = cli.task else { panic!("not the test task") };
         assert!(args.quick && args.no_install);
         assert_eq!(args.cargo_test_args, ["--test", "cli"]);
+
+        let cli = Cli::try_parse_from(["cargo xtask", "postgres", "--", "psql", "-c", "select 1"])
+            .expect("the postgres task parses");
+        let Task::Postgres(args) = cli.task else { panic!("not the postgres task") };
+        assert_eq!(args.command, ["psql", "-c", "select 1"]);
+        assert!(Cli::try_parse_from(["cargo xtask", "postgres"]).is_err(), "a command is required");
     }
 
     #[test]
     fn the_help_describes_every_flag() {
         use clap::CommandFactory;
-        let mut command = Cli::command();
-        let test = command.find_subcommand_mut("test").expect("a test task");
-        for argument in test.get_arguments() {
-            assert!(argument.get_help().is_some(), "--{} has no help", argument.get_id());
+        let command = Cli::command();
+        for task in command.get_subcommands() {
+            for argument in task.get_arguments() {
+                assert!(argument.get_help().is_some(), "{} --{} has no help", task.get_name(), argument.get_id());
+            }
         }
     }
 }

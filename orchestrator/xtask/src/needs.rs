@@ -1,13 +1,14 @@
 //! What the test stages need from the machine, and how a Debian machine gets it.
 //!
-//! Each need is one entry in [`NEEDS`]: a later one (PostgreSQL for a store suite, Chromium for a
-//! UI test) is one more entry, naming its probe, its Debian packages and the stages that use it.
+//! Each need is one entry in [`NEEDS`]: a new one is one more entry, naming its probe, its Debian
+//! packages and the stages that use it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result, bail, ensure};
 
+use crate::postgres;
 use crate::stages::Stage;
 
 /// One tool that some stages cannot run without.
@@ -22,6 +23,8 @@ pub struct Need {
     pub packages: &'static [&'static str],
     /// The stages that use it: `--quick` checks only the needs of the stages it runs.
     pub stages: &'static [Stage],
+    /// A variable that, when set, meets the need another way, so that it is not checked.
+    pub unless_set: Option<&'static str>,
 }
 
 pub enum Probe {
@@ -29,6 +32,8 @@ pub enum Probe {
     Executable(&'static str),
     /// A command that exits 0 when the need is met.
     Command(&'static str, &'static [&'static str]),
+    /// A lookup of its own, for a tool that is neither on PATH nor in [`EXTRA_DIRS`].
+    Found(fn() -> bool),
 }
 
 pub const NEEDS: &[Need] = &[
@@ -38,6 +43,7 @@ pub const NEEDS: &[Need] = &[
         probe: Probe::Executable("nats-server"),
         packages: &["nats-server"],
         stages: &[Stage::CargoTest, Stage::Chaos],
+        unless_set: None,
     },
     Need {
         name: "promtool",
@@ -45,6 +51,7 @@ pub const NEEDS: &[Need] = &[
         probe: Probe::Executable("promtool"),
         packages: &["prometheus"],
         stages: &[Stage::AlertRules],
+        unless_set: None,
     },
     Need {
         name: "python3 with venv",
@@ -53,6 +60,7 @@ pub const NEEDS: &[Need] = &[
         probe: Probe::Command("python3", &["-c", "import ensurepip, json, venv"]),
         packages: &["python3", "python3-venv"],
         stages: &[Stage::Dashboard, Stage::Examples, Stage::PythonSdk],
+        unless_set: None,
     },
     Need {
         name: "chromedriver",
@@ -60,6 +68,7 @@ pub const NEEDS: &[Need] = &[
         probe: Probe::Executable("chromedriver"),
         packages: &["chromium", "chromium-driver"],
         stages: &[Stage::CargoTest],
+        unless_set: None,
     },
     Need {
         name: "fusermount3",
@@ -68,8 +77,21 @@ pub const NEEDS: &[Need] = &[
         probe: Probe::Executable("fusermount3"),
         packages: &["fuse3"],
         stages: &[Stage::CargoTest],
+        unless_set: None,
     },
+    POSTGRES,
 ];
+
+/// Also checked on its own, by `cargo xtask postgres`.
+pub const POSTGRES: Need = Need {
+    name: "postgres",
+    purpose: "the PostgreSQL tests run against a throwaway cluster (initdb, postgres, pg_ctl) started for the run",
+    probe: Probe::Found(postgres::server_installed),
+    // Pulls in the newest server Debian has, in /usr/lib/postgresql/<version>/bin.
+    packages: &["postgresql"],
+    stages: &[Stage::CargoTest],
+    unless_set: Some(postgres::URL_VAR),
+};
 
 /// Where Debian puts daemons and where hand installs go, beyond a user's PATH. The NATS tests look
 /// for `nats-server` in the same places.
@@ -79,6 +101,7 @@ impl Probe {
     fn found(&self) -> bool {
         match self {
             Self::Executable(name) => find_executable(name).is_some(),
+            Self::Found(lookup) => lookup(),
             Self::Command(program, args) => Command::new(program)
                 .args(*args)
                 .stdin(Stdio::null())
@@ -98,13 +121,22 @@ pub fn find_executable(name: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// Checks the needs of `stages`; installs what is missing when `may_install` and the machine
-/// allows it (root, apt-get), and otherwise fails with the one command that would install it.
-pub fn ensure(stages: &[Stage], may_install: bool) -> Result<()> {
-    let wanted: Vec<&Need> =
-        NEEDS.iter().filter(|need| need.stages.iter().any(|stage| stages.contains(stage))).collect();
+/// The needs of `stages`, in table order.
+pub fn of_stages(stages: &[Stage]) -> Vec<&'static Need> {
+    NEEDS.iter().filter(|need| need.is_needed_by(stages)).collect()
+}
+
+impl Need {
+    pub fn is_needed_by(&self, stages: &[Stage]) -> bool {
+        self.stages.iter().any(|stage| stages.contains(stage))
+    }
+}
+
+/// Checks `wanted`; installs what is missing when `may_install` and the machine allows it (root,
+/// apt-get), and otherwise fails with the one command that would install it.
+pub fn ensure(wanted: &[&Need], may_install: bool) -> Result<()> {
     println!("==> tools the stages need");
-    let missing = report(&wanted);
+    let missing = report(wanted);
     if missing.is_empty() {
         return Ok(());
     }
@@ -144,7 +176,11 @@ pub fn ensure(stages: &[Stage], may_install: bool) -> Result<()> {
 fn report<'a>(needs: &[&'a Need]) -> Vec<&'a Need> {
     let mut missing = Vec::new();
     for need in needs {
-        if need.probe.found() {
+        if let Some(variable) =
+            need.unless_set.filter(|variable| std::env::var_os(variable).is_some_and(|v| !v.is_empty()))
+        {
+            println!("    {:<20} not checked: {variable} is set", need.name);
+        } else if need.probe.found() {
             println!("    {:<20} ok", need.name);
         } else {
             println!("    {:<20} missing: {}", need.name, need.purpose);
@@ -182,8 +218,8 @@ fn install(apt_get: &Path, packages: &[&str]) -> Result<()> {
     apt(&[&["install", "-y", "--no-install-recommends"], packages].concat())
 }
 
-/// Whether this process may install packages: `id -u` says 0.
-fn is_root() -> bool {
+/// Whether this process may install packages (and must not run PostgreSQL): `id -u` says 0.
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .stdin(Stdio::null())
@@ -208,7 +244,16 @@ mod tests {
         let all: Vec<&Need> = NEEDS.iter().chain(NEEDS).collect();
         assert_eq!(
             packages(&all),
-            ["nats-server", "prometheus", "python3", "python3-venv", "chromium", "chromium-driver", "fuse3"]
+            [
+                "nats-server",
+                "prometheus",
+                "python3",
+                "python3-venv",
+                "chromium",
+                "chromium-driver",
+                "fuse3",
+                "postgresql"
+            ]
         );
     }
 }

@@ -23,10 +23,12 @@ pub struct Context {
     target_dir: PathBuf,
     cargo: OsString,
     cargo_test_args: Vec<String>,
+    /// Set for every command of every stage: the PostgreSQL URL the tests use.
+    env: Vec<(&'static str, String)>,
 }
 
 impl Context {
-    pub fn new(cargo_test_args: Vec<String>) -> Self {
+    pub fn new(cargo_test_args: Vec<String>, env: Vec<(&'static str, String)>) -> Self {
         // orchestrator/xtask → the workspace root. The layout is fixed, so is the depth.
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let root = root.canonicalize().unwrap_or(root);
@@ -34,7 +36,7 @@ impl Context {
         let target_dir = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |dir| root.join(dir));
         // `cargo run` sets CARGO to the cargo that runs us: the same toolchain for every stage.
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        Self { root, target_dir, cargo, cargo_test_args }
+        Self { root, target_dir, cargo, cargo_test_args, env }
     }
 
     fn cargo(&self, args: &[&str]) -> Command {
@@ -124,6 +126,7 @@ impl Stage {
             if command.get_current_dir().is_none() {
                 command.current_dir(&context.root);
             }
+            command.envs(context.env.iter().map(|(name, value)| (name, value)));
             let shown = show(&command);
             println!("    $ {shown}");
             // No stdin: CI has none, and nothing here may wait for a question to be answered.
