@@ -26,6 +26,7 @@ use sagaflow_server::api::{Origin, invalid};
 use sagaflow_server::auth::{self, Principal, policy};
 use sagaflow_server::engine::{is_side_task, timeout_leaves_outcome_unknown};
 use sagaflow_server::runtime::{Error as RuntimeError, Runtime, StartRequest};
+use sagaflow_server::store::ListQuery;
 
 const MAX_ITEMS: usize = 100;
 const MAX_QUANTITY: u32 = 10_000;
@@ -85,7 +86,7 @@ impl sagaflow_server::Extension for CheckoutExtension {
             sagaflow_workflows::jobs::AUDIT_CHECKOUTS_ACTIVITY,
             move |_ctx: sagaflow_worker::ActivityContext, input: crate::jobs::AuditInput| {
                 let runtime = runtime.clone();
-                async move { crate::jobs::audit(&runtime, &input) }
+                async move { crate::jobs::audit(&runtime, &input).await }
             },
         )
     }
@@ -381,7 +382,7 @@ pub(crate) async fn read_checkout(
     if summary.workflow_type != CHECKOUT || !caller.may_read(&summary.labels) {
         return Err(RuntimeError::NotFound(format!("checkout {checkout_id} not found")));
     }
-    let history = runtime.history(checkout_id, 1, usize::MAX)?;
+    let history = runtime.history(checkout_id, 1, usize::MAX).await?;
     Ok((CheckoutView::from_history(&history), summary, history))
 }
 
@@ -399,10 +400,16 @@ pub(crate) struct RefundRow {
 
 /// The refunds of a checkout, in the order of their workflow ids.
 pub(crate) async fn refund_rows(runtime: &Runtime, checkout_id: &str) -> Result<Vec<RefundRow>, RuntimeError> {
-    let page = runtime.list(&refunds_prefix(checkout_id), None, 10_000, 10_000, &|_| true).await?;
+    let query = ListQuery {
+        id_prefix: refunds_prefix(checkout_id),
+        limit: 10_000,
+        scan_budget: 10_000,
+        ..ListQuery::default()
+    };
+    let page = runtime.list(&query).await?;
     let mut rows = Vec::with_capacity(page.workflows.len());
     for summary in page.workflows {
-        let history = runtime.history(&summary.workflow_id, 1, usize::MAX)?;
+        let history = runtime.history(&summary.workflow_id, 1, usize::MAX).await?;
         let view = CheckoutView::from_history(&history);
         let refund_task = history.iter().find_map(|e| match &e.attributes {
             Some(Attributes::ActivityScheduled(s)) if s.step == "refund" && !s.compensation => Some(s.task_id.clone()),
@@ -551,7 +558,7 @@ impl CheckoutService for CheckoutApi {
         // refunds. Refunds started before the scoping were filed under the
         // bare id; a retry of one must find it there, or it would refund twice.
         let legacy = format!("refund:{}", request.refund_id);
-        let request_id = if self.runtime.workflow_for_request(&legacy)?.as_deref() == Some(workflow_id.as_str()) {
+        let request_id = if self.runtime.workflow_for_request(&legacy).await?.as_deref() == Some(workflow_id.as_str()) {
             legacy
         } else {
             format!("refund:{}:{}", request.checkout_id, request.refund_id)
@@ -578,7 +585,7 @@ impl CheckoutService for CheckoutApi {
         };
         // A retried refund request is not a new refund: let the start's own
         // idempotency answer it before checking amounts.
-        if self.runtime.workflow_for_request(&request_id)?.is_some() {
+        if self.runtime.workflow_for_request(&request_id).await?.is_some() {
             let (refund_workflow_id, already_started) = self.runtime.start_workflow(start).await?;
             return Ok(Response::new(RefundCheckoutResponse { refund_workflow_id, already_started }));
         }

@@ -23,17 +23,18 @@ pub(crate) struct AuditInput {
     grace_ms: Option<u64>,
 }
 
-pub(crate) fn audit(runtime: &Runtime, input: &AuditInput) -> Result<serde_json::Value, ActivityError> {
+pub(crate) async fn audit(runtime: &Runtime, input: &AuditInput) -> Result<serde_json::Value, ActivityError> {
     let unavailable = |e: runtime::Error| ActivityError::retryable("StoreUnavailable", e.to_string());
     let named = input.captures.captures.iter().map(|c| c.payment_intent_id.as_str());
     let named = named.chain(input.reservations.held.iter().map(|r| r.reservation_id.as_str()));
     let mut checkouts = HashMap::new();
     for checkout_id in named.filter_map(checkout_of) {
-        let Some(summary) = runtime.summary(&checkout_id).map_err(unavailable)? else { continue };
+        let Some(summary) = runtime.summary(&checkout_id).await.map_err(unavailable)? else { continue };
         if summary.workflow_type != CHECKOUT {
             continue;
         }
-        let view = CheckoutView::from_history(&runtime.history(&checkout_id, 1, usize::MAX).map_err(unavailable)?);
+        let view =
+            CheckoutView::from_history(&runtime.history(&checkout_id, 1, usize::MAX).await.map_err(unavailable)?);
         checkouts.insert(checkout_id, CheckoutFacts { view, closed_ms: summary.closed_ms });
     }
     let grace_ms = input.grace_ms.unwrap_or(DEFAULT_GRACE_MS);

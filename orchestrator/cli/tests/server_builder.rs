@@ -33,8 +33,8 @@ async fn a_supplied_store_is_the_one_the_server_writes() {
         .await
         .unwrap()
         .into_inner();
-    let summary = store.summary(&started.workflow_id).unwrap().expect("the start is in the supplied store");
+    let summary = store.summary(&started.workflow_id).await.unwrap().expect("the start is in the supplied store");
     assert_eq!(summary.workflow_type, "bench");
-    assert_eq!(store.workflow_for_request("builder-1").unwrap().as_deref(), Some(started.workflow_id.as_str()));
+    assert_eq!(store.workflow_for_request("builder-1").await.unwrap().as_deref(), Some(started.workflow_id.as_str()));
     server.stop().await;
 }

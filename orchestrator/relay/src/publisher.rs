@@ -141,8 +141,8 @@ impl Relay {
         // Publish only what a crash cannot undo: an event relayed for a
         // decision that was then lost would be a lie.
         store.barrier().wait().await?;
-        let page = store.outbox(0, self.options.window.max(1))?;
-        backlog.observe(store.as_ref(), &page, self.options.window.max(1))?;
+        let page = store.outbox(0, self.options.window.max(1)).await?;
+        backlog.observe(store.as_ref(), &page, self.options.window.max(1)).await?;
         if page.is_empty() {
             return Ok(Round::Idle);
         }
@@ -164,7 +164,7 @@ impl Relay {
             *published_total += outcome.acked.len() as u64;
             #[cfg(feature = "fault-injection")]
             fault_injection::crash_if_due(*published_total);
-            store.delete_outbox(&outcome.acked)?.wait().await?;
+            store.delete_outbox(&outcome.acked).await?.wait().await?;
             backlog.deleted(outcome.acked.len());
             metrics::counter!("sagaflow_outbox_relayed_total").increment(outcome.acked.len() as u64);
             metrics::counter!("sagaflow_outbox_relay_duplicates_total").increment(outcome.duplicates);
@@ -239,11 +239,11 @@ struct Backlog {
 }
 
 impl Backlog {
-    fn observe(&mut self, store: &dyn Store, page: &[OutboxRecord], limit: usize) -> Result<()> {
+    async fn observe(&mut self, store: &dyn Store, page: &[OutboxRecord], limit: usize) -> Result<()> {
         if page.len() < limit {
             self.count = page.len() as u64;
         } else if self.counted_at.is_none_or(|at| at.elapsed() >= COUNT_EVERY) {
-            self.count = count(store)?;
+            self.count = count(store).await?;
             self.counted_at = Some(Instant::now());
         } else {
             self.count = self.count.max(page.len() as u64);
@@ -262,11 +262,11 @@ impl Backlog {
     }
 }
 
-fn count(store: &dyn Store) -> Result<u64> {
+async fn count(store: &dyn Store) -> Result<u64> {
     let mut total = 0u64;
     let mut after = 0;
     loop {
-        let page = store.outbox(after, COUNT_PAGE)?;
+        let page = store.outbox(after, COUNT_PAGE).await?;
         total += page.len() as u64;
         match page.last() {
             Some(last) if page.len() == COUNT_PAGE => after = last.seq,
@@ -311,11 +311,11 @@ mod tests {
         assert!(window(&[]).is_empty());
     }
 
-    #[test]
-    fn the_backlog_counts_a_short_page_without_a_scan() {
+    #[tokio::test]
+    async fn the_backlog_counts_a_short_page_without_a_scan() {
         let store = sagaflow_store::MemoryStore::in_memory();
         let mut backlog = Backlog::default();
-        backlog.observe(&store, &[record(1, "a"), record(2, "b")], 10).unwrap();
+        backlog.observe(&store, &[record(1, "a"), record(2, "b")], 10).await.unwrap();
         assert_eq!(backlog.count, 2);
         backlog.deleted(2);
         assert_eq!(backlog.count, 0);

@@ -136,7 +136,7 @@ async fn writer(store: Arc<SledStore>, workflow_id: String, next_seq: Arc<Atomic
         let seq = next_seq.fetch_add(1, Ordering::Relaxed);
         let commit =
             Commit { workflow_id: workflow_id.clone(), events: vec![activity_completed(seq)], ..Default::default() };
-        store.commit(commit).expect("commit").wait().await.expect("durable");
+        store.commit(commit).await.expect("commit").wait().await.expect("durable");
     }
 }
 

@@ -243,7 +243,10 @@ pub async fn definitions_are_stored_in_one_commit_and_survive_a_rebuild(store: &
     let several = vec![definition("trip", 10, "{}"), definition("trip", 2, "{}"), definition("a", 1, "{}")];
     store.commit(Commit::definitions(several)).await.unwrap().wait().await.unwrap();
     // By type, then version numerically (10 after 2).
-    assert_eq!(definition_keys(store).await, vec![("a".into(), 1, false), ("trip".into(), 2, false), ("trip".into(), 10, false)]);
+    assert_eq!(
+        definition_keys(store).await,
+        vec![("a".into(), 1, false), ("trip".into(), 2, false), ("trip".into(), 10, false)]
+    );
     // A record replaces its type and version: deprecation is a put.
     let mut deprecated = definition("trip", 2, "{}");
     deprecated.deprecated = true;
@@ -267,11 +270,26 @@ pub async fn queue_pauses_are_stored_replaced_deleted_and_survive_a_rebuild(stor
         identity: "ops".into(),
         paused_ms: 5,
     };
-    store.commit(Commit::queue_pause(Some(pause("payments.capture", "incident")), None)).await.unwrap().wait().await.unwrap();
+    store
+        .commit(Commit::queue_pause(Some(pause("payments.capture", "incident")), None))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
     store.commit(Commit::queue_pause(Some(pause("carrier.ship", "500s")), None)).await.unwrap().wait().await.unwrap();
-    assert_eq!(paused_queues(store).await, [("carrier.ship".into(), "500s".into()), ("payments.capture".into(), "incident".into())]);
+    assert_eq!(
+        paused_queues(store).await,
+        [("carrier.ship".into(), "500s".into()), ("payments.capture".into(), "incident".into())]
+    );
     // Pausing again replaces the record; a rebuild keeps them: they are an operator's decision.
-    store.commit(Commit::queue_pause(Some(pause("carrier.ship", "still 500s")), None)).await.unwrap().wait().await.unwrap();
+    store
+        .commit(Commit::queue_pause(Some(pause("carrier.ship", "still 500s")), None))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
     store.clear_derived().await.unwrap();
     assert_eq!(paused_queues(store).await[0], ("carrier.ship".into(), "still 500s".into()));
     store.commit(Commit::queue_pause(None, Some("carrier.ship".into()))).await.unwrap().wait().await.unwrap();
@@ -326,15 +344,22 @@ pub async fn concurrent_commits_all_become_durable(store: Arc<dyn Store>) {
     }
 }
 
-/// Two writers append at the same position of one history at once: one
-/// wins, the other is refused with a conflict, and nothing of it is stored.
+/// Writers released together append at the same position of one history:
+/// one wins each round, the others are refused with a conflict, and nothing
+/// of theirs is stored.
 pub async fn racing_appends_to_one_history_conflict(store: Arc<dyn Store>) {
+    const RACERS: usize = 8;
+    const ROUNDS: u64 = 100;
     store.commit(append("wf", 1..=1)).await.unwrap().wait().await.unwrap();
-    for seq in 2..=41u64 {
-        let racers: Vec<_> = (0..2)
+    for seq in 2..=ROUNDS + 1 {
+        let gate = Arc::new(tokio::sync::Barrier::new(RACERS));
+        let racers: Vec<_> = (0..RACERS)
             .map(|_| {
-                let store = Arc::clone(&store);
-                tokio::spawn(async move { store.commit(append("wf", seq..=seq)).await })
+                let (store, gate) = (Arc::clone(&store), Arc::clone(&gate));
+                tokio::spawn(async move {
+                    gate.wait().await;
+                    store.commit(append("wf", seq..=seq)).await
+                })
             })
             .collect();
         let mut wins = 0;
@@ -350,45 +375,51 @@ pub async fn racing_appends_to_one_history_conflict(store: Arc<dyn Store>) {
         }
         assert_eq!(wins, 1, "exactly one append at {seq} wins");
     }
-    let seqs: Vec<u64> = store.history("wf", 1, 100).await.unwrap().iter().map(|e| e.seq).collect();
-    assert_eq!(seqs, (1..=41).collect::<Vec<_>>());
+    let seqs: Vec<u64> = store.history("wf", 1, usize::MAX).await.unwrap().iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=ROUNDS + 1).collect::<Vec<_>>());
 }
 
-/// Sixteen starts of different workflows carry one request id at once: the
-/// store lets one through and refuses the rest, naming the winner.
+/// Starts of different workflows released together carry one request id:
+/// the store lets one through and refuses the rest, naming the winner.
 pub async fn one_request_id_starts_one_workflow(store: Arc<dyn Store>) {
-    let racers: Vec<_> = (0..16)
-        .map(|i| {
-            let store = Arc::clone(&store);
-            tokio::spawn(async move {
-                let id = format!("wf-{i}");
-                let commit = Commit { request_id: Some("req-shared".into()), new_history: true, ..append(&id, 1..=1) };
-                (id, store.commit(commit).await)
+    const RACERS: usize = 8;
+    for round in 0..50 {
+        let request_id = format!("req-{round}");
+        let gate = Arc::new(tokio::sync::Barrier::new(RACERS));
+        let racers: Vec<_> = (0..RACERS)
+            .map(|i| {
+                let (store, gate, request_id) = (Arc::clone(&store), Arc::clone(&gate), request_id.clone());
+                tokio::spawn(async move {
+                    let id = format!("wf-{round}-{i}");
+                    let commit = Commit { request_id: Some(request_id), new_history: true, ..append(&id, 1..=1) };
+                    gate.wait().await;
+                    (id, store.commit(commit).await)
+                })
             })
-        })
-        .collect();
-    let mut winners = Vec::new();
-    let mut named = Vec::new();
-    for racer in racers {
-        match racer.await.unwrap() {
-            (id, Ok(durable)) => {
-                durable.wait().await.unwrap();
-                winners.push(id);
+            .collect();
+        let mut winners = Vec::new();
+        let mut named = Vec::new();
+        for racer in racers {
+            match racer.await.unwrap() {
+                (id, Ok(durable)) => {
+                    durable.wait().await.unwrap();
+                    winners.push(id);
+                }
+                (id, Err(Error::RequestIdTaken { request_id: taken, workflow_id })) => {
+                    assert_eq!(taken, request_id);
+                    assert_eq!(store.last_seq(&id).await.unwrap(), 0, "a refused start writes nothing");
+                    named.push(workflow_id);
+                }
+                (_, Err(e)) => panic!("a lost start must be RequestIdTaken, got {e}"),
             }
-            (id, Err(Error::RequestIdTaken { request_id, workflow_id })) => {
-                assert_eq!(request_id, "req-shared");
-                assert_eq!(store.last_seq(&id).await.unwrap(), 0, "a refused start writes nothing");
-                named.push(workflow_id);
-            }
-            (_, Err(e)) => panic!("a lost start must be RequestIdTaken, got {e}"),
         }
+        assert_eq!(winners.len(), 1, "exactly one start of {request_id} wins");
+        assert!(named.iter().all(|w| *w == winners[0]), "every loser names the winner");
+        assert_eq!(store.workflow_for_request(&request_id).await.unwrap().as_ref(), Some(&winners[0]));
+        // The winner's own later commits may name it again.
+        let again = Commit { request_id: Some(request_id), ..append(&winners[0], 2..=2) };
+        store.commit(again).await.unwrap().wait().await.unwrap();
     }
-    assert_eq!(winners.len(), 1, "exactly one start wins");
-    assert!(named.iter().all(|w| *w == winners[0]), "every loser names the winner");
-    assert_eq!(store.workflow_for_request("req-shared").await.unwrap().as_ref(), Some(&winners[0]));
-    // The winner's own later commits may name it again.
-    let again = Commit { request_id: Some("req-shared".into()), ..append(&winners[0], 2..=2) };
-    store.commit(again).await.unwrap().wait().await.unwrap();
 }
 
 /// Recovery reads tasks, leases, timers and workflow ids in pages: pages
@@ -515,8 +546,7 @@ pub async fn pushed_down_filters_agree_with_the_reference(store: &dyn Store) {
         WorkflowFilter { closed_at_or_before_ms: Some(50), ..Default::default() },
     ];
     for filter in filters {
-        let want: Vec<&str> =
-            rows.iter().filter(|r| filter.matches(r)).map(|r| r.workflow_id.as_str()).collect();
+        let want: Vec<&str> = rows.iter().filter(|r| filter.matches(r)).map(|r| r.workflow_id.as_str()).collect();
         // Pages of two, so that a page boundary falls inside the matches.
         let (mut got, mut after) = (Vec::new(), None::<String>);
         loop {

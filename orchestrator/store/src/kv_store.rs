@@ -10,7 +10,7 @@ use sagaflow_proto::v1::{HistoryEvent, WorkflowSummary};
 use super::records::HistoryBatch;
 use super::{
     Commit, DefinitionRecord, Durable, Error, IndexPage, Lease, ListQuery, OutboxRecord, QueuePauseRecord, Result,
-    Store, TaskKey, TimerRecord, TaskRecord, keys,
+    Store, TaskKey, TaskRecord, TimerRecord, keys,
 };
 
 /// One write of a batch: a put, or a delete when the value is `None`.

@@ -179,9 +179,9 @@ impl WorkflowFilter {
             && self.labels.iter().all(|(k, v)| s.labels.get(k) == Some(v))
             && (!self.stuck_only || !s.stuck_reason.is_empty())
             && (!self.paused_only || !s.paused_reason.is_empty())
-            && self.closed_at_or_before_ms.is_none_or(|at| {
-                sagaflow_proto::is_terminal(s.status) && s.closed_ms > 0 && s.closed_ms <= at
-            })
+            && self
+                .closed_at_or_before_ms
+                .is_none_or(|at| sagaflow_proto::is_terminal(s.status) && s.closed_ms > 0 && s.closed_ms <= at)
     }
 }
 

@@ -13,7 +13,7 @@ use sagaflow_faultfs::FaultFs;
 use sagaflow_proto::v1::history_event::Attributes;
 use sagaflow_proto::v1::workflow_service_client::WorkflowServiceClient;
 use sagaflow_proto::v1::{AwaitWorkflowRequest, WorkflowStatus};
-use sagaflow_server::store::{SledStore, Store};
+use sagaflow_server::store::{ListQuery, SledStore, Store};
 
 use super::{ServerProcess, start_request};
 
@@ -138,12 +138,12 @@ impl Checked {
     pub fn verify(&mut self, data: &Path, acked: &Acked, sweep: bool, at: &str) {
         let dir = data.join("orchestrator");
         let store = SledStore::open(&dir).unwrap_or_else(|e| panic!("{at}: the store does not reopen: {e}"));
-        for workflow_id in store.all_workflows().unwrap() {
+        for workflow_id in block(store.all_workflows(None, usize::MAX)).unwrap() {
             if !sweep && self.terminal.contains(&workflow_id) {
                 continue;
             }
-            let history =
-                store.history(&workflow_id, 1, usize::MAX).unwrap_or_else(|e| panic!("{at}: {workflow_id}: {e}"));
+            let history = block(store.history(&workflow_id, 1, usize::MAX))
+                .unwrap_or_else(|e| panic!("{at}: {workflow_id}: {e}"));
             for (i, event) in history.iter().enumerate() {
                 assert_eq!(event.seq, i as u64 + 1, "{at}: {workflow_id} has a gap or a duplicate at {i}");
             }
@@ -151,14 +151,15 @@ impl Checked {
                 matches!(history.first().and_then(|e| e.attributes.as_ref()), Some(Attributes::WorkflowStarted(_))),
                 "{at}: {workflow_id} does not begin with WorkflowStarted"
             );
-            let summary =
-                store.summary(&workflow_id).unwrap().unwrap_or_else(|| panic!("{at}: {workflow_id} has no index row"));
+            let summary = block(store.summary(&workflow_id))
+                .unwrap()
+                .unwrap_or_else(|| panic!("{at}: {workflow_id} has no index row"));
             assert_eq!(
                 summary.history_length,
                 history.len() as u64,
                 "{at}: {workflow_id}: the index disagrees with the history"
             );
-            let by_request = store.workflow_for_request(&summary.request_id).unwrap();
+            let by_request = block(store.workflow_for_request(&summary.request_id)).unwrap();
             assert_eq!(
                 by_request.as_deref(),
                 Some(workflow_id.as_str()),
@@ -171,14 +172,14 @@ impl Checked {
         }
         for (request_id, workflow_id) in &acked.starts {
             if sweep || !self.starts.contains(request_id) {
-                let found = store.workflow_for_request(request_id).unwrap();
+                let found = block(store.workflow_for_request(request_id)).unwrap();
                 assert_eq!(found.as_ref(), Some(workflow_id), "{at}: the acknowledged start {request_id} is lost");
                 self.starts.insert(request_id.clone());
             }
         }
         for workflow_id in &acked.completed {
             if sweep || !self.completions.contains(workflow_id) {
-                let status = store.summary(workflow_id).unwrap().map(|s| s.status);
+                let status = block(store.summary(workflow_id)).unwrap().map(|s| s.status);
                 assert_eq!(
                     status,
                     Some(WorkflowStatus::Completed as i32),
@@ -205,15 +206,28 @@ impl Checked {
     }
 }
 
+/// Waits for a store read. The checks run on a blocking thread
+/// (`block_in_place`), where the test's runtime may be entered again.
+fn block<T>(read: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Handle::current().block_on(read)
+}
+
 type Derived = (Vec<sagaflow_proto::v1::WorkflowSummary>, Vec<String>, Vec<(String, String, i64)>);
 
 /// The records `rebuild-index` derives from the histories.
 fn derived(store: &SledStore) -> Derived {
-    let summaries = store.list("", None, usize::MAX, usize::MAX, &|_| true).unwrap().workflows;
-    let mut tasks: Vec<String> = store.tasks().unwrap().into_iter().filter_map(|t| t.task.map(|t| t.task_id)).collect();
+    let summaries =
+        block(store.list(&ListQuery { limit: usize::MAX, scan_budget: usize::MAX, ..ListQuery::default() }))
+            .unwrap()
+            .workflows;
+    let mut tasks: Vec<String> =
+        block(store.tasks(None, usize::MAX)).unwrap().into_iter().filter_map(|t| t.task.map(|t| t.task_id)).collect();
     tasks.sort();
-    let mut timers: Vec<_> =
-        store.timers().unwrap().into_iter().map(|t| (t.workflow_id, t.timer_id, t.fire_at_ms)).collect();
+    let mut timers: Vec<_> = block(store.timers(None, usize::MAX))
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.workflow_id, t.timer_id, t.fire_at_ms))
+        .collect();
     timers.sort();
     (summaries, tasks, timers)
 }

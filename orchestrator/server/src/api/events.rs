@@ -50,12 +50,12 @@ pub const OLDEST_HEADER: &str = "sagaflow-outbox-oldest";
 /// `Some(OUT_OF_RANGE)` when records after `cursor` were pruned (no broker,
 /// past `--outbox-retention`) before this reader saw them: skipping them in
 /// silence would hand it a gap it cannot see.
-fn behind_floor(runtime: &Runtime, cursor: u64) -> Result<Option<Status>, Status> {
-    let floor = runtime.outbox_floor().map_err(|e| Status::unavailable(e.to_string()))?;
+async fn behind_floor(runtime: &Runtime, cursor: u64) -> Result<Option<Status>, Status> {
+    let floor = runtime.outbox_floor().await.map_err(|e| Status::unavailable(e.to_string()))?;
     if cursor >= floor {
         return Ok(None);
     }
-    let oldest = runtime.outbox_floor_record(floor).map_err(|e| Status::unavailable(e.to_string()))?;
+    let oldest = runtime.outbox_floor_record(floor).await.map_err(|e| Status::unavailable(e.to_string()))?;
     let kept =
         oldest.map_or_else(|| "no event is kept yet".to_owned(), |seq| format!("the oldest event kept is seq {seq}"));
     let mut status = Status::out_of_range(format!(
@@ -78,7 +78,7 @@ impl EventService for EventsApi {
         let StreamEventsRequest { after_seq, follow } = request.into_inner();
         let runtime = self.runtime.clone();
         // Refused before the stream opens, so that a client sees the status at once.
-        if let Some(status) = behind_floor(&runtime, after_seq)? {
+        if let Some(status) = behind_floor(&runtime, after_seq).await? {
             return Err(status);
         }
         // Bounded: a slow reader slows its own stream, nothing else.
@@ -99,7 +99,7 @@ impl EventService for EventsApi {
                 // After the read: pruning deletes records and raises the floor
                 // in one batch, so a page that missed a pruned record sees
                 // the floor above its cursor here.
-                match behind_floor(&runtime, cursor) {
+                match behind_floor(&runtime, cursor).await {
                     Ok(None) => {}
                     Ok(Some(status)) | Err(status) => {
                         let _ = tx.send(Err(status)).await;

@@ -29,6 +29,11 @@ impl From<Error> for Status {
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Internal(_) => Code::Internal,
             Error::Store(crate::store::Error::IdTooLong { .. }) => Code::InvalidArgument,
+            // Another writer got there first and the store settled the race:
+            // the call may be retried, and a retried start finds its workflow.
+            Error::Store(crate::store::Error::RequestIdTaken { .. } | crate::store::Error::SequenceConflict { .. }) => {
+                Code::Aborted
+            }
             Error::Store(e) => {
                 tracing::error!(error = %e, "storage failure");
                 Code::Unavailable

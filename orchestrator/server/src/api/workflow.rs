@@ -21,6 +21,7 @@ use super::{Origin, invalid};
 use crate::auth::{self, Principal, Role};
 use crate::operator;
 use crate::runtime::{Runtime, StartRequest};
+use crate::store::{ListQuery, WorkflowFilter};
 use sagaflow_proto::is_terminal;
 
 const DEFAULT_HISTORY_PAGE: u32 = 1000;
@@ -154,7 +155,7 @@ impl WorkflowApi {
             self.runtime.await_terminal(workflow_id, wait_budget(timeout_ms)).await?
         };
         let terminal = is_terminal(summary.status);
-        let (result, reason) = if terminal { self.runtime.outcome(&summary)? } else { Default::default() };
+        let (result, reason) = if terminal { self.runtime.outcome(&summary).await? } else { Default::default() };
         Ok(AwaitWorkflowResponse { summary: Some(summary), terminal, result, reason })
     }
 }
@@ -215,11 +216,11 @@ impl WorkflowService for WorkflowApi {
             n => n.min(MAX_HISTORY_PAGE),
         } as usize;
         let from = request.from_seq.max(1);
-        let mut events = self.runtime.history(&request.workflow_id, from, page)?;
+        let mut events = self.runtime.history(&request.workflow_id, from, page).await?;
         if events.is_empty() && request.wait_ms > 0 && !is_terminal(summary.status) {
             self.runtime.wait_for_change(&request.workflow_id, from - 1, wait_budget(request.wait_ms)).await?;
             summary = self.runtime.describe(&request.workflow_id).await?;
-            events = self.runtime.history(&request.workflow_id, from, page)?;
+            events = self.runtime.history(&request.workflow_id, from, page).await?;
         }
         let next_seq = events.last().map_or(from, |e| e.seq + 1);
         let terminal = is_terminal(summary.status) && next_seq > summary.history_length;
@@ -241,15 +242,21 @@ impl WorkflowService for WorkflowApi {
             0 => DEFAULT_LIST_PAGE,
             n => n.min(MAX_LIST_PAGE),
         } as usize;
-        let filter = |s: &WorkflowSummary| {
-            (statuses.is_empty() || statuses.contains(&s.status))
-                && (request.workflow_type.is_empty() || s.workflow_type == request.workflow_type)
-                && request.labels.iter().all(|(k, v)| s.labels.get(k) == Some(v))
-                && (!request.stuck_only || !s.stuck_reason.is_empty())
-                && (!request.paused_only || !s.paused_reason.is_empty())
+        let query = ListQuery {
+            id_prefix: String::new(),
+            after: (!request.page_token.is_empty()).then(|| request.page_token.clone()),
+            limit,
+            scan_budget: LIST_SCAN_BUDGET,
+            filter: WorkflowFilter {
+                statuses,
+                workflow_type: request.workflow_type.clone(),
+                labels: request.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                stuck_only: request.stuck_only,
+                paused_only: request.paused_only,
+                closed_at_or_before_ms: None,
+            },
         };
-        let after = (!request.page_token.is_empty()).then_some(request.page_token.as_str());
-        let page = self.runtime.list("", after, limit, LIST_SCAN_BUDGET, &filter).await?;
+        let page = self.runtime.list(&query).await?;
         Ok(Response::new(ListWorkflowsResponse {
             workflows: page.workflows,
             next_page_token: page.next_after.unwrap_or_default(),

@@ -228,10 +228,10 @@ async fn exact_hits(console: &Console, viewer: &Viewer, filter: &Filter) -> Resu
         if runtime.limits().id("search", candidate).is_err() {
             continue;
         }
-        if !ids.contains(candidate) && runtime.summary(candidate)?.is_some() {
+        if !ids.contains(candidate) && runtime.summary(candidate).await?.is_some() {
             ids.push(candidate.clone());
         }
-        if let Some(id) = runtime.workflow_for_request(candidate)?
+        if let Some(id) = runtime.workflow_for_request(candidate).await?
             && !ids.contains(&id)
         {
             ids.push(id);
@@ -270,19 +270,19 @@ async fn find(console: &Console, viewer: &Viewer, filter: &Filter) -> Result<Fou
     };
     let mut rows = Vec::with_capacity(workflows.len());
     for summary in workflows {
-        let reason = ending_reason(console, &summary)?;
+        let reason = ending_reason(console, &summary).await?;
         rows.push((summary, reason));
     }
     Ok(Found { rows, next, examined, budget_spent, exact })
 }
 
 /// Why a closed workflow did not complete: the reason its last event gives.
-fn ending_reason(console: &Console, summary: &WorkflowSummary) -> Result<String, ConsoleError> {
+async fn ending_reason(console: &Console, summary: &WorkflowSummary) -> Result<String, ConsoleError> {
     let status = WorkflowStatus::try_from(summary.status).unwrap_or_default();
     if !status.is_terminal() || status == WorkflowStatus::Completed {
         return Ok(String::new());
     }
-    Ok(console.runtime().outcome(summary)?.1)
+    Ok(console.runtime().outcome(summary).await?.1)
 }
 
 pub(super) async fn handler(

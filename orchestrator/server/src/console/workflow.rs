@@ -92,7 +92,7 @@ pub(super) async fn load(console: &Console, summary: WorkflowSummary) -> Result<
         }
         Err(e) => return Err(e.into()),
     };
-    let events = runtime.history(&id, 1, usize::MAX)?;
+    let events = runtime.history(&id, 1, usize::MAX).await?;
     let definition = runtime.registry().get(&summary.workflow_type, summary.definition_version);
     let links = console.links(&summary);
     Ok(Loaded { summary, description, events, definition, links })

@@ -30,7 +30,7 @@ impl Runtime {
     /// the workflow's lock, so that nothing is appended meanwhile.
     pub(super) async fn archive_before_delete(&self, summary: &WorkflowSummary) -> Result<()> {
         let Some(archive) = &self.inner.archive else { return Ok(()) };
-        let history = self.inner.store.history(&summary.workflow_id, 1, usize::MAX)?;
+        let history = self.inner.store.history(&summary.workflow_id, 1, usize::MAX).await?;
         let record = ArchivedWorkflow::new(summary, &history, now_ms());
         let path = blocking(archive, move |archive| archive.append(&record)).await?;
         crate::metrics::record_archived(&summary.workflow_type);

@@ -36,8 +36,8 @@ pub enum LoadError {
 
 /// Adds every definition in `store` to `registry` (built-ins first, then
 /// these): a restart needs no definition files.
-pub fn load_stored(store: &dyn Store, registry: &mut Registry) -> Result<usize, LoadError> {
-    let records = store.definitions()?;
+pub async fn load_stored(store: &dyn Store, registry: &mut Registry) -> Result<usize, LoadError> {
+    let records = store.definitions().await?;
     let count = records.len();
     for record in records {
         let invalid = |reason: String| LoadError::Invalid {
@@ -113,7 +113,7 @@ impl Runtime {
             return Ok(results);
         }
         let records = new.iter().map(record).collect();
-        self.inner.store.commit(Commit::definitions(records))?.wait().await?;
+        self.inner.store.commit(Commit::definitions(records)).await?.wait().await?;
         let mut registry = self.registry_mut();
         for entry in new {
             tracing::info!(workflow_type = %entry.definition.name, version = entry.definition.version, hash = %entry.hash, "definition registered");
@@ -134,7 +134,7 @@ impl Runtime {
         entry.deprecated = true;
         // A built-in version is stored too once deprecated, so that the mark
         // outlives a restart; its content is the built-in's own.
-        self.inner.store.commit(Commit::definitions(vec![record(&entry)]))?.wait().await?;
+        self.inner.store.commit(Commit::definitions(vec![record(&entry)])).await?.wait().await?;
         self.registry_mut().deprecate(workflow_type, version);
         tracing::info!(workflow_type, version, "definition deprecated");
         Ok(false)

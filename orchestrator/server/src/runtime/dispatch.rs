@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use super::lease_token::LeaseKey;
 use super::timers::{Alarm, AlarmKey, Timers};
 use crate::engine::TimeoutKind;
-use crate::store::{Commit, Lease, QueuePauseRecord, Store, TaskRecord};
+use crate::store::{Lease, QueuePauseRecord, Store, TaskRecord};
 
 pub type SessionId = u64;
 pub type Outbound = mpsc::Sender<Result<ServerMessage, tonic::Status>>;
@@ -479,8 +479,8 @@ impl Dispatch {
 
     fn persist(&self, leases: Vec<(Key, Lease)>) {
         for ((wf, task_id), lease) in leases {
-            // Not waited on: a lease is a hint (Commit::put_leases).
-            if let Err(e) = self.store.commit(Commit::leases(wf.as_str(), vec![(task_id.clone(), lease)])) {
+            // Not waited on: a lease is a hint (Store::record_leases).
+            if let Err(e) = self.store.record_leases(wf.as_str(), vec![(task_id.clone(), lease)]) {
                 tracing::warn!(error = %e, workflow_id = %wf, task_id, "could not record a lease; the task may run again after a restart");
             }
         }

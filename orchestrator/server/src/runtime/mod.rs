@@ -194,7 +194,7 @@ impl Runtime {
         lease_key: lease_token::LeaseKey,
         archive: Option<Arc<crate::archive::Archive>>,
     ) -> Result<Self> {
-        let stored = load_stored(&*store, &mut registry).map_err(|e| Error::FailedPrecondition(e.to_string()))?;
+        let stored = load_stored(&*store, &mut registry).await.map_err(|e| Error::FailedPrecondition(e.to_string()))?;
         if stored > 0 {
             tracing::info!(definitions = stored, "loaded the stored saga definitions");
         }
@@ -282,8 +282,8 @@ impl Runtime {
         Ok(Arc::clone(&entry.definition))
     }
 
-    fn load(&self, workflow_id: &str) -> Result<(WorkflowState, Arc<SagaDefinition>)> {
-        let history = self.inner.store.history(workflow_id, 1, usize::MAX)?;
+    async fn load(&self, workflow_id: &str) -> Result<(WorkflowState, Arc<SagaDefinition>)> {
+        let history = self.inner.store.history(workflow_id, 1, usize::MAX).await?;
         let Some(Attributes::WorkflowStarted(started)) = history.first().and_then(|e| e.attributes.as_ref()) else {
             return Err(Error::NotFound(format!("workflow {workflow_id} not found")));
         };
@@ -309,9 +309,9 @@ impl Runtime {
             Err(e @ (Unstartable::Deprecated(..) | Unstartable::AllDeprecated(_))) => {
                 // A retry of a start made before the deprecation still answers
                 // with its workflow: a start is idempotent by request id.
-                if let Some(existing) = self.inner.store.workflow_for_request(&request.request_id)? {
+                if let Some(existing) = self.inner.store.workflow_for_request(&request.request_id).await? {
                     self.inner.store.barrier().wait().await?;
-                    return self.compare_with_existing(&existing, &request).map(|()| (existing, true));
+                    return self.compare_with_existing(&existing, &request).await.map(|()| (existing, true));
                 }
                 return Err(Error::FailedPrecondition(e.to_string()));
             }
@@ -320,10 +320,10 @@ impl Runtime {
         };
         let stripe = stripe_of(&request.request_id, self.inner.start_stripes.len());
         let _serialised = self.inner.start_stripes[stripe].lock().await;
-        if let Some(existing) = self.inner.store.workflow_for_request(&request.request_id)? {
+        if let Some(existing) = self.inner.store.workflow_for_request(&request.request_id).await? {
             // Never confirm what a crash could still undo.
             self.inner.store.barrier().wait().await?;
-            return self.compare_with_existing(&existing, &request).map(|()| (existing, true));
+            return self.compare_with_existing(&existing, &request).await.map(|()| (existing, true));
         }
         if let Some(first) = self.queue_full(&definition) {
             return Err(Error::ResourceExhausted(first));
@@ -333,7 +333,7 @@ impl Runtime {
         let slot = self.slot(&workflow_id);
         let mut guard = slot.lock().await;
         // A fresh UUIDv7 names no existing workflow; only a chosen id is looked up.
-        if guard.state.is_some() || (chosen_id && self.inner.store.last_seq(&workflow_id)? > 0) {
+        if guard.state.is_some() || (chosen_id && self.inner.store.last_seq(&workflow_id).await? > 0) {
             return Err(Error::AlreadyExists(format!(
                 "workflow {workflow_id} already exists (started by another request id)"
             )));
@@ -392,16 +392,16 @@ impl Runtime {
     }
 
     /// The event a history starts with; `None` when there is no history.
-    fn started_event(&self, workflow_id: &str) -> Result<Option<WorkflowStarted>> {
-        let first = self.inner.store.history(workflow_id, 1, 1)?;
+    async fn started_event(&self, workflow_id: &str) -> Result<Option<WorkflowStarted>> {
+        let first = self.inner.store.history(workflow_id, 1, 1).await?;
         Ok(match first.into_iter().next().and_then(|e| e.attributes) {
             Some(Attributes::WorkflowStarted(started)) => Some(started),
             _ => None,
         })
     }
 
-    fn compare_with_existing(&self, workflow_id: &str, request: &StartRequest) -> Result<()> {
-        let Some(started) = self.started_event(workflow_id)? else {
+    async fn compare_with_existing(&self, workflow_id: &str, request: &StartRequest) -> Result<()> {
+        let Some(started) = self.started_event(workflow_id).await? else {
             return Err(Error::NotFound(format!("workflow {workflow_id} of this request id has no history")));
         };
         let same_id = request.workflow_id.as_deref().is_none_or(|id| id == workflow_id);
@@ -422,7 +422,7 @@ impl Runtime {
         let mut guard = slot.lock().await;
         let (mut state, definition) = match guard.state.take() {
             Some(loaded) => loaded,
-            None => match self.load(workflow_id) {
+            None => match self.load(workflow_id).await {
                 Ok(loaded) => loaded,
                 Err(e) => {
                     drop(guard);
@@ -461,7 +461,7 @@ impl Runtime {
         }
         if state.last_seq >= self.inner.limits.max_history_events {
             // Past the limit the workflow stops loudly rather than growing without bound.
-            let (reloaded, _) = self.load(workflow_id)?;
+            let (reloaded, _) = self.load(workflow_id).await?;
             state = reloaded;
             let limit = self.inner.limits.max_history_events;
             // Once the pivot was attempted, failing could keep money with no
@@ -552,7 +552,7 @@ impl Runtime {
             delete: None,
         };
         let started = std::time::Instant::now();
-        self.inner.store.commit(commit)?.wait().await?;
+        self.inner.store.commit(commit).await?.wait().await?;
         crate::metrics::record_commit(started.elapsed());
         if new_history {
             self.inner.recent.add(state.started_ms, workflow_id);
@@ -676,7 +676,7 @@ impl Runtime {
         let seen =
             self.watch(workflow_id, timeout, |p| p.terminal, |summary| sagaflow_proto::is_terminal(summary.status));
         if let Some(durable_seq) = seen.await?
-            && let Some(summary) = self.inner.store.summary(workflow_id)?
+            && let Some(summary) = self.inner.store.summary(workflow_id).await?
             && summary.history_length == durable_seq
         {
             // Watchers hear of a decision only once it is durable: this
@@ -701,7 +701,7 @@ impl Runtime {
             watchers.entry(workflow_id.to_owned()).or_insert_with(|| watch::channel(Progress::default()).0).subscribe()
         };
         // Checked after subscribing, so a change in between is not missed.
-        let current = self.inner.store.summary(workflow_id)?;
+        let current = self.inner.store.summary(workflow_id).await?;
         let mut woken_at = None;
         if !current.as_ref().is_some_and(&already)
             && let Ok(Ok(progress)) = tokio::time::timeout(timeout, rx.wait_for(|p| done(p))).await
@@ -717,8 +717,8 @@ impl Runtime {
     }
 
     /// The result and reason of a terminal workflow, from its last event.
-    pub fn outcome(&self, summary: &WorkflowSummary) -> Result<(String, String)> {
-        let last = self.inner.store.history(&summary.workflow_id, summary.history_length, 1)?;
+    pub async fn outcome(&self, summary: &WorkflowSummary) -> Result<(String, String)> {
+        let last = self.inner.store.history(&summary.workflow_id, summary.history_length, 1).await?;
         Ok(match last.first().and_then(|e| e.attributes.as_ref()) {
             Some(Attributes::WorkflowCompleted(c)) => (c.result.clone(), String::new()),
             Some(Attributes::WorkflowCompensated(c)) => (String::new(), c.reason.clone()),
@@ -745,19 +745,21 @@ impl Runtime {
                 // Archived durably first (when the server archives): a crash
                 // after this leaves it archived and not deleted, and the next
                 // deletion archives it again (ADR 0026).
-                Ok(()) => match self.inner.store.commit(Commit::delete(workflow_id, summary.request_id.clone())) {
-                    Ok(durable) => {
-                        let deleted = durable.wait().await.map_err(Error::from);
-                        if deleted.is_ok() {
-                            self.inner.recent.remove(summary.started_ms, workflow_id);
+                Ok(()) => {
+                    match self.inner.store.commit(Commit::delete(workflow_id, summary.request_id.clone())).await {
+                        Ok(durable) => {
+                            let deleted = durable.wait().await.map_err(Error::from);
+                            if deleted.is_ok() {
+                                self.inner.recent.remove(summary.started_ms, workflow_id);
+                            }
+                            deleted
                         }
-                        deleted
+                        Err(store::Error::StillOpen(_)) => {
+                            Err(Error::FailedPrecondition(format!("workflow {workflow_id} is still open")))
+                        }
+                        Err(e) => Err(e.into()),
                     }
-                    Err(store::Error::StillOpen(_)) => {
-                        Err(Error::FailedPrecondition(format!("workflow {workflow_id} is still open")))
-                    }
-                    Err(e) => Err(e.into()),
-                },
+                }
                 Err(e) => Err(e),
             },
             Err(e) => Err(e),
@@ -775,7 +777,8 @@ impl Runtime {
         self.inner.store.barrier().wait().await?;
         self.inner
             .store
-            .summary(workflow_id)?
+            .summary(workflow_id)
+            .await?
             .ok_or_else(|| Error::NotFound(format!("workflow {workflow_id} not found")))
     }
 
@@ -785,7 +788,7 @@ impl Runtime {
         let guard = slot.lock().await;
         let (loaded, cached) = match &guard.state {
             Some((state, definition)) => (Ok((state.clone(), Arc::clone(definition))), true),
-            None => (self.load(workflow_id), false),
+            None => (self.load(workflow_id).await, false),
         };
         drop(guard);
         // A read keeps no state: a slot made only for it goes.

@@ -20,7 +20,7 @@ impl Runtime {
             identity: identity.to_owned(),
             paused_ms: now_ms(),
         };
-        self.inner.store.commit(Commit::queue_pause(Some(record.clone()), None))?.wait().await?;
+        self.inner.store.commit(Commit::queue_pause(Some(record.clone()), None)).await?.wait().await?;
         tracing::warn!(queue, reason, identity, "activity queue paused");
         self.inner.dispatch.pause(record);
         crate::metrics::record_paused_queues(&self.inner.dispatch.paused_queues());
@@ -32,7 +32,7 @@ impl Runtime {
         if !self.inner.dispatch.is_paused(queue) {
             return Ok(false);
         }
-        self.inner.store.commit(Commit::queue_pause(None, Some(queue.to_owned())))?.wait().await?;
+        self.inner.store.commit(Commit::queue_pause(None, Some(queue.to_owned()))).await?.wait().await?;
         tracing::info!(queue, identity, "activity queue resumed");
         self.inner.dispatch.resume(queue, now_ms());
         crate::metrics::record_paused_queues(&self.inner.dispatch.paused_queues());
@@ -40,8 +40,8 @@ impl Runtime {
     }
 
     /// At start, before any task is queued: the pauses in force.
-    pub(super) fn restore_queue_pauses(&self) -> Result<()> {
-        for record in self.inner.store.queue_pauses()? {
+    pub(super) async fn restore_queue_pauses(&self) -> Result<()> {
+        for record in self.inner.store.queue_pauses().await? {
             self.inner.dispatch.pause(record);
         }
         crate::metrics::record_paused_queues(&self.inner.dispatch.paused_queues());

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use sagaflow_proto::v1::WorkflowSummary;
 
 use super::{Result, Runtime};
+use crate::store::ListQuery;
 
 /// Newest first; ties (same millisecond) by id.
 type Key = (Reverse<i64>, Arc<str>);
@@ -151,28 +152,12 @@ impl Runtime {
                 State::Building(_) | State::Unbuilt => *state = State::Building(Vec::new()),
             }
         }
-        let store = std::sync::Arc::clone(&self.inner.store);
         let started = std::time::Instant::now();
-        // One pass over every summary, off the async threads.
-        let scanned = tokio::task::spawn_blocking(move || {
-            let keys = Mutex::new(Vec::new());
-            let page = store.list("", None, usize::MAX, usize::MAX, &|s| {
-                let mut keys = keys.lock().unwrap_or_else(PoisonError::into_inner);
-                keys.push((Reverse(s.started_ms), Arc::<str>::from(s.workflow_id.as_str())));
-                false
-            });
-            page.map(|_| keys.into_inner().unwrap_or_else(PoisonError::into_inner))
-        })
-        .await;
-        let keys = match scanned {
-            Ok(Ok(keys)) => keys,
-            Ok(Err(e)) => {
-                *self.inner.recent.lock() = State::Unbuilt;
-                return Err(e.into());
-            }
+        let keys = match self.start_keys().await {
+            Ok(keys) => keys,
             Err(e) => {
                 *self.inner.recent.lock() = State::Unbuilt;
-                return Err(super::Error::Internal(format!("the scan of the workflow index failed: {e}")));
+                return Err(e);
             }
         };
         let mut set: BTreeSet<Key> = keys.into_iter().collect();
@@ -185,6 +170,25 @@ impl Runtime {
         tracing::info!(workflows = set.len(), elapsed = ?started.elapsed(), "built the index of workflows by start time");
         *state = State::Built(set);
         Ok(())
+    }
+
+    /// Every workflow's (start time, id), read from the index a page at a time.
+    async fn start_keys(&self) -> Result<Vec<Key>> {
+        const PAGE: usize = 10_000;
+        let mut keys = Vec::new();
+        let mut query = ListQuery { limit: PAGE, scan_budget: usize::MAX, ..ListQuery::default() };
+        loop {
+            let page = self.inner.store.list(&query).await?;
+            keys.extend(
+                page.workflows.iter().map(|s| (Reverse(s.started_ms), Arc::<str>::from(s.workflow_id.as_str()))),
+            );
+            match page.next_after {
+                Some(next) => query.after = Some(next),
+                None => return Ok(keys),
+            }
+            // A page is a burst of reads; let other tasks run between them.
+            tokio::task::yield_now().await;
+        }
     }
 
     /// The next `CHUNK` keys of the index after `from`, within `oldest_ms`;
@@ -221,7 +225,7 @@ impl Runtime {
             let total = chunk.len();
             for (i, key) in chunk.into_iter().enumerate() {
                 page.examined += 1;
-                if let Some(summary) = self.inner.store.summary(&key.1)?
+                if let Some(summary) = self.inner.store.summary(&key.1).await?
                     && (query.filter)(&summary)
                 {
                     page.workflows.push(summary);

@@ -15,6 +15,10 @@ use crate::engine;
 use crate::registry::Registry;
 use crate::store::{Commit, Store};
 
+/// Records read per call while recovering, so that no read holds the
+/// whole of a large store at once.
+const RECOVERY_PAGE: usize = 10_000;
+
 /// How long reconnecting workers have to claim the leases they still hold
 /// before those tasks go back to their queues. Longer than the SDK's
 /// longest reconnect backoff (5 s), shorter than a typical start-to-close.
@@ -36,50 +40,77 @@ impl Runtime {
     pub(super) async fn recover(&self) -> Result<()> {
         let started = Instant::now();
         // Before any task is queued, so that none of a paused queue is handed out.
-        self.restore_queue_pauses()?;
+        self.restore_queue_pauses().await?;
         let now = now_ms();
         let store = &self.inner.store;
-        let mut leases: HashMap<(String, String), crate::store::Lease> =
-            store.leases()?.into_iter().map(|(wf, task, lease)| ((wf, task), lease)).collect();
-        let tasks = store.tasks()?;
-        for task in &tasks {
-            let key = (task.workflow_id().to_owned(), task.task_id().to_owned());
-            match leases.remove(&key) {
-                // A lease that expired while we were down fires at once.
-                Some(lease) if lease.expires_ms > 0 => {
-                    self.inner.dispatch.restore_leased(task, &lease);
-                    let (workflow_id, task_id) = key;
-                    self.inner.timers.arm(now + RECLAIM_GRACE_MS, Alarm::Reclaim { workflow_id, task_id });
-                }
-                // The orchestrator's own tasks (a child step) run again here.
-                _ if super::children::is_child_task(task) => self.run_child_task(task),
-                _ => self.inner.dispatch.enqueue(task, now),
+        let mut leases: HashMap<(String, String), crate::store::Lease> = HashMap::new();
+        let mut after = None;
+        loop {
+            let page = store.leases(after.as_ref(), RECOVERY_PAGE).await?;
+            let last_page = page.len() < RECOVERY_PAGE;
+            after = page.last().map(|(wf, task, _)| (wf.clone(), task.clone()));
+            leases.extend(page.into_iter().map(|(wf, task, lease)| ((wf, task), lease)));
+            if last_page {
+                break;
             }
         }
-        let timers = store.timers()?;
-        for timer in &timers {
-            self.inner.timers.arm(
-                timer.fire_at_ms,
-                Alarm::Workflow { workflow_id: timer.workflow_id.clone(), timer_id: timer.timer_id.clone() },
-            );
-        }
-        let open = store.open_workflows()?;
-        for workflow_id in &open {
-            if let Some(summary) = store.summary(workflow_id)? {
-                self.inner.stuck.observe_summary(&summary);
-                // A child may be held for its parent: wait for the parent again.
-                if summary.labels.contains_key(sagaflow_workflows::PARENT_LABEL) {
-                    self.hold_for_parent(workflow_id);
+        let (mut tasks, mut after) = (0usize, None);
+        loop {
+            let page = store.tasks(after.as_ref(), RECOVERY_PAGE).await?;
+            tasks += page.len();
+            for task in &page {
+                let key = (task.workflow_id().to_owned(), task.task_id().to_owned());
+                match leases.remove(&key) {
+                    // A lease that expired while we were down fires at once.
+                    Some(lease) if lease.expires_ms > 0 => {
+                        self.inner.dispatch.restore_leased(task, &lease);
+                        let (workflow_id, task_id) = key;
+                        self.inner.timers.arm(now + RECLAIM_GRACE_MS, Alarm::Reclaim { workflow_id, task_id });
+                    }
+                    // The orchestrator's own tasks (a child step) run again here.
+                    _ if super::children::is_child_task(task) => self.run_child_task(task),
+                    _ => self.inner.dispatch.enqueue(task, now),
                 }
             }
+            if page.len() < RECOVERY_PAGE {
+                break;
+            }
+            after = page.last().map(|t| (t.workflow_id().to_owned(), t.task_id().to_owned()));
         }
-        tracing::info!(
-            tasks = tasks.len(),
-            timers = timers.len(),
-            open = open.len(),
-            elapsed_ms = started.elapsed().as_millis(),
-            "recovered"
-        );
+        let (mut timers, mut after) = (0usize, None);
+        loop {
+            let page = store.timers(after.as_ref(), RECOVERY_PAGE).await?;
+            timers += page.len();
+            for timer in &page {
+                self.inner.timers.arm(
+                    timer.fire_at_ms,
+                    Alarm::Workflow { workflow_id: timer.workflow_id.clone(), timer_id: timer.timer_id.clone() },
+                );
+            }
+            if page.len() < RECOVERY_PAGE {
+                break;
+            }
+            after = page.last().cloned();
+        }
+        let (mut open, mut after) = (0usize, None::<String>);
+        loop {
+            let page = store.open_workflows(after.as_deref(), RECOVERY_PAGE).await?;
+            open += page.len();
+            for workflow_id in &page {
+                if let Some(summary) = store.summary(workflow_id).await? {
+                    self.inner.stuck.observe_summary(&summary);
+                    // A child may be held for its parent: wait for the parent again.
+                    if summary.labels.contains_key(sagaflow_workflows::PARENT_LABEL) {
+                        self.hold_for_parent(workflow_id);
+                    }
+                }
+            }
+            if page.len() < RECOVERY_PAGE {
+                break;
+            }
+            after = page.last().cloned();
+        }
+        tracing::info!(tasks, timers, open, elapsed_ms = started.elapsed().as_millis(), "recovered");
         Ok(())
     }
 }
@@ -89,11 +120,20 @@ impl Runtime {
 /// the built-in definitions; the stored ones are added to it here.
 pub async fn rebuild_derived(store: &Arc<dyn Store>, registry: &Registry) -> Result<RebuildReport> {
     let mut registry = registry.clone();
-    super::load_stored(&**store, &mut registry).map_err(|e| Error::FailedPrecondition(e.to_string()))?;
-    store.clear_derived()?;
+    super::load_stored(&**store, &mut registry).await.map_err(|e| Error::FailedPrecondition(e.to_string()))?;
+    store.clear_derived().await?;
     let mut report = RebuildReport::default();
-    for workflow_id in store.all_workflows()? {
-        let history = store.history(&workflow_id, 1, usize::MAX)?;
+    let mut ids = Vec::new();
+    loop {
+        let page = store.all_workflows(ids.last().map(String::as_str), RECOVERY_PAGE).await?;
+        let last_page = page.len() < RECOVERY_PAGE;
+        ids.extend(page);
+        if last_page {
+            break;
+        }
+    }
+    for workflow_id in ids {
+        let history = store.history(&workflow_id, 1, usize::MAX).await?;
         let Some(Attributes::WorkflowStarted(started)) = history.first().and_then(|e| e.attributes.as_ref()) else {
             report.skipped.push(workflow_id);
             continue;
@@ -116,7 +156,7 @@ pub async fn rebuild_derived(store: &Arc<dyn Store>, registry: &Registry) -> Res
             put_timers: delta.new_timers,
             ..Commit::default()
         };
-        store.commit(commit).map_err(Error::Store)?.wait().await?;
+        store.commit(commit).await.map_err(Error::Store)?.wait().await?;
     }
     Ok(report)
 }

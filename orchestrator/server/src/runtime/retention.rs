@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::timers::now_ms;
 use super::{Error, Result, Runtime};
+use crate::store::{ListQuery, WorkflowFilter};
 
 /// Index rows read per page of a pass.
 const PAGE: usize = 500;
@@ -104,12 +105,12 @@ impl Runtime {
         let mut pruned = 0u64;
         loop {
             // Pruned records are gone, so the oldest kept comes first.
-            let page = self.inner.store.outbox(0, PAGE)?;
+            let page = self.inner.store.outbox(0, PAGE).await?;
             let old: Vec<u64> = page.iter().take_while(|r| r.time_ms < cutoff).map(|r| r.seq).collect();
             if old.is_empty() {
                 return Ok(pruned);
             }
-            self.inner.store.prune_outbox(&old)?.wait().await?;
+            self.inner.store.prune_outbox(&old).await?.wait().await?;
             pruned += old.len() as u64;
             crate::metrics::record_outbox_pruned(old.len());
             if old.len() < page.len() || page.len() < PAGE {
@@ -153,19 +154,25 @@ impl Runtime {
         let mut deleted = 0;
         loop {
             let now = now_ms();
-            let page = {
+            // Only closed workflows reach Rust; each one's own retention decides there.
+            let query = ListQuery {
+                after: after.clone(),
+                limit: PAGE,
+                scan_budget: SCAN_BUDGET,
+                filter: WorkflowFilter { closed_at_or_before_ms: Some(now), ..WorkflowFilter::default() },
+                ..ListQuery::default()
+            };
+            let mut page = self.inner.store.list(&query).await?;
+            {
                 let registry = self.registry();
-                let expired = |summary: &sagaflow_proto::v1::WorkflowSummary| {
+                page.workflows.retain(|summary| {
                     let retention = registry
                         .get(&summary.workflow_type, summary.definition_version)
                         .and_then(|d| d.retention_ms)
                         .map_or(default_ms, |ms| i64::try_from(ms).unwrap_or(i64::MAX));
-                    sagaflow_proto::is_terminal(summary.status)
-                        && summary.closed_ms > 0
-                        && summary.closed_ms.saturating_add(retention) <= now
-                };
-                self.inner.store.list("", after.as_deref(), PAGE, SCAN_BUDGET, &expired)?
-            };
+                    summary.closed_ms.saturating_add(retention) <= now
+                });
+            }
             deleted += self.delete_expired(page.workflows).await?;
             match page.next_after {
                 Some(next) => after = Some(next),

@@ -187,7 +187,7 @@ impl Runtime {
         match self.decide(workflow_id, Input::Stuck { reason, message: message.clone() }).await {
             Ok(events) if !events.is_empty() => {
                 // Read back for the log line only: a flag is rare, off the hot path.
-                let started = self.started_event(workflow_id).ok().flatten();
+                let started = self.started_event(workflow_id).await.ok().flatten();
                 let correlation_id = started.map(|s| s.correlation_id).unwrap_or_default();
                 tracing::warn!(workflow_id, %correlation_id, reason = reason.as_str(), %message, "stuck saga detected");
                 1
