@@ -10,8 +10,8 @@ use sagaflow_proto::v1::{
 };
 
 use super::{
-    Commit, DefinitionRecord, Error, Lease, ListQuery, OutboxRecord, QueuePauseRecord, Store, TaskRecord, TimerRecord,
-    WorkflowFilter,
+    Commit, DefinitionRecord, Error, Fence, Lease, ListQuery, OutboxRecord, QueuePauseRecord, Store, TaskRecord,
+    TimerRecord, WorkflowFilter,
 };
 
 fn event(seq: u64) -> HistoryEvent {
@@ -561,6 +561,51 @@ pub async fn pushed_down_filters_agree_with_the_reference(store: &dyn Store) {
     }
 }
 
+/// A shard changes hands only when its lease is free or expired, each
+/// change raises its epoch, and a write fenced at an old epoch is refused
+/// whole: commits, lease hints and outbox deletions alike.
+pub async fn a_fenced_off_owner_cannot_write(store: &dyn Store) {
+    let a = store.acquire_shard(0, "node-a", 60_000).await.unwrap();
+    assert_eq!((a.owner.as_str(), a.epoch), ("node-a", 1));
+    let old = Fence { shard: 0, epoch: a.epoch };
+    store.fence(old);
+    let mut first = append("wf", 1..=1);
+    first.outbox = vec![OutboxRecord::default()];
+    store.commit(first).await.unwrap().wait().await.unwrap();
+    // Held and alive: another node is told who holds it, and nothing changes.
+    let refused = store.acquire_shard(0, "node-b", 60_000).await.unwrap();
+    assert_eq!((refused.owner.as_str(), refused.epoch), ("node-a", 1));
+    // Renewing one's own lease keeps the epoch.
+    assert_eq!(store.acquire_shard(0, "node-a", 60_000).await.unwrap().epoch, 1);
+    // node-a stops renewing (a pause, a partition): its lease runs out.
+    store.renew_shard(old, "node-a", -1).await.unwrap();
+    let b = store.acquire_shard(0, "node-b", 60_000).await.unwrap();
+    assert_eq!((b.owner.as_str(), b.epoch), ("node-b", 2));
+
+    let fenced = |r: Result<(), Error>| matches!(r, Err(Error::Fenced { shard: 0, epoch: 1, current: 2 }));
+    assert!(fenced(store.commit(append("wf", 2..=2)).await.map(drop)));
+    assert!(fenced(store.record_leases("wf", vec![("t".into(), Lease::default())])));
+    assert!(fenced(store.delete_outbox(&[1]).await.map(drop)));
+    assert!(fenced(store.prune_outbox(&[1]).await.map(drop)));
+    assert!(fenced(store.renew_shard(old, "node-a", 60_000).await.map(drop)));
+    assert_eq!(store.last_seq("wf").await.unwrap(), 1, "the zombie's append is not there");
+    assert_eq!(outbox_seqs(store).await, [1], "nor its outbox deletion");
+    assert!(store.leases(None, usize::MAX).await.unwrap().is_empty(), "nor its lease hint");
+    // A stale release gives nothing up.
+    store.release_shard(old).await.unwrap();
+    assert_eq!(store.acquire_shard(0, "node-c", 60_000).await.unwrap().owner, "node-b");
+
+    // The new owner writes; a graceful release lets the next take over at once.
+    let new = Fence { shard: 0, epoch: 2 };
+    store.fence(new);
+    store.commit(append("wf", 2..=2)).await.unwrap().wait().await.unwrap();
+    store.release_shard(new).await.unwrap();
+    let c = store.acquire_shard(0, "node-c", 60_000).await.unwrap();
+    assert_eq!((c.owner.as_str(), c.epoch), ("node-c", 3));
+    // Shards are independent.
+    assert_eq!(store.acquire_shard(1, "node-a", 60_000).await.unwrap().epoch, 1);
+}
+
 /// Expands to one `#[tokio::test]` per conformance case for a backend.
 /// `$make` is an expression producing `(Arc<dyn Store>, guard)`; the guard
 /// (a temp dir, say) lives as long as the test.
@@ -581,7 +626,8 @@ macro_rules! store_conformance_suite {
             queue_pauses_are_stored_replaced_deleted_and_survive_a_rebuild,
             a_closed_workflow_is_deleted_whole_and_an_open_one_refused,
             recovery_reads_every_record_once_in_partial_pages,
-            pushed_down_filters_agree_with_the_reference);
+            pushed_down_filters_agree_with_the_reference,
+            a_fenced_off_owner_cannot_write);
         $crate::store_conformance_suite!(@shared $make,
             concurrent_commits_all_become_durable,
             racing_appends_to_one_history_conflict,

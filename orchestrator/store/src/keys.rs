@@ -36,6 +36,8 @@ pub const DEFINITION: u8 = b'd';
 /// Paused activity queues: an operator's decision, not derived, so never
 /// cleared by a rebuild.
 pub const QUEUE_PAUSE: u8 = b'q';
+/// `s | shard (u32 BE)` → a shard's lease: ownership, not derived.
+pub const SHARD_LEASE: u8 = b's';
 /// The last outbox sequence number ever assigned, so that numbers are never
 /// reused after relayed records are deleted.
 pub const OUTBOX_HIGH_WATER: &[u8] = b"moutbox-seq";
@@ -120,6 +122,12 @@ pub fn timer(fire_at_ms: i64, workflow_id: &str, timer_id: &str) -> Vec<u8> {
 pub fn definition(workflow_type: &str, version: u32) -> Vec<u8> {
     let mut key = with_workflow(DEFINITION, workflow_type, 4);
     key.extend_from_slice(&version.to_be_bytes());
+    key
+}
+
+pub fn shard_lease(shard: u32) -> Vec<u8> {
+    let mut key = vec![SHARD_LEASE];
+    key.extend_from_slice(&shard.to_be_bytes());
     key
 }
 

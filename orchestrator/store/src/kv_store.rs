@@ -1,7 +1,7 @@
 //! The `Store` layout over any ordered key-value engine with atomic batches.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard};
 
 use prost::Message;
 use sagaflow_proto::is_terminal;
@@ -9,8 +9,8 @@ use sagaflow_proto::v1::{HistoryEvent, WorkflowSummary};
 
 use super::records::HistoryBatch;
 use super::{
-    Commit, DefinitionRecord, Durable, Error, IndexPage, Lease, ListQuery, OutboxRecord, QueuePauseRecord, Result,
-    Store, TaskKey, TaskRecord, TimerRecord, keys,
+    Commit, DefinitionRecord, Durable, Error, Fence, IndexPage, Lease, ListQuery, OutboxRecord, QueuePauseRecord,
+    Result, ShardLease, Store, TaskKey, TaskRecord, TimerRecord, keys,
 };
 
 /// One write of a batch: a put, or a delete when the value is `None`.
@@ -53,6 +53,11 @@ pub struct KvStore<K> {
     /// owner) and its apply one step: commits of one workflow, or naming one
     /// request id, take the same stripe.
     stripes: Box<[Mutex<()>]>,
+    /// The fence every write must pass, once one is installed.
+    fence: Mutex<Option<Fence>>,
+    /// Writes hold it shared while they check the fence and apply; taking
+    /// a shard holds it exclusively, so that no write passes a stale check.
+    ownership: RwLock<()>,
 }
 
 /// Enough stripes that unrelated workflows rarely share one.
@@ -74,7 +79,14 @@ impl<K: Kv> KvStore<K> {
             kv.get(keys::OUTBOX_HIGH_WATER)?.and_then(|b| b.as_slice().try_into().ok()).map_or(0, u64::from_be_bytes);
         let last = last_key.max(high_water);
         let stripes = (0..STRIPES).map(|_| Mutex::new(())).collect();
-        Ok(Self { kv, outbox_seq: AtomicU64::new(last), outbox_order: Mutex::new(()), stripes })
+        Ok(Self {
+            kv,
+            outbox_seq: AtomicU64::new(last),
+            outbox_order: Mutex::new(()),
+            stripes,
+            fence: Mutex::new(None),
+            ownership: RwLock::new(()),
+        })
     }
 
     /// The key-value layer underneath, for tests of its own contract.
@@ -280,8 +292,61 @@ impl<K: Kv> KvStore<K> {
         }
     }
 
+    /// Holds off shard takeovers for the write that follows, after checking
+    /// that the installed fence (if any) is still the shard's epoch.
+    fn fenced(&self) -> Result<RwLockReadGuard<'_, ()>> {
+        let guard = self.ownership.read().unwrap_or_else(PoisonError::into_inner);
+        let fence = *self.fence.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(fence) = fence {
+            let current = self.shard_lease(fence.shard)?.map_or(0, |lease| lease.epoch);
+            if current != fence.epoch {
+                return Err(Error::Fenced { shard: fence.shard, epoch: fence.epoch, current });
+            }
+        }
+        Ok(guard)
+    }
+
+    fn shard_lease(&self, shard: u32) -> Result<Option<ShardLease>> {
+        let key = keys::shard_lease(shard);
+        self.kv.get(&key)?.map(|bytes| Self::decode(&key, &bytes)).transpose()
+    }
+
+    /// [`Store::acquire_shard`] up to its flush.
+    fn take_shard(&self, shard: u32, owner: &str, ttl_ms: i64) -> Result<(ShardLease, Durable)> {
+        let _exclusive = self.ownership.write().unwrap_or_else(PoisonError::into_inner);
+        let now = now_ms();
+        let lease = match self.shard_lease(shard)? {
+            Some(held) if held.owner != owner && held.expires_ms > now => return Ok((held, Durable::ready())),
+            Some(held) if held.owner == owner && held.expires_ms > now => {
+                ShardLease { expires_ms: now + ttl_ms, ..held }
+            }
+            held => ShardLease {
+                shard,
+                owner: owner.to_owned(),
+                epoch: held.map_or(0, |h| h.epoch) + 1,
+                expires_ms: now + ttl_ms,
+            },
+        };
+        let durable = self.kv.apply(vec![(keys::shard_lease(shard), Some(lease.encode_to_vec()))])?;
+        Ok((lease, durable))
+    }
+
+    /// [`Store::renew_shard`] up to its flush.
+    fn extend_shard(&self, fence: Fence, owner: &str, ttl_ms: i64) -> Result<(ShardLease, Durable)> {
+        let _exclusive = self.ownership.write().unwrap_or_else(PoisonError::into_inner);
+        let held = self.shard_lease(fence.shard)?;
+        let current = held.as_ref().map_or(0, |h| h.epoch);
+        let Some(held) = held.filter(|h| h.epoch == fence.epoch && h.owner == owner) else {
+            return Err(Error::Fenced { shard: fence.shard, epoch: fence.epoch, current });
+        };
+        let lease = ShardLease { expires_ms: now_ms() + ttl_ms, ..held };
+        let durable = self.kv.apply(vec![(keys::shard_lease(fence.shard), Some(lease.encode_to_vec()))])?;
+        Ok((lease, durable))
+    }
+
     fn apply_commit(&self, mut commit: Commit) -> Result<Durable> {
         check_ids(&commit)?;
+        let _owned = self.fenced()?;
         let mut stripes = vec![stripe_of(&commit.workflow_id)];
         if let Some(request_id) = &commit.request_id {
             stripes.push(stripe_of(&format!("request:{request_id}")));
@@ -301,6 +366,11 @@ impl<K: Kv> KvStore<K> {
         let writes = self.writes_for(&mut commit)?;
         self.kv.apply(writes)
     }
+}
+
+fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// The first key under `prefix` strictly after the id `after`.
@@ -362,6 +432,7 @@ impl<K: Kv> Store for KvStore<K> {
     fn record_leases(&self, workflow_id: &str, leases: Vec<(String, Lease)>) -> Result<()> {
         let mut commit = Commit { workflow_id: workflow_id.to_owned(), put_leases: leases, ..Commit::default() };
         check_ids(&commit)?;
+        let _owned = self.fenced()?;
         self.kv.apply_unflushed(self.writes_for(&mut commit)?)
     }
 
@@ -509,10 +580,12 @@ impl<K: Kv> Store for KvStore<K> {
     }
 
     async fn delete_outbox(&self, seqs: &[u64]) -> Result<Durable> {
+        let _owned = self.fenced()?;
         self.kv.apply(seqs.iter().map(|seq| (keys::outbox(*seq), None)).collect())
     }
 
     async fn prune_outbox(&self, seqs: &[u64]) -> Result<Durable> {
+        let _owned = self.fenced()?;
         // Read, raise, write: serialised, so that two pruners cannot lower it.
         let _ordered = self.outbox_order.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let floor = self.read_outbox_floor()?.max(seqs.iter().copied().max().unwrap_or(0));
@@ -546,5 +619,35 @@ impl<K: Kv> Store for KvStore<K> {
             }
         }
         Ok(())
+    }
+
+    async fn acquire_shard(&self, shard: u32, owner: &str, ttl_ms: i64) -> Result<ShardLease> {
+        let (lease, durable) = self.take_shard(shard, owner, ttl_ms)?;
+        durable.wait().await?;
+        Ok(lease)
+    }
+
+    async fn renew_shard(&self, fence: Fence, owner: &str, ttl_ms: i64) -> Result<ShardLease> {
+        let (lease, durable) = self.extend_shard(fence, owner, ttl_ms)?;
+        durable.wait().await?;
+        Ok(lease)
+    }
+
+    async fn release_shard(&self, fence: Fence) -> Result<()> {
+        let durable = {
+            let _exclusive = self.ownership.write().unwrap_or_else(PoisonError::into_inner);
+            match self.shard_lease(fence.shard)? {
+                Some(held) if held.epoch == fence.epoch => {
+                    let released = ShardLease { owner: String::new(), expires_ms: 0, ..held };
+                    self.kv.apply(vec![(keys::shard_lease(fence.shard), Some(released.encode_to_vec()))])?
+                }
+                _ => Durable::ready(),
+            }
+        };
+        durable.wait().await
+    }
+
+    fn fence(&self, fence: Fence) {
+        *self.fence.lock().unwrap_or_else(PoisonError::into_inner) = Some(fence);
     }
 }

@@ -32,7 +32,7 @@ pub use group_commit::Durable;
 pub use keys::MAX_WORKFLOW_ID_BYTES;
 pub use kv_store::KvStore;
 pub use memory::MemoryStore;
-pub use records::{DefinitionRecord, Lease, OutboxRecord, QueuePauseRecord, TaskRecord, TimerRecord};
+pub use records::{DefinitionRecord, Lease, OutboxRecord, QueuePauseRecord, ShardLease, TaskRecord, TimerRecord};
 pub use sled_store::SledStore;
 
 use sagaflow_proto::v1::{HistoryEvent, WorkflowSummary};
@@ -64,6 +64,10 @@ pub enum Error {
     /// workflow: two starts raced with one request id, and this one lost.
     #[error("request id {request_id} already started workflow {workflow_id}")]
     RequestIdTaken { request_id: String, workflow_id: String },
+    /// The write carried a fence whose epoch is no longer the shard's: another
+    /// node took the shard over, and this one must stop writing.
+    #[error("shard {shard} moved on to epoch {current}; this node's epoch {epoch} is fenced off")]
+    Fenced { shard: u32, epoch: u64, current: u64 },
     /// An earlier flush failed; nothing more is acknowledged.
     #[error("a flush failed earlier ({0}); the store is read-only until restarted")]
     FlushFailed(String),
@@ -200,6 +204,14 @@ pub struct ListQuery {
     pub filter: WorkflowFilter,
 }
 
+/// The proof of a shard's ownership that a store checks on every write once
+/// [`Store::fence`] installed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence {
+    pub shard: u32,
+    pub epoch: u64,
+}
+
 /// The key of a task (and of its lease): a page of tasks resumes after one.
 pub type TaskKey = (String, String);
 
@@ -291,4 +303,23 @@ pub trait Store: Send + Sync + 'static {
     /// Removes every derived record: the index, open set, idempotency map,
     /// tasks, leases and timers. Histories and the outbox stay.
     async fn clear_derived(&self) -> Result<()>;
+
+    /// Takes `shard` for `owner` for `ttl_ms` if it is free, expired or
+    /// already `owner`'s, and returns the lease as it stands after the call:
+    /// another owner's when it is held. Taking it from someone else (or for
+    /// the first time) raises the epoch; renewing one's own keeps it.
+    async fn acquire_shard(&self, shard: u32, owner: &str, ttl_ms: i64) -> Result<ShardLease>;
+
+    /// Extends `owner`'s lease on the fenced shard by `ttl_ms`, or fails with
+    /// [`Error::Fenced`] when the epoch moved on.
+    async fn renew_shard(&self, fence: Fence, owner: &str, ttl_ms: i64) -> Result<ShardLease>;
+
+    /// Gives the shard up (a graceful stop), so that another node may take
+    /// it at once. A fence that moved on releases nothing.
+    async fn release_shard(&self, fence: Fence) -> Result<()>;
+
+    /// From now on, every write of this store is refused with
+    /// [`Error::Fenced`] unless the fenced shard is still at this epoch,
+    /// checked atomically with the write.
+    fn fence(&self, fence: Fence);
 }

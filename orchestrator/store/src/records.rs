@@ -119,3 +119,17 @@ pub struct QueuePauseRecord {
     #[prost(int64, tag = "4")]
     pub paused_ms: i64,
 }
+
+/// Who owns a shard of the store, and until when (ms since the epoch, on
+/// the store's clock). `epoch` rises each time the shard changes hands.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ShardLease {
+    #[prost(uint32, tag = "1")]
+    pub shard: u32,
+    #[prost(string, tag = "2")]
+    pub owner: String,
+    #[prost(uint64, tag = "3")]
+    pub epoch: u64,
+    #[prost(int64, tag = "4")]
+    pub expires_ms: i64,
+}
