@@ -1,0 +1,303 @@
+//! Sagaflow's [`Store`] on PostgreSQL.
+//!
+//! Several sagaflow nodes may share one database: a commit's checks hold
+//! across processes because they run under row locks in the database, not
+//! under a lock in one process. A history append locks the workflow's
+//! `histories` row (`SELECT … FOR UPDATE`), so that of two nodes extending
+//! the same position one wins and the other gets
+//! [`Error::SequenceConflict`]; a start's request id is checked under an
+//! advisory lock on its hash.
+//!
+//! Writes go through one writer task that owns one connection (`writer.rs`):
+//! it takes every commit queued while the last transaction ran and applies
+//! them in one transaction, so one WAL flush covers many commits (group
+//! commit). A commit resolves only after its transaction committed, so the
+//! [`Durable`] it returns is already ready. Reads use a small pool of other
+//! connections (`reads.rs`).
+//!
+//! TLS is not supported yet: the URL must allow a plain connection
+//! (`sslmode=disable` or `prefer`, the default).
+
+mod migrations;
+mod plan;
+mod reads;
+mod writer;
+
+use std::sync::Arc;
+
+use sagaflow_proto::v1::{HistoryEvent, WorkflowSummary};
+use sagaflow_store::{
+    Commit, DefinitionRecord, Durable, Error, IndexPage, Lease, ListQuery, MAX_WORKFLOW_ID_BYTES, OutboxRecord,
+    QueuePauseRecord, Result, Store, TaskKey, TaskRecord, TimerRecord,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::{Client, NoTls};
+
+pub use migrations::LATEST_VERSION;
+
+use plan::Op;
+use reads::Readers;
+use writer::{Request, Shared};
+
+/// Read connections. Reads are short point and range queries; a few
+/// connections keep one slow list from delaying a history read, and more
+/// would only compete with the writer for the same cores.
+const READ_CONNECTIONS: usize = 4;
+
+/// A [`Store`] in a PostgreSQL database.
+pub struct PostgresStore {
+    ops: mpsc::UnboundedSender<Request>,
+    shared: Arc<Shared>,
+    readers: Readers,
+}
+
+impl PostgresStore {
+    /// Connects, applies pending migrations (refusing a database that a newer
+    /// build migrated), and starts the writer task on the current runtime.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let mut client = open(url, "migration").await?;
+        let applied = migrations::apply(&mut client).await?;
+        if !applied.is_empty() {
+            tracing::info!(?applied, "applied PostgreSQL schema migrations");
+        }
+        drop(client);
+        let shared = Arc::new(Shared::default());
+        let (ops, queue) = mpsc::unbounded_channel();
+        let writer = writer::Writer::start(open(url, "writer").await?, Arc::clone(&shared)).await?;
+        tokio::spawn(writer.run(queue));
+        let readers = Readers::connect(url, READ_CONNECTIONS).await?;
+        Ok(Self { ops, shared, readers })
+    }
+
+    /// Write transactions committed so far: with group commit, far fewer than
+    /// the commits they carried.
+    pub fn write_transactions(&self) -> u64 {
+        self.shared.transactions()
+    }
+
+    fn send(&self, op: Op) -> Result<oneshot::Receiver<Result<()>>> {
+        if let Some(failure) = self.shared.failure() {
+            return Err(Error::FlushFailed(failure));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.ops.send(Request { op, reply: Some(reply) }).map_err(|_| writer_stopped())?;
+        Ok(answer)
+    }
+
+    /// Hands `op` to the writer and waits until its transaction committed.
+    async fn write(&self, op: Op) -> Result<Durable> {
+        self.send(op)?.await.map_err(|_| writer_stopped())??;
+        // Committed with the server's synchronous_commit: already on disk.
+        Ok(Durable::ready())
+    }
+}
+
+fn writer_stopped() -> Error {
+    Error::FlushFailed("the PostgreSQL writer task stopped".into())
+}
+
+/// Opens one connection and drives it on its own task. Unless the URL names
+/// an application, the connection is named after its role (`sagaflow
+/// writer`, ...), so that an operator can tell them apart in
+/// `pg_stat_activity`.
+async fn open(url: &str, role: &str) -> Result<Client> {
+    let mut config: tokio_postgres::Config = url.parse().map_err(engine("parsing the database URL"))?;
+    if config.get_application_name().is_none() {
+        config.application_name(format!("sagaflow {role}"));
+    }
+    let (client, connection) =
+        config.connect(NoTls).await.map_err(engine(&format!("connecting the {role} connection")))?;
+    let role = role.to_owned();
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %describe(&e), "PostgreSQL: the {role} connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// Maps a database failure to [`Error::Engine`], saying what was being done.
+pub(crate) fn engine(doing: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
+    move |e| Error::Engine(format!("PostgreSQL, {doing}: {}", describe(&e)))
+}
+
+/// The server's own message and SQLSTATE when it sent one; the client's
+/// `Display` alone says only "db error".
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} (SQLSTATE {})", db.message(), db.code().code());
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn fit(id: &str) -> Result<()> {
+    if id.len() <= MAX_WORKFLOW_ID_BYTES {
+        return Ok(());
+    }
+    Err(Error::IdTooLong { prefix: id.chars().take(32).collect(), len: id.len() })
+}
+
+/// Every id a commit puts into a key column, held to the key-value
+/// backends' limit (as their `check_ids`), so that every backend accepts the
+/// same commits.
+fn check_ids(commit: &Commit) -> Result<()> {
+    fit(&commit.workflow_id)?;
+    commit.put_tasks.iter().try_for_each(|task| fit(task.workflow_id()))?;
+    commit.put_definitions.iter().try_for_each(|d| fit(&d.workflow_type))?;
+    commit.put_queue_pauses.iter().try_for_each(|p| fit(&p.queue))?;
+    commit.delete_queue_pauses.iter().try_for_each(|queue| fit(queue))?;
+    if let Some(delete) = &commit.delete {
+        fit(&delete.request_id)?;
+    }
+    commit.put_timers.iter().chain(&commit.delete_timers).try_for_each(|timer| fit(&timer.workflow_id))
+}
+
+/// Whether PostgreSQL's `text` (and `jsonb`) can hold `s`: they cannot hold
+/// a NUL character. The API refuses control characters in ids, so this only
+/// guards a commit from failing the statement, and so every commit of its
+/// batch.
+pub(crate) fn storable(s: &str) -> bool {
+    !s.contains('\0')
+}
+
+/// Refuses a commit with a text value PostgreSQL cannot store, before it
+/// reaches a batch.
+fn check_text(commit: &Commit) -> Result<()> {
+    let summary_texts = commit.summary.iter().flat_map(|s| {
+        std::iter::once(s.workflow_type.as_str()).chain(s.labels.iter().flat_map(|(k, v)| [k.as_str(), v.as_str()]))
+    });
+    let texts = std::iter::once(commit.workflow_id.as_str())
+        .chain(commit.request_id.as_deref())
+        .chain(commit.put_tasks.iter().flat_map(|t| [t.workflow_id(), t.task_id()]))
+        .chain(commit.delete_tasks.iter().map(String::as_str))
+        .chain(commit.put_leases.iter().map(|(task_id, _)| task_id.as_str()))
+        .chain(
+            commit
+                .put_timers
+                .iter()
+                .chain(&commit.delete_timers)
+                .flat_map(|t| [t.workflow_id.as_str(), t.timer_id.as_str()]),
+        )
+        .chain(commit.put_definitions.iter().map(|d| d.workflow_type.as_str()))
+        .chain(commit.put_queue_pauses.iter().map(|p| p.queue.as_str()))
+        .chain(commit.delete_queue_pauses.iter().map(String::as_str))
+        .chain(commit.delete.iter().map(|d| d.request_id.as_str()))
+        .chain(summary_texts);
+    for text in texts {
+        if !storable(text) {
+            return Err(Error::Engine(format!(
+                "PostgreSQL cannot store a NUL character; refused the commit of {:?} naming {text:?}",
+                commit.workflow_id
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl Store for PostgresStore {
+    async fn commit(&self, commit: Commit) -> Result<Durable> {
+        check_ids(&commit)?;
+        check_text(&commit)?;
+        self.write(Op::Commit(Box::new(commit))).await
+    }
+
+    fn record_leases(&self, workflow_id: &str, leases: Vec<(String, Lease)>) -> Result<()> {
+        let commit = Commit { workflow_id: workflow_id.to_owned(), put_leases: leases, ..Commit::default() };
+        check_ids(&commit)?;
+        check_text(&commit)?;
+        if let Some(failure) = self.shared.failure() {
+            return Err(Error::FlushFailed(failure));
+        }
+        // No reply: a lease rides the next transaction, and the caller does not wait for it.
+        let op = Op::Leases { workflow_id: commit.workflow_id, leases: commit.put_leases };
+        self.shared.lease_sent();
+        self.ops.send(Request { op, reply: None }).map_err(|_| writer_stopped())
+    }
+
+    fn barrier(&self) -> Durable {
+        // Every write acknowledged so far was acknowledged after its commit.
+        Durable::ready()
+    }
+
+    fn write_failure(&self) -> Option<String> {
+        self.shared.failure()
+    }
+
+    async fn history(&self, workflow_id: &str, from_seq: u64, limit: usize) -> Result<Vec<HistoryEvent>> {
+        self.readers.history(workflow_id, from_seq, limit).await
+    }
+
+    async fn last_seq(&self, workflow_id: &str) -> Result<u64> {
+        self.readers.last_seq(workflow_id).await
+    }
+
+    async fn summary(&self, workflow_id: &str) -> Result<Option<WorkflowSummary>> {
+        self.readers.summary(workflow_id).await
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<IndexPage> {
+        self.readers.list(query).await
+    }
+
+    async fn open_workflows(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
+        self.readers.open_workflows(after, limit).await
+    }
+
+    async fn all_workflows(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
+        self.readers.all_workflows(after, limit).await
+    }
+
+    async fn workflow_for_request(&self, request_id: &str) -> Result<Option<String>> {
+        self.readers.workflow_for_request(request_id).await
+    }
+
+    async fn tasks(&self, after: Option<&TaskKey>, limit: usize) -> Result<Vec<TaskRecord>> {
+        self.readers.tasks(after, limit).await
+    }
+
+    async fn leases(&self, after: Option<&TaskKey>, limit: usize) -> Result<Vec<(String, String, Lease)>> {
+        self.shared.leases_settled().await;
+        self.readers.leases(after, limit).await
+    }
+
+    async fn timers(&self, after: Option<&TimerRecord>, limit: usize) -> Result<Vec<TimerRecord>> {
+        self.readers.timers(after, limit).await
+    }
+
+    async fn outbox(&self, after: u64, limit: usize) -> Result<Vec<OutboxRecord>> {
+        self.readers.outbox(after, limit).await
+    }
+
+    async fn delete_outbox(&self, seqs: &[u64]) -> Result<Durable> {
+        self.write(Op::DeleteOutbox(seqs.to_vec())).await
+    }
+
+    async fn prune_outbox(&self, seqs: &[u64]) -> Result<Durable> {
+        self.write(Op::PruneOutbox(seqs.to_vec())).await
+    }
+
+    async fn outbox_floor(&self) -> Result<u64> {
+        self.readers.outbox_floor().await
+    }
+
+    async fn definitions(&self) -> Result<Vec<DefinitionRecord>> {
+        self.readers.definitions().await
+    }
+
+    async fn queue_pauses(&self) -> Result<Vec<QueuePauseRecord>> {
+        self.readers.queue_pauses().await
+    }
+
+    async fn clear_derived(&self) -> Result<()> {
+        // Through the writer, so that it lands after every write queued before it.
+        self.write(Op::ClearDerived).await.map(drop)
+    }
+}

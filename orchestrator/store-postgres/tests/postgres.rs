@@ -1,0 +1,319 @@
+//! What the conformance suite cannot see: migrations, reopening, several
+//! nodes on one database, group commit, a broken connection.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{TestDb, connect};
+use sagaflow_proto::v1::{HistoryEvent, WorkflowStatus, WorkflowSummary};
+use sagaflow_store::{Commit, DefinitionRecord, Error, ListQuery, OutboxRecord, Store, TimerRecord, WorkflowFilter};
+use sagaflow_store_postgres::{LATEST_VERSION, PostgresStore};
+
+fn event(seq: u64) -> HistoryEvent {
+    HistoryEvent { seq, time_ms: 1, ..Default::default() }
+}
+
+fn append(wf: &str, seqs: std::ops::RangeInclusive<u64>) -> Commit {
+    Commit { workflow_id: wf.into(), events: seqs.map(event).collect(), ..Default::default() }
+}
+
+fn summary(wf: &str, status: WorkflowStatus) -> WorkflowSummary {
+    WorkflowSummary { workflow_id: wf.into(), workflow_type: "t".into(), status: status.into(), ..Default::default() }
+}
+
+async fn store(db: &TestDb) -> Arc<PostgresStore> {
+    Arc::new(PostgresStore::connect(&db.url).await.unwrap())
+}
+
+async fn migrations(db: &TestDb) -> Vec<(i32, String, String)> {
+    let rows = connect(&db.url)
+        .await
+        .query("SELECT version, name, applied_at::text FROM sagaflow_schema_migrations ORDER BY version", &[])
+        .await
+        .unwrap();
+    rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect()
+}
+
+#[tokio::test]
+async fn migrations_apply_once_and_a_second_connect_changes_nothing() {
+    let db = TestDb::create().await;
+    drop(store(&db).await);
+    let first = migrations(&db).await;
+    assert_eq!(first.iter().map(|(v, n, _)| (*v, n.as_str())).collect::<Vec<_>>(), [(1, "initial")]);
+    assert_eq!(first.last().map(|(v, _, _)| *v), Some(LATEST_VERSION));
+    drop(store(&db).await);
+    assert_eq!(migrations(&db).await, first, "the second connect applied nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_starting_at_once_migrate_once() {
+    let db = TestDb::create().await;
+    let url = db.url.clone();
+    let starts: Vec<_> = (0..4)
+        .map(|_| {
+            tokio::spawn({
+                let url = url.clone();
+                async move { PostgresStore::connect(&url).await.map(drop) }
+            })
+        })
+        .collect();
+    for start in starts {
+        start.await.unwrap().unwrap();
+    }
+    assert_eq!(migrations(&db).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_database_a_newer_build_migrated_is_refused() {
+    let db = TestDb::create().await;
+    drop(store(&db).await);
+    connect(&db.url)
+        .await
+        .execute(
+            "INSERT INTO sagaflow_schema_migrations (version, name) VALUES ($1, 'from the future')",
+            &[&(LATEST_VERSION + 1)],
+        )
+        .await
+        .unwrap();
+    let refused = PostgresStore::connect(&db.url).await.map(drop);
+    assert!(
+        matches!(&refused, Err(Error::Corrupt { reason, .. }) if reason.contains("newer than this build")),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_reopened_store_keeps_every_acknowledged_commit() {
+    let db = TestDb::create().await;
+    let first = store(&db).await;
+    let mut start = append("wf", 1..=2);
+    start.summary = Some(summary("wf", WorkflowStatus::Running));
+    start.request_id = Some("req".into());
+    start.put_timers = vec![TimerRecord { fire_at_ms: 9, workflow_id: "wf".into(), timer_id: "t".into() }];
+    start.outbox = vec![OutboxRecord { event_id: "e1".into(), ..Default::default() }; 2];
+    start.put_definitions = vec![DefinitionRecord { workflow_type: "t".into(), version: 1, ..Default::default() }];
+    first.commit(start).await.unwrap().wait().await.unwrap();
+    first.commit(append("wf", 3..=3)).await.unwrap().wait().await.unwrap();
+    first.delete_outbox(&[1, 2]).await.unwrap().wait().await.unwrap();
+    drop(first);
+
+    let second = store(&db).await;
+    let seqs: Vec<u64> = second.history("wf", 1, 10).await.unwrap().iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    assert_eq!(second.summary("wf").await.unwrap().unwrap().status, WorkflowStatus::Running as i32);
+    assert_eq!(second.workflow_for_request("req").await.unwrap().as_deref(), Some("wf"));
+    assert_eq!(second.timers(None, 10).await.unwrap().len(), 1);
+    assert_eq!(second.definitions().await.unwrap().len(), 1);
+    assert_eq!(second.open_workflows(None, 10).await.unwrap(), ["wf"]);
+    // Numbers are never reused, though the records that had them are gone.
+    let mut more = append("wf", 4..=4);
+    more.outbox = vec![OutboxRecord::default()];
+    second.commit(more).await.unwrap().wait().await.unwrap();
+    assert_eq!(second.outbox(0, 10).await.unwrap().iter().map(|r| r.seq).collect::<Vec<_>>(), [3]);
+}
+
+/// Two nodes (two stores on one database) append at the same positions:
+/// each position is won once, and the loser is told so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_racing_on_one_history_each_win_a_position_once() {
+    let db = TestDb::create().await;
+    let nodes = [store(&db).await, store(&db).await];
+    for seq in 1..=40u64 {
+        let racers: Vec<_> = nodes
+            .iter()
+            .map(|node| {
+                let node = Arc::clone(node);
+                tokio::spawn(async move { node.commit(append("wf", seq..=seq)).await.map(drop) })
+            })
+            .collect();
+        let mut wins = 0;
+        for racer in racers {
+            match racer.await.unwrap() {
+                Ok(()) => wins += 1,
+                Err(Error::SequenceConflict { stored, requested, .. }) => assert_eq!((stored, requested), (seq, seq)),
+                Err(e) => panic!("a lost race must be a conflict, got {e}"),
+            }
+        }
+        assert_eq!(wins, 1, "exactly one node appends {seq}");
+    }
+    let seqs: Vec<u64> = nodes[1].history("wf", 1, 100).await.unwrap().iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=40).collect::<Vec<_>>());
+}
+
+/// Two nodes start different workflows with one request id: one wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_racing_on_one_request_id_start_one_workflow() {
+    let db = TestDb::create().await;
+    let nodes = [store(&db).await, store(&db).await];
+    for round in 0..20 {
+        let request = format!("req-{round}");
+        let racers: Vec<_> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, node)| {
+                let node = Arc::clone(node);
+                let commit = Commit { request_id: Some(request.clone()), ..append(&format!("wf-{round}-{i}"), 1..=1) };
+                tokio::spawn(async move { node.commit(commit).await.map(drop) })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for racer in racers {
+            outcomes.push(racer.await.unwrap());
+        }
+        let owner = nodes[0].workflow_for_request(&request).await.unwrap().unwrap();
+        let wins = outcomes.iter().filter(|o| o.is_ok()).count();
+        assert_eq!(wins, 1, "{outcomes:?}");
+        for outcome in outcomes {
+            match outcome {
+                Ok(()) => {}
+                Err(Error::RequestIdTaken { workflow_id, .. }) => assert_eq!(workflow_id, owner),
+                Err(e) => panic!("a lost start must be RequestIdTaken, got {e}"),
+            }
+        }
+        let loser = if owner.ends_with("-0") { format!("wf-{round}-1") } else { format!("wf-{round}-0") };
+        assert_eq!(nodes[1].last_seq(&loser).await.unwrap(), 0, "the lost start wrote nothing");
+    }
+}
+
+/// Two nodes write outbox records at once: every number is handed out
+/// once, and none is skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_number_the_outbox_without_gaps_or_repeats() {
+    let db = TestDb::create().await;
+    let nodes = [store(&db).await, store(&db).await];
+    let writers: Vec<_> = (0..16)
+        .map(|w| {
+            let node = Arc::clone(&nodes[w % 2]);
+            tokio::spawn(async move {
+                for seq in 1..=10 {
+                    let mut commit = append(&format!("wf-{w}"), seq..=seq);
+                    commit.outbox = vec![OutboxRecord { event_id: format!("{w}-{seq}"), ..Default::default() }];
+                    node.commit(commit).await.unwrap().wait().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let seqs: Vec<u64> = nodes[0].outbox(0, 1000).await.unwrap().iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (1..=160).collect::<Vec<_>>());
+}
+
+/// Many commits at once share few transactions (one WAL flush each), and a
+/// refused commit does not fail the others of its batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commit_shares_transactions_and_refuses_commit_by_commit() {
+    let db = TestDb::create().await;
+    let store = store(&db).await;
+    let before = store.write_transactions();
+    let commits: Vec<_> = (0..200)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            // Every third commit leaves a gap and must be refused alone.
+            let commit = if i % 3 == 0 { append(&format!("wf-{i}"), 2..=2) } else { append(&format!("wf-{i}"), 1..=1) };
+            tokio::spawn(async move { (i, store.commit(commit).await.map(drop)) })
+        })
+        .collect();
+    for commit in commits {
+        match commit.await.unwrap() {
+            (i, Ok(())) => assert_ne!(i % 3, 0),
+            (i, Err(Error::SequenceConflict { stored: 0, requested: 2, .. })) => assert_eq!(i % 3, 0),
+            (_, Err(e)) => panic!("{e}"),
+        }
+    }
+    let transactions = store.write_transactions() - before;
+    println!("200 concurrent commits in {transactions} transactions");
+    assert!(transactions <= 50, "{transactions} transactions for 200 commits");
+    assert_eq!(store.all_workflows(None, usize::MAX).await.unwrap().len(), 133);
+    let stats = connect(&db.url).await;
+    let leftover: i64 = stats.query_one("SELECT count(*) FROM histories WHERE last_seq = 0", &[]).await.unwrap().get(0);
+    assert_eq!(leftover, 0, "the rows that locked refused starts are gone");
+}
+
+/// Paging runs in byte order whatever the database's collation, and a
+/// prefix's `_` and `%` are no wildcards.
+#[tokio::test]
+async fn ids_page_in_byte_order_and_prefixes_match_literally() {
+    let db = TestDb::create().await;
+    let store = store(&db).await;
+    let ids = ["a_1", "ab", "B", "_", "a", "a%2", "é"];
+    for id in ids {
+        let commit = Commit { summary: Some(summary(id, WorkflowStatus::Running)), ..append(id, 1..=1) };
+        store.commit(commit).await.unwrap().wait().await.unwrap();
+    }
+    let mut sorted: Vec<&str> = ids.to_vec();
+    sorted.sort_unstable();
+    assert_eq!(store.all_workflows(None, 100).await.unwrap(), sorted);
+    assert_eq!(store.open_workflows(Some("_"), 100).await.unwrap(), sorted[2..]);
+    let listed = |prefix: &str| {
+        let query = ListQuery {
+            id_prefix: prefix.into(),
+            limit: 100,
+            scan_budget: usize::MAX,
+            filter: WorkflowFilter::default(),
+            after: None,
+        };
+        let store = Arc::clone(&store);
+        async move { store.list(&query).await.unwrap().workflows.into_iter().map(|s| s.workflow_id).collect::<Vec<_>>() }
+    };
+    assert_eq!(listed("a_").await, ["a_1"]);
+    assert_eq!(listed("a%").await, ["a%2"]);
+    assert_eq!(listed("a").await, ["a", "a%2", "a_1", "ab"]);
+}
+
+/// A value PostgreSQL's text cannot hold refuses its commit alone.
+#[tokio::test]
+async fn a_nul_in_an_id_refuses_only_its_commit() {
+    let db = TestDb::create().await;
+    let store = store(&db).await;
+    assert!(matches!(store.commit(append("a\0b", 1..=1)).await, Err(Error::Engine(_))));
+    store.commit(append("ab", 1..=1)).await.unwrap().wait().await.unwrap();
+    assert_eq!(store.last_seq("a\0b").await.unwrap(), 0);
+    assert!(store.summary("a\0b").await.unwrap().is_none());
+}
+
+/// The writer's connection breaks: the batch is not acknowledged, health
+/// says why, and later writes are refused rather than lost.
+#[tokio::test]
+async fn a_broken_writer_connection_refuses_writes_and_says_why() {
+    let db = TestDb::create().await;
+    let store = store(&db).await;
+    store.commit(append("wf", 1..=1)).await.unwrap().wait().await.unwrap();
+    assert!(store.write_failure().is_none());
+    let admin = connect(&db.url).await;
+    let ended: i64 = admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = 'sagaflow writer'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ended, 1);
+    // Termination is a signal: wait until the backend is gone.
+    for _ in 0..250 {
+        let left: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND application_name = 'sagaflow writer'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let outcome = store.commit(append("wf", 2..=2)).await.map(drop);
+    assert!(matches!(outcome, Err(Error::Engine(_))), "{outcome:?}");
+    assert!(store.write_failure().is_some());
+    assert!(matches!(store.commit(append("wf", 2..=2)).await, Err(Error::FlushFailed(_))));
+    // Reads go on over their own connections.
+    assert_eq!(store.last_seq("wf").await.unwrap(), 1);
+}
