@@ -21,14 +21,15 @@
 mod migrations;
 mod plan;
 mod reads;
+mod shards;
 mod writer;
 
 use std::sync::Arc;
 
 use sagaflow_proto::v1::{HistoryEvent, WorkflowSummary};
 use sagaflow_store::{
-    Commit, DefinitionRecord, Durable, Error, IndexPage, Lease, ListQuery, MAX_WORKFLOW_ID_BYTES, OutboxRecord,
-    QueuePauseRecord, Result, Store, TaskKey, TaskRecord, TimerRecord,
+    Commit, DefinitionRecord, Durable, Error, Fence, IndexPage, Lease, ListQuery, OutboxRecord, QueuePauseRecord,
+    Result, ShardLease, Store, TaskKey, TaskRecord, TimerRecord, check_ids,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{Client, NoTls};
@@ -135,28 +136,6 @@ pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-fn fit(id: &str) -> Result<()> {
-    if id.len() <= MAX_WORKFLOW_ID_BYTES {
-        return Ok(());
-    }
-    Err(Error::IdTooLong { prefix: id.chars().take(32).collect(), len: id.len() })
-}
-
-/// Every id a commit puts into a key column, held to the key-value
-/// backends' limit (as their `check_ids`), so that every backend accepts the
-/// same commits.
-fn check_ids(commit: &Commit) -> Result<()> {
-    fit(&commit.workflow_id)?;
-    commit.put_tasks.iter().try_for_each(|task| fit(task.workflow_id()))?;
-    commit.put_definitions.iter().try_for_each(|d| fit(&d.workflow_type))?;
-    commit.put_queue_pauses.iter().try_for_each(|p| fit(&p.queue))?;
-    commit.delete_queue_pauses.iter().try_for_each(|queue| fit(queue))?;
-    if let Some(delete) = &commit.delete {
-        fit(&delete.request_id)?;
-    }
-    commit.put_timers.iter().chain(&commit.delete_timers).try_for_each(|timer| fit(&timer.workflow_id))
 }
 
 /// Whether PostgreSQL's `text` (and `jsonb`) can hold `s`: they cannot hold
@@ -299,5 +278,21 @@ impl Store for PostgresStore {
     async fn clear_derived(&self) -> Result<()> {
         // Through the writer, so that it lands after every write queued before it.
         self.write(Op::ClearDerived).await.map(drop)
+    }
+
+    async fn acquire_shard(&self, shard: u32, owner: &str, ttl_ms: i64) -> Result<ShardLease> {
+        shards::acquire(self.readers.client(), shard, owner, ttl_ms).await
+    }
+
+    async fn renew_shard(&self, fence: Fence, owner: &str, ttl_ms: i64) -> Result<ShardLease> {
+        shards::renew(self.readers.client(), fence, owner, ttl_ms).await
+    }
+
+    async fn release_shard(&self, fence: Fence) -> Result<()> {
+        shards::release(self.readers.client(), fence).await
+    }
+
+    fn fence(&self, fence: Fence) {
+        self.shared.set_fence(fence);
     }
 }

@@ -18,11 +18,13 @@ struct Migration {
 
 /// In order. A released migration is never edited, only followed by another:
 /// a database records which versions it ran, not what they said.
-const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, name: "initial", sql: include_str!("../migrations/0001_initial.sql") }];
+const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "initial", sql: include_str!("../migrations/0001_initial.sql") },
+    Migration { version: 2, name: "shard_leases", sql: include_str!("../migrations/0002_shard_leases.sql") },
+];
 
 /// The schema version this build writes and reads.
-pub const LATEST_VERSION: i32 = 1;
+pub const LATEST_VERSION: i32 = 2;
 
 /// The advisory lock key of schema changes ("SAGAFLOW" in ASCII). The
 /// writer's request-id locks use the two-key form, a separate key space.

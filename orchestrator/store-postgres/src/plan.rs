@@ -53,6 +53,9 @@ pub(crate) struct Stored {
     /// The last outbox sequence number handed out; read (and locked) only
     /// when the batch carries outbox records.
     pub outbox_high_water: Option<u64>,
+    /// The installed fence and the shard's epoch, when they differ: the
+    /// batch is refused whole.
+    pub fenced_off: Option<(sagaflow_store::Fence, u64)>,
 }
 
 /// The `summaries` row of a summary: the columns the list filters use are

@@ -127,6 +127,11 @@ impl Readers {
         Ok(Self { connections, next: AtomicUsize::new(0) })
     }
 
+    /// A connection for a statement of its own (the shard leases).
+    pub(crate) fn client(&self) -> &Client {
+        &self.pick().client
+    }
+
     fn pick(&self) -> &Reader {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();
         &self.connections[i]

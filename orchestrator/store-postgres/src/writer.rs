@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use futures_util::future::join_all;
-use sagaflow_store::{Error, Result};
+use sagaflow_store::{Error, Fence, Result};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
@@ -65,6 +65,8 @@ pub(crate) struct Shared {
     /// key-value backends, while the caller of `record_leases` never waits.
     leases_sent: AtomicU64,
     leases_done: watch::Sender<u64>,
+    /// The shard epoch every batch must find before it writes (Store::fence).
+    fence: Mutex<Option<Fence>>,
 }
 
 impl Default for Shared {
@@ -74,11 +76,20 @@ impl Default for Shared {
             transactions: AtomicU64::default(),
             leases_sent: AtomicU64::default(),
             leases_done: watch::Sender::new(0),
+            fence: Mutex::default(),
         }
     }
 }
 
 impl Shared {
+    pub(crate) fn set_fence(&self, fence: Fence) {
+        *self.fence.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(fence);
+    }
+
+    fn fence(&self) -> Option<Fence> {
+        *self.fence.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     pub(crate) fn failure(&self) -> Option<String> {
         self.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
@@ -136,6 +147,7 @@ struct Statements {
     owners: Statement,
     open: Statement,
     high_water: Statement,
+    fence: Statement,
     wipe_batches: Statement,
     insert_batches: Statement,
     update_histories: Statement,
@@ -177,6 +189,9 @@ impl Statements {
             owners: p("SELECT request_id, workflow_id FROM requests WHERE request_id = ANY($1::text[])").await?,
             open: p("SELECT workflow_id FROM summaries WHERE workflow_id = ANY($1::text[]) AND open").await?,
             high_water: p("SELECT value FROM sagaflow_meta WHERE name = 'outbox_high_water' FOR UPDATE").await?,
+            // FOR SHARE: a takeover's update of the row waits for this
+            // batch, and a batch after it reads the new epoch.
+            fence: p("SELECT epoch FROM shard_leases WHERE shard = $1 FOR SHARE").await?,
             wipe_batches: p("DELETE FROM history_batches WHERE workflow_id = ANY($1::text[])").await?,
             insert_batches: p("INSERT INTO history_batches (workflow_id, first_seq, last_seq, events)
                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bytea[])")
@@ -421,6 +436,12 @@ impl Writer {
     /// One attempt at a batch: its verdicts once the transaction committed.
     async fn transact(&self, batch: &[Request]) -> std::result::Result<Vec<Result<()>>, Failed> {
         let stored = self.lock_and_read(batch).await?;
+        if let Some((fence, current)) = stored.fenced_off {
+            // Nothing of a fenced-off node's batch may land.
+            self.rollback().await;
+            let refusal = || Err(Error::Fenced { shard: fence.shard, epoch: fence.epoch, current });
+            return Ok(batch.iter().map(|_| refusal()).collect());
+        }
         let (plan, verdicts) = Plan::build(batch.iter().map(|r| &r.op), &stored);
         // Every admitted append has its locked row: a row another node
         // deleted between the insert and the lock would leave one unlocked.
@@ -457,9 +478,16 @@ impl Writer {
         let p_lock_requests: [&(dyn ToSql + Sync); 2] = [&REQUEST_LOCK, &request_ids];
         let p_request_ids: [&(dyn ToSql + Sync); 1] = [&request_ids];
         let p_deleted: [&(dyn ToSql + Sync); 1] = [&deleted];
+        let fence = self.shared.fence();
+        let fenced_shard = fence.map(|f| i32::try_from(f.shard).unwrap_or(i32::MAX));
+        let p_fence: [&(dyn ToSql + Sync); 1] = [&fenced_shard];
 
         let mut pipeline = Pipeline::new(&self.client);
         pipeline.simple("BEGIN");
+        let fence_step = pipeline.steps.len();
+        if fence.is_some() {
+            pipeline.query("checking the shard's epoch", &self.st.fence, &p_fence);
+        }
         if !appended.is_empty() {
             pipeline.query("inserting the rows of new histories", &self.st.lock_new, &p_appended);
         }
@@ -482,8 +510,17 @@ impl Writer {
         }
         let results = pipeline.run().await?;
 
-        let mut stored = Stored::default();
         let corrupt = |what: &str, e: &dyn std::fmt::Display| Failed::Abort(format!("PostgreSQL, reading {what}: {e}"));
+        let mut stored = Stored::default();
+        if let Some(fence) = fence {
+            let current = match results[fence_step].first() {
+                Some(row) => row.try_get::<_, i64>(0).map_err(|e| corrupt("shard_leases", &e))?,
+                None => 0,
+            };
+            if u64::try_from(current).ok() != Some(fence.epoch) {
+                stored.fenced_off = Some((fence, u64::try_from(current).unwrap_or(0)));
+            }
+        }
         if !touched.is_empty() {
             for row in &results[histories] {
                 let wf: String = row.try_get(0).map_err(|e| corrupt("histories", &e))?;

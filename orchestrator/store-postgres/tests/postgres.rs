@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use common::{TestDb, connect};
 use sagaflow_proto::v1::{HistoryEvent, WorkflowStatus, WorkflowSummary};
-use sagaflow_store::{Commit, DefinitionRecord, Error, ListQuery, OutboxRecord, Store, TimerRecord, WorkflowFilter};
+use sagaflow_store::{
+    Commit, DefinitionRecord, Error, Fence, ListQuery, OutboxRecord, Store, TimerRecord, WorkflowFilter,
+};
 use sagaflow_store_postgres::{LATEST_VERSION, PostgresStore};
 
 fn event(seq: u64) -> HistoryEvent {
@@ -41,7 +43,10 @@ async fn migrations_apply_once_and_a_second_connect_changes_nothing() {
     let db = TestDb::create().await;
     drop(store(&db).await);
     let first = migrations(&db).await;
-    assert_eq!(first.iter().map(|(v, n, _)| (*v, n.as_str())).collect::<Vec<_>>(), [(1, "initial")]);
+    assert_eq!(
+        first.iter().map(|(v, n, _)| (*v, n.as_str())).collect::<Vec<_>>(),
+        [(1, "initial"), (2, "shard_leases")]
+    );
     assert_eq!(first.last().map(|(v, _, _)| *v), Some(LATEST_VERSION));
     drop(store(&db).await);
     assert_eq!(migrations(&db).await, first, "the second connect applied nothing");
@@ -62,7 +67,8 @@ async fn nodes_starting_at_once_migrate_once() {
     for start in starts {
         start.await.unwrap().unwrap();
     }
-    assert_eq!(migrations(&db).await.len(), 1);
+    let versions: Vec<i32> = migrations(&db).await.iter().map(|(v, _, _)| *v).collect();
+    assert_eq!(versions, (1..=LATEST_VERSION).collect::<Vec<_>>(), "each migration ran once");
 }
 
 #[tokio::test]
@@ -316,4 +322,31 @@ async fn a_broken_writer_connection_refuses_writes_and_says_why() {
     assert!(matches!(store.commit(append("wf", 2..=2)).await, Err(Error::FlushFailed(_))));
     // Reads go on over their own connections.
     assert_eq!(store.last_seq("wf").await.unwrap(), 1);
+}
+
+/// Two nodes on one database: after the second takes the shard over, the
+/// first (paused past its lease, then awake) can write nothing, while the
+/// new owner writes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_lost_its_shard_is_fenced_off_by_the_database() {
+    let db = TestDb::create().await;
+    let (a, b) = (store(&db).await, store(&db).await);
+    let lease = a.acquire_shard(0, "node-a", 60_000).await.unwrap();
+    let old = Fence { shard: 0, epoch: lease.epoch };
+    a.fence(old);
+    a.commit(append("wf", 1..=1)).await.unwrap().wait().await.unwrap();
+    assert_eq!(b.acquire_shard(0, "node-b", 60_000).await.unwrap().owner, "node-a", "a live lease is not taken");
+
+    a.renew_shard(old, "node-a", -1).await.unwrap();
+    let taken = b.acquire_shard(0, "node-b", 60_000).await.unwrap();
+    assert_eq!((taken.owner.as_str(), taken.epoch), ("node-b", old.epoch + 1));
+    b.fence(Fence { shard: 0, epoch: taken.epoch });
+
+    let refused = a.commit(append("wf", 2..=2)).await;
+    assert!(matches!(refused, Err(Error::Fenced { epoch: 1, current: 2, .. })), "{refused:?}");
+    assert!(matches!(a.renew_shard(old, "node-a", 60_000).await, Err(Error::Fenced { .. })));
+    b.commit(append("wf", 2..=2)).await.unwrap().wait().await.unwrap();
+    assert_eq!(b.last_seq("wf").await.unwrap(), 2);
+    let seqs: Vec<u64> = a.history("wf", 1, 10).await.unwrap().iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [1, 2], "only the new owner's append is there");
 }

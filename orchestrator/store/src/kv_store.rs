@@ -405,8 +405,10 @@ fn fit(workflow_id: &str) -> Result<()> {
     Err(Error::IdTooLong { prefix, len: workflow_id.len() })
 }
 
-/// Every workflow id a commit puts into a key.
-fn check_ids(commit: &Commit) -> Result<()> {
+/// Refuses a commit naming an id longer than [`MAX_WORKFLOW_ID_BYTES`](keys::MAX_WORKFLOW_ID_BYTES)
+/// (workflow ids, request ids of deletions, definition types, queues): every
+/// backend holds ids to this one limit, so that all accept the same commits.
+pub fn check_ids(commit: &Commit) -> Result<()> {
     fit(&commit.workflow_id)?;
     commit.put_tasks.iter().try_for_each(|task| fit(task.workflow_id()))?;
     commit.put_definitions.iter().try_for_each(|d| fit(&d.workflow_type))?;
