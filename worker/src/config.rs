@@ -9,8 +9,9 @@ use tonic::transport::{Channel, Endpoint};
 /// Settings the run loop reads; fixed once built.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
-    pub(crate) endpoint: Endpoint,
-    /// Used instead of dialing `endpoint` when set (see [`WorkerBuilder::channel`]).
+    /// The orchestrator's nodes, never empty; connection attempts go round them.
+    pub(crate) endpoints: Vec<Endpoint>,
+    /// Used instead of dialing an endpoint when set (see [`WorkerBuilder::channel`]).
     pub(crate) channel: Option<Channel>,
     /// `Bearer TOKEN`, sent on every session; `None` when the server runs without auth.
     pub(crate) token: Option<MetadataValue<Ascii>>,
@@ -20,4 +21,11 @@ pub(crate) struct Config {
     pub(crate) drain_timeout: Duration,
     pub(crate) backoff_initial: Duration,
     pub(crate) backoff_max: Duration,
+}
+
+impl Config {
+    /// The endpoint of the `attempt`-th connection attempt.
+    pub(crate) fn endpoint(&self, attempt: usize) -> &Endpoint {
+        &self.endpoints[attempt % self.endpoints.len()]
+    }
 }

@@ -214,6 +214,9 @@ impl Runner {
     pub(crate) async fn run(mut self) -> Result<()> {
         let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
         let mut failures: u32 = 0;
+        // Which endpoint to dial: kept while a node serves, moved on past
+        // one that refuses or drops us (a standby, a node that died).
+        let mut attempt: usize = 0;
         loop {
             // Announce what is still running, so that a restarted
             // orchestrator keeps those leases instead of re-queueing them.
@@ -228,7 +231,7 @@ impl Runner {
                 })
                 .collect();
             // The future owns a copy of the config: `offline` needs `self` mutably meanwhile.
-            let connecting = connect(self.config.clone(), register, self.outbound_capacity);
+            let connecting = connect(self.config.clone(), attempt, register, self.outbound_capacity);
             match self.offline(connecting).await {
                 Err(stop) => return self.finish(stop),
                 Ok(Ok(mut session)) => {
@@ -237,7 +240,7 @@ impl Runner {
                     info!(
                         worker_id = %self.config.worker_id,
                         session_id = %session.id,
-                        endpoint = %self.config.endpoint.uri(),
+                        endpoint = %self.config.endpoint(attempt).uri(),
                         activity_types = ?self.register.activity_types,
                         "connected to the orchestrator"
                     );
@@ -253,15 +256,17 @@ impl Runner {
                             "disconnected from the orchestrator; reconnecting"
                         ),
                     }
+                    attempt = attempt.wrapping_add(1);
                 }
                 Ok(Err(error)) => {
                     failures = failures.saturating_add(1);
                     warn!(
                         error = %Chain(&error),
-                        endpoint = %self.config.endpoint.uri(),
+                        endpoint = %self.config.endpoint(attempt).uri(),
                         failures,
                         "cannot reach the orchestrator"
                     );
+                    attempt = attempt.wrapping_add(1);
                 }
             }
             let delay = backoff.next_delay();
@@ -614,12 +619,17 @@ impl Runner {
 }
 
 /// Opens a stream, registers, and waits for `Registered`, all within `timeout`.
-async fn connect(config: Config, register: Register, outbound_capacity: usize) -> Result<Session, SessionError> {
+async fn connect(
+    config: Config,
+    attempt: usize,
+    register: Register,
+    outbound_capacity: usize,
+) -> Result<Session, SessionError> {
     let timeout = config.connect_timeout;
     let open = async {
         let channel = match &config.channel {
             Some(channel) => channel.clone(),
-            None => config.endpoint.connect().await.map_err(SessionError::Connect)?,
+            None => config.endpoint(attempt).connect().await.map_err(SessionError::Connect)?,
         };
         let token = config.token.clone();
         let mut client = WorkerServiceClient::with_interceptor(channel, move |mut request: tonic::Request<()>| {

@@ -61,7 +61,9 @@ impl std::fmt::Debug for Worker {
 
 impl Worker {
     /// Starts building a worker for the orchestrator at `endpoint`, such as
-    /// `http://127.0.0.1:50051`.
+    /// `http://127.0.0.1:50051`, or at several nodes sharing one store,
+    /// comma-separated (`http://a:50051,http://b:50051`): a standby serves
+    /// only once it took over, so each reconnect tries the next node.
     pub fn builder(endpoint: impl Into<String>) -> WorkerBuilder {
         WorkerBuilder {
             endpoint: endpoint.into(),
@@ -272,19 +274,24 @@ impl WorkerBuilder {
     /// [`Error::InvalidConcurrency`], [`Error::NoActivities`] or
     /// [`Error::DuplicateActivity`].
     pub fn build(self) -> Result<Worker> {
-        let mut endpoint = Endpoint::from_shared(self.endpoint.clone())
-            .map_err(|source| Error::InvalidEndpoint { endpoint: self.endpoint.clone(), source })?;
-        if let Some(tls) = self.tls {
-            endpoint = endpoint
-                .tls_config(tls)
-                .map_err(|source| Error::InvalidEndpoint { endpoint: self.endpoint.clone(), source })?;
+        // Several orchestrator nodes, comma-separated: a standby serves only
+        // once it took over, so each reconnect tries the next one.
+        let mut endpoints = Vec::new();
+        for address in self.endpoint.split(',').map(str::trim) {
+            let invalid = |source| Error::InvalidEndpoint { endpoint: address.to_owned(), source };
+            let mut endpoint = Endpoint::from_shared(address.to_owned()).map_err(invalid)?;
+            if let Some(tls) = &self.tls {
+                endpoint = endpoint.tls_config(tls.clone()).map_err(invalid)?;
+            }
+            endpoints.push(
+                endpoint
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+                    .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+                    .keep_alive_while_idle(true),
+            );
         }
-        let endpoint = endpoint
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
-            .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
-            .keep_alive_while_idle(true);
         let token = match self.token {
             Some(token) => {
                 let mut value =
@@ -315,7 +322,7 @@ impl WorkerBuilder {
         let (drain, _) = watch::channel(false);
         Ok(Worker {
             config: Config {
-                endpoint,
+                endpoints,
                 channel: self.channel,
                 token,
                 connect_timeout: CONNECT_TIMEOUT,
@@ -388,6 +395,12 @@ mod tests {
         assert!(matches!(echo().worker_id("w".repeat(256)).build(), Err(Error::InvalidId { .. })));
         let twice = echo().activity("echo", |_ctx: ActivityContext, (): ()| async move { Ok::<_, ActivityError>(()) });
         assert!(matches!(twice.build(), Err(Error::DuplicateActivity(t)) if t == "echo"));
+        let noop = |_ctx: ActivityContext, (): ()| async move { Ok::<_, ActivityError>(()) };
+        let nodes = Worker::builder("http://127.0.0.1:1, http://127.0.0.1:2").activity("a", noop).build().unwrap();
+        let dialed: Vec<String> = (0..3).map(|i| nodes.config.endpoint(i).uri().to_string()).collect();
+        assert_eq!(dialed, ["http://127.0.0.1:1/", "http://127.0.0.1:2/", "http://127.0.0.1:1/"]);
+        let one_bad = Worker::builder("http://127.0.0.1:1,not a uri").activity("a", noop).build();
+        assert!(matches!(one_bad, Err(Error::InvalidEndpoint { endpoint, .. }) if endpoint == "not a uri"));
         let bad_endpoint = Worker::builder("not a uri")
             .activity("echo", |_ctx: ActivityContext, (): ()| async move { Ok::<_, ActivityError>(()) });
         assert!(matches!(bad_endpoint.build(), Err(Error::InvalidEndpoint { .. })));

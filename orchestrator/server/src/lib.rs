@@ -20,6 +20,7 @@ pub mod limits;
 pub mod metrics;
 pub mod operator;
 pub mod os_tuning;
+pub mod ownership;
 pub mod registry;
 pub mod runtime;
 pub mod server;

@@ -36,6 +36,10 @@ use sagaflow_workflows::SagaDefinition;
 pub enum Error {
     #[error("cannot open the store in {dir}: {source}")]
     Store { dir: PathBuf, source: crate::store::Error },
+    #[error("cannot open the PostgreSQL store: {0}")]
+    Database(crate::store::Error),
+    #[error(transparent)]
+    Ownership(#[from] crate::ownership::Error),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("recovery failed: {0}")]
@@ -59,6 +63,13 @@ pub enum Error {
 #[derive(Debug, Clone)]
 pub enum Storage {
     Sled(PathBuf),
+    /// A PostgreSQL database at `url`, shared with standby nodes: this node
+    /// serves only while it holds the store's lease ([`crate::ownership`]).
+    /// `dir` keeps what stays on the node (the key that signs task leases).
+    Postgres {
+        url: String,
+        dir: PathBuf,
+    },
     /// Nothing survives the process: for tests and demos.
     Memory,
 }
@@ -141,6 +152,8 @@ pub struct Server {
     runtime: Runtime,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// The store's lease, when the store is shared (PostgreSQL).
+    ownership: Option<crate::ownership::Ownership>,
 }
 
 /// Assembles a server: `Server::builder().options(…).definitions(…).extension(…).start()`.
@@ -226,11 +239,20 @@ impl Server {
                     .map_err(|source| Error::Store { dir: dir.clone(), source })?,
             ),
             (None, Storage::Memory) => Arc::new(MemoryStore::in_memory()),
+            (None, Storage::Postgres { url, .. }) => {
+                Arc::new(sagaflow_store_postgres::PostgresStore::connect(url).await.map_err(Error::Database)?)
+            }
+        };
+        let ownership = match &options.storage {
+            Storage::Postgres { .. } => {
+                Some(crate::ownership::Ownership::take(Arc::clone(&store), crate::ownership::node_id()).await?)
+            }
+            Storage::Sled(_) | Storage::Memory => None,
         };
         // Beside the store, so that a worker running through a restart can
         // still prove its leases (runtime/lease_token.rs).
         let lease_key = match &options.storage {
-            Storage::Sled(dir) => LeaseKey::load_or_create(&dir.join("lease.key"))?,
+            Storage::Sled(dir) | Storage::Postgres { dir, .. } => LeaseKey::load_or_create(&dir.join("lease.key"))?,
             Storage::Memory => LeaseKey::random(),
         };
         crate::http::prometheus();
@@ -424,7 +446,7 @@ impl Server {
         }));
         tracing::info!(%grpc_addr, http = ?http_addr, "sagaflow serving");
         let tls = options.tls.is_some();
-        Ok(Self { grpc_addr, http_addr, tls, runtime, stop, tasks })
+        Ok(Self { grpc_addr, http_addr, tls, runtime, stop, tasks, ownership })
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -456,6 +478,23 @@ impl Server {
         for task in self.tasks {
             let _ = task.await;
         }
+        if let Some(ownership) = self.ownership {
+            ownership.release().await;
+        }
+    }
+
+    /// Resolves, with the reason, if this node loses the shared store to
+    /// another (it must then stop); never, for a store of its own.
+    pub async fn lost_store(&self) -> String {
+        match &self.ownership {
+            Some(ownership) => ownership.lost().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The epoch of this node's hold on a shared store.
+    pub fn store_epoch(&self) -> Option<u64> {
+        self.ownership.as_ref().map(crate::ownership::Ownership::epoch)
     }
 }
 

@@ -43,6 +43,10 @@ pub(crate) async fn apply(client: &mut Client) -> Result<Vec<i32>> {
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await
             .map_err(engine("taking the migration lock"))?;
+        // IF NOT EXISTS notices on every start are noise in the server's log.
+        tx.batch_execute("SET LOCAL client_min_messages = warning")
+            .await
+            .map_err(engine("quieting the migration's notices"))?;
         tx.batch_execute(CREATE_TABLE).await.map_err(engine("creating sagaflow_schema_migrations"))?;
         let current: i32 = tx
             .query_one("SELECT coalesce(max(version), 0) FROM sagaflow_schema_migrations", &[])

@@ -101,14 +101,25 @@ pub type Conn = InterceptedService<Channel, Bearer>;
 
 pub async fn connect_channel(server: &str) -> anyhow::Result<Conn> {
     let connection = current();
-    let mut endpoint = Channel::from_shared(server.to_owned())
-        .with_context(|| format!("{server:?} is not a server URL (expected http://HOST:PORT or https://HOST:PORT)"))?
-        .connect_timeout(Duration::from_secs(5));
-    if let Some(tls) = connection.tls {
-        endpoint = endpoint.tls_config(tls).context("invalid TLS settings")?;
+    // Nodes sharing one store, comma-separated: only the active one listens.
+    let mut unreachable = Vec::new();
+    for node in server.split(',').map(str::trim) {
+        let mut endpoint = Channel::from_shared(node.to_owned())
+            .with_context(|| format!("{node:?} is not a server URL (expected http://HOST:PORT or https://HOST:PORT)"))?
+            .connect_timeout(Duration::from_secs(5));
+        if let Some(tls) = &connection.tls {
+            endpoint = endpoint.tls_config(tls.clone()).context("invalid TLS settings")?;
+        }
+        match endpoint.connect().await {
+            Ok(channel) => return with_token(channel, connection.token.as_deref()),
+            Err(e) => unreachable.push(anyhow::Error::new(e).context(format!("cannot reach the server at {node}"))),
+        }
     }
-    let channel = endpoint.connect().await.with_context(|| format!("cannot reach the server at {server}"))?;
-    with_token(channel, connection.token.as_deref())
+    match unreachable.pop() {
+        Some(last) if unreachable.is_empty() => Err(last),
+        Some(last) => Err(last.context(format!("no node of {server} answered"))),
+        None => anyhow::bail!("no server URL in {server:?}"),
+    }
 }
 
 /// `channel`, carrying `token` (none: no `authorization` header).

@@ -102,8 +102,10 @@ impl Failure {
 
 /// `--server 127.0.0.1:50051` means `http://127.0.0.1:50051`: without a
 /// scheme the URL parser would refuse it with a message that does not say why.
+/// Each node of a comma-separated list likewise.
 pub fn server_url(text: &str) -> String {
-    if text.contains("://") { text.to_owned() } else { format!("http://{text}") }
+    let node = |n: &str| if n.contains("://") { n.to_owned() } else { format!("http://{n}") };
+    text.split(',').map(|n| node(n.trim())).collect::<Vec<_>>().join(",")
 }
 
 #[derive(Debug, Parser)]
@@ -117,6 +119,7 @@ pub fn server_url(text: &str) -> String {
 )]
 pub struct Cli {
     /// The orchestrator's gRPC address: http://HOST:PORT, https://HOST:PORT, or HOST:PORT (plain http).
+    /// Several nodes sharing one store (--store), comma-separated: the one serving is used.
     #[arg(long, global = true, env = "SAGAFLOW_SERVER", default_value = "http://127.0.0.1:50051", help_heading = GLOBAL)]
     pub server: String,
 

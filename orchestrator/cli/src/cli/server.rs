@@ -21,9 +21,16 @@ use super::{Logging, Output};
 
 #[derive(Debug, Args)]
 pub struct ServerArgs {
-    /// Where histories and indexes live (created if missing).
+    /// Where histories and indexes live (created if missing). With --store, only this node's
+    /// lease key.
     #[arg(long, default_value = "./sagaflow-data")]
     pub data_dir: PathBuf,
+    /// Keep workflows in PostgreSQL at this URL (postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE)
+    /// instead of sled under --data-dir. The schema is created and migrated at start. Several
+    /// servers may share one database: one serves and the others stand by, taking over within
+    /// seconds when it dies (docs/cluster.md).
+    #[arg(long, env = "SAGAFLOW_STORE", value_name = "URL", value_parser = parse_store_url)]
+    pub store: Option<String>,
     /// gRPC listen address. Loopback by default.
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
@@ -142,6 +149,25 @@ impl RetentionArgs {
     }
 }
 
+fn parse_store_url(text: &str) -> Result<String, String> {
+    if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{:?} is not a postgres:// URL; without --store, data stays in sled under --data-dir",
+            redact(text)
+        ))
+    }
+}
+
+/// The URL without its credentials, to print.
+fn redact(url: &str) -> String {
+    match (url.split_once("://"), url.rsplit_once('@')) {
+        (Some((scheme, _)), Some((_, place))) => format!("{scheme}://…@{place}"),
+        _ => url.to_owned(),
+    }
+}
+
 fn parse_time_scale(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(factor) if factor > 0.0 && factor <= 1.0 => Ok(factor),
@@ -183,8 +209,16 @@ pub async fn run(args: ServerArgs, logging: &Logging) -> anyhow::Result<()> {
         None => None,
     };
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    let storage = match &args.store {
+        Some(url) => Storage::Postgres { url: url.clone(), dir: args.data_dir.clone() },
+        None => Storage::Sled(args.data_dir.clone()),
+    };
+    let data_at = match &args.store {
+        Some(url) => format!("PostgreSQL at {}", redact(url)),
+        None => args.data_dir.display().to_string(),
+    };
     let options = Options {
-        storage: Storage::Sled(args.data_dir.clone()),
+        storage,
         listen: args.listen,
         http_listen: Some(args.http_listen),
         limits: Limits {
@@ -221,27 +255,41 @@ pub async fn run(args: ServerArgs, logging: &Logging) -> anyhow::Result<()> {
             _ => None,
         },
     };
-    let shutdown = super::shutdown_signal();
-    let server = Server::builder()
+    let mut shutdown = std::pin::pin!(super::shutdown_signal());
+    let starting = Server::builder()
         .options(options)
         .definitions(registry)
         .apply_definitions(boot_definitions)
         .extension(CheckoutExtension)
-        .start()
-        .await?;
+        .start();
+    // A standby waits inside `start` for the store's lease; a stop ends the wait.
+    let server = tokio::select! {
+        server = starting => server?,
+        () = &mut shutdown => {
+            tracing::info!("stopped before serving");
+            return Ok(());
+        }
+    };
     outln!(
         "sagaflow listening on {} (gRPC) and {} (metrics); data in {}; console on {}",
         server.url(),
         server
             .http_addr()
             .map_or_else(|| "-".into(), |addr| sagaflow_server::http::describe_with(addr, server.is_tls())),
-        args.data_dir.display(),
+        data_at,
         server.http_addr().map_or_else(|| "-".into(), |addr| sagaflow_server::http::console_url(addr, server.is_tls())),
     );
-    shutdown.await;
+    let lost = tokio::select! {
+        () = &mut shutdown => None,
+        reason = server.lost_store() => Some(reason),
+    };
     tracing::info!("shutting down");
     server.stop().await;
-    Ok(())
+    match lost {
+        // Its writes are refused already; serving reads from memory would lie.
+        Some(reason) => anyhow::bail!("this node no longer owns the store ({reason}); stopped serving"),
+        None => Ok(()),
+    }
 }
 
 #[derive(Debug, Subcommand)]
