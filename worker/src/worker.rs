@@ -396,7 +396,10 @@ mod tests {
         let twice = echo().activity("echo", |_ctx: ActivityContext, (): ()| async move { Ok::<_, ActivityError>(()) });
         assert!(matches!(twice.build(), Err(Error::DuplicateActivity(t)) if t == "echo"));
         let noop = |_ctx: ActivityContext, (): ()| async move { Ok::<_, ActivityError>(()) };
-        let nodes = Worker::builder("http://127.0.0.1:1, http://127.0.0.1:2").activity("a", noop).build().unwrap();
+        let nodes = Worker::builder("http://127.0.0.1:1, http://127.0.0.1:2")
+            .activity("a", noop)
+            .build()
+            .expect("two valid nodes");
         let dialed: Vec<String> = (0..3).map(|i| nodes.config.endpoint(i).uri().to_string()).collect();
         assert_eq!(dialed, ["http://127.0.0.1:1/", "http://127.0.0.1:2/", "http://127.0.0.1:1/"]);
         let one_bad = Worker::builder("http://127.0.0.1:1,not a uri").activity("a", noop).build();
