@@ -41,7 +41,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli::run(args)) {
+    let outcome = runtime.block_on(cli::run(args));
+    // Whatever a command left running (a fenced-off server's tasks, say)
+    // must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let failure = e.downcast_ref::<cli::Failure>();

@@ -22,6 +22,8 @@ mod migrations;
 mod plan;
 mod reads;
 mod shards;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod writer;
 
 use std::sync::Arc;

@@ -283,13 +283,15 @@ pub async fn run(args: ServerArgs, logging: &Logging) -> anyhow::Result<()> {
         () = &mut shutdown => None,
         reason = server.lost_store() => Some(reason),
     };
+    if let Some(reason) = lost {
+        // No graceful stop: its writes are refused already, a drain would
+        // wait on work that can no longer commit, and serving reads from
+        // memory would lie. The process ends, and its connections with it.
+        anyhow::bail!("this node no longer owns the store ({reason}); stopped serving");
+    }
     tracing::info!("shutting down");
     server.stop().await;
-    match lost {
-        // Its writes are refused already; serving reads from memory would lie.
-        Some(reason) => anyhow::bail!("this node no longer owns the store ({reason}); stopped serving"),
-        None => Ok(()),
-    }
+    Ok(())
 }
 
 #[derive(Debug, Subcommand)]

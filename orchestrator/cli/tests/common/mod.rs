@@ -88,14 +88,25 @@ impl ServerProcess {
         command
     }
 
-    async fn spawned(mut command: Command, data_dir: &Path, logged: Option<&str>) -> Self {
+    async fn spawned(command: Command, data_dir: &Path, logged: Option<&str>) -> Self {
+        Self::serving_within(command, data_dir, logged, Duration::from_secs(30)).await
+    }
+
+    /// A server on a shared store (`--store`) at `listen`: a standby until
+    /// the node serving dies or stops; returns once this one serves, if it
+    /// does within `within`.
+    pub async fn start_standby(data_dir: &Path, listen: &str, extra: &[&str], within: Duration) -> Self {
+        Self::serving_within(Self::command(data_dir, listen, extra), data_dir, Some("info"), within).await
+    }
+
+    async fn serving_within(mut command: Command, data_dir: &Path, logged: Option<&str>, within: Duration) -> Self {
         let (mut child, logs) = spawn_logged(&mut command, logged.unwrap_or("warn"), logged.is_some());
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         // The server prints its addresses once it listens.
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        let line = tokio::time::timeout(within, lines.next_line())
             .await
-            .expect("server did not start within 30 s")
+            .unwrap_or_else(|_| panic!("server did not serve within {within:?}"))
             .unwrap()
             .expect("server exited before listening");
         let url = line
@@ -127,9 +138,30 @@ impl ServerProcess {
         self.child.id().unwrap()
     }
 
+    /// Waits for the process to end on its own, up to `within`.
+    pub async fn exited(mut self, within: Duration) -> std::process::ExitStatus {
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("the server did not exit within {within:?}"))
+            .unwrap()
+    }
+
     pub fn host_port(&self) -> String {
         self.url.trim_start_matches("http://").trim_start_matches("https://").to_owned()
     }
+}
+
+/// A channel to the first node of a comma-separated list that answers:
+/// of nodes sharing one store, only the serving one listens.
+pub async fn channel_to_any(nodes: &str) -> Result<Channel, String> {
+    let mut failures = Vec::new();
+    for node in nodes.split(',') {
+        match tonic::transport::Endpoint::from_shared(node.to_owned()).unwrap().connect().await {
+            Ok(channel) => return Ok(channel),
+            Err(e) => failures.push(format!("{node}: {e}")),
+        }
+    }
+    Err(failures.join("; "))
 }
 
 pub fn start_request(kind: &str, request_id: &str, input: &str) -> StartWorkflowRequest {

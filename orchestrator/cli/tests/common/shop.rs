@@ -8,11 +8,14 @@ use std::time::Duration;
 
 use sagaflow_proto::checkout::v1::checkout_service_client::CheckoutServiceClient;
 use sagaflow_proto::checkout::v1::{Checkout, GetCheckoutRequest, Item, StartCheckoutRequest};
-use sagaflow_proto::v1::AwaitWorkflowRequest;
+use sagaflow_proto::v1::workflow_service_client::WorkflowServiceClient;
+use sagaflow_proto::v1::{AwaitWorkflowRequest, ListWorkflowsRequest};
 use serde_json::Value;
 use tonic::transport::Channel;
 
-use super::{BIN, ServerProcess, WorkerProcess, admin};
+use super::{
+    BIN, ServerProcess, WorkerProcess, admin, assert_each_step_completed_once, assert_intact, full_history, status_of,
+};
 
 /// The shop's services, split as an operator would run them: catalog with
 /// coupons (the catalog opens the coupon rules' store, which sled locks),
@@ -45,6 +48,22 @@ impl Shop {
         for group in GROUPS {
             let args = extra.iter().find(|(g, _)| g == group).map_or(&[][..], |(_, a)| *a);
             shop.start_worker(group, args).await;
+        }
+        shop
+    }
+
+    /// The shop's workers alone, for the orchestrator nodes at `nodes`
+    /// (comma-separated), which the test runs itself.
+    pub async fn workers_for(nodes: &str) -> Self {
+        let mut shop = Self {
+            server_url: nodes.to_owned(),
+            server: None,
+            workers: HashMap::new(),
+            dir: tempfile::tempdir().unwrap(),
+            server_args: Vec::new(),
+        };
+        for group in GROUPS {
+            shop.start_worker(group, &[]).await;
         }
         shop
     }
@@ -101,7 +120,7 @@ impl Shop {
     }
 
     pub async fn checkouts(&self) -> CheckoutServiceClient<Channel> {
-        CheckoutServiceClient::connect(self.server().url.clone()).await.unwrap()
+        CheckoutServiceClient::new(super::channel_to_any(&self.server_url).await.unwrap())
     }
 
     pub async fn start_checkout(&self, request: StartCheckoutRequest) -> String {
@@ -110,7 +129,7 @@ impl Shop {
 
     /// Waits (up to `within`) for the workflow to end.
     pub async fn await_end(&self, workflow_id: &str, within: Duration) -> sagaflow_proto::v1::AwaitWorkflowResponse {
-        let mut client = self.server().client().await;
+        let mut client = WorkflowServiceClient::new(super::channel_to_any(&self.server_url).await.unwrap());
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let answer = client
@@ -141,11 +160,72 @@ impl Shop {
     /// Runs `sagaflow jobs run NAME --output json` and returns its report and
     /// whether it exited 0.
     pub async fn job(&self, name: &str, extra: &[&str]) -> (Value, bool) {
-        run_job(&self.server().url, name, extra).await
+        run_job(&self.server_url, name, extra).await
     }
 
     pub async fn job_raw(&self, name: &str, extra: &[&str]) -> (String, bool) {
-        run_job_raw(&self.server().url, name, extra).await
+        run_job_raw(&self.server_url, name, extra).await
+    }
+
+    /// Ends a crash scenario: every acknowledged checkout (request id to
+    /// checkout id) completed or compensated with an intact history, each
+    /// step once; starts whose answer was lost ended too; no payment was
+    /// captured twice, no order made twice, no reservation left held, no
+    /// saga stuck, and `check-invariants` finds nothing.
+    pub async fn assert_acknowledged_checkouts_ended_once(&self, acked: &HashMap<String, String>) {
+        let mut workflows = WorkflowServiceClient::new(super::channel_to_any(&self.server_url).await.unwrap());
+        let mut outcomes: HashMap<&'static str, usize> = HashMap::new();
+        for checkout_id in acked.values() {
+            let end = self.await_end(checkout_id, Duration::from_secs(120)).await;
+            let status = status_of(&end);
+            assert!(matches!(status, "COMPLETED" | "COMPENSATED"), "{checkout_id} ended {status}");
+            *outcomes.entry(status).or_default() += 1;
+            let history = full_history(&mut workflows, checkout_id).await;
+            assert_intact(checkout_id, &history);
+            assert_each_step_completed_once(checkout_id, &history);
+        }
+        assert!(outcomes.get("COMPLETED").copied().unwrap_or(0) > 0, "{outcomes:?}");
+        // Starts whose answer was cut off may have been committed too: let them end.
+        let all = workflows
+            .list_workflows(ListWorkflowsRequest {
+                workflow_type: "checkout".into(),
+                page_size: 200,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for summary in &all.workflows {
+            self.await_end(&summary.workflow_id, Duration::from_secs(120)).await;
+        }
+
+        // Effects once: one capture per intent, one order per checkout request.
+        let ledger = self.admin("payments", "GET", "/payments/ledger", None).await;
+        let mut captures: HashMap<&str, usize> = HashMap::new();
+        for entry in ledger.as_array().unwrap().iter().filter(|e| e["kind"] == "capture") {
+            *captures.entry(entry["payment_intent_id"].as_str().unwrap()).or_default() += 1;
+        }
+        assert!(captures.values().all(|n| *n == 1), "a payment captured twice: {captures:?}");
+        let orders = self.admin("orders", "GET", "/orders", None).await;
+        let mut per_request: HashMap<&str, usize> = HashMap::new();
+        for order in orders.as_array().unwrap() {
+            *per_request.entry(order["client_request_id"].as_str().unwrap()).or_default() += 1;
+        }
+        assert!(per_request.values().all(|n| *n == 1), "an order made twice: {per_request:?}");
+        // A start cut off after its commit also runs, unacknowledged: at least
+        // one order per acknowledged completion.
+        assert!(orders.as_array().unwrap().len() >= outcomes.get("COMPLETED").copied().unwrap_or(0));
+        let reservations = self.admin("inventory", "GET", "/reservations", None).await;
+        let held: Vec<&Value> = reservations.as_array().unwrap().iter().filter(|r| r["status"] == "HELD").collect();
+        assert!(held.is_empty(), "leaked reservations: {held:?}");
+
+        let stuck = workflows
+            .list_workflows(ListWorkflowsRequest { stuck_only: true, page_size: 100, ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(stuck.workflows.is_empty(), "stuck: {:?}", stuck.workflows);
+        self.assert_invariants_hold().await;
     }
 
     /// Ends a scenario: `check-invariants` (no grace: every saga is over)

@@ -1,0 +1,150 @@
+//! Three `sagaflow server` nodes on one PostgreSQL, the shop's workers and a
+//! stream of checkouts pointed at all three. One node serves, two stand by.
+//! The serving node is killed (`kill -9`); a standby serves within 10 s.
+//! That one is then paused (`SIGSTOP`) until the third took over, and woken:
+//! fenced off, it stops instead of writing. A node started again stands by,
+//! and takes over when the third is killed in turn. Every acknowledged start
+//! completes or compensates, no effect is applied twice, no reservation
+//! leaks, and `check-invariants` finds nothing.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::ServerProcess;
+use common::shop::{Shop, checkout};
+use sagaflow_proto::checkout::v1::checkout_service_client::CheckoutServiceClient;
+use sagaflow_store_postgres::testing::TestDb;
+use tokio::task::JoinHandle;
+
+/// The bound on a takeover: a dead node's lease runs out (5 s)
+/// and a standby, asking every second, takes the store and recovers.
+const TAKEOVER: Duration = Duration::from_secs(10);
+
+/// A node: its address (fixed, so that workers and clients know all three)
+/// and its own directory.
+struct Node {
+    listen: String,
+    dir: PathBuf,
+}
+
+impl Node {
+    fn new(root: &Path, name: &str) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Self { listen: format!("127.0.0.1:{port}"), dir: root.join(name) }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.listen)
+    }
+
+    /// Starts it; the handle resolves once it serves (a standby waits).
+    fn start(&self, db: &TestDb, within: Duration) -> JoinHandle<ServerProcess> {
+        let (dir, listen, store) = (self.dir.clone(), self.listen.clone(), db.url.clone());
+        tokio::spawn(async move { ServerProcess::start_standby(&dir, &listen, &["--store", &store], within).await })
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = std::process::Command::new("kill").args([&format!("-{name}"), &pid.to_string()]).status().unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// Of two standbys, the one that takes over; the other keeps waiting.
+async fn first_to_serve(
+    mut a: JoinHandle<ServerProcess>,
+    mut b: JoinHandle<ServerProcess>,
+) -> (ServerProcess, JoinHandle<ServerProcess>) {
+    tokio::select! {
+        served = &mut a => (served.unwrap(), b),
+        served = &mut b => (served.unwrap(), a),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_standby_takes_over_and_a_woken_zombie_cannot_write() {
+    let db = TestDb::create().await;
+    let root = tempfile::tempdir().unwrap();
+    let nodes = [Node::new(root.path(), "a"), Node::new(root.path(), "b"), Node::new(root.path(), "c")];
+    let all = nodes.iter().map(Node::url).collect::<Vec<_>>().join(",");
+
+    let first = nodes[0].start(&db, Duration::from_secs(30)).await.unwrap();
+    // Long enough to stand by through the whole test.
+    let standbys = (nodes[1].start(&db, Duration::from_secs(300)), nodes[2].start(&db, Duration::from_secs(300)));
+    let shop = Shop::workers_for(&all).await;
+
+    let acked: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+    let done = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (acked, done, all) = (Arc::clone(&acked), Arc::clone(&done), all.clone());
+        tokio::spawn(async move {
+            let mut calls = Vec::new();
+            for i in (0..2_000).take_while(|_| !done.load(Ordering::Relaxed)) {
+                let (all, acked) = (all.clone(), Arc::clone(&acked));
+                calls.push(tokio::spawn(async move {
+                    let request_id = format!("ha-{i}");
+                    let sku = ["sku-mug", "sku-tee", "sku-cap"][i % 3];
+                    // Only a start the serving node said yes to was promised.
+                    let Ok(channel) = common::channel_to_any(&all).await else { return };
+                    let mut client = CheckoutServiceClient::new(channel);
+                    if let Ok(answer) = client.start_checkout(checkout(&request_id, "kim", &[(sku, 1)])).await {
+                        acked.lock().unwrap().insert(request_id, answer.into_inner().checkout_id);
+                    }
+                }));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            for call in calls {
+                let _ = call.await;
+            }
+        })
+    };
+
+    // 1. kill -9 the serving node: a standby serves within the bound.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let killed_at = Instant::now();
+    first.kill9().await;
+    let (second, third) = first_to_serve(standbys.0, standbys.1).await;
+    let takeover = killed_at.elapsed();
+    assert!(takeover < TAKEOVER, "the store was served again after {takeover:?}");
+
+    // 2. Pause it past its lease: the third node takes over. Woken, the
+    //    paused node finds its epoch fenced off and stops, non-zero.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let paused_at = Instant::now();
+    signal(second.pid(), "STOP");
+    let third = tokio::time::timeout(TAKEOVER, third).await.expect("no takeover from a paused node").unwrap();
+    let paused_takeover = paused_at.elapsed();
+    signal(second.pid(), "CONT");
+    let logs = Arc::clone(&second.logs);
+    let status = second.exited(Duration::from_secs(15)).await;
+    assert!(!status.success(), "a fenced-off node must not end as if all were well: {status}");
+    let said = logs.lock().unwrap().join("\n");
+    assert!(said.contains("fenced off"), "the zombie says why it stopped: {said}");
+
+    // 3. The first node, started again, stands by; kill -9 the third and it serves.
+    let again = nodes[0].start(&db, Duration::from_secs(120));
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let killed_at = Instant::now();
+    third.kill9().await;
+    let last = again.await.unwrap();
+    let second_takeover = killed_at.elapsed();
+    assert!(second_takeover < TAKEOVER, "the store was served again after {second_takeover:?}");
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    done.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    let acked = acked.lock().unwrap().clone();
+    println!(
+        "takeovers after kill -9: {takeover:?}, {second_takeover:?}; after SIGSTOP: {paused_takeover:?}; {} acknowledged starts",
+        acked.len()
+    );
+    assert!(acked.len() >= 30, "starts were acknowledged between the failovers: {}", acked.len());
+    shop.assert_acknowledged_checkouts_ended_once(&acked).await;
+    drop(last);
+}
