@@ -106,6 +106,14 @@ pub struct BenchArgs {
     /// Keep the data of the spawned servers and workers instead of removing it.
     #[arg(long)]
     pub keep_data: bool,
+    /// Spawned servers keep their workflows in PostgreSQL at this URL (as `server --store`)
+    /// instead of sled. Phases share the database: their request ids differ.
+    #[arg(long, value_name = "URL", value_parser = super::server::parse_store_url)]
+    pub store: Option<String>,
+    /// With --store: how many servers share it. One serves and the others stand by, so on one
+    /// machine this measures what standbys cost, not a gain.
+    #[arg(long, default_value_t = 1, requires = "store", value_parser = clap::value_parser!(u32).range(1..=9))]
+    pub nodes: u32,
     /// Serve the bench activities from the Python SDK's worker (`PYTHON -m sagaflow.bench`) instead
     /// of `sagaflow worker`; PYTHON is an interpreter with `pip install ./worker/python` done.
     /// Spawned workers and the bench saga only.
@@ -132,6 +140,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         ensure!(matches!(target, Target::Spawn), "--python-worker starts its own workers: leave out --server");
         ensure!(args.workflow == BenchWorkflow::Bench, "--python-worker serves the bench saga only");
         ensure!(args.phase != PhaseChoice::Restart, "the restart phase runs no worker: leave out --python-worker");
+    }
+    if args.store.is_some() {
+        ensure!(matches!(target, Target::Spawn), "--store sets the spawned servers' store: leave out --server");
+        ensure!(
+            !matches!(args.phase, PhaseChoice::Restart | PhaseChoice::Soak),
+            "the restart and soak phases measure sled's data folder: leave out --store"
+        );
     }
     if args.phase == PhaseChoice::Restart {
         return run_restart(&args, &target).await;
@@ -277,6 +292,7 @@ async fn run_phases(args: &BenchArgs, target: &Target, interrupt: Interrupt) -> 
             phase: phase.clone(),
             workflow: args.workflow,
             run_id: run_id.clone(),
+            store: args.store.clone().map(|url| (url, args.nodes)),
             python_worker: args.python_worker.clone(),
         };
         let result = match (target, data.as_mut()) {
@@ -339,6 +355,8 @@ struct Plan {
     phase: Phase,
     workflow: BenchWorkflow,
     run_id: String,
+    /// The spawned servers' PostgreSQL store (`--store`), and how many share it.
+    store: Option<(String, u32)>,
     /// The interpreter that runs the Python SDK's bench worker, instead of `sagaflow worker`.
     python_worker: Option<PathBuf>,
 }
@@ -894,6 +912,20 @@ impl Spawned {
         Ok((Self { child, pid, what }, first))
     }
 
+    /// Runs `sagaflow server …` as a standby, which prints nothing until it
+    /// serves: it is not waited for.
+    fn start_standby(args: &[String]) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("cannot find the sagaflow binary")?;
+        let mut command = Command::new(exe);
+        command.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit()).kill_on_drop(true);
+        if std::env::var_os("RUST_LOG").is_none() {
+            command.env("RUST_LOG", "warn");
+        }
+        let child = command.spawn().context("cannot start a standby server")?;
+        let pid = child.id().context("a standby server exited at once")?;
+        Ok(Self { child, pid, what: "standby server" })
+    }
+
     /// Runs `sagaflow server …` and returns it with its gRPC URL.
     async fn start_server(args: &[String]) -> anyhow::Result<(Self, String)> {
         let (server, line) = Self::start("server", args).await?;
@@ -930,6 +962,8 @@ struct Cluster {
     server: Spawned,
     worker: Spawned,
     url: String,
+    /// Servers standing by on the same store (`--nodes`).
+    standbys: Vec<Spawned>,
 }
 
 impl Cluster {
@@ -944,16 +978,31 @@ impl Cluster {
             dir.join("server").display().to_string(),
         ];
         server_args.extend_from_slice(extra_server_args);
+        if let Some((store, _)) = &plan.store {
+            server_args.extend(["--store".to_owned(), store.clone()]);
+        }
         let (server, url) = Spawned::start_server(&server_args).await?;
+        let mut standbys = Vec::new();
+        for n in 1..plan.store.as_ref().map_or(1, |(_, nodes)| *nodes) {
+            let mut args = server_args.clone();
+            if let Some(dir_arg) = args.iter().position(|a| a == "--data-dir") {
+                args[dir_arg + 1] = dir.join(format!("standby-{n}")).display().to_string();
+            }
+            standbys.push(Spawned::start_standby(&args)?);
+        }
         let (worker, _) = match &plan.python_worker {
             Some(python) => Spawned::start_program("Python worker", python, &python_worker_args(plan, &url)).await?,
             None => Spawned::start("worker", &worker_args(plan, &url, dir)).await?,
         };
-        Ok(Self { server, worker, url })
+        Ok(Self { server, worker, url, standbys })
     }
 
-    /// The worker first, so that it does not spin reconnecting to a stopped server.
+    /// The standbys and the worker first: a standby must not take over,
+    /// nor the worker spin reconnecting to a stopped server.
     async fn stop(self) -> anyhow::Result<()> {
+        for standby in self.standbys {
+            standby.stop().await?;
+        }
         let worker = self.worker.stop().await;
         self.server.stop().await?;
         worker
@@ -1026,6 +1075,7 @@ mod tests {
             phase: STANDARD_PHASES[3].clone(),
             workflow: BenchWorkflow::Bench,
             run_id: "r".into(),
+            store: None,
             python_worker: Some("python3".into()),
         };
         let rust = worker_args(&plan, "http://x", Path::new("/d"));
@@ -1048,6 +1098,8 @@ mod tests {
             server_pid: None,
             data_dir: None,
             keep_data: false,
+            store: None,
+            nodes: 1,
             python_worker: None,
             duration: Duration::from_secs(60),
             soak_retention: Duration::from_secs(60),
@@ -1075,6 +1127,7 @@ mod tests {
             phase: STANDARD_PHASES[3].clone(),
             workflow: BenchWorkflow::Checkout,
             run_id: "r".into(),
+            store: None,
             python_worker: None,
         };
         let args = worker_args(&plan, "http://x", Path::new("/d"));

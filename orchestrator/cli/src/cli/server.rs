@@ -149,7 +149,7 @@ impl RetentionArgs {
     }
 }
 
-fn parse_store_url(text: &str) -> Result<String, String> {
+pub(super) fn parse_store_url(text: &str) -> Result<String, String> {
     if text.starts_with("postgres://") || text.starts_with("postgresql://") {
         Ok(text.to_owned())
     } else {

@@ -50,6 +50,7 @@ pub(super) async fn run(args: &BenchArgs, data: &mut DataDir, interrupt: &Interr
         phase: Phase::standard("soak", u64::MAX / 2, CONCURRENCY, ACTIVITY_LATENCY_MS, false),
         workflow: BenchWorkflow::Bench,
         run_id: uuid::Uuid::new_v4().simple().to_string(),
+        store: None,
         python_worker: None,
     };
     let dir = data.phase_dir("soak")?;
