@@ -13,6 +13,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("sagaflow-workflows", &[]),
     ("sagaflow-engine", &["sagaflow-proto", "sagaflow-workflows"]),
     ("sagaflow-store", &["sagaflow-proto"]),
+    ("sagaflow-store-postgres", &["sagaflow-proto", "sagaflow-store"]),
     ("sagaflow-worker", &["sagaflow-proto"]),
     ("sagaflow-relay", &["sagaflow-store", "sagaflow-worker"]),
     (
@@ -22,6 +23,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "sagaflow-workflows",
             "sagaflow-engine",
             "sagaflow-store",
+            "sagaflow-store-postgres",
             "sagaflow-relay",
             "sagaflow-worker",
         ],
