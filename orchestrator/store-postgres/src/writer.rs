@@ -319,6 +319,19 @@ fn classify(what: &str, e: &tokio_postgres::Error) -> Failed {
     }
 }
 
+/// How long lease hints alone wait for a commit to share a transaction.
+const LEASE_LINGER: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Moves what is queued into `batch`, up to [`MAX_BATCH`].
+fn drain_into(batch: &mut Vec<Request>, queue: &mut mpsc::UnboundedReceiver<Request>) {
+    while batch.len() < MAX_BATCH {
+        match queue.try_recv() {
+            Ok(request) => batch.push(request),
+            Err(_) => break,
+        }
+    }
+}
+
 pub(crate) struct Writer {
     client: Client,
     st: Statements,
@@ -338,11 +351,15 @@ impl Writer {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while let Some(first) = queue.recv().await {
             batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match queue.try_recv() {
-                    Ok(request) => batch.push(request),
-                    Err(_) => break,
-                }
+            drain_into(&mut batch, &mut queue);
+            // Lease hints alone wait a little for a commit to ride with: no
+            // one waits on a hint, while a transaction of its own would hold
+            // up the commits queued behind it (dispatch records one per task).
+            if batch.iter().all(|r| matches!(r.op, Op::Leases { .. }))
+                && let Ok(Some(next)) = tokio::time::timeout(LEASE_LINGER, queue.recv()).await
+            {
+                batch.push(next);
+                drain_into(&mut batch, &mut queue);
             }
             // A clearing runs alone, between the writes queued before and after it.
             while let Some(at) = batch.iter().position(|r| matches!(r.op, Op::ClearDerived)) {
