@@ -183,23 +183,10 @@ impl Plan {
     /// request id's owner, an open workflow's deletion.
     fn check(&self, stored: &Stored, commit: &Commit) -> Result<()> {
         let wf = commit.workflow_id.as_str();
-        if let Some(first) = commit.events.first().map(|e| e.seq) {
+        if !commit.events.is_empty() {
             // `new_history` is not trusted here: another node may have
             // started the same id, and the locked row says so.
-            let at = self.stored_seq(stored, wf);
-            if first != at.saturating_add(1) {
-                return Err(Error::SequenceConflict { workflow_id: wf.into(), stored: at, requested: first });
-            }
-            for (expected, event) in (first..).zip(&commit.events) {
-                // A gap inside one commit would corrupt the history for good.
-                if event.seq != expected {
-                    return Err(Error::SequenceConflict {
-                        workflow_id: wf.into(),
-                        stored: expected - 1,
-                        requested: event.seq,
-                    });
-                }
-            }
+            sagaflow_store::check_append(wf, self.stored_seq(stored, wf), &commit.events)?;
         }
         if let Some(request_id) = &commit.request_id
             && let Some(owner) = self.owner(stored, request_id)

@@ -105,19 +105,7 @@ impl<K: Kv> KvStore<K> {
         let mut writes = Vec::with_capacity(8);
         if let Some(first) = commit.events.first().map(|e| e.seq) {
             let stored = if commit.new_history { 0 } else { self.read_last_seq(wf)? };
-            if first != stored + 1 {
-                return Err(Error::SequenceConflict { workflow_id: wf.into(), stored, requested: first });
-            }
-            for (expected, event) in (first..).zip(&commit.events) {
-                // A gap inside one commit would corrupt the history for good.
-                if event.seq != expected {
-                    return Err(Error::SequenceConflict {
-                        workflow_id: wf.into(),
-                        stored: expected - 1,
-                        requested: event.seq,
-                    });
-                }
-            }
+            check_append(wf, stored, &commit.events)?;
             let last = first + commit.events.len() as u64 - 1;
             let batch = HistoryBatch { events: std::mem::take(&mut commit.events) };
             writes.push((keys::history(wf, last), Some(batch.encode_to_vec())));
@@ -403,6 +391,26 @@ fn fit(workflow_id: &str) -> Result<()> {
     }
     let prefix = workflow_id.chars().take(32).collect();
     Err(Error::IdTooLong { prefix, len: workflow_id.len() })
+}
+
+/// Refuses events that do not extend a history stored up to `stored`
+/// without a gap or an overlap, inside the commit as after the history.
+pub fn check_append(workflow_id: &str, stored: u64, events: &[HistoryEvent]) -> Result<()> {
+    let Some(first) = events.first().map(|e| e.seq) else { return Ok(()) };
+    if first != stored.saturating_add(1) {
+        return Err(Error::SequenceConflict { workflow_id: workflow_id.into(), stored, requested: first });
+    }
+    for (expected, event) in (first..).zip(events) {
+        // A gap inside one commit would corrupt the history for good.
+        if event.seq != expected {
+            return Err(Error::SequenceConflict {
+                workflow_id: workflow_id.into(),
+                stored: expected - 1,
+                requested: event.seq,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a commit naming an id longer than [`MAX_WORKFLOW_ID_BYTES`](keys::MAX_WORKFLOW_ID_BYTES)

@@ -30,7 +30,7 @@ pub mod conformance;
 
 pub use group_commit::Durable;
 pub use keys::MAX_WORKFLOW_ID_BYTES;
-pub use kv_store::{KvStore, check_ids};
+pub use kv_store::{KvStore, check_append, check_ids};
 pub use memory::MemoryStore;
 pub use records::{DefinitionRecord, Lease, OutboxRecord, QueuePauseRecord, ShardLease, TaskRecord, TimerRecord};
 pub use sled_store::SledStore;
