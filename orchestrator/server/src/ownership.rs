@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::store::{self, Fence, ShardLease, Store};
+use crate::store::{self, Fence, Store};
 
 /// The shard the whole store is, while it has one.
 const SHARD: u32 = 0;
@@ -127,7 +127,7 @@ async fn renew(store: Arc<dyn Store>, owner: String, fence: Fence, lost: watch::
         tokio::time::sleep(RENEW_EVERY).await;
         let asked = Instant::now();
         match store.renew_shard(fence, &owner, millis(LEASE_TTL)).await {
-            Ok(ShardLease { .. }) => valid_until = asked + LEASE_TTL,
+            Ok(_) => valid_until = asked + LEASE_TTL,
             Err(e @ store::Error::Fenced { .. }) => {
                 let _ = lost.send(Some(format!("another node took the store over: {e}")));
                 return;

@@ -45,11 +45,16 @@ impl Shop {
             dir,
             server_args: server_args.iter().map(|s| (*s).to_owned()).collect(),
         };
+        shop.start_workers(extra).await;
+        shop
+    }
+
+    /// Every group's worker, with its `extra` arguments.
+    async fn start_workers(&mut self, extra: &[(&str, &[&str])]) {
         for group in GROUPS {
             let args = extra.iter().find(|(g, _)| g == group).map_or(&[][..], |(_, a)| *a);
-            shop.start_worker(group, args).await;
+            self.start_worker(group, args).await;
         }
-        shop
     }
 
     /// The shop's workers alone, for the orchestrator nodes at `nodes`
@@ -62,9 +67,7 @@ impl Shop {
             dir: tempfile::tempdir().unwrap(),
             server_args: Vec::new(),
         };
-        for group in GROUPS {
-            shop.start_worker(group, &[]).await;
-        }
+        shop.start_workers(&[]).await;
         shop
     }
 
