@@ -5,7 +5,8 @@
 #   2. `sagaflow definition apply trip.yaml`: the saga is registered at runtime, as data;
 #   3. the example's worker and client (examples/trip_booking.rs), which books three trips and exits
 #      non-zero if any ended otherwise than expected.
-# The server is $SAGAFLOW_BIN, else target/debug/sagaflow (built here if missing).
+# The server is $SAGAFLOW_BIN, else target/debug/sagaflow (built here if missing). The example is
+# $TRIP_BOOKING_BIN, else target/debug/examples/trip_booking (built here).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
@@ -15,7 +16,10 @@ if [ -z "${SAGAFLOW_BIN:-}" ]; then
   (cd "$repo" && cargo build --quiet --bin sagaflow)
   SAGAFLOW_BIN="$target/debug/sagaflow"
 fi
-(cd "$repo" && cargo build --quiet -p sagaflow-examples --example trip_booking)
+if [ -z "${TRIP_BOOKING_BIN:-}" ]; then
+  (cd "$repo" && cargo build --quiet -p sagaflow-examples --example trip_booking)
+  TRIP_BOOKING_BIN="$target/debug/examples/trip_booking"
+fi
 
 data="$(mktemp -d)"
 server=""
@@ -34,4 +38,4 @@ for _ in $(seq 1 100); do grep -q "^sagaflow listening" "$data/server.log" && br
 grep -q "^sagaflow listening" "$data/server.log" || { echo "run.sh: the server did not start:" >&2; cat "$data/server.log" >&2; exit 1; }
 
 "$SAGAFLOW_BIN" definition apply "$here/trip.yaml" --server "http://127.0.0.1:$grpc"
-"$target/debug/examples/trip_booking" --server "http://127.0.0.1:$grpc"
+"$TRIP_BOOKING_BIN" --server "http://127.0.0.1:$grpc"

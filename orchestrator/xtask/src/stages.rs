@@ -45,9 +45,15 @@ impl Context {
         command
     }
 
-    /// The debug `sagaflow` that the examples stage builds; the bench and chaos stages run it.
+    /// The debug `sagaflow` that `cargo test --workspace` builds for the CLI's tests; the examples,
+    /// Python, bench and chaos stages run it.
     fn sagaflow(&self) -> PathBuf {
         self.target_dir.join("debug").join("sagaflow")
+    }
+
+    /// An example that `cargo test --workspace` built (it builds every example, to check it).
+    fn example(&self, name: &str) -> PathBuf {
+        self.target_dir.join("debug").join("examples").join(name)
     }
 }
 
@@ -88,20 +94,24 @@ impl Stage {
                 vec![test]
             }
             Self::Examples => {
+                // The binaries `cargo test --workspace` built, not a second build: a plain `cargo
+                // build` resolves features without the dev-dependencies' (test-only crash points,
+                // the conformance suite) and so recompiles most of the workspace, minutes on CI.
+                // The no-run build is a no-op after the test stage and builds them when run alone.
+                // Not the test stage's arguments: `--test NAME` would leave the examples unbuilt.
+                let build = context.cargo(&["test", "--workspace", "--no-run", "-q"]);
+                let example = |name: &str| Command::new(context.example(name));
                 let mut python = Command::new("bash");
                 python.arg("examples/python/run.sh").env("SAGAFLOW_BIN", context.sagaflow());
                 let mut trips = Command::new("bash");
-                trips.arg("examples/trip-booking/run.sh").env("SAGAFLOW_BIN", context.sagaflow());
-                vec![
-                    context.cargo(&["run", "-q", "-p", "sagaflow-examples", "--example", "custom_saga"]),
-                    context.cargo(&["run", "-q", "-p", "sagaflow-examples", "--example", "quickstart"]),
-                    context.cargo(&["build", "-q", "--bin", "sagaflow"]),
-                    trips,
-                    python,
-                ]
+                trips
+                    .arg("examples/trip-booking/run.sh")
+                    .env("SAGAFLOW_BIN", context.sagaflow())
+                    .env("TRIP_BOOKING_BIN", context.example("trip_booking"));
+                vec![build, example("custom_saga"), example("quickstart"), trips, python]
             }
             Self::PythonSdk => {
-                // After Examples, which builds the debug `sagaflow` these tests start.
+                // After the test stage, which builds the debug `sagaflow` these tests start.
                 let mut tests = Command::new("bash");
                 tests.args(["worker/python/run-tests.sh", "-q"]).env("SAGAFLOW_BIN", context.sagaflow());
                 vec![tests]
