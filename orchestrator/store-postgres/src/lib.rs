@@ -78,6 +78,14 @@ impl PostgresStore {
         self.shared.transactions()
     }
 
+    /// Batches that went the path that reads under lock (ADR 0029): their
+    /// assumptions failed (another node wrote, a commit is refused), they
+    /// delete workflows, or the writer did not know the outbox high water
+    /// mark yet. Every other batch commits in one round trip.
+    pub fn read_path_batches(&self) -> u64 {
+        self.shared.read_path_batches()
+    }
+
     fn send(&self, op: Op) -> Result<oneshot::Receiver<Result<()>>> {
         if let Some(failure) = self.shared.failure() {
             return Err(Error::FlushFailed(failure));

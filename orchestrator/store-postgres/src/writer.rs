@@ -1,24 +1,32 @@
 //! Group commit: one writer task, one connection, one transaction per batch.
 //!
 //! Callers queue their writes and wait. The writer takes everything queued
-//! (up to [`MAX_BATCH`]) and applies it in one transaction of two round
-//! trips, each a pipeline of statements:
+//! (up to [`MAX_BATCH`]) and applies it in one transaction, by one of two
+//! paths:
 //!
-//! 1. `BEGIN`, then lock what the checks read: the `histories` rows of the
-//!    batch's workflows (a row is inserted first for a new history, so that
-//!    a start locks too), the request ids (advisory locks on their hashes),
-//!    the open flags of workflows being deleted, and the outbox high water
-//!    mark when the batch carries outbox records.
-//! 2. The checks run in memory ([`Plan`]); the admitted commits' rows go out
-//!    as one statement per table and kind of change (`unnest` of arrays),
-//!    then `COMMIT`.
+//! - **Asserted, one round trip** (the usual one). The writer assumes what
+//!   it expects to find: each history where the batch's first event says it
+//!   ends, request ids free or already the workflow's, the outbox high water
+//!   mark where its last batch left it, the shard's epoch its own. It works
+//!   the plan out in memory ([`Plan`]) and sends `BEGIN`, the writes and
+//!   `COMMIT` in one pipeline, every assumption written as a conditional
+//!   statement that fails the transaction when it does not hold
+//!   (`sagaflow_assert`, migration 3). Then the `COMMIT` rolls back, and
+//!   the batch goes the other way.
+//! - **Read under lock, two round trips**, when an assumption failed or the
+//!   batch deletes workflows: `BEGIN` and lock what the checks read (the
+//!   `histories` rows of the batch's workflows, a row inserted first for a
+//!   new history so that a start locks too; the request ids, by advisory
+//!   locks on their hashes; the open flags of workflows being deleted; the
+//!   outbox high water mark), then the checks run in memory, and the
+//!   admitted commits' rows go out with the `COMMIT`. A refused commit is
+//!   left out of its batch and answered with its error; the rest commit.
 //!
-//! While one batch commits, the next one queues: under load one WAL flush
-//! covers many commits. A refused commit is left out of its batch and
-//! answered with its error; the rest commit. The locks are taken in one
-//! order (sorted ids) by every node, and a deadlock or serialization failure
-//! the server reports anyway is retried, so another node's traffic never
-//! fails a batch.
+//! Either way each table gets one statement per kind of change (`unnest` of
+//! arrays). While one batch commits, the next one queues: under load one
+//! WAL flush covers many commits. The locks are taken in one order (sorted
+//! ids) by every node, and a deadlock or serialization failure the server
+//! reports anyway is retried, so another node's traffic never fails a batch.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -59,6 +67,7 @@ pub(crate) struct Request {
 pub(crate) struct Shared {
     failure: Mutex<Option<String>>,
     transactions: AtomicU64,
+    read_path_batches: AtomicU64,
     /// Lease hints handed to the writer, and those it has processed
     /// (committed, or lost with a failed batch): a read of the leases waits
     /// for the hints recorded before it, as it would see them at once in the
@@ -74,6 +83,7 @@ impl Default for Shared {
         Self {
             failure: Mutex::default(),
             transactions: AtomicU64::default(),
+            read_path_batches: AtomicU64::default(),
             leases_sent: AtomicU64::default(),
             leases_done: watch::Sender::new(0),
             fence: Mutex::default(),
@@ -101,6 +111,10 @@ impl Shared {
 
     pub(crate) fn transactions(&self) -> u64 {
         self.transactions.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn read_path_batches(&self) -> u64 {
+        self.read_path_batches.load(Ordering::Relaxed)
     }
 
     /// Counts a lease hint before it is queued. Counting first is what makes
@@ -169,6 +183,12 @@ struct Statements {
     upsert_definitions: Statement,
     upsert_queue_pauses: Statement,
     delete_queue_pauses: Statement,
+    // The asserted path's conditional writes (see the module's comment).
+    assert_fence: Statement,
+    assert_histories: Statement,
+    assert_new_histories: Statement,
+    assert_requests: Statement,
+    assert_high_water: Statement,
 }
 
 impl Statements {
@@ -251,6 +271,33 @@ impl Statements {
                 ON CONFLICT (queue) DO UPDATE SET record = excluded.record")
             .await?,
             delete_queue_pauses: p("DELETE FROM queue_pauses WHERE queue = ANY($1::text[])").await?,
+            assert_fence: p("SELECT sagaflow_assert(coalesce(
+                (SELECT epoch FROM shard_leases WHERE shard = $1 FOR SHARE) = $2, false), 'the shard epoch')")
+            .await?,
+            assert_histories: p("WITH moved AS (UPDATE histories AS h SET last_seq = w.last_seq
+                FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS w (workflow_id, expected, last_seq)
+                WHERE h.workflow_id = w.workflow_id AND h.last_seq = w.expected RETURNING 1)
+                SELECT sagaflow_assert((SELECT count(*) FROM moved) = cardinality($1::text[]), 'history positions')")
+            .await?,
+            // A row at 0 is one a refused start left behind: as good as none.
+            assert_new_histories: p("WITH started AS (INSERT INTO histories (workflow_id, last_seq)
+                SELECT * FROM unnest($1::text[], $2::bigint[]) ORDER BY 1
+                ON CONFLICT (workflow_id) DO UPDATE SET last_seq = excluded.last_seq WHERE histories.last_seq = 0
+                RETURNING 1)
+                SELECT sagaflow_assert((SELECT count(*) FROM started) = cardinality($1::text[]), 'new histories')")
+            .await?,
+            // A concurrent claim of the same id waits on its unique index
+            // entry, then finds it taken.
+            assert_requests: p("WITH claimed AS (INSERT INTO requests (request_id, workflow_id)
+                SELECT * FROM unnest($1::text[], $2::text[]) ORDER BY 1
+                ON CONFLICT (request_id) DO UPDATE SET workflow_id = excluded.workflow_id
+                WHERE requests.workflow_id = excluded.workflow_id RETURNING 1)
+                SELECT sagaflow_assert((SELECT count(*) FROM claimed) = cardinality($1::text[]), 'request ids')")
+            .await?,
+            assert_high_water: p("WITH moved AS (UPDATE sagaflow_meta SET value = $2
+                WHERE name = 'outbox_high_water' AND value = $1 RETURNING 1)
+                SELECT sagaflow_assert((SELECT count(*) FROM moved) = 1, 'the outbox high water mark')")
+            .await?,
         })
     }
 }
@@ -262,6 +309,9 @@ enum Failed {
     Retry(String),
     /// Nothing was written: the batch is answered with the error.
     Abort(String),
+    /// An asserted path's assumption did not hold (SQLSTATE SF001): nothing
+    /// was written, and the batch goes the path that reads under lock.
+    Assumption(String),
     /// The connection broke: nothing was written, or the outcome of its
     /// `COMMIT` is unknown. Either way nothing may be acknowledged, and
     /// nothing more can commit on it.
@@ -315,9 +365,13 @@ fn classify(what: &str, e: &tokio_postgres::Error) -> Failed {
         // Class 08 (connection exception) and the server ending the
         // session (57P01..57P03: shutdown, crash, cannot connect now).
         Some(code) if code.code().starts_with("08") || code.code().starts_with("57P") => Failed::Lost(message),
+        Some(code) if code.code() == ASSUMPTION_FAILED => Failed::Assumption(message),
         _ => Failed::Abort(message),
     }
 }
+
+/// The SQLSTATE of `sagaflow_assert` (migration 3).
+const ASSUMPTION_FAILED: &str = "SF001";
 
 /// How long lease hints alone wait for a commit to share a transaction.
 const LEASE_LINGER: std::time::Duration = std::time::Duration::from_millis(20);
@@ -336,12 +390,26 @@ pub(crate) struct Writer {
     client: Client,
     st: Statements,
     shared: std::sync::Arc<Shared>,
+    /// The outbox high water mark as this writer's last committed batch left
+    /// it: what the asserted path assumes. Unknown until a batch read it.
+    high_water: Mutex<Option<u64>>,
+}
+
+/// How a batch's transaction checks what its plan relied on.
+#[derive(Clone, Copy)]
+enum Checks {
+    /// `lock_and_read` began the transaction, and the plan was checked
+    /// against what it read.
+    ReadUnderLock,
+    /// Nothing was read: the write pipeline begins the transaction, and
+    /// asserts the fence (if any) and each assumption as it writes.
+    Asserted(Option<Fence>),
 }
 
 impl Writer {
     pub(crate) async fn start(client: Client, shared: std::sync::Arc<Shared>) -> Result<Self> {
         let st = Statements::prepare(&client).await?;
-        Ok(Self { client, st, shared })
+        Ok(Self { client, st, shared, high_water: Mutex::default() })
     }
 
     /// Applies batches until every handle of the store is dropped.
@@ -400,7 +468,8 @@ impl Writer {
                     tracing::debug!(%reason, attempt, "retrying a PostgreSQL write batch");
                     self.rollback().await;
                 }
-                Err(Failed::Retry(reason) | Failed::Abort(reason)) => {
+                // An assumption is only made, and its failure handled, in `transact`.
+                Err(Failed::Retry(reason) | Failed::Abort(reason) | Failed::Assumption(reason)) => {
                     self.rollback().await;
                     break Err((reason, false));
                 }
@@ -452,6 +521,25 @@ impl Writer {
 
     /// One attempt at a batch: its verdicts once the transaction committed.
     async fn transact(&self, batch: &[Request]) -> std::result::Result<Vec<Result<()>>, Failed> {
+        if let Some(assumed) = self.assume(batch) {
+            let (plan, verdicts) = Plan::build(batch.iter().map(|r| &r.op), &assumed);
+            // A refusal must name its reason, which only the read path knows.
+            if verdicts.iter().all(Result::is_ok) {
+                match self.write(&plan, &assumed, Checks::Asserted(self.shared.fence())).await {
+                    Ok(()) => {
+                        self.remember_high_water(plan.outbox_high_water);
+                        return Ok(verdicts);
+                    }
+                    Err(Failed::Assumption(reason)) => {
+                        tracing::debug!(%reason, "an asserted write batch goes the read path");
+                        metrics::counter!("sagaflow_store_assumptions_failed_total").increment(1);
+                        self.rollback().await;
+                    }
+                    Err(failed) => return Err(failed),
+                }
+            }
+        }
+        self.shared.read_path_batches.fetch_add(1, Ordering::Relaxed);
         let stored = self.lock_and_read(batch).await?;
         if let Some((fence, current)) = stored.fenced_off {
             // Nothing of a fenced-off node's batch may land.
@@ -465,8 +553,35 @@ impl Writer {
         if plan.last_seq.iter().any(|(wf, last)| *last > 0 && !stored.last_seq.contains_key(wf)) {
             return Err(Failed::Retry("a history row was deleted while the batch locked it".into()));
         }
-        self.write(&plan, &stored).await?;
+        self.write(&plan, &stored, Checks::ReadUnderLock).await?;
+        self.remember_high_water(plan.outbox_high_water.or(stored.outbox_high_water));
         Ok(verdicts)
+    }
+
+    /// What the asserted path assumes the database holds for `batch`; `None`
+    /// when it cannot assume: a deletion (whose check reads an open flag), or
+    /// outbox records before this writer knows the high water mark.
+    fn assume(&self, batch: &[Request]) -> Option<Stored> {
+        let mut assumed = Stored::default();
+        for commit in batch.iter().filter_map(|r| r.op.as_commit()) {
+            if commit.delete.is_some() {
+                return None;
+            }
+            if let Some(first) = commit.events.first() {
+                // A first event at 0 is refused by the plan's own check.
+                assumed.last_seq.entry(commit.workflow_id.clone()).or_insert(first.seq.saturating_sub(1));
+            }
+            if !commit.outbox.is_empty() && assumed.outbox_high_water.is_none() {
+                assumed.outbox_high_water = Some((*self.high_water.lock().ok()?)?);
+            }
+        }
+        Some(assumed)
+    }
+
+    fn remember_high_water(&self, high_water: Option<u64>) {
+        if let Some(high_water) = high_water {
+            *self.high_water.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(high_water);
+        }
     }
 
     /// `BEGIN`, then the locks and reads the checks need, in one round trip.
@@ -567,8 +682,9 @@ impl Writer {
         Ok(stored)
     }
 
-    /// The plan's rows, then `COMMIT`, in one round trip.
-    async fn write(&self, plan: &Plan, stored: &Stored) -> std::result::Result<(), Failed> {
+    /// The plan's rows, then `COMMIT`, in one round trip; on the asserted
+    /// path, `BEGIN` and the assertions too.
+    async fn write(&self, plan: &Plan, stored: &Stored, checks: Checks) -> std::result::Result<(), Failed> {
         let too_big = |what: &str| Failed::Abort(format!("a {what} past the largest bigint cannot be stored"));
         let seq = |n: u64| i64::try_from(n).map_err(|_| too_big("sequence number"));
 
@@ -581,6 +697,23 @@ impl Writer {
         let (updates, history_deletes) = plan.history_rows(stored);
         let update_ids: Vec<&str> = updates.iter().map(|(wf, _)| wf.as_str()).collect();
         let update_seqs = updates.iter().map(|(_, last)| seq(*last)).collect::<std::result::Result<Vec<_>, _>>()?;
+        // The asserted path's expected positions; 0: a new history.
+        let expected = updates
+            .iter()
+            .map(|(wf, _)| seq(stored.last_seq.get(wf).copied().unwrap_or(0)))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let (mut new_ids, mut new_seqs, mut moved_ids, mut moved_expected, mut moved_seqs) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for ((wf, last), was) in update_ids.iter().zip(&update_seqs).zip(&expected) {
+            if *was == 0 {
+                new_ids.push(*wf);
+                new_seqs.push(*last);
+            } else {
+                moved_ids.push(*wf);
+                moved_expected.push(*was);
+                moved_seqs.push(*last);
+            }
+        }
 
         let (summary_puts, summary_deletes) = split(&plan.summaries);
         let s_ids: Vec<&str> = summary_puts.iter().map(|(wf, _)| wf.as_str()).collect();
@@ -617,6 +750,7 @@ impl Writer {
         let o_records: Vec<&[u8]> = plan.outbox.iter().map(|(_, r)| r.as_slice()).collect();
         let o_deleted = plan.deleted_outbox.iter().map(|s| i64::try_from(*s).unwrap_or(i64::MAX)).collect::<Vec<_>>();
         let high_water = plan.outbox_high_water.map(seq).transpose()?;
+        let high_water_was = stored.outbox_high_water.map(seq).transpose()?;
         let floor = plan.outbox_floor.map(|f| i64::try_from(f).unwrap_or(i64::MAX));
 
         let d_types: Vec<&str> = plan.definitions.keys().map(|(t, _)| t.as_str()).collect();
@@ -630,6 +764,8 @@ impl Writer {
         let p_wiped: [&(dyn ToSql + Sync); 1] = [&wiped];
         let p_batches: [&(dyn ToSql + Sync); 4] = [&batch_ids, &batch_firsts, &batch_lasts, &batch_events];
         let p_updates: [&(dyn ToSql + Sync); 2] = [&update_ids, &update_seqs];
+        let p_new_histories: [&(dyn ToSql + Sync); 2] = [&new_ids, &new_seqs];
+        let p_moved_histories: [&(dyn ToSql + Sync); 3] = [&moved_ids, &moved_expected, &moved_seqs];
         let p_history_deletes: [&(dyn ToSql + Sync); 1] = [&history_deletes];
         let p_summaries: [&(dyn ToSql + Sync); 9] =
             [&s_ids, &s_bytes, &s_status, &s_type, &s_labels, &s_stuck, &s_paused, &s_closed, &s_open];
@@ -645,6 +781,15 @@ impl Writer {
         let p_outbox: [&(dyn ToSql + Sync); 2] = [&o_seqs, &o_records];
         let p_outbox_deletes: [&(dyn ToSql + Sync); 1] = [&o_deleted];
         let p_high_water: [&(dyn ToSql + Sync); 1] = [&high_water];
+        let p_moved_high_water: [&(dyn ToSql + Sync); 2] = [&high_water_was, &high_water];
+        let fence = match checks {
+            Checks::Asserted(fence) => fence,
+            Checks::ReadUnderLock => None,
+        };
+        let fence_shard = fence.map(|f| i32::try_from(f.shard).unwrap_or(i32::MAX));
+        let fence_epoch = fence.map(|f| i64::try_from(f.epoch).unwrap_or(i64::MAX));
+        let p_fence: [&(dyn ToSql + Sync); 2] = [&fence_shard, &fence_epoch];
+        let asserted = matches!(checks, Checks::Asserted(_));
         let p_floor: [&(dyn ToSql + Sync); 1] = [&floor];
         let p_definitions: [&(dyn ToSql + Sync); 3] = [&d_types, &d_versions, &d_records];
         let p_pauses: [&(dyn ToSql + Sync); 2] = [&q_names, &q_records];
@@ -652,6 +797,29 @@ impl Writer {
 
         let st = &self.st;
         let mut pipeline = Pipeline::new(&self.client);
+        if asserted {
+            pipeline.simple("BEGIN");
+        }
+        // The assertions before the writes: a write that collides with
+        // another node's (a batch number, an outbox number) would fail the
+        // transaction with an error that does not say to read and retry.
+        if fence.is_some() {
+            pipeline.query("asserting the shard's epoch", &st.assert_fence, &p_fence);
+        }
+        if asserted {
+            if !new_ids.is_empty() {
+                pipeline.query("asserting new histories", &st.assert_new_histories, &p_new_histories);
+            }
+            if !moved_ids.is_empty() {
+                pipeline.query("asserting history positions", &st.assert_histories, &p_moved_histories);
+            }
+            if !r_ids.is_empty() {
+                pipeline.query("asserting request ids", &st.assert_requests, &p_requests);
+            }
+            if high_water.is_some() {
+                pipeline.query("asserting the outbox high water mark", &st.assert_high_water, &p_moved_high_water);
+            }
+        }
         // A deleted history's batches go before the batches of a history
         // started anew under its id in the same batch.
         if !wiped.is_empty() {
@@ -660,7 +828,7 @@ impl Writer {
         if !batch_ids.is_empty() {
             pipeline.query("appending events", &st.insert_batches, &p_batches);
         }
-        if !update_ids.is_empty() {
+        if !asserted && !update_ids.is_empty() {
             pipeline.query("updating history lengths", &st.update_histories, &p_updates);
         }
         if !history_deletes.is_empty() {
@@ -672,7 +840,7 @@ impl Writer {
         if !summary_deletes.is_empty() {
             pipeline.query("deleting summaries", &st.delete_summaries, &p_summary_deletes);
         }
-        if !r_ids.is_empty() {
+        if !asserted && !r_ids.is_empty() {
             pipeline.query("writing request ids", &st.upsert_requests, &p_requests);
         }
         if !request_deletes.is_empty() {
@@ -702,7 +870,7 @@ impl Writer {
         if !o_deleted.is_empty() {
             pipeline.query("deleting outbox records", &st.delete_outbox, &p_outbox_deletes);
         }
-        if high_water.is_some() {
+        if !asserted && high_water.is_some() {
             pipeline.query("storing the outbox high water mark", &st.store_high_water, &p_high_water);
         }
         if floor.is_some() {

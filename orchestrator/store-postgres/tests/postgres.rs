@@ -45,7 +45,7 @@ async fn migrations_apply_once_and_a_second_connect_changes_nothing() {
     let first = migrations(&db).await;
     assert_eq!(
         first.iter().map(|(v, n, _)| (*v, n.as_str())).collect::<Vec<_>>(),
-        [(1, "initial"), (2, "shard_leases")]
+        [(1, "initial"), (2, "shard_leases"), (3, "assertions")]
     );
     assert_eq!(first.last().map(|(v, _, _)| *v), Some(LATEST_VERSION));
     drop(store(&db).await);
@@ -146,6 +146,46 @@ async fn two_nodes_racing_on_one_history_each_win_a_position_once() {
     }
     let seqs: Vec<u64> = nodes[1].history("wf", 1, 100).await.unwrap().iter().map(|e| e.seq).collect();
     assert_eq!(seqs, (1..=40).collect::<Vec<_>>());
+}
+
+/// A batch that finds what it assumed commits in one round trip; one whose
+/// assumption another node broke, or whose commit is refused, goes the read
+/// path and is answered as the read path alone would answer it.
+#[tokio::test]
+async fn batches_take_the_read_path_only_when_an_assumption_fails() {
+    let db = TestDb::create().await;
+    let (a, b) = (store(&db).await, store(&db).await);
+    let with_record = |mut commit: Commit, id: &str| {
+        commit.outbox = vec![OutboxRecord { event_id: id.into(), ..Default::default() }];
+        commit
+    };
+    let started = Commit { request_id: Some("req".into()), ..append("wf", 1..=1) };
+    a.commit(with_record(started, "a1")).await.unwrap().wait().await.unwrap();
+    assert_eq!(a.read_path_batches(), 1, "the first outbox number is read: the writer does not know it yet");
+    for seq in 2..=20 {
+        a.commit(with_record(append("wf", seq..=seq), &format!("a{seq}"))).await.unwrap().wait().await.unwrap();
+    }
+    a.commit(Commit { request_id: Some("req".into()), ..append("wf", 21..=21) }).await.unwrap().wait().await.unwrap();
+    assert_eq!(a.read_path_batches(), 1, "appends, outbox numbers and a request id it owns all as assumed");
+
+    // Another node moves the outbox high water mark and the history on.
+    b.commit(with_record(append("wf", 22..=22), "b22")).await.unwrap().wait().await.unwrap();
+    a.commit(with_record(append("other", 1..=1), "a-other")).await.unwrap().wait().await.unwrap();
+    assert_eq!(a.read_path_batches(), 2, "a stale high water mark sends the batch the read path");
+    match a.commit(append("wf", 22..=22)).await.map(drop) {
+        Err(Error::SequenceConflict { stored, requested, .. }) => assert_eq!((stored, requested), (22, 22)),
+        other => panic!("a position another node took must be a conflict, got {other:?}"),
+    }
+    match a.commit(Commit { request_id: Some("req".into()), ..append("third", 1..=1) }).await.map(drop) {
+        Err(Error::RequestIdTaken { workflow_id, .. }) => assert_eq!(workflow_id, "wf"),
+        other => panic!("a request id another workflow owns must be refused, got {other:?}"),
+    }
+    assert_eq!(a.read_path_batches(), 4);
+    assert_eq!(a.last_seq("third").await.unwrap(), 0, "the refused start wrote nothing");
+    let seqs: Vec<u64> = a.outbox(0, 100).await.unwrap().iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (1..=22).collect::<Vec<_>>(), "outbox numbers without gaps or repeats");
+    a.commit(append("wf", 23..=23)).await.unwrap().wait().await.unwrap();
+    assert_eq!(a.read_path_batches(), 4, "back on the asserted path");
 }
 
 /// Two nodes start different workflows with one request id: one wins.
