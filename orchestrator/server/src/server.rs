@@ -232,15 +232,26 @@ impl Server {
         options.check_exposure()?;
         let extensions = Arc::new(extensions);
         let policy = Arc::new(Policy::with_rules(extensions.iter().flat_map(|e| e.rules())));
-        let store: Arc<dyn Store> = match (store, &options.storage) {
-            (Some(store), _) => store,
-            (None, Storage::Sled(dir)) => Arc::new(
-                SledStore::open(&dir.join("orchestrator"))
-                    .map_err(|source| Error::Store { dir: dir.clone(), source })?,
+        // The lease key beside the store, so that a worker running through a
+        // restart (or, on PostgreSQL, a takeover) can still prove its leases
+        // (runtime/lease_token.rs).
+        let (store, lease_key): (Arc<dyn Store>, LeaseKey) = match (store, &options.storage) {
+            (Some(store), Storage::Sled(dir) | Storage::Postgres { dir, .. }) => {
+                (store, LeaseKey::load_or_create(&dir.join("lease.key"))?)
+            }
+            (Some(store), Storage::Memory) => (store, LeaseKey::random()),
+            (None, Storage::Sled(dir)) => (
+                Arc::new(
+                    SledStore::open(&dir.join("orchestrator"))
+                        .map_err(|source| Error::Store { dir: dir.clone(), source })?,
+                ),
+                LeaseKey::load_or_create(&dir.join("lease.key"))?,
             ),
-            (None, Storage::Memory) => Arc::new(MemoryStore::in_memory()),
+            (None, Storage::Memory) => (Arc::new(MemoryStore::in_memory()), LeaseKey::random()),
             (None, Storage::Postgres { url, .. }) => {
-                Arc::new(sagaflow_store_postgres::PostgresStore::connect(url).await.map_err(Error::Database)?)
+                let store = sagaflow_store_postgres::PostgresStore::connect(url).await.map_err(Error::Database)?;
+                let key = store.shared_secret("lease_key", LeaseKey::fresh_bytes).await.map_err(Error::Database)?;
+                (Arc::new(store), LeaseKey::from_shared(&key)?)
             }
         };
         let ownership = match &options.storage {
@@ -248,12 +259,6 @@ impl Server {
                 Some(crate::ownership::Ownership::take(Arc::clone(&store), crate::ownership::node_id()).await?)
             }
             Storage::Sled(_) | Storage::Memory => None,
-        };
-        // Beside the store, so that a worker running through a restart can
-        // still prove its leases (runtime/lease_token.rs).
-        let lease_key = match &options.storage {
-            Storage::Sled(dir) | Storage::Postgres { dir, .. } => LeaseKey::load_or_create(&dir.join("lease.key"))?,
-            Storage::Memory => LeaseKey::random(),
         };
         crate::http::prometheus();
         let open_files = crate::connections::raise_open_file_limit();

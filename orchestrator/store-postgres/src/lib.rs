@@ -78,6 +78,25 @@ impl PostgresStore {
         self.shared.transactions()
     }
 
+    /// The secret named `name` that every node on this database shares:
+    /// `fresh` makes it if no node did yet. Two nodes that ask at once both
+    /// get the one that landed first.
+    pub async fn shared_secret(&self, name: &str, fresh: impl FnOnce() -> Vec<u8>) -> Result<Vec<u8>> {
+        let client = self.readers.client();
+        client
+            .execute(
+                "INSERT INTO cluster_secrets (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&name, &fresh()],
+            )
+            .await
+            .map_err(engine("storing a cluster secret"))?;
+        let row = client
+            .query_one("SELECT value FROM cluster_secrets WHERE name = $1", &[&name])
+            .await
+            .map_err(engine("reading a cluster secret"))?;
+        row.try_get(0).map_err(|e| Error::Corrupt { key: format!("cluster_secrets/{name}"), reason: e.to_string() })
+    }
+
     /// Batches that went the path that reads under lock (ADR 0029): their
     /// assumptions failed (another node wrote, a commit is refused), they
     /// delete workflows, or the writer did not know the outbox high water

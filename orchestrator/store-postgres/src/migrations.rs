@@ -22,10 +22,11 @@ const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "initial", sql: include_str!("../migrations/0001_initial.sql") },
     Migration { version: 2, name: "shard_leases", sql: include_str!("../migrations/0002_shard_leases.sql") },
     Migration { version: 3, name: "assertions", sql: include_str!("../migrations/0003_assertions.sql") },
+    Migration { version: 4, name: "cluster_secrets", sql: include_str!("../migrations/0004_cluster_secrets.sql") },
 ];
 
 /// The schema version this build writes and reads.
-pub const LATEST_VERSION: i32 = 3;
+pub const LATEST_VERSION: i32 = 4;
 
 /// The advisory lock key of schema changes ("SAGAFLOW" in ASCII). The
 /// writer's request-id locks use the two-key form, a separate key space.

@@ -45,7 +45,7 @@ async fn migrations_apply_once_and_a_second_connect_changes_nothing() {
     let first = migrations(&db).await;
     assert_eq!(
         first.iter().map(|(v, n, _)| (*v, n.as_str())).collect::<Vec<_>>(),
-        [(1, "initial"), (2, "shard_leases"), (3, "assertions")]
+        [(1, "initial"), (2, "shard_leases"), (3, "assertions"), (4, "cluster_secrets")]
     );
     assert_eq!(first.last().map(|(v, _, _)| *v), Some(LATEST_VERSION));
     drop(store(&db).await);
@@ -389,4 +389,30 @@ async fn a_node_that_lost_its_shard_is_fenced_off_by_the_database() {
     assert_eq!(b.last_seq("wf").await.unwrap(), 2);
     let seqs: Vec<u64> = a.history("wf", 1, 10).await.unwrap().iter().map(|e| e.seq).collect();
     assert_eq!(seqs, [1, 2], "only the new owner's append is there");
+}
+
+/// Nodes that ask for a cluster secret at once all get the one that landed
+/// first, and it outlives them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_share_one_cluster_secret() {
+    let db = TestDb::create().await;
+    let nodes = [store(&db).await, store(&db).await, store(&db).await];
+    let asks: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            let node = Arc::clone(node);
+            tokio::spawn(async move { node.shared_secret("lease_key", || vec![u8::try_from(i).unwrap(); 32]).await })
+        })
+        .collect();
+    let mut secrets = Vec::new();
+    for ask in asks {
+        secrets.push(ask.await.unwrap().unwrap());
+    }
+    assert!(secrets.iter().all(|s| *s == secrets[0] && s.len() == 32), "{secrets:?}");
+    drop(nodes);
+    let later = store(&db).await.shared_secret("lease_key", || vec![9; 32]).await.unwrap();
+    assert_eq!(later, secrets[0], "a node started later finds the same secret");
+    let other = store(&db).await.shared_secret("another", || vec![7; 4]).await.unwrap();
+    assert_eq!(other, [7; 4], "each name its own secret");
 }

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +18,7 @@ from sagaflow import (
     InvalidArgument,
     NotFound,
     SyncClient,
+    Unavailable,
     WorkflowStatus,
     WorkflowTimedOut,
     event_attributes,
@@ -149,3 +152,41 @@ async def test_a_deleted_workflow_is_read_back_from_the_archive(tmp_path: Any) -
             assert archived == live and live[-1][1] == "WorkflowTerminated"
     finally:
         server.stop()
+
+
+def _dead_address() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+async def test_a_client_of_several_nodes_uses_the_first_that_connects(server: ServerProcess) -> None:
+    dead = _dead_address()
+    async with Client([dead, server.url]) as client:
+        started = await client.start("py.gated", {})
+        assert (await client.describe(started.workflow_id)).status is WorkflowStatus.RUNNING
+    with SyncClient(f"{dead},{server.url}") as sync:
+        assert sync.describe(started.workflow_id).status is WorkflowStatus.RUNNING
+    async with Client(f"{dead},{_dead_address()}", connect_timeout=5) as nowhere:
+        with pytest.raises(Unavailable, match="no server of"):
+            await nowhere.describe(started.workflow_id)
+
+
+async def test_a_client_of_several_nodes_chooses_again_when_its_node_is_lost(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, b = ServerProcess(tmp_path / "a"), ServerProcess(tmp_path / "b")
+    try:
+        async with Client(f"{a.url},{b.url}") as client:
+            started = await client.start("py.gated", {})  # on a, the first that connects
+            a.process.kill()
+            a.process.wait()
+            try:
+                await client.describe(started.workflow_id)
+            except (Unavailable, NotFound):
+                pass  # the loss may show on this call (never re-sent); it reached b if it did not
+            with pytest.raises(NotFound):  # b, another store, never heard of it
+                await client.describe(started.workflow_id)
+    finally:
+        a.stop()
+        b.stop()

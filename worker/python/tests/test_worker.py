@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from sagaflow import (
     event_attributes,
     event_type,
 )
+from sagaflow._channel import servers_of
 
 
 def events_of(history: list[Any], name: str) -> list[Any]:
@@ -175,6 +177,80 @@ async def test_bad_registrations_are_refused_at_once() -> None:
 
 async def _noop(ctx: ActivityContext, input: Any) -> Any:
     return None
+
+
+def dead_address() -> str:
+    """A loopback address nothing listens on: a port the OS handed out, then closed."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_server_addresses_split_on_commas_and_blank_entries_are_refused() -> None:
+    assert servers_of("127.0.0.1:1", None) == ["127.0.0.1:1"]
+    assert servers_of(" http://a:1 ,https://b:2", None) == ["http://a:1", "https://b:2"]
+    assert servers_of(["http://a:1", "b:2,c:3"], None) == ["http://a:1", "b:2", "c:3"]
+    for blank in ("", " ", "a:1,", ",a:1", "a:1,,b:2", "a:1, ,b:2", ["a:1", ""], ["a:1", " , "]):
+        with pytest.raises(ValueError, match="blank entry"):
+            Worker(blank)
+    with pytest.raises(ValueError, match="no server address"):
+        Worker([])
+    with pytest.raises(TypeError):
+        Worker(["a:1", 2])  # type: ignore[list-item]
+    # Each entry is checked on its own, as a lone address is.
+    with pytest.raises(ValueError, match="not a server address"):
+        Worker("http://a:1,http://b:2/path")
+    with pytest.raises(ValueError, match="https:// address but tls=False"):
+        Worker("http://a:1,https://b:2", tls=False)
+    with pytest.raises(ValueError, match="blank entry"):
+        Client("http://a:1,,http://b:2")
+
+
+async def _echo(ctx: ActivityContext, input: Any) -> Any:
+    return {"attempt": ctx.attempt}
+
+
+async def test_a_worker_moves_past_an_address_that_does_not_answer(
+    server: ServerProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="sagaflow.worker")
+    dead = dead_address()
+    worker = Worker(f"{dead},{server.url}", worker_id="rotating", backoff_max=0.2)
+    worker.register("t.echo", _echo)
+    task = await run_worker(worker)
+    async with Client(server.url) as client:
+        outcome = await client.execute("py.once", {}, timeout=20)
+    await stop(worker, task)
+    assert outcome.status is WorkflowStatus.COMPLETED and outcome.result["work"] == {"attempt": 1}, outcome
+    messages = [r.getMessage() for r in caplog.records if r.name == "sagaflow.worker"]
+    refused = next(i for i, m in enumerate(messages) if m.startswith(f"cannot reach the orchestrator at {dead}:"))
+    connected = next(i for i, m in enumerate(messages) if m.startswith(f"connected to the orchestrator at {server.url} "))
+    assert refused < connected, messages
+
+
+async def test_a_lost_session_moves_the_worker_to_the_next_address(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="sagaflow.worker")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, b = ServerProcess(tmp_path / "a"), ServerProcess(tmp_path / "b")
+    try:
+        worker = Worker([a.url, b.url], worker_id="failing-over", backoff_max=0.2)
+        worker.register("t.echo", _echo)
+        task = await run_worker(worker)
+        async with Client(a.url) as client:
+            assert (await client.execute("py.once", {}, timeout=20)).status is WorkflowStatus.COMPLETED
+        a.process.kill()  # the node dies: the worker's session with it is lost
+        a.process.wait()
+        async with Client(b.url) as client:
+            assert (await client.execute("py.once", {}, timeout=20)).status is WorkflowStatus.COMPLETED
+        await stop(worker, task)
+        connected = [r.getMessage().split()[5] for r in caplog.records if r.getMessage().startswith("connected to the orchestrator at ")]
+        assert connected == [a.url, b.url], connected
+    finally:
+        a.stop()
+        b.stop()
 
 
 async def test_activity_logs_carry_the_correlation_id_and_the_trace_goes_on(

@@ -8,8 +8,10 @@
 //! lookup, so a late outcome (its lease already gone) is still attributed
 //! to the worker it was issued to, like Temporal's task tokens.
 //!
-//! The key lives in the data directory, so that tokens survive a restart: a
-//! worker that kept running through one reports with the token it holds.
+//! The key lives in the data directory (in the database, for a cluster on
+//! PostgreSQL, where every node shares it), so that tokens survive a restart
+//! and a takeover: a worker that kept running through one reports with the
+//! token it holds.
 
 use std::io::Write;
 use std::path::Path;
@@ -29,6 +31,8 @@ pub enum Error {
         "the lease key {path} holds {len} bytes, not {KEY_BYTES}; remove it to make a new one (running workers then reconnect)"
     )]
     Corrupt { path: String, len: usize },
+    #[error("the cluster's lease key in the database holds {len} bytes, not {KEY_BYTES}")]
+    CorruptShared { len: usize },
 }
 
 /// The server's secret for lease tokens.
@@ -45,6 +49,16 @@ impl LeaseKey {
     /// A key for this process only (the in-memory store).
     pub fn random() -> Self {
         Self(rand::random())
+    }
+
+    /// A fresh key's bytes, for a store that keeps the key itself.
+    pub fn fresh_bytes() -> Vec<u8> {
+        Self::random().0.to_vec()
+    }
+
+    /// The key a cluster keeps in its database.
+    pub fn from_shared(bytes: &[u8]) -> Result<Self, Error> {
+        bytes.try_into().map(Self).map_err(|_| Error::CorruptShared { len: bytes.len() })
     }
 
     /// Reads the key at `path`, or makes one there (mode 0600, synced and

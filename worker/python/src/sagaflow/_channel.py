@@ -1,7 +1,8 @@
-"""How both the worker and the client reach a server: address, TLS and token."""
+"""How both the worker and the client reach a server: addresses, TLS and token."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -63,6 +64,37 @@ def target_of(server: str, tls: TlsOption) -> tuple[str, Optional[TlsConfig]]:
     if not target or "/" in target:
         raise ValueError(f"not a server address: {server!r} (expected host:port, http://host:port or https://host:port)")
     return target, config
+
+
+Servers = Union[str, Sequence[str]]
+"""One server address, several comma-separated in a string, or a sequence of them."""
+
+
+def servers_of(servers: Servers, tls: TlsOption) -> list[str]:
+    """The addresses in `servers`, in order, each checked as `target_of` checks it.
+
+    A string is split on commas (`"http://a:50051,http://b:50051"`); a sequence gives one address
+    an item (an item may hold several, comma-separated, too). Whitespace around an address is
+    ignored; a blank entry (`"a:1,,b:2"`, a trailing comma, an empty string) is refused, as is no
+    address at all.
+    """
+    items = [servers] if isinstance(servers, str) else list(servers)
+    addresses: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"a server address is a string, not {type(item).__name__}: {item!r}")
+        for entry in item.split(","):
+            address = entry.strip()
+            if not address:
+                raise ValueError(
+                    f"blank entry in the server addresses {servers!r} (expected host:port, http://host:port "
+                    "or https://host:port, several separated by commas)"
+                )
+            target_of(address, tls)
+            addresses.append(address)
+    if not addresses:
+        raise ValueError("no server address given")
+    return addresses
 
 
 def aio_channel(server: str, tls: TlsOption, options: list[tuple[str, int | str]] | None = None) -> grpc.aio.Channel:

@@ -2,6 +2,7 @@
 
 `Client` is asyncio; `SyncClient` wraps it for code without an event loop. Every error the server
 answers with is raised as a subclass of `sagaflow.errors.RpcError` (`AlreadyExists`, `NotFound`…).
+Given several server addresses (the nodes of a cluster), a client uses the first that connects.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
+import logging
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping, Sequence
@@ -19,11 +21,13 @@ import grpc
 import grpc.aio
 
 from . import errors
-from ._channel import TlsOption, aio_channel, auth_metadata
+from ._channel import Servers, TlsOption, aio_channel, auth_metadata, servers_of
 from .checkout.v1 import checkout_pb2, checkout_pb2_grpc
 from .v1 import history_pb2, workflow_pb2, workflow_pb2_grpc
 
 T = TypeVar("T")
+
+log = logging.getLogger("sagaflow.client")
 
 # AwaitWorkflow answers within at most this long; longer waits are several calls.
 _SERVER_MAX_WAIT_MS = 60_000
@@ -169,26 +173,71 @@ def _json_bytes(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
-class Client:
-    """An asyncio client of one Sagaflow server.
+# A client of several nodes dials each afresh when it chooses again: no connection, and no
+# reconnect backoff, shared with a channel it gave up.
+_NODE_CHANNEL_OPTIONS: list[tuple[str, int | str]] = [("grpc.use_local_subchannel_pool", 1)]
 
-    `server` is `host:port`, `http://host:port` or `https://host:port`. Use it as an async
-    context manager, or call `close()`.
+
+class _Unreachable(Exception):
+    pass
+
+
+@dataclass
+class _Connection:
+    """A channel to one server, with the stubs over it."""
+
+    server: str
+    channel: grpc.aio.Channel
+    workflows: workflow_pb2_grpc.WorkflowServiceStub = field(init=False)
+    checkouts: checkout_pb2_grpc.CheckoutServiceStub = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.workflows = workflow_pb2_grpc.WorkflowServiceStub(self.channel)
+        self.checkouts = checkout_pb2_grpc.CheckoutServiceStub(self.channel)
+
+
+async def _ready(channel: grpc.aio.Channel) -> None:
+    """Returns once `channel` is connected; raises `_Unreachable` as soon as an attempt fails."""
+    state = channel.get_state(try_to_connect=True)
+    while state is not grpc.ChannelConnectivity.READY:
+        if state in (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN):
+            raise _Unreachable("the connection failed")
+        await channel.wait_for_state_change(state)
+        state = channel.get_state(try_to_connect=True)
+
+
+class Client:
+    """An asyncio client of a Sagaflow server.
+
+    `server` is `host:port`, `http://host:port` or `https://host:port`, or several of them (the
+    nodes of a cluster, of which one serves), comma-separated in one string or as a list; a blank
+    entry raises ValueError. With one address, calls go to it (gRPC connects, and reconnects, as
+    needed). With several, the first call connects to each in turn, waiting up to
+    `connect_timeout` seconds for each, and the client uses the first that connects; when that
+    connection is lost (no longer ready), the next call chooses again the same way. A call is never
+    re-sent on another node: the one that failed raises, and none connecting raises `Unavailable`.
+    Use it as an async context manager, or call `close()`.
     """
 
     def __init__(
         self,
-        server: str = "127.0.0.1:50051",
+        server: Servers = "127.0.0.1:50051",
         *,
         token: Optional[str] = None,
         tls: TlsOption = None,
         timeout: float = 30.0,
+        connect_timeout: float = 5.0,
     ) -> None:
-        self._channel = aio_channel(server, tls)
+        self._servers = servers_of(server, tls)
+        self._tls = tls
         self._metadata = auth_metadata(token)
         self._timeout = timeout
-        self._workflows = workflow_pb2_grpc.WorkflowServiceStub(self._channel)
-        self._checkouts = checkout_pb2_grpc.CheckoutServiceStub(self._channel)
+        self._connect_timeout = connect_timeout
+        self._connection: Optional[_Connection] = None
+        if len(self._servers) == 1:
+            self._connection = _Connection(self._servers[0], aio_channel(self._servers[0], tls))
+        self._choosing: Optional[asyncio.Lock] = None
+        self._closed = False
 
     async def __aenter__(self) -> Client:
         return self
@@ -197,11 +246,56 @@ class Client:
         await self.close()
 
     async def close(self) -> None:
-        await self._channel.close()
+        self._closed = True
+        if self._connection is not None:
+            await self._connection.channel.close()
+
+    async def _connected(self) -> _Connection:
+        """The connection to call on: with several nodes, the first that connects, chosen again once
+        the one in use is no longer ready (its node died, or it idled out)."""
+        connection = self._connection
+        if connection is not None and (
+            len(self._servers) == 1
+            or self._closed
+            or connection.channel.get_state() is grpc.ChannelConnectivity.READY
+        ):
+            return connection
+        if self._closed:
+            raise RuntimeError("the client is closed")
+        if self._choosing is None:
+            self._choosing = asyncio.Lock()
+        async with self._choosing:
+            if self._connection is not connection and self._connection is not None:
+                return self._connection  # another call chose meanwhile
+            if connection is not None:
+                self._connection = None
+                await connection.channel.close()
+            chosen = await self._first_that_connects()
+            if self._closed:
+                await chosen.channel.close()
+                raise RuntimeError("the client is closed")
+            self._connection = chosen
+            return chosen
+
+    async def _first_that_connects(self) -> _Connection:
+        failures = []
+        for server in self._servers:
+            channel = aio_channel(server, self._tls, _NODE_CHANNEL_OPTIONS)
+            try:
+                await asyncio.wait_for(_ready(channel), self._connect_timeout)
+            except (_Unreachable, asyncio.TimeoutError) as error:
+                await channel.close()
+                why = str(error) or f"no connection within {self._connect_timeout} s"
+                log.info("cannot reach the server at %s: %s", server, why)
+                failures.append(f"{server}: {why}")
+                continue
+            log.info("connected to the server at %s", server)
+            return _Connection(server, channel)
+        raise errors.Unavailable(f"no server of {', '.join(self._servers)} answered ({'; '.join(failures)})")
 
     async def _call(
         self,
-        method: Callable[..., Awaitable[T]],
+        method: Callable[[_Connection], Callable[..., Awaitable[T]]],
         request: Any,
         *,
         timeout: Optional[float] = None,
@@ -213,8 +307,9 @@ class Client:
             metadata.append(("x-correlation-id", correlation_id))
         if traceparent:
             metadata.append(("traceparent", traceparent))
+        connection = await self._connected()
         try:
-            return await method(request, metadata=metadata, timeout=timeout or self._timeout)
+            return await method(connection)(request, metadata=metadata, timeout=timeout or self._timeout)
         except grpc.aio.AioRpcError as error:
             raise errors.from_grpc(error) from None
 
@@ -237,7 +332,7 @@ class Client:
         activity it runs."""
         request = self._start_request(workflow_type, input, request_id, workflow_id, labels)
         r = await self._call(
-            self._workflows.StartWorkflow, request, correlation_id=correlation_id, traceparent=traceparent
+            lambda c: c.workflows.StartWorkflow, request, correlation_id=correlation_id, traceparent=traceparent
         )
         return Started(r.workflow_id, r.already_started)
 
@@ -261,7 +356,7 @@ class Client:
             timeout_ms=min(int(timeout * 1000), _SERVER_MAX_WAIT_MS),
         )
         r = await self._call(
-            self._workflows.ExecuteWorkflow,
+            lambda c: c.workflows.ExecuteWorkflow,
             request,
             timeout=timeout + 10,
             correlation_id=correlation_id,
@@ -288,13 +383,13 @@ class Client:
             request = workflow_pb2.AwaitWorkflowRequest(
                 workflow_id=workflow_id, timeout_ms=min(left_ms, _SERVER_MAX_WAIT_MS)
             )
-            r = await self._call(self._workflows.AwaitWorkflow, request, timeout=left_ms / 1000 + 10)
+            r = await self._call(lambda c: c.workflows.AwaitWorkflow, request, timeout=left_ms / 1000 + 10)
             if r.terminal:
                 return WorkflowOutcome._from_proto(workflow_id, r)
 
     async def describe(self, workflow_id: str) -> WorkflowDescription:
         r = await self._call(
-            self._workflows.DescribeWorkflow, workflow_pb2.DescribeWorkflowRequest(workflow_id=workflow_id)
+            lambda c: c.workflows.DescribeWorkflow, workflow_pb2.DescribeWorkflowRequest(workflow_id=workflow_id)
         )
         return WorkflowDescription(
             summary=WorkflowSummary._from_proto(r.summary),
@@ -338,7 +433,7 @@ class Client:
                 wait_ms=30_000 if follow and not archived else 0,
                 archived=archived,
             )
-            page = await self._call(self._workflows.GetWorkflowHistory, request, timeout=self._timeout + 30)
+            page = await self._call(lambda c: c.workflows.GetWorkflowHistory, request, timeout=self._timeout + 30)
             for event in page.events:
                 yield event
             seq = page.next_seq
@@ -365,7 +460,7 @@ class Client:
                 page_size=page_size,
                 page_token=token,
             )
-            page = await self._call(self._workflows.ListWorkflows, request)
+            page = await self._call(lambda c: c.workflows.ListWorkflows, request)
             for summary in page.workflows:
                 yield WorkflowSummary._from_proto(summary)
             token = page.next_page_token
@@ -377,23 +472,23 @@ class Client:
         request = workflow_pb2.SignalWorkflowRequest(
             workflow_id=workflow_id, name=name, input=_json_bytes(input), identity=identity
         )
-        r = await self._call(self._workflows.SignalWorkflow, request)
+        r = await self._call(lambda c: c.workflows.SignalWorkflow, request)
         return int(r.seq)
 
     async def cancel(self, workflow_id: str, reason: str, *, identity: str = "") -> None:
         """Asks the workflow to stop and run its compensations. Refused (`FailedPrecondition`) after the pivot."""
         request = workflow_pb2.CancelWorkflowRequest(workflow_id=workflow_id, reason=reason, identity=identity)
-        await self._call(self._workflows.CancelWorkflow, request)
+        await self._call(lambda c: c.workflows.CancelWorkflow, request)
 
     async def terminate(self, workflow_id: str, reason: str, *, identity: str = "") -> None:
         """Stops the workflow at once, running no compensation."""
         request = workflow_pb2.TerminateWorkflowRequest(workflow_id=workflow_id, reason=reason, identity=identity)
-        await self._call(self._workflows.TerminateWorkflow, request)
+        await self._call(lambda c: c.workflows.TerminateWorkflow, request)
 
     async def delete(self, workflow_id: str) -> None:
         """Deletes a closed workflow now (archived first when the server archives); an open one
         raises FailedPrecondition."""
-        await self._call(self._workflows.DeleteWorkflow, workflow_pb2.DeleteWorkflowRequest(workflow_id=workflow_id))
+        await self._call(lambda c: c.workflows.DeleteWorkflow, workflow_pb2.DeleteWorkflowRequest(workflow_id=workflow_id))
 
     # -- the reference shop's checkout ---------------------------------------------------------
 
@@ -417,10 +512,10 @@ class Client:
             payment_method=payment_method,
             shipping_address=shipping_address,
         )
-        return await self._call(self._checkouts.StartCheckout, request, correlation_id=correlation_id)
+        return await self._call(lambda c: c.checkouts.StartCheckout, request, correlation_id=correlation_id)
 
     async def get_checkout(self, checkout_id: str) -> checkout_pb2.Checkout:
-        return await self._call(self._checkouts.GetCheckout, checkout_pb2.GetCheckoutRequest(checkout_id=checkout_id))
+        return await self._call(lambda c: c.checkouts.GetCheckout, checkout_pb2.GetCheckoutRequest(checkout_id=checkout_id))
 
     async def refund_checkout(
         self, checkout_id: str, refund_id: str, amount_cents: int
@@ -428,7 +523,7 @@ class Client:
         request = checkout_pb2.RefundCheckoutRequest(
             checkout_id=checkout_id, refund_id=refund_id, amount_cents=amount_cents
         )
-        return await self._call(self._checkouts.RefundCheckout, request)
+        return await self._call(lambda c: c.checkouts.RefundCheckout, request)
 
     @staticmethod
     def _start_request(
@@ -455,20 +550,24 @@ class SyncClient:
     """`Client` for code without an event loop: the same calls, blocking.
 
     It runs its own event loop on a background thread; use it as a context manager, or call `close()`.
+    `server` takes one address or several, as `Client`'s does.
     """
 
     def __init__(
         self,
-        server: str = "127.0.0.1:50051",
+        server: Servers = "127.0.0.1:50051",
         *,
         token: Optional[str] = None,
         tls: TlsOption = None,
         timeout: float = 30.0,
+        connect_timeout: float = 5.0,
     ) -> None:
+        # Checked here, so that a bad address raises before a thread is started.
+        servers = servers_of(server, tls)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="sagaflow-client", daemon=True)
         self._thread.start()
-        self._client: Client = self._run(_make_client(server, token, tls, timeout))
+        self._client: Client = self._run(_make_client(servers, token, tls, timeout, connect_timeout))
 
     def _run(self, coro: Awaitable[T]) -> T:
         async def wrapped() -> T:
@@ -539,6 +638,8 @@ class SyncClient:
         return self._run(self._client.refund_checkout(checkout_id, refund_id, amount_cents))
 
 
-async def _make_client(server: str, token: Optional[str], tls: TlsOption, timeout: float) -> Client:
+async def _make_client(
+    servers: Servers, token: Optional[str], tls: TlsOption, timeout: float, connect_timeout: float
+) -> Client:
     # The channel must be made on the loop that will use it.
-    return Client(server, token=token, tls=tls, timeout=timeout)
+    return Client(servers, token=token, tls=tls, timeout=timeout, connect_timeout=connect_timeout)

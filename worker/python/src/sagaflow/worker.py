@@ -1,5 +1,9 @@
 """The asyncio worker: serves activities to a Sagaflow server over one `OpenSession` stream.
 
+It may be given several server addresses (the nodes of a cluster, of which one serves): each
+reconnect after a failed or lost session moves to the next address, round robin, as the Rust SDK's
+worker does.
+
 The protocol, as the Rust SDK keeps it:
 - The worker grants credit and never holds more tasks than `max_concurrency`: a task holds a slot
   from its arrival until the server acknowledges its outcome (or cancels it), and per session
@@ -33,7 +37,7 @@ from typing import Any, Optional, TypeVar, Union
 import grpc
 import grpc.aio
 
-from ._channel import TlsOption, aio_channel, auth_metadata
+from ._channel import Servers, TlsOption, aio_channel, auth_metadata, servers_of
 from .errors import DrainTimedOut
 from .v1 import worker_pb2, worker_pb2_grpc
 
@@ -44,6 +48,16 @@ H = TypeVar("H", bound=Handler)
 
 MAX_ID_BYTES = 255
 MAX_CONCURRENCY = 65_536
+
+_CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
+    # HTTP/2 pings find a dead server (or path) even while no task runs.
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    # Every session dials afresh: no connection, and no reconnect backoff, shared with an earlier
+    # channel to the same address.
+    ("grpc.use_local_subchannel_pool", 1),
+]
 
 _current: contextvars.ContextVar[Optional[ActivityContext]] = contextvars.ContextVar("sagaflow_activity", default=None)
 
@@ -206,7 +220,13 @@ class Worker:
     """Connects to a server, runs the registered activities with a concurrency limit, and reports
     their outcomes.
 
-        worker = Worker("127.0.0.1:50051")
+    `server` is `host:port`, `http://host:port` or `https://host:port`, or several of them (the
+    nodes of a cluster), comma-separated in one string or as a list. The worker connects to the
+    first; each reconnect after a failed or lost session moves to the next one, round robin, so
+    that a standby that took over is found. A blank entry raises ValueError. `tls` and `token`
+    apply to every address.
+
+        worker = Worker("127.0.0.1:50051")      # or "http://a:50051,http://b:50051"
 
         @worker.activity("inventory.reserve")
         async def reserve(ctx: ActivityContext, input: dict) -> dict:
@@ -217,7 +237,7 @@ class Worker:
 
     def __init__(
         self,
-        server: str = "127.0.0.1:50051",
+        server: Servers = "127.0.0.1:50051",
         *,
         token: Optional[str] = None,
         tls: TlsOption = None,
@@ -232,7 +252,7 @@ class Worker:
             raise ValueError(f"max_concurrency must be between 1 and {MAX_CONCURRENCY}, not {max_concurrency}")
         self.worker_id = worker_id or f"py-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         _check_id("worker_id", self.worker_id)
-        self._server = server
+        self._servers = servers_of(server, tls)
         self._token = token
         self._tls = tls
         self._max = max_concurrency
@@ -295,7 +315,8 @@ class Worker:
         """Runs until `shutdown()` (or, with `handle_signals`, SIGTERM or SIGINT), then drains.
 
         An unreachable server is not an error: the worker reconnects with backoff for as long as it
-        runs. Raises `DrainTimedOut` if the drain does not finish within `drain_timeout`."""
+        runs, to the next of its addresses each time when it has several. Raises `DrainTimedOut` if
+        the drain does not finish within `drain_timeout`."""
         if not self._activities:
             raise ValueError("no activity registered")
         loop = asyncio.get_running_loop()
@@ -311,26 +332,29 @@ class Worker:
                     installed.append(sig)
                 except (NotImplementedError, RuntimeError):
                     log.debug("cannot handle signal %s on this loop or thread", sig)
-        channel = aio_channel(
-            self._server,
-            self._tls,
-            # HTTP/2 pings find a dead server (or path) even while no task runs.
-            [("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 20_000), ("grpc.keepalive_permit_without_calls", 1)],
-        )
         try:
-            await self._serve(worker_pb2_grpc.WorkerServiceStub(channel))
+            await self._serve()
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
-            await channel.close()
 
-    async def _serve(self, stub: worker_pb2_grpc.WorkerServiceStub) -> None:
+    async def _serve(self) -> None:
         delay = self._backoff[0]
+        # Which address to dial: kept while a node serves, moved on past one that refuses or drops
+        # the session (a standby, a node that died), as the Rust SDK's `Config::endpoint(attempt)`.
+        attempt = 0
         while not self._drained():
-            if await self._session_once(stub):
+            server = self._servers[attempt % len(self._servers)]
+            channel = aio_channel(server, self._tls, _CHANNEL_OPTIONS)
+            try:
+                served = await self._session_once(worker_pb2_grpc.WorkerServiceStub(channel), server)
+            finally:
+                await channel.close()
+            if served:
                 delay = self._backoff[0]
             if self._drained():
                 break
+            attempt += 1
             pause = delay / 2 + random.uniform(0, delay / 2)  # "equal jitter": workers do not return in step
             delay = min(delay * 2, self._backoff[1])
             log.debug("reconnecting in %.2f s", pause)
@@ -361,8 +385,9 @@ class Worker:
             except asyncio.TimeoutError:
                 pass
 
-    async def _session_once(self, stub: worker_pb2_grpc.WorkerServiceStub) -> bool:
-        """Opens one session and serves it until it ends. True if it got as far as `Registered`."""
+    async def _session_once(self, stub: worker_pb2_grpc.WorkerServiceStub, server: str) -> bool:
+        """Opens one session with `server` (which `stub` reaches) and serves it until it ends. True if
+        it got as far as `Registered`."""
         assert self._draining is not None and self._changed is not None
         loop = asyncio.get_running_loop()
         register = worker_pb2.Register(
@@ -381,15 +406,15 @@ class Worker:
             first = await asyncio.wait_for(call.read(), self._connect_timeout)
         except (grpc.aio.AioRpcError, asyncio.TimeoutError, grpc.aio.UsageError) as error:
             call.cancel()
-            log.warning("cannot reach the orchestrator at %s: %s", self._server, _describe(error))
+            log.warning("cannot reach the orchestrator at %s: %s", server, _describe(error))
             return False
         if first is grpc.aio.EOF or first.WhichOneof("message") != "registered":
             call.cancel()
-            log.warning("the orchestrator did not answer Register with Registered; reconnecting")
+            log.warning("the orchestrator at %s did not answer Register with Registered; reconnecting", server)
             return False
         session = _Session(call, first.registered.max_result_bytes, self._capacity)
         self._session = session
-        log.info("connected to the orchestrator at %s (session %s)", self._server, first.registered.session_id)
+        log.info("connected to the orchestrator at %s (session %s)", server, first.registered.session_id)
         writer = asyncio.ensure_future(self._write(session))
         try:
             for outcome in self._unacked.values():
@@ -416,10 +441,10 @@ class Worker:
                     self._give_up()
                 if writer in done or session.broken:
                     reader.cancel()
-                    log.warning("the outbound stream broke; reconnecting")
+                    log.warning("the outbound stream to %s broke; reconnecting", server)
                     return True
                 if reader in done:
-                    log.warning("%s; reconnecting", reader.result())
+                    log.warning("%s (%s); reconnecting", reader.result(), server)
                     return True
         finally:
             self._session = None
