@@ -13,14 +13,20 @@ mod common;
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::ServerProcess;
 use common::shop::{Shop, checkout};
 use sagaflow_proto::checkout::v1::checkout_service_client::CheckoutServiceClient;
+use sagaflow_proto::v1::{AwaitWorkflowRequest, WorkflowStatus};
+use sagaflow_server::store::Store as _;
+use sagaflow_store_postgres::PostgresStore;
 use sagaflow_store_postgres::testing::TestDb;
+use sagaflow_worker::{ActivityContext, ActivityError, Worker};
+use sagaflow_workflows::{SagaDefinition, Step};
+use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
 /// The bound on a takeover: a dead node's lease runs out (5 s)
@@ -46,8 +52,16 @@ impl Node {
 
     /// Starts it; the handle resolves once it serves (a standby waits).
     fn start(&self, db: &TestDb, within: Duration) -> JoinHandle<ServerProcess> {
-        let (dir, listen, store) = (self.dir.clone(), self.listen.clone(), db.url.clone());
-        tokio::spawn(async move { ServerProcess::start_standby(&dir, &listen, &["--store", &store], within).await })
+        self.start_with(db, within, &[])
+    }
+
+    fn start_with(&self, db: &TestDb, within: Duration, extra: &[&str]) -> JoinHandle<ServerProcess> {
+        let (dir, listen) = (self.dir.clone(), self.listen.clone());
+        let args: Vec<String> = ["--store", db.url.as_str()].iter().chain(extra).map(|a| (*a).to_owned()).collect();
+        tokio::spawn(async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            ServerProcess::start_standby(&dir, &listen, &args, within).await
+        })
     }
 }
 
@@ -147,4 +161,72 @@ async fn a_standby_takes_over_and_a_woken_zombie_cannot_write() {
     assert!(acked.len() >= 30, "starts were acknowledged between the failovers: {}", acked.len());
     shop.assert_acknowledged_checkouts_ended_once(&acked).await;
     drop(last);
+}
+
+/// A task a worker holds when its node dies is finished once, by the node
+/// that takes over. The lease key is the cluster's, kept in the database, so
+/// the new node recognises the token the worker claims the task with when it
+/// reconnects; with a key per node it refused the claim and ran the attempt
+/// again after the reclaim grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_task_held_through_a_takeover_is_finished_once_by_the_new_node() {
+    let db = TestDb::create().await;
+    let root = tempfile::tempdir().unwrap();
+    let nodes = [Node::new(root.path(), "a"), Node::new(root.path(), "b")];
+    let all = nodes.iter().map(Node::url).collect::<Vec<_>>().join(",");
+    let definition = SagaDefinition::builder("held", 1).step(Step::activity("only", "test.held")).build().unwrap();
+    let file = root.path().join("definitions.json");
+    std::fs::write(&file, serde_json::to_string(&[definition]).unwrap()).unwrap();
+    let extra = ["--definitions", file.to_str().unwrap()];
+    let first = nodes[0].start_with(&db, Duration::from_secs(30), &extra).await.unwrap();
+    let standby = nodes[1].start_with(&db, Duration::from_secs(120), &extra);
+
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (release, released) = tokio::sync::watch::channel(false);
+    let worker = Worker::builder(all.clone())
+        .worker_id("holder")
+        .activity("test.held", {
+            let runs = Arc::clone(&runs);
+            move |_ctx: ActivityContext, _input: Value| {
+                let (runs, mut released) = (Arc::clone(&runs), released.clone());
+                async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    released.wait_for(|r| *r).await.map_err(|e| ActivityError::retryable("Released", e.to_string()))?;
+                    Ok::<_, ActivityError>(json!({ "done": true }))
+                }
+            }
+        })
+        .build()
+        .unwrap();
+    let running = tokio::spawn(worker.run());
+
+    let mut client = first.client().await;
+    let id =
+        client.start_workflow(common::start_request("held", "held-1", "{}")).await.unwrap().into_inner().workflow_id;
+    common::wait_until_leased(&mut client, &id, "only").await;
+    // The lease is a hint that rides the next transaction: wait until it is
+    // in the database, where the next node will find it.
+    let reader = PostgresStore::connect(&db.url).await.unwrap();
+    common::nats::wait_until(Duration::from_secs(10), "the lease in the database", || async {
+        reader.leases(None, 10).await.unwrap().iter().any(|(wf, _, _)| *wf == id)
+    })
+    .await;
+    first.kill9().await;
+    let second = tokio::time::timeout(TAKEOVER, standby).await.expect("no takeover").unwrap();
+    release.send_replace(true);
+
+    let mut client = second.client().await;
+    let answer = client
+        .await_workflow(AwaitWorkflowRequest { workflow_id: id.clone(), timeout_ms: 30_000 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answer.terminal, "{id} did not end: {answer:?}");
+    assert_eq!(answer.summary.as_ref().unwrap().status(), WorkflowStatus::Completed, "{answer:?}");
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the attempt the worker held ran once");
+    let events = common::full_history(&mut client, &id).await;
+    common::assert_each_step_completed_once(&id, &events);
+    let names = common::event_names(&events);
+    assert!(!names.iter().any(|n| n.contains("TimedOut") || n.contains("Failed")), "{names:?}");
+    running.abort();
 }
