@@ -2,11 +2,10 @@
 //!
 //! Several sagaflow nodes may share one database: a commit's checks hold
 //! across processes because they run under row locks in the database, not
-//! under a lock in one process. A history append locks the workflow's
-//! `histories` row (`SELECT … FOR UPDATE`), so that of two nodes extending
-//! the same position one wins and the other gets
-//! [`Error::SequenceConflict`]; a start's request id is checked under an
-//! advisory lock on its hash.
+//! under a lock in one process. A history append is a conditional write of
+//! the workflow's `histories` row (or, on the read path, locks it first), so
+//! that of two nodes extending the same position one wins and the other gets
+//! [`Error::SequenceConflict`]; a start's request id is claimed the same way.
 //!
 //! Writes go through one writer task that owns one connection (`writer.rs`):
 //! it takes every commit queued while the last transaction ran and applies
@@ -15,8 +14,8 @@
 //! [`Durable`] it returns is already ready. Reads use a small pool of other
 //! connections (`reads.rs`).
 //!
-//! TLS is not supported yet: the URL must allow a plain connection
-//! (`sslmode=disable` or `prefer`, the default).
+//! TLS: libpq's `sslmode` and `sslrootcert` in the URL (`tls.rs`); an
+//! encrypted connection always verifies the server's certificate.
 
 mod migrations;
 mod plan;
@@ -24,6 +23,7 @@ mod reads;
 mod shards;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod tls;
 mod writer;
 
 use std::sync::Arc;
@@ -131,19 +131,37 @@ fn writer_stopped() -> Error {
 /// writer`, ...), so that an operator can tell them apart in
 /// `pg_stat_activity`.
 async fn open(url: &str, role: &str) -> Result<Client> {
-    let mut config: tokio_postgres::Config = url.parse().map_err(engine("parsing the database URL"))?;
+    let tls::Target { mut config, tls } = tls::Target::parse(url)?;
     if config.get_application_name().is_none() {
         config.application_name(format!("sagaflow {role}"));
     }
-    let (client, connection) =
-        config.connect(NoTls).await.map_err(engine(&format!("connecting the {role} connection")))?;
+    let connecting = format!("connecting the {role} connection");
+    match tls {
+        Some(tls) => {
+            let (client, connection) = config.connect(tls).await.map_err(engine(&connecting))?;
+            watch_connection(role, connection);
+            Ok(client)
+        }
+        None => {
+            let (client, connection) = config.connect(NoTls).await.map_err(engine(&connecting))?;
+            watch_connection(role, connection);
+            Ok(client)
+        }
+    }
+}
+
+/// Drives a connection until it closes, and says so when it did not close cleanly.
+fn watch_connection<S, T>(role: &str, connection: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let role = role.to_owned();
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %describe(&e), "PostgreSQL: the {role} connection closed");
         }
     });
-    Ok(client)
 }
 
 /// Maps a database failure to [`Error::Engine`], saying what was being done.

@@ -21,14 +21,16 @@ use super::{Logging, Output};
 
 #[derive(Debug, Args)]
 pub struct ServerArgs {
-    /// Where histories and indexes live (created if missing). With --store, only this node's
-    /// lease key.
+    /// Where histories and indexes live (created if missing). Unused with --store, whose
+    /// database holds everything.
     #[arg(long, default_value = "./sagaflow-data")]
     pub data_dir: PathBuf,
     /// Keep workflows in PostgreSQL at this URL (postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE)
     /// instead of sled under --data-dir. The schema is created and migrated at start. Several
     /// servers may share one database: one serves and the others stand by, taking over within
-    /// seconds when it dies (docs/cluster.md).
+    /// seconds when it dies (docs/cluster.md). TLS as libpq spells it:
+    /// ?sslmode=verify-full&sslrootcert=/path/ca.pem (the database's certificate is always
+    /// verified, host name included; require and verify-ca mean the same here).
     #[arg(long, env = "SAGAFLOW_STORE", value_name = "URL", value_parser = parse_store_url)]
     pub store: Option<String>,
     /// gRPC listen address. Loopback by default.
