@@ -11,8 +11,8 @@
 //!   the plan out in memory ([`Plan`]) and sends `BEGIN`, the writes and
 //!   `COMMIT` in one pipeline, every assumption written as a conditional
 //!   statement that fails the transaction when it does not hold
-//!   (`sagaflow_assert`, migration 3). Then the `COMMIT` rolls back, and
-//!   the batch goes the other way.
+//!   (`sagaflow_assert`, migration 3). When one fails, the `COMMIT` rolls
+//!   back and the batch goes the other way.
 //! - **Read under lock, two round trips**, when an assumption failed or the
 //!   batch deletes workflows: `BEGIN` and lock what the checks read (the
 //!   `histories` rows of the batch's workflows, a row inserted first for a
@@ -572,7 +572,8 @@ impl Writer {
                 assumed.last_seq.entry(commit.workflow_id.clone()).or_insert(first.seq.saturating_sub(1));
             }
             if !commit.outbox.is_empty() && assumed.outbox_high_water.is_none() {
-                assumed.outbox_high_water = Some((*self.high_water.lock().ok()?)?);
+                assumed.outbox_high_water =
+                    Some((*self.high_water.lock().unwrap_or_else(std::sync::PoisonError::into_inner))?);
             }
         }
         Some(assumed)
