@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status};
 use super::{Origin, invalid};
 use crate::auth::{self, Principal, Role};
 use crate::operator;
-use crate::runtime::{Runtime, StartRequest};
+use crate::runtime::{Ended, Runtime, StartRequest};
 use crate::store::{ListQuery, WorkflowFilter};
 use sagaflow_proto::is_terminal;
 
@@ -149,13 +149,13 @@ impl WorkflowApi {
         caller: &Principal,
     ) -> Result<AwaitWorkflowResponse, Status> {
         let summary = self.summary(workflow_id, caller).await?;
-        let summary = if is_terminal(summary.status) {
-            summary
+        let ended = if is_terminal(summary.status) {
+            self.runtime.ended(summary).await?
         } else {
             self.runtime.await_terminal(workflow_id, wait_budget(timeout_ms)).await?
         };
+        let Ended { summary, result, reason } = Arc::unwrap_or_clone(ended);
         let terminal = is_terminal(summary.status);
-        let (result, reason) = if terminal { self.runtime.outcome(&summary).await? } else { Default::default() };
         Ok(AwaitWorkflowResponse { summary: Some(summary), terminal, result, reason })
     }
 }

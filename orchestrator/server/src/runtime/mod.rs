@@ -107,10 +107,34 @@ struct Slot {
 type SlotRef = Arc<tokio::sync::Mutex<Slot>>;
 
 /// What a watcher of one workflow learns after each durable decision.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 struct Progress {
     last_seq: u64,
     terminal: bool,
+    /// Set by the decision that closed the workflow, so that a waiter
+    /// answers without reading back what that decision just wrote.
+    ended: Option<Arc<Ended>>,
+}
+
+/// A workflow as a waiter learns it: its durable summary and, once it is
+/// terminal, the result and reason its last event gives.
+#[derive(Debug, Clone, Default)]
+pub struct Ended {
+    pub summary: WorkflowSummary,
+    pub result: String,
+    pub reason: String,
+}
+
+/// The result and reason a closing event gives; `None` for any other event.
+fn outcome_of(event: &HistoryEvent) -> Option<(String, String)> {
+    Some(match event.attributes.as_ref()? {
+        Attributes::WorkflowCompleted(c) => (c.result.clone(), String::new()),
+        Attributes::WorkflowCompensated(c) => (String::new(), c.reason.clone()),
+        Attributes::WorkflowFailed(f) => (String::new(), f.reason.clone()),
+        Attributes::WorkflowCancelled(c) => (String::new(), c.reason.clone()),
+        Attributes::WorkflowTerminated(t) => (String::new(), t.reason.clone()),
+        _ => return None,
+    })
 }
 
 /// Counts and logs a findings alert; its domain event is already in the outbox.
@@ -533,11 +557,16 @@ impl Runtime {
         // workflow's lock, that no history exists.
         let new_history = request_id.is_some() && events.first().is_some_and(|e| e.seq == 1);
         let newly_held = events.iter().any(|e| matches!(e.attributes, Some(Attributes::WorkflowHeld(_))));
+        let summary = records::summary(state, definition);
+        let ended = closes.then(|| {
+            let (result, reason) = events.iter().rev().find_map(outcome_of).unwrap_or_default();
+            Arc::new(Ended { summary: summary.clone(), result, reason })
+        });
         let commit = Commit {
             workflow_id: workflow_id.to_owned(),
             events,
             new_history,
-            summary: Some(records::summary(state, definition)),
+            summary: Some(summary),
             request_id,
             put_tasks: delta.new_tasks.clone(),
             delete_tasks: delta.gone_tasks.clone(),
@@ -596,7 +625,7 @@ impl Runtime {
                 "workflow closed"
             );
         }
-        self.notify(workflow_id, Progress { last_seq: state.last_seq, terminal: state.is_terminal() });
+        self.notify(workflow_id, Progress { last_seq: state.last_seq, terminal: state.is_terminal(), ended });
         if !published.is_empty() {
             crate::metrics::record_domain_events(&published);
             self.inner.outbox_changed.send_modify(|n| *n += 1);
@@ -671,62 +700,67 @@ impl Runtime {
     }
 
     /// Waits until the workflow is terminal, or the timeout, and returns its
-    /// durable summary. Intermediate decisions do not wake the waiter.
-    pub async fn await_terminal(&self, workflow_id: &str, timeout: Duration) -> Result<WorkflowSummary> {
+    /// durable summary (with its outcome once terminal). Intermediate
+    /// decisions do not wake the waiter.
+    pub async fn await_terminal(&self, workflow_id: &str, timeout: Duration) -> Result<Arc<Ended>> {
         let seen =
             self.watch(workflow_id, timeout, |p| p.terminal, |summary| sagaflow_proto::is_terminal(summary.status));
-        if let Some(durable_seq) = seen.await?
-            && let Some(summary) = self.inner.store.summary(workflow_id).await?
-            && summary.history_length == durable_seq
-        {
-            // Watchers hear of a decision only once it is durable: this
-            // summary needs no barrier, which would wait for the next flush
-            // of everyone else's commits.
-            return Ok(summary);
+        if let Some(ended) = seen.await?.and_then(|progress| progress.ended) {
+            // Watchers hear of a decision only once it is durable, so this
+            // needs neither a read nor a barrier, which would wait for the
+            // next flush of everyone else's commits.
+            return Ok(ended);
         }
-        self.describe(workflow_id).await
+        // Timed out, found it already ended, or woken by a decision after
+        // the closing one.
+        let summary = self.describe(workflow_id).await?;
+        self.ended(summary).await
     }
 
-    /// Returns the sequence whose durable decision woke the waiter; `None`
-    /// when it timed out or found the condition already met.
+    /// The progress whose durable decision woke the waiter; `None` when it
+    /// timed out or found the condition already met.
     async fn watch(
         &self,
         workflow_id: &str,
         timeout: Duration,
         done: impl Fn(&Progress) -> bool,
         already: impl Fn(&WorkflowSummary) -> bool,
-    ) -> Result<Option<u64>> {
+    ) -> Result<Option<Progress>> {
         let mut rx = {
             let mut watchers = self.inner.watchers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             watchers.entry(workflow_id.to_owned()).or_insert_with(|| watch::channel(Progress::default()).0).subscribe()
         };
         // Checked after subscribing, so a change in between is not missed.
         let current = self.inner.store.summary(workflow_id).await?;
-        let mut woken_at = None;
+        let mut woken_by = None;
         if !current.as_ref().is_some_and(&already)
             && let Ok(Ok(progress)) = tokio::time::timeout(timeout, rx.wait_for(|p| done(p))).await
         {
-            woken_at = Some(progress.last_seq);
+            woken_by = Some(progress.clone());
         }
         drop(rx);
         let mut watchers = self.inner.watchers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if watchers.get(workflow_id).is_some_and(|s| s.receiver_count() == 0) {
             watchers.remove(workflow_id);
         }
-        Ok(woken_at)
+        Ok(woken_by)
+    }
+
+    /// `summary` with its result and reason, read from its last event when
+    /// it is terminal.
+    pub async fn ended(&self, summary: WorkflowSummary) -> Result<Arc<Ended>> {
+        let (result, reason) = if sagaflow_proto::is_terminal(summary.status) {
+            self.outcome(&summary).await?
+        } else {
+            Default::default()
+        };
+        Ok(Arc::new(Ended { summary, result, reason }))
     }
 
     /// The result and reason of a terminal workflow, from its last event.
     pub async fn outcome(&self, summary: &WorkflowSummary) -> Result<(String, String)> {
         let last = self.inner.store.history(&summary.workflow_id, summary.history_length, 1).await?;
-        Ok(match last.first().and_then(|e| e.attributes.as_ref()) {
-            Some(Attributes::WorkflowCompleted(c)) => (c.result.clone(), String::new()),
-            Some(Attributes::WorkflowCompensated(c)) => (String::new(), c.reason.clone()),
-            Some(Attributes::WorkflowFailed(f)) => (String::new(), f.reason.clone()),
-            Some(Attributes::WorkflowCancelled(c)) => (String::new(), c.reason.clone()),
-            Some(Attributes::WorkflowTerminated(t)) => (String::new(), t.reason.clone()),
-            _ => Default::default(),
-        })
+        Ok(last.first().and_then(outcome_of).unwrap_or_default())
     }
 
     /// Deletes a closed workflow's history, index row and request id, under
