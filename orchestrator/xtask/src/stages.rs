@@ -111,9 +111,14 @@ impl Stage {
                 vec![build, example("custom_saga"), example("quickstart"), trips, python]
             }
             Self::PythonSdk => {
-                // After the test stage, which builds the debug `sagaflow` these tests start.
+                // After the test stage, which builds the debug `sagaflow` these tests start and the
+                // Rust SDK's scenario worker, which the script would otherwise build with a plain
+                // `cargo build` (see the examples stage).
                 let mut tests = Command::new("bash");
-                tests.args(["worker/python/run-tests.sh", "-q"]).env("SAGAFLOW_BIN", context.sagaflow());
+                tests
+                    .args(["worker/python/run-tests.sh", "-q"])
+                    .env("SAGAFLOW_BIN", context.sagaflow())
+                    .env("SAGAFLOW_SCENARIO_WORKER", context.example("scenario_worker"));
                 vec![tests]
             }
             Self::Bench => {
