@@ -187,8 +187,7 @@ async fn deleted_workflows_are_archived_first_and_read_back_as_they_were() {
     }
     let torn = sagaflow(&server, &["--output", "json", "workflow", "history", &kept, "--archived"]).await;
     assert_eq!(error_code(&torn), "NOT_FOUND");
-    let warned = server.logs.lock().unwrap().iter().any(|l| l.contains("cut short"));
-    assert!(warned, "no warning about the torn member:\n{}", server.logs.lock().unwrap().join("\n"));
+    server.logs.await_line("about the torn member", Duration::from_secs(10), |l| l.contains("cut short")).await;
 
     // A server without an archive refuses the read, with its own code.
     let plain = ServerProcess::start(&dir.path().join("plain"), &[]).await;

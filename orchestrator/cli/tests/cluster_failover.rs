@@ -135,11 +135,11 @@ async fn a_standby_takes_over_and_a_woken_zombie_cannot_write() {
     let third = tokio::time::timeout(TAKEOVER, third).await.expect("no takeover from a paused node").unwrap();
     let paused_takeover = paused_at.elapsed();
     signal(second.pid(), "CONT");
-    let logs = Arc::clone(&second.logs);
+    let logs = second.logs.clone();
     let status = second.exited(Duration::from_secs(15)).await;
     assert!(!status.success(), "a fenced-off node must not end as if all were well: {status}");
-    let said = logs.lock().unwrap().join("\n");
-    assert!(said.contains("fenced off"), "the zombie says why it stopped: {said}");
+    logs.await_line("from the zombie saying why it stopped", Duration::from_secs(10), |l| l.contains("fenced off"))
+        .await;
 
     // 3. The first node, started again, stands by; kill -9 the third and it serves.
     let again = nodes[0].start(&db, Duration::from_secs(120));

@@ -23,8 +23,11 @@ async fn a_flood_of_silent_connections_leaves_a_new_client_served() {
     sagaflow_server::connections::raise_open_file_limit();
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start_with_open_files(dir.path(), 1024, "info").await;
-    let logged = server.logs.lock().unwrap().iter().any(|l| l.contains("open-file limit") && l.contains("1024"));
-    assert!(logged, "the server says which open-file limit it runs with");
+    // The server says which open-file limit it runs with.
+    server
+        .logs
+        .await_line("with the limit", Duration::from_secs(10), |l| l.contains("open-file limit") && l.contains("1024"))
+        .await;
 
     let http_host = server.http.trim_start_matches("http://").to_owned();
     let mut silent = Vec::new();

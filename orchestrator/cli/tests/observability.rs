@@ -5,6 +5,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use common::{ServerProcess, WorkerProcess, scrape};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
@@ -185,7 +186,7 @@ async fn one_checkout_is_one_trace_and_every_log_line_carries_its_correlation_id
     assert_eq!(status, "COMPLETED");
 
     // A clean stop flushes the spans each process still holds.
-    let (server_logs, worker_logs) = (Arc::clone(&server.logs), Arc::clone(&worker.logs));
+    let (server_logs, worker_logs) = (server.logs.clone(), worker.logs.clone());
     worker.stop().await;
     server.stop().await;
 
@@ -212,9 +213,12 @@ async fn one_checkout_is_one_trace_and_every_log_line_carries_its_correlation_id
 
     // The logs: every line about this checkout, in either process, carries its correlation id.
     for (process, logs) in [("orchestrator", server_logs), ("worker", worker_logs)] {
-        let logs = logs.lock().unwrap();
-        let about: Vec<&String> = logs.iter().filter(|l| l.contains(&checkout_id)).collect();
-        assert!(!about.is_empty(), "the {process} logged nothing about {checkout_id}");
+        logs.await_line(&format!("from the {process} about {checkout_id}"), Duration::from_secs(10), |l| {
+            l.contains(&checkout_id)
+        })
+        .await;
+        let lines = logs.lines();
+        let about: Vec<&String> = lines.iter().filter(|l| l.contains(&checkout_id)).collect();
         for line in about {
             let parsed: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
             assert!(

@@ -30,15 +30,8 @@ async fn no_worker_is_flagged_then_cleared() {
     let Some(Attributes::WorkflowStarted(started)) = &history[0].attributes else { unreachable!() };
     assert!(!started.correlation_id.is_empty());
     let line = format!("\"correlation_id\":\"{}\"", started.correlation_id);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !server.logs.lock().unwrap().iter().any(|l| l.contains("stuck saga detected") && l.contains(&line)) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no stuck log line with {line}: {:?}",
-            server.logs.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let stuck_line = |l: &str| l.contains("stuck saga detected") && l.contains(&line);
+    server.logs.await_line("about the stuck saga", Duration::from_secs(10), stuck_line).await;
 
     let text = tokio::process::Command::new(BIN)
         .args(["workflow", "list", "--stuck", "--server", &server.url])

@@ -28,8 +28,45 @@ pub struct ServerProcess {
     pub logs: LogLines,
 }
 
-/// A process's stderr lines, collected as they come.
-pub type LogLines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+/// A process's stderr lines, collected as they come by a reader task: a
+/// line the process wrote may not be here yet, so tests await the line they
+/// look for instead of reading once.
+#[derive(Clone, Default)]
+pub struct LogLines(std::sync::Arc<Collected>);
+
+#[derive(Default)]
+struct Collected {
+    lines: std::sync::Mutex<Vec<String>>,
+    grew: tokio::sync::Notify,
+}
+
+impl LogLines {
+    fn push(&self, line: String) {
+        self.0.lines.lock().unwrap().push(line);
+        self.0.grew.notify_waiters();
+    }
+
+    /// Every line collected so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lines.lock().unwrap().clone()
+    }
+
+    /// The first line that `matches`, once it has come; panics, showing
+    /// every line, if none has within `within`.
+    pub async fn await_line(&self, what: &str, within: Duration, matches: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            // Registered before the check, so that a line pushed in between still wakes it.
+            let grew = self.0.grew.notified();
+            if let Some(line) = self.0.lines.lock().unwrap().iter().find(|l| matches(l)) {
+                return line.clone();
+            }
+            if tokio::time::timeout_at(deadline, grew).await.is_err() {
+                panic!("no log line {what} within {within:?}:\n{}", self.lines().join("\n"));
+            }
+        }
+    }
+}
 
 /// Runs `command` with `RUST_LOG=filter`; with `capture`, its stderr lines go
 /// to the returned collector instead of the test's own stderr.
@@ -43,11 +80,11 @@ fn spawn_logged(command: &mut Command, filter: &str, capture: bool) -> (Child, L
         .spawn()
         .expect("spawn sagaflow");
     if let Some(stderr) = child.stderr.take() {
-        let sink = std::sync::Arc::clone(&logs);
+        let sink = logs.clone();
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                sink.lock().unwrap().push(line);
+                sink.push(line);
             }
         });
     }
