@@ -56,8 +56,13 @@ impl Node {
     }
 
     fn start_with(&self, db: &TestDb, within: Duration, extra: &[&str]) -> JoinHandle<ServerProcess> {
+        self.start_on(&db.url, within, extra)
+    }
+
+    /// Starts it on the store at `url`.
+    fn start_on(&self, url: &str, within: Duration, extra: &[&str]) -> JoinHandle<ServerProcess> {
         let (dir, listen) = (self.dir.clone(), self.listen.clone());
-        let args: Vec<String> = ["--store", db.url.as_str()].iter().chain(extra).map(|a| (*a).to_owned()).collect();
+        let args: Vec<String> = ["--store", url].iter().chain(extra).map(|a| (*a).to_owned()).collect();
         tokio::spawn(async move {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             ServerProcess::start_standby(&dir, &listen, &args, within).await
@@ -228,5 +233,79 @@ async fn a_task_held_through_a_takeover_is_finished_once_by_the_new_node() {
     common::assert_each_step_completed_once(&id, &events);
     let names = common::event_names(&events);
     assert!(!names.iter().any(|n| n.contains("TimedOut") || n.contains("Failed")), "{names:?}");
+    running.abort();
+}
+
+/// A node whose connections to the database break (the database restarted
+/// or failed over; here `pg_terminate_backend`) steps down instead of
+/// holding the lease while it cannot write: it gives the lease up and exits
+/// non-zero, saying why, and the standby serves at once. Every start either
+/// node acknowledged completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_whose_database_connections_break_steps_down_for_a_standby() {
+    let db = TestDb::create().await;
+    let root = tempfile::tempdir().unwrap();
+    let nodes = [Node::new(root.path(), "a"), Node::new(root.path(), "b")];
+    let all = nodes.iter().map(Node::url).collect::<Vec<_>>().join(",");
+    let definition = SagaDefinition::builder("quick", 1).step(Step::activity("only", "test.quick")).build().unwrap();
+    let file = root.path().join("definitions.json");
+    std::fs::write(&file, serde_json::to_string(&[definition]).unwrap()).unwrap();
+    let extra = ["--definitions", file.to_str().unwrap()];
+    // Each node names its connections, so that the test ends only the first's.
+    let named =
+        |name: &str| format!("{}{}application_name={name}", db.url, if db.url.contains('?') { '&' } else { '?' });
+    let first = nodes[0].start_on(&named("node-a"), Duration::from_secs(30), &extra).await.unwrap();
+    let standby = nodes[1].start_on(&named("node-b"), Duration::from_secs(120), &extra);
+    let worker = Worker::builder(all.clone())
+        .activity("test.quick", |_ctx: ActivityContext, _input: Value| async { Ok::<_, ActivityError>(json!({})) })
+        .build()
+        .unwrap();
+    let running = tokio::spawn(worker.run());
+
+    let mut client = first.client().await;
+    let mut acknowledged = vec![client.start_workflow(common::start_request("quick", "before", "{}")).await.unwrap()];
+    let admin = sagaflow_store_postgres::testing::connect(&db.url).await;
+    let ended: i64 = admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = 'node-a'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ended >= 5, "the writer's and the readers' connections were ended: {ended}");
+    let broken_at = Instant::now();
+    // A start in the moment of the break may still be acknowledged; one
+    // that was must not be lost.
+    if let Ok(started) = client.start_workflow(common::start_request("quick", "during", "{}")).await {
+        acknowledged.push(started);
+    }
+
+    let logs = first.logs.clone();
+    let status = first.exited(Duration::from_secs(15)).await;
+    assert!(!status.success(), "a node that cannot write must not end as if all were well: {status}");
+    logs.await_line("saying the connection broke", Duration::from_secs(10), |l| {
+        l.contains("stopped serving") && l.contains("connection to PostgreSQL broke")
+    })
+    .await;
+    let second = tokio::time::timeout(TAKEOVER, standby).await.expect("no takeover").unwrap();
+    let takeover = broken_at.elapsed();
+    println!("served again {takeover:?} after the first node's connections broke");
+    // It gave the lease up rather than letting it run out.
+    assert!(takeover < Duration::from_secs(4), "the standby served after {takeover:?}");
+
+    let mut client = second.client().await;
+    acknowledged.push(client.start_workflow(common::start_request("quick", "after", "{}")).await.unwrap());
+    for started in acknowledged {
+        let id = started.into_inner().workflow_id;
+        let answer = client
+            .await_workflow(AwaitWorkflowRequest { workflow_id: id.clone(), timeout_ms: 30_000 })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(answer.summary.as_ref().unwrap().status(), WorkflowStatus::Completed, "{id}: {answer:?}");
+        common::assert_each_step_completed_once(&id, &common::full_history(&mut client, &id).await);
+    }
     running.abort();
 }

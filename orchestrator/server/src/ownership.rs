@@ -37,6 +37,8 @@ pub const RENEW_EVERY: Duration = Duration::from_secs(1);
 pub enum Error {
     #[error("the store's lease: {0}")]
     Store(#[from] store::Error),
+    #[error("the store refuses writes, so this node cannot serve: {0}")]
+    Broken(String),
 }
 
 /// This node's hold on the store.
@@ -72,6 +74,11 @@ impl Ownership {
         let ttl = millis(LEASE_TTL);
         let mut waited = false;
         let lease = loop {
+            // A store that broke (its database connection did) never serves:
+            // the process ends, and its supervisor starts it afresh.
+            if let Some(failure) = store.write_failure() {
+                return Err(Error::Broken(failure));
+            }
             let lease = store.acquire_shard(SHARD, &owner, ttl).await?;
             if lease.owner == owner {
                 break lease;
@@ -110,10 +117,20 @@ impl Ownership {
         if self.lost.borrow().is_some() {
             return;
         }
-        if let Err(e) = self.store.release_shard(self.fence).await {
+        give_up(&*self.store, &self.owner, self.fence).await;
+    }
+}
+
+/// Releases the lease, so that a standby takes over at once; bounded, since
+/// the database may not answer at all. Without it, the lease expires.
+async fn give_up(store: &dyn Store, owner: &str, fence: Fence) {
+    match tokio::time::timeout(RENEW_EVERY * 2, store.release_shard(fence)).await {
+        Ok(Ok(())) => tracing::info!(node = %owner, epoch = fence.epoch, "released the store"),
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "could not release the store's lease; a standby takes over when it expires");
-        } else {
-            tracing::info!(node = %self.owner, epoch = self.fence.epoch, "released the store");
+        }
+        Err(_) => {
+            tracing::warn!("the database did not answer the lease's release; a standby takes over when it expires")
         }
     }
 }
@@ -121,12 +138,28 @@ impl Ownership {
 /// Renews until the lease is lost. A renewal that fails for another reason
 /// (the database unreachable) is retried until the lease would have run
 /// out; past that, another node may own the store, so this one stops.
+/// A store that refuses writes (a connection to its database broke) cannot
+/// serve however long its lease lasts: the node gives the lease up, if the
+/// database still takes that, so that a standby serves at once, and stops.
 async fn renew(store: Arc<dyn Store>, owner: String, fence: Fence, lost: watch::Sender<Option<String>>) {
     let mut valid_until = Instant::now() + LEASE_TTL;
     loop {
         tokio::time::sleep(RENEW_EVERY).await;
+        if let Some(failure) = store.write_failure() {
+            give_up(&*store, &owner, fence).await;
+            let _ = lost.send(Some(format!("the store refuses writes: {failure}")));
+            return;
+        }
         let asked = Instant::now();
-        match store.renew_shard(fence, &owner, millis(LEASE_TTL)).await {
+        // A renewal stuck on a silent network fails when the lease runs
+        // out: past that, another node may own the store. One woken from a
+        // pause past that still asks, to learn whether one does.
+        let answer_by = valid_until.max(asked + RENEW_EVERY);
+        let renewal = tokio::time::timeout_at(answer_by, store.renew_shard(fence, &owner, millis(LEASE_TTL)));
+        let renewed = renewal.await.unwrap_or_else(|_| {
+            Err(store::Error::Engine("the database did not answer before the lease ran out".to_owned()))
+        });
+        match renewed {
             Ok(_) => valid_until = asked + LEASE_TTL,
             Err(e @ store::Error::Fenced { .. }) => {
                 let _ = lost.send(Some(format!("another node took the store over: {e}")));

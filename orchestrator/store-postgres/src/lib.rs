@@ -52,13 +52,14 @@ pub struct PostgresStore {
     ops: mpsc::UnboundedSender<Request>,
     shared: Arc<Shared>,
     readers: Readers,
+    url: String,
 }
 
 impl PostgresStore {
     /// Connects, applies pending migrations (refusing a database that a newer
     /// build migrated), and starts the writer task on the current runtime.
     pub async fn connect(url: &str) -> Result<Self> {
-        let mut client = open(url, "migration").await?;
+        let mut client = open(url, "migration", None).await?;
         let applied = migrations::apply(&mut client).await?;
         if !applied.is_empty() {
             tracing::info!(?applied, "applied PostgreSQL schema migrations");
@@ -66,10 +67,11 @@ impl PostgresStore {
         drop(client);
         let shared = Arc::new(Shared::default());
         let (ops, queue) = mpsc::unbounded_channel();
-        let writer = writer::Writer::start(open(url, "writer").await?, Arc::clone(&shared)).await?;
+        let writer_connection = open(url, "writer", Some(Arc::clone(&shared))).await?;
+        let writer = writer::Writer::start(writer_connection, Arc::clone(&shared)).await?;
         tokio::spawn(writer.run(queue));
-        let readers = Readers::connect(url, READ_CONNECTIONS).await?;
-        Ok(Self { ops, shared, readers })
+        let readers = Readers::connect(url, READ_CONNECTIONS, &shared).await?;
+        Ok(Self { ops, shared, readers, url: url.to_owned() })
     }
 
     /// Write transactions committed so far: with group commit, far fewer than
@@ -130,7 +132,11 @@ fn writer_stopped() -> Error {
 /// an application, the connection is named after its role (`sagaflow
 /// writer`, ...), so that an operator can tell them apart in
 /// `pg_stat_activity`.
-async fn open(url: &str, role: &str) -> Result<Client> {
+///
+/// The store does not reconnect (ADR 0031): when a connection of a store's
+/// breaks, the store fails (`broken`) and refuses writes from then on, and
+/// the node that holds it steps down, to be restarted by its supervisor.
+async fn open(url: &str, role: &str, broken: Option<Arc<Shared>>) -> Result<Client> {
     let tls::Target { mut config, tls } = tls::Target::parse(url)?;
     if config.get_application_name().is_none() {
         config.application_name(format!("sagaflow {role}"));
@@ -139,19 +145,21 @@ async fn open(url: &str, role: &str) -> Result<Client> {
     match tls {
         Some(tls) => {
             let (client, connection) = config.connect(tls).await.map_err(engine(&connecting))?;
-            watch_connection(role, connection);
+            watch_connection(role, connection, broken);
             Ok(client)
         }
         None => {
             let (client, connection) = config.connect(NoTls).await.map_err(engine(&connecting))?;
-            watch_connection(role, connection);
+            watch_connection(role, connection, broken);
             Ok(client)
         }
     }
 }
 
-/// Drives a connection until it closes, and says so when it did not close cleanly.
-fn watch_connection<S, T>(role: &str, connection: tokio_postgres::Connection<S, T>)
+/// Drives a connection until it closes. A connection closes cleanly only
+/// when its client is dropped; any other end (the server terminated the
+/// session, restarted, or the network broke) fails the store it served.
+fn watch_connection<S, T>(role: &str, connection: tokio_postgres::Connection<S, T>, broken: Option<Arc<Shared>>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -159,7 +167,10 @@ where
     let role = role.to_owned();
     tokio::spawn(async move {
         if let Err(e) = connection.await {
-            tracing::warn!(error = %describe(&e), "PostgreSQL: the {role} connection closed");
+            match broken {
+                Some(shared) => shared.fail(format!("the {role} connection to PostgreSQL broke: {}", describe(&e))),
+                None => tracing::warn!(error = %describe(&e), "PostgreSQL: the {role} connection closed"),
+            }
         }
     });
 }
@@ -336,7 +347,15 @@ impl Store for PostgresStore {
     }
 
     async fn release_shard(&self, fence: Fence) -> Result<()> {
-        shards::release(self.readers.client(), fence).await
+        let client = self.readers.client();
+        if !client.is_closed() {
+            return shards::release(client, fence).await;
+        }
+        // Its connections broke (the database restarted or failed over): a
+        // fresh one may reach it again, and then a standby takes over at
+        // once instead of when the lease expires.
+        let fresh = open(&self.url, "release", None).await?;
+        shards::release(&fresh, fence).await
     }
 
     fn fence(&self, fence: Fence) {

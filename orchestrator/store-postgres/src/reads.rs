@@ -6,6 +6,7 @@
 //! acknowledged before it started, since a commit is acknowledged only after
 //! its transaction committed.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures_util::future::try_join_all;
@@ -19,6 +20,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, Statement};
 
 use crate::plan::decode_batch;
+use crate::writer::Shared;
 use crate::{engine, open, storable};
 
 pub(crate) struct Readers {
@@ -117,9 +119,9 @@ fn get<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, column: usize, t
 }
 
 impl Readers {
-    pub(crate) async fn connect(url: &str, count: usize) -> Result<Self> {
+    pub(crate) async fn connect(url: &str, count: usize, shared: &Arc<Shared>) -> Result<Self> {
         let connections = try_join_all((0..count.max(1)).map(|_| async {
-            let client = open(url, "reader").await?;
+            let client = open(url, "reader", Some(Arc::clone(shared))).await?;
             let st = Statements::prepare(&client).await?;
             Ok::<_, Error>(Reader { client, st })
         }))

@@ -104,7 +104,7 @@ impl Shared {
         self.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
-    fn fail(&self, reason: String) {
+    pub(crate) fn fail(&self, reason: String) {
         tracing::error!(%reason, "the PostgreSQL store refuses writes from now on");
         self.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get_or_insert(reason);
     }

@@ -323,45 +323,44 @@ async fn a_nul_in_an_id_refuses_only_its_commit() {
 
 /// The writer's connection breaks: the batch is not acknowledged, health
 /// says why, and later writes are refused rather than lost.
+/// A connection of the store's that the database ends (a restart, a
+/// failover, an operator's `pg_terminate_backend`) fails the store at once,
+/// before any write tries it: it refuses writes from then on and says why,
+/// so that the node holding it steps down (ADR 0031). The writer's
+/// connection, then one of the readers'.
 #[tokio::test]
-async fn a_broken_writer_connection_refuses_writes_and_says_why() {
-    let db = TestDb::create().await;
-    let store = store(&db).await;
-    store.commit(append("wf", 1..=1)).await.unwrap().wait().await.unwrap();
-    assert!(store.write_failure().is_none());
-    let admin = connect(&db.url).await;
-    let ended: i64 = admin
-        .query_one(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-             WHERE datname = current_database() AND application_name = 'sagaflow writer'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(ended, 1);
-    // Termination is a signal: wait until the backend is gone.
-    for _ in 0..250 {
-        let left: i64 = admin
+async fn a_broken_connection_fails_the_store_and_says_why() {
+    for role in ["writer", "reader"] {
+        let db = TestDb::create().await;
+        let store = store(&db).await;
+        store.commit(append("wf", 1..=1)).await.unwrap().wait().await.unwrap();
+        assert!(store.write_failure().is_none());
+        let admin = connect(&db.url).await;
+        let ended: i64 = admin
             .query_one(
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE datname = current_database() AND application_name = 'sagaflow writer'",
-                &[],
+                "SELECT count(pg_terminate_backend(pid)) FROM (SELECT pid FROM pg_stat_activity
+                 WHERE datname = current_database() AND application_name = $1 LIMIT 1) AS one",
+                &[&format!("sagaflow {role}")],
             )
             .await
             .unwrap()
             .get(0);
-        if left == 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert_eq!(ended, 1, "{role}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let failure = loop {
+            if let Some(failure) = store.write_failure() {
+                break failure;
+            }
+            assert!(std::time::Instant::now() < deadline, "the store did not notice its {role} connection broke");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        assert!(failure.contains(&format!("the {role} connection to PostgreSQL broke")), "{failure}");
+        let refused = store.commit(append("wf", 2..=2)).await.map(drop);
+        assert!(matches!(refused, Err(Error::FlushFailed(_))), "{role}: {refused:?}");
+        // Nothing was written after the break.
+        let reopened = PostgresStore::connect(&db.url).await.unwrap();
+        assert_eq!(reopened.last_seq("wf").await.unwrap(), 1, "{role}");
     }
-    let outcome = store.commit(append("wf", 2..=2)).await.map(drop);
-    assert!(matches!(outcome, Err(Error::Engine(_))), "{outcome:?}");
-    assert!(store.write_failure().is_some());
-    assert!(matches!(store.commit(append("wf", 2..=2)).await, Err(Error::FlushFailed(_))));
-    // Reads go on over their own connections.
-    assert_eq!(store.last_seq("wf").await.unwrap(), 1);
 }
 
 /// Two nodes on one database: after the second takes the shard over, the
