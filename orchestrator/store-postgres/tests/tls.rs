@@ -1,6 +1,8 @@
 //! TLS to a real PostgreSQL: the test switches the server's TLS on (its own
 //! CA and certificate, `ALTER SYSTEM`, a reload), connects a store that
-//! verifies the certificate, and switches it off again.
+//! verifies the certificate, then requires a client certificate for its
+//! database (`pg_hba.conf`) and connects with one, and switches it all off
+//! again.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -35,6 +37,15 @@ impl Authority {
         let params = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
         (params.signed_by(&key, &self.issuer).unwrap().pem(), key.serialize_pem())
     }
+
+    /// A client's certificate and key, in PEM, for the database user `user`
+    /// (PostgreSQL's `cert` method maps the common name to the user).
+    fn client(&self, user: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, user);
+        (params.signed_by(&key, &self.issuer).unwrap().pem(), key.serialize_pem())
+    }
 }
 
 /// The server's TLS, on while this lives: its files in the data directory,
@@ -42,6 +53,8 @@ impl Authority {
 struct ServerTls {
     admin: Client,
     dir: PathBuf,
+    /// `pg_hba.conf` and what it held before this changed it.
+    hba: Option<(PathBuf, String)>,
 }
 
 impl ServerTls {
@@ -54,7 +67,7 @@ impl ServerTls {
         let dir = Path::new(&data_dir).join(format!("sagaflow-test-tls-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let (cert, key) = ca.server();
-        for (name, text) in [("server.crt", cert), ("server.key", key)] {
+        for (name, text) in [("server.crt", cert), ("server.key", key), ("root.crt", ca.issuer.pem())] {
             let path = dir.join(name);
             std::fs::write(&path, text).unwrap();
             // The server refuses a key others may read.
@@ -65,11 +78,13 @@ impl ServerTls {
         for setting in [
             format!("ALTER SYSTEM SET ssl_cert_file = '{}'", cert.display()),
             format!("ALTER SYSTEM SET ssl_key_file = '{}'", key.display()),
+            // The CA that client certificates must chain to.
+            format!("ALTER SYSTEM SET ssl_ca_file = '{}'", dir.join("root.crt").display()),
             "ALTER SYSTEM SET ssl = on".to_owned(),
         ] {
             admin.batch_execute(&setting).await.unwrap();
         }
-        let tls = Self { admin, dir };
+        let tls = Self { admin, dir, hba: None };
         tls.reload("on").await;
         Some(tls)
     }
@@ -87,9 +102,30 @@ impl ServerTls {
         panic!("the server's ssl setting did not become {ssl} within 10 s of a reload");
     }
 
+    /// From now on, a session to `database` must come over TLS with a
+    /// client certificate (a line ahead of the others in `pg_hba.conf`).
+    async fn require_client_certificates(&mut self, database: &str) {
+        let path: String = self.admin.query_one("SHOW hba_file", &[]).await.unwrap().get(0);
+        let before = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(
+            &path,
+            format!("hostssl {database} all all cert\nhostnossl {database} all all reject\n{before}"),
+        )
+        .unwrap();
+        self.hba = Some((PathBuf::from(path), before));
+        self.admin.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    }
+
     async fn switch_off(self) {
-        for setting in ["ALTER SYSTEM RESET ssl", "ALTER SYSTEM RESET ssl_cert_file", "ALTER SYSTEM RESET ssl_key_file"]
-        {
+        if let Some((path, before)) = &self.hba {
+            std::fs::write(path, before).unwrap();
+        }
+        for setting in [
+            "ALTER SYSTEM RESET ssl",
+            "ALTER SYSTEM RESET ssl_cert_file",
+            "ALTER SYSTEM RESET ssl_key_file",
+            "ALTER SYSTEM RESET ssl_ca_file",
+        ] {
             self.admin.batch_execute(setting).await.unwrap();
         }
         self.reload("off").await;
@@ -102,15 +138,16 @@ fn with_params(url: &str, params: &str) -> String {
 }
 
 #[tokio::test]
-async fn a_store_over_tls_verifies_the_database_certificate() {
+async fn a_store_over_tls_verifies_the_database_and_can_prove_itself_with_a_client_certificate() {
     let (ca, rogue) = (Authority::new("sagaflow test CA"), Authority::new("someone else's CA"));
-    let Some(server_tls) = ServerTls::switch_on(&ca).await else {
+    let Some(mut server_tls) = ServerTls::switch_on(&ca).await else {
         assert!(std::env::var_os("CI").is_none(), "CI runs its own PostgreSQL, on this machine");
         eprintln!(
             "SKIPPED: the PostgreSQL of SAGAFLOW_TEST_POSTGRES is not on this machine; its TLS is not ours to switch on"
         );
         return;
     };
+    let user = admin_url().parse::<tokio_postgres::Config>().unwrap().get_user().unwrap_or("postgres").to_owned();
     let files = tempfile::tempdir().unwrap();
     let (ca_file, rogue_file) = (files.path().join("ca.pem"), files.path().join("rogue.pem"));
     std::fs::write(&ca_file, ca.issuer.pem()).unwrap();
@@ -142,16 +179,62 @@ async fn a_store_over_tls_verifies_the_database_certificate() {
         drop(store);
         let rogue_url = with_params(&db.url, &format!("sslmode=require&sslrootcert={}", rogue_file.display()));
         let refused = PostgresStore::connect(&rogue_url).await.err().map(|e| e.to_string());
-        Ok::<_, String>((last_seq, sessions, refused))
+
+        // A client certificate, where the database requires one.
+        server_tls.require_client_certificates(&db.name).await;
+        let without = wait_until_refused(&verified).await?;
+        let (cert, key) = ca.client(&user);
+        let (cert_file, key_file) = (files.path().join("client.pem"), files.path().join("client.key"));
+        std::fs::write(&cert_file, cert).unwrap();
+        std::fs::write(&key_file, key).unwrap();
+        let with_cert =
+            with_params(&verified, &format!("sslcert={}&sslkey={}", cert_file.display(), key_file.display()));
+        let store = PostgresStore::connect(&with_cert).await.map_err(|e| format!("with a client certificate: {e}"))?;
+        let client_seq = store.last_seq("wf").await.map_err(|e| e.to_string())?;
+        let client_dns: Vec<Option<String>> = server_tls
+            .admin
+            .query(
+                "SELECT s.client_dn FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.datname = $1",
+                &[&db.name],
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        drop(store);
+        Ok::<_, String>((last_seq, sessions, refused, without, client_seq, client_dns))
     }
     .await;
     drop(db);
     server_tls.switch_off().await;
 
-    let (last_seq, sessions, refused) = outcome.unwrap();
+    let (last_seq, sessions, refused, without, client_seq, client_dns) = outcome.unwrap();
+    println!("without a client certificate: {without}; client DNs: {client_dns:?}");
+    assert!(without.contains("certificate"), "the refusal says a certificate is needed: {without}");
+    assert_eq!(client_seq, 1, "a store with a client certificate reads what was written");
+    let expected = format!("/CN={user}");
+    assert!(
+        client_dns.len() >= 2 && client_dns.iter().all(|dn| dn.as_deref() == Some(expected.as_str())),
+        "every session proved itself as {expected}: {client_dns:?}"
+    );
     println!("sessions encrypted: {sessions:?}; another CA: {refused:?}");
     assert_eq!(last_seq, 1, "the commit went through the encrypted connection");
     assert!(sessions.len() >= 2 && sessions.iter().all(|ssl| *ssl), "every session encrypted: {sessions:?}");
     let refused = refused.expect("a server whose certificate another CA signed must be refused");
     assert!(refused.to_lowercase().contains("certificate"), "the refusal says why: {refused}");
+}
+
+/// The error a store without a client certificate gets, once the server
+/// reloaded `pg_hba.conf` (a reload is a signal: sessions opened before it
+/// is read still get the old rules).
+async fn wait_until_refused(url: &str) -> Result<String, String> {
+    for _ in 0..200 {
+        match PostgresStore::connect(url).await {
+            Err(e) => return Ok(e.to_string()),
+            Ok(store) => drop(store),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err("a session without a client certificate was still let in 10 s after the reload".into())
 }

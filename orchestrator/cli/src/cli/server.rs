@@ -30,7 +30,9 @@ pub struct ServerArgs {
     /// servers may share one database: one serves and the others stand by, taking over within
     /// seconds when it dies (docs/cluster.md). TLS as libpq spells it:
     /// ?sslmode=verify-full&sslrootcert=/path/ca.pem (the database's certificate is always
-    /// verified, host name included; require and verify-ca mean the same here).
+    /// verified, host name included; require and verify-ca mean the same here); add
+    /// &sslcert=/path/client.pem&sslkey=/path/client.key for a database that requires a client
+    /// certificate.
     #[arg(long, env = "SAGAFLOW_STORE", value_name = "URL", value_parser = parse_store_url)]
     pub store: Option<String>,
     /// gRPC listen address. Loopback by default.
