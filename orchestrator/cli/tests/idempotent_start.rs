@@ -60,6 +60,9 @@ async fn a_chosen_workflow_id_cannot_be_taken_twice() {
     let mut request = start_request("bench", "r-1", "{}");
     request.workflow_id = "order-42".into();
     assert_eq!(client.start_workflow(request.clone()).await.unwrap().into_inner().workflow_id, "order-42");
+    // A retry of that start (same request id, same id) is answered with it.
+    let retried = client.start_workflow(request.clone()).await.unwrap().into_inner();
+    assert_eq!((retried.workflow_id.as_str(), retried.already_started), ("order-42", true));
     request.request_id = "r-2".into();
     assert_eq!(client.start_workflow(request).await.unwrap_err().code(), Code::AlreadyExists);
 }

@@ -99,6 +99,27 @@ pub struct StartRequest {
     pub redrive: Option<redrive::RedriveStart>,
 }
 
+/// What a repeated start must match to be answered with the workflow its
+/// request id started.
+#[derive(Clone, Copy)]
+struct Start<'a> {
+    workflow_type: &'a str,
+    request_id: &'a str,
+    input: &'a str,
+    workflow_id: Option<&'a str>,
+}
+
+impl<'a> Start<'a> {
+    fn of(request: &'a StartRequest) -> Self {
+        Self {
+            workflow_type: &request.workflow_type,
+            request_id: &request.request_id,
+            input: &request.input,
+            workflow_id: request.workflow_id.as_deref(),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Slot {
     state: Option<(WorkflowState, Arc<SagaDefinition>)>,
@@ -333,24 +354,26 @@ impl Runtime {
             Err(e @ (Unstartable::Deprecated(..) | Unstartable::AllDeprecated(_))) => {
                 // A retry of a start made before the deprecation still answers
                 // with its workflow: a start is idempotent by request id.
-                if let Some(existing) = self.inner.store.workflow_for_request(&request.request_id).await? {
-                    self.inner.store.barrier().wait().await?;
-                    return self.compare_with_existing(&existing, &request).await.map(|()| (existing, true));
-                }
-                return Err(Error::FailedPrecondition(e.to_string()));
+                return match self.started_by(&request).await? {
+                    Some(existing) => Ok((existing, true)),
+                    None => Err(Error::FailedPrecondition(e.to_string())),
+                };
             }
             Err(e @ Unstartable::UnknownType(..)) => return Err(Error::InvalidArgument(e.to_string())),
             Err(e @ Unstartable::UnknownVersion(..)) => return Err(Error::NotFound(e.to_string())),
         };
         let stripe = stripe_of(&request.request_id, self.inner.start_stripes.len());
         let _serialised = self.inner.start_stripes[stripe].lock().await;
-        if let Some(existing) = self.inner.store.workflow_for_request(&request.request_id).await? {
-            // Never confirm what a crash could still undo.
-            self.inner.store.barrier().wait().await?;
-            return self.compare_with_existing(&existing, &request).await.map(|()| (existing, true));
-        }
+        // The request id is not looked up first: the store refuses a start
+        // whose request id is taken (`RequestIdTaken`, below), which saves
+        // the common start a read. Only a start about to be refused for
+        // another reason looks first, so that a retry of one that was
+        // accepted answers with its workflow instead.
         if let Some(first) = self.queue_full(&definition) {
-            return Err(Error::ResourceExhausted(first));
+            return match self.started_by(&request).await? {
+                Some(existing) => Ok((existing, true)),
+                None => Err(Error::ResourceExhausted(first)),
+            };
         }
         let chosen_id = request.workflow_id.is_some();
         let workflow_id = request.workflow_id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
@@ -358,9 +381,14 @@ impl Runtime {
         let mut guard = slot.lock().await;
         // A fresh UUIDv7 names no existing workflow; only a chosen id is looked up.
         if guard.state.is_some() || (chosen_id && self.inner.store.last_seq(&workflow_id).await? > 0) {
-            return Err(Error::AlreadyExists(format!(
-                "workflow {workflow_id} already exists (started by another request id)"
-            )));
+            drop(guard);
+            drop(slot);
+            return match self.started_by(&request).await? {
+                Some(existing) => Ok((existing, true)),
+                None => Err(Error::AlreadyExists(format!(
+                    "workflow {workflow_id} already exists (started by another request id)"
+                ))),
+            };
         }
         let started = WorkflowStarted {
             workflow_type: definition.name.clone(),
@@ -399,9 +427,37 @@ impl Runtime {
             Err(e) => {
                 drop(guard);
                 self.release(&workflow_id, slot);
-                Err(e)
+                match e {
+                    Error::Store(store::Error::RequestIdTaken { workflow_id: existing, .. }) => {
+                        let start = Start {
+                            workflow_type: &state.workflow_type,
+                            request_id: &state.request_id,
+                            input: &state.input,
+                            workflow_id: chosen_id.then_some(workflow_id.as_str()),
+                        };
+                        self.confirm_existing(&existing, start).await.map(|()| (existing, true))
+                    }
+                    e => Err(e),
+                }
             }
         }
+    }
+
+    /// The workflow `request`'s request id started, if one did and it is
+    /// the same start; an error when the request id started another.
+    async fn started_by(&self, request: &StartRequest) -> Result<Option<String>> {
+        match self.inner.store.workflow_for_request(&request.request_id).await? {
+            Some(existing) => self.confirm_existing(&existing, Start::of(request)).await.map(|()| Some(existing)),
+            None => Ok(None),
+        }
+    }
+
+    /// Answers a repeated start with the workflow its request id started,
+    /// once that start is durable (never confirm what a crash could still
+    /// undo), if it is the same start.
+    async fn confirm_existing(&self, existing: &str, start: Start<'_>) -> Result<()> {
+        self.inner.store.barrier().wait().await?;
+        self.compare_with_existing(existing, start).await
     }
 
     fn queue_full(&self, definition: &SagaDefinition) -> Option<String> {
@@ -424,17 +480,17 @@ impl Runtime {
         })
     }
 
-    async fn compare_with_existing(&self, workflow_id: &str, request: &StartRequest) -> Result<()> {
+    async fn compare_with_existing(&self, workflow_id: &str, start: Start<'_>) -> Result<()> {
         let Some(started) = self.started_event(workflow_id).await? else {
             return Err(Error::NotFound(format!("workflow {workflow_id} of this request id has no history")));
         };
-        let same_id = request.workflow_id.as_deref().is_none_or(|id| id == workflow_id);
-        if started.workflow_type == request.workflow_type && started.input == request.input && same_id {
+        let same_id = start.workflow_id.is_none_or(|id| id == workflow_id);
+        if started.workflow_type == start.workflow_type && started.input == start.input && same_id {
             Ok(())
         } else {
             Err(Error::AlreadyExists(format!(
                 "request id {:?} already started workflow {workflow_id} with a different type, input or workflow id",
-                request.request_id
+                start.request_id
             )))
         }
     }
