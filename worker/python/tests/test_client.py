@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from harness import ServerProcess
 
@@ -190,3 +191,34 @@ async def test_a_client_of_several_nodes_chooses_again_when_its_node_is_lost(tmp
     finally:
         a.stop()
         b.stop()
+
+
+class _NotServing(grpc.GenericRpcHandler):
+    """A node that listens but answers every call UNAVAILABLE, as one stepping down does."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def service(self, handler_call_details: Any) -> Any:
+        async def refuse(_request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            self.calls += 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "not serving")
+
+        return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+async def test_a_client_of_several_nodes_moves_on_from_a_node_that_answers_unavailable(server: ServerProcess) -> None:
+    refusing = _NotServing()
+    listener = grpc.aio.server()
+    listener.add_generic_rpc_handlers((refusing,))
+    port = listener.add_insecure_port("127.0.0.1:0")
+    await listener.start()
+    try:
+        async with Client([f"http://127.0.0.1:{port}", server.url]) as client:
+            with pytest.raises(Unavailable, match="not serving"):
+                await client.start("py.gated", {})  # never re-sent: the caller decides
+            started = await client.start("py.gated", {})  # the next call goes to the next node
+            assert (await client.describe(started.workflow_id)).status is WorkflowStatus.RUNNING
+        assert refusing.calls == 1
+    finally:
+        await listener.stop(None)

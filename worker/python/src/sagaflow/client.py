@@ -214,8 +214,10 @@ class Client:
     entry raises ValueError. With one address, calls go to it (gRPC connects, and reconnects, as
     needed). With several, the first call connects to each in turn, waiting up to
     `connect_timeout` seconds for each, and the client uses the first that connects; when that
-    connection is lost (no longer ready), the next call chooses again the same way. A call is never
-    re-sent on another node: the one that failed raises, and none connecting raises `Unavailable`.
+    connection is lost (no longer ready), or its node answers `Unavailable` (it is stepping down,
+    or cannot reach its store), the next call chooses again the same way, beginning with the node
+    after it. A call is never re-sent on another node: the one that failed raises, and none
+    connecting raises `Unavailable`.
     Use it as an async context manager, or call `close()`.
     """
 
@@ -238,6 +240,8 @@ class Client:
             self._connection = _Connection(self._servers[0], aio_channel(self._servers[0], tls))
         self._choosing: Optional[asyncio.Lock] = None
         self._closed = False
+        # The connection whose node answered UNAVAILABLE: given up at the next call.
+        self._refused: Optional[_Connection] = None
 
     async def __aenter__(self) -> Client:
         return self
@@ -257,7 +261,7 @@ class Client:
         if connection is not None and (
             len(self._servers) == 1
             or self._closed
-            or connection.channel.get_state() is grpc.ChannelConnectivity.READY
+            or (connection is not self._refused and connection.channel.get_state() is grpc.ChannelConnectivity.READY)
         ):
             return connection
         if self._closed:
@@ -267,19 +271,23 @@ class Client:
         async with self._choosing:
             if self._connection is not connection and self._connection is not None:
                 return self._connection  # another call chose meanwhile
+            start = 0
             if connection is not None:
                 self._connection = None
                 await connection.channel.close()
-            chosen = await self._first_that_connects()
+                start = self._servers.index(connection.server) + 1
+            self._refused = None
+            chosen = await self._first_that_connects(start)
             if self._closed:
                 await chosen.channel.close()
                 raise RuntimeError("the client is closed")
             self._connection = chosen
             return chosen
 
-    async def _first_that_connects(self) -> _Connection:
+    async def _first_that_connects(self, start: int = 0) -> _Connection:
+        """The first node, from the `start`-th on and round to the beginning, that connects."""
         failures = []
-        for server in self._servers:
+        for server in self._servers[start:] + self._servers[:start]:
             channel = aio_channel(server, self._tls, _NODE_CHANNEL_OPTIONS)
             try:
                 await asyncio.wait_for(_ready(channel), self._connect_timeout)
@@ -311,6 +319,8 @@ class Client:
         try:
             return await method(connection)(request, metadata=metadata, timeout=timeout or self._timeout)
         except grpc.aio.AioRpcError as error:
+            if error.code() is grpc.StatusCode.UNAVAILABLE:
+                self._refused = connection
             raise errors.from_grpc(error) from None
 
     # -- workflows -----------------------------------------------------------------------------
