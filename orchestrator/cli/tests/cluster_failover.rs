@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use common::ServerProcess;
 use common::shop::{Shop, checkout};
 use sagaflow_proto::checkout::v1::checkout_service_client::CheckoutServiceClient;
+use sagaflow_proto::v1::workflow_service_client::WorkflowServiceClient;
 use sagaflow_proto::v1::{AwaitWorkflowRequest, WorkflowStatus};
 use sagaflow_server::store::Store as _;
 use sagaflow_store_postgres::PostgresStore;
@@ -68,6 +69,30 @@ impl Node {
             ServerProcess::start_standby(&dir, &listen, &args, within).await
         })
     }
+}
+
+/// A file with one saga definition, `name`, of one step on `activity`; the
+/// arguments that apply it at start.
+fn one_step_saga(root: &Path, name: &str, activity: &str) -> [String; 2] {
+    let definition = SagaDefinition::builder(name, 1).step(Step::activity("only", activity)).build().unwrap();
+    let file = root.join(format!("{name}.json"));
+    std::fs::write(&file, serde_json::to_string(&[definition]).unwrap()).unwrap();
+    ["--definitions".to_owned(), file.to_str().unwrap().to_owned()]
+}
+
+/// A worker that completes `test.quick` at once, connected to `servers`.
+fn quick_worker(servers: &str, token: Option<&str>) -> JoinHandle<()> {
+    let mut builder = Worker::builder(servers.to_owned());
+    if let Some(token) = token {
+        builder = builder.token(token);
+    }
+    let worker = builder
+        .activity("test.quick", |_ctx: ActivityContext, _input: Value| async { Ok::<_, ActivityError>(json!({})) })
+        .build()
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = worker.run().await;
+    })
 }
 
 fn signal(pid: u32, name: &str) {
@@ -179,10 +204,8 @@ async fn a_task_held_through_a_takeover_is_finished_once_by_the_new_node() {
     let root = tempfile::tempdir().unwrap();
     let nodes = [Node::new(root.path(), "a"), Node::new(root.path(), "b")];
     let all = nodes.iter().map(Node::url).collect::<Vec<_>>().join(",");
-    let definition = SagaDefinition::builder("held", 1).step(Step::activity("only", "test.held")).build().unwrap();
-    let file = root.path().join("definitions.json");
-    std::fs::write(&file, serde_json::to_string(&[definition]).unwrap()).unwrap();
-    let extra = ["--definitions", file.to_str().unwrap()];
+    let definitions = one_step_saga(root.path(), "held", "test.held");
+    let extra = definitions.each_ref().map(String::as_str);
     let first = nodes[0].start_with(&db, Duration::from_secs(30), &extra).await.unwrap();
     let standby = nodes[1].start_with(&db, Duration::from_secs(120), &extra);
 
@@ -247,20 +270,14 @@ async fn a_node_whose_database_connections_break_steps_down_for_a_standby() {
     let root = tempfile::tempdir().unwrap();
     let nodes = [Node::new(root.path(), "a"), Node::new(root.path(), "b")];
     let all = nodes.iter().map(Node::url).collect::<Vec<_>>().join(",");
-    let definition = SagaDefinition::builder("quick", 1).step(Step::activity("only", "test.quick")).build().unwrap();
-    let file = root.path().join("definitions.json");
-    std::fs::write(&file, serde_json::to_string(&[definition]).unwrap()).unwrap();
-    let extra = ["--definitions", file.to_str().unwrap()];
+    let definitions = one_step_saga(root.path(), "quick", "test.quick");
+    let extra = definitions.each_ref().map(String::as_str);
     // Each node names its connections, so that the test ends only the first's.
     let named =
         |name: &str| format!("{}{}application_name={name}", db.url, if db.url.contains('?') { '&' } else { '?' });
     let first = nodes[0].start_on(&named("node-a"), Duration::from_secs(30), &extra).await.unwrap();
     let standby = nodes[1].start_on(&named("node-b"), Duration::from_secs(120), &extra);
-    let worker = Worker::builder(all.clone())
-        .activity("test.quick", |_ctx: ActivityContext, _input: Value| async { Ok::<_, ActivityError>(json!({})) })
-        .build()
-        .unwrap();
-    let running = tokio::spawn(worker.run());
+    let running = quick_worker(&all, None);
 
     let mut client = first.client().await;
     let mut acknowledged = vec![client.start_workflow(common::start_request("quick", "before", "{}")).await.unwrap()];
@@ -308,4 +325,92 @@ async fn a_node_whose_database_connections_break_steps_down_for_a_standby() {
         common::assert_each_step_completed_once(&id, &common::full_history(&mut client, &id).await);
     }
     running.abort();
+}
+
+/// Any node takes any call: a standby listens and forwards every call and
+/// worker session to the node that serves, which checks their tokens. A
+/// client and a worker given only the standby's address are served through
+/// it; when the serving node dies, the standby takes over and serves them
+/// itself, on the same address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_standby_forwards_calls_and_worker_sessions_to_the_serving_node() {
+    use common::secure::{CLIENT, WORKER, raw_call, with_token, write_auth_file};
+    let db = TestDb::create().await;
+    let root = tempfile::tempdir().unwrap();
+    let nodes = [Node::new(root.path(), "a"), Node::new(root.path(), "b")];
+    let [definitions, file] = one_step_saga(root.path(), "quick", "test.quick");
+    let auth = write_auth_file(root.path());
+    let extra = [definitions.as_str(), file.as_str(), "--auth-file", auth.to_str().unwrap()];
+    let first = nodes[0].start_with(&db, Duration::from_secs(30), &extra).await.unwrap();
+    let standby = nodes[1].start_with(&db, Duration::from_secs(120), &extra);
+    let through = nodes[1].url();
+
+    // The standby's health check answers for the node that serves.
+    common::nats::wait_until(Duration::from_secs(20), "a health check through the standby", || async {
+        let Ok(channel) = tonic::transport::Channel::from_shared(through.clone()).unwrap().connect().await else {
+            return false;
+        };
+        let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
+        let answer = tonic_health::pb::health_client::HealthClient::new(channel).check(request).await;
+        answer.is_ok_and(|a| a.into_inner().status == 1)
+    })
+    .await;
+    let running = quick_worker(&through, Some(WORKER));
+    let channel = tonic::transport::Channel::from_shared(through.clone()).unwrap().connect().await.unwrap();
+    // The serving node checks the token of a forwarded call.
+    let refused = raw_call(&channel, "/sagaflow.v1.WorkflowService/ListWorkflows", None).await;
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    let bearer: tonic::metadata::AsciiMetadataValue = format!("Bearer {CLIENT}").parse().unwrap();
+    let mut client = WorkflowServiceClient::with_interceptor(channel, move |mut request: tonic::Request<()>| {
+        request.metadata_mut().insert("authorization", bearer.clone());
+        Ok(request)
+    });
+    let before = client.start_workflow(common::start_request("quick", "via-standby", "{}")).await.unwrap().into_inner();
+    let answer = client
+        .await_workflow(AwaitWorkflowRequest { workflow_id: before.workflow_id.clone(), timeout_ms: 30_000 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.summary.as_ref().unwrap().status(), WorkflowStatus::Completed, "{answer:?}");
+    // The serving node ran it: the standby has no runtime of its own.
+    let described = first
+        .client()
+        .await
+        .describe_workflow(with_token(
+            sagaflow_proto::v1::DescribeWorkflowRequest { workflow_id: before.workflow_id.clone() },
+            Some(CLIENT),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(described.summary.unwrap().status(), WorkflowStatus::Completed);
+
+    let killed_at = Instant::now();
+    first.kill9().await;
+    let second = tokio::time::timeout(TAKEOVER, standby).await.expect("no takeover").unwrap();
+    println!("the standby served {:?} after the kill", killed_at.elapsed());
+    // The same client, on the same address, now served by the node itself;
+    // its connection was forwarded and is gone, so the first call may fail.
+    let mut after = None;
+    for _ in 0..50 {
+        match client.start_workflow(common::start_request("quick", "after-takeover", "{}")).await {
+            Ok(started) => {
+                after = Some(started.into_inner());
+                break;
+            }
+            Err(status) => assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = after.expect("the client was not served after the takeover");
+    for id in [&before.workflow_id, &after.workflow_id] {
+        let answer = client
+            .await_workflow(AwaitWorkflowRequest { workflow_id: id.clone(), timeout_ms: 30_000 })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(answer.summary.as_ref().unwrap().status(), WorkflowStatus::Completed, "{id}: {answer:?}");
+    }
+    running.abort();
+    drop(second);
 }

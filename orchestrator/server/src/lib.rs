@@ -8,6 +8,7 @@ pub mod auth;
 pub mod connections;
 pub mod console;
 pub mod extension;
+mod forward;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;

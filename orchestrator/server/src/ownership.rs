@@ -68,9 +68,30 @@ pub fn node_id() -> String {
     format!("{host}-{}-{}", std::process::id(), &unique[unique.len() - 8..])
 }
 
+/// The name a node holds the lease under: its id and, when it takes
+/// forwarded calls, the `host:port` it serves gRPC at, which standbys read
+/// from the lease to forward to it.
+pub fn owner_name(node: &str, address: Option<&str>) -> String {
+    match address {
+        Some(address) => format!("{node}@{address}"),
+        None => node.to_owned(),
+    }
+}
+
+/// Where the lease's holder serves, if it said.
+pub fn address_of(owner: &str) -> Option<&str> {
+    owner.split_once('@').map(|(_, address)| address).filter(|a| !a.is_empty())
+}
+
 impl Ownership {
-    /// Takes the store for `owner`, waiting while another live node holds it.
-    pub async fn take(store: Arc<dyn Store>, owner: String) -> Result<Self, Error> {
+    /// Takes the store for `owner`, waiting while another live node holds
+    /// it; meanwhile `serving` names where the holder serves (`None` when
+    /// the store is free or its holder did not say).
+    pub async fn take(
+        store: Arc<dyn Store>,
+        owner: String,
+        serving: &watch::Sender<Option<String>>,
+    ) -> Result<Self, Error> {
         let ttl = millis(LEASE_TTL);
         let mut waited = false;
         let lease = loop {
@@ -81,8 +102,15 @@ impl Ownership {
             }
             let lease = store.acquire_shard(SHARD, &owner, ttl).await?;
             if lease.owner == owner {
+                serving.send_replace(None);
                 break lease;
             }
+            let holder = address_of(&lease.owner).map(str::to_owned);
+            serving.send_if_modified(|now| {
+                let changed = *now != holder;
+                *now = holder.clone();
+                changed
+            });
             if !waited {
                 tracing::info!(holder = %lease.owner, node = %owner, "standby: another node holds the store; waiting for its lease to end");
                 waited = true;

@@ -69,6 +69,9 @@ pub enum Storage {
     Postgres {
         url: String,
         dir: PathBuf,
+        /// The `host:port` standbys forward calls to while this node
+        /// serves; by default the gRPC listener's own address.
+        advertise: Option<String>,
     },
     /// Nothing survives the process: for tests and demos.
     Memory,
@@ -254,11 +257,12 @@ impl Server {
                 (Arc::new(store), LeaseKey::from_shared(&key)?)
             }
         };
-        let ownership = match &options.storage {
-            Storage::Postgres { .. } => {
-                Some(crate::ownership::Ownership::take(Arc::clone(&store), crate::ownership::node_id()).await?)
+        let (ownership, listening) = match &options.storage {
+            Storage::Postgres { advertise, .. } => {
+                let (ownership, listening) = take_the_store(Arc::clone(&store), &options, advertise.as_deref()).await?;
+                (Some(ownership), listening)
             }
-            Storage::Sled(_) | Storage::Memory => None,
+            Storage::Sled(_) | Storage::Memory => (None, None),
         };
         crate::http::prometheus();
         let open_files = crate::connections::raise_open_file_limit();
@@ -276,8 +280,12 @@ impl Server {
             retention.outbox = None;
         }
         tokio::spawn(runtime.clone().expire_closed_workflows(retention));
-        let grpc =
-            TcpListener::bind(options.listen).await.map_err(|source| Error::Bind { addr: options.listen, source })?;
+        let grpc = match listening {
+            Some(listener) => listener,
+            None => TcpListener::bind(options.listen)
+                .await
+                .map_err(|source| Error::Bind { addr: options.listen, source })?,
+        };
         let grpc_addr = grpc.local_addr().map_err(|source| Error::Bind { addr: options.listen, source })?;
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -506,6 +514,39 @@ impl Server {
 /// Streams one connection may have open at once: a client that opens more
 /// waits for one to end (HTTP/2 flow control) instead of growing the server.
 const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
+
+/// Takes the store's lease (a standby waits). Meanwhile, unless the API is
+/// served over TLS (forwarding would need the serving node's CA, and a
+/// certificate for each node), the node listens and forwards every call to
+/// the node that serves (forward.rs); the listener is returned, to serve on
+/// once the store is taken.
+async fn take_the_store(
+    store: Arc<dyn Store>,
+    options: &Options,
+    advertise: Option<&str>,
+) -> Result<(crate::ownership::Ownership, Option<TcpListener>), Error> {
+    use crate::ownership::{Ownership, node_id, owner_name};
+    let (serving, serving_now) = watch::channel(None);
+    if options.tls.is_some() {
+        return Ok((Ownership::take(store, owner_name(&node_id(), None), &serving).await?, None));
+    }
+    let bind_error = |source| Error::Bind { addr: options.listen, source };
+    let listener = TcpListener::bind(options.listen).await.map_err(bind_error)?;
+    let bound = listener.local_addr().map_err(bind_error)?;
+    let address = match advertise {
+        Some(address) => Some(address.to_owned()),
+        None if bound.ip().is_unspecified() => {
+            tracing::warn!(%bound, "no --advertise: standbys cannot forward calls to this node while it serves");
+            None
+        }
+        None => Some(bound.to_string()),
+    };
+    let (grpc_cap, _) = crate::connections::caps(crate::connections::raise_open_file_limit());
+    let forwarder = crate::forward::Forwarder::start(listener, serving_now, grpc_cap);
+    let taken = Ownership::take(store, owner_name(&node_id(), address.as_deref()), &serving).await;
+    let listener = forwarder.stop().await.map_err(bind_error)?;
+    Ok((taken?, Some(listener)))
+}
 /// Request metadata (headers) of one call; tokens and trace ids fit many times over.
 const MAX_HEADER_LIST_BYTES: u32 = 32 * 1024;
 

@@ -38,6 +38,12 @@ pub struct ServerArgs {
     /// gRPC listen address. Loopback by default.
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+    /// With --store: the host:port other nodes reach this one at, to forward the calls they take
+    /// while standing by (by default the --listen address, which must then name one host, not
+    /// 0.0.0.0). Without TLS, a standby listens and forwards every call and worker session to
+    /// the node that serves; with --tls-cert it does not listen until it serves.
+    #[arg(long, value_name = "HOST:PORT", requires = "store", value_parser = parse_advertise)]
+    pub advertise: Option<String>,
     /// HTTP listen address for the console (/), /metrics and /healthz.
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub http_listen: SocketAddr,
@@ -164,6 +170,14 @@ pub(super) fn parse_store_url(text: &str) -> Result<String, String> {
     }
 }
 
+fn parse_advertise(text: &str) -> Result<String, String> {
+    let address = text.strip_prefix("http://").unwrap_or(text).trim_end_matches('/');
+    match address.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => Ok(address.to_owned()),
+        _ => Err(format!("{text:?} is not host:port (the address other nodes reach this one's gRPC at)")),
+    }
+}
+
 /// The URL without its credentials, to print.
 fn redact(url: &str) -> String {
     match (url.split_once("://"), url.rsplit_once('@')) {
@@ -214,7 +228,9 @@ pub async fn run(args: ServerArgs, logging: &Logging) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let storage = match &args.store {
-        Some(url) => Storage::Postgres { url: url.clone(), dir: args.data_dir.clone() },
+        Some(url) => {
+            Storage::Postgres { url: url.clone(), dir: args.data_dir.clone(), advertise: args.advertise.clone() }
+        }
         None => Storage::Sled(args.data_dir.clone()),
     };
     let data_at = match &args.store {
