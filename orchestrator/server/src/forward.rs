@@ -28,8 +28,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
 
-/// How long a forwarded connection may take to finish its calls once the
-/// standby serves; past that they go on, on their own.
+/// How long the forwarded connections' shutdown is waited for (in the
+/// background) before saying that calls are still running.
 const DRAIN: Duration = Duration::from_secs(1);
 /// A serving node that does not accept within this is as good as down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -119,9 +119,13 @@ async fn accept(
             drop(slot);
         });
     }
-    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
-        tracing::info!("standby: forwarded calls still running; they finish on their own");
-    }
+    // GOAWAY now; the calls in flight finish (or fail, their node being
+    // gone) on their own, without holding up the takeover.
+    tokio::spawn(async move {
+        if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+            tracing::info!("standby: forwarded calls still running after the takeover; they finish on their own");
+        }
+    });
     listener
 }
 
