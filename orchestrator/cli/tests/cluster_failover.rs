@@ -414,3 +414,30 @@ async fn a_standby_forwards_calls_and_worker_sessions_to_the_serving_node() {
     running.abort();
     drop(second);
 }
+
+/// A node restarted at its own address while its old lease still runs finds
+/// that lease naming its own address: a call it gets meanwhile is refused
+/// (UNAVAILABLE), not forwarded round to itself, and once the old lease ran
+/// out it takes the store and serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_restarted_at_its_own_address_does_not_forward_to_itself() {
+    let db = TestDb::create().await;
+    let root = tempfile::tempdir().unwrap();
+    let node = Node::new(root.path(), "a");
+    node.start(&db, Duration::from_secs(30)).await.unwrap().kill9().await;
+    let again = node.start(&db, Duration::from_secs(30));
+
+    let health = |url: String| async move {
+        let channel =
+            tonic::transport::Channel::from_shared(url).unwrap().connect().await.map_err(|e| e.to_string())?;
+        let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
+        tonic_health::pb::health_client::HealthClient::new(channel).check(request).await.map_err(|s| format!("{s:?}"))
+    };
+    common::nats::wait_until(Duration::from_secs(10), "a refusal from the restarted node", || async {
+        health(node.url()).await.is_err_and(|e| e.contains("Unavailable") && e.contains("stands by too"))
+    })
+    .await;
+    let served = tokio::time::timeout(TAKEOVER, again).await.expect("the old lease never ran out").unwrap();
+    assert_eq!(health(node.url()).await.unwrap().into_inner().status, 1, "SERVING once it holds the store");
+    drop(served);
+}

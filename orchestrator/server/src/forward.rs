@@ -40,6 +40,13 @@ const UPSTREAM_KEEPALIVE: Duration = Duration::from_secs(5);
 /// would hold their slots for ever.
 const GREETING: Duration = Duration::from_secs(10);
 
+/// Marks a forwarded request. A standby never forwards a request that
+/// carries it: when the lease still names a node that died at this very
+/// address (a restarted node, before the old lease ran out), or two
+/// standbys each believe the other serves, the call is refused instead of
+/// going round.
+const FORWARDED: &str = "x-sagaflow-forwarded";
+
 type Upstream = Client<HttpConnector, Incoming>;
 type Answer = Response<Either<Incoming, tonic::body::Body>>;
 
@@ -134,8 +141,15 @@ async fn forward(
     serving: watch::Receiver<Option<String>>,
     mut request: Request<Incoming>,
 ) -> Result<Answer, Infallible> {
+    if request.headers().contains_key(FORWARDED) {
+        return Ok(unavailable("forwarded to a node that stands by too; retry once the store's lease moved".into()));
+    }
     let Some(address) = serving.borrow().clone() else {
-        return Ok(unavailable("this node stands by and no node serves the store yet; retry".into()));
+        return Ok(unavailable(
+            "this node stands by and knows no address of the serving node (none serves yet, or it gave no \
+             --advertise); retry, or call the serving node"
+                .into(),
+        ));
     };
     let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
     let uri = match Uri::builder().scheme("http").authority(address.as_str()).path_and_query(path).build() {
@@ -143,6 +157,7 @@ async fn forward(
         Err(e) => return Ok(unavailable(format!("the serving node's address {address:?} is not host:port: {e}"))),
     };
     *request.uri_mut() = uri;
+    request.headers_mut().insert(FORWARDED, hyper::header::HeaderValue::from_static("1"));
     match upstream.request(request).await {
         Ok(response) => Ok(response.map(Either::Left)),
         Err(e) => Ok(unavailable(format!("this node stands by; forwarding to the serving node at {address}: {e}"))),
