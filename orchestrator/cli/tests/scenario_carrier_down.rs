@@ -34,8 +34,12 @@ async fn a_failing_carrier_delays_the_shipment_and_compensates_nothing() {
     assert_eq!(delayed.shipment_status, "DELAYED");
     let order = shop.admin("orders", "GET", &format!("/orders/{}", delayed.order_id), None).await;
     assert_eq!(order["status"], "PAID", "the order stays PAID while the carrier fails");
-    let feed = shop.admin("notifications", "GET", "/notifications?customer=gina", None).await;
-    assert!(feed.to_string().contains("ShipmentDelayed"), "the customer is told: {feed}");
+    // The notification follows the escalation through the outbox: await it.
+    common::nats::wait_until(Duration::from_secs(15), "the customer is told of the delay", || async {
+        let feed = shop.admin("notifications", "GET", "/notifications?customer=gina", None).await;
+        feed.to_string().contains("ShipmentDelayed")
+    })
+    .await;
 
     // Backoff: the attempts are spaced further and further apart.
     let history = full_history(&mut workflows, &checkout_id).await;

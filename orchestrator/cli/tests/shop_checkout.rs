@@ -202,8 +202,12 @@ async fn carrier_errors_delay_the_shipment_without_compensating() {
     assert_eq!(done.status, CheckoutStatus::Shipped as i32);
     let names = event_names(&full_history(&mut workflows, &started.checkout_id).await);
     assert!(!names.contains(&"CompensationStarted"), "{names:?}");
-    let feed = admin(&shop.admin_url(), "GET", "/notifications?customer=alice", None).await;
-    assert!(feed.to_string().contains("ShipmentDelayed"), "the customer was told: {feed}");
+    // The notification follows the escalation through the outbox: await it.
+    common::nats::wait_until(Duration::from_secs(15), "the customer is told of the delay", || async {
+        let feed = admin(&shop.admin_url(), "GET", "/notifications?customer=alice", None).await;
+        feed.to_string().contains("ShipmentDelayed")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
