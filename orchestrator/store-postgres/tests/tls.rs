@@ -165,17 +165,7 @@ async fn a_store_over_tls_verifies_the_database_and_can_prove_itself_with_a_clie
         };
         store.commit(commit).await.map_err(|e| e.to_string())?.wait().await.map_err(|e| e.to_string())?;
         let last_seq = store.last_seq("wf").await.map_err(|e| e.to_string())?;
-        let sessions: Vec<bool> = server_tls
-            .admin
-            .query(
-                "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.datname = $1",
-                &[&db.name],
-            )
-            .await
-            .map_err(|e| e.to_string())?
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
+        let sessions: Vec<bool> = sessions_of(&server_tls.admin, &db.name, "ssl").await?;
         drop(store);
         let rogue_url = with_params(&db.url, &format!("sslmode=require&sslrootcert={}", rogue_file.display()));
         let refused = PostgresStore::connect(&rogue_url).await.err().map(|e| e.to_string());
@@ -191,17 +181,7 @@ async fn a_store_over_tls_verifies_the_database_and_can_prove_itself_with_a_clie
             with_params(&verified, &format!("sslcert={}&sslkey={}", cert_file.display(), key_file.display()));
         let store = PostgresStore::connect(&with_cert).await.map_err(|e| format!("with a client certificate: {e}"))?;
         let client_seq = store.last_seq("wf").await.map_err(|e| e.to_string())?;
-        let client_dns: Vec<Option<String>> = server_tls
-            .admin
-            .query(
-                "SELECT s.client_dn FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.datname = $1",
-                &[&db.name],
-            )
-            .await
-            .map_err(|e| e.to_string())?
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
+        let client_dns: Vec<Option<String>> = sessions_of(&server_tls.admin, &db.name, "client_dn").await?;
         drop(store);
         Ok::<_, String>((last_seq, sessions, refused, without, client_seq, client_dns))
     }
@@ -237,4 +217,14 @@ async fn wait_until_refused(url: &str) -> Result<String, String> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Err("a session without a client certificate was still let in 10 s after the reload".into())
+}
+
+/// `column` of `pg_stat_ssl` for each session to `database`.
+async fn sessions_of<T>(admin: &Client, database: &str, column: &str) -> Result<Vec<T>, String>
+where
+    T: for<'a> tokio_postgres::types::FromSql<'a>,
+{
+    let sql = format!("SELECT s.{column} FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.datname = $1");
+    let rows = admin.query(&sql, &[&database]).await.map_err(|e| e.to_string())?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
 }
