@@ -93,24 +93,31 @@ async fn browser(driver: &Driver) -> Client {
         .unwrap_or_else(|e| panic!("cannot open a chromium session through chromedriver: {e}"))
 }
 
+/// The text of `css`. A live refresh may replace the element between the
+/// find and the read (a stale reference): then it is found again.
 async fn text(client: &Client, css: &str) -> String {
-    client.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}")).text().await.unwrap()
+    let mut last = None;
+    for _ in 0..5 {
+        let element = client.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}"));
+        match element.text().await {
+            Ok(text) => return text,
+            Err(e) => last = Some(e),
+        }
+    }
+    panic!("{css}: {last:?}")
 }
 
 async fn count(client: &Client, css: &str) -> usize {
     client.find_all(Locator::Css(css)).await.unwrap().len()
 }
 
-/// The rows of the workflow list: `(id, status)`, top to bottom.
+/// The rows of the workflow list: `(id, status)`, top to bottom, read in
+/// one script so that a live refresh cannot replace a row halfway.
 async fn rows(client: &Client) -> Vec<(String, String)> {
-    let mut rows = Vec::new();
-    for row in client.find_all(Locator::Css("tr[data-workflow-id]")).await.unwrap() {
-        rows.push((
-            row.attr("data-workflow-id").await.unwrap().unwrap(),
-            row.attr("data-status").await.unwrap().unwrap(),
-        ));
-    }
-    rows
+    let script = "return Array.from(document.querySelectorAll('tr[data-workflow-id]'))
+        .map(r => [r.getAttribute('data-workflow-id'), r.getAttribute('data-status')]);";
+    let value = client.execute(script, Vec::new()).await.unwrap();
+    serde_json::from_value(value).unwrap()
 }
 
 /// Waits until the page shows `css` (a live refresh may bring it).
