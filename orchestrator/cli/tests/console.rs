@@ -315,6 +315,8 @@ async fn the_console_shows_every_kind_of_workflow_and_its_actions_work() {
     browser.goto(&format!("{base}/workflows/{completed}/act/pause")).await.unwrap();
     browser.find(Locator::Id("reason")).await.unwrap().send_keys("too late").await.unwrap();
     browser.find(Locator::Css("form.action button[type=submit]")).await.unwrap().click().await.unwrap();
+    // The answer is a new page: wait until it has loaded.
+    wait_for(&browser, "[data-testid=error]", Duration::from_secs(10)).await;
     assert!(!text(&browser, "[data-testid=error]").await.is_empty());
 
     // Workers: the queues the worker serves, with its id.
