@@ -120,6 +120,21 @@ async fn rows(client: &Client) -> Vec<(String, String)> {
     serde_json::from_value(value).unwrap()
 }
 
+/// Clicks `css`, which leads to another page, and waits until that page
+/// has loaded. A click can return before the browser has left the old page,
+/// and a read right after it would see the old one.
+async fn click_through(client: &Client, css: Locator<'_>) {
+    client.execute("window.sagaflowLeftPage = false;", Vec::new()).await.unwrap();
+    client.find(css).await.unwrap_or_else(|e| panic!("{css:?}: {e}")).click().await.unwrap();
+    let arrived = "return window.sagaflowLeftPage === undefined && document.readyState === 'complete';";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    // A script run while the browser is between pages may fail: not there yet.
+    while !matches!(client.execute(arrived, Vec::new()).await, Ok(serde_json::Value::Bool(true))) {
+        assert!(tokio::time::Instant::now() < deadline, "clicking {css:?} led to no new page within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits until the page shows `css` (a live refresh may bring it).
 async fn wait_for(client: &Client, css: &str, within: Duration) {
     client
@@ -228,7 +243,7 @@ async fn the_console_shows_every_kind_of_workflow_and_its_actions_work() {
     assert_eq!(rows(&browser).await.into_iter().map(|(id, _)| id).collect::<Vec<_>>(), vec![stuck.clone()]);
     browser.goto(&format!("{base}/")).await.unwrap();
     browser.find(Locator::Id("f-q")).await.unwrap().send_keys("r-completed").await.unwrap();
-    browser.find(Locator::Css("form.filters button[type=submit]")).await.unwrap().click().await.unwrap();
+    click_through(&browser, Locator::Css("form.filters button[type=submit]")).await;
     assert_eq!(rows(&browser).await.into_iter().map(|(id, _)| id).collect::<Vec<_>>(), vec![completed.clone()]);
     browser.goto(&format!("{base}/?jobs=1")).await.unwrap();
     assert!(rows(&browser).await.len() >= 4);
@@ -284,8 +299,8 @@ async fn the_console_shows_every_kind_of_workflow_and_its_actions_work() {
     assert!(text(&browser, "section.callout.paused").await.contains("downstream maintenance"));
 
     // Resume, then cancel, each through its confirmation.
-    browser.find(Locator::Css("a[data-action=resume]")).await.unwrap().click().await.unwrap();
-    browser.find(Locator::Css("form.action button[type=submit]")).await.unwrap().click().await.unwrap();
+    click_through(&browser, Locator::Css("a[data-action=resume]")).await;
+    click_through(&browser, Locator::Css("form.action button[type=submit]")).await;
     wait_for(&browser, "p.notice", Duration::from_secs(10)).await;
     let summary = |id: &str| {
         let mut client = client.clone();
@@ -301,11 +316,11 @@ async fn the_console_shows_every_kind_of_workflow_and_its_actions_work() {
         }
     };
     assert!(summary(&running).await.paused_reason.is_empty(), "resumed through the console");
-    browser.find(Locator::Css("a[data-action=cancel]")).await.unwrap().click().await.unwrap();
+    click_through(&browser, Locator::Css("a[data-action=cancel]")).await;
     assert!(browser.current_url().await.unwrap().path().ends_with("/act/cancel"), "a confirmation comes first");
     assert_eq!(summary(&running).await.status, WorkflowStatus::Running as i32, "nothing happens before the confirm");
     browser.find(Locator::Id("reason")).await.unwrap().send_keys("customer changed their mind").await.unwrap();
-    browser.find(Locator::Css("form.action button[type=submit]")).await.unwrap().click().await.unwrap();
+    click_through(&browser, Locator::Css("form.action button[type=submit]")).await;
     wait_for(&browser, "p.notice", Duration::from_secs(10)).await;
     let ended = await_end(&mut client, &running).await;
     assert_eq!(status_of(&ended), "CANCELLED", "{ended:?}");
@@ -314,9 +329,7 @@ async fn the_console_shows_every_kind_of_workflow_and_its_actions_work() {
     // A refused action says why, on its confirmation page.
     browser.goto(&format!("{base}/workflows/{completed}/act/pause")).await.unwrap();
     browser.find(Locator::Id("reason")).await.unwrap().send_keys("too late").await.unwrap();
-    browser.find(Locator::Css("form.action button[type=submit]")).await.unwrap().click().await.unwrap();
-    // The answer is a new page: wait until it has loaded.
-    wait_for(&browser, "[data-testid=error]", Duration::from_secs(10)).await;
+    click_through(&browser, Locator::Css("form.action button[type=submit]")).await;
     assert!(!text(&browser, "[data-testid=error]").await.is_empty());
 
     // Workers: the queues the worker serves, with its id.
@@ -365,7 +378,7 @@ async fn with_auth_a_client_sees_only_its_own_and_an_operator_acts_with_a_csrf_t
             browser.goto(&format!("{base}/")).await.unwrap();
             assert!(browser.current_url().await.unwrap().path().ends_with("/login"), "sign in first");
             browser.find(Locator::Id("token")).await.unwrap().send_keys(token).await.unwrap();
-            browser.find(Locator::Css("form.login button[type=submit]")).await.unwrap().click().await.unwrap();
+            click_through(&browser, Locator::Css("form.login button[type=submit]")).await;
             wait_for(&browser, "table.workflows", Duration::from_secs(10)).await;
         }
     };
@@ -387,7 +400,7 @@ async fn with_auth_a_client_sees_only_its_own_and_an_operator_acts_with_a_csrf_t
     browser.goto(&format!("{base}/workflows/{mine}/act/cancel")).await.unwrap();
     assert!(text(&browser, "main").await.contains("needs the role operator"));
     browser.goto(&format!("{base}/")).await.unwrap();
-    browser.find(Locator::Css("header form button")).await.unwrap().click().await.unwrap();
+    click_through(&browser, Locator::Css("header form button")).await;
     wait_for(&browser, "form.login", Duration::from_secs(10)).await;
 
     // An operator sees both and acts.
@@ -419,9 +432,9 @@ async fn with_auth_a_client_sees_only_its_own_and_an_operator_acts_with_a_csrf_t
 
     // The operator's own form works.
     browser.goto(&format!("{base}/workflows/{theirs}")).await.unwrap();
-    browser.find(Locator::Css("a[data-action=cancel]")).await.unwrap().click().await.unwrap();
+    click_through(&browser, Locator::Css("a[data-action=cancel]")).await;
     browser.find(Locator::Id("reason")).await.unwrap().send_keys("fraud check").await.unwrap();
-    browser.find(Locator::Css("form.action button[type=submit]")).await.unwrap().click().await.unwrap();
+    click_through(&browser, Locator::Css("form.action button[type=submit]")).await;
     wait_for(&browser, "p.notice", Duration::from_secs(10)).await;
     let ended = client
         .await_workflow(with_token(
@@ -480,7 +493,7 @@ async fn the_checkout_page_shows_what_was_bought_paid_and_published() {
     let driver = start_driver().await;
     let browser = browser(&driver).await;
     browser.goto(&format!("{console}/workflows/{id}")).await.unwrap();
-    browser.find(Locator::LinkText("Checkout view")).await.unwrap().click().await.unwrap();
+    click_through(&browser, Locator::LinkText("Checkout view")).await;
     assert_eq!(text(&browser, "[data-testid=checkout-status]").await, "SHIPPED");
     assert_eq!(text(&browser, "[data-testid=total]").await, "45.88");
     assert_eq!(count(&browser, "table.lines tbody tr").await, 2);
