@@ -300,6 +300,44 @@ async fn errors_say_each_cause_once_and_take_host_port() {
     assert_eq!(stderr.matches("Address already in use").count(), 1, "{stderr}");
 }
 
+/// A listening node that does not serve, as a standby does while the node it
+/// forwards to has died: its health check answers `NOT_SERVING`, and it
+/// knows no other service. Its address, `http://…`.
+async fn a_node_that_does_not_serve() -> String {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _reporter = reporter;
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+    });
+    format!("http://{address}")
+}
+
+#[tokio::test]
+async fn of_several_nodes_the_cli_uses_the_first_that_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &[]).await;
+    let standing_by = a_node_that_does_not_serve().await;
+    let (code, stdout, stderr) =
+        run_at(&format!("{standing_by},{}", server.url), &["workflow", "list", "--output", "json"]).await;
+    assert_eq!(code, 0, "the serving node answers: {stderr}");
+    assert!(stdout.trim_start().starts_with('{') || stdout.trim_start().starts_with('['), "{stdout}");
+
+    let (code, _, stderr) = run_at(&format!("{standing_by},http://127.0.0.1:1"), &["workflow", "list"]).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("no node of") && stderr.contains("NOT_SERVING"), "each node's reason: {stderr}");
+    assert!(stderr.contains("cannot reach the server at http://127.0.0.1:1"), "{stderr}");
+
+    let (code, _, stderr) = run_at(&format!("{},not a url", server.url), &["workflow", "list"]).await;
+    assert_eq!(code, 1, "a mistyped node is an error, even when another serves: {stderr}");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_second_process_on_a_data_directory_names_the_first() {
     let dir = tempfile::tempdir().unwrap();

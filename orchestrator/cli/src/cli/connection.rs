@@ -10,7 +10,10 @@ use clap::Args;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 /// Global flags: who the CLI is, and how it trusts the server.
 #[derive(Debug, Clone, Args)]
@@ -99,28 +102,70 @@ impl Interceptor for Bearer {
 /// A channel that carries the CLI's token.
 pub type Conn = InterceptedService<Channel, Bearer>;
 
+/// A channel to `server`: one URL, or the comma-separated nodes of a cluster.
+/// Of several nodes the first that serves is used: one that cannot be
+/// reached, or that answers its health check with anything but `SERVING`
+/// (a standby whose serving node just died answers `UNAVAILABLE` until one
+/// takes over), is passed over for the next.
 pub async fn connect_channel(server: &str) -> anyhow::Result<Conn> {
     let connection = current();
-    // Nodes sharing one store, comma-separated: only the active one listens.
-    let mut unreachable = Vec::new();
-    for node in server.split(',').map(str::trim) {
-        let mut endpoint = Channel::from_shared(node.to_owned())
-            .with_context(|| format!("{node:?} is not a server URL (expected http://HOST:PORT or https://HOST:PORT)"))?
-            .connect_timeout(Duration::from_secs(5));
-        if let Some(tls) = &connection.tls {
-            endpoint = endpoint.tls_config(tls.clone()).context("invalid TLS settings")?;
-        }
-        match endpoint.connect().await {
+    // A mistyped URL is an error even when another node would serve.
+    let nodes = server
+        .split(',')
+        .map(str::trim)
+        .filter(|node| !node.is_empty())
+        .map(|node| endpoint(node, &connection).map(|endpoint| (node, endpoint)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut passed_over = Vec::new();
+    for (node, endpoint) in &nodes {
+        let reached = match endpoint.connect().await {
+            Ok(channel) if nodes.len() == 1 => Ok(channel),
+            Ok(channel) => serving(channel.clone())
+                .await
+                .map(|()| channel)
+                .map_err(|e| e.context(format!("the server at {node} cannot serve"))),
+            Err(e) => Err(anyhow::Error::new(e).context(format!("cannot reach the server at {node}"))),
+        };
+        match reached {
             Ok(channel) => return with_token(channel, connection.token.as_deref()),
-            Err(e) => unreachable.push(anyhow::Error::new(e).context(format!("cannot reach the server at {node}"))),
+            Err(e) => passed_over.push(e),
         }
     }
-    match unreachable.pop() {
-        Some(last) if unreachable.is_empty() => Err(last),
-        Some(last) => Err(last.context(format!("no node of {server} answered"))),
-        None => anyhow::bail!("no server URL in {server:?}"),
+    match passed_over.len() {
+        0 => anyhow::bail!("no server URL in {server:?}"),
+        1 => Err(passed_over.remove(0)),
+        _ => {
+            let reasons: Vec<String> = passed_over.iter().map(|e| format!("{e:#}")).collect();
+            anyhow::bail!("no node of {server} serves: {}", reasons.join("; "))
+        }
     }
 }
+
+fn endpoint(node: &str, connection: &Connection) -> anyhow::Result<Endpoint> {
+    let mut endpoint = Channel::from_shared(node.to_owned())
+        .with_context(|| format!("{node:?} is not a server URL (expected http://HOST:PORT or https://HOST:PORT)"))?
+        .connect_timeout(Duration::from_secs(5));
+    if let Some(tls) = &connection.tls {
+        endpoint = endpoint.tls_config(tls.clone()).context("invalid TLS settings")?;
+    }
+    Ok(endpoint)
+}
+
+/// Whether the node at `channel` serves: its gRPC health check (which needs
+/// no token) answers `SERVING` within a few seconds.
+async fn serving(channel: Channel) -> anyhow::Result<()> {
+    let mut health = HealthClient::new(channel);
+    let check = health.check(HealthCheckRequest { service: String::new() });
+    let answer = tokio::time::timeout(HEALTH_CHECK_WITHIN, check)
+        .await
+        .map_err(|_| anyhow::anyhow!("its health check got no answer within {HEALTH_CHECK_WITHIN:?}"))?
+        .map_err(|status| anyhow::anyhow!("its health check failed: {}: {}", status.code(), status.message()))?;
+    let status = ServingStatus::try_from(answer.into_inner().status).unwrap_or(ServingStatus::Unknown);
+    anyhow::ensure!(status == ServingStatus::Serving, "it does not serve (health: {})", status.as_str_name());
+    Ok(())
+}
+
+const HEALTH_CHECK_WITHIN: Duration = Duration::from_secs(3);
 
 /// `channel`, carrying `token` (none: no `authorization` header).
 pub fn with_token(channel: Channel, token: Option<&str>) -> anyhow::Result<Conn> {

@@ -119,7 +119,8 @@ pub fn server_url(text: &str) -> String {
 )]
 pub struct Cli {
     /// The orchestrator's gRPC address: http://HOST:PORT, https://HOST:PORT, or HOST:PORT (plain http).
-    /// Several nodes sharing one store (--store), comma-separated: the one serving is used.
+    /// Several nodes sharing one store (--store), comma-separated: the first whose health check
+    /// answers SERVING is used.
     #[arg(long, global = true, env = "SAGAFLOW_SERVER", default_value = "http://127.0.0.1:50051", help_heading = GLOBAL)]
     pub server: String,
 
