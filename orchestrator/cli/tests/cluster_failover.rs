@@ -415,6 +415,83 @@ async fn a_standby_forwards_calls_and_worker_sessions_to_the_serving_node() {
     drop(second);
 }
 
+/// With TLS on the API and `--tls-peer-ca`, a standby listens too: it
+/// accepts with its own certificate (requiring the client's, as the serving
+/// node does) and forwards over TLS, checking the serving node's certificate
+/// against the peers' CA and showing its own. A worker and a client given
+/// only the standby's address are served through it; when the serving node
+/// dies, the standby serves them itself, with TLS, on the same address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tls_standby_forwards_over_tls_and_then_serves_on_the_same_address() {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let db = TestDb::create().await;
+    let root = tempfile::tempdir().unwrap();
+    let pki = common::secure::Pki::write(root.path());
+    let nodes = [Node::new(root.path(), "a"), Node::new(root.path(), "b")];
+    let mut args = one_step_saga(root.path(), "quick", "test.quick").to_vec();
+    args.extend(pki.server_args());
+    args.extend(["--tls-peer-ca".to_owned(), pki.ca.to_str().unwrap().to_owned()]);
+    let extra: Vec<&str> = args.iter().map(String::as_str).collect();
+    let first = nodes[0].start_with(&db, Duration::from_secs(30), &extra).await.unwrap();
+    assert!(first.url.starts_with("https://"), "{}", first.url);
+    let standby = nodes[1].start_with(&db, Duration::from_secs(120), &extra);
+
+    let pem = |path: &PathBuf| std::fs::read(path).unwrap();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(pem(&pki.ca)))
+        .identity(Identity::from_pem(pem(&pki.client_cert), pem(&pki.client_key)));
+    let through = format!("https://{}", nodes[1].listen);
+    let endpoint = tonic::transport::Channel::from_shared(through.clone()).unwrap().tls_config(tls.clone()).unwrap();
+    // The standby's health check answers for the node that serves.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let channel = loop {
+        if let Ok(channel) = endpoint.connect().await {
+            let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
+            let answer = tonic_health::pb::health_client::HealthClient::new(channel.clone()).check(request).await;
+            if answer.is_ok_and(|a| a.into_inner().status == 1) {
+                break channel;
+            }
+        }
+        assert!(Instant::now() < deadline, "no TLS health check through the standby within 20 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut client = WorkflowServiceClient::new(channel);
+    let worker = Worker::builder(through.clone())
+        .tls(tls.clone())
+        .activity("test.quick", |_ctx: ActivityContext, _input: Value| async { Ok::<_, ActivityError>(json!({})) })
+        .build()
+        .unwrap();
+    let running = tokio::spawn(async move {
+        let _ = worker.run().await;
+    });
+
+    let before = client.start_workflow(common::start_request("quick", "tls-before", "{}")).await.unwrap().into_inner();
+    let request = |id: &str| AwaitWorkflowRequest { workflow_id: id.to_owned(), timeout_ms: 30_000 };
+    let answer = client.await_workflow(request(&before.workflow_id)).await.unwrap().into_inner();
+    assert_eq!(answer.summary.as_ref().unwrap().status(), WorkflowStatus::Completed, "{answer:?}");
+    assert!(!standby.is_finished(), "the standby still stands by: the first node ran it");
+
+    first.kill9().await;
+    let second = tokio::time::timeout(TAKEOVER, standby).await.expect("no takeover").unwrap();
+    assert_eq!(second.url, through, "the standby serves on the address it forwarded from");
+    let mut after = None;
+    for _ in 0..50 {
+        match client.start_workflow(common::start_request("quick", "tls-after", "{}")).await {
+            Ok(started) => {
+                after = Some(started.into_inner());
+                break;
+            }
+            Err(status) => assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = after.expect("the client was not served after the takeover");
+    let answer = client.await_workflow(request(&after.workflow_id)).await.unwrap().into_inner();
+    assert_eq!(answer.summary.as_ref().unwrap().status(), WorkflowStatus::Completed, "{answer:?}");
+    running.abort();
+    drop(second);
+}
+
 /// A node restarted at its own address while its old lease still runs finds
 /// that lease naming its own address: a call it gets meanwhile is refused
 /// (UNAVAILABLE), not forwarded round to itself, and once the old lease ran

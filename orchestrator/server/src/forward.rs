@@ -10,23 +10,30 @@
 //! over, every forwarded connection gets a GOAWAY, so that its clients
 //! reconnect (to this node, now serving), and the listener goes to the
 //! server proper.
+//!
+//! Over TLS (`--tls-peer-ca`), the standby accepts with its own certificate
+//! and dials the serving node as a TLS client that trusts the peers' CA and
+//! shows its own certificate: the forwarded call keeps its token, which is
+//! what authorises it.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
-use hyper::{Request, Response, Uri};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
+use tonic::body::Body;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::tls::Forwarding;
 
 /// How long the forwarded connections' shutdown is waited for (in the
 /// background) before saying that calls are still running.
@@ -36,8 +43,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pings on the connection to the serving node, so that one that died
 /// without closing it (a paused or cut-off machine) is noticed.
 const UPSTREAM_KEEPALIVE: Duration = Duration::from_secs(5);
-/// A connection that sends nothing within this is closed: silent ones
-/// would hold their slots for ever.
+/// A connection that sends nothing (or finishes no TLS handshake) within
+/// this is closed: silent ones would hold their slots for ever.
 const GREETING: Duration = Duration::from_secs(10);
 
 /// Marks a forwarded request. A standby never forwards a request that
@@ -46,9 +53,6 @@ const GREETING: Duration = Duration::from_secs(10);
 /// standbys each believe the other serves, the call is refused instead of
 /// going round.
 const FORWARDED: &str = "x-sagaflow-forwarded";
-
-type Upstream = Client<HttpConnector, Incoming>;
-type Answer = Response<Either<Incoming, tonic::body::Body>>;
 
 /// Forwards what a standby's listener accepts, until [`Forwarder::stop`].
 pub struct Forwarder {
@@ -59,10 +63,18 @@ pub struct Forwarder {
 impl Forwarder {
     /// Forwards each request `listener` accepts to the `host:port` that
     /// `serving` holds at that moment (`None`: no node serves yet, and the
-    /// call is answered `UNAVAILABLE`); at most `max_connections` at once.
-    pub fn start(listener: TcpListener, serving: watch::Receiver<Option<String>>, max_connections: usize) -> Self {
+    /// call is answered `UNAVAILABLE`); at most `max_connections` at once;
+    /// over TLS at both ends with `tls`.
+    pub fn start(
+        listener: TcpListener,
+        serving: watch::Receiver<Option<String>>,
+        max_connections: usize,
+        tls: Option<Forwarding>,
+    ) -> Self {
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(accept(listener, serving, max_connections, stopped));
+        let upstream = Upstream { serving, tls: tls.as_ref().map(|t| t.dial.clone()), channel: Mutex::default() };
+        let accept_tls = tls.map(|t| t.accept);
+        let task = tokio::spawn(accept(listener, Arc::new(upstream), accept_tls, max_connections, stopped));
         Self { stop, task }
     }
 
@@ -74,21 +86,52 @@ impl Forwarder {
     }
 }
 
+/// The serving node, as a gRPC channel: one HTTP/2 connection, made when
+/// first used and again whenever it breaks, for the address the lease names.
+struct Upstream {
+    serving: watch::Receiver<Option<String>>,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+    channel: Mutex<Option<(String, Channel)>>,
+}
+
+impl Upstream {
+    /// The channel to the serving node, or why there is none.
+    fn channel(&self) -> Result<(String, Channel), String> {
+        let Some(address) = self.serving.borrow().clone() else {
+            return Err("this node stands by and knows no address of the serving node (none serves yet, or it gave \
+                        no --advertise); retry, or call the serving node"
+                .into());
+        };
+        let mut cached = self.channel.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((known, channel)) = cached.as_ref()
+            && *known == address
+        {
+            return Ok((address, channel.clone()));
+        }
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let invalid = |e: tonic::transport::Error| format!("the serving node's address {address:?}: {e}");
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
+            .map_err(invalid)?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(UPSTREAM_KEEPALIVE)
+            .keep_alive_timeout(UPSTREAM_KEEPALIVE);
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(invalid)?;
+        }
+        let channel = endpoint.connect_lazy();
+        *cached = Some((address.clone(), channel.clone()));
+        Ok((address, channel))
+    }
+}
+
 async fn accept(
     listener: TcpListener,
-    serving: watch::Receiver<Option<String>>,
+    upstream: Arc<Upstream>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     max_connections: usize,
     mut stopped: oneshot::Receiver<()>,
 ) -> TcpListener {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    connector.set_nodelay(true);
-    let upstream: Upstream = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .timer(TokioTimer::new())
-        .http2_keep_alive_interval(UPSTREAM_KEEPALIVE)
-        .http2_keep_alive_timeout(UPSTREAM_KEEPALIVE)
-        .build(connector);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(max_connections));
     loop {
@@ -110,19 +153,28 @@ async fn accept(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (upstream, serving, watcher) = (upstream.clone(), serving.clone(), graceful.watcher());
+        let (upstream, watcher, tls) = (Arc::clone(&upstream), graceful.watcher(), tls.clone());
         tokio::spawn(async move {
-            let mut first = [0_u8; 1];
-            if !matches!(tokio::time::timeout(GREETING, stream.peek(&mut first)).await, Ok(Ok(1..))) {
-                return;
+            let served = match tls {
+                Some(acceptor) => match tokio::time::timeout(GREETING, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => serve(stream, upstream, watcher).await,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "standby: TLS handshake refused");
+                        return;
+                    }
+                    Err(_) => return,
+                },
+                None => {
+                    let mut first = [0_u8; 1];
+                    if !matches!(tokio::time::timeout(GREETING, stream.peek(&mut first)).await, Ok(Ok(1..))) {
+                        return;
+                    }
+                    serve(stream, upstream, watcher).await
+                }
+            };
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "standby: a forwarded connection ended");
             }
-            let service = service_fn(move |request| forward(upstream.clone(), serving.clone(), request));
-            let connection = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .keep_alive_interval(crate::connections::KEEPALIVE_INTERVAL)
-                .keep_alive_timeout(crate::connections::KEEPALIVE_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            let _ = watcher.watch(connection).await;
             drop(slot);
         });
     }
@@ -136,34 +188,37 @@ async fn accept(
     listener
 }
 
-async fn forward(
-    upstream: Upstream,
-    serving: watch::Receiver<Option<String>>,
-    mut request: Request<Incoming>,
-) -> Result<Answer, Infallible> {
+/// One accepted connection, each of its requests forwarded, until it ends
+/// or the takeover sends it away.
+async fn serve<IO>(io: IO, upstream: Arc<Upstream>, watcher: Watcher) -> Result<(), hyper::Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request| forward(Arc::clone(&upstream), request));
+    let connection = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(crate::connections::KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(crate::connections::KEEPALIVE_TIMEOUT)
+        .serve_connection(TokioIo::new(io), service);
+    watcher.watch(connection).await
+}
+
+async fn forward(upstream: Arc<Upstream>, mut request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     if request.headers().contains_key(FORWARDED) {
         return Ok(unavailable("forwarded to a node that stands by too; retry once the store's lease moved".into()));
     }
-    let Some(address) = serving.borrow().clone() else {
-        return Ok(unavailable(
-            "this node stands by and knows no address of the serving node (none serves yet, or it gave no \
-             --advertise); retry, or call the serving node"
-                .into(),
-        ));
+    let (address, channel) = match upstream.channel() {
+        Ok(found) => found,
+        Err(why) => return Ok(unavailable(why)),
     };
-    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
-    let uri = match Uri::builder().scheme("http").authority(address.as_str()).path_and_query(path).build() {
-        Ok(uri) => uri,
-        Err(e) => return Ok(unavailable(format!("the serving node's address {address:?} is not host:port: {e}"))),
-    };
-    *request.uri_mut() = uri;
     request.headers_mut().insert(FORWARDED, hyper::header::HeaderValue::from_static("1"));
-    match upstream.request(request).await {
-        Ok(response) => Ok(response.map(Either::Left)),
+    // The channel puts the serving node's scheme and authority in the URI.
+    match tower::ServiceExt::oneshot(channel, request.map(Body::new)).await {
+        Ok(response) => Ok(response),
         Err(e) => Ok(unavailable(format!("this node stands by; forwarding to the serving node at {address}: {e}"))),
     }
 }
 
-fn unavailable(message: String) -> Answer {
-    tonic::Status::unavailable(message).into_http::<tonic::body::Body>().map(Either::Right)
+fn unavailable(message: String) -> Response<Body> {
+    tonic::Status::unavailable(message).into_http::<Body>()
 }

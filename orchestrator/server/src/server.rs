@@ -515,11 +515,11 @@ impl Server {
 /// waits for one to end (HTTP/2 flow control) instead of growing the server.
 const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
-/// Takes the store's lease (a standby waits). Meanwhile, unless the API is
-/// served over TLS (forwarding would need the serving node's CA, and a
-/// certificate for each node), the node listens and forwards every call to
-/// the node that serves (forward.rs); the listener is returned, to serve on
-/// once the store is taken.
+/// Takes the store's lease (a standby waits). Meanwhile the node listens
+/// and forwards every call to the node that serves (forward.rs), unless the
+/// API is served over TLS without `--tls-peer-ca` (the CA to check the
+/// serving node's certificate against); the listener is returned, to serve
+/// on once the store is taken.
 async fn take_the_store(
     store: Arc<dyn Store>,
     options: &Options,
@@ -527,9 +527,13 @@ async fn take_the_store(
 ) -> Result<(crate::ownership::Ownership, Option<TcpListener>), Error> {
     use crate::ownership::{Ownership, node_id, owner_name};
     let (serving, serving_now) = watch::channel(None);
-    if options.tls.is_some() {
-        return Ok((Ownership::take(store, owner_name(&node_id(), None), &serving).await?, None));
-    }
+    let tls = match &options.tls {
+        Some(files) => match files.forwarding()? {
+            Some(forwarding) => Some(forwarding),
+            None => return Ok((Ownership::take(store, owner_name(&node_id(), None), &serving).await?, None)),
+        },
+        None => None,
+    };
     let bind_error = |source| Error::Bind { addr: options.listen, source };
     let listener = TcpListener::bind(options.listen).await.map_err(bind_error)?;
     let bound = listener.local_addr().map_err(bind_error)?;
@@ -542,7 +546,7 @@ async fn take_the_store(
         None => Some(bound.to_string()),
     };
     let (grpc_cap, _) = crate::connections::caps(crate::connections::raise_open_file_limit());
-    let forwarder = crate::forward::Forwarder::start(listener, serving_now, grpc_cap);
+    let forwarder = crate::forward::Forwarder::start(listener, serving_now, grpc_cap, tls);
     let taken = Ownership::take(store, owner_name(&node_id(), address.as_deref()), &serving).await;
     let listener = forwarder.stop().await.map_err(bind_error)?;
     Ok((taken?, Some(listener)))

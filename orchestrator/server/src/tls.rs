@@ -45,13 +45,32 @@ pub struct TlsFiles {
     cert: Vec<u8>,
     key: Vec<u8>,
     client_ca: Option<Vec<u8>>,
+    peer_ca: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for TlsFiles {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the private key.
-        f.debug_struct("TlsFiles").field("mtls", &self.client_ca.is_some()).finish_non_exhaustive()
+        f.debug_struct("TlsFiles")
+            .field("mtls", &self.client_ca.is_some())
+            .field("forwards", &self.peer_ca.is_some())
+            .finish_non_exhaustive()
     }
+}
+
+/// The TLS of a standby's forwarding ([`TlsFiles::forwarding`]).
+#[derive(Clone)]
+pub struct Forwarding {
+    pub accept: TlsAcceptor,
+    pub dial: tonic::transport::ClientTlsConfig,
+}
+
+fn roots(pem: &[u8]) -> Result<RootCertStore, ()> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        roots.add(cert.map_err(|_| ())?).map_err(|_| ())?;
+    }
+    if roots.is_empty() { Err(()) } else { Ok(roots) }
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, Error> {
@@ -61,7 +80,8 @@ fn read(path: &Path) -> Result<Vec<u8>, Error> {
 impl TlsFiles {
     /// Reads and checks the certificate chain, its key, and the optional client CA.
     pub fn load(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<Self, Error> {
-        let files = Self { cert: read(cert)?, key: read(key)?, client_ca: client_ca.map(read).transpose()? };
+        let files =
+            Self { cert: read(cert)?, key: read(key)?, client_ca: client_ca.map(read).transpose()?, peer_ca: None };
         // Fail at start, with the file's name, rather than at the first handshake.
         files.certs().map_err(|_| Error::Pem { path: cert.to_owned(), what: "certificate" })?;
         files.private_key().map_err(|_| Error::Pem { path: key.to_owned(), what: "private key" })?;
@@ -70,6 +90,32 @@ impl TlsFiles {
         }
         files.rustls()?;
         Ok(files)
+    }
+
+    /// Trusts the CA (PEM) that signed the other nodes' certificates, so
+    /// that this node, standing by, forwards calls to the serving node over
+    /// TLS ([`TlsFiles::forwarding`]).
+    pub fn with_peer_ca(mut self, path: &Path) -> Result<Self, Error> {
+        let pem = read(path)?;
+        if roots(&pem).is_err() {
+            return Err(Error::Pem { path: path.to_owned(), what: "CA certificate" });
+        }
+        self.peer_ca = Some(pem);
+        Ok(self)
+    }
+
+    /// What a standby needs to forward over TLS: its own certificate to
+    /// accept with, offering HTTP/2; and, to dial the serving node, the
+    /// peers' CA and its own certificate as a client certificate (for a
+    /// serving node that requires one). `None` without a peer CA.
+    pub fn forwarding(&self) -> Result<Option<Forwarding>, Error> {
+        let Some(peer_ca) = &self.peer_ca else { return Ok(None) };
+        let mut accept = self.rustls()?;
+        accept.alpn_protocols = vec![b"h2".to_vec()];
+        let dial = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(peer_ca))
+            .identity(tonic::transport::Identity::from_pem(&self.cert, &self.key));
+        Ok(Some(Forwarding { accept: TlsAcceptor::from(Arc::new(accept)), dial }))
     }
 
     pub fn requires_client_certificates(&self) -> bool {
@@ -86,12 +132,7 @@ impl TlsFiles {
     }
 
     fn client_roots(&self) -> Result<Option<RootCertStore>, ()> {
-        let Some(pem) = &self.client_ca else { return Ok(None) };
-        let mut roots = RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(pem) {
-            roots.add(cert.map_err(|_| ())?).map_err(|_| ())?;
-        }
-        if roots.is_empty() { Err(()) } else { Ok(Some(roots)) }
+        self.client_ca.as_deref().map(roots).transpose()
     }
 
     /// The rustls configuration of the HTTP listener.

@@ -40,8 +40,8 @@ pub struct ServerArgs {
     pub listen: SocketAddr,
     /// With --store: the host:port other nodes reach this one at, to forward the calls they take
     /// while standing by (by default the --listen address, which must then name one host, not
-    /// 0.0.0.0). Without TLS, a standby listens and forwards every call and worker session to
-    /// the node that serves; with --tls-cert it does not listen until it serves.
+    /// 0.0.0.0). A standby listens and forwards every call and worker session to the node that
+    /// serves; with --tls-cert only when --tls-peer-ca is given too.
     #[arg(long, value_name = "HOST:PORT", requires = "store", value_parser = parse_advertise)]
     pub advertise: Option<String>,
     /// HTTP listen address for the console (/), /metrics and /healthz.
@@ -112,6 +112,13 @@ pub struct ServerArgs {
     /// Require client certificates signed by this CA (PEM): mTLS.
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// With --store and --tls-cert: the CA (PEM) that signed the other nodes' certificates. A
+    /// standby then listens and forwards calls to the serving node over TLS, checking its
+    /// certificate against this CA (for the host of its --advertise address) and showing its own
+    /// (signed by --tls-client-ca's CA where the serving node requires client certificates).
+    /// Without it a TLS standby does not listen until it serves.
+    #[arg(long, value_name = "PEM", requires_all = ["tls_cert", "store"])]
+    pub tls_peer_ca: Option<PathBuf>,
     /// Run every self-healing job this often (0s: only on demand, with `sagaflow jobs run`).
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub jobs_interval: Duration,
@@ -271,7 +278,13 @@ pub async fn run(args: ServerArgs, logging: &Logging) -> anyhow::Result<()> {
             operator_in_flight: args.operator_in_flight,
         },
         tls: match (&args.tls_cert, &args.tls_key) {
-            (Some(cert), Some(key)) => Some(TlsFiles::load(cert, key, args.tls_client_ca.as_deref())?),
+            (Some(cert), Some(key)) => {
+                let files = TlsFiles::load(cert, key, args.tls_client_ca.as_deref())?;
+                Some(match &args.tls_peer_ca {
+                    Some(peer_ca) => files.with_peer_ca(peer_ca)?,
+                    None => files,
+                })
+            }
             _ => None,
         },
     };

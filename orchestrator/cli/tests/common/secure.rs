@@ -68,8 +68,9 @@ pub async fn raw_call(channel: &Channel, path: &str, token: Option<&str>) -> ton
 }
 
 /// Certificates made at test time: a CA, a server certificate for
-/// localhost and 127.0.0.1, a client certificate from the same CA, and one
-/// from a CA the server does not trust.
+/// localhost and 127.0.0.1 (good for client authentication too, as a node's
+/// is: a standby shows it to the node it forwards to), a client certificate
+/// from the same CA, and one from a CA the server does not trust.
 pub struct Pki {
     pub ca: PathBuf,
     pub server_cert: PathBuf,
@@ -90,9 +91,9 @@ impl Pki {
             std::fs::write(&path, text).unwrap();
             path
         };
-        let (server_cert, server_key) = leaf(&ca, &["localhost", "127.0.0.1"], ServerAuth);
-        let (client_cert, client_key) = leaf(&ca, &["worker-1"], ClientAuth);
-        let (rogue_cert, rogue_key) = leaf(&rogue_ca, &["intruder"], ClientAuth);
+        let (server_cert, server_key) = leaf(&ca, &["localhost", "127.0.0.1"], &[ServerAuth, ClientAuth]);
+        let (client_cert, client_key) = leaf(&ca, &["worker-1"], &[ClientAuth]);
+        let (rogue_cert, rogue_key) = leaf(&rogue_ca, &["intruder"], &[ClientAuth]);
         Self {
             ca: write("ca.pem", ca.pem()),
             server_cert: write("server.pem", server_cert),
@@ -133,12 +134,12 @@ fn authority(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
 fn leaf(
     issuer: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
     names: &[&str],
-    usage: rcgen::ExtendedKeyUsagePurpose,
+    usages: &[rcgen::ExtendedKeyUsagePurpose],
 ) -> (String, String) {
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
     params.distinguished_name.push(rcgen::DnType::CommonName, names[0]);
-    params.extended_key_usages = vec![usage];
+    params.extended_key_usages = usages.to_vec();
     let cert = params.signed_by(&key, issuer).unwrap();
     (cert.pem(), key.serialize_pem())
 }
