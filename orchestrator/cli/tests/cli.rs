@@ -319,6 +319,22 @@ async fn a_node_that_does_not_serve() -> String {
 }
 
 #[tokio::test]
+async fn help_never_prints_a_password_it_finds_in_the_environment() {
+    for command in [&["server", "--help"][..], &["cluster", "status", "--help"], &["consumer", "search", "--help"]] {
+        let out = tokio::process::Command::new(BIN)
+            .args(command)
+            .env("SAGAFLOW_STORE", "postgres://sagaflow:hunter2@db/sagaflow")
+            .env("SAGAFLOW_NATS_URL", "nats://relay:hunter2@bus:4222")
+            .output()
+            .await
+            .unwrap();
+        let help = String::from_utf8(out.stdout).unwrap();
+        assert!(out.status.success() && help.contains("--"), "{command:?}: {help}");
+        assert!(!help.contains("hunter2"), "{command:?} printed a password: {help}");
+    }
+}
+
+#[tokio::test]
 async fn of_several_nodes_the_cli_uses_the_first_that_serves() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path(), &[]).await;

@@ -95,6 +95,21 @@ fn quick_worker(servers: &str, token: Option<&str>) -> JoinHandle<()> {
     })
 }
 
+/// `sagaflow cluster status --output json`: shard 0's serving address and epoch.
+async fn cluster_status(db: &TestDb) -> (Option<String>, u64) {
+    let output = tokio::process::Command::new(common::BIN)
+        .args(["cluster", "status", "--store", &db.url, "--output", "json"])
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let status: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let shard = &status["shards"][0];
+    assert_eq!(shard["shard"], 0, "{status}");
+    let address = shard["served"].as_bool().unwrap().then(|| shard["address"].as_str().unwrap().to_owned());
+    (address, shard["epoch"].as_u64().unwrap())
+}
+
 fn signal(pid: u32, name: &str) {
     let status = std::process::Command::new("kill").args([&format!("-{name}"), &pid.to_string()]).status().unwrap();
     assert!(status.success(), "kill -{name} {pid}");
@@ -384,11 +399,16 @@ async fn a_standby_forwards_calls_and_worker_sessions_to_the_serving_node() {
         .unwrap()
         .into_inner();
     assert_eq!(described.summary.unwrap().status(), WorkflowStatus::Completed);
+    let (serving, epoch) = cluster_status(&db).await;
+    assert_eq!(serving.as_deref(), Some(nodes[0].listen.as_str()), "`cluster status` names the serving node");
 
     let killed_at = Instant::now();
     first.kill9().await;
     let second = tokio::time::timeout(TAKEOVER, standby).await.expect("no takeover").unwrap();
     println!("the standby served {:?} after the kill", killed_at.elapsed());
+    let (serving, after_takeover) = cluster_status(&db).await;
+    assert_eq!(serving.as_deref(), Some(nodes[1].listen.as_str()), "`cluster status` names the new node");
+    assert_eq!(after_takeover, epoch + 1, "a takeover raises the epoch by one");
     // The same client, on the same address, now served by the node itself;
     // its connection was forwarded and is gone, so the first call may fail.
     let mut after = None;

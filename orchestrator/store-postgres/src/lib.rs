@@ -124,6 +124,15 @@ impl PostgresStore {
     }
 }
 
+/// Who holds each shard, and the database's clock in milliseconds (the
+/// leases' `expires_ms` run on it): read over a connection of its own,
+/// with no migration and no writer, for an operator's
+/// `sagaflow cluster status`.
+pub async fn shard_leases(url: &str) -> Result<(Vec<sagaflow_store::ShardLease>, i64)> {
+    let client = open(url, "status", None).await?;
+    shards::all(&client).await
+}
+
 fn writer_stopped() -> Error {
     Error::FlushFailed("the PostgreSQL writer task stopped".into())
 }

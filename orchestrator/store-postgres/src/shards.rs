@@ -76,6 +76,25 @@ pub(crate) async fn renew(client: &Client, fence: Fence, owner: &str, ttl_ms: i6
     }
 }
 
+/// Every shard's lease, and the database's clock, which the leases run on.
+pub(crate) async fn all(client: &Client) -> Result<(Vec<ShardLease>, i64)> {
+    let sql = format!("SELECT {COLUMNS} FROM shard_leases ORDER BY shard");
+    let rows = client.query(&sql, &[]).await.map_err(|e| {
+        if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) {
+            Error::Engine("this database holds no Sagaflow cluster: no node has started on it".into())
+        } else {
+            engine("reading the shard leases")(e)
+        }
+    })?;
+    let leases = rows.iter().map(lease).collect::<Result<Vec<_>>>()?;
+    let now = client
+        .query_one("SELECT (extract(epoch FROM now()) * 1000)::bigint", &[])
+        .await
+        .map_err(engine("reading the database's clock"))?;
+    let now_ms = now.try_get(0).map_err(|e| Error::Corrupt { key: "now()".into(), reason: e.to_string() })?;
+    Ok((leases, now_ms))
+}
+
 pub(crate) async fn release(client: &Client, fence: Fence) -> Result<()> {
     let shard = shard_id(fence.shard)?;
     client

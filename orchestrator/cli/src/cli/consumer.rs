@@ -32,7 +32,7 @@ pub enum ConsumerCommand {
 #[derive(Debug, Args)]
 pub struct ConsumerArgs {
     /// The NATS server with JetStream.
-    #[arg(long, env = "SAGAFLOW_NATS_URL", default_value = "nats://127.0.0.1:4222", value_parser = sagaflow_server::relay::parse_url)]
+    #[arg(long, env = "SAGAFLOW_NATS_URL", hide_env_values = true, default_value = "nats://127.0.0.1:4222", value_parser = sagaflow_server::relay::parse_url)]
     pub nats_url: String,
     /// Where this consumer's own store lives (in a sub-folder named after it).
     #[arg(long, default_value = "./sagaflow-consumers")]

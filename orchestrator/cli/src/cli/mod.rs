@@ -17,6 +17,7 @@ mod auth;
 mod bench;
 mod chaos;
 mod checkout;
+mod cluster;
 mod connection;
 mod consumer;
 mod definition;
@@ -200,6 +201,10 @@ pub enum Command {
     /// Offline maintenance of a data directory (stop the server first).
     #[command(subcommand)]
     Admin(server::AdminCommand),
+    /// A cluster of nodes on PostgreSQL: `cluster status` shows which node serves, read from the
+    /// database.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
     /// Run a read model fed by NATS JetStream, as its own process.
     #[command(subcommand)]
     Consumer(consumer::ConsumerCommand),
@@ -226,6 +231,7 @@ pub async fn run(mut cli: Cli) -> anyhow::Result<()> {
         Command::Shop(args) => shop::run(args, &cli.server, cli.output).await,
         Command::Worker(args) => worker::run(args, &cli.server, cli.output, &cli.logging).await,
         Command::Admin(command) => server::admin(command, cli.output).await,
+        Command::Cluster(command) => cluster::run(command, cli.output).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Events(command) => events::run(command, &cli.server, cli.output).await,
         Command::Checkout(command) => checkout::run(command, &cli.server, cli.output).await,

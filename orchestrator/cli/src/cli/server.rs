@@ -33,7 +33,8 @@ pub struct ServerArgs {
     /// verified, host name included; require and verify-ca mean the same here); add
     /// &sslcert=/path/client.pem&sslkey=/path/client.key for a database that requires a client
     /// certificate.
-    #[arg(long, env = "SAGAFLOW_STORE", value_name = "URL", value_parser = parse_store_url)]
+    // The URL may hold a password: --help must not print it from the environment.
+    #[arg(long, env = "SAGAFLOW_STORE", hide_env_values = true, value_name = "URL", value_parser = parse_store_url)]
     pub store: Option<String>,
     /// gRPC listen address. Loopback by default.
     #[arg(long, default_value = "127.0.0.1:50051")]
@@ -93,7 +94,7 @@ pub struct ServerArgs {
     #[command(flatten)]
     pub retention: RetentionArgs,
     /// Relay domain events to NATS JetStream at this URL (nats://HOST:PORT); without it they stay in the outbox.
-    #[arg(long, env = "SAGAFLOW_NATS_URL", value_parser = sagaflow_server::relay::parse_url)]
+    #[arg(long, env = "SAGAFLOW_NATS_URL", hide_env_values = true, value_parser = sagaflow_server::relay::parse_url)]
     pub nats_url: Option<String>,
     /// API tokens and their roles (JSON, hashes only; see docs/security.md). Without it the
     /// server accepts every call, so it listens on loopback only.

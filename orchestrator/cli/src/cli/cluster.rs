@@ -1,0 +1,88 @@
+//! `sagaflow cluster status`: which node serves each shard of a cluster on
+//! PostgreSQL, at which epoch, and for how much longer, read from the
+//! database itself, so that it answers when no node does.
+
+use anyhow::Context;
+use sagaflow_server::ownership::address_of;
+use sagaflow_server::store::ShardLease;
+use serde_json::json;
+
+use super::Output;
+use super::render::table;
+use super::server::parse_store_url;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ClusterCommand {
+    /// Who serves each shard: the node, the address standbys forward to, the epoch (it rises at
+    /// every takeover) and the time left on its lease. Read from the database, so it answers
+    /// while no node serves. Exits 0 once read, whatever it shows.
+    Status {
+        /// The cluster's database (postgres://…), as given to `server --store`.
+        #[arg(long, env = "SAGAFLOW_STORE", hide_env_values = true, value_name = "URL", value_parser = parse_store_url)]
+        store: String,
+    },
+}
+
+pub async fn run(command: ClusterCommand, output: Output) -> anyhow::Result<()> {
+    let ClusterCommand::Status { store } = command;
+    let (leases, now_ms) =
+        sagaflow_store_postgres::shard_leases(&store).await.context("cannot read the cluster's shard leases")?;
+    match output {
+        Output::Json => {
+            let shards: Vec<_> = leases.iter().map(|lease| shard_json(lease, now_ms)).collect();
+            outln!("{}", json!({ "shards": shards }));
+        }
+        Output::Text if leases.is_empty() => {
+            outln!("no node has served this cluster yet: start one with `sagaflow server --store …`");
+        }
+        Output::Text => {
+            let rows: Vec<Vec<String>> = leases
+                .iter()
+                .map(|lease| {
+                    let (node, address) = holder(lease);
+                    vec![
+                        lease.shard.to_string(),
+                        node.unwrap_or("none").to_owned(),
+                        address.unwrap_or("-").to_owned(),
+                        lease.epoch.to_string(),
+                        lease_state(lease, now_ms),
+                    ]
+                })
+                .collect();
+            out!("{}", table(&["SHARD", "NODE", "ADDRESS", "EPOCH", "LEASE"], &rows));
+        }
+    }
+    Ok(())
+}
+
+/// The node holding `lease` and the address it serves at; `None` for a
+/// lease released by a graceful stop.
+fn holder(lease: &ShardLease) -> (Option<&str>, Option<&str>) {
+    let node = lease.owner.split('@').next().filter(|node| !node.is_empty());
+    (node, address_of(&lease.owner))
+}
+
+fn lease_state(lease: &ShardLease, now_ms: i64) -> String {
+    let left_ms = lease.expires_ms - now_ms;
+    let seconds = |ms: i64| format!("{:.1} s", ms.unsigned_abs() as f64 / 1000.0);
+    match holder(lease).0 {
+        None => "released: the next standby to ask takes it (within a second)".to_owned(),
+        Some(_) if left_ms > 0 => format!("held, {} left", seconds(left_ms)),
+        Some(_) => {
+            format!("expired {} ago: the node stopped renewing; a standby takes it within a second", seconds(left_ms))
+        }
+    }
+}
+
+fn shard_json(lease: &ShardLease, now_ms: i64) -> serde_json::Value {
+    let (node, address) = holder(lease);
+    let left_ms = lease.expires_ms - now_ms;
+    json!({
+        "shard": lease.shard,
+        "node": node,
+        "address": address,
+        "epoch": lease.epoch,
+        "expires_in_ms": left_ms,
+        "served": node.is_some() && left_ms > 0,
+    })
+}
