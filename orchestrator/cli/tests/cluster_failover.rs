@@ -95,8 +95,9 @@ fn quick_worker(servers: &str, token: Option<&str>) -> JoinHandle<()> {
     })
 }
 
-/// `sagaflow cluster status --output json`: shard 0's serving address and epoch.
-async fn cluster_status(db: &TestDb) -> (Option<String>, u64) {
+/// What `sagaflow cluster status` says: shard 0's serving address and
+/// epoch, and the addresses of the nodes alive (seen within 2.5 s).
+async fn cluster_status(db: &TestDb) -> (Option<String>, u64, Vec<String>) {
     let output = tokio::process::Command::new(common::BIN)
         .args(["cluster", "status", "--store", &db.url, "--output", "json"])
         .output()
@@ -107,7 +108,15 @@ async fn cluster_status(db: &TestDb) -> (Option<String>, u64) {
     let shard = &status["shards"][0];
     assert_eq!(shard["shard"], 0, "{status}");
     let address = shard["served"].as_bool().unwrap().then(|| shard["address"].as_str().unwrap().to_owned());
-    (address, shard["epoch"].as_u64().unwrap())
+    let mut alive: Vec<String> = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|node| node["alive"] == true)
+        .map(|node| node["address"].as_str().unwrap().to_owned())
+        .collect();
+    alive.sort();
+    (address, shard["epoch"].as_u64().unwrap(), alive)
 }
 
 fn signal(pid: u32, name: &str) {
@@ -399,16 +408,24 @@ async fn a_standby_forwards_calls_and_worker_sessions_to_the_serving_node() {
         .unwrap()
         .into_inner();
     assert_eq!(described.summary.unwrap().status(), WorkflowStatus::Completed);
-    let (serving, epoch) = cluster_status(&db).await;
+    let mut both = vec![nodes[0].listen.clone(), nodes[1].listen.clone()];
+    both.sort();
+    // The standby writes its row when it first asks for the lease.
+    common::nats::wait_until(Duration::from_secs(10), "`cluster status` shows both nodes alive", || async {
+        cluster_status(&db).await.2 == both
+    })
+    .await;
+    let (serving, epoch, _) = cluster_status(&db).await;
     assert_eq!(serving.as_deref(), Some(nodes[0].listen.as_str()), "`cluster status` names the serving node");
 
     let killed_at = Instant::now();
     first.kill9().await;
     let second = tokio::time::timeout(TAKEOVER, standby).await.expect("no takeover").unwrap();
     println!("the standby served {:?} after the kill", killed_at.elapsed());
-    let (serving, after_takeover) = cluster_status(&db).await;
+    let (serving, after_takeover, alive) = cluster_status(&db).await;
     assert_eq!(serving.as_deref(), Some(nodes[1].listen.as_str()), "`cluster status` names the new node");
     assert_eq!(after_takeover, epoch + 1, "a takeover raises the epoch by one");
+    assert_eq!(alive, [nodes[1].listen.clone()], "the killed node is no longer seen");
     // The same client, on the same address, now served by the node itself;
     // its connection was forwarded and is gone, so the first call may fail.
     let mut after = None;

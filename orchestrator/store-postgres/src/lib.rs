@@ -37,6 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{Client, NoTls};
 
 pub use migrations::LATEST_VERSION;
+pub use shards::ClusterView;
 
 use plan::Op;
 use reads::Readers;
@@ -124,13 +125,12 @@ impl PostgresStore {
     }
 }
 
-/// Who holds each shard, and the database's clock in milliseconds (the
-/// leases' `expires_ms` run on it): read over a connection of its own,
-/// with no migration and no writer, for an operator's
-/// `sagaflow cluster status`.
-pub async fn shard_leases(url: &str) -> Result<(Vec<sagaflow_store::ShardLease>, i64)> {
+/// Who holds each shard and which nodes were seen lately: read over a
+/// connection of its own, with no migration and no writer, for an
+/// operator's `sagaflow cluster status`.
+pub async fn cluster_view(url: &str) -> Result<ClusterView> {
     let client = open(url, "status", None).await?;
-    shards::all(&client).await
+    shards::view(&client).await
 }
 
 fn writer_stopped() -> Error {

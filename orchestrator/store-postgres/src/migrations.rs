@@ -23,10 +23,11 @@ const MIGRATIONS: &[Migration] = &[
     Migration { version: 2, name: "shard_leases", sql: include_str!("../migrations/0002_shard_leases.sql") },
     Migration { version: 3, name: "assertions", sql: include_str!("../migrations/0003_assertions.sql") },
     Migration { version: 4, name: "cluster_secrets", sql: include_str!("../migrations/0004_cluster_secrets.sql") },
+    Migration { version: 5, name: "cluster_nodes", sql: include_str!("../migrations/0005_cluster_nodes.sql") },
 ];
 
 /// The schema version this build writes and reads.
-pub const LATEST_VERSION: i32 = 4;
+pub const LATEST_VERSION: i32 = 5;
 
 /// The advisory lock key of schema changes ("SAGAFLOW" in ASCII). The
 /// writer's request-id locks use the two-key form, a separate key space.

@@ -2,6 +2,7 @@
 //! one statement, so its check and its change are one atomic step, on the
 //! database's clock.
 
+use futures_util::future::try_join;
 use sagaflow_store::{Error, Fence, Result, ShardLease};
 use tokio_postgres::{Client, Row};
 
@@ -34,7 +35,32 @@ async fn current(client: &Client, shard: i32) -> Result<Option<ShardLease>> {
     client.query_opt(&sql, &[&shard]).await.map_err(engine("reading a shard lease"))?.as_ref().map(lease).transpose()
 }
 
+/// Records that `owner` is alive now, and forgets nodes not seen for 15
+/// minutes (a node's name is new at each start).
+async fn seen(client: &Client, owner: &str) -> Result<()> {
+    client
+        .execute(
+            "WITH gone AS (DELETE FROM cluster_nodes WHERE seen_at < now() - interval '15 minutes')
+             INSERT INTO cluster_nodes (owner, seen_at) VALUES ($1, now())
+             ON CONFLICT (owner) DO UPDATE SET seen_at = excluded.seen_at",
+            &[&owner],
+        )
+        .await
+        .map_err(engine("recording that this node is alive"))?;
+    Ok(())
+}
+
+// `seen` goes in the same pipeline as the lease's statement: no round trip
+// of its own, so the lease's timing is what it was.
 pub(crate) async fn acquire(client: &Client, shard: u32, owner: &str, ttl_ms: i64) -> Result<ShardLease> {
+    try_join(seen(client, owner), take(client, shard, owner, ttl_ms)).await.map(|((), lease)| lease)
+}
+
+pub(crate) async fn renew(client: &Client, fence: Fence, owner: &str, ttl_ms: i64) -> Result<ShardLease> {
+    try_join(seen(client, owner), extend(client, fence, owner, ttl_ms)).await.map(|((), lease)| lease)
+}
+
+async fn take(client: &Client, shard: u32, owner: &str, ttl_ms: i64) -> Result<ShardLease> {
     let shard = shard_id(shard)?;
     // Every SET sees the old row: renewing one's live lease keeps the epoch,
     // anything else (a takeover, one's own expired lease) raises it.
@@ -56,7 +82,7 @@ pub(crate) async fn acquire(client: &Client, shard: u32, owner: &str, ttl_ms: i6
     }
 }
 
-pub(crate) async fn renew(client: &Client, fence: Fence, owner: &str, ttl_ms: i64) -> Result<ShardLease> {
+async fn extend(client: &Client, fence: Fence, owner: &str, ttl_ms: i64) -> Result<ShardLease> {
     let shard = shard_id(fence.shard)?;
     let sql = format!(
         "UPDATE shard_leases SET expires_at = now() + $4::float8 * interval '1 millisecond'
@@ -76,27 +102,64 @@ pub(crate) async fn renew(client: &Client, fence: Fence, owner: &str, ttl_ms: i6
     }
 }
 
-/// Every shard's lease, and the database's clock, which the leases run on.
-pub(crate) async fn all(client: &Client) -> Result<(Vec<ShardLease>, i64)> {
-    let sql = format!("SELECT {COLUMNS} FROM shard_leases ORDER BY shard");
-    let rows = client.query(&sql, &[]).await.map_err(|e| {
-        if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) {
-            Error::Engine("this database holds no Sagaflow cluster: no node has started on it".into())
-        } else {
-            engine("reading the shard leases")(e)
+/// Every shard's lease, every node seen lately, and the database's clock,
+/// which both run on.
+pub(crate) async fn view(client: &Client) -> Result<ClusterView> {
+    let missing = |doing: &'static str| {
+        move |e: tokio_postgres::Error| {
+            if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) {
+                Error::Engine(
+                    "this database holds no Sagaflow cluster of this version: no node of it started here".into(),
+                )
+            } else {
+                engine(doing)(e)
+            }
         }
-    })?;
-    let leases = rows.iter().map(lease).collect::<Result<Vec<_>>>()?;
+    };
+    let corrupt = |key: &str| {
+        let key = key.to_owned();
+        move |e: tokio_postgres::Error| Error::Corrupt { key, reason: e.to_string() }
+    };
+    let sql = format!("SELECT {COLUMNS} FROM shard_leases ORDER BY shard");
+    let leases = client.query(&sql, &[]).await.map_err(missing("reading the shard leases"))?;
+    let leases = leases.iter().map(lease).collect::<Result<Vec<_>>>()?;
+    let nodes = client
+        .query("SELECT owner, (extract(epoch FROM seen_at) * 1000)::bigint FROM cluster_nodes ORDER BY owner", &[])
+        .await
+        .map_err(missing("reading the cluster's nodes"))?;
+    let nodes = nodes
+        .iter()
+        .map(|row| {
+            Ok((row.try_get(0).map_err(corrupt("cluster_nodes"))?, row.try_get(1).map_err(corrupt("cluster_nodes"))?))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let now = client
         .query_one("SELECT (extract(epoch FROM now()) * 1000)::bigint", &[])
         .await
         .map_err(engine("reading the database's clock"))?;
-    let now_ms = now.try_get(0).map_err(|e| Error::Corrupt { key: "now()".into(), reason: e.to_string() })?;
-    Ok((leases, now_ms))
+    Ok(ClusterView { leases, nodes, now_ms: now.try_get(0).map_err(corrupt("now()"))? })
+}
+
+/// Who holds each shard and which nodes are alive, on the database's clock
+/// (milliseconds since the epoch).
+#[derive(Debug, Clone)]
+pub struct ClusterView {
+    pub leases: Vec<ShardLease>,
+    /// Each node's lease owner name, and when it was last seen.
+    pub nodes: Vec<(String, i64)>,
+    pub now_ms: i64,
 }
 
 pub(crate) async fn release(client: &Client, fence: Fence) -> Result<()> {
     let shard = shard_id(fence.shard)?;
+    // A node releases when it stops: it is no longer one of the cluster's.
+    client
+        .execute(
+            "DELETE FROM cluster_nodes WHERE owner = (SELECT owner FROM shard_leases WHERE shard = $1 AND epoch = $2)",
+            &[&shard, &epoch_of(fence)],
+        )
+        .await
+        .map_err(engine("forgetting a stopping node"))?;
     client
         .execute(
             "UPDATE shard_leases SET owner = '', expires_at = now() WHERE shard = $1 AND epoch = $2",

@@ -45,7 +45,7 @@ async fn migrations_apply_once_and_a_second_connect_changes_nothing() {
     let first = migrations(&db).await;
     assert_eq!(
         first.iter().map(|(v, n, _)| (*v, n.as_str())).collect::<Vec<_>>(),
-        [(1, "initial"), (2, "shard_leases"), (3, "assertions"), (4, "cluster_secrets")]
+        [(1, "initial"), (2, "shard_leases"), (3, "assertions"), (4, "cluster_secrets"), (5, "cluster_nodes")]
     );
     assert_eq!(first.last().map(|(v, _, _)| *v), Some(LATEST_VERSION));
     drop(store(&db).await);

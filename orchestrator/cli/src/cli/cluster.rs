@@ -23,20 +23,45 @@ pub enum ClusterCommand {
     },
 }
 
+/// A node not seen for this long has stopped or is cut off: nodes write
+/// every second.
+const ALIVE_WITHIN_MS: i64 = 2_500;
+
 pub async fn run(command: ClusterCommand, output: Output) -> anyhow::Result<()> {
     let ClusterCommand::Status { store } = command;
-    let (leases, now_ms) =
-        sagaflow_store_postgres::shard_leases(&store).await.context("cannot read the cluster's shard leases")?;
+    let view = sagaflow_store_postgres::cluster_view(&store).await.context("cannot read the cluster's state")?;
+    let now_ms = view.now_ms;
+    let serving: Vec<&str> = view
+        .leases
+        .iter()
+        .filter(|lease| lease.expires_ms > now_ms && !lease.owner.is_empty())
+        .map(|lease| lease.owner.as_str())
+        .collect();
     match output {
         Output::Json => {
-            let shards: Vec<_> = leases.iter().map(|lease| shard_json(lease, now_ms)).collect();
-            outln!("{}", json!({ "shards": shards }));
+            let shards: Vec<_> = view.leases.iter().map(|lease| shard_json(lease, now_ms)).collect();
+            let nodes: Vec<_> = view
+                .nodes
+                .iter()
+                .map(|(owner, seen_ms)| {
+                    let (node, address) = parts(owner);
+                    json!({
+                        "node": node,
+                        "address": address,
+                        "serving": serving.contains(&owner.as_str()),
+                        "seen_ms_ago": now_ms - seen_ms,
+                        "alive": now_ms - seen_ms <= ALIVE_WITHIN_MS,
+                    })
+                })
+                .collect();
+            outln!("{}", json!({ "shards": shards, "nodes": nodes }));
         }
-        Output::Text if leases.is_empty() => {
+        Output::Text if view.leases.is_empty() => {
             outln!("no node has served this cluster yet: start one with `sagaflow server --store …`");
         }
         Output::Text => {
-            let rows: Vec<Vec<String>> = leases
+            let rows: Vec<Vec<String>> = view
+                .leases
                 .iter()
                 .map(|lease| {
                     let (node, address) = holder(lease);
@@ -50,21 +75,54 @@ pub async fn run(command: ClusterCommand, output: Output) -> anyhow::Result<()> 
                 })
                 .collect();
             out!("{}", table(&["SHARD", "NODE", "ADDRESS", "EPOCH", "LEASE"], &rows));
+            let rows: Vec<Vec<String>> = view
+                .nodes
+                .iter()
+                .map(|(owner, seen_ms)| {
+                    let (node, address) = parts(owner);
+                    let ago = now_ms - seen_ms;
+                    let role = match (serving.contains(&owner.as_str()), ago <= ALIVE_WITHIN_MS) {
+                        (true, _) => "serving",
+                        (false, true) => "standing by",
+                        (false, false) => "gone (stopped, or cut off from the database)",
+                    };
+                    vec![
+                        node.to_owned(),
+                        address.unwrap_or("-").to_owned(),
+                        role.to_owned(),
+                        format!("{} ago", seconds(ago)),
+                    ]
+                })
+                .collect();
+            outln!("");
+            if rows.is_empty() {
+                outln!("no node seen in the last 15 minutes");
+            } else {
+                out!("{}", table(&["NODE", "ADDRESS", "STATE", "LAST SEEN"], &rows));
+            }
         }
     }
     Ok(())
 }
 
+/// A lease owner's node name and the address it serves at, if it gave one.
+fn parts(owner: &str) -> (&str, Option<&str>) {
+    (owner.split('@').next().unwrap_or(owner), address_of(owner))
+}
+
 /// The node holding `lease` and the address it serves at; `None` for a
 /// lease released by a graceful stop.
 fn holder(lease: &ShardLease) -> (Option<&str>, Option<&str>) {
-    let node = lease.owner.split('@').next().filter(|node| !node.is_empty());
-    (node, address_of(&lease.owner))
+    let (node, address) = parts(&lease.owner);
+    (Some(node).filter(|node| !node.is_empty()), address)
+}
+
+fn seconds(ms: i64) -> String {
+    format!("{:.1} s", ms.unsigned_abs() as f64 / 1000.0)
 }
 
 fn lease_state(lease: &ShardLease, now_ms: i64) -> String {
     let left_ms = lease.expires_ms - now_ms;
-    let seconds = |ms: i64| format!("{:.1} s", ms.unsigned_abs() as f64 / 1000.0);
     match holder(lease).0 {
         None => "released: the next standby to ask takes it (within a second)".to_owned(),
         Some(_) if left_ms > 0 => format!("held, {} left", seconds(left_ms)),
