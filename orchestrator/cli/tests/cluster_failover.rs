@@ -119,6 +119,23 @@ async fn cluster_status(db: &TestDb) -> (Option<String>, u64, Vec<String>) {
     (address, shard["epoch"].as_u64().unwrap(), alive)
 }
 
+/// The answer of the first `call` that is not refused UNAVAILABLE: the
+/// client's connection, forwarded by a standby that has since taken over,
+/// is gone, so the first calls after a takeover may fail.
+async fn once_served<T, F>(mut call: impl FnMut() -> F) -> T
+where
+    F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    for _ in 0..50 {
+        match call().await {
+            Ok(answer) => return answer.into_inner(),
+            Err(status) => assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the client was not served within 5 s of the takeover");
+}
+
 fn signal(pid: u32, name: &str) {
     let status = std::process::Command::new("kill").args([&format!("-{name}"), &pid.to_string()]).status().unwrap();
     assert!(status.success(), "kill -{name} {pid}");
@@ -426,20 +443,12 @@ async fn a_standby_forwards_calls_and_worker_sessions_to_the_serving_node() {
     assert_eq!(serving.as_deref(), Some(nodes[1].listen.as_str()), "`cluster status` names the new node");
     assert_eq!(after_takeover, epoch + 1, "a takeover raises the epoch by one");
     assert_eq!(alive, [nodes[1].listen.clone()], "the killed node is no longer seen");
-    // The same client, on the same address, now served by the node itself;
-    // its connection was forwarded and is gone, so the first call may fail.
-    let mut after = None;
-    for _ in 0..50 {
-        match client.start_workflow(common::start_request("quick", "after-takeover", "{}")).await {
-            Ok(started) => {
-                after = Some(started.into_inner());
-                break;
-            }
-            Err(status) => assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}"),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let after = after.expect("the client was not served after the takeover");
+    // The same client, on the same address, now served by the node itself.
+    let after = once_served(|| {
+        let mut client = client.clone();
+        async move { client.start_workflow(common::start_request("quick", "after-takeover", "{}")).await }
+    })
+    .await;
     for id in [&before.workflow_id, &after.workflow_id] {
         let answer = client
             .await_workflow(AwaitWorkflowRequest { workflow_id: id.clone(), timeout_ms: 30_000 })
@@ -511,18 +520,11 @@ async fn a_tls_standby_forwards_over_tls_and_then_serves_on_the_same_address() {
     first.kill9().await;
     let second = tokio::time::timeout(TAKEOVER, standby).await.expect("no takeover").unwrap();
     assert_eq!(second.url, through, "the standby serves on the address it forwarded from");
-    let mut after = None;
-    for _ in 0..50 {
-        match client.start_workflow(common::start_request("quick", "tls-after", "{}")).await {
-            Ok(started) => {
-                after = Some(started.into_inner());
-                break;
-            }
-            Err(status) => assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}"),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let after = after.expect("the client was not served after the takeover");
+    let after = once_served(|| {
+        let mut client = client.clone();
+        async move { client.start_workflow(common::start_request("quick", "tls-after", "{}")).await }
+    })
+    .await;
     let answer = client.await_workflow(request(&after.workflow_id)).await.unwrap().into_inner();
     assert_eq!(answer.summary.as_ref().unwrap().status(), WorkflowStatus::Completed, "{answer:?}");
     running.abort();

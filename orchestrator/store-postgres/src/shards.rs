@@ -153,16 +153,12 @@ pub struct ClusterView {
 pub(crate) async fn release(client: &Client, fence: Fence) -> Result<()> {
     let shard = shard_id(fence.shard)?;
     // A node releases when it stops: it is no longer one of the cluster's.
+    // Both parts see the lease as it was, owner included.
     client
         .execute(
-            "DELETE FROM cluster_nodes WHERE owner = (SELECT owner FROM shard_leases WHERE shard = $1 AND epoch = $2)",
-            &[&shard, &epoch_of(fence)],
-        )
-        .await
-        .map_err(engine("forgetting a stopping node"))?;
-    client
-        .execute(
-            "UPDATE shard_leases SET owner = '', expires_at = now() WHERE shard = $1 AND epoch = $2",
+            "WITH forgotten AS (DELETE FROM cluster_nodes
+                 WHERE owner = (SELECT owner FROM shard_leases WHERE shard = $1 AND epoch = $2))
+             UPDATE shard_leases SET owner = '', expires_at = now() WHERE shard = $1 AND epoch = $2",
             &[&shard, &epoch_of(fence)],
         )
         .await
