@@ -22,6 +22,10 @@ use tokio::time::Instant;
 
 use crate::store::{self, Fence, Store};
 
+/// What `sagaflow cluster status` shows: read from the cluster's database,
+/// so that it answers while no node serves.
+pub use sagaflow_store_postgres::{ClusterView, cluster_view};
+
 /// The shard the whole store is, while it has one.
 const SHARD: u32 = 0;
 

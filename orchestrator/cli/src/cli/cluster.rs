@@ -3,7 +3,7 @@
 //! database itself, so that it answers when no node does.
 
 use anyhow::Context;
-use sagaflow_server::ownership::address_of;
+use sagaflow_server::ownership::{address_of, cluster_view};
 use sagaflow_server::store::ShardLease;
 use serde_json::json;
 
@@ -29,7 +29,7 @@ const ALIVE_WITHIN_MS: i64 = 2_500;
 
 pub async fn run(command: ClusterCommand, output: Output) -> anyhow::Result<()> {
     let ClusterCommand::Status { store } = command;
-    let view = sagaflow_store_postgres::cluster_view(&store).await.context("cannot read the cluster's state")?;
+    let view = cluster_view(&store).await.context("cannot read the cluster's state")?;
     let now_ms = view.now_ms;
     let serving: Vec<&str> = view
         .leases
