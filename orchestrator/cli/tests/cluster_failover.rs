@@ -529,6 +529,34 @@ async fn a_tls_standby_forwards_over_tls_and_then_serves_on_the_same_address() {
     assert_eq!(answer.summary.as_ref().unwrap().status(), WorkflowStatus::Completed, "{answer:?}");
     running.abort();
     drop(second);
+
+    // A node whose certificate is good for serving only could not show it
+    // to the others, which require client certificates: it does not start.
+    let serving_only = [
+        "--store",
+        db.url.as_str(),
+        "--tls-cert",
+        pki.serving_only_cert.to_str().unwrap(),
+        "--tls-key",
+        pki.serving_only_key.to_str().unwrap(),
+        "--tls-client-ca",
+        pki.ca.to_str().unwrap(),
+        "--tls-peer-ca",
+        pki.ca.to_str().unwrap(),
+    ];
+    let start = tokio::process::Command::new(common::BIN)
+        .args(["server", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(root.path().join("c"))
+        .args(serving_only)
+        .kill_on_drop(true)
+        .output();
+    let refused = tokio::time::timeout(Duration::from_secs(30), start)
+        .await
+        .expect("a node whose certificate is good for serving only started")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("clientAuth"), "says what the certificate lacks: {stderr}");
 }
 
 /// A node restarted at its own address while its old lease still runs finds

@@ -35,6 +35,8 @@ pub enum Error {
     Rustls(#[from] rustls::Error),
     #[error("invalid client CA: {0}")]
     ClientCa(String),
+    #[error("{0}")]
+    NotForPeers(String),
     #[error("invalid gRPC TLS setup: {0}")]
     Tonic(#[from] tonic::transport::Error),
 }
@@ -95,13 +97,38 @@ impl TlsFiles {
     /// Trusts the CA (PEM) that signed the other nodes' certificates, so
     /// that this node, standing by, forwards calls to the serving node over
     /// TLS ([`TlsFiles::forwarding`]).
+    ///
+    /// Where nodes require client certificates, this node's certificate
+    /// is what it shows the serving node: it is checked now, as the other
+    /// nodes will check it, so that a certificate not made for client
+    /// authentication fails the start rather than the first failover.
     pub fn with_peer_ca(mut self, path: &Path) -> Result<Self, Error> {
         let pem = read(path)?;
         if roots(&pem).is_err() {
             return Err(Error::Pem { path: path.to_owned(), what: "CA certificate" });
         }
         self.peer_ca = Some(pem);
+        self.check_client_authentication()?;
         Ok(self)
+    }
+
+    fn check_client_authentication(&self) -> Result<(), Error> {
+        use tokio_rustls::rustls::pki_types::UnixTime;
+        let Ok(Some(client_roots)) = self.client_roots() else { return Ok(()) };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(client_roots), provider)
+            .build()
+            .map_err(|e| Error::ClientCa(e.to_string()))?;
+        let chain = self.certs().map_err(|()| Error::ClientCa("no server certificate".into()))?;
+        let (own, intermediates) =
+            chain.split_first().ok_or_else(|| Error::ClientCa("no server certificate".into()))?;
+        verifier.verify_client_cert(own, intermediates, UnixTime::now()).map(drop).map_err(|e| {
+            Error::NotForPeers(format!(
+                "--tls-cert's certificate cannot authenticate this node to the others, which require client \
+                 certificates (--tls-client-ca): it needs the extended key usage clientAuth besides serverAuth, \
+                 and a chain to the client CA ({e})"
+            ))
+        })
     }
 
     /// What a standby needs to forward over TLS: its own certificate to

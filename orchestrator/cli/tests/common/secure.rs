@@ -77,6 +77,9 @@ pub struct Pki {
     pub server_key: PathBuf,
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
+    /// For localhost and 127.0.0.1 too, but good for serving only.
+    pub serving_only_cert: PathBuf,
+    pub serving_only_key: PathBuf,
     pub rogue_cert: PathBuf,
     pub rogue_key: PathBuf,
 }
@@ -93,6 +96,7 @@ impl Pki {
         };
         let (server_cert, server_key) = leaf(&ca, &["localhost", "127.0.0.1"], &[ServerAuth, ClientAuth]);
         let (client_cert, client_key) = leaf(&ca, &["worker-1"], &[ClientAuth]);
+        let (serving_only_cert, serving_only_key) = leaf(&ca, &["localhost", "127.0.0.1"], &[ServerAuth]);
         let (rogue_cert, rogue_key) = leaf(&rogue_ca, &["intruder"], &[ClientAuth]);
         Self {
             ca: write("ca.pem", ca.pem()),
@@ -100,6 +104,8 @@ impl Pki {
             server_key: write("server.key", server_key),
             client_cert: write("client.pem", client_cert),
             client_key: write("client.key", client_key),
+            serving_only_cert: write("serving-only.pem", serving_only_cert),
+            serving_only_key: write("serving-only.key", serving_only_key),
             rogue_cert: write("rogue.pem", rogue_cert),
             rogue_key: write("rogue.key", rogue_key),
         }
