@@ -45,12 +45,13 @@ pub async fn run(command: ClusterCommand, output: Output) -> anyhow::Result<()> 
                 .iter()
                 .map(|(owner, seen_ms)| {
                     let (node, address) = parts(owner);
+                    let ago = now_ms - seen_ms;
                     json!({
                         "node": node,
                         "address": address,
-                        "serving": serving.contains(&owner.as_str()),
-                        "seen_ms_ago": now_ms - seen_ms,
-                        "alive": now_ms - seen_ms <= ALIVE_WITHIN_MS,
+                        "serving": NodeState::of(owner, ago, &serving) == NodeState::Serving,
+                        "seen_ms_ago": ago,
+                        "alive": ago <= ALIVE_WITHIN_MS,
                     })
                 })
                 .collect();
@@ -81,10 +82,10 @@ pub async fn run(command: ClusterCommand, output: Output) -> anyhow::Result<()> 
                 .map(|(owner, seen_ms)| {
                     let (node, address) = parts(owner);
                     let ago = now_ms - seen_ms;
-                    let role = match (serving.contains(&owner.as_str()), ago <= ALIVE_WITHIN_MS) {
-                        (true, _) => "serving",
-                        (false, true) => "standing by",
-                        (false, false) => "gone (stopped, or cut off from the database)",
+                    let role = match NodeState::of(owner, ago, &serving) {
+                        NodeState::Serving => "serving",
+                        NodeState::StandingBy => "standing by",
+                        NodeState::Gone => "gone (stopped, or cut off from the database)",
                     };
                     vec![
                         node.to_owned(),
@@ -103,6 +104,27 @@ pub async fn run(command: ClusterCommand, output: Output) -> anyhow::Result<()> 
         }
     }
     Ok(())
+}
+
+/// What a node is doing, as far as the database can tell.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum NodeState {
+    Serving,
+    StandingBy,
+    Gone,
+}
+
+impl NodeState {
+    /// `owner`, last seen `ago_ms` ago, while the owners of live leases are `serving`.
+    fn of(owner: &str, ago_ms: i64, serving: &[&str]) -> Self {
+        if serving.contains(&owner) {
+            Self::Serving
+        } else if ago_ms <= ALIVE_WITHIN_MS {
+            Self::StandingBy
+        } else {
+            Self::Gone
+        }
+    }
 }
 
 /// A lease owner's node name and the address it serves at, if it gave one.
