@@ -95,9 +95,10 @@ fn quick_worker(servers: &str, token: Option<&str>) -> JoinHandle<()> {
     })
 }
 
-/// What `sagaflow cluster status` says: shard 0's serving address and
-/// epoch, and the addresses of the nodes alive (seen within 2.5 s).
-async fn cluster_status(db: &TestDb) -> (Option<String>, u64, Vec<String>) {
+/// What `sagaflow cluster status` says: the serving address and epoch of
+/// the cluster's `shards` shards, which move together, and the addresses
+/// of the nodes alive (seen within 2.5 s).
+async fn cluster_status(db: &TestDb, shards: usize) -> (Option<String>, u64, Vec<String>) {
     let output = tokio::process::Command::new(common::BIN)
         .args(["cluster", "status", "--store", &db.url, "--output", "json"])
         .output()
@@ -105,8 +106,14 @@ async fn cluster_status(db: &TestDb) -> (Option<String>, u64, Vec<String>) {
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let status: Value = serde_json::from_slice(&output.stdout).unwrap();
-    let shard = &status["shards"][0];
+    let all = status["shards"].as_array().unwrap();
+    assert_eq!(all.len(), shards, "{status}");
+    let shard = &all[0];
     assert_eq!(shard["shard"], 0, "{status}");
+    for other in all {
+        let held = |s: &Value| (s["address"].clone(), s["epoch"].clone(), s["served"].clone());
+        assert_eq!(held(other), held(shard), "one node holds every shard, each at the same epoch: {status}");
+    }
     let address = shard["served"].as_bool().unwrap().then(|| shard["address"].as_str().unwrap().to_owned());
     let mut alive: Vec<String> = status["nodes"]
         .as_array()
@@ -382,9 +389,24 @@ async fn a_standby_forwards_calls_and_worker_sessions_to_the_serving_node() {
     let [definitions, file] = one_step_saga(root.path(), "quick", "test.quick");
     let auth = write_auth_file(root.path());
     let extra = [definitions.as_str(), file.as_str(), "--auth-file", auth.to_str().unwrap()];
-    let first = nodes[0].start_with(&db, Duration::from_secs(30), &extra).await.unwrap();
+    // The first node creates the cluster with 4 shards; the standby, given
+    // no count, takes the cluster's.
+    let first_extra = [&extra[..], &["--shards", "4"]].concat();
+    let first = nodes[0].start_with(&db, Duration::from_secs(30), &first_extra).await.unwrap();
     let standby = nodes[1].start_with(&db, Duration::from_secs(120), &extra);
     let through = nodes[1].url();
+    // A node asking for another count is refused: placement depends on it.
+    let start = tokio::process::Command::new(common::BIN)
+        .args(["server", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--shards", "16"])
+        .args(["--store", &db.url, "--data-dir"])
+        .arg(root.path().join("c"))
+        .kill_on_drop(true)
+        .output();
+    let refused = tokio::time::timeout(Duration::from_secs(30), start).await.expect("a node with --shards 16 started");
+    let refused = refused.unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("created with 4 shards"), "says the cluster's count: {stderr}");
 
     // The standby's health check answers for the node that serves.
     common::nats::wait_until(Duration::from_secs(20), "a health check through the standby", || async {
@@ -429,17 +451,17 @@ async fn a_standby_forwards_calls_and_worker_sessions_to_the_serving_node() {
     both.sort();
     // The standby writes its row when it first asks for the lease.
     common::nats::wait_until(Duration::from_secs(10), "`cluster status` shows both nodes alive", || async {
-        cluster_status(&db).await.2 == both
+        cluster_status(&db, 4).await.2 == both
     })
     .await;
-    let (serving, epoch, _) = cluster_status(&db).await;
+    let (serving, epoch, _) = cluster_status(&db, 4).await;
     assert_eq!(serving.as_deref(), Some(nodes[0].listen.as_str()), "`cluster status` names the serving node");
 
     let killed_at = Instant::now();
     first.kill9().await;
     let second = tokio::time::timeout(TAKEOVER, standby).await.expect("no takeover").unwrap();
     println!("the standby served {:?} after the kill", killed_at.elapsed());
-    let (serving, after_takeover, alive) = cluster_status(&db).await;
+    let (serving, after_takeover, alive) = cluster_status(&db, 4).await;
     assert_eq!(serving.as_deref(), Some(nodes[1].listen.as_str()), "`cluster status` names the new node");
     assert_eq!(after_takeover, epoch + 1, "a takeover raises the epoch by one");
     assert_eq!(alive, [nodes[1].listen.clone()], "the killed node is no longer seen");

@@ -10,8 +10,12 @@
 //! writes are refused by the database meanwhile. A graceful stop releases
 //! the lease, so that a standby takes over at once instead of after it expires.
 //!
-//! One shard for now: the whole store moves as one. Several shards spread
-//! over several nodes use the same lease and fence, per shard (ADR 0030).
+//! The store's workflows are placed in the cluster's shards
+//! ([`sagaflow_store::shard_of`]), each with a lease and an epoch of its own,
+//! and every write checks the epoch of each shard the node holds. For now a
+//! node takes every shard or none, in one atomic step, so that the store
+//! still moves whole; spreading the shards over the nodes uses the same
+//! leases and fences (ADR 0030).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,9 +29,6 @@ use crate::store::{self, Fence, Store};
 /// What `sagaflow cluster status` shows: read from the cluster's database,
 /// so that it answers while no node serves.
 pub use sagaflow_store_postgres::{ClusterView, cluster_view};
-
-/// The shard the whole store is, while it has one.
-const SHARD: u32 = 0;
 
 /// How long a lease lasts without renewal: a dead node's store is taken over
 /// this long after its last renewal, at most.
@@ -49,14 +50,14 @@ pub enum Error {
 pub struct Ownership {
     store: Arc<dyn Store>,
     owner: String,
-    fence: Fence,
+    fences: Vec<Fence>,
     lost: watch::Receiver<Option<String>>,
     renewer: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Ownership {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ownership").field("owner", &self.owner).field("fence", &self.fence).finish_non_exhaustive()
+        f.debug_struct("Ownership").field("owner", &self.owner).field("fences", &self.fences).finish_non_exhaustive()
     }
 }
 
@@ -97,41 +98,43 @@ impl Ownership {
         serving: &watch::Sender<Option<String>>,
     ) -> Result<Self, Error> {
         let ttl = millis(LEASE_TTL);
+        let shards: Vec<u32> = (0..store.shard_count()).collect();
         let mut waited = false;
-        let lease = loop {
+        let leases = loop {
             // A store that broke (its database connection did) never serves:
             // the process ends, and its supervisor starts it afresh.
             if let Some(failure) = store.write_failure() {
                 return Err(Error::Broken(failure));
             }
-            let lease = store.acquire_shard(SHARD, &owner, ttl).await?;
-            if lease.owner == owner {
+            let leases = store.acquire_shards(&shards, &owner, ttl).await?;
+            if leases.iter().all(|l| l.owner == owner) {
                 serving.send_replace(None);
-                break lease;
+                break leases;
             }
-            let holder = address_of(&lease.owner).map(str::to_owned);
+            // Nodes take every shard or none: any live holder serves them all.
+            let held = leases.iter().find(|l| l.owner != owner && !l.owner.is_empty());
+            let holder = held.and_then(|l| address_of(&l.owner)).map(str::to_owned);
             serving.send_if_modified(|now| {
                 let changed = *now != holder;
                 *now = holder.clone();
                 changed
             });
             if !waited {
-                tracing::info!(holder = %lease.owner, node = %owner, "standby: another node holds the store; waiting for its lease to end");
+                let holder = held.map_or("", |l| l.owner.as_str());
+                tracing::info!(%holder, node = %owner, "standby: another node holds the store; waiting for its lease to end");
                 waited = true;
             }
             tokio::time::sleep(RENEW_EVERY).await;
         };
-        let fence = Fence { shard: SHARD, epoch: lease.epoch };
-        store.fence(fence);
-        metrics::gauge!("sagaflow_store_epoch").set(lease.epoch as f64);
-        tracing::info!(node = %owner, epoch = lease.epoch, "took the store");
+        let fences: Vec<Fence> = leases.iter().map(|l| Fence { shard: l.shard, epoch: l.epoch }).collect();
+        store.fence(&fences);
+        for fence in &fences {
+            metrics::gauge!("sagaflow_store_epoch", "shard" => fence.shard.to_string()).set(fence.epoch as f64);
+        }
+        tracing::info!(node = %owner, shards = fences.len(), epochs = ?leases.iter().map(|l| l.epoch).collect::<Vec<_>>(), "took the store");
         let (lost_tx, lost) = watch::channel(None);
-        let renewer = tokio::spawn(renew(Arc::clone(&store), owner.clone(), fence, lost_tx));
-        Ok(Self { store, owner, fence, lost, renewer })
-    }
-
-    pub fn epoch(&self) -> u64 {
-        self.fence.epoch
+        let renewer = tokio::spawn(renew(Arc::clone(&store), owner.clone(), fences.clone(), lost_tx));
+        Ok(Self { store, owner, fences, lost, renewer })
     }
 
     /// Resolves, with the reason, once this node no longer owns the store.
@@ -149,15 +152,15 @@ impl Ownership {
         if self.lost.borrow().is_some() {
             return;
         }
-        give_up(&*self.store, &self.owner, self.fence).await;
+        give_up(&*self.store, &self.owner, &self.fences).await;
     }
 }
 
 /// Releases the lease, so that a standby takes over at once; bounded, since
 /// the database may not answer at all. Without it, the lease expires.
-async fn give_up(store: &dyn Store, owner: &str, fence: Fence) {
-    match tokio::time::timeout(RENEW_EVERY * 2, store.release_shard(fence)).await {
-        Ok(Ok(())) => tracing::info!(node = %owner, epoch = fence.epoch, "released the store"),
+async fn give_up(store: &dyn Store, owner: &str, fences: &[Fence]) {
+    match tokio::time::timeout(RENEW_EVERY * 2, store.release_shards(fences)).await {
+        Ok(Ok(())) => tracing::info!(node = %owner, shards = fences.len(), "released the store"),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "could not release the store's lease; a standby takes over when it expires");
         }
@@ -173,12 +176,12 @@ async fn give_up(store: &dyn Store, owner: &str, fence: Fence) {
 /// A store that refuses writes (a connection to its database broke) cannot
 /// serve however long its lease lasts: the node gives the lease up, if the
 /// database still takes that, so that a standby serves at once, and stops.
-async fn renew(store: Arc<dyn Store>, owner: String, fence: Fence, lost: watch::Sender<Option<String>>) {
+async fn renew(store: Arc<dyn Store>, owner: String, fences: Vec<Fence>, lost: watch::Sender<Option<String>>) {
     let mut valid_until = Instant::now() + LEASE_TTL;
     loop {
         tokio::time::sleep(RENEW_EVERY).await;
         if let Some(failure) = store.write_failure() {
-            give_up(&*store, &owner, fence).await;
+            give_up(&*store, &owner, &fences).await;
             let _ = lost.send(Some(format!("the store refuses writes: {failure}")));
             return;
         }
@@ -187,7 +190,7 @@ async fn renew(store: Arc<dyn Store>, owner: String, fence: Fence, lost: watch::
         // out: past that, another node may own the store. One woken from a
         // pause past that still asks, to learn whether one does.
         let answer_by = valid_until.max(asked + RENEW_EVERY);
-        let renewal = tokio::time::timeout_at(answer_by, store.renew_shard(fence, &owner, millis(LEASE_TTL)));
+        let renewal = tokio::time::timeout_at(answer_by, store.renew_shards(&fences, &owner, millis(LEASE_TTL)));
         let renewed = renewal.await.unwrap_or_else(|_| {
             Err(store::Error::Engine("the database did not answer before the lease ran out".to_owned()))
         });

@@ -72,6 +72,9 @@ pub enum Storage {
         /// The `host:port` standbys forward calls to while this node
         /// serves; by default the gRPC listener's own address.
         advertise: Option<String>,
+        /// The shard count to create the cluster with, if this node is its
+        /// first; a cluster created with another count refuses the node.
+        shards: Option<u32>,
     },
     /// Nothing survives the process: for tests and demos.
     Memory,
@@ -251,8 +254,10 @@ impl Server {
                 LeaseKey::load_or_create(&dir.join("lease.key"))?,
             ),
             (None, Storage::Memory) => (Arc::new(MemoryStore::in_memory()), LeaseKey::random()),
-            (None, Storage::Postgres { url, .. }) => {
-                let store = sagaflow_store_postgres::PostgresStore::connect(url).await.map_err(Error::Database)?;
+            (None, Storage::Postgres { url, shards, .. }) => {
+                let store = sagaflow_store_postgres::PostgresStore::connect_to_cluster(url, *shards)
+                    .await
+                    .map_err(Error::Database)?;
                 let key = store.shared_secret("lease_key", LeaseKey::fresh_bytes).await.map_err(Error::Database)?;
                 (Arc::new(store), LeaseKey::from_shared(&key)?)
             }
@@ -503,11 +508,6 @@ impl Server {
             Some(ownership) => ownership.lost().await,
             None => std::future::pending().await,
         }
-    }
-
-    /// The epoch of this node's hold on a shared store.
-    pub fn store_epoch(&self) -> Option<u64> {
-        self.ownership.as_ref().map(crate::ownership::Ownership::epoch)
     }
 }
 

@@ -54,17 +54,36 @@ pub struct PostgresStore {
     shared: Arc<Shared>,
     readers: Readers,
     url: String,
+    shard_count: u32,
 }
+
+/// The shard count of a cluster that its first node creates without
+/// `--shards`: enough to spread over a handful of nodes, few enough that
+/// each write's fence check and each renewal stay small (ADR 0030).
+pub const DEFAULT_SHARDS: u32 = 8;
+
+/// The most shards a cluster may have.
+pub const MAX_SHARDS: u32 = 1024;
 
 impl PostgresStore {
     /// Connects, applies pending migrations (refusing a database that a newer
     /// build migrated), and starts the writer task on the current runtime.
+    /// The first store on a database creates its cluster with
+    /// [`DEFAULT_SHARDS`] shards.
     pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_to_cluster(url, None).await
+    }
+
+    /// As [`connect`](Self::connect), asking for `shards` shards: the
+    /// cluster is created with them if no node created it yet, and a cluster
+    /// created with another count refuses the store ([`Error::ShardCount`]).
+    pub async fn connect_to_cluster(url: &str, shards: Option<u32>) -> Result<Self> {
         let mut client = open(url, "migration", None).await?;
         let applied = migrations::apply(&mut client).await?;
         if !applied.is_empty() {
             tracing::info!(?applied, "applied PostgreSQL schema migrations");
         }
+        let shard_count = shards::cluster_shard_count(&client, shards).await?;
         drop(client);
         let shared = Arc::new(Shared::default());
         let (ops, queue) = mpsc::unbounded_channel();
@@ -72,7 +91,7 @@ impl PostgresStore {
         let writer = writer::Writer::start(writer_connection, Arc::clone(&shared)).await?;
         tokio::spawn(writer.run(queue));
         let readers = Readers::connect(url, READ_CONNECTIONS, &shared).await?;
-        Ok(Self { ops, shared, readers, url: url.to_owned() })
+        Ok(Self { ops, shared, readers, url: url.to_owned(), shard_count })
     }
 
     /// Write transactions committed so far: with group commit, far fewer than
@@ -347,27 +366,31 @@ impl Store for PostgresStore {
         self.write(Op::ClearDerived).await.map(drop)
     }
 
-    async fn acquire_shard(&self, shard: u32, owner: &str, ttl_ms: i64) -> Result<ShardLease> {
-        shards::acquire(self.readers.client(), shard, owner, ttl_ms).await
+    async fn acquire_shards(&self, shards: &[u32], owner: &str, ttl_ms: i64) -> Result<Vec<ShardLease>> {
+        shards::acquire(self.readers.client(), shards, owner, ttl_ms).await
     }
 
-    async fn renew_shard(&self, fence: Fence, owner: &str, ttl_ms: i64) -> Result<ShardLease> {
-        shards::renew(self.readers.client(), fence, owner, ttl_ms).await
+    async fn renew_shards(&self, fences: &[Fence], owner: &str, ttl_ms: i64) -> Result<Vec<ShardLease>> {
+        shards::renew(self.readers.client(), fences, owner, ttl_ms).await
     }
 
-    async fn release_shard(&self, fence: Fence) -> Result<()> {
+    async fn release_shards(&self, fences: &[Fence]) -> Result<()> {
         let client = self.readers.client();
         if !client.is_closed() {
-            return shards::release(client, fence).await;
+            return shards::release(client, fences).await;
         }
         // Its connections broke (the database restarted or failed over): a
         // fresh one may reach it again, and then a standby takes over at
         // once instead of when the lease expires.
         let fresh = open(&self.url, "release", None).await?;
-        shards::release(&fresh, fence).await
+        shards::release(&fresh, fences).await
     }
 
-    fn fence(&self, fence: Fence) {
-        self.shared.set_fence(fence);
+    fn fence(&self, fences: &[Fence]) {
+        self.shared.set_fences(fences);
+    }
+
+    fn shard_count(&self) -> u32 {
+        self.shard_count
     }
 }

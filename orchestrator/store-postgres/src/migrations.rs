@@ -24,10 +24,11 @@ const MIGRATIONS: &[Migration] = &[
     Migration { version: 3, name: "assertions", sql: include_str!("../migrations/0003_assertions.sql") },
     Migration { version: 4, name: "cluster_secrets", sql: include_str!("../migrations/0004_cluster_secrets.sql") },
     Migration { version: 5, name: "cluster_nodes", sql: include_str!("../migrations/0005_cluster_nodes.sql") },
+    Migration { version: 6, name: "cluster_config", sql: include_str!("../migrations/0006_cluster_config.sql") },
 ];
 
 /// The schema version this build writes and reads.
-pub const LATEST_VERSION: i32 = 5;
+pub const LATEST_VERSION: i32 = 6;
 
 /// The advisory lock key of schema changes ("SAGAFLOW" in ASCII). The
 /// writer's request-id locks use the two-key form, a separate key space.

@@ -26,13 +26,53 @@ fn shard_id(shard: u32) -> Result<i32> {
     i32::try_from(shard).map_err(|_| Error::Engine(format!("shard {shard} is past the largest shard number")))
 }
 
-fn epoch_of(fence: Fence) -> i64 {
-    i64::try_from(fence.epoch).unwrap_or(i64::MAX)
+/// The fences' shards and epochs, as the statements' arrays take them.
+fn columns(fences: &[Fence]) -> Result<(Vec<i32>, Vec<i64>)> {
+    fences.iter().map(|f| Ok((shard_id(f.shard)?, i64::try_from(f.epoch).unwrap_or(i64::MAX)))).collect()
 }
 
-async fn current(client: &Client, shard: i32) -> Result<Option<ShardLease>> {
-    let sql = format!("SELECT {COLUMNS} FROM shard_leases WHERE shard = $1");
-    client.query_opt(&sql, &[&shard]).await.map_err(engine("reading a shard lease"))?.as_ref().map(lease).transpose()
+fn leases(rows: &[Row]) -> Result<Vec<ShardLease>> {
+    rows.iter().map(lease).collect()
+}
+
+async fn current(client: &Client, shards: &[i32]) -> Result<Vec<ShardLease>> {
+    let sql = format!("SELECT {COLUMNS} FROM shard_leases WHERE shard = ANY($1::int4[]) ORDER BY shard");
+    leases(&client.query(&sql, &[&shards]).await.map_err(engine("reading shard leases"))?)
+}
+
+/// The cluster's shard count: `requested` (or the default) when this is
+/// the cluster's first node, which also adds a free lease for each shard
+/// (so that `cluster status` lists them before any node took one).
+pub(crate) async fn cluster_shard_count(client: &Client, requested: Option<u32>) -> Result<u32> {
+    let wanted = requested.unwrap_or(crate::DEFAULT_SHARDS);
+    if !(1..=crate::MAX_SHARDS).contains(&wanted) {
+        return Err(Error::Engine(format!("a cluster has 1 to {} shards, not {wanted}", crate::MAX_SHARDS)));
+    }
+    let wanted = i32::try_from(wanted).map_err(|_| Error::Engine(format!("{wanted} shards do not fit")))?;
+    client
+        .execute("INSERT INTO cluster_config (shard_count) VALUES ($1) ON CONFLICT DO NOTHING", &[&wanted])
+        .await
+        .map_err(engine("creating the cluster's configuration"))?;
+    let row = client
+        .query_one("SELECT shard_count FROM cluster_config", &[])
+        .await
+        .map_err(engine("reading the cluster's shard count"))?;
+    let count: i32 =
+        row.try_get(0).map_err(|e| Error::Corrupt { key: "cluster_config".into(), reason: e.to_string() })?;
+    let count = u32::try_from(count)
+        .map_err(|_| Error::Corrupt { key: "cluster_config".into(), reason: format!("{count} shards") })?;
+    if let Some(requested) = requested.filter(|r| *r != count) {
+        return Err(Error::ShardCount { cluster: count, requested });
+    }
+    client
+        .execute(
+            "INSERT INTO shard_leases (shard, owner, epoch, expires_at)
+             SELECT shard, '', 0, now() FROM generate_series(0, $1 - 1) AS shard ON CONFLICT DO NOTHING",
+            &[&i32::try_from(count).unwrap_or(1)],
+        )
+        .await
+        .map_err(engine("adding the cluster's shard leases"))?;
+    Ok(count)
 }
 
 /// Records that `owner` is alive now, and forgets nodes not seen for 15
@@ -52,54 +92,70 @@ async fn seen(client: &Client, owner: &str) -> Result<()> {
 
 // `seen` goes in the same pipeline as the lease's statement: no round trip
 // of its own, so the lease's timing is what it was.
-pub(crate) async fn acquire(client: &Client, shard: u32, owner: &str, ttl_ms: i64) -> Result<ShardLease> {
-    try_join(seen(client, owner), take(client, shard, owner, ttl_ms)).await.map(|((), lease)| lease)
+pub(crate) async fn acquire(client: &Client, shards: &[u32], owner: &str, ttl_ms: i64) -> Result<Vec<ShardLease>> {
+    try_join(seen(client, owner), take(client, shards, owner, ttl_ms)).await.map(|((), leases)| leases)
 }
 
-pub(crate) async fn renew(client: &Client, fence: Fence, owner: &str, ttl_ms: i64) -> Result<ShardLease> {
-    try_join(seen(client, owner), extend(client, fence, owner, ttl_ms)).await.map(|((), lease)| lease)
+pub(crate) async fn renew(client: &Client, fences: &[Fence], owner: &str, ttl_ms: i64) -> Result<Vec<ShardLease>> {
+    try_join(seen(client, owner), extend(client, fences, owner, ttl_ms)).await.map(|((), leases)| leases)
 }
 
-async fn take(client: &Client, shard: u32, owner: &str, ttl_ms: i64) -> Result<ShardLease> {
-    let shard = shard_id(shard)?;
-    // Every SET sees the old row: renewing one's live lease keeps the epoch,
-    // anything else (a takeover, one's own expired lease) raises it.
-    let sql = format!(
-        "INSERT INTO shard_leases AS l (shard, owner, epoch, expires_at)
-         VALUES ($1, $2, 1, now() + $3::float8 * interval '1 millisecond')
-         ON CONFLICT (shard) DO UPDATE SET
-             epoch = CASE WHEN l.owner = excluded.owner AND l.expires_at > now() THEN l.epoch ELSE l.epoch + 1 END,
-             owner = excluded.owner,
-             expires_at = excluded.expires_at
-         WHERE l.owner = excluded.owner OR l.expires_at <= now()
-         RETURNING {COLUMNS}"
-    );
+async fn take(client: &Client, shards: &[u32], owner: &str, ttl_ms: i64) -> Result<Vec<ShardLease>> {
+    let mut shards = shards.iter().map(|s| shard_id(*s)).collect::<Result<Vec<_>>>()?;
+    shards.sort_unstable();
+    shards.dedup();
+    // A shard never taken has a free row at epoch 0, so that the statement
+    // below can lock every shard it asks for.
+    let seed = "INSERT INTO shard_leases (shard, owner, epoch, expires_at)
+        SELECT shard, '', 0, now() FROM unnest($1::int4[]) AS shard ON CONFLICT DO NOTHING";
+    // FOR UPDATE reads each row as it stands once locked, so that of two
+    // nodes asking at once the second sees the first's leases. All or
+    // none: a node serves whole, and two nodes must never split the shards.
+    // Renewing one's own live lease keeps the epoch; any other change of
+    // hands (a takeover, one's own expired lease) raises it.
+    let sql = "WITH held AS (
+            SELECT shard, owner, epoch, expires_at FROM shard_leases
+            WHERE shard = ANY($1::int4[]) ORDER BY shard FOR UPDATE),
+        taken AS (
+            SELECT shard, CASE WHEN owner = $2 AND expires_at > now() THEN epoch ELSE epoch + 1 END AS epoch
+            FROM held WHERE (SELECT bool_and(owner = $2 OR expires_at <= now()) FROM held))
+        UPDATE shard_leases AS l
+        SET owner = $2, epoch = t.epoch, expires_at = now() + $3::float8 * interval '1 millisecond'
+        FROM taken AS t WHERE l.shard = t.shard
+        RETURNING l.shard, l.owner, l.epoch, (extract(epoch FROM l.expires_at) * 1000)::bigint";
     let ttl = ttl_ms as f64;
-    match client.query_opt(&sql, &[&shard, &owner, &ttl]).await.map_err(engine("taking a shard lease"))? {
-        Some(row) => lease(&row),
+    let (_, rows) =
+        try_join(async { client.execute(seed, &[&shards]).await.map_err(engine("adding shard leases")) }, async {
+            client.query(sql, &[&shards, &owner, &ttl]).await.map_err(engine("taking shard leases"))
+        })
+        .await?;
+    let mut taken = leases(&rows)?;
+    if taken.is_empty() {
         // Held by another node: say by whom.
-        None => current(client, shard).await?.ok_or_else(|| Error::Engine("a shard lease vanished".into())),
+        return current(client, &shards).await;
     }
+    taken.sort_by_key(|l| l.shard);
+    if taken.len() != shards.len() {
+        return Err(Error::Engine(format!("took {} of {} shard leases at once", taken.len(), shards.len())));
+    }
+    Ok(taken)
 }
 
-async fn extend(client: &Client, fence: Fence, owner: &str, ttl_ms: i64) -> Result<ShardLease> {
-    let shard = shard_id(fence.shard)?;
-    let sql = format!(
-        "UPDATE shard_leases SET expires_at = now() + $4::float8 * interval '1 millisecond'
-         WHERE shard = $1 AND epoch = $2 AND owner = $3 RETURNING {COLUMNS}"
-    );
+async fn extend(client: &Client, fences: &[Fence], owner: &str, ttl_ms: i64) -> Result<Vec<ShardLease>> {
+    let (shards, epochs) = columns(fences)?;
+    let sql = "UPDATE shard_leases AS l SET expires_at = now() + $4::float8 * interval '1 millisecond'
+        FROM unnest($1::int4[], $2::bigint[]) AS f (shard, epoch)
+        WHERE l.shard = f.shard AND l.epoch = f.epoch AND l.owner = $3
+        RETURNING l.shard, l.owner, l.epoch, (extract(epoch FROM l.expires_at) * 1000)::bigint";
     let ttl = ttl_ms as f64;
-    let row = client
-        .query_opt(&sql, &[&shard, &epoch_of(fence), &owner, &ttl])
-        .await
-        .map_err(engine("renewing a shard lease"))?;
-    match row {
-        Some(row) => lease(&row),
-        None => {
-            let current = current(client, shard).await?.map_or(0, |l| l.epoch);
-            Err(Error::Fenced { shard: fence.shard, epoch: fence.epoch, current })
-        }
-    }
+    let rows = client.query(sql, &[&shards, &epochs, &owner, &ttl]).await.map_err(engine("renewing shard leases"))?;
+    let mut renewed = leases(&rows)?;
+    renewed.sort_by_key(|l| l.shard);
+    let Some(lost) = fences.iter().find(|f| !renewed.iter().any(|l| l.shard == f.shard)) else {
+        return Ok(renewed);
+    };
+    let now = current(client, &[shard_id(lost.shard)?]).await?;
+    Err(Error::Fenced { shard: lost.shard, epoch: lost.epoch, current: now.first().map_or(0, |l| l.epoch) })
 }
 
 /// Every shard's lease, every node seen lately, and the database's clock,
@@ -150,18 +206,22 @@ pub struct ClusterView {
     pub now_ms: i64,
 }
 
-pub(crate) async fn release(client: &Client, fence: Fence) -> Result<()> {
-    let shard = shard_id(fence.shard)?;
+pub(crate) async fn release(client: &Client, fences: &[Fence]) -> Result<()> {
+    let (shards, epochs) = columns(fences)?;
     // A node releases when it stops: it is no longer one of the cluster's.
-    // Both parts see the lease as it was, owner included.
+    // Both parts see the leases as they were, owners included; the epoch
+    // in the update's own condition is checked again under the row's lock.
     client
         .execute(
-            "WITH forgotten AS (DELETE FROM cluster_nodes
-                 WHERE owner = (SELECT owner FROM shard_leases WHERE shard = $1 AND epoch = $2))
-             UPDATE shard_leases SET owner = '', expires_at = now() WHERE shard = $1 AND epoch = $2",
-            &[&shard, &epoch_of(fence)],
+            "WITH forgotten AS (DELETE FROM cluster_nodes WHERE owner IN (
+                     SELECT l.owner FROM shard_leases AS l JOIN unnest($1::int4[], $2::bigint[]) AS f (shard, epoch)
+                     ON l.shard = f.shard AND l.epoch = f.epoch))
+             UPDATE shard_leases AS l SET owner = '', expires_at = now()
+             FROM unnest($1::int4[], $2::bigint[]) AS f (shard, epoch)
+             WHERE l.shard = f.shard AND l.epoch = f.epoch",
+            &[&shards, &epochs],
         )
         .await
-        .map_err(engine("releasing a shard lease"))?;
+        .map_err(engine("releasing shard leases"))?;
     Ok(())
 }

@@ -74,8 +74,8 @@ pub(crate) struct Shared {
     /// key-value backends, while the caller of `record_leases` never waits.
     leases_sent: AtomicU64,
     leases_done: watch::Sender<u64>,
-    /// The shard epoch every batch must find before it writes (Store::fence).
-    fence: Mutex<Option<Fence>>,
+    /// The shard epochs every batch must find before it writes (Store::fence).
+    fences: Mutex<Vec<Fence>>,
 }
 
 impl Default for Shared {
@@ -86,18 +86,18 @@ impl Default for Shared {
             read_path_batches: AtomicU64::default(),
             leases_sent: AtomicU64::default(),
             leases_done: watch::Sender::new(0),
-            fence: Mutex::default(),
+            fences: Mutex::default(),
         }
     }
 }
 
 impl Shared {
-    pub(crate) fn set_fence(&self, fence: Fence) {
-        *self.fence.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(fence);
+    pub(crate) fn set_fences(&self, fences: &[Fence]) {
+        *self.fences.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = fences.to_vec();
     }
 
-    fn fence(&self) -> Option<Fence> {
-        *self.fence.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn fences(&self) -> Vec<Fence> {
+        self.fences.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     pub(crate) fn failure(&self) -> Option<String> {
@@ -211,7 +211,8 @@ impl Statements {
             high_water: p("SELECT value FROM sagaflow_meta WHERE name = 'outbox_high_water' FOR UPDATE").await?,
             // FOR SHARE: a takeover's update of the row waits for this
             // batch, and a batch after it reads the new epoch.
-            fence: p("SELECT epoch FROM shard_leases WHERE shard = $1 FOR SHARE").await?,
+            fence: p("SELECT shard, epoch FROM shard_leases WHERE shard = ANY($1::int4[]) ORDER BY shard FOR SHARE")
+                .await?,
             wipe_batches: p("DELETE FROM history_batches WHERE workflow_id = ANY($1::text[])").await?,
             insert_batches: p("INSERT INTO history_batches (workflow_id, first_seq, last_seq, events)
                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bytea[])")
@@ -271,8 +272,9 @@ impl Statements {
                 ON CONFLICT (queue) DO UPDATE SET record = excluded.record")
             .await?,
             delete_queue_pauses: p("DELETE FROM queue_pauses WHERE queue = ANY($1::text[])").await?,
-            assert_fence: p("SELECT sagaflow_assert(coalesce(
-                (SELECT epoch FROM shard_leases WHERE shard = $1 FOR SHARE) = $2, false), 'the shard epoch')")
+            assert_fence: p("SELECT sagaflow_assert((SELECT count(*) FROM (SELECT 1 FROM shard_leases AS l
+                    JOIN unnest($1::int4[], $2::bigint[]) AS f (shard, epoch) ON l.shard = f.shard AND l.epoch = f.epoch
+                    ORDER BY l.shard FOR SHARE OF l) AS held) = cardinality($1::int4[]), 'the shard epochs')")
             .await?,
             assert_histories: p("WITH moved AS (UPDATE histories AS h SET last_seq = w.last_seq
                 FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS w (workflow_id, expected, last_seq)
@@ -402,8 +404,8 @@ enum Checks {
     /// against what it read.
     ReadUnderLock,
     /// Nothing was read: the write pipeline begins the transaction, and
-    /// asserts the fence (if any) and each assumption as it writes.
-    Asserted(Option<Fence>),
+    /// asserts the fences (if any) and each assumption as it writes.
+    Asserted,
 }
 
 impl Writer {
@@ -525,7 +527,7 @@ impl Writer {
             let (plan, verdicts) = Plan::build(batch.iter().map(|r| &r.op), &assumed);
             // A refusal must name its reason, which only the read path knows.
             if verdicts.iter().all(Result::is_ok) {
-                match self.write(&plan, &assumed, Checks::Asserted(self.shared.fence())).await {
+                match self.write(&plan, &assumed, Checks::Asserted).await {
                     Ok(()) => {
                         self.remember_high_water(plan.outbox_high_water);
                         return Ok(verdicts);
@@ -611,15 +613,15 @@ impl Writer {
         let p_lock_requests: [&(dyn ToSql + Sync); 2] = [&REQUEST_LOCK, &request_ids];
         let p_request_ids: [&(dyn ToSql + Sync); 1] = [&request_ids];
         let p_deleted: [&(dyn ToSql + Sync); 1] = [&deleted];
-        let fence = self.shared.fence();
-        let fenced_shard = fence.map(|f| i32::try_from(f.shard).unwrap_or(i32::MAX));
-        let p_fence: [&(dyn ToSql + Sync); 1] = [&fenced_shard];
+        let fences = self.shared.fences();
+        let (fenced_shards, _) = fence_columns(&fences);
+        let p_fence: [&(dyn ToSql + Sync); 1] = [&fenced_shards];
 
         let mut pipeline = Pipeline::new(&self.client);
         pipeline.simple("BEGIN");
         let fence_step = pipeline.steps.len();
-        if fence.is_some() {
-            pipeline.query("checking the shard's epoch", &self.st.fence, &p_fence);
+        if !fences.is_empty() {
+            pipeline.query("checking the shards' epochs", &self.st.fence, &p_fence);
         }
         if !appended.is_empty() {
             pipeline.query("inserting the rows of new histories", &self.st.lock_new, &p_appended);
@@ -645,14 +647,17 @@ impl Writer {
 
         let corrupt = |what: &str, e: &dyn std::fmt::Display| Failed::Abort(format!("PostgreSQL, reading {what}: {e}"));
         let mut stored = Stored::default();
-        if let Some(fence) = fence {
-            let current = match results[fence_step].first() {
-                Some(row) => row.try_get::<_, i64>(0).map_err(|e| corrupt("shard_leases", &e))?,
-                None => 0,
-            };
-            if u64::try_from(current).ok() != Some(fence.epoch) {
-                stored.fenced_off = Some((fence, u64::try_from(current).unwrap_or(0)));
+        if !fences.is_empty() {
+            let mut current = std::collections::BTreeMap::new();
+            for row in &results[fence_step] {
+                let shard: i32 = row.try_get(0).map_err(|e| corrupt("shard_leases", &e))?;
+                let epoch: i64 = row.try_get(1).map_err(|e| corrupt("shard_leases", &e))?;
+                current.insert(shard, u64::try_from(epoch).unwrap_or(0));
             }
+            stored.fenced_off = fences.iter().find_map(|fence| {
+                let now = i32::try_from(fence.shard).ok().and_then(|s| current.get(&s).copied()).unwrap_or(0);
+                (now != fence.epoch).then_some((*fence, now))
+            });
         }
         if !touched.is_empty() {
             for row in &results[histories] {
@@ -783,14 +788,11 @@ impl Writer {
         let p_outbox_deletes: [&(dyn ToSql + Sync); 1] = [&o_deleted];
         let p_high_water: [&(dyn ToSql + Sync); 1] = [&high_water];
         let p_moved_high_water: [&(dyn ToSql + Sync); 2] = [&high_water_was, &high_water];
-        let fence = match checks {
-            Checks::Asserted(fence) => fence,
-            Checks::ReadUnderLock => None,
-        };
-        let fence_shard = fence.map(|f| i32::try_from(f.shard).unwrap_or(i32::MAX));
-        let fence_epoch = fence.map(|f| i64::try_from(f.epoch).unwrap_or(i64::MAX));
-        let p_fence: [&(dyn ToSql + Sync); 2] = [&fence_shard, &fence_epoch];
-        let asserted = matches!(checks, Checks::Asserted(_));
+        // Read under lock, the fences were checked by that read.
+        let asserted = matches!(checks, Checks::Asserted);
+        let fences = if asserted { self.shared.fences() } else { Vec::new() };
+        let (fence_shards, fence_epochs) = fence_columns(&fences);
+        let p_fence: [&(dyn ToSql + Sync); 2] = [&fence_shards, &fence_epochs];
         let p_floor: [&(dyn ToSql + Sync); 1] = [&floor];
         let p_definitions: [&(dyn ToSql + Sync); 3] = [&d_types, &d_versions, &d_records];
         let p_pauses: [&(dyn ToSql + Sync); 2] = [&q_names, &q_records];
@@ -804,8 +806,8 @@ impl Writer {
         // The assertions before the writes: a write that collides with
         // another node's (a batch number, an outbox number) would fail the
         // transaction with an error that does not say to read and retry.
-        if fence.is_some() {
-            pipeline.query("asserting the shard's epoch", &st.assert_fence, &p_fence);
+        if !fences.is_empty() {
+            pipeline.query("asserting the shards' epochs", &st.assert_fence, &p_fence);
         }
         if asserted {
             if !new_ids.is_empty() {
@@ -929,4 +931,13 @@ fn answer_all(batch: Vec<Request>, error: impl Fn() -> Error) {
             let _ = reply.send(Err(error()));
         }
     }
+}
+
+/// Fences as the columns the fence statements take. A shard or epoch past
+/// what a column holds matches no row, so the write is refused.
+fn fence_columns(fences: &[Fence]) -> (Vec<i32>, Vec<i64>) {
+    fences
+        .iter()
+        .map(|f| (i32::try_from(f.shard).unwrap_or(i32::MAX), i64::try_from(f.epoch).unwrap_or(i64::MAX)))
+        .unzip()
 }

@@ -11,7 +11,7 @@ use sagaflow_proto::v1::{HistoryEvent, WorkflowStatus, WorkflowSummary};
 use sagaflow_store::{
     Commit, DefinitionRecord, Error, Fence, ListQuery, OutboxRecord, Store, TimerRecord, WorkflowFilter,
 };
-use sagaflow_store_postgres::{LATEST_VERSION, PostgresStore};
+use sagaflow_store_postgres::{DEFAULT_SHARDS, LATEST_VERSION, PostgresStore};
 
 fn event(seq: u64) -> HistoryEvent {
     HistoryEvent { seq, time_ms: 1, ..Default::default() }
@@ -45,7 +45,14 @@ async fn migrations_apply_once_and_a_second_connect_changes_nothing() {
     let first = migrations(&db).await;
     assert_eq!(
         first.iter().map(|(v, n, _)| (*v, n.as_str())).collect::<Vec<_>>(),
-        [(1, "initial"), (2, "shard_leases"), (3, "assertions"), (4, "cluster_secrets"), (5, "cluster_nodes")]
+        [
+            (1, "initial"),
+            (2, "shard_leases"),
+            (3, "assertions"),
+            (4, "cluster_secrets"),
+            (5, "cluster_nodes"),
+            (6, "cluster_config")
+        ]
     );
     assert_eq!(first.last().map(|(v, _, _)| *v), Some(LATEST_VERSION));
     drop(store(&db).await);
@@ -363,31 +370,114 @@ async fn a_broken_connection_fails_the_store_and_says_why() {
     }
 }
 
-/// Two nodes on one database: after the second takes the shard over, the
-/// first (paused past its lease, then awake) can write nothing, while the
+/// Two nodes on one database: after the second takes the shards over, the
+/// first (paused past its leases, then awake) can write nothing, while the
 /// new owner writes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_that_lost_its_shard_is_fenced_off_by_the_database() {
+async fn a_node_that_lost_its_shards_is_fenced_off_by_the_database() {
     let db = TestDb::create().await;
     let (a, b) = (store(&db).await, store(&db).await);
-    let lease = a.acquire_shard(0, "node-a", 60_000).await.unwrap();
-    let old = Fence { shard: 0, epoch: lease.epoch };
-    a.fence(old);
+    let all: Vec<u32> = (0..a.shard_count()).collect();
+    let fences = |leases: Vec<sagaflow_store::ShardLease>| -> Vec<Fence> {
+        leases.iter().map(|l| Fence { shard: l.shard, epoch: l.epoch }).collect()
+    };
+    let old = fences(a.acquire_shards(&all, "node-a", 60_000).await.unwrap());
+    assert_eq!(old.len(), all.len());
+    a.fence(&old);
     a.commit(append("wf", 1..=1)).await.unwrap().wait().await.unwrap();
-    assert_eq!(b.acquire_shard(0, "node-b", 60_000).await.unwrap().owner, "node-a", "a live lease is not taken");
+    let refused = b.acquire_shards(&all, "node-b", 60_000).await.unwrap();
+    assert!(refused.iter().all(|l| l.owner == "node-a"), "live leases are not taken: {refused:?}");
 
-    a.renew_shard(old, "node-a", -1).await.unwrap();
-    let taken = b.acquire_shard(0, "node-b", 60_000).await.unwrap();
-    assert_eq!((taken.owner.as_str(), taken.epoch), ("node-b", old.epoch + 1));
-    b.fence(Fence { shard: 0, epoch: taken.epoch });
+    a.renew_shards(&old, "node-a", -1).await.unwrap();
+    let new = fences(b.acquire_shards(&all, "node-b", 60_000).await.unwrap());
+    assert!(new.iter().zip(&old).all(|(n, o)| n.epoch == o.epoch + 1), "{new:?}");
+    b.fence(&new);
 
     let refused = a.commit(append("wf", 2..=2)).await;
     assert!(matches!(refused, Err(Error::Fenced { epoch: 1, current: 2, .. })), "{refused:?}");
-    assert!(matches!(a.renew_shard(old, "node-a", 60_000).await, Err(Error::Fenced { .. })));
+    assert!(matches!(a.renew_shards(&old, "node-a", 60_000).await, Err(Error::Fenced { .. })));
     b.commit(append("wf", 2..=2)).await.unwrap().wait().await.unwrap();
     assert_eq!(b.last_seq("wf").await.unwrap(), 2);
     let seqs: Vec<u64> = a.history("wf", 1, 10).await.unwrap().iter().map(|e| e.seq).collect();
     assert_eq!(seqs, [1, 2], "only the new owner's append is there");
+}
+
+/// Nodes that ask for every shard at the same moment, on connections of
+/// their own, never split them: each round one node takes them all and
+/// every other takes none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_nodes_never_split_the_shards() {
+    let db = TestDb::create().await;
+    let mut nodes = Vec::new();
+    for _ in 0..6 {
+        nodes.push(store(&db).await);
+    }
+    let all: Vec<u32> = (0..DEFAULT_SHARDS).collect();
+    for round in 0..15 {
+        let barrier = Arc::new(tokio::sync::Barrier::new(nodes.len()));
+        let asks: Vec<_> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, node)| {
+                let (node, all, barrier) = (Arc::clone(node), all.clone(), Arc::clone(&barrier));
+                tokio::spawn(async move {
+                    let owner = format!("node-{i}");
+                    barrier.wait().await;
+                    let leases = node.acquire_shards(&all, &owner, 60_000).await.unwrap();
+                    let mine = leases.iter().filter(|l| l.owner == owner).count();
+                    (i, mine, leases)
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for ask in asks {
+            let (i, mine, leases) = ask.await.unwrap();
+            assert!(mine == 0 || mine == all.len(), "round {round}: node-{i} took {mine} of {}", all.len());
+            if mine > 0 {
+                winners.push((i, leases));
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}: exactly one node takes the shards");
+        let (winner, leases) = winners.remove(0);
+        assert!(leases.iter().all(|l| l.epoch == round + 1), "round {round}: each change of hands raises each epoch");
+        let fences: Vec<Fence> = leases.iter().map(|l| Fence { shard: l.shard, epoch: l.epoch }).collect();
+        nodes[winner].release_shards(&fences).await.unwrap();
+    }
+}
+
+/// The first node sets the cluster's shard count and every shard gets a
+/// lease row; a node asking for another count is refused; a cluster from
+/// before shard counts were stored is one shard.
+#[tokio::test]
+async fn the_shard_count_is_set_once_by_the_first_node() {
+    let db = TestDb::create().await;
+    let first = PostgresStore::connect_to_cluster(&db.url, Some(4)).await.unwrap();
+    assert_eq!(first.shard_count(), 4);
+    assert_eq!(store(&db).await.shard_count(), 4, "a node without --shards takes the cluster's");
+    assert_eq!(PostgresStore::connect_to_cluster(&db.url, Some(4)).await.unwrap().shard_count(), 4);
+    let refused = PostgresStore::connect_to_cluster(&db.url, Some(16)).await.map(drop);
+    assert!(matches!(refused, Err(Error::ShardCount { cluster: 4, requested: 16 })), "{refused:?}");
+    let leases = sagaflow_store_postgres::cluster_view(&db.url).await.unwrap().leases;
+    assert_eq!(leases.iter().map(|l| (l.shard, l.epoch)).collect::<Vec<_>>(), [(0, 0), (1, 0), (2, 0), (3, 0)]);
+
+    let fresh = TestDb::create().await;
+    assert_eq!(store(&fresh).await.shard_count(), DEFAULT_SHARDS);
+
+    // A database of schema version 5 whose node held shard 0.
+    let old = TestDb::create().await;
+    drop(PostgresStore::connect_to_cluster(&old.url, Some(1)).await.unwrap());
+    connect(&old.url)
+        .await
+        .batch_execute(
+            "DROP TABLE cluster_config; DELETE FROM sagaflow_schema_migrations WHERE version = 6;
+             UPDATE shard_leases SET owner = 'node-a', epoch = 3",
+        )
+        .await
+        .unwrap();
+    let upgraded = store(&old).await;
+    assert_eq!(upgraded.shard_count(), 1, "it stays one shard");
+    let refused = PostgresStore::connect_to_cluster(&old.url, Some(8)).await.map(drop);
+    assert!(matches!(refused, Err(Error::ShardCount { cluster: 1, .. })), "{refused:?}");
 }
 
 /// Nodes that ask for a cluster secret at once all get the one that landed

@@ -561,25 +561,32 @@ pub async fn pushed_down_filters_agree_with_the_reference(store: &dyn Store) {
     }
 }
 
+/// One shard's lease, taken alone.
+async fn take(store: &dyn Store, shard: u32, owner: &str) -> crate::ShardLease {
+    let mut leases = store.acquire_shards(&[shard], owner, 60_000).await.unwrap();
+    assert_eq!(leases.len(), 1, "one lease per shard asked for");
+    leases.remove(0)
+}
+
 /// A shard changes hands only when its lease is free or expired, each
 /// change raises its epoch, and a write fenced at an old epoch is refused
 /// whole: commits, lease hints and outbox deletions alike.
 pub async fn a_fenced_off_owner_cannot_write(store: &dyn Store) {
-    let a = store.acquire_shard(0, "node-a", 60_000).await.unwrap();
+    let a = take(store, 0, "node-a").await;
     assert_eq!((a.owner.as_str(), a.epoch), ("node-a", 1));
-    let old = Fence { shard: 0, epoch: a.epoch };
-    store.fence(old);
+    let old = [Fence { shard: 0, epoch: a.epoch }];
+    store.fence(&old);
     let mut first = append("wf", 1..=1);
     first.outbox = vec![OutboxRecord::default()];
     store.commit(first).await.unwrap().wait().await.unwrap();
     // Held and alive: another node is told who holds it, and nothing changes.
-    let refused = store.acquire_shard(0, "node-b", 60_000).await.unwrap();
+    let refused = take(store, 0, "node-b").await;
     assert_eq!((refused.owner.as_str(), refused.epoch), ("node-a", 1));
     // Renewing one's own lease keeps the epoch.
-    assert_eq!(store.acquire_shard(0, "node-a", 60_000).await.unwrap().epoch, 1);
+    assert_eq!(take(store, 0, "node-a").await.epoch, 1);
     // node-a stops renewing (a pause, a partition): its lease runs out.
-    store.renew_shard(old, "node-a", -1).await.unwrap();
-    let b = store.acquire_shard(0, "node-b", 60_000).await.unwrap();
+    store.renew_shards(&old, "node-a", -1).await.unwrap();
+    let b = take(store, 0, "node-b").await;
     assert_eq!((b.owner.as_str(), b.epoch), ("node-b", 2));
 
     let fenced = |r: Result<(), Error>| matches!(r, Err(Error::Fenced { shard: 0, epoch: 1, current: 2 }));
@@ -591,23 +598,55 @@ pub async fn a_fenced_off_owner_cannot_write(store: &dyn Store) {
     }
     assert!(fenced(store.delete_outbox(&[1]).await.map(drop)));
     assert!(fenced(store.prune_outbox(&[1]).await.map(drop)));
-    assert!(fenced(store.renew_shard(old, "node-a", 60_000).await.map(drop)));
+    assert!(fenced(store.renew_shards(&old, "node-a", 60_000).await.map(drop)));
     assert_eq!(store.last_seq("wf").await.unwrap(), 1, "the zombie's append is not there");
     assert_eq!(outbox_seqs(store).await, [1], "nor its outbox deletion");
     assert!(store.leases(None, usize::MAX).await.unwrap().is_empty(), "nor its lease hint");
     // A stale release gives nothing up.
-    store.release_shard(old).await.unwrap();
-    assert_eq!(store.acquire_shard(0, "node-c", 60_000).await.unwrap().owner, "node-b");
+    store.release_shards(&old).await.unwrap();
+    assert_eq!(take(store, 0, "node-c").await.owner, "node-b");
 
     // The new owner writes; a graceful release lets the next take over at once.
-    let new = Fence { shard: 0, epoch: 2 };
-    store.fence(new);
+    let new = [Fence { shard: 0, epoch: 2 }];
+    store.fence(&new);
     store.commit(append("wf", 2..=2)).await.unwrap().wait().await.unwrap();
-    store.release_shard(new).await.unwrap();
-    let c = store.acquire_shard(0, "node-c", 60_000).await.unwrap();
+    store.release_shards(&new).await.unwrap();
+    let c = take(store, 0, "node-c").await;
     assert_eq!((c.owner.as_str(), c.epoch), ("node-c", 3));
     // Shards are independent.
-    assert_eq!(store.acquire_shard(1, "node-a", 60_000).await.unwrap().epoch, 1);
+    assert_eq!(take(store, 1, "node-a").await.epoch, 1);
+}
+
+/// Several shards are taken together or not at all, so that two nodes
+/// racing for them never split them; each keeps its own epoch, and a node
+/// holding several is fenced off as soon as any one of them moves on.
+pub async fn shards_are_taken_together_and_each_fences(store: &dyn Store) {
+    let held = store.acquire_shards(&[0, 1], "node-a", 60_000).await.unwrap();
+    let held: Vec<(u32, &str, u64)> = held.iter().map(|l| (l.shard, l.owner.as_str(), l.epoch)).collect();
+    assert_eq!(held, [(0, "node-a", 1), (1, "node-a", 1)]);
+    // Shard 1 is held, so node-b gets neither 1 nor the free shard 2.
+    let refused = store.acquire_shards(&[2, 1], "node-b", 60_000).await.unwrap();
+    assert_eq!(refused.iter().map(|l| l.shard).collect::<Vec<_>>(), [1, 2], "as they stand, in shard order");
+    assert_eq!(refused[0].owner, "node-a");
+    assert_ne!(refused[1].owner, "node-b", "the free shard was not taken alone");
+    assert_eq!(take(store, 2, "node-c").await.epoch, 1, "shard 2 never changed hands");
+
+    let fences = [Fence { shard: 0, epoch: 1 }, Fence { shard: 1, epoch: 1 }];
+    store.fence(&fences);
+    store.commit(append("wf", 1..=1)).await.unwrap().wait().await.unwrap();
+    // Shard 1 alone runs out and changes hands.
+    store.renew_shards(&fences[1..], "node-a", -1).await.unwrap();
+    assert_eq!(take(store, 1, "node-b").await.epoch, 2);
+    let refusal = store.commit(append("wf", 2..=2)).await.map(drop);
+    assert!(matches!(refusal, Err(Error::Fenced { shard: 1, epoch: 1, current: 2 })), "{refusal:?}");
+    // Renewing names the shard that moved on, and still extends the other.
+    let renewal = store.renew_shards(&fences, "node-a", 60_000).await.map(drop);
+    assert!(matches!(renewal, Err(Error::Fenced { shard: 1, .. })), "{renewal:?}");
+    assert_eq!(take(store, 0, "node-b").await.owner, "node-a", "shard 0 is still node-a's");
+    // Fenced at shard 0 alone, node-a writes again.
+    store.fence(&fences[..1]);
+    store.commit(append("wf", 2..=2)).await.unwrap().wait().await.unwrap();
+    assert_eq!(store.last_seq("wf").await.unwrap(), 2);
 }
 
 /// Expands to one `#[tokio::test]` per conformance case for a backend.
@@ -631,7 +670,8 @@ macro_rules! store_conformance_suite {
             a_closed_workflow_is_deleted_whole_and_an_open_one_refused,
             recovery_reads_every_record_once_in_partial_pages,
             pushed_down_filters_agree_with_the_reference,
-            a_fenced_off_owner_cannot_write);
+            a_fenced_off_owner_cannot_write,
+            shards_are_taken_together_and_each_fences);
         $crate::store_conformance_suite!(@shared $make,
             concurrent_commits_all_become_durable,
             racing_appends_to_one_history_conflict,

@@ -53,8 +53,8 @@ pub struct KvStore<K> {
     /// owner) and its apply one step: commits of one workflow, or naming one
     /// request id, take the same stripe.
     stripes: Box<[Mutex<()>]>,
-    /// The fence every write must pass, once one is installed.
-    fence: Mutex<Option<Fence>>,
+    /// The fences every write must pass, once installed.
+    fences: Mutex<Vec<Fence>>,
     /// Writes hold it shared while they check the fence and apply; taking
     /// a shard holds it exclusively, so that no write passes a stale check.
     ownership: RwLock<()>,
@@ -64,9 +64,7 @@ pub struct KvStore<K> {
 const STRIPES: usize = 256;
 
 fn stripe_of(id: &str) -> usize {
-    // FNV-1a: stable and cheap; only the spread matters.
-    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
-    (hash % STRIPES as u64) as usize
+    (crate::fnv1a(id.as_bytes()) % STRIPES as u64) as usize
 }
 
 impl<K: Kv> KvStore<K> {
@@ -84,7 +82,7 @@ impl<K: Kv> KvStore<K> {
             outbox_seq: AtomicU64::new(last),
             outbox_order: Mutex::new(()),
             stripes,
-            fence: Mutex::new(None),
+            fences: Mutex::default(),
             ownership: RwLock::new(()),
         })
     }
@@ -281,11 +279,11 @@ impl<K: Kv> KvStore<K> {
     }
 
     /// Holds off shard takeovers for the write that follows, after checking
-    /// that the installed fence (if any) is still the shard's epoch.
+    /// that each installed fence is still its shard's epoch.
     fn fenced(&self) -> Result<RwLockReadGuard<'_, ()>> {
         let guard = self.ownership.read().unwrap_or_else(PoisonError::into_inner);
-        let fence = *self.fence.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(fence) = fence {
+        let fences = self.fences.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        for fence in fences {
             let current = self.shard_lease(fence.shard)?.map_or(0, |lease| lease.epoch);
             if current != fence.epoch {
                 return Err(Error::Fenced { shard: fence.shard, epoch: fence.epoch, current });
@@ -299,37 +297,61 @@ impl<K: Kv> KvStore<K> {
         self.kv.get(&key)?.map(|bytes| Self::decode(&key, &bytes)).transpose()
     }
 
-    /// [`Store::acquire_shard`] up to its flush.
-    fn take_shard(&self, shard: u32, owner: &str, ttl_ms: i64) -> Result<(ShardLease, Durable)> {
+    /// [`Store::acquire_shards`] up to its flush.
+    fn take_shards(&self, shards: &[u32], owner: &str, ttl_ms: i64) -> Result<(Vec<ShardLease>, Durable)> {
         let _exclusive = self.ownership.write().unwrap_or_else(PoisonError::into_inner);
         let now = now_ms();
-        let lease = match self.shard_lease(shard)? {
-            Some(held) if held.owner != owner && held.expires_ms > now => return Ok((held, Durable::ready())),
-            Some(held) if held.owner == owner && held.expires_ms > now => {
-                ShardLease { expires_ms: now + ttl_ms, ..held }
-            }
-            held => ShardLease {
-                shard,
-                owner: owner.to_owned(),
-                epoch: held.map_or(0, |h| h.epoch) + 1,
-                expires_ms: now + ttl_ms,
-            },
-        };
-        let durable = self.kv.apply(vec![(keys::shard_lease(shard), Some(lease.encode_to_vec()))])?;
-        Ok((lease, durable))
+        let mut shards = shards.to_vec();
+        shards.sort_unstable();
+        shards.dedup();
+        let held = shards.iter().map(|shard| self.shard_lease(*shard)).collect::<Result<Vec<_>>>()?;
+        if held.iter().flatten().any(|h| h.owner != owner && h.expires_ms > now) {
+            let as_they_stand = shards
+                .iter()
+                .zip(held)
+                .map(|(shard, h)| h.unwrap_or(ShardLease { shard: *shard, ..ShardLease::default() }))
+                .collect();
+            return Ok((as_they_stand, Durable::ready()));
+        }
+        let taken: Vec<ShardLease> = shards
+            .iter()
+            .zip(held)
+            .map(|(shard, held)| match held {
+                Some(held) if held.owner == owner && held.expires_ms > now => {
+                    ShardLease { expires_ms: now + ttl_ms, ..held }
+                }
+                held => ShardLease {
+                    shard: *shard,
+                    owner: owner.to_owned(),
+                    epoch: held.map_or(0, |h| h.epoch) + 1,
+                    expires_ms: now + ttl_ms,
+                },
+            })
+            .collect();
+        let durable =
+            self.kv.apply(taken.iter().map(|l| (keys::shard_lease(l.shard), Some(l.encode_to_vec()))).collect())?;
+        Ok((taken, durable))
     }
 
-    /// [`Store::renew_shard`] up to its flush.
-    fn extend_shard(&self, fence: Fence, owner: &str, ttl_ms: i64) -> Result<(ShardLease, Durable)> {
+    /// [`Store::renew_shards`] up to its flush.
+    fn extend_shards(&self, fences: &[Fence], owner: &str, ttl_ms: i64) -> Result<(Vec<ShardLease>, Durable)> {
         let _exclusive = self.ownership.write().unwrap_or_else(PoisonError::into_inner);
-        let held = self.shard_lease(fence.shard)?;
-        let current = held.as_ref().map_or(0, |h| h.epoch);
-        let Some(held) = held.filter(|h| h.epoch == fence.epoch && h.owner == owner) else {
-            return Err(Error::Fenced { shard: fence.shard, epoch: fence.epoch, current });
-        };
-        let lease = ShardLease { expires_ms: now_ms() + ttl_ms, ..held };
-        let durable = self.kv.apply(vec![(keys::shard_lease(fence.shard), Some(lease.encode_to_vec()))])?;
-        Ok((lease, durable))
+        let mut renewed = Vec::with_capacity(fences.len());
+        let mut moved_on = None;
+        for fence in fences {
+            let held = self.shard_lease(fence.shard)?;
+            let current = held.as_ref().map_or(0, |h| h.epoch);
+            match held.filter(|h| h.epoch == fence.epoch && h.owner == owner) {
+                Some(held) => renewed.push(ShardLease { expires_ms: now_ms() + ttl_ms, ..held }),
+                None => moved_on = Some(Error::Fenced { shard: fence.shard, epoch: fence.epoch, current }),
+            }
+        }
+        let durable =
+            self.kv.apply(renewed.iter().map(|l| (keys::shard_lease(l.shard), Some(l.encode_to_vec()))).collect())?;
+        match moved_on {
+            Some(e) => Err(e),
+            None => Ok((renewed, durable)),
+        }
     }
 
     fn apply_commit(&self, mut commit: Commit) -> Result<Durable> {
@@ -631,33 +653,34 @@ impl<K: Kv> Store for KvStore<K> {
         Ok(())
     }
 
-    async fn acquire_shard(&self, shard: u32, owner: &str, ttl_ms: i64) -> Result<ShardLease> {
-        let (lease, durable) = self.take_shard(shard, owner, ttl_ms)?;
+    async fn acquire_shards(&self, shards: &[u32], owner: &str, ttl_ms: i64) -> Result<Vec<ShardLease>> {
+        let (leases, durable) = self.take_shards(shards, owner, ttl_ms)?;
         durable.wait().await?;
-        Ok(lease)
+        Ok(leases)
     }
 
-    async fn renew_shard(&self, fence: Fence, owner: &str, ttl_ms: i64) -> Result<ShardLease> {
-        let (lease, durable) = self.extend_shard(fence, owner, ttl_ms)?;
+    async fn renew_shards(&self, fences: &[Fence], owner: &str, ttl_ms: i64) -> Result<Vec<ShardLease>> {
+        let (leases, durable) = self.extend_shards(fences, owner, ttl_ms)?;
         durable.wait().await?;
-        Ok(lease)
+        Ok(leases)
     }
 
-    async fn release_shard(&self, fence: Fence) -> Result<()> {
+    async fn release_shards(&self, fences: &[Fence]) -> Result<()> {
         let durable = {
             let _exclusive = self.ownership.write().unwrap_or_else(PoisonError::into_inner);
-            match self.shard_lease(fence.shard)? {
-                Some(held) if held.epoch == fence.epoch => {
-                    let released = ShardLease { owner: String::new(), expires_ms: 0, ..held };
-                    self.kv.apply(vec![(keys::shard_lease(fence.shard), Some(released.encode_to_vec()))])?
+            let mut released = Vec::new();
+            for fence in fences {
+                if let Some(held) = self.shard_lease(fence.shard)?.filter(|h| h.epoch == fence.epoch) {
+                    let free = ShardLease { owner: String::new(), expires_ms: 0, ..held };
+                    released.push((keys::shard_lease(fence.shard), Some(free.encode_to_vec())));
                 }
-                _ => Durable::ready(),
             }
+            self.kv.apply(released)?
         };
         durable.wait().await
     }
 
-    fn fence(&self, fence: Fence) {
-        *self.fence.lock().unwrap_or_else(PoisonError::into_inner) = Some(fence);
+    fn fence(&self, fences: &[Fence]) {
+        *self.fences.lock().unwrap_or_else(PoisonError::into_inner) = fences.to_vec();
     }
 }

@@ -75,6 +75,12 @@ pub enum Error {
     /// workflow's records may go.
     #[error("workflow {0} is still open; only a closed workflow can be deleted")]
     StillOpen(String),
+    /// A node asked for another shard count than the one its cluster was
+    /// created with: workflows are placed by it, so it never changes.
+    #[error(
+        "the cluster was created with {cluster} shards, and a cluster's shard count never changes; start this node with --shards {cluster} or without --shards, not --shards {requested}"
+    )]
+    ShardCount { cluster: u32, requested: u32 },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -204,6 +210,19 @@ pub struct ListQuery {
     pub filter: WorkflowFilter,
 }
 
+/// The shard `workflow_id` belongs to in a cluster of `shards` shards:
+/// FNV-1a (64 bits) of its UTF-8 bytes, modulo the count. Stored placement
+/// depends on it, so it never changes (the vectors in the tests pin it).
+pub fn shard_of(workflow_id: &str, shards: u32) -> u32 {
+    assert!(shards > 0, "a cluster has at least one shard");
+    (fnv1a(workflow_id.as_bytes()) % u64::from(shards)) as u32
+}
+
+/// FNV-1a, 64 bits: stable across builds and platforms, and cheap.
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
 /// The proof of a shard's ownership that a store checks on every write once
 /// [`Store::fence`] installed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -304,22 +323,53 @@ pub trait Store: Send + Sync + 'static {
     /// tasks, leases and timers. Histories and the outbox stay.
     async fn clear_derived(&self) -> Result<()>;
 
-    /// Takes `shard` for `owner` for `ttl_ms` if it is free, expired or
-    /// already `owner`'s, and returns the lease as it stands after the call:
-    /// another owner's when it is held. Taking it from someone else (or for
-    /// the first time) raises the epoch; renewing one's own keeps it.
-    async fn acquire_shard(&self, shard: u32, owner: &str, ttl_ms: i64) -> Result<ShardLease>;
+    /// Takes every one of `shards` for `owner` for `ttl_ms`, or none: all
+    /// of them when each is free, expired or already `owner`'s, in one
+    /// atomic step. Returns the leases as they stand after the call, in
+    /// shard order: `owner`'s when taken, otherwise who holds each. Taking a
+    /// shard from someone else (or for the first time) raises its epoch;
+    /// renewing one's own live lease keeps it.
+    async fn acquire_shards(&self, shards: &[u32], owner: &str, ttl_ms: i64) -> Result<Vec<ShardLease>>;
 
-    /// Extends `owner`'s lease on the fenced shard by `ttl_ms`, or fails with
-    /// [`Error::Fenced`] when the epoch moved on.
-    async fn renew_shard(&self, fence: Fence, owner: &str, ttl_ms: i64) -> Result<ShardLease>;
+    /// Extends `owner`'s leases on the fenced shards by `ttl_ms`. Fails with
+    /// [`Error::Fenced`] (naming one such shard) when any epoch moved on; the
+    /// leases still held are extended all the same.
+    async fn renew_shards(&self, fences: &[Fence], owner: &str, ttl_ms: i64) -> Result<Vec<ShardLease>>;
 
-    /// Gives the shard up (a graceful stop), so that another node may take
-    /// it at once. A fence that moved on releases nothing.
-    async fn release_shard(&self, fence: Fence) -> Result<()>;
+    /// Gives the shards up (a graceful stop), so that another node may take
+    /// them at once. A fence that moved on releases nothing.
+    async fn release_shards(&self, fences: &[Fence]) -> Result<()>;
 
     /// From now on, every write of this store is refused with
-    /// [`Error::Fenced`] unless the fenced shard is still at this epoch,
-    /// checked atomically with the write.
-    fn fence(&self, fence: Fence);
+    /// [`Error::Fenced`] unless each of these shards is still at its epoch,
+    /// checked atomically with the write. Replaces the fences installed before.
+    fn fence(&self, fences: &[Fence]);
+
+    /// How many shards the store's cluster places workflows in ([`shard_of`]);
+    /// fixed when the cluster was created. A store only one process opens
+    /// is one shard.
+    fn shard_count(&self) -> u32 {
+        1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Placement is stored: these must never change.
+    #[test]
+    fn a_workflow_id_always_lands_in_the_same_shard() {
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
+        let placed: Vec<u32> = ["order-1", "order-2", "checkout-42", ""].iter().map(|id| shard_of(id, 16)).collect();
+        assert_eq!(placed, [13, 4, 14, 5]);
+        assert!((0..1000).all(|i| shard_of(&format!("wf-{i}"), 1) == 0));
+        let mut counts = [0u32; 8];
+        for i in 0..8000 {
+            counts[shard_of(&format!("checkout-{i}"), 8) as usize] += 1;
+        }
+        assert!(counts.iter().all(|c| (800..1200).contains(c)), "spread evenly: {counts:?}");
+    }
 }

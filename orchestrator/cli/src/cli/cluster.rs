@@ -57,7 +57,8 @@ pub async fn run(command: ClusterCommand, output: Output) -> anyhow::Result<()> 
                 .collect();
             outln!("{}", json!({ "shards": shards, "nodes": nodes }));
         }
-        Output::Text if view.leases.is_empty() => {
+        // The first node to connect adds a free lease per shard before it takes them.
+        Output::Text if view.leases.iter().all(|lease| lease.epoch == 0) => {
             outln!("no node has served this cluster yet: start one with `sagaflow server --store …`");
         }
         Output::Text => {
@@ -146,6 +147,7 @@ fn seconds(ms: i64) -> String {
 fn lease_state(lease: &ShardLease, now_ms: i64) -> String {
     let left_ms = lease.expires_ms - now_ms;
     match holder(lease).0 {
+        None if lease.epoch == 0 => "free: no node took it yet".to_owned(),
         None => "released: the next standby to ask takes it (within a second)".to_owned(),
         Some(_) if left_ms > 0 => format!("held, {} left", seconds(left_ms)),
         Some(_) => {

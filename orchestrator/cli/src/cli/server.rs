@@ -45,6 +45,12 @@ pub struct ServerArgs {
     /// serves; with --tls-cert only when --tls-peer-ca is given too.
     #[arg(long, value_name = "HOST:PORT", requires = "store", value_parser = parse_advertise)]
     pub advertise: Option<String>,
+    /// With --store: how many shards the cluster places workflows in, 1 to 1024 (default 8). The
+    /// cluster's first node sets it and it never changes; a node given another count than the
+    /// cluster's refuses to start. Every shard has its own lease and epoch. For now one node
+    /// serves every shard and the others stand by.
+    #[arg(long, value_name = "N", requires = "store", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub shards: Option<u32>,
     /// HTTP listen address for the console (/), /metrics and /healthz.
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub http_listen: SocketAddr,
@@ -236,9 +242,12 @@ pub async fn run(args: ServerArgs, logging: &Logging) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let storage = match &args.store {
-        Some(url) => {
-            Storage::Postgres { url: url.clone(), dir: args.data_dir.clone(), advertise: args.advertise.clone() }
-        }
+        Some(url) => Storage::Postgres {
+            url: url.clone(),
+            dir: args.data_dir.clone(),
+            advertise: args.advertise.clone(),
+            shards: args.shards,
+        },
         None => Storage::Sled(args.data_dir.clone()),
     };
     let data_at = match &args.store {
