@@ -62,21 +62,21 @@ pub async fn run(command: ClusterCommand, output: Output) -> anyhow::Result<()> 
             outln!("no node has served this cluster yet: start one with `sagaflow server --store …`");
         }
         Output::Text => {
-            let rows: Vec<Vec<String>> = view
+            let rows: Vec<(u32, Vec<String>)> = view
                 .leases
                 .iter()
                 .map(|lease| {
                     let (node, address) = holder(lease);
-                    vec![
-                        lease.shard.to_string(),
+                    let held = vec![
                         node.unwrap_or("none").to_owned(),
                         address.unwrap_or("-").to_owned(),
                         lease.epoch.to_string(),
                         lease_state(lease, now_ms),
-                    ]
+                    ];
+                    (lease.shard, held)
                 })
                 .collect();
-            out!("{}", table(&["SHARD", "NODE", "ADDRESS", "EPOCH", "LEASE"], &rows));
+            out!("{}", table(&["SHARDS", "NODE", "ADDRESS", "EPOCH", "LEASE"], &shard_ranges(rows)));
             let rows: Vec<Vec<String>> = view
                 .nodes
                 .iter()
@@ -105,6 +105,24 @@ pub async fn run(command: ClusterCommand, output: Output) -> anyhow::Result<()> 
         }
     }
     Ok(())
+}
+
+/// One row per run of consecutive shards held alike (`0-7`), so that a
+/// cluster of many shards reads as the few holders it has.
+fn shard_ranges(rows: Vec<(u32, Vec<String>)>) -> Vec<Vec<String>> {
+    let mut runs: Vec<(u32, u32, Vec<String>)> = Vec::new();
+    for (shard, held) in rows {
+        match runs.last_mut() {
+            Some((_, last, same)) if *last + 1 == shard && *same == held => *last = shard,
+            _ => runs.push((shard, shard, held)),
+        }
+    }
+    runs.into_iter()
+        .map(|(first, last, held)| {
+            let shards = if first == last { first.to_string() } else { format!("{first}-{last}") };
+            std::iter::once(shards).chain(held).collect()
+        })
+        .collect()
 }
 
 /// What a node is doing, as far as the database can tell.
@@ -167,4 +185,17 @@ fn shard_json(lease: &ShardLease, now_ms: i64) -> serde_json::Value {
         "expires_in_ms": left_ms,
         "served": node.is_some() && left_ms > 0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shard_ranges;
+
+    #[test]
+    fn consecutive_shards_held_alike_share_a_row() {
+        let held = |node: &str| vec![node.to_owned(), "a:1".to_owned(), "2".to_owned(), "held".to_owned()];
+        let rows = vec![(0, held("a")), (1, held("a")), (2, held("b")), (3, held("a")), (5, held("a"))];
+        let shards: Vec<String> = shard_ranges(rows).into_iter().map(|row| row[0].clone()).collect();
+        assert_eq!(shards, ["0-1", "2", "3", "5"]);
+    }
 }
