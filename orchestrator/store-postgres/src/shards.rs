@@ -108,17 +108,22 @@ async fn take(client: &Client, shards: &[u32], owner: &str, ttl_ms: i64) -> Resu
     // below can lock every shard it asks for.
     let seed = "INSERT INTO shard_leases (shard, owner, epoch, expires_at)
         SELECT shard, '', 0, now() FROM unnest($1::int4[]) AS shard ON CONFLICT DO NOTHING";
-    // FOR UPDATE reads each row as it stands once locked, so that of two
-    // nodes asking at once the second sees the first's leases. All or
-    // none: a node serves whole, and two nodes must never split the shards.
+    // All or none: a node serves whole, and two nodes must never split the
+    // shards. FOR UPDATE reads each row as it stands once locked, so that
+    // of two nodes asking at once the second sees the first's leases. The
+    // unlocked look before it keeps a standby, asking every second, from
+    // locking rows that each of the serving node's writes reads FOR SHARE.
     // Renewing one's own live lease keeps the epoch; any other change of
     // hands (a takeover, one's own expired lease) raises it.
     let sql = "WITH held AS (
             SELECT shard, owner, epoch, expires_at FROM shard_leases
-            WHERE shard = ANY($1::int4[]) ORDER BY shard FOR UPDATE),
+            WHERE shard = ANY($1::int4[]) AND NOT EXISTS (
+                SELECT 1 FROM shard_leases WHERE shard = ANY($1::int4[]) AND owner <> $2 AND expires_at > now())
+            ORDER BY shard FOR UPDATE),
         taken AS (
             SELECT shard, CASE WHEN owner = $2 AND expires_at > now() THEN epoch ELSE epoch + 1 END AS epoch
-            FROM held WHERE (SELECT bool_and(owner = $2 OR expires_at <= now()) FROM held))
+            FROM held
+            WHERE (SELECT bool_and(owner = $2 OR expires_at <= now()) AND count(*) = cardinality($1::int4[]) FROM held))
         UPDATE shard_leases AS l
         SET owner = $2, epoch = t.epoch, expires_at = now() + $3::float8 * interval '1 millisecond'
         FROM taken AS t WHERE l.shard = t.shard
