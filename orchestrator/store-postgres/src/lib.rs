@@ -85,7 +85,7 @@ impl PostgresStore {
         }
         let shard_count = shards::cluster_shard_count(&client, shards).await?;
         drop(client);
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared::new(shard_count));
         let (ops, queue) = mpsc::unbounded_channel();
         let writer_connection = open(url, "writer", Some(Arc::clone(&shared))).await?;
         let writer = writer::Writer::start(writer_connection, Arc::clone(&shared)).await?;

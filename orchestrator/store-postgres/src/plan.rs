@@ -38,6 +38,16 @@ impl Op {
             _ => None,
         }
     }
+
+    /// The workflow this op writes, if it writes one workflow's records
+    /// only: its shard's fence is the one it must pass.
+    pub(crate) fn workflow(&self) -> Option<&str> {
+        match self {
+            Self::Commit(commit) if !commit.workflow_id.is_empty() => Some(&commit.workflow_id),
+            Self::Leases { workflow_id, .. } => Some(workflow_id),
+            _ => None,
+        }
+    }
 }
 
 /// What the checks read from the database, under the batch's locks.

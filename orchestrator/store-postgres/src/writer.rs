@@ -74,12 +74,14 @@ pub(crate) struct Shared {
     /// key-value backends, while the caller of `record_leases` never waits.
     leases_sent: AtomicU64,
     leases_done: watch::Sender<u64>,
-    /// The shard epochs every batch must find before it writes (Store::fence).
+    /// The shard epochs batches must find before they write (Store::fence).
     fences: Mutex<Vec<Fence>>,
+    /// The cluster's shard count, which places each workflow in its shard.
+    shard_count: u32,
 }
 
-impl Default for Shared {
-    fn default() -> Self {
+impl Shared {
+    pub(crate) fn new(shard_count: u32) -> Self {
         Self {
             failure: Mutex::default(),
             transactions: AtomicU64::default(),
@@ -87,17 +89,23 @@ impl Default for Shared {
             leases_sent: AtomicU64::default(),
             leases_done: watch::Sender::new(0),
             fences: Mutex::default(),
+            shard_count,
         }
     }
-}
 
-impl Shared {
     pub(crate) fn set_fences(&self, fences: &[Fence]) {
         *self.fences.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = fences.to_vec();
     }
 
     fn fences(&self) -> Vec<Fence> {
         self.fences.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Why the node may not write `op` at all: its workflow's shard is not
+    /// among those it holds.
+    fn unheld(&self, op: &Op) -> Option<Error> {
+        let workflow = op.workflow()?;
+        sagaflow_store::fences_for(&self.fences(), self.shard_count, Some([workflow])).err()
     }
 
     pub(crate) fn failure(&self) -> Option<String> {
@@ -399,13 +407,13 @@ pub(crate) struct Writer {
 
 /// How a batch's transaction checks what its plan relied on.
 #[derive(Clone, Copy)]
-enum Checks {
+enum Checks<'a> {
     /// `lock_and_read` began the transaction, and the plan was checked
     /// against what it read.
     ReadUnderLock,
     /// Nothing was read: the write pipeline begins the transaction, and
-    /// asserts the fences (if any) and each assumption as it writes.
-    Asserted,
+    /// asserts these fences and each assumption as it writes.
+    Asserted(&'a [Fence]),
 }
 
 impl Writer {
@@ -450,6 +458,7 @@ impl Writer {
     }
 
     async fn apply_batch(&self, batch: Vec<Request>) {
+        let batch = self.refuse_unheld(batch);
         if batch.is_empty() {
             return;
         }
@@ -502,6 +511,35 @@ impl Writer {
         }
     }
 
+    /// Answers the writes of workflows whose shard this node does not hold,
+    /// and returns the others.
+    fn refuse_unheld(&self, batch: Vec<Request>) -> Vec<Request> {
+        let refuse = |request: Request, error: Error| {
+            if let Some(reply) = request.reply {
+                let _ = reply.send(Err(error));
+            }
+        };
+        batch
+            .into_iter()
+            .filter_map(|request| match self.shared.unheld(&request.op) {
+                None => Some(request),
+                Some(error) => {
+                    refuse(request, error);
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// The fences `batch` must pass: those of its workflows' shards, or
+    /// every one held when it also writes the store as a whole.
+    fn fences_for(&self, batch: &[Request]) -> std::result::Result<Vec<Fence>, Failed> {
+        let workflows: Option<Vec<&str>> = batch.iter().map(|r| r.op.workflow()).collect();
+        sagaflow_store::fences_for(&self.shared.fences(), self.shared.shard_count, workflows)
+            // The fences changed since `refuse_unheld`: nothing of the batch may land.
+            .map_err(|e| Failed::Abort(e.to_string()))
+    }
+
     /// Ends a transaction a failed step left open; a connection that broke
     /// has none left.
     async fn rollback(&self) {
@@ -527,7 +565,7 @@ impl Writer {
             let (plan, verdicts) = Plan::build(batch.iter().map(|r| &r.op), &assumed);
             // A refusal must name its reason, which only the read path knows.
             if verdicts.iter().all(Result::is_ok) {
-                match self.write(&plan, &assumed, Checks::Asserted).await {
+                match self.write(&plan, &assumed, Checks::Asserted(&self.fences_for(batch)?)).await {
                     Ok(()) => {
                         self.remember_high_water(plan.outbox_high_water);
                         return Ok(verdicts);
@@ -613,7 +651,7 @@ impl Writer {
         let p_lock_requests: [&(dyn ToSql + Sync); 2] = [&REQUEST_LOCK, &request_ids];
         let p_request_ids: [&(dyn ToSql + Sync); 1] = [&request_ids];
         let p_deleted: [&(dyn ToSql + Sync); 1] = [&deleted];
-        let fences = self.shared.fences();
+        let fences = self.fences_for(batch)?;
         let (fenced_shards, _) = fence_columns(&fences);
         let p_fence: [&(dyn ToSql + Sync); 1] = [&fenced_shards];
 
@@ -690,7 +728,7 @@ impl Writer {
 
     /// The plan's rows, then `COMMIT`, in one round trip; on the asserted
     /// path, `BEGIN` and the assertions too.
-    async fn write(&self, plan: &Plan, stored: &Stored, checks: Checks) -> std::result::Result<(), Failed> {
+    async fn write(&self, plan: &Plan, stored: &Stored, checks: Checks<'_>) -> std::result::Result<(), Failed> {
         let too_big = |what: &str| Failed::Abort(format!("a {what} past the largest bigint cannot be stored"));
         let seq = |n: u64| i64::try_from(n).map_err(|_| too_big("sequence number"));
 
@@ -789,9 +827,11 @@ impl Writer {
         let p_high_water: [&(dyn ToSql + Sync); 1] = [&high_water];
         let p_moved_high_water: [&(dyn ToSql + Sync); 2] = [&high_water_was, &high_water];
         // Read under lock, the fences were checked by that read.
-        let asserted = matches!(checks, Checks::Asserted);
-        let fences = if asserted { self.shared.fences() } else { Vec::new() };
-        let (fence_shards, fence_epochs) = fence_columns(&fences);
+        let (asserted, fences) = match checks {
+            Checks::Asserted(fences) => (true, fences),
+            Checks::ReadUnderLock => (false, &[][..]),
+        };
+        let (fence_shards, fence_epochs) = fence_columns(fences);
         let p_fence: [&(dyn ToSql + Sync); 2] = [&fence_shards, &fence_epochs];
         let p_floor: [&(dyn ToSql + Sync); 1] = [&floor];
         let p_definitions: [&(dyn ToSql + Sync); 3] = [&d_types, &d_versions, &d_records];

@@ -618,8 +618,9 @@ pub async fn a_fenced_off_owner_cannot_write(store: &dyn Store) {
 }
 
 /// Several shards are taken together or not at all, so that two nodes
-/// racing for them never split them; each keeps its own epoch, and a node
-/// holding several is fenced off as soon as any one of them moves on.
+/// racing for them never split them; each keeps its own epoch. A write of a
+/// workflow checks its shard's epoch, and a write of the store as a whole
+/// (the outbox) checks every one the node holds.
 pub async fn shards_are_taken_together_and_each_fences(store: &dyn Store) {
     let held = store.acquire_shards(&[0, 1], "node-a", 60_000).await.unwrap();
     let held: Vec<(u32, &str, u64)> = held.iter().map(|l| (l.shard, l.owner.as_str(), l.epoch)).collect();
@@ -631,22 +632,41 @@ pub async fn shards_are_taken_together_and_each_fences(store: &dyn Store) {
     assert_ne!(refused[1].owner, "node-b", "the free shard was not taken alone");
     assert_eq!(take(store, 2, "node-c").await.epoch, 1, "shard 2 never changed hands");
 
+    // A workflow of each shard; in a store of one shard both are shard 0's.
+    let count = store.shard_count();
+    let in_shard = |shard: u32| {
+        let id = (0..).map(|i| format!("wf-{i}")).find(|id| crate::shard_of(id, count) == shard.min(count - 1));
+        id.unwrap()
+    };
+    let (first, second) = (in_shard(0), in_shard(1));
     let fences = [Fence { shard: 0, epoch: 1 }, Fence { shard: 1, epoch: 1 }];
     store.fence(&fences);
-    store.commit(append("wf", 1..=1)).await.unwrap().wait().await.unwrap();
+    let mut start = append(&first, 1..=1);
+    start.outbox = vec![OutboxRecord::default()];
+    store.commit(start).await.unwrap().wait().await.unwrap();
     // Shard 1 alone runs out and changes hands.
     store.renew_shards(&fences[1..], "node-a", -1).await.unwrap();
     assert_eq!(take(store, 1, "node-b").await.epoch, 2);
-    let refusal = store.commit(append("wf", 2..=2)).await.map(drop);
+    let refusal = store.delete_outbox(&[1]).await.map(drop);
     assert!(matches!(refusal, Err(Error::Fenced { shard: 1, epoch: 1, current: 2 })), "{refusal:?}");
+    if count > 1 {
+        let refusal = store.commit(append(&second, 1..=1)).await.map(drop);
+        assert!(matches!(refusal, Err(Error::Fenced { shard: 1, epoch: 1, current: 2 })), "{refusal:?}");
+        store.commit(append(&first, 2..=2)).await.unwrap().wait().await.unwrap();
+        assert_eq!(store.last_seq(&second).await.unwrap(), 0, "the moved shard's write is not there");
+    }
     // Renewing names the shard that moved on, and still extends the other.
     let renewal = store.renew_shards(&fences, "node-a", 60_000).await.map(drop);
     assert!(matches!(renewal, Err(Error::Fenced { shard: 1, .. })), "{renewal:?}");
     assert_eq!(take(store, 0, "node-b").await.owner, "node-a", "shard 0 is still node-a's");
-    // Fenced at shard 0 alone, node-a writes again.
+    // Fenced at shard 0 alone, node-a writes the store as a whole again, and
+    // is refused what belongs to a shard it does not hold.
     store.fence(&fences[..1]);
-    store.commit(append("wf", 2..=2)).await.unwrap().wait().await.unwrap();
-    assert_eq!(store.last_seq("wf").await.unwrap(), 2);
+    store.delete_outbox(&[1]).await.unwrap().wait().await.unwrap();
+    if count > 1 {
+        let refusal = store.commit(append(&second, 1..=1)).await.map(drop);
+        assert!(matches!(refusal, Err(Error::ShardNotHeld { shard: 1 })), "{refusal:?}");
+    }
 }
 
 /// Expands to one `#[tokio::test]` per conformance case for a backend.

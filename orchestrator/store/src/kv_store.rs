@@ -279,11 +279,12 @@ impl<K: Kv> KvStore<K> {
     }
 
     /// Holds off shard takeovers for the write that follows, after checking
-    /// that each installed fence is still its shard's epoch.
-    fn fenced(&self) -> Result<RwLockReadGuard<'_, ()>> {
+    /// that the fences of `workflow`'s shard (of every shard, for a write of
+    /// the store as a whole) are still their shards' epochs.
+    fn fenced(&self, workflow: Option<&str>) -> Result<RwLockReadGuard<'_, ()>> {
         let guard = self.ownership.read().unwrap_or_else(PoisonError::into_inner);
-        let fences = self.fences.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        for fence in fences {
+        let held = self.fences.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        for fence in crate::fences_for(&held, self.shard_count(), workflow.map(std::iter::once))? {
             let current = self.shard_lease(fence.shard)?.map_or(0, |lease| lease.epoch);
             if current != fence.epoch {
                 return Err(Error::Fenced { shard: fence.shard, epoch: fence.epoch, current });
@@ -356,7 +357,7 @@ impl<K: Kv> KvStore<K> {
 
     fn apply_commit(&self, mut commit: Commit) -> Result<Durable> {
         check_ids(&commit)?;
-        let _owned = self.fenced()?;
+        let _owned = self.fenced(Some(&commit.workflow_id).filter(|wf| !wf.is_empty()).map(String::as_str))?;
         let mut stripes = vec![stripe_of(&commit.workflow_id)];
         if let Some(request_id) = &commit.request_id {
             stripes.push(stripe_of(&format!("request:{request_id}")));
@@ -464,7 +465,7 @@ impl<K: Kv> Store for KvStore<K> {
     fn record_leases(&self, workflow_id: &str, leases: Vec<(String, Lease)>) -> Result<()> {
         let mut commit = Commit { workflow_id: workflow_id.to_owned(), put_leases: leases, ..Commit::default() };
         check_ids(&commit)?;
-        let _owned = self.fenced()?;
+        let _owned = self.fenced(Some(workflow_id))?;
         self.kv.apply_unflushed(self.writes_for(&mut commit)?)
     }
 
@@ -612,12 +613,12 @@ impl<K: Kv> Store for KvStore<K> {
     }
 
     async fn delete_outbox(&self, seqs: &[u64]) -> Result<Durable> {
-        let _owned = self.fenced()?;
+        let _owned = self.fenced(None)?;
         self.kv.apply(seqs.iter().map(|seq| (keys::outbox(*seq), None)).collect())
     }
 
     async fn prune_outbox(&self, seqs: &[u64]) -> Result<Durable> {
-        let _owned = self.fenced()?;
+        let _owned = self.fenced(None)?;
         // Read, raise, write: serialised, so that two pruners cannot lower it.
         let _ordered = self.outbox_order.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let floor = self.read_outbox_floor()?.max(seqs.iter().copied().max().unwrap_or(0));

@@ -75,6 +75,10 @@ pub enum Error {
     /// workflow's records may go.
     #[error("workflow {0} is still open; only a closed workflow can be deleted")]
     StillOpen(String),
+    /// The write is of a workflow whose shard this node holds no fence for,
+    /// while it holds others: the node that holds that shard must write it.
+    #[error("this node does not hold shard {shard}: the node that holds it writes its workflows")]
+    ShardNotHeld { shard: u32 },
     /// A node asked for another shard count than the one its cluster was
     /// created with: workflows are placed by it, so it never changes.
     #[error(
@@ -223,6 +227,26 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
+/// The fences a write must pass ([`Store::fence`]): those of the shards of
+/// `workflows` when every write is of one (`Some`), every held fence when
+/// the write also touches the store as a whole (`None`).
+pub fn fences_for<'a>(
+    held: &[Fence],
+    shard_count: u32,
+    workflows: Option<impl IntoIterator<Item = &'a str>>,
+) -> Result<Vec<Fence>> {
+    let Some(workflows) = workflows.filter(|_| !held.is_empty()) else {
+        return Ok(held.to_vec());
+    };
+    let mut needed: Vec<u32> = workflows.into_iter().map(|wf| shard_of(wf, shard_count)).collect();
+    needed.sort_unstable();
+    needed.dedup();
+    needed
+        .into_iter()
+        .map(|shard| held.iter().find(|f| f.shard == shard).copied().ok_or(Error::ShardNotHeld { shard }))
+        .collect()
+}
+
 /// The proof of a shard's ownership that a store checks on every write once
 /// [`Store::fence`] installed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -340,9 +364,12 @@ pub trait Store: Send + Sync + 'static {
     /// them at once. A fence that moved on releases nothing.
     async fn release_shards(&self, fences: &[Fence]) -> Result<()>;
 
-    /// From now on, every write of this store is refused with
-    /// [`Error::Fenced`] unless each of these shards is still at its epoch,
-    /// checked atomically with the write. Replaces the fences installed before.
+    /// From now on, a write of a workflow is refused with [`Error::Fenced`]
+    /// unless its shard ([`shard_of`]) is still at the epoch fenced here, and
+    /// with [`Error::ShardNotHeld`] when its shard is not fenced at all; a
+    /// write of no one workflow (definitions, queue pauses, the outbox)
+    /// needs every fenced shard still at its epoch. Checked atomically with
+    /// the write. Replaces the fences installed before.
     fn fence(&self, fences: &[Fence]);
 
     /// How many shards the store's cluster places workflows in ([`shard_of`]);
@@ -354,6 +381,7 @@ pub trait Store: Send + Sync + 'static {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -371,5 +399,18 @@ mod tests {
             counts[shard_of(&format!("checkout-{i}"), 8) as usize] += 1;
         }
         assert!(counts.iter().all(|c| (800..1200).contains(c)), "spread evenly: {counts:?}");
+    }
+
+    #[test]
+    fn a_write_needs_its_shards_fences_and_a_write_of_the_store_needs_every_one() {
+        let held = [Fence { shard: 0, epoch: 3 }, Fence { shard: 2, epoch: 5 }];
+        let in_shard = |shard| (0..).map(|i| format!("wf-{i}")).find(|id| shard_of(id, 4) == shard).unwrap();
+        let (zero, one, two) = (in_shard(0), in_shard(1), in_shard(2));
+        let of = |ids: &[&String]| fences_for(&held, 4, Some(ids.iter().map(|id| id.as_str())));
+        assert_eq!(of(&[&two, &zero, &two]).unwrap(), held, "each shard once, in order");
+        assert_eq!(of(&[&zero]).unwrap(), held[..1]);
+        assert!(matches!(of(&[&zero, &one]), Err(Error::ShardNotHeld { shard: 1 })));
+        assert_eq!(fences_for(&held, 4, None::<[&str; 0]>).unwrap(), held, "the store as a whole");
+        assert!(fences_for(&[], 4, Some([one.as_str()])).unwrap().is_empty(), "no fence installed, none needed");
     }
 }
