@@ -101,13 +101,6 @@ impl Shared {
         self.fences.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
-    /// Why the node may not write `op` at all: its workflow's shard is not
-    /// among those it holds.
-    fn unheld(&self, op: &Op) -> Option<Error> {
-        let workflow = op.workflow()?;
-        sagaflow_store::fences_for(&self.fences(), self.shard_count, Some([workflow])).err()
-    }
-
     pub(crate) fn failure(&self) -> Option<String> {
         self.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
@@ -280,9 +273,14 @@ impl Statements {
                 ON CONFLICT (queue) DO UPDATE SET record = excluded.record")
             .await?,
             delete_queue_pauses: p("DELETE FROM queue_pauses WHERE queue = ANY($1::text[])").await?,
-            assert_fence: p("SELECT sagaflow_assert((SELECT count(*) FROM (SELECT 1 FROM shard_leases AS l
-                    JOIN unnest($1::int4[], $2::bigint[]) AS f (shard, epoch) ON l.shard = f.shard AND l.epoch = f.epoch
-                    ORDER BY l.shard FOR SHARE OF l) AS held) = cardinality($1::int4[]), 'the shard epochs')")
+            // The shards come through a sub-select, which hides their
+            // number from the planner: a plan made for one shard would
+            // look cheaper than the generic plan, and PostgreSQL would then
+            // plan the statement afresh at every call (measured: 45 µs a
+            // call, 0.3 ms of a lone saga).
+            assert_fence: p("SELECT sagaflow_assert(coalesce((SELECT array_agg(epoch ORDER BY shard) FROM (
+                    SELECT shard, epoch FROM shard_leases WHERE shard = ANY((SELECT $1::int4[])::int4[])
+                    ORDER BY shard FOR SHARE) AS held) = $2::bigint[], false), 'the shard epochs')")
             .await?,
             assert_histories: p("WITH moved AS (UPDATE histories AS h SET last_seq = w.last_seq
                 FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS w (workflow_id, expected, last_seq)
@@ -514,17 +512,19 @@ impl Writer {
     /// Answers the writes of workflows whose shard this node does not hold,
     /// and returns the others.
     fn refuse_unheld(&self, batch: Vec<Request>) -> Vec<Request> {
-        let refuse = |request: Request, error: Error| {
-            if let Some(reply) = request.reply {
-                let _ = reply.send(Err(error));
-            }
+        let held = self.shared.fences();
+        let unheld = |op: &Op| {
+            let workflow = op.workflow()?;
+            sagaflow_store::fences_for(&held, self.shared.shard_count, Some([workflow])).err()
         };
         batch
             .into_iter()
-            .filter_map(|request| match self.shared.unheld(&request.op) {
+            .filter_map(|request| match unheld(&request.op) {
                 None => Some(request),
                 Some(error) => {
-                    refuse(request, error);
+                    if let Some(reply) = request.reply {
+                        let _ = reply.send(Err(error));
+                    }
                     None
                 }
             })
@@ -973,9 +973,12 @@ fn answer_all(batch: Vec<Request>, error: impl Fn() -> Error) {
     }
 }
 
-/// Fences as the columns the fence statements take. A shard or epoch past
-/// what a column holds matches no row, so the write is refused.
+/// Fences as the columns the fence statements take, in shard order (the
+/// order the assertion reads the epochs in). A shard or epoch past what a
+/// column holds matches no row, so the write is refused.
 fn fence_columns(fences: &[Fence]) -> (Vec<i32>, Vec<i64>) {
+    let mut fences = fences.to_vec();
+    fences.sort_unstable_by_key(|f| f.shard);
     fences
         .iter()
         .map(|f| (i32::try_from(f.shard).unwrap_or(i32::MAX), i64::try_from(f.epoch).unwrap_or(i64::MAX)))
