@@ -12,7 +12,7 @@
 //!
 //! The store's workflows are placed in the cluster's shards
 //! ([`sagaflow_store::shard_of`]), each with a lease and an epoch of its own,
-//! and every write checks the epoch of each shard the node holds. For now a
+//! and every write of a workflow checks its shard's epoch. For now a
 //! node takes every shard or none, in one atomic step, so that the store
 //! still moves whole; spreading the shards over the nodes uses the same
 //! leases and fences (ADR 0030).

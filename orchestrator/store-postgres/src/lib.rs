@@ -54,7 +54,6 @@ pub struct PostgresStore {
     shared: Arc<Shared>,
     readers: Readers,
     url: String,
-    shard_count: u32,
 }
 
 /// The shard count of a cluster that its first node creates without
@@ -91,7 +90,7 @@ impl PostgresStore {
         let writer = writer::Writer::start(writer_connection, Arc::clone(&shared)).await?;
         tokio::spawn(writer.run(queue));
         let readers = Readers::connect(url, READ_CONNECTIONS, &shared).await?;
-        Ok(Self { ops, shared, readers, url: url.to_owned(), shard_count })
+        Ok(Self { ops, shared, readers, url: url.to_owned() })
     }
 
     /// Write transactions committed so far: with group commit, far fewer than
@@ -391,6 +390,6 @@ impl Store for PostgresStore {
     }
 
     fn shard_count(&self) -> u32 {
-        self.shard_count
+        self.shared.shard_count()
     }
 }

@@ -97,6 +97,10 @@ impl Shared {
         *self.fences.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = fences.to_vec();
     }
 
+    pub(crate) fn shard_count(&self) -> u32 {
+        self.shard_count
+    }
+
     fn fences(&self) -> Vec<Fence> {
         self.fences.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
