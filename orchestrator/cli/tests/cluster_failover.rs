@@ -382,7 +382,7 @@ async fn a_node_whose_database_connections_break_steps_down_for_a_standby() {
 /// itself, on the same address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_standby_forwards_calls_and_worker_sessions_to_the_serving_node() {
-    use common::secure::{CLIENT, WORKER, raw_call, with_token, write_auth_file};
+    use common::secure::{CLIENT, OPERATOR, WORKER, raw_call, with_token, write_auth_file};
     let db = TestDb::create().await;
     let root = tempfile::tempdir().unwrap();
     let nodes = [Node::new(root.path(), "a"), Node::new(root.path(), "b")];
@@ -456,6 +456,15 @@ async fn a_standby_forwards_calls_and_worker_sessions_to_the_serving_node() {
     .await;
     let (serving, epoch, _) = cluster_status(&db, 4).await;
     assert_eq!(serving.as_deref(), Some(nodes[0].listen.as_str()), "`cluster status` names the serving node");
+    // The serving node's metrics say how many shards it holds, and at which epochs.
+    let shard_metrics = |text: &str| {
+        let epochs: Vec<Option<f64>> = (0..4)
+            .map(|shard| common::metric_where(text, "sagaflow_store_epoch", &[("shard", &shard.to_string())]))
+            .collect();
+        (common::metric_where(text, "sagaflow_shards_held", &[]), epochs)
+    };
+    let held = shard_metrics(&common::scrape_as(&first.http, OPERATOR).await);
+    assert_eq!(held, (Some(4.0), vec![Some(epoch as f64); 4]));
 
     let killed_at = Instant::now();
     first.kill9().await;
@@ -464,6 +473,8 @@ async fn a_standby_forwards_calls_and_worker_sessions_to_the_serving_node() {
     let (serving, after_takeover, alive) = cluster_status(&db, 4).await;
     assert_eq!(serving.as_deref(), Some(nodes[1].listen.as_str()), "`cluster status` names the new node");
     assert_eq!(after_takeover, epoch + 1, "a takeover raises the epoch by one");
+    let held = shard_metrics(&common::scrape_as(&second.http, OPERATOR).await);
+    assert_eq!(held, (Some(4.0), vec![Some(after_takeover as f64); 4]));
     assert_eq!(alive, [nodes[1].listen.clone()], "the killed node is no longer seen");
     // The same client, on the same address, now served by the node itself.
     let after = once_served(|| {

@@ -131,6 +131,7 @@ impl Ownership {
         for fence in &fences {
             metrics::gauge!("sagaflow_store_epoch", "shard" => fence.shard.to_string()).set(fence.epoch as f64);
         }
+        shards_held(fences.len());
         tracing::info!(node = %owner, shards = fences.len(), epochs = ?leases.iter().map(|l| l.epoch).collect::<Vec<_>>(), "took the store");
         let (lost_tx, lost) = watch::channel(None);
         let renewer = tokio::spawn(renew(Arc::clone(&store), owner.clone(), fences.clone(), lost_tx));
@@ -149,6 +150,7 @@ impl Ownership {
     /// Gives the store up for a standby to take at once (unless it was lost).
     pub async fn release(self) {
         self.renewer.abort();
+        shards_held(0);
         if self.lost.borrow().is_some() {
             return;
         }
@@ -170,6 +172,12 @@ async fn give_up(store: &dyn Store, owner: &str, fences: &[Fence]) {
     }
 }
 
+/// How many shards this node serves: summed over the nodes, every shard of
+/// the cluster, unless some are unserved.
+fn shards_held(count: usize) {
+    metrics::gauge!("sagaflow_shards_held").set(count as f64);
+}
+
 /// Renews until the lease is lost. A renewal that fails for another reason
 /// (the database unreachable) is retried until the lease would have run
 /// out; past that, another node may own the store, so this one stops.
@@ -177,12 +185,16 @@ async fn give_up(store: &dyn Store, owner: &str, fences: &[Fence]) {
 /// serve however long its lease lasts: the node gives the lease up, if the
 /// database still takes that, so that a standby serves at once, and stops.
 async fn renew(store: Arc<dyn Store>, owner: String, fences: Vec<Fence>, lost: watch::Sender<Option<String>>) {
+    let lost = |reason: String| {
+        shards_held(0);
+        let _ = lost.send(Some(reason));
+    };
     let mut valid_until = Instant::now() + LEASE_TTL;
     loop {
         tokio::time::sleep(RENEW_EVERY).await;
         if let Some(failure) = store.write_failure() {
             give_up(&*store, &owner, &fences).await;
-            let _ = lost.send(Some(format!("the store refuses writes: {failure}")));
+            lost(format!("the store refuses writes: {failure}"));
             return;
         }
         let asked = Instant::now();
@@ -197,11 +209,11 @@ async fn renew(store: Arc<dyn Store>, owner: String, fences: Vec<Fence>, lost: w
         match renewed {
             Ok(_) => valid_until = asked + LEASE_TTL,
             Err(e @ store::Error::Fenced { .. }) => {
-                let _ = lost.send(Some(format!("another node took the store over: {e}")));
+                lost(format!("another node took the store over: {e}"));
                 return;
             }
             Err(e) if Instant::now() >= valid_until => {
-                let _ = lost.send(Some(format!("the store's lease ran out while it could not be renewed: {e}")));
+                lost(format!("the store's lease ran out while it could not be renewed: {e}"));
                 return;
             }
             Err(e) => tracing::warn!(error = %e, "could not renew the store's lease; retrying"),

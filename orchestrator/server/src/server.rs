@@ -262,6 +262,8 @@ impl Server {
                 (Arc::new(store), LeaseKey::from_shared(&key)?)
             }
         };
+        // Before the store is taken, so that the shards' gauges it sets are recorded.
+        crate::http::prometheus();
         let (ownership, listening) = match &options.storage {
             Storage::Postgres { advertise, .. } => {
                 let (ownership, listening) = take_the_store(Arc::clone(&store), &options, advertise.as_deref()).await?;
@@ -269,7 +271,6 @@ impl Server {
             }
             Storage::Sled(_) | Storage::Memory => (None, None),
         };
-        crate::http::prometheus();
         let open_files = crate::connections::raise_open_file_limit();
         let (grpc_cap, http_cap) = crate::connections::caps(open_files);
         tracing::info!(open_files, grpc_connections = grpc_cap, http_connections = http_cap, "open-file limit");
