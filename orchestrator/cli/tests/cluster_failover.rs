@@ -461,10 +461,11 @@ async fn a_standby_forwards_calls_and_worker_sessions_to_the_serving_node() {
         let epochs: Vec<Option<f64>> = (0..4)
             .map(|shard| common::metric_where(text, "sagaflow_store_epoch", &[("shard", &shard.to_string())]))
             .collect();
-        (common::metric_where(text, "sagaflow_shards_held", &[]), epochs)
+        let shards = |name| common::metric_where(text, name, &[]);
+        (shards("sagaflow_shards_held"), shards("sagaflow_cluster_shards"), epochs)
     };
     let held = shard_metrics(&common::scrape_as(&first.http, OPERATOR).await);
-    assert_eq!(held, (Some(4.0), vec![Some(epoch as f64); 4]));
+    assert_eq!(held, (Some(4.0), Some(4.0), vec![Some(epoch as f64); 4]));
 
     let killed_at = Instant::now();
     first.kill9().await;
@@ -474,7 +475,7 @@ async fn a_standby_forwards_calls_and_worker_sessions_to_the_serving_node() {
     assert_eq!(serving.as_deref(), Some(nodes[1].listen.as_str()), "`cluster status` names the new node");
     assert_eq!(after_takeover, epoch + 1, "a takeover raises the epoch by one");
     let held = shard_metrics(&common::scrape_as(&second.http, OPERATOR).await);
-    assert_eq!(held, (Some(4.0), vec![Some(after_takeover as f64); 4]));
+    assert_eq!(held, (Some(4.0), Some(4.0), vec![Some(after_takeover as f64); 4]));
     assert_eq!(alive, [nodes[1].listen.clone()], "the killed node is no longer seen");
     // The same client, on the same address, now served by the node itself.
     let after = once_served(|| {

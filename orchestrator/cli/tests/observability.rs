@@ -88,6 +88,9 @@ async fn the_counters_equal_what_happened() {
     assert_eq!(value(&text, "sagaflow_activity_duration_seconds_count", &reserve), 4.0);
     assert!(value(&text, "sagaflow_history_append_seconds_count", &[]) > 0.0);
     assert!(value(&text, "sagaflow_store_flush_seconds_count", &[]) > 0.0);
+    // A sled node is a cluster of one shard, which it serves (the alerts on unserved shards).
+    assert_eq!(common::metric_where(&text, "sagaflow_shards_held", &[]), Some(1.0));
+    assert_eq!(common::metric_where(&text, "sagaflow_cluster_shards", &[]), Some(1.0));
 
     // The business signals: three orders placed, one checkout compensated.
     let events = |event_type: &str| value(&text, "sagaflow_domain_events_total", &[("event_type", event_type)]);

@@ -131,7 +131,7 @@ impl Ownership {
         for fence in &fences {
             metrics::gauge!("sagaflow_store_epoch", "shard" => fence.shard.to_string()).set(fence.epoch as f64);
         }
-        shards_held(fences.len());
+        record_shards(fences.len(), store.shard_count());
         tracing::info!(node = %owner, shards = fences.len(), epochs = ?leases.iter().map(|l| l.epoch).collect::<Vec<_>>(), "took the store");
         let (lost_tx, lost) = watch::channel(None);
         let renewer = tokio::spawn(renew(Arc::clone(&store), owner.clone(), fences.clone(), lost_tx));
@@ -173,9 +173,16 @@ async fn give_up(store: &dyn Store, owner: &str, fences: &[Fence]) {
 }
 
 /// How many shards this node serves: summed over the nodes, every shard of
-/// the cluster, unless some are unserved.
+/// the cluster, unless some are unserved (the alert SagaflowShardsUnserved).
 fn shards_held(count: usize) {
     metrics::gauge!("sagaflow_shards_held").set(count as f64);
+}
+
+/// A node that serves `held` of the cluster's `count` shards; a store of
+/// its own is one shard, which it holds.
+pub fn record_shards(held: usize, count: u32) {
+    shards_held(held);
+    metrics::gauge!("sagaflow_cluster_shards").set(f64::from(count));
 }
 
 /// Renews until the lease is lost. A renewal that fails for another reason

@@ -269,7 +269,10 @@ impl Server {
                 let (ownership, listening) = take_the_store(Arc::clone(&store), &options, advertise.as_deref()).await?;
                 (Some(ownership), listening)
             }
-            Storage::Sled(_) | Storage::Memory => (None, None),
+            Storage::Sled(_) | Storage::Memory => {
+                crate::ownership::record_shards(1, 1);
+                (None, None)
+            }
         };
         let open_files = crate::connections::raise_open_file_limit();
         let (grpc_cap, http_cap) = crate::connections::caps(open_files);
