@@ -148,6 +148,24 @@ fn signal(pid: u32, name: &str) {
     assert!(status.success(), "kill -{name} {pid}");
 }
 
+/// The error output of a node started with `args` on `dir`, which must
+/// refuse to start (exit 1) within 30 s; `why` names what it was given.
+async fn refused_start(dir: &Path, args: &[&str], why: &str) -> String {
+    let start = tokio::process::Command::new(common::BIN)
+        .args(["server", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    let refused = tokio::time::timeout(Duration::from_secs(30), start)
+        .await
+        .unwrap_or_else(|_| panic!("a node with {why} started"))
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    stderr
+}
+
 /// Of two standbys, the one that takes over; the other keeps waiting.
 async fn first_to_serve(
     mut a: JoinHandle<ServerProcess>,
@@ -396,16 +414,7 @@ async fn a_standby_forwards_calls_and_worker_sessions_to_the_serving_node() {
     let standby = nodes[1].start_with(&db, Duration::from_secs(120), &extra);
     let through = nodes[1].url();
     // A node asking for another count is refused: placement depends on it.
-    let start = tokio::process::Command::new(common::BIN)
-        .args(["server", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--shards", "16"])
-        .args(["--store", &db.url, "--data-dir"])
-        .arg(root.path().join("c"))
-        .kill_on_drop(true)
-        .output();
-    let refused = tokio::time::timeout(Duration::from_secs(30), start).await.expect("a node with --shards 16 started");
-    let refused = refused.unwrap();
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    let stderr = refused_start(&root.path().join("c"), &["--shards", "16", "--store", &db.url], "--shards 16").await;
     assert!(stderr.contains("created with 4 shards"), "says the cluster's count: {stderr}");
 
     // The standby's health check answers for the node that serves.
@@ -578,18 +587,7 @@ async fn a_tls_standby_forwards_over_tls_and_then_serves_on_the_same_address() {
         "--tls-peer-ca",
         pki.ca.to_str().unwrap(),
     ];
-    let start = tokio::process::Command::new(common::BIN)
-        .args(["server", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
-        .arg(root.path().join("c"))
-        .args(serving_only)
-        .kill_on_drop(true)
-        .output();
-    let refused = tokio::time::timeout(Duration::from_secs(30), start)
-        .await
-        .expect("a node whose certificate is good for serving only started")
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    let stderr = refused_start(&root.path().join("c"), &serving_only, "a certificate good for serving only").await;
     assert!(stderr.contains("clientAuth"), "says what the certificate lacks: {stderr}");
 }
 

@@ -26,9 +26,30 @@ fn shard_id(shard: u32) -> Result<i32> {
     i32::try_from(shard).map_err(|_| Error::Engine(format!("shard {shard} is past the largest shard number")))
 }
 
-/// The fences' shards and epochs, as the statements' arrays take them.
-fn columns(fences: &[Fence]) -> Result<(Vec<i32>, Vec<i64>)> {
-    fences.iter().map(|f| Ok((shard_id(f.shard)?, i64::try_from(f.epoch).unwrap_or(i64::MAX)))).collect()
+/// The fences' shards and epochs as statements take them, in shard order.
+/// A shard or epoch past what a column holds matches no row: nothing is
+/// renewed, released or written under it.
+pub(crate) fn fence_columns(fences: &[Fence]) -> (Vec<i32>, Vec<i64>) {
+    let mut fences = fences.to_vec();
+    fences.sort_unstable_by_key(|f| f.shard);
+    fences
+        .iter()
+        .map(|f| (i32::try_from(f.shard).unwrap_or(i32::MAX), i64::try_from(f.epoch).unwrap_or(i64::MAX)))
+        .unzip()
+}
+
+/// Adds a free lease row, at epoch 0, for each of `shards` that has none,
+/// so that a statement taking shards can lock every one it asks for.
+async fn add_free_leases(client: &Client, shards: &[i32]) -> Result<()> {
+    client
+        .execute(
+            "INSERT INTO shard_leases (shard, owner, epoch, expires_at)
+             SELECT shard, '', 0, now() FROM unnest($1::int4[]) AS shard ON CONFLICT DO NOTHING",
+            &[&shards],
+        )
+        .await
+        .map_err(engine("adding shard leases"))?;
+    Ok(())
 }
 
 fn leases(rows: &[Row]) -> Result<Vec<ShardLease>> {
@@ -57,21 +78,14 @@ pub(crate) async fn cluster_shard_count(client: &Client, requested: Option<u32>)
         .query_one("SELECT shard_count FROM cluster_config", &[])
         .await
         .map_err(engine("reading the cluster's shard count"))?;
-    let count: i32 =
+    let stored: i32 =
         row.try_get(0).map_err(|e| Error::Corrupt { key: "cluster_config".into(), reason: e.to_string() })?;
-    let count = u32::try_from(count)
-        .map_err(|_| Error::Corrupt { key: "cluster_config".into(), reason: format!("{count} shards") })?;
+    let count = u32::try_from(stored)
+        .map_err(|_| Error::Corrupt { key: "cluster_config".into(), reason: format!("{stored} shards") })?;
     if let Some(requested) = requested.filter(|r| *r != count) {
         return Err(Error::ShardCount { cluster: count, requested });
     }
-    client
-        .execute(
-            "INSERT INTO shard_leases (shard, owner, epoch, expires_at)
-             SELECT shard, '', 0, now() FROM generate_series(0, $1 - 1) AS shard ON CONFLICT DO NOTHING",
-            &[&i32::try_from(count).unwrap_or(1)],
-        )
-        .await
-        .map_err(engine("adding the cluster's shard leases"))?;
+    add_free_leases(client, &(0..stored).collect::<Vec<_>>()).await?;
     Ok(count)
 }
 
@@ -104,10 +118,6 @@ async fn take(client: &Client, shards: &[u32], owner: &str, ttl_ms: i64) -> Resu
     let mut shards = shards.iter().map(|s| shard_id(*s)).collect::<Result<Vec<_>>>()?;
     shards.sort_unstable();
     shards.dedup();
-    // A shard never taken has a free row at epoch 0, so that the statement
-    // below can lock every shard it asks for.
-    let seed = "INSERT INTO shard_leases (shard, owner, epoch, expires_at)
-        SELECT shard, '', 0, now() FROM unnest($1::int4[]) AS shard ON CONFLICT DO NOTHING";
     // All or none: a node serves whole, and two nodes must never split the
     // shards. FOR UPDATE reads each row as it stands once locked, so that
     // of two nodes asking at once the second sees the first's leases. The
@@ -129,11 +139,11 @@ async fn take(client: &Client, shards: &[u32], owner: &str, ttl_ms: i64) -> Resu
         FROM taken AS t WHERE l.shard = t.shard
         RETURNING l.shard, l.owner, l.epoch, (extract(epoch FROM l.expires_at) * 1000)::bigint";
     let ttl = ttl_ms as f64;
-    let (_, rows) =
-        try_join(async { client.execute(seed, &[&shards]).await.map_err(engine("adding shard leases")) }, async {
-            client.query(sql, &[&shards, &owner, &ttl]).await.map_err(engine("taking shard leases"))
-        })
-        .await?;
+    // Pipelined: the rows are added before the statement runs.
+    let (_, rows) = try_join(add_free_leases(client, &shards), async {
+        client.query(sql, &[&shards, &owner, &ttl]).await.map_err(engine("taking shard leases"))
+    })
+    .await?;
     let mut taken = leases(&rows)?;
     if taken.is_empty() {
         // Held by another node: say by whom.
@@ -147,7 +157,7 @@ async fn take(client: &Client, shards: &[u32], owner: &str, ttl_ms: i64) -> Resu
 }
 
 async fn extend(client: &Client, fences: &[Fence], owner: &str, ttl_ms: i64) -> Result<Vec<ShardLease>> {
-    let (shards, epochs) = columns(fences)?;
+    let (shards, epochs) = fence_columns(fences);
     let sql = "UPDATE shard_leases AS l SET expires_at = now() + $4::float8 * interval '1 millisecond'
         FROM unnest($1::int4[], $2::bigint[]) AS f (shard, epoch)
         WHERE l.shard = f.shard AND l.epoch = f.epoch AND l.owner = $3
@@ -212,7 +222,7 @@ pub struct ClusterView {
 }
 
 pub(crate) async fn release(client: &Client, fences: &[Fence]) -> Result<()> {
-    let (shards, epochs) = columns(fences)?;
+    let (shards, epochs) = fence_columns(fences);
     // A node releases when it stops: it is no longer one of the cluster's.
     // Both parts see the leases as they were, owners included; the epoch
     // in the update's own condition is checked again under the row's lock.

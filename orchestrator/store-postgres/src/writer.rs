@@ -43,6 +43,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, Statement};
 
 use crate::plan::{Op, Plan, Stored};
+use crate::shards::fence_columns;
 use crate::{describe, engine};
 
 /// At most this many writes share one transaction, so that one batch's
@@ -980,16 +981,4 @@ fn answer_all(batch: Vec<Request>, error: impl Fn() -> Error) {
             let _ = reply.send(Err(error()));
         }
     }
-}
-
-/// Fences as the columns the fence statements take, in shard order (the
-/// order the assertion reads the epochs in). A shard or epoch past what a
-/// column holds matches no row, so the write is refused.
-fn fence_columns(fences: &[Fence]) -> (Vec<i32>, Vec<i64>) {
-    let mut fences = fences.to_vec();
-    fences.sort_unstable_by_key(|f| f.shard);
-    fences
-        .iter()
-        .map(|f| (i32::try_from(f.shard).unwrap_or(i32::MAX), i64::try_from(f.epoch).unwrap_or(i64::MAX)))
-        .unzip()
 }
