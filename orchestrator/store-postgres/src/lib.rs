@@ -385,6 +385,10 @@ impl Store for PostgresStore {
         shards::release(&fresh, fences).await
     }
 
+    fn fences(&self) -> Option<Vec<Fence>> {
+        self.shared.fences()
+    }
+
     fn fence(&self, fences: &[Fence]) {
         self.shared.set_fences(fences);
     }

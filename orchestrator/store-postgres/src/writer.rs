@@ -76,7 +76,7 @@ pub(crate) struct Shared {
     leases_sent: AtomicU64,
     leases_done: watch::Sender<u64>,
     /// The shard epochs batches must find before they write (Store::fence).
-    fences: Mutex<Vec<Fence>>,
+    fences: Mutex<Option<Vec<Fence>>>,
     /// The cluster's shard count, which places each workflow in its shard.
     shard_count: u32,
 }
@@ -95,14 +95,16 @@ impl Shared {
     }
 
     pub(crate) fn set_fences(&self, fences: &[Fence]) {
-        *self.fences.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = fences.to_vec();
+        let mut sorted = fences.to_vec();
+        sorted.sort_unstable_by_key(|f| f.shard);
+        *self.fences.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(sorted);
     }
 
     pub(crate) fn shard_count(&self) -> u32 {
         self.shard_count
     }
 
-    fn fences(&self) -> Vec<Fence> {
+    pub(crate) fn fences(&self) -> Option<Vec<Fence>> {
         self.fences.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
@@ -519,13 +521,13 @@ impl Writer {
         }
     }
 
-    /// Answers the writes of workflows whose shard this node does not hold,
-    /// and returns the others.
+    /// Answers the writes of workflows whose shard this node does not hold
+    /// (and, once it holds none, every write), and returns the others.
     fn refuse_unheld(&self, batch: Vec<Request>) -> Vec<Request> {
         let held = self.shared.fences();
         let unheld = |op: &Op| {
-            let workflow = op.workflow()?;
-            sagaflow_store::fences_for(&held, self.shared.shard_count, Some([workflow])).err()
+            let workflows = op.workflow().map(|workflow| [workflow]);
+            sagaflow_store::fences_for(held.as_deref(), self.shared.shard_count, workflows).err()
         };
         batch
             .into_iter()
@@ -545,7 +547,7 @@ impl Writer {
     /// every one held when it also writes the store as a whole.
     fn fences_for(&self, batch: &[Request]) -> std::result::Result<Vec<Fence>, Failed> {
         let workflows: Option<Vec<&str>> = batch.iter().map(|r| r.op.workflow()).collect();
-        sagaflow_store::fences_for(&self.shared.fences(), self.shared.shard_count, workflows)
+        sagaflow_store::fences_for(self.shared.fences().as_deref(), self.shared.shard_count, workflows)
             // The fences changed since `refuse_unheld`: nothing of the batch may land.
             .map_err(|e| Failed::Abort(e.to_string()))
     }

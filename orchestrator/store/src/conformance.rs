@@ -622,6 +622,7 @@ pub async fn a_fenced_off_owner_cannot_write(store: &dyn Store) {
 /// workflow checks its shard's epoch, and a write of the store as a whole
 /// (the outbox) checks every one the node holds.
 pub async fn shards_are_taken_together_and_each_fences(store: &dyn Store) {
+    assert_eq!(store.fences(), None, "a store never fenced is its process's alone");
     let held = store.acquire_shards(&[0, 1], "node-a", 60_000).await.unwrap();
     let held: Vec<(u32, &str, u64)> = held.iter().map(|l| (l.shard, l.owner.as_str(), l.epoch)).collect();
     assert_eq!(held, [(0, "node-a", 1), (1, "node-a", 1)]);
@@ -667,6 +668,15 @@ pub async fn shards_are_taken_together_and_each_fences(store: &dyn Store) {
         let refusal = store.commit(append(&second, 1..=1)).await.map(drop);
         assert!(matches!(refusal, Err(Error::ShardNotHeld { shard: 1 })), "{refusal:?}");
     }
+    assert_eq!(store.fences(), Some(fences[..1].to_vec()));
+    // Having given every shard up, it writes nothing: no fence is not no check.
+    store.fence(&[]);
+    let last = store.last_seq(&first).await.unwrap();
+    let refusal = store.commit(append(&first, last + 1..=last + 1)).await.map(drop);
+    assert!(matches!(refusal, Err(Error::ShardNotHeld { shard: 0 })), "{refusal:?}");
+    let refusal = store.delete_outbox(&[1]).await.map(drop);
+    assert!(matches!(refusal, Err(Error::NoShardHeld)), "{refusal:?}");
+    assert_eq!(store.last_seq(&first).await.unwrap(), last);
 }
 
 /// Expands to one `#[tokio::test]` per conformance case for a backend.

@@ -54,7 +54,7 @@ pub struct KvStore<K> {
     /// request id, take the same stripe.
     stripes: Box<[Mutex<()>]>,
     /// The fences every write must pass, once installed.
-    fences: Mutex<Vec<Fence>>,
+    fences: Mutex<Option<Vec<Fence>>>,
     /// Writes hold it shared while they check the fence and apply; taking
     /// a shard holds it exclusively, so that no write passes a stale check.
     ownership: RwLock<()>,
@@ -284,7 +284,7 @@ impl<K: Kv> KvStore<K> {
     fn fenced(&self, workflow: Option<&str>) -> Result<RwLockReadGuard<'_, ()>> {
         let guard = self.ownership.read().unwrap_or_else(PoisonError::into_inner);
         let held = self.fences.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        for fence in crate::fences_for(&held, self.shard_count(), workflow.map(std::iter::once))? {
+        for fence in crate::fences_for(held.as_deref(), self.shard_count(), workflow.map(std::iter::once))? {
             let current = self.shard_lease(fence.shard)?.map_or(0, |lease| lease.epoch);
             if current != fence.epoch {
                 return Err(Error::Fenced { shard: fence.shard, epoch: fence.epoch, current });
@@ -681,7 +681,13 @@ impl<K: Kv> Store for KvStore<K> {
         durable.wait().await
     }
 
+    fn fences(&self) -> Option<Vec<Fence>> {
+        self.fences.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
     fn fence(&self, fences: &[Fence]) {
-        *self.fences.lock().unwrap_or_else(PoisonError::into_inner) = fences.to_vec();
+        let mut sorted = fences.to_vec();
+        sorted.sort_unstable_by_key(|f| f.shard);
+        *self.fences.lock().unwrap_or_else(PoisonError::into_inner) = Some(sorted);
     }
 }

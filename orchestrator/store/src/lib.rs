@@ -79,6 +79,10 @@ pub enum Error {
     /// while it holds others: the node that holds that shard must write it.
     #[error("this node does not hold shard {shard}: the node that holds it writes its workflows")]
     ShardNotHeld { shard: u32 },
+    /// A write of the store as a whole (definitions, queue pauses, the
+    /// outbox) by a node that holds no shard at all: it is fenced off.
+    #[error("this node holds no shard of the cluster, so it writes nothing; the nodes that hold the shards do")]
+    NoShardHeld,
     /// A node asked for another shard count than the one its cluster was
     /// created with: workflows are placed by it, so it never changes.
     #[error(
@@ -227,16 +231,19 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
-/// The fences a write must pass ([`Store::fence`]): those of the shards of
-/// `workflows` when every write is of one (`Some`), every held fence when
-/// the write also touches the store as a whole (`None`).
+/// The fences a write must pass ([`Store::fence`]): none when no fence was
+/// ever installed (`held` is `None`: the store is this process's alone);
+/// those of the shards of `workflows` when every write is of one (`Some`);
+/// every held fence when the write also touches the store as a whole
+/// (`None`). A node that holds no shard at all writes nothing.
 pub fn fences_for<'a>(
-    held: &[Fence],
+    held: Option<&[Fence]>,
     shard_count: u32,
     workflows: Option<impl IntoIterator<Item = &'a str>>,
 ) -> Result<Vec<Fence>> {
-    let Some(workflows) = workflows.filter(|_| !held.is_empty()) else {
-        return Ok(held.to_vec());
+    let Some(held) = held else { return Ok(Vec::new()) };
+    let Some(workflows) = workflows else {
+        return if held.is_empty() { Err(Error::NoShardHeld) } else { Ok(held.to_vec()) };
     };
     let mut needed: Vec<u32> = workflows.into_iter().map(|wf| shard_of(wf, shard_count)).collect();
     needed.sort_unstable();
@@ -369,8 +376,14 @@ pub trait Store: Send + Sync + 'static {
     /// with [`Error::ShardNotHeld`] when its shard is not fenced at all; a
     /// write of no one workflow (definitions, queue pauses, the outbox)
     /// needs every fenced shard still at its epoch. Checked atomically with
-    /// the write. Replaces the fences installed before.
+    /// the write. Replaces the fences installed before; an empty set (a
+    /// node that gave every shard up) refuses every write.
     fn fence(&self, fences: &[Fence]);
+
+    /// The fences installed by [`fence`](Store::fence), in shard order;
+    /// `None` when none ever was: the store is this process's alone, and
+    /// every shard is its own.
+    fn fences(&self) -> Option<Vec<Fence>>;
 
     /// How many shards the store's cluster places workflows in ([`shard_of`]);
     /// fixed when the cluster was created. A store only one process opens
@@ -406,11 +419,15 @@ mod tests {
         let held = [Fence { shard: 0, epoch: 3 }, Fence { shard: 2, epoch: 5 }];
         let in_shard = |shard| (0..).map(|i| format!("wf-{i}")).find(|id| shard_of(id, 4) == shard).unwrap();
         let (zero, one, two) = (in_shard(0), in_shard(1), in_shard(2));
-        let of = |ids: &[&String]| fences_for(&held, 4, Some(ids.iter().map(|id| id.as_str())));
+        let of = |ids: &[&String]| fences_for(Some(&held), 4, Some(ids.iter().map(|id| id.as_str())));
         assert_eq!(of(&[&two, &zero, &two]).unwrap(), held, "each shard once, in order");
         assert_eq!(of(&[&zero]).unwrap(), held[..1]);
         assert!(matches!(of(&[&zero, &one]), Err(Error::ShardNotHeld { shard: 1 })));
-        assert_eq!(fences_for(&held, 4, None::<[&str; 0]>).unwrap(), held, "the store as a whole");
-        assert!(fences_for(&[], 4, Some([one.as_str()])).unwrap().is_empty(), "no fence installed, none needed");
+        assert_eq!(fences_for(Some(&held), 4, None::<[&str; 0]>).unwrap(), held, "the store as a whole");
+        assert!(fences_for(None, 4, Some([one.as_str()])).unwrap().is_empty(), "no fence installed, none needed");
+        assert!(fences_for(None, 4, None::<[&str; 0]>).unwrap().is_empty());
+        // A node that gave every shard up writes nothing, not everything.
+        assert!(matches!(fences_for(Some(&[]), 4, Some([one.as_str()])), Err(Error::ShardNotHeld { shard: 1 })));
+        assert!(matches!(fences_for(Some(&[]), 4, None::<[&str; 0]>), Err(Error::NoShardHeld)));
     }
 }

@@ -28,6 +28,7 @@ impl From<Error> for Status {
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Internal(_) => Code::Internal,
+            Error::NotServed { .. } => Code::Unavailable,
             Error::Store(crate::store::Error::IdTooLong { .. }) => Code::InvalidArgument,
             // Another writer got there first and the store settled the race:
             // the call may be retried, and a retried start finds its workflow.

@@ -161,6 +161,12 @@ impl Dispatch {
         }
         let leases = {
             let mut state = self.lock();
+            if state.entries.contains_key(&key(&wf, &task_id)) {
+                // Queued once only: a second queue entry would hand it out twice.
+                drop(state);
+                self.timers.cancel(&alarms);
+                return;
+            }
             let activity_type = task.activity_type.clone();
             state.queues.entry(activity_type.clone()).or_default().push_back(key(&wf, &task_id));
             let queue_deadlines = (record.schedule_to_start_deadline_ms, record.schedule_to_close_deadline_ms);
@@ -383,6 +389,23 @@ impl Dispatch {
             self.match_queue(&mut state, &activity_type, now)
         };
         self.persist(leases);
+    }
+
+    /// Drops the tasks of the workflows `gone` names (their shard went to
+    /// another node), queued or leased, with their alarms. A worker that
+    /// holds one is not told: the attempt is still wanted, and its outcome
+    /// counts at the shard's new node.
+    pub fn forget(&self, gone: &dyn Fn(&str) -> bool) {
+        let mut state = self.lock();
+        let keys: Vec<Key> = state.entries.keys().filter(|(wf, _)| gone(wf)).cloned().collect();
+        for task_key in &keys {
+            if let Some(entry) = state.entries.remove(task_key) {
+                self.timers.cancel(&entry.alarms);
+            }
+        }
+        for queue in state.queues.values_mut() {
+            queue.retain(|(wf, _)| !gone(wf));
+        }
     }
 
     /// The session's leased tasks stay leased: the worker may reconnect and

@@ -20,6 +20,7 @@ mod records;
 mod recovery;
 mod redrive;
 pub mod retention;
+mod shards;
 mod stuck;
 pub mod timers;
 
@@ -69,6 +70,10 @@ pub enum Error {
     /// deletion that needed it did not happen.
     #[error(transparent)]
     Archive(#[from] crate::archive::Error),
+    /// The workflow's shard is another node's, or changing hands: retry
+    /// (`shards.rs`).
+    #[error("workflow {workflow_id} is in shard {shard}, which this node does not serve now; retry shortly")]
+    NotServed { workflow_id: String, shard: u32 },
 }
 
 impl From<Rejection> for Error {
@@ -222,6 +227,8 @@ struct Inner {
     archive: Option<Arc<crate::archive::Archive>>,
     /// Workflows by start time, for the console; built on first use.
     recent: recent::Recent,
+    /// The shards whose workflows this runtime drives (`shards.rs`).
+    served: shards::Served,
 }
 
 impl Runtime {
@@ -245,6 +252,7 @@ impl Runtime {
         }
         let (timers, fired) = Timers::start();
         let dispatch = Dispatch::new(Arc::clone(&store), timers.clone(), lease_key);
+        let served = shards::Served::new(store.shard_count(), store.fences());
         let runtime = Self {
             inner: Arc::new(Inner {
                 store,
@@ -260,6 +268,7 @@ impl Runtime {
                 outbox_changed: watch::channel(0).0,
                 archive,
                 recent: recent::Recent::default(),
+                served,
             }),
         };
         if !apply.is_empty() {
@@ -376,9 +385,18 @@ impl Runtime {
             };
         }
         let chosen_id = request.workflow_id.is_some();
-        let workflow_id = request.workflow_id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let workflow_id = match &request.workflow_id {
+            Some(chosen) => chosen.clone(),
+            None => self.new_workflow_id()?,
+        };
+        self.inner.served.admit(&workflow_id).await?;
         let slot = self.slot(&workflow_id);
         let mut guard = slot.lock().await;
+        if let Err(e) = self.inner.served.check(&workflow_id) {
+            drop(guard);
+            self.release(&workflow_id, slot);
+            return Err(e);
+        }
         // A fresh UUIDv7 names no existing workflow; only a chosen id is looked up.
         if guard.state.is_some() || (chosen_id && self.inner.store.last_seq(&workflow_id).await? > 0) {
             drop(guard);
@@ -443,6 +461,23 @@ impl Runtime {
         }
     }
 
+    /// A fresh workflow id (a UUIDv7) in a shard this runtime serves, so
+    /// that a start without an id is served where it arrives.
+    fn new_workflow_id(&self) -> Result<String> {
+        // Each draw lands in a served shard with probability served/count:
+        // the expected number of draws is count/served, at most the count.
+        let draws = 64 * self.inner.served.count();
+        let mut last = String::new();
+        for _ in 0..draws {
+            last = uuid::Uuid::now_v7().to_string();
+            if self.inner.served.check(&last).is_ok() {
+                return Ok(last);
+            }
+        }
+        let shard = self.inner.served.shard_of(&last);
+        Err(Error::NotServed { workflow_id: last, shard })
+    }
+
     /// The workflow `request`'s request id started, if one did and it is
     /// the same start; an error when the request id started another.
     async fn started_by(&self, request: &StartRequest) -> Result<Option<String>> {
@@ -498,8 +533,15 @@ impl Runtime {
     /// Feeds one input to a workflow and commits what follows. Returns the
     /// new events (empty when nothing changed).
     pub async fn decide(&self, workflow_id: &str, input: Input) -> Result<Vec<HistoryEvent>> {
+        self.inner.served.admit(workflow_id).await?;
         let slot = self.slot(workflow_id);
         let mut guard = slot.lock().await;
+        // Checked again under the lock: a shard given up meanwhile waited for it.
+        if let Err(e) = self.inner.served.check(workflow_id) {
+            drop(guard);
+            self.release(workflow_id, slot);
+            return Err(e);
+        }
         let (mut state, definition) = match guard.state.take() {
             Some(loaded) => loaded,
             None => match self.load(workflow_id).await {
@@ -823,9 +865,13 @@ impl Runtime {
     /// its lock so that no decision interleaves; durable when this returns.
     /// With an archive, the history is archived durably before.
     pub async fn delete_workflow(&self, workflow_id: &str) -> Result<()> {
+        self.inner.served.admit(workflow_id).await?;
         let slot = self.slot(workflow_id);
         let guard = slot.lock().await;
-        let summary = self.describe(workflow_id).await;
+        let summary = match self.inner.served.check(workflow_id) {
+            Ok(()) => self.describe(workflow_id).await,
+            Err(e) => Err(e),
+        };
         let result = match summary {
             Ok(summary) if !sagaflow_proto::is_terminal(summary.status) => Err(Error::FailedPrecondition(format!(
                 "workflow {workflow_id} is {}: only a closed workflow can be deleted; cancel or terminate it first",

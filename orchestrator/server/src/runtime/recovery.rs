@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use sagaflow_proto::v1::history_event::Attributes;
 
+use super::shards::Deferred;
 use super::timers::{Alarm, now_ms};
 use super::{Error, Result, Runtime, records};
 use crate::engine;
@@ -37,10 +38,23 @@ pub struct RebuildReport {
 }
 
 impl Runtime {
+    /// At start: the pauses in force, then every workflow of the shards served.
     pub(super) async fn recover(&self) -> Result<()> {
-        let started = Instant::now();
         // Before any task is queued, so that none of a paused queue is handed out.
         self.restore_queue_pauses().await?;
+        let served = &self.inner.served;
+        let deferred = self.recover_where(&|workflow_id: &str| served.check(workflow_id).is_ok()).await?;
+        self.resume_deferred(deferred);
+        Ok(())
+    }
+
+    /// Queues the tasks, arms the timers and watches the open workflows of
+    /// the workflows `wanted` names, a page at a time. What would decide on
+    /// its own (a child step, a held child's wait) is returned, to start
+    /// once those workflows are served.
+    pub(super) async fn recover_where(&self, wanted: &(dyn Fn(&str) -> bool + Sync)) -> Result<Deferred> {
+        let started = Instant::now();
+        let mut deferred = Deferred::default();
         let now = now_ms();
         let store = &self.inner.store;
         let mut leases: HashMap<(String, String), crate::store::Lease> = HashMap::new();
@@ -49,7 +63,8 @@ impl Runtime {
             let page = store.leases(after.as_ref(), RECOVERY_PAGE).await?;
             let last_page = page.len() < RECOVERY_PAGE;
             after = page.last().map(|(wf, task, _)| (wf.clone(), task.clone()));
-            leases.extend(page.into_iter().map(|(wf, task, lease)| ((wf, task), lease)));
+            leases
+                .extend(page.into_iter().filter(|(wf, _, _)| wanted(wf)).map(|(wf, task, lease)| ((wf, task), lease)));
             if last_page {
                 break;
             }
@@ -57,8 +72,8 @@ impl Runtime {
         let (mut tasks, mut after) = (0usize, None);
         loop {
             let page = store.tasks(after.as_ref(), RECOVERY_PAGE).await?;
-            tasks += page.len();
-            for task in &page {
+            for task in page.iter().filter(|t| wanted(t.workflow_id())) {
+                tasks += 1;
                 let key = (task.workflow_id().to_owned(), task.task_id().to_owned());
                 match leases.remove(&key) {
                     // A lease that expired while we were down fires at once.
@@ -68,7 +83,7 @@ impl Runtime {
                         self.inner.timers.arm(now + RECLAIM_GRACE_MS, Alarm::Reclaim { workflow_id, task_id });
                     }
                     // The orchestrator's own tasks (a child step) run again here.
-                    _ if super::children::is_child_task(task) => self.run_child_task(task),
+                    _ if super::children::is_child_task(task) => deferred.child_tasks.push(task.clone()),
                     _ => self.inner.dispatch.enqueue(task, now),
                 }
             }
@@ -80,8 +95,8 @@ impl Runtime {
         let (mut timers, mut after) = (0usize, None);
         loop {
             let page = store.timers(after.as_ref(), RECOVERY_PAGE).await?;
-            timers += page.len();
-            for timer in &page {
+            for timer in page.iter().filter(|t| wanted(&t.workflow_id)) {
+                timers += 1;
                 self.inner.timers.arm(
                     timer.fire_at_ms,
                     Alarm::Workflow { workflow_id: timer.workflow_id.clone(), timer_id: timer.timer_id.clone() },
@@ -95,13 +110,13 @@ impl Runtime {
         let (mut open, mut after) = (0usize, None::<String>);
         loop {
             let page = store.open_workflows(after.as_deref(), RECOVERY_PAGE).await?;
-            open += page.len();
-            for workflow_id in &page {
+            for workflow_id in page.iter().filter(|wf| wanted(wf)) {
+                open += 1;
                 if let Some(summary) = store.summary(workflow_id).await? {
                     self.inner.stuck.observe_summary(&summary);
                     // A child may be held for its parent: wait for the parent again.
                     if summary.labels.contains_key(sagaflow_workflows::PARENT_LABEL) {
-                        self.hold_for_parent(workflow_id);
+                        deferred.held_children.push(workflow_id.clone());
                     }
                 }
             }
@@ -111,7 +126,7 @@ impl Runtime {
             after = page.last().cloned();
         }
         tracing::info!(tasks, timers, open, elapsed_ms = started.elapsed().as_millis(), "recovered");
-        Ok(())
+        Ok(deferred)
     }
 }
 

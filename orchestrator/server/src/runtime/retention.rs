@@ -166,6 +166,10 @@ impl Runtime {
             {
                 let registry = self.registry();
                 page.workflows.retain(|summary| {
+                    // Another node's shard is its own to expire.
+                    if self.inner.served.check(&summary.workflow_id).is_err() {
+                        return false;
+                    }
                     let retention = registry
                         .get(&summary.workflow_type, summary.definition_version)
                         .and_then(|d| d.retention_ms)

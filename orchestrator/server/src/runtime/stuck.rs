@@ -108,6 +108,11 @@ impl Tracker {
         self.lock().insert(summary.workflow_id.clone(), watched);
     }
 
+    /// Stops watching the workflows `gone` names (their shard went to another node).
+    pub(super) fn forget(&self, gone: &dyn Fn(&str) -> bool) {
+        self.lock().retain(|workflow_id, _| !gone(workflow_id));
+    }
+
     fn silent_since(&self, before_ms: i64) -> Vec<(String, i64, String)> {
         self.lock()
             .iter()

@@ -22,6 +22,16 @@ pub enum Alarm {
     Reclaim { workflow_id: String, task_id: String },
 }
 
+impl Alarm {
+    pub fn workflow_id(&self) -> &str {
+        match self {
+            Self::Workflow { workflow_id, .. }
+            | Self::Deadline { workflow_id, .. }
+            | Self::Reclaim { workflow_id, .. } => workflow_id,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Timers {
     inner: Arc<Inner>,
@@ -129,6 +139,14 @@ impl Timers {
         if let Some(key) = armed.workflow_timers.remove(&(workflow_id.to_owned(), timer_id.to_owned())) {
             armed.alarms.remove(&key);
         }
+    }
+
+    /// Drops the alarms of the workflows `gone` names (their shard went to
+    /// another node, which arms its own).
+    pub fn forget(&self, gone: &dyn Fn(&str) -> bool) {
+        let mut armed = self.lock();
+        armed.alarms.retain(|_, alarm| !gone(alarm.workflow_id()));
+        armed.workflow_timers.retain(|(workflow_id, _), _| !gone(workflow_id));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Armed> {
