@@ -1,8 +1,10 @@
 //! A shard changes hands between two running nodes on one PostgreSQL: the
-//! node that gives it up forgets its tasks and timers and refuses its
+//! node that gives it up forgets its tasks and timers and stops serving its
 //! workflows; the node that takes it recovers that shard alone, while it
-//! keeps serving its own, and drives its workflows to the end. Every
-//! activity runs once. (ADR 0030: the runtime's half of spreading shards.)
+//! keeps serving its own, and drives its workflows to the end. A call that
+//! reaches the node that does not serve its workflow's shard goes to the
+//! node that does. Every activity runs once. (ADR 0030: what spreading the
+//! shards needs of the runtime and the API.)
 #![allow(clippy::unwrap_used, clippy::panic)]
 
 mod common;
@@ -12,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sagaflow_proto::v1::workflow_service_client::WorkflowServiceClient;
-use sagaflow_proto::v1::{CancelWorkflowRequest, StartWorkflowRequest};
+use sagaflow_proto::v1::{SignalWorkflowRequest, StartWorkflowRequest};
 use sagaflow_server::store::{Fence, Store, shard_of};
 use sagaflow_server::workflows::{SagaDefinition, Step};
 use sagaflow_server::{Options, Registry, Server, Storage};
@@ -28,13 +30,18 @@ const SHARDS: u32 = 4;
 const TTL_MS: i64 = 60_000;
 const ACTIVITY: &str = "handover.reserve";
 
-/// A nap (a durable timer), then one activity.
-fn definition() -> SagaDefinition {
-    SagaDefinition::builder("handover", 1)
+/// `handover`: a nap (a durable timer), then one activity; `gate`: a wait
+/// for the signal `go`, then the activity.
+fn definitions() -> Vec<SagaDefinition> {
+    let napping = SagaDefinition::builder("handover", 1)
         .step(Step::sleep("nap", Duration::from_millis(1_500)))
         .step(Step::activity("reserve", ACTIVITY))
-        .build()
-        .unwrap()
+        .build();
+    let gated = SagaDefinition::builder("gate", 1)
+        .step(Step::await_signal("go", "go", Duration::ZERO))
+        .step(Step::activity("reserve", ACTIVITY))
+        .build();
+    vec![napping.unwrap(), gated.unwrap()]
 }
 
 /// `n` workflow ids of `shard`.
@@ -42,25 +49,35 @@ fn ids_in(shard: u32, prefix: &str, n: usize) -> Vec<String> {
     (0..).map(|i| format!("{prefix}-{i}")).filter(|id| shard_of(id, SHARDS) == shard).take(n).collect()
 }
 
-/// A node on the shared database holding `shards`; the lease key's
-/// directory is shared, as the cluster's key is (a worker's lease token
-/// must be good on either node).
-async fn node(url: &str, owner: &str, shards: &[u32], key_dir: &std::path::Path) -> (Server, Arc<PostgresStore>) {
+/// A node on the shared database holding `shards`, its leases naming the
+/// address it serves at, as a serving node's do. The lease key's directory
+/// is shared, as the cluster's key is: a worker's lease token must be good
+/// on either node. Returns the name its leases are held under.
+async fn node(
+    url: &str,
+    name: &str,
+    shards: &[u32],
+    key_dir: &std::path::Path,
+) -> (Server, Arc<PostgresStore>, String) {
+    let listen = format!("127.0.0.1:{}", common::nats::free_port());
+    let owner = format!("{name}@{listen}");
     let store = Arc::new(PostgresStore::connect_to_cluster(url, Some(SHARDS)).await.unwrap());
-    let leases = store.acquire_shards(shards, owner, TTL_MS).await.unwrap();
+    let leases = store.acquire_shards(shards, &owner, TTL_MS).await.unwrap();
     assert!(leases.iter().all(|l| l.owner == owner), "{owner} takes {shards:?}: {leases:?}");
     store.fence(&leases.iter().map(|l| Fence { shard: l.shard, epoch: l.epoch }).collect::<Vec<_>>());
     let mut registry = Registry::new();
-    registry.register(definition()).unwrap();
+    for definition in definitions() {
+        registry.register(definition).unwrap();
+    }
     let options = Options {
         storage: Storage::Sled(key_dir.to_owned()),
-        listen: "127.0.0.1:0".parse().unwrap(),
+        listen: listen.parse().unwrap(),
         http_listen: None,
         ..Options::default()
     };
-    let dyn_store: Arc<dyn Store> = Arc::clone(&store) as Arc<dyn Store>;
-    let server = Server::builder().options(options).store(dyn_store).definitions(registry).start().await.unwrap();
-    (server, store)
+    let shared: Arc<dyn Store> = Arc::clone(&store) as Arc<dyn Store>;
+    let server = Server::builder().options(options).store(shared).definitions(registry).start().await.unwrap();
+    (server, store, owner)
 }
 
 /// A worker that counts each workflow's runs of the activity.
@@ -79,12 +96,13 @@ fn worker(url: &str, name: &str, runs: &Arc<Mutex<HashMap<String, usize>>>) -> t
 
 async fn start(
     client: &mut WorkflowServiceClient<Channel>,
+    workflow_type: &str,
     id: Option<&str>,
-    request: &str,
+    request_id: &str,
 ) -> Result<String, tonic::Status> {
     let request = StartWorkflowRequest {
-        workflow_type: "handover".into(),
-        request_id: request.into(),
+        workflow_type: workflow_type.into(),
+        request_id: request_id.into(),
         input: "{}".into(),
         workflow_id: id.unwrap_or_default().into(),
         ..Default::default()
@@ -92,16 +110,26 @@ async fn start(
     client.start_workflow(request).await.map(|r| r.into_inner().workflow_id)
 }
 
+fn go(workflow_id: &str) -> SignalWorkflowRequest {
+    SignalWorkflowRequest { workflow_id: workflow_id.into(), name: "go".into(), ..Default::default() }
+}
+
 fn backlog(server: &Server) -> usize {
     server.runtime().dispatch().queue_stats().iter().filter(|q| q.queue == ACTIVITY).map(|q| q.backlog).sum()
+}
+
+async fn assert_completed(client: &mut WorkflowServiceClient<Channel>, ids: &[String]) {
+    for id in ids {
+        assert_eq!(common::status_of(&common::await_end(client, id).await), "COMPLETED", "{id}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_changes_hands_between_running_nodes() {
     let db = TestDb::create().await;
     let key_dir = tempfile::tempdir().unwrap();
-    let (a, store_a) = node(&db.url, "node-a", &[0, 1], key_dir.path()).await;
-    let (b, store_b) = node(&db.url, "node-b", &[2, 3], key_dir.path()).await;
+    let (a, store_a, _) = node(&db.url, "node-a", &[0, 1], key_dir.path()).await;
+    let (b, store_b, owner_b) = node(&db.url, "node-b", &[2, 3], key_dir.path()).await;
     assert_eq!((a.runtime().served_shards(), b.runtime().served_shards()), (vec![0, 1], vec![2, 3]));
     let mut client_a = WorkflowServiceClient::connect(a.url()).await.unwrap();
     let mut client_b = WorkflowServiceClient::connect(b.url()).await.unwrap();
@@ -110,83 +138,146 @@ async fn a_shard_changes_hands_between_running_nodes() {
     // A start without an id gets one in a shard of the node it reached.
     let mut free = Vec::new();
     for i in 0..8 {
-        let id = start(&mut client_a, None, &format!("free-{i}")).await.unwrap();
+        let id = start(&mut client_a, "handover", None, &format!("free-{i}")).await.unwrap();
         assert!(shard_of(&id, SHARDS) < 2, "{id} is in shard {}", shard_of(&id, SHARDS));
         free.push(id);
     }
     let (free_zero, free_one): (Vec<String>, Vec<String>) = free.into_iter().partition(|id| shard_of(id, SHARDS) == 0);
-    // A workflow of another node's shard is refused, retryably, and not started.
-    let foreign = &ids_in(2, "foreign", 1)[0];
-    let refused = start(&mut client_a, Some(foreign), "foreign").await.unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
-    assert!(refused.message().contains("shard 2"), "{}", refused.message());
-    assert_eq!(store_a.last_seq(foreign).await.unwrap(), 0);
+    // A start of a workflow of another node's shard goes to that node, once
+    // A has read who serves it (B took its shards after A started).
+    let foreign = ids_in(2, "foreign", 1);
+    let started = |client: &WorkflowServiceClient<Channel>, workflow_type: &'static str, id: &str| {
+        let (mut client, id) = (client.clone(), id.to_owned());
+        async move {
+            match start(&mut client, workflow_type, Some(&id), &id).await {
+                Ok(started) => started == id,
+                Err(status) if status.code() == tonic::Code::Unavailable => false,
+                Err(status) => panic!("the start was refused: {status:?}"),
+            }
+        }
+    };
+    wait_until(Duration::from_secs(10), "A to forward shard 2's starts to B", || {
+        started(&client_a, "handover", &foreign[0])
+    })
+    .await;
 
     // Node A: three workflows in each of its shards, their tasks queued
-    // (A has no worker yet); then two more of shard 1, still napping.
+    // (A has no worker yet); then two more of shard 1, still napping, and
+    // one of shard 1 that waits for a signal.
     let (zero, one) = (ids_in(0, "wf", 3), ids_in(1, "wf", 5));
     for id in zero.iter().chain(&one[..3]) {
-        start(&mut client_a, Some(id), id).await.unwrap();
+        start(&mut client_a, "handover", Some(id), id).await.unwrap();
     }
     wait_until(Duration::from_secs(20), "the naps of A's workflows to end", || async { backlog(&a) == 6 + 8 }).await;
     for id in &one[3..] {
-        start(&mut client_a, Some(id), id).await.unwrap();
+        start(&mut client_a, "handover", Some(id), id).await.unwrap();
     }
+    let gate = ids_in(1, "gate", 1);
+    start(&mut client_a, "gate", Some(&gate[0]), "gate").await.unwrap();
     // Node B drives its own shards meanwhile.
     let worker_b = worker(&b.url(), "worker-b", &runs);
-    let theirs = ids_in(3, "b", 2);
-    for id in &theirs {
-        start(&mut client_b, Some(id), id).await.unwrap();
+    let theirs = [ids_in(3, "b", 2), foreign].concat();
+    for id in &theirs[..2] {
+        start(&mut client_b, "handover", Some(id), id).await.unwrap();
     }
 
-    // A gives shard 1 up: it forgets its queued tasks at once and refuses
-    // its workflows; then it stops writing it, and releases the lease.
+    // A gives shard 1 up: it forgets its queued tasks at once and stops
+    // serving its workflows; then it stops writing it, and releases the lease.
     let fences_a = store_a.fences().unwrap();
     a.runtime().give_up_shards(&[1]).await;
     assert_eq!(a.runtime().served_shards(), [0]);
     assert_eq!(backlog(&a), 3 + free_zero.len(), "shard 1's queued tasks are gone from A, shard 0's stay");
     store_a.fence(&fences_a[..1]);
     store_a.release_shards(&fences_a[1..2]).await.unwrap();
-    let refused = client_a.cancel_workflow(CancelWorkflowRequest {
-        workflow_id: one[0].clone(),
-        reason: "test".into(),
-        ..Default::default()
-    });
-    let refused = refused.await.unwrap_err();
+    // No node serves shard 1 now: its calls are refused, retryably.
+    let refused = client_a.signal_workflow(go(&gate[0])).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("shard 1"), "{}", refused.message());
 
     // B takes it: a new epoch, fenced, then recovered into the running node.
-    let taken = store_b.acquire_shards(&[1], "node-b", TTL_MS).await.unwrap();
-    assert_eq!((taken[0].owner.as_str(), taken[0].epoch), ("node-b", 2));
+    let taken = store_b.acquire_shards(&[1], &owner_b, TTL_MS).await.unwrap();
+    assert_eq!((&taken[0].owner, taken[0].epoch), (&owner_b, 2));
     let mut fences_b = store_b.fences().unwrap();
     fences_b.push(Fence { shard: 1, epoch: taken[0].epoch });
     store_b.fence(&fences_b);
     b.runtime().take_shards(&[1]).await.unwrap();
     assert_eq!(b.runtime().served_shards(), [1, 2, 3]);
+    // A sends shard 1's calls to B once it has read who serves it.
+    wait_until(Duration::from_secs(10), "A to forward shard 1's calls to B", || {
+        let (mut client_a, gate) = (client_a.clone(), gate[0].clone());
+        async move {
+            match client_a.signal_workflow(go(&gate)).await {
+                Ok(_) => true,
+                Err(status) if status.code() == tonic::Code::Unavailable => false,
+                Err(status) => panic!("the signal was refused: {status:?}"),
+            }
+        }
+    })
+    .await;
 
-    // B runs shard 1's queued tasks and the naps it re-armed, and its own.
-    let (zero, one) = ([zero, free_zero].concat(), [one, free_one].concat());
-    for id in one.iter().chain(&theirs) {
-        let ended = common::await_end(&mut client_b, id).await;
-        assert_eq!(common::status_of(&ended), "COMPLETED", "{id}");
-    }
-    // A, given a worker, finishes shard 0 and the starts without an id.
+    // B runs shard 1's queued tasks, the naps it re-armed, the signalled
+    // workflow, and its own.
+    let one = [one, free_one, gate].concat();
+    assert_completed(&mut client_b, &[one.clone(), theirs.clone()].concat()).await;
+    // A, given a worker, finishes shard 0, the starts without an id among them.
     let worker_a = worker(&a.url(), "worker-a", &runs);
-    for id in &zero {
-        let ended = common::await_end(&mut client_a, id).await;
-        assert_eq!(common::status_of(&ended), "COMPLETED", "{id}");
-    }
-    for id in one.iter().chain(&zero).chain(&theirs) {
-        common::assert_each_step_completed_once(id, &common::full_history(&mut client_b, id).await);
-    }
+    let zero = [zero, free_zero].concat();
+    assert_completed(&mut client_a, &zero).await;
+    let every = [one, zero, theirs].concat();
     let runs = runs.lock().unwrap().clone();
-    for id in one.iter().chain(&zero).chain(&theirs) {
+    for id in &every {
+        common::assert_each_step_completed_once(id, &common::full_history(&mut client_b, id).await);
         assert_eq!(runs.get(id), Some(&1), "{id} ran its activity {:?} times: {runs:?}", runs.get(id));
     }
     // Nothing of shard 1 came back to A.
     assert_eq!(backlog(&a), 0);
     worker_a.abort();
     worker_b.abort();
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A definition registered, deprecated, and a queue paused and resumed on
+/// one node reach the other: the cluster's records are the store's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_one_node_registers_or_pauses_every_node_learns() {
+    let db = TestDb::create().await;
+    let key_dir = tempfile::tempdir().unwrap();
+    let (a, _, _) = node(&db.url, "node-a", &[0, 1], key_dir.path()).await;
+    let (b, _, _) = node(&db.url, "node-b", &[2, 3], key_dir.path()).await;
+    let mut client_a = WorkflowServiceClient::connect(a.url()).await.unwrap();
+
+    let unknown = start(&mut client_a, "late", Some(&ids_in(0, "late", 1)[0]), "late-0").await.unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::InvalidArgument, "{unknown:?}");
+    let late = SagaDefinition::builder("late", 1).step(Step::activity("reserve", ACTIVITY)).build().unwrap();
+    b.runtime().register_definitions(vec![late], false).await.unwrap();
+    // At once: a start naming a type A does not know reads the store.
+    let id = &ids_in(0, "late", 2)[1];
+    assert_eq!(&start(&mut client_a, "late", Some(id), id).await.unwrap(), id);
+
+    b.runtime().deprecate_definition("late", 1).await.unwrap();
+    let attempt = std::sync::atomic::AtomicUsize::new(0);
+    wait_until(Duration::from_secs(10), "A to learn the deprecation", || {
+        let mut client_a = client_a.clone();
+        // A new start each time: a retried one would answer with its workflow.
+        let id = ids_in(0, "after", 1 + attempt.fetch_add(1, std::sync::atomic::Ordering::Relaxed)).pop().unwrap();
+        async move {
+            let refused = start(&mut client_a, "late", Some(&id), &id).await;
+            refused.is_err_and(|status| status.code() == tonic::Code::FailedPrecondition)
+        }
+    })
+    .await;
+
+    assert!(b.runtime().pause_queue(ACTIVITY, "the warehouse is down", "ops").await.unwrap());
+    wait_until(Duration::from_secs(10), "A to learn the pause", || async {
+        a.runtime().dispatch().is_paused(ACTIVITY)
+    })
+    .await;
+    assert!(b.runtime().resume_queue(ACTIVITY, "ops").await.unwrap());
+    wait_until(Duration::from_secs(10), "A to learn the resumption", || async {
+        !a.runtime().dispatch().is_paused(ACTIVITY)
+    })
+    .await;
     a.stop().await;
     b.stop().await;
 }

@@ -16,6 +16,7 @@
 //! shows its own certificate: the forwarded call keeps its token, which is
 //! what authorises it.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -54,6 +55,11 @@ const GREETING: Duration = Duration::from_secs(10);
 /// going round.
 const FORWARDED: &str = "x-sagaflow-forwarded";
 
+/// Whether another node forwarded `request` here.
+pub fn was_forwarded<B>(request: &Request<B>) -> bool {
+    request.headers().contains_key(FORWARDED)
+}
+
 /// Forwards what a standby's listener accepts, until [`Forwarder::stop`].
 pub struct Forwarder {
     stop: oneshot::Sender<()>,
@@ -72,7 +78,7 @@ impl Forwarder {
         tls: Option<Forwarding>,
     ) -> Self {
         let (stop, stopped) = oneshot::channel();
-        let upstream = Upstream { serving, tls: tls.as_ref().map(|t| t.dial.clone()), channel: Mutex::default() };
+        let upstream = Upstream { serving, dialer: Dialer::new(tls.as_ref().map(|t| t.dial.clone())) };
         let accept_tls = tls.map(|t| t.accept);
         let task = tokio::spawn(accept(listener, Arc::new(upstream), accept_tls, max_connections, stopped));
         Self { stop, task }
@@ -86,30 +92,44 @@ impl Forwarder {
     }
 }
 
-/// The serving node, as a gRPC channel: one HTTP/2 connection, made when
-/// first used and again whenever it breaks, for the address the lease names.
+/// The serving node, as a gRPC channel, for the address the lease names.
 struct Upstream {
     serving: watch::Receiver<Option<String>>,
-    tls: Option<tonic::transport::ClientTlsConfig>,
-    channel: Mutex<Option<(String, Channel)>>,
+    dialer: Dialer,
 }
 
 impl Upstream {
-    /// The channel to the serving node, or why there is none.
-    fn channel(&self) -> Result<(String, Channel), String> {
-        let Some(address) = self.serving.borrow().clone() else {
-            return Err("this node stands by and knows no address of the serving node (none serves yet, or it gave \
-                        no --advertise); retry, or call the serving node"
-                .into());
-        };
-        let mut cached = self.channel.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((known, channel)) = cached.as_ref()
-            && *known == address
-        {
-            return Ok((address, channel.clone()));
+    /// The serving node's address, or why there is none.
+    fn address(&self) -> Result<String, String> {
+        self.serving.borrow().clone().ok_or_else(|| {
+            "this node stands by and knows no address of the serving node (none serves yet, or it gave \
+             no --advertise); retry, or call the serving node"
+                .into()
+        })
+    }
+}
+
+/// Channels to other nodes, by `host:port`: one HTTP/2 connection each,
+/// made when first used and again whenever it breaks.
+pub struct Dialer {
+    tls: Option<tonic::transport::ClientTlsConfig>,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl Dialer {
+    /// Plain HTTP/2, or TLS as `tls` says (the peers' CA and this node's
+    /// client certificate, `--tls-peer-ca`).
+    pub fn new(tls: Option<tonic::transport::ClientTlsConfig>) -> Self {
+        Self { tls, channels: Mutex::default() }
+    }
+
+    fn channel(&self, address: &str) -> Result<Channel, String> {
+        let mut channels = self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(channel) = channels.get(address) {
+            return Ok(channel.clone());
         }
         let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let invalid = |e: tonic::transport::Error| format!("the serving node's address {address:?}: {e}");
+        let invalid = |e: tonic::transport::Error| format!("the node address {address:?}: {e}");
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
             .map_err(invalid)?
             .connect_timeout(CONNECT_TIMEOUT)
@@ -120,8 +140,33 @@ impl Upstream {
             endpoint = endpoint.tls_config(tls.clone()).map_err(invalid)?;
         }
         let channel = endpoint.connect_lazy();
-        *cached = Some((address.clone(), channel.clone()));
-        Ok((address, channel))
+        channels.insert(address.to_owned(), channel.clone());
+        Ok(channel)
+    }
+
+    /// Sends `request` on to the node at `address`, marked as forwarded,
+    /// and answers with that node's response; `UNAVAILABLE` when it cannot
+    /// be reached. A request already forwarded once is refused instead:
+    /// two nodes that each believe the other serves must not pass a call
+    /// round for ever.
+    pub async fn forward<B>(&self, address: &str, mut request: Request<B>) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+        B::Error: Into<tonic::codegen::StdError>,
+    {
+        if was_forwarded(&request) {
+            return unavailable("forwarded to a node that stands by too; retry once the store's lease moved".into());
+        }
+        let channel = match self.channel(address) {
+            Ok(channel) => channel,
+            Err(why) => return unavailable(why),
+        };
+        request.headers_mut().insert(FORWARDED, hyper::header::HeaderValue::from_static("1"));
+        // The channel puts the node's scheme and authority in the URI.
+        match tower::ServiceExt::oneshot(channel, request.map(Body::new)).await {
+            Ok(response) => response,
+            Err(e) => unavailable(format!("forwarding to the node at {address}: {e}")),
+        }
     }
 }
 
@@ -203,20 +248,11 @@ where
     watcher.watch(connection).await
 }
 
-async fn forward(upstream: Arc<Upstream>, mut request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    if request.headers().contains_key(FORWARDED) {
-        return Ok(unavailable("forwarded to a node that stands by too; retry once the store's lease moved".into()));
-    }
-    let (address, channel) = match upstream.channel() {
-        Ok(found) => found,
-        Err(why) => return Ok(unavailable(why)),
-    };
-    request.headers_mut().insert(FORWARDED, hyper::header::HeaderValue::from_static("1"));
-    // The channel puts the serving node's scheme and authority in the URI.
-    match tower::ServiceExt::oneshot(channel, request.map(Body::new)).await {
-        Ok(response) => Ok(response),
-        Err(e) => Ok(unavailable(format!("this node stands by; forwarding to the serving node at {address}: {e}"))),
-    }
+async fn forward(upstream: Arc<Upstream>, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    Ok(match upstream.address() {
+        Ok(address) => upstream.dialer.forward(&address, request).await,
+        Err(why) => unavailable(why),
+    })
 }
 
 fn unavailable(message: String) -> Response<Body> {

@@ -23,6 +23,7 @@ pub mod operator;
 pub mod os_tuning;
 pub mod ownership;
 pub mod registry;
+mod route;
 pub mod runtime;
 pub mod server;
 pub mod telemetry;

@@ -381,6 +381,19 @@ impl Server {
         }
         let max_message = max_message_bytes(&options.limits);
         let admission = Arc::new(Admission::new(options.admission));
+        // On a shared store (one fenced for the shards this node holds),
+        // calls about another node's shards go there.
+        let route = match runtime.store().fences() {
+            Some(_) => {
+                let map = crate::route::ShardMap::follow(Arc::clone(runtime.store())).await;
+                let dialer = crate::forward::Dialer::new(match &options.tls {
+                    Some(files) => files.forwarding()?.map(|f| f.dial),
+                    None => None,
+                });
+                Some(crate::route::RouteLayer::new(runtime.clone(), map, dialer, max_message))
+            }
+            None => None,
+        };
         // Auth first, so that admission knows whose budget a call is charged to.
         let mut routes = tonic::service::RoutesBuilder::default();
         for extension in extensions.iter() {
@@ -395,6 +408,7 @@ impl Server {
             .layer(tower::util::MapResponseLayer::new(crate::api::decode_errors_are_invalid_arguments))
             .layer(AuthLayer::new(auth, Arc::clone(&policy)))
             .layer(AdmissionLayer::new(admission, Arc::clone(&policy)))
+            .layer(tower::util::option_layer(route))
             .add_routes(routes.routes())
             .add_service(health_service)
             .add_service(reflection)

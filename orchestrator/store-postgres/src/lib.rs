@@ -373,6 +373,10 @@ impl Store for PostgresStore {
         shards::renew(self.readers.client(), fences, owner, ttl_ms).await
     }
 
+    async fn shard_leases(&self) -> Result<Vec<ShardLease>> {
+        shards::all(self.readers.client()).await
+    }
+
     async fn release_shards(&self, fences: &[Fence]) -> Result<()> {
         let client = self.readers.client();
         if !client.is_closed() {

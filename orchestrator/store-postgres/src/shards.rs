@@ -191,8 +191,7 @@ pub(crate) async fn view(client: &Client) -> Result<ClusterView> {
         let key = key.to_owned();
         move |e: tokio_postgres::Error| Error::Corrupt { key, reason: e.to_string() }
     };
-    let sql = format!("SELECT {COLUMNS} FROM shard_leases ORDER BY shard");
-    let leases = client.query(&sql, &[]).await.map_err(missing("reading the shard leases"))?;
+    let leases = client.query(&every_lease(), &[]).await.map_err(missing("reading the shard leases"))?;
     let leases = leases.iter().map(lease).collect::<Result<Vec<_>>>()?;
     let nodes = client
         .query("SELECT owner, (extract(epoch FROM seen_at) * 1000)::bigint FROM cluster_nodes ORDER BY owner", &[])
@@ -219,6 +218,16 @@ pub struct ClusterView {
     /// Each node's lease owner name, and when it was last seen.
     pub nodes: Vec<(String, i64)>,
     pub now_ms: i64,
+}
+
+/// Every shard's lease, in shard order.
+pub(crate) async fn all(client: &Client) -> Result<Vec<ShardLease>> {
+    let rows = client.query(&every_lease(), &[]).await.map_err(engine("reading the shard leases"))?;
+    rows.iter().map(lease).collect()
+}
+
+fn every_lease() -> String {
+    format!("SELECT {COLUMNS} FROM shard_leases ORDER BY shard")
 }
 
 pub(crate) async fn release(client: &Client, fences: &[Fence]) -> Result<()> {

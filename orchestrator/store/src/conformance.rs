@@ -632,6 +632,9 @@ pub async fn shards_are_taken_together_and_each_fences(store: &dyn Store) {
     assert_eq!(refused[0].owner, "node-a");
     assert_ne!(refused[1].owner, "node-b", "the free shard was not taken alone");
     assert_eq!(take(store, 2, "node-c").await.epoch, 1, "shard 2 never changed hands");
+    let owners: Vec<(u32, String)> =
+        store.shard_leases().await.unwrap().into_iter().map(|l| (l.shard, l.owner)).filter(|(s, _)| *s < 3).collect();
+    assert_eq!(owners, [(0, "node-a".into()), (1, "node-a".into()), (2, "node-c".into())], "who serves each");
 
     // A workflow of each shard; in a store of one shard both are shard 0's.
     let count = store.shard_count();

@@ -666,6 +666,10 @@ impl<K: Kv> Store for KvStore<K> {
         Ok(leases)
     }
 
+    async fn shard_leases(&self) -> Result<Vec<ShardLease>> {
+        self.decode_all(keys::SHARD_LEASE)
+    }
+
     async fn release_shards(&self, fences: &[Fence]) -> Result<()> {
         let durable = {
             let _exclusive = self.ownership.write().unwrap_or_else(PoisonError::into_inner);

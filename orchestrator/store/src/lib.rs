@@ -367,6 +367,10 @@ pub trait Store: Send + Sync + 'static {
     /// leases still held are extended all the same.
     async fn renew_shards(&self, fences: &[Fence], owner: &str, ttl_ms: i64) -> Result<Vec<ShardLease>>;
 
+    /// Every shard's lease as it stands, in shard order (a shard never
+    /// taken may have none): who serves it, for forwarding calls there.
+    async fn shard_leases(&self) -> Result<Vec<ShardLease>>;
+
     /// Gives the shards up (a graceful stop), so that another node may take
     /// them at once. A fence that moved on releases nothing.
     async fn release_shards(&self, fences: &[Fence]) -> Result<()>;

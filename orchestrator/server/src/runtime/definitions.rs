@@ -40,27 +40,33 @@ pub async fn load_stored(store: &dyn Store, registry: &mut Registry) -> Result<u
     let records = store.definitions().await?;
     let count = records.len();
     for record in records {
-        let invalid = |reason: String| LoadError::Invalid {
-            workflow_type: record.workflow_type.clone(),
-            version: record.version,
-            reason,
-        };
-        let value = serde_json::from_str(&record.json).map_err(|e| invalid(e.to_string()))?;
-        let definition = sagaflow_workflows::document::parse_one(value).map_err(|e| invalid(e.to_string()))?;
-        let mut entry = Entry::new(definition, false);
-        if entry.hash != record.content_hash {
-            return Err(LoadError::HashMismatch {
-                workflow_type: record.workflow_type,
-                version: record.version,
-                computed: entry.hash,
-                recorded: record.content_hash,
-            });
-        }
+        let entry = stored_entry(record)?;
         registry.check(&entry)?;
-        entry.deprecated = record.deprecated;
         registry.insert(entry);
     }
     Ok(count)
+}
+
+/// A stored definition as the registry keeps it, checked against its hash.
+pub(super) fn stored_entry(record: DefinitionRecord) -> Result<Entry, LoadError> {
+    let invalid = |reason: String| LoadError::Invalid {
+        workflow_type: record.workflow_type.clone(),
+        version: record.version,
+        reason,
+    };
+    let value = serde_json::from_str(&record.json).map_err(|e| invalid(e.to_string()))?;
+    let definition = sagaflow_workflows::document::parse_one(value).map_err(|e| invalid(e.to_string()))?;
+    let mut entry = Entry::new(definition, false);
+    if entry.hash != record.content_hash {
+        return Err(LoadError::HashMismatch {
+            workflow_type: record.workflow_type,
+            version: record.version,
+            computed: entry.hash,
+            recorded: record.content_hash,
+        });
+    }
+    entry.deprecated = record.deprecated;
+    Ok(entry)
 }
 
 fn record(entry: &Entry) -> DefinitionRecord {

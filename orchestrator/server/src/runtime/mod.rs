@@ -8,6 +8,7 @@
 
 mod archival;
 mod children;
+mod cluster_records;
 mod definitions;
 mod describe;
 pub mod dispatch;
@@ -211,6 +212,11 @@ struct Inner {
     registry: RwLock<Registry>,
     /// Serialises registrations and deprecations (see `definitions.rs`).
     registering: tokio::sync::Mutex<()>,
+    /// When the cluster's definitions were last read for a start that named
+    /// an unknown one (`cluster_records.rs`).
+    definitions_learned: tokio::sync::Mutex<Option<std::time::Instant>>,
+    /// Serialises queue pauses and resumptions with learning the cluster's.
+    pausing: tokio::sync::Mutex<()>,
     limits: Limits,
     slots: Mutex<HashMap<String, SlotRef>>,
     /// Serialises starts per request id (striped), so that concurrent
@@ -258,6 +264,8 @@ impl Runtime {
                 store,
                 registry: RwLock::new(registry),
                 registering: tokio::sync::Mutex::new(()),
+                definitions_learned: tokio::sync::Mutex::default(),
+                pausing: tokio::sync::Mutex::new(()),
                 limits,
                 slots: Mutex::default(),
                 start_stripes: (0..256).map(|_| tokio::sync::Mutex::new(())).collect(),
@@ -277,6 +285,9 @@ impl Runtime {
         runtime.recover().await?;
         tokio::spawn(runtime.clone().fire_alarms(fired));
         tokio::spawn(runtime.clone().detect_stuck());
+        if runtime.store_is_shared() {
+            tokio::spawn(runtime.clone().learn_cluster_records());
+        }
         Ok(runtime)
     }
 
@@ -341,7 +352,11 @@ impl Runtime {
         let Some(Attributes::WorkflowStarted(started)) = history.first().and_then(|e| e.attributes.as_ref()) else {
             return Err(Error::NotFound(format!("workflow {workflow_id} not found")));
         };
-        let definition = self.definition_for(started)?;
+        let definition = match self.definition_for(started) {
+            // Registered on another node, which started it, perhaps.
+            Err(_) if self.learn_definitions_now().await => self.definition_for(started)?,
+            found => found?,
+        };
         let state = engine::replay(workflow_id, &history, &definition);
         Ok((state, definition))
     }
@@ -354,10 +369,17 @@ impl Runtime {
 
     /// [`start_workflow`](Self::start_workflow) on the version named, when one is.
     pub async fn start_workflow_version(&self, request: StartRequest, version: Option<u32>) -> Result<(String, bool)> {
-        let chosen = {
+        let to_start = || {
             let registry = self.registry();
             registry.to_start(&request.workflow_type, version).map(|e| (Arc::clone(&e.definition), e.hash.clone()))
         };
+        let mut chosen = to_start();
+        // Registered on another node a moment ago, perhaps.
+        if matches!(chosen, Err(Unstartable::UnknownType(..) | Unstartable::UnknownVersion(..)))
+            && self.learn_definitions_now().await
+        {
+            chosen = to_start();
+        }
         let (definition, definition_hash) = match chosen {
             Ok(chosen) => chosen,
             Err(e @ (Unstartable::Deprecated(..) | Unstartable::AllDeprecated(_))) => {

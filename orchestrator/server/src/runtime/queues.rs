@@ -11,6 +11,7 @@ impl Runtime {
     /// Pauses `queue`; false when it was already paused (the record keeps
     /// its first reason).
     pub async fn pause_queue(&self, queue: &str, reason: &str, identity: &str) -> Result<bool> {
+        let _serialised = self.inner.pausing.lock().await;
         if self.inner.dispatch.is_paused(queue) {
             return Ok(false);
         }
@@ -29,6 +30,7 @@ impl Runtime {
 
     /// Resumes `queue`; false when it was not paused.
     pub async fn resume_queue(&self, queue: &str, identity: &str) -> Result<bool> {
+        let _serialised = self.inner.pausing.lock().await;
         if !self.inner.dispatch.is_paused(queue) {
             return Ok(false);
         }

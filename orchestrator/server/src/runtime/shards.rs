@@ -132,6 +132,16 @@ pub(super) struct Deferred {
 }
 
 impl Runtime {
+    /// The shard `workflow_id` belongs to in this runtime's cluster.
+    pub fn shard_of(&self, workflow_id: &str) -> u32 {
+        self.inner.served.shard_of(workflow_id)
+    }
+
+    /// Whether this runtime serves `shard` now.
+    pub fn serves_shard(&self, shard: u32) -> bool {
+        self.inner.served.serves_shard(shard)
+    }
+
     /// The shards this runtime serves, in order.
     pub fn served_shards(&self) -> Vec<u32> {
         self.inner.served.list()
