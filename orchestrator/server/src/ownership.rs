@@ -28,7 +28,7 @@ use crate::store::{self, Fence, Store};
 
 /// What `sagaflow cluster status` shows: read from the cluster's database,
 /// so that it answers while no node serves.
-pub use sagaflow_store_postgres::{ClusterView, cluster_view};
+pub use sagaflow_store_postgres::{ClusterView, MAX_SHARDS, cluster_view};
 
 /// How long a lease lasts without renewal: a dead node's store is taken over
 /// this long after its last renewal, at most.

@@ -49,7 +49,7 @@ pub struct ServerArgs {
     /// cluster's first node sets it and it never changes; a node given another count than the
     /// cluster's refuses to start. Every shard has its own lease and epoch. For now one node
     /// serves every shard and the others stand by.
-    #[arg(long, value_name = "N", requires = "store", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long, value_name = "N", requires = "store", value_parser = clap::value_parser!(u32).range(1..=i64::from(sagaflow_server::ownership::MAX_SHARDS)))]
     pub shards: Option<u32>,
     /// HTTP listen address for the console (/), /metrics and /healthz.
     #[arg(long, default_value = "127.0.0.1:9090")]
