@@ -80,6 +80,19 @@ async fn node(
     (server, store, owner)
 }
 
+type Node = (Server, Arc<PostgresStore>, String);
+
+/// Node A holding shards 0 and 1 and node B holding 2 and 3, on a database
+/// of their own; the database and the key's directory live as long as the
+/// first two values.
+async fn two_nodes() -> (TestDb, tempfile::TempDir, Node, Node) {
+    let db = TestDb::create().await;
+    let key_dir = tempfile::tempdir().unwrap();
+    let a = node(&db.url, "node-a", &[0, 1], key_dir.path()).await;
+    let b = node(&db.url, "node-b", &[2, 3], key_dir.path()).await;
+    (db, key_dir, a, b)
+}
+
 /// A worker that counts each workflow's runs of the activity.
 fn worker(url: &str, name: &str, runs: &Arc<Mutex<HashMap<String, usize>>>) -> tokio::task::JoinHandle<()> {
     let runs = Arc::clone(runs);
@@ -126,10 +139,7 @@ async fn assert_completed(client: &mut WorkflowServiceClient<Channel>, ids: &[St
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_changes_hands_between_running_nodes() {
-    let db = TestDb::create().await;
-    let key_dir = tempfile::tempdir().unwrap();
-    let (a, store_a, _) = node(&db.url, "node-a", &[0, 1], key_dir.path()).await;
-    let (b, store_b, owner_b) = node(&db.url, "node-b", &[2, 3], key_dir.path()).await;
+    let (_db, _key_dir, (a, store_a, _), (b, store_b, owner_b)) = two_nodes().await;
     assert_eq!((a.runtime().served_shards(), b.runtime().served_shards()), (vec![0, 1], vec![2, 3]));
     let mut client_a = WorkflowServiceClient::connect(a.url()).await.unwrap();
     let mut client_b = WorkflowServiceClient::connect(b.url()).await.unwrap();
@@ -241,10 +251,7 @@ async fn a_shard_changes_hands_between_running_nodes() {
 /// one node reach the other: the cluster's records are the store's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_one_node_registers_or_pauses_every_node_learns() {
-    let db = TestDb::create().await;
-    let key_dir = tempfile::tempdir().unwrap();
-    let (a, _, _) = node(&db.url, "node-a", &[0, 1], key_dir.path()).await;
-    let (b, _, _) = node(&db.url, "node-b", &[2, 3], key_dir.path()).await;
+    let (_db, _key_dir, (a, _, _), (b, _, _)) = two_nodes().await;
     let mut client_a = WorkflowServiceClient::connect(a.url()).await.unwrap();
 
     let unknown = start(&mut client_a, "late", Some(&ids_in(0, "late", 1)[0]), "late-0").await.unwrap_err();
