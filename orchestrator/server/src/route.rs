@@ -195,8 +195,11 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        // A call forwarded here is answered here, whatever the map says.
-        let field = workflow_field(request.uri().path()).filter(|_| !crate::forward::was_forwarded(&request));
+        // A call forwarded here is answered here, whatever the map says; so
+        // is every call while this node serves every shard (the body is
+        // then not read twice).
+        let field = workflow_field(request.uri().path())
+            .filter(|_| !crate::forward::was_forwarded(&request) && !self.layer.runtime.serves_every_shard());
         let Some(field) = field else {
             return Box::pin(self.inner.call(request));
         };

@@ -118,6 +118,10 @@ impl Served {
         }
     }
 
+    pub(super) fn all(&self) -> bool {
+        self.serving.read().unwrap_or_else(PoisonError::into_inner).len() == self.count as usize
+    }
+
     pub(super) fn list(&self) -> Vec<u32> {
         self.serving.read().unwrap_or_else(PoisonError::into_inner).iter().copied().collect()
     }
@@ -140,6 +144,11 @@ impl Runtime {
     /// Whether this runtime serves `shard` now.
     pub fn serves_shard(&self, shard: u32) -> bool {
         self.inner.served.serves_shard(shard)
+    }
+
+    /// Whether this runtime serves every shard of its cluster.
+    pub fn serves_every_shard(&self) -> bool {
+        self.inner.served.all()
     }
 
     /// The shards this runtime serves, in order.
