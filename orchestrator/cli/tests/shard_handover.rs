@@ -3,13 +3,15 @@
 //! workflows; the node that takes it recovers that shard alone, while it
 //! keeps serving its own, and drives its workflows to the end. A call that
 //! reaches the node that does not serve its workflow's shard goes to the
-//! node that does. Every activity runs once. (ADR 0030: what spreading the
-//! shards needs of the runtime and the API.)
+//! node that does; a worker connected to one node runs every node's tasks.
+//! Every activity runs once. (ADR 0030: what spreading the shards needs of
+//! the runtime, the API and dispatch.)
 #![allow(clippy::unwrap_used, clippy::panic)]
 
 mod common;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -184,8 +186,8 @@ async fn a_shard_changes_hands_between_running_nodes() {
     }
     let gate = ids_in(1, "gate", 1);
     start(&mut client_a, "gate", Some(&gate[0]), "gate").await.unwrap();
-    // Node B drives its own shards meanwhile.
-    let worker_b = worker(&b.url(), "worker-b", &runs);
+    // Node B has workflows of its own (no worker anywhere yet: one would
+    // take A's tasks too, its session relayed).
     let theirs = [ids_in(3, "b", 2), foreign].concat();
     for id in &theirs[..2] {
         start(&mut client_b, "handover", Some(id), id).await.unwrap();
@@ -226,10 +228,12 @@ async fn a_shard_changes_hands_between_running_nodes() {
     .await;
 
     // B runs shard 1's queued tasks, the naps it re-armed, the signalled
-    // workflow, and its own.
+    // workflow, and its own, given a worker.
+    let worker_b = worker(&b.url(), "worker-b", &runs);
     let one = [one, free_one, gate].concat();
     assert_completed(&mut client_b, &[one.clone(), theirs.clone()].concat()).await;
-    // A, given a worker, finishes shard 0, the starts without an id among them.
+    // Shard 0's workflows finish on A, the starts without an id among them
+    // (B's worker takes them through its relayed session, or A's).
     let worker_a = worker(&a.url(), "worker-a", &runs);
     let zero = [zero, free_zero].concat();
     assert_completed(&mut client_a, &zero).await;
@@ -267,7 +271,7 @@ async fn what_one_node_registers_or_pauses_every_node_learns() {
     wait_until(Duration::from_secs(10), "A to learn the deprecation", || {
         let mut client_a = client_a.clone();
         // A new start each time: a retried one would answer with its workflow.
-        let id = ids_in(0, "after", 1 + attempt.fetch_add(1, std::sync::atomic::Ordering::Relaxed)).pop().unwrap();
+        let id = ids_in(0, "after", 1 + attempt.fetch_add(1, Ordering::Relaxed)).pop().unwrap();
         async move {
             let refused = start(&mut client_a, "late", Some(&id), &id).await;
             refused.is_err_and(|status| status.code() == tonic::Code::FailedPrecondition)
@@ -285,6 +289,68 @@ async fn what_one_node_registers_or_pauses_every_node_learns() {
         !a.runtime().dispatch().is_paused(ACTIVITY)
     })
     .await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// One worker, connected to node A alone, runs the tasks of B's shards as
+/// well: A relays its session to B. It never holds more tasks than it
+/// granted credit for, though two nodes hand them out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_on_one_node_takes_the_tasks_of_every_shard() {
+    const CONCURRENCY: u32 = 3;
+    let (_db, _key_dir, (a, _, _), (b, _, _)) = two_nodes().await;
+    let client_a = WorkflowServiceClient::connect(a.url()).await.unwrap();
+    // Every shard's workflows, started through A (B's forwarded to B once
+    // A has read who serves them).
+    let ids: Vec<String> = (0..SHARDS).flat_map(|shard| ids_in(shard, "relayed", 4)).collect();
+    for id in &ids {
+        wait_until(Duration::from_secs(10), "a start through A", || {
+            let (mut client_a, id) = (client_a.clone(), id.clone());
+            async move {
+                match start(&mut client_a, "handover", Some(&id), &id).await {
+                    Ok(started) => started == id,
+                    Err(status) if status.code() == tonic::Code::Unavailable => false,
+                    Err(status) => panic!("the start was refused: {status:?}"),
+                }
+            }
+        })
+        .await;
+    }
+    // Activities running at once, and the most seen.
+    let (running, most) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+    let runs = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
+    let worker = {
+        let (running, most, runs) = (Arc::clone(&running), Arc::clone(&most), Arc::clone(&runs));
+        Worker::builder(a.url())
+            .worker_id("only-on-a")
+            .max_concurrency(CONCURRENCY)
+            .activity(ACTIVITY, move |ctx: ActivityContext, _input: Value| {
+                *runs.lock().unwrap().entry(ctx.workflow_id().to_owned()).or_default() += 1;
+                let (running, most) = (Arc::clone(&running), Arc::clone(&most));
+                async move {
+                    most.fetch_max(running.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    Ok::<_, ActivityError>(json!({}))
+                }
+            })
+            .build()
+            .unwrap()
+    };
+    let worker = tokio::spawn(async move { worker.run().await.unwrap() });
+    let (mut client_a, mut client_b) = (client_a, WorkflowServiceClient::connect(b.url()).await.unwrap());
+    for id in &ids {
+        let client = if a.runtime().serves_shard(shard_of(id, SHARDS)) { &mut client_a } else { &mut client_b };
+        assert_eq!(common::status_of(&common::await_end(client, id).await), "COMPLETED", "{id}");
+    }
+    let runs = runs.lock().unwrap().clone();
+    for id in &ids {
+        assert_eq!(runs.get(id), Some(&1), "{id}: {runs:?}");
+    }
+    let most = most.load(Ordering::SeqCst);
+    assert!((1..=CONCURRENCY).contains(&most), "the worker ran {most} at once, past its {CONCURRENCY}");
+    worker.abort();
     a.stop().await;
     b.stop().await;
 }

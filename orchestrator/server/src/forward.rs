@@ -60,6 +60,17 @@ pub fn was_forwarded<B>(request: &Request<B>) -> bool {
     request.headers().contains_key(FORWARDED)
 }
 
+/// [`was_forwarded`], for a call's metadata.
+pub fn was_forwarded_metadata(metadata: &tonic::metadata::MetadataMap) -> bool {
+    metadata.contains_key(FORWARDED)
+}
+
+/// Marks a call this node makes on a caller's behalf as forwarded, so that
+/// the node it reaches serves it there and sends it on nowhere.
+pub fn mark_forwarded(metadata: &mut tonic::metadata::MetadataMap) {
+    metadata.insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+}
+
 /// Forwards what a standby's listener accepts, until [`Forwarder::stop`].
 pub struct Forwarder {
     stop: oneshot::Sender<()>,
@@ -123,7 +134,7 @@ impl Dialer {
         Self { tls, channels: Mutex::default() }
     }
 
-    fn channel(&self, address: &str) -> Result<Channel, String> {
+    pub fn channel(&self, address: &str) -> Result<Channel, String> {
         let mut channels = self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(channel) = channels.get(address) {
             return Ok(channel.clone());

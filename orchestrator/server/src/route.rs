@@ -137,8 +137,13 @@ impl ShardMap {
         }
     }
 
-    fn owner(&self, shard: u32) -> Option<String> {
+    pub(crate) fn owner(&self, shard: u32) -> Option<String> {
         self.owners.read().unwrap_or_else(PoisonError::into_inner).get(shard as usize).cloned().flatten()
+    }
+
+    /// Each shard's serving address, by shard.
+    pub(crate) fn owners(&self) -> Vec<Option<String>> {
+        self.owners.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 }
 
@@ -152,8 +157,8 @@ pub struct RouteLayer {
 }
 
 impl RouteLayer {
-    pub fn new(runtime: Runtime, map: Arc<ShardMap>, dialer: Dialer, max_message: usize) -> Self {
-        Self { runtime, map, dialer: Arc::new(dialer), max_message }
+    pub fn new(runtime: Runtime, map: Arc<ShardMap>, dialer: Arc<Dialer>, max_message: usize) -> Self {
+        Self { runtime, map, dialer, max_message }
     }
 
     /// Where a call about `workflow_id` must go, if not here.

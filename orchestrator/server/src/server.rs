@@ -383,16 +383,22 @@ impl Server {
         let admission = Arc::new(Admission::new(options.admission));
         // On a shared store (one fenced for the shards this node holds),
         // calls about another node's shards go there.
-        let route = match runtime.store().fences() {
+        // A worker's session relays to the other nodes too (api/relay.rs).
+        let (route, peers) = match runtime.store().fences() {
             Some(_) => {
                 let map = crate::route::ShardMap::follow(Arc::clone(runtime.store())).await;
-                let dialer = crate::forward::Dialer::new(match &options.tls {
+                let dialer = Arc::new(crate::forward::Dialer::new(match &options.tls {
                     Some(files) => files.forwarding()?.map(|f| f.dial),
                     None => None,
-                });
-                Some(crate::route::RouteLayer::new(runtime.clone(), map, dialer, max_message))
+                }));
+                let peers = Arc::new(crate::api::Peers::new(Arc::clone(&map), Arc::clone(&dialer)));
+                (Some(crate::route::RouteLayer::new(runtime.clone(), map, dialer, max_message)), Some(peers))
             }
-            None => None,
+            None => (None, None),
+        };
+        let worker_api = || match &peers {
+            Some(peers) => WorkerApi::relaying(runtime.clone(), Arc::clone(peers)),
+            None => WorkerApi::new(runtime.clone()),
         };
         // Auth first, so that admission knows whose budget a call is charged to.
         let mut routes = tonic::service::RoutesBuilder::default();
@@ -416,9 +422,7 @@ impl Server {
             .add_service(
                 WorkflowServiceServer::new(WorkflowApi::new(runtime.clone())).max_decoding_message_size(max_message),
             )
-            .add_service(
-                WorkerServiceServer::new(WorkerApi::new(runtime.clone())).max_decoding_message_size(max_message),
-            )
+            .add_service(WorkerServiceServer::new(worker_api()).max_decoding_message_size(max_message))
             .add_service(
                 DefinitionServiceServer::new(DefinitionApi::new(runtime.clone()))
                     .max_decoding_message_size(max_message),

@@ -4,12 +4,14 @@
 mod decode_errors;
 mod definition;
 mod events;
+mod relay;
 mod worker;
 mod workflow;
 
 pub use decode_errors::decode_errors_are_invalid_arguments;
 pub use definition::DefinitionApi;
 pub use events::{EventsApi, FLOOR_HEADER, OLDEST_HEADER};
+pub use relay::Peers;
 pub use worker::WorkerApi;
 pub use workflow::WorkflowApi;
 

@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use sagaflow_proto::v1::worker_service_server::WorkerService;
 use sagaflow_proto::v1::{
@@ -13,6 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::invalid;
+use super::relay::{self, Peers};
 use crate::engine::Outcome;
 use crate::runtime::Runtime;
 use crate::runtime::dispatch::{Outbound, Refusal, SessionId};
@@ -24,11 +26,20 @@ const MAX_ACTIVITY_TYPES: usize = 256;
 
 pub struct WorkerApi {
     runtime: Runtime,
+    /// The other nodes of a cluster whose shards are spread: a worker's
+    /// session here relays to them (`relay.rs`).
+    peers: Option<Arc<Peers>>,
 }
 
 impl WorkerApi {
     pub fn new(runtime: Runtime) -> Self {
-        Self { runtime }
+        Self { runtime, peers: None }
+    }
+
+    /// On a shared store: sessions also take the tasks of the shards other
+    /// nodes serve, through those nodes.
+    pub fn relaying(runtime: Runtime, peers: Arc<Peers>) -> Self {
+        Self { runtime, peers: Some(peers) }
     }
 }
 
@@ -43,6 +54,12 @@ impl WorkerService for WorkerApi {
         request: Request<Streaming<WorkerMessage>>,
     ) -> Result<Response<SessionStream>, Status> {
         let caller = crate::auth::principal(&request);
+        // A session another node relays here is served here alone, and so
+        // is every session while this node serves every shard.
+        let relay = self.peers.clone().filter(|_| {
+            !crate::forward::was_forwarded_metadata(request.metadata()) && !self.runtime.serves_every_shard()
+        });
+        let credentials = relay::credentials(request.metadata());
         let mut inbound = request.into_inner();
         let first = inbound.message().await?.and_then(|m| m.message);
         let Some(worker_message::Message::Register(register)) = first else {
@@ -70,17 +87,21 @@ impl WorkerService for WorkerApi {
         }
         let (outbound, rx) = mpsc::channel(OUTBOUND_CAPACITY);
         let types: HashSet<String> = register.activity_types.iter().cloned().collect();
-        let session = self.runtime.dispatch().open_session(
-            register.worker_id.clone(),
-            caller.name.clone(),
-            types,
-            outbound.clone(),
-        );
+        // Relayed, this node's tasks pass through the relay, which counts them.
+        let (tasks, local_tasks) = match relay {
+            Some(_) => {
+                let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
+                (tx, Some(rx))
+            }
+            None => (outbound.clone(), None),
+        };
+        let session =
+            self.runtime.dispatch().open_session(register.worker_id.clone(), caller.name.clone(), types, tasks);
         let held: Vec<(String, String, String)> = register
             .held
-            .into_iter()
+            .iter()
             .take(crate::runtime::dispatch::MAX_CREDIT as usize)
-            .map(|t| (t.workflow_id, t.task_id, t.lease_token))
+            .map(|t| (t.workflow_id.clone(), t.task_id.clone(), t.lease_token.clone()))
             .collect();
         let refused = self.runtime.dispatch().claim(session, &held, now_ms());
         tracing::info!(
@@ -105,7 +126,20 @@ impl WorkerService for WorkerApi {
             let _ = outbound
                 .try_send(Ok(ServerMessage { message: Some(server_message::Message::TaskCancelled(cancelled)) }));
         }
-        tokio::spawn(serve(self.runtime.clone(), session, caller.name, register.worker_id, inbound, outbound));
+        let local = Local {
+            runtime: self.runtime.clone(),
+            session,
+            token: caller.name,
+            worker_id: register.worker_id.clone(),
+            outbound: outbound.clone(),
+        };
+        match (relay, local_tasks) {
+            (Some(peers), Some(local_tasks)) => {
+                let relay = relay::Relay::new(peers, local, register, credentials, outbound);
+                tokio::spawn(relay.run(inbound, local_tasks));
+            }
+            _ => drop(tokio::spawn(serve(local, inbound))),
+        }
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -132,33 +166,31 @@ fn refused_for(
     refusal.message(workflow_id, task_id)
 }
 
-async fn serve(
-    runtime: Runtime,
-    session: SessionId,
-    token: String,
-    worker_id: String,
-    mut inbound: Streaming<WorkerMessage>,
-    outbound: Outbound,
-) {
-    loop {
-        let message = match inbound.message().await {
-            Ok(Some(message)) => message,
-            Ok(None) => break,
-            Err(status) => {
-                tracing::debug!(%worker_id, %status, "worker stream ended");
-                break;
-            }
-        };
-        match message.message {
-            Some(worker_message::Message::Credit(credit)) => runtime.dispatch().grant(session, credit.tasks, now_ms()),
-            Some(worker_message::Message::Outcome(outcome)) => {
+/// What answers a worker's messages about the tasks this node serves.
+pub(super) struct Local {
+    pub(super) runtime: Runtime,
+    pub(super) session: SessionId,
+    pub(super) token: String,
+    pub(super) worker_id: String,
+    /// Where acknowledgements and cancellations go: the worker's stream.
+    pub(super) outbound: Outbound,
+}
+
+impl Local {
+    /// Handles one message; false when the session must end.
+    pub(super) async fn handle(&self, message: worker_message::Message) -> bool {
+        let Self { runtime, session, token, worker_id, outbound } = self;
+        let session = *session;
+        match message {
+            worker_message::Message::Credit(credit) => runtime.dispatch().grant(session, credit.tasks, now_ms()),
+            worker_message::Message::Outcome(outcome) => {
                 let (workflow_id, task_id) = (&outcome.workflow_id, &outcome.task_id);
                 match runtime.dispatch().authorize(session, workflow_id, task_id, &outcome.lease_token) {
                     // Each outcome commits on its own, so that many share one flush.
                     Ok(()) => drop(tokio::spawn(report(runtime.clone(), worker_id.clone(), outcome, outbound.clone()))),
                     Err(refusal) => {
                         // Answered, so that the worker drops it instead of sending it again.
-                        let refused = refused_for(&token, &worker_id, "outcome", workflow_id, task_id, &refusal);
+                        let refused = refused_for(token, worker_id, "outcome", workflow_id, task_id, &refusal);
                         let ack = OutcomeAck {
                             workflow_id: outcome.workflow_id,
                             task_id: outcome.task_id,
@@ -170,10 +202,10 @@ async fn serve(
                     }
                 }
             }
-            Some(worker_message::Message::Heartbeat(beat)) => {
+            worker_message::Message::Heartbeat(beat) => {
                 let (workflow_id, task_id) = (&beat.workflow_id, &beat.task_id);
                 if let Err(refusal) = runtime.dispatch().authorize(session, workflow_id, task_id, &beat.lease_token) {
-                    refused_for(&token, &worker_id, "heartbeat", workflow_id, task_id, &refusal);
+                    refused_for(token, worker_id, "heartbeat", workflow_id, task_id, &refusal);
                 } else if !runtime.dispatch().heartbeat(workflow_id, task_id, now_ms()) {
                     let cancelled = sagaflow_proto::v1::TaskCancelled {
                         workflow_id: beat.workflow_id,
@@ -185,15 +217,37 @@ async fn serve(
                         .await;
                 }
             }
-            None => {}
-            Some(worker_message::Message::Register(_)) => {
+            worker_message::Message::Register(_) => {
                 let _ = outbound.send(Err(Status::invalid_argument("a session registers once"))).await;
-                break;
+                return false;
             }
         }
+        true
     }
-    runtime.dispatch().close_session(session);
-    tracing::info!(%worker_id, session, "worker disconnected");
+
+    pub(super) fn close(&self) {
+        self.runtime.dispatch().close_session(self.session);
+        tracing::info!(worker_id = %self.worker_id, session = self.session, "worker disconnected");
+    }
+}
+
+async fn serve(local: Local, mut inbound: Streaming<WorkerMessage>) {
+    loop {
+        let message = match inbound.message().await {
+            Ok(Some(message)) => message,
+            Ok(None) => break,
+            Err(status) => {
+                tracing::debug!(worker_id = %local.worker_id, %status, "worker stream ended");
+                break;
+            }
+        };
+        if let Some(message) = message.message
+            && !local.handle(message).await
+        {
+            break;
+        }
+    }
+    local.close();
 }
 
 async fn report(runtime: Runtime, worker_id: String, outcome: TaskOutcome, outbound: Outbound) {

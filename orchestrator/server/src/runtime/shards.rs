@@ -146,6 +146,11 @@ impl Runtime {
         self.inner.served.serves_shard(shard)
     }
 
+    /// How many shards the cluster has.
+    pub fn shard_count(&self) -> u32 {
+        self.inner.served.count()
+    }
+
     /// Whether this runtime serves every shard of its cluster.
     pub fn serves_every_shard(&self) -> bool {
         self.inner.served.all()
