@@ -15,6 +15,10 @@
 //! and dials the serving node as a TLS client that trusts the peers' CA and
 //! shows its own certificate: the forwarded call keeps its token, which is
 //! what authorises it.
+//!
+//! The same [`Dialer`] carries what a serving node sends to the others once
+//! shards are spread: calls about their shards' workflows (`route.rs`) and
+//! the worker sessions it relays (`api/relay.rs`), each marked forwarded.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
