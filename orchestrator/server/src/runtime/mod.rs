@@ -488,7 +488,7 @@ impl Runtime {
     fn new_workflow_id(&self) -> Result<String> {
         // Each draw lands in a served shard with probability served/count:
         // the expected number of draws is count/served, at most the count.
-        let draws = if self.inner.served.list().is_empty() { 1 } else { 64 * self.inner.served.count() };
+        let draws = if self.inner.served.none() { 1 } else { 64 * self.inner.served.count() };
         let mut last = String::new();
         for _ in 0..draws {
             last = uuid::Uuid::now_v7().to_string();

@@ -122,6 +122,10 @@ impl Served {
         self.serving.read().unwrap_or_else(PoisonError::into_inner).len() == self.count as usize
     }
 
+    pub(super) fn none(&self) -> bool {
+        self.serving.read().unwrap_or_else(PoisonError::into_inner).is_empty()
+    }
+
     pub(super) fn list(&self) -> Vec<u32> {
         self.serving.read().unwrap_or_else(PoisonError::into_inner).iter().copied().collect()
     }
