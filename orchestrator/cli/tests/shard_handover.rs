@@ -196,7 +196,7 @@ async fn a_shard_changes_hands_between_running_nodes() {
     // A gives shard 1 up: it forgets its queued tasks at once and stops
     // serving its workflows; then it stops writing it, and releases the lease.
     let fences_a = store_a.fences().unwrap();
-    a.runtime().give_up_shards(&[1]).await;
+    a.runtime().give_up_shards(&[1]).await.unwrap();
     assert_eq!(a.runtime().served_shards(), [0]);
     assert_eq!(backlog(&a), 3 + free_zero.len(), "shard 1's queued tasks are gone from A, shard 0's stay");
     store_a.fence(&fences_a[..1]);

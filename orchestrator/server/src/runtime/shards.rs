@@ -32,6 +32,9 @@ use super::{Error, Result, Runtime, SlotRef};
 /// Which of the cluster's shards this runtime serves.
 pub(super) struct Served {
     count: u32,
+    /// The store is this process's alone (never fenced): every shard is
+    /// served for good, and no check needs to look.
+    alone: bool,
     serving: RwLock<BTreeSet<u32>>,
     /// Shards being recovered: their decisions wait for the recovery
     /// instead of being refused, since the tasks it queues may already be
@@ -45,11 +48,18 @@ impl Served {
     /// Every shard the store is fenced for; every shard when it never was
     /// (a store this process has alone).
     pub(super) fn new(count: u32, fences: Option<Vec<Fence>>) -> Self {
+        let alone = fences.is_none();
         let serving = match fences {
             Some(fences) => fences.into_iter().map(|f| f.shard).collect(),
             None => (0..count).collect(),
         };
-        Self { count, serving: RwLock::new(serving), recovering: RwLock::default(), recovered: watch::Sender::new(0) }
+        Self {
+            count,
+            alone,
+            serving: RwLock::new(serving),
+            recovering: RwLock::default(),
+            recovered: watch::Sender::new(0),
+        }
     }
 
     /// The cluster's shard count.
@@ -62,11 +72,14 @@ impl Served {
     }
 
     pub(super) fn serves_shard(&self, shard: u32) -> bool {
-        self.serving.read().unwrap_or_else(PoisonError::into_inner).contains(&shard)
+        self.alone || self.serving.read().unwrap_or_else(PoisonError::into_inner).contains(&shard)
     }
 
     /// Refuses a workflow of a shard this runtime does not serve.
     pub(super) fn check(&self, workflow_id: &str) -> Result<()> {
+        if self.alone {
+            return Ok(());
+        }
         let shard = self.shard_of(workflow_id);
         if self.serves_shard(shard) {
             Ok(())
@@ -78,6 +91,9 @@ impl Served {
     /// [`check`](Self::check), after waiting for the recovery of the
     /// workflow's shard if it is being taken.
     pub(super) async fn admit(&self, workflow_id: &str) -> Result<()> {
+        if self.alone {
+            return Ok(());
+        }
         let shard = self.shard_of(workflow_id);
         if self.serves_shard(shard) {
             return Ok(());
@@ -90,6 +106,16 @@ impl Served {
             }
         }
         self.check(workflow_id)
+    }
+
+    /// Refuses to move the shards of a store this process has alone.
+    fn movable(&self) -> Result<()> {
+        if self.alone {
+            return Err(Error::FailedPrecondition(
+                "this node's store is its own (sled or memory): its shards never move".into(),
+            ));
+        }
+        Ok(())
     }
 
     fn recovering(&self, shards: &[u32], recovering: bool) {
@@ -168,6 +194,7 @@ impl Runtime {
     /// Serves `shards` from now on, after recovering their workflows. The
     /// caller holds their leases and has fenced the store for them.
     pub async fn take_shards(&self, shards: &[u32]) -> Result<()> {
+        self.inner.served.movable()?;
         let taken: BTreeSet<u32> = shards.iter().copied().filter(|s| !self.inner.served.serves_shard(*s)).collect();
         if taken.is_empty() {
             return Ok(());
@@ -194,8 +221,9 @@ impl Runtime {
 
     /// Stops serving `shards` and forgets their workflows; the caller then
     /// takes them off the store's fences and releases their leases.
-    pub async fn give_up_shards(&self, shards: &[u32]) {
+    pub async fn give_up_shards(&self, shards: &[u32]) -> Result<()> {
         let served = &self.inner.served;
+        served.movable()?;
         served.set(shards, false);
         let given_up = |workflow_id: &str| shards.contains(&served.shard_of(workflow_id));
         let busy: Vec<(String, SlotRef)> = {
@@ -212,6 +240,7 @@ impl Runtime {
         self.inner.timers.forget(&given_up);
         self.inner.stuck.forget(&given_up);
         tracing::info!(shards = ?shards, "gave shards up");
+        Ok(())
     }
 
     /// Starts what a recovery deferred: child steps, and held children's waits.
