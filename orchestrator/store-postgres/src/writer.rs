@@ -95,8 +95,7 @@ impl Shared {
     }
 
     pub(crate) fn set_fences(&self, fences: &[Fence]) {
-        let mut sorted = fences.to_vec();
-        sorted.sort_unstable_by_key(|f| f.shard);
+        let sorted = sagaflow_store::in_shard_order(fences);
         *self.fences.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(sorted);
     }
 

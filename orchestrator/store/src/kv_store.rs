@@ -690,8 +690,6 @@ impl<K: Kv> Store for KvStore<K> {
     }
 
     fn fence(&self, fences: &[Fence]) {
-        let mut sorted = fences.to_vec();
-        sorted.sort_unstable_by_key(|f| f.shard);
-        *self.fences.lock().unwrap_or_else(PoisonError::into_inner) = Some(sorted);
+        *self.fences.lock().unwrap_or_else(PoisonError::into_inner) = Some(crate::in_shard_order(fences));
     }
 }

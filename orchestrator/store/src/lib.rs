@@ -254,6 +254,13 @@ pub fn fences_for<'a>(
         .collect()
 }
 
+/// `fences` in shard order, as [`Store::fences`] gives them back.
+pub fn in_shard_order(fences: &[Fence]) -> Vec<Fence> {
+    let mut sorted = fences.to_vec();
+    sorted.sort_unstable_by_key(|f| f.shard);
+    sorted
+}
+
 /// The proof of a shard's ownership that a store checks on every write once
 /// [`Store::fence`] installed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

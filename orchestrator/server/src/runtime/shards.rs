@@ -119,29 +119,17 @@ impl Served {
     }
 
     fn recovering(&self, shards: &[u32], recovering: bool) {
-        let mut set = self.recovering.write().unwrap_or_else(PoisonError::into_inner);
-        for shard in shards {
-            if recovering {
-                set.insert(*shard);
-            } else {
-                set.remove(shard);
-            }
-        }
+        toggle(&self.recovering, shards, recovering);
         if !recovering {
             self.recovered.send_modify(|n| *n += 1);
         }
     }
 
     fn set(&self, shards: &[u32], serve: bool) {
-        let mut serving = self.serving.write().unwrap_or_else(PoisonError::into_inner);
         for shard in shards {
             assert!(*shard < self.count, "shard {shard} of a cluster of {} shards", self.count);
-            if serve {
-                serving.insert(*shard);
-            } else {
-                serving.remove(shard);
-            }
         }
+        toggle(&self.serving, shards, serve);
     }
 
     pub(super) fn all(&self) -> bool {
@@ -154,6 +142,18 @@ impl Served {
 
     pub(super) fn list(&self) -> Vec<u32> {
         self.serving.read().unwrap_or_else(PoisonError::into_inner).iter().copied().collect()
+    }
+}
+
+/// Adds `shards` to `set`, or takes them out.
+fn toggle(set: &RwLock<BTreeSet<u32>>, shards: &[u32], on: bool) {
+    let mut set = set.write().unwrap_or_else(PoisonError::into_inner);
+    for shard in shards {
+        if on {
+            set.insert(*shard);
+        } else {
+            set.remove(shard);
+        }
     }
 }
 
@@ -208,9 +208,7 @@ impl Runtime {
             served.set(&shards, true);
         } else {
             // Half recovered, it is not served: its caller gives it back.
-            self.inner.dispatch.forget(&in_taken);
-            self.inner.timers.forget(&in_taken);
-            self.inner.stuck.forget(&in_taken);
+            self.forget_workflows(&in_taken);
         }
         served.recovering(&shards, false);
         self.resume_deferred(recovered?);
@@ -236,11 +234,16 @@ impl Runtime {
             slot.lock().await.state = None;
             self.release(&workflow_id, slot);
         }
-        self.inner.dispatch.forget(&given_up);
-        self.inner.timers.forget(&given_up);
-        self.inner.stuck.forget(&given_up);
+        self.forget_workflows(&given_up);
         tracing::info!(shards = ?shards, "gave shards up");
         Ok(())
+    }
+
+    /// Drops the tasks, alarms and detector entries of the workflows `gone` names.
+    fn forget_workflows(&self, gone: &dyn Fn(&str) -> bool) {
+        self.inner.dispatch.forget(gone);
+        self.inner.timers.forget(gone);
+        self.inner.stuck.forget(gone);
     }
 
     /// Starts what a recovery deferred: child steps, and held children's waits.
