@@ -12,10 +12,10 @@
 //!
 //! The store's workflows are placed in the cluster's shards
 //! ([`sagaflow_store::shard_of`]), each with a lease and an epoch of its own,
-//! and every write of a workflow checks its shard's epoch. For now a
+//! and every write of a workflow checks its shard's epoch. By default a
 //! node takes every shard or none, in one atomic step, so that the store
-//! still moves whole; spreading the shards over the nodes uses the same
-//! leases and fences (ADR 0030).
+//! moves whole; with `--spread-shards` the nodes share the shards out and
+//! each serves its share ([`spread`], ADR 0030).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +25,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::store::{self, Fence, Store};
+
+pub mod spread;
 
 /// What `sagaflow cluster status` shows: read from the cluster's database,
 /// so that it answers while no node serves.
@@ -155,6 +157,9 @@ impl Ownership {
             return;
         }
         give_up(&*self.store, &self.owner, &self.fences).await;
+        if let Err(e) = self.store.leave(&self.owner).await {
+            tracing::warn!(error = %e, "could not record that this node left");
+        }
     }
 }
 
@@ -162,12 +167,12 @@ impl Ownership {
 /// the database may not answer at all. Without it, the lease expires.
 async fn give_up(store: &dyn Store, owner: &str, fences: &[Fence]) {
     match tokio::time::timeout(RENEW_EVERY * 2, store.release_shards(fences)).await {
-        Ok(Ok(())) => tracing::info!(node = %owner, shards = fences.len(), "released the store"),
+        Ok(Ok(())) => tracing::info!(node = %owner, shards = fences.len(), "released shard leases"),
         Ok(Err(e)) => {
-            tracing::warn!(error = %e, "could not release the store's lease; a standby takes over when it expires");
+            tracing::warn!(error = %e, "could not release shard leases; another node takes them when they expire");
         }
         Err(_) => {
-            tracing::warn!("the database did not answer the lease's release; a standby takes over when it expires")
+            tracing::warn!("the database did not answer the leases' release; another node takes them when they expire")
         }
     }
 }

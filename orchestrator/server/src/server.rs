@@ -50,6 +50,8 @@ pub enum Error {
     LeaseKey(#[from] crate::runtime::lease_token::Error),
     #[error(transparent)]
     Archive(#[from] crate::archive::Error),
+    #[error("this node cannot share the cluster's shards (--spread-shards): {0}")]
+    SpreadNeedsPeers(String),
     #[error("cannot build reflection: {0}")]
     Reflection(String),
     #[error(
@@ -75,6 +77,10 @@ pub enum Storage {
         /// The shard count to create the cluster with, if this node is its
         /// first; a cluster created with another count refuses the node.
         shards: Option<u32>,
+        /// Share the shards out among the live nodes, each serving its
+        /// share ([`crate::ownership::spread`]), instead of one node serving
+        /// every shard while the others stand by.
+        spread: bool,
     },
     /// Nothing survives the process: for tests and demos.
     Memory,
@@ -158,8 +164,32 @@ pub struct Server {
     runtime: Runtime,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-    /// The store's lease, when the store is shared (PostgreSQL).
-    ownership: Option<crate::ownership::Ownership>,
+    /// The store's leases, when the store is shared (PostgreSQL).
+    ownership: Option<Hold>,
+}
+
+/// How a node holds a shared store's shards.
+enum Hold {
+    /// Every shard, or (standing by) none.
+    Whole(crate::ownership::Ownership),
+    /// Its share ([`crate::ownership::spread`]).
+    Spread(crate::ownership::spread::Spread),
+}
+
+impl Hold {
+    async fn lost(&self) -> String {
+        match self {
+            Self::Whole(ownership) => ownership.lost().await,
+            Self::Spread(spread) => spread.lost().await,
+        }
+    }
+
+    async fn release(self) {
+        match self {
+            Self::Whole(ownership) => ownership.release().await,
+            Self::Spread(spread) => spread.release().await,
+        }
+    }
 }
 
 /// Assembles a server: `Server::builder().options(…).definitions(…).extension(…).start()`.
@@ -264,10 +294,14 @@ impl Server {
         };
         // Before the store is taken, so that the shards' gauges it sets are recorded.
         crate::http::prometheus();
-        let (ownership, listening) = match &options.storage {
-            Storage::Postgres { advertise, .. } => {
+        let (mut ownership, listening) = match &options.storage {
+            Storage::Postgres { advertise, spread: false, .. } => {
                 let (ownership, listening) = take_the_store(Arc::clone(&store), &options, advertise.as_deref()).await?;
-                (Some(ownership), listening)
+                (Some(Hold::Whole(ownership)), listening)
+            }
+            Storage::Postgres { advertise, spread: true, .. } => {
+                let (spread, listener) = join_the_cluster(Arc::clone(&store), &options, advertise.as_deref()).await?;
+                (Some(Hold::Spread(spread)), Some(listener))
             }
             Storage::Sled(_) | Storage::Memory => {
                 crate::ownership::record_shards(1, 1);
@@ -282,6 +316,9 @@ impl Server {
             None => None,
         };
         let runtime = Runtime::start(store, registry, apply, options.limits, options.stuck, lease_key, archive).await?;
+        if let Some(Hold::Spread(spread)) = &mut ownership {
+            spread.attach(runtime.clone());
+        }
         let mut retention = options.retention;
         if options.relay.is_some() {
             // The relay deletes each record once the broker has it; pruning
@@ -468,10 +505,7 @@ impl Server {
         }
         tasks.push(tokio::spawn(jobs::schedule(runtime.clone(), jobs_options, stopped.clone())));
         if let Some(relay) = options.relay {
-            tasks.push(tokio::spawn(
-                crate::relay::Relay::new(relay, Arc::clone(runtime.store()), runtime.outbox_changes())
-                    .run(stopped.clone()),
-            ));
+            tasks.push(tokio::spawn(relay_while_serving_shard_zero(runtime.clone(), relay, stopped.clone())));
         }
         let mut stopped_grpc = stopped;
         tasks.push(tokio::spawn(async move {
@@ -533,6 +567,53 @@ impl Server {
     }
 }
 
+/// Runs the outbox relay while this node serves shard 0, so that a cluster
+/// has one relay whichever way its shards are spread (every node's
+/// outbox records are in the one store). A node that stops serving shard 0
+/// stops its relay mid-window, which is safe: what it did not delete is
+/// published again by the next, and JetStream drops the copies.
+async fn relay_while_serving_shard_zero(
+    runtime: Runtime,
+    options: crate::relay::RelayOptions,
+    mut stopped: watch::Receiver<bool>,
+) {
+    const LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+    loop {
+        while !runtime.serves_shard(0) {
+            tokio::select! {
+                () = tokio::time::sleep(LOOK_EVERY) => {}
+                () = until_stopped(&mut stopped) => return,
+            }
+        }
+        let (stop_relay, relay_stopped) = watch::channel(false);
+        let relay = crate::relay::Relay::new(options.clone(), Arc::clone(runtime.store()), runtime.outbox_changes());
+        let mut relay = std::pin::pin!(relay.run(relay_stopped));
+        loop {
+            tokio::select! {
+                // It ended by itself (it could not start): it said why.
+                () = &mut relay => return,
+                () = tokio::time::sleep(LOOK_EVERY) => {
+                    if !runtime.serves_shard(0) {
+                        tracing::info!("this node no longer serves shard 0: its outbox relay stops");
+                        break;
+                    }
+                }
+                () = until_stopped(&mut stopped) => {
+                    stop_relay.send_replace(true);
+                    relay.await;
+                    return;
+                }
+            }
+        }
+        stop_relay.send_replace(true);
+        relay.await;
+    }
+}
+
+async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|s| *s).await;
+}
+
 /// Streams one connection may have open at once: a client that opens more
 /// waits for one to end (HTTP/2 flow control) instead of growing the server.
 const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
@@ -556,23 +637,60 @@ async fn take_the_store(
         },
         None => None,
     };
+    let (listener, address) = listen_and_advertise(options, advertise).await?;
+    let (grpc_cap, _) = crate::connections::caps(crate::connections::raise_open_file_limit());
+    let forwarder = crate::forward::Forwarder::start(listener, serving_now, grpc_cap, tls);
+    let taken = Ownership::take(store, owner_name(&node_id(), address.as_deref()), &serving).await;
+    let listener = forwarder.stop().await.map_err(|source| Error::Bind { addr: options.listen, source })?;
+    Ok((taken?, Some(listener)))
+}
+/// Joins a cluster whose nodes share the shards out (`--spread-shards`):
+/// the node serves at once, with the share it could take, and forwards the
+/// calls of the other shards. It must be able to reach the other nodes, and
+/// they it: over TLS that takes `--tls-peer-ca`.
+async fn join_the_cluster(
+    store: Arc<dyn Store>,
+    options: &Options,
+    advertise: Option<&str>,
+) -> Result<(crate::ownership::spread::Spread, TcpListener), Error> {
+    use crate::ownership::{node_id, owner_name};
+    if let Some(files) = &options.tls
+        && files.forwarding()?.is_none()
+    {
+        return Err(Error::SpreadNeedsPeers(
+            "over TLS it needs --tls-peer-ca, the CA to check the other nodes' certificates against".into(),
+        ));
+    }
+    let (listener, address) = listen_and_advertise(options, advertise).await?;
+    let Some(address) = address else {
+        return Err(Error::SpreadNeedsPeers(
+            "it listens on every interface: give --advertise HOST:PORT, where the other nodes reach it".into(),
+        ));
+    };
+    let spread = crate::ownership::spread::Spread::join(store, owner_name(&node_id(), Some(&address))).await?;
+    Ok((spread, listener))
+}
+
+/// Binds the gRPC listener, and says where other nodes reach it: the
+/// `--advertise` address, or the bound one unless that is every interface.
+async fn listen_and_advertise(
+    options: &Options,
+    advertise: Option<&str>,
+) -> Result<(TcpListener, Option<String>), Error> {
     let bind_error = |source| Error::Bind { addr: options.listen, source };
     let listener = TcpListener::bind(options.listen).await.map_err(bind_error)?;
     let bound = listener.local_addr().map_err(bind_error)?;
     let address = match advertise {
         Some(address) => Some(address.to_owned()),
         None if bound.ip().is_unspecified() => {
-            tracing::warn!(%bound, "no --advertise: standbys cannot forward calls to this node while it serves");
+            tracing::warn!(%bound, "no --advertise: other nodes cannot forward calls to this one");
             None
         }
         None => Some(bound.to_string()),
     };
-    let (grpc_cap, _) = crate::connections::caps(crate::connections::raise_open_file_limit());
-    let forwarder = crate::forward::Forwarder::start(listener, serving_now, grpc_cap, tls);
-    let taken = Ownership::take(store, owner_name(&node_id(), address.as_deref()), &serving).await;
-    let listener = forwarder.stop().await.map_err(bind_error)?;
-    Ok((taken?, Some(listener)))
+    Ok((listener, address))
 }
+
 /// Request metadata (headers) of one call; tokens and trace ids fit many times over.
 const MAX_HEADER_LIST_BYTES: u32 = 32 * 1024;
 

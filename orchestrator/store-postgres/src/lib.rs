@@ -389,6 +389,14 @@ impl Store for PostgresStore {
         shards::release(&fresh, fences).await
     }
 
+    async fn live_nodes(&self, within_ms: i64) -> Result<Vec<String>> {
+        shards::live_nodes(self.readers.client(), within_ms).await
+    }
+
+    async fn leave(&self, owner: &str) -> Result<()> {
+        shards::leave(self.readers.client(), owner).await
+    }
+
     fn fences(&self) -> Option<Vec<Fence>> {
         self.shared.fences()
     }

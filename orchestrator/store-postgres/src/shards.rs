@@ -232,20 +232,38 @@ fn every_lease() -> String {
 
 pub(crate) async fn release(client: &Client, fences: &[Fence]) -> Result<()> {
     let (shards, epochs) = fence_columns(fences);
-    // A node releases when it stops: it is no longer one of the cluster's.
-    // Both parts see the leases as they were, owners included; the epoch
-    // in the update's own condition is checked again under the row's lock.
     client
         .execute(
-            "WITH forgotten AS (DELETE FROM cluster_nodes WHERE owner IN (
-                     SELECT l.owner FROM shard_leases AS l JOIN unnest($1::int4[], $2::bigint[]) AS f (shard, epoch)
-                     ON l.shard = f.shard AND l.epoch = f.epoch))
-             UPDATE shard_leases AS l SET owner = '', expires_at = now()
+            "UPDATE shard_leases AS l SET owner = '', expires_at = now()
              FROM unnest($1::int4[], $2::bigint[]) AS f (shard, epoch)
              WHERE l.shard = f.shard AND l.epoch = f.epoch",
             &[&shards, &epochs],
         )
         .await
         .map_err(engine("releasing shard leases"))?;
+    Ok(())
+}
+
+/// The nodes seen in the last `within_ms` milliseconds, on the database's clock.
+pub(crate) async fn live_nodes(client: &Client, within_ms: i64) -> Result<Vec<String>> {
+    let within = within_ms as f64;
+    let rows = client
+        .query(
+            "SELECT owner FROM cluster_nodes WHERE seen_at > now() - $1::float8 * interval '1 millisecond' ORDER BY owner",
+            &[&within],
+        )
+        .await
+        .map_err(engine("reading the cluster's live nodes"))?;
+    rows.iter()
+        .map(|row| row.try_get(0).map_err(|e| Error::Corrupt { key: "cluster_nodes".into(), reason: e.to_string() }))
+        .collect()
+}
+
+/// Forgets a node that stopped, so that the others share its shards out at once.
+pub(crate) async fn leave(client: &Client, owner: &str) -> Result<()> {
+    client
+        .execute("DELETE FROM cluster_nodes WHERE owner = $1", &[&owner])
+        .await
+        .map_err(engine("recording that this node left"))?;
     Ok(())
 }

@@ -378,9 +378,25 @@ pub trait Store: Send + Sync + 'static {
     /// taken may have none): who serves it, for forwarding calls there.
     async fn shard_leases(&self) -> Result<Vec<ShardLease>>;
 
-    /// Gives the shards up (a graceful stop), so that another node may take
-    /// them at once. A fence that moved on releases nothing.
+    /// Gives the shards up (a graceful stop, or a node handing its surplus
+    /// to one that joined), so that another node may take them at once. A
+    /// fence that moved on releases nothing.
     async fn release_shards(&self, fences: &[Fence]) -> Result<()>;
+
+    /// The nodes that took or renewed leases (or asked to) in the last
+    /// `within_ms`, in name order: those the cluster's shards are shared
+    /// among. A store of one process knows of no other node, and names none.
+    async fn live_nodes(&self, within_ms: i64) -> Result<Vec<String>> {
+        let _ = within_ms;
+        Ok(Vec::new())
+    }
+
+    /// `owner` stopped (gracefully): the other nodes no longer count it
+    /// among the live ones, and share its shards out at once.
+    async fn leave(&self, owner: &str) -> Result<()> {
+        let _ = owner;
+        Ok(())
+    }
 
     /// From now on, a write of a workflow is refused with [`Error::Fenced`]
     /// unless its shard ([`shard_of`]) is still at the epoch fenced here, and

@@ -47,10 +47,17 @@ pub struct ServerArgs {
     pub advertise: Option<String>,
     /// With --store: how many shards the cluster places workflows in, 1 to 1024 (default 8). The
     /// cluster's first node sets it and it never changes; a node given another count than the
-    /// cluster's refuses to start. Every shard has its own lease and epoch. For now one node
-    /// serves every shard and the others stand by.
+    /// cluster's refuses to start. Every shard has its own lease and epoch. By default one node
+    /// serves every shard and the others stand by; see --spread-shards.
     #[arg(long, value_name = "N", requires = "store", value_parser = clap::value_parser!(u32).range(1..=i64::from(sagaflow_server::ownership::MAX_SHARDS)))]
     pub shards: Option<u32>,
+    /// With --store: share the shards out among the live nodes, each serving its share at once
+    /// and forwarding the calls of the others' shards to them; a node that joins takes its share
+    /// from the others, and a dead node's shards are taken over when its leases run out. Give it
+    /// to every node of the cluster. Child sagas whose child lands in another node's shard, and
+    /// the shop's CheckoutService, still need one node serving every shard (docs/cluster.md).
+    #[arg(long, requires = "store")]
+    pub spread_shards: bool,
     /// HTTP listen address for the console (/), /metrics and /healthz.
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub http_listen: SocketAddr,
@@ -247,6 +254,7 @@ pub async fn run(args: ServerArgs, logging: &Logging) -> anyhow::Result<()> {
             dir: args.data_dir.clone(),
             advertise: args.advertise.clone(),
             shards: args.shards,
+            spread: args.spread_shards,
         },
         None => Storage::Sled(args.data_dir.clone()),
     };

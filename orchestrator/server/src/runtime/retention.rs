@@ -85,7 +85,8 @@ impl Runtime {
                 Ok(deleted) => tracing::info!(deleted, "closed workflows past their retention deleted"),
                 Err(e) => tracing::warn!(error = %e, "retention pass failed; the next one goes on"),
             }
-            let Some(outbox) = policy.outbox else { continue };
+            // One pruner for the cluster: the node that serves shard 0.
+            let Some(outbox) = policy.outbox.filter(|_| self.serves_shard(0)) else { continue };
             match self.prune_outbox_once(outbox).await {
                 Ok(0) => {}
                 Ok(pruned) => tracing::info!(pruned, "outbox records past --outbox-retention deleted"),

@@ -1,0 +1,585 @@
+//! `sagaflow server --spread-shards` nodes on one PostgreSQL share the
+//! cluster's 8 shards out among themselves instead of one serving while the
+//! others stand by: three nodes hold 3, 3 and 2, and all serve at once. Any
+//! node takes any call about any workflow, forwarding it to the node serving
+//! the workflow's shard, and a worker on any node runs every shard's tasks.
+//! A node killed with `kill -9` has its shards taken and served again by the
+//! others within 10 s, and so does a second. A node paused past its leases
+//! and woken does not exit: the database refuses its writes of the shards
+//! the others took, and it rejoins with a share. A node that joins takes its
+//! share from the others. Every acknowledged start completes, each history
+//! is intact with its step completed once, and no effect is applied twice.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::ServerProcess;
+use common::nats::wait_until;
+use sagaflow_proto::v1::workflow_service_client::WorkflowServiceClient;
+use sagaflow_proto::v1::{
+    AwaitWorkflowRequest, GetWorkflowHistoryRequest, HistoryEvent, StartWorkflowRequest, WorkflowStatus,
+};
+use sagaflow_server::store::shard_of;
+use sagaflow_store_postgres::testing::TestDb;
+use sagaflow_worker::{ActivityContext, ActivityError, Worker};
+use sagaflow_workflows::{SagaDefinition, Step, Timeouts};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+type Client = WorkflowServiceClient<Channel>;
+
+const SHARDS: u32 = 8;
+
+/// The bound on a takeover: a dead node's leases run out (5 s) and the
+/// others, asking every second, take its shards, recover and serve them.
+const TAKEOVER: Duration = Duration::from_secs(10);
+
+/// How long the test waits for what it measures against [`TAKEOVER`]:
+/// longer, so that a slow takeover is reported with its time.
+const MEASURED_WITHIN: Duration = Duration::from_secs(30);
+
+/// One call that gets no answer this long is tried again: a paused node
+/// never answers what is forwarded to it.
+const ATTEMPT: Duration = Duration::from_secs(5);
+
+/// The `napping` saga's timer: it must still be armed when its shard moves
+/// (a node joins, or the node holding it is paused).
+const NAP: Duration = Duration::from_secs(4);
+
+const ACTIVITY: &str = "spread.apply";
+
+/// A node: its address (fixed, so that workers and clients know every node)
+/// and its own directory.
+struct Node {
+    listen: String,
+    dir: PathBuf,
+}
+
+impl Node {
+    fn new(root: &Path, name: &str) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Self { listen: format!("127.0.0.1:{port}"), dir: root.join(name) }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.listen)
+    }
+
+    /// Starts it, spread, on the cluster at `db`; a spread node serves at
+    /// once, holding shards or not.
+    async fn start(&self, db: &TestDb, definitions: &Path) -> ServerProcess {
+        let shards = SHARDS.to_string();
+        let args = [
+            "--store",
+            &db.url,
+            "--spread-shards",
+            "--shards",
+            &shards,
+            "--definitions",
+            definitions.to_str().unwrap(),
+        ];
+        ServerProcess::start_standby(&self.dir, &self.listen, &args, Duration::from_secs(30)).await
+    }
+
+    /// A client of this node alone, connecting at each call: it keeps
+    /// failing, UNAVAILABLE, while the node is dead.
+    fn client(&self) -> Client {
+        WorkflowServiceClient::new(Channel::from_shared(self.url()).unwrap().connect_lazy())
+    }
+}
+
+/// `spread`: one activity; `napping`: a durable timer, then the activity.
+fn write_definitions(root: &Path) -> PathBuf {
+    // Short, so that an attempt lost with its node is tried again in the test's time.
+    let short = Timeouts { start_to_close_ms: 5_000, ..Timeouts::default() };
+    let apply = || Step::activity("apply", ACTIVITY).timeouts(short);
+    let spread = SagaDefinition::builder("spread", 1).step(apply()).build().unwrap();
+    let napping = SagaDefinition::builder("napping", 1).step(Step::sleep("nap", NAP)).step(apply()).build().unwrap();
+    let file = root.join("spread-sagas.json");
+    std::fs::write(&file, serde_json::to_string(&[spread, napping]).unwrap()).unwrap();
+    file
+}
+
+/// `n` workflow ids of `shard`.
+fn ids_in(shard: u32, prefix: &str, n: usize) -> Vec<String> {
+    (0..).map(|i| format!("{prefix}-{i}")).filter(|id| shard_of(id, SHARDS) == shard).take(n).collect()
+}
+
+/// `n` workflow ids of each shard.
+fn ids_in_every_shard(prefix: &str, n: usize) -> Vec<String> {
+    (0..SHARDS).flat_map(|shard| ids_in(shard, prefix, n)).collect()
+}
+
+/// What the worker saw of each workflow: how often its activity ran, and
+/// how often its effect was applied, once per idempotency key as an
+/// idempotent service applies it. Two keys for one workflow would have
+/// applied its effect twice.
+#[derive(Default)]
+struct Ledger {
+    runs: HashMap<String, usize>,
+    applied: HashMap<String, usize>,
+    keys: HashSet<String>,
+}
+
+/// A worker running [`ACTIVITY`] for every shard, connected to one of
+/// `servers` at a time.
+fn counting_worker(servers: &str, ledger: &Arc<Mutex<Ledger>>) -> JoinHandle<()> {
+    let ledger = Arc::clone(ledger);
+    let worker = Worker::builder(servers.to_owned())
+        .max_concurrency(4)
+        // What is measured is the cluster's takeover, not the worker's backoff
+        // (up to 5 s by default) before it tries the next node.
+        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500))
+        .activity(ACTIVITY, move |ctx: ActivityContext, _input: Value| {
+            {
+                let mut ledger = ledger.lock().unwrap();
+                *ledger.runs.entry(ctx.workflow_id().to_owned()).or_default() += 1;
+                if ledger.keys.insert(ctx.idempotency_key().to_owned()) {
+                    *ledger.applied.entry(ctx.workflow_id().to_owned()).or_default() += 1;
+                }
+            }
+            async {
+                // Long enough that a node may die with attempts in hand.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Ok::<_, ActivityError>(json!({}))
+            }
+        })
+        .build()
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = worker.run().await;
+    })
+}
+
+/// A shard as `cluster status` shows it: the address of the node serving
+/// it (`None` while no live lease holds it) and its epoch.
+#[derive(Debug, Clone, PartialEq)]
+struct Shard {
+    served_by: Option<String>,
+    epoch: u64,
+}
+
+async fn cluster_status(db: &TestDb) -> Vec<Shard> {
+    let output = tokio::process::Command::new(common::BIN)
+        .args(["cluster", "status", "--store", &db.url, "--output", "json"])
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let status: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let shards = status["shards"].as_array().unwrap();
+    assert_eq!(shards.len(), SHARDS as usize, "{status}");
+    shards
+        .iter()
+        .enumerate()
+        .map(|(i, shard)| {
+            assert_eq!(shard["shard"], i, "{status}");
+            let served = shard["served"].as_bool().unwrap();
+            Shard {
+                served_by: served.then(|| shard["address"].as_str().unwrap().to_owned()),
+                epoch: shard["epoch"].as_u64().unwrap(),
+            }
+        })
+        .collect()
+}
+
+/// How many shards each node serves, by address.
+fn held(shards: &[Shard]) -> BTreeMap<String, usize> {
+    let mut held = BTreeMap::new();
+    for address in shards.iter().filter_map(|s| s.served_by.clone()) {
+        *held.entry(address).or_default() += 1;
+    }
+    held
+}
+
+/// Every shard served, and the sorted counts of the nodes serving them.
+fn split(shards: &[Shard]) -> Option<Vec<usize>> {
+    let mut counts: Vec<usize> = held(shards).into_values().collect();
+    counts.sort_unstable();
+    shards.iter().all(|s| s.served_by.is_some()).then_some(counts)
+}
+
+/// The shards `node` serves.
+fn shards_of(shards: &[Shard], node: &Node) -> Vec<u32> {
+    (0..SHARDS).filter(|&i| shards[i as usize].served_by.as_deref() == Some(node.listen.as_str())).collect()
+}
+
+/// The first `cluster status` that `expected`, and when it was read; panics
+/// with the last one read if none did within `within`.
+async fn await_status(
+    db: &TestDb,
+    within: Duration,
+    what: &str,
+    expected: impl Fn(&[Shard]) -> bool,
+) -> (Vec<Shard>, Instant) {
+    let deadline = Instant::now() + within;
+    loop {
+        let shards = cluster_status(db).await;
+        if expected(&shards) {
+            return (shards, Instant::now());
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}; `cluster status`: {shards:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Each node's metrics say how many shards it serves, as `cluster status`
+/// does, and how many the cluster has.
+async fn assert_metrics_agree(db: &TestDb, nodes: &[(&Node, &ServerProcess)]) {
+    let metrics = |process: &ServerProcess| {
+        let http = process.http.clone();
+        async move {
+            let text = common::scrape(&http).await;
+            let count = |name| common::metric_where(&text, name, &[]);
+            (count("sagaflow_shards_held"), count("sagaflow_cluster_shards"))
+        }
+    };
+    // A node's gauges follow its leases within a renewal.
+    wait_until(Duration::from_secs(5), "every node's metrics to agree with `cluster status`", || async {
+        let held = held(&cluster_status(db).await);
+        for (node, process) in nodes {
+            let expected = held.get(&node.listen).copied().unwrap_or(0) as f64;
+            if metrics(process).await != (Some(expected), Some(f64::from(SHARDS))) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+}
+
+/// The answer of the first `call` (given its attempt's number) not refused
+/// UNAVAILABLE nor left unanswered: a shard whose node died is served by no
+/// one until its leases run out, and a node reads who serves a shard a
+/// moment after it moved.
+async fn until_served<T, F>(within: Duration, what: &str, mut call: impl FnMut(usize) -> F) -> T
+where
+    F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let deadline = Instant::now() + within;
+    let mut attempt = 0;
+    loop {
+        let failed = match tokio::time::timeout(ATTEMPT, call(attempt)).await {
+            Ok(Ok(answer)) => return answer.into_inner(),
+            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => format!("{status:?}"),
+            Ok(Err(status)) => panic!("{what}: refused: {status:?}"),
+            Err(_) => format!("no answer within {ATTEMPT:?}"),
+        };
+        assert!(Instant::now() < deadline, "{what}: not served within {within:?}; the last attempt: {failed}");
+        attempt += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Starts `workflow_type` as `id` through `nodes`, one after another.
+/// Retrying is safe: the id makes the start idempotent.
+async fn start(nodes: &[Client], workflow_type: &str, id: &str, within: Duration) {
+    let request = StartWorkflowRequest {
+        workflow_type: workflow_type.into(),
+        request_id: id.into(),
+        input: b"{}".to_vec(),
+        workflow_id: id.into(),
+        ..Default::default()
+    };
+    let answer = until_served(within, &format!("the start of {id}"), |attempt| {
+        let (mut client, request) = (nodes[attempt % nodes.len()].clone(), request.clone());
+        async move { client.start_workflow(request).await }
+    })
+    .await;
+    assert_eq!(answer.workflow_id, id);
+}
+
+/// Waits, through `nodes`, until `id` completed.
+async fn await_completed(nodes: &[Client], id: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let answer = until_served(left, &format!("awaiting {id}"), |attempt| {
+            let mut client = nodes[attempt % nodes.len()].clone();
+            let request = AwaitWorkflowRequest { workflow_id: id.to_owned(), timeout_ms: 2_000 };
+            async move { client.await_workflow(request).await }
+        })
+        .await;
+        if answer.terminal {
+            let status = answer.summary.as_ref().map(|s| s.status());
+            assert_eq!(status, Some(WorkflowStatus::Completed), "{id}: {answer:?}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "{id} did not end within {within:?}: {answer:?}");
+    }
+}
+
+async fn history(nodes: &[Client], id: &str) -> Vec<HistoryEvent> {
+    let page = until_served(Duration::from_secs(10), &format!("the history of {id}"), |attempt| {
+        let mut client = nodes[attempt % nodes.len()].clone();
+        let request = GetWorkflowHistoryRequest { workflow_id: id.to_owned(), page_size: 500, ..Default::default() };
+        async move { client.get_workflow_history(request).await }
+    })
+    .await;
+    assert!(page.terminal, "{id}: its whole history in one page");
+    page.events
+}
+
+/// Each of `ids` completed, with an intact history in which its step
+/// completed once and its timer, if any, fired once, and its effect was
+/// applied once. `strict`: its activity also ran once, as it must when no
+/// node died with an attempt in hand. Returns how many ran again.
+async fn assert_completed_once(nodes: &[Client], ids: &[String], ledger: &Mutex<Ledger>, strict: bool) -> usize {
+    for id in ids {
+        await_completed(nodes, id, Duration::from_secs(60)).await;
+        let events = history(nodes, id).await;
+        common::assert_intact(id, &events);
+        common::assert_each_step_completed_once(id, &events);
+        let names = common::event_names(&events);
+        assert!(names.iter().filter(|n| **n == "TimerFired").count() <= 1, "{id}: a timer fired twice: {names:?}");
+    }
+    let ledger = ledger.lock().unwrap();
+    let mut again = 0;
+    for id in ids {
+        let runs = ledger.runs.get(id).copied().unwrap_or(0);
+        assert!(runs >= 1, "{id} completed without its activity running");
+        assert_eq!(ledger.applied.get(id), Some(&1), "{id}: its effect applied once, under one key ({runs} runs)");
+        assert!(!strict || runs == 1, "{id}: its activity ran {runs} times, though no node died");
+        again += usize::from(runs > 1);
+    }
+    again
+}
+
+/// Kills `victim` (`kill -9`) and measures until `cluster status` shows
+/// every shard served by one of `survivors` and a fresh workflow of each of
+/// the shards the victim served was started and completed through them.
+/// Returns that time and the fresh workflows' ids.
+async fn kill_and_measure(
+    db: &TestDb,
+    (node, victim): (&Node, ServerProcess),
+    survivors: &[&Node],
+    prefix: &str,
+) -> (Duration, Vec<String>) {
+    let theirs = shards_of(&cluster_status(db).await, node);
+    assert!(!theirs.is_empty(), "{} serves a share before it dies", node.listen);
+    let live: Vec<String> = survivors.iter().map(|n| n.listen.clone()).collect();
+    let clients: Vec<Client> = survivors.iter().map(|n| n.client()).collect();
+    let probes: Vec<String> = theirs.iter().map(|&shard| ids_in(shard, prefix, 1).remove(0)).collect();
+
+    let killed_at = Instant::now();
+    victim.kill9().await;
+    let running: Vec<JoinHandle<Instant>> = probes
+        .iter()
+        .map(|id| {
+            let (clients, id) = (clients.clone(), id.clone());
+            tokio::spawn(async move {
+                start(&clients, "spread", &id, MEASURED_WITHIN).await;
+                await_completed(&clients, &id, MEASURED_WITHIN).await;
+                Instant::now()
+            })
+        })
+        .collect();
+    let (_, held_at) = await_status(db, MEASURED_WITHIN, "every shard served by a live node", |shards| {
+        shards.iter().all(|s| s.served_by.as_ref().is_some_and(|address| live.contains(address)))
+    })
+    .await;
+    let mut served_at = held_at;
+    for probe in running {
+        served_at = served_at.max(probe.await.unwrap());
+    }
+    (served_at - killed_at, probes)
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = std::process::Command::new("kill").args([&format!("-{name}"), &pid.to_string()]).status().unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// Whether the process runs: it exists and has not ended (an ended child
+/// stays a zombie until the test reaps it).
+fn running(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The state follows the command's name, which is in parentheses.
+    let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+    state.is_some_and(|state| !matches!(state, 'Z' | 'X'))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shards_spread_over_three_nodes_and_a_killed_nodes_shards_are_served_again_within_10s() {
+    let db = TestDb::create().await;
+    let root = tempfile::tempdir().unwrap();
+    let definitions = write_definitions(root.path());
+    let nodes = [Node::new(root.path(), "a"), Node::new(root.path(), "b"), Node::new(root.path(), "c")];
+    let all = nodes.iter().map(Node::url).collect::<Vec<_>>().join(",");
+    // The first creates the cluster; the others join it together.
+    let a = nodes[0].start(&db, &definitions).await;
+    let (b, c) = tokio::join!(nodes[1].start(&db, &definitions), nodes[2].start(&db, &definitions));
+    await_status(&db, Duration::from_secs(20), "8 shards spread 3, 3 and 2", |s| split(s) == Some(vec![2, 3, 3])).await;
+    assert_metrics_agree(&db, &[(&nodes[0], &a), (&nodes[1], &b), (&nodes[2], &c)]).await;
+
+    let ledger = Arc::default();
+    let worker = counting_worker(&all, &ledger);
+    // Starts through the nodes in turn, each tried once: only a start a
+    // node said yes to was promised.
+    let acked: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
+    let load = {
+        let (clients, acked) = (nodes.iter().map(Node::client).collect::<Vec<_>>(), Arc::clone(&acked));
+        tokio::spawn(async move {
+            let mut calls = Vec::new();
+            for i in 0..60 {
+                let (mut client, acked) = (clients[i % clients.len()].clone(), Arc::clone(&acked));
+                calls.push(tokio::spawn(async move {
+                    let id = format!("load-{i}");
+                    let request = StartWorkflowRequest {
+                        workflow_type: "spread".into(),
+                        request_id: id.clone(),
+                        input: b"{}".to_vec(),
+                        workflow_id: id.clone(),
+                        ..Default::default()
+                    };
+                    if let Ok(Ok(_)) = tokio::time::timeout(ATTEMPT, client.start_workflow(request)).await {
+                        acked.lock().unwrap().push((id, Instant::now()));
+                    }
+                }));
+                tokio::time::sleep(Duration::from_millis(80)).await;
+            }
+            for call in calls {
+                call.await.unwrap();
+            }
+        })
+    };
+
+    // 1. kill -9 a node a third of the way into the load (the worker's first
+    //    node, so that it must find another): the two others serve its shards.
+    wait_until(Duration::from_secs(20), "20 acknowledged starts", || async { acked.lock().unwrap().len() >= 20 }).await;
+    let killed_at = Instant::now();
+    let (first, mut probes) = kill_and_measure(&db, (&nodes[0], a), &[&nodes[1], &nodes[2]], "probe-1").await;
+    assert!(first < TAKEOVER, "the killed node's shards were served again after {first:?}");
+    let while_down = acked.lock().unwrap().iter().filter(|(_, at)| *at > killed_at).count();
+    assert!(while_down >= 5, "the live nodes kept serving their own shards meanwhile: {while_down} starts");
+    // Each aims at its share of the 8.
+    await_status(&db, Duration::from_secs(15), "the two live nodes to hold 4 each", |s| split(s) == Some(vec![4, 4]))
+        .await;
+
+    // 2. kill -9 a second: the last node serves all 8.
+    let (second, more) = kill_and_measure(&db, (&nodes[1], b), &[&nodes[2]], "probe-2").await;
+    assert!(second < TAKEOVER, "the second killed node's shards were served again after {second:?}");
+    probes.extend(more);
+    assert_metrics_agree(&db, &[(&nodes[2], &c)]).await;
+
+    load.await.unwrap();
+    let acked: Vec<String> = acked.lock().unwrap().iter().map(|(id, _)| id.clone()).collect();
+    let through_last = [nodes[2].client()];
+    let again = assert_completed_once(&through_last, &[acked.clone(), probes].concat(), &ledger, false).await;
+    println!(
+        "served again after kill -9: {first:?}, then {second:?}; {} acknowledged starts ({while_down} while a node was \
+         down), {again} activities run again with their key",
+        acked.len()
+    );
+    worker.abort();
+    drop(c);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_node_loses_its_shards_cannot_write_and_rejoins() {
+    let db = TestDb::create().await;
+    let root = tempfile::tempdir().unwrap();
+    let definitions = write_definitions(root.path());
+    let nodes = [Node::new(root.path(), "a"), Node::new(root.path(), "b"), Node::new(root.path(), "c")];
+    let a = nodes[0].start(&db, &definitions).await;
+    let (b, c) = tokio::join!(nodes[1].start(&db, &definitions), nodes[2].start(&db, &definitions));
+    let (before, _) =
+        await_status(&db, Duration::from_secs(20), "8 shards spread 3, 3 and 2", |s| split(s) == Some(vec![2, 3, 3]))
+            .await;
+    // The worker is on the nodes that stay awake: its session on the paused
+    // one would hang until HTTP/2 keep-alive gave up on it (30 s).
+    let ledger = Arc::default();
+    let worker = counting_worker(&format!("{},{}", nodes[0].url(), nodes[1].url()), &ledger);
+    let (awake, through_c) = ([nodes[0].client(), nodes[1].client()], [nodes[2].client()]);
+
+    // Workflows of c's shards, their timers armed on c when it stops:
+    // woken, it fires them and writes, under epochs no longer its own.
+    let theirs = shards_of(&before, &nodes[2]);
+    let napping: Vec<String> = theirs.iter().flat_map(|&shard| ids_in(shard, "napping", 2)).collect();
+    for id in &napping {
+        start(&through_c, "napping", id, Duration::from_secs(10)).await;
+    }
+    let paused_at = Instant::now();
+    signal(c.pid(), "STOP");
+    // Meanwhile, through the nodes awake, workflows of every shard: those of
+    // c's start once the others took them. A start forwarded to c in vain
+    // reaches it when it wakes, a write it must not make either.
+    let during = ids_in_every_shard("during", 2);
+    let starts = async {
+        for id in &during {
+            start(&awake, "spread", id, Duration::from_secs(20)).await;
+        }
+    };
+    let live = [nodes[0].listen.clone(), nodes[1].listen.clone()];
+    let taken =
+        await_status(&db, Duration::from_secs(15), "the nodes awake to hold every shard, c's at new epochs", |s| {
+            s.iter().all(|s| s.served_by.as_ref().is_some_and(|address| live.contains(address)))
+                && theirs.iter().all(|&shard| s[shard as usize].epoch > before[shard as usize].epoch)
+        });
+    let ((), (_, taken_at)) = tokio::join!(starts, taken);
+    let taken = taken_at - paused_at;
+    signal(c.pid(), "CONT");
+
+    // Woken, it gives up what it lost instead of exiting, and takes a share again.
+    await_status(&db, Duration::from_secs(15), "the woken node to hold a share again", |s| {
+        split(s) == Some(vec![2, 3, 3]) && !shards_of(s, &nodes[2]).is_empty()
+    })
+    .await;
+    let rejoined = paused_at.elapsed();
+    assert!(running(c.pid()), "the woken node exited");
+    // It serves and forwards: workflows of every shard, through it alone.
+    let after = ids_in_every_shard("after", 1);
+    for id in &after {
+        start(&through_c, "spread", id, Duration::from_secs(10)).await;
+    }
+    let every = [napping, during, after].concat();
+    assert_completed_once(&through_c, &every, &ledger, true).await;
+    assert_metrics_agree(&db, &[(&nodes[0], &a), (&nodes[1], &b), (&nodes[2], &c)]).await;
+    assert!(running(c.pid()), "the woken node exited");
+    println!("the paused node's shards were taken after {taken:?}; it held a share again {rejoined:?} after the pause");
+    worker.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_that_joins_takes_its_share_from_the_others() {
+    let db = TestDb::create().await;
+    let root = tempfile::tempdir().unwrap();
+    let definitions = write_definitions(root.path());
+    let nodes = [Node::new(root.path(), "a"), Node::new(root.path(), "b")];
+    let a = nodes[0].start(&db, &definitions).await;
+    await_status(&db, Duration::from_secs(15), "the only node to hold all 8", |s| {
+        held(s).get(&nodes[0].listen) == Some(&(SHARDS as usize))
+    })
+    .await;
+    let ledger = Arc::default();
+    let worker = counting_worker(&format!("{},{}", nodes[0].url(), nodes[1].url()), &ledger);
+
+    // Napping on the first node while half its shards move to the second.
+    let via_a = [nodes[0].client()];
+    let before = ids_in_every_shard("before", 2);
+    for id in &before {
+        start(&via_a, "napping", id, Duration::from_secs(10)).await;
+    }
+    let b = nodes[1].start(&db, &definitions).await;
+    let joined_at = Instant::now();
+    await_status(&db, Duration::from_secs(10), "the shards split 4 and 4", |s| split(s) == Some(vec![4, 4])).await;
+    let moved = joined_at.elapsed();
+    assert_metrics_agree(&db, &[(&nodes[0], &a), (&nodes[1], &b)]).await;
+
+    let via_b = [nodes[1].client()];
+    let after = ids_in_every_shard("after", 2);
+    for (i, id) in after.iter().enumerate() {
+        start(if i % 2 == 0 { &via_a } else { &via_b }, "spread", id, Duration::from_secs(10)).await;
+    }
+    assert_completed_once(&via_b, &[before, after].concat(), &ledger, true).await;
+    println!("the shards split 4 and 4 {moved:?} after the second node served");
+    worker.abort();
+}
