@@ -368,6 +368,11 @@ impl Runner {
                 warn!("unexpected Registered in an open session; ignored");
                 Ok(())
             }
+            // Only a node relaying a session asks for credit back.
+            Some(server_message::Message::Withdrawn(_)) => {
+                warn!("unexpected Withdrawn: this worker withdrew no credit; ignored");
+                Ok(())
+            }
             // A message kind added to the contract after this SDK was built.
             None => {
                 debug!("unknown server message ignored");

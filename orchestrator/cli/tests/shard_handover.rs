@@ -354,3 +354,49 @@ async fn a_worker_on_one_node_takes_the_tasks_of_every_shard() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A worker of concurrency 4 on A, whose tasks all come from B: the credit
+/// A's own queue holds idle (half the worker's, at first) is taken back and
+/// sent to B, until the worker runs 4 of B's tasks at once. Without taking
+/// it back, B's tasks never ran more than 2 at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_busy_node_gets_the_credit_an_idle_node_holds() {
+    const CONCURRENCY: u32 = 4;
+    let (_db, _key_dir, (a, _, _), (b, _, _)) = two_nodes().await;
+    let mut client_b = WorkflowServiceClient::connect(b.url()).await.unwrap();
+    let ids: Vec<String> = [2, 3].into_iter().flat_map(|shard| ids_in(shard, "busy", 4)).collect();
+    for id in &ids {
+        assert_eq!(start(&mut client_b, "handover", Some(id), id).await.unwrap(), *id);
+    }
+    let (running, most) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+    let worker = {
+        let (running, most) = (Arc::clone(&running), Arc::clone(&most));
+        Worker::builder(a.url())
+            .worker_id("on-a-for-b")
+            .max_concurrency(CONCURRENCY)
+            .activity(ACTIVITY, move |_ctx: ActivityContext, _input: Value| {
+                let (running, most) = (Arc::clone(&running), Arc::clone(&most));
+                async move {
+                    most.fetch_max(running.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                    // Held until the worker is full, so that what runs at once is what B could send.
+                    let full = async {
+                        while running.load(Ordering::SeqCst) < CONCURRENCY {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    };
+                    let _ = tokio::time::timeout(Duration::from_secs(8), full).await;
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    Ok::<_, ActivityError>(json!({}))
+                }
+            })
+            .build()
+            .unwrap()
+    };
+    let worker = tokio::spawn(async move { worker.run().await.unwrap() });
+    assert_completed(&mut client_b, &ids).await;
+    let most = most.load(Ordering::SeqCst);
+    assert_eq!(most, CONCURRENCY, "B's tasks ran at most {most} at once on a worker of {CONCURRENCY}");
+    worker.abort();
+    a.stop().await;
+    b.stop().await;
+}

@@ -10,17 +10,28 @@
 //! The worker's credit is the most tasks it holds at once, and stays so:
 //! the relay keeps the credit the worker grants in a pool and hands it to
 //! the sources (this node, each other node) a unit at a time, to the one
-//! with the least left first, so that a source whose tasks flow is topped
-//! up as it spends and an idle one holds at most [`PREFETCH`]. The sum it
-//! has handed out and not seen spent never exceeds what the worker
-//! granted; a source that goes away gives its unspent credit back.
+//! with the least left first (among equals, the one whose tasks were
+//! spent or answered last: the next step of a workflow comes from there),
+//! so that a source whose tasks flow is topped up as it spends and an idle
+//! one holds at most [`PREFETCH`]. The sum it has handed out and not seen
+//! spent never exceeds what the worker granted; a source that goes away
+//! gives its unspent credit back.
+//!
+//! Credit parked on an idle source would starve a busy one once the pool
+//! is empty (a worker of concurrency 8 and two idle nodes holding 4 each).
+//! So when a source has none left and the pool is empty, the relay takes
+//! back ([`Withdraw`]) what an idle source holds beyond one unit; and when
+//! the worker has fewer units than there are nodes, the last unit of an
+//! idle source moves every [`ROTATE`] to one that has waited that long.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sagaflow_proto::v1::worker_service_client::WorkerServiceClient;
-use sagaflow_proto::v1::{Credit, Register, ServerMessage, WorkerMessage, server_message, worker_message};
+use sagaflow_proto::v1::{
+    Credit, Register, ServerMessage, Withdraw, Withdrawn, WorkerMessage, server_message, worker_message,
+};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
@@ -36,6 +47,12 @@ use crate::runtime::timers::now_ms;
 const PREFETCH: u32 = 4;
 /// How often a session looks for serving nodes it has no session on.
 const LOOK_FOR_NODES: Duration = Duration::from_secs(1);
+/// How often credit parked on idle sources is looked at, and how long a
+/// source must have neither spent nor been given credit to count as idle.
+const IDLE: Duration = Duration::from_millis(250);
+/// How long a source with no credit waits before an idle source's last
+/// unit moves to it (a worker with fewer units than there are nodes).
+const ROTATE: Duration = Duration::from_secs(1);
 /// Messages queued towards another node.
 const UPSTREAM_CAPACITY: usize = 1024;
 
@@ -69,6 +86,8 @@ enum Event {
     Delivered(SourceId),
     /// Its session ended, or never opened: its unspent credit comes back.
     Ended(SourceId),
+    /// It gave back this much of its unspent credit, as asked.
+    Withdrawn(SourceId, u32),
 }
 
 type SourceId = u64;
@@ -81,6 +100,24 @@ struct Source {
     to: Option<mpsc::Sender<WorkerMessage>>,
     /// Credit handed to it and not yet spent.
     unspent: u32,
+    /// A [`Withdraw`] is on its way to it.
+    withdrawing: bool,
+    /// It has waited [`ROTATE`] without credit: the next unit is its own.
+    turn: bool,
+    /// When it last handed the worker a task, and was last given credit.
+    spent_at: Instant,
+    granted_at: Instant,
+}
+
+impl Source {
+    fn new(address: Option<String>, to: Option<mpsc::Sender<WorkerMessage>>) -> Self {
+        let now = Instant::now();
+        Self { address, to, unspent: 0, withdrawing: false, turn: false, spent_at: now, granted_at: now }
+    }
+
+    fn idle(&self, now: Instant, for_at_least: Duration) -> bool {
+        now.duration_since(self.spent_at) >= for_at_least && now.duration_since(self.granted_at) >= for_at_least
+    }
 }
 
 pub(super) struct Relay {
@@ -106,7 +143,7 @@ impl Relay {
         credentials: MetadataMap,
         worker: Outbound,
     ) -> Self {
-        let here = Source { address: None, to: None, unspent: 0 };
+        let here = Source::new(None, None);
         Self {
             peers,
             local,
@@ -131,6 +168,8 @@ impl Relay {
         self.connect_new_nodes();
         let mut look = tokio::time::interval(LOOK_FOR_NODES);
         look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut rebalance = tokio::time::interval(IDLE);
+        rebalance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 message = inbound.message() => match message {
@@ -144,6 +183,7 @@ impl Relay {
                 },
                 Some(event) = self.events.1.recv() => self.account(event),
                 _ = look.tick() => self.connect_new_nodes(),
+                _ = rebalance.tick() => self.reclaim_idle_credit(),
             }
         }
         // Dropping the senders ends the sessions on the other nodes.
@@ -159,11 +199,27 @@ impl Relay {
                 return true;
             }
             worker_message::Message::Register(_) => return self.local.handle(message).await,
+            // A worker has no business withdrawing; it gets what the pool holds.
+            worker_message::Message::Withdraw(withdraw) => {
+                let tasks = withdraw.tasks.min(self.pool);
+                self.pool -= tasks;
+                let withdrawn = server_message::Message::Withdrawn(Withdrawn { tasks });
+                return self.worker.send(Ok(ServerMessage { message: Some(withdrawn) })).await.is_ok();
+            }
             worker_message::Message::Outcome(outcome) => outcome.workflow_id.clone(),
             worker_message::Message::Heartbeat(beat) => beat.workflow_id.clone(),
         };
-        match self.source_serving(&workflow_id) {
-            Some(to) => {
+        let outcome = matches!(message, worker_message::Message::Outcome(_));
+        let source = self.source_serving(&workflow_id);
+        if outcome {
+            // The worker's next credit likely serves that workflow's next step.
+            let id = source.as_ref().map_or(HERE, |(id, _)| *id);
+            if let Some(source) = self.sources.get_mut(&id) {
+                source.spent_at = Instant::now();
+            }
+        }
+        match source {
+            Some((_, to)) => {
                 if to.send(WorkerMessage { message: Some(message) }).await.is_err() {
                     // That node went away: the worker keeps an unacknowledged
                     // outcome and sends it again after a reconnect.
@@ -178,7 +234,7 @@ impl Relay {
     /// The session on the node serving `workflow_id`'s shard, when that is
     /// another node's; `None` to handle it here (this node serves it, or no
     /// node does, or that node cannot be reached, and this one says so).
-    fn source_serving(&mut self, workflow_id: &str) -> Option<mpsc::Sender<WorkerMessage>> {
+    fn source_serving(&mut self, workflow_id: &str) -> Option<(SourceId, mpsc::Sender<WorkerMessage>)> {
         let runtime = &self.local.runtime;
         let shard = runtime.shard_of(workflow_id);
         if runtime.serves_shard(shard) {
@@ -189,7 +245,7 @@ impl Relay {
             Some(id) => id,
             None => self.connect(address)?,
         };
-        self.sources.get(&id).and_then(|s| s.to.clone())
+        self.sources.get(&id).and_then(|s| s.to.clone()).map(|to| (id, to))
     }
 
     fn source_at(&self, address: &str) -> Option<SourceId> {
@@ -201,6 +257,15 @@ impl Relay {
             Event::Delivered(id) => {
                 if let Some(source) = self.sources.get_mut(&id) {
                     source.unspent = source.unspent.saturating_sub(1);
+                    source.spent_at = Instant::now();
+                }
+            }
+            Event::Withdrawn(id, tasks) => {
+                if let Some(source) = self.sources.get_mut(&id) {
+                    let tasks = tasks.min(source.unspent);
+                    source.unspent -= tasks;
+                    source.withdrawing = false;
+                    self.pool = self.pool.saturating_add(tasks);
                 }
             }
             Event::Ended(id) => {
@@ -219,12 +284,21 @@ impl Relay {
     /// unspent credit, while that is under [`PREFETCH`].
     fn hand_out(&mut self) {
         let mut granted: BTreeMap<SourceId, u32> = BTreeMap::new();
+        let now = Instant::now();
         while self.pool > 0 {
-            let Some((id, source)) = self.sources.iter_mut().min_by_key(|(_, s)| s.unspent) else { break };
+            // Among equals, the one that spent last: its tasks are flowing.
+            let least = self
+                .sources
+                .iter_mut()
+                .filter(|(_, s)| !s.withdrawing)
+                .min_by_key(|(_, s)| (s.unspent, !s.turn, std::cmp::Reverse(s.spent_at)));
+            let Some((id, source)) = least else { break };
             if source.unspent >= PREFETCH {
                 break;
             }
             source.unspent += 1;
+            source.granted_at = now;
+            source.turn = false;
             *granted.entry(*id).or_default() += 1;
             self.pool -= 1;
         }
@@ -238,6 +312,48 @@ impl Relay {
                         // Full or gone: its end gives the credit back.
                         tracing::debug!(address = ?source.address, "could not relay credit");
                     }
+                }
+            }
+        }
+    }
+
+    /// When a source has no credit left and the pool is empty, takes back
+    /// the credit an idle source holds beyond one unit; its last unit too
+    /// once the source without has waited [`ROTATE`]. One at a time: the
+    /// next look sees what that changed.
+    fn reclaim_idle_credit(&mut self) {
+        if self.pool > 0 {
+            return;
+        }
+        let now = Instant::now();
+        let waiting = self.sources.iter_mut().filter(|(_, s)| s.unspent == 0 && !s.withdrawing);
+        let Some((_, longest)) = waiting.max_by_key(|(_, s)| now.duration_since(s.granted_at)) else { return };
+        let keep = if now.duration_since(longest.granted_at) >= ROTATE {
+            longest.turn = true;
+            0
+        } else {
+            1
+        };
+        let idle = self
+            .sources
+            .iter_mut()
+            .filter(|(_, s)| !s.withdrawing && s.unspent > keep && s.idle(now, if keep == 0 { ROTATE } else { IDLE }))
+            .max_by_key(|(_, s)| s.unspent);
+        let Some((id, source)) = idle else { return };
+        let tasks = source.unspent - keep;
+        match &source.to {
+            None => {
+                let taken = self.local.runtime.dispatch().withdraw(self.local.session, tasks);
+                source.unspent -= taken.min(source.unspent);
+                self.pool += taken;
+                self.hand_out();
+            }
+            Some(to) => {
+                let withdraw = WorkerMessage { message: Some(worker_message::Message::Withdraw(Withdraw { tasks })) };
+                if to.try_send(withdraw).is_ok() {
+                    source.withdrawing = true;
+                } else {
+                    tracing::debug!(source = id, "could not ask for idle credit back");
                 }
             }
         }
@@ -289,7 +405,7 @@ impl Relay {
         crate::forward::mark_forwarded(request.metadata_mut());
         let id = self.next;
         self.next += 1;
-        self.sources.insert(id, Source { address: Some(address.clone()), to: Some(to), unspent: 0 });
+        self.sources.insert(id, Source::new(Some(address.clone()), Some(to)));
         let (worker, events, worker_id) = (self.worker.clone(), self.events.0.clone(), self.local.worker_id.clone());
         tokio::spawn(async move {
             let mut client = WorkerServiceClient::new(channel);
@@ -331,6 +447,11 @@ async fn pass_down(
             Some(server_message::Message::Registered(_)) | None => continue,
             Some(server_message::Message::Task(_)) => {
                 let _ = events.send(Event::Delivered(id));
+            }
+            // The answer to the relay's own question: not the worker's.
+            Some(server_message::Message::Withdrawn(withdrawn)) => {
+                let _ = events.send(Event::Withdrawn(id, withdrawn.tasks));
+                continue;
             }
             Some(_) => {}
         }

@@ -183,6 +183,11 @@ impl Local {
         let session = *session;
         match message {
             worker_message::Message::Credit(credit) => runtime.dispatch().grant(session, credit.tasks, now_ms()),
+            worker_message::Message::Withdraw(withdraw) => {
+                let tasks = runtime.dispatch().withdraw(session, withdraw.tasks);
+                let withdrawn = server_message::Message::Withdrawn(sagaflow_proto::v1::Withdrawn { tasks });
+                let _ = outbound.send(Ok(ServerMessage { message: Some(withdrawn) })).await;
+            }
             worker_message::Message::Outcome(outcome) => {
                 let (workflow_id, task_id) = (&outcome.workflow_id, &outcome.task_id);
                 match runtime.dispatch().authorize(session, workflow_id, task_id, &outcome.lease_token) {

@@ -422,6 +422,16 @@ impl Dispatch {
         }
     }
 
+    /// Takes back up to `credit` of the session's unspent credit; returns
+    /// how much it took.
+    pub fn withdraw(&self, id: SessionId, credit: u32) -> u32 {
+        let mut state = self.lock();
+        let Some(session) = state.sessions.get_mut(&id) else { return 0 };
+        let taken = session.credit.min(credit);
+        session.credit -= taken;
+        taken
+    }
+
     pub fn grant(&self, id: SessionId, credit: u32, now: i64) {
         let leases = {
             let mut state = self.lock();

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18sagaflow/v1/worker.proto\x12\x0bsagaflow.v1\"\xc6\x01\n\rWorkerMessage\x12)\n\x08register\x18\x01 \x01(\x0b\x32\x15.sagaflow.v1.RegisterH\x00\x12%\n\x06\x63redit\x18\x02 \x01(\x0b\x32\x13.sagaflow.v1.CreditH\x00\x12+\n\x07outcome\x18\x03 \x01(\x0b\x32\x18.sagaflow.v1.TaskOutcomeH\x00\x12+\n\theartbeat\x18\x04 \x01(\x0b\x32\x16.sagaflow.v1.HeartbeatH\x00\x42\t\n\x07message\"Y\n\x08Register\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x63tivity_types\x18\x02 \x03(\t\x12\"\n\x04held\x18\x03 \x03(\x0b\x32\x14.sagaflow.v1.TaskRef\"D\n\x07TaskRef\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x13\n\x0blease_token\x18\x03 \x01(\t\"\x17\n\x06\x43redit\x12\r\n\x05tasks\x18\x01 \x01(\r\"\x94\x01\n\x0bTaskOutcome\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x13\n\tcompleted\x18\x03 \x01(\tH\x00\x12*\n\x06\x66\x61iled\x18\x04 \x01(\x0b\x32\x18.sagaflow.v1.TaskFailureH\x00\x12\x13\n\x0blease_token\x18\x05 \x01(\tB\t\n\x07outcome\"E\n\x0bTaskFailure\x12\x12\n\nerror_type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\"W\n\tHeartbeat\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x65tails\x18\x03 \x01(\t\x12\x13\n\x0blease_token\x18\x04 \x01(\t\"\xd2\x01\n\rServerMessage\x12-\n\nregistered\x18\x01 \x01(\x0b\x32\x17.sagaflow.v1.RegisteredH\x00\x12)\n\x04task\x18\x02 \x01(\x0b\x32\x19.sagaflow.v1.ActivityTaskH\x00\x12&\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x17.sagaflow.v1.OutcomeAckH\x00\x12\x34\n\x0etask_cancelled\x18\x04 \x01(\x0b\x32\x1a.sagaflow.v1.TaskCancelledH\x00\x42\t\n\x07message\":\n\nRegistered\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x18\n\x10max_result_bytes\x18\x02 \x01(\x04\"\xb2\x02\n\x0c\x41\x63tivityTask\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x15\n\rworkflow_type\x18\x03 \x01(\t\x12\x15\n\ractivity_type\x18\x04 \x01(\t\x12\x0c\n\x04step\x18\x05 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\r\x12\x14\n\x0c\x63ompensation\x18\x07 \x01(\x08\x12\r\n\x05input\x18\x08 \x01(\t\x12\x17\n\x0fidempotency_key\x18\t \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\n \x01(\t\x12\x13\n\x0btraceparent\x18\x0b \x01(\t\x12\x19\n\x11start_to_close_ms\x18\x0c \x01(\r\x12\x14\n\x0cheartbeat_ms\x18\r \x01(\r\x12\x13\n\x0blease_token\x18\x0e \x01(\t\"U\n\nOutcomeAck\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\x08\x12\x0f\n\x07refused\x18\x04 \x01(\t\"E\n\rTaskCancelled\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t2Z\n\rWorkerService\x12I\n\x0bOpenSession\x12\x1a.sagaflow.v1.WorkerMessage\x1a\x1a.sagaflow.v1.ServerMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18sagaflow/v1/worker.proto\x12\x0bsagaflow.v1\"\xf1\x01\n\rWorkerMessage\x12)\n\x08register\x18\x01 \x01(\x0b\x32\x15.sagaflow.v1.RegisterH\x00\x12%\n\x06\x63redit\x18\x02 \x01(\x0b\x32\x13.sagaflow.v1.CreditH\x00\x12+\n\x07outcome\x18\x03 \x01(\x0b\x32\x18.sagaflow.v1.TaskOutcomeH\x00\x12+\n\theartbeat\x18\x04 \x01(\x0b\x32\x16.sagaflow.v1.HeartbeatH\x00\x12)\n\x08withdraw\x18\x05 \x01(\x0b\x32\x15.sagaflow.v1.WithdrawH\x00\x42\t\n\x07message\"Y\n\x08Register\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x63tivity_types\x18\x02 \x03(\t\x12\"\n\x04held\x18\x03 \x03(\x0b\x32\x14.sagaflow.v1.TaskRef\"D\n\x07TaskRef\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x13\n\x0blease_token\x18\x03 \x01(\t\"\x17\n\x06\x43redit\x12\r\n\x05tasks\x18\x01 \x01(\r\"\x19\n\x08Withdraw\x12\r\n\x05tasks\x18\x01 \x01(\r\"\x94\x01\n\x0bTaskOutcome\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x13\n\tcompleted\x18\x03 \x01(\tH\x00\x12*\n\x06\x66\x61iled\x18\x04 \x01(\x0b\x32\x18.sagaflow.v1.TaskFailureH\x00\x12\x13\n\x0blease_token\x18\x05 \x01(\tB\t\n\x07outcome\"E\n\x0bTaskFailure\x12\x12\n\nerror_type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\"W\n\tHeartbeat\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x65tails\x18\x03 \x01(\t\x12\x13\n\x0blease_token\x18\x04 \x01(\t\"\xff\x01\n\rServerMessage\x12-\n\nregistered\x18\x01 \x01(\x0b\x32\x17.sagaflow.v1.RegisteredH\x00\x12)\n\x04task\x18\x02 \x01(\x0b\x32\x19.sagaflow.v1.ActivityTaskH\x00\x12&\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x17.sagaflow.v1.OutcomeAckH\x00\x12\x34\n\x0etask_cancelled\x18\x04 \x01(\x0b\x32\x1a.sagaflow.v1.TaskCancelledH\x00\x12+\n\twithdrawn\x18\x05 \x01(\x0b\x32\x16.sagaflow.v1.WithdrawnH\x00\x42\t\n\x07message\"\x1a\n\tWithdrawn\x12\r\n\x05tasks\x18\x01 \x01(\r\":\n\nRegistered\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x18\n\x10max_result_bytes\x18\x02 \x01(\x04\"\xb2\x02\n\x0c\x41\x63tivityTask\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x15\n\rworkflow_type\x18\x03 \x01(\t\x12\x15\n\ractivity_type\x18\x04 \x01(\t\x12\x0c\n\x04step\x18\x05 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\r\x12\x14\n\x0c\x63ompensation\x18\x07 \x01(\x08\x12\r\n\x05input\x18\x08 \x01(\t\x12\x17\n\x0fidempotency_key\x18\t \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\n \x01(\t\x12\x13\n\x0btraceparent\x18\x0b \x01(\t\x12\x19\n\x11start_to_close_ms\x18\x0c \x01(\r\x12\x14\n\x0cheartbeat_ms\x18\r \x01(\r\x12\x13\n\x0blease_token\x18\x0e \x01(\t\"U\n\nOutcomeAck\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\x08\x12\x0f\n\x07refused\x18\x04 \x01(\t\"E\n\rTaskCancelled\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t2Z\n\rWorkerService\x12I\n\x0bOpenSession\x12\x1a.sagaflow.v1.WorkerMessage\x1a\x1a.sagaflow.v1.ServerMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,29 +32,33 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sagaflow.v1.worker_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_WORKERMESSAGE']._serialized_start=42
-  _globals['_WORKERMESSAGE']._serialized_end=240
-  _globals['_REGISTER']._serialized_start=242
-  _globals['_REGISTER']._serialized_end=331
-  _globals['_TASKREF']._serialized_start=333
-  _globals['_TASKREF']._serialized_end=401
-  _globals['_CREDIT']._serialized_start=403
-  _globals['_CREDIT']._serialized_end=426
-  _globals['_TASKOUTCOME']._serialized_start=429
-  _globals['_TASKOUTCOME']._serialized_end=577
-  _globals['_TASKFAILURE']._serialized_start=579
-  _globals['_TASKFAILURE']._serialized_end=648
-  _globals['_HEARTBEAT']._serialized_start=650
-  _globals['_HEARTBEAT']._serialized_end=737
-  _globals['_SERVERMESSAGE']._serialized_start=740
-  _globals['_SERVERMESSAGE']._serialized_end=950
-  _globals['_REGISTERED']._serialized_start=952
-  _globals['_REGISTERED']._serialized_end=1010
-  _globals['_ACTIVITYTASK']._serialized_start=1013
-  _globals['_ACTIVITYTASK']._serialized_end=1319
-  _globals['_OUTCOMEACK']._serialized_start=1321
-  _globals['_OUTCOMEACK']._serialized_end=1406
-  _globals['_TASKCANCELLED']._serialized_start=1408
-  _globals['_TASKCANCELLED']._serialized_end=1477
-  _globals['_WORKERSERVICE']._serialized_start=1479
-  _globals['_WORKERSERVICE']._serialized_end=1569
+  _globals['_WORKERMESSAGE']._serialized_end=283
+  _globals['_REGISTER']._serialized_start=285
+  _globals['_REGISTER']._serialized_end=374
+  _globals['_TASKREF']._serialized_start=376
+  _globals['_TASKREF']._serialized_end=444
+  _globals['_CREDIT']._serialized_start=446
+  _globals['_CREDIT']._serialized_end=469
+  _globals['_WITHDRAW']._serialized_start=471
+  _globals['_WITHDRAW']._serialized_end=496
+  _globals['_TASKOUTCOME']._serialized_start=499
+  _globals['_TASKOUTCOME']._serialized_end=647
+  _globals['_TASKFAILURE']._serialized_start=649
+  _globals['_TASKFAILURE']._serialized_end=718
+  _globals['_HEARTBEAT']._serialized_start=720
+  _globals['_HEARTBEAT']._serialized_end=807
+  _globals['_SERVERMESSAGE']._serialized_start=810
+  _globals['_SERVERMESSAGE']._serialized_end=1065
+  _globals['_WITHDRAWN']._serialized_start=1067
+  _globals['_WITHDRAWN']._serialized_end=1093
+  _globals['_REGISTERED']._serialized_start=1095
+  _globals['_REGISTERED']._serialized_end=1153
+  _globals['_ACTIVITYTASK']._serialized_start=1156
+  _globals['_ACTIVITYTASK']._serialized_end=1462
+  _globals['_OUTCOMEACK']._serialized_start=1464
+  _globals['_OUTCOMEACK']._serialized_end=1549
+  _globals['_TASKCANCELLED']._serialized_start=1551
+  _globals['_TASKCANCELLED']._serialized_end=1620
+  _globals['_WORKERSERVICE']._serialized_start=1622
+  _globals['_WORKERSERVICE']._serialized_end=1712
 # @@protoc_insertion_point(module_scope)

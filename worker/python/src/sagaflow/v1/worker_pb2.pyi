@@ -7,16 +7,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class WorkerMessage(_message.Message):
-    __slots__ = ("register", "credit", "outcome", "heartbeat")
+    __slots__ = ("register", "credit", "outcome", "heartbeat", "withdraw")
     REGISTER_FIELD_NUMBER: _ClassVar[int]
     CREDIT_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    WITHDRAW_FIELD_NUMBER: _ClassVar[int]
     register: Register
     credit: Credit
     outcome: TaskOutcome
     heartbeat: Heartbeat
-    def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ..., outcome: _Optional[_Union[TaskOutcome, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+    withdraw: Withdraw
+    def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ..., outcome: _Optional[_Union[TaskOutcome, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., withdraw: _Optional[_Union[Withdraw, _Mapping]] = ...) -> None: ...
 
 class Register(_message.Message):
     __slots__ = ("worker_id", "activity_types", "held")
@@ -39,6 +41,12 @@ class TaskRef(_message.Message):
     def __init__(self, workflow_id: _Optional[str] = ..., task_id: _Optional[str] = ..., lease_token: _Optional[str] = ...) -> None: ...
 
 class Credit(_message.Message):
+    __slots__ = ("tasks",)
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    tasks: int
+    def __init__(self, tasks: _Optional[int] = ...) -> None: ...
+
+class Withdraw(_message.Message):
     __slots__ = ("tasks",)
     TASKS_FIELD_NUMBER: _ClassVar[int]
     tasks: int
@@ -81,16 +89,24 @@ class Heartbeat(_message.Message):
     def __init__(self, workflow_id: _Optional[str] = ..., task_id: _Optional[str] = ..., details: _Optional[str] = ..., lease_token: _Optional[str] = ...) -> None: ...
 
 class ServerMessage(_message.Message):
-    __slots__ = ("registered", "task", "ack", "task_cancelled")
+    __slots__ = ("registered", "task", "ack", "task_cancelled", "withdrawn")
     REGISTERED_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     TASK_CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    WITHDRAWN_FIELD_NUMBER: _ClassVar[int]
     registered: Registered
     task: ActivityTask
     ack: OutcomeAck
     task_cancelled: TaskCancelled
-    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., task: _Optional[_Union[ActivityTask, _Mapping]] = ..., ack: _Optional[_Union[OutcomeAck, _Mapping]] = ..., task_cancelled: _Optional[_Union[TaskCancelled, _Mapping]] = ...) -> None: ...
+    withdrawn: Withdrawn
+    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., task: _Optional[_Union[ActivityTask, _Mapping]] = ..., ack: _Optional[_Union[OutcomeAck, _Mapping]] = ..., task_cancelled: _Optional[_Union[TaskCancelled, _Mapping]] = ..., withdrawn: _Optional[_Union[Withdrawn, _Mapping]] = ...) -> None: ...
+
+class Withdrawn(_message.Message):
+    __slots__ = ("tasks",)
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    tasks: int
+    def __init__(self, tasks: _Optional[int] = ...) -> None: ...
 
 class Registered(_message.Message):
     __slots__ = ("session_id", "max_result_bytes")
