@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "sagaflow/v1/workflow.proto",
     "sagaflow/v1/worker.proto",
     "sagaflow/v1/events.proto",
+    "sagaflow/v1/node.proto",
     "sagaflow/checkout/v1/checkout.proto",
 ];
 

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use sagaflow_proto::v1::history_event::Attributes;
 use sagaflow_proto::v1::workflow_service_client::WorkflowServiceClient;
 use sagaflow_proto::v1::{SignalWorkflowRequest, StartWorkflowRequest};
 use sagaflow_server::store::{Fence, Store, shard_of};
@@ -31,6 +32,9 @@ use common::nats::wait_until;
 const SHARDS: u32 = 4;
 const TTL_MS: i64 = 60_000;
 const ACTIVITY: &str = "handover.reserve";
+const RELEASE: &str = "handover.release";
+/// Fails for good, every time.
+const DOOMED: &str = "handover.doomed";
 
 /// `handover`: a nap (a durable timer), then one activity; `gate`: a wait
 /// for the signal `go`, then the activity.
@@ -43,7 +47,20 @@ fn definitions() -> Vec<SagaDefinition> {
         .step(Step::await_signal("go", "go", Duration::ZERO))
         .step(Step::activity("reserve", ACTIVITY))
         .build();
-    vec![napping.unwrap(), gated.unwrap()]
+    // A child saga and two parents: one whose last step succeeds (it
+    // releases its held child), one whose last step fails for good (it
+    // compensates, and has its child undo itself).
+    let kid =
+        SagaDefinition::builder("kid", 1).step(Step::activity("reserve", ACTIVITY).compensate_with(RELEASE)).build();
+    let family = |name: &str, last: &str| {
+        SagaDefinition::builder(name, 1)
+            .step(Step::child("kid", "kid"))
+            .step(Step::await_signal("go", "go", Duration::ZERO))
+            .step(Step::activity("last", last))
+            .build()
+            .unwrap()
+    };
+    vec![napping.unwrap(), gated.unwrap(), kid.unwrap(), family("family-ok", ACTIVITY), family("family-doomed", DOOMED)]
 }
 
 /// `n` workflow ids of `shard`.
@@ -396,6 +413,86 @@ async fn a_busy_node_gets_the_credit_an_idle_node_holds() {
     assert_completed(&mut client_b, &ids).await;
     let most = most.load(Ordering::SeqCst);
     assert_eq!(most, CONCURRENCY, "B's tasks ran at most {most} at once on a worker of {CONCURRENCY}");
+    worker.abort();
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A parent in A's shards whose child saga lands in B's: the child starts
+/// on B (A asks B), is held there, and A's parent hears of it from the
+/// store. One parent passes its last step and B releases its child; the
+/// other fails for good, and A has B undo its child. Without the node
+/// service, A's child step was refused (the child's shard is not A's) and
+/// the parent never went past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_child_saga_in_another_nodes_shard_runs_there_and_is_released_or_undone_from_there() {
+    let (_db, _key_dir, (a, _, _), (b, _, _)) = two_nodes().await;
+    // Parents in A's shards whose children are in B's.
+    let parent_in_a_child_in_b = |prefix: &str| {
+        (0..)
+            .map(|i| format!("{prefix}-{i}"))
+            .find(|id| shard_of(id, SHARDS) < 2 && shard_of(&format!("{id}.kid"), SHARDS) >= 2)
+            .unwrap()
+    };
+    let (kept, undone) = (parent_in_a_child_in_b("kept"), parent_in_a_child_in_b("undone"));
+    let runs = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
+    let worker = {
+        let count = |runs: &Arc<Mutex<HashMap<String, usize>>>, what: &'static str| {
+            let runs = Arc::clone(runs);
+            move |ctx: ActivityContext, _input: Value| {
+                *runs.lock().unwrap().entry(format!("{what} {}", ctx.workflow_id())).or_default() += 1;
+                async move {
+                    if what == "doomed" {
+                        return Err(ActivityError::non_retryable("Declined", "declined for good"));
+                    }
+                    Ok::<_, ActivityError>(json!({}))
+                }
+            }
+        };
+        Worker::builder(a.url())
+            .worker_id("family-worker")
+            .activity(ACTIVITY, count(&runs, "reserve"))
+            .activity(RELEASE, count(&runs, "release"))
+            .activity(DOOMED, count(&runs, "doomed"))
+            .build()
+            .unwrap()
+    };
+    let worker = tokio::spawn(async move { worker.run().await.unwrap() });
+    let mut client_a = WorkflowServiceClient::connect(a.url()).await.unwrap();
+    let mut client_b = WorkflowServiceClient::connect(b.url()).await.unwrap();
+    assert_eq!(start(&mut client_a, "family-ok", Some(&kept), &kept).await.unwrap(), kept);
+    assert_eq!(start(&mut client_a, "family-doomed", Some(&undone), &undone).await.unwrap(), undone);
+    for parent in [&kept, &undone] {
+        let child = format!("{parent}.kid");
+        assert!(
+            b.runtime().serves_shard(shard_of(&child, SHARDS)) && !a.runtime().serves_shard(shard_of(&child, SHARDS))
+        );
+        // Held on B, it completes the parent's child step on A.
+        common::wait_for_event(&mut client_a, parent, Duration::from_secs(15), |e| {
+            matches!(e.attributes, Some(Attributes::ActivityCompleted(_)))
+        })
+        .await;
+        client_a.signal_workflow(go(parent)).await.unwrap();
+    }
+    let ended = |client: &mut WorkflowServiceClient<Channel>, id: String| {
+        let mut client = client.clone();
+        async move { common::status_of(&common::await_end(&mut client, &id).await) }
+    };
+    assert_eq!(ended(&mut client_a, kept.clone()).await, "COMPLETED");
+    assert_eq!(ended(&mut client_b, format!("{kept}.kid")).await, "COMPLETED", "released by B");
+    assert_eq!(ended(&mut client_a, undone.clone()).await, "COMPENSATED");
+    assert_eq!(ended(&mut client_b, format!("{undone}.kid")).await, "COMPENSATED", "undone on A's word");
+    let runs = runs.lock().unwrap().clone();
+    for (what, times) in [
+        (format!("reserve {kept}.kid"), 1),
+        (format!("reserve {undone}.kid"), 1),
+        (format!("release {undone}.kid"), 1),
+        (format!("doomed {undone}"), 1),
+        (format!("reserve {kept}"), 1),
+    ] {
+        assert_eq!(runs.get(&what), Some(&times), "{what}: {runs:?}");
+    }
+    assert_eq!(runs.get(&format!("release {kept}.kid")), None, "a released child is not undone: {runs:?}");
     worker.abort();
     a.stop().await;
     b.stop().await;

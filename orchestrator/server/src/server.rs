@@ -16,7 +16,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::admission::{Admission, AdmissionLayer, AdmissionOptions};
-use crate::api::{DefinitionApi, EventsApi, WorkerApi, WorkflowApi};
+use crate::api::{DefinitionApi, EventsApi, NodeApi, WorkerApi, WorkflowApi};
 use crate::auth::policy::Policy;
 use crate::auth::{AuthLayer, Tokens};
 use crate::connections::{Gate, GatedListener};
@@ -30,6 +30,7 @@ use crate::runtime::{Runtime, StuckPolicy};
 use crate::store::{MemoryStore, SledStore, Store};
 use crate::tls::TlsFiles;
 use sagaflow_proto::v1::event_service_server::EventServiceServer;
+use sagaflow_proto::v1::node_service_server::NodeServiceServer;
 use sagaflow_workflows::SagaDefinition;
 
 #[derive(Debug, thiserror::Error)]
@@ -315,6 +316,8 @@ impl Server {
             Some(dir) => Some(Arc::new(crate::archive::Archive::open(dir)?)),
             None => None,
         };
+        // The cluster's nodes share the key, so each can prove to the others it is one.
+        let node_token = lease_key.node_token();
         let runtime = Runtime::start(store, registry, apply, options.limits, options.stuck, lease_key, archive).await?;
         if let Some(Hold::Spread(spread)) = &mut ownership {
             spread.attach(runtime.clone());
@@ -405,9 +408,11 @@ impl Server {
         // auth it holds a token minted here, known to no one else and
         // allowed to serve the `jobs.*` queues only.
         let jobs_token = options.auth.as_ref().map(|_| jobs::internal_token());
+        let shared_store = runtime.store().fences().is_some();
         let auth = match (&options.auth, &jobs_token) {
             (Some(tokens), Some(token)) => {
-                Some(Arc::new(tokens.with_internal_worker(jobs::WORKER_NAME, token, vec![jobs::QUEUES.to_owned()])))
+                let tokens = tokens.with_internal_worker(jobs::WORKER_NAME, token, vec![jobs::QUEUES.to_owned()]);
+                Some(Arc::new(if shared_store { tokens.with_peer_nodes(&node_token) } else { tokens }))
             }
             _ => options.auth.clone(),
         };
@@ -428,7 +433,18 @@ impl Server {
                     Some(files) => files.forwarding()?.map(|f| f.dial),
                     None => None,
                 }));
-                let peers = Arc::new(crate::api::Peers::new(Arc::clone(&map), Arc::clone(&dialer)));
+                let (spread, own_address) = match &ownership {
+                    Some(Hold::Spread(spread)) => (true, spread.address().map(str::to_owned)),
+                    _ => (false, None),
+                };
+                let peers =
+                    Arc::new(crate::api::Peers::new(Arc::clone(&map), Arc::clone(&dialer), spread, own_address));
+                let token = options.auth.as_ref().map(|_| node_token.as_str());
+                runtime.reach_other_nodes(Arc::new(crate::api::NodeClient::new(
+                    Arc::clone(&map),
+                    Arc::clone(&dialer),
+                    token,
+                )));
                 (Some(crate::route::RouteLayer::new(runtime.clone(), map, dialer, max_message)), Some(peers))
             }
             None => (None, None),
@@ -466,7 +482,8 @@ impl Server {
             )
             .add_service(
                 EventServiceServer::new(EventsApi::new(runtime.clone())).max_decoding_message_size(max_message),
-            );
+            )
+            .add_service(NodeServiceServer::new(NodeApi::new(runtime.clone())).max_decoding_message_size(max_message));
         let mut jobs_options = options.jobs.clone();
         if jobs_options.nats_url.is_none() {
             jobs_options.nats_url = options.relay.as_ref().map(|r| r.url.clone());

@@ -44,12 +44,16 @@ pub struct Admit<S> {
 
 /// The budget of a call to `path` by `caller` (`None` when auth is off).
 fn budget(policy: &Policy, path: &str, caller: Option<&Principal>) -> Budget {
-    if policy.allowed(path).is_empty() || path == "/sagaflow.v1.WorkerService/OpenSession" {
+    // A node's call carries work its own node admitted already.
+    if policy.allowed(path).is_empty()
+        || path == "/sagaflow.v1.WorkerService/OpenSession"
+        || path.starts_with("/sagaflow.v1.NodeService/")
+    {
         return Budget::Exempt;
     }
     match caller {
         Some(Principal { role: Role::Operator, .. }) => Budget::Operator,
-        Some(Principal { role: Role::Worker, .. }) => Budget::Exempt,
+        Some(Principal { role: Role::Worker | Role::Node, .. }) => Budget::Exempt,
         Some(Principal { role: Role::Client, name, .. }) => Budget::Client { token: name.clone() },
         // Without auth everyone is one anonymous caller; the methods only an
         // operator would call keep their own budget so that they still get through.

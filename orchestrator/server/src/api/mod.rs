@@ -4,6 +4,7 @@
 mod decode_errors;
 mod definition;
 mod events;
+mod node;
 mod relay;
 mod worker;
 mod workflow;
@@ -11,6 +12,7 @@ mod workflow;
 pub use decode_errors::decode_errors_are_invalid_arguments;
 pub use definition::DefinitionApi;
 pub use events::{EventsApi, FLOOR_HEADER, OLDEST_HEADER};
+pub use node::{NodeApi, NodeClient};
 pub use relay::Peers;
 pub use worker::WorkerApi;
 pub use workflow::WorkflowApi;
@@ -30,7 +32,7 @@ impl From<Error> for Status {
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Internal(_) => Code::Internal,
-            Error::NotServed { .. } => Code::Unavailable,
+            Error::NotServed { .. } | Error::Unreachable(_) => Code::Unavailable,
             Error::Store(crate::store::Error::IdTooLong { .. }) => Code::InvalidArgument,
             // Another writer got there first and the store settled the race:
             // the call may be retried, and a retried start finds its workflow.

@@ -60,11 +60,17 @@ const UPSTREAM_CAPACITY: usize = 1024;
 pub struct Peers {
     map: Arc<ShardMap>,
     dialer: Arc<Dialer>,
+    /// This node's shards move while it runs (`--spread-shards`): a
+    /// session opened while it serves every shard relays too, for when it
+    /// no longer does.
+    pub(super) shards_move: bool,
+    /// The address this node's leases name, when it says.
+    own_address: Option<String>,
 }
 
 impl Peers {
-    pub fn new(map: Arc<ShardMap>, dialer: Arc<Dialer>) -> Self {
-        Self { map, dialer }
+    pub fn new(map: Arc<ShardMap>, dialer: Arc<Dialer>, shards_move: bool, own_address: Option<String>) -> Self {
+        Self { map, dialer, shards_move, own_address }
     }
 }
 
@@ -79,6 +85,20 @@ pub(super) fn credentials(metadata: &MetadataMap) -> MetadataMap {
     }
     kept
 }
+
+/// Where an outcome or heartbeat goes.
+enum Route {
+    /// This node serves its workflow's shard, or says why not.
+    Here,
+    /// Another node does, through this relayed session.
+    There(SourceId, mpsc::Sender<WorkerMessage>),
+    /// No node is known to serve it now.
+    Unknown,
+}
+
+/// The longest an outcome waits for a node known to serve its workflow
+/// (a shard changing hands takes a second or two).
+const PARK_AT_MOST: Duration = Duration::from_secs(10);
 
 /// What a source did, for the relay's accounting.
 enum Event {
@@ -132,6 +152,8 @@ pub(super) struct Relay {
     /// tried again for [`LOOK_FOR_NODES`].
     failed: HashMap<String, Instant>,
     pool: u32,
+    /// Outcomes and heartbeats waiting for a node known to serve them.
+    parked: Vec<(Instant, worker_message::Message)>,
     events: (mpsc::UnboundedSender<Event>, mpsc::UnboundedReceiver<Event>),
 }
 
@@ -154,6 +176,7 @@ impl Relay {
             next: HERE + 1,
             failed: HashMap::new(),
             pool: 0,
+            parked: Vec::new(),
             events: mpsc::unbounded_channel(),
         }
     }
@@ -183,7 +206,12 @@ impl Relay {
                 },
                 Some(event) = self.events.1.recv() => self.account(event),
                 _ = look.tick() => self.connect_new_nodes(),
-                _ = rebalance.tick() => self.reclaim_idle_credit(),
+                _ = rebalance.tick() => {
+                    self.reclaim_idle_credit();
+                    if !self.route_parked().await {
+                        break;
+                    }
+                }
             }
         }
         // Dropping the senders ends the sessions on the other nodes.
@@ -192,7 +220,7 @@ impl Relay {
     }
 
     async fn worker_said(&mut self, message: worker_message::Message) -> bool {
-        let workflow_id = match &message {
+        match &message {
             worker_message::Message::Credit(credit) => {
                 self.pool = self.pool.saturating_add(credit.tasks);
                 self.hand_out();
@@ -206,46 +234,84 @@ impl Relay {
                 let withdrawn = server_message::Message::Withdrawn(Withdrawn { tasks });
                 return self.worker.send(Ok(ServerMessage { message: Some(withdrawn) })).await.is_ok();
             }
-            worker_message::Message::Outcome(outcome) => outcome.workflow_id.clone(),
-            worker_message::Message::Heartbeat(beat) => beat.workflow_id.clone(),
+            worker_message::Message::Outcome(_) | worker_message::Message::Heartbeat(_) => {}
+        }
+        self.route(message, Instant::now()).await
+    }
+
+    /// Sends an outcome or heartbeat to the node serving its workflow. While
+    /// no node is known to (the shard just changed hands, and the map of
+    /// who serves what is a second old), it waits here, for at most
+    /// [`PARK_AT_MOST`]: refused here, the worker would drop the outcome.
+    async fn route(&mut self, message: worker_message::Message, since: Instant) -> bool {
+        let workflow_id = match &message {
+            worker_message::Message::Outcome(outcome) => outcome.workflow_id.as_str(),
+            worker_message::Message::Heartbeat(beat) => beat.workflow_id.as_str(),
+            _ => return self.local.handle(message).await,
         };
-        let outcome = matches!(message, worker_message::Message::Outcome(_));
-        let source = self.source_serving(&workflow_id);
-        if outcome {
+        let route = self.route_of(workflow_id);
+        if matches!(message, worker_message::Message::Outcome(_)) {
             // The worker's next credit likely serves that workflow's next step.
-            let id = source.as_ref().map_or(HERE, |(id, _)| *id);
-            if let Some(source) = self.sources.get_mut(&id) {
+            let id = match &route {
+                Route::There(id, _) => Some(*id),
+                Route::Here => Some(HERE),
+                Route::Unknown => None,
+            };
+            if let Some(source) = id.and_then(|id| self.sources.get_mut(&id)) {
                 source.spent_at = Instant::now();
             }
         }
-        match source {
-            Some((_, to)) => {
+        match route {
+            Route::There(_, to) => {
                 if to.send(WorkerMessage { message: Some(message) }).await.is_err() {
                     // That node went away: the worker keeps an unacknowledged
                     // outcome and sends it again after a reconnect.
-                    tracing::debug!(%workflow_id, "the node serving a relayed outcome went away");
+                    tracing::debug!("the node serving a relayed outcome went away");
                 }
                 true
             }
-            None => self.local.handle(message).await,
+            Route::Unknown if since.elapsed() < PARK_AT_MOST => {
+                self.parked.push((since, message));
+                true
+            }
+            // This node says why it cannot take it.
+            Route::Here | Route::Unknown => self.local.handle(message).await,
         }
     }
 
-    /// The session on the node serving `workflow_id`'s shard, when that is
-    /// another node's; `None` to handle it here (this node serves it, or no
-    /// node does, or that node cannot be reached, and this one says so).
-    fn source_serving(&mut self, workflow_id: &str) -> Option<(SourceId, mpsc::Sender<WorkerMessage>)> {
+    /// Routes again what waited for the map of who serves what.
+    async fn route_parked(&mut self) -> bool {
+        for (since, message) in std::mem::take(&mut self.parked) {
+            if !self.route(message, since).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Where an outcome or heartbeat of `workflow_id` goes.
+    fn route_of(&mut self, workflow_id: &str) -> Route {
         let runtime = &self.local.runtime;
         let shard = runtime.shard_of(workflow_id);
         if runtime.serves_shard(shard) {
-            return None;
+            return Route::Here;
         }
-        let address = self.peers.map.owner(shard)?;
+        let Some(address) = self.peers.map.owner(shard) else { return Route::Unknown };
+        // The map says this node, which no longer serves the shard: it is stale.
+        if self.peers.own_address.as_deref() == Some(address.as_str()) {
+            return Route::Unknown;
+        }
         let id = match self.source_at(&address) {
             Some(id) => id,
-            None => self.connect(address)?,
+            None => match self.connect(address) {
+                Some(id) => id,
+                None => return Route::Here,
+            },
         };
-        self.sources.get(&id).and_then(|s| s.to.clone()).map(|to| (id, to))
+        match self.sources.get(&id).and_then(|s| s.to.clone()) {
+            Some(to) => Route::There(id, to),
+            None => Route::Here,
+        }
     }
 
     fn source_at(&self, address: &str) -> Option<SourceId> {

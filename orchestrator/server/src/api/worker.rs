@@ -55,9 +55,10 @@ impl WorkerService for WorkerApi {
     ) -> Result<Response<SessionStream>, Status> {
         let caller = crate::auth::principal(&request);
         // A session another node relays here is served here alone, and so
-        // is every session while this node serves every shard.
-        let relay = self.peers.clone().filter(|_| {
-            !crate::forward::was_forwarded_metadata(request.metadata()) && !self.runtime.serves_every_shard()
+        // is every session while this node serves every shard for good.
+        let relay = self.peers.clone().filter(|peers| {
+            !crate::forward::was_forwarded_metadata(request.metadata())
+                && (peers.shards_move || !self.runtime.serves_every_shard())
         });
         let credentials = relay::credentials(request.metadata());
         let mut inbound = request.into_inner();

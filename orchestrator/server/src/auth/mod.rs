@@ -36,6 +36,11 @@ pub enum Role {
     /// Everything, including cancel, terminate, signal, `operator_only`
     /// sagas and events.
     Operator,
+    /// Another node of the cluster, calling the node service only
+    /// (`NodeService`, ADR 0030). No auth file grants it: a node's token is
+    /// derived from the cluster's shared key.
+    #[serde(skip_deserializing)]
+    Node,
 }
 
 impl Role {
@@ -44,6 +49,7 @@ impl Role {
             Role::Client => "client",
             Role::Worker => "worker",
             Role::Operator => "operator",
+            Role::Node => "node",
         }
     }
 }
@@ -80,7 +86,7 @@ impl Principal {
                 Some(prefix) => queue.starts_with(prefix),
                 None => queue == pattern,
             }),
-            (Role::Client, _) => false,
+            (Role::Client | Role::Node, _) => false,
         }
     }
 
@@ -89,7 +95,7 @@ impl Principal {
     pub fn may_read(&self, labels: &std::collections::HashMap<String, String>) -> bool {
         match self.role {
             Role::Client => labels.get(OWNER_LABEL) == Some(&self.name),
-            Role::Worker | Role::Operator => true,
+            Role::Worker | Role::Operator | Role::Node => true,
         }
     }
 
@@ -107,7 +113,7 @@ impl Principal {
     pub fn scoped(&self, id: &str) -> String {
         match self.role {
             Role::Client => format!("{}{TENANT_SEPARATOR}{id}", self.name),
-            Role::Worker | Role::Operator => id.to_owned(),
+            Role::Worker | Role::Operator | Role::Node => id.to_owned(),
         }
     }
 }

@@ -17,6 +17,8 @@ pub const WORKER: &[Role] = &[Role::Worker, Role::Operator];
 pub const OPERATOR: &[Role] = &[Role::Operator];
 /// No token needed.
 pub const EVERYONE: &[Role] = &[];
+/// The cluster's other nodes, and no one else.
+pub const NODE: &[Role] = &[Role::Node];
 
 /// Who may call `path` (`/package.Service/Method`), as the table names it;
 /// `None` for a path it does not name. An empty slice means no token is
@@ -30,6 +32,7 @@ pub fn rule(path: &str) -> Option<&'static [Role]> {
         p if p.starts_with("/grpc.reflection.v1alpha.ServerReflection/") => EVERYONE,
         // A supervisor's liveness probe.
         "/healthz" => EVERYONE,
+        p if p.starts_with("/sagaflow.v1.NodeService/") => NODE,
         // A client reads only what it started (`Principal::may_read`).
         "/sagaflow.v1.WorkflowService/StartWorkflow"
         | "/sagaflow.v1.WorkflowService/DescribeWorkflow"

@@ -118,6 +118,14 @@ impl Tokens {
         Self { entries }
     }
 
+    /// The same tokens, and `token` for the cluster's other nodes: a
+    /// [`Role::Node`] principal that may call the node service only.
+    pub fn with_peer_nodes(&self, token: &str) -> Self {
+        let mut entries = self.entries.clone();
+        entries.push((Principal { name: NODE_NAME.to_owned(), role: Role::Node, queues: None }, sha256(token)));
+        Self { entries }
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -126,6 +134,9 @@ impl Tokens {
         self.entries.is_empty()
     }
 }
+
+/// The name the cluster's nodes call each other under.
+pub const NODE_NAME: &str = "sagaflow.node";
 
 fn sha256(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()

@@ -144,7 +144,7 @@ impl From<crate::runtime::Error> for ConsoleError {
             Error::NotFound(m) => Self::NotFound(m),
             Error::AlreadyExists(m) | Error::FailedPrecondition(m) | Error::ResourceExhausted(m) => Self::Refused(m),
             Error::Store(crate::store::Error::IdTooLong { .. }) => Self::BadRequest(error.to_string()),
-            Error::NotServed { .. } => Self::Unavailable(error.to_string()),
+            Error::NotServed { .. } | Error::Unreachable(_) => Self::Unavailable(error.to_string()),
             Error::Internal(_) | Error::Store(_) | Error::Archive(_) => {
                 tracing::error!(error = %error, "the console could not read or act");
                 Self::Unavailable(error.to_string())

@@ -84,6 +84,11 @@ impl Spread {
         Ok(Self { node, lost, renewer, balancer: None })
     }
 
+    /// Where this node serves, as its leases say.
+    pub fn address(&self) -> Option<&str> {
+        super::address_of(&self.node.owner)
+    }
+
     /// Moves shards in and out of `runtime` from now on (its recovery
     /// served the shards held when it started).
     pub fn attach(&mut self, runtime: Runtime) {

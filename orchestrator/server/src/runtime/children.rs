@@ -19,6 +19,9 @@ use crate::store::TaskRecord;
 
 /// How long one wait for a workflow's progress lasts before it looks again.
 const LOOK_AGAIN: Duration = Duration::from_secs(30);
+/// The first wait before a child step tries again a node that could not
+/// take it; doubled up to [`LOOK_AGAIN`].
+const RETRY_FIRST: Duration = Duration::from_millis(200);
 /// The worker id the history (and `describe`) names for a child step's task.
 pub(super) const REPORTER: &str = "sagaflow.child";
 /// The error type a parent's child step fails with when its child ended
@@ -45,18 +48,29 @@ impl Runtime {
         let runtime = self.clone();
         tokio::spawn(async move {
             let (parent, task_id) = (task.workflow_id.clone(), task.task_id.clone());
-            let outcome = if task.compensation {
-                runtime.compensate_child(&parent, &task.step).await
-            } else {
-                runtime.run_child(&parent, &task).await
-            };
-            let outcome = match outcome {
-                Ok(outcome) => outcome,
-                Err(e) => {
-                    // Left pending: recovery runs it again, and the stuck
-                    // detector flags the parent if it stays silent.
-                    tracing::error!(workflow_id = %parent, task_id, error = %e, "child step could not be run");
-                    return;
+            let mut backoff = RETRY_FIRST;
+            let outcome = loop {
+                let outcome = if task.compensation {
+                    runtime.compensate_child(&parent, &task.step).await
+                } else {
+                    runtime.run_child(&parent, &task).await
+                };
+                match outcome {
+                    Ok(outcome) => break outcome,
+                    // The child's shard changing hands: its next node answers
+                    // shortly. Given up here once the parent's shard moved too,
+                    // whose next node runs the step again.
+                    Err(e) if e.is_transient() && runtime.inner.served.check(&parent).is_ok() => {
+                        tracing::warn!(workflow_id = %parent, task_id, error = %e, "child step waits for the child's node");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(LOOK_AGAIN);
+                    }
+                    Err(e) => {
+                        // Left pending: recovery runs it again, and the stuck
+                        // detector flags the parent if it stays silent.
+                        tracing::error!(workflow_id = %parent, task_id, error = %e, "child step could not be run");
+                        return;
+                    }
                 }
             };
             let input = Input::ActivityOutcome {
@@ -141,9 +155,13 @@ impl Runtime {
             // A paused child is compensated once an operator resumes it.
             if state.held && state.paused.is_none() {
                 let reason = format!("parent {parent} is compensating");
-                match self.decide(&child, Input::CompensateChild { reason }).await {
+                let decided = match self.elsewhere(&child) {
+                    Some((shard, nodes)) => nodes.compensate_child(shard, &child, &reason).await,
+                    None => self.decide(&child, Input::CompensateChild { reason }).await.map(drop),
+                };
+                match decided {
                     // Paused meanwhile: look again.
-                    Ok(_) | Err(Error::FailedPrecondition(_)) => continue,
+                    Ok(()) | Err(Error::FailedPrecondition(_)) => continue,
                     Err(e) => return Err(e),
                 }
             }

@@ -98,6 +98,15 @@ impl LeaseKey {
         mac
     }
 
+    /// The token the cluster's nodes present to each other (ADR 0030):
+    /// every node holds the cluster's key, and no one else does. Its domain
+    /// differs from any lease's, whose MAC starts with a field's length.
+    pub fn node_token(&self) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes a key of any length");
+        mac.update(b"sagaflow node token v1");
+        mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// The token for a lease on `task_id` granted to the worker token `holder`.
     pub fn sign(&self, holder: &str, workflow_id: &str, task_id: &str, started_ms: i64) -> String {
         let tag = self.mac(holder, workflow_id, task_id, started_ms).finalize().into_bytes();

@@ -13,6 +13,7 @@ mod definitions;
 mod describe;
 pub mod dispatch;
 pub mod lease_token;
+mod other_nodes;
 mod outbox;
 mod queues;
 mod reads;
@@ -34,6 +35,7 @@ use sagaflow_workflows::SagaDefinition;
 use tokio::sync::watch;
 
 pub use definitions::{LoadError, Registered, load_stored};
+pub use other_nodes::OtherNodes;
 pub use recent::{Cursor, NewestPage, NewestQuery};
 pub use records::summary;
 pub use recovery::{RebuildReport, rebuild_derived};
@@ -75,6 +77,16 @@ pub enum Error {
     /// (`shards.rs`).
     #[error("workflow {workflow_id} is in shard {shard}, which this node does not serve now; retry shortly")]
     NotServed { workflow_id: String, shard: u32 },
+    /// The node serving another shard could not be reached, or did not answer.
+    #[error("{0}")]
+    Unreachable(String),
+}
+
+impl Error {
+    /// Whether the same call may succeed shortly (a shard changing hands).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::NotServed { .. } | Self::Unreachable(_))
+    }
 }
 
 impl From<Rejection> for Error {
@@ -235,6 +247,8 @@ struct Inner {
     recent: recent::Recent,
     /// The shards whose workflows this runtime drives (`shards.rs`).
     served: shards::Served,
+    /// How it reaches the nodes serving the other shards (`other_nodes.rs`).
+    other_nodes: std::sync::OnceLock<Arc<dyn OtherNodes>>,
 }
 
 impl Runtime {
@@ -277,6 +291,7 @@ impl Runtime {
                 archive,
                 recent: recent::Recent::default(),
                 served,
+                other_nodes: std::sync::OnceLock::new(),
             }),
         };
         if !apply.is_empty() {
@@ -367,8 +382,19 @@ impl Runtime {
         self.start_workflow_version(request, None).await
     }
 
-    /// [`start_workflow`](Self::start_workflow) on the version named, when one is.
+    /// [`start_workflow`](Self::start_workflow) on the version named, when
+    /// one is. A chosen workflow id in another node's shard starts there.
     pub async fn start_workflow_version(&self, request: StartRequest, version: Option<u32>) -> Result<(String, bool)> {
+        self.start_in(request, version, true).await
+    }
+
+    /// [`start_workflow_version`](Self::start_workflow_version) for another
+    /// node: here, or refused ([`Error::NotServed`]), never passed on.
+    pub async fn start_here(&self, request: StartRequest, version: Option<u32>) -> Result<(String, bool)> {
+        self.start_in(request, version, false).await
+    }
+
+    async fn start_in(&self, request: StartRequest, version: Option<u32>, pass_on: bool) -> Result<(String, bool)> {
         let to_start = || {
             let registry = self.registry();
             registry.to_start(&request.workflow_type, version).map(|e| (Arc::clone(&e.definition), e.hash.clone()))
@@ -393,6 +419,13 @@ impl Runtime {
             Err(e @ Unstartable::UnknownType(..)) => return Err(Error::InvalidArgument(e.to_string())),
             Err(e @ Unstartable::UnknownVersion(..)) => return Err(Error::NotFound(e.to_string())),
         };
+        // A redrive names its old run, whose node draws the new one's id.
+        if pass_on
+            && request.redrive.is_none()
+            && let Some((shard, nodes)) = request.workflow_id.as_deref().and_then(|id| self.elsewhere(id))
+        {
+            return nodes.start(shard, &request, version).await;
+        }
         let stripe = stripe_of(&request.request_id, self.inner.start_stripes.len());
         let _serialised = self.inner.start_stripes[stripe].lock().await;
         // The request id is not looked up first: the store refuses a start
@@ -846,6 +879,9 @@ impl Runtime {
         done: impl Fn(&Progress) -> bool,
         already: impl Fn(&WorkflowSummary) -> bool,
     ) -> Result<Option<Progress>> {
+        if self.elsewhere(workflow_id).is_some() {
+            return self.poll(workflow_id, timeout, already).await;
+        }
         let mut rx = {
             let mut watchers = self.inner.watchers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             watchers.entry(workflow_id.to_owned()).or_insert_with(|| watch::channel(Progress::default()).0).subscribe()
@@ -864,6 +900,24 @@ impl Runtime {
             watchers.remove(workflow_id);
         }
         Ok(woken_by)
+    }
+
+    /// Waits, reading the store, until `already` holds of the workflow of
+    /// another node's shard, or the timeout: its decisions wake no one here.
+    async fn poll(
+        &self,
+        workflow_id: &str,
+        timeout: Duration,
+        already: impl Fn(&WorkflowSummary) -> bool,
+    ) -> Result<Option<Progress>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let summary = self.inner.store.summary(workflow_id).await?;
+            if summary.as_ref().is_some_and(&already) || tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + other_nodes::POLL)).await;
+        }
     }
 
     /// `summary` with its result and reason, read from its last event when

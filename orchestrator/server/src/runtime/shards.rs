@@ -75,6 +75,18 @@ impl Served {
         self.alone || self.serving.read().unwrap_or_else(PoisonError::into_inner).contains(&shard)
     }
 
+    /// The shard of `workflow_id` when another node serves it: neither
+    /// served here nor being recovered here.
+    pub(super) fn elsewhere(&self, workflow_id: &str) -> Option<u32> {
+        if self.alone {
+            return None;
+        }
+        let shard = self.shard_of(workflow_id);
+        let here =
+            self.serves_shard(shard) || self.recovering.read().unwrap_or_else(PoisonError::into_inner).contains(&shard);
+        (!here).then_some(shard)
+    }
+
     /// Refuses a workflow of a shard this runtime does not serve.
     pub(super) fn check(&self, workflow_id: &str) -> Result<()> {
         if self.alone {
