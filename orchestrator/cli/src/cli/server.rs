@@ -53,9 +53,9 @@ pub struct ServerArgs {
     pub shards: Option<u32>,
     /// With --store: share the shards out among the live nodes, each serving its share at once
     /// and forwarding the calls of the others' shards to them; a node that joins takes its share
-    /// from the others, and a dead node's shards are taken over when its leases run out. Give it
-    /// to every node of the cluster. Child sagas whose child lands in another node's shard, and
-    /// the shop's CheckoutService, still need one node serving every shard (docs/cluster.md).
+    /// from the others, and a dead node's shards are taken over when its leases run out (within
+    /// 10 s). Give it to every node of the cluster, each with an --advertise address the others
+    /// reach (over TLS, with --tls-peer-ca too). See docs/cluster.md.
     #[arg(long, requires = "store")]
     pub spread_shards: bool,
     /// HTTP listen address for the console (/), /metrics and /healthz.
