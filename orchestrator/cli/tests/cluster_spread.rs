@@ -77,8 +77,12 @@ impl Node {
     /// Starts it, spread, on the cluster at `db`; a spread node serves at
     /// once, holding shards or not.
     async fn start(&self, db: &TestDb, definitions: &Path) -> ServerProcess {
+        self.start_with(db, definitions, &[]).await
+    }
+
+    async fn start_with(&self, db: &TestDb, definitions: &Path, extra: &[&str]) -> ServerProcess {
         let shards = SHARDS.to_string();
-        let args = [
+        let mut args = vec![
             "--store",
             &db.url,
             "--spread-shards",
@@ -87,6 +91,7 @@ impl Node {
             "--definitions",
             definitions.to_str().unwrap(),
         ];
+        args.extend_from_slice(extra);
         ServerProcess::start_standby(&self.dir, &self.listen, &args, Duration::from_secs(30)).await
     }
 
@@ -708,5 +713,69 @@ async fn the_shops_checkouts_end_once_across_a_kill_9_of_a_spread_node() {
     let acked = acked.lock().unwrap().clone();
     println!("a's shards served again after {taken_over:?}; {} checkouts acknowledged", acked.len());
     shop.assert_acknowledged_checkouts_ended_once(&acked).await;
+    drop(processes);
+}
+
+/// Under auth, a parent on node a whose child saga lands in node b's shard:
+/// a asks b to start the child (and b's node service takes only the
+/// token the cluster's nodes derive from its shared key), and b releases
+/// the child once a's parent completed. Without the node's token, b
+/// refused a's call and the parent waited at its child step for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_auth_a_child_saga_starts_on_the_node_serving_its_shard() {
+    use common::secure::{OPERATOR, WORKER, with_token};
+    let db = TestDb::create().await;
+    let root = tempfile::tempdir().unwrap();
+    let auth = common::secure::write_auth_file(root.path());
+    let kid = SagaDefinition::builder("kid", 1).step(Step::activity("apply", ACTIVITY)).build().unwrap();
+    let family = SagaDefinition::builder("family", 1)
+        .step(Step::child("kid", "kid"))
+        .step(Step::activity("apply", ACTIVITY))
+        .build()
+        .unwrap();
+    let definitions = root.path().join("family.json");
+    std::fs::write(&definitions, serde_json::to_string(&[kid, family]).unwrap()).unwrap();
+    let nodes = [Node::new(root.path(), "a"), Node::new(root.path(), "b")];
+    let extra = ["--auth-file", auth.to_str().unwrap()];
+    let mut processes = Vec::new();
+    for node in &nodes {
+        processes.push(node.start_with(&db, &definitions, &extra).await);
+    }
+    let mut logs = LogsOnFailure::default();
+    for (node, process) in nodes.iter().zip(&processes) {
+        logs.watch(node, process);
+    }
+    let (shards, _) =
+        await_status(&db, Duration::from_secs(20), "8 shards over two nodes", |s| split(s) == Some(vec![4, 4])).await;
+    let (a_shards, b_shards) = (shards_of(&shards, &nodes[0]), shards_of(&shards, &nodes[1]));
+    let parent = (0..)
+        .map(|i| format!("family-{i}"))
+        .find(|id| {
+            a_shards.contains(&shard_of(id, SHARDS)) && b_shards.contains(&shard_of(&format!("{id}.kid"), SHARDS))
+        })
+        .unwrap();
+    let all = nodes.iter().map(Node::url).collect::<Vec<_>>().join(",");
+    let worker = Worker::builder(&all)
+        .worker_id("family-worker")
+        .token(WORKER)
+        .activity(ACTIVITY, |_ctx: ActivityContext, _input: Value| async { Ok::<_, ActivityError>(json!({})) })
+        .build()
+        .unwrap();
+    let worker = tokio::spawn(async move { worker.run().await.unwrap() });
+    let mut client = nodes[0].client();
+    let request = StartWorkflowRequest {
+        workflow_type: "family".into(),
+        request_id: parent.clone(),
+        input: "{}".into(),
+        workflow_id: parent.clone(),
+        ..Default::default()
+    };
+    client.start_workflow(with_token(request, Some(OPERATOR))).await.unwrap();
+    for id in [parent.clone(), format!("{parent}.kid")] {
+        let awaited = AwaitWorkflowRequest { workflow_id: id.clone(), timeout_ms: 20_000 };
+        let end = client.await_workflow(with_token(awaited, Some(OPERATOR))).await.unwrap().into_inner();
+        assert_eq!(end.summary.map(|s| s.status), Some(WorkflowStatus::Completed as i32), "{id}");
+    }
+    worker.abort();
     drop(processes);
 }
