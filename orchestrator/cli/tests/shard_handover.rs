@@ -497,3 +497,39 @@ async fn a_child_saga_in_another_nodes_shard_runs_there_and_is_released_or_undon
     a.stop().await;
     b.stop().await;
 }
+
+/// A node that serves no shard (one more node than shards, or one that just
+/// joined) writes nothing itself: it passes a definition's registration, a
+/// queue's pause and a start without an id to a node that serves. Without
+/// that, each was refused: the node holds no epoch to write them under.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_serving_no_shard_passes_on_what_it_cannot_write() {
+    use sagaflow_proto::v1::definition_service_client::DefinitionServiceClient;
+    use sagaflow_proto::v1::{PauseQueueRequest, RegisterDefinitionRequest, ResumeQueueRequest};
+    let (db, key_dir, (a, _, _), (b, _, _)) = two_nodes().await;
+    let (c, _, _) = node(&db.url, "node-c", &[], key_dir.path()).await;
+    assert!(!c.runtime().serves_any_shard());
+    let channel = Channel::from_shared(c.url()).unwrap().connect().await.unwrap();
+    let fresh = SagaDefinition::builder("fresh", 1).step(Step::activity("reserve", ACTIVITY)).build().unwrap();
+    let register =
+        RegisterDefinitionRequest { definitions: vec![serde_json::to_string(&fresh).unwrap()], dry_run: false };
+    DefinitionServiceClient::new(channel.clone()).register_definition(register).await.unwrap();
+    let mut client_c = WorkflowServiceClient::new(channel);
+    let pause = PauseQueueRequest { queue: ACTIVITY.into(), reason: "maintenance".into(), identity: "ops".into() };
+    client_c.pause_queue(pause).await.unwrap();
+    wait_until(Duration::from_secs(10), "A and B to learn the pause", || async {
+        a.runtime().dispatch().is_paused(ACTIVITY) && b.runtime().dispatch().is_paused(ACTIVITY)
+    })
+    .await;
+    client_c.resume_queue(ResumeQueueRequest { queue: ACTIVITY.into(), identity: "ops".into() }).await.unwrap();
+    // Started without an id through C, the workflow lands in A's or B's shards.
+    let id = start(&mut client_c, "fresh", None, "fresh-1").await.unwrap();
+    assert!(!c.runtime().serves_shard(shard_of(&id, SHARDS)), "{id}");
+    let runs = Arc::new(Mutex::new(HashMap::new()));
+    let worker = worker(&c.url(), "via-c", &runs);
+    assert_completed(&mut client_c, &[id]).await;
+    worker.abort();
+    for server in [a, b, c] {
+        server.stop().await;
+    }
+}

@@ -117,6 +117,11 @@ pub async fn schedule(runtime: Runtime, options: JobsOptions, mut stopped: watch
             _ = ticker.tick() => {}
             _ = stopped.wait_for(|s| *s) => return,
         }
+        // A node of a cluster that serves no shard has nowhere to start a job;
+        // the nodes that serve some start it (once, by its request id).
+        if !runtime.serves_any_shard() {
+            continue;
+        }
         let slot = u64::try_from(now_ms()).unwrap_or(0) / u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
         let served = runtime.dispatch().workers_by_type();
         // Every registered job: the platform's and those an application brings.

@@ -47,6 +47,19 @@ fn workflow_field(path: &str) -> Option<&'static [u32]> {
     })
 }
 
+/// Whether `path` writes a record of the cluster as a whole (definitions,
+/// queue pauses): a write every held shard's epoch must pass, which a node
+/// holding no shard cannot make, and which it sends to a node that holds one.
+fn writes_the_cluster(path: &str) -> bool {
+    matches!(
+        path,
+        "/sagaflow.v1.DefinitionService/RegisterDefinition"
+            | "/sagaflow.v1.DefinitionService/DeprecateDefinition"
+            | "/sagaflow.v1.WorkflowService/PauseQueue"
+            | "/sagaflow.v1.WorkflowService/ResumeQueue"
+    )
+}
+
 /// The string at `path` in a protobuf message, read from its wire format;
 /// `None` when absent, empty or malformed (the service then answers).
 fn string_at(mut message: &[u8], path: &[u32]) -> Option<String> {
@@ -161,6 +174,14 @@ impl RouteLayer {
         Self { runtime, map, dialer, max_message }
     }
 
+    /// A node that serves some shard, when this one serves none.
+    fn any_serving_node(&self) -> Option<String> {
+        if self.runtime.serves_any_shard() {
+            return None;
+        }
+        self.map.owners().into_iter().flatten().next()
+    }
+
     /// Where a call about `workflow_id` must go, if not here.
     fn elsewhere(&self, workflow_id: &str) -> Option<String> {
         let shard = self.runtime.shard_of(workflow_id);
@@ -200,6 +221,13 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        if writes_the_cluster(request.uri().path())
+            && !crate::forward::was_forwarded(&request)
+            && let Some(address) = self.layer.any_serving_node()
+        {
+            let dialer = Arc::clone(&self.layer.dialer);
+            return Box::pin(async move { Ok(dialer.forward(&address, request).await) });
+        }
         // A call forwarded here is answered here, whatever the map says; so
         // is every call while this node serves every shard (the body is
         // then not read twice).
@@ -223,7 +251,12 @@ where
                     return Ok(status.into_http());
                 }
             };
-            let target = workflow_of(&bytes, field).and_then(|workflow_id| layer.elsewhere(&workflow_id));
+            let target = match workflow_of(&bytes, field) {
+                Some(workflow_id) => layer.elsewhere(&workflow_id),
+                // A start without an id draws one in a shard served where it
+                // is served: a node serving none sends it to one that serves.
+                None => layer.any_serving_node(),
+            };
             let request = http::Request::from_parts(parts, Body::new(Full::new(bytes)));
             match target {
                 Some(address) => Ok(layer.dialer.forward(&address, request).await),

@@ -661,6 +661,7 @@ async fn take_the_store(
     let listener = forwarder.stop().await.map_err(|source| Error::Bind { addr: options.listen, source })?;
     Ok((taken?, Some(listener)))
 }
+
 /// Joins a cluster whose nodes share the shards out (`--spread-shards`):
 /// the node serves at once, with the share it could take, and forwards the
 /// calls of the other shards. It must be able to reach the other nodes, and

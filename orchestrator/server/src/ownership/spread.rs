@@ -38,6 +38,9 @@ use crate::store::{self, Fence, ShardLease, Store};
 /// node's leases run out.
 pub const LIVE_WITHIN: Duration = Duration::from_secs(3);
 
+/// How long a joining node waits for the others to hand it some of its share.
+const JOIN_WITHIN: Duration = Duration::from_secs(10);
+
 /// This node's hold on its share of the cluster's shards.
 pub struct Spread {
     node: Arc<Node>,
@@ -77,7 +80,16 @@ impl Spread {
         record_shards(0, node.store.shard_count());
         // Seen before counting the live nodes: the shares include this one.
         node.store.renew_shards(&[], &node.owner, millis(LEASE_TTL)).await?;
-        node.balance(None).await?;
+        let mut share = node.balance(None).await?;
+        // The others hand their surplus over within a second or two of
+        // seeing this node: wait for some, so that the node starts with
+        // shards to write its records with (definitions applied at start).
+        let deadline = Instant::now() + JOIN_WITHIN;
+        while share > 0 && node.held().is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(RENEW_EVERY / 4).await;
+            node.store.renew_shards(&[], &node.owner, millis(LEASE_TTL)).await?;
+            share = node.balance(None).await?;
+        }
         tracing::info!(node = %node.owner, shards = ?node.shards(), "joined the cluster");
         let (lost_tx, lost) = watch::channel(None);
         let renewer = tokio::spawn(renew(Arc::clone(&node), lost_tx));
@@ -158,8 +170,8 @@ impl Node {
     }
 
     /// One round: stops serving what the renewer dropped, then moves
-    /// towards this node's share.
-    async fn balance(&self, runtime: Option<&Runtime>) -> Result<(), store::Error> {
+    /// towards this node's share, which it returns.
+    async fn balance(&self, runtime: Option<&Runtime>) -> Result<usize, store::Error> {
         if let Some(runtime) = runtime {
             self.serve_only_held(runtime).await;
         }
@@ -174,7 +186,7 @@ impl Node {
             let leases = self.store.shard_leases().await?;
             self.take(&leases, &live, share - held.len(), runtime).await?;
         }
-        Ok(())
+        Ok(share)
     }
 
     /// Makes the runtime stop serving the shards no longer held.

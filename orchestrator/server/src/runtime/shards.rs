@@ -193,6 +193,12 @@ impl Runtime {
         self.inner.served.count()
     }
 
+    /// Whether this runtime serves any shard (a node of a cluster with more
+    /// nodes than shards, or one that just joined, may serve none).
+    pub fn serves_any_shard(&self) -> bool {
+        !self.inner.served.none()
+    }
+
     /// Whether this runtime serves every shard of its cluster.
     pub fn serves_every_shard(&self) -> bool {
         self.inner.served.all()
