@@ -633,28 +633,45 @@ async fn a_node_that_joins_takes_its_share_from_the_others() {
     worker.abort();
 }
 
-/// The shop under spread shards: checkouts start through any node (the
-/// checkout's workflow is started on the node serving its shard), the
-/// shop's workers connect to all three, and the node the first worker
-/// session went to is killed with `kill -9` midway. Every acknowledged
-/// checkout completes or compensates, each step once; no payment is
-/// captured twice, no reservation leaks, and `check-invariants` finds
-/// nothing.
+/// The shop under spread shards, relaying its events to NATS: checkouts
+/// start through any node (the checkout's workflow is started on the node
+/// serving its shard), the shop's workers connect to all three, and the
+/// node serving shard 0, the one that relays the outbox, is killed with
+/// `kill -9` midway. The node that takes shard 0 relays from then on, and
+/// only one node ever relays at a time. Every acknowledged checkout
+/// completes or compensates, each step once; no payment is captured twice,
+/// no reservation leaks, `check-invariants` finds nothing, the outbox
+/// drains, and the stream holds each event once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_shops_checkouts_end_once_across_a_kill_9_of_a_spread_node() {
+    use common::nats::{NatsServer, free_port, outbox_len, read_stream};
+    const RELAYING: &str = "outbox relay started";
     let db = TestDb::create().await;
     let root = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start_on(free_port(), &root.path().join("nats")).await;
     let definitions = write_definitions(root.path());
     let nodes = [Node::new(root.path(), "a"), Node::new(root.path(), "b"), Node::new(root.path(), "c")];
     let mut processes = Vec::new();
     for node in &nodes {
-        processes.push(node.start(&db, &definitions).await);
+        processes.push(node.start_with(&db, &definitions, &["--nats-url", &nats.url]).await);
     }
     let mut logs = LogsOnFailure::default();
     for (node, process) in nodes.iter().zip(&processes) {
         logs.watch(node, process);
     }
-    await_status(&db, Duration::from_secs(20), "8 shards over three nodes", |s| split(s) == Some(vec![2, 3, 3])).await;
+    let (shards, _) =
+        await_status(&db, Duration::from_secs(20), "8 shards over three nodes", |s| split(s) == Some(vec![2, 3, 3]))
+            .await;
+    // The node serving shard 0 relays; the others do not.
+    let relaying = nodes.iter().position(|n| shards[0].served_by.as_deref() == Some(n.listen.as_str())).unwrap();
+    processes[relaying]
+        .logs
+        .await_line("the relay of shard 0's node", Duration::from_secs(10), |l| l.contains(RELAYING))
+        .await;
+    let relays = |processes: &[ServerProcess]| {
+        processes.iter().filter(|p| p.logs.lines().iter().any(|l| l.contains(RELAYING))).count()
+    };
+    assert_eq!(relays(&processes), 1, "one relay for the cluster");
     let all = nodes.iter().map(Node::url).collect::<Vec<_>>().join(",");
     let shop = common::shop::Shop::workers_for(&all).await;
 
@@ -686,15 +703,15 @@ async fn the_shops_checkouts_end_once_across_a_kill_9_of_a_spread_node() {
             }
         })
     };
-    // Midway through the load, node a dies with its shards.
+    // Midway through the load, the relaying node dies with its shards.
     wait_until(Duration::from_secs(30), "checkouts acknowledged before the kill", || {
         let acked = Arc::clone(&acked);
         async move { acked.lock().unwrap().len() >= 15 }
     })
     .await;
-    let mut processes = processes.into_iter();
-    let victim = processes.next().unwrap();
-    let live = [nodes[1].listen.clone(), nodes[2].listen.clone()];
+    let victim = processes.remove(relaying);
+    let live: Vec<String> =
+        nodes.iter().enumerate().filter(|(i, _)| *i != relaying).map(|(_, n)| n.listen.clone()).collect();
     let killed_at = Instant::now();
     victim.kill9().await;
     await_status(&db, TAKEOVER, "every shard served by a live node", |shards| {
@@ -702,6 +719,8 @@ async fn the_shops_checkouts_end_once_across_a_kill_9_of_a_spread_node() {
     })
     .await;
     let taken_over = killed_at.elapsed();
+    wait_until(Duration::from_secs(10), "the node that took shard 0 to relay", || async { relays(&processes) == 1 })
+        .await;
     let acked_at_kill = acked.lock().unwrap().len();
     wait_until(Duration::from_secs(30), "checkouts acknowledged after the takeover", || {
         let acked = Arc::clone(&acked);
@@ -711,8 +730,19 @@ async fn the_shops_checkouts_end_once_across_a_kill_9_of_a_spread_node() {
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     load.await.unwrap();
     let acked = acked.lock().unwrap().clone();
-    println!("a's shards served again after {taken_over:?}; {} checkouts acknowledged", acked.len());
+    println!("the relaying node's shards served again after {taken_over:?}; {} checkouts acknowledged", acked.len());
     shop.assert_acknowledged_checkouts_ended_once(&acked).await;
+    let survivor = processes[0].url.clone();
+    wait_until(Duration::from_secs(30), "the outbox to drain into the stream", || {
+        let survivor = survivor.clone();
+        async move { outbox_len(&survivor).await == 0 }
+    })
+    .await;
+    let stored = read_stream(&nats.jetstream().await, "SAGAFLOW_EVENTS").await;
+    let ids: HashSet<&str> = stored.iter().map(|m| m.header("Sagaflow-Event-Id")).collect();
+    assert_eq!(ids.len(), stored.len(), "an event stored twice");
+    assert!(stored.len() >= acked.len(), "{} events for {} checkouts", stored.len(), acked.len());
+    assert_eq!(relays(&processes), 1, "one relay for the cluster");
     drop(processes);
 }
 
