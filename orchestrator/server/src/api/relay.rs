@@ -102,15 +102,20 @@ const PARK_AT_MOST: Duration = Duration::from_secs(10);
 
 /// What a source did, for the relay's accounting.
 enum Event {
-    /// Handed the worker a task: one unit of its credit spent.
-    Delivered(SourceId),
+    /// Handed the worker a task (of this workflow, with this id): one unit
+    /// of its credit spent.
+    Delivered(SourceId, TaskKey),
     /// Its session ended, or never opened: its unspent credit comes back.
     Ended(SourceId),
     /// It gave back this much of its unspent credit, as asked.
     Withdrawn(SourceId, u32),
+    /// Its session is open: the node registered the worker.
+    Opened(SourceId),
 }
 
 type SourceId = u64;
+/// A task, by workflow id and task id.
+type TaskKey = (String, String);
 /// This node.
 const HERE: SourceId = 0;
 
@@ -122,6 +127,9 @@ struct Source {
     unspent: u32,
     /// A [`Withdraw`] is on its way to it.
     withdrawing: bool,
+    /// The node registered the session (this node's always is): what is
+    /// sent to one still opening may be lost with it, if the node is dead.
+    open: bool,
     /// It has waited [`ROTATE`] without credit: the next unit is its own.
     turn: bool,
     /// When it last handed the worker a task, and was last given credit.
@@ -132,7 +140,8 @@ struct Source {
 impl Source {
     fn new(address: Option<String>, to: Option<mpsc::Sender<WorkerMessage>>) -> Self {
         let now = Instant::now();
-        Self { address, to, unspent: 0, withdrawing: false, turn: false, spent_at: now, granted_at: now }
+        let open = to.is_none();
+        Self { address, to, unspent: 0, withdrawing: false, open, turn: false, spent_at: now, granted_at: now }
     }
 
     fn idle(&self, now: Instant, for_at_least: Duration) -> bool {
@@ -154,6 +163,8 @@ pub(super) struct Relay {
     pool: u32,
     /// Outcomes and heartbeats waiting for a node known to serve them.
     parked: Vec<(Instant, worker_message::Message)>,
+    /// Which source handed the worker each task it may still report.
+    delivered_by: HashMap<TaskKey, SourceId>,
     events: (mpsc::UnboundedSender<Event>, mpsc::UnboundedReceiver<Event>),
 }
 
@@ -177,6 +188,7 @@ impl Relay {
             failed: HashMap::new(),
             pool: 0,
             parked: Vec::new(),
+            delivered_by: HashMap::new(),
             events: mpsc::unbounded_channel(),
         }
     }
@@ -244,12 +256,15 @@ impl Relay {
     /// who serves what is a second old), it waits here, for at most
     /// [`PARK_AT_MOST`]: refused here, the worker would drop the outcome.
     async fn route(&mut self, message: worker_message::Message, since: Instant) -> bool {
-        let workflow_id = match &message {
-            worker_message::Message::Outcome(outcome) => outcome.workflow_id.as_str(),
-            worker_message::Message::Heartbeat(beat) => beat.workflow_id.as_str(),
+        let task = match &message {
+            worker_message::Message::Outcome(outcome) => (outcome.workflow_id.clone(), outcome.task_id.clone()),
+            worker_message::Message::Heartbeat(beat) => (beat.workflow_id.clone(), beat.task_id.clone()),
             _ => return self.local.handle(message).await,
         };
-        let route = self.route_of(workflow_id);
+        let route = self.route_of(&task);
+        if matches!(message, worker_message::Message::Outcome(_)) && !matches!(route, Route::Unknown) {
+            self.delivered_by.remove(&task);
+        }
         if matches!(message, worker_message::Message::Outcome(_)) {
             // The worker's next credit likely serves that workflow's next step.
             let id = match &route {
@@ -289,28 +304,31 @@ impl Relay {
         true
     }
 
-    /// Where an outcome or heartbeat of `workflow_id` goes.
-    fn route_of(&mut self, workflow_id: &str) -> Route {
+    /// Where an outcome or heartbeat of `task` goes: here if this node
+    /// serves its shard; to the node the map names; while the map names
+    /// this node (it is taking the shard, or the map is a second behind),
+    /// nowhere yet; while it names no node or one that cannot be reached
+    /// (it died a moment ago), to the node that handed the task out.
+    fn route_of(&mut self, task: &TaskKey) -> Route {
         let runtime = &self.local.runtime;
-        let shard = runtime.shard_of(workflow_id);
+        let shard = runtime.shard_of(&task.0);
         if runtime.serves_shard(shard) {
             return Route::Here;
         }
-        let Some(address) = self.peers.map.owner(shard) else { return Route::Unknown };
-        // The map says this node, which no longer serves the shard: it is stale.
-        if self.peers.own_address.as_deref() == Some(address.as_str()) {
-            return Route::Unknown;
-        }
-        let id = match self.source_at(&address) {
-            Some(id) => id,
-            None => match self.connect(address) {
-                Some(id) => id,
-                None => return Route::Here,
-            },
+        let mapped = match self.peers.map.owner(shard) {
+            Some(address) if self.peers.own_address.as_deref() == Some(address.as_str()) => return Route::Unknown,
+            Some(address) => self.source_at(&address).or_else(|| self.connect(address)),
+            None => None,
         };
-        match self.sources.get(&id).and_then(|s| s.to.clone()) {
-            Some(to) => Route::There(id, to),
-            None => Route::Here,
+        let open =
+            |id: SourceId| self.sources.get(&id).filter(|s| s.open).and_then(|s| s.to.clone()).map(|to| (id, to));
+        let there = mapped.and_then(open).or_else(|| {
+            let by = self.delivered_by.get(task).copied().filter(|id| *id != HERE)?;
+            open(by)
+        });
+        match there {
+            Some((id, to)) => Route::There(id, to),
+            None => Route::Unknown,
         }
     }
 
@@ -320,10 +338,16 @@ impl Relay {
 
     fn account(&mut self, event: Event) {
         match event {
-            Event::Delivered(id) => {
+            Event::Delivered(id, task) => {
                 if let Some(source) = self.sources.get_mut(&id) {
                     source.unspent = source.unspent.saturating_sub(1);
                     source.spent_at = Instant::now();
+                    self.delivered_by.insert(task, id);
+                }
+            }
+            Event::Opened(id) => {
+                if let Some(source) = self.sources.get_mut(&id) {
+                    source.open = true;
                 }
             }
             Event::Withdrawn(id, tasks) => {
@@ -335,6 +359,7 @@ impl Relay {
                 }
             }
             Event::Ended(id) => {
+                self.delivered_by.retain(|_, by| *by != id);
                 if let Some(source) = self.sources.remove(&id) {
                     self.pool = self.pool.saturating_add(source.unspent);
                     if let Some(address) = source.address {
@@ -510,9 +535,13 @@ async fn pass_down(
     while let Some(Ok(message)) = from.next().await {
         match &message.message {
             // The worker has its own from the node it connected to.
-            Some(server_message::Message::Registered(_)) | None => continue,
-            Some(server_message::Message::Task(_)) => {
-                let _ = events.send(Event::Delivered(id));
+            Some(server_message::Message::Registered(_)) => {
+                let _ = events.send(Event::Opened(id));
+                continue;
+            }
+            None => continue,
+            Some(server_message::Message::Task(task)) => {
+                let _ = events.send(Event::Delivered(id, (task.workflow_id.clone(), task.task_id.clone())));
             }
             // The answer to the relay's own question: not the worker's.
             Some(server_message::Message::Withdrawn(withdrawn)) => {
