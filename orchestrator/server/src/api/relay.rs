@@ -10,8 +10,9 @@
 //! The worker's credit is the most tasks it holds at once, and stays so:
 //! the relay keeps the credit the worker grants in a pool and hands it to
 //! the sources (this node, each other node) a unit at a time, to the one
-//! with the least left first (among equals, the one whose tasks were
-//! spent or answered last: the next step of a workflow comes from there),
+//! with the least left first (among equals, the one given credit longest
+//! ago, so that under load, when every source hovers at none, each gets
+//! its share of what comes back),
 //! so that a source whose tasks flow is topped up as it spends and an idle
 //! one holds at most [`PREFETCH`]. The sum it has handed out and not seen
 //! spent never exceeds what the worker granted; a source that goes away
@@ -262,18 +263,19 @@ impl Relay {
             _ => return self.local.handle(message).await,
         };
         let route = self.route_of(&task);
-        if matches!(message, worker_message::Message::Outcome(_)) && !matches!(route, Route::Unknown) {
-            self.delivered_by.remove(&task);
-        }
         if matches!(message, worker_message::Message::Outcome(_)) {
-            // The worker's next credit likely serves that workflow's next step.
+            // A source whose outcomes flow is not idle: its workflows' next
+            // steps come from it, and its credit stays.
             let id = match &route {
                 Route::There(id, _) => Some(*id),
                 Route::Here => Some(HERE),
                 Route::Unknown => None,
             };
-            if let Some(source) = id.and_then(|id| self.sources.get_mut(&id)) {
-                source.spent_at = Instant::now();
+            if let Some(id) = id {
+                self.delivered_by.remove(&task);
+                if let Some(source) = self.sources.get_mut(&id) {
+                    source.spent_at = Instant::now();
+                }
             }
         }
         match route {
@@ -377,12 +379,14 @@ impl Relay {
         let mut granted: BTreeMap<SourceId, u32> = BTreeMap::new();
         let now = Instant::now();
         while self.pool > 0 {
-            // Among equals, the one that spent last: its tasks are flowing.
+            // Among equals, the one whose turn it is, then the one given
+            // credit longest ago: under load every source hovers at none,
+            // and each must get its share of what comes back.
             let least = self
                 .sources
                 .iter_mut()
                 .filter(|(_, s)| !s.withdrawing)
-                .min_by_key(|(_, s)| (s.unspent, !s.turn, std::cmp::Reverse(s.spent_at)));
+                .min_by_key(|(_, s)| (s.unspent, !s.turn, s.granted_at));
             let Some((id, source)) = least else { break };
             if source.unspent >= PREFETCH {
                 break;

@@ -271,6 +271,9 @@ impl Node {
     }
 
     fn drop_shards(&self, lost: &[Fence], why: &str) {
+        // Those handed over since the renewal read the set are gone already.
+        let held = self.held();
+        let lost: Vec<Fence> = lost.iter().filter(|f| held.contains(f)).copied().collect();
         if lost.is_empty() {
             return;
         }
