@@ -437,14 +437,15 @@ impl Server {
                     Some(Hold::Spread(spread)) => (true, spread.address().map(str::to_owned)),
                     _ => (false, None),
                 };
-                let peers =
-                    Arc::new(crate::api::Peers::new(Arc::clone(&map), Arc::clone(&dialer), spread, own_address));
                 let token = options.auth.as_ref().map(|_| node_token.as_str());
                 runtime.reach_other_nodes(Arc::new(crate::api::NodeClient::new(
                     Arc::clone(&map),
                     Arc::clone(&dialer),
                     token,
+                    own_address.clone(),
                 )));
+                let peers =
+                    Arc::new(crate::api::Peers::new(Arc::clone(&map), Arc::clone(&dialer), spread, own_address));
                 (Some(crate::route::RouteLayer::new(runtime.clone(), map, dialer, max_message)), Some(peers))
             }
             None => (None, None),

@@ -21,6 +21,12 @@ use crate::runtime::{Error, OtherNodes, Result, Runtime, StartRequest};
 
 /// How long a node may take to answer another.
 const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+/// How long a call waits for the map to name a node for its shard: one
+/// released a moment ago is taken within a second, and the map, read every
+/// second, names the taker a second later at most.
+const OWNER_WITHIN: Duration = Duration::from_secs(3);
+/// How often the map is looked at meanwhile.
+const OWNER_POLL: Duration = Duration::from_millis(50);
 
 pub struct NodeApi {
     runtime: Runtime,
@@ -86,17 +92,27 @@ pub struct NodeClient {
     dialer: Arc<Dialer>,
     /// `Bearer TOKEN` under auth.
     authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
+    /// This node's address: a map naming it for a shard this runtime does
+    /// not serve is a second behind (the shard was just handed over).
+    own_address: Option<String>,
 }
 
 impl NodeClient {
-    pub fn new(map: Arc<ShardMap>, dialer: Arc<Dialer>, node_token: Option<&str>) -> Self {
+    pub fn new(map: Arc<ShardMap>, dialer: Arc<Dialer>, node_token: Option<&str>, own_address: Option<String>) -> Self {
         let authorization = node_token.and_then(|token| format!("Bearer {token}").parse().ok());
-        Self { map, dialer, authorization }
+        Self { map, dialer, authorization, own_address }
     }
 
-    fn client(&self, shard: u32, workflow_id: &str) -> Result<NodeServiceClient<tonic::transport::Channel>> {
-        let not_served = || Error::NotServed { workflow_id: workflow_id.to_owned(), shard };
-        let address = self.map.owner(shard).ok_or_else(not_served)?;
+    async fn client(&self, shard: u32, workflow_id: &str) -> Result<NodeServiceClient<tonic::transport::Channel>> {
+        let deadline = tokio::time::Instant::now() + OWNER_WITHIN;
+        let address = loop {
+            let owner = self.map.owner(shard).filter(|owner| self.own_address.as_ref() != Some(owner));
+            match owner {
+                Some(address) => break address,
+                None if tokio::time::Instant::now() < deadline => tokio::time::sleep(OWNER_POLL).await,
+                None => return Err(Error::NotServed { workflow_id: workflow_id.to_owned(), shard }),
+            }
+        };
         let channel = self.dialer.channel(&address).map_err(|e| {
             Error::Unreachable(format!("cannot reach the node serving shard {shard} at {address}: {e}"))
         })?;
@@ -144,14 +160,14 @@ impl OtherNodes for NodeClient {
             traceparent: request.traceparent.clone(),
             parent_workflow_id: request.parent_workflow_id.clone(),
         };
-        let answer = self.client(shard, &workflow_id)?.start_in_shard(self.request(message)).await;
+        let answer = self.client(shard, &workflow_id).await?.start_in_shard(self.request(message)).await;
         let started = answer.map_err(|status| error_of(status, shard, &workflow_id))?.into_inner();
         Ok((started.workflow_id, started.already_started))
     }
 
     async fn compensate_child(&self, shard: u32, child: &str, reason: &str) -> Result<()> {
         let message = CompensateChildRequest { workflow_id: child.to_owned(), reason: reason.to_owned() };
-        let answer = self.client(shard, child)?.compensate_child(self.request(message)).await;
+        let answer = self.client(shard, child).await?.compensate_child(self.request(message)).await;
         answer.map(drop).map_err(|status| error_of(status, shard, child))
     }
 }
