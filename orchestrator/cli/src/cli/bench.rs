@@ -28,6 +28,8 @@ use sagaflow_proto::v1::workflow_service_client::WorkflowServiceClient;
 use sagaflow_proto::v1::{
     AwaitWorkflowRequest, AwaitWorkflowResponse, ExecuteWorkflowRequest, StartWorkflowRequest, WorkflowStatus,
 };
+use sagaflow_server::ownership::{address_of, cluster_view};
+use sagaflow_server::store::ShardLease;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::{oneshot, watch};
@@ -110,10 +112,18 @@ pub struct BenchArgs {
     /// instead of sled. Phases share the database: their request ids differ.
     #[arg(long, value_name = "URL", value_parser = super::server::parse_store_url)]
     pub store: Option<String>,
-    /// With --store: how many servers share it. One serves and the others stand by, so on one
-    /// machine this measures what standbys cost, not a gain.
+    /// With --store: how many servers share it (the server's CPU and RSS are summed over them).
+    /// Without --spread-shards one serves and the others stand by, so on one machine this
+    /// measures what standbys cost, not a gain. With it the nodes share the shards out, each
+    /// serving its share and forwarding calls about the others'; on one small machine (2 cores,
+    /// PostgreSQL on them too) that shows the overhead of spreading, not scaling.
     #[arg(long, default_value_t = 1, requires = "store", value_parser = clap::value_parser!(u32).range(1..=9))]
     pub nodes: u32,
+    /// With --store: the spawned servers run with `server --spread-shards`. Every node serves at
+    /// once: the phase starts once they have shared the shards out, the worker gets every node,
+    /// and the client sends its sagas round-robin over them.
+    #[arg(long, requires = "store")]
+    pub spread_shards: bool,
     /// Serve the bench activities from the Python SDK's worker (`PYTHON -m sagaflow.bench`) instead
     /// of `sagaflow worker`; PYTHON is an interpreter with `pip install ./worker/python` done.
     /// Spawned workers and the bench saga only.
@@ -292,13 +302,13 @@ async fn run_phases(args: &BenchArgs, target: &Target, interrupt: Interrupt) -> 
             phase: phase.clone(),
             workflow: args.workflow,
             run_id: run_id.clone(),
-            store: args.store.clone().map(|url| (url, args.nodes)),
+            store: args.store.clone().map(|url| StorePlan { url, nodes: args.nodes, spread: args.spread_shards }),
             python_worker: args.python_worker.clone(),
         };
         let result = match (target, data.as_mut()) {
             (Target::Running { url, server_pid }, _) => {
-                let probe = Probe { server_pid: *server_pid, worker_pid: None, clock_ticks };
-                interrupt.guard(measure(&plan, url, probe)).await
+                let probe = Probe { server_pids: server_pid.iter().copied().collect(), worker_pid: None, clock_ticks };
+                interrupt.guard(measure(&plan, std::slice::from_ref(url), probe)).await
             }
             (Target::Spawn, Some(data)) => run_spawned(&plan, data, clock_ticks, &interrupt).await,
             (Target::Spawn, None) => Err(anyhow::anyhow!("no data folder for the spawned processes")),
@@ -355,10 +365,20 @@ struct Plan {
     phase: Phase,
     workflow: BenchWorkflow,
     run_id: String,
-    /// The spawned servers' PostgreSQL store (`--store`), and how many share it.
-    store: Option<(String, u32)>,
+    /// The spawned servers' PostgreSQL store (`--store`), and how its nodes share it.
+    store: Option<StorePlan>,
     /// The interpreter that runs the Python SDK's bench worker, instead of `sagaflow worker`.
     python_worker: Option<PathBuf>,
+}
+
+/// The spawned servers' PostgreSQL store and its nodes.
+#[derive(Debug, Clone)]
+struct StorePlan {
+    url: String,
+    /// How many servers share the store (`--nodes`).
+    nodes: u32,
+    /// They share the shards out (`--spread-shards`) instead of one serving and the others standing by.
+    spread: bool,
 }
 
 impl Plan {
@@ -380,8 +400,8 @@ async fn run_spawned(
     let dir = data.phase_dir(plan.phase.name)?;
     // Interrupted while starting, the half-started processes are killed on drop.
     let cluster = interrupt.guard(Cluster::start(plan, &dir, &[])).await?;
-    let probe = Probe { server_pid: Some(cluster.server.pid), worker_pid: Some(cluster.worker.pid), clock_ticks };
-    let measured = interrupt.guard(measure(plan, &cluster.url, probe)).await;
+    let probe = Probe { server_pids: cluster.server_pids(), worker_pid: Some(cluster.worker.pid), clock_ticks };
+    let measured = interrupt.guard(measure(plan, &cluster.urls, probe)).await;
     // Stop even when the phase failed; a stop error matters less than the phase's own.
     let stopped = cluster.stop().await;
     // The phase's data stays until the bench ends; without this, the
@@ -395,22 +415,31 @@ async fn run_spawned(
 }
 
 /// Whose costs a phase reports, and the unit of /proc's CPU times.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Probe {
-    server_pid: Option<u32>,
+    /// Every node of the cluster: their costs are summed, so that the CPU
+    /// per saga stays honest when several nodes share the work.
+    server_pids: Vec<u32>,
     worker_pid: Option<u32>,
     clock_ticks: f64,
 }
 
-/// Warms up, then runs the phase's load and reads the processes' costs around it.
-async fn measure(plan: &Plan, url: &str, probe: Probe) -> anyhow::Result<PhaseReport> {
-    let client = SagaClient::connect(url).await?;
-    warm_up(&client, plan).await?;
-    let cpu_before = Usage::snapshot(probe);
+/// Warms up, then runs the phase's load over the nodes at `urls` and reads
+/// the processes' costs around it.
+async fn measure(plan: &Plan, urls: &[String], probe: Probe) -> anyhow::Result<PhaseReport> {
+    let mut clients = Vec::new();
+    for url in urls {
+        let client = SagaClient::connect(url).await?;
+        // Through every node, so that its forwarding to the others is warm too
+        // (the same request id: the later nodes get the ended saga back).
+        warm_up(&client, plan).await?;
+        clients.push(client);
+    }
+    let cpu_before = Usage::snapshot(&probe);
     let started = Instant::now();
-    let tally = drive(plan, &client).await?;
+    let tally = drive(plan, &clients).await?;
     let wall = started.elapsed();
-    let cpu_after = Usage::snapshot(probe);
+    let cpu_after = Usage::snapshot(&probe);
     Ok(PhaseReport {
         name: plan.phase.name,
         workflow: plan.workflow,
@@ -420,7 +449,8 @@ async fn measure(plan: &Plan, url: &str, probe: Probe) -> anyhow::Result<PhaseRe
         errors: tally.errors,
         error_samples: tally.error_samples,
         histogram: tally.histogram,
-        server_peak_rss_mib: probe.server_pid.and_then(peak_rss_mib),
+        server_nodes: probe.server_pids.len(),
+        server_peak_rss_mib: sum_over(&probe.server_pids, peak_rss_mib),
         cpu: cpu_before.until(&cpu_after),
     })
 }
@@ -577,19 +607,26 @@ fn new_histogram() -> anyhow::Result<Histogram<u64>> {
 }
 
 /// Runs C client tasks until N sagas are done, then merges their histograms.
-async fn drive(plan: &Plan, client: &SagaClient) -> anyhow::Result<Tally> {
-    drive_shared(plan, client, Arc::new(Shared::default())).await
+/// Saga i goes to node i % nodes: per saga rather than per task, so that
+/// phase a's single client task reaches every node too.
+async fn drive(plan: &Plan, nodes: &[SagaClient]) -> anyhow::Result<Tally> {
+    drive_nodes(plan, nodes, Arc::new(Shared::default())).await
 }
 
-/// [`drive`] with counters the caller also reads, and may stop early by
-/// moving `next` to N.
+/// [`drive`] on one node, with counters the caller also reads, and may stop
+/// early by moving `next` to N.
 async fn drive_shared(plan: &Plan, client: &SagaClient, shared: Arc<Shared>) -> anyhow::Result<Tally> {
+    drive_nodes(plan, std::slice::from_ref(client), shared).await
+}
+
+async fn drive_nodes(plan: &Plan, nodes: &[SagaClient], shared: Arc<Shared>) -> anyhow::Result<Tally> {
+    ensure!(!nodes.is_empty(), "no server to drive");
     let (stop_progress, stopped) = oneshot::channel();
     let progress = tokio::spawn(show_progress(Arc::clone(&shared), plan.phase.name, plan.phase.n, stopped));
     let plan = Arc::new(plan.clone());
     let mut tasks = JoinSet::new();
     for _ in 0..plan.phase.concurrency {
-        tasks.spawn(client_task(client.clone(), Arc::clone(&plan), Arc::clone(&shared)));
+        tasks.spawn(client_task(nodes.to_vec(), Arc::clone(&plan), Arc::clone(&shared)));
     }
     let mut histogram = new_histogram()?;
     let mut failure = None;
@@ -608,14 +645,21 @@ async fn drive_shared(plan: &Plan, client: &SagaClient, shared: Arc<Shared>) -> 
     Ok(Tally { ok: histogram.len(), errors: shared.errors.load(Ordering::Relaxed), error_samples, histogram })
 }
 
-/// Takes saga indexes from the shared counter until N are taken, one saga in flight at a time.
-async fn client_task(mut client: SagaClient, plan: Arc<Plan>, shared: Arc<Shared>) -> anyhow::Result<Histogram<u64>> {
+/// Takes saga indexes from the shared counter until N are taken, one saga in
+/// flight at a time; saga i goes to node i % nodes (clones share each node's connection).
+async fn client_task(
+    mut nodes: Vec<SagaClient>,
+    plan: Arc<Plan>,
+    shared: Arc<Shared>,
+) -> anyhow::Result<Histogram<u64>> {
     let mut histogram = new_histogram()?;
+    let count = nodes.len() as u64;
     loop {
         let index = shared.next.fetch_add(1, Ordering::Relaxed);
         if index >= plan.phase.n {
             return Ok(histogram);
         }
+        let client = &mut nodes[(index % count) as usize];
         let started = Instant::now();
         match client.run_saga(&plan, plan.request_id(index)).await {
             Ok(()) => histogram.saturating_record(micros(started.elapsed())),
@@ -672,11 +716,11 @@ struct Usage {
 }
 
 impl Usage {
-    fn snapshot(probe: Probe) -> Self {
-        let seconds = |pid: Option<u32>| pid.and_then(|pid| cpu_seconds(&pid.to_string(), probe.clock_ticks));
+    fn snapshot(probe: &Probe) -> Self {
+        let seconds = |pid: u32| cpu_seconds(&pid.to_string(), probe.clock_ticks);
         Self {
-            server: seconds(probe.server_pid),
-            worker: seconds(probe.worker_pid),
+            server: sum_over(&probe.server_pids, seconds),
+            worker: probe.worker_pid.and_then(seconds),
             client: cpu_seconds("self", probe.clock_ticks),
         }
     }
@@ -689,6 +733,14 @@ impl Usage {
             client: delta(self.client, later.client),
         }
     }
+}
+
+/// `read` summed over `pids`; unknown if any is unknown, or there are none.
+fn sum_over(pids: &[u32], read: impl Fn(u32) -> Option<f64>) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&pid| read(pid)).sum()
 }
 
 /// utime + stime of a process, in seconds. The command name (field 2) is in
@@ -745,6 +797,8 @@ struct PhaseReport {
     errors: u64,
     error_samples: Vec<String>,
     histogram: Histogram<u64>,
+    /// How many server processes the server's RSS and CPU are summed over.
+    server_nodes: usize,
     server_peak_rss_mib: Option<f64>,
     cpu: Usage,
 }
@@ -800,7 +854,12 @@ impl PhaseReport {
             out.push_str(&format!("    {sample}\n"));
         }
         let rss = self.server_peak_rss_mib.map_or_else(|| "unknown".into(), |mib| format!("{mib:.1} MiB"));
-        out.push_str(&format!("  server        peak RSS {rss}, {}\n", self.cpu_text(self.cpu.server)));
+        // Each node's own peak, added up: at most, not exactly, the cluster's peak.
+        let summed = match self.server_nodes {
+            0 | 1 => String::new(),
+            nodes => format!(", summed over its {nodes} nodes"),
+        };
+        out.push_str(&format!("  server        peak RSS {rss}, {}{summed}\n", self.cpu_text(self.cpu.server)));
         if self.cpu.worker.is_some() {
             out.push_str(&format!("  worker        {}\n", self.cpu_text(self.cpu.worker)));
         }
@@ -959,11 +1018,16 @@ fn drain(mut lines: Lines<BufReader<ChildStdout>>) {
 
 /// A fresh orchestrator and one worker process for one phase.
 struct Cluster {
+    /// The first node: the one that serves, or with --spread-shards one of those that do.
     server: Spawned,
     worker: Spawned,
+    /// The first node's gRPC URL.
     url: String,
-    /// Servers standing by on the same store (`--nodes`).
-    standbys: Vec<Spawned>,
+    /// The gRPC URL of every serving node, the first node's first.
+    urls: Vec<String>,
+    /// The other servers on the same store (`--nodes`): standing by, or
+    /// with --spread-shards serving their share.
+    others: Vec<Spawned>,
 }
 
 impl Cluster {
@@ -978,34 +1042,105 @@ impl Cluster {
             dir.join("server").display().to_string(),
         ];
         server_args.extend_from_slice(extra_server_args);
-        if let Some((store, _)) = &plan.store {
-            server_args.extend(["--store".to_owned(), store.clone()]);
+        let (nodes, spread) = plan.store.as_ref().map_or((1, false), |store| (store.nodes, store.spread));
+        if let Some(store) = &plan.store {
+            server_args.extend(["--store".to_owned(), store.url.clone()]);
+            if spread {
+                server_args.push("--spread-shards".into());
+            }
         }
         let (server, url) = Spawned::start_server(&server_args).await?;
-        let mut standbys = Vec::new();
-        for n in 1..plan.store.as_ref().map_or(1, |(_, nodes)| *nodes) {
+        let mut urls = vec![url.clone()];
+        let mut others = Vec::new();
+        for n in 1..nodes {
             let mut args = server_args.clone();
             if let Some(dir_arg) = args.iter().position(|a| a == "--data-dir") {
-                args[dir_arg + 1] = dir.join(format!("standby-{n}")).display().to_string();
+                let name = if spread { format!("node-{}", n + 1) } else { format!("standby-{n}") };
+                args[dir_arg + 1] = dir.join(name).display().to_string();
             }
-            standbys.push(Spawned::start_standby(&args)?);
+            if spread {
+                // A spread node serves at once (on 127.0.0.1 it advertises the
+                // address it bound, which the others forward to): wait for it.
+                let (node, node_url) = Spawned::start_server(&args).await?;
+                others.push(node);
+                urls.push(node_url);
+            } else {
+                others.push(Spawned::start_standby(&args)?);
+            }
         }
+        if let Some(store) = plan.store.as_ref().filter(|store| store.spread && store.nodes > 1) {
+            shards_shared_out(&store.url, &urls).await?;
+        }
+        // The worker gets every serving node; it connects to the first, whose
+        // session is relayed to the others' shards, and moves on if it drops.
+        let servers = urls.join(",");
         let (worker, _) = match &plan.python_worker {
-            Some(python) => Spawned::start_program("Python worker", python, &python_worker_args(plan, &url)).await?,
-            None => Spawned::start("worker", &worker_args(plan, &url, dir)).await?,
+            Some(python) => {
+                Spawned::start_program("Python worker", python, &python_worker_args(plan, &servers)).await?
+            }
+            None => Spawned::start("worker", &worker_args(plan, &servers, dir)).await?,
         };
-        Ok(Self { server, worker, url, standbys })
+        Ok(Self { server, worker, url, urls, others })
     }
 
-    /// The standbys and the worker first: a standby must not take over,
-    /// nor the worker spin reconnecting to a stopped server.
+    /// Every node, whose CPU and memory a phase adds up.
+    fn server_pids(&self) -> Vec<u32> {
+        std::iter::once(&self.server).chain(&self.others).map(|node| node.pid).collect()
+    }
+
+    /// Standbys, then the worker, then the serving node: a standby must not
+    /// take over, nor the worker spin reconnecting to a stopped server. Spread
+    /// nodes after the worker: each holds a session of it, relayed from the
+    /// first node, and does not stop while that session lasts.
     async fn stop(self) -> anyhow::Result<()> {
-        for standby in self.standbys {
-            standby.stop().await?;
+        let mut worker = Some(self.worker);
+        let mut worker_stopped = Ok(());
+        // Several URLs: the nodes are spread.
+        if self.urls.len() > 1
+            && let Some(worker) = worker.take()
+        {
+            worker_stopped = worker.stop().await;
         }
-        let worker = self.worker.stop().await;
+        for node in self.others {
+            node.stop().await?;
+        }
+        if let Some(worker) = worker {
+            worker_stopped = worker.stop().await;
+        }
         self.server.stop().await?;
-        worker
+        worker_stopped
+    }
+}
+
+/// Waits until the spread nodes at `urls` hold a fair share of the shards
+/// each (8 over 3: 3, 3 and 2). Each node starts with what it could take
+/// (the first all of them) and hands its surplus over within a second or
+/// two of seeing the others; a phase started earlier would time that handover.
+async fn shards_shared_out(store: &str, urls: &[String]) -> anyhow::Result<()> {
+    // A node's lease names the address it advertises: its URL's host:port.
+    let addresses: Vec<&str> = urls.iter().map(|url| url.trim_start_matches("http://")).collect();
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let view = cluster_view(store).await.context("cannot read the cluster's shards")?;
+        let held: Vec<usize> = addresses
+            .iter()
+            .map(|address| {
+                let live = |lease: &&ShardLease| lease.expires_ms > view.now_ms;
+                view.leases.iter().filter(live).filter(|lease| address_of(&lease.owner) == Some(address)).count()
+            })
+            .collect();
+        let shards = view.leases.len();
+        let fair = shards / addresses.len();
+        if held.iter().sum::<usize>() == shards && held.iter().all(|&n| n == fair || n == fair + 1) {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the {} nodes did not share the {shards} shards out within {}s (they hold {held:?})",
+            urls.len(),
+            READY_TIMEOUT.as_secs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -1100,6 +1235,7 @@ mod tests {
             keep_data: false,
             store: None,
             nodes: 1,
+            spread_shards: false,
             python_worker: None,
             duration: Duration::from_secs(60),
             soak_retention: Duration::from_secs(60),
@@ -1112,6 +1248,13 @@ mod tests {
         assert_eq!(phases.iter().map(|p| p.concurrency).collect::<Vec<_>>(), [1, 64, 64, 64]);
         assert_eq!(phases[2].activity_latency_ms, 5);
         assert_eq!(phases[3].expected_status(), WorkflowStatus::Compensated);
+    }
+
+    #[test]
+    fn costs_add_up_over_the_nodes_and_are_unknown_if_one_is() {
+        assert_eq!(sum_over(&[1, 2], |pid| Some(f64::from(pid))), Some(3.0));
+        assert_eq!(sum_over(&[1, 2], |pid| (pid == 1).then_some(1.0)), None);
+        assert_eq!(sum_over(&[], |_| Some(1.0)), None);
     }
 
     #[test]
