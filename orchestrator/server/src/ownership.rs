@@ -142,11 +142,7 @@ impl Ownership {
 
     /// Resolves, with the reason, once this node no longer owns the store.
     pub async fn lost(&self) -> String {
-        let mut lost = self.lost.clone();
-        match lost.wait_for(Option::is_some).await {
-            Ok(reason) => reason.clone().unwrap_or_default(),
-            Err(_) => "the lease renewal stopped".to_owned(),
-        }
+        reason_lost(&self.lost).await
     }
 
     /// Gives the store up for a standby to take at once (unless it was lost).
@@ -174,6 +170,15 @@ async fn give_up(store: &dyn Store, owner: &str, fences: &[Fence]) {
         Err(_) => {
             tracing::warn!("the database did not answer the leases' release; another node takes them when they expire")
         }
+    }
+}
+
+/// Waits for the renewer to say why the node can no longer serve.
+async fn reason_lost(lost: &watch::Receiver<Option<String>>) -> String {
+    let mut lost = lost.clone();
+    match lost.wait_for(Option::is_some).await {
+        Ok(reason) => reason.clone().unwrap_or_default(),
+        Err(_) => "the lease renewal stopped".to_owned(),
     }
 }
 

@@ -123,11 +123,7 @@ impl Spread {
     /// Resolves, with the reason, once this node cannot serve at all (its
     /// store refuses writes); losing a shard is not that.
     pub async fn lost(&self) -> String {
-        let mut lost = self.lost.clone();
-        match lost.wait_for(Option::is_some).await {
-            Ok(reason) => reason.clone().unwrap_or_default(),
-            Err(_) => "the lease renewal stopped".to_owned(),
-        }
+        super::reason_lost(&self.lost).await
     }
 
     /// Leaves the cluster: releases every lease, for the other nodes to
