@@ -11,14 +11,13 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::ServerProcess;
 use common::shop::{Shop, checkout};
+use common::{Node, ServerProcess};
 use sagaflow_proto::checkout::v1::checkout_service_client::CheckoutServiceClient;
 use sagaflow_proto::v1::workflow_service_client::WorkflowServiceClient;
 use sagaflow_proto::v1::{AwaitWorkflowRequest, WorkflowStatus};
@@ -34,23 +33,7 @@ use tokio::task::JoinHandle;
 /// and a standby, asking every second, takes the store and recovers.
 const TAKEOVER: Duration = Duration::from_secs(10);
 
-/// A node: its address (fixed, so that workers and clients know all three)
-/// and its own directory.
-struct Node {
-    listen: String,
-    dir: PathBuf,
-}
-
 impl Node {
-    fn new(root: &Path, name: &str) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        Self { listen: format!("127.0.0.1:{port}"), dir: root.join(name) }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.listen)
-    }
-
     /// Starts it; the handle resolves once it serves (a standby waits).
     fn start(&self, db: &TestDb, within: Duration) -> JoinHandle<ServerProcess> {
         self.start_with(db, within, &[])
@@ -63,7 +46,8 @@ impl Node {
     /// Starts it on the store at `url`.
     fn start_on(&self, url: &str, within: Duration, extra: &[&str]) -> JoinHandle<ServerProcess> {
         let (dir, listen) = (self.dir.clone(), self.listen.clone());
-        let args: Vec<String> = ["--store", url].iter().chain(extra).map(|a| (*a).to_owned()).collect();
+        let args: Vec<String> =
+            ["--store", url, "--placement", "one-node"].iter().chain(extra).map(|a| (*a).to_owned()).collect();
         tokio::spawn(async move {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             ServerProcess::start_standby(&dir, &listen, &args, within).await
@@ -106,6 +90,7 @@ async fn cluster_status(db: &TestDb, shards: usize) -> (Option<String>, u64, Vec
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let status: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(status["placement"], "one-node", "{status}");
     let all = status["shards"].as_array().unwrap();
     assert_eq!(all.len(), shards, "{status}");
     let shard = &all[0];

@@ -1,6 +1,6 @@
-//! `sagaflow server --spread-shards` nodes on one PostgreSQL share the
-//! cluster's 8 shards out among themselves instead of one serving while the
-//! others stand by: three nodes hold 3, 3 and 2, and all serve at once. Any
+//! `sagaflow server` nodes on one PostgreSQL share a new cluster's 8 shards
+//! out among themselves (the default placement, `spread`) instead of one
+//! serving while the others stand by: three nodes hold 3, 3 and 2, and all serve at once. Any
 //! node takes any call about any workflow, forwarding it to the node serving
 //! the workflow's shard, and a worker on any node runs every shard's tasks.
 //! A node killed with `kill -9` has its shards taken and served again by the
@@ -15,13 +15,12 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::ServerProcess;
 use common::nats::wait_until;
+use common::{Node, ServerProcess};
 use sagaflow_proto::v1::history_event::Attributes;
 use sagaflow_proto::v1::workflow_service_client::WorkflowServiceClient;
 use sagaflow_proto::v1::{
@@ -57,23 +56,7 @@ const NAP: Duration = Duration::from_secs(4);
 
 const ACTIVITY: &str = "spread.apply";
 
-/// A node: its address (fixed, so that workers and clients know every node)
-/// and its own directory.
-struct Node {
-    listen: String,
-    dir: PathBuf,
-}
-
 impl Node {
-    fn new(root: &Path, name: &str) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        Self { listen: format!("127.0.0.1:{port}"), dir: root.join(name) }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.listen)
-    }
-
     /// Starts it, spread, on the cluster at `db`; a spread node serves at
     /// once, holding shards or not.
     async fn start(&self, db: &TestDb, definitions: &Path) -> ServerProcess {
@@ -82,15 +65,7 @@ impl Node {
 
     async fn start_with(&self, db: &TestDb, definitions: &Path, extra: &[&str]) -> ServerProcess {
         let shards = SHARDS.to_string();
-        let mut args = vec![
-            "--store",
-            &db.url,
-            "--spread-shards",
-            "--shards",
-            &shards,
-            "--definitions",
-            definitions.to_str().unwrap(),
-        ];
+        let mut args = vec!["--store", &db.url, "--shards", &shards, "--definitions", definitions.to_str().unwrap()];
         args.extend_from_slice(extra);
         ServerProcess::start_standby(&self.dir, &self.listen, &args, Duration::from_secs(30)).await
     }
@@ -181,6 +156,7 @@ async fn cluster_status(db: &TestDb) -> Vec<Shard> {
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let status: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(status["placement"], "spread", "{status}");
     let shards = status["shards"].as_array().unwrap();
     assert_eq!(shards.len(), SHARDS as usize, "{status}");
     shards
@@ -607,6 +583,19 @@ async fn a_node_that_joins_takes_its_share_from_the_others() {
         held(s).get(&nodes[0].listen) == Some(&(SHARDS as usize))
     })
     .await;
+    // While a node runs, a node that would stand by instead is refused: it
+    // would wait for every shard, and hold the share the others leave it.
+    let refused = tokio::process::Command::new(common::BIN)
+        .args(["server", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(root.path().join("one-node"))
+        .args(["--store", &db.url, "--placement", "one-node"])
+        .kill_on_drop(true)
+        .output();
+    let refused =
+        tokio::time::timeout(Duration::from_secs(30), refused).await.expect("a one-node node started").unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the cluster's shards are placed spread"), "{stderr}");
     let ledger = Arc::default();
     let worker = counting_worker(&format!("{},{}", nodes[0].url(), nodes[1].url()), &ledger);
 

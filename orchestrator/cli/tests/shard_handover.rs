@@ -80,7 +80,7 @@ async fn node(
 ) -> (Server, Arc<PostgresStore>, String) {
     let listen = format!("127.0.0.1:{}", common::nats::free_port());
     let owner = format!("{name}@{listen}");
-    let store = Arc::new(PostgresStore::connect_to_cluster(url, Some(SHARDS)).await.unwrap());
+    let store = Arc::new(PostgresStore::connect_to_cluster(url, Some(SHARDS), None).await.unwrap());
     let leases = store.acquire_shards(shards, &owner, TTL_MS).await.unwrap();
     assert!(leases.iter().all(|l| l.owner == owner), "{owner} takes {shards:?}: {leases:?}");
     store.fence(&leases.iter().map(|l| Fence { shard: l.shard, epoch: l.epoch }).collect::<Vec<_>>());

@@ -16,11 +16,12 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, Limited};
+use tokio::sync::watch;
 use tonic::body::Body;
 use tonic::codegen::http;
 use tower::{Layer, Service};
@@ -114,15 +115,16 @@ fn workflow_of(body: &[u8], field: &[u32]) -> Option<String> {
 }
 
 /// Who serves each shard: the `host:port` its lease's owner named.
+/// Subscribers learn of a change as soon as a read finds one.
 pub struct ShardMap {
-    owners: RwLock<Vec<Option<String>>>,
+    owners: watch::Sender<Vec<Option<String>>>,
 }
 
 impl ShardMap {
     /// Reads the map now and again every [`REFRESH`], for as long as the
     /// returned map is in use.
     pub async fn follow(store: Arc<dyn Store>) -> Arc<Self> {
-        let map = Arc::new(Self { owners: RwLock::default() });
+        let map = Arc::new(Self { owners: watch::Sender::new(Vec::new()) });
         map.refresh(&*store).await;
         let weak = Arc::downgrade(&map);
         tokio::spawn(async move {
@@ -144,19 +146,28 @@ impl ShardMap {
                         *owner = crate::ownership::address_of(&lease.owner).map(str::to_owned);
                     }
                 }
-                *self.owners.write().unwrap_or_else(PoisonError::into_inner) = owners;
+                self.owners.send_if_modified(|current| {
+                    let changed = *current != owners;
+                    *current = owners;
+                    changed
+                });
             }
             Err(e) => tracing::warn!(error = %e, "could not read who serves each shard; calls keep the last map"),
         }
     }
 
     pub(crate) fn owner(&self, shard: u32) -> Option<String> {
-        self.owners.read().unwrap_or_else(PoisonError::into_inner).get(shard as usize).cloned().flatten()
+        self.owners.borrow().get(shard as usize).cloned().flatten()
     }
 
     /// Each shard's serving address, by shard.
     pub(crate) fn owners(&self) -> Vec<Option<String>> {
-        self.owners.read().unwrap_or_else(PoisonError::into_inner).clone()
+        self.owners.borrow().clone()
+    }
+
+    /// Changes whenever a read finds the map changed.
+    pub(crate) fn changes(&self) -> watch::Receiver<Vec<Option<String>>> {
+        self.owners.subscribe()
     }
 }
 

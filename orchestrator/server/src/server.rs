@@ -27,7 +27,7 @@ use crate::registry::Registry;
 use crate::runtime::lease_token::LeaseKey;
 use crate::runtime::retention::RetentionPolicy;
 use crate::runtime::{Runtime, StuckPolicy};
-use crate::store::{MemoryStore, SledStore, Store};
+use crate::store::{MemoryStore, Placement, SledStore, Store};
 use crate::tls::TlsFiles;
 use sagaflow_proto::v1::event_service_server::EventServiceServer;
 use sagaflow_proto::v1::node_service_server::NodeServiceServer;
@@ -51,7 +51,9 @@ pub enum Error {
     LeaseKey(#[from] crate::runtime::lease_token::Error),
     #[error(transparent)]
     Archive(#[from] crate::archive::Error),
-    #[error("this node cannot share the cluster's shards (--spread-shards): {0}")]
+    #[error(
+        "this node cannot take a share of the cluster's shards (its placement is spread): {0}; or run the cluster with --placement one-node, one node serving and the others standing by"
+    )]
     SpreadNeedsPeers(String),
     #[error("cannot build reflection: {0}")]
     Reflection(String),
@@ -78,10 +80,10 @@ pub enum Storage {
         /// The shard count to create the cluster with, if this node is its
         /// first; a cluster created with another count refuses the node.
         shards: Option<u32>,
-        /// Share the shards out among the live nodes, each serving its
-        /// share ([`crate::ownership::spread`]), instead of one node serving
-        /// every shard while the others stand by.
-        spread: bool,
+        /// How the nodes hold the shards, if this node says: a new cluster
+        /// takes it; a cluster created otherwise takes it only while none of
+        /// its nodes runs. Unsaid, the cluster's (spread for a new one).
+        placement: Option<Placement>,
     },
     /// Nothing survives the process: for tests and demos.
     Memory,
@@ -272,6 +274,10 @@ impl Server {
         // The lease key beside the store, so that a worker running through a
         // restart (or, on PostgreSQL, a takeover) can still prove its leases
         // (runtime/lease_token.rs).
+        let mut cluster_placement = match &options.storage {
+            Storage::Postgres { placement, .. } => Some(placement.unwrap_or(Placement::Spread)),
+            Storage::Sled(_) | Storage::Memory => None,
+        };
         let (store, lease_key): (Arc<dyn Store>, LeaseKey) = match (store, &options.storage) {
             (Some(store), Storage::Sled(dir) | Storage::Postgres { dir, .. }) => {
                 (store, LeaseKey::load_or_create(&dir.join("lease.key"))?)
@@ -285,10 +291,13 @@ impl Server {
                 LeaseKey::load_or_create(&dir.join("lease.key"))?,
             ),
             (None, Storage::Memory) => (Arc::new(MemoryStore::in_memory()), LeaseKey::random()),
-            (None, Storage::Postgres { url, shards, .. }) => {
-                let store = sagaflow_store_postgres::PostgresStore::connect_to_cluster(url, *shards)
+            (None, Storage::Postgres { url, shards, placement, .. }) => {
+                // Quiet for a lease's lifetime: no node of the cluster runs.
+                let placement = placement.map(|p| (p, crate::ownership::LEASE_TTL));
+                let store = sagaflow_store_postgres::PostgresStore::connect_to_cluster(url, *shards, placement)
                     .await
                     .map_err(Error::Database)?;
+                cluster_placement = Some(store.placement());
                 let key = store.shared_secret("lease_key", LeaseKey::fresh_bytes).await.map_err(Error::Database)?;
                 (Arc::new(store), LeaseKey::from_shared(&key)?)
             }
@@ -296,11 +305,11 @@ impl Server {
         // Before the store is taken, so that the shards' gauges it sets are recorded.
         crate::http::prometheus();
         let (mut ownership, listening) = match &options.storage {
-            Storage::Postgres { advertise, spread: false, .. } => {
+            Storage::Postgres { advertise, .. } if cluster_placement == Some(Placement::OneNode) => {
                 let (ownership, listening) = take_the_store(Arc::clone(&store), &options, advertise.as_deref()).await?;
                 (Some(Hold::Whole(ownership)), listening)
             }
-            Storage::Postgres { advertise, spread: true, .. } => {
+            Storage::Postgres { advertise, .. } => {
                 let (spread, listener) = join_the_cluster(Arc::clone(&store), &options, advertise.as_deref()).await?;
                 (Some(Hold::Spread(spread)), Some(listener))
             }

@@ -30,8 +30,8 @@ use std::sync::Arc;
 
 use sagaflow_proto::v1::{HistoryEvent, WorkflowSummary};
 use sagaflow_store::{
-    Commit, DefinitionRecord, Durable, Error, Fence, IndexPage, Lease, ListQuery, OutboxRecord, QueuePauseRecord,
-    Result, ShardLease, Store, TaskKey, TaskRecord, TimerRecord, check_ids,
+    Commit, DefinitionRecord, Durable, Error, Fence, IndexPage, Lease, ListQuery, OutboxRecord, Placement,
+    QueuePauseRecord, Result, ShardLease, Store, TaskKey, TaskRecord, TimerRecord, check_ids,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{Client, NoTls};
@@ -54,6 +54,7 @@ pub struct PostgresStore {
     shared: Arc<Shared>,
     readers: Readers,
     url: String,
+    placement: Placement,
 }
 
 /// The shard count of a cluster that its first node creates without
@@ -70,19 +71,29 @@ impl PostgresStore {
     /// The first store on a database creates its cluster with
     /// [`DEFAULT_SHARDS`] shards.
     pub async fn connect(url: &str) -> Result<Self> {
-        Self::connect_to_cluster(url, None).await
+        Self::connect_to_cluster(url, None, None).await
     }
 
-    /// As [`connect`](Self::connect), asking for `shards` shards: the
-    /// cluster is created with them if no node created it yet, and a cluster
-    /// created with another count refuses the store ([`Error::ShardCount`]).
-    pub async fn connect_to_cluster(url: &str, shards: Option<u32>) -> Result<Self> {
+    /// As [`connect`](Self::connect), asking for `shards` shards and for the
+    /// nodes to hold them by `placement`: the cluster is created with them
+    /// if no node created it yet. A cluster created with another count
+    /// refuses the store ([`Error::ShardCount`]); one with another
+    /// placement takes the new one if none of its nodes runs (none seen
+    /// within `quiet`, no lease unexpired) and refuses the store otherwise
+    /// ([`Error::Placement`]).
+    pub async fn connect_to_cluster(
+        url: &str,
+        shards: Option<u32>,
+        placement: Option<(Placement, std::time::Duration)>,
+    ) -> Result<Self> {
         let mut client = open(url, "migration", None).await?;
         let applied = migrations::apply(&mut client).await?;
         if !applied.is_empty() {
             tracing::info!(?applied, "applied PostgreSQL schema migrations");
         }
-        let shard_count = shards::cluster_shard_count(&client, shards).await?;
+        let (requested, quiet) =
+            placement.map_or((None, 0), |(p, quiet)| (Some(p), i64::try_from(quiet.as_millis()).unwrap_or(i64::MAX)));
+        let (shard_count, placement) = shards::cluster_config(&client, shards, requested, quiet).await?;
         drop(client);
         let shared = Arc::new(Shared::new(shard_count));
         let (ops, queue) = mpsc::unbounded_channel();
@@ -90,7 +101,12 @@ impl PostgresStore {
         let writer = writer::Writer::start(writer_connection, Arc::clone(&shared)).await?;
         tokio::spawn(writer.run(queue));
         let readers = Readers::connect(url, READ_CONNECTIONS, &shared).await?;
-        Ok(Self { ops, shared, readers, url: url.to_owned() })
+        Ok(Self { ops, shared, readers, url: url.to_owned(), placement })
+    }
+
+    /// How the cluster's nodes hold its shards, as its database says.
+    pub fn placement(&self) -> Placement {
+        self.placement
     }
 
     /// Write transactions committed so far: with group commit, far fewer than

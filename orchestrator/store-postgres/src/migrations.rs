@@ -25,10 +25,11 @@ const MIGRATIONS: &[Migration] = &[
     Migration { version: 4, name: "cluster_secrets", sql: include_str!("../migrations/0004_cluster_secrets.sql") },
     Migration { version: 5, name: "cluster_nodes", sql: include_str!("../migrations/0005_cluster_nodes.sql") },
     Migration { version: 6, name: "cluster_config", sql: include_str!("../migrations/0006_cluster_config.sql") },
+    Migration { version: 7, name: "cluster_placement", sql: include_str!("../migrations/0007_cluster_placement.sql") },
 ];
 
-/// The schema version this build writes and reads.
-pub const LATEST_VERSION: i32 = 6;
+/// The schema version this build writes and reads: its last migration's.
+pub const LATEST_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].version;
 
 /// The advisory lock key of schema changes ("SAGAFLOW" in ASCII). The
 /// writer's request-id locks use the two-key form, a separate key space.

@@ -3,7 +3,7 @@
 //! database's clock.
 
 use futures_util::future::try_join;
-use sagaflow_store::{Error, Fence, Result, ShardLease};
+use sagaflow_store::{Error, Fence, Placement, Result, ShardLease};
 use tokio_postgres::{Client, Row};
 
 use crate::engine;
@@ -61,32 +61,76 @@ async fn current(client: &Client, shards: &[i32]) -> Result<Vec<ShardLease>> {
     leases(&client.query(&sql, &[&shards]).await.map_err(engine("reading shard leases"))?)
 }
 
-/// The cluster's shard count: `requested` (or the default) when this is
-/// the cluster's first node, which also adds a free lease for each shard
-/// (so that `cluster status` lists them before any node took one).
-pub(crate) async fn cluster_shard_count(client: &Client, requested: Option<u32>) -> Result<u32> {
+/// The cluster's shard count and placement: those `requested` (or the
+/// defaults) when this is the cluster's first node, which also adds a free
+/// lease for each shard (so that `cluster status` lists them before any
+/// node took one). A shard count never changes; a placement changes only
+/// while no node of the cluster runs (`quiet_ms`: none seen that recently,
+/// no lease unexpired), since nodes that disagree leave shards unserved.
+pub(crate) async fn cluster_config(
+    client: &Client,
+    requested: Option<u32>,
+    placement: Option<Placement>,
+    quiet_ms: i64,
+) -> Result<(u32, Placement)> {
     let wanted = requested.unwrap_or(crate::DEFAULT_SHARDS);
     if !(1..=crate::MAX_SHARDS).contains(&wanted) {
         return Err(Error::Engine(format!("a cluster has 1 to {} shards, not {wanted}", crate::MAX_SHARDS)));
     }
     let wanted = i32::try_from(wanted).map_err(|_| Error::Engine(format!("{wanted} shards do not fit")))?;
+    let first_placement = placement.unwrap_or(Placement::Spread).name();
     client
-        .execute("INSERT INTO cluster_config (shard_count) VALUES ($1) ON CONFLICT DO NOTHING", &[&wanted])
+        .execute(
+            "INSERT INTO cluster_config (shard_count, placement) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&wanted, &first_placement],
+        )
         .await
         .map_err(engine("creating the cluster's configuration"))?;
     let row = client
-        .query_one("SELECT shard_count FROM cluster_config", &[])
+        .query_one("SELECT shard_count, placement FROM cluster_config", &[])
         .await
-        .map_err(engine("reading the cluster's shard count"))?;
-    let stored: i32 =
-        row.try_get(0).map_err(|e| Error::Corrupt { key: "cluster_config".into(), reason: e.to_string() })?;
-    let count = u32::try_from(stored)
-        .map_err(|_| Error::Corrupt { key: "cluster_config".into(), reason: format!("{stored} shards") })?;
+        .map_err(engine("reading the cluster's configuration"))?;
+    let corrupt = |reason: String| Error::Corrupt { key: "cluster_config".into(), reason };
+    let stored: i32 = row.try_get(0).map_err(|e| corrupt(e.to_string()))?;
+    let count = u32::try_from(stored).map_err(|_| corrupt(format!("{stored} shards")))?;
     if let Some(requested) = requested.filter(|r| *r != count) {
         return Err(Error::ShardCount { cluster: count, requested });
     }
+    let name: &str = row.try_get(1).map_err(|e| corrupt(e.to_string()))?;
+    let mut current = Placement::from_name(name).ok_or_else(|| corrupt(format!("placement {name:?}")))?;
+    if let Some(requested) = placement.filter(|p| *p != current) {
+        current = change_placement(client, current, requested, quiet_ms).await?;
+    }
     add_free_leases(client, &(0..stored).collect::<Vec<_>>()).await?;
-    Ok(count)
+    Ok((count, current))
+}
+
+/// Changes the cluster's placement to `requested` if none of its nodes runs;
+/// one statement, so that of two nodes starting at once with different
+/// placements the second sees the first's.
+async fn change_placement(
+    client: &Client,
+    current: Placement,
+    requested: Placement,
+    quiet_ms: i64,
+) -> Result<Placement> {
+    let quiet = quiet_ms as f64;
+    let changed = client
+        .execute(
+            "UPDATE cluster_config SET placement = $1
+             WHERE placement <> $1
+               AND NOT EXISTS (SELECT 1 FROM shard_leases WHERE expires_at > now() AND owner <> '')
+               AND NOT EXISTS (SELECT 1 FROM cluster_nodes
+                               WHERE seen_at > now() - $2::float8 * interval '1 millisecond')",
+            &[&requested.name(), &quiet],
+        )
+        .await
+        .map_err(engine("changing the cluster's placement"))?;
+    if changed == 1 {
+        tracing::info!(from = %current, to = %requested, "changed the cluster's placement: none of its nodes ran");
+        return Ok(requested);
+    }
+    Err(Error::Placement { cluster: current, requested })
 }
 
 /// Records that `owner` is alive now, and forgets nodes not seen for 15
@@ -203,11 +247,23 @@ pub(crate) async fn view(client: &Client) -> Result<ClusterView> {
             Ok((row.try_get(0).map_err(corrupt("cluster_nodes"))?, row.try_get(1).map_err(corrupt("cluster_nodes"))?))
         })
         .collect::<Result<Vec<_>>>()?;
+    let placement = client
+        .query_opt("SELECT placement FROM cluster_config", &[])
+        .await
+        .map_err(missing("reading the cluster's placement"))?;
+    let placement = match placement {
+        Some(row) => {
+            let name: &str = row.try_get(0).map_err(corrupt("cluster_config"))?;
+            let placement = Placement::from_name(name);
+            Some(placement.ok_or_else(|| Error::Corrupt { key: "cluster_config".into(), reason: name.into() })?)
+        }
+        None => None,
+    };
     let now = client
         .query_one("SELECT (extract(epoch FROM now()) * 1000)::bigint", &[])
         .await
         .map_err(engine("reading the database's clock"))?;
-    Ok(ClusterView { leases, nodes, now_ms: now.try_get(0).map_err(corrupt("now()"))? })
+    Ok(ClusterView { leases, nodes, placement, now_ms: now.try_get(0).map_err(corrupt("now()"))? })
 }
 
 /// Who holds each shard and which nodes are alive, on the database's clock
@@ -217,6 +273,8 @@ pub struct ClusterView {
     pub leases: Vec<ShardLease>,
     /// Each node's lease owner name, and when it was last seen.
     pub nodes: Vec<(String, i64)>,
+    /// How its nodes hold the shards; `None` before its first node started.
+    pub placement: Option<Placement>,
     pub now_ms: i64,
 }
 

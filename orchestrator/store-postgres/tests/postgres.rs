@@ -9,7 +9,7 @@ use std::sync::Arc;
 use common::{TestDb, connect};
 use sagaflow_proto::v1::{HistoryEvent, WorkflowStatus, WorkflowSummary};
 use sagaflow_store::{
-    Commit, DefinitionRecord, Error, Fence, ListQuery, OutboxRecord, Store, TimerRecord, WorkflowFilter,
+    Commit, DefinitionRecord, Error, Fence, ListQuery, OutboxRecord, Placement, Store, TimerRecord, WorkflowFilter,
 };
 use sagaflow_store_postgres::{DEFAULT_SHARDS, LATEST_VERSION, PostgresStore};
 
@@ -51,7 +51,8 @@ async fn migrations_apply_once_and_a_second_connect_changes_nothing() {
             (3, "assertions"),
             (4, "cluster_secrets"),
             (5, "cluster_nodes"),
-            (6, "cluster_config")
+            (6, "cluster_config"),
+            (7, "cluster_placement")
         ]
     );
     assert_eq!(first.last().map(|(v, _, _)| *v), Some(LATEST_VERSION));
@@ -451,11 +452,11 @@ async fn racing_nodes_never_split_the_shards() {
 #[tokio::test]
 async fn the_shard_count_is_set_once_by_the_first_node() {
     let db = TestDb::create().await;
-    let first = PostgresStore::connect_to_cluster(&db.url, Some(4)).await.unwrap();
+    let first = PostgresStore::connect_to_cluster(&db.url, Some(4), None).await.unwrap();
     assert_eq!(first.shard_count(), 4);
     assert_eq!(store(&db).await.shard_count(), 4, "a node without --shards takes the cluster's");
-    assert_eq!(PostgresStore::connect_to_cluster(&db.url, Some(4)).await.unwrap().shard_count(), 4);
-    let refused = PostgresStore::connect_to_cluster(&db.url, Some(16)).await.map(drop);
+    assert_eq!(PostgresStore::connect_to_cluster(&db.url, Some(4), None).await.unwrap().shard_count(), 4);
+    let refused = PostgresStore::connect_to_cluster(&db.url, Some(16), None).await.map(drop);
     assert!(matches!(refused, Err(Error::ShardCount { cluster: 4, requested: 16 })), "{refused:?}");
     let leases = sagaflow_store_postgres::cluster_view(&db.url).await.unwrap().leases;
     assert_eq!(leases.iter().map(|l| (l.shard, l.epoch)).collect::<Vec<_>>(), [(0, 0), (1, 0), (2, 0), (3, 0)]);
@@ -465,19 +466,67 @@ async fn the_shard_count_is_set_once_by_the_first_node() {
 
     // A database of schema version 5 whose node held shard 0.
     let old = TestDb::create().await;
-    drop(PostgresStore::connect_to_cluster(&old.url, Some(1)).await.unwrap());
+    drop(PostgresStore::connect_to_cluster(&old.url, Some(1), None).await.unwrap());
     connect(&old.url)
         .await
         .batch_execute(
-            "DROP TABLE cluster_config; DELETE FROM sagaflow_schema_migrations WHERE version = 6;
+            "DROP TABLE cluster_config; DELETE FROM sagaflow_schema_migrations WHERE version >= 6;
              UPDATE shard_leases SET owner = 'node-a', epoch = 3",
         )
         .await
         .unwrap();
     let upgraded = store(&old).await;
     assert_eq!(upgraded.shard_count(), 1, "it stays one shard");
-    let refused = PostgresStore::connect_to_cluster(&old.url, Some(8)).await.map(drop);
+    let refused = PostgresStore::connect_to_cluster(&old.url, Some(8), None).await.map(drop);
     assert!(matches!(refused, Err(Error::ShardCount { cluster: 1, .. })), "{refused:?}");
+}
+
+/// A new cluster spreads its shards unless its first node says otherwise; a
+/// node that asks for another placement than the cluster's is refused while
+/// any node of the cluster runs (holds a lease, or was seen lately), and
+/// changes it once none does; a cluster from before placements were stored
+/// keeps one node serving.
+#[tokio::test]
+async fn the_placement_is_the_clusters_and_changes_only_when_no_node_runs() {
+    const QUIET: std::time::Duration = std::time::Duration::from_secs(5);
+    let db = TestDb::create().await;
+    let cluster = |placement: Option<Placement>| {
+        let url = db.url.clone();
+        async move { PostgresStore::connect_to_cluster(&url, None, placement.map(|p| (p, QUIET))).await }
+    };
+    assert_eq!(cluster(None).await.unwrap().placement(), Placement::Spread, "a new cluster spreads");
+    // No node ran yet: the placement is anyone's to set.
+    assert_eq!(cluster(Some(Placement::OneNode)).await.unwrap().placement(), Placement::OneNode);
+    assert_eq!(cluster(None).await.unwrap().placement(), Placement::OneNode, "a node without one takes the cluster's");
+
+    let running = cluster(None).await.unwrap();
+    let leases = running.acquire_shards(&(0..DEFAULT_SHARDS).collect::<Vec<_>>(), "node-a", 5_000).await.unwrap();
+    let refused = cluster(Some(Placement::Spread)).await.map(drop);
+    assert!(
+        matches!(refused, Err(Error::Placement { cluster: Placement::OneNode, requested: Placement::Spread })),
+        "{refused:?}"
+    );
+    assert_eq!(cluster(Some(Placement::OneNode)).await.unwrap().placement(), Placement::OneNode);
+
+    // Released, but seen a moment ago: it may be about to take them again.
+    let fences: Vec<Fence> = leases.iter().map(|l| Fence { shard: l.shard, epoch: l.epoch }).collect();
+    running.release_shards(&fences).await.unwrap();
+    assert!(matches!(cluster(Some(Placement::Spread)).await.map(drop), Err(Error::Placement { .. })));
+    running.leave("node-a").await.unwrap();
+    assert_eq!(cluster(Some(Placement::Spread)).await.unwrap().placement(), Placement::Spread, "none runs now");
+
+    // A database of schema version 6: its cluster ran with one node serving.
+    let old = TestDb::create().await;
+    drop(PostgresStore::connect(&old.url).await.unwrap());
+    connect(&old.url)
+        .await
+        .batch_execute(
+            "ALTER TABLE cluster_config DROP COLUMN placement;
+             DELETE FROM sagaflow_schema_migrations WHERE version = 7",
+        )
+        .await
+        .unwrap();
+    assert_eq!(store(&old).await.placement(), Placement::OneNode, "it keeps one node serving");
 }
 
 /// Nodes that ask for a cluster secret at once all get the one that landed

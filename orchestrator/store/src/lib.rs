@@ -89,6 +89,44 @@ pub enum Error {
         "the cluster was created with {cluster} shards, and a cluster's shard count never changes; start this node with --shards {cluster} or without --shards, not --shards {requested}"
     )]
     ShardCount { cluster: u32, requested: u32 },
+    /// A node asked for another placement than its cluster's while other
+    /// nodes of the cluster run: they must agree, or shards go unserved.
+    #[error(
+        "the cluster's shards are placed {cluster}, and a node started with --placement {requested} would not agree with its running nodes; start this node without --placement (or with --placement {cluster}), or stop every node of the cluster first: the first node to start then sets the placement"
+    )]
+    Placement { cluster: Placement, requested: Placement },
+}
+
+/// How a cluster's nodes hold its shards (ADR 0030). A property of the
+/// cluster, kept in its database: nodes that disagree would leave shards
+/// unserved (a one-node node waits for every shard while spread nodes hold
+/// their shares).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Each live node serves a share of the shards (the default).
+    Spread,
+    /// One node serves every shard; the others stand by.
+    OneNode,
+}
+
+impl Placement {
+    /// The name the database and the command line use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Spread => "spread",
+            Self::OneNode => "one-node",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::Spread, Self::OneNode].into_iter().find(|p| p.name() == name)
+    }
+}
+
+impl std::fmt::Display for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

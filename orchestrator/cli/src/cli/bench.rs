@@ -35,6 +35,7 @@ use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
+use super::server::PlacementArg;
 use super::workflow::{Conn, connect_channel, status_error};
 
 /// The server's own bound on an await; past it a saga counts as an error.
@@ -113,17 +114,17 @@ pub struct BenchArgs {
     #[arg(long, value_name = "URL", value_parser = super::server::parse_store_url)]
     pub store: Option<String>,
     /// With --store: how many servers share it (the server's CPU and RSS are summed over them).
-    /// Without --spread-shards one serves and the others stand by, so on one machine this
-    /// measures what standbys cost, not a gain. With it the nodes share the shards out, each
-    /// serving its share and forwarding calls about the others'; on one small machine (2 cores,
-    /// PostgreSQL on them too) that shows the overhead of spreading, not scaling.
+    /// By default they share the shards out, each serving its share and forwarding calls about
+    /// the others'; on one small machine (2 cores, PostgreSQL on them too) that shows the
+    /// overhead of spreading, not scaling. With --placement one-node one serves and the others
+    /// stand by, which measures what standbys cost.
     #[arg(long, default_value_t = 1, requires = "store", value_parser = clap::value_parser!(u32).range(1..=9))]
     pub nodes: u32,
-    /// With --store: the spawned servers run with `server --spread-shards`. Every node serves at
-    /// once: the phase starts once they have shared the shards out, the worker gets every node,
-    /// and the client sends its sagas round-robin over them.
-    #[arg(long, requires = "store")]
-    pub spread_shards: bool,
+    /// With --store: the spawned servers' `server --placement`. With `spread` every node serves
+    /// at once: the phase starts once they have shared the shards out, the worker gets every
+    /// node, and the client sends its sagas round-robin over them.
+    #[arg(long, value_enum, default_value_t = PlacementArg::Spread, requires = "store")]
+    pub placement: PlacementArg,
     /// Serve the bench activities from the Python SDK's worker (`PYTHON -m sagaflow.bench`) instead
     /// of `sagaflow worker`; PYTHON is an interpreter with `pip install ./worker/python` done.
     /// Spawned workers and the bench saga only.
@@ -302,7 +303,11 @@ async fn run_phases(args: &BenchArgs, target: &Target, interrupt: Interrupt) -> 
             phase: phase.clone(),
             workflow: args.workflow,
             run_id: run_id.clone(),
-            store: args.store.clone().map(|url| StorePlan { url, nodes: args.nodes, spread: args.spread_shards }),
+            store: args.store.clone().map(|url| StorePlan {
+                url,
+                nodes: args.nodes,
+                spread: args.placement == PlacementArg::Spread,
+            }),
             python_worker: args.python_worker.clone(),
         };
         let result = match (target, data.as_mut()) {
@@ -377,7 +382,7 @@ struct StorePlan {
     url: String,
     /// How many servers share the store (`--nodes`).
     nodes: u32,
-    /// They share the shards out (`--spread-shards`) instead of one serving and the others standing by.
+    /// They share the shards out (`--placement spread`) instead of one serving and the others standing by.
     spread: bool,
 }
 
@@ -386,8 +391,11 @@ impl Plan {
         format!("bench-{}-{}-{index}", self.phase.name, self.run_id)
     }
 
-    fn warm_up_request_id(&self) -> String {
-        format!("bench-{}-{}-warm-up", self.phase.name, self.run_id)
+    /// One warm-up saga per node: a start without a workflow id is served
+    /// in the shards of the node it reaches, so each runs its own saga, and
+    /// the worker's path to every node is open before the clock starts.
+    fn warm_up_request_id(&self, node: usize) -> String {
+        format!("bench-{}-{}-warm-up-{node}", self.phase.name, self.run_id)
     }
 }
 
@@ -428,11 +436,9 @@ struct Probe {
 /// the processes' costs around it.
 async fn measure(plan: &Plan, urls: &[String], probe: Probe) -> anyhow::Result<PhaseReport> {
     let mut clients = Vec::new();
-    for url in urls {
+    for (node, url) in urls.iter().enumerate() {
         let client = SagaClient::connect(url).await?;
-        // Through every node, so that its forwarding to the others is warm too
-        // (the same request id: the later nodes get the ended saga back).
-        warm_up(&client, plan).await?;
+        warm_up(&client, plan, node).await?;
         clients.push(client);
     }
     let cpu_before = Usage::snapshot(&probe);
@@ -471,9 +477,9 @@ fn ended(workflow_id: &str, response: AwaitWorkflowResponse) -> anyhow::Result<E
 
 /// One saga through both the fresh worker and the server: once it ends, the
 /// worker is connected and every code path is warm.
-async fn warm_up(client: &SagaClient, plan: &Plan) -> anyhow::Result<()> {
+async fn warm_up(client: &SagaClient, plan: &Plan, node: usize) -> anyhow::Result<()> {
     let mut client = client.clone();
-    let request_id = plan.warm_up_request_id();
+    let request_id = plan.warm_up_request_id(node);
     let ended = tokio::time::timeout(READY_TIMEOUT, client.execute(plan.workflow, request_id))
         .await
         .with_context(|| format!("the warm-up saga did not end within {}s", READY_TIMEOUT.as_secs()))?;
@@ -1018,15 +1024,15 @@ fn drain(mut lines: Lines<BufReader<ChildStdout>>) {
 
 /// A fresh orchestrator and one worker process for one phase.
 struct Cluster {
-    /// The first node: the one that serves, or with --spread-shards one of those that do.
+    /// The first node: one of those that serve, or with --placement one-node the one that does.
     server: Spawned,
     worker: Spawned,
     /// The first node's gRPC URL.
     url: String,
     /// The gRPC URL of every serving node, the first node's first.
     urls: Vec<String>,
-    /// The other servers on the same store (`--nodes`): standing by, or
-    /// with --spread-shards serving their share.
+    /// The other servers on the same store (`--nodes`): serving their
+    /// share, or with --placement one-node standing by.
     others: Vec<Spawned>,
 }
 
@@ -1045,9 +1051,8 @@ impl Cluster {
         let (nodes, spread) = plan.store.as_ref().map_or((1, false), |store| (store.nodes, store.spread));
         if let Some(store) = &plan.store {
             server_args.extend(["--store".to_owned(), store.url.clone()]);
-            if spread {
-                server_args.push("--spread-shards".into());
-            }
+            let placement = if spread { "spread" } else { "one-node" };
+            server_args.extend(["--placement".to_owned(), placement.to_owned()]);
         }
         let (server, url) = Spawned::start_server(&server_args).await?;
         let mut urls = vec![url.clone()];
@@ -1235,7 +1240,7 @@ mod tests {
             keep_data: false,
             store: None,
             nodes: 1,
-            spread_shards: false,
+            placement: PlacementArg::Spread,
             python_worker: None,
             duration: Duration::from_secs(60),
             soak_retention: Duration::from_secs(60),

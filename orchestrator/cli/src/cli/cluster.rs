@@ -4,7 +4,7 @@
 
 use anyhow::Context;
 use sagaflow_server::ownership::{address_of, cluster_view};
-use sagaflow_server::store::ShardLease;
+use sagaflow_server::store::{Placement, ShardLease};
 use serde_json::json;
 
 use super::Output;
@@ -21,6 +21,13 @@ pub enum ClusterCommand {
         #[arg(long, env = "SAGAFLOW_STORE", hide_env_values = true, value_name = "URL", value_parser = parse_store_url)]
         store: String,
     },
+}
+
+fn placement_meaning(placement: Placement) -> &'static str {
+    match placement {
+        Placement::Spread => "each live node serves a share of the shards",
+        Placement::OneNode => "one node serves every shard, the others stand by",
+    }
 }
 
 /// A node not seen for this long has stopped or is cut off: nodes write
@@ -55,7 +62,8 @@ pub async fn run(command: ClusterCommand, output: Output) -> anyhow::Result<()> 
                     })
                 })
                 .collect();
-            outln!("{}", json!({ "shards": shards, "nodes": nodes }));
+            let placement = view.placement.map(|p| p.name());
+            outln!("{}", json!({ "placement": placement, "shards": shards, "nodes": nodes }));
         }
         // The first node to connect adds a free lease per shard before it takes them.
         Output::Text if view.leases.iter().all(|lease| lease.epoch == 0) => {
@@ -76,6 +84,9 @@ pub async fn run(command: ClusterCommand, output: Output) -> anyhow::Result<()> 
                     (lease.shard, held)
                 })
                 .collect();
+            if let Some(placement) = view.placement {
+                outln!("placement: {placement} ({})", placement_meaning(placement));
+            }
             out!("{}", table(&["SHARDS", "NODE", "ADDRESS", "EPOCH", "LEASE"], &shard_ranges(rows)));
             let rows: Vec<Vec<String>> = view
                 .nodes

@@ -11,13 +11,31 @@ use sagaflow_server::admission::AdmissionOptions;
 use sagaflow_server::auth::Tokens;
 use sagaflow_server::limits::Limits;
 use sagaflow_server::runtime::StuckPolicy;
-use sagaflow_server::store::{SledStore, Store};
+use sagaflow_server::store::{Placement, SledStore, Store};
 use sagaflow_server::tls::TlsFiles;
 use sagaflow_server::workflows::SagaDefinition;
 use sagaflow_server::{Options, Registry, Server, Storage};
 use sagaflow_shop_server::CheckoutExtension;
 
 use super::{Logging, Output};
+
+/// How a cluster's nodes hold its shards (`--placement`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PlacementArg {
+    /// Each live node serves a share of the shards.
+    Spread,
+    /// One node serves every shard; the others stand by.
+    OneNode,
+}
+
+impl From<PlacementArg> for Placement {
+    fn from(placement: PlacementArg) -> Self {
+        match placement {
+            PlacementArg::Spread => Placement::Spread,
+            PlacementArg::OneNode => Placement::OneNode,
+        }
+    }
+}
 
 #[derive(Debug, Args)]
 pub struct ServerArgs {
@@ -27,8 +45,8 @@ pub struct ServerArgs {
     pub data_dir: PathBuf,
     /// Keep workflows in PostgreSQL at this URL (postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE)
     /// instead of sled under --data-dir. The schema is created and migrated at start. Several
-    /// servers may share one database: one serves and the others stand by, taking over within
-    /// seconds when it dies (docs/cluster.md). TLS as libpq spells it:
+    /// servers may share one database: they share its shards out and take over a dead node's
+    /// within seconds (--placement, docs/cluster.md). TLS as libpq spells it:
     /// ?sslmode=verify-full&sslrootcert=/path/ca.pem (the database's certificate is always
     /// verified, host name included; require and verify-ca mean the same here); add
     /// &sslcert=/path/client.pem&sslkey=/path/client.key for a database that requires a client
@@ -39,24 +57,30 @@ pub struct ServerArgs {
     /// gRPC listen address. Loopback by default.
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
-    /// With --store: the host:port other nodes reach this one at, to forward the calls they take
-    /// while standing by (by default the --listen address, which must then name one host, not
-    /// 0.0.0.0). A standby listens and forwards every call and worker session to the node that
-    /// serves; with --tls-cert only when --tls-peer-ca is given too.
+    /// With --store: the host:port other nodes reach this one at, to forward it the calls and
+    /// worker sessions of the shards it serves (by default the --listen address, which must then
+    /// name one host, not 0.0.0.0). With --tls-cert the nodes forward only when --tls-peer-ca is
+    /// given too.
     #[arg(long, value_name = "HOST:PORT", requires = "store", value_parser = parse_advertise)]
     pub advertise: Option<String>,
     /// With --store: how many shards the cluster places workflows in, 1 to 1024 (default 8). The
     /// cluster's first node sets it and it never changes; a node given another count than the
-    /// cluster's refuses to start. Every shard has its own lease and epoch. By default one node
-    /// serves every shard and the others stand by; see --spread-shards.
+    /// cluster's refuses to start. Every shard has its own lease and epoch.
     #[arg(long, value_name = "N", requires = "store", value_parser = clap::value_parser!(u32).range(1..=i64::from(sagaflow_server::ownership::MAX_SHARDS)))]
     pub shards: Option<u32>,
-    /// With --store: share the shards out among the live nodes, each serving its share at once
-    /// and forwarding the calls of the others' shards to them; a node that joins takes its share
-    /// from the others, and a dead node's shards are taken over when its leases run out (within
-    /// 10 s). Give it to every node of the cluster, each with an --advertise address the others
-    /// reach (over TLS, with --tls-peer-ca too). See docs/cluster.md.
-    #[arg(long, requires = "store")]
+    /// With --store: how the cluster's nodes hold its shards. `spread` (a new cluster's default):
+    /// each live node serves a share and forwards the calls of the others' shards to them; a node
+    /// that joins takes its share, and a dead node's shards are taken over when its leases run out
+    /// (within 10 s); every node needs an address the others reach (--advertise, and over TLS
+    /// --tls-peer-ca). `one-node`: one node serves every shard and the others stand by. It is the
+    /// cluster's, kept in its database: without this flag a node takes the cluster's; with
+    /// another one it refuses to start while a node of the cluster runs (stop them all to change
+    /// it). See docs/cluster.md.
+    #[arg(long, value_enum, value_name = "PLACEMENT", requires = "store")]
+    pub placement: Option<PlacementArg>,
+    /// Same as --placement spread (the default for a new cluster), kept for the scripts that
+    /// gave it before.
+    #[arg(long, hide = true, requires = "store", conflicts_with = "placement")]
     pub spread_shards: bool,
     /// HTTP listen address for the console (/), /metrics and /healthz.
     #[arg(long, default_value = "127.0.0.1:9090")]
@@ -254,7 +278,11 @@ pub async fn run(args: ServerArgs, logging: &Logging) -> anyhow::Result<()> {
             dir: args.data_dir.clone(),
             advertise: args.advertise.clone(),
             shards: args.shards,
-            spread: args.spread_shards,
+            placement: match (args.placement, args.spread_shards) {
+                (Some(placement), _) => Some(placement.into()),
+                (None, true) => Some(Placement::Spread),
+                (None, false) => None,
+            },
         },
         None => Storage::Sled(args.data_dir.clone()),
     };

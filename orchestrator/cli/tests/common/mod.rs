@@ -18,6 +18,25 @@ use tonic::transport::Channel;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_sagaflow");
 
+/// A node of a cluster under test: its address (fixed, so that workers and
+/// clients know every node before it starts) and its own directory. Each
+/// cluster test adds how it starts its nodes.
+pub struct Node {
+    pub listen: String,
+    pub dir: PathBuf,
+}
+
+impl Node {
+    pub fn new(root: &Path, name: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Self { listen: format!("127.0.0.1:{port}"), dir: root.join(name) }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.listen)
+    }
+}
+
 /// A `sagaflow server` process on loopback ports chosen by the OS.
 pub struct ServerProcess {
     child: Child,

@@ -46,7 +46,9 @@ use crate::runtime::timers::now_ms;
 
 /// The most credit a source holds unspent while others may need it.
 const PREFETCH: u32 = 4;
-/// How often a session looks for serving nodes it has no session on.
+/// How often a session looks again for serving nodes it has no session on
+/// (besides whenever the map of who serves what changes), and how long a
+/// node whose session failed is left alone.
 const LOOK_FOR_NODES: Duration = Duration::from_secs(1);
 /// How often credit parked on idle sources is looked at, and how long a
 /// source must have neither spent nor been given credit to count as idle.
@@ -201,6 +203,9 @@ impl Relay {
         local_tasks: mpsc::Receiver<Result<ServerMessage, Status>>,
     ) {
         tokio::spawn(pass_down(HERE, ReceiverStream::new(local_tasks), self.worker.clone(), self.events.0.clone()));
+        // A node that just took shards gets a session at once: its tasks
+        // would otherwise wait for the next look.
+        let mut map_changed = self.peers.map.changes();
         self.connect_new_nodes();
         let mut look = tokio::time::interval(LOOK_FOR_NODES);
         look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -219,6 +224,7 @@ impl Relay {
                 },
                 Some(event) = self.events.1.recv() => self.account(event),
                 _ = look.tick() => self.connect_new_nodes(),
+                Ok(()) = map_changed.changed() => self.connect_new_nodes(),
                 _ = rebalance.tick() => {
                     self.reclaim_idle_credit();
                     if !self.route_parked().await {

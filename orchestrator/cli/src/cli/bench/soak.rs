@@ -65,7 +65,7 @@ pub(super) async fn run(args: &BenchArgs, data: &mut DataDir, interrupt: &Interr
 
 async fn soak(plan: &Plan, cluster: &Cluster, server_dir: &Path, duration: Duration) -> anyhow::Result<Vec<Sample>> {
     let client = SagaClient::connect(&cluster.url).await?;
-    warm_up(&client, plan).await?;
+    warm_up(&client, plan, 0).await?;
     let shared = Arc::new(Shared::default());
     let load = tokio::spawn({
         let (plan, client, shared) = (plan.clone(), client.clone(), Arc::clone(&shared));
