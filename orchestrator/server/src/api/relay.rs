@@ -14,7 +14,9 @@
 //! ago, so that under load, when every source hovers at none, each gets
 //! its share of what comes back),
 //! so that a source whose tasks flow is topped up as it spends and an idle
-//! one holds at most [`PREFETCH`]. The sum it has handed out and not seen
+//! one holds at most its fair share of the credit not in use (at least
+//! [`PREFETCH`]): with one source, all of it, so that a node that serves
+//! every shard dispatches as freely as without the relay. The sum it has handed out and not seen
 //! spent never exceeds what the worker granted; a source that goes away
 //! gives its unspent credit back.
 //!
@@ -44,7 +46,8 @@ use crate::route::ShardMap;
 use crate::runtime::dispatch::Outbound;
 use crate::runtime::timers::now_ms;
 
-/// The most credit a source holds unspent while others may need it.
+/// The least of the most credit a source may hold unspent: its fair share
+/// of the credit not in use, or this if that is less.
 const PREFETCH: u32 = 4;
 /// How often a session looks again for serving nodes it has no session on
 /// (besides whenever the map of who serves what changes), and how long a
@@ -380,10 +383,16 @@ impl Relay {
     }
 
     /// Hands the pool out a unit at a time, to the source with the least
-    /// unspent credit, while that is under [`PREFETCH`].
+    /// unspent credit, while that is under its fair share of the credit not
+    /// in use (at least [`PREFETCH`]). A cap of a few units would make a
+    /// source wait for a round trip through the relay every few tasks,
+    /// shrinking the batches its store commits.
     fn hand_out(&mut self) {
         let mut granted: BTreeMap<SourceId, u32> = BTreeMap::new();
         let now = Instant::now();
+        let sources = u32::try_from(self.sources.len()).unwrap_or(u32::MAX).max(1);
+        let not_in_use = self.sources.values().fold(self.pool, |sum, s| sum.saturating_add(s.unspent));
+        let most = PREFETCH.max(not_in_use.div_ceil(sources));
         while self.pool > 0 {
             // Among equals, the one whose turn it is, then the one given
             // credit longest ago: under load every source hovers at none,
@@ -394,7 +403,7 @@ impl Relay {
                 .filter(|(_, s)| !s.withdrawing)
                 .min_by_key(|(_, s)| (s.unspent, !s.turn, s.granted_at));
             let Some((id, source)) = least else { break };
-            if source.unspent >= PREFETCH {
+            if source.unspent >= most {
                 break;
             }
             source.unspent += 1;
