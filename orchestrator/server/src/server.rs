@@ -271,13 +271,15 @@ impl Server {
         options.check_exposure()?;
         let extensions = Arc::new(extensions);
         let policy = Arc::new(Policy::with_rules(extensions.iter().flat_map(|e| e.rules())));
-        // The lease key beside the store, so that a worker running through a
-        // restart (or, on PostgreSQL, a takeover) can still prove its leases
-        // (runtime/lease_token.rs).
+        // A store handed in is taken as its options say; one connected to
+        // here says its cluster's.
         let mut cluster_placement = match &options.storage {
             Storage::Postgres { placement, .. } => Some(placement.unwrap_or(Placement::Spread)),
             Storage::Sled(_) | Storage::Memory => None,
         };
+        // The lease key beside the store, so that a worker running through a
+        // restart (or, on PostgreSQL, a takeover) can still prove its leases
+        // (runtime/lease_token.rs).
         let (store, lease_key): (Arc<dyn Store>, LeaseKey) = match (store, &options.storage) {
             (Some(store), Storage::Sled(dir) | Storage::Postgres { dir, .. }) => {
                 (store, LeaseKey::load_or_create(&dir.join("lease.key"))?)
