@@ -87,17 +87,16 @@ pub(crate) async fn cluster_config(
         .await
         .map_err(engine("creating the cluster's configuration"))?;
     let row = client
-        .query_one("SELECT shard_count, placement FROM cluster_config", &[])
+        .query_one("SELECT placement, shard_count FROM cluster_config", &[])
         .await
         .map_err(engine("reading the cluster's configuration"))?;
     let corrupt = |reason: String| Error::Corrupt { key: "cluster_config".into(), reason };
-    let stored: i32 = row.try_get(0).map_err(|e| corrupt(e.to_string()))?;
+    let stored: i32 = row.try_get(1).map_err(|e| corrupt(e.to_string()))?;
     let count = u32::try_from(stored).map_err(|_| corrupt(format!("{stored} shards")))?;
     if let Some(requested) = requested.filter(|r| *r != count) {
         return Err(Error::ShardCount { cluster: count, requested });
     }
-    let name: &str = row.try_get(1).map_err(|e| corrupt(e.to_string()))?;
-    let mut current = Placement::from_name(name).ok_or_else(|| corrupt(format!("placement {name:?}")))?;
+    let mut current = placement_in(&row)?;
     if let Some(requested) = placement.filter(|p| *p != current) {
         current = change_placement(client, current, requested, quiet_ms).await?;
     }
@@ -105,9 +104,12 @@ pub(crate) async fn cluster_config(
     Ok((count, current))
 }
 
-/// Changes the cluster's placement to `requested` if none of its nodes runs;
-/// one statement, so that of two nodes starting at once with different
-/// placements the second sees the first's.
+/// Changes the cluster's placement from `current` to `requested` if none
+/// of its nodes runs and no node set it moments ago: a node that just
+/// created the cluster or changed its placement was not seen yet, and must
+/// not be undone by another starting at the same time. One conditional
+/// statement on the placement read, so that of two nodes changing it at
+/// once the second finds it changed.
 async fn change_placement(
     client: &Client,
     current: Placement,
@@ -117,12 +119,13 @@ async fn change_placement(
     let quiet = quiet_ms as f64;
     let changed = client
         .execute(
-            "UPDATE cluster_config SET placement = $1
-             WHERE placement <> $1
-               AND NOT EXISTS (SELECT 1 FROM shard_leases WHERE expires_at > now() AND owner <> '')
+            "UPDATE cluster_config SET placement = $1, placement_set_at = now()
+             WHERE placement = $2
+               AND placement_set_at < now() - $3::float8 * interval '1 millisecond'
+               AND NOT EXISTS (SELECT 1 FROM shard_leases WHERE expires_at > now())
                AND NOT EXISTS (SELECT 1 FROM cluster_nodes
-                               WHERE seen_at > now() - $2::float8 * interval '1 millisecond')",
-            &[&requested.name(), &quiet],
+                               WHERE seen_at > now() - $3::float8 * interval '1 millisecond')",
+            &[&requested.name(), &current.name(), &quiet],
         )
         .await
         .map_err(engine("changing the cluster's placement"))?;
@@ -130,7 +133,22 @@ async fn change_placement(
         tracing::info!(from = %current, to = %requested, "changed the cluster's placement: none of its nodes ran");
         return Ok(requested);
     }
-    Err(Error::Placement { cluster: current, requested })
+    let row = client
+        .query_one("SELECT placement FROM cluster_config", &[])
+        .await
+        .map_err(engine("reading the cluster's placement"))?;
+    match placement_in(&row)? {
+        // Another node starting now asked for the same.
+        now if now == requested => Ok(now),
+        now => Err(Error::Placement { cluster: now, requested }),
+    }
+}
+
+/// The placement in `row`'s first column.
+fn placement_in(row: &Row) -> Result<Placement> {
+    let corrupt = |reason: String| Error::Corrupt { key: "cluster_config".into(), reason };
+    let name: &str = row.try_get(0).map_err(|e| corrupt(e.to_string()))?;
+    Placement::from_name(name).ok_or_else(|| corrupt(format!("placement {name:?}")))
 }
 
 /// Records that `owner` is alive now, and forgets nodes not seen for 15
@@ -251,14 +269,7 @@ pub(crate) async fn view(client: &Client) -> Result<ClusterView> {
         .query_opt("SELECT placement FROM cluster_config", &[])
         .await
         .map_err(missing("reading the cluster's placement"))?;
-    let placement = match placement {
-        Some(row) => {
-            let name: &str = row.try_get(0).map_err(corrupt("cluster_config"))?;
-            let placement = Placement::from_name(name);
-            Some(placement.ok_or_else(|| Error::Corrupt { key: "cluster_config".into(), reason: name.into() })?)
-        }
-        None => None,
-    };
+    let placement = placement.as_ref().map(placement_in).transpose()?;
     let now = client
         .query_one("SELECT (extract(epoch FROM now()) * 1000)::bigint", &[])
         .await

@@ -483,8 +483,8 @@ async fn the_shard_count_is_set_once_by_the_first_node() {
 
 /// A new cluster spreads its shards unless its first node says otherwise; a
 /// node that asks for another placement than the cluster's is refused while
-/// any node of the cluster runs (holds a lease, or was seen lately), and
-/// changes it once none does; a cluster from before placements were stored
+/// any node of the cluster runs (holds a lease, or was seen lately) or the
+/// placement was set a moment ago, and changes it once none of that holds; a cluster from before placements were stored
 /// keeps one node serving.
 #[tokio::test]
 async fn the_placement_is_the_clusters_and_changes_only_when_no_node_runs() {
@@ -494,8 +494,18 @@ async fn the_placement_is_the_clusters_and_changes_only_when_no_node_runs() {
         let url = db.url.clone();
         async move { PostgresStore::connect_to_cluster(&url, None, placement.map(|p| (p, QUIET))).await }
     };
+    // As if `QUIET` had passed since the placement was last set.
+    let settle = || async {
+        let sql = "UPDATE cluster_config SET placement_set_at = now() - interval '1 hour'";
+        connect(&db.url).await.batch_execute(sql).await.unwrap();
+    };
     assert_eq!(cluster(None).await.unwrap().placement(), Placement::Spread, "a new cluster spreads");
-    // No node ran yet: the placement is anyone's to set.
+    // Set a moment ago by a node not seen yet, which another starting at
+    // once must not undo.
+    let refused = cluster(Some(Placement::OneNode)).await.map(drop);
+    assert!(matches!(refused, Err(Error::Placement { cluster: Placement::Spread, .. })), "{refused:?}");
+    settle().await;
+    // No node ran since: the placement is anyone's to set.
     assert_eq!(cluster(Some(Placement::OneNode)).await.unwrap().placement(), Placement::OneNode);
     assert_eq!(cluster(None).await.unwrap().placement(), Placement::OneNode, "a node without one takes the cluster's");
 
@@ -513,6 +523,7 @@ async fn the_placement_is_the_clusters_and_changes_only_when_no_node_runs() {
     running.release_shards(&fences).await.unwrap();
     assert!(matches!(cluster(Some(Placement::Spread)).await.map(drop), Err(Error::Placement { .. })));
     running.leave("node-a").await.unwrap();
+    settle().await;
     assert_eq!(cluster(Some(Placement::Spread)).await.unwrap().placement(), Placement::Spread, "none runs now");
 
     // A database of schema version 6: its cluster ran with one node serving.
@@ -521,7 +532,7 @@ async fn the_placement_is_the_clusters_and_changes_only_when_no_node_runs() {
     connect(&old.url)
         .await
         .batch_execute(
-            "ALTER TABLE cluster_config DROP COLUMN placement;
+            "ALTER TABLE cluster_config DROP COLUMN placement, DROP COLUMN placement_set_at;
              DELETE FROM sagaflow_schema_migrations WHERE version = 7",
         )
         .await
